@@ -1,0 +1,167 @@
+//! What an `authenticate` listener gets: the request's facts and the context to reject or defer it.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// What the server knows of a link request when it asks the `authenticate` listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthInfo {
+    /// `true` when no user of this name exists yet: it joins if the link is accepted.
+    pub is_new_user: bool,
+    /// The credential the client sent in its link request, if any.
+    pub auth: Option<String>,
+}
+
+pub(crate) type AuthFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+
+#[derive(Default)]
+struct Decision {
+    rejection: Option<String>,
+    decided: bool,
+    marking_closed: bool,
+    pending: Vec<AuthFuture>,
+}
+
+#[derive(Default)]
+struct Shared {
+    decision: Mutex<Decision>,
+    rejected: Notify,
+}
+
+/// Lets `authenticate` listeners refuse a link request or defer the decision to async work.
+///
+/// It is cheap to clone; move a clone into a [`mark_async`](AuthContext::mark_async) future to reject from there.
+///
+/// ```
+/// use emitter_core::Server;
+/// use std::time::Duration;
+///
+/// let server = Server::new();
+/// let _ = server.on_authenticate(|username, info, ctx| {
+///     if info.auth.as_deref() != Some("letmein") {
+///         ctx.reject("wrong password");
+///         return;
+///     }
+///     let ctx2 = ctx.clone();
+///     let name = username.to_owned();
+///     ctx.mark_async(async move {
+///         tokio::time::sleep(Duration::from_millis(10)).await; // a database lookup, say
+///         if name == "mallory" {
+///             ctx2.reject("banned");
+///         }
+///         Ok::<(), String>(())
+///     });
+/// });
+/// ```
+#[derive(Clone, Default)]
+pub struct AuthContext {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AuthContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let decision = self.shared.decision.lock();
+        f.debug_struct("AuthContext")
+            .field("rejection", &decision.rejection)
+            .field("decided", &decision.decided)
+            .finish()
+    }
+}
+
+impl AuthContext {
+    /// Refuses the link with `reason`, which the client receives in `krmx/rejected`. The first reason wins; calls after
+    /// it, or after the request was decided, are ignored. A rejection made while async work is pending answers the
+    /// client at once and cancels that work.
+    pub fn reject(&self, reason: impl Into<String>) {
+        let mut decision = self.shared.decision.lock();
+        if decision.decided || decision.rejection.is_some() {
+            return;
+        }
+        decision.rejection = Some(reason.into());
+        drop(decision);
+        self.shared.rejected.notify_one();
+    }
+
+    /// Whether the request has been rejected so far.
+    pub fn is_rejected(&self) -> bool {
+        self.shared.decision.lock().rejection.is_some()
+    }
+
+    /// Defers the decision until `work` finishes. Every marked future must finish with `Ok` for the link to be
+    /// accepted; an `Err` rejects with its message, a panic with the panic's message, and the server's auth timeout
+    /// with `authentication timeout`. When the request is decided, futures still running are dropped.
+    ///
+    /// Only calls made while the `authenticate` listeners run count; a later call is logged and ignored.
+    pub fn mark_async<F, E>(&self, work: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display,
+    {
+        let mut decision = self.shared.decision.lock();
+        if decision.marking_closed {
+            tracing::warn!("mark_async called after the authenticate listeners returned; ignored");
+            return;
+        }
+        decision
+            .pending
+            .push(Box::pin(async move { work.await.map_err(|error| error.to_string()) }));
+    }
+
+    /// Ends the listeners' turn: no more futures can be marked. Returns those that were.
+    pub(crate) fn take_pending(&self) -> Vec<AuthFuture> {
+        let mut decision = self.shared.decision.lock();
+        decision.marking_closed = true;
+        std::mem::take(&mut decision.pending)
+    }
+
+    /// Resolves once [`reject`](AuthContext::reject) has been called.
+    pub(crate) async fn rejected(&self) {
+        loop {
+            let notified = self.shared.rejected.notified();
+            if self.is_rejected() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Decides the request: after this, nothing changes it. Returns the rejection, if any.
+    pub(crate) fn decide(&self) -> Option<String> {
+        let mut decision = self.shared.decision.lock();
+        decision.decided = true;
+        decision.pending.clear();
+        decision.rejection.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins_and_decided_is_final() {
+        let ctx = AuthContext::default();
+        ctx.reject("first");
+        ctx.reject("second");
+        assert_eq!(ctx.decide().as_deref(), Some("first"));
+
+        let ctx = AuthContext::default();
+        assert_eq!(ctx.decide(), None);
+        ctx.reject("too late");
+        assert!(!ctx.is_rejected());
+    }
+
+    #[test]
+    fn marking_closes_when_the_listeners_are_done() {
+        let ctx = AuthContext::default();
+        ctx.mark_async(async { Ok::<(), String>(()) });
+        assert_eq!(ctx.take_pending().len(), 1);
+        ctx.mark_async(async { Ok::<(), String>(()) });
+        assert_eq!(ctx.take_pending().len(), 0);
+    }
+}

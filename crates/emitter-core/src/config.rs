@@ -1,0 +1,238 @@
+//! Server configuration and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::query::QueryParam;
+use crate::username::is_valid_username;
+use crate::version::AcceptedVersions;
+use crate::Server;
+
+/// The default largest incoming message: 1 MiB. The reference allows 100 MiB (its WebSocket library's default), which
+/// lets one client make the server buffer that much; Krmx messages are small JSON objects, so 1 MiB leaves room for
+/// big game states while bounding what a hostile client can cost.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+
+/// The default number of frames that may wait in one connection's outgoing queue: 4096.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 4096;
+
+/// A server's settings. Build one with [`Server::builder`]; read it back with [`Server::config`].
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) accept_new_users: bool,
+    pub(crate) auth_timeout: Duration,
+    pub(crate) username_rule: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) path: String,
+    pub(crate) query_params: Vec<(String, QueryParam)>,
+    pub(crate) max_message_size: usize,
+    pub(crate) accepted_versions: AcceptedVersions,
+    pub(crate) outbound_queue: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            accept_new_users: true,
+            auth_timeout: Duration::from_secs(10),
+            username_rule: Arc::new(is_valid_username),
+            ping_interval: Some(Duration::from_secs(15)),
+            path: "/".to_owned(),
+            query_params: Vec::new(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            accepted_versions: AcceptedVersions::default(),
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("accept_new_users", &self.accept_new_users)
+            .field("auth_timeout", &self.auth_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("path", &self.path)
+            .field("query_params", &self.query_params)
+            .field("max_message_size", &self.max_message_size)
+            .field("accepted_versions", &self.accepted_versions)
+            .field("outbound_queue", &self.outbound_queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Whether connections may link to users that do not exist yet.
+    pub fn accept_new_users(&self) -> bool {
+        self.accept_new_users
+    }
+
+    /// How long async authentication may take.
+    pub fn auth_timeout(&self) -> Duration {
+        self.auth_timeout
+    }
+
+    /// Whether `username` passes the configured username rule.
+    pub fn is_valid_username(&self, username: &str) -> bool {
+        (self.username_rule)(username)
+    }
+
+    /// How often each connection is pinged; `None` when pinging is off.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        self.ping_interval
+    }
+
+    /// The HTTP path the WebSocket endpoint is served on; always starts with `/`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether a connection URL's raw query string meets every expected query parameter.
+    pub fn query_params_hold(&self, query: Option<&str>) -> bool {
+        QueryParam::all_hold(&self.query_params, query)
+    }
+
+    /// The largest incoming message, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// Which client protocol versions may link.
+    pub fn accepted_versions(&self) -> &AcceptedVersions {
+        &self.accepted_versions
+    }
+
+    /// How many frames may wait in one connection's outgoing queue.
+    pub fn outbound_queue(&self) -> usize {
+        self.outbound_queue
+    }
+}
+
+/// Builds a [`Server`]. Every setter says its default.
+///
+/// ```
+/// use emitter_core::{QueryParam, Server};
+/// use std::time::Duration;
+///
+/// let server = Server::builder()
+///     .accept_new_users(false)
+///     .auth_timeout(Duration::from_secs(2))
+///     .path("game")
+///     .query_param("room", QueryParam::Present)
+///     .build();
+/// assert_eq!(server.config().path(), "/game");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ServerBuilder {
+    config: Config,
+}
+
+impl ServerBuilder {
+    /// Whether a connection may link to a user that does not exist yet, creating it. When `false`, only users joined
+    /// with [`Server::join`] can be linked to, and others get `server is not accepting new users`. Default: `true`.
+    pub fn accept_new_users(mut self, accept: bool) -> Self {
+        self.config.accept_new_users = accept;
+        self
+    }
+
+    /// How long the futures given to [`mark_async`](crate::AuthContext::mark_async) may take before the link is
+    /// rejected with `authentication timeout`. Values under 1 ms become 1 ms. Default: 10 s.
+    pub fn auth_timeout(mut self, timeout: Duration) -> Self {
+        self.config.auth_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The rule a username must pass, for links (`invalid username`) and for [`Server::join`]. Default:
+    /// [`is_valid_username`](crate::is_valid_username).
+    pub fn is_valid_username(mut self, rule: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.config.username_rule = Arc::new(rule);
+        self
+    }
+
+    /// How often every connection is pinged. A connection that has not answered the previous ping when the next is
+    /// due is closed, which unlinks its user. `Duration::ZERO` turns pinging off; other values under 100 ms become
+    /// 100 ms. Default: 15 s.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.config.ping_interval = if interval.is_zero() {
+            None
+        } else {
+            Some(interval.max(Duration::from_millis(100)))
+        };
+        self
+    }
+
+    /// The HTTP path of the WebSocket endpoint; a missing leading `/` is added. Default: `/`.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.config.path = if path.starts_with('/') { path } else { format!("/{path}") };
+        self
+    }
+
+    /// Adds an expectation on the connection URL's query parameter `name`. A connection whose URL fails any
+    /// expectation is closed at once. Default: none.
+    pub fn query_param(mut self, name: impl Into<String>, expected: QueryParam) -> Self {
+        self.config.query_params.push((name.into(), expected));
+        self
+    }
+
+    /// The largest incoming message (and frame) in bytes. A bigger one closes the connection, which unlinks its user;
+    /// nothing is buffered past the limit. Default: [`DEFAULT_MAX_MESSAGE_SIZE`] (1 MiB).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes.max(1);
+        self
+    }
+
+    /// The client protocol versions that may link. Default: 0.5.x and 0.6.x, which are identical on the wire.
+    pub fn accepted_versions(mut self, versions: crate::AcceptedVersions) -> Self {
+        self.config.accepted_versions = versions;
+        self
+    }
+
+    /// How many frames may wait in one connection's outgoing queue. A connection whose queue is full is a slow
+    /// consumer: it is closed (unlinking its user) rather than delaying anyone else or growing without bound. Default:
+    /// [`DEFAULT_OUTBOUND_QUEUE`] (4096).
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.config.outbound_queue = frames.max(1);
+        self
+    }
+
+    /// Creates the server, in status [`Initializing`](crate::Status::Initializing).
+    pub fn build(self) -> Server {
+        Server::with_config(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamps_and_normalises() {
+        let server = Server::builder()
+            .auth_timeout(Duration::ZERO)
+            .ping_interval(Duration::from_millis(5))
+            .path("a/b")
+            .build();
+        let config = server.config();
+        assert_eq!(config.auth_timeout(), Duration::from_millis(1));
+        assert_eq!(config.ping_interval(), Some(Duration::from_millis(100)));
+        assert_eq!(config.path(), "/a/b");
+        let off = Server::builder().ping_interval(Duration::ZERO).build();
+        assert_eq!(off.config().ping_interval(), None);
+    }
+
+    #[test]
+    fn defaults() {
+        let server = Server::new();
+        let config = server.config();
+        assert!(config.accept_new_users());
+        assert_eq!(config.auth_timeout(), Duration::from_secs(10));
+        assert_eq!(config.ping_interval(), Some(Duration::from_secs(15)));
+        assert_eq!(config.path(), "/");
+        assert!(config.query_params_hold(Some("anything")));
+        assert_eq!(config.max_message_size(), DEFAULT_MAX_MESSAGE_SIZE);
+        assert!(config.is_valid_username("simon"));
+        assert!(!config.is_valid_username("bot 1"));
+    }
+}

@@ -1,0 +1,47 @@
+//! The transport-agnostic core of a [Krmx](https://github.com/simonkarman/krmx) server.
+//!
+//! Krmx is a WebSocket + JSON protocol for realtime multi-user applications. A *connection* links to a long-lived
+//! *user*: a dropped connection only unlinks its user, and a new connection can link to it again and carry on. This
+//! crate holds the protocol types, the user and connection state machine, the listener lists and the
+//! [`AuthContext`]; it knows nothing of sockets. `emitter-axum` serves it over WebSocket.
+//!
+//! ```
+//! use emitter_core::{Message, Server};
+//!
+//! let server = Server::builder().build();
+//! let s = server.clone();
+//! let _ = server.on_link(move |username| {
+//!     let welcome = Message::with_payload("chat/welcome", &format!("hi {username}")).unwrap();
+//!     s.send(username, &welcome).unwrap(); // linked users can be sent to
+//! });
+//! let _ = server.on_message(|username, message| tracing::info!(username, kind = message.kind, "message"));
+//! ```
+//!
+//! Events reach listeners, and the protocol messages reach clients, in one order that matches the reference
+//! TypeScript server (`@krmx/server` 0.6): per user, join → link → (unlink → link)* → unlink → leave.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod auth;
+mod config;
+mod error;
+mod events;
+mod link;
+pub mod protocol;
+mod query;
+mod server;
+mod state;
+mod subscribe;
+pub mod transport;
+mod username;
+mod version;
+
+pub use auth::{AuthContext, AuthInfo};
+pub use config::{Config, ServerBuilder, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTBOUND_QUEUE};
+pub use error::{Error, Status};
+pub use events::{Event, Subscription};
+pub use protocol::Message;
+pub use query::QueryParam;
+pub use server::{Server, User};
+pub use username::is_valid_username;
+pub use version::{AcceptedVersions, PROTOCOL_VERSION};

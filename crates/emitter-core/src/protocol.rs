@@ -1,0 +1,349 @@
+//! The Krmx wire format: messages, their JSON shape and the frames that carry them.
+//!
+//! Every Krmx message is a JSON object with a string `type` and an optional `payload`. Types that start with the exact,
+//! lowercase prefix `krmx/` belong to the protocol itself; everything else is an application message.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+/// The prefix reserved for the protocol's own message types. It is matched exactly and case-sensitively.
+pub const RESERVED_PREFIX: &str = "krmx/";
+
+/// A Krmx message: a `type` and an optional JSON `payload`.
+///
+/// ```
+/// use emitter_core::Message;
+///
+/// let message = Message::with_payload("chat/said", &"hello").unwrap();
+/// assert_eq!(message.kind, "chat/said");
+/// assert_eq!(message.payload_as::<String>().unwrap(), "hello");
+/// assert_eq!(serde_json::to_string(&message).unwrap(), r#"{"type":"chat/said","payload":"hello"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// The message type, such as `chat/said`. It is `type` on the wire.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The payload. `None` when the message has none; `Some(Value::Null)` when it was sent as `null`.
+    #[serde(
+        default,
+        deserialize_with = "present_payload",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub payload: Option<Value>,
+}
+
+/// Keeps an explicit `"payload": null` apart from an absent payload, as JavaScript does.
+fn present_payload<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+impl Message {
+    /// A message of the given type without a payload.
+    ///
+    /// ```
+    /// let message = emitter_core::Message::new("game/started");
+    /// assert!(message.payload.is_none());
+    /// ```
+    pub fn new(kind: impl Into<String>) -> Self {
+        Message {
+            kind: kind.into(),
+            payload: None,
+        }
+    }
+
+    /// A message of the given type whose payload is `payload` serialized to JSON.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize)]
+    /// struct Move { x: u8, y: u8 }
+    /// let message = emitter_core::Message::with_payload("game/move", &Move { x: 1, y: 2 }).unwrap();
+    /// assert_eq!(message.payload, Some(serde_json::json!({ "x": 1, "y": 2 })));
+    /// ```
+    pub fn with_payload<T: Serialize + ?Sized>(
+        kind: impl Into<String>,
+        payload: &T,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Message {
+            kind: kind.into(),
+            payload: Some(serde_json::to_value(payload)?),
+        })
+    }
+
+    /// Reads the payload as a `T`. A missing payload reads as JSON `null`, so `Option<T>` and `()` accept it.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize, Debug, PartialEq)]
+    /// struct Move { x: u8, y: u8 }
+    /// let message: emitter_core::Message =
+    ///     serde_json::from_str(r#"{"type":"game/move","payload":{"x":1,"y":2}}"#).unwrap();
+    /// assert_eq!(message.payload_as::<Move>().unwrap(), Move { x: 1, y: 2 });
+    /// assert!(message.payload_as::<String>().is_err());
+    /// ```
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        match &self.payload {
+            Some(value) => T::deserialize(value),
+            None => T::deserialize(&Value::Null),
+        }
+    }
+
+    /// Whether the type starts with the reserved `krmx/` prefix.
+    pub fn is_reserved(&self) -> bool {
+        self.kind.starts_with(RESERVED_PREFIX)
+    }
+}
+
+/// Why an incoming frame is not a Krmx message: not JSON, not an object, or no string `type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidMessage;
+
+impl std::fmt::Display for InvalidMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid message")
+    }
+}
+
+impl std::error::Error for InvalidMessage {}
+
+/// Parses the bytes of one incoming frame (text or binary alike) as a message.
+///
+/// ```
+/// use emitter_core::protocol::parse;
+///
+/// assert_eq!(parse(br#"{"type":"a/b","extra":1}"#).unwrap().kind, "a/b");
+/// assert!(parse(b"42").is_err());
+/// assert!(parse(br#"{"type":3}"#).is_err());
+/// assert!(parse(b"\xff").is_err());
+/// ```
+pub fn parse(bytes: &[u8]) -> Result<Message, InvalidMessage> {
+    serde_json::from_slice(bytes).map_err(|_| InvalidMessage)
+}
+
+/// A well-formed `krmx/link` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRequest {
+    /// The user the connection wants to link to.
+    pub username: String,
+    /// The protocol version the client speaks, such as `0.6.2`.
+    pub version: String,
+    /// An optional credential, such as a token, for the `authenticate` listeners.
+    pub auth: Option<String>,
+}
+
+impl LinkRequest {
+    /// Reads a link request from a `krmx/link` payload: `username` and `version` must be strings and `auth`, when
+    /// present, a string. `None` means the request is malformed (`invalid link request` on the wire).
+    pub fn from_payload(payload: Option<&Value>) -> Option<LinkRequest> {
+        let object = payload?.as_object()?;
+        let username = object.get("username")?.as_str()?;
+        let version = object.get("version")?.as_str()?;
+        let auth = match object.get("auth") {
+            None => None,
+            Some(Value::String(auth)) => Some(auth.clone()),
+            Some(_) => return None,
+        };
+        Some(LinkRequest {
+            username: username.to_owned(),
+            version: version.to_owned(),
+            auth,
+        })
+    }
+}
+
+/// A message that a client sends, as the protocol sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// `krmx/link`: link this connection to a user. `None` when the payload is malformed.
+    Link(Option<LinkRequest>),
+    /// `krmx/unlink`: unlink this connection from its user.
+    Unlink,
+    /// `krmx/leave`: the linked user leaves the server.
+    Leave,
+    /// Any other `krmx/` type: not allowed from clients.
+    UnknownReserved(Message),
+    /// An application message.
+    Custom(Message),
+}
+
+impl From<Message> for ClientMessage {
+    fn from(message: Message) -> Self {
+        match message.kind.as_str() {
+            "krmx/link" => ClientMessage::Link(LinkRequest::from_payload(message.payload.as_ref())),
+            "krmx/unlink" => ClientMessage::Unlink,
+            "krmx/leave" => ClientMessage::Leave,
+            _ if message.is_reserved() => ClientMessage::UnknownReserved(message),
+            _ => ClientMessage::Custom(message),
+        }
+    }
+}
+
+/// A protocol message that the server sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage<'a> {
+    /// `krmx/accepted`: the link request was accepted.
+    Accepted,
+    /// `krmx/rejected {reason}`: the request was refused.
+    Rejected(&'a str),
+    /// `krmx/joined {username}`: a user joined.
+    Joined(&'a str),
+    /// `krmx/linked {username}`: a user was linked to a connection.
+    Linked(&'a str),
+    /// `krmx/unlinked {username}`: a user was unlinked from its connection.
+    Unlinked(&'a str),
+    /// `krmx/left {username}`: a user left.
+    Left(&'a str),
+}
+
+impl ServerMessage<'_> {
+    /// The message as a frame, ready to be queued for any number of connections.
+    pub fn to_frame(&self) -> Frame {
+        #[derive(Serialize)]
+        struct Username<'a> {
+            username: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Reason<'a> {
+            reason: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Wire<'a, P> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            payload: Option<P>,
+        }
+        fn frame<P: Serialize>(kind: &str, payload: Option<P>) -> Frame {
+            Frame::encode(&Wire { kind, payload })
+        }
+        match *self {
+            ServerMessage::Accepted => frame::<()>("krmx/accepted", None),
+            ServerMessage::Rejected(reason) => frame("krmx/rejected", Some(Reason { reason })),
+            ServerMessage::Joined(username) => frame("krmx/joined", Some(Username { username })),
+            ServerMessage::Linked(username) => frame("krmx/linked", Some(Username { username })),
+            ServerMessage::Unlinked(username) => frame("krmx/unlinked", Some(Username { username })),
+            ServerMessage::Left(username) => frame("krmx/left", Some(Username { username })),
+        }
+    }
+}
+
+/// One serialized outgoing message: JSON text in shared bytes.
+///
+/// A broadcast serializes its message once and hands clones of the same frame to every recipient; cloning is a
+/// reference-count increment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// Serializes any value to a frame.
+    ///
+    /// Serializing a `serde_json::Value`, a [`Message`] or a derived `Serialize` struct cannot fail; a value whose
+    /// `Serialize` impl reports an error (a map with non-string keys, say) is logged and sent as `null`.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Frame {
+        match serde_json::to_vec(value) {
+            Ok(bytes) => Frame(Bytes::from(bytes)),
+            Err(error) => {
+                tracing::error!(%error, "a message could not be serialized; sending null instead");
+                Frame(Bytes::from_static(b"null"))
+            }
+        }
+    }
+
+    /// The JSON text, as bytes. They are always valid UTF-8.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        // Frames are only made by `encode`, and serde_json writes UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or("null")
+    }
+}
+
+impl From<&Message> for Frame {
+    fn from(message: &Message) -> Self {
+        Frame::encode(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn invalid_messages_as_the_reference_defines_them() {
+        for raw in [
+            "",
+            "true",
+            "\"hello\"",
+            "42",
+            "null",
+            "this-is-not-a-json-message",
+            "{}",
+            "{\"type\":3}",
+            "{\"type\":{\"key\":\"value\"}}",
+            "[]",
+        ] {
+            assert_eq!(parse(raw.as_bytes()), Err(InvalidMessage), "{raw}");
+        }
+    }
+
+    #[test]
+    fn payload_null_is_kept_apart_from_no_payload() {
+        let with_null = parse(br#"{"type":"a","payload":null}"#).unwrap();
+        assert_eq!(with_null.payload, Some(Value::Null));
+        assert_eq!(Frame::from(&with_null).as_str(), r#"{"type":"a","payload":null}"#);
+        let without = parse(br#"{"type":"a"}"#).unwrap();
+        assert_eq!(without.payload, None);
+        assert_eq!(Frame::from(&without).as_str(), r#"{"type":"a"}"#);
+    }
+
+    #[test]
+    fn link_requests_follow_the_reference_checks() {
+        let ok = |payload: Value| LinkRequest::from_payload(Some(&payload));
+        assert!(ok(json!({"username": "simon", "version": "0.6.1"})).is_some());
+        assert_eq!(
+            ok(json!({"username": "simon", "version": "0.6.1", "auth": "t"}))
+                .unwrap()
+                .auth
+                .as_deref(),
+            Some("t")
+        );
+        for bad in [
+            json!({"version": "abc", "username": 11}),
+            json!({"version": "def", "missing": "incorrect"}),
+            json!({"version": 11, "username": "simon"}),
+            json!({"missing": "incorrect", "username": "simon"}),
+            json!({"version": "abc", "username": "simon", "auth": 11}),
+            json!({"version": "abc", "username": "simon", "auth": null}),
+            json!(3),
+        ] {
+            assert!(ok(bad.clone()).is_none(), "{bad}");
+        }
+        assert!(LinkRequest::from_payload(None).is_none());
+    }
+
+    #[test]
+    fn only_the_exact_lowercase_prefix_is_reserved() {
+        assert!(matches!(ClientMessage::from(Message::new("krmx/")), ClientMessage::UnknownReserved(_)));
+        assert!(matches!(ClientMessage::from(Message::new("KRMX/x")), ClientMessage::Custom(_)));
+        assert!(matches!(ClientMessage::from(Message::new("krmx")), ClientMessage::Custom(_)));
+        assert_eq!(ClientMessage::from(Message::new("krmx/leave")), ClientMessage::Leave);
+    }
+
+    #[test]
+    fn server_messages_have_the_reference_shape() {
+        assert_eq!(ServerMessage::Accepted.to_frame().as_str(), r#"{"type":"krmx/accepted"}"#);
+        assert_eq!(
+            ServerMessage::Rejected("no").to_frame().as_str(),
+            r#"{"type":"krmx/rejected","payload":{"reason":"no"}}"#
+        );
+        assert_eq!(
+            ServerMessage::Left("a\"b").to_frame().as_str(),
+            r#"{"type":"krmx/left","payload":{"username":"a\"b"}}"#
+        );
+    }
+}

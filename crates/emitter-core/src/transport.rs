@@ -1,0 +1,131 @@
+//! The seam between the core and a transport such as `emitter-axum`.
+//!
+//! A transport accepts connections, hands the core each incoming frame through a [`Host`], and writes out the frames
+//! the core pushes into each connection's [`ConnectionSink`]. The core never touches a socket and never waits on one.
+
+use std::fmt;
+use std::future::Future;
+
+use crate::error::Status;
+use crate::protocol::Frame;
+use crate::Server;
+
+/// Identifies one connection for the lifetime of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cn-{}", self.0)
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection's queue is full: it is not reading fast enough.
+    Full,
+    /// The connection is closing or closed.
+    Closed,
+}
+
+/// Where the core puts a connection's outgoing frames.
+///
+/// Both methods are called while the server's dispatch lock is held, so they must return at once: queue the frame,
+/// never write to a socket, and never call back into the [`Server`].
+pub trait ConnectionSink: Send + Sync + 'static {
+    /// Queues a frame to be written in order after the ones before it.
+    fn push(&self, frame: Frame) -> Result<(), PushError>;
+
+    /// Asks the transport to close the connection: write what is queued (briefly), close, and then report it with
+    /// [`Host::disconnect`].
+    fn close(&self);
+}
+
+/// The transport's side of a [`Server`]: lifecycle changes and connection traffic.
+///
+/// Applications do not need this; it is for transports.
+#[derive(Clone)]
+pub struct Host {
+    pub(crate) server: Server,
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Host").finish_non_exhaustive()
+    }
+}
+
+/// Keeps [`Server::close`] from finishing while a transport still runs. Drop it when the transport has stopped.
+#[must_use = "the server counts as closed only when this guard is dropped"]
+pub struct TransportGuard {
+    pub(crate) server: Server,
+}
+
+impl fmt::Debug for TransportGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for TransportGuard {
+    fn drop(&mut self) {
+        self.server.transport_stopped();
+    }
+}
+
+impl Host {
+    /// The server this host serves.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Moves `initializing` to `starting`; fails with `cannot start listening when the server is …` otherwise.
+    pub fn start(&self) -> Result<(), crate::Error> {
+        self.server.mark_starting()
+    }
+
+    /// Moves `starting` back to `initializing`, after the transport failed to bind.
+    pub fn start_failed(&self) {
+        self.server.mark_start_failed();
+    }
+
+    /// Moves `starting` to `listening` and emits `listen` with `port`. Fails when the server is not `starting` (it
+    /// was closed meanwhile, say).
+    pub fn listening(&self, port: u16) -> Result<(), crate::Error> {
+        self.server.mark_listening(port)
+    }
+
+    /// Registers a running transport; `close()` finishes only after the guard is dropped.
+    pub fn transport_guard(&self) -> TransportGuard {
+        self.server.transport_started();
+        TransportGuard {
+            server: self.server.clone(),
+        }
+    }
+
+    /// Registers a new connection. `None` when the server is not listening: close the socket at once.
+    pub fn connect(&self, sink: impl ConnectionSink) -> Option<ConnectionId> {
+        self.server.connect(std::sync::Arc::new(sink))
+    }
+
+    /// Hands the core one incoming text or binary frame.
+    pub fn receive(&self, id: ConnectionId, data: &[u8]) {
+        self.server.receive(id, data);
+    }
+
+    /// Reports that a connection has closed, for whatever reason. Its user, if any, is unlinked.
+    pub fn disconnect(&self, id: ConnectionId) {
+        self.server.disconnect(id);
+    }
+
+    /// The server's current status.
+    pub fn status(&self) -> Status {
+        self.server.status()
+    }
+
+    /// Resolves when the server starts closing; hand it to a graceful-shutdown hook.
+    pub fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.server.closing()
+    }
+}

@@ -1,1 +1,36 @@
-pub fn x(){}
+//! Serves an [`emitter_core::Server`] over WebSocket with [axum](https://docs.rs/axum).
+//!
+//! Run it standalone with [`listen`], or mount it into your own app with [`router`] (merge or nest) or [`layer`] (a
+//! tower layer that passes every other request through).
+//!
+//! ```no_run
+//! use emitter_core::{Message, Server};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let server = Server::new();
+//!     let s = server.clone();
+//!     let _ = server.on_message(move |username, message| {
+//!         let _ = s.broadcast(message, Some(username));
+//!     });
+//!     let port = emitter_axum::listen(&server, 8082).await?;
+//!     println!("listening on {port}");
+//!     tokio::signal::ctrl_c().await?;
+//!     server.close().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Each connection is one task: it reads frames into the core, writes the frames the core queued for it (several per
+//! flush), and pings at the configured interval; a connection that missed the previous pong is closed. Binary frames
+//! are read like text frames. A frame over the size limit, invalid UTF-8 or a WebSocket protocol error closes that
+//! connection only.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod connection;
+mod mount;
+mod serve;
+
+pub use mount::{layer, router, KrmxLayer, KrmxService};
+pub use serve::{listen, listen_on, mark_listening, serve, ListenError};

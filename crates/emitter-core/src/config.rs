@@ -145,7 +145,10 @@ impl ServerBuilder {
 
     /// The rule a username must pass, for links (`invalid username`) and for [`Server::join`]. Default:
     /// [`is_valid_username`](crate::is_valid_username).
-    pub fn is_valid_username(mut self, rule: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+    pub fn is_valid_username(
+        mut self,
+        rule: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.config.username_rule = Arc::new(rule);
         self
     }
@@ -165,7 +168,11 @@ impl ServerBuilder {
     /// The HTTP path of the WebSocket endpoint; a missing leading `/` is added. Default: `/`.
     pub fn path(mut self, path: impl Into<String>) -> Self {
         let path = path.into();
-        self.config.path = if path.starts_with('/') { path } else { format!("/{path}") };
+        self.config.path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
         self
     }
 

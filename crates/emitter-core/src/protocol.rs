@@ -222,7 +222,9 @@ impl ServerMessage<'_> {
             ServerMessage::Rejected(reason) => frame("krmx/rejected", Some(Reason { reason })),
             ServerMessage::Joined(username) => frame("krmx/joined", Some(Username { username })),
             ServerMessage::Linked(username) => frame("krmx/linked", Some(Username { username })),
-            ServerMessage::Unlinked(username) => frame("krmx/unlinked", Some(Username { username })),
+            ServerMessage::Unlinked(username) => {
+                frame("krmx/unlinked", Some(Username { username }))
+            }
             ServerMessage::Left(username) => frame("krmx/left", Some(Username { username })),
         }
     }
@@ -295,7 +297,10 @@ mod tests {
     fn payload_null_is_kept_apart_from_no_payload() {
         let with_null = parse(br#"{"type":"a","payload":null}"#).unwrap();
         assert_eq!(with_null.payload, Some(Value::Null));
-        assert_eq!(Frame::from(&with_null).as_str(), r#"{"type":"a","payload":null}"#);
+        assert_eq!(
+            Frame::from(&with_null).as_str(),
+            r#"{"type":"a","payload":null}"#
+        );
         let without = parse(br#"{"type":"a"}"#).unwrap();
         assert_eq!(without.payload, None);
         assert_eq!(Frame::from(&without).as_str(), r#"{"type":"a"}"#);
@@ -328,15 +333,30 @@ mod tests {
 
     #[test]
     fn only_the_exact_lowercase_prefix_is_reserved() {
-        assert!(matches!(ClientMessage::from(Message::new("krmx/")), ClientMessage::UnknownReserved(_)));
-        assert!(matches!(ClientMessage::from(Message::new("KRMX/x")), ClientMessage::Custom(_)));
-        assert!(matches!(ClientMessage::from(Message::new("krmx")), ClientMessage::Custom(_)));
-        assert_eq!(ClientMessage::from(Message::new("krmx/leave")), ClientMessage::Leave);
+        assert!(matches!(
+            ClientMessage::from(Message::new("krmx/")),
+            ClientMessage::UnknownReserved(_)
+        ));
+        assert!(matches!(
+            ClientMessage::from(Message::new("KRMX/x")),
+            ClientMessage::Custom(_)
+        ));
+        assert!(matches!(
+            ClientMessage::from(Message::new("krmx")),
+            ClientMessage::Custom(_)
+        ));
+        assert_eq!(
+            ClientMessage::from(Message::new("krmx/leave")),
+            ClientMessage::Leave
+        );
     }
 
     #[test]
     fn server_messages_have_the_reference_shape() {
-        assert_eq!(ServerMessage::Accepted.to_frame().as_str(), r#"{"type":"krmx/accepted"}"#);
+        assert_eq!(
+            ServerMessage::Accepted.to_frame().as_str(),
+            r#"{"type":"krmx/accepted"}"#
+        );
         assert_eq!(
             ServerMessage::Rejected("no").to_frame().as_str(),
             r#"{"type":"krmx/rejected","payload":{"reason":"no"}}"#

@@ -121,7 +121,9 @@ impl Server {
 
     /// The transport's handle on this server. Applications do not need it.
     pub fn host(&self) -> Host {
-        Host { server: self.clone() }
+        Host {
+            server: self.clone(),
+        }
     }
 
     pub(crate) fn lock(&self) -> Guard<'_> {
@@ -163,14 +165,22 @@ impl Server {
     /// let server = emitter_core::Server::new();
     /// assert!(server.send_json("simon", &Said { r#type: "chat/said", payload: "hi" }).is_err()); // not listening
     /// ```
-    pub fn send_json<T: Serialize + ?Sized>(&self, username: &str, message: &T) -> Result<(), Error> {
+    pub fn send_json<T: Serialize + ?Sized>(
+        &self,
+        username: &str,
+        message: &T,
+    ) -> Result<(), Error> {
         self.send_frame(username, Frame::encode(message))
     }
 
     fn send_frame(&self, username: &str, frame: Frame) -> Result<(), Error> {
         let guard = self.lock();
         let state = guard.borrow();
-        require(&state, "send a message", &[Status::Listening, Status::Closing])?;
+        require(
+            &state,
+            "send a message",
+            &[Status::Listening, Status::Closing],
+        )?;
         let slot = state.user(username).ok_or(Error::SendToUnknownUser)?;
         let link = slot.link.as_ref().ok_or(Error::SendToUnlinkedUser)?;
         State::push(link.sink.as_ref(), link.id, frame);
@@ -185,14 +195,22 @@ impl Server {
     }
 
     /// Broadcasts any serializable value as the message, like [`broadcast`](Server::broadcast).
-    pub fn broadcast_json<T: Serialize + ?Sized>(&self, message: &T, skip: Option<&str>) -> Result<(), Error> {
+    pub fn broadcast_json<T: Serialize + ?Sized>(
+        &self,
+        message: &T,
+        skip: Option<&str>,
+    ) -> Result<(), Error> {
         self.broadcast_frame(Frame::encode(message), skip)
     }
 
     fn broadcast_frame(&self, frame: Frame, skip: Option<&str>) -> Result<(), Error> {
         let guard = self.lock();
         let state = guard.borrow();
-        require(&state, "broadcast a message", &[Status::Listening, Status::Closing])?;
+        require(
+            &state,
+            "broadcast a message",
+            &[Status::Listening, Status::Closing],
+        )?;
         state.push_to_linked(&frame, skip);
         Ok(())
     }
@@ -290,7 +308,11 @@ impl Server {
                     connection.state = ConnectionState::Unlinked;
                 }
             }
-            let usernames: Vec<String> = state.users.values().map(|slot| slot.username.clone()).collect();
+            let usernames: Vec<String> = state
+                .users
+                .values()
+                .map(|slot| slot.username.clone())
+                .collect();
             (usernames, pending)
         };
         tracing::info!("server is closing");
@@ -395,7 +417,9 @@ impl Server {
             self.set_status(&mut state, Status::Listening);
         }
         tracing::info!(port, "listening");
-        self.emit(Event::Listen { port }, |events| events.listen.emit("listen", |f| f(port)));
+        self.emit(Event::Listen { port }, |events| {
+            events.listen.emit("listen", |f| f(port))
+        });
         Ok(())
     }
 
@@ -418,7 +442,11 @@ impl Server {
     // dispatch lock and have checked the step's preconditions.
 
     /// Emits an event to the any-listeners, then to the event's own listeners. Returns the panic messages.
-    pub(crate) fn emit(&self, event: Event<'_>, specific: impl FnOnce(&Events) -> Vec<String>) -> Vec<String> {
+    pub(crate) fn emit(
+        &self,
+        event: Event<'_>,
+        specific: impl FnOnce(&Events) -> Vec<String>,
+    ) -> Vec<String> {
         let events = &self.inner.events;
         let mut panics = events.any.emit(event.name(), |f| f(&event));
         panics.extend(specific(events));
@@ -433,7 +461,9 @@ impl Server {
             state.insert_user(username);
         }
         tracing::info!(username, "joined");
-        self.emit(Event::Join { username }, |events| events.join.emit("join", |f| f(username)));
+        self.emit(Event::Join { username }, |events| {
+            events.join.emit("join", |f| f(username))
+        });
     }
 
     pub(crate) fn unlink_user(&self, username: &str) {
@@ -449,15 +479,25 @@ impl Server {
             }
         }
         tracing::info!(username, "unlinked");
-        self.emit(Event::Unlink { username }, |events| events.unlink.emit("unlink", |f| f(username)));
+        self.emit(Event::Unlink { username }, |events| {
+            events.unlink.emit("unlink", |f| f(username))
+        });
     }
 
     pub(crate) fn leave_user(&self, username: &str) {
-        let linked = self.lock().borrow().user(username).and_then(|slot| slot.link.clone());
+        let linked = self
+            .lock()
+            .borrow()
+            .user(username)
+            .and_then(|slot| slot.link.clone());
         if let Some(link) = linked {
             self.unlink_user(username);
             // The leaving connection hears of its own leave, as in the reference.
-            State::push(link.sink.as_ref(), link.id, ServerMessage::Left(username).to_frame());
+            State::push(
+                link.sink.as_ref(),
+                link.id,
+                ServerMessage::Left(username).to_frame(),
+            );
         }
         {
             let guard = self.lock();
@@ -470,6 +510,8 @@ impl Server {
             state.remove_user(username);
         }
         tracing::info!(username, "left");
-        self.emit(Event::Leave { username }, |events| events.leave.emit("leave", |f| f(username)));
+        self.emit(Event::Leave { username }, |events| {
+            events.leave.emit("leave", |f| f(username))
+        });
     }
 }

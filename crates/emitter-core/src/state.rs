@@ -64,7 +64,9 @@ impl State {
     }
 
     pub(crate) fn user(&self, username: &str) -> Option<&UserSlot> {
-        self.user_order.get(username).and_then(|order| self.users.get(order))
+        self.user_order
+            .get(username)
+            .and_then(|order| self.users.get(order))
     }
 
     pub(crate) fn user_mut(&mut self, username: &str) -> Option<&mut UserSlot> {
@@ -101,7 +103,9 @@ impl State {
     pub(crate) fn push(sink: &dyn ConnectionSink, id: ConnectionId, frame: Frame) {
         match sink.push(frame) {
             Ok(()) => {}
-            Err(PushError::Closed) => tracing::debug!(connection = %id, "frame dropped: connection is closing"),
+            Err(PushError::Closed) => {
+                tracing::debug!(connection = %id, "frame dropped: connection is closing")
+            }
             Err(PushError::Full) => {
                 tracing::warn!(connection = %id, "outgoing queue full: closing the slow connection");
                 sink.close();

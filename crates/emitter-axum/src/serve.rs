@@ -1,0 +1,145 @@
+//! Running the server: standalone on a port, on a listener you bound, or as part of your app.
+
+use std::fmt;
+use std::io;
+
+use axum::Router;
+use emitter_core::Server;
+use tokio::net::TcpListener;
+
+use crate::mount::router;
+
+/// Why a server could not start listening.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// The server was not `initializing` (`cannot start listening when the server is …`).
+    Server(emitter_core::Error),
+    /// Binding or reading the socket address failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenError::Server(error) => error.fmt(f),
+            ListenError::Io(error) => write!(f, "cannot start listening: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ListenError::Server(error) => Some(error),
+            ListenError::Io(error) => Some(error),
+        }
+    }
+}
+
+impl From<emitter_core::Error> for ListenError {
+    fn from(error: emitter_core::Error) -> Self {
+        ListenError::Server(error)
+    }
+}
+
+impl From<io::Error> for ListenError {
+    fn from(error: io::Error) -> Self {
+        ListenError::Io(error)
+    }
+}
+
+/// Binds `0.0.0.0:port` (0 picks a free port), serves the Krmx endpoint there on a background task, emits `listen`,
+/// and returns the port. The task stops when [`Server::close`] is called.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), emitter_axum::ListenError> {
+/// let server = emitter_core::Server::new();
+/// let port = emitter_axum::listen(&server, 8082).await?;
+/// // ... later
+/// server.close().await.unwrap();
+/// # Ok(()) }
+/// ```
+pub async fn listen(server: &Server, port: u16) -> Result<u16, ListenError> {
+    let host = server.host();
+    host.start()?;
+    match TcpListener::bind(("0.0.0.0", port)).await {
+        Ok(listener) => run(server, listener, router(server)).await,
+        Err(error) => {
+            host.start_failed();
+            Err(error.into())
+        }
+    }
+}
+
+/// Like [`listen`], on a listener you bound yourself.
+pub async fn listen_on(server: &Server, listener: TcpListener) -> Result<u16, ListenError> {
+    server.host().start()?;
+    run(server, listener, router(server)).await
+}
+
+/// Serves `app`, which has the Krmx endpoint mounted (with [`router`] or [`layer`](crate::layer)), on `listener`, on
+/// a background task; emits `listen` and returns the port. The task stops gracefully when [`Server::close`] is called.
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = emitter_core::Server::new();
+/// let app = Router::new()
+///     .route("/health", get(|| async { "ok" }))
+///     .merge(emitter_axum::router(&server));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let port = emitter_axum::serve(&server, listener, app).await?;
+/// # Ok(()) }
+/// ```
+pub async fn serve(
+    server: &Server,
+    listener: TcpListener,
+    app: Router,
+) -> Result<u16, ListenError> {
+    server.host().start()?;
+    run(server, listener, app).await
+}
+
+/// Marks the server as listening on `port` and emits `listen`, for when you run `axum::serve` yourself. Pair it with
+/// [`Server::closing`] as the graceful-shutdown signal.
+///
+/// ```no_run
+/// use axum::Router;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = emitter_core::Server::new();
+/// let app = Router::new().merge(emitter_axum::router(&server));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// emitter_axum::mark_listening(&server, listener.local_addr()?.port())?;
+/// axum::serve(listener, app).with_graceful_shutdown(server.closing()).await?;
+/// # Ok(()) }
+/// ```
+pub fn mark_listening(server: &Server, port: u16) -> Result<(), emitter_core::Error> {
+    let host = server.host();
+    host.start()?;
+    host.listening(port)
+}
+
+async fn run(server: &Server, listener: TcpListener, app: Router) -> Result<u16, ListenError> {
+    let host = server.host();
+    let port = match listener.local_addr() {
+        Ok(address) => address.port(),
+        Err(error) => {
+            host.start_failed();
+            return Err(error.into());
+        }
+    };
+    let guard = host.transport_guard();
+    let shutdown = host.closing();
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "the HTTP server stopped with an error");
+        }
+        drop(guard);
+    });
+    host.listening(port)?;
+    Ok(port)
+}

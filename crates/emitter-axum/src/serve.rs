@@ -129,6 +129,8 @@ async fn run(server: &Server, listener: TcpListener, app: Router) -> Result<u16,
             return Err(error.into());
         }
     };
+    // Listening before the accept loop starts: a client that connects right away is never turned down.
+    host.listening(port)?;
     let guard = host.transport_guard();
     let shutdown = host.closing();
     tokio::spawn(async move {
@@ -140,6 +142,5 @@ async fn run(server: &Server, listener: TcpListener, app: Router) -> Result<u16,
         }
         drop(guard);
     });
-    host.listening(port)?;
     Ok(port)
 }

@@ -1,0 +1,550 @@
+//! The state machine without sockets: a fake transport records what each connection would receive.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use emitter_core::protocol::Frame;
+use emitter_core::transport::{ConnectionId, ConnectionSink, PushError};
+use emitter_core::{Error, Event, Message, Server, ServerBuilder, Status, User};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+#[derive(Clone, Default)]
+struct Outbox {
+    frames: Arc<Mutex<Vec<Value>>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Outbox {
+    fn take(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.frames.lock())
+    }
+}
+
+struct FakeSink(Outbox);
+
+impl ConnectionSink for FakeSink {
+    fn push(&self, frame: Frame) -> Result<(), PushError> {
+        if self.0.closed.load(Ordering::SeqCst) {
+            return Err(PushError::Closed);
+        }
+        self.0
+            .frames
+            .lock()
+            .push(serde_json::from_str(frame.as_str()).unwrap());
+        Ok(())
+    }
+    fn close(&self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+    }
+}
+
+fn listening(builder: ServerBuilder) -> Server {
+    let server = builder.build();
+    server.host().start().unwrap();
+    server.host().listening(4321).unwrap();
+    server
+}
+
+fn connect(server: &Server) -> (ConnectionId, Outbox) {
+    let outbox = Outbox::default();
+    let id = server.host().connect(FakeSink(outbox.clone())).unwrap();
+    (id, outbox)
+}
+
+fn send(server: &Server, id: ConnectionId, message: Value) {
+    server.host().receive(id, message.to_string().as_bytes());
+}
+
+fn link_request(username: &str) -> Value {
+    json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}})
+}
+
+fn link(server: &Server, username: &str) -> (ConnectionId, Outbox) {
+    let (id, outbox) = connect(server);
+    send(server, id, link_request(username));
+    assert_eq!(
+        outbox.frames.lock()[0],
+        json!({"type": "krmx/accepted"}),
+        "{username}"
+    );
+    (id, outbox)
+}
+
+fn kinds(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| match f["payload"]["username"].as_str() {
+            Some(name) => format!("{} {name}", f["type"].as_str().unwrap()),
+            None => f["type"].as_str().unwrap().to_owned(),
+        })
+        .collect()
+}
+
+fn record(server: &Server) -> Arc<Mutex<Vec<String>>> {
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let l = lines.clone();
+    let _ = server.on_any(move |event| {
+        let line = match event {
+            Event::Join { username } => format!("join {username}"),
+            Event::Link { username } => format!("link {username}"),
+            Event::Unlink { username } => format!("unlink {username}"),
+            Event::Leave { username } => format!("leave {username}"),
+            other => other.name().to_owned(),
+        };
+        l.lock().push(line);
+    });
+    lines
+}
+
+fn user(username: &str, is_linked: bool) -> User {
+    User {
+        username: username.to_owned(),
+        is_linked,
+    }
+}
+
+#[test]
+fn every_method_refuses_while_initializing_with_the_reference_wording() {
+    let server = Server::new();
+    let hello = Message::new("custom/hello");
+    let cases: [(Result<(), Error>, &str); 5] = [
+        (
+            server.send("simon", &hello),
+            "cannot send a message when the server is initializing",
+        ),
+        (
+            server.broadcast(&hello, None),
+            "cannot broadcast a message when the server is initializing",
+        ),
+        (
+            server.kick("simon"),
+            "cannot kick a user when the server is initializing",
+        ),
+        (
+            server.unlink("simon"),
+            "cannot unlink a connection from a user when the server is initializing",
+        ),
+        (
+            server.join("simon"),
+            "cannot join a user when the server is initializing",
+        ),
+    ];
+    for (result, wording) in cases {
+        assert_eq!(result.unwrap_err().to_string(), wording);
+    }
+    assert!(server.host().connect(FakeSink(Outbox::default())).is_none());
+}
+
+#[tokio::test]
+async fn lifecycle_moves_forward_and_refuses_repeats() {
+    let server = Server::new();
+    assert_eq!(server.status(), Status::Initializing);
+    let closing = server.close().await.unwrap_err();
+    assert_eq!(
+        closing.to_string(),
+        "cannot close when the server is initializing"
+    );
+    server.host().start().unwrap();
+    assert_eq!(server.status(), Status::Starting);
+    let port = server.wait_for_listen();
+    server.host().listening(77).unwrap();
+    assert_eq!(port.await, 77);
+    assert_eq!(
+        server.host().start().unwrap_err().to_string(),
+        "cannot start listening when the server is listening"
+    );
+    let closed = server.wait_for_close();
+    server.close().await.unwrap();
+    closed.await;
+    assert_eq!(server.status(), Status::Closed);
+    assert_eq!(
+        server.close().await.unwrap_err().to_string(),
+        "cannot close when the server is closed"
+    );
+}
+
+#[test]
+fn send_fails_in_join_and_works_in_link() {
+    let server = listening(Server::builder());
+    let results: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (s, r) = (server.clone(), results.clone());
+    let _ = server.on_join(move |username| {
+        let outcome = s.send(username, &Message::new("custom/welcome-on-join"));
+        r.lock().push(format!("{outcome:?}"));
+    });
+    let s = server.clone();
+    let _ = server.on_link(move |username| {
+        s.send(username, &Message::new("custom/welcome-on-link"))
+            .unwrap()
+    });
+    let (_, outbox) = link(&server, "simon");
+    assert_eq!(*results.lock(), ["Err(SendToUnlinkedUser)"]);
+    assert_eq!(
+        kinds(&outbox.take()),
+        [
+            "krmx/accepted",
+            "krmx/joined simon",
+            "krmx/linked simon",
+            "custom/welcome-on-link"
+        ]
+    );
+}
+
+#[test]
+fn listeners_see_the_state_of_their_event() {
+    let server = listening(Server::builder());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    for event in ["join", "link", "unlink", "leave"] {
+        let (s, seen) = (server.clone(), seen.clone());
+        let listener = move |username: &str| {
+            seen.lock()
+                .push(format!("{event} {username} {:?}", s.users()));
+        };
+        let _ = match event {
+            "join" => server.on_join(listener),
+            "link" => server.on_link(listener),
+            "unlink" => server.on_unlink(listener),
+            _ => server.on_leave(listener),
+        };
+    }
+    let (id, _) = link(&server, "ann");
+    send(&server, id, json!({"type": "krmx/leave"}));
+    let seen = seen.lock();
+    assert_eq!(seen[0], format!("join ann {:?}", vec![user("ann", false)]));
+    assert_eq!(seen[1], format!("link ann {:?}", vec![user("ann", true)]));
+    assert_eq!(
+        seen[2],
+        format!("unlink ann {:?}", vec![user("ann", false)])
+    );
+    assert_eq!(seen[3], format!("leave ann {:?}", Vec::<User>::new()));
+}
+
+#[test]
+fn a_join_listener_that_kicks_leaves_everything_consistent() {
+    let server = listening(Server::builder());
+    let events = record(&server);
+    let s = server.clone();
+    let _ = server.on_join(move |username| {
+        if username == "kickme" {
+            s.kick(username).unwrap();
+        }
+    });
+    let (_, watcher) = link(&server, "watcher");
+    watcher.take();
+    let (_, bystander) = connect(&server);
+    let (kick_id, kick_box) = connect(&server);
+    send(&server, kick_id, link_request("kickme"));
+    assert_eq!(kinds(&kick_box.take()), ["krmx/accepted"]);
+    assert_eq!(server.users(), [user("watcher", true)]);
+    assert_eq!(
+        kinds(&watcher.take()),
+        ["krmx/joined kickme", "krmx/left kickme"]
+    );
+    assert_eq!(
+        events.lock()[3..],
+        ["authenticate", "join kickme", "leave kickme"]
+    );
+    assert!(
+        bystander.take().is_empty(),
+        "an unlinked connection hears nothing"
+    );
+    // The connection is free to link again.
+    send(&server, kick_id, link_request("other"));
+    assert_eq!(kick_box.take()[0], json!({"type": "krmx/accepted"}));
+}
+
+#[test]
+fn kicking_from_an_unlink_listener_during_a_leave_leaves_once() {
+    let server = listening(Server::builder());
+    let events = record(&server);
+    let s = server.clone();
+    let _ = server.on_unlink(move |username| {
+        let _ = s.kick(username);
+    });
+    let (id, _) = link(&server, "ann");
+    send(&server, id, json!({"type": "krmx/leave"}));
+    let events = events.lock();
+    assert_eq!(
+        events.iter().filter(|e| *e == "leave ann").count(),
+        1,
+        "{events:?}"
+    );
+    assert!(server.users().is_empty());
+}
+
+#[test]
+fn join_order_is_kept_across_relinks_and_rejoins() {
+    let server = listening(Server::builder());
+    let (a, _) = link(&server, "ann");
+    let (_b, _) = link(&server, "bob");
+    let (_c, _) = link(&server, "cat");
+    server.host().disconnect(a);
+    let _ = link(&server, "ann");
+    assert_eq!(
+        server
+            .users()
+            .iter()
+            .map(|u| u.username.as_str())
+            .collect::<Vec<_>>(),
+        ["ann", "bob", "cat"]
+    );
+    server.kick("bob").unwrap();
+    let (_, late) = link(&server, "bob");
+    assert_eq!(
+        server
+            .users()
+            .iter()
+            .map(|u| u.username.as_str())
+            .collect::<Vec<_>>(),
+        ["ann", "cat", "bob"]
+    );
+    assert_eq!(
+        kinds(&late.take()),
+        [
+            "krmx/accepted",
+            "krmx/joined ann",
+            "krmx/linked ann",
+            "krmx/joined cat",
+            "krmx/linked cat",
+            "krmx/joined bob",
+            "krmx/linked bob"
+        ]
+    );
+}
+
+#[test]
+fn once_and_predicates_and_unsubscribe() {
+    let server = listening(Server::builder());
+    let fired: Arc<Mutex<Vec<String>>> = Arc::default();
+    let f = fired.clone();
+    let _ = server.once_join(move |u| f.lock().push(format!("once {u}")));
+    let f = fired.clone();
+    let when = server.once_join_when(
+        |u| u.starts_with('b'),
+        move |u| f.lock().push(format!("when {u}")),
+    );
+    let f = fired.clone();
+    let gone = server.on_join(move |u| f.lock().push(format!("gone {u}")));
+    gone.unsubscribe();
+    assert!(when.is_active());
+    for name in ["ann", "bob", "bea"] {
+        server.join(name).unwrap();
+    }
+    assert!(!when.is_active());
+    assert_eq!(*fired.lock(), ["once ann", "when bob"]);
+}
+
+#[test]
+fn any_listeners_run_first_and_panics_are_isolated() {
+    let server = listening(Server::builder());
+    let order: Arc<Mutex<Vec<&str>>> = Arc::default();
+    let o = order.clone();
+    let _ = server.on_join(move |_| o.lock().push("join 1"));
+    let _ = server.on_join(|_| panic!("listener bug"));
+    let o = order.clone();
+    let _ = server.on_join(move |_| o.lock().push("join 3"));
+    let o = order.clone();
+    let _ = server.on_any(move |_| o.lock().push("any"));
+    server.join("ann").unwrap();
+    server.join("bob").unwrap();
+    assert_eq!(
+        *order.lock(),
+        ["any", "join 1", "join 3", "any", "join 1", "join 3"]
+    );
+    assert_eq!(server.users().len(), 2);
+}
+
+#[tokio::test]
+async fn wait_for_registers_when_called() {
+    let server = listening(Server::builder());
+    let join = server.wait_for_join_when(|u| u == "bob");
+    let message = server.wait_for_message();
+    let any = server.wait_for_event(|e| match e {
+        Event::Link { username } => Some(username.to_string()),
+        _ => None,
+    });
+    server.join("ann").unwrap();
+    server.join("bob").unwrap();
+    let (id, _) = link(&server, "cat");
+    send(&server, id, json!({"type": "x/y", "payload": 1}));
+    assert_eq!(join.await, "bob");
+    assert_eq!(any.await, "cat");
+    let (from, message) = message.await;
+    assert_eq!((from.as_str(), message.kind.as_str()), ("cat", "x/y"));
+}
+
+#[tokio::test]
+async fn a_dropped_wait_for_leaves_no_listener() {
+    let server = listening(Server::builder());
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let _ = server.on_join(move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    drop(server.wait_for_join());
+    server.join("ann").unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_listener_may_close_the_server() {
+    let server = listening(Server::builder());
+    let events = record(&server);
+    let s = server.clone();
+    let _ = server.on_message(move |_, _| drop(s.close()));
+    let (a, a_box) = link(&server, "ann");
+    let (b, b_box) = link(&server, "bob");
+    a_box.take();
+    b_box.take();
+    send(&server, a, json!({"type": "app/close"}));
+    assert_eq!(
+        kinds(&b_box.take()),
+        [
+            "krmx/unlinked ann",
+            "krmx/left ann",
+            "krmx/unlinked bob",
+            "krmx/left bob"
+        ]
+    );
+    assert!(b_box.closed.load(Ordering::SeqCst));
+    assert_eq!(
+        server.status(),
+        Status::Closing,
+        "closing waits for the connections to go"
+    );
+    let closed = server.wait_for_close();
+    for id in [a, b] {
+        server.host().disconnect(id);
+    }
+    closed.await;
+    assert_eq!(server.status(), Status::Closed);
+    let tail: Vec<String> = events.lock().iter().rev().take(5).rev().cloned().collect();
+    assert_eq!(
+        tail,
+        [
+            "unlink ann",
+            "leave ann",
+            "unlink bob",
+            "leave bob",
+            "close"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn async_auth_all_must_succeed_and_the_timeout_always_wins() {
+    let server = listening(Server::builder().auth_timeout(Duration::from_millis(500)));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    let _ = server.on_authenticate(move |username, _, ctx| {
+        let name = username.to_owned();
+        ctx.mark_async(async { Ok::<(), String>(()) });
+        let d = d.clone();
+        ctx.mark_async(async move {
+            struct Flag(Arc<AtomicBool>);
+            impl Drop for Flag {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _flag = Flag(d);
+            match name.as_str() {
+                "never" => std::future::pending::<()>().await,
+                "failing" => return Err("no entry".to_owned()),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            Ok(())
+        });
+    });
+    let (never, never_box) = connect(&server);
+    send(&server, never, link_request("never"));
+    let (ok, ok_box) = connect(&server);
+    send(&server, ok, link_request("fine"));
+    let (fail, fail_box) = connect(&server);
+    send(&server, fail, link_request("failing"));
+    server.wait_for_link().await;
+    assert_eq!(kinds(&ok_box.take())[0], "krmx/accepted");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        never_box.take(),
+        [json!({"type":"krmx/rejected","payload":{"reason":"authentication timeout"}})]
+    );
+    assert_eq!(
+        fail_box.take(),
+        [json!({"type":"krmx/rejected","payload":{"reason":"no entry"}})]
+    );
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the pending future was cancelled"
+    );
+    assert_eq!(server.users(), [user("fine", true)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_reject_answers_at_once_and_never_runs_the_async_work() {
+    let server = listening(Server::builder());
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = ran.clone();
+    let _ = server.on_authenticate(|_, _, ctx| ctx.reject("immediately rejected"));
+    let _ = server.on_authenticate(move |_, _, ctx| {
+        let r = r.clone();
+        ctx.mark_async(async move {
+            r.store(true, Ordering::SeqCst);
+            Ok::<(), String>(())
+        });
+        ctx.reject("this should not show up");
+    });
+    let (id, outbox) = connect(&server);
+    send(&server, id, link_request("marjolein"));
+    assert_eq!(
+        outbox.take(),
+        [json!({"type":"krmx/rejected","payload":{"reason":"immediately rejected"}})]
+    );
+    tokio::task::yield_now().await;
+    assert!(!ran.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reject_from_async_work_is_final_and_later_calls_change_nothing() {
+    let server = listening(Server::builder().auth_timeout(Duration::from_millis(300)));
+    let _ = server.on_authenticate(|_, _, ctx| {
+        let ctx2 = ctx.clone();
+        ctx.mark_async(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            ctx2.reject("denied by app");
+            ctx2.reject("second reason");
+            Ok::<(), String>(())
+        });
+    });
+    let (id, outbox) = connect(&server);
+    send(&server, id, link_request("deny"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        outbox.take(),
+        [json!({"type":"krmx/rejected","payload":{"reason":"denied by app"}})]
+    );
+    assert!(server.users().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_drops_pending_link_attempts() {
+    let server = listening(Server::builder());
+    let events = record(&server);
+    let _ = server.on_authenticate(|_, _, ctx| {
+        ctx.mark_async(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<(), String>(())
+        })
+    });
+    let (id, outbox) = connect(&server);
+    send(&server, id, link_request("slow"));
+    let closed = server.close();
+    server.host().disconnect(id);
+    closed.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(outbox.take().is_empty());
+    assert_eq!(events.lock().last().map(String::as_str), Some("close"));
+    assert!(!events.lock().iter().any(|e| e.starts_with("join")));
+}

@@ -1,0 +1,185 @@
+//! The conformance server: a Krmx server with a fixed, documented behaviour (see this crate's README) so that any
+//! Krmx client test suite can drive it over the wire.
+//!
+//! Two endpoints share the same listeners: [`build_main`] accepts new users; [`build_closed`] does not, and
+//! [`serve_closed`] joins the user [`ADMIN`] once it listens. Both serve path `/`.
+
+use std::time::Duration;
+
+use emitter_axum::ListenError;
+use emitter_core::{AuthContext, AuthInfo, Message, Server, ServerBuilder};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// How long async authentication may take before the link is rejected with `authentication timeout`.
+pub const AUTH_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often connections are pinged.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long the `slow…`, `deny…` and `fail…` users' async authentication takes.
+pub const SHORT_AUTH: Duration = Duration::from_millis(200);
+/// How long the `late…` users' async authentication would take: longer than [`AUTH_TIMEOUT`].
+pub const LATE_AUTH: Duration = Duration::from_millis(2000);
+/// The user the closed endpoint joins server-side when it starts.
+pub const ADMIN: &str = "admin";
+/// The `test/error` text for a kick, unlink or join whose payload is not a string.
+pub const NOT_A_USERNAME: &str = "payload must be a username string";
+
+/// The main endpoint's server: accepts new users. Not listening yet.
+pub fn build_main() -> Server {
+    with_contract(Server::builder())
+}
+
+/// The closed endpoint's server: does not accept new users. Not listening yet; [`serve_closed`] joins [`ADMIN`].
+pub fn build_closed() -> Server {
+    with_contract(Server::builder().accept_new_users(false))
+}
+
+/// Starts [`build_main`] on `listener` and returns it with its port.
+pub async fn serve_main(listener: TcpListener) -> Result<(Server, u16), ListenError> {
+    let server = build_main();
+    let port = emitter_axum::listen_on(&server, listener).await?;
+    Ok((server, port))
+}
+
+/// Starts [`build_closed`] on `listener`, joins [`ADMIN`], and returns it with its port.
+///
+/// [`ADMIN`] is joined before the first connection is accepted: `join` needs a listening server, and
+/// `emitter_axum::listen_on` starts accepting as it starts listening, so this marks the server listening, joins, and
+/// only then serves.
+pub async fn serve_closed(listener: TcpListener) -> Result<(Server, u16), ListenError> {
+    let server = build_closed();
+    let port = listener.local_addr()?.port();
+    emitter_axum::mark_listening(&server, port)?;
+    server.join(ADMIN)?;
+    let app = emitter_axum::router(&server);
+    let shutdown = server.closing();
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "the closed endpoint's HTTP server stopped with an error");
+        }
+    });
+    Ok((server, port))
+}
+
+fn with_contract(builder: ServerBuilder) -> Server {
+    let server = builder
+        .auth_timeout(AUTH_TIMEOUT)
+        .ping_interval(PING_INTERVAL)
+        .build();
+    let _ = server.on_authenticate(authenticate);
+    let actions = server.clone();
+    let _ = server.on_message(move |username, message| on_message(&actions, username, message));
+    server
+}
+
+/// The authentication rules, checked in order; the first match decides and no match accepts at once.
+fn authenticate(username: &str, info: &AuthInfo, ctx: &AuthContext) {
+    match info.auth.as_deref() {
+        Some("reject-me") => return ctx.reject("rejected by app"),
+        Some("report-is-new") => return ctx.reject(format!("isNewUser={}", info.is_new_user)),
+        _ => {}
+    }
+    if username.starts_with("throw") {
+        // The core catches this and rejects the link with the panic's message.
+        panic!("thrown by app");
+    }
+    if username.starts_with("slow") {
+        ctx.mark_async(async {
+            tokio::time::sleep(SHORT_AUTH).await;
+            Ok::<(), String>(())
+        });
+    } else if username.starts_with("late") {
+        ctx.mark_async(async {
+            tokio::time::sleep(LATE_AUTH).await;
+            Ok::<(), String>(())
+        });
+    } else if username.starts_with("deny") {
+        let rejecter = ctx.clone();
+        ctx.mark_async(async move {
+            tokio::time::sleep(SHORT_AUTH).await;
+            rejecter.reject("denied by app");
+            Ok::<(), String>(())
+        });
+    } else if username.starts_with("fail") {
+        ctx.mark_async(async {
+            tokio::time::sleep(SHORT_AUTH).await;
+            Err::<(), _>("failed by app")
+        });
+    }
+}
+
+/// `{type, payload?}`: the payload key is left out when there is none.
+fn message(kind: &str, payload: Option<Value>) -> Message {
+    Message {
+        kind: kind.to_owned(),
+        payload,
+    }
+}
+
+/// The custom messages of the contract. Replies go to the sender only, after the action's own protocol messages; a
+/// sender that is no longer linked after its action gets none. Other types are ignored.
+fn on_message(server: &Server, sender: &str, received: &Message) {
+    let payload = received.payload.clone();
+    let reply = match received.kind.as_str() {
+        "test/echo" => Some(message("test/echoed", payload)),
+        "test/broadcast" | "test/broadcast-skip" => {
+            let mut inner = json!({ "from": sender });
+            if let Some(payload) = payload {
+                inner["payload"] = payload;
+            }
+            let skip = (received.kind == "test/broadcast-skip").then_some(sender);
+            if let Err(error) = server.broadcast(&message("test/broadcasted", Some(inner)), skip) {
+                tracing::warn!(%error, "broadcast failed");
+            }
+            None
+        }
+        "test/kick" => Some(act(payload, "test/kicked-ok", |u| server.kick(u))),
+        "test/unlink" => Some(act(payload, "test/unlinked-ok", |u| server.unlink(u))),
+        "test/join" => Some(act(payload, "test/joined-ok", |u| server.join(u))),
+        "test/users" => match serde_json::to_value(server.users()) {
+            Ok(users) => Some(message("test/users", Some(users))),
+            Err(error) => Some(message(
+                "test/error",
+                Some(Value::String(error.to_string())),
+            )),
+        },
+        other => {
+            tracing::debug!(sender, kind = other, "ignored a message of another type");
+            None
+        }
+    };
+    let Some(reply) = reply else { return };
+    let still_linked = server
+        .users()
+        .iter()
+        .any(|user| user.username == sender && user.is_linked);
+    if !still_linked {
+        tracing::debug!(
+            sender,
+            kind = reply.kind,
+            "no reply: the sender is no longer linked"
+        );
+        return;
+    }
+    if let Err(error) = server.send(sender, &reply) {
+        tracing::warn!(sender, %error, "could not reply");
+    }
+}
+
+/// Runs a kick, unlink or join on the username in `payload`; the reply is `ok` with that username, or `test/error`.
+fn act(
+    payload: Option<Value>,
+    ok: &str,
+    action: impl FnOnce(&str) -> Result<(), emitter_core::Error>,
+) -> Message {
+    let Some(Value::String(username)) = payload else {
+        return message("test/error", Some(Value::String(NOT_A_USERNAME.to_owned())));
+    };
+    match action(&username) {
+        Ok(()) => message(ok, Some(Value::String(username))),
+        Err(error) => message("test/error", Some(Value::String(error.to_string()))),
+    }
+}

@@ -34,3 +34,8 @@ mod serve;
 
 pub use mount::{layer, router, KrmxLayer, KrmxService};
 pub use serve::{listen, listen_on, mark_listening, serve, ListenError};
+
+/// Compiles the Rust example in the repository's README as a doctest.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,35 @@
+# emitter: common tasks. `just` lists them.
+
+default:
+    @just --list
+
+# Run the chat example (PORT, default 8082)
+run:
+    cargo run -p example-chat
+
+# Run every test, doctests included
+test:
+    cargo test --workspace
+
+# Check formatting and lints, as CI does
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Run the conformance server (PORT, default 8787; CLOSED_PORT, default 8788)
+conformance:
+    cargo run -p example-conformance
+
+# Build the book into docs/book, if mdbook is installed
+docs:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v mdbook >/dev/null 2>&1; then
+        mdbook build docs
+    else
+        echo "mdbook is not installed (cargo install mdbook); skipping the book"
+    fi
+
+# Everything CI runs
+ci:
+    .ci/run

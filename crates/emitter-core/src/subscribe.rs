@@ -12,19 +12,22 @@ use crate::protocol::Message;
 use crate::Server;
 
 type UserListener = dyn Fn(&str) + Send + Sync;
+type AnyListener = dyn Fn(&Event<'_>) + Send + Sync;
+type AuthListener = dyn Fn(&str, &AuthInfo, &AuthContext) + Send + Sync;
+type MessageListener = dyn Fn(&str, &Message) + Send + Sync;
 
 /// One listener list per event.
 #[derive(Default)]
 pub(crate) struct Events {
-    pub(crate) any: Listeners<dyn Fn(&Event<'_>) + Send + Sync>,
+    pub(crate) any: Listeners<AnyListener>,
     pub(crate) listen: Listeners<dyn Fn(u16) + Send + Sync>,
     pub(crate) close: Listeners<dyn Fn() + Send + Sync>,
-    pub(crate) authenticate: Listeners<dyn Fn(&str, &AuthInfo, &AuthContext) + Send + Sync>,
+    pub(crate) authenticate: Listeners<AuthListener>,
     pub(crate) join: Listeners<UserListener>,
     pub(crate) link: Listeners<UserListener>,
     pub(crate) unlink: Listeners<UserListener>,
     pub(crate) leave: Listeners<UserListener>,
-    pub(crate) message: Listeners<dyn Fn(&str, &Message) + Send + Sync>,
+    pub(crate) message: Listeners<MessageListener>,
 }
 
 /// Listeners run in registration order, any-event listeners before an event's own. A listener may call any server

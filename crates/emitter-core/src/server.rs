@@ -150,6 +150,21 @@ impl Server {
             .collect()
     }
 
+    /// One user, if it exists.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// assert_eq!(server.user("simon"), None);
+    /// ```
+    pub fn user(&self, username: &str) -> Option<User> {
+        let guard = self.lock();
+        let state = guard.borrow();
+        state.user(username).map(|slot| User {
+            username: slot.username.clone(),
+            is_linked: slot.link.is_some(),
+        })
+    }
+
     /// Sends `message` to one linked user.
     ///
     /// Fails when the server is not listening or closing, or when the user does not exist or is not linked.

@@ -75,7 +75,8 @@ impl Server {
         self.wait(subscription, rx)
     }
 
-    /// Calls `listener` with the port once the server listens.
+    /// Calls `listener` with the port once the server listens. It runs before the transport accepts its first
+    /// connection, so users joined here with [`Server::join`] are in place for every client.
     ///
     /// ```
     /// let server = emitter_core::Server::new();

@@ -41,26 +41,19 @@ pub async fn serve_main(listener: TcpListener) -> Result<(Server, u16), ListenEr
     Ok((server, port))
 }
 
-/// Starts [`build_closed`] on `listener`, joins [`ADMIN`], and returns it with its port.
+/// Starts [`build_closed`] on `listener`, with [`ADMIN`] joined, and returns it with its port.
 ///
-/// [`ADMIN`] is joined before the first connection is accepted: `join` needs a listening server, and
-/// `emitter_axum::listen_on` starts accepting as it starts listening, so this marks the server listening, joins, and
-/// only then serves.
+/// [`ADMIN`] is joined from a `listen` listener: it runs when the server starts listening, before the first connection
+/// is accepted, so every client finds the user there.
 pub async fn serve_closed(listener: TcpListener) -> Result<(Server, u16), ListenError> {
     let server = build_closed();
-    let port = listener.local_addr()?.port();
-    emitter_axum::mark_listening(&server, port)?;
-    server.join(ADMIN)?;
-    let app = emitter_axum::router(&server);
-    let shutdown = server.closing();
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(%error, "the closed endpoint's HTTP server stopped with an error");
+    let joiner = server.clone();
+    let _ = server.on_listen(move |_| {
+        if let Err(error) = joiner.join(ADMIN) {
+            tracing::error!(%error, "could not join {ADMIN}");
         }
     });
+    let port = emitter_axum::listen_on(&server, listener).await?;
     Ok((server, port))
 }
 
@@ -152,10 +145,7 @@ fn on_message(server: &Server, sender: &str, received: &Message) {
         }
     };
     let Some(reply) = reply else { return };
-    let still_linked = server
-        .users()
-        .iter()
-        .any(|user| user.username == sender && user.is_linked);
+    let still_linked = server.user(sender).is_some_and(|user| user.is_linked);
     if !still_linked {
         tracing::debug!(
             sender,

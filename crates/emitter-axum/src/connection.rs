@@ -65,10 +65,7 @@ async fn write_batch(
 }
 
 /// Writes what is still queued, then a close frame.
-async fn drain_and_close(
-    socket: &mut WebSocket,
-    frames: &mut mpsc::Receiver<Frame>,
-) -> Result<(), axum::Error> {
+async fn drain_and_close(socket: &mut WebSocket, frames: &mut mpsc::Receiver<Frame>) -> Result<(), axum::Error> {
     while let Ok(frame) = frames.try_recv() {
         socket.feed(to_message(frame)).await?;
     }
@@ -78,9 +75,7 @@ async fn drain_and_close(
 /// Serves one upgraded WebSocket until either side closes it, then reports the close to the core.
 pub(crate) async fn run(host: Host, mut socket: WebSocket, query_ok: bool) {
     if !query_ok {
-        tracing::debug!(
-            "incoming connection closed: its query parameters are not the expected ones"
-        );
+        tracing::debug!("incoming connection closed: its query parameters are not the expected ones");
         let _ = socket.send(Message::Close(None)).await;
         return;
     }

@@ -32,16 +32,10 @@ use crate::connection;
 /// ```
 pub fn router(server: &Server) -> Router {
     let path = server.config().path().to_owned();
-    Router::new()
-        .route(&path, get(upgrade))
-        .with_state(server.clone())
+    Router::new().route(&path, get(upgrade)).with_state(server.clone())
 }
 
-async fn upgrade(
-    State(server): State<Server>,
-    RawQuery(query): RawQuery,
-    ws: WebSocketUpgrade,
-) -> Response {
+async fn upgrade(State(server): State<Server>, RawQuery(query): RawQuery, ws: WebSocketUpgrade) -> Response {
     let config = server.config();
     let query_ok = config.query_params_hold(query.as_deref());
     let max = config.max_message_size();

@@ -92,11 +92,7 @@ pub async fn listen_on(server: &Server, listener: TcpListener) -> Result<u16, Li
 /// let port = emitter_axum::serve(&server, listener, app).await?;
 /// # Ok(()) }
 /// ```
-pub async fn serve(
-    server: &Server,
-    listener: TcpListener,
-    app: Router,
-) -> Result<u16, ListenError> {
+pub async fn serve(server: &Server, listener: TcpListener, app: Router) -> Result<u16, ListenError> {
     server.host().start()?;
     run(server, listener, app).await
 }
@@ -134,10 +130,7 @@ async fn run(server: &Server, listener: TcpListener, app: Router) -> Result<u16,
     let guard = host.transport_guard();
     let shutdown = host.closing();
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(%error, "the HTTP server stopped with an error");
         }
         drop(guard);

@@ -86,10 +86,7 @@ impl RawWs {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = RawWs {
-            tcp,
-            buf: Vec::new(),
-        };
+        let mut raw = RawWs { tcp, buf: Vec::new() };
         loop {
             if let Some(end) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
@@ -151,8 +148,7 @@ impl RawWs {
     }
 
     async fn send_json(&mut self, message: &Value) {
-        self.send_frame(OP_TEXT, message.to_string().as_bytes(), true)
-            .await;
+        self.send_frame(OP_TEXT, message.to_string().as_bytes(), true).await;
     }
 
     /// The next frame the server sent (servers never mask nor, here, fragment); `None` at end of stream.
@@ -161,10 +157,7 @@ impl RawWs {
             if self.buf.len() >= 2 {
                 let opcode = self.buf[0] & 0x0f;
                 let (len, header) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => (
-                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
-                        4,
-                    ),
+                    126 if self.buf.len() >= 4 => (usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4),
                     127 if self.buf.len() >= 10 => {
                         let mut len = [0u8; 8];
                         len.copy_from_slice(&self.buf[2..10]);
@@ -220,8 +213,7 @@ impl RawWs {
 /// that was accepted long before. Here the timeout dies with the decision, and a pending future is dropped at timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successful_async_auth_is_never_followed_by_a_stray_rejection() {
-    let (server, events, port) =
-        start(Server::builder().auth_timeout(Duration::from_millis(300))).await;
+    let (server, events, port) = start(Server::builder().auth_timeout(Duration::from_millis(300))).await;
     let (probe, watch) = drop_probe();
     let probe = Mutex::new(Some(probe));
     let completed = Arc::new(AtomicBool::new(false));
@@ -272,8 +264,7 @@ async fn a_successful_async_auth_is_never_followed_by_a_stray_rejection() {
 
 #[tokio::test]
 async fn a_handler_that_never_settles_is_rejected_by_the_timeout() {
-    let (server, events, port) =
-        start(Server::builder().auth_timeout(Duration::from_millis(200))).await;
+    let (server, events, port) = start(Server::builder().auth_timeout(Duration::from_millis(200))).await;
     let _ = server.on_authenticate(|username, _, ctx| {
         if username == "ghost" {
             ctx.mark_async(std::future::pending::<Result<(), String>>());
@@ -289,10 +280,7 @@ async fn a_handler_that_never_settles_is_rejected_by_the_timeout() {
     client.link("simon", None).await.unwrap();
     client.expect_all(&[joined("simon"), linked("simon")]).await;
     events.wait_for("link simon").await;
-    assert_eq!(
-        events.filtered(&["join", "link"]),
-        ["join simon", "link simon"]
-    );
+    assert_eq!(events.filtered(&["join", "link"]), ["join simon", "link simon"]);
     assert_eq!(server.users(), [user("simon", true)]);
 }
 
@@ -351,9 +339,7 @@ async fn a_connection_closed_during_async_auth_leaves_nothing_behind() {
 
     let mut client = Client::connect(port).await;
     client.send(link_request("simon")).await;
-    events
-        .wait_for("authenticate simon new=true auth=None")
-        .await;
+    events.wait_for("authenticate simon new=true auth=None").await;
     client.close().await;
     // The attempt died with its connection: its work was dropped at once, not left until the timeout.
     watch.dropped().await;
@@ -388,26 +374,18 @@ async fn a_second_link_request_while_the_first_is_pending_is_rejected() {
 
     let mut client = Client::connect(port).await;
     client.send(link_request("simon")).await;
-    events
-        .wait_for("authenticate simon new=true auth=None")
-        .await;
+    events.wait_for("authenticate simon new=true auth=None").await;
     client.send(link_request("simon")).await;
-    client
-        .expect(rejected("link request already pending"))
-        .await;
+    client.expect(rejected("link request already pending")).await;
     client.send(link_request("lisa")).await;
-    client
-        .expect(rejected("link request already pending"))
-        .await;
+    client.expect(rejected("link request already pending")).await;
     client.send(json!({"type": "custom/hello"})).await;
     client.expect(rejected("unlinked connection")).await;
     client.send(json!({"type": "krmx/leave"})).await;
     client.expect(rejected("unlinked connection")).await;
 
     gate.notify_one();
-    client
-        .expect_all(&[accepted(), joined("simon"), linked("simon")])
-        .await;
+    client.expect_all(&[accepted(), joined("simon"), linked("simon")]).await;
     events.wait_for("link simon").await;
     // Nothing else comes: no late answer to the refused requests.
     server.send("simon", &marker("end")).unwrap();
@@ -434,14 +412,8 @@ async fn broken_frames_affect_only_their_own_connection() {
         let mut raw = RawWs::link(port, name).await;
         alice.expect_all(&[joined(name), linked(name)]).await;
         match name {
-            "mallory1" => {
-                raw.send_frame(OP_TEXT, b"{\"type\":\"a/\xff\xfe\"}", true)
-                    .await
-            }
-            "mallory2" => {
-                raw.send_frame(OP_TEXT, br#"{"type":"custom/hi"}"#, false)
-                    .await
-            }
+            "mallory1" => raw.send_frame(OP_TEXT, b"{\"type\":\"a/\xff\xfe\"}", true).await,
+            "mallory2" => raw.send_frame(OP_TEXT, br#"{"type":"custom/hi"}"#, false).await,
             _ => {
                 raw.write_raw(b"\xff\xff\xff\xff this is no websocket frame\r\n\r\n")
                     .await
@@ -455,9 +427,7 @@ async fn broken_frames_affect_only_their_own_connection() {
     // A binary frame is read like a text frame, so invalid UTF-8 there is an invalid message: the user is unlinked,
     // the connection stays open and can link again.
     let mut binary = RawWs::link(port, "mallory4").await;
-    alice
-        .expect_all(&[joined("mallory4"), linked("mallory4")])
-        .await;
+    alice.expect_all(&[joined("mallory4"), linked("mallory4")]).await;
     binary.send_frame(OP_BINARY, b"\xff\xfe\xfd", true).await;
     events.wait_for("unlink mallory4").await;
     alice.expect(unlinked("mallory4")).await;
@@ -472,10 +442,7 @@ async fn broken_frames_affect_only_their_own_connection() {
     let said = server.wait_for_message();
     alice.send(json!({"type": "custom/still-here"})).await;
     let (from, message) = tokio::time::timeout(TIMEOUT, said).await.unwrap();
-    assert_eq!(
-        (from.as_str(), message.kind.as_str()),
-        ("alice", "custom/still-here")
-    );
+    assert_eq!((from.as_str(), message.kind.as_str()), ("alice", "custom/still-here"));
     server.send("alice", &marker("alive")).unwrap();
     alice.expect(marker_json("alive")).await;
     let mut bob = Client::link_as(port, "bob").await;
@@ -534,9 +501,7 @@ async fn javascript_built_in_property_names_are_ordinary_usernames() {
     constructor.send(json!({"type": "krmx/unlink"})).await;
     constructor.recv_until(&unlinked("constructor")).await;
     constructor.link("constructor", None).await.unwrap();
-    events
-        .wait_for("authenticate constructor new=false auth=None")
-        .await;
+    events.wait_for("authenticate constructor new=false auth=None").await;
 
     let to_string = &mut clients[1];
     to_string.send(json!({"type": "krmx/leave"})).await;
@@ -562,8 +527,7 @@ async fn versions_are_compared_by_number_not_by_prefix() {
     let mut other = Client::connect(port).await;
     assert_eq!(link_version(&mut other, "lisa", "0.6").await, Ok(()));
 
-    let (_strict, _events, port) =
-        start(Server::builder().accepted_versions(AcceptedVersions::only(&[(0, 6)]))).await;
+    let (_strict, _events, port) = start(Server::builder().accepted_versions(AcceptedVersions::only(&[(0, 6)]))).await;
     let mut client = Client::connect(port).await;
     assert_eq!(
         link_version(&mut client, "simon", "0.5.3").await,
@@ -606,10 +570,7 @@ async fn many_concurrent_links_keep_one_connection_per_user_and_agree_on_the_use
             match Client::link_with(port, &name, None).await {
                 Ok(client) => (name, Some(client)),
                 Err(reason) => {
-                    assert_eq!(
-                        reason,
-                        format!("user {name} is already linked to a connection")
-                    );
+                    assert_eq!(reason, format!("user {name} is already linked to a connection"));
                     (name, None)
                 }
             }

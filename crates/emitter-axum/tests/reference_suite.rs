@@ -105,11 +105,7 @@ async fn serve_ourselves(server: &Server, app: Router) -> (u16, JoinHandle<()>) 
 struct CapturedLogs(Arc<Mutex<Vec<(tracing::Level, String)>>>);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CapturedLogs {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
         struct MessageField(String);
         impl tracing::field::Visit for MessageField {
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
@@ -160,10 +156,7 @@ async fn should_cycle_through_all_server_statuses_when_starting_and_closing() {
     let closing = server.close();
     assert_eq!(server.status(), Status::Closing);
     assert!(!events.contains("close"));
-    tokio::time::timeout(TIMEOUT, closing)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, closing).await.unwrap().unwrap();
     assert_eq!(server.status(), Status::Closed);
     assert_eq!(events.lines(), ["listen", "close"]);
 }
@@ -175,10 +168,7 @@ async fn should_not_be_allowed_to_start_listening_on_a_server_that_is_already_li
     let another = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let error = emitter_axum::listen_on(&server, another).await.unwrap_err();
     assert!(matches!(error, emitter_axum::ListenError::Server(_)));
-    assert_eq!(
-        error.to_string(),
-        "cannot start listening when the server is listening"
-    );
+    assert_eq!(error.to_string(), "cannot start listening when the server is listening");
     assert_eq!(server.status(), Status::Listening);
     shutdown(&server).await;
 }
@@ -193,8 +183,7 @@ async fn should_send_messages_to_a_custom_logger_if_provided() {
     use tracing_subscriber::layer::SubscriberExt;
 
     let logs = CapturedLogs::default();
-    let _default =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
     let server = Server::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     emitter_axum::listen_on(&server, listener).await.unwrap();
@@ -283,9 +272,7 @@ async fn should_not_accept_a_user_with_minor_or_major_version_mismatch_in_the_li
 async fn should_accept_a_user_with_a_patch_mismatch_in_the_link_message() {
     let (server, events, port) = start_default().await;
     let mut client = Client::connect(port).await;
-    client
-        .send(link_with_version("simon", &format!("{VERSION}1")))
-        .await;
+    client.send(link_with_version("simon", &format!("{VERSION}1"))).await;
     client.expect(accepted()).await;
     events.wait_for("link simon").await;
     shutdown(&server).await;
@@ -420,11 +407,7 @@ async fn should_unlink_a_connection_from_its_user_if_a_message_with_unknown_form
         let username = format!("simon{index}");
         let mut client = Client::link_and_settle(port, &username).await;
         client.send_raw(raw).await;
-        assert_eq!(
-            client.recv().await,
-            unlinked(&username),
-            "scenario {index}: {raw:?}"
-        );
+        assert_eq!(client.recv().await, unlinked(&username), "scenario {index}: {raw:?}");
         events.wait_for(&format!("unlink {username}")).await;
         // Not closed, and unlinked rather than rejected or left.
         expect_open_and_unlinked(&mut client).await;
@@ -436,8 +419,7 @@ async fn should_unlink_a_connection_from_its_user_if_a_message_with_unknown_form
 /// Reference: "should unlink a user if it sends a message starting with krmx/ that is not a link, unlink, or leave
 /// message" (all 8 scenarios).
 #[tokio::test]
-async fn should_unlink_a_user_if_it_sends_a_message_starting_with_krmx_that_is_not_a_link_unlink_or_leave_message(
-) {
+async fn should_unlink_a_user_if_it_sends_a_message_starting_with_krmx_that_is_not_a_link_unlink_or_leave_message() {
     let (server, events, port) = start_default().await;
     let scenarios = [
         "krmx/accepted",
@@ -478,8 +460,7 @@ async fn should_allow_a_user_to_link_using_a_new_connection_after_the_connection
 
 /// Reference: "should emit the message and username if a custom message is received from a linked connection".
 #[tokio::test]
-async fn should_emit_the_message_and_username_if_a_custom_message_is_received_from_a_linked_connection(
-) {
+async fn should_emit_the_message_and_username_if_a_custom_message_is_received_from_a_linked_connection() {
     let (server, _events, port) = start_default().await;
     let mut simon = Client::link_as(port, "simon").await;
     let received = server.wait_for_message();
@@ -529,11 +510,7 @@ async fn should_send_information_about_all_users_to_a_new_user() {
     expect_nothing_more(&server, &mut marjolein, "marjolein").await;
     assert_eq!(
         server.users(),
-        [
-            user("simon", true),
-            user("lisa", false),
-            user("marjolein", true)
-        ]
+        [user("simon", true), user("lisa", false), user("marjolein", true)]
     );
     shutdown(&server).await;
 }
@@ -546,12 +523,7 @@ async fn should_let_a_user_leave_the_server_and_should_inform_other_users_about_
     let mut lisa = Client::link_and_settle(port, "lisa").await;
     lisa.send(json!({ "type": "krmx/leave" })).await;
     simon
-        .expect_all(&[
-            joined("lisa"),
-            linked("lisa"),
-            unlinked("lisa"),
-            left("lisa"),
-        ])
+        .expect_all(&[joined("lisa"), linked("lisa"), unlinked("lisa"), left("lisa")])
         .await;
     expect_nothing_more(&server, &mut simon, "simon").await;
     events.wait_for("leave lisa").await;
@@ -675,9 +647,7 @@ async fn should_allow_broadcasting_a_message_to_all_linked_users() {
     let mut marjolein = Client::link_and_settle(port, "marjolein").await;
     lisa.close().await;
     events.wait_for("unlink lisa").await;
-    server
-        .broadcast(&Message::new("custom/hello"), None)
-        .unwrap();
+    server.broadcast(&Message::new("custom/hello"), None).unwrap();
     simon
         .expect_all(&[
             joined("lisa"),
@@ -688,9 +658,7 @@ async fn should_allow_broadcasting_a_message_to_all_linked_users() {
             custom("custom/hello"),
         ])
         .await;
-    marjolein
-        .expect_all(&[unlinked("lisa"), custom("custom/hello")])
-        .await;
+    marjolein.expect_all(&[unlinked("lisa"), custom("custom/hello")]).await;
     shutdown(&server).await;
 }
 
@@ -707,9 +675,7 @@ async fn welcome_in_link_but_not_in_join(broadcast: bool) {
         } else {
             s.send(username, &welcome)
         };
-        results
-            .lock()
-            .push(result.map_err(|error| error.to_string()));
+        results.lock().push(result.map_err(|error| error.to_string()));
     });
     let s = server.clone();
     let _ = server.on_link(move |username| {
@@ -722,11 +688,7 @@ async fn welcome_in_link_but_not_in_join(broadcast: bool) {
     });
     let mut simon = Client::link_as(port, "simon").await;
     simon
-        .expect_all(&[
-            joined("simon"),
-            linked("simon"),
-            custom("custom/welcome-on-link"),
-        ])
+        .expect_all(&[joined("simon"), linked("simon"), custom("custom/welcome-on-link")])
         .await;
     expect_nothing_more(&server, &mut simon, "simon").await;
     let expected = if broadcast {
@@ -740,16 +702,14 @@ async fn welcome_in_link_but_not_in_join(broadcast: bool) {
 
 /// Reference: "should allow sending a message to a newly joined user in the link event, but not in the join event".
 #[tokio::test]
-async fn should_allow_sending_a_message_to_a_newly_joined_user_in_the_link_event_but_not_in_the_join_event(
-) {
+async fn should_allow_sending_a_message_to_a_newly_joined_user_in_the_link_event_but_not_in_the_join_event() {
     welcome_in_link_but_not_in_join(false).await;
 }
 
 /// Reference: "should allow broadcasting a message to a newly joined user in the link event, but not in the join
 /// event".
 #[tokio::test]
-async fn should_allow_broadcasting_a_message_to_a_newly_joined_user_in_the_link_event_but_not_in_the_join_event(
-) {
+async fn should_allow_broadcasting_a_message_to_a_newly_joined_user_in_the_link_event_but_not_in_the_join_event() {
     welcome_in_link_but_not_in_join(true).await;
 }
 
@@ -759,9 +719,7 @@ async fn should_skip_broadcasting_to_a_the_user_with_the_username_equal_to_skip_
     let (server, _events, port) = start_default().await;
     let mut simon = Client::link_and_settle(port, "simon").await;
     let mut lisa = Client::link_and_settle(port, "lisa").await;
-    server
-        .broadcast(&Message::new("custom/hello"), Some("simon"))
-        .unwrap();
+    server.broadcast(&Message::new("custom/hello"), Some("simon")).unwrap();
     lisa.expect(custom("custom/hello")).await;
     simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
     expect_nothing_more(&server, &mut simon, "simon").await;
@@ -815,9 +773,7 @@ async fn should_reject_linking_a_connection_to_a_user_if_the_reject_callback_in_
         Some("server is full".to_owned())
     );
     assert_eq!(
-        Client::link_with(port, "simon", Some("i-am-a-robot"))
-            .await
-            .err(),
+        Client::link_with(port, "simon", Some("i-am-a-robot")).await.err(),
         Some("robots-are-not-allowed".to_owned())
     );
     assert_eq!(
@@ -923,8 +879,7 @@ async fn should_not_allow_server_side_unlink_on_a_user_that_is_not_linked() {
 
 /// Reference: "should only accept known users during authentication when server has acceptNewUser set to false".
 #[tokio::test]
-async fn should_only_accept_known_users_during_authentication_when_server_has_accept_new_user_set_to_false(
-) {
+async fn should_only_accept_known_users_during_authentication_when_server_has_accept_new_user_set_to_false() {
     let (server, _events, port) = start(Server::builder().accept_new_users(false)).await;
     server.join("simon").unwrap();
     let _simon = Client::link_as(port, "simon").await;
@@ -937,11 +892,9 @@ async fn should_only_accept_known_users_during_authentication_when_server_has_ac
 
 /// Reference: "should not join user with an invalid username when a custom invalid username method is provided".
 #[tokio::test]
-async fn should_not_join_user_with_an_invalid_username_when_a_custom_invalid_username_method_is_provided(
-) {
+async fn should_not_join_user_with_an_invalid_username_when_a_custom_invalid_username_method_is_provided() {
     let (server, _events, port) =
-        start(Server::builder().is_valid_username(|username: &str| !username.starts_with("bot")))
-            .await;
+        start(Server::builder().is_valid_username(|username: &str| !username.starts_with("bot"))).await;
     let _simon = Client::link_as(port, "simon").await;
     server.join("lisa").unwrap();
     assert_eq!(
@@ -984,10 +937,7 @@ async fn should_use_existing_http_server_even_if_that_http_server_is_already_lis
     let _simon = Client::link_as(port, "simon").await;
     shutdown(&server).await;
     // Our own HTTP server stops with the Krmx server (its graceful-shutdown signal is `server.closing()`).
-    tokio::time::timeout(TIMEOUT, http_task)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, http_task).await.unwrap().unwrap();
 }
 
 /// Reference: "should use existing http server, even if that http server just started listening".
@@ -1000,10 +950,7 @@ async fn should_use_existing_http_server_even_if_that_http_server_just_started_l
     emitter_axum::mark_listening(&server, port).unwrap();
     let _simon = Client::link_as(port, "simon").await;
     shutdown(&server).await;
-    tokio::time::timeout(TIMEOUT, http_task)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, http_task).await.unwrap().unwrap();
 }
 
 /// Reference: "should use custom http path when provided".
@@ -1030,15 +977,12 @@ async fn should_use_custom_http_path_when_provided_even_without_a_starting_slash
 /// Reference: "should close a connection immediately when the query parameter do not match".
 #[tokio::test]
 async fn should_close_a_connection_immediately_when_the_query_parameter_do_not_match() {
-    let (server, events, port) =
-        start(Server::builder().query_param("something-else", QueryParam::Present)).await;
+    let (server, events, port) = start(Server::builder().query_param("something-else", QueryParam::Present)).await;
     // The reference's `addUser` rejects with `connection closed`: the server closes before any message.
     let mut client = Client::connect_to(port, "/").await.unwrap();
     assert_eq!(client.try_recv().await, None);
     // With the parameter the same server accepts the connection.
-    let mut client = Client::connect_to(port, "/?something-else=1")
-        .await
-        .unwrap();
+    let mut client = Client::connect_to(port, "/?something-else=1").await.unwrap();
     client.link("simon", None).await.unwrap();
     assert_eq!(
         events.filtered(&["authenticate"]),
@@ -1073,10 +1017,7 @@ async fn should_call_listen_on_server_even_when_provided_http_server_is_already_
     assert_eq!(server.users(), [user("simon", false)]);
     let _simon = Client::link_as(port, "simon").await;
     shutdown(&server).await;
-    tokio::time::timeout(TIMEOUT, http_task)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, http_task).await.unwrap().unwrap();
 }
 
 /// Reference: "should not kick a client if it responds to the websocket ping with a pong".
@@ -1086,8 +1027,7 @@ async fn should_call_listen_on_server_even_when_provided_http_server_is_already_
 /// were seen.
 #[tokio::test]
 async fn should_not_kick_a_client_if_it_responds_to_the_websocket_ping_with_a_pong() {
-    let (server, _events, port) =
-        start(Server::builder().ping_interval(Duration::from_millis(100))).await;
+    let (server, _events, port) = start(Server::builder().ping_interval(Duration::from_millis(100))).await;
     let mut ws = Client::connect(port).await.into_inner();
     let mut pings = 0;
     while pings < 5 {
@@ -1122,8 +1062,7 @@ async fn should_not_kick_a_client_if_it_responds_to_the_websocket_ping_with_a_po
 /// request would take 5 s and the timeout 2 s) cannot pass by luck nor fail on a slow machine.
 #[tokio::test]
 async fn should_allow_authenticate_to_be_asynchronous() {
-    let (server, _events, port) =
-        start(Server::builder().auth_timeout(Duration::from_secs(2))).await;
+    let (server, _events, port) = start(Server::builder().auth_timeout(Duration::from_secs(2))).await;
     let _ = server.on_authenticate(|username, _info, ctx| {
         if username == "marjolein" {
             ctx.reject("immediately rejected");
@@ -1163,10 +1102,7 @@ async fn should_allow_authenticate_to_be_asynchronous() {
     };
     assert_eq!(reject_reason("simon").await, "slowly rejected");
     assert_eq!(reject_reason("govie").await, "slowly rejected by throwing");
-    assert_eq!(
-        reject_reason("jac").await,
-        "slowly rejected by throwing an error"
-    );
+    assert_eq!(reject_reason("jac").await, "slowly rejected by throwing an error");
     assert_eq!(reject_reason("tim").await, "authentication failed");
     assert_eq!(
         reject_reason("rik").await,

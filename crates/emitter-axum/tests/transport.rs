@@ -34,8 +34,7 @@ async fn loopback() -> (TcpListener, u16) {
 async fn http_get(port: u16, path: &str) -> (u16, String) {
     let exchange = async {
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
         tcp.write_all(request.as_bytes()).await.unwrap();
         let mut response = Vec::new();
         tcp.read_to_end(&mut response).await.unwrap();
@@ -64,9 +63,7 @@ async fn binary_frames_are_read_like_text_frames() {
 
     // A link request in a binary frame.
     let mut simon = Client::connect(port).await;
-    simon
-        .send_binary(link_request("simon").to_string().as_bytes())
-        .await;
+    simon.send_binary(link_request("simon").to_string().as_bytes()).await;
     simon.expect(accepted()).await;
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
 
@@ -120,8 +117,7 @@ async fn an_oversized_message_closes_only_its_connection() {
 
 #[tokio::test]
 async fn pings_keep_readers_linked_and_close_connections_that_never_answer() {
-    let (server, events, port) =
-        start(Server::builder().ping_interval(Duration::from_millis(100))).await;
+    let (server, events, port) = start(Server::builder().ping_interval(Duration::from_millis(100))).await;
     let lisa = Client::link_and_settle(port, "lisa").await;
     let simon = Client::link_and_settle(port, "simon").await;
     // Lisa's stream is held but never polled again, so her client never answers a ping.
@@ -184,8 +180,7 @@ async fn pings_keep_readers_linked_and_close_connections_that_never_answer() {
 
 #[tokio::test]
 async fn query_parameters_are_checked_before_anything_else() {
-    let (server, events, port) =
-        start(Server::builder().query_param("token", QueryParam::Equals("abc".into()))).await;
+    let (server, events, port) = start(Server::builder().query_param("token", QueryParam::Equals("abc".into()))).await;
 
     let mut simon = Client::connect_to(port, "/?token=abc").await.unwrap();
     simon.link("simon", None).await.unwrap();
@@ -195,10 +190,7 @@ async fn query_parameters_are_checked_before_anything_else() {
     let mut bare = Client::connect_to(port, "/").await.unwrap();
     assert_eq!(bare.try_recv().await, None);
     let mut wrong = Client::connect_to(port, "/?token=abd").await.unwrap();
-    assert_eq!(
-        wrong.link("lisa", None).await,
-        Err("connection closed".to_owned())
-    );
+    assert_eq!(wrong.link("lisa", None).await, Err("connection closed".to_owned()));
 
     server.send("simon", &marker("end")).unwrap();
     simon.expect(marker_json("end")).await;
@@ -239,10 +231,7 @@ async fn a_merged_router_serves_rest_and_websocket_side_by_side() {
     assert_eq!(http_get(port, "/health").await, (200, "ok".to_owned()));
     assert_eq!(http_get(port, "/missing").await.0, 404);
 
-    tokio::time::timeout(TIMEOUT, server.close())
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, server.close()).await.unwrap().unwrap();
     simon.expect_all(&[unlinked("simon"), left("simon")]).await;
     simon.expect_closed().await;
 }
@@ -256,24 +245,15 @@ async fn a_layer_upgrades_its_path_and_passes_everything_else_through() {
     let (listener, _) = loopback().await;
     let port = emitter_axum::serve(&server, listener, app).await.unwrap();
 
-    assert_eq!(
-        http_get(port, "/api/hello").await,
-        (200, "hello".to_owned())
-    );
+    assert_eq!(http_get(port, "/api/hello").await, (200, "hello".to_owned()));
     assert_eq!(http_get(port, "/missing").await.0, 404);
     let mut simon = Client::connect_to(port, "/krmx").await.unwrap();
     simon.link("simon", None).await.unwrap();
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
-    assert_eq!(
-        http_get(port, "/api/hello").await,
-        (200, "hello".to_owned())
-    );
+    assert_eq!(http_get(port, "/api/hello").await, (200, "hello".to_owned()));
     assert!(Client::connect_to(port, "/api/hello").await.is_err());
 
-    tokio::time::timeout(TIMEOUT, server.close())
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, server.close()).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -290,10 +270,7 @@ async fn a_nested_router_serves_under_its_prefix() {
     simon.link("simon", None).await.unwrap();
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
 
-    tokio::time::timeout(TIMEOUT, server.close())
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, server.close()).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -306,19 +283,12 @@ async fn mark_listening_with_your_own_axum_serve_shuts_down_on_close() {
     assert_eq!(server.status(), Status::Listening);
     assert_eq!(events.lines(), ["listen"]);
     let closing = server.closing();
-    let serving = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(closing)
-            .await
-    });
+    let serving = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(closing).await });
 
     let mut simon = Client::link_as(port, "simon").await;
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
 
-    tokio::time::timeout(TIMEOUT, server.close())
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, server.close()).await.unwrap().unwrap();
     simon.expect_all(&[unlinked("simon"), left("simon")]).await;
     simon.expect_closed().await;
     let served = tokio::time::timeout(TIMEOUT, serving)
@@ -342,13 +312,8 @@ async fn close_makes_every_user_leave_and_closes_every_connection() {
     assert_eq!(server.status(), Status::Closing);
     simon.expect_all(&[unlinked("simon"), left("simon")]).await;
     simon.expect_closed().await;
-    lisa.expect_all(&[
-        unlinked("simon"),
-        left("simon"),
-        unlinked("lisa"),
-        left("lisa"),
-    ])
-    .await;
+    lisa.expect_all(&[unlinked("simon"), left("simon"), unlinked("lisa"), left("lisa")])
+        .await;
     lisa.expect_closed().await;
     assert_eq!(idle.try_recv().await, None);
 
@@ -360,13 +325,7 @@ async fn close_makes_every_user_leave_and_closes_every_connection() {
     events.wait_for("close").await;
     assert_eq!(
         events.filtered(&["unlink", "leave", "close"]),
-        [
-            "unlink simon",
-            "leave simon",
-            "unlink lisa",
-            "leave lisa",
-            "close"
-        ]
+        ["unlink simon", "leave simon", "unlink lisa", "leave lisa", "close"]
     );
     assert!(server.users().is_empty());
 
@@ -401,11 +360,7 @@ async fn a_slow_consumer_is_closed_without_holding_up_the_others() {
     let asked = tokio::time::Instant::now();
     server.broadcast(&marker("prompt"), None).unwrap();
     let before = fast.recv_until(&marker_json("prompt")).await;
-    assert!(
-        asked.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        asked.elapsed()
-    );
+    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
     assert!(before.iter().all(|m| *m == unlinked("slow")), "{before:?}");
     events.wait_for("unlink slow").await;
     if before.is_empty() {

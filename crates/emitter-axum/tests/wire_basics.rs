@@ -13,21 +13,12 @@ async fn accepts_a_valid_link_and_sends_the_snapshot() {
     events.wait_for("link simon").await;
     assert_eq!(
         events.lines()[1..],
-        [
-            "authenticate simon new=true auth=None",
-            "join simon",
-            "link simon"
-        ]
+        ["authenticate simon new=true auth=None", "join simon", "link simon"]
     );
 
     let mut lisa = Client::link_as(port, "lisa").await;
-    lisa.expect_all(&[
-        joined("simon"),
-        linked("simon"),
-        joined("lisa"),
-        linked("lisa"),
-    ])
-    .await;
+    lisa.expect_all(&[joined("simon"), linked("simon"), joined("lisa"), linked("lisa")])
+        .await;
     simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
 
     lisa.send(json!({"type": "custom/hello", "payload": {"key": "value"}}))

@@ -107,9 +107,9 @@ impl AuthContext {
             tracing::warn!("mark_async called after the authenticate listeners returned; ignored");
             return;
         }
-        decision.pending.push(Box::pin(async move {
-            work.await.map_err(|error| error.to_string())
-        }));
+        decision
+            .pending
+            .push(Box::pin(async move { work.await.map_err(|error| error.to_string()) }));
     }
 
     /// Ends the listeners' turn: no more futures can be marked. Returns those that were.

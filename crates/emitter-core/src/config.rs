@@ -145,10 +145,7 @@ impl ServerBuilder {
 
     /// The rule a username must pass, for links (`invalid username`) and for [`Server::join`]. Default:
     /// [`is_valid_username`](crate::is_valid_username).
-    pub fn is_valid_username(
-        mut self,
-        rule: impl Fn(&str) -> bool + Send + Sync + 'static,
-    ) -> Self {
+    pub fn is_valid_username(mut self, rule: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         self.config.username_rule = Arc::new(rule);
         self
     }

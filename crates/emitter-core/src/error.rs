@@ -80,22 +80,14 @@ impl fmt::Display for Error {
             Error::WrongStatus { action, status } => {
                 write!(f, "cannot {action} when the server is {status}")
             }
-            Error::SendToUnknownUser => {
-                f.write_str("cannot send a message to a user that does not exist")
-            }
+            Error::SendToUnknownUser => f.write_str("cannot send a message to a user that does not exist"),
             Error::SendToUnlinkedUser => {
                 f.write_str("cannot send a message to a user that is not linked to a connection")
             }
             Error::JoinExistingUser => f.write_str("cannot join a user that already exist"),
-            Error::JoinInvalidUsername => {
-                f.write_str("cannot join a user with an invalid username")
-            }
-            Error::UnlinkUnknownUser => {
-                f.write_str("cannot unlink a connection from a user that does not exist")
-            }
-            Error::UnlinkUnlinkedUser => {
-                f.write_str("cannot unlink a connection from a user that is not linked")
-            }
+            Error::JoinInvalidUsername => f.write_str("cannot join a user with an invalid username"),
+            Error::UnlinkUnknownUser => f.write_str("cannot unlink a connection from a user that does not exist"),
+            Error::UnlinkUnlinkedUser => f.write_str("cannot unlink a connection from a user that is not linked"),
             Error::KickUnknownUser => f.write_str("cannot kick a user that does not exist"),
         }
     }

@@ -170,12 +170,7 @@ impl<F: ?Sized> Listeners<F> {
 }
 
 /// Runs a `once` listener if its predicate holds and it has not fired yet; the flag makes it fire at most once.
-pub(crate) fn fire_once<L>(
-    alive: &AtomicBool,
-    holds: bool,
-    slot: &Mutex<Option<L>>,
-    call: impl FnOnce(L),
-) {
+pub(crate) fn fire_once<L>(alive: &AtomicBool, holds: bool, slot: &Mutex<Option<L>>, call: impl FnOnce(L)) {
     if holds && alive.swap(false, Ordering::SeqCst) {
         if let Some(listener) = slot.lock().take() {
             call(listener);
@@ -214,9 +209,7 @@ mod tests {
             }
         }));
         let s = seen.clone();
-        *second.lock() = Some(list.add(Arc::new(move |v: &str| {
-            s.lock().push(format!("second {v}"))
-        })));
+        *second.lock() = Some(list.add(Arc::new(move |v: &str| s.lock().push(format!("second {v}")))));
         let s = seen.clone();
         let _third = list.add(Arc::new(move |v: &str| s.lock().push(format!("third {v}"))));
         list.emit("test", |f| f("a"));

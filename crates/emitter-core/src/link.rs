@@ -101,9 +101,7 @@ impl Server {
             }
         };
         match (role, message) {
-            (Role::Linked(username), ClientMessage::Link(_) | ClientMessage::Unlink) => {
-                self.unlink_user(&username)
-            }
+            (Role::Linked(username), ClientMessage::Link(_) | ClientMessage::Unlink) => self.unlink_user(&username),
             (Role::Linked(username), ClientMessage::Leave) => self.leave_user(&username),
             (Role::Linked(username), ClientMessage::UnknownReserved(message)) => {
                 tracing::warn!(
@@ -120,13 +118,9 @@ impl Server {
                     events.message.emit("message", |f| f(username, message))
                 });
             }
-            (Role::Linking, ClientMessage::Link(_)) => {
-                self.reply_rejected(id, "link request already pending")
-            }
+            (Role::Linking, ClientMessage::Link(_)) => self.reply_rejected(id, "link request already pending"),
             (Role::Unlinked, ClientMessage::Link(Some(request))) => self.attempt_link(id, request),
-            (Role::Unlinked, ClientMessage::Link(None)) => {
-                self.reply_rejected(id, "invalid link request")
-            }
+            (Role::Unlinked, ClientMessage::Link(None)) => self.reply_rejected(id, "invalid link request"),
             (Role::Unlinked | Role::Linking, _) => self.reply_rejected(id, "unlinked connection"),
         }
     }
@@ -143,12 +137,8 @@ impl Server {
         let guard = self.lock();
         let state = guard.borrow();
         match state.user(username) {
-            None if !self.inner.config.accept_new_users => {
-                Some("server is not accepting new users".to_owned())
-            }
-            Some(slot) if slot.link.is_some() => {
-                Some(format!("user {username} is already linked to a connection"))
-            }
+            None if !self.inner.config.accept_new_users => Some("server is not accepting new users".to_owned()),
+            Some(slot) if slot.link.is_some() => Some(format!("user {username} is already linked to a connection")),
             _ => None,
         }
     }
@@ -175,11 +165,7 @@ impl Server {
                 username: &username,
                 info: &info,
             },
-            |events| {
-                events
-                    .authenticate
-                    .emit("authenticate", |f| f(&username, &info, &ctx))
-            },
+            |events| events.authenticate.emit("authenticate", |f| f(&username, &info, &ctx)),
         );
         // A reason given to `reject` wins over a panic, whichever came first, as in the reference.
         if let Some(first_panic) = panics.into_iter().next() {
@@ -193,13 +179,7 @@ impl Server {
     }
 
     /// Runs the marked futures on a task, bounded by the auth timeout, then decides the attempt.
-    fn authenticate_async(
-        &self,
-        id: ConnectionId,
-        username: String,
-        ctx: AuthContext,
-        pending: Vec<AuthFuture>,
-    ) {
+    fn authenticate_async(&self, id: ConnectionId, username: String, ctx: AuthContext, pending: Vec<AuthFuture>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!("async authentication needs a tokio runtime");
             ctx.reject("authentication failed");
@@ -211,10 +191,7 @@ impl Server {
             let attempt = state.next_attempt;
             state.next_attempt += 1;
             if let Some(connection) = state.connections.get_mut(&id) {
-                connection.state = ConnectionState::Linking {
-                    attempt,
-                    task: None,
-                };
+                connection.state = ConnectionState::Linking { attempt, task: None };
             }
             attempt
         };
@@ -248,9 +225,7 @@ impl Server {
                 return;
             };
             match connection.state {
-                ConnectionState::Linking {
-                    attempt: current, ..
-                } if current == attempt => {
+                ConnectionState::Linking { attempt: current, .. } if current == attempt => {
                     connection.state = ConnectionState::Unlinked;
                 }
                 _ => return,
@@ -276,9 +251,7 @@ impl Server {
             return self.reply_rejected(id, &reason);
         }
         tracing::debug!(connection = %id, username, "accepted");
-        self.lock()
-            .borrow()
-            .push_to(id, ServerMessage::Accepted.to_frame());
+        self.lock().borrow().push_to(id, ServerMessage::Accepted.to_frame());
         if self.lock().borrow().user(username).is_none() {
             self.join_user(username);
         }
@@ -305,24 +278,13 @@ impl Server {
             connection.state = ConnectionState::Linked(username.to_owned());
             let sink = connection.sink.clone();
             if let Some(slot) = state.user_mut(username) {
-                slot.link = Some(Link {
-                    id,
-                    sink: sink.clone(),
-                });
+                slot.link = Some(Link { id, sink: sink.clone() });
             }
             // The newcomer's snapshot of everyone, in join order, itself included.
             for slot in state.users.values() {
-                State::push(
-                    sink.as_ref(),
-                    id,
-                    ServerMessage::Joined(&slot.username).to_frame(),
-                );
+                State::push(sink.as_ref(), id, ServerMessage::Joined(&slot.username).to_frame());
                 if slot.link.is_some() {
-                    State::push(
-                        sink.as_ref(),
-                        id,
-                        ServerMessage::Linked(&slot.username).to_frame(),
-                    );
+                    State::push(sink.as_ref(), id, ServerMessage::Linked(&slot.username).to_frame());
                 }
             }
             state.push_to_linked(&ServerMessage::Linked(username).to_frame(), Some(username));

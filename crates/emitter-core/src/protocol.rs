@@ -222,9 +222,7 @@ impl ServerMessage<'_> {
             ServerMessage::Rejected(reason) => frame("krmx/rejected", Some(Reason { reason })),
             ServerMessage::Joined(username) => frame("krmx/joined", Some(Username { username })),
             ServerMessage::Linked(username) => frame("krmx/linked", Some(Username { username })),
-            ServerMessage::Unlinked(username) => {
-                frame("krmx/unlinked", Some(Username { username }))
-            }
+            ServerMessage::Unlinked(username) => frame("krmx/unlinked", Some(Username { username })),
             ServerMessage::Left(username) => frame("krmx/left", Some(Username { username })),
         }
     }
@@ -297,10 +295,7 @@ mod tests {
     fn payload_null_is_kept_apart_from_no_payload() {
         let with_null = parse(br#"{"type":"a","payload":null}"#).unwrap();
         assert_eq!(with_null.payload, Some(Value::Null));
-        assert_eq!(
-            Frame::from(&with_null).as_str(),
-            r#"{"type":"a","payload":null}"#
-        );
+        assert_eq!(Frame::from(&with_null).as_str(), r#"{"type":"a","payload":null}"#);
         let without = parse(br#"{"type":"a"}"#).unwrap();
         assert_eq!(without.payload, None);
         assert_eq!(Frame::from(&without).as_str(), r#"{"type":"a"}"#);
@@ -345,10 +340,7 @@ mod tests {
             ClientMessage::from(Message::new("krmx")),
             ClientMessage::Custom(_)
         ));
-        assert_eq!(
-            ClientMessage::from(Message::new("krmx/leave")),
-            ClientMessage::Leave
-        );
+        assert_eq!(ClientMessage::from(Message::new("krmx/leave")), ClientMessage::Leave);
     }
 
     #[test]

@@ -47,12 +47,7 @@ impl QueryParam {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .map(|(name, value)| (name.into_owned(), value.into_owned()))
             .collect();
-        let first = |name: &str| {
-            pairs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let first = |name: &str| pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         expected.iter().all(|(name, expectation)| {
             let value = first(name.as_ref());
             match expectation {
@@ -73,14 +68,8 @@ mod tests {
     fn decoding_and_first_value() {
         let expected = [("name", QueryParam::Equals("a b&c".into()))];
         assert!(QueryParam::all_hold(&expected, Some("name=a+b%26c")));
-        assert!(QueryParam::all_hold(
-            &expected,
-            Some("name=a%20b%26c&name=x")
-        ));
-        assert!(!QueryParam::all_hold(
-            &expected,
-            Some("name=x&name=a+b%26c")
-        ));
+        assert!(QueryParam::all_hold(&expected, Some("name=a%20b%26c&name=x")));
+        assert!(!QueryParam::all_hold(&expected, Some("name=x&name=a+b%26c")));
     }
 
     #[test]

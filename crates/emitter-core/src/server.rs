@@ -121,9 +121,7 @@ impl Server {
 
     /// The transport's handle on this server. Applications do not need it.
     pub fn host(&self) -> Host {
-        Host {
-            server: self.clone(),
-        }
+        Host { server: self.clone() }
     }
 
     pub(crate) fn lock(&self) -> Guard<'_> {
@@ -180,22 +178,14 @@ impl Server {
     /// let server = emitter_core::Server::new();
     /// assert!(server.send_json("simon", &Said { r#type: "chat/said", payload: "hi" }).is_err()); // not listening
     /// ```
-    pub fn send_json<T: Serialize + ?Sized>(
-        &self,
-        username: &str,
-        message: &T,
-    ) -> Result<(), Error> {
+    pub fn send_json<T: Serialize + ?Sized>(&self, username: &str, message: &T) -> Result<(), Error> {
         self.send_frame(username, Frame::encode(message))
     }
 
     fn send_frame(&self, username: &str, frame: Frame) -> Result<(), Error> {
         let guard = self.lock();
         let state = guard.borrow();
-        require(
-            &state,
-            "send a message",
-            &[Status::Listening, Status::Closing],
-        )?;
+        require(&state, "send a message", &[Status::Listening, Status::Closing])?;
         let slot = state.user(username).ok_or(Error::SendToUnknownUser)?;
         let link = slot.link.as_ref().ok_or(Error::SendToUnlinkedUser)?;
         State::push(link.sink.as_ref(), link.id, frame);
@@ -210,22 +200,14 @@ impl Server {
     }
 
     /// Broadcasts any serializable value as the message, like [`broadcast`](Server::broadcast).
-    pub fn broadcast_json<T: Serialize + ?Sized>(
-        &self,
-        message: &T,
-        skip: Option<&str>,
-    ) -> Result<(), Error> {
+    pub fn broadcast_json<T: Serialize + ?Sized>(&self, message: &T, skip: Option<&str>) -> Result<(), Error> {
         self.broadcast_frame(Frame::encode(message), skip)
     }
 
     fn broadcast_frame(&self, frame: Frame, skip: Option<&str>) -> Result<(), Error> {
         let guard = self.lock();
         let state = guard.borrow();
-        require(
-            &state,
-            "broadcast a message",
-            &[Status::Listening, Status::Closing],
-        )?;
+        require(&state, "broadcast a message", &[Status::Listening, Status::Closing])?;
         state.push_to_linked(&frame, skip);
         Ok(())
     }
@@ -323,11 +305,7 @@ impl Server {
                     connection.state = ConnectionState::Unlinked;
                 }
             }
-            let usernames: Vec<String> = state
-                .users
-                .values()
-                .map(|slot| slot.username.clone())
-                .collect();
+            let usernames: Vec<String> = state.users.values().map(|slot| slot.username.clone()).collect();
             (usernames, pending)
         };
         tracing::info!("server is closing");
@@ -457,11 +435,7 @@ impl Server {
     // dispatch lock and have checked the step's preconditions.
 
     /// Emits an event to the any-listeners, then to the event's own listeners. Returns the panic messages.
-    pub(crate) fn emit(
-        &self,
-        event: Event<'_>,
-        specific: impl FnOnce(&Events) -> Vec<String>,
-    ) -> Vec<String> {
+    pub(crate) fn emit(&self, event: Event<'_>, specific: impl FnOnce(&Events) -> Vec<String>) -> Vec<String> {
         let events = &self.inner.events;
         let mut panics = events.any.emit(event.name(), |f| f(&event));
         panics.extend(specific(events));
@@ -500,19 +474,11 @@ impl Server {
     }
 
     pub(crate) fn leave_user(&self, username: &str) {
-        let linked = self
-            .lock()
-            .borrow()
-            .user(username)
-            .and_then(|slot| slot.link.clone());
+        let linked = self.lock().borrow().user(username).and_then(|slot| slot.link.clone());
         if let Some(link) = linked {
             self.unlink_user(username);
             // The leaving connection hears of its own leave, as in the reference.
-            State::push(
-                link.sink.as_ref(),
-                link.id,
-                ServerMessage::Left(username).to_frame(),
-            );
+            State::push(link.sink.as_ref(), link.id, ServerMessage::Left(username).to_frame());
         }
         {
             let guard = self.lock();

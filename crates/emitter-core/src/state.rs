@@ -64,9 +64,7 @@ impl State {
     }
 
     pub(crate) fn user(&self, username: &str) -> Option<&UserSlot> {
-        self.user_order
-            .get(username)
-            .and_then(|order| self.users.get(order))
+        self.user_order.get(username).and_then(|order| self.users.get(order))
     }
 
     pub(crate) fn user_mut(&mut self, username: &str) -> Option<&mut UserSlot> {

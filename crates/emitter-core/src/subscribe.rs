@@ -163,18 +163,12 @@ impl Server {
     ///     }
     /// });
     /// ```
-    pub fn on_message(
-        &self,
-        listener: impl Fn(&str, &Message) + Send + Sync + 'static,
-    ) -> Subscription {
+    pub fn on_message(&self, listener: impl Fn(&str, &Message) + Send + Sync + 'static) -> Subscription {
         self.inner.events.message.add(Arc::new(listener))
     }
 
     /// Calls `listener` for the first message, then removes it.
-    pub fn once_message(
-        &self,
-        listener: impl FnOnce(&str, &Message) + Send + 'static,
-    ) -> Subscription {
+    pub fn once_message(&self, listener: impl FnOnce(&str, &Message) + Send + 'static) -> Subscription {
         self.once_message_when(|_, _| true, listener)
     }
 
@@ -187,9 +181,7 @@ impl Server {
         let slot = Mutex::new(Some(listener));
         self.inner.events.message.add_with(|alive| {
             Arc::new(move |username: &str, message: &Message| {
-                fire_once(&alive, predicate(username, message), &slot, |l| {
-                    l(username, message)
-                })
+                fire_once(&alive, predicate(username, message), &slot, |l| l(username, message))
             })
         })
     }
@@ -245,9 +237,7 @@ impl Server {
     ) -> Subscription {
         let slot = Mutex::new(Some(listener));
         self.inner.events.join.add_with(|alive| {
-            Arc::new(move |username: &str| {
-                fire_once(&alive, predicate(username), &slot, |l| l(username))
-            })
+            Arc::new(move |username: &str| fire_once(&alive, predicate(username), &slot, |l| l(username)))
         })
     }
 
@@ -303,9 +293,7 @@ impl Server {
     ) -> Subscription {
         let slot = Mutex::new(Some(listener));
         self.inner.events.link.add_with(|alive| {
-            Arc::new(move |username: &str| {
-                fire_once(&alive, predicate(username), &slot, |l| l(username))
-            })
+            Arc::new(move |username: &str| fire_once(&alive, predicate(username), &slot, |l| l(username)))
         })
     }
 
@@ -361,9 +349,7 @@ impl Server {
     ) -> Subscription {
         let slot = Mutex::new(Some(listener));
         self.inner.events.unlink.add_with(|alive| {
-            Arc::new(move |username: &str| {
-                fire_once(&alive, predicate(username), &slot, |l| l(username))
-            })
+            Arc::new(move |username: &str| fire_once(&alive, predicate(username), &slot, |l| l(username)))
         })
     }
 
@@ -419,9 +405,7 @@ impl Server {
     ) -> Subscription {
         let slot = Mutex::new(Some(listener));
         self.inner.events.leave.add_with(|alive| {
-            Arc::new(move |username: &str| {
-                fire_once(&alive, predicate(username), &slot, |l| l(username))
-            })
+            Arc::new(move |username: &str| fire_once(&alive, predicate(username), &slot, |l| l(username)))
         })
     }
 

@@ -26,12 +26,8 @@ pub fn is_valid_username(username: &str) -> bool {
     (2..=32).contains(&bytes.len())
         && first.is_ascii_alphabetic()
         && last.is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || special(b))
-        && !bytes
-            .windows(2)
-            .any(|pair| special(pair[0]) && special(pair[1]))
+        && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || special(b))
+        && !bytes.windows(2).any(|pair| special(pair[0]) && special(pair[1]))
 }
 
 #[cfg(test)]
@@ -77,13 +73,7 @@ mod tests {
 
     #[test]
     fn javascript_built_in_names_are_ordinary_names() {
-        for name in [
-            "constructor",
-            "toString",
-            "hasOwnProperty",
-            "__proto__x",
-            "valueOf",
-        ] {
+        for name in ["constructor", "toString", "hasOwnProperty", "__proto__x", "valueOf"] {
             assert_eq!(is_valid_username(name), !name.starts_with('_'), "{name}");
         }
     }

@@ -29,10 +29,7 @@ impl ConnectionSink for FakeSink {
         if self.0.closed.load(Ordering::SeqCst) {
             return Err(PushError::Closed);
         }
-        self.0
-            .frames
-            .lock()
-            .push(serde_json::from_str(frame.as_str()).unwrap());
+        self.0.frames.lock().push(serde_json::from_str(frame.as_str()).unwrap());
         Ok(())
     }
     fn close(&self) {
@@ -64,11 +61,7 @@ fn link_request(username: &str) -> Value {
 fn link(server: &Server, username: &str) -> (ConnectionId, Outbox) {
     let (id, outbox) = connect(server);
     send(server, id, link_request(username));
-    assert_eq!(
-        outbox.frames.lock()[0],
-        json!({"type": "krmx/accepted"}),
-        "{username}"
-    );
+    assert_eq!(outbox.frames.lock()[0], json!({"type": "krmx/accepted"}), "{username}");
     (id, outbox)
 }
 
@@ -142,10 +135,7 @@ async fn lifecycle_moves_forward_and_refuses_repeats() {
     let server = Server::new();
     assert_eq!(server.status(), Status::Initializing);
     let closing = server.close().await.unwrap_err();
-    assert_eq!(
-        closing.to_string(),
-        "cannot close when the server is initializing"
-    );
+    assert_eq!(closing.to_string(), "cannot close when the server is initializing");
     server.host().start().unwrap();
     assert_eq!(server.status(), Status::Starting);
     let port = server.wait_for_listen();
@@ -175,10 +165,7 @@ fn send_fails_in_join_and_works_in_link() {
         r.lock().push(format!("{outcome:?}"));
     });
     let s = server.clone();
-    let _ = server.on_link(move |username| {
-        s.send(username, &Message::new("custom/welcome-on-link"))
-            .unwrap()
-    });
+    let _ = server.on_link(move |username| s.send(username, &Message::new("custom/welcome-on-link")).unwrap());
     let (_, outbox) = link(&server, "simon");
     assert_eq!(*results.lock(), ["Err(SendToUnlinkedUser)"]);
     assert_eq!(
@@ -199,8 +186,7 @@ fn listeners_see_the_state_of_their_event() {
     for event in ["join", "link", "unlink", "leave"] {
         let (s, seen) = (server.clone(), seen.clone());
         let listener = move |username: &str| {
-            seen.lock()
-                .push(format!("{event} {username} {:?}", s.users()));
+            seen.lock().push(format!("{event} {username} {:?}", s.users()));
         };
         let _ = match event {
             "join" => server.on_join(listener),
@@ -214,10 +200,7 @@ fn listeners_see_the_state_of_their_event() {
     let seen = seen.lock();
     assert_eq!(seen[0], format!("join ann {:?}", vec![user("ann", false)]));
     assert_eq!(seen[1], format!("link ann {:?}", vec![user("ann", true)]));
-    assert_eq!(
-        seen[2],
-        format!("unlink ann {:?}", vec![user("ann", false)])
-    );
+    assert_eq!(seen[2], format!("unlink ann {:?}", vec![user("ann", false)]));
     assert_eq!(seen[3], format!("leave ann {:?}", Vec::<User>::new()));
 }
 
@@ -238,18 +221,9 @@ fn a_join_listener_that_kicks_leaves_everything_consistent() {
     send(&server, kick_id, link_request("kickme"));
     assert_eq!(kinds(&kick_box.take()), ["krmx/accepted"]);
     assert_eq!(server.users(), [user("watcher", true)]);
-    assert_eq!(
-        kinds(&watcher.take()),
-        ["krmx/joined kickme", "krmx/left kickme"]
-    );
-    assert_eq!(
-        events.lock()[3..],
-        ["authenticate", "join kickme", "leave kickme"]
-    );
-    assert!(
-        bystander.take().is_empty(),
-        "an unlinked connection hears nothing"
-    );
+    assert_eq!(kinds(&watcher.take()), ["krmx/joined kickme", "krmx/left kickme"]);
+    assert_eq!(events.lock()[3..], ["authenticate", "join kickme", "leave kickme"]);
+    assert!(bystander.take().is_empty(), "an unlinked connection hears nothing");
     // The connection is free to link again.
     send(&server, kick_id, link_request("other"));
     assert_eq!(kick_box.take()[0], json!({"type": "krmx/accepted"}));
@@ -266,11 +240,7 @@ fn kicking_from_an_unlink_listener_during_a_leave_leaves_once() {
     let (id, _) = link(&server, "ann");
     send(&server, id, json!({"type": "krmx/leave"}));
     let events = events.lock();
-    assert_eq!(
-        events.iter().filter(|e| *e == "leave ann").count(),
-        1,
-        "{events:?}"
-    );
+    assert_eq!(events.iter().filter(|e| *e == "leave ann").count(), 1, "{events:?}");
     assert!(server.users().is_empty());
 }
 
@@ -283,21 +253,13 @@ fn join_order_is_kept_across_relinks_and_rejoins() {
     server.host().disconnect(a);
     let _ = link(&server, "ann");
     assert_eq!(
-        server
-            .users()
-            .iter()
-            .map(|u| u.username.as_str())
-            .collect::<Vec<_>>(),
+        server.users().iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
         ["ann", "bob", "cat"]
     );
     server.kick("bob").unwrap();
     let (_, late) = link(&server, "bob");
     assert_eq!(
-        server
-            .users()
-            .iter()
-            .map(|u| u.username.as_str())
-            .collect::<Vec<_>>(),
+        server.users().iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
         ["ann", "cat", "bob"]
     );
     assert_eq!(
@@ -321,10 +283,7 @@ fn once_and_predicates_and_unsubscribe() {
     let f = fired.clone();
     let _ = server.once_join(move |u| f.lock().push(format!("once {u}")));
     let f = fired.clone();
-    let when = server.once_join_when(
-        |u| u.starts_with('b'),
-        move |u| f.lock().push(format!("when {u}")),
-    );
+    let when = server.once_join_when(|u| u.starts_with('b'), move |u| f.lock().push(format!("when {u}")));
     let f = fired.clone();
     let gone = server.on_join(move |u| f.lock().push(format!("gone {u}")));
     gone.unsubscribe();
@@ -349,10 +308,7 @@ fn any_listeners_run_first_and_panics_are_isolated() {
     let _ = server.on_any(move |_| o.lock().push("any"));
     server.join("ann").unwrap();
     server.join("bob").unwrap();
-    assert_eq!(
-        *order.lock(),
-        ["any", "join 1", "join 3", "any", "join 1", "join 3"]
-    );
+    assert_eq!(*order.lock(), ["any", "join 1", "join 3", "any", "join 1", "join 3"]);
     assert_eq!(server.users().len(), 2);
 }
 
@@ -421,16 +377,7 @@ async fn a_listener_may_close_the_server() {
     closed.await;
     assert_eq!(server.status(), Status::Closed);
     let tail: Vec<String> = events.lock().iter().rev().take(5).rev().cloned().collect();
-    assert_eq!(
-        tail,
-        [
-            "unlink ann",
-            "leave ann",
-            "unlink bob",
-            "leave bob",
-            "close"
-        ]
-    );
+    assert_eq!(tail, ["unlink ann", "leave ann", "unlink bob", "leave bob", "close"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -475,10 +422,7 @@ async fn async_auth_all_must_succeed_and_the_timeout_always_wins() {
         fail_box.take(),
         [json!({"type":"krmx/rejected","payload":{"reason":"no entry"}})]
     );
-    assert!(
-        dropped.load(Ordering::SeqCst),
-        "the pending future was cancelled"
-    );
+    assert!(dropped.load(Ordering::SeqCst), "the pending future was cancelled");
     assert_eq!(server.users(), [user("fine", true)]);
 }
 

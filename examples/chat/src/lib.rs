@@ -17,18 +17,11 @@ pub fn build() -> Server {
 
 fn relay_chat(server: &Server, username: &str, message: &Message) {
     if message.kind != CHAT_MESSAGE {
-        tracing::debug!(
-            username,
-            kind = message.kind,
-            "ignored a message of another type"
-        );
+        tracing::debug!(username, kind = message.kind, "ignored a message of another type");
         return;
     }
     let Some(text) = message.payload.as_ref().and_then(|p| p.as_str()) else {
-        tracing::debug!(
-            username,
-            "ignored a chat message whose payload is not a string"
-        );
+        tracing::debug!(username, "ignored a chat message whose payload is not a string");
         return;
     };
     let said = json!({ "type": CHAT_MESSAGE, "payload": { "username": username, "text": text } });

@@ -28,9 +28,7 @@ async fn recv(ws: &mut Ws) -> Value {
 
 /// Connects, links as `username` and reads up to its own `krmx/linked`.
 async fn link(port: u16, username: &str) -> Ws {
-    let (mut ws, _) = connect_async(format!("ws://127.0.0.1:{port}/"))
-        .await
-        .unwrap();
+    let (mut ws, _) = connect_async(format!("ws://127.0.0.1:{port}/")).await.unwrap();
     send(
         &mut ws,
         json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}}),
@@ -54,16 +52,8 @@ async fn chat_messages_reach_everyone_and_others_are_ignored() {
 
     // Not relayed: another type, and a chat message whose payload is not a string.
     send(&mut lisa, json!({"type": "chat/other", "payload": "x"})).await;
-    send(
-        &mut lisa,
-        json!({"type": "chat/message", "payload": {"text": "x"}}),
-    )
-    .await;
-    send(
-        &mut lisa,
-        json!({"type": "chat/message", "payload": "hello"}),
-    )
-    .await;
+    send(&mut lisa, json!({"type": "chat/message", "payload": {"text": "x"}})).await;
+    send(&mut lisa, json!({"type": "chat/message", "payload": "hello"})).await;
     let said = json!({"type": "chat/message", "payload": {"username": "lisa", "text": "hello"}});
     assert_eq!(recv(&mut simon).await, said);
     assert_eq!(recv(&mut lisa).await, said);

@@ -58,10 +58,7 @@ pub async fn serve_closed(listener: TcpListener) -> Result<(Server, u16), Listen
 }
 
 fn with_contract(builder: ServerBuilder) -> Server {
-    let server = builder
-        .auth_timeout(AUTH_TIMEOUT)
-        .ping_interval(PING_INTERVAL)
-        .build();
+    let server = builder.auth_timeout(AUTH_TIMEOUT).ping_interval(PING_INTERVAL).build();
     let _ = server.on_authenticate(authenticate);
     let actions = server.clone();
     let _ = server.on_message(move |username, message| on_message(&actions, username, message));
@@ -134,10 +131,7 @@ fn on_message(server: &Server, sender: &str, received: &Message) {
         "test/join" => Some(act(payload, "test/joined-ok", |u| server.join(u))),
         "test/users" => match serde_json::to_value(server.users()) {
             Ok(users) => Some(message("test/users", Some(users))),
-            Err(error) => Some(message(
-                "test/error",
-                Some(Value::String(error.to_string())),
-            )),
+            Err(error) => Some(message("test/error", Some(Value::String(error.to_string())))),
         },
         other => {
             tracing::debug!(sender, kind = other, "ignored a message of another type");
@@ -147,11 +141,7 @@ fn on_message(server: &Server, sender: &str, received: &Message) {
     let Some(reply) = reply else { return };
     let still_linked = server.user(sender).is_some_and(|user| user.is_linked);
     if !still_linked {
-        tracing::debug!(
-            sender,
-            kind = reply.kind,
-            "no reply: the sender is no longer linked"
-        );
+        tracing::debug!(sender, kind = reply.kind, "no reply: the sender is no longer linked");
         return;
     }
     if let Err(error) = server.send(sender, &reply) {
@@ -160,11 +150,7 @@ fn on_message(server: &Server, sender: &str, received: &Message) {
 }
 
 /// Runs a kick, unlink or join on the username in `payload`; the reply is `ok` with that username, or `test/error`.
-fn act(
-    payload: Option<Value>,
-    ok: &str,
-    action: impl FnOnce(&str) -> Result<(), emitter_core::Error>,
-) -> Message {
+fn act(payload: Option<Value>, ok: &str, action: impl FnOnce(&str) -> Result<(), emitter_core::Error>) -> Message {
     let Some(Value::String(username)) = payload else {
         return message("test/error", Some(Value::String(NOT_A_USERNAME.to_owned())));
     };

@@ -16,9 +16,7 @@ fn port_from_env(name: &str, default: u16) -> u16 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let main_port = port_from_env("PORT", 8787);
     let closed_port = port_from_env("CLOSED_PORT", 8788);

@@ -25,14 +25,12 @@ struct Endpoints {
 }
 
 async fn start() -> Endpoints {
-    let (main, main_port) =
-        example_conformance::serve_main(TcpListener::bind("127.0.0.1:0").await.unwrap())
-            .await
-            .unwrap();
-    let (closed, closed_port) =
-        example_conformance::serve_closed(TcpListener::bind("127.0.0.1:0").await.unwrap())
-            .await
-            .unwrap();
+    let (main, main_port) = example_conformance::serve_main(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .await
+        .unwrap();
+    let (closed, closed_port) = example_conformance::serve_closed(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .await
+        .unwrap();
     Endpoints {
         main,
         main_port,
@@ -91,8 +89,7 @@ impl Client {
 
     /// Sends a link request and waits for the answer: `Ok` when accepted, `Err(reason)` when rejected.
     async fn link(&mut self, username: &str, auth: Option<&str>) -> Result<(), String> {
-        let mut request =
-            json!({"type": "krmx/link", "payload": {"username": username, "version": VERSION}});
+        let mut request = json!({"type": "krmx/link", "payload": {"username": username, "version": VERSION}});
         if let Some(auth) = auth {
             request["payload"]["auth"] = json!(auth);
         }
@@ -112,11 +109,7 @@ impl Client {
     }
 
     /// Connects and asks to link; returns the client and the link answer.
-    async fn try_link(
-        port: u16,
-        username: &str,
-        auth: Option<&str>,
-    ) -> (Client, Result<(), String>) {
+    async fn try_link(port: u16, username: &str, auth: Option<&str>) -> (Client, Result<(), String>) {
         let mut client = Client::connect(port).await;
         let answer = client.link(username, auth).await;
         (client, answer)
@@ -218,10 +211,7 @@ async fn closed_has_admin_joined_at_start() {
     let endpoints = start().await;
     let users = endpoints.closed.users();
     assert_eq!(users.len(), 1);
-    assert_eq!(
-        (users[0].username.as_str(), users[0].is_linked),
-        ("admin", false)
-    );
+    assert_eq!((users[0].username.as_str(), users[0].is_linked), ("admin", false));
 
     let (mut admin, answer) = Client::try_link(endpoints.closed_port, "admin", None).await;
     assert_eq!(answer, Ok(()));
@@ -234,21 +224,14 @@ async fn closed_has_admin_joined_at_start() {
 async fn closed_lets_a_user_joined_server_side_link() {
     let endpoints = start().await;
     let mut admin = Client::linked_as(endpoints.closed_port, "admin").await;
-    admin
-        .send(json!({"type": "test/join", "payload": "guest"}))
-        .await;
+    admin.send(json!({"type": "test/join", "payload": "guest"})).await;
     admin
         .expect(&[joined("guest"), reply("test/joined-ok", json!("guest"))])
         .await;
     let (mut guest, answer) = Client::try_link(endpoints.closed_port, "guest", None).await;
     assert_eq!(answer, Ok(()));
     guest
-        .expect(&[
-            joined("admin"),
-            linked("admin"),
-            joined("guest"),
-            linked("guest"),
-        ])
+        .expect(&[joined("admin"), linked("admin"), joined("guest"), linked("guest")])
         .await;
     endpoints.stop().await;
 }
@@ -273,17 +256,14 @@ async fn rule_2_report_is_new_tells_whether_the_user_is_new() {
     let (_c, answer) = Client::try_link(endpoints.main_port, "simon", Some("report-is-new")).await;
     assert_eq!(answer, Err("isNewUser=true".to_owned()));
     // Rule 2 comes before rule 3.
-    let (_c, answer) =
-        Client::try_link(endpoints.main_port, "throwaway", Some("report-is-new")).await;
+    let (_c, answer) = Client::try_link(endpoints.main_port, "throwaway", Some("report-is-new")).await;
     assert_eq!(answer, Err("isNewUser=true".to_owned()));
 
-    let (_c, answer) =
-        Client::try_link(endpoints.closed_port, "admin", Some("report-is-new")).await;
+    let (_c, answer) = Client::try_link(endpoints.closed_port, "admin", Some("report-is-new")).await;
     assert_eq!(answer, Err("isNewUser=false".to_owned()));
 
     let mut lisa = Client::linked_as(endpoints.main_port, "lisa").await;
-    lisa.send(json!({"type": "test/join", "payload": "bob"}))
-        .await;
+    lisa.send(json!({"type": "test/join", "payload": "bob"})).await;
     lisa.expect(&[joined("bob"), reply("test/joined-ok", json!("bob"))])
         .await;
     let (_c, answer) = Client::try_link(endpoints.main_port, "bob", Some("report-is-new")).await;
@@ -374,21 +354,14 @@ async fn echo_replies_to_the_sender_with_the_payload() {
     simon
         .send(json!({"type": "test/echo", "payload": {"a": [1, "two"]}}))
         .await;
-    simon
-        .expect(&[reply("test/echoed", json!({"a": [1, "two"]}))])
-        .await;
+    simon.expect(&[reply("test/echoed", json!({"a": [1, "two"]}))]).await;
     simon.send(json!({"type": "test/echo"})).await;
     simon.expect(&[json!({"type": "test/echoed"})]).await;
-    simon
-        .send(json!({"type": "test/echo", "payload": null}))
-        .await;
-    simon
-        .expect(&[json!({"type": "test/echoed", "payload": null})])
-        .await;
+    simon.send(json!({"type": "test/echo", "payload": null})).await;
+    simon.expect(&[json!({"type": "test/echoed", "payload": null})]).await;
 
     // Lisa got none of it: her next message is her own echo.
-    lisa.send(json!({"type": "test/echo", "payload": "mine"}))
-        .await;
+    lisa.send(json!({"type": "test/echo", "payload": "mine"})).await;
     lisa.expect(&[reply("test/echoed", json!("mine"))]).await;
     endpoints.stop().await;
 }
@@ -400,13 +373,8 @@ async fn broadcast_reaches_everyone_the_sender_included() {
     let mut lisa = Client::linked_as(endpoints.main_port, "lisa").await;
     simon.expect(&[joined("lisa"), linked("lisa")]).await;
 
-    simon
-        .send(json!({"type": "test/broadcast", "payload": {"n": 1}}))
-        .await;
-    let expected = reply(
-        "test/broadcasted",
-        json!({"from": "simon", "payload": {"n": 1}}),
-    );
+    simon.send(json!({"type": "test/broadcast", "payload": {"n": 1}})).await;
+    let expected = reply("test/broadcasted", json!({"from": "simon", "payload": {"n": 1}}));
     simon.expect(std::slice::from_ref(&expected)).await;
     lisa.expect(&[expected]).await;
 
@@ -427,18 +395,13 @@ async fn broadcast_skip_reaches_everyone_but_the_sender() {
     simon
         .send(json!({"type": "test/broadcast-skip", "payload": "hi"}))
         .await;
-    lisa.expect(&[reply(
-        "test/broadcasted",
-        json!({"from": "simon", "payload": "hi"}),
-    )])
-    .await;
+    lisa.expect(&[reply("test/broadcasted", json!({"from": "simon", "payload": "hi"}))])
+        .await;
     simon.send(json!({"type": "test/broadcast-skip"})).await;
     lisa.expect(&[reply("test/broadcasted", json!({"from": "simon"}))])
         .await;
     // Simon got neither: his next message is his own echo.
-    simon
-        .send(json!({"type": "test/echo", "payload": "marker"}))
-        .await;
+    simon.send(json!({"type": "test/echo", "payload": "marker"})).await;
     simon.expect(&[reply("test/echoed", json!("marker"))]).await;
     endpoints.stop().await;
 }
@@ -450,15 +413,9 @@ async fn kick_a_linked_user_then_reply() {
     let mut lisa = Client::linked_as(endpoints.main_port, "lisa").await;
     simon.expect(&[joined("lisa"), linked("lisa")]).await;
 
+    simon.send(json!({"type": "test/kick", "payload": "lisa"})).await;
     simon
-        .send(json!({"type": "test/kick", "payload": "lisa"}))
-        .await;
-    simon
-        .expect(&[
-            unlinked("lisa"),
-            left("lisa"),
-            reply("test/kicked-ok", json!("lisa")),
-        ])
+        .expect(&[unlinked("lisa"), left("lisa"), reply("test/kicked-ok", json!("lisa"))])
         .await;
     lisa.expect(&[unlinked("lisa"), left("lisa")]).await;
     assert_eq!(simon.users().await, json!([user("simon", true)]));
@@ -471,15 +428,11 @@ async fn kick_a_linked_user_then_reply() {
 async fn kick_an_unlinked_user_then_reply() {
     let endpoints = start().await;
     let mut simon = Client::linked_as(endpoints.main_port, "simon").await;
-    simon
-        .send(json!({"type": "test/join", "payload": "bob"}))
-        .await;
+    simon.send(json!({"type": "test/join", "payload": "bob"})).await;
     simon
         .expect(&[joined("bob"), reply("test/joined-ok", json!("bob"))])
         .await;
-    simon
-        .send(json!({"type": "test/kick", "payload": "bob"}))
-        .await;
+    simon.send(json!({"type": "test/kick", "payload": "bob"})).await;
     simon
         .expect(&[left("bob"), reply("test/kicked-ok", json!("bob"))])
         .await;
@@ -490,9 +443,7 @@ async fn kick_an_unlinked_user_then_reply() {
 async fn kick_yourself_gets_no_reply() {
     let endpoints = start().await;
     let mut simon = Client::linked_as(endpoints.main_port, "simon").await;
-    simon
-        .send(json!({"type": "test/kick", "payload": "simon"}))
-        .await;
+    simon.send(json!({"type": "test/kick", "payload": "simon"})).await;
     simon.expect(&[unlinked("simon"), left("simon")]).await;
     // No `test/kicked-ok`: the next message is the answer to a new link request.
     assert_eq!(simon.link("simon", None).await, Ok(()));
@@ -504,17 +455,11 @@ async fn kick_yourself_gets_no_reply() {
 async fn kick_errors() {
     let endpoints = start().await;
     let mut simon = Client::linked_as(endpoints.main_port, "simon").await;
-    simon
-        .send(json!({"type": "test/kick", "payload": "nobody"}))
-        .await;
-    simon
-        .expect(&[error("cannot kick a user that does not exist")])
-        .await;
+    simon.send(json!({"type": "test/kick", "payload": "nobody"})).await;
+    simon.expect(&[error("cannot kick a user that does not exist")]).await;
     simon.send(json!({"type": "test/kick"})).await;
     simon.expect(&[error(NOT_A_USERNAME)]).await;
-    simon
-        .send(json!({"type": "test/kick", "payload": 42}))
-        .await;
+    simon.send(json!({"type": "test/kick", "payload": 42})).await;
     simon.expect(&[error(NOT_A_USERNAME)]).await;
     endpoints.stop().await;
 }
@@ -526,26 +471,16 @@ async fn unlink_a_linked_user_then_reply() {
     let mut lisa = Client::linked_as(endpoints.main_port, "lisa").await;
     simon.expect(&[joined("lisa"), linked("lisa")]).await;
 
-    simon
-        .send(json!({"type": "test/unlink", "payload": "lisa"}))
-        .await;
+    simon.send(json!({"type": "test/unlink", "payload": "lisa"})).await;
     simon
         .expect(&[unlinked("lisa"), reply("test/unlinked-ok", json!("lisa"))])
         .await;
     lisa.expect(&[unlinked("lisa")]).await;
-    assert_eq!(
-        simon.users().await,
-        json!([user("simon", true), user("lisa", false)])
-    );
+    assert_eq!(simon.users().await, json!([user("simon", true), user("lisa", false)]));
     // Lisa's connection stays open and may link to her user again.
     assert_eq!(lisa.link("lisa", None).await, Ok(()));
-    lisa.expect(&[
-        joined("simon"),
-        linked("simon"),
-        joined("lisa"),
-        linked("lisa"),
-    ])
-    .await;
+    lisa.expect(&[joined("simon"), linked("simon"), joined("lisa"), linked("lisa")])
+        .await;
     endpoints.stop().await;
 }
 
@@ -553,9 +488,7 @@ async fn unlink_a_linked_user_then_reply() {
 async fn unlink_yourself_gets_no_reply() {
     let endpoints = start().await;
     let mut simon = Client::linked_as(endpoints.main_port, "simon").await;
-    simon
-        .send(json!({"type": "test/unlink", "payload": "simon"}))
-        .await;
+    simon.send(json!({"type": "test/unlink", "payload": "simon"})).await;
     simon.expect(&[unlinked("simon")]).await;
     // No `test/unlinked-ok`: the next message is the answer to a new link request.
     assert_eq!(simon.link("simon", None).await, Ok(()));
@@ -567,31 +500,19 @@ async fn unlink_yourself_gets_no_reply() {
 async fn unlink_errors() {
     let endpoints = start().await;
     let mut simon = Client::linked_as(endpoints.main_port, "simon").await;
+    simon.send(json!({"type": "test/unlink", "payload": "nobody"})).await;
     simon
-        .send(json!({"type": "test/unlink", "payload": "nobody"}))
+        .expect(&[error("cannot unlink a connection from a user that does not exist")])
         .await;
-    simon
-        .expect(&[error(
-            "cannot unlink a connection from a user that does not exist",
-        )])
-        .await;
-    simon
-        .send(json!({"type": "test/join", "payload": "bob"}))
-        .await;
+    simon.send(json!({"type": "test/join", "payload": "bob"})).await;
     simon
         .expect(&[joined("bob"), reply("test/joined-ok", json!("bob"))])
         .await;
+    simon.send(json!({"type": "test/unlink", "payload": "bob"})).await;
     simon
-        .send(json!({"type": "test/unlink", "payload": "bob"}))
+        .expect(&[error("cannot unlink a connection from a user that is not linked")])
         .await;
-    simon
-        .expect(&[error(
-            "cannot unlink a connection from a user that is not linked",
-        )])
-        .await;
-    simon
-        .send(json!({"type": "test/unlink", "payload": ["simon"]}))
-        .await;
+    simon.send(json!({"type": "test/unlink", "payload": ["simon"]})).await;
     simon.expect(&[error(NOT_A_USERNAME)]).await;
     endpoints.stop().await;
 }
@@ -603,9 +524,7 @@ async fn join_tells_everyone_then_replies() {
     let mut lisa = Client::linked_as(endpoints.main_port, "lisa").await;
     simon.expect(&[joined("lisa"), linked("lisa")]).await;
 
-    simon
-        .send(json!({"type": "test/join", "payload": "bob"}))
-        .await;
+    simon.send(json!({"type": "test/join", "payload": "bob"})).await;
     simon
         .expect(&[joined("bob"), reply("test/joined-ok", json!("bob"))])
         .await;
@@ -621,15 +540,9 @@ async fn join_tells_everyone_then_replies() {
 async fn join_errors() {
     let endpoints = start().await;
     let mut simon = Client::linked_as(endpoints.main_port, "simon").await;
-    simon
-        .send(json!({"type": "test/join", "payload": "simon"}))
-        .await;
-    simon
-        .expect(&[error("cannot join a user that already exist")])
-        .await;
-    simon
-        .send(json!({"type": "test/join", "payload": "x"}))
-        .await;
+    simon.send(json!({"type": "test/join", "payload": "simon"})).await;
+    simon.expect(&[error("cannot join a user that already exist")]).await;
+    simon.send(json!({"type": "test/join", "payload": "x"})).await;
     simon
         .expect(&[error("cannot join a user with an invalid username")])
         .await;
@@ -648,15 +561,11 @@ async fn users_lists_everyone_in_join_order() {
     let mut simon = Client::linked_as(endpoints.main_port, "simon").await;
     let lisa = Client::linked_as(endpoints.main_port, "lisa").await;
     simon.expect(&[joined("lisa"), linked("lisa")]).await;
-    simon
-        .send(json!({"type": "test/join", "payload": "bob"}))
-        .await;
+    simon.send(json!({"type": "test/join", "payload": "bob"})).await;
     simon
         .expect(&[joined("bob"), reply("test/joined-ok", json!("bob"))])
         .await;
-    simon
-        .send(json!({"type": "test/unlink", "payload": "lisa"}))
-        .await;
+    simon.send(json!({"type": "test/unlink", "payload": "lisa"})).await;
     simon
         .expect(&[unlinked("lisa"), reply("test/unlinked-ok", json!("lisa"))])
         .await;
@@ -672,16 +581,10 @@ async fn users_lists_everyone_in_join_order() {
 async fn other_types_are_ignored_and_the_sender_stays_linked() {
     let endpoints = start().await;
     let mut simon = Client::linked_as(endpoints.main_port, "simon").await;
-    simon
-        .send(json!({"type": "test/unknown", "payload": 1}))
-        .await;
-    simon
-        .send(json!({"type": "chat/message", "payload": "hi"}))
-        .await;
+    simon.send(json!({"type": "test/unknown", "payload": 1})).await;
+    simon.send(json!({"type": "chat/message", "payload": "hi"})).await;
     simon.send(json!({"type": "test/echoed"})).await;
-    simon
-        .send(json!({"type": "test/echo", "payload": "marker"}))
-        .await;
+    simon.send(json!({"type": "test/echo", "payload": "marker"})).await;
     simon.expect(&[reply("test/echoed", json!("marker"))]).await;
     assert_eq!(simon.users().await, json!([user("simon", true)]));
     endpoints.stop().await;

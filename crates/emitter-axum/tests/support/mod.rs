@@ -52,10 +52,7 @@ impl Recorder {
                 Event::Listen { .. } => "listen".to_owned(),
                 Event::Close => "close".to_owned(),
                 Event::Authenticate { username, info } => {
-                    format!(
-                        "authenticate {username} new={} auth={:?}",
-                        info.is_new_user, info.auth
-                    )
+                    format!("authenticate {username} new={} auth={:?}", info.is_new_user, info.auth)
                 }
                 Event::Join { username } => format!("join {username}"),
                 Event::Link { username } => format!("link {username}"),
@@ -93,10 +90,7 @@ impl Recorder {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "timed out waiting for event `{line}`; recorded: {:?}",
-                    self.lines()
-                );
+                panic!("timed out waiting for event `{line}`; recorded: {:?}", self.lines());
             }
         }
     }
@@ -155,11 +149,7 @@ impl Client {
 
     /// Connects and links as `username` with an optional `auth`; `Err` holds the reject reason, or
     /// `connection closed`. On success the next message to read is the first of the user snapshot.
-    pub async fn link_with(
-        port: u16,
-        username: &str,
-        auth: Option<&str>,
-    ) -> Result<Client, String> {
+    pub async fn link_with(port: u16, username: &str, auth: Option<&str>) -> Result<Client, String> {
         let mut client = Client::connect(port).await;
         client.link(username, auth).await?;
         Ok(client)
@@ -183,11 +173,9 @@ impl Client {
                 self.username = Some(username.to_owned());
                 Ok(())
             }
-            Some(message) if message["type"] == "krmx/rejected" => Err(message["payload"]
-                ["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()),
+            Some(message) if message["type"] == "krmx/rejected" => {
+                Err(message["payload"]["reason"].as_str().unwrap_or_default().to_owned())
+            }
             Some(other) => panic!("unexpected reply to a link request: {other}"),
             None => Err("connection closed".to_owned()),
         }
@@ -205,17 +193,11 @@ impl Client {
     }
 
     pub async fn send_raw(&mut self, text: &str) {
-        self.ws
-            .send(WsMessage::text(text.to_owned()))
-            .await
-            .unwrap();
+        self.ws.send(WsMessage::text(text.to_owned())).await.unwrap();
     }
 
     pub async fn send_binary(&mut self, data: &[u8]) {
-        self.ws
-            .send(WsMessage::binary(data.to_vec()))
-            .await
-            .unwrap();
+        self.ws.send(WsMessage::binary(data.to_vec())).await.unwrap();
     }
 
     /// The next JSON message, or `None` when the connection closed. Panics after [`TIMEOUT`].
@@ -223,13 +205,9 @@ impl Client {
         loop {
             let next = tokio::time::timeout(TIMEOUT, self.ws.next())
                 .await
-                .unwrap_or_else(|_| {
-                    panic!("timed out waiting for a message ({:?})", self.username)
-                });
+                .unwrap_or_else(|_| panic!("timed out waiting for a message ({:?})", self.username));
             match next {
-                Some(Ok(WsMessage::Text(text))) => {
-                    return Some(serde_json::from_str(&text).unwrap())
-                }
+                Some(Ok(WsMessage::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
                 Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
@@ -240,10 +218,7 @@ impl Client {
     pub async fn recv(&mut self) -> Value {
         match self.try_recv().await {
             Some(message) => message,
-            None => panic!(
-                "connection closed while waiting for a message ({:?})",
-                self.username
-            ),
+            None => panic!("connection closed while waiting for a message ({:?})", self.username),
         }
     }
 

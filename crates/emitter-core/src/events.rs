@@ -1,4 +1,18 @@
 //! Listener lists: registration, unsubscription and panic-isolated emission.
+//!
+//! The server's `on_*`, `once_*` and `wait_for_*` methods are built on [`Listeners`]; a client or another component
+//! can build the same kind of API on it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use emitter_core::events::Listeners;
+//!
+//! let listeners: Listeners<dyn Fn(&str) + Send + Sync> = Listeners::default();
+//! let subscription = listeners.add(Arc::new(|name: &str| assert_eq!(name, "simon")));
+//! let panics = listeners.emit("greet", |listener| listener("simon"));
+//! assert!(panics.is_empty());
+//! subscription.unsubscribe();
+//! ```
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,7 +109,8 @@ impl Subscription {
 }
 
 /// Unsubscribes when dropped; what `wait_for` futures hold so that a dropped future leaves nothing behind.
-pub(crate) struct UnsubscribeOnDrop(pub(crate) Subscription);
+#[derive(Debug)]
+pub struct UnsubscribeOnDrop(pub Subscription);
 
 impl Drop for UnsubscribeOnDrop {
     fn drop(&mut self) {
@@ -117,8 +132,8 @@ impl<F: ?Sized> Clone for Entry<F> {
     }
 }
 
-/// The listeners of one event, in registration order.
-pub(crate) struct Listeners<F: ?Sized> {
+/// The listeners of one event, in registration order. `F` is the listener's `dyn Fn(..)` type.
+pub struct Listeners<F: ?Sized> {
     entries: Mutex<Vec<Entry<F>>>,
 }
 
@@ -132,7 +147,7 @@ impl<F: ?Sized> Default for Listeners<F> {
 
 impl<F: ?Sized> Listeners<F> {
     /// Registers a listener built around its own liveness flag, so that a `once` listener can switch itself off.
-    pub(crate) fn add_with(&self, build: impl FnOnce(Arc<AtomicBool>) -> Arc<F>) -> Subscription {
+    pub fn add_with(&self, build: impl FnOnce(Arc<AtomicBool>) -> Arc<F>) -> Subscription {
         let alive = Arc::new(AtomicBool::new(true));
         let listener = build(alive.clone());
         let mut entries = self.entries.lock();
@@ -145,14 +160,14 @@ impl<F: ?Sized> Listeners<F> {
     }
 
     /// Registers a listener.
-    pub(crate) fn add(&self, listener: Arc<F>) -> Subscription {
+    pub fn add(&self, listener: Arc<F>) -> Subscription {
         self.add_with(|_| listener)
     }
 
     /// Calls every live listener in registration order. A listener registered during the emit is not called by it; one
     /// unsubscribed during the emit is skipped. A panicking listener is logged and skipped; the panic messages are
     /// returned in order.
-    pub(crate) fn emit(&self, event: &'static str, call: impl Fn(&F)) -> Vec<String> {
+    pub fn emit(&self, event: &'static str, call: impl Fn(&F)) -> Vec<String> {
         let snapshot: Vec<Entry<F>> = self.entries.lock().clone();
         let mut panics = Vec::new();
         for entry in snapshot {
@@ -170,7 +185,9 @@ impl<F: ?Sized> Listeners<F> {
 }
 
 /// Runs a `once` listener if its predicate holds and it has not fired yet; the flag makes it fire at most once.
-pub(crate) fn fire_once<L>(alive: &AtomicBool, holds: bool, slot: &Mutex<Option<L>>, call: impl FnOnce(L)) {
+///
+/// `alive` is the flag [`Listeners::add_with`] hands out, `slot` holds the `FnOnce` listener, and `call` runs it.
+pub fn fire_once<L>(alive: &AtomicBool, holds: bool, slot: &Mutex<Option<L>>, call: impl FnOnce(L)) {
     if holds && alive.swap(false, Ordering::SeqCst) {
         if let Some(listener) = slot.lock().take() {
             call(listener);
@@ -178,8 +195,9 @@ pub(crate) fn fire_once<L>(alive: &AtomicBool, holds: bool, slot: &Mutex<Option<
     }
 }
 
-/// The text of a panic payload: the `&str` or `String` given to `panic!`, or a fixed phrase for anything else.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+/// The text of a panic payload: the `&str` or `String` given to `panic!`, or `authentication failed` for anything
+/// else (the reference's wording for an authenticate listener that throws a non-error).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = payload.downcast_ref::<String>() {

@@ -25,7 +25,7 @@
 mod auth;
 mod config;
 mod error;
-mod events;
+pub mod events;
 mod link;
 pub mod protocol;
 mod query;

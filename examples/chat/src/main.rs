@@ -1,23 +1,88 @@
-//! Runs the chat relay on `PORT` (default 8082) at path `/` until Ctrl-C.
+//! A chat: the page `index.html` at `/`, the Krmx endpoint at `/ws`. A linked user's `chat/message` whose payload is
+//! a string goes to every linked user, the sender included, as
+//! `{"type":"chat/message","payload":{"username":…,"text":…}}`; anything else is ignored.
+//!
+//! Runs on `PORT` (default 8082) until Ctrl-C. The whole program is this one file and `index.html`, so that the book's
+//! getting-started chapter can show it as it is.
 
+// ANCHOR: all
+// ANCHOR: imports
+use axum::response::Html;
+use axum::routing::get;
+use axum::Router;
+use emitter_core::{Message, Server};
+use serde_json::json;
 use tracing_subscriber::EnvFilter;
+// ANCHOR_END: imports
 
+// ANCHOR: build
+/// The message type clients send and receive.
+const CHAT_MESSAGE: &str = "chat/message";
+
+/// Builds the chat server, with the Krmx endpoint at `/ws` and the relay registered.
+fn build() -> Server {
+    let server = Server::builder().path("/ws").build();
+    let relay = server.clone();
+    let _ = server.on_message(move |username, message| relay_chat(&relay, username, message));
+    let _ = server.on_join(|username| tracing::info!(username, "joined"));
+    let _ = server.on_leave(|username| tracing::info!(username, "left"));
+    server
+}
+
+/// Relays a `chat/message` with a string payload to every linked user, the sender included.
+fn relay_chat(server: &Server, username: &str, message: &Message) {
+    if message.kind != CHAT_MESSAGE {
+        tracing::debug!(username, kind = message.kind, "ignored a message of another type");
+        return;
+    }
+    let Some(text) = message.payload.as_ref().and_then(|payload| payload.as_str()) else {
+        tracing::debug!(username, "ignored a chat message whose payload is not a string");
+        return;
+    };
+    let said = json!({ "type": CHAT_MESSAGE, "payload": { "username": username, "text": text } });
+    if let Err(error) = server.broadcast_json(&said, None) {
+        tracing::warn!(%error, "could not relay a chat message");
+    }
+}
+// ANCHOR_END: build
+
+// ANCHOR: app
+/// The page, compiled into the binary: no build step, no static file server.
+const PAGE: &str = include_str!("../index.html");
+
+/// The web app: the page at `/`, merged with the Krmx endpoint at the server's path (`/ws`).
+fn app(server: &Server) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .merge(emitter_axum::router(server))
+}
+// ANCHOR_END: app
+
+// ANCHOR: main
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port.parse().expect("PORT must be a port number (0-65535)"),
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, not {port:?}"))?,
         Err(_) => 8082,
     };
 
-    let server = example_chat::build();
-    let port = emitter_axum::listen(&server, port).await?;
-    println!("chat server on ws://localhost:{port}/ (Ctrl-C to stop)");
+    let server = build();
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    let port = emitter_axum::serve(&server, listener, app(&server)).await?;
+    println!("chat on http://localhost:{port}/ (Ctrl-C to stop)");
 
     tokio::signal::ctrl_c().await?;
     tracing::info!("Ctrl-C: closing");
-    server.close().await?;
+    server.close().await?; // every user leaves, every connection closes, then the HTTP server stops
     Ok(())
 }
+// ANCHOR_END: main
+// ANCHOR_END: all
+
+#[cfg(test)]
+mod tests;

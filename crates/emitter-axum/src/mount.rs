@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{RawQuery, State};
 use axum::http::Request;
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use emitter_core::Server;
@@ -36,10 +37,14 @@ pub fn router(server: &Server) -> Router {
 }
 
 async fn upgrade(State(server): State<Server>, RawQuery(query): RawQuery, ws: WebSocketUpgrade) -> Response {
+    let host = server.host();
+    if !host.has_room() {
+        // Refused before the upgrade: no socket task, no buffers. `connect` repeats the check after the upgrade.
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let config = server.config();
     let query_ok = config.query_params_hold(query.as_deref());
     let max = config.max_message_size();
-    let host = server.host();
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| connection::run(host, socket, query_ok))

@@ -17,6 +17,31 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 /// The default number of frames that may wait in one connection's outgoing queue: 4096.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 4096;
 
+/// The default cap on open connections: 10,000. A connection past it is refused before the WebSocket upgrade.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// The default cap on connections that are open but not linked to a user: 1,000.
+pub const DEFAULT_MAX_UNLINKED_CONNECTIONS: usize = 1_000;
+
+/// The default time a connection may stay open without being linked: 30 s.
+pub const DEFAULT_LINK_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The default deepest nesting of arrays and objects in an incoming message, the message object itself included: 32.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
+
+/// The longest username the server looks at, in bytes, whatever the username rule says: 256. A longer one is an
+/// `invalid username` without calling the rule.
+pub const MAX_USERNAME_BYTES: usize = 256;
+
+/// A per-connection message rate limit: a token bucket that refills `per_second` tokens a second up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Messages a second a connection may send in the long run.
+    pub per_second: f64,
+    /// Messages a connection may send at once after a quiet spell.
+    pub burst: f64,
+}
+
 /// A server's settings. Build one with [`Server::builder`]; read it back with [`Server::config`].
 #[derive(Clone)]
 pub struct Config {
@@ -29,6 +54,11 @@ pub struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) accepted_versions: AcceptedVersions,
     pub(crate) outbound_queue: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_unlinked_connections: usize,
+    pub(crate) link_deadline: Option<Duration>,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) max_json_depth: usize,
 }
 
 impl Default for Config {
@@ -43,6 +73,11 @@ impl Default for Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             accepted_versions: AcceptedVersions::default(),
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_unlinked_connections: DEFAULT_MAX_UNLINKED_CONNECTIONS,
+            link_deadline: Some(DEFAULT_LINK_DEADLINE),
+            rate_limit: None,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
         }
     }
 }
@@ -58,6 +93,11 @@ impl fmt::Debug for Config {
             .field("max_message_size", &self.max_message_size)
             .field("accepted_versions", &self.accepted_versions)
             .field("outbound_queue", &self.outbound_queue)
+            .field("max_connections", &self.max_connections)
+            .field("max_unlinked_connections", &self.max_unlinked_connections)
+            .field("link_deadline", &self.link_deadline)
+            .field("rate_limit", &self.rate_limit)
+            .field("max_json_depth", &self.max_json_depth)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +146,31 @@ impl Config {
     /// How many frames may wait in one connection's outgoing queue.
     pub fn outbound_queue(&self) -> usize {
         self.outbound_queue
+    }
+
+    /// The cap on open connections.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// The cap on open connections not linked to a user.
+    pub fn max_unlinked_connections(&self) -> usize {
+        self.max_unlinked_connections
+    }
+
+    /// How long a connection may stay unlinked before it is closed; `None` when there is no deadline.
+    pub fn link_deadline(&self) -> Option<Duration> {
+        self.link_deadline
+    }
+
+    /// The per-connection message rate limit, if any.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+
+    /// The deepest nesting of arrays and objects an incoming message may have.
+    pub fn max_json_depth(&self) -> usize {
+        self.max_json_depth
     }
 }
 
@@ -198,6 +263,55 @@ impl ServerBuilder {
     /// [`DEFAULT_OUTBOUND_QUEUE`] (4096).
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.config.outbound_queue = frames.max(1);
+        self
+    }
+
+    /// The most connections open at once. One more is refused (HTTP 503 before the upgrade where the transport can,
+    /// or closed at once). Default: [`DEFAULT_MAX_CONNECTIONS`] (10,000). Each connection is a file descriptor:
+    /// keep it under the process's open-file limit.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.max_connections = connections;
+        self
+    }
+
+    /// The most connections open at once that are not linked to a user (new ones, and ones whose user was unlinked
+    /// or left). One more is refused like one over [`max_connections`](Self::max_connections). Default:
+    /// [`DEFAULT_MAX_UNLINKED_CONNECTIONS`] (1,000).
+    pub fn max_unlinked_connections(mut self, connections: usize) -> Self {
+        self.config.max_unlinked_connections = connections;
+        self
+    }
+
+    /// How long a connection may stay open without a linked user: from when it opens, and again from each time its
+    /// user is unlinked or leaves. Past it the connection is closed. A link attempt waiting on async authentication
+    /// is not closed (the auth timeout bounds it). `Duration::ZERO` turns the deadline off. Default:
+    /// [`DEFAULT_LINK_DEADLINE`] (30 s).
+    pub fn link_deadline(mut self, deadline: Duration) -> Self {
+        self.config.link_deadline = (!deadline.is_zero()).then_some(deadline);
+        self
+    }
+
+    /// Limits how fast one connection may send: `per_second` messages a second in the long run, `burst` at once. A
+    /// connection that goes over is closed (its user is unlinked): a client that floods is misbehaving, and dropping
+    /// its messages silently would only hide that. Default: no limit.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::builder().rate_limit(50.0, 100.0).build();
+    /// assert_eq!(server.config().rate_limit().unwrap().burst, 100.0);
+    /// ```
+    pub fn rate_limit(mut self, per_second: f64, burst: f64) -> Self {
+        self.config.rate_limit = Some(RateLimit {
+            per_second: per_second.max(0.0),
+            burst: burst.max(1.0),
+        });
+        self
+    }
+
+    /// The deepest nesting of arrays and objects an incoming message may have, its own object counting as 1. A
+    /// deeper one is an invalid message, found by a scan of the bytes before anything is parsed. Default:
+    /// [`DEFAULT_MAX_JSON_DEPTH`] (32).
+    pub fn max_json_depth(mut self, depth: usize) -> Self {
+        self.config.max_json_depth = depth.max(1);
         self
     }
 

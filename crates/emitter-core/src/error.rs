@@ -72,6 +72,11 @@ pub enum Error {
     UnlinkUnlinkedUser,
     /// `cannot kick a user that does not exist`.
     KickUnknownUser,
+    /// `cannot send a message to a user whose connection is not reading (its queue is full)`. The connection is a slow
+    /// consumer: it is being closed, which unlinks the user.
+    QueueFull,
+    /// `cannot send a message to a user whose connection is closing`.
+    ConnectionClosing,
 }
 
 impl fmt::Display for Error {
@@ -89,6 +94,10 @@ impl fmt::Display for Error {
             Error::UnlinkUnknownUser => f.write_str("cannot unlink a connection from a user that does not exist"),
             Error::UnlinkUnlinkedUser => f.write_str("cannot unlink a connection from a user that is not linked"),
             Error::KickUnknownUser => f.write_str("cannot kick a user that does not exist"),
+            Error::QueueFull => {
+                f.write_str("cannot send a message to a user whose connection is not reading (its queue is full)")
+            }
+            Error::ConnectionClosing => f.write_str("cannot send a message to a user whose connection is closing"),
         }
     }
 }

@@ -37,11 +37,14 @@ mod username;
 mod version;
 
 pub use auth::{AuthContext, AuthInfo};
-pub use config::{Config, ServerBuilder, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTBOUND_QUEUE};
+pub use config::{
+    Config, RateLimit, ServerBuilder, DEFAULT_LINK_DEADLINE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS, DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,
+};
 pub use error::{Error, Status};
 pub use events::{Event, Subscription};
 pub use protocol::Message;
 pub use query::QueryParam;
-pub use server::{Server, User};
+pub use server::{Broadcast, Server, User};
 pub use username::is_valid_username;
 pub use version::{AcceptedVersions, PROTOCOL_VERSION};

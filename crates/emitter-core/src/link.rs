@@ -1,13 +1,17 @@
 //! Connections: opening, incoming messages, link attempts with their authentication, and closing.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::task::JoinSet;
 
 use crate::auth::{AuthContext, AuthFuture, AuthInfo};
+use crate::config::MAX_USERNAME_BYTES;
 use crate::error::Status;
 use crate::events::{panic_message, Event};
-use crate::protocol::{parse, ClientMessage, LinkRequest, ServerMessage};
+use crate::protocol::{parse_bounded, ClientMessage, LinkRequest, ServerMessage};
 use crate::state::{Connection, ConnectionState, Link, State};
 use crate::transport::{ConnectionId, ConnectionSink};
 use crate::version::AcceptedVersions;
@@ -24,22 +28,39 @@ impl Server {
     pub(crate) fn connect(&self, sink: Arc<dyn ConnectionSink>) -> Option<ConnectionId> {
         let guard = self.lock();
         let mut state = guard.borrow_mut();
-        if state.status != Status::Listening {
-            tracing::debug!(status = %state.status, "incoming connection refused");
+        if let Some(reason) = state.refusal(&self.inner.config) {
+            tracing::warn!(reason, "incoming connection refused");
             return None;
         }
         let id = ConnectionId(state.next_connection);
         state.next_connection += 1;
-        state.connections.insert(
-            id,
-            Connection {
-                sink,
-                state: ConnectionState::Unlinked,
-            },
-        );
+        state
+            .connections
+            .insert(id, Connection::new(sink, self.inner.config.rate_limit));
         self.publish_open_count(&state);
         tracing::debug!(connection = %id, "connection opened");
         Some(id)
+    }
+
+    /// Whether a new connection would be admitted now; transports ask before upgrading, to refuse cheaply.
+    pub(crate) fn has_room(&self) -> bool {
+        self.lock().borrow().refusal(&self.inner.config).is_none()
+    }
+
+    /// Closes the connections that stayed unlinked past the link deadline.
+    pub(crate) fn close_overdue(&self, deadline: Duration) {
+        let guard = self.lock();
+        let mut state = guard.borrow_mut();
+        let now = Instant::now();
+        for (id, connection) in state.connections.iter_mut() {
+            let overdue = connection
+                .unlinked_since
+                .is_some_and(|since| now.duration_since(since) >= deadline);
+            if overdue && matches!(connection.state, ConnectionState::Unlinked) {
+                tracing::info!(connection = %id, "closing a connection that stayed unlinked past the link deadline");
+                connection.close();
+            }
+        }
     }
 
     pub(crate) fn disconnect(&self, id: ConnectionId) {
@@ -82,14 +103,22 @@ impl Server {
                 tracing::debug!(connection = %id, status = %state.status, "message ignored");
                 return;
             }
-            match state.connections.get(&id).map(|c| &c.state) {
-                None => return,
-                Some(ConnectionState::Unlinked) => Role::Unlinked,
-                Some(ConnectionState::Linking { .. }) => Role::Linking,
-                Some(ConnectionState::Linked(username)) => Role::Linked(username.clone()),
+            let Some(connection) = state.connections.get(&id) else {
+                return;
+            };
+            if connection.closing {
+                return;
+            }
+            match &connection.state {
+                ConnectionState::Unlinked => Role::Unlinked,
+                ConnectionState::Linking { .. } => Role::Linking,
+                ConnectionState::Linked(username) => Role::Linked(username.clone()),
             }
         };
-        let message = match parse(data) {
+        if !self.within_rate_limit(id) {
+            return;
+        }
+        let message = match parse_bounded(data, self.inner.config.max_json_depth) {
             Ok(message) => ClientMessage::from(message),
             Err(_) => {
                 tracing::warn!(connection = %id, "invalid message");
@@ -125,6 +154,24 @@ impl Server {
         }
     }
 
+    /// Takes a token from the connection's bucket; a connection out of tokens is closed.
+    fn within_rate_limit(&self, id: ConnectionId) -> bool {
+        let guard = self.lock();
+        let mut state = guard.borrow_mut();
+        let Some(connection) = state.connections.get_mut(&id) else {
+            return false;
+        };
+        let Some(bucket) = connection.bucket.as_mut() else {
+            return true;
+        };
+        if bucket.take(Instant::now()) {
+            return true;
+        }
+        tracing::warn!(connection = %id, "message rate limit exceeded: closing the connection");
+        connection.close();
+        false
+    }
+
     fn reply_rejected(&self, id: ConnectionId, reason: &str) {
         tracing::debug!(connection = %id, reason, "rejected");
         self.lock()
@@ -148,7 +195,7 @@ impl Server {
         if !config.accepted_versions.accepts(&request.version) {
             return self.reply_rejected(id, &AcceptedVersions::mismatch_reason(&request.version));
         }
-        if !config.is_valid_username(&request.username) {
+        if request.username.len() > MAX_USERNAME_BYTES || !config.is_valid_username(&request.username) {
             return self.reply_rejected(id, "invalid username");
         }
         if let Some(reason) = self.link_refusal(&request.username) {
@@ -272,22 +319,21 @@ impl Server {
                 tracing::debug!(connection = %id, username, "link abandoned: state changed during join");
                 return;
             }
-            let Some(connection) = state.connections.get_mut(&id) else {
+            let Some(sink) = state.connections.get(&id).map(|c| c.sink.clone()) else {
                 return;
             };
-            connection.state = ConnectionState::Linked(username.to_owned());
-            let sink = connection.sink.clone();
+            state.mark_linked(id, username);
             if let Some(slot) = state.user_mut(username) {
                 slot.link = Some(Link { id, sink: sink.clone() });
             }
             // The newcomer's snapshot of everyone, in join order, itself included.
             for slot in state.users.values() {
-                State::push(sink.as_ref(), id, ServerMessage::Joined(&slot.username).to_frame());
+                let _ = State::push(sink.as_ref(), id, ServerMessage::Joined(&slot.username).to_frame());
                 if slot.link.is_some() {
-                    State::push(sink.as_ref(), id, ServerMessage::Linked(&slot.username).to_frame());
+                    let _ = State::push(sink.as_ref(), id, ServerMessage::Linked(&slot.username).to_frame());
                 }
             }
-            state.push_to_linked(&ServerMessage::Linked(username).to_frame(), Some(username));
+            let _ = state.push_to_linked(&ServerMessage::Linked(username).to_frame(), Some(username));
         }
         tracing::info!(username, "linked");
         self.emit(Event::Link { username }, |events| {

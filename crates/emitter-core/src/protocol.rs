@@ -121,6 +121,51 @@ pub fn parse(bytes: &[u8]) -> Result<Message, InvalidMessage> {
     serde_json::from_slice(bytes).map_err(|_| InvalidMessage)
 }
 
+/// Parses a frame like [`parse`], after checking that arrays and objects nest at most `max_depth` deep (the message
+/// object itself is depth 1). The check scans the bytes once and allocates nothing.
+///
+/// ```
+/// use emitter_core::protocol::parse_bounded;
+///
+/// assert!(parse_bounded(br#"{"type":"a","payload":[[1]]}"#, 3).is_ok());
+/// assert!(parse_bounded(br#"{"type":"a","payload":[[1]]}"#, 2).is_err());
+/// assert!(parse_bounded(br#"{"type":"a","payload":"[[[[[[["}"#, 1).is_ok());
+/// ```
+pub fn parse_bounded(bytes: &[u8], max_depth: usize) -> Result<Message, InvalidMessage> {
+    // Every level takes at least one byte, so a short message cannot be too deep.
+    if bytes.len() > max_depth && nests_deeper_than(bytes, max_depth) {
+        return Err(InvalidMessage);
+    }
+    parse(bytes)
+}
+
+fn nests_deeper_than(bytes: &[u8], max_depth: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in bytes {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A well-formed `krmx/link` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRequest {
@@ -134,19 +179,23 @@ pub struct LinkRequest {
 
 impl LinkRequest {
     /// Reads a link request from a `krmx/link` payload: `username` and `version` must be strings and `auth`, when
-    /// present, a string. `None` means the request is malformed (`invalid link request` on the wire).
-    pub fn from_payload(payload: Option<&Value>) -> Option<LinkRequest> {
-        let object = payload?.as_object()?;
-        let username = object.get("username")?.as_str()?;
-        let version = object.get("version")?.as_str()?;
-        let auth = match object.get("auth") {
-            None => None,
-            Some(Value::String(auth)) => Some(auth.clone()),
-            Some(_) => return None,
+    /// present, a string. `None` means the request is malformed (`invalid link request` on the wire). The strings are
+    /// moved out of the payload, not copied.
+    pub fn from_payload(payload: Option<Value>) -> Option<LinkRequest> {
+        let Value::Object(mut object) = payload? else {
+            return None;
         };
+        let mut take_string = |key: &str| match object.remove(key) {
+            Some(Value::String(text)) => Some(Some(text)),
+            None => Some(None),
+            Some(_) => None,
+        };
+        let username = take_string("username")??;
+        let version = take_string("version")??;
+        let auth = take_string("auth")?;
         Some(LinkRequest {
-            username: username.to_owned(),
-            version: version.to_owned(),
+            username,
+            version,
             auth,
         })
     }
@@ -170,7 +219,7 @@ pub enum ClientMessage {
 impl From<Message> for ClientMessage {
     fn from(message: Message) -> Self {
         match message.kind.as_str() {
-            "krmx/link" => ClientMessage::Link(LinkRequest::from_payload(message.payload.as_ref())),
+            "krmx/link" => ClientMessage::Link(LinkRequest::from_payload(message.payload)),
             "krmx/unlink" => ClientMessage::Unlink,
             "krmx/leave" => ClientMessage::Leave,
             _ if message.is_reserved() => ClientMessage::UnknownReserved(message),
@@ -292,6 +341,18 @@ mod tests {
     }
 
     #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let deep = format!("{{\"type\":\"a\",\"payload\":{}1{}}}", "[".repeat(40), "]".repeat(40));
+        assert!(parse_bounded(deep.as_bytes(), 41).is_ok());
+        assert!(parse_bounded(deep.as_bytes(), 40).is_err());
+        let tricky = br#"{"type":"a\"[[[[","payload":"\\"}"#;
+        assert!(parse_bounded(tricky, 1).is_ok());
+        // Far deeper than serde_json's own recursion limit: refused by the scan, before any parsing.
+        let bomb = "[".repeat(100_000);
+        assert!(parse_bounded(bomb.as_bytes(), 32).is_err());
+    }
+
+    #[test]
     fn payload_null_is_kept_apart_from_no_payload() {
         let with_null = parse(br#"{"type":"a","payload":null}"#).unwrap();
         assert_eq!(with_null.payload, Some(Value::Null));
@@ -303,7 +364,7 @@ mod tests {
 
     #[test]
     fn link_requests_follow_the_reference_checks() {
-        let ok = |payload: Value| LinkRequest::from_payload(Some(&payload));
+        let ok = |payload: Value| LinkRequest::from_payload(Some(payload));
         assert!(ok(json!({"username": "simon", "version": "0.6.1"})).is_some());
         assert_eq!(
             ok(json!({"username": "simon", "version": "0.6.1", "auth": "t"}))

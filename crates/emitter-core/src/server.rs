@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use serde::Serialize;
@@ -20,7 +21,20 @@ use crate::events::Event;
 use crate::protocol::{Frame, Message, ServerMessage};
 use crate::state::{ConnectionState, State};
 use crate::subscribe::Events;
-use crate::transport::Host;
+use crate::transport::{Host, PushError};
+
+/// What a broadcast did: how many linked users got the message queued, and who did not.
+///
+/// A recipient misses a message only when its connection is closing or is a slow consumer (its queue was full, so the
+/// server is closing it); either way that user is about to be unlinked, and a client that relinks gets a fresh
+/// snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Broadcast {
+    /// How many linked users had the message queued.
+    pub delivered: usize,
+    /// The users whose connection did not take the message, and why.
+    pub undelivered: Vec<(String, crate::transport::PushError)>,
+}
 
 /// A user as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -165,7 +179,9 @@ impl Server {
 
     /// Sends `message` to one linked user.
     ///
-    /// Fails when the server is not listening or closing, or when the user does not exist or is not linked.
+    /// Fails when the server is not listening or closing, or when the user does not exist or is not linked. It also
+    /// fails when the user's connection is closing, or its outgoing queue is full: then the connection is a slow
+    /// consumer and is closed, which unlinks the user.
     pub fn send(&self, username: &str, message: &Message) -> Result<(), Error> {
         self.send_frame(username, Frame::from(message))
     }
@@ -188,28 +204,30 @@ impl Server {
         require(&state, "send a message", &[Status::Listening, Status::Closing])?;
         let slot = state.user(username).ok_or(Error::SendToUnknownUser)?;
         let link = slot.link.as_ref().ok_or(Error::SendToUnlinkedUser)?;
-        State::push(link.sink.as_ref(), link.id, frame);
-        Ok(())
+        State::push(link.sink.as_ref(), link.id, frame).map_err(|error| match error {
+            PushError::Full => Error::QueueFull,
+            PushError::Closed => Error::ConnectionClosing,
+        })
     }
 
-    /// Sends `message` to every linked user except `skip`. The message is serialized once.
+    /// Sends `message` to every linked user except `skip`. The message is serialized once. The report says who, if
+    /// anyone, did not get it (see [`Broadcast`]).
     ///
     /// Fails when the server is not listening or closing.
-    pub fn broadcast(&self, message: &Message, skip: Option<&str>) -> Result<(), Error> {
+    pub fn broadcast(&self, message: &Message, skip: Option<&str>) -> Result<Broadcast, Error> {
         self.broadcast_frame(Frame::from(message), skip)
     }
 
     /// Broadcasts any serializable value as the message, like [`broadcast`](Server::broadcast).
-    pub fn broadcast_json<T: Serialize + ?Sized>(&self, message: &T, skip: Option<&str>) -> Result<(), Error> {
+    pub fn broadcast_json<T: Serialize + ?Sized>(&self, message: &T, skip: Option<&str>) -> Result<Broadcast, Error> {
         self.broadcast_frame(Frame::encode(message), skip)
     }
 
-    fn broadcast_frame(&self, frame: Frame, skip: Option<&str>) -> Result<(), Error> {
+    fn broadcast_frame(&self, frame: Frame, skip: Option<&str>) -> Result<Broadcast, Error> {
         let guard = self.lock();
         let state = guard.borrow();
         require(&state, "broadcast a message", &[Status::Listening, Status::Closing])?;
-        state.push_to_linked(&frame, skip);
-        Ok(())
+        Ok(state.push_to_linked(&frame, skip))
     }
 
     /// Joins a user that no connection is linked to yet; a connection can link to it later, even when the server does
@@ -410,10 +428,37 @@ impl Server {
             self.set_status(&mut state, Status::Listening);
         }
         tracing::info!(port, "listening");
+        self.start_link_deadline_sweeper();
         self.emit(Event::Listen { port }, |events| {
             events.listen.emit("listen", |f| f(port))
         });
         Ok(())
+    }
+
+    /// Closes connections that stay unlinked past the link deadline, checking a few times per deadline. The task holds
+    /// the server weakly and stops when it closes or is dropped.
+    fn start_link_deadline_sweeper(&self) {
+        let Some(deadline) = self.inner.config.link_deadline else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no tokio runtime: the link deadline is not enforced");
+            return;
+        };
+        let every = (deadline / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let inner = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                let Some(inner) = inner.upgrade() else { return };
+                let server = Server { inner };
+                if server.status() != Status::Listening {
+                    return;
+                }
+                server.close_overdue(deadline);
+            }
+        });
     }
 
     pub(crate) fn transport_started(&self) {
@@ -446,7 +491,7 @@ impl Server {
         {
             let guard = self.lock();
             let mut state = guard.borrow_mut();
-            state.push_to_linked(&ServerMessage::Joined(username).to_frame(), None);
+            let _ = state.push_to_linked(&ServerMessage::Joined(username).to_frame(), None);
             state.insert_user(username);
         }
         tracing::info!(username, "joined");
@@ -459,13 +504,11 @@ impl Server {
         {
             let guard = self.lock();
             let mut state = guard.borrow_mut();
-            state.push_to_linked(&ServerMessage::Unlinked(username).to_frame(), None);
+            let _ = state.push_to_linked(&ServerMessage::Unlinked(username).to_frame(), None);
             let Some(link) = state.user_mut(username).and_then(|slot| slot.link.take()) else {
                 return;
             };
-            if let Some(connection) = state.connections.get_mut(&link.id) {
-                connection.state = ConnectionState::Unlinked;
-            }
+            state.mark_unlinked(link.id);
         }
         tracing::info!(username, "unlinked");
         self.emit(Event::Unlink { username }, |events| {
@@ -478,7 +521,7 @@ impl Server {
         if let Some(link) = linked {
             self.unlink_user(username);
             // The leaving connection hears of its own leave, as in the reference.
-            State::push(link.sink.as_ref(), link.id, ServerMessage::Left(username).to_frame());
+            let _ = State::push(link.sink.as_ref(), link.id, ServerMessage::Left(username).to_frame());
         }
         {
             let guard = self.lock();
@@ -487,7 +530,7 @@ impl Server {
             if state.user(username).is_none_or(|slot| slot.link.is_some()) {
                 return;
             }
-            state.push_to_linked(&ServerMessage::Left(username).to_frame(), None);
+            let _ = state.push_to_linked(&ServerMessage::Left(username).to_frame(), None);
             state.remove_user(username);
         }
         tracing::info!(username, "left");

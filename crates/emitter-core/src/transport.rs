@@ -104,7 +104,15 @@ impl Host {
         }
     }
 
-    /// Registers a new connection. `None` when the server is not listening: close the socket at once.
+    /// Whether a new connection would be admitted now (the server listens and no connection limit is reached). Ask
+    /// before accepting a connection, to refuse it cheaply (an HTTP 503, say); [`connect`](Host::connect) still has
+    /// the last word.
+    pub fn has_room(&self) -> bool {
+        self.server.has_room()
+    }
+
+    /// Registers a new connection. `None` when the server is not listening or a connection limit is reached: close
+    /// the socket at once.
     pub fn connect(&self, sink: impl ConnectionSink) -> Option<ConnectionId> {
         self.server.connect(std::sync::Arc::new(sink))
     }

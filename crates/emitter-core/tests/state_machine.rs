@@ -108,7 +108,7 @@ fn every_method_refuses_while_initializing_with_the_reference_wording() {
             "cannot send a message when the server is initializing",
         ),
         (
-            server.broadcast(&hello, None),
+            server.broadcast(&hello, None).map(drop),
             "cannot broadcast a message when the server is initializing",
         ),
         (

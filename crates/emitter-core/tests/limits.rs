@@ -1,0 +1,212 @@
+//! Resource limits, driven through the transport seam with fake connections and paused time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use emitter_core::protocol::Frame;
+use emitter_core::transport::{ConnectionId, ConnectionSink, PushError};
+use emitter_core::{Error, Message, Server, ServerBuilder};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+/// A fake connection: frames land in a list; with a capacity, a full list refuses like a full queue.
+#[derive(Clone, Default)]
+struct Outbox {
+    frames: Arc<Mutex<Vec<Value>>>,
+    closed: Arc<AtomicBool>,
+    capacity: Option<usize>,
+}
+
+impl Outbox {
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+    fn kinds(&self) -> Vec<String> {
+        self.frames
+            .lock()
+            .iter()
+            .map(|f| f["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+struct FakeSink(Outbox);
+
+impl ConnectionSink for FakeSink {
+    fn push(&self, frame: Frame) -> Result<(), PushError> {
+        if self.0.closed() {
+            return Err(PushError::Closed);
+        }
+        let mut frames = self.0.frames.lock();
+        if self.0.capacity.is_some_and(|capacity| frames.len() >= capacity) {
+            return Err(PushError::Full);
+        }
+        frames.push(serde_json::from_str(frame.as_str()).unwrap());
+        Ok(())
+    }
+    fn close(&self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+    }
+}
+
+fn listening(builder: ServerBuilder) -> Server {
+    let server = builder.build();
+    server.host().start().unwrap();
+    server.host().listening(1).unwrap();
+    server
+}
+
+fn connect_with(server: &Server, outbox: Outbox) -> Option<ConnectionId> {
+    server.host().connect(FakeSink(outbox))
+}
+
+fn connect(server: &Server) -> (ConnectionId, Outbox) {
+    let outbox = Outbox::default();
+    (connect_with(server, outbox.clone()).expect("admitted"), outbox)
+}
+
+fn send(server: &Server, id: ConnectionId, message: Value) {
+    server.host().receive(id, message.to_string().as_bytes());
+}
+
+fn link(server: &Server, id: ConnectionId, username: &str) {
+    send(
+        server,
+        id,
+        json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}}),
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_are_refused() {
+    let server = listening(Server::builder().max_connections(3).max_unlinked_connections(2));
+    let (a, _) = connect(&server);
+    let (_b, _) = connect(&server);
+    assert!(
+        !server.host().has_room(),
+        "two unlinked connections fill the unlinked cap"
+    );
+    assert!(connect_with(&server, Outbox::default()).is_none());
+    link(&server, a, "ann");
+    assert!(server.host().has_room(), "a linked connection frees an unlinked place");
+    let (_c, _) = connect(&server);
+    assert!(!server.host().has_room(), "three connections fill the connection cap");
+    assert!(connect_with(&server, Outbox::default()).is_none());
+    server.host().disconnect(a);
+    assert!(
+        !server.host().has_room(),
+        "ann's connection is gone, but two unlinked ones fill that cap again"
+    );
+    assert!(!server.users()[0].is_linked);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_stays_unlinked_past_the_deadline_is_closed() {
+    let server = listening(Server::builder().link_deadline(Duration::from_millis(200)));
+    let (idle, idle_box) = connect(&server);
+    let (linked, linked_box) = connect(&server);
+    link(&server, linked, "ann");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!idle_box.closed());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(idle_box.closed(), "unlinked for 300 ms with a 200 ms deadline");
+    assert!(!linked_box.closed(), "a linked connection has no deadline");
+    // Messages from a connection the server is closing are ignored.
+    link(&server, idle, "late");
+    assert!(idle_box.kinds().is_empty());
+
+    // The deadline starts again when the user is unlinked.
+    server.unlink("ann").unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!linked_box.closed());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(linked_box.closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_deadline_when_it_is_zero() {
+    let server = listening(Server::builder().link_deadline(Duration::ZERO));
+    let (_, outbox) = connect(&server);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!outbox.closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_floods_past_its_rate_limit_is_closed() {
+    let server = listening(Server::builder().rate_limit(10.0, 3.0));
+    let events = Arc::new(Mutex::new(0));
+    let e = events.clone();
+    let _ = server.on_message(move |_, _| *e.lock() += 1);
+    let (id, outbox) = connect(&server);
+    link(&server, id, "ann"); // one token
+    send(&server, id, json!({"type": "app/a"}));
+    send(&server, id, json!({"type": "app/b"}));
+    assert!(!outbox.closed());
+    tokio::time::sleep(Duration::from_millis(100)).await; // one token back
+    send(&server, id, json!({"type": "app/c"}));
+    assert!(!outbox.closed());
+    send(&server, id, json!({"type": "app/d"}));
+    assert!(outbox.closed(), "the fifth message within ~100 ms is one too many");
+    send(&server, id, json!({"type": "app/e"}));
+    assert_eq!(*events.lock(), 3, "a, b and c were handled; d and e were not");
+}
+
+#[tokio::test]
+async fn send_and_broadcast_report_slow_and_closing_connections() {
+    let server = listening(Server::builder());
+    let slow = Outbox {
+        capacity: Some(5),
+        ..Outbox::default()
+    };
+    let slow_id = connect_with(&server, slow.clone()).unwrap();
+    link(&server, slow_id, "slow"); // accepted, joined, linked: 3 frames
+    let (fine_id, fine) = connect(&server);
+    link(&server, fine_id, "fine"); // tells slow: joined, linked: 5 frames, full
+    let hello = Message::new("app/hello");
+    assert_eq!(server.send("slow", &hello), Err(Error::QueueFull));
+    assert!(slow.closed(), "a slow consumer is closed");
+    assert_eq!(server.send("slow", &hello), Err(Error::ConnectionClosing));
+    let report = server.broadcast(&hello, None).unwrap();
+    assert_eq!(report.delivered, 1);
+    assert_eq!(report.undelivered, [("slow".to_owned(), PushError::Closed)]);
+    assert_eq!(fine.kinds().last().map(String::as_str), Some("app/hello"));
+    assert_eq!(
+        Error::QueueFull.to_string(),
+        "cannot send a message to a user whose connection is not reading (its queue is full)"
+    );
+    // The transport reports the close; the user is unlinked the normal way.
+    server.host().disconnect(slow_id);
+    assert!(!server.user("slow").unwrap().is_linked);
+}
+
+#[tokio::test]
+async fn deep_json_is_an_invalid_message() {
+    let server = listening(Server::builder().max_json_depth(4));
+    let (id, outbox) = connect(&server);
+    link(&server, id, "ann");
+    let ok = r#"{"type":"app/x","payload":[[[1]]]}"#;
+    let deep = r#"{"type":"app/x","payload":[[[[1]]]]}"#;
+    server.host().receive(id, ok.as_bytes());
+    assert!(server.user("ann").unwrap().is_linked);
+    server.host().receive(id, deep.as_bytes());
+    assert!(
+        !server.user("ann").unwrap().is_linked,
+        "an invalid message from a linked connection unlinks it"
+    );
+    server.host().receive(id, deep.as_bytes());
+    assert_eq!(
+        outbox.frames.lock().last().unwrap()["payload"]["reason"],
+        "invalid message"
+    );
+}
+
+#[tokio::test]
+async fn usernames_are_bounded_whatever_the_rule() {
+    let server = listening(Server::builder().is_valid_username(|_| true));
+    let (id, outbox) = connect(&server);
+    link(&server, id, &"a".repeat(257));
+    assert_eq!(outbox.frames.lock()[0]["payload"]["reason"], "invalid username");
+    link(&server, id, &"a".repeat(256));
+    assert_eq!(outbox.frames.lock()[1]["type"], "krmx/accepted");
+}

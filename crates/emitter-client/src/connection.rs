@@ -1,0 +1,115 @@
+//! One task per connection: it opens the WebSocket, writes the frames the client queues, and hands every frame it
+//! reads to the client. Pings are answered by tungstenite itself.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::client::{Client, Inner};
+
+/// What the client asks of its connection task.
+pub(crate) enum Command {
+    /// Write this JSON text as one frame, after the ones before it.
+    Frame(String),
+    /// Close the WebSocket (or give up opening it).
+    Close,
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub(crate) async fn run(
+    client: Weak<Inner>,
+    generation: u64,
+    url: String,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    close_timeout: Duration,
+) {
+    let opened = tokio::select! {
+        opened = tokio_tungstenite::connect_async(url.as_str()) => opened,
+        () = closed_while_opening(&mut commands) => {
+            tracing::debug!(url, "connect cancelled");
+            return finish(&client, generation, None);
+        }
+    };
+    let mut socket = match opened {
+        Ok((socket, _response)) => socket,
+        Err(error) => {
+            tracing::debug!(url, %error, "connect failed");
+            return finish(&client, generation, Some(Arc::new(error)));
+        }
+    };
+    match client.upgrade() {
+        Some(inner) => Client::from_inner(inner).opened(generation),
+        None => return close(&mut socket, close_timeout).await,
+    }
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Frame(text)) => {
+                    if let Err(error) = socket.send(WsMessage::text(text)).await {
+                        tracing::debug!(%error, "write failed; the connection is closing");
+                        break;
+                    }
+                }
+                // `None`: every handle of the client is gone, so nobody is listening any more.
+                Some(Command::Close) | None => {
+                    close(&mut socket, close_timeout).await;
+                    break;
+                }
+            },
+            frame = socket.next() => {
+                let bytes = match &frame {
+                    Some(Ok(WsMessage::Text(text))) => text.as_bytes(),
+                    Some(Ok(WsMessage::Binary(bytes))) => bytes.as_ref(),
+                    // Pings are answered, and a close frame is echoed, by tungstenite; the stream then ends.
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "read failed; the connection is closed");
+                        break;
+                    }
+                    None => break,
+                };
+                match client.upgrade() {
+                    Some(inner) => Client::from_inner(inner).receive(generation, bytes),
+                    None => {
+                        close(&mut socket, close_timeout).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    finish(&client, generation, None);
+}
+
+/// Waits until the client asks to close while the socket is still opening. Frames cannot be queued then.
+async fn closed_while_opening(commands: &mut mpsc::UnboundedReceiver<Command>) {
+    while let Some(command) = commands.recv().await {
+        if let Command::Close = command {
+            return;
+        }
+    }
+}
+
+/// Sends a close frame and reads until the server answers it, for at most `timeout`.
+async fn close(socket: &mut Socket, timeout: Duration) {
+    if let Err(error) = socket.close(None).await {
+        tracing::debug!(%error, "close frame not sent");
+        return;
+    }
+    let drained = tokio::time::timeout(timeout, async { while let Some(Ok(_)) = socket.next().await {} }).await;
+    if drained.is_err() {
+        tracing::debug!("the server did not answer the close in time; dropping the socket");
+    }
+}
+
+fn finish(client: &Weak<Inner>, generation: u64, cause: Option<Arc<dyn std::error::Error + Send + Sync>>) {
+    if let Some(inner) = client.upgrade() {
+        Client::from_inner(inner).closed(generation, cause);
+    }
+}

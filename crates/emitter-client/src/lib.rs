@@ -1,0 +1,48 @@
+//! A tokio client for [Krmx](https://github.com/simonkarman/krmx) servers: emitter's own and the reference
+//! `@krmx/server`.
+//!
+//! It follows the reference client (`@krmx/client`): a [`Client`] opens one WebSocket, links it to a user, sends and
+//! receives application messages, and keeps a list of the server's users up to date. Its status moves through
+//! `initializing → connecting → connected → linking → linked → unlinking → closing → closed` ([`Status`]), and every
+//! step is an event with `on_*`, `once_*` and `wait_for_*` methods. Reconnecting after a dropped connection is
+//! opt-in ([`Reconnect`]).
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let server = emitter_core::Server::new();
+//! # let s = server.clone();
+//! # let _ = server.on_message(move |username, message| { let _ = s.broadcast(message, None); });
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let port = emitter_axum::listen_on(&server, listener).await?;
+//! # let url = format!("ws://127.0.0.1:{port}/");
+//! use emitter_client::Client;
+//!
+//! let client = Client::new();
+//! let _ = client.on_join(|username| tracing::info!(username, "joined"));
+//! client.connect(&url).await?;
+//! client.link("simon", None).await?;
+//!
+//! // This server relays every message to everyone.
+//! let echoed = client.wait_for_payload::<String>("chat/say");
+//! client.send_payload("chat/say", "hello")?;
+//! assert_eq!(echoed.await?, "hello");
+//!
+//! client.leave().await?;
+//! client.disconnect(false).await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod client;
+mod connection;
+mod error;
+mod event;
+mod reconnect;
+
+pub use client::{Client, ClientBuilder, DEFAULT_CLOSE_TIMEOUT, DEFAULT_VERSION};
+pub use emitter_core::events::Subscription;
+pub use emitter_core::{Message, User};
+pub use error::{Error, Status};
+pub use event::ClientEvent;
+pub use reconnect::Reconnect;

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The web examples in headless Chromium (e2e/): the chat (two pages chat, come and go, one reloads and relinks) and
+# tic-tac-toe (two players and a spectator, a player reloads mid-game).
+# Installs Debian's chromium when /usr/bin/chromium is absent and the npm packages from e2e/package-lock.json, builds
+# and starts the examples on free ports, and runs the tests with Node's built-in test runner.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+if [ ! -x /usr/bin/chromium ]; then
+    echo "installing chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+/usr/bin/chromium --version 2>/dev/null
+
+(cd e2e && npm ci --no-audit --no-fund)
+
+cargo build -p example-chat -p example-tic-tac-toe
+
+workdir="$(mktemp -d)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+# start NAME: runs target/debug/NAME on a free port (PORT=0) and prints the port once it listens. Each example prints
+# "<what> on http://localhost:PORT/ ..." when it does.
+start() {
+    local name="$1" log="$workdir/$1.log" port=""
+    PORT=0 RUST_LOG=warn "target/debug/$name" >"$log" 2>&1 &
+    pids+=("$!")
+    for _ in $(seq 1 100); do
+        port="$(sed -n 's|^.* on http://localhost:\([0-9]*\)/.*|\1|p' "$log")"
+        if [ -n "$port" ]; then
+            echo "$port"
+            return 0
+        fi
+        if ! kill -0 "${pids[-1]}" 2>/dev/null; then
+            cat "$log" >&2
+            echo "$name exited before listening" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    cat "$log" >&2
+    echo "$name did not start listening within 10 s" >&2
+    return 1
+}
+
+# Not in $(...): start must add to pids in this shell.
+start example-chat >"$workdir/chat.port"
+start example-tic-tac-toe >"$workdir/ttt.port"
+
+cd e2e
+CHAT_URL="http://127.0.0.1:$(cat "$workdir/chat.port")/" \
+    TTT_URL="http://127.0.0.1:$(cat "$workdir/ttt.port")/" \
+    node --test

@@ -1,0 +1,128 @@
+// The chat example in a real browser: two pages link as two users, talk, see each other come and go, and one page
+// reloads and relinks as the same user.
+//
+// CHAT_URL is the running chat example (http://127.0.0.1:PORT/); .ci/steps/40-browser.sh starts it. Chromium is
+// Debian's /usr/bin/chromium (CHROMIUM to use another), driven by playwright-core, which never downloads a browser.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const CHAT_URL = process.env.CHAT_URL;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "artifacts");
+const WAIT = { timeout: 15_000 };
+
+let context;
+let userDataDir;
+const pageErrors = [];
+
+before(async () => {
+  assert.ok(CHAT_URL, "set CHAT_URL to the running chat example, such as http://127.0.0.1:8082/");
+  userDataDir = mkdtempSync(join(tmpdir(), "emitter-e2e-"));
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+    viewport: { width: 1000, height: 640 },
+  });
+});
+
+after(async () => {
+  await context?.close();
+  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+});
+
+async function open(username) {
+  const page = await context.newPage();
+  page.on("pageerror", (error) => pageErrors.push(`${username}: ${error.message}`));
+  await page.goto(CHAT_URL);
+  await page.locator("#status", { hasText: "connected" }).waitFor(WAIT);
+  await page.fill("#username", username);
+  await page.click("#link-button");
+  await linked(page, username);
+  return page;
+}
+
+async function linked(page, username) {
+  await page.locator("#status", { hasText: `linked as ${username}` }).waitFor(WAIT);
+  await page.locator("#room").waitFor({ state: "visible", ...WAIT });
+}
+
+/** Waits until the page's log has `count` lines containing `text`. */
+async function logShows(page, text, count = 1) {
+  await page.waitForFunction(
+    ([text, count]) =>
+      [...document.querySelectorAll("#log li")].filter((li) => li.textContent.includes(text)).length >= count,
+    [text, count],
+    WAIT,
+  );
+}
+
+async function say(page, text) {
+  await page.fill("#message", text);
+  await page.click("#send");
+}
+
+async function userState(page, username) {
+  const item = page.locator(`#users li[data-username="${username}"]`);
+  return (await item.count()) === 0 ? "absent" : await item.getAttribute("class");
+}
+
+test("two users chat, come and go, and a reloaded page relinks", { timeout: 120_000 }, async () => {
+  const alice = await open("alice");
+  const bob = await open("bob");
+
+  // Each sees the other.
+  await logShows(alice, "bob joined");
+  await bob.locator('#users li[data-username="alice"].linked').waitFor(WAIT);
+  await alice.locator('#users li[data-username="bob"].linked').waitFor(WAIT);
+
+  // They talk; every message reaches both, the sender included.
+  await say(alice, "hello bob");
+  await logShows(bob, "alicehello bob");
+  await say(bob, "hi alice");
+  await logShows(alice, "bobhi alice");
+  await logShows(bob, "bobhi alice");
+
+  // Bob reloads: his connection drops (bob goes offline for alice) and the new page relinks as bob on its own.
+  await bob.reload();
+  await linked(bob, "bob");
+  await logShows(alice, "bob went offline");
+  await logShows(alice, "bob is online");
+  await alice.locator('#users li[data-username="bob"].linked').waitFor(WAIT);
+  await say(bob, "back after a reload");
+  await logShows(alice, "bobback after a reload");
+
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await alice.screenshot({ path: join(ARTIFACTS, "chat.png") });
+
+  // Bob leaves: alice sees him go, and his page offers to link again.
+  await bob.click("#leave");
+  await logShows(alice, "bob left");
+  await bob.locator("#join").waitFor({ state: "visible", ...WAIT });
+  assert.equal(await userState(alice, "bob"), "absent");
+
+  // He comes back as a new user; then alice leaves and bob sees it.
+  await bob.fill("#username", "bob");
+  await bob.click("#link-button");
+  await linked(bob, "bob");
+  await logShows(alice, "bob joined", 2);
+  await alice.click("#leave");
+  await logShows(bob, "alice left");
+  assert.equal(await userState(bob, "alice"), "absent");
+
+  assert.deepEqual(pageErrors, []);
+});

@@ -1,0 +1,105 @@
+// The tic-tac-toe example in a real browser: two players and a spectator; a player reloads mid-game and gets the
+// board back. TTT_URL is the running example; the test is skipped without it.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const TTT_URL = process.env.TTT_URL;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "artifacts");
+const WAIT = { timeout: 15_000 };
+
+let context;
+let userDataDir;
+const pageErrors = [];
+
+before(async () => {
+  if (!TTT_URL) return;
+  userDataDir = mkdtempSync(join(tmpdir(), "emitter-e2e-"));
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+    viewport: { width: 900, height: 520 },
+  });
+});
+
+after(async () => {
+  await context?.close();
+  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+});
+
+async function open(username) {
+  const page = await context.newPage();
+  page.on("pageerror", (error) => pageErrors.push(`${username}: ${error.message}`));
+  await page.goto(TTT_URL);
+  await page.locator("#status", { hasText: "connected" }).waitFor(WAIT);
+  await page.fill("#username", username);
+  await page.click("#link-button");
+  await page.locator("#status", { hasText: `linked as ${username}` }).waitFor(WAIT);
+  return page;
+}
+
+const cell = (page, n) => page.locator(`#board button[data-cell="${n}"]`);
+
+/** Waits until the board reads `marks`, row by row, with `.` for an empty cell. */
+async function boardIs(page, marks) {
+  await page.waitForFunction(
+    (marks) => [...document.querySelectorAll("#board button")].map((b) => b.textContent || ".").join("") === marks,
+    marks,
+    WAIT,
+  );
+}
+
+async function says(page, text) {
+  await page.locator("#message", { hasText: text }).waitFor(WAIT);
+}
+
+test("two players and a spectator; a reloaded player gets the board back", { skip: !TTT_URL, timeout: 120_000 }, async () => {
+  const alice = await open("alice");
+  await says(alice, "Waiting for a second player");
+  const bob = await open("bob");
+  const carol = await open("carol");
+  await says(alice, "Your turn");
+  await says(bob, "alice (✕) to move");
+  await says(carol, "alice (✕) to move");
+
+  await cell(alice, 4).click();
+  await boardIs(bob, "....✕....");
+  await cell(bob, 0).click();
+  await boardIs(carol, "◯...✕....");
+
+  // Alice reloads: she relinks on her own, keeps her seat and gets the board as it is.
+  await alice.reload();
+  await alice.locator("#status", { hasText: "linked as alice" }).waitFor(WAIT);
+  await boardIs(alice, "◯...✕....");
+  await says(alice, "Your turn");
+
+  // A spectator's board is not clickable; alice finishes the diagonal 2-4-6.
+  assert.equal(await cell(carol, 2).isDisabled(), true);
+  await cell(alice, 2).click();
+  await boardIs(bob, "◯.✕.✕....");
+  await cell(bob, 1).click();
+  await boardIs(alice, "◯◯✕.✕....");
+  await cell(alice, 6).click();
+  await says(alice, "You win!");
+  await says(carol, "alice (✕) wins.");
+  await alice.locator("#restart").waitFor({ state: "visible", ...WAIT });
+
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await carol.screenshot({ path: join(ARTIFACTS, "tic-tac-toe.png") });
+  assert.deepEqual(pageErrors, []);
+});

@@ -1,0 +1,196 @@
+//! Model-based property tests: random interleavings of client and server actions, driven through the real state
+//! machine with fake connections, checked step by step against a simple model and the design invariants.
+//!
+//! What is checked, and how, is in `model/harness.rs`. Each property runs proptest's default number of cases (256,
+//! or `PROPTEST_CASES`); a failing case is shrunk to a short sequence of actions and printed.
+
+#[path = "model/harness.rs"]
+mod harness;
+
+use harness::{Action, Ask, ClientAction, Harness, Setup, NAMES};
+use proptest::prelude::*;
+
+fn name() -> impl Strategy<Value = usize> {
+    // Mostly the three plain valid names, so that users collide; sometimes the ones with listener reactions or an
+    // invalid one.
+    prop_oneof![
+        6 => 0..3usize,
+        3 => 3..6usize,
+        1 => 6..NAMES.len(),
+    ]
+}
+
+fn ask() -> impl Strategy<Value = Ask> {
+    prop::sample::select(Ask::ALL.to_vec())
+}
+
+fn client_action() -> impl Strategy<Value = ClientAction> {
+    prop_oneof![
+        8 => (name(), prop::bool::weighted(0.9))
+            .prop_map(|(name, good_version)| ClientAction::Link { name, good_version }),
+        1 => Just(ClientAction::LinkMalformed),
+        2 => Just(ClientAction::Unlink),
+        2 => Just(ClientAction::Leave),
+        3 => Just(ClientAction::Custom),
+        3 => (ask(), name()).prop_map(|(ask, name)| ClientAction::Ask { ask, name }),
+        1 => Just(ClientAction::UnknownReserved),
+        1 => Just(ClientAction::Invalid),
+        1 => prop::collection::vec(any::<u8>(), 0..24).prop_map(ClientAction::Raw),
+    ]
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => Just(Action::Connect),
+        12 => (0..8usize, client_action()).prop_map(|(c, client)| Action::Send(c, client)),
+        2 => (0..8usize).prop_map(Action::Drop),
+        1 => name().prop_map(Action::Join),
+        1 => name().prop_map(Action::Unlink),
+        1 => name().prop_map(Action::Kick),
+        2 => name().prop_map(Action::SendTo),
+        1 => prop::option::of(name()).prop_map(Action::Broadcast),
+    ]
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    (
+        prop::bool::weighted(0.85),
+        prop::option::weighted(0.25, 1..12usize),
+        prop::bool::weighted(0.3),
+        prop::option::weighted(0.15, 0..6usize),
+        prop::option::weighted(0.15, 0..4usize),
+    )
+        .prop_map(
+            |(accept_new_users, queue, close_at_end, max_connections, max_unlinked_connections)| Setup {
+                accept_new_users,
+                queue,
+                close_at_end,
+                max_connections,
+                max_unlinked_connections,
+            },
+        )
+}
+
+proptest! {
+    /// The server agrees with the model, and the invariants hold, after every step of any interleaving.
+    #[test]
+    fn the_server_follows_the_model(setup in setup(), actions in prop::collection::vec(action(), 1..80)) {
+        if let Err(divergence) = Harness::run(setup, &actions) {
+            return Err(TestCaseError::fail(divergence));
+        }
+    }
+
+    /// Unbounded queues and new users welcome: the longest interleavings, where the most users are linked at once.
+    #[test]
+    fn long_runs_with_unbounded_queues(actions in prop::collection::vec(action(), 60..160)) {
+        let setup = Setup { close_at_end: true, ..Setup::plain() };
+        if let Err(divergence) = Harness::run(setup, &actions) {
+            return Err(TestCaseError::fail(divergence));
+        }
+    }
+}
+
+// ---- the harness can fail: each check catches a wrong server ----------------------------------------------------------
+
+/// A sequence that the model and the checks must accept, written out by hand: two users, a relink, a kick from a
+/// listener, a slow consumer and a close.
+#[test]
+fn a_hand_written_run_passes() {
+    use Action::*;
+    let actions = [
+        Connect,
+        Connect,
+        Connect,
+        Send(
+            0,
+            ClientAction::Link {
+                name: 0,
+                good_version: true,
+            },
+        ),
+        Send(
+            1,
+            ClientAction::Link {
+                name: 1,
+                good_version: true,
+            },
+        ),
+        Send(
+            2,
+            ClientAction::Link {
+                name: 0,
+                good_version: true,
+            },
+        ), // already linked
+        Send(
+            2,
+            ClientAction::Link {
+                name: 3,
+                good_version: true,
+            },
+        ), // kim: accepted, then kicked on join
+        Send(
+            2,
+            ClientAction::Link {
+                name: 4,
+                good_version: true,
+            },
+        ), // kai
+        Send(
+            0,
+            ClientAction::Ask {
+                ask: Ask::Unlink,
+                name: 4,
+            },
+        ), // kai is kicked on unlink
+        Send(2, ClientAction::Custom), // unlinked connection
+        Drop(1),
+        Connect,
+        Send(
+            3,
+            ClientAction::Link {
+                name: 1,
+                good_version: true,
+            },
+        ), // bob relinks
+        SendTo(1),
+        Broadcast(Some(0)),
+        Kick(0),
+        Send(0, ClientAction::Leave), // no longer linked
+    ];
+    let setup = Setup {
+        close_at_end: true,
+        ..Setup::plain()
+    };
+    Harness::run(setup, &actions).unwrap();
+    let small_queue = Setup {
+        queue: Some(3),
+        ..setup
+    };
+    Harness::run(small_queue, &actions).unwrap();
+}
+
+/// The invariant checks are not vacuous: a listener that sends to a connection the harness believes unlinked (a
+/// server that leaked frames) is caught.
+#[test]
+fn a_frame_to_an_unlinked_connection_is_caught() {
+    use Action::*;
+    let mut harness = Harness::new(Setup::plain());
+    for action in [
+        Connect,
+        Connect,
+        Send(
+            0,
+            ClientAction::Link {
+                name: 0,
+                good_version: true,
+            },
+        ),
+    ] {
+        harness.apply(&action).unwrap();
+    }
+    // Behind the model's back: the server joins a user. Every later check must notice.
+    harness.server().join("bob").unwrap();
+    let error = harness.apply(&Action::Broadcast(None)).unwrap_err();
+    assert!(error.contains("the model expects"), "{error}");
+}

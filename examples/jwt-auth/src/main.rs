@@ -1,0 +1,45 @@
+//! Runs the JWT-authenticated server on `PORT` (default 8084) at path `/` until Ctrl-C, and prints tokens to try.
+//!
+//! The signing secret is `JWT_SECRET`; without it a development secret is used and a warning logged.
+
+use std::time::Duration;
+
+use example_jwt_auth::{build, expires_in, issue, Bans};
+use tracing_subscriber::EnvFilter;
+
+const DEV_SECRET: &str = "emitter-dev-secret-do-not-use-in-production";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, not {port:?}"))?,
+        Err(_) => 8084,
+    };
+    let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| {
+        tracing::warn!("JWT_SECRET is not set: using a development secret");
+        DEV_SECRET.to_owned()
+    });
+
+    let bans = Bans::default();
+    bans.ban("mallory").await;
+    let server = build(secret.as_bytes(), bans);
+    let port = emitter_axum::listen(&server, port).await?;
+    println!("jwt-auth on ws://localhost:{port}/ (Ctrl-C to stop); link messages to try, valid for an hour:");
+    for username in ["simon", "lisa", "mallory"] {
+        let token = issue(secret.as_bytes(), username, expires_in(Duration::from_secs(3600)))?;
+        let link = serde_json::json!({
+            "type": "krmx/link",
+            "payload": { "username": username, "version": "0.6.0", "auth": token },
+        });
+        println!("{link}");
+    }
+
+    tokio::signal::ctrl_c().await?;
+    server.close().await?;
+    Ok(())
+}

@@ -66,7 +66,13 @@ pub(crate) async fn run(
                 let bytes = match &frame {
                     Some(Ok(WsMessage::Text(text))) => text.as_bytes(),
                     Some(Ok(WsMessage::Binary(bytes))) => bytes.as_ref(),
-                    // Pings are answered, and a close frame is echoed, by tungstenite; the stream then ends.
+                    // The server closes: tungstenite echoes the close frame; the server then ends the TCP connection,
+                    // and a server that does not is given the close timeout.
+                    Some(Ok(WsMessage::Close(_))) => {
+                        drain(&mut socket, close_timeout).await;
+                        break;
+                    }
+                    // Pings are answered by tungstenite.
                     Some(Ok(_)) => continue,
                     Some(Err(error)) => {
                         tracing::debug!(%error, "read failed; the connection is closed");
@@ -102,9 +108,14 @@ async fn close(socket: &mut Socket, timeout: Duration) {
         tracing::debug!(%error, "close frame not sent");
         return;
     }
+    drain(socket, timeout).await;
+}
+
+/// Reads (and drops) frames until the server ends the connection, for at most `timeout`.
+async fn drain(socket: &mut Socket, timeout: Duration) {
     let drained = tokio::time::timeout(timeout, async { while let Some(Ok(_)) = socket.next().await {} }).await;
     if drained.is_err() {
-        tracing::debug!("the server did not answer the close in time; dropping the socket");
+        tracing::debug!("the server did not end the connection in time; dropping the socket");
     }
 }
 

@@ -1,0 +1,248 @@
+//! The opt-in reconnect policy, against emitter's server behind a TCP proxy whose connections the tests cut.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use emitter_client::{Client, ClientEvent, Reconnect, Status};
+use emitter_core::Message;
+use parking_lot::Mutex;
+use support::{start_default, within, Proxy};
+
+fn fast() -> Reconnect {
+    Reconnect::new()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(80))
+}
+
+/// Records event names in order.
+fn record(client: &Client) -> Arc<Mutex<Vec<String>>> {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let _ = client.on_any(move |event| {
+        let line = match event {
+            ClientEvent::Link { username } | ClientEvent::Unlink { username } => {
+                format!("{} {username}", event.name())
+            }
+            other => other.name().to_owned(),
+        };
+        s.lock().push(line);
+    });
+    seen
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
+    let (server, url) = start_default().await;
+    let port: u16 = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(port).await;
+    let client = Client::builder().reconnect(fast()).build();
+    within("connect", client.connect(&proxy.url())).await.unwrap();
+    within("link", client.link("simon", Some("token"))).await.unwrap();
+    let seen = record(&client);
+
+    let server_unlinked = server.wait_for_unlink();
+    let server_relinked = server.wait_for_event(|event| match event {
+        emitter_core::Event::Authenticate { username, info } => {
+            Some((username.to_string(), (info.is_new_user, info.auth.clone())))
+        }
+        _ => None,
+    });
+    let relinked = client.wait_for_link_when(|u| u == "simon");
+    proxy.cut();
+    assert_eq!(within("server unlink", server_unlinked).await, "simon");
+    let (username, (is_new_user, auth)) = within("relink request", server_relinked).await;
+    assert_eq!(username, "simon");
+    assert!(!is_new_user, "the same user, kept by the server");
+    assert_eq!(auth.as_deref(), Some("token"), "the same auth");
+    within("relink", relinked).await;
+    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.username().as_deref(), Some("simon"));
+    assert_eq!(
+        *seen.lock(),
+        [
+            "close",
+            "connecting",
+            "connect",
+            "linking",
+            "accept",
+            "join",
+            "link simon"
+        ]
+    );
+
+    // Linked for real: messages flow both ways again.
+    let received = server.wait_for_message();
+    client.send(&Message::new("custom/back")).unwrap();
+    assert_eq!(within("message", received).await.0, "simon");
+    within("disconnect", client.disconnect(true)).await.unwrap();
+    within("server close", server.close()).await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
+    let (server, url) = start_default().await;
+    let port: u16 = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(port).await;
+    let client = Client::builder().reconnect(fast()).build();
+    within("connect", client.connect(&proxy.url())).await.unwrap();
+    within("link", client.link("simon", None)).await.unwrap();
+
+    // While the proxy refuses, every attempt fails to connect (a close event each, after the drop's own).
+    let closes = Arc::new(Mutex::new(0usize));
+    let three_failures = Arc::new(tokio::sync::Notify::new());
+    let (c, n) = (closes.clone(), three_failures.clone());
+    let _count = client.on_close(move || {
+        let mut closes = c.lock();
+        *closes += 1;
+        if *closes == 4 {
+            n.notify_one();
+        }
+    });
+    proxy.refuse(true);
+    let before = proxy.accepted();
+    let relinked = client.wait_for_link_when(|u| u == "simon");
+    proxy.cut();
+    within("three failed attempts", three_failures.notified()).await;
+    assert!(proxy.accepted() - before >= 3);
+    assert_ne!(client.status(), Status::Linked);
+    proxy.refuse(false);
+    within("relink", relinked).await;
+    assert_eq!(client.status(), Status::Linked);
+    within("disconnect", client.disconnect(true)).await.unwrap();
+    within("server close", server.close()).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_policy_gives_up_after_max_attempts() {
+    let (server, url) = start_default().await;
+    let port: u16 = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(port).await;
+    let client = Client::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_millis(10))
+                .max_delay(Duration::from_millis(10))
+                .max_attempts(2),
+        )
+        .build();
+    within("connect", client.connect(&proxy.url())).await.unwrap();
+    within("link", client.link("simon", None)).await.unwrap();
+    let seen = record(&client);
+    proxy.refuse(true);
+    proxy.cut();
+    // Two attempts, then nothing: a quiet window of forty delays in which a third attempt would have started.
+    tokio::time::timeout(Duration::from_millis(400), std::future::pending::<()>())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        *seen.lock(),
+        ["close", "connecting", "close", "connecting", "close"],
+        "exactly two attempts"
+    );
+    assert_eq!(client.status(), Status::Closed);
+    within("server close", server.close()).await.unwrap();
+}
+
+#[tokio::test]
+async fn asked_for_closes_and_server_side_unlinks_do_not_reconnect() {
+    let (server, url) = start_default().await;
+    let port: u16 = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(port).await;
+    let client = Client::builder().reconnect(fast()).build();
+
+    // disconnect(true) while linked.
+    within("connect", client.connect(&proxy.url())).await.unwrap();
+    within("link", client.link("simon", None)).await.unwrap();
+    within("disconnect", client.disconnect(true)).await.unwrap();
+    // Kicked, then the connection drops while only connected.
+    within("connect", client.connect(&proxy.url())).await.unwrap();
+    within("link", client.link("simon", None)).await.unwrap();
+    let kicked = client.wait_for_leave();
+    server.kick("simon").unwrap();
+    within("kick", kicked).await;
+    let closed = client.wait_for_close();
+    proxy.cut();
+    within("close", closed).await;
+    // A user who connects on their own stops nothing and starts nothing: a fresh connection is the only one.
+    let accepted = proxy.accepted();
+    let seen = record(&client);
+    tokio::time::timeout(Duration::from_millis(300), std::future::pending::<()>())
+        .await
+        .unwrap_err();
+    assert!(seen.lock().is_empty(), "no reconnect: {:?}", seen.lock());
+    assert_eq!(proxy.accepted(), accepted);
+    assert_eq!(client.status(), Status::Closed);
+    within("server close", server.close()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_action_stops_a_reconnect_under_way() {
+    let (server, url) = start_default().await;
+    let port: u16 = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(port).await;
+    let client = Client::builder()
+        .reconnect(Reconnect::new().initial_delay(Duration::from_millis(200)))
+        .build();
+    within("connect", client.connect(&proxy.url())).await.unwrap();
+    within("link", client.link("simon", None)).await.unwrap();
+    let closed = client.wait_for_close();
+    proxy.cut();
+    within("close", closed).await;
+    // Before the first retry (200 ms), the user connects straight to the server and links someone else.
+    within("connect", client.connect(&url)).await.unwrap();
+    within("link", client.link("lisa", None)).await.unwrap();
+    let accepted = proxy.accepted();
+    tokio::time::timeout(Duration::from_millis(500), std::future::pending::<()>())
+        .await
+        .unwrap_err();
+    assert_eq!(proxy.accepted(), accepted, "the reconnect stopped");
+    assert_eq!(client.username().as_deref(), Some("lisa"));
+    assert_eq!(client.status(), Status::Linked);
+    within("server close", server.close()).await.unwrap();
+}
+
+#[tokio::test]
+async fn without_a_policy_a_dropped_connection_stays_closed() {
+    let (server, url) = start_default().await;
+    let port: u16 = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(port).await;
+    let client = Client::new();
+    within("connect", client.connect(&proxy.url())).await.unwrap();
+    within("link", client.link("simon", None)).await.unwrap();
+    let closed = client.wait_for_close();
+    proxy.cut();
+    within("close", closed).await;
+    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.username(), None);
+    assert!(client.users().is_empty());
+    // The application relinks by hand, as with the reference client.
+    within("connect", client.connect(&proxy.url())).await.unwrap();
+    within("link", client.link("simon", None)).await.unwrap();
+    within("server close", server.close()).await.unwrap();
+}

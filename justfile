@@ -33,3 +33,8 @@ docs:
 # Everything CI runs
 ci:
     .ci/run
+
+# Interop with the npm reference packages (needs Node): @krmx/client against the conformance server, emitter-client
+# against @krmx/server
+interop:
+    .ci/steps/30-interop.sh

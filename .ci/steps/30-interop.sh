@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Interop with the reference Krmx packages from npm, both ways, over loopback:
+#   1. the real @krmx/client against emitter's conformance server (interop/test, Node's built-in test runner);
+#   2. emitter-client against the real @krmx/server (crates/emitter-client/tests/interop_krmx_server.rs), with
+#      EMITTER_INTEROP=1 so that a missing npm install fails instead of skipping.
+# Installs Node.js from Debian if it is absent, and the npm packages from interop/package-lock.json.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "installing nodejs and npm"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+echo "node $(node --version), npm $(npm --version 2>/dev/null)"
+
+(cd interop && npm ci --no-audit --no-fund)
+
+cargo build -p example-conformance
+target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+
+echo "--- @krmx/client against examples/conformance"
+(cd interop && EMITTER_CONFORMANCE_BIN="$target_dir/debug/example-conformance" node --test)
+
+echo "--- emitter-client against @krmx/server"
+EMITTER_INTEROP=1 cargo test -p emitter-client --test interop_krmx_server

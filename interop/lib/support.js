@@ -1,0 +1,135 @@
+'use strict';
+// Helpers for the interop tests: the conformance server, a TCP proxy that can cut connections, bounded waits, and a
+// raw WebSocket for requests the reference client cannot make.
+
+const { spawn, spawnSync } = require('node:child_process');
+const net = require('node:net');
+const path = require('node:path');
+const fs = require('node:fs');
+const readline = require('node:readline');
+const WebSocket = require('ws');
+
+// @krmx/client uses the global WebSocket of browsers (and of Node 22+). On Node 20, `ws` stands in for it.
+if (typeof globalThis.WebSocket === 'undefined') {
+  globalThis.WebSocket = WebSocket;
+}
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const TIMEOUT_MS = 5000;
+
+/** Resolves with `promise`, or rejects naming `what` if it takes longer than TIMEOUT_MS. */
+function within(what, promise, ms = TIMEOUT_MS) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The conformance server's binary: EMITTER_CONFORMANCE_BIN, or built with cargo into the workspace's target dir. */
+function conformanceBinary() {
+  if (process.env.EMITTER_CONFORMANCE_BIN) {
+    return process.env.EMITTER_CONFORMANCE_BIN;
+  }
+  const built = spawnSync('cargo', ['build', '--quiet', '-p', 'example-conformance'], { cwd: ROOT, stdio: 'inherit' });
+  if (built.status !== 0) {
+    throw new Error('cargo build -p example-conformance failed');
+  }
+  const target = process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target');
+  const binary = path.join(target, 'debug', process.platform === 'win32' ? 'example-conformance.exe' : 'example-conformance');
+  if (!fs.existsSync(binary)) {
+    throw new Error(`no conformance server at ${binary}`);
+  }
+  return binary;
+}
+
+/**
+ * Starts examples/conformance on free ports. Resolves with `{ main, closed, stop }`: the `ws://` URLs of its main and
+ * closed endpoints, and a function that stops it.
+ */
+async function startConformance() {
+  const child = spawn(conformanceBinary(), [], {
+    env: { ...process.env, PORT: '0', CLOSED_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn', RUST_BACKTRACE: '0' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`conformance server exited (${code})`))));
+  const lines = readline.createInterface({ input: child.stdout });
+  const ports = new Promise((resolve) => {
+    lines.on('line', (line) => {
+      const found = /main on ws:\/\/[^:]+:(\d+)\/, closed on ws:\/\/[^:]+:(\d+)\//.exec(line);
+      if (found) {
+        resolve([Number(found[1]), Number(found[2])]);
+      }
+    });
+  });
+  const [mainPort, closedPort] = await within('the conformance server to listen', Promise.race([ports, exited]), 60000);
+  return {
+    main: `ws://127.0.0.1:${mainPort}/`,
+    closed: `ws://127.0.0.1:${closedPort}/`,
+    mainPort,
+    stop: () => new Promise((resolve) => {
+      child.once('exit', resolve);
+      child.kill('SIGTERM');
+    }),
+  };
+}
+
+/** A loopback TCP proxy to `targetPort`; `cut()` destroys every connection through it, as a network failure would. */
+async function startProxy(targetPort) {
+  const sockets = new Set();
+  const server = net.createServer((inbound) => {
+    const outbound = net.connect(targetPort, '127.0.0.1');
+    const pair = [inbound, outbound];
+    for (const socket of pair) {
+      sockets.add(socket);
+      socket.on('error', () => pair.forEach((s) => s.destroy()));
+      socket.on('close', () => {
+        sockets.delete(socket);
+        pair.forEach((s) => s.destroy());
+      });
+    }
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  return {
+    url: `ws://127.0.0.1:${port}/`,
+    cut: () => sockets.forEach((socket) => socket.destroy()),
+    stop: () => new Promise((resolve) => {
+      sockets.forEach((socket) => socket.destroy());
+      server.close(resolve);
+    }),
+  };
+}
+
+/** A raw WebSocket that records every message, to send link requests the reference client cannot. */
+async function rawSocket(url) {
+  const socket = new WebSocket(url);
+  const received = [];
+  const waiters = [];
+  socket.on('message', (data) => {
+    received.push(JSON.parse(data.toString()));
+    waiters.splice(0).forEach((wake) => wake());
+  });
+  await within('a raw socket to open', new Promise((resolve, reject) => {
+    socket.once('open', resolve);
+    socket.once('error', reject);
+  }));
+  return {
+    send: (message) => socket.send(JSON.stringify(message)),
+    /** Resolves with the next message not read yet. */
+    next: async () => {
+      while (received.length === 0) {
+        await within('a message on the raw socket', new Promise((resolve) => waiters.push(resolve)));
+      }
+      return received.shift();
+    },
+    close: () => new Promise((resolve) => {
+      socket.once('close', resolve);
+      socket.close();
+    }),
+  };
+}
+
+module.exports = { within, startConformance, startProxy, rawSocket, ROOT };

@@ -74,6 +74,31 @@ async function startConformance() {
   };
 }
 
+/** Starts the reference server (krmx-server.js, @krmx/server from npm) on a free port: `{ url, stop }`. */
+async function startKrmxServer() {
+  const child = spawn(process.execPath, [path.join(__dirname, '..', 'krmx-server.js')], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const exited = new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`krmx server exited (${code})`))));
+  const lines = readline.createInterface({ input: child.stdout });
+  const port = new Promise((resolve) => {
+    lines.on('line', (line) => {
+      const found = /^port (\d+)$/.exec(line);
+      if (found) {
+        resolve(Number(found[1]));
+      }
+    });
+  });
+  const found = await within('the krmx server to listen', Promise.race([port, exited]), 30000);
+  return {
+    url: `ws://127.0.0.1:${found}/`,
+    stop: () => new Promise((resolve) => {
+      child.once('exit', resolve);
+      child.stdin.end();
+    }),
+  };
+}
+
 /** A loopback TCP proxy to `targetPort`; `cut()` destroys every connection through it, as a network failure would. */
 async function startProxy(targetPort) {
   const sockets = new Set();
@@ -107,9 +132,11 @@ async function startProxy(targetPort) {
 async function rawSocket(url) {
   const socket = new WebSocket(url);
   const received = [];
+  const log = [];
   const waiters = [];
   socket.on('message', (data) => {
     received.push(JSON.parse(data.toString()));
+    log.push(received[received.length - 1]);
     waiters.splice(0).forEach((wake) => wake());
   });
   await within('a raw socket to open', new Promise((resolve, reject) => {
@@ -118,6 +145,10 @@ async function rawSocket(url) {
   }));
   return {
     send: (message) => socket.send(JSON.stringify(message)),
+    /** Sends raw text (or a Buffer, as a binary frame). */
+    sendRaw: (data) => socket.send(data),
+    /** Every message received so far, read or not. */
+    log,
     /** Resolves with the next message not read yet. */
     next: async () => {
       while (received.length === 0) {
@@ -132,4 +163,4 @@ async function rawSocket(url) {
   };
 }
 
-module.exports = { within, startConformance, startProxy, rawSocket, ROOT };
+module.exports = { within, startConformance, startKrmxServer, startProxy, rawSocket, ROOT };

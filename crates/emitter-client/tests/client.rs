@@ -386,10 +386,10 @@ async fn every_event_with_the_state_at_that_moment() {
 /// The reference's last client test: pings are answered, so a linked client outlives several ping intervals.
 #[tokio::test]
 async fn pings_are_answered() {
-    let (server, url) = start(Server::builder().ping_interval(Duration::from_millis(100))).await;
+    let (server, url) = start(Server::builder().ping_interval(Duration::from_millis(200))).await;
     let client = linked_client(&url, "simon").await;
-    // A connection that misses a pong is closed after the next interval; give it six intervals to go wrong.
-    let closed = tokio::time::timeout(Duration::from_millis(600), client.wait_for_close()).await;
+    // A connection that misses a pong is closed after the next interval; give it five intervals to go wrong.
+    let closed = tokio::time::timeout(Duration::from_millis(1000), client.wait_for_close()).await;
     assert!(closed.is_err(), "the server closed a client that answers pings");
     assert_eq!(client.status(), Status::Linked);
     assert_eq!(server.user("simon").map(|u| u.is_linked), Some(true));

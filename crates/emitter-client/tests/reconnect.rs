@@ -35,11 +35,7 @@ fn record(client: &Client) -> Arc<Mutex<Vec<String>>> {
 #[tokio::test]
 async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
     let (server, url) = start_default().await;
-    let port: u16 = url
-        .trim_start_matches("ws://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let port = support::port_of(&url);
     let proxy = Proxy::start(port).await;
     let client = Client::builder().reconnect(fast()).build();
     within("connect", client.connect(&proxy.url())).await.unwrap();
@@ -87,11 +83,7 @@ async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
 #[tokio::test]
 async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
     let (server, url) = start_default().await;
-    let port: u16 = url
-        .trim_start_matches("ws://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let port = support::port_of(&url);
     let proxy = Proxy::start(port).await;
     let client = Client::builder().reconnect(fast()).build();
     within("connect", client.connect(&proxy.url())).await.unwrap();
@@ -125,12 +117,7 @@ async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
 #[tokio::test]
 async fn the_policy_gives_up_after_max_attempts() {
     let (server, url) = start_default().await;
-    let port: u16 = url
-        .trim_start_matches("ws://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let proxy = Proxy::start(port).await;
+    let proxy = Proxy::start(support::port_of(&url)).await;
     let client = Client::builder()
         .reconnect(
             Reconnect::new()
@@ -142,12 +129,22 @@ async fn the_policy_gives_up_after_max_attempts() {
     within("connect", client.connect(&proxy.url())).await.unwrap();
     within("link", client.link("simon", None)).await.unwrap();
     let seen = record(&client);
+    let closes = Arc::new(Mutex::new(0usize));
+    let third_close = Arc::new(tokio::sync::Notify::new());
+    let (c, n) = (closes.clone(), third_close.clone());
+    let _count = client.on_close(move || {
+        let mut closes = c.lock();
+        *closes += 1;
+        if *closes == 3 {
+            n.notify_one();
+        }
+    });
     proxy.refuse(true);
     proxy.cut();
-    // Two attempts, then nothing: a quiet window of forty delays in which a third attempt would have started.
-    tokio::time::timeout(Duration::from_millis(400), std::future::pending::<()>())
-        .await
-        .unwrap_err();
+    // The drop's close, then one per failed attempt.
+    within("two failed attempts", third_close.notified()).await;
+    // Then nothing: a quiet window of thirty delays in which a third attempt would have started.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         *seen.lock(),
         ["close", "connecting", "close", "connecting", "close"],
@@ -160,11 +157,7 @@ async fn the_policy_gives_up_after_max_attempts() {
 #[tokio::test]
 async fn asked_for_closes_and_server_side_unlinks_do_not_reconnect() {
     let (server, url) = start_default().await;
-    let port: u16 = url
-        .trim_start_matches("ws://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let port = support::port_of(&url);
     let proxy = Proxy::start(port).await;
     let client = Client::builder().reconnect(fast()).build();
 
@@ -184,9 +177,7 @@ async fn asked_for_closes_and_server_side_unlinks_do_not_reconnect() {
     // A user who connects on their own stops nothing and starts nothing: a fresh connection is the only one.
     let accepted = proxy.accepted();
     let seen = record(&client);
-    tokio::time::timeout(Duration::from_millis(300), std::future::pending::<()>())
-        .await
-        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(seen.lock().is_empty(), "no reconnect: {:?}", seen.lock());
     assert_eq!(proxy.accepted(), accepted);
     assert_eq!(client.status(), Status::Closed);
@@ -196,27 +187,23 @@ async fn asked_for_closes_and_server_side_unlinks_do_not_reconnect() {
 #[tokio::test]
 async fn a_user_action_stops_a_reconnect_under_way() {
     let (server, url) = start_default().await;
-    let port: u16 = url
-        .trim_start_matches("ws://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let proxy = Proxy::start(port).await;
+    let proxy = Proxy::start(support::port_of(&url)).await;
+    let first_retry = Duration::from_secs(1);
     let client = Client::builder()
-        .reconnect(Reconnect::new().initial_delay(Duration::from_millis(200)))
+        .reconnect(Reconnect::new().initial_delay(first_retry))
         .build();
     within("connect", client.connect(&proxy.url())).await.unwrap();
     within("link", client.link("simon", None)).await.unwrap();
     let closed = client.wait_for_close();
     proxy.cut();
     within("close", closed).await;
-    // Before the first retry (200 ms), the user connects straight to the server and links someone else.
+    let closed_at = tokio::time::Instant::now();
+    // Before the first retry, the user connects straight to the server and links someone else.
     within("connect", client.connect(&url)).await.unwrap();
     within("link", client.link("lisa", None)).await.unwrap();
     let accepted = proxy.accepted();
-    tokio::time::timeout(Duration::from_millis(500), std::future::pending::<()>())
-        .await
-        .unwrap_err();
+    // Past the time of the first retry, nothing went through the proxy.
+    tokio::time::sleep_until(closed_at + first_retry + Duration::from_millis(300)).await;
     assert_eq!(proxy.accepted(), accepted, "the reconnect stopped");
     assert_eq!(client.username().as_deref(), Some("lisa"));
     assert_eq!(client.status(), Status::Linked);
@@ -226,11 +213,7 @@ async fn a_user_action_stops_a_reconnect_under_way() {
 #[tokio::test]
 async fn without_a_policy_a_dropped_connection_stays_closed() {
     let (server, url) = start_default().await;
-    let port: u16 = url
-        .trim_start_matches("ws://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let port = support::port_of(&url);
     let proxy = Proxy::start(port).await;
     let client = Client::new();
     within("connect", client.connect(&proxy.url())).await.unwrap();

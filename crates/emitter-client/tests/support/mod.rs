@@ -31,6 +31,12 @@ pub async fn start(builder: ServerBuilder) -> (Server, String) {
     (server, format!("ws://127.0.0.1:{port}/"))
 }
 
+/// The port of a `ws://127.0.0.1:PORT/` URL.
+pub fn port_of(url: &str) -> u16 {
+    let port = url.trim_start_matches("ws://127.0.0.1:").trim_end_matches('/');
+    port.parse().unwrap_or_else(|_| panic!("not a loopback URL: {url}"))
+}
+
 pub async fn start_default() -> (Server, String) {
     start(Server::builder()).await
 }

@@ -161,6 +161,28 @@ async fn lookup(username: &str) -> bool {
 }
 // ANCHOR_END: auth
 
+// ANCHOR: builder
+/// A server whose endpoint is at `/ws`, that only links users created with `join`, and that gives async
+/// authentication two seconds.
+fn configured() -> Server {
+    Server::builder()
+        .path("/ws")
+        .accept_new_users(false)
+        .auth_timeout(Duration::from_secs(2))
+        .build()
+}
+// ANCHOR_END: builder
+
+// ANCHOR: close
+/// Closes the server and returns once the `close` listeners have run too.
+async fn close_and_wait(server: &Server) -> Result<(), emitter_core::Error> {
+    let closed = server.wait_for_close(); // registered now, before the event
+    server.close().await?; // resolves once the status is `closed`, maybe before the `close` listeners ran
+    closed.await;
+    Ok(())
+}
+// ANCHOR_END: close
+
 // ---- the tests ----------------------------------------------------------------------------------------------------
 
 async fn start(server: &Server) -> u16 {
@@ -227,10 +249,10 @@ async fn events_come_in_the_documented_order() {
     let left = server.wait_for_leave();
     send(&mut simon, json!({"type": "krmx/leave"})).await;
     tokio::time::timeout(TIMEOUT, left).await.unwrap();
-    // `close().await` resolves once the status is `closed`, which may be before the `close` listeners have run.
-    let closed = server.wait_for_close();
-    server.close().await.unwrap();
-    tokio::time::timeout(TIMEOUT, closed).await.unwrap();
+    tokio::time::timeout(TIMEOUT, close_and_wait(&server))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         *seen.lock().unwrap(),
         [
@@ -327,4 +349,22 @@ async fn authentication_sync_async_and_timeout() {
     let port = start(&server).await;
     assert_eq!(attempt(port, "simon").await.1, Err("authentication timeout".to_owned()));
     server.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_configured_server() {
+    let server = configured();
+    assert_eq!(server.config().path(), "/ws");
+    assert!(!server.config().accept_new_users());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = emitter_axum::listen_on(&server, listener).await.unwrap();
+    server.join("simon").unwrap();
+    let (mut ws, _) = connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
+    for (username, answer) in [("lisa", "krmx/rejected"), ("simon", "krmx/accepted")] {
+        let link = json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}});
+        send(&mut ws, link).await;
+        let reply = recv(&mut ws).await;
+        assert_eq!(reply["type"], answer, "{reply}");
+    }
+    close_and_wait(&server).await.unwrap();
 }

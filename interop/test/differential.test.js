@@ -110,6 +110,11 @@ async function session(url) {
   await link('C', 'eve', { auth: 7 });
   await link('C', 'carl', { version: '0.4.0' }); // both reject; each names its own version (normalized below)
   await link('C', 'x');
+  await link('C', 'a'.repeat(33));
+  await link('C', 'ab-');
+  await link('C', 'a..b');
+  await link('C', 'ab\u00e9');
+  await link('C', `a${'b'.repeat(31)}`, { auth: 'reject-me' }); // 32 characters: valid, so the app decides
   await link('C', '1abc');
   await link('C', 'bob');
   await link('C', 'carl', { auth: 'reject-me' });
@@ -117,7 +122,16 @@ async function session(url) {
   await link('C', 'alice', { auth: 'report-is-new' });
   await raw('C', 'not json');
   await link('C', 'carl', { auth: 'secret' });
+  await raw('A', ' {"type":"test/echo","payload":"spaced"} ');
+  await raw('A', '{"type":"test/echo","payload":{"a":1,"a":2}}'); // the last duplicate key wins
+  await raw('A', '{"type":"test/echo","payload":[0.1,-0,1.0,1e3,"\\u00e9\\n"]}');
+  await raw('A', '{"type":"test/echo","payload":{"__proto__":{"polluted":true}}}');
+  await raw('A', '{"type":"KRMX/upper"}'); // only the exact lowercase prefix is reserved
   await raw('A', 'not json'); // a linked connection that sends garbage is unlinked
+  await link('A', 'alice');
+  await raw('A', '{"type":"krmx/"}');
+  await link('A', 'alice');
+  await raw('A', '\ufeff{"type":"test/echo"}'); // a byte order mark is not JSON
   await link('A', 'alice');
   await send('B', { type: 'krmx/unknown' }); // an unknown krmx/ message unlinks too
   await link('B', 'bob');
@@ -157,3 +171,39 @@ it('a raw session gets the same frames from emitter as from @krmx/server', async
     assert.deepEqual(normalized(actual[name]), normalized(expected[name]), `connection ${name}`);
   }
 });
+
+/**
+ * Frames the two servers answer differently today: @krmx/server reads them with JSON.parse and echoes them; emitter's
+ * parser rejects them as invalid messages, which unlinks the sender. Reported; kept as `todo` so that they show in the
+ * summary and pass once fixed (or are decided to be intended).
+ */
+const knownDifferences = [
+  ['a number out of the double range', '{"type":"test/echo","payload":1e400}'],
+  ['a lone surrogate in a string escape', '{"type":"test/echo","payload":"\\ud800"}'],
+  ['a duplicate type key', '{"type":"other/type","type":"test/echo","payload":1}'],
+];
+
+for (const [what, frame] of knownDifferences) {
+  it(`the same answer to ${what}`, { todo: 'differs today: emitter unlinks the sender' }, async () => {
+    const answers = [];
+    for (const url of [reference.url, emitter.main]) {
+      const socket = await rawSocket(url);
+      socket.send({ type: 'krmx/link', payload: { username: 'prober', version: VERSION } });
+      while (!(await socket.next()).type.startsWith('krmx/linked')) { /* the snapshot */ }
+      socket.sendRaw(frame);
+      socket.send({ type: 'test/echo', payload: 'sync' });
+      const answer = [];
+      for (;;) {
+        const message = await socket.next();
+        answer.push(message);
+        if (message.type === 'krmx/rejected' || message.payload === 'sync') {
+          break;
+        }
+      }
+      socket.send({ type: 'krmx/leave' });
+      await socket.close();
+      answers.push(answer);
+    }
+    assert.deepEqual(answers[1], answers[0]);
+  });
+}

@@ -24,9 +24,21 @@ use crate::reconnect::{self, Plan, Reconnect};
 /// The protocol version a client sends in its link requests unless told otherwise. emitter servers accept 0.5 and
 /// 0.6; `@krmx/server` 0.6 accepts `0.6.*` and the 0.5 releases on npm accept `0.5.*` (set
 /// [`ClientBuilder::version`] for those).
+///
+/// ```
+/// assert_eq!(emitter_client::Client::new().version(), emitter_client::DEFAULT_VERSION);
+/// let for_npm_server = emitter_client::Client::builder().version("0.5.5").build();
+/// assert_ne!(for_npm_server.version(), emitter_client::DEFAULT_VERSION);
+/// ```
 pub const DEFAULT_VERSION: &str = "0.6.0";
 
 /// How long [`Client::disconnect`] waits for the server to answer the WebSocket close before dropping the socket.
+///
+/// ```
+/// let patient = emitter_client::Client::builder()
+///     .close_timeout(emitter_client::DEFAULT_CLOSE_TIMEOUT * 2)
+///     .build();
+/// ```
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The rejection a server sends to a message that an unlinked connection sent: never the answer to a link request.

@@ -38,3 +38,7 @@ ci:
 # against @krmx/server
 interop:
     .ci/steps/30-interop.sh
+
+# Fuzz each target (fuzz/: parse, actions) for SECONDS (default 600) with AddressSanitizer; crashes land in fuzz/artifacts/
+fuzz seconds="600":
+    FUZZ_SECONDS={{seconds}} FUZZ_SANITIZER=address .ci/steps/60-fuzz.sh

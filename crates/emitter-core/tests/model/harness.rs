@@ -34,10 +34,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_core::protocol::{parse, ClientMessage, Frame};
+use emitter_core::protocol::{parse_bounded, ClientMessage, Frame};
 use emitter_core::transport::{ConnectionId, ConnectionSink, PushError};
 use emitter_core::{
     is_valid_username, AcceptedVersions, Broadcast, Error, Event, Message, Server, Status, Subscription, User,
+    MAX_USERNAME_BYTES,
 };
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -677,7 +678,25 @@ pub struct Harness {
     phases: HashMap<String, Phase>,
     step: u64,
     _subscriptions: Vec<Subscription>,
+    /// The server as the listeners reach it; emptied on drop. A listener that held a `Server` clone itself would make
+    /// a reference cycle that nothing breaks (see `tests/fuzz_regressions.rs`), and the fuzzer would leak one server
+    /// per input.
+    slot: Arc<Mutex<Option<Server>>>,
     runtime: tokio::runtime::Runtime,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.slot.lock().take();
+    }
+}
+
+/// Runs `call` with the server, unless the harness is gone.
+fn with_server(slot: &Mutex<Option<Server>>, call: impl FnOnce(&Server)) {
+    let server = slot.lock().clone();
+    if let Some(server) = server {
+        call(&server);
+    }
 }
 
 impl Harness {
@@ -710,16 +729,17 @@ impl Harness {
             };
             e.lock().push(line);
         }));
-        let s = server.clone();
+        let slot = Arc::new(Mutex::new(Some(server.clone())));
+        let s = slot.clone();
         subscriptions.push(server.on_join(move |username| {
             if username == KICKED_ON_JOIN {
-                let _ = s.kick(username);
+                with_server(&s, |server| drop(server.kick(username)));
             }
         }));
-        let s = server.clone();
+        let s = slot.clone();
         subscriptions.push(server.on_unlink(move |username| {
             if username == KICKED_ON_UNLINK {
-                let _ = s.kick(username);
+                with_server(&s, |server| drop(server.kick(username)));
             }
         }));
         subscriptions.push(server.on_authenticate(|username, _, ctx| {
@@ -727,21 +747,23 @@ impl Harness {
                 ctx.reject("banned");
             }
         }));
-        let s = server.clone();
+        let s = slot.clone();
         subscriptions.push(server.on_message(move |from, message| {
             let (Some(ask), Some(target)) = (Ask::from_kind(&message.kind), message.payload_as::<String>().ok()) else {
                 return;
             };
             // Errors are the model's business: the results are compared where the harness calls directly.
-            let _ = match ask {
-                Ask::Join => s.join(&target),
-                Ask::Unlink => s.unlink(&target),
-                Ask::Kick => s.kick(&target),
-                Ask::Send => s.send(&target, &Message::with_payload("app/sent", from).unwrap()),
-                Ask::Broadcast => s
-                    .broadcast(&Message::with_payload("app/all", from).unwrap(), Some(from))
-                    .map(drop),
-            };
+            with_server(&s, |s| {
+                let _ = match ask {
+                    Ask::Join => s.join(&target),
+                    Ask::Unlink => s.unlink(&target),
+                    Ask::Kick => s.kick(&target),
+                    Ask::Send => s.send(&target, &Message::with_payload("app/sent", from).unwrap()),
+                    Ask::Broadcast => s
+                        .broadcast(&Message::with_payload("app/all", from).unwrap(), Some(from))
+                        .map(drop),
+                };
+            });
         }));
         {
             let _entered = runtime.enter();
@@ -770,6 +792,7 @@ impl Harness {
             phases: HashMap::new(),
             step: 0,
             _subscriptions: subscriptions,
+            slot,
             runtime,
         }
     }
@@ -833,7 +856,7 @@ impl Harness {
             }
             Action::Send(n, client) => {
                 let Some(c) = self.live(*n) else { return Ok(()) };
-                let (bytes, incoming) = encode(client);
+                let (bytes, incoming) = encode(client, self.server.config().max_json_depth());
                 own = Some((c, asked_username(&incoming)));
                 self.server.host().receive(self.connections[c].id, &bytes);
                 self.model.receive(c, incoming);
@@ -1087,7 +1110,7 @@ fn asked_username(incoming: &Incoming) -> Option<String> {
 }
 
 /// The bytes a client action sends, and what they are as the protocol defines it.
-fn encode(client: &ClientAction) -> (Vec<u8>, Incoming) {
+fn encode(client: &ClientAction, max_json_depth: usize) -> (Vec<u8>, Incoming) {
     let json = |value: Value| value.to_string().into_bytes();
     match client {
         ClientAction::Link { name: n, good_version } => {
@@ -1121,14 +1144,14 @@ fn encode(client: &ClientAction) -> (Vec<u8>, Incoming) {
         }
         ClientAction::UnknownReserved => (json(json!({"type": "krmx/hello"})), Incoming::Reserved),
         ClientAction::Invalid => (b"{\"type\":".to_vec(), Incoming::Invalid),
-        ClientAction::Raw(bytes) => (bytes.clone(), classify(bytes)),
+        ClientAction::Raw(bytes) => (bytes.clone(), classify(bytes, max_json_depth)),
     }
 }
 
 /// Reads arbitrary bytes with the crate's parser (fuzzed on its own by the `parse` target) and version and username
 /// rules (unit-tested), then classifies them as the protocol does.
-fn classify(bytes: &[u8]) -> Incoming {
-    let Ok(message) = parse(bytes) else {
+fn classify(bytes: &[u8], max_json_depth: usize) -> Incoming {
+    let Ok(message) = parse_bounded(bytes, max_json_depth) else {
         return Incoming::Invalid;
     };
     match ClientMessage::from(message) {
@@ -1136,7 +1159,7 @@ fn classify(bytes: &[u8]) -> Incoming {
         ClientMessage::Link(Some(request)) => Incoming::Link(Some(LinkAsk {
             version_ok: AcceptedVersions::default().accepts(&request.version),
             version: request.version,
-            username_ok: is_valid_username(&request.username),
+            username_ok: request.username.len() <= MAX_USERNAME_BYTES && is_valid_username(&request.username),
             username: request.username,
         })),
         ClientMessage::Unlink => Incoming::Unlink,

@@ -42,3 +42,11 @@ interop:
 # Fuzz each target (fuzz/: parse, actions) for SECONDS (default 600) with AddressSanitizer; crashes land in fuzz/artifacts/
 fuzz seconds="600":
     FUZZ_SECONDS={{seconds}} FUZZ_SANITIZER=address .ci/steps/60-fuzz.sh
+
+# The book as CI builds it: installs mdbook if needed, fails on a missing include or anchor
+book:
+    .ci/steps/20-book.sh
+
+# The web examples in headless Chromium (installs Debian's chromium and the e2e npm packages if needed)
+e2e:
+    .ci/steps/40-browser.sh

@@ -161,6 +161,17 @@ async fn lookup(username: &str) -> bool {
 }
 // ANCHOR_END: auth
 
+// ANCHOR: timeout
+/// A server whose authentication never decides: every link is rejected with `authentication timeout` after 200 ms.
+fn undecided() -> Server {
+    let server = Server::builder().auth_timeout(Duration::from_millis(200)).build();
+    let _ = server.on_authenticate(|_username, _info, ctx| {
+        ctx.mark_async(std::future::pending::<Result<(), String>>()); // never finishes
+    });
+    server
+}
+// ANCHOR_END: timeout
+
 // ANCHOR: builder
 /// A server whose endpoint is at `/ws`, that only links users created with `join`, and that gives async
 /// authentication two seconds.
@@ -340,12 +351,7 @@ async fn authentication_sync_async_and_timeout() {
     assert_eq!(attempt(port, "simon").await.1, Ok(()));
     server.close().await.unwrap();
 
-    // ANCHOR: timeout
-    let server = Server::builder().auth_timeout(Duration::from_millis(200)).build();
-    let _ = server.on_authenticate(|_username, _info, ctx| {
-        ctx.mark_async(std::future::pending::<Result<(), String>>()); // never finishes
-    });
-    // ANCHOR_END: timeout
+    let server = undecided();
     let port = start(&server).await;
     assert_eq!(attempt(port, "simon").await.1, Err("authentication timeout".to_owned()));
     server.close().await.unwrap();

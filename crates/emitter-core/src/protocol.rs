@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -21,23 +22,45 @@ pub const RESERVED_PREFIX: &str = "krmx/";
 /// assert_eq!(message.payload_as::<String>().unwrap(), "hello");
 /// assert_eq!(serde_json::to_string(&message).unwrap(), r#"{"type":"chat/said","payload":"hello"}"#);
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     /// The message type, such as `chat/said`. It is `type` on the wire.
     #[serde(rename = "type")]
     pub kind: String,
     /// The payload. `None` when the message has none; `Some(Value::Null)` when it was sent as `null`.
-    #[serde(
-        default,
-        deserialize_with = "present_payload",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
 }
 
-/// Keeps an explicit `"payload": null` apart from an absent payload, as JavaScript does.
-fn present_payload<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(deserializer).map(Some)
+/// Reads a message the way JavaScript's `JSON.parse` sees an object: other keys are ignored, a repeated key's last
+/// value wins (even for `type`), and an explicit `"payload": null` stays apart from an absent payload.
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Message;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with a string `type`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+                let (mut kind, mut payload) = (None, None);
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "type" => kind = Some(map.next_value::<Value>()?),
+                        "payload" => payload = Some(map.next_value::<Value>()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                match kind {
+                    Some(Value::String(kind)) => Ok(Message { kind, payload }),
+                    _ => Err(de::Error::custom("`type` must be a string")),
+                }
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 impl Message {
@@ -350,6 +373,14 @@ mod tests {
         // Far deeper than serde_json's own recursion limit: refused by the scan, before any parsing.
         let bomb = "[".repeat(100_000);
         assert!(parse_bounded(bomb.as_bytes(), 32).is_err());
+    }
+
+    #[test]
+    fn a_repeated_key_takes_its_last_value_as_in_javascript() {
+        let message = parse(br#"{"type":"a","payload":1,"type":"b","payload":2}"#).unwrap();
+        assert_eq!((message.kind.as_str(), message.payload), ("b", Some(json!(2))));
+        assert!(parse(br#"{"type":"a","type":3}"#).is_err());
+        assert_eq!(parse(br#"{"type":3,"type":"a"}"#).unwrap().kind, "a");
     }
 
     #[test]

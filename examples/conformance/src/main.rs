@@ -1,5 +1,6 @@
 //! Runs the conformance server: the main endpoint on `PORT` (default 8787) and the closed one on `CLOSED_PORT`
-//! (default 8788), both at path `/`, until Ctrl-C.
+//! (default 8788), both at path `/`, on `HOST` (default 127.0.0.1: a test server stays on loopback unless asked),
+//! until Ctrl-C.
 
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -18,13 +19,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
+    let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".to_owned());
     let main_port = port_from_env("PORT", 8787);
     let closed_port = port_from_env("CLOSED_PORT", 8788);
 
-    let main_listener = TcpListener::bind(("0.0.0.0", main_port))
+    let main_listener = TcpListener::bind((host.as_str(), main_port))
         .await
         .unwrap_or_else(|error| panic!("cannot bind PORT {main_port}: {error}"));
-    let closed_listener = TcpListener::bind(("0.0.0.0", closed_port))
+    let closed_listener = TcpListener::bind((host.as_str(), closed_port))
         .await
         .unwrap_or_else(|error| panic!("cannot bind CLOSED_PORT {closed_port}: {error}"));
     let (main, main_port) = example_conformance::serve_main(main_listener).await?;

@@ -1,0 +1,103 @@
+//! The bare axum baseline: the same broadcast and echo as `examples/bench`, without any Krmx logic.
+//!
+//! It is built the way emitter-axum is (one task per connection, a bounded queue of shared frames, batched writes
+//! with one flush, axum's default WebSocket buffers) so that the difference between the two is the Krmx layer: no
+//! users, no link protocol, no listeners, no dispatch lock. A message whose text starts with `{"type":"bench/msg"`
+//! goes to every connection, the sender included; `{"type":"bench/echo"` goes back to the sender; anything else is
+//! ignored. It is the practical ceiling for a WebSocket broadcast server on this machine.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use futures_util::SinkExt;
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+
+/// Frames a connection may have queued, as in emitter's default.
+const QUEUE: usize = 4096;
+/// Frames written per flush, as in emitter-axum.
+const BATCH: usize = 64;
+
+#[derive(Default)]
+struct Hub {
+    peers: RwLock<HashMap<u64, mpsc::Sender<Utf8Bytes>>>,
+    next: AtomicU64,
+}
+
+async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| connection(hub, socket))
+}
+
+async fn connection(hub: Arc<Hub>, mut socket: WebSocket) {
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(QUEUE);
+    let id = hub.next.fetch_add(1, Ordering::Relaxed);
+    hub.peers.write().insert(id, tx.clone());
+    loop {
+        tokio::select! {
+            biased;
+            Some(first) = rx.recv() => {
+                let mut written = socket.feed(Message::Text(first)).await;
+                for _ in 1..BATCH {
+                    let Ok(next) = rx.try_recv() else { break };
+                    if written.is_err() {
+                        break;
+                    }
+                    written = socket.feed(Message::Text(next)).await;
+                }
+                if written.is_err() || socket.flush().await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    if text.starts_with("{\"type\":\"bench/msg\"") {
+                        for peer in hub.peers.read().values() {
+                            // A full queue drops the frame: the bare server has no slow-consumer policy.
+                            let _ = peer.try_send(text.clone());
+                        }
+                    } else if text.starts_with("{\"type\":\"bench/echo\"") {
+                        let _ = tx.try_send(text);
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    hub.peers.write().remove(&id);
+}
+
+/// Serves the baseline on 127.0.0.1:`PORT` until Ctrl-C, or until stdin closes when `EXIT_ON_EOF` is set.
+pub fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let port = crate::port_from_env(8083)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let app = Router::new()
+            .route("/", get(upgrade))
+            .with_state(Arc::new(Hub::default()));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        println!(
+            "bare axum baseline on ws://127.0.0.1:{}/",
+            listener.local_addr()?.port()
+        );
+        // TCP_NODELAY unless BASELINE_NAGLE is set (to measure what Nagle's algorithm costs).
+        let nodelay = std::env::var_os("BASELINE_NAGLE").is_none();
+        let listener = listener.tap_io(move |tcp| {
+            if nodelay {
+                let _ = tcp.set_nodelay(true);
+            }
+        });
+        tokio::select! {
+            served = axum::serve(listener, app) => served?,
+            () = crate::stop_signal() => {}
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,584 @@
+//! The suite's results: medians per metric and target, the goals of the performance issue, and the files under
+//! docs/: a Markdown table (results.md), a plot of the ratios (ratios.svg) and every raw value (results.json).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::suite::Target;
+
+/// What a metric is checked against.
+#[derive(Clone, Copy)]
+enum Goal {
+    None,
+    /// Our advantage over Node (×) is at least this.
+    VsNode(f64),
+    /// Our advantage over bare axum (×) is at least this.
+    VsAxum(f64),
+    /// Our value is at most this.
+    AtMost(f64),
+    /// Our value is at least this.
+    AtLeast(f64),
+    /// Every user of the group linked.
+    AllLinked,
+}
+
+struct Def {
+    key: &'static str,
+    label: &'static str,
+    higher_is_better: bool,
+    /// Whether a ratio between targets means anything (not for loss or correctness percentages).
+    ratio: bool,
+    goal: Goal,
+}
+
+const fn def(key: &'static str, label: &'static str, higher_is_better: bool, ratio: bool, goal: Goal) -> Def {
+    Def {
+        key,
+        label,
+        higher_is_better,
+        ratio,
+        goal,
+    }
+}
+
+/// Every metric the table shows, in order.
+const DEFS: &[Def] = &[
+    def("storm1k.links_per_s", "links/s", true, true, Goal::VsNode(40.0)),
+    def("storm1k.link_p50_ms", "link latency p50 (ms)", false, true, Goal::None),
+    def("storm1k.link_p99_ms", "link latency p99 (ms)", false, true, Goal::None),
+    def(
+        "storm1k.views_s",
+        "until every client saw every user (s)",
+        false,
+        true,
+        Goal::None,
+    ),
+    def(
+        "storm1k.correct_pct",
+        "clients with the full, correct user list (%)",
+        true,
+        false,
+        Goal::AtLeast(100.0),
+    ),
+    def("storm2k.links_per_s", "links/s", true, true, Goal::VsNode(40.0)),
+    def("storm2k.link_p50_ms", "link latency p50 (ms)", false, true, Goal::None),
+    def("storm2k.link_p99_ms", "link latency p99 (ms)", false, true, Goal::None),
+    def(
+        "storm2k.views_s",
+        "until every client saw every user (s)",
+        false,
+        true,
+        Goal::None,
+    ),
+    def(
+        "storm2k.correct_pct",
+        "clients with the full, correct user list (%)",
+        true,
+        false,
+        Goal::AtLeast(100.0),
+    ),
+    def(
+        "storm2k.idle_kib",
+        "idle: server RSS per linked connection (KiB)",
+        false,
+        true,
+        Goal::AtMost(10.0),
+    ),
+    def(
+        "storm2k.delivered_per_s",
+        "broadcast to many: delivered msgs/s",
+        true,
+        true,
+        Goal::None,
+    ),
+    def(
+        "storm2k.loss_pct",
+        "broadcast to many: loss (%)",
+        false,
+        false,
+        Goal::None,
+    ),
+    def(
+        "storm2k.p50_ms",
+        "broadcast to many: latency p50 (ms)",
+        false,
+        true,
+        Goal::None,
+    ),
+    def(
+        "storm2k.p99_ms",
+        "broadcast to many: latency p99 (ms)",
+        false,
+        true,
+        Goal::None,
+    ),
+    def(
+        "fanout-rate.delivered_per_s",
+        "delivered msgs/s",
+        true,
+        true,
+        Goal::None,
+    ),
+    def("fanout-rate.loss_pct", "loss (%)", false, false, Goal::None),
+    def("fanout-rate.p50_ms", "latency p50 (ms)", false, true, Goal::None),
+    def("fanout-rate.p90_ms", "latency p90 (ms)", false, true, Goal::None),
+    def("fanout-rate.p99_ms", "latency p99 (ms)", false, true, Goal::None),
+    def("fanout-rate.max_ms", "latency max (ms)", false, true, Goal::None),
+    def(
+        "fanout-max.delivered_per_s",
+        "delivered msgs/s",
+        true,
+        true,
+        Goal::VsAxum(0.8),
+    ),
+    def("fanout-max.loss_pct", "loss (%)", false, false, Goal::None),
+    def("fanout-max.p50_ms", "latency p50 (ms)", false, true, Goal::None),
+    def("fanout-max.p90_ms", "latency p90 (ms)", false, true, Goal::None),
+    def("fanout-max.p99_ms", "latency p99 (ms)", false, true, Goal::None),
+    def("fanout-max.max_ms", "latency max (ms)", false, true, Goal::None),
+    def("echo.rtt_per_s", "round trips/s", true, true, Goal::VsAxum(0.9)),
+    def("echo.p50_us", "RTT p50 (µs)", false, true, Goal::None),
+    def("echo.p90_us", "RTT p90 (µs)", false, true, Goal::None),
+    def("echo.p99_us", "RTT p99 (µs)", false, true, Goal::None),
+    def("echo.max_us", "RTT max (µs)", false, true, Goal::None),
+    def(
+        "scale.linked",
+        "users linked in one process",
+        true,
+        false,
+        Goal::AllLinked,
+    ),
+    def("scale.links_per_s", "links/s while filling up", true, true, Goal::None),
+    def(
+        "scale.delivered_per_s",
+        "broadcast to all: delivered msgs/s",
+        true,
+        true,
+        Goal::None,
+    ),
+    def("scale.loss_pct", "broadcast to all: loss (%)", false, false, Goal::None),
+    def(
+        "scale.p50_ms",
+        "broadcast to all: latency p50 (ms)",
+        false,
+        true,
+        Goal::None,
+    ),
+    def(
+        "scale.p99_ms",
+        "broadcast to all: latency p99 (ms)",
+        false,
+        true,
+        Goal::None,
+    ),
+    def(
+        "scale.max_ms",
+        "broadcast to all: latency max (ms)",
+        false,
+        true,
+        Goal::None,
+    ),
+];
+
+/// Every value of every round, by metric and target.
+pub struct Results {
+    values: BTreeMap<String, BTreeMap<Target, Vec<f64>>>,
+    groups: BTreeMap<String, String>,
+    targets: Vec<Target>,
+    rounds: u32,
+    started: String,
+    /// Anything worth knowing about the run: errors, the load on the machine.
+    pub notes: Vec<String>,
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+fn format_value(value: f64) -> String {
+    let abs = value.abs();
+    if abs >= 10_000.0 {
+        // Thousands separators for big counts.
+        let digits = format!("{:.0}", value);
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 && c.is_ascii_digit() {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else if abs >= 100.0 {
+        format!("{value:.0}")
+    } else if abs >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn format_ratio(ratio: f64) -> String {
+    if ratio >= 100.0 {
+        format!("{ratio:.0}×")
+    } else if ratio >= 10.0 {
+        format!("{ratio:.1}×")
+    } else {
+        format!("{ratio:.2}×")
+    }
+}
+
+/// The current UTC time as `YYYY-MM-DD HH:MM UTC`, without a date crate.
+pub fn now() -> String {
+    let secs = crate::clock::unix_ns() / 1_000_000_000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+impl Results {
+    pub fn new(targets: &[Target], rounds: u32) -> Results {
+        Results {
+            values: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            targets: targets.to_vec(),
+            rounds,
+            started: now(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Records one round's value.
+    pub fn add(&mut self, metric: &str, target: Target, value: f64) {
+        self.values
+            .entry(metric.to_owned())
+            .or_default()
+            .entry(target)
+            .or_default()
+            .push(value);
+    }
+
+    /// Says what a group runs, for the table's legend.
+    pub fn describe(&mut self, group: &str, text: String) {
+        self.groups.insert(group.to_owned(), text);
+    }
+
+    fn median(&self, metric: &str, target: Target) -> Option<f64> {
+        median(self.values.get(metric)?.get(&target)?)
+    }
+
+    /// Our advantage over `other` (× > 1 is better for us), whichever way the metric points.
+    fn advantage(&self, def: &Def, other: Target) -> Option<f64> {
+        if !def.ratio {
+            return None;
+        }
+        let ours = self.median(def.key, Target::Emitter)?;
+        let theirs = self.median(def.key, other)?;
+        let ratio = if def.higher_is_better {
+            ours / theirs
+        } else {
+            theirs / ours
+        };
+        ratio.is_finite().then_some(ratio)
+    }
+
+    fn group_users(&self, group: &str) -> Option<f64> {
+        let text = self.groups.get(group)?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    /// Each goal of the issue with its verdict: met, missed by how much, or not measured.
+    pub fn checks(&self) -> Vec<(String, String)> {
+        let mut checks = Vec::new();
+        for def in DEFS {
+            let group = def.key.split('.').next().unwrap_or_default();
+            let name = |what: String| format!("{group} {}: {what}", def.label);
+            let verdict = |value: Option<f64>, goal: f64, higher: bool, unit: &str| match value {
+                None => "not measured".to_owned(),
+                Some(value) if (higher && value >= goal) || (!higher && value <= goal) => {
+                    format!("met ({}{unit})", format_value(value))
+                }
+                Some(value) => format!(
+                    "MISSED: {}{unit}, {:.0}% of the way",
+                    format_value(value),
+                    100.0 * if higher { value / goal } else { goal / value }
+                ),
+            };
+            match def.goal {
+                Goal::None => {}
+                Goal::VsNode(goal) => checks.push((
+                    name(format!("≥ {goal}× node")),
+                    verdict(self.advantage(def, Target::Node), goal, true, "×"),
+                )),
+                Goal::VsAxum(goal) => checks.push((
+                    name(format!("≥ {goal}× bare axum")),
+                    verdict(self.advantage(def, Target::Axum), goal, true, "×"),
+                )),
+                Goal::AtMost(goal) => checks.push((
+                    name(format!("≤ {goal}")),
+                    verdict(self.median(def.key, Target::Emitter), goal, false, ""),
+                )),
+                Goal::AtLeast(goal) => checks.push((
+                    name(format!("≥ {goal}")),
+                    verdict(self.median(def.key, Target::Emitter), goal, true, ""),
+                )),
+                Goal::AllLinked => {
+                    if let Some(users) = self.group_users(group) {
+                        checks.push((
+                            name(format!("all {users} linked")),
+                            verdict(self.median(def.key, Target::Emitter), users, true, ""),
+                        ));
+                    }
+                }
+            }
+        }
+        if let (Some(axum), Some(node)) = (
+            self.median("fanout-max.delivered_per_s", Target::Axum),
+            self.median("fanout-max.delivered_per_s", Target::Node),
+        ) {
+            let ratio = axum / node;
+            let verdict = if ratio >= 10.0 { "holds" } else { "does not hold" };
+            checks.push((
+                "fanout-max: bare axum ≥ 10× node (the premise)".to_owned(),
+                format!("{verdict} ({})", format_ratio(ratio)),
+            ));
+        }
+        checks
+    }
+
+    fn has(&self, target: Target) -> bool {
+        self.targets.contains(&target)
+    }
+}
+
+/// The Markdown table of medians and ratios.
+pub fn table(results: &Results) -> String {
+    let mut out = String::new();
+    let shown: Vec<Target> = [Target::Emitter, Target::Node, Target::Axum]
+        .into_iter()
+        .filter(|target| results.has(*target))
+        .collect();
+    let _ = write!(out, "| group | metric |");
+    for target in &shown {
+        let _ = write!(out, " {} |", target.name());
+    }
+    let ratio_targets: Vec<Target> = shown.iter().copied().filter(|t| *t != Target::Emitter).collect();
+    for target in &ratio_targets {
+        let _ = write!(out, " emitter vs {} |", target.name());
+    }
+    let _ = writeln!(out, " goal |");
+    let _ = writeln!(out, "|{}", "---|".repeat(3 + shown.len() + ratio_targets.len()));
+    let mut last_group = "";
+    for def in DEFS {
+        if !results.values.contains_key(def.key) {
+            continue;
+        }
+        let group = def.key.split('.').next().unwrap_or_default();
+        let group_cell = if group == last_group { "" } else { group };
+        last_group = group;
+        let _ = write!(out, "| {group_cell} | {} |", def.label);
+        for target in &shown {
+            let cell = results.median(def.key, *target).map(format_value);
+            let _ = write!(out, " {} |", cell.as_deref().unwrap_or("–"));
+        }
+        for target in &ratio_targets {
+            let cell = results.advantage(def, *target).map(format_ratio);
+            let _ = write!(out, " {} |", cell.as_deref().unwrap_or("–"));
+        }
+        let goal = match def.goal {
+            Goal::None => String::new(),
+            Goal::VsNode(goal) => format!("≥ {goal}× node"),
+            Goal::VsAxum(goal) => format!("≥ {goal}× axum"),
+            Goal::AtMost(goal) => format!("≤ {goal}"),
+            Goal::AtLeast(goal) => format!("≥ {goal}"),
+            Goal::AllLinked => "all".to_owned(),
+        };
+        let _ = writeln!(out, " {goal} |");
+    }
+    out
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A horizontal bar chart of our advantage over each other target, on a log scale, with the goals marked.
+pub fn svg(results: &Results) -> String {
+    let others: Vec<Target> = [Target::Node, Target::Axum]
+        .into_iter()
+        .filter(|target| results.has(*target))
+        .collect();
+    let rows: Vec<(&Def, Vec<Option<f64>>)> = DEFS
+        .iter()
+        .filter(|def| def.ratio)
+        .map(|def| {
+            (
+                def,
+                others
+                    .iter()
+                    .map(|other| results.advantage(def, *other))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .filter(|(_, ratios)| ratios.iter().any(Option::is_some))
+        .collect();
+    let colors = ["#d9822b", "#2b7bd9"];
+    let (left, plot, row_h, top) = (330.0, 540.0, 30.0, 70.0);
+    let (lo, hi) = (-1.0f64, 3.0f64); // 0.1× .. 1000×
+    let x = |ratio: f64| left + (ratio.log10().clamp(lo, hi) - lo) / (hi - lo) * plot;
+    let height = top + rows.len() as f64 * row_h + 40.0;
+    let width = left + plot + 30.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="10" y="22" font-size="15" font-weight="bold">emitter's advantage (×, log scale; right of 1× is better for emitter)</text>"#
+    );
+    for (i, other) in others.iter().enumerate() {
+        let lx = left + i as f64 * 140.0;
+        let _ = writeln!(
+            out,
+            r#"<rect x="{lx}" y="34" width="12" height="12" fill="{}"/><text x="{}" y="45">vs {}</text>"#,
+            colors[i],
+            lx + 16.0,
+            other.name()
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="45">| goal</text>"#,
+        left + others.len() as f64 * 140.0
+    );
+    for decade in [-1, 0, 1, 2, 3] {
+        let ratio = 10f64.powi(decade);
+        let gx = x(ratio);
+        let stroke = if decade == 0 { "#000" } else { "#ccc" };
+        let _ = writeln!(
+            out,
+            r#"<line x1="{gx}" y1="{}" x2="{gx}" y2="{}" stroke="{stroke}"/><text x="{gx}" y="{}" text-anchor="middle">{}×</text>"#,
+            top - 8.0,
+            height - 30.0,
+            height - 14.0,
+            if decade < 0 {
+                "0.1".to_owned()
+            } else {
+                format!("{}", ratio as u64)
+            }
+        );
+    }
+    for (r, (def, ratios)) in rows.iter().enumerate() {
+        let y = top + r as f64 * row_h;
+        let group = def.key.split('.').next().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" text-anchor="end">{} {}</text>"#,
+            left - 8.0,
+            y + 16.0,
+            escape(group),
+            escape(def.label)
+        );
+        for (i, ratio) in ratios.iter().enumerate() {
+            let Some(ratio) = ratio else { continue };
+            let by = y + 4.0 + i as f64 * 11.0;
+            let (x0, x1) = (x(1.0).min(x(*ratio)), x(1.0).max(x(*ratio)));
+            let _ = writeln!(
+                out,
+                r#"<rect x="{x0:.1}" y="{by}" width="{:.1}" height="10" fill="{}"/><text x="{:.1}" y="{}" font-size="10">{}</text>"#,
+                (x1 - x0).max(1.0),
+                colors[i],
+                x1 + 3.0,
+                by + 9.0,
+                format_ratio(*ratio)
+            );
+        }
+        let goal = match def.goal {
+            Goal::VsNode(goal) => others.iter().position(|t| *t == Target::Node).map(|i| (i, goal)),
+            Goal::VsAxum(goal) => others.iter().position(|t| *t == Target::Axum).map(|i| (i, goal)),
+            _ => None,
+        };
+        if let Some((i, goal)) = goal {
+            let gx = x(goal);
+            let by = y + 2.0 + i as f64 * 11.0;
+            let _ = writeln!(
+                out,
+                r##"<line x1="{gx:.1}" y1="{by}" x2="{gx:.1}" y2="{}" stroke="#000" stroke-width="2"/>"##,
+                by + 14.0
+            );
+        }
+    }
+    let _ = writeln!(out, "</svg>");
+    out
+}
+
+/// Writes results.md, ratios.svg and results.json into `dir`.
+pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "<!-- Generated by `emitter-bench suite` (`just bench`); do not edit by hand. -->\n"
+    );
+    let _ = writeln!(
+        md,
+        "Run of {}: `{}`, {} round(s), medians shown. Ratios are emitter's advantage (above 1× is better for \
+         emitter, whichever way the metric points).\n",
+        results.started, command, results.rounds
+    );
+    let _ = writeln!(md, "{}", table(results));
+    let _ = writeln!(md, "Groups:\n");
+    for (group, text) in &results.groups {
+        if results.values.keys().any(|key| key.starts_with(&format!("{group}."))) {
+            let _ = writeln!(md, "- **{group}**: {text}");
+        }
+    }
+    let _ = writeln!(md, "\nGoals:\n");
+    for (goal, verdict) in results.checks() {
+        let _ = writeln!(md, "- {goal} — {verdict}");
+    }
+    if !results.notes.is_empty() {
+        let _ = writeln!(md, "\nNotes:\n");
+        for note in &results.notes {
+            let _ = writeln!(md, "- {}", note.replace('\n', " "));
+        }
+    }
+    std::fs::write(dir.join("results.md"), md)?;
+    std::fs::write(dir.join("ratios.svg"), svg(results))?;
+    let json = serde_json::json!({
+        "started": results.started,
+        "command": command,
+        "rounds": results.rounds,
+        "values": results.values.iter().map(|(metric, by_target)| {
+            (metric.clone(), by_target.iter().map(|(t, v)| (t.name().to_owned(), v.clone())).collect::<BTreeMap<_, _>>())
+        }).collect::<BTreeMap<_, _>>(),
+        "notes": results.notes,
+    });
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default() + "\n",
+    )?;
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The server `emitter-bench` measures: the Krmx server a user would write for a broadcast app, and nothing else.
+//!
+//! It listens on 127.0.0.1:`PORT` (default 8084) at path `/`, accepts new users (Krmx 0.5.x and 0.6.x clients alike,
+//! the default) without authentication, and for each linked user's message:
+//! - `bench/msg` is broadcast, unchanged, to every linked user, the sender included;
+//! - `bench/echo` is sent back to its sender only;
+//! - anything else is ignored.
+//!
+//! It runs until Ctrl-C, or until stdin closes when `EXIT_ON_EOF` is set (the benchmark runner sets it, so that the
+//! server never outlives the runner).
+
+use emitter_core::Server;
+use tokio::io::AsyncReadExt;
+use tracing_subscriber::EnvFilter;
+
+/// Builds the benchmark server: default settings, one message listener.
+fn build() -> Server {
+    let server = Server::new();
+    let relay = server.clone();
+    let _ = server.on_message(move |username, message| match message.kind.as_str() {
+        "bench/msg" => {
+            let _ = relay.broadcast(message, None);
+        }
+        "bench/echo" => {
+            let _ = relay.send(username, message);
+        }
+        _ => {}
+    });
+    server
+}
+
+/// Resolves once stdin reaches its end.
+async fn stdin_closed() {
+    let mut stdin = tokio::io::stdin();
+    let mut sink = [0u8; 64];
+    while matches!(stdin.read(&mut sink).await, Ok(read) if read > 0) {}
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .init();
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, not {port:?}"))?,
+        Err(_) => 8084,
+    };
+    let server = build();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let port = emitter_axum::listen_on(&server, listener).await?;
+    println!("bench server on ws://127.0.0.1:{port}/");
+
+    let exit_on_eof = std::env::var_os("EXIT_ON_EOF").is_some();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            // A graceful close tells every user it left: quick for a few users, slow for thousands, so bounded.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server.close()).await;
+        }
+        // The runner went away: exit at once; the sockets close with the process.
+        () = stdin_closed(), if exit_on_eof => {}
+    }
+    Ok(())
+}

@@ -139,7 +139,10 @@ impl Server {
         let exe = std::env::current_exe()?;
         let mut command = match target {
             Target::Emitter => {
-                let server = exe.with_file_name("example-bench");
+                // EMITTER_BENCH_SERVER points at another build of examples/bench, to try a library change side by side.
+                let server = std::env::var_os("EMITTER_BENCH_SERVER")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| exe.with_file_name("example-bench"));
                 if !server.exists() {
                     return Err(format!(
                         "{} is missing: build it with `cargo build --release -p example-bench`",
@@ -200,6 +203,15 @@ impl Server {
         self.stdin.take();
         wait_or_kill(&mut self.child, Duration::from_secs(5));
     }
+}
+
+/// CPU time (user + system) a process has used so far, in seconds, from /proc (clock ticks of 1/100 s on Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; the fields after it are space-separated.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn wait_or_kill(child: &mut Child, grace: Duration) {
@@ -267,6 +279,8 @@ struct Outcome {
     latency: Histogram,
     disconnected: u32,
     errors: Vec<String>,
+    /// CPU of the server and of all load processes during the measured phase, in % of one core.
+    cpu_pct: Option<(f64, f64)>,
 }
 
 struct Worker {
@@ -414,6 +428,11 @@ fn drive(
     }
     if load.duration_ms > 0 {
         let go = clock::since(epoch) + 300_000_000;
+        let cpu = |workers: &[Worker]| {
+            let load: Option<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).sum();
+            (cpu_seconds(server.child.id()), load, Instant::now())
+        };
+        let before = cpu(workers);
         send_line(workers, &format!("go {go}"));
         let wait = Duration::from_millis(load.duration_ms + 10_000) + Duration::from_secs(30);
         for report in collect(reports, n, wait, "the results")? {
@@ -433,6 +452,12 @@ fn drive(
                 outcome.disconnected += disconnected;
                 outcome.errors.extend(errors);
             }
+        }
+        // CPU used during the measured phase (and the drain after it), as % of one core.
+        let after = cpu(workers);
+        let wall = after.2.duration_since(before.2).as_secs_f64();
+        if let (Some(s0), Some(s1), Some(l0), Some(l1)) = (before.0, after.0, before.1, after.1) {
+            outcome.cpu_pct = Some((100.0 * (s1 - s0) / wall, 100.0 * (l1 - l0) / wall));
         }
     }
     outcome.errors.truncate(5);
@@ -580,6 +605,10 @@ fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String, f64
     }
     if let Some(kib) = outcome.idle_kib_per_user {
         put("idle_kib", kib);
+    }
+    if let Some((server, load)) = outcome.cpu_pct {
+        put("server_cpu_pct", server);
+        put("load_cpu_pct", load);
     }
     if load.duration_ms > 0 && outcome.sent > 0 {
         let per_s = outcome.in_window as f64 / window_s;

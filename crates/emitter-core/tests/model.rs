@@ -7,8 +7,9 @@
 #[path = "model/harness.rs"]
 mod harness;
 
-use harness::{Action, Ask, ClientAction, Harness, Setup, NAMES};
+use harness::{observe, Action, Ask, ClientAction, Harness, SeenStep, Setup, NAMES};
 use proptest::prelude::*;
+use serde_json::{json, Value};
 
 fn name() -> impl Strategy<Value = usize> {
     // Mostly the three plain valid names, so that users collide; sometimes the ones with listener reactions or an
@@ -193,4 +194,75 @@ fn a_frame_to_an_unlinked_connection_is_caught() {
     harness.server().join("bob").unwrap();
     let error = harness.apply(&Action::Broadcast(None)).unwrap_err();
     assert!(error.contains("the model expects"), "{error}");
+}
+
+fn user_frame(kind: &str, username: &str) -> Value {
+    json!({"type": kind, "payload": {"username": username}})
+}
+
+fn step(frames: Vec<Value>, own: bool, asked: Option<&str>) -> SeenStep<'_> {
+    SeenStep { frames, own, asked }
+}
+
+/// The per-connection observer, on its own: it accepts the protocol's streams and rejects the ones the invariants
+/// forbid, whatever the model says.
+#[test]
+fn the_observer_accepts_what_the_protocol_sends_and_nothing_else() {
+    let accepted = json!({"type": "krmx/accepted"});
+    let rejected = json!({"type": "krmx/rejected", "payload": {"reason": "invalid username"}});
+    // Rejected, then accepted with a snapshot; then others come and go; then unlinked, then its own left.
+    let linking = vec![
+        step(vec![rejected.clone()], true, Some("1up")),
+        step(
+            vec![
+                accepted.clone(),
+                user_frame("krmx/joined", "bob"),
+                user_frame("krmx/joined", "ann"),
+                user_frame("krmx/linked", "ann"),
+            ],
+            true,
+            Some("ann"),
+        ),
+        step(
+            vec![user_frame("krmx/linked", "bob"), json!({"type": "app/x"})],
+            false,
+            None,
+        ),
+    ];
+    let view = observe(&linking).unwrap();
+    assert_eq!(view, Some(vec![("bob".to_owned(), true), ("ann".to_owned(), true)]));
+    let mut leaving = linking;
+    leaving.push(step(
+        vec![user_frame("krmx/unlinked", "ann"), user_frame("krmx/left", "ann")],
+        true,
+        None,
+    ));
+    assert_eq!(observe(&leaving).unwrap(), None);
+
+    // Anything to an unlinked connection in a step that was not its own.
+    let stray = [step(vec![user_frame("krmx/joined", "bob")], false, None)];
+    assert!(observe(&stray).unwrap_err().contains("unlinked connection"));
+    // An application message to an unlinked connection, even in its own step.
+    let stray = [step(vec![json!({"type": "app/x"})], true, None)];
+    assert!(observe(&stray).is_err());
+    // Its own left long after its unlink.
+    let mut late = leaving.clone();
+    late.truncate(3);
+    late.push(step(vec![user_frame("krmx/unlinked", "ann")], false, None));
+    late.push(step(vec![user_frame("krmx/left", "ann")], false, None));
+    assert!(observe(&late).is_err());
+    // A view that does not add up: linked about a user never joined, a user left while linked.
+    let mut inconsistent = leaving.clone();
+    inconsistent.truncate(3);
+    inconsistent.push(step(vec![user_frame("krmx/linked", "cat")], false, None));
+    assert!(observe(&inconsistent).unwrap_err().contains("does not fit"));
+    let mut inconsistent = leaving.clone();
+    inconsistent.truncate(3);
+    inconsistent.push(step(vec![user_frame("krmx/left", "bob")], false, None));
+    assert!(observe(&inconsistent).is_err());
+    // A reply to a link request on a linked connection.
+    let mut twice = leaving.clone();
+    twice.truncate(3);
+    twice.push(step(vec![accepted], true, Some("bob")));
+    assert!(observe(&twice).is_err());
 }

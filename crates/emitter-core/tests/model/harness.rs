@@ -651,6 +651,31 @@ impl Observed {
     }
 }
 
+/// One step as a connection saw it: the frames it received, whether the step was its own message, and the username
+/// its link request asked for, if it sent one.
+#[derive(Clone)]
+pub struct SeenStep<'a> {
+    pub frames: Vec<Value>,
+    pub own: bool,
+    pub asked: Option<&'a str>,
+}
+
+/// Runs the per-connection observer over `steps`, from a fresh connection; `Ok` holds the users the connection
+/// believes exist (name, linked) if it ends linked. Lets the tests show that the observer rejects what it must.
+pub fn observe(steps: &[SeenStep<'_>]) -> Result<Option<Vec<(String, bool)>>, String> {
+    let mut observed = Observed::Unlinked;
+    for step in steps {
+        for value in &step.frames {
+            observed.feed(value, step.own, step.asked)?;
+        }
+        observed.end_step();
+    }
+    Ok(match observed {
+        Observed::Linked { view, .. } => Some(view),
+        _ => None,
+    })
+}
+
 /// Where a user is in join → link → (unlink → link)* → unlink → leave, from the events alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -50,3 +50,11 @@ book:
 # The web examples in headless Chromium (installs Debian's chromium and the e2e npm packages if needed)
 e2e:
     .ci/steps/40-browser.sh
+
+# The benchmark suite (crates/emitter-bench): our server, the Node reference (@krmx/server from npm) and a bare axum
+# server side by side, alternating, medians of 3 rounds, plus the 19,000-user scale run; writes the table and plot to
+# docs/src/performance/. ARGS go to `emitter-bench suite` (e.g. --rounds 1 --only fanout-max,echo; --help lists them)
+bench *ARGS:
+    cargo build --release -p emitter-bench -p example-bench
+    cd bench/node && npm ci --no-audit --no-fund
+    target/release/emitter-bench suite {{ARGS}}

@@ -2,7 +2,7 @@
 # The web examples in headless Chromium (e2e/): the chat (two pages chat, come and go, one reloads and relinks) and
 # tic-tac-toe (two players and a spectator, a player reloads mid-game).
 # Installs Debian's chromium when /usr/bin/chromium is absent and the npm packages from e2e/package-lock.json, builds
-# and starts the examples on free ports, and runs the tests with Node's built-in test runner.
+# and starts the two examples on free loopback ports, and runs the tests with Node's built-in test runner.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -15,7 +15,11 @@ fi
 
 (cd e2e && npm ci --no-audit --no-fund)
 
-cargo build -p example-chat -p example-tic-tac-toe
+# `cargo test` builds the examples' binaries too (they have integration tests), with the features it unifies across
+# the workspace: after .ci/run's test step this is a no-op, where `cargo build -p …` would recompile the dependencies
+# for a different feature set.
+cargo test --workspace --no-run --quiet
+bin="${CARGO_TARGET_DIR:-target}/debug"
 
 workdir="$(mktemp -d)"
 pids=()
@@ -32,7 +36,7 @@ trap cleanup EXIT
 # "<what> on http://localhost:PORT/ ..." when it does.
 start() {
     local name="$1" log="$workdir/$1.log" port=""
-    PORT=0 RUST_LOG=warn "target/debug/$name" >"$log" 2>&1 &
+    PORT=0 RUST_LOG=warn "$bin/$name" >"$log" 2>&1 &
     pids+=("$!")
     for _ in $(seq 1 100); do
         port="$(sed -n 's|^.* on http://localhost:\([0-9]*\)/.*|\1|p' "$log")"

@@ -72,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let server = build();
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let port = emitter_axum::serve(&server, listener, app(&server)).await?;
     println!("chat on http://localhost:{port}/ (Ctrl-C to stop)");
 

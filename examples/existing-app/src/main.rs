@@ -16,7 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let state = example_existing_app::build();
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let port = listener.local_addr()?.port();
     println!("existing-app on http://localhost:{port}/api/users, Krmx at ws://localhost:{port}/krmx (Ctrl-C to stop)");
 

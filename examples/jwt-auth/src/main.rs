@@ -28,7 +28,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bans = Bans::default();
     bans.ban("mallory").await;
     let server = build(secret.as_bytes(), bans);
-    let port = emitter_axum::listen(&server, port).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let port = emitter_axum::listen_on(&server, listener).await?;
     println!("jwt-auth on ws://localhost:{port}/ (Ctrl-C to stop); link messages to try, valid for an hour:");
     for username in ["simon", "lisa", "mallory"] {
         let token = issue(secret.as_bytes(), username, expires_in(Duration::from_secs(3600)))?;

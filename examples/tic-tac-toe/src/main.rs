@@ -15,7 +15,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let server = example_tic_tac_toe::build();
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let port = emitter_axum::serve(&server, listener, example_tic_tac_toe::app(&server)).await?;
     println!("tic-tac-toe on http://localhost:{port}/ (Ctrl-C to stop)");
 

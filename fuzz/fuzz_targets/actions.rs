@@ -2,16 +2,17 @@
 //! step against the model and the design invariants of `crates/emitter-core/tests/model/harness.rs` (the same
 //! harness the proptest suite uses).
 //!
-//! The fuzzer picks the setup (new users welcome or not, queue bound, close at the end) and up to 256 actions:
-//! structured ones (links to a pool of names, leaves, `do/*` messages that make listeners call back into the server,
-//! server calls) and raw frames (arbitrary bytes, or link requests with arbitrary usernames and versions).
+//! The fuzzer picks the setup (new users welcome or not, queue bound, connection caps, close at the end), whether to
+//! start from four linked users, and up to 256 actions: structured ones (links to a pool of names, leaves, `do/*`
+//! messages that make listeners call back into the server, server calls) and raw frames (arbitrary bytes, or link
+//! requests with arbitrary usernames and versions).
 #![no_main]
 
 #[path = "../../crates/emitter-core/tests/model/harness.rs"]
 mod harness;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use harness::{Action, Ask, ClientAction, Harness, Setup, NAMES};
+use harness::{populated, Action, Ask, ClientAction, Harness, Setup, NAMES};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 
@@ -123,7 +124,8 @@ impl<'a> Arbitrary<'a> for Input {
                 None
             },
         };
-        let mut actions = Vec::new();
+        // Half the inputs start from four linked users.
+        let mut actions = if bool::arbitrary(u)? { populated() } else { Vec::new() };
         while !u.is_empty() && actions.len() < 256 {
             actions.push(action(u)?);
         }

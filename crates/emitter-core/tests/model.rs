@@ -7,7 +7,7 @@
 #[path = "model/harness.rs"]
 mod harness;
 
-use harness::{observe, Action, Ask, ClientAction, Harness, SeenStep, Setup, NAMES};
+use harness::{observe, populated, Action, Ask, ClientAction, Harness, SeenStep, Setup, NAMES};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -70,22 +70,6 @@ fn setup() -> impl Strategy<Value = Setup> {
                 max_unlinked_connections,
             },
         )
-}
-
-/// Four connections linked to four users (one of them `kai`, kicked when unlinked), so that the random steps after
-/// it start from a busy server rather than an empty one.
-fn populated() -> Vec<Action> {
-    let mut actions = vec![Action::Connect; 4];
-    for (c, name) in [0, 1, 2, 4].into_iter().enumerate() {
-        actions.push(Action::Send(
-            c,
-            ClientAction::Link {
-                name,
-                good_version: true,
-            },
-        ));
-    }
-    actions
 }
 
 proptest! {

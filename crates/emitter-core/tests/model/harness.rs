@@ -162,6 +162,22 @@ fn name(index: usize) -> &'static str {
     NAMES[index % NAMES.len()]
 }
 
+/// Four connections linked to four users (one of them `kai`, kicked when unlinked), so that the random steps after
+/// it start from a busy server rather than an empty one.
+pub fn populated() -> Vec<Action> {
+    let mut actions = vec![Action::Connect; 4];
+    for (c, name) in [0, 1, 2, 4].into_iter().enumerate() {
+        actions.push(Action::Send(
+            c,
+            ClientAction::Link {
+                name,
+                good_version: true,
+            },
+        ));
+    }
+    actions
+}
+
 // ---- the fake transport ----------------------------------------------------------------------------------------------
 
 #[derive(Default)]

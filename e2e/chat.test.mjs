@@ -15,6 +15,10 @@ const CHAT_URL = process.env.CHAT_URL;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "artifacts");
 const WAIT = { timeout: 15_000 };
+// Names of this run, so that a rerun against the same server meets no users of an earlier one.
+const run = Math.random().toString(36).slice(2, 6);
+const ALICE = `alice-${run}`;
+const BOB = `bob-${run}`;
 
 let context;
 let userDataDir;
@@ -82,47 +86,47 @@ async function userState(page, username) {
 }
 
 test("two users chat, come and go, and a reloaded page relinks", { timeout: 120_000 }, async () => {
-  const alice = await open("alice");
-  const bob = await open("bob");
+  const alice = await open(ALICE);
+  const bob = await open(BOB);
 
   // Each sees the other.
-  await logShows(alice, "bob joined");
-  await bob.locator('#users li[data-username="alice"].linked').waitFor(WAIT);
-  await alice.locator('#users li[data-username="bob"].linked').waitFor(WAIT);
+  await logShows(alice, `${BOB} joined`);
+  await bob.locator(`#users li[data-username="${ALICE}"].linked`).waitFor(WAIT);
+  await alice.locator(`#users li[data-username="${BOB}"].linked`).waitFor(WAIT);
 
   // They talk; every message reaches both, the sender included.
   await say(alice, "hello bob");
-  await logShows(bob, "alicehello bob");
+  await logShows(bob, `${ALICE}hello bob`);
   await say(bob, "hi alice");
-  await logShows(alice, "bobhi alice");
-  await logShows(bob, "bobhi alice");
+  await logShows(alice, `${BOB}hi alice`);
+  await logShows(bob, `${BOB}hi alice`);
 
   // Bob reloads: his connection drops (bob goes offline for alice) and the new page relinks as bob on its own.
   await bob.reload();
-  await linked(bob, "bob");
-  await logShows(alice, "bob went offline");
-  await logShows(alice, "bob is online");
-  await alice.locator('#users li[data-username="bob"].linked').waitFor(WAIT);
+  await linked(bob, BOB);
+  await logShows(alice, `${BOB} went offline`);
+  await logShows(alice, `${BOB} is online`);
+  await alice.locator(`#users li[data-username="${BOB}"].linked`).waitFor(WAIT);
   await say(bob, "back after a reload");
-  await logShows(alice, "bobback after a reload");
+  await logShows(alice, `${BOB}back after a reload`);
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await alice.screenshot({ path: join(ARTIFACTS, "chat.png") });
 
   // Bob leaves: alice sees him go, and his page offers to link again.
   await bob.click("#leave");
-  await logShows(alice, "bob left");
+  await logShows(alice, `${BOB} left`);
   await bob.locator("#join").waitFor({ state: "visible", ...WAIT });
-  assert.equal(await userState(alice, "bob"), "absent");
+  assert.equal(await userState(alice, BOB), "absent");
 
   // He comes back as a new user; then alice leaves and bob sees it.
-  await bob.fill("#username", "bob");
+  await bob.fill("#username", BOB);
   await bob.click("#link-button");
-  await linked(bob, "bob");
-  await logShows(alice, "bob joined", 2);
+  await linked(bob, BOB);
+  await logShows(alice, `${BOB} joined`, 2);
   await alice.click("#leave");
-  await logShows(bob, "alice left");
-  assert.equal(await userState(bob, "alice"), "absent");
+  await logShows(bob, `${ALICE} left`);
+  assert.equal(await userState(bob, ALICE), "absent");
 
   assert.deepEqual(pageErrors, []);
 });

@@ -12,6 +12,11 @@ const TTT_URL = process.env.TTT_URL;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "artifacts");
 const WAIT = { timeout: 15_000 };
+// Names of this run, so that a rerun against the same server meets no users of an earlier one.
+const run = Math.random().toString(36).slice(2, 6);
+const ALICE = `alice-${run}`;
+const BOB = `bob-${run}`;
+const CAROL = `carol-${run}`;
 
 let context;
 let userDataDir;
@@ -69,13 +74,13 @@ async function says(page, text) {
 }
 
 test("two players and a spectator; a reloaded player gets the board back", { skip: !TTT_URL, timeout: 120_000 }, async () => {
-  const alice = await open("alice");
+  const alice = await open(ALICE);
   await says(alice, "Waiting for a second player");
-  const bob = await open("bob");
-  const carol = await open("carol");
+  const bob = await open(BOB);
+  const carol = await open(CAROL);
   await says(alice, "Your turn");
-  await says(bob, "alice (✕) to move");
-  await says(carol, "alice (✕) to move");
+  await says(bob, `${ALICE} (✕) to move`);
+  await says(carol, `${ALICE} (✕) to move`);
 
   await cell(alice, 4).click();
   await boardIs(bob, "....✕....");
@@ -84,7 +89,7 @@ test("two players and a spectator; a reloaded player gets the board back", { ski
 
   // Alice reloads: she relinks on her own, keeps her seat and gets the board as it is.
   await alice.reload();
-  await alice.locator("#status", { hasText: "linked as alice" }).waitFor(WAIT);
+  await alice.locator("#status", { hasText: `linked as ${ALICE}` }).waitFor(WAIT);
   await boardIs(alice, "◯...✕....");
   await says(alice, "Your turn");
 
@@ -96,10 +101,15 @@ test("two players and a spectator; a reloaded player gets the board back", { ski
   await boardIs(alice, "◯◯✕.✕....");
   await cell(alice, 6).click();
   await says(alice, "You win!");
-  await says(carol, "alice (✕) wins.");
+  await says(carol, `${ALICE} (✕) wins.`);
   await alice.locator("#restart").waitFor({ state: "visible", ...WAIT });
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await carol.screenshot({ path: join(ARTIFACTS, "tic-tac-toe.png") });
+  // Everyone leaves, the spectator first (a player's free seat would go to her), so the table is empty again.
+  for (const page of [carol, bob, alice]) {
+    await page.click("#leave");
+    await page.locator("#join").waitFor({ state: "visible", ...WAIT });
+  }
   assert.deepEqual(pageErrors, []);
 });

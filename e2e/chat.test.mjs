@@ -127,6 +127,8 @@ test("two users chat, come and go, and a reloaded page relinks", { timeout: 120_
   await alice.click("#leave");
   await logShows(bob, `${ALICE} left`);
   assert.equal(await userState(bob, ALICE), "absent");
+  await bob.click("#leave");
+  await bob.locator("#join").waitFor({ state: "visible", ...WAIT });
 
   assert.deepEqual(pageErrors, []);
 });

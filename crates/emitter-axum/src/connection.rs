@@ -12,24 +12,40 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 /// How long a closing connection may take to write what is queued before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// How many queued frames are written before one flush.
+/// How many queue entries are written before one flush.
 const BATCH: usize = 64;
 
-/// The core's handle on a connection: a bounded frame queue and a close switch.
+/// One entry of a connection's queue: a frame, or a batch of frames that counts as one entry (a snapshot).
+enum Outgoing {
+    One(Frame),
+    Batch(Vec<Frame>),
+}
+
+/// The core's handle on a connection: a bounded queue and a close switch.
 struct ChannelSink {
-    frames: mpsc::Sender<Frame>,
+    queue: mpsc::Sender<Outgoing>,
     close: watch::Sender<bool>,
+}
+
+impl ChannelSink {
+    fn enqueue(&self, entry: Outgoing) -> Result<(), PushError> {
+        if *self.close.borrow() {
+            return Err(PushError::Closed);
+        }
+        self.queue.try_send(entry).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => PushError::Full,
+            mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+        })
+    }
 }
 
 impl ConnectionSink for ChannelSink {
     fn push(&self, frame: Frame) -> Result<(), PushError> {
-        if *self.close.borrow() {
-            return Err(PushError::Closed);
-        }
-        self.frames.try_send(frame).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => PushError::Full,
-            mpsc::error::TrySendError::Closed(_) => PushError::Closed,
-        })
+        self.enqueue(Outgoing::One(frame))
+    }
+
+    fn push_batch(&self, frames: Vec<Frame>) -> Result<(), PushError> {
+        self.enqueue(Outgoing::Batch(frames))
     }
 
     fn close(&self) {
@@ -48,16 +64,29 @@ fn to_message(frame: Frame) -> Message {
     Message::Text(Utf8Bytes::try_from(frame.bytes().clone()).unwrap_or_default())
 }
 
-/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+/// Hands one queue entry's frames to the socket without flushing.
+async fn feed(socket: &mut WebSocket, entry: Outgoing) -> Result<(), axum::Error> {
+    match entry {
+        Outgoing::One(frame) => socket.feed(to_message(frame)).await,
+        Outgoing::Batch(frames) => {
+            for frame in frames {
+                socket.feed(to_message(frame)).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to a batch of entries), then flushes once.
 async fn write_batch(
     socket: &mut WebSocket,
-    first: Frame,
-    frames: &mut mpsc::Receiver<Frame>,
+    first: Outgoing,
+    queue: &mut mpsc::Receiver<Outgoing>,
 ) -> Result<(), axum::Error> {
-    socket.feed(to_message(first)).await?;
+    feed(socket, first).await?;
     for _ in 1..BATCH {
-        match frames.try_recv() {
-            Ok(frame) => socket.feed(to_message(frame)).await?,
+        match queue.try_recv() {
+            Ok(entry) => feed(socket, entry).await?,
             Err(_) => break,
         }
     }
@@ -65,9 +94,9 @@ async fn write_batch(
 }
 
 /// Writes what is still queued, then a close frame.
-async fn drain_and_close(socket: &mut WebSocket, frames: &mut mpsc::Receiver<Frame>) -> Result<(), axum::Error> {
-    while let Ok(frame) = frames.try_recv() {
-        socket.feed(to_message(frame)).await?;
+async fn drain_and_close(socket: &mut WebSocket, queue: &mut mpsc::Receiver<Outgoing>) -> Result<(), axum::Error> {
+    while let Ok(entry) = queue.try_recv() {
+        feed(socket, entry).await?;
     }
     socket.send(Message::Close(None)).await
 }
@@ -80,10 +109,10 @@ pub(crate) async fn run(host: Host, mut socket: WebSocket, query_ok: bool) {
         return;
     }
     let config = host.server().config().clone();
-    let (frames_tx, mut frames) = mpsc::channel(config.outbound_queue());
+    let (queue_tx, mut queue) = mpsc::channel(config.outbound_queue());
     let (close_tx, mut close) = watch::channel(false);
     let sink = ChannelSink {
-        frames: frames_tx,
+        queue: queue_tx,
         close: close_tx,
     };
     let Some(id) = host.connect(sink) else {
@@ -106,14 +135,14 @@ pub(crate) async fn run(host: Host, mut socket: WebSocket, query_ok: bool) {
         tokio::select! {
             biased;
             () = closed(&mut close) => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, drain_and_close(&mut socket, &mut frames)).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, drain_and_close(&mut socket, &mut queue)).await;
                 break;
             }
-            frame = frames.recv() => {
-                let Some(frame) = frame else { break };
+            entry = queue.recv() => {
+                let Some(entry) = entry else { break };
                 // A write that blocks (the client stopped reading) gives way to a close request.
                 let written = tokio::select! {
-                    written = write_batch(&mut socket, frame, &mut frames) => written,
+                    written = write_batch(&mut socket, entry, &mut queue) => written,
                     () = closed(&mut close_while_writing) => Ok(()),
                 };
                 if let Err(error) = written {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use emitter_core::Server;
 use tokio::net::TcpListener;
@@ -98,7 +99,8 @@ pub async fn serve(server: &Server, listener: TcpListener, app: Router) -> Resul
 }
 
 /// Marks the server as listening on `port` and emits `listen`, for when you run `axum::serve` yourself. Pair it with
-/// [`Server::closing`] as the graceful-shutdown signal.
+/// [`Server::closing`] as the graceful-shutdown signal, and set `TCP_NODELAY` on accepted sockets (axum's
+/// `ListenerExt::tap_io`) as [`listen`] does, or small replies can wait on Nagle's algorithm.
 ///
 /// ```no_run
 /// use axum::Router;
@@ -130,6 +132,13 @@ async fn run(server: &Server, listener: TcpListener, app: Router) -> Result<u16,
     let guard = host.transport_guard();
     let shutdown = host.closing();
     tokio::spawn(async move {
+        // Small frames go out at once: without TCP_NODELAY, a reply can wait ~40 ms on Nagle's algorithm and delayed
+        // ACKs after the server pushed frames.
+        let listener = listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
         if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(%error, "the HTTP server stopped with an error");
         }

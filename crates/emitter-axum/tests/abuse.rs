@@ -331,7 +331,6 @@ async fn round_trips_after_pushes(server: &Server, port: u16) -> Vec<Duration> {
 /// `TCP_NODELAY`; Node's `ws`, which the reference uses, does), so a small write waits for the client's delayed ACK
 /// of the previous one. The next test shows the same exchange without the wait when the sockets have `TCP_NODELAY`.
 #[tokio::test]
-#[ignore = "known: emitter-axum does not set TCP_NODELAY on accepted sockets; run with --ignored"]
 async fn a_reply_after_server_pushes_is_not_held_back_by_nagle() {
     let _serial = SERIAL.lock().await;
     let (server, _events, port) = echo_server(Server::builder().ping_interval(Duration::ZERO)).await;

@@ -85,3 +85,17 @@ async fn deeply_nested_json_is_an_invalid_message() {
     assert!(!events.lines().iter().any(|line| line.starts_with("message")));
     server.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_snapshot_bigger_than_the_queue_is_one_entry() {
+    let (server, _events, port) = start(Server::builder().outbound_queue(4)).await;
+    for n in 0..30 {
+        server.join(&format!("user{n}")).unwrap();
+    }
+    // 31 users: the newcomer's snapshot is 62 frames, far over a queue of 4 entries.
+    let mut late = Client::link_as(port, "late").await;
+    let snapshot = late.recv_until(&linked("late")).await;
+    assert_eq!(snapshot.len(), 30 + 1, "30 joined users and the newcomer's own joined");
+    assert!(server.user("late").unwrap().is_linked);
+    server.close().await.unwrap();
+}

@@ -14,7 +14,8 @@ use crate::Server;
 /// big game states while bounding what a hostile client can cost.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
-/// The default number of frames that may wait in one connection's outgoing queue: 4096.
+/// The default number of entries that may wait in one connection's outgoing queue: 4096. A newcomer's snapshot of
+/// all users is one entry.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 4096;
 
 /// The default cap on open connections: 10,000. A connection past it is refused before the WebSocket upgrade.
@@ -143,7 +144,7 @@ impl Config {
         &self.accepted_versions
     }
 
-    /// How many frames may wait in one connection's outgoing queue.
+    /// How many entries may wait in one connection's outgoing queue.
     pub fn outbound_queue(&self) -> usize {
         self.outbound_queue
     }
@@ -258,9 +259,10 @@ impl ServerBuilder {
         self
     }
 
-    /// How many frames may wait in one connection's outgoing queue. A connection whose queue is full is a slow
-    /// consumer: it is closed (unlinking its user) rather than delaying anyone else or growing without bound. Default:
-    /// [`DEFAULT_OUTBOUND_QUEUE`] (4096).
+    /// How many entries may wait in one connection's outgoing queue: each message is one, and a newcomer's snapshot
+    /// of all users (two frames per user) is one too, however many users there are. A connection whose queue is full
+    /// is a slow consumer: it is closed (unlinking its user) rather than delaying anyone else or growing without
+    /// bound. Default: [`DEFAULT_OUTBOUND_QUEUE`] (4096).
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.config.outbound_queue = frames.max(1);
         self

@@ -159,6 +159,13 @@ impl<F: ?Sized> Listeners<F> {
         Subscription { alive }
     }
 
+    /// Removes every listener; their subscriptions report inactive.
+    pub fn clear(&self) {
+        for entry in self.entries.lock().drain(..) {
+            entry.alive.store(false, Ordering::SeqCst);
+        }
+    }
+
     /// Registers a listener.
     pub fn add(&self, listener: Arc<F>) -> Subscription {
         self.add_with(|_| listener)

@@ -326,14 +326,19 @@ impl Server {
             if let Some(slot) = state.user_mut(username) {
                 slot.link = Some(Link { id, sink: sink.clone() });
             }
-            // The newcomer's snapshot of everyone, in join order, itself included.
+            // The newcomer's snapshot of everyone, in join order, itself included: one batch of frames serialized
+            // when each user joined.
+            let mut snapshot = Vec::with_capacity(2 * state.users.len());
             for slot in state.users.values() {
-                let _ = State::push(sink.as_ref(), id, ServerMessage::Joined(&slot.username).to_frame());
+                snapshot.push(slot.joined.clone());
                 if slot.link.is_some() {
-                    let _ = State::push(sink.as_ref(), id, ServerMessage::Linked(&slot.username).to_frame());
+                    snapshot.push(slot.linked.clone());
                 }
             }
-            let _ = state.push_to_linked(&ServerMessage::Linked(username).to_frame(), Some(username));
+            State::push_batch(sink.as_ref(), id, snapshot);
+            if let Some(linked) = state.user(username).map(|slot| slot.linked.clone()) {
+                let _ = state.push_to_linked(&linked, Some(username));
+            }
         }
         tracing::info!(username, "linked");
         self.emit(Event::Link { username }, |events| {

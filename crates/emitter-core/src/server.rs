@@ -382,6 +382,9 @@ impl Server {
         }
         tracing::info!("server closed");
         self.emit(Event::Close, |events| events.close.emit("close", |f| f()));
+        // A closed server emits nothing more. Dropping the listeners breaks the cycle that a listener holding a clone
+        // of the server makes, so the server is freed once the application lets go of it.
+        self.inner.events.clear();
     }
 
     pub(crate) fn set_status(&self, state: &mut State, status: Status) {
@@ -491,8 +494,9 @@ impl Server {
         {
             let guard = self.lock();
             let mut state = guard.borrow_mut();
-            let _ = state.push_to_linked(&ServerMessage::Joined(username).to_frame(), None);
-            state.insert_user(username);
+            let joined = state.insert_user(username).joined.clone();
+            // The newcomer is not linked, so this reaches exactly the users linked before it joined.
+            let _ = state.push_to_linked(&joined, None);
         }
         tracing::info!(username, "joined");
         self.emit(Event::Join { username }, |events| {

@@ -10,7 +10,7 @@ use tokio::task::AbortHandle;
 use crate::config::{Config, RateLimit};
 
 use crate::error::Status;
-use crate::protocol::Frame;
+use crate::protocol::{Frame, ServerMessage};
 use crate::server::Broadcast;
 use crate::transport::{ConnectionId, ConnectionSink, PushError};
 
@@ -24,6 +24,9 @@ pub(crate) struct Link {
 pub(crate) struct UserSlot {
     pub(crate) username: String,
     pub(crate) link: Option<Link>,
+    /// `krmx/joined` and `krmx/linked` for this user, serialized once: every newcomer's snapshot reuses them.
+    pub(crate) joined: Frame,
+    pub(crate) linked: Frame,
 }
 
 pub(crate) enum ConnectionState {
@@ -133,17 +136,17 @@ impl State {
         self.users.get_mut(order)
     }
 
-    pub(crate) fn insert_user(&mut self, username: &str) {
+    /// Adds a user at the end of the join order and returns its slot.
+    pub(crate) fn insert_user(&mut self, username: &str) -> &UserSlot {
         let order = self.next_order;
         self.next_order += 1;
         self.user_order.insert(username.to_owned(), order);
-        self.users.insert(
-            order,
-            UserSlot {
-                username: username.to_owned(),
-                link: None,
-            },
-        );
+        self.users.entry(order).or_insert(UserSlot {
+            username: username.to_owned(),
+            link: None,
+            joined: ServerMessage::Joined(username).to_frame(),
+            linked: ServerMessage::Linked(username).to_frame(),
+        })
     }
 
     pub(crate) fn remove_user(&mut self, username: &str) {
@@ -205,6 +208,19 @@ impl State {
             }
         }
         outcome
+    }
+
+    /// Queues several frames for one connection as one batch (a newcomer's snapshot, say), so that their number does
+    /// not count against the connection's queue one by one.
+    pub(crate) fn push_batch(sink: &dyn ConnectionSink, id: ConnectionId, frames: Vec<Frame>) {
+        match sink.push_batch(frames) {
+            Ok(()) => {}
+            Err(PushError::Closed) => tracing::debug!(connection = %id, "batch dropped: connection is closing"),
+            Err(PushError::Full) => {
+                tracing::warn!(connection = %id, "outgoing queue full: closing the slow connection");
+                sink.close();
+            }
+        }
     }
 
     /// Queues a frame for a connection by id, if it is still open.

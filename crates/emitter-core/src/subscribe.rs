@@ -30,6 +30,21 @@ pub(crate) struct Events {
     pub(crate) message: Listeners<MessageListener>,
 }
 
+impl Events {
+    /// Drops every listener.
+    pub(crate) fn clear(&self) {
+        self.any.clear();
+        self.listen.clear();
+        self.close.clear();
+        self.authenticate.clear();
+        self.join.clear();
+        self.link.clear();
+        self.unlink.clear();
+        self.leave.clear();
+        self.message.clear();
+    }
+}
+
 /// Listeners run in registration order, any-event listeners before an event's own. A listener may call any server
 /// method. A panic in a listener is logged and the other listeners still run (in `on_authenticate`, it also rejects
 /// the link with the panic's message). Each registration returns a [`Subscription`] that removes the listener.

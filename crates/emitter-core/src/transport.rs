@@ -37,6 +37,12 @@ pub trait ConnectionSink: Send + Sync + 'static {
     /// Queues a frame to be written in order after the ones before it.
     fn push(&self, frame: Frame) -> Result<(), PushError>;
 
+    /// Queues several frames, in order, as one entry of the queue: a newcomer's snapshot holds two frames per user,
+    /// and should not fill a queue sized for live traffic. The default pushes them one by one.
+    fn push_batch(&self, frames: Vec<Frame>) -> Result<(), PushError> {
+        frames.into_iter().try_for_each(|frame| self.push(frame))
+    }
+
     /// Asks the transport to close the connection: write what is queued (briefly), close, and then report it with
     /// [`Host::disconnect`].
     fn close(&self);

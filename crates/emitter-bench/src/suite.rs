@@ -322,7 +322,8 @@ fn run_load(server: &Server, target: Target, load: &Load, epoch: u64, core: Opti
     let mut workers = Vec::new();
     let per = load.users / load.workers;
     let mut first = 0;
-    let drain_ms = 10_000;
+    // Receivers wait this long at most for what the runner said was sent.
+    let drain_ms = 30_000;
     for w in 0..load.workers {
         let count = per + u32::from(w < load.users % load.workers);
         let spec = Spec {
@@ -434,7 +435,16 @@ fn drive(
         };
         let before = cpu(workers);
         send_line(workers, &format!("go {go}"));
-        let wait = Duration::from_millis(load.duration_ms + 10_000) + Duration::from_secs(30);
+        let wait = Duration::from_millis(load.duration_ms) + Duration::from_secs(30);
+        let mut sent = 0;
+        for report in collect(reports, n, wait, "the send counts")? {
+            if let Report::Sent { sent: count } = report {
+                sent += count;
+            }
+        }
+        // Every linked user receives every broadcast; an echo only goes back to its sender.
+        send_line(workers, &format!("expect {sent}"));
+        let wait = Duration::from_millis(30_000) + Duration::from_secs(30);
         for report in collect(reports, n, wait, "the results")? {
             if let Report::Result {
                 sent,

@@ -9,7 +9,7 @@
 //! and everyone counts what arrives → `result`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +97,12 @@ pub enum Report {
         /// When the last view completed (clock ns).
         at: u64,
     },
+    /// Every sender of this worker has stopped sending; the runner adds these up and tells every worker how many
+    /// broadcasts to wait for (`expect <n>`).
+    Sent {
+        /// Messages this worker's senders sent.
+        sent: u64,
+    },
     /// The measured phase is over.
     Result {
         /// Messages sent.
@@ -115,7 +121,6 @@ pub enum Report {
 }
 
 const SHARDS: usize = 16;
-const QUIET_NS: u64 = 1_000_000_000;
 
 struct Shared {
     spec: Spec,
@@ -131,9 +136,30 @@ struct Shared {
     latency: Vec<Mutex<Histogram>>,
     errors: Mutex<Vec<String>>,
     disconnected: AtomicU32,
+    sent_total: AtomicU64,
+    senders_done: AtomicU32,
+    senders_notify: Notify,
 }
 
 impl Shared {
+    /// How many of this worker's users send.
+    fn local_senders(&self) -> u32 {
+        let spec = &self.spec;
+        let (start, end) = (
+            spec.senders.0.max(spec.first),
+            spec.senders.1.min(spec.first + spec.count),
+        );
+        end.saturating_sub(start)
+    }
+
+    /// A sender is done sending (or will never send).
+    fn sender_done(&self, sent: u64) {
+        self.sent_total.fetch_add(sent, Ordering::SeqCst);
+        if self.senders_done.fetch_add(1, Ordering::SeqCst) + 1 == self.local_senders() {
+            self.senders_notify.notify_one();
+        }
+    }
+
     fn error(&self, message: String) {
         let mut errors = self.errors.lock();
         if errors.len() < 5 {
@@ -307,7 +333,9 @@ struct Client {
     in_flight: u32,
     received: u64,
     in_window: u64,
-    last_received_at: u64,
+    /// How many broadcasts arrive in all, once the runner knows.
+    expect: Option<u64>,
+    sent_reported: bool,
     samples: Vec<u64>,
     closed_by_server: bool,
 }
@@ -328,7 +356,6 @@ impl Client {
                 }
                 let now = clock::since(self.shared.spec.epoch);
                 self.received += 1;
-                self.last_received_at = now;
                 if sender == self.index {
                     self.in_flight = self.in_flight.saturating_sub(1);
                 }
@@ -448,15 +475,27 @@ impl Client {
         Some(now + 50_000_000)
     }
 
-    /// Whether the measured phase is over for this user: sending has stopped and nothing arrived for a while.
+    /// Reports this sender's count once sending is over.
+    fn report_sent(&mut self) {
+        if self.sender && !self.sent_reported && clock::since(self.shared.spec.epoch) >= self.end() {
+            self.sent_reported = true;
+            self.shared.sender_done(self.sent);
+        }
+    }
+
+    /// Whether the measured phase is over for this user: sending has stopped and everything arrived (every echo of
+    /// its own, or as many broadcasts as the runner said were sent), or the drain time ran out.
     fn finished(&self) -> bool {
         let Some(_) = self.go else { return false };
         let spec = &self.shared.spec;
         let now = clock::since(spec.epoch);
         let end = self.end();
-        now >= end
-            && (now >= end + spec.drain_ms * 1_000_000
-                || now.saturating_sub(self.last_received_at.max(end)) >= QUIET_NS.min(spec.drain_ms * 1_000_000))
+        let complete = if spec.echo {
+            self.received >= self.sent
+        } else {
+            self.expect.is_some_and(|expected| self.received >= expected)
+        };
+        now >= end && (complete || now >= end + spec.drain_ms * 1_000_000)
     }
 }
 
@@ -498,6 +537,7 @@ async fn run_client(
     mut client: Client,
     permits: Arc<Semaphore>,
     mut go: watch::Receiver<Option<u64>>,
+    mut expect: watch::Receiver<Option<u64>>,
     mut quit: watch::Receiver<bool>,
     results: mpsc::UnboundedSender<Option<ClientResult>>,
 ) {
@@ -521,6 +561,9 @@ async fn run_client(
         }
     }
     let Some(mut conn) = conn else {
+        if client.sender {
+            shared.sender_done(0);
+        }
         let _ = results.send(None);
         return;
     };
@@ -532,10 +575,8 @@ async fn run_client(
         tokio::select! {
             biased;
             _ = quit.changed() => break,
-            _ = go.changed(), if client.go.is_none() => {
-                client.go = *go.borrow();
-                client.last_received_at = client.go.unwrap_or_default();
-            }
+            _ = go.changed(), if client.go.is_none() => client.go = *go.borrow(),
+            _ = expect.changed(), if client.expect.is_none() => client.expect = *expect.borrow(),
             read = conn.read_more() => match read {
                 Ok(0) | Err(_) => {
                     client.closed_by_server = true;
@@ -563,6 +604,7 @@ async fn run_client(
             client.closed_by_server = true;
             break;
         }
+        client.report_sent();
         if !reported && client.finished() {
             reported = true;
             client.flush_samples();
@@ -572,6 +614,10 @@ async fn run_client(
                 in_window: client.in_window,
             }));
         }
+    }
+    if client.sender && !client.sent_reported {
+        client.sent_reported = true;
+        shared.sender_done(client.sent);
     }
     if client.closed_by_server && !*quit.borrow() {
         shared.disconnected.fetch_add(1, Ordering::SeqCst);
@@ -618,9 +664,13 @@ async fn run(spec: Spec) -> Result<(), Box<dyn std::error::Error>> {
         latency: (0..SHARDS).map(|_| Mutex::new(Histogram::default())).collect(),
         errors: Mutex::new(Vec::new()),
         disconnected: AtomicU32::new(0),
+        sent_total: AtomicU64::new(0),
+        senders_done: AtomicU32::new(0),
+        senders_notify: Notify::new(),
         spec: spec.clone(),
     });
     let (go_tx, go_rx) = watch::channel(None);
+    let (expect_tx, expect_rx) = watch::channel(None);
     let (quit_tx, quit_rx) = watch::channel(false);
     let (results_tx, mut results_rx) = mpsc::unbounded_channel();
     let permits = Arc::new(Semaphore::new(spec.in_flight.max(1) as usize));
@@ -634,6 +684,9 @@ async fn run(spec: Spec) -> Result<(), Box<dyn std::error::Error>> {
             match (words.next(), words.next().and_then(|at| at.parse::<u64>().ok())) {
                 (Some("go"), Some(at)) => {
                     go_tx.send_replace(Some(at));
+                }
+                (Some("expect"), Some(count)) => {
+                    expect_tx.send_replace(Some(count));
                 }
                 (Some("quit"), _) => break,
                 _ => eprintln!("worker: unknown command {line:?}"),
@@ -665,7 +718,8 @@ async fn run(spec: Spec) -> Result<(), Box<dyn std::error::Error>> {
             in_flight: 0,
             received: 0,
             in_window: 0,
-            last_received_at: 0,
+            expect: None,
+            sent_reported: false,
             samples: Vec::with_capacity(256),
             closed_by_server: false,
         };
@@ -673,6 +727,7 @@ async fn run(spec: Spec) -> Result<(), Box<dyn std::error::Error>> {
             client,
             permits.clone(),
             go_rx.clone(),
+            expect_rx.clone(),
             quit_rx.clone(),
             results_tx.clone(),
         ));
@@ -722,6 +777,18 @@ async fn run(spec: Spec) -> Result<(), Box<dyn std::error::Error>> {
         received: 0,
         in_window: 0,
     };
+    // Once every local sender has stopped, say how many messages they sent.
+    let senders_done = async {
+        let mut go = go_rx.clone();
+        let _ = go.wait_for(Option::is_some).await;
+        if shared.senders_done.load(Ordering::SeqCst) < shared.local_senders() {
+            shared.senders_notify.notified().await;
+        }
+    };
+    tokio::select! {
+        () = senders_done => emit(&Report::Sent { sent: shared.sent_total.load(Ordering::SeqCst) }),
+        _ = quit.wait_for(|quit| *quit) => {}
+    }
     // Every user's task hands in exactly one result (`None` for a user that never linked).
     let mut outstanding = spec.count;
     while outstanding > 0 {

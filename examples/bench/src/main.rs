@@ -1,8 +1,8 @@
 //! The server `emitter-bench` measures: the Krmx server a user would write for a broadcast app, and nothing else.
 //!
 //! It listens on 127.0.0.1:`PORT` (default 8084) at path `/`, accepts new users (Krmx 0.5.x and 0.6.x clients alike,
-//! the default) without authentication, queues up to 65,536 frames per connection (see [`OUTBOUND_QUEUE`]), and for
-//! each linked user's message:
+//! the default) without authentication, holds up to 19,500 connections (see [`MAX_CONNECTIONS`]), and for each
+//! linked user's message:
 //! - `bench/msg` is broadcast, unchanged, to every linked user, the sender included;
 //! - `bench/echo` is sent back to its sender only;
 //! - anything else is ignored.
@@ -14,14 +14,13 @@ use emitter_core::Server;
 use tokio::io::AsyncReadExt;
 use tracing_subscriber::EnvFilter;
 
-/// Frames one connection may have queued. A newcomer's snapshot (a `krmx/joined` and a `krmx/linked` per user) is
-/// queued all at once, so with the default of 4,096 frames no one can link once more than about 2,047 users are
-/// linked; the scale run links 19,000.
-const OUTBOUND_QUEUE: usize = 64 * 1024;
+/// Connections one process may hold. The default of 10,000 turns the 19,000-user scale run away (HTTP 503); each
+/// connection is a file descriptor, and this machine's per-process limit is 20,000.
+const MAX_CONNECTIONS: usize = 19_500;
 
-/// Builds the benchmark server: default settings but a queue that holds a 19,000-user snapshot, one message listener.
+/// Builds the benchmark server: default settings but room for the scale run's connections, one message listener.
 fn build() -> Server {
-    let server = Server::builder().outbound_queue(OUTBOUND_QUEUE).build();
+    let server = Server::builder().max_connections(MAX_CONNECTIONS).build();
     let relay = server.clone();
     let _ = server.on_message(move |username, message| match message.kind.as_str() {
         "bench/msg" => {

@@ -162,6 +162,27 @@ impl Server {
             .collect()
     }
 
+    /// Runs `f` under the server's dispatch lock: no connection, timer or other thread changes the server until `f`
+    /// returns, so a check and the action it decides on happen together. Server methods called inside `f` work as
+    /// they do in a listener, and the events they cause are emitted inside `f`.
+    ///
+    /// Keep `f` as quick as a listener: everything else waits for it.
+    ///
+    /// ```
+    /// # fn demo(server: emitter_core::Server) {
+    /// // Kick a user only if it is still unlinked: a relink cannot slip in between the check and the kick.
+    /// server.atomically(|server| {
+    ///     if server.user("idle").is_some_and(|user| !user.is_linked) {
+    ///         let _ = server.kick("idle");
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn atomically<R>(&self, f: impl FnOnce(&Server) -> R) -> R {
+        let _guard = self.lock();
+        f(self)
+    }
+
     /// One user, if it exists.
     ///
     /// ```
@@ -378,10 +399,12 @@ impl Server {
             if state.status != Status::Closing {
                 return;
             }
-            self.set_status(&mut state, Status::Closed);
+            // Listeners see `closed`; the futures waiting on close() wake only after the listeners ran.
+            state.status = Status::Closed;
         }
         tracing::info!("server closed");
         self.emit(Event::Close, |events| events.close.emit("close", |f| f()));
+        self.inner.status_tx.send_replace(Status::Closed);
         // A closed server emits nothing more. Dropping the listeners breaks the cycle that a listener holding a clone
         // of the server makes, so the server is freed once the application lets go of it.
         self.inner.events.clear();

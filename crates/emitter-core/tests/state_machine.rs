@@ -145,9 +145,14 @@ async fn lifecycle_moves_forward_and_refuses_repeats() {
         server.host().start().unwrap_err().to_string(),
         "cannot start listening when the server is listening"
     );
-    let closed = server.wait_for_close();
+    let listener_ran = Arc::new(AtomicBool::new(false));
+    let ran = listener_ran.clone();
+    let _ = server.on_close(move || ran.store(true, Ordering::SeqCst));
     server.close().await.unwrap();
-    closed.await;
+    assert!(
+        listener_ran.load(Ordering::SeqCst),
+        "close() resolves after the close listeners ran"
+    );
     assert_eq!(server.status(), Status::Closed);
     assert_eq!(
         server.close().await.unwrap_err().to_string(),

@@ -57,12 +57,18 @@ fn start(server: &Server, countdowns: &Arc<Mutex<Countdowns>>, username: &str, a
             }
             current
         };
-        if current && server.user(&name).is_some_and(|user| !user.is_linked) {
-            tracing::info!(username = name, ?after, "kicking: unlinked for too long");
-            if let Err(error) = server.kick(&name) {
-                tracing::debug!(username = name, %error, "could not kick");
-            }
+        if !current {
+            return;
         }
+        // The check and the kick happen under the server's lock together: a relink cannot slip in between.
+        server.atomically(|server| {
+            if server.user(&name).is_some_and(|user| !user.is_linked) {
+                tracing::info!(username = name, ?after, "kicking: unlinked for too long");
+                if let Err(error) = server.kick(&name) {
+                    tracing::debug!(username = name, %error, "could not kick");
+                }
+            }
+        });
     });
     if let Some((_, previous)) = guard.running.insert(username.to_owned(), (id, task.abort_handle())) {
         previous.abort();

@@ -51,7 +51,8 @@ pub struct Spec {
     pub echo: bool,
     /// Messages per second per sender; 0 sends as fast as the window allows.
     pub rate: f64,
-    /// At most this many of a sender's messages are on their way back to it at once (window mode only).
+    /// At most this many of a sender's messages are in flight at once (window mode only): not yet received by every
+    /// user of this process (broadcasts), or not yet echoed back (echo).
     pub window: u32,
     /// How long senders send.
     pub duration_ms: u64,
@@ -139,9 +140,45 @@ struct Shared {
     sent_total: AtomicU64,
     senders_done: AtomicU32,
     senders_notify: Notify,
+    /// Broadcasts received, per local user and sender: `progress[local * senders + sender]`. A sender's window counts
+    /// its messages that the slowest local user has not received yet; a user that is gone reads as `u64::MAX`.
+    progress: Vec<AtomicU64>,
 }
 
 impl Shared {
+    fn senders(&self) -> usize {
+        self.spec.senders.1.saturating_sub(self.spec.senders.0) as usize
+    }
+
+    /// The progress slot of local user `index` for messages from `sender`, if `sender` is one.
+    fn slot(&self, index: u32, sender: u32) -> Option<&AtomicU64> {
+        let spec = &self.spec;
+        if !(spec.senders.0..spec.senders.1).contains(&sender) || index < spec.first {
+            return None;
+        }
+        let local = (index - spec.first) as usize;
+        self.progress
+            .get(local * self.senders() + (sender - spec.senders.0) as usize)
+    }
+
+    /// How many of `sender`'s messages every local user has received.
+    fn slowest(&self, sender: u32) -> u64 {
+        (self.spec.first..self.spec.first + self.spec.count)
+            .filter_map(|index| self.slot(index, sender))
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Takes a user that is gone out of every sender's window.
+    fn gone(&self, index: u32) {
+        for sender in self.spec.senders.0..self.spec.senders.1 {
+            if let Some(slot) = self.slot(index, sender) {
+                slot.store(u64::MAX, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// How many of this worker's users send.
     fn local_senders(&self) -> u32 {
         let spec = &self.spec;
@@ -359,6 +396,9 @@ impl Client {
                 if sender == self.index {
                     self.in_flight = self.in_flight.saturating_sub(1);
                 }
+                if let Some(slot) = self.shared.slot(self.index, sender) {
+                    slot.fetch_add(1, Ordering::Relaxed);
+                }
                 if sent_at >= go + self.shared.spec.warmup_ms * 1_000_000 && sent_at < self.end() {
                     self.in_window += 1;
                     self.samples.push(now.saturating_sub(sent_at));
@@ -434,8 +474,13 @@ impl Client {
         let due = if spec.rate > 0.0 {
             // Open loop: everything the schedule says should have gone by now.
             ((now - go) as f64 * spec.rate / 1e9) as u64 + 1
-        } else {
+        } else if spec.echo {
+            // Closed loop on the sender's own echoes.
             self.sent + u64::from(spec.window.saturating_sub(self.in_flight))
+        } else {
+            // A broadcast is in flight until the slowest user of this process has it, so that the window bounds
+            // every recipient's queue, not just the sender's own.
+            self.shared.slowest(self.index).min(self.sent) + u64::from(spec.window)
         };
         while self.sent < due {
             scratch.clear();
@@ -471,6 +516,10 @@ impl Client {
         if self.sender && spec.rate > 0.0 && now < self.end() {
             let next = go + ((self.sent as f64) * 1e9 / spec.rate) as u64;
             return Some(next.min(self.end()));
+        }
+        if self.sender && !spec.echo && now < self.end() {
+            // A full window opens when the slowest user catches up, which wakes nobody here: look again soon.
+            return Some(now + 200_000);
         }
         Some(now + 50_000_000)
     }
@@ -561,6 +610,7 @@ async fn run_client(
         }
     }
     let Some(mut conn) = conn else {
+        shared.gone(client.index);
         if client.sender {
             shared.sender_done(0);
         }
@@ -615,6 +665,7 @@ async fn run_client(
             }));
         }
     }
+    shared.gone(client.index);
     if client.sender && !client.sent_reported {
         client.sent_reported = true;
         shared.sender_done(client.sent);
@@ -667,6 +718,9 @@ async fn run(spec: Spec) -> Result<(), Box<dyn std::error::Error>> {
         sent_total: AtomicU64::new(0),
         senders_done: AtomicU32::new(0),
         senders_notify: Notify::new(),
+        progress: (0..spec.count as usize * spec.senders.1.saturating_sub(spec.senders.0) as usize)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
         spec: spec.clone(),
     });
     let (go_tx, go_rx) = watch::channel(None);

@@ -30,6 +30,7 @@
 
 mod connection;
 mod mount;
+mod queue;
 mod serve;
 
 pub use mount::{layer, router, KrmxLayer, KrmxService};

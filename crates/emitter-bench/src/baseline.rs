@@ -1,7 +1,7 @@
 //! The bare axum baseline: the same broadcast and echo as `examples/bench`, without any Krmx logic.
 //!
 //! It is built the way emitter-axum is (one task per connection, a bounded queue of shared frames, batched writes
-//! with one flush, axum's default WebSocket buffers) so that the difference between the two is the Krmx layer: no
+//! with one flush, the same WebSocket buffer sizes) so that the difference between the two is the Krmx layer: no
 //! users, no link protocol, no listeners, no dispatch lock. A message whose text starts with `{"type":"bench/msg"`
 //! goes to every connection, the sender included; `{"type":"bench/echo"` goes back to the sender; anything else is
 //! ignored. It is the practical ceiling for a WebSocket broadcast server on this machine.
@@ -31,7 +31,18 @@ struct Hub {
     next: AtomicU64,
 }
 
+/// The WebSocket buffers emitter-axum asks for (1 KiB read, 2 KiB write), so that the baseline differs from emitter
+/// in the Krmx layer only. tungstenite's defaults (128 KiB each; the read buffer is zero-filled before every read) cost
+/// about 135 KiB per connection and much of the throughput; `BASELINE_DEFAULT_BUFFERS=1` measures them.
+const READ_BUFFER: usize = 1024;
+const WRITE_BUFFER: usize = 2 * 1024;
+
 async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
+    let ws = if std::env::var_os("BASELINE_DEFAULT_BUFFERS").is_some() {
+        ws
+    } else {
+        ws.read_buffer_size(READ_BUFFER).write_buffer_size(WRITE_BUFFER)
+    };
     ws.on_upgrade(move |socket| connection(hub, socket))
 }
 

@@ -198,29 +198,26 @@ impl State {
     /// Queues a frame for one connection. A full queue marks a slow consumer: its connection is closed, and the
     /// transport reports the close, which unlinks the user the normal way.
     pub(crate) fn push(sink: &dyn ConnectionSink, id: ConnectionId, frame: Frame) -> Result<(), PushError> {
-        let outcome = sink.push(frame);
+        State::settle(sink, id, sink.push(frame))
+    }
+
+    /// Queues several frames for one connection as one batch (a newcomer's snapshot, say), so that their number does
+    /// not count against the connection's queue one by one.
+    pub(crate) fn push_batch(sink: &dyn ConnectionSink, id: ConnectionId, frames: Vec<Frame>) {
+        let _ = State::settle(sink, id, sink.push_batch(frames));
+    }
+
+    /// What a refused push means: a closing connection drops it; a full queue marks a slow consumer, which is closed.
+    fn settle(sink: &dyn ConnectionSink, id: ConnectionId, outcome: Result<(), PushError>) -> Result<(), PushError> {
         match outcome {
             Ok(()) => {}
-            Err(PushError::Closed) => tracing::debug!(connection = %id, "frame dropped: connection is closing"),
+            Err(PushError::Closed) => tracing::debug!(connection = %id, "dropped: connection is closing"),
             Err(PushError::Full) => {
                 tracing::warn!(connection = %id, "outgoing queue full: closing the slow connection");
                 sink.close();
             }
         }
         outcome
-    }
-
-    /// Queues several frames for one connection as one batch (a newcomer's snapshot, say), so that their number does
-    /// not count against the connection's queue one by one.
-    pub(crate) fn push_batch(sink: &dyn ConnectionSink, id: ConnectionId, frames: Vec<Frame>) {
-        match sink.push_batch(frames) {
-            Ok(()) => {}
-            Err(PushError::Closed) => tracing::debug!(connection = %id, "batch dropped: connection is closing"),
-            Err(PushError::Full) => {
-                tracing::warn!(connection = %id, "outgoing queue full: closing the slow connection");
-                sink.close();
-            }
-        }
     }
 
     /// Queues a frame for a connection by id, if it is still open.

@@ -5,14 +5,12 @@
 // Debian's /usr/bin/chromium (CHROMIUM to use another), driven by playwright-core, which never downloads a browser.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const CHAT_URL = process.env.CHAT_URL;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "artifacts");
 const WAIT = { timeout: 15_000 };
 // Names of this run, so that a rerun against the same server meets no users of an earlier one.
@@ -21,32 +19,17 @@ const ALICE = `alice-${run}`;
 const BOB = `bob-${run}`;
 
 let context;
-let userDataDir;
+let browser;
 const pageErrors = [];
 
 before(async () => {
   assert.ok(CHAT_URL, "set CHAT_URL to the running chat example, such as http://127.0.0.1:8082/");
-  userDataDir = mkdtempSync(join(tmpdir(), "emitter-e2e-"));
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-    viewport: { width: 1000, height: 640 },
-  });
+  browser = await launch();
+  context = browser.context;
 });
 
 after(async () => {
-  await context?.close();
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+  await browser?.close();
 });
 
 async function open(username) {

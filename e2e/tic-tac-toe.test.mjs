@@ -2,14 +2,12 @@
 // board back. TTT_URL is the running example; the test is skipped without it.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const TTT_URL = process.env.TTT_URL;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "artifacts");
 const WAIT = { timeout: 15_000 };
 // Names of this run, so that a rerun against the same server meets no users of an earlier one.
@@ -19,32 +17,17 @@ const BOB = `bob-${run}`;
 const CAROL = `carol-${run}`;
 
 let context;
-let userDataDir;
+let browser;
 const pageErrors = [];
 
 before(async () => {
   if (!TTT_URL) return;
-  userDataDir = mkdtempSync(join(tmpdir(), "emitter-e2e-"));
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-    viewport: { width: 900, height: 520 },
-  });
+  browser = await launch();
+  context = browser.context;
 });
 
 after(async () => {
-  await context?.close();
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+  await browser?.close();
 });
 
 async function open(username) {

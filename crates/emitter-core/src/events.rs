@@ -18,6 +18,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::auth::AuthInfo;
@@ -133,14 +134,20 @@ impl<F: ?Sized> Clone for Entry<F> {
 }
 
 /// The listeners of one event, in registration order. `F` is the listener's `dyn Fn(..)` type.
+///
+/// Emitting reads the list without taking a lock (a read-copy-update snapshot): every core emits `message` events at
+/// once, and registrations are rare. Registering copies the list.
 pub struct Listeners<F: ?Sized> {
-    entries: Mutex<Vec<Entry<F>>>,
+    entries: ArcSwap<Vec<Entry<F>>>,
+    /// Serializes registrations, so that two at once do not lose one another's entry.
+    writer: Mutex<()>,
 }
 
 impl<F: ?Sized> Default for Listeners<F> {
     fn default() -> Self {
         Listeners {
-            entries: Mutex::new(Vec::new()),
+            entries: ArcSwap::from_pointee(Vec::new()),
+            writer: Mutex::new(()),
         }
     }
 }
@@ -150,18 +157,26 @@ impl<F: ?Sized> Listeners<F> {
     pub fn add_with(&self, build: impl FnOnce(Arc<AtomicBool>) -> Arc<F>) -> Subscription {
         let alive = Arc::new(AtomicBool::new(true));
         let listener = build(alive.clone());
-        let mut entries = self.entries.lock();
-        entries.retain(|entry| entry.alive.load(Ordering::SeqCst));
+        let _writer = self.writer.lock();
+        let mut entries: Vec<Entry<F>> = self
+            .entries
+            .load()
+            .iter()
+            .filter(|entry| entry.alive.load(Ordering::SeqCst))
+            .cloned()
+            .collect();
         entries.push(Entry {
             alive: alive.clone(),
             listener,
         });
+        self.entries.store(Arc::new(entries));
         Subscription { alive }
     }
 
     /// Removes every listener; their subscriptions report inactive.
     pub fn clear(&self) {
-        for entry in self.entries.lock().drain(..) {
+        let _writer = self.writer.lock();
+        for entry in self.entries.swap(Arc::new(Vec::new())).iter() {
             entry.alive.store(false, Ordering::SeqCst);
         }
     }
@@ -175,9 +190,10 @@ impl<F: ?Sized> Listeners<F> {
     /// unsubscribed during the emit is skipped. A panicking listener is logged and skipped; the panic messages are
     /// returned in order.
     pub fn emit(&self, event: &'static str, call: impl Fn(&F)) -> Vec<String> {
-        let snapshot: Vec<Entry<F>> = self.entries.lock().clone();
+        // The snapshot as of now: a listener registered by a listener of this emit is not in it.
+        let snapshot = self.entries.load();
         let mut panics = Vec::new();
-        for entry in snapshot {
+        for entry in snapshot.iter() {
             if !entry.alive.load(Ordering::SeqCst) {
                 continue;
             }
@@ -280,6 +296,6 @@ mod tests {
         a.unsubscribe();
         assert!(!a.is_active());
         let _b = list.add(Arc::new(|_: &str| {}));
-        assert_eq!(list.entries.lock().len(), 1);
+        assert_eq!(list.entries.load().len(), 1);
     }
 }

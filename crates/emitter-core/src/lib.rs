@@ -24,13 +24,17 @@
 
 mod auth;
 mod config;
+mod connections;
 mod error;
 pub mod events;
+mod lifecycle;
 mod link;
+mod membership;
 pub mod protocol;
 mod query;
+mod registry;
 mod server;
-mod state;
+mod shards;
 mod subscribe;
 pub mod transport;
 mod username;

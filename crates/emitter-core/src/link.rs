@@ -1,209 +1,212 @@
 //! Connections: opening, incoming messages, link attempts with their authentication, and closing.
+//!
+//! An application message from a linked connection takes the fast path: parsed on the connection's task, its
+//! listeners run under the user's own turn only, beside other users' messages. Everything else a connection sends
+//! (link requests, unlink, leave, anything invalid) changes membership or answers it, and goes through the sequencer.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use tokio::task::JoinSet;
 
 use crate::auth::{AuthContext, AuthFuture, AuthInfo};
 use crate::config::MAX_USERNAME_BYTES;
+use crate::connections::{close, Connection, Member, Role};
 use crate::error::Status;
 use crate::events::{panic_message, Event};
-use crate::protocol::{parse_bounded, ClientMessage, LinkRequest, ServerMessage};
-use crate::state::{Connection, ConnectionState, Link, State};
+use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, ServerMessage};
 use crate::transport::{ConnectionId, ConnectionSink};
 use crate::version::AcceptedVersions;
 use crate::Server;
 
-/// What a connection is, as seen when one of its messages arrives.
-enum Role {
+/// What a connection is, as seen on the membership path when one of its messages arrives.
+enum Seen {
     Unlinked,
     Linking,
-    Linked(String),
+    Linked(Arc<Member>),
 }
+
+/// A linked user's application message, to run the listeners for once no lock is held.
+type Dispatch = (Arc<Member>, Message);
 
 impl Server {
     pub(crate) fn connect(&self, sink: Arc<dyn ConnectionSink>) -> Option<ConnectionId> {
-        let guard = self.lock();
-        let mut state = guard.borrow_mut();
-        if let Some(reason) = state.refusal(&self.inner.config) {
+        let _turn = self.inner.sequencer.lock();
+        if let Some(reason) = self.refusal() {
             tracing::warn!(reason, "incoming connection refused");
             return None;
         }
-        let id = ConnectionId(state.next_connection);
-        state.next_connection += 1;
-        state
-            .connections
-            .insert(id, Connection::new(sink, self.inner.config.rate_limit));
-        self.publish_open_count(&state);
+        let id = self.inner.connections.insert(sink, self.inner.config.rate_limit);
+        self.publish_open_count();
         tracing::debug!(connection = %id, "connection opened");
         Some(id)
     }
 
-    /// Whether a new connection would be admitted now; transports ask before upgrading, to refuse cheaply.
-    pub(crate) fn has_room(&self) -> bool {
-        self.lock().borrow().refusal(&self.inner.config).is_none()
+    fn refusal(&self) -> Option<&'static str> {
+        if self.status() != Status::Listening {
+            return Some("the server is not listening");
+        }
+        self.inner.connections.refusal(&self.inner.config)
     }
 
-    /// Closes the connections that stayed unlinked past the link deadline.
-    pub(crate) fn close_overdue(&self, deadline: Duration) {
-        let guard = self.lock();
-        let mut state = guard.borrow_mut();
-        let now = Instant::now();
-        for (id, connection) in state.connections.iter_mut() {
-            let overdue = connection
-                .unlinked_since
-                .is_some_and(|since| now.duration_since(since) >= deadline);
-            if overdue && matches!(connection.state, ConnectionState::Unlinked) {
-                tracing::info!(connection = %id, "closing a connection that stayed unlinked past the link deadline");
-                connection.close();
-            }
-        }
+    /// Whether a new connection would be admitted now; transports ask before upgrading, to refuse cheaply.
+    pub(crate) fn has_room(&self) -> bool {
+        self.refusal().is_none()
     }
 
     pub(crate) fn disconnect(&self, id: ConnectionId) {
-        let _guard = self.lock();
-        let role = {
-            let guard = self.lock();
-            let mut state = guard.borrow_mut();
-            let Some(connection) = state.connections.get_mut(&id) else {
-                return;
-            };
-            match &mut connection.state {
-                ConnectionState::Linked(username) => Some(username.clone()),
-                ConnectionState::Linking { task, .. } => {
+        let _turn = self.inner.sequencer.lock();
+        let Some(connection) = self.inner.connections.get(id) else {
+            return;
+        };
+        let linked = {
+            let mut state = connection.state.lock();
+            match &mut state.role {
+                Role::Linked(member) => Some(member.name.clone()),
+                Role::Linking { task, .. } => {
                     // The attempt dies with its connection: cancel the auth work now.
                     if let Some(task) = task.take() {
                         task.abort();
                     }
-                    connection.state = ConnectionState::Unlinked;
+                    state.role = Role::Unlinked;
                     None
                 }
-                ConnectionState::Unlinked => None,
+                Role::Unlinked => None,
             }
         };
-        if let Some(username) = role {
+        if let Some(username) = linked {
             self.unlink_user(&username);
         }
-        let guard = self.lock();
-        let mut state = guard.borrow_mut();
-        state.connections.remove(&id);
-        self.publish_open_count(&state);
+        self.inner.connections.remove(id);
+        self.publish_open_count();
         tracing::debug!(connection = %id, "connection closed");
     }
 
     pub(crate) fn receive(&self, id: ConnectionId, data: &[u8]) {
-        let _guard = self.lock();
-        let role = {
-            let guard = self.lock();
-            let state = guard.borrow();
-            if state.status != Status::Listening {
-                tracing::debug!(connection = %id, status = %state.status, "message ignored");
-                return;
-            }
-            let Some(connection) = state.connections.get(&id) else {
-                return;
-            };
-            if connection.closing {
-                return;
-            }
-            match &connection.state {
-                ConnectionState::Unlinked => Role::Unlinked,
-                ConnectionState::Linking { .. } => Role::Linking,
-                ConnectionState::Linked(username) => Role::Linked(username.clone()),
-            }
-        };
-        if !self.within_rate_limit(id) {
+        if self.status() != Status::Listening {
+            tracing::debug!(connection = %id, status = %self.status(), "message ignored");
             return;
         }
-        let message = match parse_bounded(data, self.inner.config.max_json_depth) {
-            Ok(message) => ClientMessage::from(message),
-            Err(_) => {
-                tracing::warn!(connection = %id, "invalid message");
-                match role {
-                    Role::Linked(username) => self.unlink_user(&username),
-                    Role::Unlinked | Role::Linking => self.reply_rejected(id, "invalid message"),
-                }
+        let Some(connection) = self.inner.connections.get(id) else {
+            return;
+        };
+        let member = {
+            let mut state = connection.state.lock();
+            if state.closing {
                 return;
             }
+            if !state.take_token() {
+                tracing::warn!(connection = %id, "message rate limit exceeded: closing the connection");
+                close(&mut state, connection.sink.as_ref());
+                return;
+            }
+            match &state.role {
+                Role::Linked(member) => Some(member.clone()),
+                _ => None,
+            }
         };
-        match (role, message) {
-            (Role::Linked(username), ClientMessage::Link(_) | ClientMessage::Unlink) => self.unlink_user(&username),
-            (Role::Linked(username), ClientMessage::Leave) => self.leave_user(&username),
-            (Role::Linked(username), ClientMessage::UnknownReserved(message)) => {
+        let message = parse_bounded(data, self.inner.config.max_json_depth).map(ClientMessage::from);
+        let mut next = match (member, message) {
+            (Some(member), Ok(ClientMessage::Custom(message))) => Some((member, message)),
+            (_, message) => self.receive_in_order(&connection, message),
+        };
+        while let Some((member, message)) = next {
+            next = self.dispatch(&connection, &member, message);
+        }
+    }
+
+    /// Runs the `message` listeners for a linked user's application message, in the user's turn. The turn is never
+    /// taken on the membership path, and the sequencer never while waiting for a turn, so the two cannot deadlock.
+    fn dispatch(&self, connection: &Arc<Connection>, member: &Arc<Member>, message: Message) -> Option<Dispatch> {
+        let turn = member.turn.lock();
+        // The user may have been unlinked while this message was parsed: then it comes from an unlinked connection.
+        let still_linked = matches!(&connection.state.lock().role, Role::Linked(now) if Arc::ptr_eq(now, member));
+        if !still_linked {
+            drop(turn);
+            return self.receive_in_order(connection, Ok(ClientMessage::Custom(message)));
+        }
+        let username = member.name.as_str();
+        let message = &message;
+        self.emit(Event::Message { username, message }, |events| {
+            events.message.emit("message", |f| f(username, message))
+        });
+        None
+    }
+
+    /// Handles what a connection sent, other than a linked user's application message, on the membership path.
+    /// Returns an application message to dispatch when the connection turned out to be linked by now.
+    fn receive_in_order(
+        &self,
+        connection: &Arc<Connection>,
+        message: Result<ClientMessage, InvalidMessage>,
+    ) -> Option<Dispatch> {
+        let _turn = self.inner.sequencer.lock();
+        if self.status() != Status::Listening {
+            return None;
+        }
+        let seen = {
+            let state = connection.state.lock();
+            if state.closing {
+                return None;
+            }
+            match &state.role {
+                Role::Unlinked => Seen::Unlinked,
+                Role::Linking { .. } => Seen::Linking,
+                Role::Linked(member) => Seen::Linked(member.clone()),
+            }
+        };
+        let Ok(message) = message else {
+            tracing::warn!(connection = %connection.id, "invalid message");
+            match seen {
+                Seen::Linked(member) => self.unlink_user(&member.name),
+                Seen::Unlinked | Seen::Linking => reply_rejected(connection, "invalid message"),
+            }
+            return None;
+        };
+        match (seen, message) {
+            (Seen::Linked(member), ClientMessage::Link(_) | ClientMessage::Unlink) => self.unlink_user(&member.name),
+            (Seen::Linked(member), ClientMessage::Leave) => self.leave_user(&member.name),
+            (Seen::Linked(member), ClientMessage::UnknownReserved(message)) => {
                 tracing::warn!(
-                    username,
+                    username = member.name,
                     kind = message.kind,
                     "unknown krmx/ message: the krmx/ prefix is reserved; unlinking"
                 );
-                self.unlink_user(&username);
+                self.unlink_user(&member.name);
             }
-            (Role::Linked(username), ClientMessage::Custom(message)) => {
-                let username = username.as_str();
-                let message = &message;
-                self.emit(Event::Message { username, message }, |events| {
-                    events.message.emit("message", |f| f(username, message))
-                });
-            }
-            (Role::Linking, ClientMessage::Link(_)) => self.reply_rejected(id, "link request already pending"),
-            (Role::Unlinked, ClientMessage::Link(Some(request))) => self.attempt_link(id, request),
-            (Role::Unlinked, ClientMessage::Link(None)) => self.reply_rejected(id, "invalid link request"),
-            (Role::Unlinked | Role::Linking, _) => self.reply_rejected(id, "unlinked connection"),
+            // Linked while this message waited for the sequencer (an async link finished): it is the linked user's.
+            (Seen::Linked(member), ClientMessage::Custom(message)) => return Some((member, message)),
+            (Seen::Linking, ClientMessage::Link(_)) => reply_rejected(connection, "link request already pending"),
+            (Seen::Unlinked, ClientMessage::Link(Some(request))) => self.attempt_link(connection, request),
+            (Seen::Unlinked, ClientMessage::Link(None)) => reply_rejected(connection, "invalid link request"),
+            (Seen::Unlinked | Seen::Linking, _) => reply_rejected(connection, "unlinked connection"),
         }
-    }
-
-    /// Takes a token from the connection's bucket; a connection out of tokens is closed.
-    fn within_rate_limit(&self, id: ConnectionId) -> bool {
-        let guard = self.lock();
-        let mut state = guard.borrow_mut();
-        let Some(connection) = state.connections.get_mut(&id) else {
-            return false;
-        };
-        let Some(bucket) = connection.bucket.as_mut() else {
-            return true;
-        };
-        if bucket.take(Instant::now()) {
-            return true;
-        }
-        tracing::warn!(connection = %id, "message rate limit exceeded: closing the connection");
-        connection.close();
-        false
-    }
-
-    fn reply_rejected(&self, id: ConnectionId, reason: &str) {
-        tracing::debug!(connection = %id, reason, "rejected");
-        self.lock()
-            .borrow()
-            .push_to(id, ServerMessage::Rejected(reason).to_frame());
+        None
     }
 
     /// The checks that must hold when a link is made, in the reference's order from `accepting new users` on.
     fn link_refusal(&self, username: &str) -> Option<String> {
-        let guard = self.lock();
-        let state = guard.borrow();
-        match state.user(username) {
+        match self.inner.registry.lock().user(username) {
             None if !self.inner.config.accept_new_users => Some("server is not accepting new users".to_owned()),
             Some(slot) if slot.link.is_some() => Some(format!("user {username} is already linked to a connection")),
             _ => None,
         }
     }
 
-    fn attempt_link(&self, id: ConnectionId, request: LinkRequest) {
+    fn attempt_link(&self, connection: &Arc<Connection>, request: LinkRequest) {
         let config = &self.inner.config;
         if !config.accepted_versions.accepts(&request.version) {
-            return self.reply_rejected(id, &AcceptedVersions::mismatch_reason(&request.version));
+            return reply_rejected(connection, &AcceptedVersions::mismatch_reason(&request.version));
         }
         if request.username.len() > MAX_USERNAME_BYTES || !config.is_valid_username(&request.username) {
-            return self.reply_rejected(id, "invalid username");
+            return reply_rejected(connection, "invalid username");
         }
         if let Some(reason) = self.link_refusal(&request.username) {
-            return self.reply_rejected(id, &reason);
+            return reply_rejected(connection, &reason);
         }
         let LinkRequest { username, auth, .. } = request;
         let info = AuthInfo {
-            is_new_user: self.lock().borrow().user(&username).is_none(),
+            is_new_user: self.inner.registry.lock().user(&username).is_none(),
             auth,
         };
         let ctx = AuthContext::default();
@@ -220,131 +223,82 @@ impl Server {
         }
         let pending = ctx.take_pending();
         if pending.is_empty() || ctx.is_rejected() {
-            return self.decide_link(id, &username, &ctx);
+            return self.decide_link(connection, &username, &ctx);
         }
-        self.authenticate_async(id, username, ctx, pending);
+        self.authenticate_async(connection, username, ctx, pending);
     }
 
     /// Runs the marked futures on a task, bounded by the auth timeout, then decides the attempt.
-    fn authenticate_async(&self, id: ConnectionId, username: String, ctx: AuthContext, pending: Vec<AuthFuture>) {
+    fn authenticate_async(
+        &self,
+        connection: &Arc<Connection>,
+        username: String,
+        ctx: AuthContext,
+        pending: Vec<AuthFuture>,
+    ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!("async authentication needs a tokio runtime");
             ctx.reject("authentication failed");
-            return self.decide_link(id, &username, &ctx);
+            return self.decide_link(connection, &username, &ctx);
         };
-        let attempt = {
-            let guard = self.lock();
-            let mut state = guard.borrow_mut();
-            let attempt = state.next_attempt;
-            state.next_attempt += 1;
-            if let Some(connection) = state.connections.get_mut(&id) {
-                connection.state = ConnectionState::Linking { attempt, task: None };
-            }
-            attempt
-        };
+        let attempt = self.inner.next_attempt.fetch_add(1, Ordering::Relaxed);
+        connection.state.lock().role = Role::Linking { attempt, task: None };
         let server = self.clone();
         let timeout = self.inner.config.auth_timeout;
+        let linking = connection.clone();
         let task = runtime.spawn(async move {
             run_auth(&ctx, pending, timeout).await;
-            server.finish_async_link(id, attempt, &username, &ctx);
+            server.finish_async_link(&linking, attempt, &username, &ctx);
         });
-        let guard = self.lock();
-        let mut state = guard.borrow_mut();
-        match state.connections.get_mut(&id) {
-            Some(Connection {
-                state:
-                    ConnectionState::Linking {
-                        attempt: current,
-                        task: slot,
-                    },
-                ..
-            }) if *current == attempt => *slot = Some(task.abort_handle()),
+        match &mut connection.state.lock().role {
+            Role::Linking {
+                attempt: current,
+                task: slot,
+            } if *current == attempt => *slot = Some(task.abort_handle()),
             _ => task.abort(),
         }
     }
 
-    fn finish_async_link(&self, id: ConnectionId, attempt: u64, username: &str, ctx: &AuthContext) {
-        let _guard = self.lock();
+    fn finish_async_link(&self, connection: &Arc<Connection>, attempt: u64, username: &str, ctx: &AuthContext) {
+        let _turn = self.inner.sequencer.lock();
         {
-            let guard = self.lock();
-            let mut state = guard.borrow_mut();
-            let Some(connection) = state.connections.get_mut(&id) else {
-                return;
-            };
-            match connection.state {
-                ConnectionState::Linking { attempt: current, .. } if current == attempt => {
-                    connection.state = ConnectionState::Unlinked;
-                }
+            let mut state = connection.state.lock();
+            match state.role {
+                Role::Linking { attempt: current, .. } if current == attempt => state.role = Role::Unlinked,
                 _ => return,
             }
-            if state.status != Status::Listening {
-                return;
-            }
         }
-        self.decide_link(id, username, ctx);
+        if self.status() != Status::Listening {
+            return;
+        }
+        self.decide_link(connection, username, ctx);
     }
 
     /// Decides a link attempt once and for all: rejected, or accepted and linked if the checks still hold now.
-    fn decide_link(&self, id: ConnectionId, username: &str, ctx: &AuthContext) {
+    fn decide_link(&self, connection: &Arc<Connection>, username: &str, ctx: &AuthContext) {
         if let Some(reason) = ctx.decide() {
-            return self.reply_rejected(id, &reason);
+            return reply_rejected(connection, &reason);
         }
         // A listener may have closed the server meanwhile; then nobody links any more.
-        if self.lock().borrow().status != Status::Listening {
+        if self.status() != Status::Listening {
             return;
         }
         // Async authentication let time pass: what held then must hold now.
         if let Some(reason) = self.link_refusal(username) {
-            return self.reply_rejected(id, &reason);
+            return reply_rejected(connection, &reason);
         }
-        tracing::debug!(connection = %id, username, "accepted");
-        self.lock().borrow().push_to(id, ServerMessage::Accepted.to_frame());
-        if self.lock().borrow().user(username).is_none() {
+        tracing::debug!(connection = %connection.id, username, "accepted");
+        let _ = connection.push(ServerMessage::Accepted.to_frame());
+        if self.inner.registry.lock().user(username).is_none() {
             self.join_user(username);
         }
-        self.link_user(id, username);
+        self.link_user(connection, username);
     }
+}
 
-    fn link_user(&self, id: ConnectionId, username: &str) {
-        {
-            let guard = self.lock();
-            let mut state = guard.borrow_mut();
-            // A join listener may have kicked the user, or linked it elsewhere; then there is nothing to link.
-            let usable = state.user(username).is_some_and(|slot| slot.link.is_none())
-                && state
-                    .connections
-                    .get(&id)
-                    .is_some_and(|c| matches!(c.state, ConnectionState::Unlinked));
-            if !usable {
-                tracing::debug!(connection = %id, username, "link abandoned: state changed during join");
-                return;
-            }
-            let Some(sink) = state.connections.get(&id).map(|c| c.sink.clone()) else {
-                return;
-            };
-            state.mark_linked(id, username);
-            if let Some(slot) = state.user_mut(username) {
-                slot.link = Some(Link { id, sink: sink.clone() });
-            }
-            // The newcomer's snapshot of everyone, in join order, itself included: one batch of frames serialized
-            // when each user joined.
-            let mut snapshot = Vec::with_capacity(2 * state.users.len());
-            for slot in state.users.values() {
-                snapshot.push(slot.joined.clone());
-                if slot.link.is_some() {
-                    snapshot.push(slot.linked.clone());
-                }
-            }
-            State::push_batch(sink.as_ref(), id, snapshot);
-            if let Some(linked) = state.user(username).map(|slot| slot.linked.clone()) {
-                let _ = state.push_to_linked(&linked, Some(username));
-            }
-        }
-        tracing::info!(username, "linked");
-        self.emit(Event::Link { username }, |events| {
-            events.link.emit("link", |f| f(username))
-        });
-    }
+fn reply_rejected(connection: &Connection, reason: &str) {
+    tracing::debug!(connection = %connection.id, reason, "rejected");
+    let _ = connection.push(ServerMessage::Rejected(reason).to_frame());
 }
 
 /// Waits until every future succeeded, one failed or panicked, `reject` was called, or the timeout passed; records

@@ -26,21 +26,37 @@ function within(what, promise, ms = TIMEOUT_MS) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-/** The conformance server's binary: EMITTER_CONFORMANCE_BIN, or built with cargo into the workspace's target dir. */
-function conformanceBinary() {
-  if (process.env.EMITTER_CONFORMANCE_BIN) {
-    return process.env.EMITTER_CONFORMANCE_BIN;
+/**
+ * A binary of the workspace: the path in the environment variable `envVar` if it is set, or else built with
+ * `cargo build <cargoArgs>` into the workspace's target dir, where it is `debug/<relativePath>`.
+ */
+function cargoBinary(envVar, cargoArgs, relativePath) {
+  if (process.env[envVar]) {
+    return process.env[envVar];
   }
-  const built = spawnSync('cargo', ['build', '--quiet', '-p', 'example-conformance'], { cwd: ROOT, stdio: 'inherit' });
+  const built = spawnSync('cargo', ['build', '--quiet', ...cargoArgs], { cwd: ROOT, stdio: 'inherit' });
   if (built.status !== 0) {
-    throw new Error('cargo build -p example-conformance failed');
+    throw new Error(`cargo build ${cargoArgs.join(' ')} failed`);
   }
   const target = process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target');
-  const binary = path.join(target, 'debug', process.platform === 'win32' ? 'example-conformance.exe' : 'example-conformance');
+  const binary = path.join(target, 'debug', relativePath + (process.platform === 'win32' ? '.exe' : ''));
   if (!fs.existsSync(binary)) {
-    throw new Error(`no conformance server at ${binary}`);
+    throw new Error(`no binary at ${binary}`);
   }
   return binary;
+}
+
+/** The conformance server's binary: EMITTER_CONFORMANCE_BIN, or built with cargo into the workspace's target dir. */
+function conformanceBinary() {
+  return cargoBinary('EMITTER_CONFORMANCE_BIN', ['-p', 'example-conformance'], 'example-conformance');
+}
+
+/**
+ * The delta cases example of emitter-state (crates/emitter-state/examples/delta_cases.rs): EMITTER_DELTA_CASES_BIN,
+ * or built with cargo into the workspace's target dir.
+ */
+function deltaCasesBinary() {
+  return cargoBinary('EMITTER_DELTA_CASES_BIN', ['-p', 'emitter-state', '--example', 'delta_cases'], path.join('examples', 'delta_cases'));
 }
 
 /**
@@ -163,4 +179,4 @@ async function rawSocket(url) {
   };
 }
 
-module.exports = { within, startConformance, startKrmxServer, startProxy, rawSocket, ROOT };
+module.exports = { within, startConformance, startKrmxServer, startProxy, rawSocket, deltaCasesBinary, ROOT };

@@ -2,7 +2,6 @@
 // Using the npm @krmx/client with an emitter server. `node example.js ws://127.0.0.1:8787/` runs it against a running
 // server (such as `just conformance`); interop/test/example.test.js runs it against the conformance server.
 
-// ANCHOR: client
 // On Node 20 there is no global WebSocket (browsers and Node 22+ have one): give @krmx/client the `ws` package's.
 if (typeof globalThis.WebSocket === 'undefined') {
   globalThis.WebSocket = require('ws');
@@ -24,7 +23,6 @@ async function run(url) {
   await client.disconnect();
   return echoed;
 }
-// ANCHOR_END: client
 
 module.exports = { run };
 

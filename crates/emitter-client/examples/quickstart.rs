@@ -7,7 +7,6 @@ use std::error::Error;
 
 use emitter_core::{Message, Server};
 
-// ANCHOR: client
 use emitter_client::Client;
 
 async fn chat(url: &str) -> Result<(), Box<dyn Error>> {
@@ -32,7 +31,6 @@ async fn chat(url: &str) -> Result<(), Box<dyn Error>> {
     client.disconnect(false).await?;
     Ok(())
 }
-// ANCHOR_END: client
 
 /// A server that relays every `chat/message` to everyone, for the example to talk to.
 async fn local_server() -> Result<(Server, String), Box<dyn Error>> {

@@ -13,7 +13,6 @@ use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-// ANCHOR: client
 use emitter_client::{Client, Reconnect};
 
 fn reconnecting_client() -> Client {
@@ -26,7 +25,6 @@ fn reconnecting_client() -> Client {
     let _ = client.on_accept(|| tracing::info!("linked (again)"));
     client
 }
-// ANCHOR_END: client
 
 /// A loopback TCP relay to `target` whose connections can be cut, as a network failure would.
 struct Relay {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use emitter_core::Server;
 
-// ANCHOR: types
 use emitter_client::Client;
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +39,6 @@ async fn play(url: &str) -> Result<Moved, Box<dyn Error>> {
     client.disconnect(true).await?;
     Ok(moved)
 }
-// ANCHOR_END: types
 
 /// A server that answers every `game/move` with a `game/moved` to everyone.
 async fn local_server() -> Result<(Server, String), Box<dyn Error>> {

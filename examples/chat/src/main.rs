@@ -5,17 +5,13 @@
 //! Runs on `PORT` (default 8082) until Ctrl-C. The whole program is this one file and `index.html`, so that the book's
 //! getting-started chapter can show it as it is.
 
-// ANCHOR: all
-// ANCHOR: imports
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
 use emitter_core::{Message, Server};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
-// ANCHOR_END: imports
 
-// ANCHOR: build
 /// The message type clients send and receive.
 const CHAT_MESSAGE: &str = "chat/message";
 
@@ -44,9 +40,7 @@ fn relay_chat(server: &Server, username: &str, message: &Message) {
         tracing::warn!(%error, "could not relay a chat message");
     }
 }
-// ANCHOR_END: build
 
-// ANCHOR: app
 /// The page, compiled into the binary: no build step, no static file server.
 const PAGE: &str = include_str!("../index.html");
 
@@ -56,9 +50,7 @@ fn app(server: &Server) -> Router {
         .route("/", get(|| async { Html(PAGE) }))
         .merge(emitter_axum::router(server))
 }
-// ANCHOR_END: app
 
-// ANCHOR: main
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -81,8 +73,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     server.close().await?; // every user leaves, every connection closes, then the HTTP server stops
     Ok(())
 }
-// ANCHOR_END: main
-// ANCHOR_END: all
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
-//! The samples of the book's "Server API" and "Coming from @krmx/server" chapters, run over a real socket on loopback.
-//! The book includes the parts between `ANCHOR` markers, so what it shows is what compiles and passes here.
+//! The samples of the book's "Server API" chapter (`docs/src/server-api.md`), run over a real socket on loopback. The
+//! chapter shows these functions word for word, and the book's own tests (`docs/lib.rs`) check that it still does, so
+//! what it shows is what passes here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 // ---- the samples --------------------------------------------------------------------------------------------------
 
-// ANCHOR: lifecycle
 /// Logs every lifecycle event. Registering returns a `Subscription`; binding it to `_` keeps the listener for the
 /// server's lifetime.
 fn log_lifecycle(server: &Server) {
@@ -29,9 +29,7 @@ fn log_lifecycle(server: &Server) {
     let _ = server.on_leave(|username| tracing::info!(username, "left"));
     let _ = server.on_close(|| tracing::info!("closed"));
 }
-// ANCHOR_END: lifecycle
 
-// ANCHOR: on_any
 /// Records every event, in order, as a line such as `link simon`.
 fn record_events(server: &Server) -> Arc<Mutex<Vec<String>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -53,9 +51,7 @@ fn record_events(server: &Server) -> Arc<Mutex<Vec<String>>> {
     });
     seen
 }
-// ANCHOR_END: on_any
 
-// ANCHOR: send
 /// Greets every user that links, first time or again, with the list of users.
 fn welcome(server: &Server) {
     let s = server.clone();
@@ -66,9 +62,7 @@ fn welcome(server: &Server) {
         }
     });
 }
-// ANCHOR_END: send
 
-// ANCHOR: commands
 /// `room/say` goes to everyone but the sender; `room/kick` from `admin` kicks the user named in the payload.
 fn commands(server: &Server) {
     let s = server.clone();
@@ -91,9 +85,7 @@ fn commands(server: &Server) {
         _ => {}
     });
 }
-// ANCHOR_END: commands
 
-// ANCHOR: once
 /// The first user to join becomes the host; later joins do not change it.
 fn first_user_hosts(server: &Server) -> Arc<Mutex<Option<String>>> {
     let host = Arc::new(Mutex::new(None));
@@ -105,9 +97,7 @@ fn first_user_hosts(server: &Server) -> Arc<Mutex<Option<String>>> {
     });
     host
 }
-// ANCHOR_END: once
 
-// ANCHOR: wait_for
 /// Waits until some linked user sends `game/ready`, and returns who did. The listener is registered when
 /// `wait_for_message_when` is called, not when the future is first polled, so a message that arrives in between
 /// still counts.
@@ -116,9 +106,7 @@ async fn until_ready(server: &Server) -> String {
     let (username, _message) = ready.await;
     username
 }
-// ANCHOR_END: wait_for
 
-// ANCHOR: unsubscribe
 /// Counts `poll/vote` messages until the poll is closed; then the listener is removed.
 fn open_poll(server: &Server) -> (Arc<Mutex<u32>>, emitter_core::Subscription) {
     let votes = Arc::new(Mutex::new(0));
@@ -132,9 +120,7 @@ fn open_poll(server: &Server) -> (Arc<Mutex<u32>>, emitter_core::Subscription) {
     });
     (votes, subscription) // later: subscription.unsubscribe()
 }
-// ANCHOR_END: unsubscribe
 
-// ANCHOR: auth
 /// Guests are turned away at once; everyone else is looked up asynchronously, which may take up to the server's
 /// auth timeout.
 fn authenticate(server: &Server) {
@@ -159,9 +145,7 @@ async fn lookup(username: &str) -> bool {
     tokio::task::yield_now().await;
     username != "stranger"
 }
-// ANCHOR_END: auth
 
-// ANCHOR: timeout
 /// A server whose authentication never decides: every link is rejected with `authentication timeout` after 200 ms.
 fn undecided() -> Server {
     let server = Server::builder().auth_timeout(Duration::from_millis(200)).build();
@@ -170,9 +154,7 @@ fn undecided() -> Server {
     });
     server
 }
-// ANCHOR_END: timeout
 
-// ANCHOR: builder
 /// A server whose endpoint is at `/ws`, that only links users created with `join`, and that gives async
 /// authentication two seconds.
 fn configured() -> Server {
@@ -182,16 +164,13 @@ fn configured() -> Server {
         .auth_timeout(Duration::from_secs(2))
         .build()
 }
-// ANCHOR_END: builder
 
-// ANCHOR: close
 /// Closes the server: every user leaves, every connection closes, then `close` is emitted.
 async fn close_and_wait(server: &Server) -> Result<(), emitter_core::Error> {
     server.close().await?; // resolves once the status is `closed` and the `close` listeners have run
     assert_eq!(server.status(), emitter_core::Status::Closed);
     Ok(())
 }
-// ANCHOR_END: close
 
 // ---- the tests ----------------------------------------------------------------------------------------------------
 

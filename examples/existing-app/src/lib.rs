@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-// ANCHOR: state
 /// What the handlers and the Krmx listeners share. Cheap to clone: a `Server` is a handle, the rest is behind `Arc`.
 #[derive(Clone)]
 pub struct AppState {
@@ -40,9 +39,7 @@ pub fn build() -> AppState {
     });
     AppState { krmx, messages }
 }
-// ANCHOR_END: state
 
-// ANCHOR: routes
 /// The REST API, without the Krmx endpoint.
 pub fn api(state: AppState) -> Router {
     Router::new()
@@ -109,9 +106,7 @@ async fn stats(State(state): State<AppState>) -> Json<Stats> {
         messages: state.messages.load(Ordering::Relaxed),
     })
 }
-// ANCHOR_END: routes
 
-// ANCHOR: serve
 /// Serves the app on `listener` until the Krmx server closes: marks the Krmx server listening, runs `axum::serve`
 /// with the Krmx server's `closing()` as its graceful-shutdown signal, and returns once the Krmx server has closed
 /// (every user left, every WebSocket closed) and the in-flight HTTP requests are done.
@@ -126,4 +121,3 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     closed.await;
     Ok(())
 }
-// ANCHOR_END: serve

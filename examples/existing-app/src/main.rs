@@ -2,7 +2,6 @@
 
 use tracing_subscriber::EnvFilter;
 
-// ANCHOR: main
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -33,4 +32,3 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     example_existing_app::serve(listener, state).await?;
     Ok(())
 }
-// ANCHOR_END: main

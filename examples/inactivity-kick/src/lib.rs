@@ -12,7 +12,6 @@ use emitter_core::Server;
 use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 
-// ANCHOR: countdowns
 /// The running countdowns by username. Each has an id, so that a countdown that runs out can tell whether it is still
 /// the current one for its user.
 #[derive(Default)]
@@ -80,4 +79,3 @@ fn stop(countdowns: &Mutex<Countdowns>, username: &str) {
         task.abort();
     }
 }
-// ANCHOR_END: countdowns

@@ -18,7 +18,6 @@ use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, 
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-// ANCHOR: claims
 /// What the tokens say: who the bearer is and until when (seconds since the Unix epoch).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -47,7 +46,6 @@ pub fn expires_in(from_now: Duration) -> u64 {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     (now + from_now).as_secs()
 }
-// ANCHOR_END: claims
 
 /// A stand-in for a database of banned users, behind an async API.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +63,6 @@ impl Bans {
     }
 }
 
-// ANCHOR: build
 /// Builds a server whose links need a valid token for the username, and whose users must not be banned.
 pub fn build(secret: &[u8], bans: Bans) -> Server {
     // Async authentication that takes longer than this is rejected with `authentication timeout`.
@@ -103,4 +100,3 @@ async fn check(key: &DecodingKey, bans: &Bans, username: &str, token: &str) -> R
     }
     Ok(())
 }
-// ANCHOR_END: build

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use emitter_core::Server;
 use tokio::sync::RwLock;
 
-// ANCHOR: token_check
 /// Accepts only links whose `auth` is `token`: a shared secret, such as an invite code. It is checked synchronously,
 /// so the client is answered at once.
 pub fn require_token(server: &Server, token: impl Into<String>) {
@@ -18,9 +17,7 @@ pub fn require_token(server: &Server, token: impl Into<String>) {
         }
     });
 }
-// ANCHOR_END: token_check
 
-// ANCHOR: room_limit
 /// Lets at most `max` users exist: a link to a new user is rejected when the room is full, while users who are
 /// already there can always relink.
 pub fn limit_users(server: &Server, max: usize) {
@@ -31,9 +28,7 @@ pub fn limit_users(server: &Server, max: usize) {
         }
     });
 }
-// ANCHOR_END: room_limit
 
-// ANCHOR: accounts
 /// A stand-in for a table of accounts in a database, behind an async API.
 #[derive(Debug, Clone, Default)]
 pub struct Accounts(Arc<RwLock<HashMap<String, String>>>);
@@ -53,9 +48,7 @@ impl Accounts {
             .is_some_and(|stored| stored == password)
     }
 }
-// ANCHOR_END: accounts
 
-// ANCHOR: async_lookup
 /// Accepts a link when `auth` is the user's password in `accounts`, looked up asynchronously.
 pub fn check_accounts(server: &Server, accounts: Accounts) {
     let _ = server.on_authenticate(move |username, info, ctx| {
@@ -75,4 +68,3 @@ pub fn check_accounts(server: &Server, accounts: Accounts) {
         });
     });
 }
-// ANCHOR_END: async_lookup

@@ -31,7 +31,6 @@ pub const RESTART: &str = "ttt/restart";
 /// Why a request was refused, from the server to its sender.
 pub const ERROR: &str = "ttt/error";
 
-// ANCHOR: table
 /// Who sits where, and the game they play. The server's listeners are its only writers.
 struct Table {
     x: Option<String>,
@@ -110,9 +109,7 @@ impl Table {
         })
     }
 }
-// ANCHOR_END: table
 
-// ANCHOR: build
 /// Builds the game server, with the Krmx endpoint at `/ws`.
 pub fn build() -> Server {
     let server = Server::builder().path("/ws").build();
@@ -210,7 +207,6 @@ fn handle(table: &mut Table, username: &str, message: &Message) -> Result<(), St
         other => Err(format!("unknown message type {other}")),
     }
 }
-// ANCHOR_END: build
 
 fn broadcast(server: &Server, state: &Value) {
     if let Err(error) = server.broadcast_json(state, None) {

@@ -1,0 +1,181 @@
+//! The book's chapters, compiled.
+//!
+//! Every chapter in `src/` is plain Markdown with its code written inline, so that it reads as it is on a code host
+//! and needs no build. This crate (never published, empty outside tests) makes `cargo test` check that code:
+//!
+//! - Each chapter is the documentation of one hidden item below, so every ```` ```rust ```` block in it is a doctest:
+//!   compiled, and run unless it is marked `no_run` (a server that listens until Ctrl-C). Lines that start with `# `
+//!   are setup that rustdoc and mdBook both hide.
+//! - A block right after a `<!-- from: PATH -->` line shows code of the file at `PATH` (relative to the repository
+//!   root), where the examples' own tests run it. The tests at the bottom check that the block's visible lines are
+//!   still in that file, word for word, so the book and the example cannot drift apart.
+
+#[doc = include_str!("src/introduction.md")]
+#[cfg(doctest)]
+pub struct Introduction;
+
+#[doc = include_str!("src/getting-started.md")]
+#[cfg(doctest)]
+pub struct GettingStarted;
+
+#[doc = include_str!("src/concepts.md")]
+#[cfg(doctest)]
+pub struct Concepts;
+
+#[doc = include_str!("src/tic-tac-toe.md")]
+#[cfg(doctest)]
+pub struct TicTacToe;
+
+#[doc = include_str!("src/examples.md")]
+#[cfg(doctest)]
+pub struct Examples;
+
+#[doc = include_str!("src/protocol.md")]
+#[cfg(doctest)]
+pub struct Protocol;
+
+#[doc = include_str!("src/server-api.md")]
+#[cfg(doctest)]
+pub struct ServerApi;
+
+#[doc = include_str!("src/authentication.md")]
+#[cfg(doctest)]
+pub struct Authentication;
+
+#[doc = include_str!("src/axum.md")]
+#[cfg(doctest)]
+pub struct Axum;
+
+#[doc = include_str!("src/client.md")]
+#[cfg(doctest)]
+pub struct Client;
+
+#[doc = include_str!("src/from-krmx-server.md")]
+#[cfg(doctest)]
+pub struct FromKrmxServer;
+
+#[doc = include_str!("src/limits.md")]
+#[cfg(doctest)]
+pub struct Limits;
+
+#[doc = include_str!("src/performance.md")]
+#[cfg(doctest)]
+pub struct Performance;
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// The repository root.
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// A fenced code block that a `<!-- from: PATH -->` line says is copied from `PATH`.
+    struct Copied {
+        chapter: String,
+        line: usize,
+        from: String,
+        /// The block's lines as a reader sees them: in a Rust block, without the hidden `# ` lines.
+        visible: String,
+    }
+
+    /// Whether rustdoc and mdBook hide this line of a Rust block.
+    fn is_hidden(line: &str) -> bool {
+        let line = line.trim_start();
+        line == "#" || line.starts_with("# ")
+    }
+
+    fn copied_blocks(chapter: &str, text: &str) -> Vec<Copied> {
+        let mut blocks = Vec::new();
+        let mut lines = text.lines().enumerate();
+        while let Some((index, line)) = lines.next() {
+            let Some(from) = line
+                .trim()
+                .strip_prefix("<!-- from:")
+                .and_then(|rest| rest.strip_suffix("-->"))
+            else {
+                continue;
+            };
+            let fence = lines.next().map(|(_, fence)| fence.trim()).unwrap_or_default();
+            assert!(
+                fence.starts_with("```"),
+                "{chapter}:{}: a `from:` line must be right above a code block",
+                index + 1
+            );
+            let rust = fence.trim_start_matches('`').starts_with("rust");
+            let body: Vec<&str> = lines
+                .by_ref()
+                .map(|(_, line)| line)
+                .take_while(|line| line.trim() != "```")
+                .filter(|line| !(rust && is_hidden(line)))
+                .collect();
+            blocks.push(Copied {
+                chapter: chapter.to_owned(),
+                line: index + 2,
+                from: from.trim().to_owned(),
+                visible: body.join("\n"),
+            });
+        }
+        blocks
+    }
+
+    #[test]
+    fn copied_samples_match_their_files() {
+        let mut checked = 0;
+        let mut stale = Vec::new();
+        for entry in std::fs::read_dir(root().join("docs/src")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|extension| extension != "md") {
+                continue;
+            }
+            let chapter = path.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for block in copied_blocks(&chapter, &text) {
+                let source = std::fs::read_to_string(root().join(&block.from))
+                    .unwrap_or_else(|error| panic!("{}:{}: {}: {error}", block.chapter, block.line, block.from));
+                assert!(
+                    !block.visible.trim().is_empty(),
+                    "{}:{}: empty",
+                    block.chapter,
+                    block.line
+                );
+                if !source.contains(&block.visible) {
+                    stale.push(format!("{}:{} is not in {}", block.chapter, block.line, block.from));
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "samples that differ from their files:\n{}",
+            stale.join("\n")
+        );
+        assert!(checked > 0, "no `<!-- from: PATH -->` samples found");
+    }
+
+    #[test]
+    fn every_chapter_is_a_doctest() {
+        let lib = include_str!("lib.rs");
+        for entry in std::fs::read_dir(root().join("docs/src")).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".md") || name == "SUMMARY.md" {
+                continue;
+            }
+            let wired = format!("#[doc = include_str!(\"src/{name}\")]");
+            assert!(
+                lib.contains(&wired),
+                "{name} is not wired in docs/lib.rs: add `{wired}` on a hidden item"
+            );
+        }
+    }
+
+    #[test]
+    fn hidden_lines_are_not_copied() {
+        let text = "<!-- from: x.rs -->\n```rust\n# use a::B;\nfn f() {}\n#[derive(Debug)]\nstruct S;\n#\n```\n";
+        let blocks = copied_blocks("t.md", text);
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].visible, "fn f() {}\n#[derive(Debug)]\nstruct S;");
+        assert_eq!(blocks[0].line, 2);
+    }
+}

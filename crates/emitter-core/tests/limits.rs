@@ -1,74 +1,16 @@
 //! Resource limits, driven through the transport seam with fake connections and paused time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_core::protocol::Frame;
-use emitter_core::transport::{ConnectionId, ConnectionSink, PushError};
-use emitter_core::{Error, Message, Server, ServerBuilder};
+use emitter_core::transport::{ConnectionId, PushError};
+use emitter_core::{Error, Message, Server};
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::json;
 
-/// A fake connection: frames land in a list; with a capacity, a full list refuses like a full queue.
-#[derive(Clone, Default)]
-struct Outbox {
-    frames: Arc<Mutex<Vec<Value>>>,
-    closed: Arc<AtomicBool>,
-    capacity: Option<usize>,
-}
+mod support;
 
-impl Outbox {
-    fn closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-    fn kinds(&self) -> Vec<String> {
-        self.frames
-            .lock()
-            .iter()
-            .map(|f| f["type"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    }
-}
-
-struct FakeSink(Outbox);
-
-impl ConnectionSink for FakeSink {
-    fn push(&self, frame: Frame) -> Result<(), PushError> {
-        if self.0.closed() {
-            return Err(PushError::Closed);
-        }
-        let mut frames = self.0.frames.lock();
-        if self.0.capacity.is_some_and(|capacity| frames.len() >= capacity) {
-            return Err(PushError::Full);
-        }
-        frames.push(serde_json::from_str(frame.as_str()).unwrap());
-        Ok(())
-    }
-    fn close(&self) {
-        self.0.closed.store(true, Ordering::SeqCst);
-    }
-}
-
-fn listening(builder: ServerBuilder) -> Server {
-    let server = builder.build();
-    server.host().start().unwrap();
-    server.host().listening(1).unwrap();
-    server
-}
-
-fn connect_with(server: &Server, outbox: Outbox) -> Option<ConnectionId> {
-    server.host().connect(FakeSink(outbox))
-}
-
-fn connect(server: &Server) -> (ConnectionId, Outbox) {
-    let outbox = Outbox::default();
-    (connect_with(server, outbox.clone()).expect("admitted"), outbox)
-}
-
-fn send(server: &Server, id: ConnectionId, message: Value) {
-    server.host().receive(id, message.to_string().as_bytes());
-}
+use support::{connect, connect_with, listening, send, Outbox};
 
 fn link(server: &Server, id: ConnectionId, username: &str) {
     send(

@@ -4,91 +4,20 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_core::protocol::Frame;
-use emitter_core::transport::{ConnectionId, ConnectionSink, PushError};
-use emitter_core::{Error, Event, Message, Server, ServerBuilder, Status, User};
+use emitter_core::transport::ConnectionId;
+use emitter_core::{Error, Event, Message, Server, Status, User};
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::json;
 
-#[derive(Clone, Default)]
-struct Outbox {
-    frames: Arc<Mutex<Vec<Value>>>,
-    closed: Arc<AtomicBool>,
-}
+mod support;
 
-impl Outbox {
-    fn take(&self) -> Vec<Value> {
-        std::mem::take(&mut *self.frames.lock())
-    }
-}
-
-struct FakeSink(Outbox);
-
-impl ConnectionSink for FakeSink {
-    fn push(&self, frame: Frame) -> Result<(), PushError> {
-        if self.0.closed.load(Ordering::SeqCst) {
-            return Err(PushError::Closed);
-        }
-        self.0.frames.lock().push(serde_json::from_str(frame.as_str()).unwrap());
-        Ok(())
-    }
-    fn close(&self) {
-        self.0.closed.store(true, Ordering::SeqCst);
-    }
-}
-
-fn listening(builder: ServerBuilder) -> Server {
-    let server = builder.build();
-    server.host().start().unwrap();
-    server.host().listening(4321).unwrap();
-    server
-}
-
-fn connect(server: &Server) -> (ConnectionId, Outbox) {
-    let outbox = Outbox::default();
-    let id = server.host().connect(FakeSink(outbox.clone())).unwrap();
-    (id, outbox)
-}
-
-fn send(server: &Server, id: ConnectionId, message: Value) {
-    server.host().receive(id, message.to_string().as_bytes());
-}
-
-fn link_request(username: &str) -> Value {
-    json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}})
-}
+use support::{connect, kinds, link_request, listening, record, send, FakeSink, Outbox};
 
 fn link(server: &Server, username: &str) -> (ConnectionId, Outbox) {
     let (id, outbox) = connect(server);
     send(server, id, link_request(username));
     assert_eq!(outbox.frames.lock()[0], json!({"type": "krmx/accepted"}), "{username}");
     (id, outbox)
-}
-
-fn kinds(frames: &[Value]) -> Vec<String> {
-    frames
-        .iter()
-        .map(|f| match f["payload"]["username"].as_str() {
-            Some(name) => format!("{} {name}", f["type"].as_str().unwrap()),
-            None => f["type"].as_str().unwrap().to_owned(),
-        })
-        .collect()
-}
-
-fn record(server: &Server) -> Arc<Mutex<Vec<String>>> {
-    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-    let l = lines.clone();
-    let _ = server.on_any(move |event| {
-        let line = match event {
-            Event::Join { username } => format!("join {username}"),
-            Event::Link { username } => format!("link {username}"),
-            Event::Unlink { username } => format!("unlink {username}"),
-            Event::Leave { username } => format!("leave {username}"),
-            other => other.name().to_owned(),
-        };
-        l.lock().push(line);
-    });
-    lines
 }
 
 fn user(username: &str, is_linked: bool) -> User {

@@ -36,6 +36,7 @@ mod registry;
 mod server;
 mod shards;
 mod subscribe;
+mod sync;
 pub mod transport;
 mod username;
 mod version;

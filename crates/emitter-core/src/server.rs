@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, ReentrantMutex};
+use crate::sync::{Mutex, ReentrantMutex};
 use serde::Serialize;
 use tokio::sync::watch;
 

@@ -7,7 +7,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
 
-use parking_lot::RwLock;
+use crate::sync::RwLock;
 
 /// Shards per map: enough that 16 threads rarely pick the same one.
 const SHARDS: usize = 64;

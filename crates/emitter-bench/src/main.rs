@@ -12,8 +12,11 @@
 mod baseline;
 mod clock;
 mod hist;
+mod process;
 mod report;
+mod results;
 mod suite;
+mod target;
 mod worker;
 mod ws;
 

@@ -3,50 +3,21 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::hist::Histogram;
-use crate::report::{self, Results};
+use crate::process::{cpu_seconds, pinned, wait_or_kill, Server};
+use crate::report;
+use crate::results::Results;
+use crate::target::Target;
 use crate::worker::{Report, Spec};
 
 type BoxError = Box<dyn std::error::Error>;
-
-/// A server under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Target {
-    /// Our server: examples/bench on emitter-core and emitter-axum.
-    Emitter,
-    /// The reference: @krmx/server from npm, on Node.
-    Node,
-    /// The bare axum WebSocket broadcast server, without any Krmx logic.
-    Axum,
-}
-
-impl Target {
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Emitter => "emitter",
-            Target::Node => "node",
-            Target::Axum => "axum",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Target> {
-        [Target::Emitter, Target::Node, Target::Axum]
-            .into_iter()
-            .find(|target| target.name() == name)
-    }
-
-    /// Whether the target speaks Krmx (the bare server has no link protocol: connected counts as linked).
-    fn krmx(self) -> bool {
-        self != Target::Axum
-    }
-}
 
 struct Options {
     rounds: u32,
@@ -107,123 +78,6 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
         }
     }
     Ok(options)
-}
-
-// ---- processes -----------------------------------------------------------------------------------------------------
-
-fn free_port() -> Result<u16, BoxError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// `command` under `taskset -c core`, when a core is given.
-fn pinned(program: &Path, core: Option<&str>) -> Command {
-    match core {
-        Some(core) => {
-            let mut command = Command::new("taskset");
-            command.arg("-c").arg(core).arg(program);
-            command
-        }
-        None => Command::new(program),
-    }
-}
-
-struct Server {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    port: u16,
-}
-
-impl Server {
-    fn start(target: Target, options: &Options, core: Option<&str>, log: &Path) -> Result<Server, BoxError> {
-        let port = free_port()?;
-        let exe = std::env::current_exe()?;
-        let mut command = match target {
-            Target::Emitter => {
-                // EMITTER_BENCH_SERVER points at another build of examples/bench, to try a library change side by side.
-                let server = std::env::var_os("EMITTER_BENCH_SERVER")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| exe.with_file_name("example-bench"));
-                if !server.exists() {
-                    return Err(format!(
-                        "{} is missing: build it with `cargo build --release -p example-bench`",
-                        server.display()
-                    )
-                    .into());
-                }
-                pinned(&server, core)
-            }
-            Target::Axum => {
-                let mut command = pinned(&exe, core);
-                command.arg("baseline");
-                command
-            }
-            Target::Node => {
-                let script = options.node_dir.join("server.js");
-                if !options.node_dir.join("node_modules/@krmx/server").exists() {
-                    return Err(format!("run `npm ci` in {} first", options.node_dir.display()).into());
-                }
-                let mut command = pinned(Path::new("node"), core);
-                command.arg(script);
-                command
-            }
-        };
-        let log = std::fs::File::create(log)?;
-        let mut child = command
-            .env("PORT", port.to_string())
-            .env("EXIT_ON_EOF", "1")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let mut server = Server { child, stdin, port };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > Duration::from_secs(30) || server.child.try_wait()?.is_some() {
-                server.stop();
-                return Err(format!("{} did not start listening on {port}", target.name()).into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Let the runtime settle before the first RSS reading.
-        std::thread::sleep(Duration::from_millis(500));
-        Ok(server)
-    }
-
-    /// The server's resident set, in KiB.
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    /// Closes its stdin (the server exits) and waits briefly; kills it if it lingers.
-    fn stop(mut self) {
-        self.stdin.take();
-        wait_or_kill(&mut self.child, Duration::from_secs(5));
-    }
-}
-
-/// CPU time (user + system) a process has used so far, in seconds, from /proc (clock ticks of 1/100 s on Linux).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces; the fields after it are space-separated.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-fn wait_or_kill(child: &mut Child, grace: Duration) {
-    let started = Instant::now();
-    while started.elapsed() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 // ---- loads -----------------------------------------------------------------------------------------------------------
@@ -689,13 +543,13 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
         let log = logs.join(format!("{}-{}.log", group.name, target.name()));
         eprintln!(
             "[{}] {} on {}: {}",
-            report::now(),
+            clock::now(),
             group.name,
             target.name(),
             describe(group)
         );
         let started = Instant::now();
-        let outcome = Server::start(target, &options, core("0"), &log).and_then(|server| {
+        let outcome = Server::start(target, &options.node_dir, core("0"), &log).and_then(|server| {
             let outcome = run_load(&server, target, &group.load, epoch, core("1"));
             server.stop();
             outcome
@@ -780,7 +634,7 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
         report::write(&results, out, &command)?;
         eprintln!("wrote {}", out.display());
     }
-    let summary: BTreeMap<_, _> = results.checks().into_iter().collect();
+    let summary: BTreeMap<_, _> = report::checks(&results).into_iter().collect();
     for (goal, verdict) in &summary {
         eprintln!("{goal}: {verdict}");
     }

@@ -50,9 +50,12 @@ impl Server {
                 }
                 pinned(&server, core)
             }
-            Target::Axum => {
+            Target::Axum | Target::AxumEqual => {
                 let mut command = pinned(&exe, core);
                 command.arg("baseline");
+                if target == Target::AxumEqual {
+                    command.env("BASELINE_EQUAL_BUFFERS", "1");
+                }
                 command
             }
             Target::Node => {

@@ -30,7 +30,8 @@ struct Options {
     node_dir: PathBuf,
 }
 
-const HELP: &str = "emitter-bench suite [--rounds N] [--targets emitter,node,axum] [--only GROUPS] [--scale-users N]
+const HELP: &str =
+    "emitter-bench suite [--rounds N] [--targets emitter,node,axum,axum-equal] [--only GROUPS] [--scale-users N]
                     [--scale-workers N] [--out DIR] [--node-dir DIR]
 
 Runs every scenario group against every target, alternating the order each round, and writes DIR/results.md,
@@ -45,7 +46,7 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
         targets: if smoke {
             vec![Target::Emitter]
         } else {
-            vec![Target::Emitter, Target::Node, Target::Axum]
+            Target::ALL.to_vec()
         },
         out: (!smoke).then(|| PathBuf::from("docs/src/performance")),
         only: None,
@@ -339,8 +340,8 @@ struct Group {
 }
 
 const KRMX_TARGETS: &[Target] = &[Target::Emitter, Target::Node];
-const ALL_TARGETS: &[Target] = &[Target::Emitter, Target::Node, Target::Axum];
-const NO_NODE: &[Target] = &[Target::Emitter, Target::Axum];
+const ALL_TARGETS: &[Target] = &Target::ALL;
+const NO_NODE: &[Target] = &[Target::Emitter, Target::Axum, Target::AxumEqual];
 
 fn groups(options: &Options) -> Vec<Group> {
     let smoke = options.smoke;

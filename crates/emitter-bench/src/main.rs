@@ -17,6 +17,7 @@ mod report;
 mod results;
 mod suite;
 mod target;
+mod window;
 mod worker;
 mod ws;
 

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use crate::process::{cpu_seconds, pinned, wait_or_kill, Server};
 use crate::report;
 use crate::results::Results;
 use crate::target::Target;
+use crate::window::{self, BoardSpec};
 use crate::worker::{Report, Spec};
 
 type BoxError = Box<dyn std::error::Error>;
@@ -179,6 +181,16 @@ fn run_load(server: &Server, target: Target, load: &Load, epoch: u64, core: Opti
     let mut first = 0;
     // Receivers wait this long at most for what the runner said was sent.
     let drain_ms = 30_000;
+    // Several load processes and a broadcast window: they share their progress through a small file, so that the
+    // window counts every user (see window.rs).
+    let board = (load.workers > 1 && load.senders > 0 && !load.echo && load.rate == 0.0).then(|| {
+        static RUN: AtomicU32 = AtomicU32::new(0);
+        let n = RUN.fetch_add(1, Ordering::Relaxed);
+        std::env::temp_dir().join(format!("emitter-bench-{}-{n}.window", std::process::id()))
+    });
+    if let Some(path) = &board {
+        window::create(path, load.workers, load.senders)?;
+    }
     for w in 0..load.workers {
         let count = per + u32::from(w < load.users % load.workers);
         let spec = Spec {
@@ -203,6 +215,11 @@ fn run_load(server: &Server, target: Target, load: &Load, epoch: u64, core: Opti
             read_buffer: if load.users > 5_000 { 16 * 1024 } else { 64 * 1024 },
             link_timeout_ms: load.link_timeout_ms,
             deadline_ms: 2 * load.link_timeout_ms + load.duration_ms + drain_ms + 120_000,
+            board: board.as_ref().map(|path| BoardSpec {
+                path: path.clone(),
+                worker: w,
+                workers: load.workers,
+            }),
         };
         first += count;
         let mut child = pinned(&exe, core)
@@ -230,6 +247,9 @@ fn run_load(server: &Server, target: Target, load: &Load, epoch: u64, core: Opti
     send_line(&mut workers, "quit");
     for worker in &mut workers {
         wait_or_kill(&mut worker.child, Duration::from_secs(10));
+    }
+    if let Some(path) = &board {
+        let _ = std::fs::remove_file(path);
     }
     outcome
 }

@@ -12,9 +12,12 @@
 mod baseline;
 mod clock;
 mod hist;
+mod load;
+mod multicore;
 mod process;
 mod report;
 mod results;
+mod scenario;
 mod suite;
 mod target;
 mod window;

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+pub mod multicore;
+
 use crate::results::{format_ratio, format_value, verdict, Results};
 use crate::target::Target;
 
@@ -255,6 +257,7 @@ pub fn checks(results: &Results) -> Vec<(String, String)> {
             format!("{verdict} ({})", format_ratio(ratio)),
         ));
     }
+    checks.extend(multicore::checks(results));
     checks
 }
 
@@ -424,7 +427,7 @@ pub fn svg(results: &Results) -> String {
     out
 }
 
-/// Writes results.md, ratios.svg and results.json into `dir`.
+/// Writes results.md, ratios.svg, multicore.svg and results.json into `dir`.
 pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut md = String::new();
@@ -439,6 +442,18 @@ pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()
         results.started, command, results.rounds
     );
     let _ = writeln!(md, "{}", table(results));
+    let multicore_table = multicore::table(results);
+    if multicore_table.is_empty() {
+        let _ = writeln!(md, "Multicore: not run (see the notes below).\n");
+    } else {
+        let _ = writeln!(
+            md,
+            "Multicore: the server pinned to the first k CPUs and the load to the others; echo in round trips/s, \
+             fan-out in deliveries/s, medians (emitter ÷ axum above 1× is better for emitter), then the CPU each side \
+             used (% of one core):\n"
+        );
+        let _ = writeln!(md, "{multicore_table}");
+    }
     let _ = writeln!(md, "Groups:\n");
     for (group, text) in &results.groups {
         if results.values.keys().any(|key| key.starts_with(&format!("{group}."))) {
@@ -457,6 +472,7 @@ pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()
     }
     std::fs::write(dir.join("results.md"), md)?;
     std::fs::write(dir.join("ratios.svg"), svg(results))?;
+    std::fs::write(dir.join("multicore.svg"), multicore::svg(results))?;
     let json = serde_json::json!({
         "started": results.started,
         "command": command,

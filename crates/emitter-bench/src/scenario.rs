@@ -48,7 +48,7 @@ pub fn groups(smoke: bool, echo_pin: Option<Pin>) -> Vec<Group> {
         warmup_ms,
         ..Load::population(users)
     };
-    let (small, large) = if smoke { (50, 100) } else { (1_000, 2_000) };
+    let (small, large, huge) = if smoke { (50, 100, 200) } else { (1_000, 2_000, 10_000) };
     let (fan_users, fan_senders) = if smoke { (20, 2) } else { (200, 10) };
     let group = |name: &str, targets, load, pin| Group {
         name: name.to_owned(),
@@ -69,6 +69,17 @@ pub fn groups(smoke: bool, echo_pin: Option<Pin>) -> Vec<Group> {
                 duration_ms: duration_ms / 2,
                 warmup_ms: warmup_ms / 2,
                 ..storm(large)
+            },
+            None,
+        ),
+        // The idle footprint at 10,000 users: emitter's per-user state and what a storm of 200 million frames leaves
+        // behind, at the size where it starts to matter. Node is left out: its storm would take most of an hour.
+        group(
+            "storm10k",
+            NO_NODE,
+            Load {
+                measure_idle: true,
+                ..storm(huge)
             },
             None,
         ),

@@ -236,7 +236,20 @@ fn advantage(results: &Results, def: &Def, other: Target) -> Option<f64> {
         .flatten()
 }
 
-/// Each goal of the issue with its verdict: met, missed by how much, or not measured.
+/// A verdict on a ratio, followed by the two medians it came from.
+pub(crate) fn versus(results: &Results, metric: &str, verdict: String, other: Target) -> String {
+    match (results.median(metric, Target::Emitter), results.median(metric, other)) {
+        (Some(ours), Some(theirs)) => format!(
+            "{verdict}; emitter {}, {} {}",
+            format_value(ours),
+            other.name(),
+            format_value(theirs)
+        ),
+        _ => verdict,
+    }
+}
+
+/// Each goal of the issue with its verdict: met, missed by how much, or not measured; with the numbers.
 pub fn checks(results: &Results) -> Vec<(String, String)> {
     let mut checks = Vec::new();
     for def in DEFS {
@@ -246,11 +259,21 @@ pub fn checks(results: &Results) -> Vec<(String, String)> {
             Goal::None => {}
             Goal::VsNode(goal) => checks.push((
                 name(format!("≥ {goal}× node")),
-                verdict(advantage(results, def, Target::Node), goal, true, "×"),
+                versus(
+                    results,
+                    def.key,
+                    verdict(advantage(results, def, Target::Node), goal, true, "×"),
+                    Target::Node,
+                ),
             )),
             Goal::VsAxum(goal) => checks.push((
-                name(format!("≥ {goal}× bare axum")),
-                verdict(advantage(results, def, Target::Axum), goal, true, "×"),
+                name(format!("≥ {goal}× bare axum (default buffers)")),
+                versus(
+                    results,
+                    def.key,
+                    verdict(advantage(results, def, Target::Axum), goal, true, "×"),
+                    Target::Axum,
+                ),
             )),
             Goal::AtMost(goal) => checks.push((
                 name(format!("≤ {goal}")),

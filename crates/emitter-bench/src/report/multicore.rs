@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use super::versus;
 use crate::results::{format_ratio, format_value, verdict, Results};
 use crate::target::Target;
 
@@ -149,13 +150,19 @@ pub fn checks(results: &Results) -> Vec<(String, String)> {
     };
     let mut checks = Vec::new();
     for metric in [&ECHO, &FANOUT] {
-        let advantage = results.advantage(&key(metric, 8, metric.value), true, Target::Axum);
+        let metric_key = key(metric, 8, metric.value);
+        let advantage = results.advantage(&metric_key, true, Target::Axum);
         checks.push((
             format!(
                 "multicore {} ({}) on 8 server cores: ≥ {VS_AXUM_AT_8}× bare axum",
                 metric.name, metric.unit
             ),
-            unmeasured(verdict(advantage, VS_AXUM_AT_8, true, "×")),
+            versus(
+                results,
+                &metric_key,
+                unmeasured(verdict(advantage, VS_AXUM_AT_8, true, "×")),
+                Target::Axum,
+            ),
         ));
     }
     checks.push((
@@ -163,7 +170,19 @@ pub fn checks(results: &Results) -> Vec<(String, String)> {
             "multicore {} ({}): emitter on 8 server cores ≥ {SCALING_8_OVER_1}× emitter on 1",
             ECHO.name, ECHO.unit
         ),
-        unmeasured(verdict(scaling(results, &ECHO, 8), SCALING_8_OVER_1, true, "×")),
+        match (
+            scaling(results, &ECHO, 8),
+            results.median(&key(&ECHO, 8, ECHO.value), Target::Emitter),
+            results.median(&key(&ECHO, 1, ECHO.value), Target::Emitter),
+        ) {
+            (ratio @ Some(_), Some(eight), Some(one)) => format!(
+                "{}; {} on 8 cores, {} on 1",
+                verdict(ratio, SCALING_8_OVER_1, true, "×"),
+                format_value(eight),
+                format_value(one)
+            ),
+            _ => unmeasured(verdict(None, SCALING_8_OVER_1, true, "×")),
+        },
     ));
     checks
 }

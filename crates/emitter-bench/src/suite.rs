@@ -26,15 +26,18 @@ struct Options {
     scale_workers: u32,
     /// Server core counts for the multicore groups.
     cores: Vec<u32>,
+    /// Where each server's output goes, one file per group and target.
+    logs: PathBuf,
     smoke: bool,
     node_dir: PathBuf,
 }
 
 const HELP: &str = "emitter-bench suite [--rounds N] [--targets emitter,node,axum,axum-equal] [--only GROUPS]
-                    [--cores 1,2,4,8] [--scale-users N] [--scale-workers N] [--out DIR] [--node-dir DIR]
+                    [--cores 1,2,4,8] [--scale-users N] [--scale-workers N] [--out DIR] [--node-dir DIR] [--logs DIR]
 
 Runs every scenario group against every target, alternating the order each round, and writes DIR/results.md,
 DIR/ratios.svg, DIR/multicore.svg and DIR/results.json (DIR defaults to docs/src/performance; --out - writes nothing).
+Server logs go to --logs (default target/bench-logs).
 
 Groups: storm1k, storm2k (link storm of 2,000, idle footprint, broadcast to many), storm10k (link storm of 10,000
 and idle footprint), fanout-rate, fanout-max, echo, multicore (for each of --cores: the server pinned to that many
@@ -61,6 +64,7 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
         scale_workers: if smoke { 2 } else { 4 },
         // The smoke only checks that a pinned run works: one server core is enough, and fits 2 CPUs.
         cores: if smoke { vec![1] } else { vec![1, 2, 4, 8] },
+        logs: PathBuf::from("target/bench-logs"),
         smoke,
         node_dir: PathBuf::from("bench/node"),
     };
@@ -93,6 +97,7 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
             "--scale-users" => options.scale_users = value.parse()?,
             "--scale-workers" => options.scale_workers = value.parse::<u32>()?.max(1),
             "--node-dir" => options.node_dir = PathBuf::from(value),
+            "--logs" => options.logs = PathBuf::from(value),
             _ => return Err(format!("unknown option {flag}; see --help").into()),
         }
     }
@@ -154,8 +159,8 @@ fn groups_named(options: &Options, prefix: &str) -> bool {
 pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
     let options = parse_options(args, smoke)?;
     let epoch = clock::unix_ns();
-    let logs = PathBuf::from("target/bench-logs");
-    std::fs::create_dir_all(&logs)?;
+    let logs = &options.logs;
+    std::fs::create_dir_all(logs)?;
     let taskset = Command::new("taskset")
         .arg("-c")
         .arg("0")
@@ -284,7 +289,11 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
         eprintln!("{goal}: {verdict}");
     }
     if failures > 0 {
-        return Err(format!("{failures} scenario run(s) failed; see the notes above and target/bench-logs").into());
+        return Err(format!(
+            "{failures} scenario run(s) failed; see the notes above and the server logs in {}",
+            logs.display()
+        )
+        .into());
     }
     Ok(())
 }

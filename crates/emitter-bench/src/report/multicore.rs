@@ -154,7 +154,7 @@ pub fn checks(results: &Results) -> Vec<(String, String)> {
         let advantage = results.advantage(&metric_key, true, Target::Axum);
         checks.push((
             format!(
-                "multicore {} ({}) on 8 server cores: ≥ {VS_AXUM_AT_8}× bare axum",
+                "multicore {} ({}) on 8 server cores: ≥ {VS_AXUM_AT_8}× bare axum (default buffers)",
                 metric.name, metric.unit
             ),
             versus(

@@ -223,7 +223,7 @@ pub fn svg(results: &Results) -> String {
     let targets = shown(results);
     let (panel_w, panel_h, left, top, gap) = (380.0, 260.0, 70.0, 80.0, 90.0);
     let width = left + 2.0 * panel_w + gap + 30.0;
-    let height = top + panel_h + 60.0;
+    let height = if cores.is_empty() { 80.0 } else { top + panel_h + 60.0 };
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -3,7 +3,8 @@
 //! ```text
 //! emitter-bench suite [options]   run the scenarios against every target, alternating, and write the report
 //! emitter-bench smoke             a tiny run against our server only (CI): seconds, small numbers, no report
-//! emitter-bench baseline          the bare axum WebSocket broadcast server (PORT, default 8083)
+//! emitter-bench baseline          the bare axum WebSocket broadcast server (PORT, default 8083; tungstenite's default
+//!                                 buffers, or emitter-axum's with BASELINE_EQUAL_BUFFERS=1)
 //! emitter-bench worker <spec>     one load-generator process (started by the suite)
 //! ```
 //!

@@ -58,3 +58,10 @@ bench *ARGS:
     cargo build --release -p emitter-bench -p example-bench
     cd bench/node && npm ci --no-audit --no-fund
     target/release/emitter-bench suite {{ARGS}}
+
+# The multicore groups alone (server pinned to 1, 2, 4, 8 CPUs, the load to the rest; emitter and bare axum), 3
+# rounds, results in OUT; needs no npm. On a machine without the toolchain, copy the two release binaries over and run
+# crates/emitter-bench/multicore.sh OUT directly.
+bench-multicore OUT *ARGS:
+    cargo build --release -p emitter-bench -p example-bench
+    crates/emitter-bench/multicore.sh {{OUT}} {{ARGS}}

@@ -3,7 +3,8 @@
 //! ```text
 //! emitter-bench suite [options]   run the scenarios against every target, alternating, and write the report
 //! emitter-bench smoke             a tiny run against our server only (CI): seconds, small numbers, no report
-//! emitter-bench baseline          the bare axum WebSocket broadcast server (PORT, default 8083)
+//! emitter-bench baseline          the bare axum WebSocket broadcast server (PORT, default 8083; tungstenite's default
+//!                                 buffers, or emitter-axum's with BASELINE_EQUAL_BUFFERS=1)
 //! emitter-bench worker <spec>     one load-generator process (started by the suite)
 //! ```
 //!
@@ -12,8 +13,15 @@
 mod baseline;
 mod clock;
 mod hist;
+mod load;
+mod multicore;
+mod process;
 mod report;
+mod results;
+mod scenario;
 mod suite;
+mod target;
+mod window;
 mod worker;
 mod ws;
 

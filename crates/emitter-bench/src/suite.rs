@@ -2,51 +2,20 @@
 //! hands the medians to the report.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
 
 use crate::clock;
-use crate::hist::Histogram;
-use crate::report::{self, Results};
-use crate::worker::{Report, Spec};
+use crate::load::run_load;
+use crate::multicore;
+use crate::process::Server;
+use crate::report;
+use crate::results::Results;
+use crate::scenario::{self, describe, metrics, Group, Pin};
+use crate::target::Target;
 
 type BoxError = Box<dyn std::error::Error>;
-
-/// A server under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Target {
-    /// Our server: examples/bench on emitter-core and emitter-axum.
-    Emitter,
-    /// The reference: @krmx/server from npm, on Node.
-    Node,
-    /// The bare axum WebSocket broadcast server, without any Krmx logic.
-    Axum,
-}
-
-impl Target {
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Emitter => "emitter",
-            Target::Node => "node",
-            Target::Axum => "axum",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Target> {
-        [Target::Emitter, Target::Node, Target::Axum]
-            .into_iter()
-            .find(|target| target.name() == name)
-    }
-
-    /// Whether the target speaks Krmx (the bare server has no link protocol: connected counts as linked).
-    fn krmx(self) -> bool {
-        self != Target::Axum
-    }
-}
 
 struct Options {
     rounds: u32,
@@ -55,18 +24,31 @@ struct Options {
     only: Option<Vec<String>>,
     scale_users: u32,
     scale_workers: u32,
+    /// Server core counts for the multicore groups.
+    cores: Vec<u32>,
+    /// Where each server's output goes, one file per group and target.
+    logs: PathBuf,
     smoke: bool,
     node_dir: PathBuf,
 }
 
-const HELP: &str = "emitter-bench suite [--rounds N] [--targets emitter,node,axum] [--only GROUPS] [--scale-users N]
-                    [--scale-workers N] [--out DIR] [--node-dir DIR]
+const HELP: &str = "emitter-bench suite [--rounds N] [--targets emitter,node,axum,axum-equal] [--only GROUPS]
+                    [--cores 1,2,4,8] [--scale-users N] [--scale-workers N] [--out DIR] [--node-dir DIR] [--logs DIR]
 
 Runs every scenario group against every target, alternating the order each round, and writes DIR/results.md,
-DIR/ratios.svg and DIR/results.json (DIR defaults to docs/src/performance; --out - writes nothing).
-Groups: storm1k, storm2k (link storm of 2,000 + idle footprint + broadcast to many), fanout-rate, fanout-max, echo,
-scale (once, after the rounds; --scale-users 0 skips it). Defaults: 3 rounds, all targets, 19,000 users over 4
-workers for scale. Node needs `npm ci` in --node-dir (default bench/node); `just bench` does it.";
+DIR/ratios.svg, DIR/multicore.svg and DIR/results.json (DIR defaults to docs/src/performance; --out - writes nothing).
+Server logs go to --logs (default target/bench-logs).
+
+Groups: storm1k, storm2k (link storm of 2,000, idle footprint, broadcast to many), storm10k (link storm of 10,000
+and idle footprint), fanout-rate, fanout-max, echo, multicore (for each of --cores: the server pinned to that many
+CPUs and the load to the rest, echo and fan-out with 1,000 users; on by default with 4 CPUs or more, --only multicore
+runs it anywhere; a count that leaves the load fewer CPUs than the server is skipped), scale (once, after the
+rounds; --scale-users 0 skips it). --only takes group names, or `multicore` for all multicore groups.
+
+Targets: emitter (examples/bench), node (@krmx/server), axum (bare axum, tungstenite's default buffers: every goal
+is measured against it), axum-equal (bare axum with emitter-axum's 1 KiB/2 KiB buffers, shown to explain).
+Defaults: 3 rounds, all targets, --cores 1,2,4,8, 19,000 users over 4 workers for scale. Node needs `npm ci` in
+--node-dir (default bench/node); `just bench` does it.";
 
 fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
     let mut options = Options {
@@ -74,12 +56,15 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
         targets: if smoke {
             vec![Target::Emitter]
         } else {
-            vec![Target::Emitter, Target::Node, Target::Axum]
+            Target::ALL.to_vec()
         },
         out: (!smoke).then(|| PathBuf::from("docs/src/performance")),
         only: None,
         scale_users: if smoke { 300 } else { 19_000 },
         scale_workers: if smoke { 2 } else { 4 },
+        // The smoke only checks that a pinned run works: one server core is enough, and fits 2 CPUs.
+        cores: if smoke { vec![1] } else { vec![1, 2, 4, 8] },
+        logs: PathBuf::from("target/bench-logs"),
         smoke,
         node_dir: PathBuf::from("bench/node"),
     };
@@ -100,603 +85,115 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
             }
             "--only" => options.only = Some(value.split(',').map(str::to_owned).collect()),
             "--out" => options.out = (value != "-").then(|| PathBuf::from(value)),
+            "--cores" => {
+                options.cores = value
+                    .split(',')
+                    .map(|k| match k.trim().parse::<u32>() {
+                        Ok(k) if k > 0 => Ok(k),
+                        _ => Err(format!("--cores takes counts of at least 1, not {k:?}")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             "--scale-users" => options.scale_users = value.parse()?,
             "--scale-workers" => options.scale_workers = value.parse::<u32>()?.max(1),
             "--node-dir" => options.node_dir = PathBuf::from(value),
+            "--logs" => options.logs = PathBuf::from(value),
             _ => return Err(format!("unknown option {flag}; see --help").into()),
         }
     }
     Ok(options)
 }
 
-// ---- processes -----------------------------------------------------------------------------------------------------
-
-fn free_port() -> Result<u16, BoxError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// `command` under `taskset -c core`, when a core is given.
-fn pinned(program: &Path, core: Option<&str>) -> Command {
-    match core {
-        Some(core) => {
-            let mut command = Command::new("taskset");
-            command.arg("-c").arg(core).arg(program);
-            command
+/// Every group of this run, in order, with notes on what was left out and why.
+fn plan(options: &Options, taskset: bool, cpus: &[u32]) -> (Vec<Group>, Vec<String>) {
+    let mut notes = Vec::new();
+    let named = |name: &str| options.only.as_ref().is_some_and(|only| only.iter().any(|o| o == name));
+    // The echo group puts the server on one CPU and the load on another, when it can.
+    let echo_pin = match cpus {
+        [server, load, ..] if taskset => Some(Pin {
+            server: server.to_string(),
+            load: vec![load.to_string()],
+        }),
+        _ => {
+            notes.push("taskset is missing or there is one CPU: the echo group ran unpinned".to_owned());
+            None
         }
-        None => Command::new(program),
-    }
-}
-
-struct Server {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    port: u16,
-}
-
-impl Server {
-    fn start(target: Target, options: &Options, core: Option<&str>, log: &Path) -> Result<Server, BoxError> {
-        let port = free_port()?;
-        let exe = std::env::current_exe()?;
-        let mut command = match target {
-            Target::Emitter => {
-                // EMITTER_BENCH_SERVER points at another build of examples/bench, to try a library change side by side.
-                let server = std::env::var_os("EMITTER_BENCH_SERVER")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| exe.with_file_name("example-bench"));
-                if !server.exists() {
-                    return Err(format!(
-                        "{} is missing: build it with `cargo build --release -p example-bench`",
-                        server.display()
-                    )
-                    .into());
-                }
-                pinned(&server, core)
-            }
-            Target::Axum => {
-                let mut command = pinned(&exe, core);
-                command.arg("baseline");
-                command
-            }
-            Target::Node => {
-                let script = options.node_dir.join("server.js");
-                if !options.node_dir.join("node_modules/@krmx/server").exists() {
-                    return Err(format!("run `npm ci` in {} first", options.node_dir.display()).into());
-                }
-                let mut command = pinned(Path::new("node"), core);
-                command.arg(script);
-                command
-            }
-        };
-        let log = std::fs::File::create(log)?;
-        let mut child = command
-            .env("PORT", port.to_string())
-            .env("EXIT_ON_EOF", "1")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let mut server = Server { child, stdin, port };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > Duration::from_secs(30) || server.child.try_wait()?.is_some() {
-                server.stop();
-                return Err(format!("{} did not start listening on {port}", target.name()).into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Let the runtime settle before the first RSS reading.
-        std::thread::sleep(Duration::from_millis(500));
-        Ok(server)
-    }
-
-    /// The server's resident set, in KiB.
-    fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    /// Closes its stdin (the server exits) and waits briefly; kills it if it lingers.
-    fn stop(mut self) {
-        self.stdin.take();
-        wait_or_kill(&mut self.child, Duration::from_secs(5));
-    }
-}
-
-/// CPU time (user + system) a process has used so far, in seconds, from /proc (clock ticks of 1/100 s on Linux).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces; the fields after it are space-separated.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-fn wait_or_kill(child: &mut Child, grace: Duration) {
-    let started = Instant::now();
-    while started.elapsed() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-// ---- loads -----------------------------------------------------------------------------------------------------------
-
-/// One load against one server: who links, and what is sent once everyone has.
-#[derive(Clone, Debug)]
-struct Load {
-    users: u32,
-    workers: u32,
-    in_flight: u32,
-    track_views: bool,
-    senders: u32,
-    echo: bool,
-    rate: f64,
-    window: u32,
-    duration_ms: u64,
-    warmup_ms: u64,
-    link_timeout_ms: u64,
-    /// Read the server's RSS once everyone is linked and idle.
-    measure_idle: bool,
-}
-
-impl Load {
-    fn population(users: u32) -> Load {
-        Load {
-            users,
-            workers: 1,
-            in_flight: 64,
-            track_views: false,
-            senders: 0,
-            echo: false,
-            rate: 0.0,
-            window: 1,
-            duration_ms: 0,
-            warmup_ms: 0,
-            link_timeout_ms: 120_000,
-            measure_idle: false,
-        }
-    }
-}
-
-#[derive(Default)]
-struct Outcome {
-    first_start: u64,
-    last_done: u64,
-    link_latency: Histogram,
-    linked: u32,
-    views: Option<(u32, u32, u64)>,
-    idle_kib_per_user: Option<f64>,
-    sent: u64,
-    received: u64,
-    in_window: u64,
-    latency: Histogram,
-    disconnected: u32,
-    errors: Vec<String>,
-    /// CPU of the server and of all load processes during the measured phase, in % of one core.
-    cpu_pct: Option<(f64, f64)>,
-}
-
-struct Worker {
-    child: Child,
-    stdin: ChildStdin,
-}
-
-fn send_line(workers: &mut [Worker], line: &str) {
-    for worker in workers {
-        let _ = writeln!(worker.stdin, "{line}");
-        let _ = worker.stdin.flush();
-    }
-}
-
-/// Waits for one report of the expected kind from each worker.
-fn collect(
-    reports: &mpsc::Receiver<(usize, Result<Report, String>)>,
-    count: usize,
-    timeout: Duration,
-    what: &str,
-) -> Result<Vec<Report>, BoxError> {
-    let deadline = Instant::now() + timeout;
-    let mut got = Vec::new();
-    while got.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match reports.recv_timeout(left) {
-            Ok((_, Ok(report))) => got.push(report),
-            Ok((worker, Err(error))) => return Err(format!("worker {worker}: {error}").into()),
-            Err(_) => return Err(format!("timed out waiting for {what} ({}/{count} workers)", got.len()).into()),
-        }
-    }
-    Ok(got)
-}
-
-fn run_load(server: &Server, target: Target, load: &Load, epoch: u64, core: Option<&str>) -> Result<Outcome, BoxError> {
-    let exe = std::env::current_exe()?;
-    let rss_before = server.rss_kib();
-    let (tx, reports) = mpsc::channel();
-    let mut workers = Vec::new();
-    let per = load.users / load.workers;
-    let mut first = 0;
-    // Receivers wait this long at most for what the runner said was sent.
-    let drain_ms = 30_000;
-    for w in 0..load.workers {
-        let count = per + u32::from(w < load.users % load.workers);
-        let spec = Spec {
-            addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
-            path: "/".to_owned(),
-            krmx: target.krmx(),
-            version: "0.5.5".to_owned(),
-            first,
-            count,
-            total: load.users,
-            in_flight: (load.in_flight / load.workers).max(1),
-            epoch,
-            track_views: load.track_views && target.krmx(),
-            senders: (0, load.senders),
-            echo: load.echo,
-            rate: load.rate,
-            window: load.window,
-            duration_ms: load.duration_ms,
-            warmup_ms: load.warmup_ms,
-            drain_ms,
-            pad: 0,
-            read_buffer: if load.users > 5_000 { 16 * 1024 } else { 64 * 1024 },
-            link_timeout_ms: load.link_timeout_ms,
-            deadline_ms: 2 * load.link_timeout_ms + load.duration_ms + drain_ms + 120_000,
-        };
-        first += count;
-        let mut child = pinned(&exe, core)
-            .arg("worker")
-            .arg(serde_json::to_string(&spec)?)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no worker stdout")?;
-        let stdin = child.stdin.take().ok_or("no worker stdin")?;
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let report = serde_json::from_str::<Report>(&line).map_err(|error| format!("{error}: {line}"));
-                if tx.send((w as usize, report)).is_err() {
-                    break;
-                }
-            }
-        });
-        workers.push(Worker { child, stdin });
-    }
-    let outcome = drive(server, load, target.krmx(), &reports, &mut workers, rss_before, epoch);
-    send_line(&mut workers, "quit");
-    for worker in &mut workers {
-        wait_or_kill(&mut worker.child, Duration::from_secs(10));
-    }
-    outcome
-}
-
-fn drive(
-    server: &Server,
-    load: &Load,
-    krmx: bool,
-    reports: &mpsc::Receiver<(usize, Result<Report, String>)>,
-    workers: &mut [Worker],
-    rss_before: Option<u64>,
-    epoch: u64,
-) -> Result<Outcome, BoxError> {
-    let mut outcome = Outcome {
-        first_start: u64::MAX,
-        ..Outcome::default()
     };
-    let n = workers.len();
-    let link_wait = Duration::from_millis(load.link_timeout_ms) + Duration::from_secs(30);
-    for report in collect(reports, n, link_wait, "the links")? {
-        if let Report::Linked {
-            first_start,
-            last_done,
-            latency,
-            linked,
-            errors,
-            ..
-        } = report
-        {
-            outcome.first_start = outcome.first_start.min(first_start);
-            outcome.last_done = outcome.last_done.max(last_done);
-            outcome.link_latency.merge(&Histogram::from_wire(&latency));
-            outcome.linked += linked;
-            outcome.errors.extend(errors);
-        }
-    }
-    // Workers track views only on Krmx targets; a worker whose users all failed to link still reports them.
-    if load.track_views && krmx {
-        let mut views = (0, 0, 0);
-        for report in collect(reports, n, link_wait, "complete views")? {
-            if let Report::Views { complete, correct, at } = report {
-                views = (views.0 + complete, views.1 + correct, views.2.max(at));
-            }
-        }
-        outcome.views = Some(views);
-    }
-    if load.measure_idle {
-        std::thread::sleep(Duration::from_secs(2));
-        if let (Some(before), Some(after)) = (rss_before, server.rss_kib()) {
-            outcome.idle_kib_per_user = Some(after.saturating_sub(before) as f64 / f64::from(load.users.max(1)));
-        }
-    }
-    if load.duration_ms > 0 {
-        let go = clock::since(epoch) + 300_000_000;
-        let cpu = |workers: &[Worker]| {
-            let load: Option<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).sum();
-            (cpu_seconds(server.child.id()), load, Instant::now())
-        };
-        let before = cpu(workers);
-        send_line(workers, &format!("go {go}"));
-        let wait = Duration::from_millis(load.duration_ms) + Duration::from_secs(30);
-        let mut sent = 0;
-        for report in collect(reports, n, wait, "the send counts")? {
-            if let Report::Sent { sent: count } = report {
-                sent += count;
-            }
-        }
-        // Every linked user receives every broadcast; an echo only goes back to its sender.
-        send_line(workers, &format!("expect {sent}"));
-        let wait = Duration::from_millis(30_000) + Duration::from_secs(30);
-        for report in collect(reports, n, wait, "the results")? {
-            if let Report::Result {
-                sent,
-                received,
-                in_window,
-                latency,
-                disconnected,
-                errors,
-            } = report
-            {
-                outcome.sent += sent;
-                outcome.received += received;
-                outcome.in_window += in_window;
-                outcome.latency.merge(&Histogram::from_wire(&latency));
-                outcome.disconnected += disconnected;
-                outcome.errors.extend(errors);
-            }
-        }
-        // CPU used during the measured phase (and the drain after it), as % of one core.
-        let after = cpu(workers);
-        let wall = after.2.duration_since(before.2).as_secs_f64();
-        if let (Some(s0), Some(s1), Some(l0), Some(l1)) = (before.0, after.0, before.1, after.1) {
-            outcome.cpu_pct = Some((100.0 * (s1 - s0) / wall, 100.0 * (l1 - l0) / wall));
-        }
-    }
-    outcome.errors.truncate(5);
-    Ok(outcome)
-}
-
-// ---- scenario groups -----------------------------------------------------------------------------------------------
-
-struct Group {
-    name: &'static str,
-    targets: &'static [Target],
-    load: Load,
-    /// Run the server on core 0 and the load on core 1.
-    pin: bool,
-}
-
-const KRMX_TARGETS: &[Target] = &[Target::Emitter, Target::Node];
-const ALL_TARGETS: &[Target] = &[Target::Emitter, Target::Node, Target::Axum];
-const NO_NODE: &[Target] = &[Target::Emitter, Target::Axum];
-
-fn groups(options: &Options) -> Vec<Group> {
-    let smoke = options.smoke;
-    let (duration_ms, warmup_ms) = if smoke { (1_000, 200) } else { (10_000, 2_000) };
-    let storm = |users: u32| Load {
-        track_views: true,
-        link_timeout_ms: if smoke { 30_000 } else { 600_000 },
-        ..Load::population(users)
-    };
-    let fanout = |users: u32, senders: u32| Load {
-        senders,
-        duration_ms,
-        warmup_ms,
-        ..Load::population(users)
-    };
-    let (small, large) = if smoke { (50, 100) } else { (1_000, 2_000) };
-    let (fan_users, fan_senders) = if smoke { (20, 2) } else { (200, 10) };
-    vec![
-        Group {
-            name: "storm1k",
-            targets: KRMX_TARGETS,
-            load: storm(small),
-            pin: false,
-        },
-        Group {
-            name: "storm2k",
-            targets: ALL_TARGETS,
-            load: Load {
-                measure_idle: true,
-                senders: 1,
-                window: 4,
-                duration_ms: duration_ms / 2,
-                warmup_ms: warmup_ms / 2,
-                ..storm(large)
-            },
-            pin: false,
-        },
-        Group {
-            name: "fanout-rate",
-            targets: ALL_TARGETS,
-            load: Load {
-                rate: 50.0,
-                ..fanout(fan_users, fan_senders)
-            },
-            pin: false,
-        },
-        Group {
-            name: "fanout-max",
-            targets: ALL_TARGETS,
-            load: Load {
-                window: 32,
-                ..fanout(fan_users, fan_senders)
-            },
-            pin: false,
-        },
-        Group {
-            name: "echo",
-            targets: ALL_TARGETS,
-            load: Load {
-                echo: true,
-                window: 1,
-                ..fanout(if smoke { 4 } else { 50 }, if smoke { 4 } else { 50 })
-            },
-            pin: true,
-        },
-    ]
-}
-
-fn scale_group(options: &Options) -> Group {
-    let users = options.scale_users;
-    Group {
-        name: "scale",
-        targets: NO_NODE,
-        load: Load {
-            workers: options.scale_workers,
-            in_flight: 64,
-            senders: 1,
-            window: 8,
-            duration_ms: if options.smoke { 1_000 } else { 10_000 },
-            warmup_ms: if options.smoke { 200 } else { 2_000 },
-            link_timeout_ms: if options.smoke { 60_000 } else { 1_800_000 },
-            ..Load::population(users)
-        },
-        pin: false,
-    }
-}
-
-fn ms(ns: u64) -> f64 {
-    ns as f64 / 1e6
-}
-
-/// Turns one outcome into named metric values.
-fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String, f64)> {
-    let load = &group.load;
-    let mut values = Vec::new();
-    let mut put = |name: &str, value: f64| values.push((format!("{}.{name}", group.name), value));
-    let link_span = outcome.last_done.saturating_sub(outcome.first_start) as f64 / 1e9;
-    let window_s = (load.duration_ms - load.warmup_ms) as f64 / 1e3;
-    let expected = if load.echo {
-        outcome.sent
-    } else {
-        outcome.sent * u64::from(outcome.linked)
-    };
-    let loss = if expected > 0 {
-        100.0 * (1.0 - outcome.received as f64 / expected as f64).max(0.0)
-    } else {
-        0.0
-    };
-    match group.name {
-        "storm1k" | "storm2k" | "scale" if target.krmx() => {
-            put("linked", f64::from(outcome.linked));
-            if link_span > 0.0 {
-                put("links_per_s", f64::from(outcome.linked) / link_span);
-            }
-            put("link_p50_ms", ms(outcome.link_latency.quantile(0.5)));
-            put("link_p99_ms", ms(outcome.link_latency.quantile(0.99)));
-            if let Some((complete, correct, at)) = outcome.views {
-                put("correct_pct", 100.0 * f64::from(correct) / f64::from(load.users));
-                if complete == load.users {
-                    put("views_s", at.saturating_sub(outcome.first_start) as f64 / 1e9);
-                }
-            }
-        }
-        "storm2k" | "scale" => put("linked", f64::from(outcome.linked)),
-        _ => {}
-    }
-    if let Some(kib) = outcome.idle_kib_per_user {
-        put("idle_kib", kib);
-    }
-    if let Some((server, load)) = outcome.cpu_pct {
-        put("server_cpu_pct", server);
-        put("load_cpu_pct", load);
-    }
-    if load.duration_ms > 0 && outcome.sent > 0 {
-        let per_s = outcome.in_window as f64 / window_s;
-        put(if load.echo { "rtt_per_s" } else { "delivered_per_s" }, per_s);
-        put("loss_pct", loss);
-        let scale = if load.echo { 1e3 } else { 1e6 }; // echo in µs, the rest in ms
-        let unit = if load.echo { "us" } else { "ms" };
-        for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (1.0, "max")] {
-            put(&format!("{name}_{unit}"), outcome.latency.quantile(q) as f64 / scale);
-        }
-    }
-    values
-}
-
-fn describe(group: &Group) -> String {
-    let load = &group.load;
-    let mut text = format!("{} users", load.users);
-    if load.workers > 1 {
-        text += &format!(" over {} load processes", load.workers);
-    }
-    if load.track_views {
-        text += &format!(", {} links in flight", load.in_flight);
-    }
-    if load.duration_ms > 0 {
-        let what = if load.echo { "bench/echo" } else { "bench/msg" };
-        let pace = if load.rate > 0.0 {
-            format!("{} msg/s each", load.rate)
+    let mut groups = scenario::groups(options.smoke, echo_pin);
+    // Multicore needs pinning. By default it runs with 4 CPUs or more (1 and 2 server cores, at least); asked for by
+    // name, or in the smoke (1 core), with whatever there is.
+    let multicore_named = named("multicore") || groups_named(options, "multicore-");
+    let multicore_default = options.only.is_none() && (options.smoke || cpus.len() >= 4);
+    if multicore_named || multicore_default {
+        if taskset {
+            let (more, skipped) = multicore::groups(&options.cores, cpus, options.smoke);
+            groups.extend(more);
+            notes.extend(skipped);
         } else {
-            format!("window {}", load.window)
-        };
-        text += &format!(
-            ", {} sender(s) of {what} ({pace}) for {} s",
-            load.senders,
-            load.duration_ms as f64 / 1000.0
-        );
+            notes.push("taskset is missing: the multicore groups were skipped".to_owned());
+        }
+    } else if options.only.is_none() {
+        notes.push(format!(
+            "the multicore groups did not run: {} CPU(s) here (they run by default with 4 or more; --only multicore \
+             runs them anyway)",
+            cpus.len()
+        ));
     }
-    if group.pin {
-        text += ", server on core 0 and load on core 1";
-    }
-    text
+    let wanted = |group: &Group| {
+        options.only.as_ref().is_none_or(|only| {
+            only.iter()
+                .any(|o| *o == group.name || (!group.family.is_empty() && *o == group.family))
+        })
+    };
+    groups.retain(wanted);
+    (groups, notes)
+}
+
+fn groups_named(options: &Options, prefix: &str) -> bool {
+    options
+        .only
+        .as_ref()
+        .is_some_and(|only| only.iter().any(|o| o.starts_with(prefix)))
 }
 
 pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
     let options = parse_options(args, smoke)?;
     let epoch = clock::unix_ns();
-    let logs = PathBuf::from("target/bench-logs");
-    std::fs::create_dir_all(&logs)?;
+    let logs = &options.logs;
+    std::fs::create_dir_all(logs)?;
     let taskset = Command::new("taskset")
         .arg("-c")
         .arg("0")
         .arg("true")
         .status()
         .is_ok_and(|status| status.success());
-    let wanted = |name: &str| options.only.as_ref().is_none_or(|only| only.iter().any(|o| o == name));
+    let cpus = multicore::allowed_cpus();
     let mut results = Results::new(&options.targets, options.rounds);
     results.notes.push(format!(
-        "load average when the run started: {}",
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        "load average when the run started: {}; {} CPU(s) available",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        cpus.len()
     ));
-    if !taskset {
-        results
-            .notes
-            .push("taskset is missing: the echo group ran unpinned".to_owned());
+    let (groups, notes) = plan(&options, taskset, &cpus);
+    for note in notes {
+        eprintln!("note: {note}");
+        results.notes.push(note);
     }
     let mut failures = 0;
     let mut run_group = |group: &Group, target: Target, results: &mut Results| {
-        let core = |core: &'static str| (group.pin && taskset).then_some(core);
         let log = logs.join(format!("{}-{}.log", group.name, target.name()));
         eprintln!(
             "[{}] {} on {}: {}",
-            report::now(),
+            clock::now(),
             group.name,
             target.name(),
             describe(group)
         );
         let started = Instant::now();
-        let outcome = Server::start(target, &options, core("0"), &log).and_then(|server| {
-            let outcome = run_load(&server, target, &group.load, epoch, core("1"));
+        let server_cpus = group.pin.as_ref().map(|pin| pin.server.as_str());
+        let load_cpus = group.pin.as_ref().map_or(&[][..], |pin| &pin.load[..]);
+        let outcome = Server::start(target, &options.node_dir, server_cpus, &log).and_then(|server| {
+            let outcome = run_load(&server, target, &group.load, epoch, load_cpus);
             server.stop();
             outcome
         });
@@ -744,13 +241,12 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
             }
         }
     };
-    let groups = groups(&options);
     for group in &groups {
-        results.describe(group.name, describe(group));
+        results.describe(&group.name, describe(group));
     }
     for round in 0..options.rounds {
         eprintln!("== round {} of {}", round + 1, options.rounds);
-        for (g, group) in groups.iter().enumerate().filter(|(_, group)| wanted(group.name)) {
+        for (g, group) in groups.iter().enumerate() {
             let mut targets: Vec<Target> = options
                 .targets
                 .iter()
@@ -765,9 +261,13 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
             }
         }
     }
-    if options.scale_users > 0 && wanted("scale") {
-        let group = scale_group(&options);
-        results.describe(group.name, describe(&group));
+    let scale_wanted = options
+        .only
+        .as_ref()
+        .is_none_or(|only| only.iter().any(|o| o == "scale"));
+    if options.scale_users > 0 && scale_wanted {
+        let group = scenario::scale_group(options.smoke, options.scale_users, options.scale_workers);
+        results.describe(&group.name, describe(&group));
         eprintln!("== scale");
         for target in options.targets.iter().copied().filter(|t| group.targets.contains(t)) {
             run_group(&group, target, &mut results);
@@ -775,17 +275,25 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
     }
     let table = report::table(&results);
     println!("{table}");
+    let multicore_table = report::multicore::table(&results);
+    if !multicore_table.is_empty() {
+        println!("{multicore_table}");
+    }
     if let Some(out) = &options.out {
         let command = std::env::args().collect::<Vec<_>>().join(" ");
         report::write(&results, out, &command)?;
         eprintln!("wrote {}", out.display());
     }
-    let summary: BTreeMap<_, _> = results.checks().into_iter().collect();
+    let summary: BTreeMap<_, _> = report::checks(&results).into_iter().collect();
     for (goal, verdict) in &summary {
         eprintln!("{goal}: {verdict}");
     }
     if failures > 0 {
-        return Err(format!("{failures} scenario run(s) failed; see the notes above and target/bench-logs").into());
+        return Err(format!(
+            "{failures} scenario run(s) failed; see the notes above and the server logs in {}",
+            logs.display()
+        )
+        .into());
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use crate::clock;
 use crate::hist::{Histogram, Wire};
+use crate::window::{Board, BoardSpec};
 use crate::ws::{Conn, Incoming};
 
 /// What one worker process does.
@@ -52,7 +53,7 @@ pub struct Spec {
     /// Messages per second per sender; 0 sends as fast as the window allows.
     pub rate: f64,
     /// At most this many of a sender's messages are in flight at once (window mode only): not yet received by every
-    /// user of this process (broadcasts), or not yet echoed back (echo).
+    /// user (broadcasts; of every load process when `board` is set, else of this one), or not yet echoed back (echo).
     pub window: u32,
     /// How long senders send.
     pub duration_ms: u64,
@@ -68,6 +69,10 @@ pub struct Spec {
     pub link_timeout_ms: u64,
     /// The process exits by itself this long after it started.
     pub deadline_ms: u64,
+    /// Where the load processes share their progress, so that a broadcast sender's window counts the users of every
+    /// process (set when there are several and senders broadcast with a window).
+    #[serde(default)]
+    pub board: Option<BoardSpec>,
 }
 
 /// What a worker tells the runner, one JSON line per phase.
@@ -143,6 +148,8 @@ struct Shared {
     /// Broadcasts received, per local user and sender: `progress[local * senders + sender]`. A sender's window counts
     /// its messages that the slowest local user has not received yet; a user that is gone reads as `u64::MAX`.
     progress: Vec<AtomicU64>,
+    /// What the other load processes have received, when there are several.
+    board: Option<Board>,
 }
 
 impl Shared {
@@ -162,12 +169,42 @@ impl Shared {
     }
 
     /// How many of `sender`'s messages every local user has received.
-    fn slowest(&self, sender: u32) -> u64 {
+    fn local_slowest(&self, sender: u32) -> u64 {
         (self.spec.first..self.spec.first + self.spec.count)
             .filter_map(|index| self.slot(index, sender))
             .map(|slot| slot.load(Ordering::Relaxed))
             .min()
             .unwrap_or(0)
+    }
+
+    /// How many of `sender`'s messages every user has received, in this process and (as last published) the others.
+    fn slowest(&self, sender: u32) -> u64 {
+        let local = self.local_slowest(sender);
+        match &self.board {
+            Some(board) => local.min(board.remote(sender.saturating_sub(self.spec.senders.0) as usize)),
+            None => local,
+        }
+    }
+
+    /// Publishes this process's progress and reads the others', once a millisecond, until the process ends.
+    async fn share_progress(self: Arc<Self>) {
+        let Some(board) = &self.board else { return };
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failed = false;
+        loop {
+            tick.tick().await;
+            let local: Vec<u64> = (self.spec.senders.0..self.spec.senders.1)
+                .map(|sender| self.local_slowest(sender))
+                .collect();
+            if let Err(error) = board.exchange(&local) {
+                // The windows stop opening and the run shows it; say why once.
+                if !failed {
+                    failed = true;
+                    self.error(format!("sharing progress: {error}"));
+                }
+            }
+        }
     }
 
     /// Takes a user that is gone out of every sender's window.
@@ -478,7 +515,7 @@ impl Client {
             // Closed loop on the sender's own echoes.
             self.sent + u64::from(spec.window.saturating_sub(self.in_flight))
         } else {
-            // A broadcast is in flight until the slowest user of this process has it, so that the window bounds
+            // A broadcast is in flight until the slowest user (of every load process) has it, so that the window bounds
             // every recipient's queue, not just the sender's own.
             self.shared.slowest(self.index).min(self.sent) + u64::from(spec.window)
         };
@@ -721,8 +758,16 @@ async fn run(spec: Spec) -> Result<(), Box<dyn std::error::Error>> {
         progress: (0..spec.count as usize * spec.senders.1.saturating_sub(spec.senders.0) as usize)
             .map(|_| AtomicU64::new(0))
             .collect(),
+        board: match &spec.board {
+            Some(board) => Some(Board::open(
+                board,
+                spec.senders.1.saturating_sub(spec.senders.0) as usize,
+            )?),
+            None => None,
+        },
         spec: spec.clone(),
     });
+    tokio::spawn(shared.clone().share_progress());
     let (go_tx, go_rx) = watch::channel(None);
     let (expect_tx, expect_rx) = watch::channel(None);
     let (quit_tx, quit_rx) = watch::channel(false);

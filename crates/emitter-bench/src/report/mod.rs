@@ -1,11 +1,14 @@
-//! The suite's results: medians per metric and target, the goals of the performance issue, and the files under
-//! docs/: a Markdown table (results.md), a plot of the ratios (ratios.svg) and every raw value (results.json).
+//! The report of a run: the goals of the performance issue with their verdicts, and the files under docs/: a
+//! Markdown table (results.md), a plot of the ratios (ratios.svg) and every raw value (results.json).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::suite::Target;
+pub mod multicore;
+
+use crate::results::{format_ratio, format_value, verdict, Results};
+use crate::target::Target;
 
 /// What a metric is checked against.
 #[derive(Clone, Copy)]
@@ -113,6 +116,30 @@ const DEFS: &[Def] = &[
         true,
         Goal::None,
     ),
+    def("storm10k.links_per_s", "links/s", true, true, Goal::None),
+    def("storm10k.link_p50_ms", "link latency p50 (ms)", false, true, Goal::None),
+    def("storm10k.link_p99_ms", "link latency p99 (ms)", false, true, Goal::None),
+    def(
+        "storm10k.views_s",
+        "until every client saw every user (s)",
+        false,
+        true,
+        Goal::None,
+    ),
+    def(
+        "storm10k.correct_pct",
+        "clients with the full, correct user list (%)",
+        true,
+        false,
+        Goal::AtLeast(100.0),
+    ),
+    def(
+        "storm10k.idle_kib",
+        "idle: server RSS per linked connection (KiB)",
+        false,
+        true,
+        Goal::AtMost(10.0),
+    ),
     def(
         "fanout-rate.delivered_per_s",
         "delivered msgs/s",
@@ -202,208 +229,100 @@ const DEFS: &[Def] = &[
     ),
 ];
 
-/// Every value of every round, by metric and target.
-pub struct Results {
-    values: BTreeMap<String, BTreeMap<Target, Vec<f64>>>,
-    groups: BTreeMap<String, String>,
-    targets: Vec<Target>,
-    rounds: u32,
-    started: String,
-    /// Anything worth knowing about the run: errors, the load on the machine.
-    pub notes: Vec<String>,
+/// Our advantage over `other` on a metric of the table, when a ratio means anything for it.
+fn advantage(results: &Results, def: &Def, other: Target) -> Option<f64> {
+    def.ratio
+        .then(|| results.advantage(def.key, def.higher_is_better, other))
+        .flatten()
 }
 
-fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(sorted[n / 2]),
-        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
-    }
-}
-
-fn format_value(value: f64) -> String {
-    let abs = value.abs();
-    if abs >= 10_000.0 {
-        // Thousands separators for big counts.
-        let digits = format!("{:.0}", value);
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 && c.is_ascii_digit() {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
-    } else if abs >= 100.0 {
-        format!("{value:.0}")
-    } else if abs >= 10.0 {
-        format!("{value:.1}")
-    } else {
-        format!("{value:.2}")
+/// A verdict on a ratio, followed by the two medians it came from.
+pub(crate) fn versus(results: &Results, metric: &str, verdict: String, other: Target) -> String {
+    match (results.median(metric, Target::Emitter), results.median(metric, other)) {
+        (Some(ours), Some(theirs)) => format!(
+            "{verdict}; emitter {}, {} {}",
+            format_value(ours),
+            other.name(),
+            format_value(theirs)
+        ),
+        _ => verdict,
     }
 }
 
-fn format_ratio(ratio: f64) -> String {
-    if ratio >= 100.0 {
-        format!("{ratio:.0}×")
-    } else if ratio >= 10.0 {
-        format!("{ratio:.1}×")
-    } else {
-        format!("{ratio:.2}×")
-    }
-}
-
-/// The current UTC time as `YYYY-MM-DD HH:MM UTC`, without a date crate.
-pub fn now() -> String {
-    let secs = crate::clock::unix_ns() / 1_000_000_000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60
-    )
-}
-
-impl Results {
-    pub fn new(targets: &[Target], rounds: u32) -> Results {
-        Results {
-            values: BTreeMap::new(),
-            groups: BTreeMap::new(),
-            targets: targets.to_vec(),
-            rounds,
-            started: now(),
-            notes: Vec::new(),
-        }
-    }
-
-    /// Records one round's value.
-    pub fn add(&mut self, metric: &str, target: Target, value: f64) {
-        self.values
-            .entry(metric.to_owned())
-            .or_default()
-            .entry(target)
-            .or_default()
-            .push(value);
-    }
-
-    /// Says what a group runs, for the table's legend.
-    pub fn describe(&mut self, group: &str, text: String) {
-        self.groups.insert(group.to_owned(), text);
-    }
-
-    fn median(&self, metric: &str, target: Target) -> Option<f64> {
-        median(self.values.get(metric)?.get(&target)?)
-    }
-
-    /// Our advantage over `other` (× > 1 is better for us), whichever way the metric points.
-    fn advantage(&self, def: &Def, other: Target) -> Option<f64> {
-        if !def.ratio {
-            return None;
-        }
-        let ours = self.median(def.key, Target::Emitter)?;
-        let theirs = self.median(def.key, other)?;
-        let ratio = if def.higher_is_better {
-            ours / theirs
-        } else {
-            theirs / ours
-        };
-        ratio.is_finite().then_some(ratio)
-    }
-
-    fn group_users(&self, group: &str) -> Option<f64> {
-        let text = self.groups.get(group)?;
-        text.split_whitespace().next()?.parse().ok()
-    }
-
-    /// Each goal of the issue with its verdict: met, missed by how much, or not measured.
-    pub fn checks(&self) -> Vec<(String, String)> {
-        let mut checks = Vec::new();
-        for def in DEFS {
-            let group = def.key.split('.').next().unwrap_or_default();
-            let name = |what: String| format!("{group} {}: {what}", def.label);
-            let verdict = |value: Option<f64>, goal: f64, higher: bool, unit: &str| match value {
-                None => "not measured".to_owned(),
-                Some(value) if (higher && value >= goal) || (!higher && value <= goal) => {
-                    format!("met ({}{unit})", format_value(value))
-                }
-                Some(value) => format!(
-                    "MISSED: {}{unit}, {:.0}% of the way",
-                    format_value(value),
-                    100.0 * if higher { value / goal } else { goal / value }
+/// Each goal of the issue with its verdict: met, missed by how much, or not measured; with the numbers.
+pub fn checks(results: &Results) -> Vec<(String, String)> {
+    let mut checks = Vec::new();
+    for def in DEFS {
+        let group = def.key.split('.').next().unwrap_or_default();
+        let name = |what: String| format!("{group} {}: {what}", def.label);
+        match def.goal {
+            Goal::None => {}
+            Goal::VsNode(goal) => checks.push((
+                name(format!("≥ {goal}× node")),
+                versus(
+                    results,
+                    def.key,
+                    verdict(advantage(results, def, Target::Node), goal, true, "×"),
+                    Target::Node,
                 ),
-            };
-            match def.goal {
-                Goal::None => {}
-                Goal::VsNode(goal) => checks.push((
-                    name(format!("≥ {goal}× node")),
-                    verdict(self.advantage(def, Target::Node), goal, true, "×"),
-                )),
-                Goal::VsAxum(goal) => checks.push((
-                    name(format!("≥ {goal}× bare axum")),
-                    verdict(self.advantage(def, Target::Axum), goal, true, "×"),
-                )),
-                Goal::AtMost(goal) => checks.push((
-                    name(format!("≤ {goal}")),
-                    verdict(self.median(def.key, Target::Emitter), goal, false, ""),
-                )),
-                Goal::AtLeast(goal) => checks.push((
-                    name(format!("≥ {goal}")),
-                    verdict(self.median(def.key, Target::Emitter), goal, true, ""),
-                )),
-                Goal::AllLinked => {
-                    if let Some(users) = self.group_users(group) {
-                        checks.push((
-                            name(format!("all {users} linked")),
-                            verdict(self.median(def.key, Target::Emitter), users, true, ""),
-                        ));
-                    }
+            )),
+            Goal::VsAxum(goal) => checks.push((
+                name(format!("≥ {goal}× bare axum (default buffers)")),
+                versus(
+                    results,
+                    def.key,
+                    verdict(advantage(results, def, Target::Axum), goal, true, "×"),
+                    Target::Axum,
+                ),
+            )),
+            Goal::AtMost(goal) => checks.push((
+                name(format!("≤ {goal}")),
+                verdict(results.median(def.key, Target::Emitter), goal, false, ""),
+            )),
+            Goal::AtLeast(goal) => checks.push((
+                name(format!("≥ {goal}")),
+                verdict(results.median(def.key, Target::Emitter), goal, true, ""),
+            )),
+            Goal::AllLinked => {
+                if let Some(users) = results.group_users(group) {
+                    checks.push((
+                        name(format!("all {users} linked")),
+                        verdict(results.median(def.key, Target::Emitter), users, true, ""),
+                    ));
                 }
             }
         }
-        if let (Some(axum), Some(node)) = (
-            self.median("fanout-max.delivered_per_s", Target::Axum),
-            self.median("fanout-max.delivered_per_s", Target::Node),
-        ) {
-            let ratio = axum / node;
-            let verdict = if ratio >= 10.0 { "holds" } else { "does not hold" };
-            checks.push((
-                "fanout-max: bare axum ≥ 10× node (the premise)".to_owned(),
-                format!("{verdict} ({})", format_ratio(ratio)),
-            ));
-        }
-        checks
     }
-
-    fn has(&self, target: Target) -> bool {
-        self.targets.contains(&target)
+    if let (Some(axum), Some(node)) = (
+        results.median("fanout-max.delivered_per_s", Target::Axum),
+        results.median("fanout-max.delivered_per_s", Target::Node),
+    ) {
+        let ratio = axum / node;
+        let verdict = if ratio >= 10.0 { "holds" } else { "does not hold" };
+        checks.push((
+            "fanout-max: bare axum ≥ 10× node (the premise)".to_owned(),
+            format!("{verdict} ({})", format_ratio(ratio)),
+        ));
     }
+    checks.extend(multicore::checks(results));
+    checks
 }
 
 /// The Markdown table of medians and ratios.
 pub fn table(results: &Results) -> String {
     let mut out = String::new();
-    let shown: Vec<Target> = [Target::Emitter, Target::Node, Target::Axum]
-        .into_iter()
-        .filter(|target| results.has(*target))
-        .collect();
+    let shown: Vec<Target> = Target::ALL.into_iter().filter(|target| results.has(*target)).collect();
     let _ = write!(out, "| group | metric |");
     for target in &shown {
         let _ = write!(out, " {} |", target.name());
     }
-    let ratio_targets: Vec<Target> = shown.iter().copied().filter(|t| *t != Target::Emitter).collect();
+    // Ratios against the reference and the bare server with default buffers, which the goals are measured against;
+    // axum-equal gets a column of values only, to explain a difference rather than to set a bar.
+    let ratio_targets: Vec<Target> = shown
+        .iter()
+        .copied()
+        .filter(|t| matches!(t, Target::Node | Target::Axum))
+        .collect();
     for target in &ratio_targets {
         let _ = write!(out, " emitter vs {} |", target.name());
     }
@@ -423,7 +342,7 @@ pub fn table(results: &Results) -> String {
             let _ = write!(out, " {} |", cell.as_deref().unwrap_or("–"));
         }
         for target in &ratio_targets {
-            let cell = results.advantage(def, *target).map(format_ratio);
+            let cell = advantage(results, def, *target).map(format_ratio);
             let _ = write!(out, " {} |", cell.as_deref().unwrap_or("–"));
         }
         let goal = match def.goal {
@@ -457,7 +376,7 @@ pub fn svg(results: &Results) -> String {
                 def,
                 others
                     .iter()
-                    .map(|other| results.advantage(def, *other))
+                    .map(|other| advantage(results, def, *other))
                     .collect::<Vec<_>>(),
             )
         })
@@ -555,7 +474,7 @@ pub fn svg(results: &Results) -> String {
     out
 }
 
-/// Writes results.md, ratios.svg and results.json into `dir`.
+/// Writes results.md, ratios.svg, multicore.svg and results.json into `dir`.
 pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut md = String::new();
@@ -570,6 +489,18 @@ pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()
         results.started, command, results.rounds
     );
     let _ = writeln!(md, "{}", table(results));
+    let multicore_table = multicore::table(results);
+    if multicore_table.is_empty() {
+        let _ = writeln!(md, "Multicore: not run (see the notes below).\n");
+    } else {
+        let _ = writeln!(
+            md,
+            "Multicore: the server pinned to the first k CPUs and the load to the others; echo in round trips/s, \
+             fan-out in deliveries/s, medians (emitter ÷ axum above 1× is better for emitter), then the CPU each side \
+             used (% of one core):\n"
+        );
+        let _ = writeln!(md, "{multicore_table}");
+    }
     let _ = writeln!(md, "Groups:\n");
     for (group, text) in &results.groups {
         if results.values.keys().any(|key| key.starts_with(&format!("{group}."))) {
@@ -577,7 +508,7 @@ pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()
         }
     }
     let _ = writeln!(md, "\nGoals:\n");
-    for (goal, verdict) in results.checks() {
+    for (goal, verdict) in checks(results) {
         let _ = writeln!(md, "- {goal} — {verdict}");
     }
     if !results.notes.is_empty() {
@@ -588,6 +519,7 @@ pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()
     }
     std::fs::write(dir.join("results.md"), md)?;
     std::fs::write(dir.join("ratios.svg"), svg(results))?;
+    std::fs::write(dir.join("multicore.svg"), multicore::svg(results))?;
     let json = serde_json::json!({
         "started": results.started,
         "command": command,

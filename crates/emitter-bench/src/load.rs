@@ -1,0 +1,292 @@
+//! Driving one server with worker processes: start them (pinned when asked), step them through linking, views and
+//! the measured phase, and add up what they report.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::clock;
+use crate::hist::Histogram;
+use crate::process::{cpu_seconds, pinned, wait_or_kill, Server};
+use crate::target::Target;
+use crate::window::{self, BoardSpec};
+use crate::worker::{Report, Spec};
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// One load against one server: who links, and what is sent once everyone has.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub users: u32,
+    /// Load processes; worker `w` runs on `cores[w % cores.len()]` when cores are given.
+    pub workers: u32,
+    /// Link attempts under way at once, over all workers.
+    pub in_flight: u32,
+    pub track_views: bool,
+    pub senders: u32,
+    pub echo: bool,
+    pub rate: f64,
+    pub window: u32,
+    pub duration_ms: u64,
+    pub warmup_ms: u64,
+    pub link_timeout_ms: u64,
+    /// Read the server's RSS once everyone is linked and idle.
+    pub measure_idle: bool,
+}
+
+impl Load {
+    pub fn population(users: u32) -> Load {
+        Load {
+            users,
+            workers: 1,
+            in_flight: 64,
+            track_views: false,
+            senders: 0,
+            echo: false,
+            rate: 0.0,
+            window: 1,
+            duration_ms: 0,
+            warmup_ms: 0,
+            link_timeout_ms: 120_000,
+            measure_idle: false,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Outcome {
+    pub first_start: u64,
+    pub last_done: u64,
+    pub link_latency: Histogram,
+    pub linked: u32,
+    pub views: Option<(u32, u32, u64)>,
+    pub idle_kib_per_user: Option<f64>,
+    pub sent: u64,
+    pub received: u64,
+    pub in_window: u64,
+    pub latency: Histogram,
+    pub disconnected: u32,
+    pub errors: Vec<String>,
+    /// CPU of the server and of all load processes during the measured phase, in % of one core.
+    pub cpu_pct: Option<(f64, f64)>,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+fn send_line(workers: &mut [Worker], line: &str) {
+    for worker in workers {
+        let _ = writeln!(worker.stdin, "{line}");
+        let _ = worker.stdin.flush();
+    }
+}
+
+/// Waits for one report of the expected kind from each worker.
+fn collect(
+    reports: &mpsc::Receiver<(usize, Result<Report, String>)>,
+    count: usize,
+    timeout: Duration,
+    what: &str,
+) -> Result<Vec<Report>, BoxError> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while got.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match reports.recv_timeout(left) {
+            Ok((_, Ok(report))) => got.push(report),
+            Ok((worker, Err(error))) => return Err(format!("worker {worker}: {error}").into()),
+            Err(_) => return Err(format!("timed out waiting for {what} ({}/{count} workers)", got.len()).into()),
+        }
+    }
+    Ok(got)
+}
+
+/// Runs `load` against `server`; worker `w` is pinned to `cores[w % cores.len()]` when `cores` is not empty.
+pub fn run_load(
+    server: &Server,
+    target: Target,
+    load: &Load,
+    epoch: u64,
+    cores: &[String],
+) -> Result<Outcome, BoxError> {
+    let exe = std::env::current_exe()?;
+    let rss_before = server.rss_kib();
+    let (tx, reports) = mpsc::channel();
+    let mut workers = Vec::new();
+    let per = load.users / load.workers;
+    let mut first = 0;
+    // Receivers wait this long at most for what the runner said was sent.
+    let drain_ms = 30_000;
+    // Several load processes and a broadcast window: they share their progress through a small file, so that the
+    // window counts every user (see window.rs).
+    let board = (load.workers > 1 && load.senders > 0 && !load.echo && load.rate == 0.0).then(|| {
+        static RUN: AtomicU32 = AtomicU32::new(0);
+        let n = RUN.fetch_add(1, Ordering::Relaxed);
+        std::env::temp_dir().join(format!("emitter-bench-{}-{n}.window", std::process::id()))
+    });
+    if let Some(path) = &board {
+        window::create(path, load.workers, load.senders)?;
+    }
+    for w in 0..load.workers {
+        let count = per + u32::from(w < load.users % load.workers);
+        let spec = Spec {
+            addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
+            path: "/".to_owned(),
+            krmx: target.krmx(),
+            version: "0.5.5".to_owned(),
+            first,
+            count,
+            total: load.users,
+            in_flight: (load.in_flight / load.workers).max(1),
+            epoch,
+            track_views: load.track_views && target.krmx(),
+            senders: (0, load.senders),
+            echo: load.echo,
+            rate: load.rate,
+            window: load.window,
+            duration_ms: load.duration_ms,
+            warmup_ms: load.warmup_ms,
+            drain_ms,
+            pad: 0,
+            read_buffer: if load.users > 5_000 { 16 * 1024 } else { 64 * 1024 },
+            link_timeout_ms: load.link_timeout_ms,
+            deadline_ms: 2 * load.link_timeout_ms + load.duration_ms + drain_ms + 120_000,
+            board: board.as_ref().map(|path| BoardSpec {
+                path: path.clone(),
+                worker: w,
+                workers: load.workers,
+            }),
+        };
+        first += count;
+        let core = (!cores.is_empty()).then(|| cores[w as usize % cores.len()].as_str());
+        let mut child = pinned(&exe, core)
+            .arg("worker")
+            .arg(serde_json::to_string(&spec)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no worker stdout")?;
+        let stdin = child.stdin.take().ok_or("no worker stdin")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let report = serde_json::from_str::<Report>(&line).map_err(|error| format!("{error}: {line}"));
+                if tx.send((w as usize, report)).is_err() {
+                    break;
+                }
+            }
+        });
+        workers.push(Worker { child, stdin });
+    }
+    let outcome = drive(server, load, target.krmx(), &reports, &mut workers, rss_before, epoch);
+    send_line(&mut workers, "quit");
+    for worker in &mut workers {
+        wait_or_kill(&mut worker.child, Duration::from_secs(10));
+    }
+    if let Some(path) = &board {
+        let _ = std::fs::remove_file(path);
+    }
+    outcome
+}
+
+fn drive(
+    server: &Server,
+    load: &Load,
+    krmx: bool,
+    reports: &mpsc::Receiver<(usize, Result<Report, String>)>,
+    workers: &mut [Worker],
+    rss_before: Option<u64>,
+    epoch: u64,
+) -> Result<Outcome, BoxError> {
+    let mut outcome = Outcome {
+        first_start: u64::MAX,
+        ..Outcome::default()
+    };
+    let n = workers.len();
+    let link_wait = Duration::from_millis(load.link_timeout_ms) + Duration::from_secs(30);
+    for report in collect(reports, n, link_wait, "the links")? {
+        if let Report::Linked {
+            first_start,
+            last_done,
+            latency,
+            linked,
+            errors,
+            ..
+        } = report
+        {
+            outcome.first_start = outcome.first_start.min(first_start);
+            outcome.last_done = outcome.last_done.max(last_done);
+            outcome.link_latency.merge(&Histogram::from_wire(&latency));
+            outcome.linked += linked;
+            outcome.errors.extend(errors);
+        }
+    }
+    // Workers track views only on Krmx targets; a worker whose users all failed to link still reports them.
+    if load.track_views && krmx {
+        let mut views = (0, 0, 0);
+        for report in collect(reports, n, link_wait, "complete views")? {
+            if let Report::Views { complete, correct, at } = report {
+                views = (views.0 + complete, views.1 + correct, views.2.max(at));
+            }
+        }
+        outcome.views = Some(views);
+    }
+    if load.measure_idle {
+        std::thread::sleep(Duration::from_secs(2));
+        if let (Some(before), Some(after)) = (rss_before, server.rss_kib()) {
+            outcome.idle_kib_per_user = Some(after.saturating_sub(before) as f64 / f64::from(load.users.max(1)));
+        }
+    }
+    if load.duration_ms > 0 {
+        let go = clock::since(epoch) + 300_000_000;
+        let cpu = |workers: &[Worker]| {
+            let load: Option<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).sum();
+            (cpu_seconds(server.child.id()), load, Instant::now())
+        };
+        let before = cpu(workers);
+        send_line(workers, &format!("go {go}"));
+        let wait = Duration::from_millis(load.duration_ms) + Duration::from_secs(30);
+        let mut sent = 0;
+        for report in collect(reports, n, wait, "the send counts")? {
+            if let Report::Sent { sent: count } = report {
+                sent += count;
+            }
+        }
+        // Every linked user receives every broadcast; an echo only goes back to its sender.
+        send_line(workers, &format!("expect {sent}"));
+        let wait = Duration::from_millis(30_000) + Duration::from_secs(30);
+        for report in collect(reports, n, wait, "the results")? {
+            if let Report::Result {
+                sent,
+                received,
+                in_window,
+                latency,
+                disconnected,
+                errors,
+            } = report
+            {
+                outcome.sent += sent;
+                outcome.received += received;
+                outcome.in_window += in_window;
+                outcome.latency.merge(&Histogram::from_wire(&latency));
+                outcome.disconnected += disconnected;
+                outcome.errors.extend(errors);
+            }
+        }
+        // CPU used during the measured phase (and the drain after it), as % of one core.
+        let after = cpu(workers);
+        let wall = after.2.duration_since(before.2).as_secs_f64();
+        if let (Some(s0), Some(s1), Some(l0), Some(l1)) = (before.0, after.0, before.1, after.1) {
+            outcome.cpu_pct = Some((100.0 * (s1 - s0) / wall, 100.0 * (l1 - l0) / wall));
+        }
+    }
+    outcome.errors.truncate(5);
+    Ok(outcome)
+}

@@ -1,0 +1,235 @@
+//! The scenario groups: what load each one puts on which targets, where it is pinned, and the metrics it yields.
+
+use crate::load::{Load, Outcome};
+use crate::target::Target;
+
+/// Where a group's server and load processes run (`taskset -c` lists).
+#[derive(Clone, Debug)]
+pub struct Pin {
+    /// The server's CPUs, e.g. `0-3`.
+    pub server: String,
+    /// One entry per load core; worker `w` runs on `load[w % load.len()]`.
+    pub load: Vec<String>,
+}
+
+/// A scenario: one load, run against each of its targets.
+pub struct Group {
+    pub name: String,
+    /// What `--only` matches besides the name: the multicore groups share `multicore`.
+    pub family: &'static str,
+    pub targets: &'static [Target],
+    pub load: Load,
+    /// Pin the server and the load to these CPUs; `None` lets the scheduler place them.
+    pub pin: Option<Pin>,
+}
+
+const KRMX_TARGETS: &[Target] = &[Target::Emitter, Target::Node];
+const ALL_TARGETS: &[Target] = &Target::ALL;
+/// Node is left out where it would take too long (its link storms are O(N²) at a fraction of our rate) or where a
+/// single-threaded server has nothing to show (the multicore groups).
+pub const NO_NODE: &[Target] = &[Target::Emitter, Target::Axum, Target::AxumEqual];
+
+/// Users per load process in the larger storms: each connection is a file descriptor of the worker, and a few
+/// thousand per process keeps every process far below a per-process limit of 20,000 and spreads the parsing.
+const USERS_PER_WORKER: u32 = 5_000;
+
+/// The groups run every round, in order. `echo_pin` places the echo group (server and load on a core each).
+pub fn groups(smoke: bool, echo_pin: Option<Pin>) -> Vec<Group> {
+    let (duration_ms, warmup_ms) = if smoke { (1_000, 200) } else { (10_000, 2_000) };
+    let storm = |users: u32| Load {
+        track_views: true,
+        workers: users.div_ceil(USERS_PER_WORKER),
+        link_timeout_ms: if smoke { 30_000 } else { 600_000 },
+        ..Load::population(users)
+    };
+    let fanout = |users: u32, senders: u32| Load {
+        senders,
+        duration_ms,
+        warmup_ms,
+        ..Load::population(users)
+    };
+    let (small, large, huge) = if smoke { (50, 100, 200) } else { (1_000, 2_000, 10_000) };
+    let (fan_users, fan_senders) = if smoke { (20, 2) } else { (200, 10) };
+    let group = |name: &str, targets, load, pin| Group {
+        name: name.to_owned(),
+        family: "",
+        targets,
+        load,
+        pin,
+    };
+    vec![
+        group("storm1k", KRMX_TARGETS, storm(small), None),
+        group(
+            "storm2k",
+            ALL_TARGETS,
+            Load {
+                measure_idle: true,
+                senders: 1,
+                window: 4,
+                duration_ms: duration_ms / 2,
+                warmup_ms: warmup_ms / 2,
+                ..storm(large)
+            },
+            None,
+        ),
+        // The idle footprint at 10,000 users: emitter's per-user state and what a storm of 200 million frames leaves
+        // behind, at the size where it starts to matter. Node is left out: its storm would take most of an hour.
+        group(
+            "storm10k",
+            NO_NODE,
+            Load {
+                measure_idle: true,
+                ..storm(huge)
+            },
+            None,
+        ),
+        group(
+            "fanout-rate",
+            ALL_TARGETS,
+            Load {
+                rate: 50.0,
+                ..fanout(fan_users, fan_senders)
+            },
+            None,
+        ),
+        group(
+            "fanout-max",
+            ALL_TARGETS,
+            Load {
+                window: 32,
+                ..fanout(fan_users, fan_senders)
+            },
+            None,
+        ),
+        group(
+            "echo",
+            ALL_TARGETS,
+            Load {
+                echo: true,
+                window: 1,
+                ..fanout(if smoke { 4 } else { 50 }, if smoke { 4 } else { 50 })
+            },
+            echo_pin,
+        ),
+    ]
+}
+
+/// The scale run: once per run, after the rounds.
+pub fn scale_group(smoke: bool, users: u32, workers: u32) -> Group {
+    Group {
+        name: "scale".to_owned(),
+        family: "",
+        targets: NO_NODE,
+        load: Load {
+            workers,
+            in_flight: 64,
+            senders: 1,
+            window: 8,
+            duration_ms: if smoke { 1_000 } else { 10_000 },
+            warmup_ms: if smoke { 200 } else { 2_000 },
+            link_timeout_ms: if smoke { 60_000 } else { 1_800_000 },
+            ..Load::population(users)
+        },
+        pin: None,
+    }
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Turns one outcome into named metric values (`group.metric`).
+pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String, f64)> {
+    let load = &group.load;
+    let mut values = Vec::new();
+    let mut put = |name: &str, value: f64| values.push((format!("{}.{name}", group.name), value));
+    let link_span = outcome.last_done.saturating_sub(outcome.first_start) as f64 / 1e9;
+    let window_s = (load.duration_ms - load.warmup_ms) as f64 / 1e3;
+    let expected = if load.echo {
+        outcome.sent
+    } else {
+        outcome.sent * u64::from(outcome.linked)
+    };
+    let loss = if expected > 0 {
+        100.0 * (1.0 - outcome.received as f64 / expected as f64).max(0.0)
+    } else {
+        0.0
+    };
+    let storm = load.track_views || group.name == "scale";
+    if storm && target.krmx() {
+        put("linked", f64::from(outcome.linked));
+        if link_span > 0.0 {
+            put("links_per_s", f64::from(outcome.linked) / link_span);
+        }
+        put("link_p50_ms", ms(outcome.link_latency.quantile(0.5)));
+        put("link_p99_ms", ms(outcome.link_latency.quantile(0.99)));
+        if let Some((complete, correct, at)) = outcome.views {
+            put("correct_pct", 100.0 * f64::from(correct) / f64::from(load.users));
+            if complete == load.users {
+                put("views_s", at.saturating_sub(outcome.first_start) as f64 / 1e9);
+            }
+        }
+    } else if storm {
+        put("linked", f64::from(outcome.linked));
+    }
+    if let Some(kib) = outcome.idle_kib_per_user {
+        put("idle_kib", kib);
+    }
+    if let Some((server, load)) = outcome.cpu_pct {
+        put("server_cpu_pct", server);
+        put("load_cpu_pct", load);
+    }
+    if load.duration_ms > 0 && outcome.sent > 0 {
+        let per_s = outcome.in_window as f64 / window_s;
+        put(if load.echo { "rtt_per_s" } else { "delivered_per_s" }, per_s);
+        put("loss_pct", loss);
+        let scale = if load.echo { 1e3 } else { 1e6 }; // echo in µs, the rest in ms
+        let unit = if load.echo { "us" } else { "ms" };
+        for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (1.0, "max")] {
+            put(&format!("{name}_{unit}"), outcome.latency.quantile(q) as f64 / scale);
+        }
+    }
+    values
+}
+
+/// What a group runs, in a sentence for the report's legend. It starts with the number of users (the report reads it
+/// back for the "all linked" goal).
+pub fn describe(group: &Group) -> String {
+    let load = &group.load;
+    let mut text = format!("{} users", load.users);
+    if load.workers > 1 {
+        text += &format!(" over {} load processes", load.workers);
+    }
+    if load.track_views {
+        text += &format!(", {} links in flight", load.in_flight);
+    }
+    if load.measure_idle {
+        text += ", then 2 s idle";
+    }
+    if load.duration_ms > 0 {
+        let what = if load.echo { "bench/echo" } else { "bench/msg" };
+        let pace = if load.rate > 0.0 {
+            format!("{} msg/s each", load.rate)
+        } else {
+            format!("window {}", load.window)
+        };
+        text += &format!(
+            ", {} sender(s) of {what} ({pace}) for {} s",
+            load.senders,
+            load.duration_ms as f64 / 1000.0
+        );
+    }
+    if let Some(pin) = &group.pin {
+        let per_core = if load.workers > 1 {
+            ", one load process per core"
+        } else {
+            ""
+        };
+        text += &format!(
+            ", server on CPU {} and load on CPU {}{per_core}",
+            pin.server,
+            pin.load.join(",")
+        );
+    }
+    text
+}

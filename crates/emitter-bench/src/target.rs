@@ -1,0 +1,39 @@
+//! The servers under test.
+
+/// A server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// Our server: examples/bench on emitter-core and emitter-axum.
+    Emitter,
+    /// The reference: @krmx/server from npm, on Node.
+    Node,
+    /// The bare axum WebSocket broadcast server, without any Krmx logic, with tungstenite's default buffers: what a
+    /// user writes without Krmx. Every goal against "bare axum" is measured against this one.
+    Axum,
+    /// The same bare server with emitter-axum's small buffers (1 KiB read, 2 KiB write): shown beside `Axum` to
+    /// explain a difference, never a goal's bar.
+    AxumEqual,
+}
+
+impl Target {
+    /// Every target, in the order the report shows them.
+    pub const ALL: [Target; 4] = [Target::Emitter, Target::Node, Target::Axum, Target::AxumEqual];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Emitter => "emitter",
+            Target::Node => "node",
+            Target::Axum => "axum",
+            Target::AxumEqual => "axum-equal",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|target| target.name() == name)
+    }
+
+    /// Whether the target speaks Krmx (the bare server has no link protocol: connected counts as linked).
+    pub fn krmx(self) -> bool {
+        matches!(self, Target::Emitter | Target::Node)
+    }
+}

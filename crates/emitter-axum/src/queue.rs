@@ -1,6 +1,6 @@
 //! A connection's outgoing queue: bounded, and waking its writer once per burst rather than once per frame.
 //!
-//! The core pushes into it under its dispatch lock, once per recipient of every broadcast, so pushing must be cheap:
+//! The core pushes into it under its fan-out lock, once per recipient of every broadcast, so pushing must be cheap:
 //! a short mutex and, only when the queue goes from empty to not empty, one wake-up. The writer takes everything
 //! queued at once and writes it with one flush.
 

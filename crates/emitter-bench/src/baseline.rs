@@ -3,7 +3,7 @@
 //! It is what a user writes with axum alone: one task per connection, a bounded queue of shared frames, batched
 //! writes with one flush, `TCP_NODELAY`, and tungstenite's default WebSocket buffers (128 KiB read, 128 KiB write),
 //! since that is what `WebSocketUpgrade` gives anyone who does not tune it. The difference between it and emitter is
-//! the Krmx layer (users, the link protocol, listeners, the dispatch lock) plus whatever emitter-axum does better or
+//! the Krmx layer (users, the link protocol, listeners, the membership order) plus whatever emitter-axum does better or
 //! worse than the obvious axum code. A message whose text starts with `{"type":"bench/msg"` goes to every connection,
 //! the sender included; `{"type":"bench/echo"` goes back to the sender; anything else is ignored.
 //!

@@ -89,7 +89,10 @@ fn drive(host: &Host, ids: &[ConnectionId], threads: usize, iters: u64, message:
 
 fn thread_counts() -> Vec<usize> {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    [1, 2, 4, 8].into_iter().filter(|&n| n == 1 || n <= cores.max(2)).collect()
+    [1, 2, 4, 8]
+        .into_iter()
+        .filter(|&n| n == 1 || n <= cores.max(2))
+        .collect()
 }
 
 fn contention(c: &mut Criterion) {

@@ -105,7 +105,7 @@ fn emitting(c: &mut Criterion) {
     group.finish();
 }
 
-/// A linked user's message through the whole core: parse, the dispatch lock, the listener, and the reply it sends.
+/// A linked user's message through the whole core: parse, the user's turn, the listener, and the reply it sends.
 fn dispatching(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
     let (server, host, ids) = server_with(1);

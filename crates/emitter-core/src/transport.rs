@@ -31,8 +31,9 @@ pub enum PushError {
 
 /// Where the core puts a connection's outgoing frames.
 ///
-/// Both methods are called while the server's dispatch lock is held, so they must return at once: queue the frame,
-/// never write to a socket, and never call back into the [`Server`].
+/// Both methods are called while the server holds its fan-out lock (every broadcast and membership message goes out
+/// under it), so they must return at once: queue the frame, never write to a socket, and never call back into the
+/// [`Server`].
 pub trait ConnectionSink: Send + Sync + 'static {
     /// Queues a frame to be written in order after the ones before it.
     fn push(&self, frame: Frame) -> Result<(), PushError>;

@@ -115,26 +115,26 @@ pub fn build() -> Server {
     let server = Server::builder().path("/ws").build();
     let table = Arc::new(Mutex::new(Table::new()));
 
+    // Every listener sends while it holds the table: message listeners of different users run at the same time, and a
+    // table sent after the lock is released could overtake a newer one. Sending never runs a listener, so holding the
+    // lock across it cannot deadlock; no listener calls kick, join or unlink with the table locked.
+
     // A user who joins takes a free seat; the others hear of the new table. (The newcomer is not linked yet: it gets
     // the table when it links, below.)
     let (s, t) = (server.clone(), table.clone());
     let _ = server.on_join(move |username| {
-        let state = {
-            let mut table = t.lock();
-            if !table.sit(username) {
-                return;
-            }
-            table.state()
-        };
-        tracing::info!(username, "took a seat");
-        broadcast(&s, &state);
+        let mut table = t.lock();
+        if table.sit(username) {
+            tracing::info!(username, "took a seat");
+            broadcast(&s, &table.state());
+        }
     });
 
     // Every link, a first one or a relink after a refresh, gets the table as it is now.
     let (s, t) = (server.clone(), table.clone());
     let _ = server.on_link(move |username| {
-        let state = t.lock().state();
-        if let Err(error) = s.send_json(username, &state) {
+        let table = t.lock();
+        if let Err(error) = s.send_json(username, &table.state()) {
             tracing::warn!(username, %error, "could not send the table");
         }
     });
@@ -142,32 +142,26 @@ pub fn build() -> Server {
     // A player who leaves frees the seat for the first spectator, in join order.
     let (s, t) = (server.clone(), table.clone());
     let _ = server.on_leave(move |username| {
-        let state = {
-            let mut table = t.lock();
-            if !table.stand(username) {
-                return;
-            }
-            let spectator = s
-                .users()
-                .into_iter()
-                .find(|user| table.seat_of(&user.username).is_none());
-            if let Some(spectator) = spectator {
-                table.sit(&spectator.username);
-                tracing::info!(username = spectator.username, "took the free seat");
-            }
-            table.state()
-        };
-        broadcast(&s, &state);
+        let mut table = t.lock();
+        if !table.stand(username) {
+            return;
+        }
+        let spectator = s
+            .users()
+            .into_iter()
+            .find(|user| table.seat_of(&user.username).is_none());
+        if let Some(spectator) = spectator {
+            table.sit(&spectator.username);
+            tracing::info!(username = spectator.username, "took the free seat");
+        }
+        broadcast(&s, &table.state());
     });
 
     let (s, t) = (server.clone(), table);
     let _ = server.on_message(move |username, message| {
-        let outcome = {
-            let mut table = t.lock();
-            handle(&mut table, username, message).map(|()| table.state())
-        };
-        match outcome {
-            Ok(state) => broadcast(&s, &state),
+        let mut table = t.lock();
+        match handle(&mut table, username, message) {
+            Ok(()) => broadcast(&s, &table.state()),
             Err(reason) => {
                 tracing::debug!(username, reason, "refused");
                 let refused = json!({ "type": ERROR, "payload": reason });
@@ -180,7 +174,7 @@ pub fn build() -> Server {
     server
 }
 
-/// Applies a player's request to the table, or says why not. Nothing is sent while the table is locked.
+/// Applies a player's request to the table, or says why not.
 fn handle(table: &mut Table, username: &str, message: &Message) -> Result<(), String> {
     let seat = table.seat_of(username);
     match message.kind.as_str() {

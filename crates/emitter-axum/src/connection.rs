@@ -16,7 +16,7 @@ use crate::queue::{Outgoing, Queue, QueueSink};
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Entries the writer's buffer may keep room for between bursts.
-const IDLE_ENTRIES: usize = 64;
+const IDLE_ENTRIES: usize = 8;
 
 fn to_message(frame: Frame) -> Message {
     // Frames hold serde_json output, which is UTF-8; the check cannot fail.
@@ -28,9 +28,9 @@ async fn write_all(socket: &mut WebSocket, taken: &mut VecDeque<Outgoing>) -> Re
     while let Some(entry) = taken.pop_front() {
         match entry {
             Outgoing::One(frame) => socket.feed(to_message(frame)).await?,
-            Outgoing::Batch(frames) => {
-                for frame in frames {
-                    socket.feed(to_message(frame)).await?;
+            Outgoing::Snapshot(snapshot) => {
+                for frame in snapshot.frames() {
+                    socket.feed(to_message(frame.clone())).await?;
                 }
             }
         }

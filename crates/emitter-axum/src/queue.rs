@@ -8,14 +8,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use emitter_core::protocol::Frame;
-use emitter_core::transport::{ConnectionSink, PushError};
+use emitter_core::transport::{ConnectionSink, PushError, Snapshot};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// One entry: a frame, or a batch of frames that counts as one entry (a newcomer's snapshot).
+/// One entry: a frame, or a newcomer's snapshot, which counts as one entry however many frames it holds.
 pub(crate) enum Outgoing {
     One(Frame),
-    Batch(Vec<Frame>),
+    Snapshot(Snapshot),
 }
 
 struct Entries {
@@ -96,8 +96,8 @@ impl ConnectionSink for QueueSink {
         self.0.enqueue(Outgoing::One(frame))
     }
 
-    fn push_batch(&self, frames: Vec<Frame>) -> Result<(), PushError> {
-        self.0.enqueue(Outgoing::Batch(frames))
+    fn push_snapshot(&self, snapshot: Snapshot) -> Result<(), PushError> {
+        self.0.enqueue(Outgoing::Snapshot(snapshot))
     }
 
     fn close(&self) {
@@ -120,7 +120,7 @@ mod tests {
         let queue = Arc::new(Queue::new(2));
         let sink = QueueSink(queue.clone());
         assert_eq!(sink.push(frame("a")), Ok(()));
-        assert_eq!(sink.push_batch(vec![frame("b"), frame("c")]), Ok(()));
+        assert_eq!(sink.push(frame("b")), Ok(()));
         assert_eq!(sink.push(frame("d")), Err(PushError::Full));
         let mut taken = VecDeque::new();
         assert!(!queue.take(&mut taken));

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::config::{Config, RateLimit};
 use crate::protocol::Frame;
 use crate::shards::Shards;
-use crate::transport::{ConnectionId, ConnectionSink, PushError};
+use crate::transport::{ConnectionId, ConnectionSink, PushError, Snapshot};
 
 /// A user as a linked connection knows it: its name, and the turn that keeps the user's messages one at a time
 /// (a user that relinks on a new connection while a message from its old one is still being handled waits for it).
@@ -90,10 +90,10 @@ impl Connection {
         self.settle(self.sink.push(frame))
     }
 
-    /// Queues several frames as one entry of the queue (a newcomer's snapshot), so that their number does not count
-    /// against the connection's queue one by one.
-    pub(crate) fn push_batch(&self, frames: Vec<Frame>) {
-        let _ = self.settle(self.sink.push_batch(frames));
+    /// Queues a newcomer's snapshot as one entry of the queue, so that its frames do not count against the
+    /// connection's queue one by one.
+    pub(crate) fn push_snapshot(&self, snapshot: Snapshot) {
+        let _ = self.settle(self.sink.push_snapshot(snapshot));
     }
 
     /// What a refused push means: a closing connection drops it; a full queue marks a slow consumer, which is closed.

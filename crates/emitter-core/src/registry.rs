@@ -16,13 +16,13 @@ use std::sync::Arc;
 use crate::connections::{Connection, Member};
 use crate::protocol::{Frame, ServerMessage};
 use crate::server::Broadcast;
+use crate::transport::{Snapshot, UserFrames};
 
 pub(crate) struct UserSlot {
     pub(crate) member: Arc<Member>,
     pub(crate) link: Option<Arc<Connection>>,
     /// `krmx/joined` and `krmx/linked` for this user, serialized once: every newcomer's snapshot reuses them.
-    joined: Frame,
-    linked: Frame,
+    frames: Arc<UserFrames>,
 }
 
 /// The users in join order, each with its link if it has one.
@@ -56,11 +56,13 @@ impl Registry {
         let slot = UserSlot {
             member: Arc::new(Member::new(username)),
             link: None,
-            joined: ServerMessage::Joined(username).to_frame(),
-            linked: ServerMessage::Linked(username).to_frame(),
+            frames: Arc::new(UserFrames {
+                joined: ServerMessage::Joined(username).to_frame(),
+                linked: ServerMessage::Linked(username).to_frame(),
+            }),
         };
         // The newcomer is not linked, so this reaches exactly the users linked before it joined.
-        let _ = self.push_to_linked(&slot.joined, None);
+        let _ = self.push_to_linked(&slot.frames.joined, None);
         self.users.insert(order, slot);
     }
 
@@ -70,16 +72,12 @@ impl Registry {
         let slot = self.user_mut(username).filter(|slot| slot.link.is_none())?;
         slot.link = Some(link.clone());
         let member = slot.member.clone();
-        let linked = slot.linked.clone();
-        // One batch of frames serialized when each user joined, in join order.
-        let mut snapshot = Vec::with_capacity(2 * self.users.len());
+        let linked = slot.frames.linked.clone();
+        let mut snapshot = Snapshot::with_capacity(self.users.len());
         for slot in self.users.values() {
-            snapshot.push(slot.joined.clone());
-            if slot.link.is_some() {
-                snapshot.push(slot.linked.clone());
-            }
+            snapshot.push(&slot.frames, slot.link.is_some());
         }
-        link.push_batch(snapshot);
+        link.push_snapshot(snapshot);
         let _ = self.push_to_linked(&linked, Some(username));
         Some(member)
     }

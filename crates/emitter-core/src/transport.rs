@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::error::Status;
 use crate::protocol::Frame;
@@ -29,6 +30,59 @@ pub enum PushError {
     Closed,
 }
 
+/// A newcomer's snapshot of the users: for each user in join order its `krmx/joined` frame and, if the user is linked,
+/// its `krmx/linked` frame, ending with the newcomer itself.
+///
+/// It holds one shared pointer per user rather than a frame per message: during a link storm every newcomer's snapshot
+/// waits in its queue until the client has read it, and the memory those take at once is what the server's heap grows
+/// to (and keeps). The frames themselves were serialized once, when each user joined.
+pub struct Snapshot {
+    entries: Vec<(Arc<UserFrames>, bool)>,
+}
+
+/// A user's `krmx/joined` and `krmx/linked` frames, made once when it joins.
+pub(crate) struct UserFrames {
+    pub(crate) joined: Frame,
+    pub(crate) linked: Frame,
+}
+
+impl Snapshot {
+    pub(crate) fn with_capacity(users: usize) -> Snapshot {
+        Snapshot {
+            entries: Vec::with_capacity(users),
+        }
+    }
+
+    pub(crate) fn push(&mut self, user: &Arc<UserFrames>, linked: bool) {
+        self.entries.push((user.clone(), linked));
+    }
+
+    /// The frames to write, in order.
+    pub fn frames(&self) -> impl Iterator<Item = &Frame> + '_ {
+        self.entries
+            .iter()
+            .flat_map(|(user, linked)| std::iter::once(&user.joined).chain(linked.then_some(&user.linked)))
+    }
+
+    /// How many frames [`frames`](Snapshot::frames) yields.
+    pub fn len(&self) -> usize {
+        self.entries.iter().map(|(_, linked)| 1 + usize::from(*linked)).sum()
+    }
+
+    /// Whether there is no frame at all (never, for a real snapshot: it holds the newcomer).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("users", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where the core puts a connection's outgoing frames.
 ///
 /// Both methods are called while the server holds its fan-out lock (every broadcast and membership message goes out
@@ -38,10 +92,10 @@ pub trait ConnectionSink: Send + Sync + 'static {
     /// Queues a frame to be written in order after the ones before it.
     fn push(&self, frame: Frame) -> Result<(), PushError>;
 
-    /// Queues several frames, in order, as one entry of the queue: a newcomer's snapshot holds two frames per user,
-    /// and should not fill a queue sized for live traffic. The default pushes them one by one.
-    fn push_batch(&self, frames: Vec<Frame>) -> Result<(), PushError> {
-        frames.into_iter().try_for_each(|frame| self.push(frame))
+    /// Queues a newcomer's snapshot, in order, as one entry of the queue: it holds up to two frames per user, and
+    /// should not fill a queue sized for live traffic. The default pushes its frames one by one.
+    fn push_snapshot(&self, snapshot: Snapshot) -> Result<(), PushError> {
+        snapshot.frames().try_for_each(|frame| self.push(frame.clone()))
     }
 
     /// Asks the transport to close the connection: write what is queued (briefly), close, and then report it with

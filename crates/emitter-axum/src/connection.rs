@@ -4,13 +4,19 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use emitter_core::protocol::Frame;
 use emitter_core::transport::Host;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
+use crate::burst::BurstWriter;
 use crate::queue::{Outgoing, Queue, QueueSink};
+
+/// A served connection: the upgraded socket, its writes gathered into bursts.
+pub(crate) type Socket = WebSocketStream<BurstWriter<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// How long a closing connection may take to write what is queued before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -24,7 +30,10 @@ fn to_message(frame: Frame) -> Message {
 }
 
 /// Writes every taken entry, then flushes once.
-async fn write_all(socket: &mut WebSocket, taken: &mut VecDeque<Outgoing>) -> Result<(), axum::Error> {
+async fn write_all(
+    socket: &mut Socket,
+    taken: &mut VecDeque<Outgoing>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     while let Some(entry) = taken.pop_front() {
         match entry {
             Outgoing::One(frame) => socket.feed(to_message(frame)).await?,
@@ -39,7 +48,7 @@ async fn write_all(socket: &mut WebSocket, taken: &mut VecDeque<Outgoing>) -> Re
 }
 
 /// Serves one upgraded WebSocket until either side closes it, then reports the close to the core.
-pub(crate) async fn run(host: Host, mut socket: WebSocket, query_ok: bool) {
+pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
     if !query_ok {
         tracing::debug!("incoming connection closed: its query parameters are not the expected ones");
         let _ = socket.send(Message::Close(None)).await;
@@ -89,11 +98,11 @@ pub(crate) async fn run(host: Host, mut socket: WebSocket, query_ok: bool) {
                     break;
                 }
             }
-            incoming = socket.recv() => match incoming {
+            incoming = socket.next() => match incoming {
                 Some(Ok(Message::Text(text))) => host.receive(id, text.as_bytes()),
                 Some(Ok(Message::Binary(data))) => host.receive(id, &data),
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                Some(Ok(Message::Ping(_))) => {} // answered by the WebSocket layer
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {} // pings are answered by the WebSocket layer
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(error)) => {
                     // Invalid UTF-8, an oversized message, a protocol violation: this connection ends, nothing else.

@@ -28,10 +28,12 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod burst;
 mod connection;
 mod mount;
 mod queue;
 mod serve;
+mod upgrade;
 
 pub use mount::{layer, router, KrmxLayer, KrmxService};
 pub use serve::{listen, listen_on, mark_listening, serve, ListenError};

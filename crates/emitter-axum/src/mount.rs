@@ -5,25 +5,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{RawQuery, State};
 use axum::http::Request;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use emitter_core::Server;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::connection;
-
-/// Bytes read from a socket at a time.
-const READ_BUFFER: usize = 1024;
-
-/// Bytes of written frames gathered before they go to the socket (a flush sends them sooner). Measured with
-/// `emitter-bench suite --only storm2k`: 128/128 KiB (the defaults) 147 KiB RSS per idle linked connection, 4/8 KiB
-/// 23.9, 1/4 KiB 18.9, 1/2 KiB 14.3, with the same broadcast throughput.
-const WRITE_BUFFER: usize = 2 * 1024;
+use crate::upgrade::upgrade;
 
 /// A `Router` that serves the Krmx WebSocket endpoint at the server's configured path (default `/`). Merge it into
 /// your app, or nest it under a prefix.
@@ -42,24 +31,6 @@ const WRITE_BUFFER: usize = 2 * 1024;
 pub fn router(server: &Server) -> Router {
     let path = server.config().path().to_owned();
     Router::new().route(&path, get(upgrade)).with_state(server.clone())
-}
-
-async fn upgrade(State(server): State<Server>, RawQuery(query): RawQuery, ws: WebSocketUpgrade) -> Response {
-    let host = server.host();
-    if !host.has_room() {
-        // Refused before the upgrade: no socket task, no buffers. `connect` repeats the check after the upgrade.
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    }
-    let config = server.config();
-    let query_ok = config.query_params_hold(query.as_deref());
-    let max = config.max_message_size();
-    // Small buffers keep an idle connection cheap: the WebSocket layer zero-fills its whole read buffer on every read,
-    // so its 128 KiB default would be resident for every connection. Both grow for a bigger message when needed.
-    ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| connection::run(host, socket, query_ok))
 }
 
 /// A tower layer that serves the Krmx WebSocket endpoint at the server's path and passes every other request to the

@@ -123,7 +123,9 @@ fn a_newcomer_gets_every_broadcast_after_its_snapshot_and_none_before() {
         thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                server.broadcast(&Message::with_payload("t/b", &n).unwrap(), None).unwrap();
+                server
+                    .broadcast(&Message::with_payload("t/b", &n).unwrap(), None)
+                    .unwrap();
                 n += 1;
             }
             n
@@ -167,7 +169,10 @@ fn a_newcomer_gets_every_broadcast_after_its_snapshot_and_none_before() {
             assert_eq!(pair[1].1, pair[0].1 + 1, "a gap in a session's broadcasts");
         }
     }
-    assert!(overlapping >= 200, "only {overlapping} sessions overlapped the broadcasts");
+    assert!(
+        overlapping >= 200,
+        "only {overlapping} sessions overlapped the broadcasts"
+    );
 }
 
 /// Nothing reaches a connection after it heard of its own unlink (until it links again): sends race with the unlink.
@@ -214,7 +219,11 @@ fn no_send_lands_after_the_unlink() {
             _ => {}
         }
     }
-    assert_eq!(sends, sent.load(Ordering::SeqCst), "every successful send landed, and only those");
+    assert_eq!(
+        sends,
+        sent.load(Ordering::SeqCst),
+        "every successful send landed, and only those"
+    );
     assert!(sends > 0);
 }
 

@@ -1,0 +1,153 @@
+//! The WebSocket handshake (HTTP/1.1, RFC 6455), done here rather than by axum's `WebSocketUpgrade` so that the socket
+//! under each WebSocket is ours: see `burst.rs` for why its writes are gathered the way they are.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use emitter_core::Server;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::burst::BurstWriter;
+use crate::connection;
+
+/// Bytes read from a socket at a time. Krmx messages from clients are small; a bigger one is read in several reads.
+/// (The WebSocket layer zero-fills its whole read buffer on every read, so its 128 KiB default would be resident for
+/// every connection.)
+const READ_BUFFER: usize = 1024;
+
+/// Answers a WebSocket handshake on the Krmx endpoint and serves the connection on a task of its own.
+pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> Response {
+    let host = server.host();
+    if !host.has_room() {
+        // Refused before the upgrade: no socket task, no buffers. `connect` repeats the check after the upgrade.
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let (mut parts, _body) = request.into_parts();
+    let key = match handshake_key(&parts.method, &parts.headers) {
+        Ok(key) => key,
+        Err(refusal) => return refusal,
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded to a WebSocket",
+        )
+            .into_response();
+    };
+    let config = server.config();
+    let query_ok = config.query_params_hold(parts.uri.query());
+    let max = config.max_message_size();
+    let websocket = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        // No buffer of tungstenite's own: every frame goes straight to the burst writer.
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "the WebSocket upgrade failed");
+                return;
+            }
+        };
+        let io = BurstWriter::new(TokioIo::new(upgraded));
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket)).await;
+        connection::run(host, socket, query_ok).await;
+    });
+    let accept = derive_accept_key(key.as_bytes());
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// The client's `Sec-WebSocket-Key`, or the response that refuses a request that is not a WebSocket handshake.
+fn handshake_key(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, Response> {
+    let refuse = |status: StatusCode, why: &'static str| Err((status, why).into_response());
+    if method != Method::GET {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "a WebSocket handshake is a GET request");
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") || !has_token(headers, header::UPGRADE, "websocket") {
+        return refuse(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket only");
+    }
+    if !has_token(headers, header::SEC_WEBSOCKET_VERSION, "13") {
+        let mut refusal = (StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only").into_response();
+        refusal
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Err(refusal);
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) => Ok(key.clone()),
+        None => refuse(StatusCode::BAD_REQUEST, "the Sec-WebSocket-Key header is missing"),
+    }
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|value| value.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(HeaderName, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.clone(), HeaderValue::from_str(value).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_well_formed_handshake_gives_its_key() {
+        let good = headers(&[
+            (header::CONNECTION, "keep-alive, Upgrade"),
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_VERSION, "13"),
+            (header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        assert_eq!(handshake_key(&Method::GET, &good).unwrap(), "dGhlIHNhbXBsZSBub25jZQ==");
+        // RFC 6455's own example.
+        assert_eq!(
+            derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_a_reason() {
+        let plain = headers(&[]);
+        let status = |method: Method, headers: &HeaderMap| handshake_key(&method, headers).unwrap_err().status();
+        assert_eq!(status(Method::GET, &plain), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(status(Method::POST, &plain), StatusCode::METHOD_NOT_ALLOWED);
+        let old = headers(&[
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_VERSION, "8"),
+        ]);
+        let refusal = handshake_key(&Method::GET, &old).unwrap_err();
+        assert_eq!(refusal.headers()[header::SEC_WEBSOCKET_VERSION], "13");
+        let keyless = headers(&[
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_VERSION, "13"),
+        ]);
+        assert_eq!(status(Method::GET, &keyless), StatusCode::BAD_REQUEST);
+    }
+}

@@ -30,7 +30,7 @@ pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> R
     let (mut parts, _body) = request.into_parts();
     let key = match handshake_key(&parts.method, &parts.headers) {
         Ok(key) => key,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
         return (
@@ -72,9 +72,29 @@ pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> R
     response
 }
 
-/// The client's `Sec-WebSocket-Key`, or the response that refuses a request that is not a WebSocket handshake.
-fn handshake_key(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, Response> {
-    let refuse = |status: StatusCode, why: &'static str| Err((status, why).into_response());
+/// Why a request is not a WebSocket handshake this server takes: the status and a reason for the response body.
+#[derive(Debug, PartialEq, Eq)]
+struct Refusal {
+    status: StatusCode,
+    why: &'static str,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.why).into_response();
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            // RFC 6455 4.4: say which version this server speaks.
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        response
+    }
+}
+
+/// The client's `Sec-WebSocket-Key`, or why the request is refused.
+fn handshake_key(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, Refusal> {
+    let refuse = |status: StatusCode, why: &'static str| Err(Refusal { status, why });
     if method != Method::GET {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "a WebSocket handshake is a GET request");
     }
@@ -82,11 +102,7 @@ fn handshake_key(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, Re
         return refuse(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket only");
     }
     if !has_token(headers, header::SEC_WEBSOCKET_VERSION, "13") {
-        let mut refusal = (StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only").into_response();
-        refusal
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return Err(refusal);
+        return refuse(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only");
     }
     match headers.get(header::SEC_WEBSOCKET_KEY) {
         Some(key) => Ok(key.clone()),
@@ -133,7 +149,7 @@ mod tests {
     #[test]
     fn anything_else_is_refused_with_a_reason() {
         let plain = headers(&[]);
-        let status = |method: Method, headers: &HeaderMap| handshake_key(&method, headers).unwrap_err().status();
+        let status = |method: Method, headers: &HeaderMap| handshake_key(&method, headers).unwrap_err().status;
         assert_eq!(status(Method::GET, &plain), StatusCode::UPGRADE_REQUIRED);
         assert_eq!(status(Method::POST, &plain), StatusCode::METHOD_NOT_ALLOWED);
         let old = headers(&[
@@ -141,7 +157,8 @@ mod tests {
             (header::UPGRADE, "websocket"),
             (header::SEC_WEBSOCKET_VERSION, "8"),
         ]);
-        let refusal = handshake_key(&Method::GET, &old).unwrap_err();
+        let refusal = handshake_key(&Method::GET, &old).unwrap_err().into_response();
+        assert_eq!(refusal.status(), StatusCode::UPGRADE_REQUIRED);
         assert_eq!(refusal.headers()[header::SEC_WEBSOCKET_VERSION], "13");
         let keyless = headers(&[
             (header::CONNECTION, "upgrade"),

@@ -2,7 +2,7 @@
 //! step against the model and the design invariants of `crates/emitter-core/tests/model/harness.rs` (the same
 //! harness the proptest suite uses).
 //!
-//! The fuzzer picks the setup (new users welcome or not, queue bound, connection caps, close at the end), whether to
+//! The fuzzer picks the setup (new users welcome or not, connection caps, close at the end), whether to
 //! start from four linked users, and up to 256 actions: structured ones (links to a pool of names, leaves, `do/*`
 //! messages that make listeners call back into the server, server calls) and raw frames (arbitrary bytes, or link
 //! requests with arbitrary usernames and versions).
@@ -107,11 +107,6 @@ impl<'a> Arbitrary<'a> for Input {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let setup = Setup {
             accept_new_users: u.ratio(7u8, 8u8)?,
-            queue: if u.ratio(1u8, 4u8)? {
-                Some(u.int_in_range(1..=12usize)?)
-            } else {
-                None
-            },
             close_at_end: bool::arbitrary(u)?,
             max_connections: if u.ratio(1u8, 8u8)? {
                 Some(u.int_in_range(0..=6usize)?)

@@ -1,19 +1,16 @@
-//! One task per connection: read frames into the core, write queued frames out, ping.
+//! One task per connection: read frames into the core, write what its outbox has, ping.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use emitter_core::protocol::Frame;
-use emitter_core::transport::Host;
+use emitter_core::transport::{Host, Outbox};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::burst::BurstWriter;
-use crate::queue::{Outgoing, Queue, QueueSink};
 
 /// A served connection: the upgraded socket, its writes gathered into bursts.
 pub(crate) type Socket = WebSocketStream<BurstWriter<TokioIo<hyper::upgrade::Upgraded>>>;
@@ -21,30 +18,47 @@ pub(crate) type Socket = WebSocketStream<BurstWriter<TokioIo<hyper::upgrade::Upg
 /// How long a closing connection may take to write what is queued before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Entries the writer's buffer may keep room for between bursts.
-const IDLE_ENTRIES: usize = 8;
+/// Frames taken from the outbox at a time.
+const BATCH: usize = 256;
+
+/// Frames written before a flush, at most: a long backlog (a newcomer's snapshot of thousands) goes out in pieces,
+/// so that its reads and pings get their turn.
+const BURST: usize = 4 * BATCH;
 
 fn to_message(frame: Frame) -> Message {
     // Frames hold serde_json output, which is UTF-8; the check cannot fail.
     Message::Text(Utf8Bytes::try_from(frame.bytes().clone()).unwrap_or_default())
 }
 
-/// Writes every taken entry, then flushes once.
-async fn write_all(
-    socket: &mut Socket,
-    taken: &mut VecDeque<Outgoing>,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    while let Some(entry) = taken.pop_front() {
-        match entry {
-            Outgoing::One(frame) => socket.feed(to_message(frame)).await?,
-            Outgoing::Snapshot(snapshot) => {
-                for frame in snapshot.frames() {
-                    socket.feed(to_message(frame.clone())).await?;
-                }
-            }
+/// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
+async fn write_burst(socket: &mut Socket, outbox: &Outbox) -> Result<bool, tungstenite::Error> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut written = 0;
+    let closing = loop {
+        let closing = outbox.take(&mut batch, BATCH);
+        let taken = batch.len();
+        for frame in batch.drain(..) {
+            socket.feed(to_message(frame)).await?;
         }
+        written += taken;
+        if closing || taken < BATCH || written >= BURST {
+            break closing;
+        }
+    };
+    socket.flush().await?;
+    Ok(closing)
+}
+
+/// Writes one more burst of a closing connection's outbox; returns whether it was empty.
+async fn outbox_empty(socket: &mut Socket, outbox: &Outbox) -> Result<bool, tungstenite::Error> {
+    let mut batch = Vec::new();
+    outbox.take(&mut batch, BURST);
+    let empty = batch.is_empty();
+    for frame in batch {
+        socket.feed(to_message(frame)).await?;
     }
-    socket.flush().await
+    socket.flush().await?;
+    Ok(empty)
 }
 
 /// Serves one upgraded WebSocket until either side closes it, then reports the close to the core.
@@ -54,10 +68,8 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
         let _ = socket.send(Message::Close(None)).await;
         return;
     }
-    let config = host.server().config();
-    let queue = Arc::new(Queue::new(config.outbound_queue()));
-    let ping_interval = config.ping_interval();
-    let Some(id) = host.connect(QueueSink(queue.clone())) else {
+    let ping_interval = host.server().config().ping_interval();
+    let Some((id, outbox)) = host.connect() else {
         let _ = socket.send(Message::Close(None)).await;
         return;
     };
@@ -67,35 +79,31 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
     let mut ping = interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
-    // Reused for every burst: the writer takes the whole queue at once.
-    let mut taken = VecDeque::new();
 
     loop {
         // Not biased: a connection that is sent to all the time still gets its reads and pings.
         tokio::select! {
-            () = queue.changed() => {
-                if queue.take(&mut taken) {
-                    let grace = async {
-                        write_all(&mut socket, &mut taken).await?;
-                        socket.send(Message::Close(None)).await
-                    };
-                    let _ = tokio::time::timeout(CLOSE_GRACE, grace).await;
-                    break;
-                }
-                // A write that blocks (the client stopped reading) gives way to a close request; the loop then
-                // closes with the grace above.
+            () = outbox.ready() => {
+                // A write that blocks (the client stopped reading) gives way to a close request.
                 let written = tokio::select! {
-                    written = write_all(&mut socket, &mut taken) => written,
-                    () = queue.closed() => Ok(()),
+                    written = write_burst(&mut socket, &outbox) => written,
+                    () = outbox.closed() => Ok(true),
                 };
-                taken.clear();
-                // A burst (a link storm, say) grows the buffer; an idle connection should not keep that.
-                if taken.capacity() > IDLE_ENTRIES {
-                    taken = VecDeque::new();
-                }
-                if let Err(error) = written {
-                    tracing::debug!(%id, %error, "write failed");
-                    break;
+                match written {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        // What was queued before the close goes out, briefly, then the close frame.
+                        let grace = async {
+                            while !outbox_empty(&mut socket, &outbox).await? {}
+                            socket.send(Message::Close(None)).await
+                        };
+                        let _ = tokio::time::timeout(CLOSE_GRACE, grace).await;
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%id, %error, "write failed");
+                        break;
+                    }
                 }
             }
             incoming = socket.next() => match incoming {

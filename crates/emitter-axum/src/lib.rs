@@ -31,7 +31,6 @@
 mod burst;
 mod connection;
 mod mount;
-mod queue;
 mod serve;
 mod upgrade;
 

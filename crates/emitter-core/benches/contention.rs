@@ -2,45 +2,41 @@
 //! sockets: a machine with few cores can still show whether messages of different users run in parallel.
 //!
 //! - `contention_echo/N`: each thread feeds its own user's connection messages that a listener sends back to the
-//!   sender (parse, dispatch, listener, `send`, queue push). Elements are messages; with a parallel path, 2 threads
-//!   handle close to twice what 1 does.
-//! - `contention_broadcast/N`: each thread feeds messages that a listener broadcasts to all 100 linked users. Every
-//!   broadcast takes the fan-out lock while it pushes (that is what keeps one order at every recipient), so this one
-//!   is expected to scale less: it measures what that order costs.
+//!   sender (parse, dispatch, listener, `send`, the reply queued), and takes the reply from the outbox as a writer
+//!   would. Elements are messages; with a parallel path, 2 threads handle close to twice what 1 does.
+//! - `contention_broadcast/N`: each thread feeds messages that a listener broadcasts to all 100 linked users, and
+//!   takes what its share of the 100 outboxes has, as their writers would. Every broadcast is appended under the
+//!   fan-out lock (that is what keeps one order at every recipient); handing each recipient its frame happens in the
+//!   writers, on every thread.
 //!
 //! `cargo bench -p emitter-core --bench contention` (`-- --quick` for a fast pass).
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use emitter_core::protocol::Frame;
-use emitter_core::transport::{ConnectionId, ConnectionSink, Host, PushError};
+use emitter_core::transport::{ConnectionId, Host, Outbox};
 use emitter_core::Server;
 
 const ECHO: &[u8] = br#"{"type":"bench/echo","payload":[1234567890,42,7]}"#;
 const BROADCAST: &[u8] = br#"{"type":"bench/msg","payload":[1234567890,42,7]}"#;
 
-/// A connection that takes every frame and drops it, counting.
-#[derive(Default)]
-struct CountingSink {
-    frames: AtomicU64,
-}
-
-impl ConnectionSink for CountingSink {
-    fn push(&self, frame: Frame) -> Result<(), PushError> {
-        black_box(&frame);
-        self.frames.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+/// Takes everything an outbox has, as a writer would, and drops it.
+fn drain(outbox: &Outbox, frames: &mut Vec<Frame>) {
+    loop {
+        outbox.take(frames, 256);
+        if frames.is_empty() {
+            return;
+        }
+        black_box(&frames);
+        frames.clear();
     }
-
-    fn close(&self) {}
 }
 
 /// A listening server with `users` linked users, echoing `bench/echo` and broadcasting `bench/msg`.
-fn server_with(users: usize) -> (Server, Host, Vec<ConnectionId>) {
+fn server_with(users: usize) -> (Server, Host, Vec<(ConnectionId, Outbox)>) {
     let server = Server::builder().ping_interval(Duration::ZERO).build();
     let relay = server.clone();
     let _ = server.on_message(move |username, message| match message.kind.as_str() {
@@ -56,25 +52,47 @@ fn server_with(users: usize) -> (Server, Host, Vec<ConnectionId>) {
     host.listening(0).expect("listening");
     let ids = (0..users)
         .map(|i| {
-            let id = host.connect(CountingSink::default()).expect("connect");
+            let (id, outbox) = host.connect().expect("connect");
             let link = format!(r#"{{"type":"krmx/link","payload":{{"username":"u{i}","version":"0.6.0"}}}}"#);
             host.receive(id, link.as_bytes());
-            id
+            (id, outbox)
         })
         .collect();
     (server, host, ids)
 }
 
-/// Runs `iters` messages on each of `threads` threads at once (user `t` on thread `t`) and returns the wall time.
-fn drive(host: &Host, ids: &[ConnectionId], threads: usize, iters: u64, message: &'static [u8]) -> Duration {
+/// Runs `iters` messages on each of `threads` threads at once (user `t` on thread `t`, which also reads its own outbox,
+/// or with `share`, every `threads`-th outbox starting at its own) and returns the wall time.
+fn drive(
+    host: &Host,
+    connections: &[(ConnectionId, Outbox)],
+    threads: usize,
+    iters: u64,
+    (message, share): (&'static [u8], bool),
+) -> Duration {
     let start = Arc::new(Barrier::new(threads + 1));
     let workers: Vec<_> = (0..threads)
         .map(|t| {
-            let (host, id, start) = (host.clone(), ids[t], start.clone());
+            let (host, start) = (host.clone(), start.clone());
+            let id = connections[t].0;
+            let outboxes: Vec<Outbox> = if share {
+                connections
+                    .iter()
+                    .skip(t)
+                    .step_by(threads)
+                    .map(|(_, outbox)| outbox.clone())
+                    .collect()
+            } else {
+                vec![connections[t].1.clone()]
+            };
             std::thread::spawn(move || {
+                let mut frames = Vec::new();
                 start.wait();
                 for _ in 0..iters {
                     host.receive(id, black_box(message));
+                    for outbox in &outboxes {
+                        drain(outbox, &mut frames);
+                    }
                 }
             })
         })
@@ -96,13 +114,16 @@ fn thread_counts() -> Vec<usize> {
 }
 
 fn contention(c: &mut Criterion) {
-    let (_server, host, ids) = server_with(100);
-    for (name, message) in [("contention_echo", ECHO), ("contention_broadcast", BROADCAST)] {
+    let (_server, host, connections) = server_with(100);
+    for (name, message) in [
+        ("contention_echo", (ECHO, false)),
+        ("contention_broadcast", (BROADCAST, true)),
+    ] {
         let mut group = c.benchmark_group(name);
         for threads in thread_counts() {
             group.throughput(Throughput::Elements(threads as u64));
             group.bench_with_input(BenchmarkId::from_parameter(threads), &threads, |b, &threads| {
-                b.iter_custom(|iters| drive(&host, &ids, threads, iters, message))
+                b.iter_custom(|iters| drive(&host, &connections, threads, iters, message))
             });
         }
         group.finish();

@@ -1,6 +1,7 @@
 //! The core's hot paths, without sockets: parsing an incoming message, serializing a broadcast once, emitting to N
-//! listeners, a linked user's message through the whole dispatch, the per-recipient cost of a broadcast, and a link
-//! (the snapshot the newcomer gets plus the broadcast to everyone else).
+//! listeners, a linked user's message through the whole dispatch, the per-recipient cost of a broadcast (appending it
+//! once, then every recipient's writer taking it from its outbox), and a link (the snapshot the newcomer gets plus
+//! the broadcast to everyone else).
 //!
 //! `cargo bench -p emitter-core` runs them; `-- --quick` for a fast pass.
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use emitter_core::events::Listeners;
 use emitter_core::protocol::{parse, ClientMessage, Frame};
-use emitter_core::transport::{ConnectionId, ConnectionSink, Host, PushError};
+use emitter_core::transport::{ConnectionId, Host, Outbox};
 use emitter_core::{Message, Server};
 
 const BENCH_MSG: &[u8] = br#"{"type":"bench/msg","payload":[1234567890,42,7]}"#;
@@ -21,41 +22,43 @@ const CHAT_MSG: &[u8] =
 /// The shape of a `message` listener.
 type MessageListener = dyn Fn(&str, &Message) + Send + Sync;
 
-/// A connection that takes every frame and drops it, counting: the core's cost without any transport.
-#[derive(Default)]
-struct CountingSink {
-    frames: Arc<AtomicU64>,
-}
-
-impl ConnectionSink for CountingSink {
-    fn push(&self, frame: Frame) -> Result<(), PushError> {
-        black_box(&frame);
-        self.frames.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+/// Takes everything an outbox has, as a writer would, and drops it (the core's cost without any transport).
+fn drain(outbox: &Outbox, frames: &mut Vec<Frame>) -> usize {
+    let mut taken = 0;
+    loop {
+        outbox.take(frames, 256);
+        if frames.is_empty() {
+            return taken;
+        }
+        taken += frames.len();
+        black_box(&frames);
+        frames.clear();
     }
-
-    fn close(&self) {}
 }
 
 fn link_message(username: &str) -> Vec<u8> {
     format!(r#"{{"type":"krmx/link","payload":{{"username":"{username}","version":"0.6.0"}}}}"#).into_bytes()
 }
 
-/// A listening server with `users` linked users on counting sinks, and the host to drive it.
-fn server_with(users: usize) -> (Server, Host, Vec<ConnectionId>) {
+/// A listening server with `users` linked users, their outboxes read up to now, and the host to drive it.
+fn server_with(users: usize) -> (Server, Host, Vec<(ConnectionId, Outbox)>) {
     let server = Server::builder().ping_interval(std::time::Duration::ZERO).build();
     let host = server.host();
     host.start().expect("start");
     host.listening(0).expect("listening");
-    let ids = (0..users)
+    let connections: Vec<(ConnectionId, Outbox)> = (0..users)
         .map(|i| {
-            let id = host.connect(CountingSink::default()).expect("connect");
+            let (id, outbox) = host.connect().expect("connect");
             host.receive(id, &link_message(&format!("u{i}")));
-            id
+            (id, outbox)
         })
         .collect();
+    let mut frames = Vec::new();
+    for (_, outbox) in &connections {
+        drain(outbox, &mut frames);
+    }
     assert_eq!(server.users().len(), users);
-    (server, host, ids)
+    (server, host, connections)
 }
 
 fn parsing(c: &mut Criterion) {
@@ -105,29 +108,42 @@ fn emitting(c: &mut Criterion) {
     group.finish();
 }
 
-/// A linked user's message through the whole core: parse, the user's turn, the listener, and the reply it sends.
+/// A linked user's message through the whole core: parse, the user's turn, the listener, the reply it sends, and the
+/// writer taking the reply.
 fn dispatching(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
-    let (server, host, ids) = server_with(1);
+    let (server, host, connections) = server_with(1);
     let echo = server.clone();
     let _echo = server.on_message(move |username, message| {
         let _ = echo.send(username, message);
     });
+    let (id, outbox) = &connections[0];
+    let mut frames = Vec::new();
     group.bench_function("receive_and_echo", |b| {
-        b.iter(|| host.receive(ids[0], black_box(BENCH_MSG)))
+        b.iter(|| {
+            host.receive(*id, black_box(BENCH_MSG));
+            drain(outbox, &mut frames)
+        })
     });
     group.finish();
 }
 
-/// What one more recipient costs a broadcast: serialize once, then push the same frame to every linked user.
+/// What one more recipient costs a broadcast: serialize once, append once, then every recipient's writer takes the
+/// same frame from its outbox.
 fn broadcasting(c: &mut Criterion) {
     let mut group = c.benchmark_group("broadcast_per_recipient");
     for n in [10usize, 100, 1000] {
-        let (server, _host, _ids) = server_with(n);
+        let (server, _host, connections) = server_with(n);
         let message: Message = parse(BENCH_MSG).unwrap();
+        let mut frames = Vec::new();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| server.broadcast(black_box(&message), None).unwrap())
+            b.iter(|| {
+                server.broadcast(black_box(&message), None).unwrap();
+                for (_, outbox) in &connections {
+                    drain(outbox, &mut frames);
+                }
+            })
         });
     }
     group.finish();
@@ -142,10 +158,10 @@ fn linking(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter_batched(
                 || server_with(n),
-                |(server, host, ids)| {
-                    let id = host.connect(CountingSink::default()).expect("connect");
+                |(server, host, connections)| {
+                    let (id, outbox) = host.connect().expect("connect");
                     host.receive(id, &link_message("newcomer"));
-                    (server, host, ids) // dropped outside the timing
+                    (server, host, connections, outbox) // dropped outside the timing
                 },
                 BatchSize::PerIteration,
             )

@@ -14,8 +14,8 @@ use crate::Server;
 /// big game states while bounding what a hostile client can cost.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
-/// The default number of entries that may wait in one connection's outgoing queue: 4096. A newcomer's snapshot of
-/// all users is one entry.
+/// The default for how far behind one connection may fall: 4096 frames of its own waiting (a newcomer's snapshot of all
+/// users is one), or 4096 broadcasts behind the others.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 4096;
 
 /// The default cap on open connections: 10,000. A connection past it is refused before the WebSocket upgrade.
@@ -144,7 +144,7 @@ impl Config {
         &self.accepted_versions
     }
 
-    /// How many entries may wait in one connection's outgoing queue.
+    /// How far behind one connection may fall: frames of its own waiting, or broadcasts it has not read yet.
     pub fn outbound_queue(&self) -> usize {
         self.outbound_queue
     }
@@ -259,10 +259,11 @@ impl ServerBuilder {
         self
     }
 
-    /// How many entries may wait in one connection's outgoing queue: each message is one, and a newcomer's snapshot
-    /// of all users (two frames per user) is one too, however many users there are. A connection whose queue is full
-    /// is a slow consumer: it is closed (unlinking its user) rather than delaying anyone else or growing without
-    /// bound. Default: [`DEFAULT_OUTBOUND_QUEUE`] (4096).
+    /// How far behind one connection may fall before it is a slow consumer: at most this many frames of its own may
+    /// wait (sends to its user and replies to it; a newcomer's snapshot of all users is one, however many users there
+    /// are), and it may be at most this many broadcasts (and membership messages) behind the others. A slow consumer
+    /// is closed (unlinking its user) rather than delaying anyone else or making the server keep what it has not read.
+    /// Default: [`DEFAULT_OUTBOUND_QUEUE`] (4096).
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.config.outbound_queue = frames.max(1);
         self

@@ -6,14 +6,16 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::sync::Mutex;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::config::{Config, RateLimit};
+use crate::fanout::Log;
+use crate::outbox::Outbox;
 use crate::protocol::Frame;
 use crate::shards::Shards;
-use crate::transport::{ConnectionId, ConnectionSink, PushError, Snapshot};
+use crate::sync::Mutex;
+use crate::transport::{ConnectionId, PushError, Snapshot};
 
 /// A user as a linked connection knows it: its name, and the turn that keeps the user's messages one at a time
 /// (a user that relinks on a new connection while a message from its old one is still being handled waits for it).
@@ -61,16 +63,16 @@ impl ConnState {
 
 pub(crate) struct Connection {
     pub(crate) id: ConnectionId,
-    pub(crate) sink: Arc<dyn ConnectionSink>,
+    pub(crate) outbox: Outbox,
     pub(crate) state: Mutex<ConnState>,
 }
 
 impl Connection {
-    fn new(id: ConnectionId, sink: Arc<dyn ConnectionSink>, rate_limit: Option<RateLimit>) -> Self {
+    fn new(id: ConnectionId, outbox: Outbox, rate_limit: Option<RateLimit>) -> Self {
         let now = Instant::now();
         Connection {
             id,
-            sink,
+            outbox,
             state: Mutex::new(ConnState {
                 role: Role::Unlinked,
                 unlinked_since: Some(now),
@@ -87,13 +89,12 @@ impl Connection {
     /// Queues a frame (never call it with this connection's state locked). A full queue marks a slow consumer: its connection is closed, and the transport reports the
     /// close, which unlinks the user the normal way.
     pub(crate) fn push(&self, frame: Frame) -> Result<(), PushError> {
-        self.settle(self.sink.push(frame))
+        self.settle(self.outbox.push(frame))
     }
 
-    /// Queues a newcomer's snapshot as one entry of the queue, so that its frames do not count against the
-    /// connection's queue one by one.
-    pub(crate) fn push_snapshot(&self, snapshot: Snapshot) {
-        let _ = self.settle(self.sink.push_snapshot(snapshot));
+    /// Queues a newcomer's snapshot as one entry of the queue, written at log position `at`, where its window starts.
+    pub(crate) fn push_snapshot(&self, snapshot: Snapshot, at: u64) {
+        let _ = self.settle(self.outbox.push_snapshot(snapshot, at));
     }
 
     /// What a refused push means: a closing connection drops it; a full queue marks a slow consumer, which is closed.
@@ -111,16 +112,16 @@ impl Connection {
 
     /// Asks the transport to close the connection, once.
     pub(crate) fn close(&self) {
-        close(&mut self.state.lock(), self.sink.as_ref());
+        close(&mut self.state.lock(), &self.outbox);
     }
 }
 
 /// Asks the transport to close a connection whose state is locked, once.
-pub(crate) fn close(state: &mut ConnState, sink: &dyn ConnectionSink) {
+pub(crate) fn close(state: &mut ConnState, outbox: &Outbox) {
     if !state.closing {
         state.closing = true;
         state.unlinked_since = None;
-        sink.close();
+        outbox.close();
     }
 }
 
@@ -181,11 +182,14 @@ impl Connections {
         }
     }
 
-    pub(crate) fn insert(&self, sink: Arc<dyn ConnectionSink>, rate_limit: Option<RateLimit>) -> ConnectionId {
+    /// Opens a connection whose outbox reads `log`.
+    pub(crate) fn insert(&self, log: &Arc<Log>, config: &Config) -> (ConnectionId, Outbox) {
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed) as u64);
-        self.table.insert(id, Arc::new(Connection::new(id, sink, rate_limit)));
+        let outbox = Outbox::new(id, log.clone(), config.outbound_queue);
+        let connection = Connection::new(id, outbox.clone(), config.rate_limit);
+        self.table.insert(id, Arc::new(connection));
         self.open.fetch_add(1, Ordering::SeqCst);
-        id
+        (id, outbox)
     }
 
     pub(crate) fn remove(&self, id: ConnectionId) -> bool {

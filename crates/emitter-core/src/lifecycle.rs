@@ -202,7 +202,7 @@ impl Server {
                 .is_some_and(|since| now.duration_since(since) >= deadline);
             if overdue && matches!(state.role, Role::Unlinked) {
                 tracing::info!(connection = %connection.id, "closing a connection that stayed unlinked past the link deadline");
-                crate::connections::close(&mut state, connection.sink.as_ref());
+                crate::connections::close(&mut state, &connection.outbox);
             }
         }
     }

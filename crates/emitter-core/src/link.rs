@@ -14,8 +14,9 @@ use crate::config::MAX_USERNAME_BYTES;
 use crate::connections::{close, Connection, Member, Role};
 use crate::error::Status;
 use crate::events::{panic_message, Event};
+use crate::outbox::Outbox;
 use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, ServerMessage};
-use crate::transport::{ConnectionId, ConnectionSink};
+use crate::transport::ConnectionId;
 use crate::version::AcceptedVersions;
 use crate::Server;
 
@@ -30,16 +31,16 @@ enum Seen {
 type Dispatch = (Arc<Member>, Message);
 
 impl Server {
-    pub(crate) fn connect(&self, sink: Arc<dyn ConnectionSink>) -> Option<ConnectionId> {
+    pub(crate) fn connect(&self) -> Option<(ConnectionId, Outbox)> {
         let _turn = self.inner.sequencer.lock();
         if let Some(reason) = self.refusal() {
             tracing::warn!(reason, "incoming connection refused");
             return None;
         }
-        let id = self.inner.connections.insert(sink, self.inner.config.rate_limit);
+        let (id, outbox) = self.inner.connections.insert(&self.inner.log, &self.inner.config);
         self.publish_open_count();
         tracing::debug!(connection = %id, "connection opened");
-        Some(id)
+        Some((id, outbox))
     }
 
     fn refusal(&self) -> Option<&'static str> {
@@ -97,7 +98,15 @@ impl Server {
             }
             if !state.take_token() {
                 tracing::warn!(connection = %id, "message rate limit exceeded: closing the connection");
-                close(&mut state, connection.sink.as_ref());
+                close(&mut state, &connection.outbox);
+                let member = match &state.role {
+                    Role::Linked(member) => Some(member.clone()),
+                    _ => None,
+                };
+                drop(state);
+                if let Some(member) = member {
+                    self.inner.registry.lock().mark_closing(&member.name, &connection);
+                }
                 return;
             }
             match &state.role {

@@ -32,7 +32,7 @@ impl Server {
     }
 
     pub(crate) fn join_user(&self, username: &str) {
-        self.inner.registry.lock().join(username);
+        self.fan_out(|registry| registry.join(username));
         tracing::info!(username, "joined");
         self.emit(Event::Join { username }, |events| {
             events.join.emit("join", |f| f(username))
@@ -41,8 +41,7 @@ impl Server {
 
     /// Links `connection` to the existing, unlinked `username`, unless a listener changed either meanwhile.
     pub(crate) fn link_user(&self, connection: &Arc<Connection>, username: &str) {
-        {
-            let mut registry = self.inner.registry.lock();
+        let linked = self.fan_out(|registry| {
             // A join listener may have kicked the user, or linked it or the connection elsewhere.
             let free = matches!(connection.state.lock().role, Role::Unlinked);
             let member = if free {
@@ -52,7 +51,7 @@ impl Server {
             };
             let Some(member) = member else {
                 tracing::debug!(connection = %connection.id, username, "link abandoned: state changed during join");
-                return;
+                return false;
             };
             {
                 let mut state = connection.state.lock();
@@ -62,6 +61,10 @@ impl Server {
             self.inner.connections.count_linked(true);
             // Sends find the user only now, after its snapshot was queued.
             self.inner.links.insert(username.to_owned(), connection.clone());
+            true
+        });
+        if !linked {
+            return;
         }
         tracing::info!(username, "linked");
         self.emit(Event::Link { username }, |events| {
@@ -70,13 +73,12 @@ impl Server {
     }
 
     pub(crate) fn unlink_user(&self, username: &str) {
-        {
-            let mut registry = self.inner.registry.lock();
+        let unlinked = self.fan_out(|registry| {
             // Out of the link table first: a send that found the connection has queued its frame by the time this
             // returns, so nothing reaches the connection after it hears of its unlink.
             self.inner.links.remove(username);
             let Some(connection) = registry.unlink(username) else {
-                return;
+                return false;
             };
             let mut state = connection.state.lock();
             state.role = Role::Unlinked;
@@ -84,6 +86,10 @@ impl Server {
                 state.unlinked_since = Some(Instant::now());
             }
             self.inner.connections.count_linked(false);
+            true
+        });
+        if !unlinked {
+            return;
         }
         tracing::info!(username, "unlinked");
         self.emit(Event::Unlink { username }, |events| {
@@ -104,7 +110,7 @@ impl Server {
             let _ = connection.push(ServerMessage::Left(username).to_frame());
         }
         // An unlink listener may have kicked the user already, or linked it again; then there is nothing to remove.
-        if !self.inner.registry.lock().leave(username) {
+        if !self.fan_out(|registry| registry.leave(username)) {
             return;
         }
         tracing::info!(username, "left");

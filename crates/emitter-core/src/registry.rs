@@ -1,22 +1,24 @@
-//! The users in join order and the connections linked to them: what `users()` lists, what a broadcast walks and what
-//! a newcomer's snapshot is made of.
+//! The users in join order and the connections linked to them: what `users()` lists, who a broadcast reaches, and
+//! what a newcomer's snapshot is made of.
 //!
-//! The registry sits behind one short mutex, the *fan-out lock*. Every push that goes to more than one connection (a
-//! broadcast, and the `krmx/joined|linked|unlinked|left` messages of a membership change) is made while holding it, so
-//! any two connections that both receive two such messages receive them in the same order. A link takes it too, so a
-//! newcomer's snapshot is queued before any broadcast that counts the newcomer as a recipient. Nothing slow happens
-//! under it: pushes only queue shared bytes, and listeners never run while it is held.
+//! The registry sits behind one short mutex, the *fan-out lock*. Every frame that goes to more than one connection (a
+//! broadcast, and the `krmx/joined|linked|unlinked|left` messages of a membership change) is appended to the fan-out
+//! log while holding it, so any two connections that both receive two such frames receive them in the same order. A
+//! link takes it too: the newcomer's snapshot and the start of its window in the log are set at one instant, so it
+//! never gets a broadcast before its snapshot and never misses one after it. Nothing slow happens under it: an
+//! append is a slot in a shared log, and listeners never run while it is held.
 //!
 //! The registry changes only through [`Registry::join`], [`Registry::link`], [`Registry::unlink`] and
 //! [`Registry::leave`], called in the order the membership path decides (see `membership.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::connections::{Connection, Member};
+use crate::fanout::{Log, SEGMENT};
 use crate::protocol::{Frame, ServerMessage};
 use crate::server::Broadcast;
-use crate::transport::{Snapshot, UserFrames};
+use crate::transport::{PushError, Snapshot, UserFrames};
 
 pub(crate) struct UserSlot {
     pub(crate) member: Arc<Member>,
@@ -26,15 +28,33 @@ pub(crate) struct UserSlot {
 }
 
 /// The users in join order, each with its link if it has one.
-#[derive(Default)]
 pub(crate) struct Registry {
     /// Users in join order, keyed by a number that only grows.
     users: BTreeMap<u64, UserSlot>,
     order: HashMap<String, u64>,
     next_order: u64,
+    log: Arc<Log>,
+    /// How many users are linked.
+    linked: usize,
+    /// Linked users (by join order) whose connection the server is closing: they get nothing more.
+    closing: BTreeSet<u64>,
+    /// How far behind the log a connection may read before it is closed as a slow consumer.
+    max_lag: u64,
 }
 
 impl Registry {
+    pub(crate) fn new(log: Arc<Log>, max_lag: usize) -> Registry {
+        Registry {
+            users: BTreeMap::new(),
+            order: HashMap::new(),
+            next_order: 0,
+            log,
+            linked: 0,
+            closing: BTreeSet::new(),
+            max_lag: max_lag as u64,
+        }
+    }
+
     pub(crate) fn user(&self, username: &str) -> Option<&UserSlot> {
         self.order.get(username).and_then(|order| self.users.get(order))
     }
@@ -50,44 +70,55 @@ impl Registry {
 
     /// Adds a user at the end of the join order and tells the linked users.
     pub(crate) fn join(&mut self, username: &str) {
+        let frames = Arc::new(UserFrames {
+            joined: ServerMessage::Joined(username).to_frame(),
+            linked: ServerMessage::Linked(username).to_frame(),
+        });
+        // The newcomer is not linked, so this reaches exactly the users linked before it joined.
+        let _ = self.push_to_linked(&frames.joined, None);
         let order = self.next_order;
         self.next_order += 1;
         self.order.insert(username.to_owned(), order);
         let slot = UserSlot {
             member: Arc::new(Member::new(username)),
             link: None,
-            frames: Arc::new(UserFrames {
-                joined: ServerMessage::Joined(username).to_frame(),
-                linked: ServerMessage::Linked(username).to_frame(),
-            }),
+            frames,
         };
-        // The newcomer is not linked, so this reaches exactly the users linked before it joined.
-        let _ = self.push_to_linked(&slot.frames.joined, None);
         self.users.insert(order, slot);
     }
 
-    /// Links an unlinked user: the newcomer gets its snapshot of everyone (itself included), then everyone else hears
-    /// of the link. Returns the user, or `None` when it does not exist or is linked already.
-    pub(crate) fn link(&mut self, username: &str, link: &Arc<Connection>) -> Option<Arc<Member>> {
+    /// Links an unlinked user: everyone else hears of the link, and the newcomer gets its snapshot of everyone
+    /// (itself included) followed by every log entry after the link. Returns the user, or `None` when it does not
+    /// exist or is linked already.
+    pub(crate) fn link(&mut self, username: &str, connection: &Arc<Connection>) -> Option<Arc<Member>> {
         let slot = self.user_mut(username).filter(|slot| slot.link.is_none())?;
-        slot.link = Some(link.clone());
+        slot.link = Some(connection.clone());
         let member = slot.member.clone();
         let linked = slot.frames.linked.clone();
+        self.linked += 1;
         let mut snapshot = Snapshot::with_capacity(self.users.len());
         for slot in self.users.values() {
             snapshot.push(&slot.frames, slot.link.is_some());
         }
-        link.push_snapshot(snapshot);
+        // The `krmx/linked` goes to the others; the newcomer's window starts right after it.
         let _ = self.push_to_linked(&linked, Some(username));
+        let (from, segment) = self.log.position();
+        connection.push_snapshot(snapshot, from);
+        connection.outbox.open_window(from, segment);
         Some(member)
     }
 
     /// Unlinks a linked user, telling every linked user (the user's own connection included, as the reference does).
-    /// Returns the link it had.
+    /// Returns the connection it had.
     pub(crate) fn unlink(&mut self, username: &str) -> Option<Arc<Connection>> {
-        self.user(username)?.link.as_ref()?;
+        let order = *self.order.get(username)?;
+        self.users.get(&order)?.link.as_ref()?;
         let _ = self.push_to_linked(&ServerMessage::Unlinked(username).to_frame(), None);
-        self.user_mut(username)?.link.take()
+        let connection = self.users.get_mut(&order)?.link.take()?;
+        connection.outbox.close_window(self.log.head());
+        self.linked -= 1;
+        self.closing.remove(&order);
+        Some(connection)
     }
 
     /// Removes an unlinked user, telling the linked users. Returns whether it was there to remove.
@@ -102,19 +133,58 @@ impl Registry {
         true
     }
 
-    /// Queues a frame for every linked user in join order, except `skip`. Reports who got it and who did not.
-    pub(crate) fn push_to_linked(&self, frame: &Frame, skip: Option<&str>) -> Broadcast {
-        let mut report = Broadcast::default();
-        for slot in self.users.values() {
-            let Some(link) = &slot.link else { continue };
-            if skip == Some(slot.member.name.as_str()) {
-                continue;
-            }
-            match link.push(frame.clone()) {
-                Ok(()) => report.delivered += 1,
-                Err(error) => report.undelivered.push((slot.member.name.clone(), error)),
+    /// Notes that the server is closing `username`'s connection, if it is still linked to `connection`: it gets no
+    /// more broadcasts, and reports say so.
+    pub(crate) fn mark_closing(&mut self, username: &str, connection: &Arc<Connection>) {
+        if let Some(&order) = self.order.get(username) {
+            let linked_here = self
+                .users
+                .get(&order)
+                .and_then(|slot| slot.link.as_ref())
+                .is_some_and(|link| Arc::ptr_eq(link, connection));
+            if linked_here {
+                self.closing.insert(order);
             }
         }
-        report
+    }
+
+    /// Appends a frame for every linked user except `skip` to the fan-out log. Reports how many it is for and which
+    /// of them will not get it (their connection is closing). Call `Log::wake` once the fan-out lock is released.
+    pub(crate) fn push_to_linked(&mut self, frame: &Frame, skip: Option<&str>) -> Broadcast {
+        let skipped = skip.and_then(|name| self.order.get(name).copied());
+        let skip_link = skipped.and_then(|order| self.users.get(&order)?.link.as_ref().map(|link| link.id));
+        let seq = self.log.append(frame.clone(), skip_link);
+        let undelivered: Vec<(String, PushError)> = self
+            .closing
+            .iter()
+            .filter(|order| Some(**order) != skipped)
+            .filter_map(|order| Some((self.users.get(order)?.member.name.clone(), PushError::Closed)))
+            .collect();
+        let recipients = self.linked - usize::from(skip_link.is_some());
+        if (seq + 1) % SEGMENT == 0 {
+            self.close_slow_consumers(seq + 1);
+        }
+        Broadcast {
+            delivered: recipients - undelivered.len(),
+            undelivered,
+        }
+    }
+
+    /// Closes the linked connections that read the log more than the allowed lag behind `head`: they are not reading
+    /// what they are sent, and would keep the log's old entries alive. Run once per log segment.
+    fn close_slow_consumers(&mut self, head: u64) {
+        let mut slow = Vec::new();
+        for (order, slot) in &self.users {
+            if let Some(link) = &slot.link {
+                if link.outbox.lag(head) > self.max_lag && !self.closing.contains(order) {
+                    slow.push((*order, link.clone()));
+                }
+            }
+        }
+        for (order, connection) in slow {
+            tracing::warn!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
+            connection.close();
+            self.closing.insert(order);
+        }
     }
 }

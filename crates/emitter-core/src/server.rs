@@ -21,6 +21,7 @@ use crate::config::{Config, ServerBuilder};
 use crate::connections::Connection;
 use crate::connections::Connections;
 use crate::error::{Error, Status};
+use crate::fanout::Log;
 use crate::protocol::{Frame, Message};
 use crate::registry::Registry;
 use crate::shards::Shards;
@@ -57,6 +58,8 @@ pub(crate) struct Inner {
     pub(crate) sequencer: ReentrantMutex<()>,
     /// The users in join order and their links; also the fan-out lock (see `registry.rs`).
     pub(crate) registry: Mutex<Registry>,
+    /// Every frame with more than one recipient, in one order (see `fanout.rs`).
+    pub(crate) log: Arc<Log>,
     /// The linked users' connections by name, so that `send` needs no server-wide lock. It changes together with the
     /// registry, under the fan-out lock.
     pub(crate) links: Shards<String, Arc<Connection>>,
@@ -130,12 +133,14 @@ impl Server {
     }
 
     pub(crate) fn with_config(config: Config) -> Server {
+        let log = Arc::new(Log::default());
         Server {
             inner: Arc::new(Inner {
+                registry: Mutex::new(Registry::new(log.clone(), config.outbound_queue)),
+                log,
                 config,
                 events: Events::default(),
                 sequencer: ReentrantMutex::new(()),
-                registry: Mutex::new(Registry::default()),
                 links: Shards::default(),
                 connections: Connections::default(),
                 status: AtomicU8::new(Status::Initializing as u8),
@@ -234,11 +239,15 @@ impl Server {
         let pushed = self
             .inner
             .links
-            .with(username, |link| link.map(|link| link.push(frame)));
+            .with(username, |link| link.map(|link| (link.clone(), link.push(frame))));
         match pushed {
-            Some(Ok(())) => Ok(()),
-            Some(Err(PushError::Full)) => Err(Error::QueueFull),
-            Some(Err(PushError::Closed)) => Err(Error::ConnectionClosing),
+            Some((_, Ok(()))) => Ok(()),
+            Some((connection, Err(PushError::Full))) => {
+                // A slow consumer, closed by the push: broadcasts skip it from now on.
+                self.inner.registry.lock().mark_closing(username, &connection);
+                Err(Error::QueueFull)
+            }
+            Some((_, Err(PushError::Closed))) => Err(Error::ConnectionClosing),
             None if self.user(username).is_some() => Err(Error::SendToUnlinkedUser),
             None => Err(Error::SendToUnknownUser),
         }
@@ -263,7 +272,14 @@ impl Server {
             "broadcast a message",
             &[Status::Listening, Status::Closing],
         )?;
-        Ok(self.inner.registry.lock().push_to_linked(&frame, skip))
+        Ok(self.fan_out(|registry| registry.push_to_linked(&frame, skip)))
+    }
+
+    /// Runs `f` under the fan-out lock, then wakes the writers waiting for the log.
+    pub(crate) fn fan_out<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let result = f(&mut self.inner.registry.lock());
+        self.inner.log.wake();
+        result
     }
 
     /// Joins a user that no connection is linked to yet; a connection can link to it later, even when the server does

@@ -1,13 +1,14 @@
 //! The seam between the core and a transport such as `emitter-axum`.
 //!
-//! A transport accepts connections, hands the core each incoming frame through a [`Host`], and writes out the frames
-//! the core pushes into each connection's [`ConnectionSink`]. The core never touches a socket and never waits on one.
+//! A transport accepts connections, hands the core each incoming frame through a [`Host`], and writes out what each
+//! connection's [`Outbox`] has for it. The core never touches a socket and never waits on one.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
 use crate::error::Status;
+pub use crate::outbox::Outbox;
 use crate::protocol::Frame;
 use crate::Server;
 
@@ -57,6 +58,22 @@ impl Snapshot {
         self.entries.push((user.clone(), linked));
     }
 
+    /// The next frame to write after `cursor`, advancing it.
+    pub(crate) fn next(&self, cursor: &mut SnapshotCursor) -> Option<&Frame> {
+        loop {
+            let (user, linked) = self.entries.get(cursor.user)?;
+            if !cursor.joined {
+                cursor.joined = true;
+                return Some(&user.joined);
+            }
+            cursor.user += 1;
+            cursor.joined = false;
+            if *linked {
+                return Some(&user.linked);
+            }
+        }
+    }
+
     /// The frames to write, in order.
     pub fn frames(&self) -> impl Iterator<Item = &Frame> + '_ {
         self.entries
@@ -75,32 +92,19 @@ impl Snapshot {
     }
 }
 
+/// How far the writing of a [`Snapshot`] got.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SnapshotCursor {
+    user: usize,
+    joined: bool,
+}
+
 impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")
             .field("users", &self.entries.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Where the core puts a connection's outgoing frames.
-///
-/// Both methods are called while the server holds its fan-out lock (every broadcast and membership message goes out
-/// under it), so they must return at once: queue the frame, never write to a socket, and never call back into the
-/// [`Server`].
-pub trait ConnectionSink: Send + Sync + 'static {
-    /// Queues a frame to be written in order after the ones before it.
-    fn push(&self, frame: Frame) -> Result<(), PushError>;
-
-    /// Queues a newcomer's snapshot, in order, as one entry of the queue: it holds up to two frames per user, and
-    /// should not fill a queue sized for live traffic. The default pushes its frames one by one.
-    fn push_snapshot(&self, snapshot: Snapshot) -> Result<(), PushError> {
-        snapshot.frames().try_for_each(|frame| self.push(frame.clone()))
-    }
-
-    /// Asks the transport to close the connection: write what is queued (briefly), close, and then report it with
-    /// [`Host::disconnect`].
-    fn close(&self);
 }
 
 /// The transport's side of a [`Server`]: lifecycle changes and connection traffic.
@@ -172,10 +176,13 @@ impl Host {
         self.server.has_room()
     }
 
-    /// Registers a new connection. `None` when the server is not listening or a connection limit is reached: close
-    /// the socket at once.
-    pub fn connect(&self, sink: impl ConnectionSink) -> Option<ConnectionId> {
-        self.server.connect(std::sync::Arc::new(sink))
+    /// Registers a new connection and returns its id and its [`Outbox`]: what to write to it, in order. `None` when
+    /// the server is not listening or a connection limit is reached: close the socket at once.
+    ///
+    /// When the outbox says the connection is closing, write what it returned, close the socket, and report the close
+    /// with [`disconnect`](Host::disconnect) (as for a close of any other cause).
+    pub fn connect(&self) -> Option<(ConnectionId, Outbox)> {
+        self.server.connect()
     }
 
     /// Hands the core one incoming text or binary frame.

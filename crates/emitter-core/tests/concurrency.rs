@@ -21,7 +21,7 @@ use support::{connect, kinds, link_request, listening, send, Outbox};
 fn linked(server: &Server, username: &str) -> (emitter_core::transport::ConnectionId, Outbox) {
     let (id, outbox) = connect(server);
     send(server, id, link_request(username));
-    assert_eq!(outbox.frames.lock()[0]["type"], "krmx/accepted", "{username}");
+    assert_eq!(outbox.frames()[0]["type"], "krmx/accepted", "{username}");
     outbox.take();
     (id, outbox)
 }
@@ -115,7 +115,8 @@ fn connections_linked_throughout_see_one_order() {
 /// order.
 #[test]
 fn a_newcomer_gets_every_broadcast_after_its_snapshot_and_none_before() {
-    let server = listening(Server::builder());
+    // Room for any backlog: the observer reads only at the end.
+    let server = listening(Server::builder().outbound_queue(usize::MAX));
     let (_, observer) = linked(&server, "observer");
     let stop = Arc::new(AtomicBool::new(false));
     let broadcaster = {
@@ -148,7 +149,12 @@ fn a_newcomer_gets_every_broadcast_after_its_snapshot_and_none_before() {
     let broadcasts = broadcaster.join().unwrap();
 
     let seen: Vec<u64> = observer.take().iter().filter_map(broadcast_id).collect();
-    assert_eq!(seen, (0..broadcasts).collect::<Vec<_>>());
+    let first_wrong = seen.iter().enumerate().position(|(at, n)| *n != at as u64);
+    assert_eq!(
+        (seen.len() as u64, first_wrong),
+        (broadcasts, None),
+        "the observer got every broadcast in order"
+    );
     for frames in &sessions {
         let names = kinds(frames);
         assert_eq!(names[0], "krmx/accepted");
@@ -178,7 +184,8 @@ fn a_newcomer_gets_every_broadcast_after_its_snapshot_and_none_before() {
 /// Nothing reaches a connection after it heard of its own unlink (until it links again): sends race with the unlink.
 #[test]
 fn no_send_lands_after_the_unlink() {
-    let server = listening(Server::builder());
+    // Room for any backlog: the target reads only at the end.
+    let server = listening(Server::builder().outbound_queue(usize::MAX));
     let (id, outbox) = linked(&server, "target");
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
@@ -412,7 +419,7 @@ impl View {
 }
 
 /// One connection a thread drives: its frames, and which user each of its `krmx/accepted` frames was for.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Driven {
     outbox: Outbox,
     accepted: Arc<Mutex<HashMap<usize, String>>>,
@@ -422,9 +429,9 @@ impl Driven {
     /// Sends a link request and notes whom an `krmx/accepted` it caused is for. Only this connection's own requests
     /// cause one, and (without async authentication) within this call.
     fn link(&self, server: &Server, id: emitter_core::transport::ConnectionId, name: &str) {
-        let before = self.outbox.frames.lock().len();
+        let before = self.outbox.frames().len();
         send(server, id, link_request(name));
-        let frames = self.outbox.frames.lock();
+        let frames = self.outbox.frames();
         if let Some(at) = (before..frames.len()).find(|&at| frames[at]["type"] == "krmx/accepted") {
             self.accepted.lock().insert(at, name.to_owned());
         }
@@ -477,7 +484,7 @@ fn one_random_run(seed: u64) {
                             let (id, outbox) = connect(&server);
                             let one = Driven {
                                 outbox,
-                                ..Driven::default()
+                                accepted: Arc::default(),
                             };
                             driven.lock().push(one.clone());
                             mine.push((id, one));
@@ -524,7 +531,7 @@ fn one_random_run(seed: u64) {
     for one in driven.lock().iter() {
         let mut view = View::default();
         let accepted = one.accepted.lock();
-        for (at, frame) in one.outbox.frames.lock().iter().enumerate() {
+        for (at, frame) in one.outbox.frames().iter().enumerate() {
             // Application frames (t/said, t/sent) only need the connection to be linked, which `apply` checks.
             view.apply(at, frame, &accepted);
         }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 mod support;
 
-use support::{connect, connect_with, listening, send, Outbox};
+use support::{connect, listening, send, try_connect};
 
 fn link(server: &Server, id: ConnectionId, username: &str) {
     send(
@@ -29,12 +29,12 @@ async fn connections_over_the_caps_are_refused() {
         !server.host().has_room(),
         "two unlinked connections fill the unlinked cap"
     );
-    assert!(connect_with(&server, Outbox::default()).is_none());
+    assert!(try_connect(&server).is_none());
     link(&server, a, "ann");
     assert!(server.host().has_room(), "a linked connection frees an unlinked place");
     let (_c, _) = connect(&server);
     assert!(!server.host().has_room(), "three connections fill the connection cap");
-    assert!(connect_with(&server, Outbox::default()).is_none());
+    assert!(try_connect(&server).is_none());
     server.host().disconnect(a);
     assert!(
         !server.host().has_room(),
@@ -96,16 +96,13 @@ async fn a_connection_that_floods_past_its_rate_limit_is_closed() {
 
 #[tokio::test]
 async fn send_and_broadcast_report_slow_and_closing_connections() {
-    let server = listening(Server::builder());
-    let slow = Outbox {
-        capacity: Some(5),
-        ..Outbox::default()
-    };
-    let slow_id = connect_with(&server, slow.clone()).unwrap();
-    link(&server, slow_id, "slow"); // accepted, joined, linked: 3 frames
+    let server = listening(Server::builder().outbound_queue(3));
+    let (slow_id, slow) = connect(&server);
+    link(&server, slow_id, "slow"); // its own frames, unread: accepted and the snapshot (2 of 3)
     let (fine_id, fine) = connect(&server);
-    link(&server, fine_id, "fine"); // tells slow: joined, linked: 5 frames, full
+    link(&server, fine_id, "fine"); // joined and linked reach slow through the fan-out log, not its own queue
     let hello = Message::new("app/hello");
+    assert_eq!(server.send("slow", &hello), Ok(()), "the third place");
     assert_eq!(server.send("slow", &hello), Err(Error::QueueFull));
     assert!(slow.closed(), "a slow consumer is closed");
     assert_eq!(server.send("slow", &hello), Err(Error::ConnectionClosing));
@@ -123,6 +120,33 @@ async fn send_and_broadcast_report_slow_and_closing_connections() {
 }
 
 #[tokio::test]
+async fn a_connection_far_behind_the_broadcasts_is_closed() {
+    let server = listening(Server::builder().outbound_queue(300));
+    let (reader_id, reader) = connect(&server);
+    link(&server, reader_id, "reader");
+    let (idle_id, idle) = connect(&server);
+    link(&server, idle_id, "idle");
+    for n in 0..600 {
+        server
+            .broadcast(&Message::with_payload("app/n", &n).unwrap(), None)
+            .unwrap();
+        if n % 100 == 0 {
+            reader.take(); // keeps up
+        }
+    }
+    assert!(
+        idle.closed(),
+        "600 broadcasts behind with room for 300: a slow consumer"
+    );
+    assert!(!reader.closed());
+    let report = server.broadcast(&Message::new("app/last"), None).unwrap();
+    assert_eq!(report.undelivered, [("idle".to_owned(), PushError::Closed)]);
+    assert_eq!(report.delivered, 1);
+    server.host().disconnect(idle_id);
+    assert!(!server.user("idle").unwrap().is_linked);
+}
+
+#[tokio::test]
 async fn deep_json_is_an_invalid_message() {
     let server = listening(Server::builder().max_json_depth(4));
     let (id, outbox) = connect(&server);
@@ -137,10 +161,7 @@ async fn deep_json_is_an_invalid_message() {
         "an invalid message from a linked connection unlinks it"
     );
     server.host().receive(id, deep.as_bytes());
-    assert_eq!(
-        outbox.frames.lock().last().unwrap()["payload"]["reason"],
-        "invalid message"
-    );
+    assert_eq!(outbox.frames().last().unwrap()["payload"]["reason"], "invalid message");
 }
 
 #[tokio::test]
@@ -148,7 +169,7 @@ async fn usernames_are_bounded_whatever_the_rule() {
     let server = listening(Server::builder().is_valid_username(|_| true));
     let (id, outbox) = connect(&server);
     link(&server, id, &"a".repeat(257));
-    assert_eq!(outbox.frames.lock()[0]["payload"]["reason"], "invalid username");
+    assert_eq!(outbox.frames()[0]["payload"]["reason"], "invalid username");
     link(&server, id, &"a".repeat(256));
-    assert_eq!(outbox.frames.lock()[1]["type"], "krmx/accepted");
+    assert_eq!(outbox.frames()[1]["type"], "krmx/accepted");
 }

@@ -56,15 +56,13 @@ fn action() -> impl Strategy<Value = Action> {
 fn setup() -> impl Strategy<Value = Setup> {
     (
         prop::bool::weighted(0.85),
-        prop::option::weighted(0.25, 1..12usize),
         prop::bool::weighted(0.3),
         prop::option::weighted(0.15, 0..6usize),
         prop::option::weighted(0.15, 0..4usize),
     )
         .prop_map(
-            |(accept_new_users, queue, close_at_end, max_connections, max_unlinked_connections)| Setup {
+            |(accept_new_users, close_at_end, max_connections, max_unlinked_connections)| Setup {
                 accept_new_users,
-                queue,
                 close_at_end,
                 max_connections,
                 max_unlinked_connections,
@@ -87,9 +85,9 @@ proptest! {
         }
     }
 
-    /// Unbounded queues and new users welcome: the longest interleavings, where the most users are linked at once.
+    /// New users welcome: the longest interleavings, where the most users are linked at once.
     #[test]
-    fn long_runs_with_unbounded_queues(actions in prop::collection::vec(action(), 60..160)) {
+    fn long_runs(actions in prop::collection::vec(action(), 60..160)) {
         let setup = Setup { close_at_end: true, ..Setup::plain() };
         let actions = [populated(), actions].concat();
         if let Err(divergence) = Harness::run(setup, &actions) {
@@ -171,11 +169,6 @@ fn a_hand_written_run_passes() {
         ..Setup::plain()
     };
     Harness::run(setup, &actions).unwrap();
-    let small_queue = Setup {
-        queue: Some(3),
-        ..setup
-    };
-    Harness::run(small_queue, &actions).unwrap();
 }
 
 /// The invariant checks are not vacuous: a listener that sends to a connection the harness believes unlinked (a

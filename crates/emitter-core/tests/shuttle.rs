@@ -14,33 +14,11 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use emitter_core::protocol::Frame;
-use emitter_core::transport::{ConnectionId, ConnectionSink, PushError};
+use emitter_core::transport::ConnectionId;
 use emitter_core::{Message, Server};
 use serde_json::{json, Value};
 use shuttle::thread;
-use support::{kinds, link_request, listening, send, FakeSink, Outbox};
-
-/// A fake connection whose every push is also a point where shuttle may switch threads, so that the checker can
-/// preempt a broadcast half way through its recipients.
-struct YieldingSink(FakeSink);
-
-impl ConnectionSink for YieldingSink {
-    fn push(&self, frame: Frame) -> Result<(), PushError> {
-        thread::yield_now();
-        self.0.push(frame)
-    }
-
-    fn close(&self) {
-        self.0.close();
-    }
-}
-
-fn connect(server: &Server) -> (ConnectionId, Outbox) {
-    let outbox = Outbox::default();
-    let id = server.host().connect(YieldingSink(FakeSink(outbox.clone())));
-    (id.expect("admitted"), outbox)
-}
+use support::{connect, kinds, link_request, listening, send, Outbox};
 
 fn iterations() -> usize {
     std::env::var("SHUTTLE_ITERATIONS")

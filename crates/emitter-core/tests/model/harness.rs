@@ -17,9 +17,9 @@
 //!     `krmx/accepted` followed by its snapshot in the same step) and the `krmx/left` about itself right after its
 //!     own `krmx/unlinked`.
 //!
-//! The fake transport queues frames in a bounded queue (optionally) that the "client" drains after every step; a
-//! full queue makes the server close the connection (a slow consumer), and the harness then reports the close with
-//! `Host::disconnect`, as a transport would.
+//! The fake transport reads every connection's outbox after every step, as a client that keeps up would; a connection
+//! the server asks to close is read one last time and then reported closed with `Host::disconnect`, as a transport
+//! would. (Slow consumers, whose backlog the server bounds, have tests of their own in `tests/limits.rs`.)
 //!
 //! Listeners that call back into the server are part of the setup, so that re-entrancy is exercised too:
 //! - joining `kim` kicks `kim` (from `on_join`), so a link to `kim` is accepted and then abandoned;
@@ -30,12 +30,11 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_core::protocol::{parse_bounded, ClientMessage, Frame};
-use emitter_core::transport::{ConnectionId, ConnectionSink, PushError};
+use emitter_core::protocol::{parse_bounded, ClientMessage};
+use emitter_core::transport::{ConnectionId, Outbox, PushError};
 use emitter_core::{
     is_valid_username, AcceptedVersions, Broadcast, Error, Event, Message, Server, Status, Subscription, User,
     MAX_USERNAME_BYTES,
@@ -136,8 +135,6 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Setup {
     pub accept_new_users: bool,
-    /// How many frames each fake connection's queue holds between two steps; `None` is unbounded.
-    pub queue: Option<usize>,
     /// Close the server after the last step.
     pub close_at_end: bool,
     /// `max_connections` and `max_unlinked_connections`; `None` keeps the defaults.
@@ -146,11 +143,10 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// New users welcome, unbounded queues, default limits, no close.
+    /// New users welcome, default limits, no close.
     pub fn plain() -> Setup {
         Setup {
             accept_new_users: true,
-            queue: None,
             close_at_end: false,
             max_connections: None,
             max_unlinked_connections: None,
@@ -180,37 +176,20 @@ pub fn populated() -> Vec<Action> {
 
 // ---- the fake transport ----------------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct OutboxInner {
-    queue: Mutex<Vec<Value>>,
-    closed: AtomicBool,
-}
-
-#[derive(Clone, Default)]
-struct Outbox(Arc<OutboxInner>);
-
-struct FakeSink {
-    outbox: Outbox,
-    capacity: Option<usize>,
-}
-
-impl ConnectionSink for FakeSink {
-    fn push(&self, frame: Frame) -> Result<(), PushError> {
-        if self.outbox.0.closed.load(Ordering::SeqCst) {
-            return Err(PushError::Closed);
+/// Reads everything a connection's outbox has for its client now.
+fn drain(outbox: &Outbox) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let before = frames.len();
+        outbox.take(&mut frames, usize::MAX);
+        if frames.len() == before {
+            break;
         }
-        let mut queue = self.outbox.0.queue.lock();
-        if self.capacity.is_some_and(|capacity| queue.len() >= capacity) {
-            return Err(PushError::Full);
-        }
-        let value = serde_json::from_str(frame.as_str()).unwrap_or_else(|_| json!({"unparsable": frame.as_str()}));
-        queue.push(value);
-        Ok(())
     }
-
-    fn close(&self) {
-        self.outbox.0.closed.store(true, Ordering::SeqCst);
-    }
+    frames
+        .iter()
+        .map(|frame| serde_json::from_str(frame.as_str()).unwrap_or_else(|_| json!({"unparsable": frame.as_str()})))
+        .collect()
 }
 
 // ---- the model -------------------------------------------------------------------------------------------------------
@@ -244,17 +223,14 @@ struct ModelUser {
 struct ModelConnection {
     /// Not yet reported closed (by `disconnect`).
     open: bool,
-    /// The server asked to close it (slow consumer, or the server closing): it gets nothing more.
+    /// The server asked to close it (the server closing): it gets nothing more.
     closing: bool,
     linked: Option<String>,
-    /// Frames queued since the last drain, to tell when a bounded queue is full.
-    pending: usize,
     expected: Vec<Value>,
 }
 
 struct Model {
     accept_new_users: bool,
-    queue: Option<usize>,
     max_connections: usize,
     max_unlinked_connections: usize,
     /// `Closing`: calls that need `Listening` (join, kick) fail, so listener reactions do nothing.
@@ -282,16 +258,10 @@ impl Model {
     }
 
     fn push(&mut self, c: usize, value: Value) -> Result<(), PushError> {
-        let capacity = self.queue;
         let connection = &mut self.connections[c];
         if !connection.open || connection.closing {
             return Err(PushError::Closed);
         }
-        if capacity.is_some_and(|capacity| connection.pending >= capacity) {
-            connection.closing = true; // a slow consumer: closed, the frame dropped
-            return Err(PushError::Full);
-        }
-        connection.pending += 1;
         connection.expected.push(value);
         Ok(())
     }
@@ -401,12 +371,6 @@ impl Model {
     fn settle(&mut self) {
         while let Some(c) = self.connections.iter().position(|c| c.open && c.closing) {
             self.drop_connection(c);
-        }
-    }
-
-    fn drain(&mut self) {
-        for connection in &mut self.connections {
-            connection.pending = 0;
         }
     }
 
@@ -702,6 +666,8 @@ enum Phase {
 struct HarnessConnection {
     id: ConnectionId,
     outbox: Outbox,
+    /// Read from the outbox but not checked yet.
+    unread: Vec<Value>,
     /// Reported closed with `disconnect`.
     dropped: bool,
     received: Vec<Value>,
@@ -819,7 +785,6 @@ impl Harness {
             setup,
             model: Model {
                 accept_new_users: setup.accept_new_users,
-                queue: setup.queue,
                 max_connections,
                 max_unlinked_connections,
                 closing: false,
@@ -871,28 +836,20 @@ impl Harness {
         let mut own = None;
         match action {
             Action::Connect => {
-                let outbox = Outbox::default();
-                let sink = FakeSink {
-                    outbox: outbox.clone(),
-                    capacity: self.setup.queue,
-                };
-                let admitted = self.server.host().connect(sink);
+                let admitted = self.server.host().connect();
                 let want = self.model.connect();
+                let admitted_some = admitted.is_some();
                 match admitted {
-                    Some(id) if want => self.connections.push(HarnessConnection {
+                    Some((id, outbox)) if want => self.connections.push(HarnessConnection {
                         id,
                         outbox,
+                        unread: Vec::new(),
                         dropped: false,
                         received: Vec::new(),
                         observed: Observed::Unlinked,
                     }),
                     None if !want => {}
-                    _ => {
-                        return Err(format!(
-                            "connect admitted: {}, the model says {want}",
-                            admitted.is_some()
-                        ))
-                    }
+                    _ => return Err(format!("connect admitted: {admitted_some}, the model says {want}")),
                 }
             }
             Action::Send(n, client) => {
@@ -904,9 +861,10 @@ impl Harness {
             }
             Action::Drop(n) => {
                 let Some(c) = self.live(*n) else { return Ok(()) };
-                // The transport's socket is gone: nothing more can be written to it.
-                self.connections[c].outbox.0.closed.store(true, Ordering::SeqCst);
-                self.connections[c].dropped = true;
+                // The transport's socket is gone: what the client read before is all it gets.
+                let connection = &mut self.connections[c];
+                connection.unread.extend(drain(&connection.outbox));
+                connection.dropped = true;
                 self.server.host().disconnect(self.connections[c].id);
                 self.model.drop_connection(c);
             }
@@ -993,9 +951,12 @@ impl Harness {
         while let Some(c) = self
             .connections
             .iter()
-            .position(|c| !c.dropped && c.outbox.0.closed.load(Ordering::SeqCst))
+            .position(|c| !c.dropped && c.outbox.is_closing())
         {
-            self.connections[c].dropped = true;
+            // The transport writes what was queued before the close, then reports the close.
+            let connection = &mut self.connections[c];
+            connection.unread.extend(drain(&connection.outbox));
+            connection.dropped = true;
             self.server.host().disconnect(self.connections[c].id);
         }
         self.model.settle();
@@ -1003,10 +964,12 @@ impl Harness {
 
     /// Drains every queue and checks the server against the model and the invariants.
     fn check(&mut self, own: Option<(usize, Option<&str>)>) -> Result<(), String> {
-        self.model.drain();
         // Frames, against the model and through each connection's observer.
         for (c, connection) in self.connections.iter_mut().enumerate() {
-            let frames = std::mem::take(&mut *connection.outbox.0.queue.lock());
+            if !connection.dropped {
+                connection.unread.extend(drain(&connection.outbox));
+            }
+            let frames = std::mem::take(&mut connection.unread);
             let own_step = own.is_some_and(|(o, _)| o == c);
             let asked = own.and_then(|(o, asked)| if o == c { asked } else { None });
             for value in &frames {

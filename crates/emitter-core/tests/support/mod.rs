@@ -1,32 +1,61 @@
-//! A fake transport for driving the core without sockets: each connection's frames land in an [`Outbox`].
+//! A fake transport for driving the core without sockets: each connection's client reads its [`Outbox`] when the test
+//! looks.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use emitter_core::protocol::Frame;
-use emitter_core::transport::{ConnectionId, ConnectionSink, PushError};
+use emitter_core::transport::ConnectionId;
 use emitter_core::{Event, Server, ServerBuilder};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-/// A fake connection: frames land in a list; with a capacity, a full list refuses like a full queue.
-#[derive(Clone, Default)]
+/// A fake client of one connection: it reads what the connection's outbox has, when the test looks.
+#[derive(Clone)]
 pub struct Outbox {
-    pub frames: Arc<Mutex<Vec<Value>>>,
-    pub closed: Arc<AtomicBool>,
-    pub capacity: Option<usize>,
+    outbox: emitter_core::transport::Outbox,
+    received: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Outbox {
+    fn new(outbox: emitter_core::transport::Outbox) -> Self {
+        Outbox {
+            outbox,
+            received: Arc::default(),
+        }
+    }
+
+    /// Reads everything the connection has for its client now.
+    fn drain(&self) {
+        let mut frames = Vec::new();
+        loop {
+            let before = frames.len();
+            self.outbox.take(&mut frames, usize::MAX);
+            if frames.len() == before {
+                break;
+            }
+        }
+        let mut received = self.received.lock();
+        received.extend(
+            frames
+                .iter()
+                .map(|frame| serde_json::from_str::<Value>(frame.as_str()).unwrap()),
+        );
+    }
+
+    /// Every frame received so far.
+    pub fn frames(&self) -> Vec<Value> {
+        self.drain();
+        self.received.lock().clone()
+    }
+
+    /// Whether the server asked to close the connection.
     pub fn closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.outbox.is_closing()
     }
 
     /// Every frame's type.
     pub fn kinds(&self) -> Vec<String> {
-        self.frames
-            .lock()
+        self.frames()
             .iter()
             .map(|f| f["type"].as_str().unwrap_or_default().to_owned())
             .collect()
@@ -34,31 +63,8 @@ impl Outbox {
 
     /// Takes the frames received so far.
     pub fn take(&self) -> Vec<Value> {
-        std::mem::take(&mut *self.frames.lock())
-    }
-
-    pub fn snapshot(&self) -> Vec<Value> {
-        self.frames.lock().clone()
-    }
-}
-
-pub struct FakeSink(pub Outbox);
-
-impl ConnectionSink for FakeSink {
-    fn push(&self, frame: Frame) -> Result<(), PushError> {
-        if self.0.closed() {
-            return Err(PushError::Closed);
-        }
-        let mut frames = self.0.frames.lock();
-        if self.0.capacity.is_some_and(|capacity| frames.len() >= capacity) {
-            return Err(PushError::Full);
-        }
-        frames.push(serde_json::from_str(frame.as_str()).unwrap());
-        Ok(())
-    }
-
-    fn close(&self) {
-        self.0.closed.store(true, Ordering::SeqCst);
+        self.drain();
+        std::mem::take(&mut *self.received.lock())
     }
 }
 
@@ -70,13 +76,14 @@ pub fn listening(builder: ServerBuilder) -> Server {
     server
 }
 
-pub fn connect_with(server: &Server, outbox: Outbox) -> Option<ConnectionId> {
-    server.host().connect(FakeSink(outbox))
+/// A new connection, if the server admits it.
+pub fn try_connect(server: &Server) -> Option<(ConnectionId, Outbox)> {
+    let (id, outbox) = server.host().connect()?;
+    Some((id, Outbox::new(outbox)))
 }
 
 pub fn connect(server: &Server) -> (ConnectionId, Outbox) {
-    let outbox = Outbox::default();
-    (connect_with(server, outbox.clone()).expect("admitted"), outbox)
+    try_connect(server).expect("admitted")
 }
 
 pub fn send(server: &Server, id: ConnectionId, message: Value) {

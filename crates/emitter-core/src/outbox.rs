@@ -1,0 +1,308 @@
+//! A connection's outgoing frames, as its transport takes them to write.
+//!
+//! Two sources, merged in the order they were queued:
+//! - the connection's **own** frames (replies to its requests, `send`s to its user, its snapshot, the `krmx/left` about
+//!   itself), in a short bounded queue. Each is tagged with the fan-out log's head when it was queued;
+//! - the **fan-out log** (see `fanout.rs`), read from the connection's own position, within the *windows* in which the
+//!   connection was linked: from just after the `krmx/linked` that linked it to just after the `krmx/unlinked` that
+//!   unlinked it.
+//!
+//! An own frame tagged `t` is written after every log entry before `t` that is for this connection, and before every
+//! one from `t` on. A backlog therefore costs a connection its position in the log, not an entry per frame.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::fanout::{Log, Segment};
+use crate::protocol::Frame;
+use crate::sync::Mutex;
+use crate::transport::{ConnectionId, PushError, Snapshot, SnapshotCursor};
+
+/// One connection's outgoing frames, for its transport to take and write. Made by
+/// [`Host::connect`](crate::transport::Host::connect).
+///
+/// Wait with [`ready`](Outbox::ready), then [`take`](Outbox::take) what there is, write it, and repeat; once `take`
+/// says the connection is closing, write what it returned and close the socket.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    id: ConnectionId,
+    log: Arc<Log>,
+    /// The most own frames that may wait (a snapshot counts as one).
+    capacity: usize,
+    state: Mutex<State>,
+    /// An own frame was queued, a window opened or closed, or closing began.
+    changed: Notify,
+    /// Closing began.
+    closed: Notify,
+}
+
+struct State {
+    own: VecDeque<Own>,
+    windows: VecDeque<Window>,
+    /// The first log entry not looked at yet.
+    cursor: u64,
+    /// The segment that holds `cursor`, while the connection reads the log.
+    segment: Option<Arc<Segment>>,
+    closing: bool,
+}
+
+/// An own frame, written once the log before `at` has been.
+struct Own {
+    at: u64,
+    item: Item,
+}
+
+enum Item {
+    Frame(Frame),
+    Snapshot(Snapshot, SnapshotCursor),
+}
+
+/// Log entries `from..until` are for this connection (but those that skip it).
+struct Window {
+    from: u64,
+    until: Option<u64>,
+    /// Where to start reading `from`; handed to the reader when it gets there, so that a window does not keep the
+    /// log's old segments alive.
+    start: Option<Arc<Segment>>,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("connection", &self.shared.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    pub(crate) fn new(id: ConnectionId, log: Arc<Log>, capacity: usize) -> Outbox {
+        let cursor = log.head();
+        Outbox {
+            shared: Arc::new(Shared {
+                id,
+                log,
+                capacity,
+                state: Mutex::new(State {
+                    own: VecDeque::new(),
+                    windows: VecDeque::new(),
+                    cursor,
+                    segment: None,
+                    closing: false,
+                }),
+                changed: Notify::new(),
+                closed: Notify::new(),
+            }),
+        }
+    }
+
+    /// Queues an own frame. Refused when the connection is closing, or when its queue is full.
+    pub(crate) fn push(&self, frame: Frame) -> Result<(), PushError> {
+        self.enqueue(Item::Frame(frame), None)
+    }
+
+    /// Queues the newcomer's snapshot, to be written at log position `at` (where its window starts).
+    pub(crate) fn push_snapshot(&self, snapshot: Snapshot, at: u64) -> Result<(), PushError> {
+        self.enqueue(Item::Snapshot(snapshot, SnapshotCursor::default()), Some(at))
+    }
+
+    fn enqueue(&self, item: Item, at: Option<u64>) -> Result<(), PushError> {
+        let mut state = self.shared.state.lock();
+        if state.closing {
+            return Err(PushError::Closed);
+        }
+        if state.own.len() >= self.shared.capacity {
+            return Err(PushError::Full);
+        }
+        let at = at.unwrap_or_else(|| self.shared.log.head());
+        state.own.push_back(Own { at, item });
+        drop(state);
+        self.shared.changed.notify_one();
+        Ok(())
+    }
+
+    /// The connection was linked: log entries from `from` on are for it, until [`close_window`](Outbox::close_window).
+    pub(crate) fn open_window(&self, from: u64, segment: Arc<Segment>) {
+        let mut state = self.shared.state.lock();
+        if state.closing {
+            return;
+        }
+        state.windows.push_back(Window {
+            from,
+            until: None,
+            start: Some(segment),
+        });
+        drop(state);
+        self.shared.changed.notify_one();
+    }
+
+    /// The connection was unlinked: log entries from `until` on are not for it.
+    pub(crate) fn close_window(&self, until: u64) {
+        let mut state = self.shared.state.lock();
+        if let Some(window) = state.windows.back_mut() {
+            window.until.get_or_insert(until);
+        }
+        drop(state);
+        self.shared.changed.notify_one();
+    }
+
+    /// Starts closing: nothing more is queued, and what the log gets from now on is not for this connection.
+    pub(crate) fn close(&self) {
+        let head = self.shared.log.head();
+        let mut state = self.shared.state.lock();
+        if state.closing {
+            return;
+        }
+        state.closing = true;
+        if let Some(window) = state.windows.back_mut() {
+            window.until.get_or_insert(head);
+        }
+        drop(state);
+        self.shared.changed.notify_one();
+        self.shared.closed.notify_waiters();
+    }
+
+    /// How far behind the log's head this connection reads, counting entries that are not for it too (0 when it
+    /// reads no window).
+    pub(crate) fn lag(&self, head: u64) -> u64 {
+        let state = self.shared.state.lock();
+        if state.windows.is_empty() {
+            0
+        } else {
+            head.saturating_sub(state.cursor)
+        }
+    }
+
+    /// Moves up to `max` frames that are ready, in order, into `into`. Returns whether the connection is closing:
+    /// then write what was taken (taking until nothing is left) and close the socket.
+    pub fn take(&self, into: &mut Vec<Frame>, max: usize) -> bool {
+        let head = self.shared.log.head();
+        let mut state = self.shared.state.lock();
+        let state = &mut *state;
+        while into.len() < max {
+            // An own frame whose turn has come: every log entry before its tag has been looked at.
+            if let Some(own) = state.own.front_mut() {
+                if own.at <= state.cursor {
+                    match &mut own.item {
+                        Item::Frame(_) => {
+                            if let Some(Own {
+                                item: Item::Frame(frame),
+                                ..
+                            }) = state.own.pop_front()
+                            {
+                                into.push(frame);
+                            }
+                        }
+                        Item::Snapshot(snapshot, cursor) => match snapshot.next(cursor) {
+                            Some(frame) => into.push(frame.clone()),
+                            None => {
+                                state.own.pop_front();
+                            }
+                        },
+                    }
+                    continue;
+                }
+            }
+            // Then the log, up to the next own frame's turn.
+            let limit = state.own.front().map_or(head, |own| own.at.min(head));
+            if state.cursor >= limit {
+                break;
+            }
+            let Some(window) = state.windows.front_mut() else {
+                // Not linked: nothing in the log is for this connection.
+                state.cursor = limit;
+                state.segment = None;
+                continue;
+            };
+            if state.cursor < window.from {
+                state.cursor = window.from.min(limit);
+                continue;
+            }
+            if window.until.is_some_and(|until| state.cursor >= until) {
+                state.windows.pop_front();
+                state.segment = None;
+                continue;
+            }
+            let Some(start) = state.segment.take().or_else(|| window.start.take()) else {
+                // Cannot happen: a window is entered with its start.
+                tracing::error!(connection = %self.shared.id, "fan-out window without a start");
+                state.windows.pop_front();
+                continue;
+            };
+            let Some(segment) = start.find(state.cursor) else {
+                // Cannot happen: every entry before the head is in a linked segment.
+                tracing::error!(connection = %self.shared.id, "fan-out log entry missing");
+                state.segment = Some(start);
+                break;
+            };
+            if let Some(entry) = segment.get(state.cursor) {
+                if entry.skip != Some(self.shared.id) {
+                    into.push(entry.frame.clone());
+                }
+            }
+            state.cursor += 1;
+            state.segment = Some(segment);
+        }
+        state.closing
+    }
+
+    /// Whether [`take`](Outbox::take) may have something now, and whether new log entries could be for this
+    /// connection.
+    fn peek(&self) -> (bool, bool) {
+        let head = self.shared.log.head();
+        let state = self.shared.state.lock();
+        let reads_log = !state.windows.is_empty();
+        let work = state.closing || !state.own.is_empty() || (reads_log && state.cursor < head);
+        (work, reads_log)
+    }
+
+    /// Resolves when [`take`](Outbox::take) may have something to return, or closing began. It may resolve
+    /// spuriously: `take` then returns nothing.
+    pub async fn ready(&self) {
+        loop {
+            let own = self.shared.changed.notified();
+            let log = self.shared.log.appended().notified();
+            tokio::pin!(own, log);
+            // Registered before looking, so that nothing queued in between is missed.
+            own.as_mut().enable();
+            log.as_mut().enable();
+            let (work, reads_log) = self.peek();
+            if work {
+                return;
+            }
+            if reads_log {
+                tokio::select! {
+                    () = own => return,
+                    () = log => {}
+                }
+            } else {
+                own.await;
+                return;
+            }
+        }
+    }
+
+    /// Resolves once closing began: a writer that is blocked on a socket the peer does not read gives way to it.
+    pub async fn closed(&self) {
+        loop {
+            let closed = self.shared.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.shared.state.lock().closing {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// Whether closing began.
+    pub fn is_closing(&self) -> bool {
+        self.shared.state.lock().closing
+    }
+}

@@ -11,11 +11,13 @@ use tokio::time::Instant;
 
 use crate::config::{Config, RateLimit};
 use crate::fanout::Log;
+use crate::id::ConnectionId;
 use crate::outbox::Outbox;
+use crate::outbox::PushError;
 use crate::protocol::Frame;
 use crate::shards::Shards;
+use crate::snapshot::Snapshot;
 use crate::sync::Mutex;
-use crate::transport::{ConnectionId, PushError, Snapshot};
 
 /// A user as a linked connection knows it: its name, and the turn that keeps the user's messages one at a time
 /// (a user that relinks on a new connection while a message from its old one is still being handled waits for it).

@@ -14,9 +14,9 @@ use crate::config::MAX_USERNAME_BYTES;
 use crate::connections::{close, Connection, Member, Role};
 use crate::error::Status;
 use crate::events::{panic_message, Event};
+use crate::id::ConnectionId;
 use crate::outbox::Outbox;
 use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, ServerMessage};
-use crate::transport::ConnectionId;
 use crate::version::AcceptedVersions;
 use crate::Server;
 

@@ -17,9 +17,19 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::fanout::{Log, Segment};
+use crate::id::ConnectionId;
 use crate::protocol::Frame;
+use crate::snapshot::{Snapshot, SnapshotCursor};
 use crate::sync::Mutex;
-use crate::transport::{ConnectionId, PushError, Snapshot, SnapshotCursor};
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection's queue is full: it is not reading fast enough.
+    Full,
+    /// The connection is closing or closed.
+    Closed,
+}
 
 /// One connection's outgoing frames, for its transport to take and write. Made by
 /// [`Host::connect`](crate::transport::Host::connect).

@@ -16,9 +16,22 @@ use std::sync::Arc;
 
 use crate::connections::{Connection, Member};
 use crate::fanout::{Log, SEGMENT};
+use crate::outbox::PushError;
 use crate::protocol::{Frame, ServerMessage};
-use crate::server::Broadcast;
-use crate::transport::{PushError, Snapshot, UserFrames};
+use crate::snapshot::{Snapshot, UserFrames};
+
+/// What a broadcast did: how many linked users got the message queued, and who did not.
+///
+/// A recipient misses a message only when its connection is closing or is a slow consumer (its queue was full, so the
+/// server is closing it); either way that user is about to be unlinked, and a client that relinks gets a fresh
+/// snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Broadcast {
+    /// How many linked users had the message queued.
+    pub delivered: usize,
+    /// The users whose connection did not take the message, and why.
+    pub undelivered: Vec<(String, PushError)>,
+}
 
 pub(crate) struct UserSlot {
     pub(crate) member: Arc<Member>,

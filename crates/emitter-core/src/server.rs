@@ -22,24 +22,12 @@ use crate::connections::Connection;
 use crate::connections::Connections;
 use crate::error::{Error, Status};
 use crate::fanout::Log;
+use crate::outbox::PushError;
 use crate::protocol::{Frame, Message};
-use crate::registry::Registry;
+use crate::registry::{Broadcast, Registry};
 use crate::shards::Shards;
 use crate::subscribe::Events;
-use crate::transport::{Host, PushError};
-
-/// What a broadcast did: how many linked users got the message queued, and who did not.
-///
-/// A recipient misses a message only when its connection is closing or is a slow consumer (its queue was full, so the
-/// server is closing it); either way that user is about to be unlinked, and a client that relinks gets a fresh
-/// snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Broadcast {
-    /// How many linked users had the message queued.
-    pub delivered: usize,
-    /// The users whose connection did not take the message, and why.
-    pub undelivered: Vec<(String, crate::transport::PushError)>,
-}
+use crate::transport::Host;
 
 /// A user as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

@@ -77,6 +77,13 @@ pub enum Error {
     QueueFull,
     /// `cannot send a message to a user whose connection is closing`.
     ConnectionClosing,
+    /// `cannot send a message of type <kind>: the krmx/ prefix is reserved for the protocol`. Clients act on `krmx/`
+    /// messages (a fake `krmx/left` would drop a user from their list), so the server sends none of its own making.
+    ReservedType(String),
+    /// `cannot serialize the payload: <cause>`: the payload's `Serialize` implementation failed.
+    Serialize(String),
+    /// `the server closed`: a `wait_for_*` future whose event never came because the server closed (or was dropped).
+    ServerClosed,
 }
 
 impl fmt::Display for Error {
@@ -98,6 +105,12 @@ impl fmt::Display for Error {
                 f.write_str("cannot send a message to a user whose connection is not reading (its queue is full)")
             }
             Error::ConnectionClosing => f.write_str("cannot send a message to a user whose connection is closing"),
+            Error::ReservedType(kind) => write!(
+                f,
+                "cannot send a message of type {kind}: the krmx/ prefix is reserved for the protocol"
+            ),
+            Error::Serialize(cause) => write!(f, "cannot serialize the payload: {cause}"),
+            Error::ServerClosed => f.write_str("the server closed"),
         }
     }
 }

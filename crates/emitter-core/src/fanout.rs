@@ -121,7 +121,7 @@ mod tests {
     use super::*;
 
     fn frame(n: u64) -> Frame {
-        Frame::encode(&n)
+        Frame::encode(&n).expect("a number serializes")
     }
 
     #[test]

@@ -2,19 +2,18 @@
 //!
 //! Krmx is a WebSocket + JSON protocol for realtime multi-user applications. A *connection* links to a long-lived
 //! *user*: a dropped connection only unlinks its user, and a new connection can link to it again and carry on. This
-//! crate holds the protocol types, the user and connection state machine, the listener lists and the
-//! [`AuthContext`]; it knows nothing of sockets. `emitter-axum` serves it over WebSocket.
+//! crate holds the protocol types, the user and connection state machine, the listeners and the [`AuthContext`]; it
+//! knows nothing of sockets. `emitter-axum` serves it over WebSocket.
 //!
 //! ```
 //! use emitter_core::{Message, Server};
 //!
 //! let server = Server::builder().build();
-//! let s = server.clone();
-//! let _ = server.on_link(move |username| {
-//!     let welcome = Message::with_payload("chat/welcome", &format!("hi {username}")).unwrap();
-//!     s.send(username, &welcome).unwrap(); // linked users can be sent to
+//! server.on_link(|server, username| {
+//!     let welcome = Message::with_payload("chat/welcome", format!("hi {username}"));
+//!     server.send(username, &welcome).unwrap(); // linked users can be sent to
 //! });
-//! let _ = server.on_message(|username, message| tracing::info!(username, kind = message.kind, "message"));
+//! server.on_message(|_server, username, message| tracing::info!(username, kind = message.kind, "message"));
 //! ```
 //!
 //! Events reach listeners, and the protocol messages reach clients, in one order that matches the reference
@@ -23,10 +22,11 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod builder;
 mod config;
 mod connections;
 mod error;
-pub mod events;
+mod events;
 mod fanout;
 mod id;
 mod lifecycle;
@@ -44,17 +44,20 @@ mod sync;
 pub mod transport;
 mod username;
 mod version;
+mod vocabulary;
 
 pub use auth::{AuthContext, AuthInfo};
+pub use builder::ServerBuilder;
 pub use config::{
-    Config, RateLimit, ServerBuilder, DEFAULT_LINK_DEADLINE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH,
+    Config, RateLimit, DEFAULT_LINK_DEADLINE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS, DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,
 };
 pub use error::{Error, Status};
-pub use events::{Event, Subscription};
+pub use emitter_listeners::Subscription;
+pub use events::Event;
 pub use protocol::Message;
 pub use query::QueryParam;
 pub use registry::Broadcast;
-pub use server::{Server, User};
+pub use server::{Server, Stats, User};
 pub use username::is_valid_username;
 pub use version::{AcceptedVersions, PROTOCOL_VERSION};

@@ -110,7 +110,7 @@ impl Server {
         // Listeners see `closed`; the futures waiting on close() wake only after the listeners ran.
         self.inner.status.store(Status::Closed as u8, Ordering::SeqCst);
         tracing::info!("server closed");
-        self.emit(Event::Close, |events| events.close.emit("close", |f| f()));
+        self.emit(Event::Close, |events| events.close.emit("close", |f| f(self)));
         self.inner.status_tx.send_replace(Status::Closed);
         // A closed server emits nothing more. Dropping the listeners breaks the cycle that a listener holding a clone
         // of the server makes, so the server is freed once the application lets go of it.
@@ -159,7 +159,7 @@ impl Server {
         tracing::info!(port, "listening");
         self.start_link_deadline_sweeper();
         self.emit(Event::Listen { port }, |events| {
-            events.listen.emit("listen", |f| f(port))
+            events.listen.emit("listen", |f| f(self, port))
         });
         Ok(())
     }

@@ -13,10 +13,11 @@ use crate::auth::{AuthContext, AuthFuture, AuthInfo};
 use crate::config::MAX_USERNAME_BYTES;
 use crate::connections::{close, Connection, Member, Role};
 use crate::error::Status;
-use crate::events::{panic_message, Event};
+use crate::events::Event;
+use emitter_listeners::panic_message;
 use crate::id::ConnectionId;
 use crate::outbox::Outbox;
-use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, ServerMessage};
+use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, Rejection, ServerMessage};
 use crate::version::AcceptedVersions;
 use crate::Server;
 
@@ -137,7 +138,7 @@ impl Server {
         let username = member.name.as_str();
         let message = &message;
         self.emit(Event::Message { username, message }, |events| {
-            events.message.emit("message", |f| f(username, message))
+            events.message.emit("message", |f| f(self, username, message))
         });
         None
     }
@@ -168,7 +169,7 @@ impl Server {
             tracing::warn!(connection = %connection.id, "invalid message");
             match seen {
                 Seen::Linked(member) => self.unlink_user(&member.name),
-                Seen::Unlinked | Seen::Linking => reply_rejected(connection, "invalid message"),
+                Seen::Unlinked | Seen::Linking => reply_rejected(connection, &Rejection::InvalidMessage.to_string()),
             }
             return None;
         };
@@ -185,10 +186,10 @@ impl Server {
             }
             // Linked while this message waited for the sequencer (an async link finished): it is the linked user's.
             (Seen::Linked(member), ClientMessage::Custom(message)) => return Some((member, message)),
-            (Seen::Linking, ClientMessage::Link(_)) => reply_rejected(connection, "link request already pending"),
+            (Seen::Linking, ClientMessage::Link(_)) => reply_rejected(connection, &Rejection::LinkRequestPending.to_string()),
             (Seen::Unlinked, ClientMessage::Link(Some(request))) => self.attempt_link(connection, request),
-            (Seen::Unlinked, ClientMessage::Link(None)) => reply_rejected(connection, "invalid link request"),
-            (Seen::Unlinked | Seen::Linking, _) => reply_rejected(connection, "unlinked connection"),
+            (Seen::Unlinked, ClientMessage::Link(None)) => reply_rejected(connection, &Rejection::InvalidLinkRequest.to_string()),
+            (Seen::Unlinked | Seen::Linking, _) => reply_rejected(connection, &Rejection::UnlinkedConnection.to_string()),
         }
         None
     }
@@ -196,8 +197,8 @@ impl Server {
     /// The checks that must hold when a link is made, in the reference's order from `accepting new users` on.
     fn link_refusal(&self, username: &str) -> Option<String> {
         match self.inner.registry.lock().user(username) {
-            None if !self.inner.config.accept_new_users => Some("server is not accepting new users".to_owned()),
-            Some(slot) if slot.link.is_some() => Some(format!("user {username} is already linked to a connection")),
+            None if !self.inner.config.accept_new_users => Some(Rejection::NotAcceptingNewUsers.to_string()),
+            Some(slot) if slot.link.is_some() => Some(Rejection::AlreadyLinked(username.to_owned()).to_string()),
             _ => None,
         }
     }
@@ -208,7 +209,7 @@ impl Server {
             return reply_rejected(connection, &AcceptedVersions::mismatch_reason(&request.version));
         }
         if request.username.len() > MAX_USERNAME_BYTES || !config.is_valid_username(&request.username) {
-            return reply_rejected(connection, "invalid username");
+            return reply_rejected(connection, &Rejection::InvalidUsername.to_string());
         }
         if let Some(reason) = self.link_refusal(&request.username) {
             return reply_rejected(connection, &reason);
@@ -224,7 +225,7 @@ impl Server {
                 username: &username,
                 info: &info,
             },
-            |events| events.authenticate.emit("authenticate", |f| f(&username, &info, &ctx)),
+            |events| events.authenticate.emit("authenticate", |f| f(self, &username, &info, &ctx)),
         );
         // A reason given to `reject` wins over a panic, whichever came first, as in the reference.
         if let Some(first_panic) = panics.into_iter().next() {
@@ -247,7 +248,7 @@ impl Server {
     ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!("async authentication needs a tokio runtime");
-            ctx.reject("authentication failed");
+            ctx.reject(Rejection::AuthenticationFailed.to_string());
             return self.decide_link(connection, &username, &ctx);
         };
         let attempt = self.inner.next_attempt.fetch_add(1, Ordering::Relaxed);
@@ -330,12 +331,12 @@ async fn run_auth(ctx: &AuthContext, pending: Vec<AuthFuture>, timeout: std::tim
                 Some(Err(error)) => {
                     let reason = match error.try_into_panic() {
                         Ok(payload) => panic_message(payload.as_ref()),
-                        Err(_) => "authentication failed".to_owned(),
+                        Err(_) => Rejection::AuthenticationFailed.to_string(),
                     };
                     return ctx.reject(reason);
                 }
             },
-            () = &mut deadline => return ctx.reject("authentication timeout"),
+            () = &mut deadline => return ctx.reject(Rejection::AuthenticationTimeout.to_string()),
         }
     }
 }

@@ -19,14 +19,14 @@ use tokio::time::Instant;
 use crate::connections::{Connection, Role};
 use crate::events::Event;
 use crate::protocol::ServerMessage;
-use crate::subscribe::Events;
+use crate::server::Events;
 use crate::Server;
 
 impl Server {
     /// Emits an event to the any-listeners, then to the event's own listeners. Returns the panic messages.
     pub(crate) fn emit(&self, event: Event<'_>, specific: impl FnOnce(&Events) -> Vec<String>) -> Vec<String> {
         let events = &self.inner.events;
-        let mut panics = events.any.emit(event.name(), |f| f(&event));
+        let mut panics = events.any.emit(event.name(), |f| f(self, &event));
         panics.extend(specific(events));
         panics
     }
@@ -35,7 +35,7 @@ impl Server {
         self.fan_out(|registry| registry.join(username));
         tracing::info!(username, "joined");
         self.emit(Event::Join { username }, |events| {
-            events.join.emit("join", |f| f(username))
+            events.join.emit("join", |f| f(self, username))
         });
     }
 
@@ -68,7 +68,7 @@ impl Server {
         }
         tracing::info!(username, "linked");
         self.emit(Event::Link { username }, |events| {
-            events.link.emit("link", |f| f(username))
+            events.link.emit("link", |f| f(self, username))
         });
     }
 
@@ -93,7 +93,7 @@ impl Server {
         }
         tracing::info!(username, "unlinked");
         self.emit(Event::Unlink { username }, |events| {
-            events.unlink.emit("unlink", |f| f(username))
+            events.unlink.emit("unlink", |f| f(self, username))
         });
     }
 
@@ -115,7 +115,7 @@ impl Server {
         }
         tracing::info!(username, "left");
         self.emit(Event::Leave { username }, |events| {
-            events.leave.emit("leave", |f| f(username))
+            events.leave.emit("leave", |f| f(self, username))
         });
     }
 }

@@ -9,6 +9,10 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+pub use crate::vocabulary::{
+    Rejection, ACCEPTED, JOINED, LEAVE, LEFT, LINK, LINKED, REJECTED, UNLINK, UNLINKED,
+};
+
 /// The prefix reserved for the protocol's own message types. It is matched exactly and case-sensitively.
 pub const RESERVED_PREFIX: &str = "krmx/";
 
@@ -16,12 +20,16 @@ pub const RESERVED_PREFIX: &str = "krmx/";
 ///
 /// ```
 /// use emitter_core::Message;
+/// use serde_json::json;
 ///
-/// let message = Message::with_payload("chat/said", &"hello").unwrap();
+/// let message = Message::with_payload("chat/said", "hello");
 /// assert_eq!(message.kind, "chat/said");
 /// assert_eq!(message.payload_as::<String>().unwrap(), "hello");
-/// assert_eq!(serde_json::to_string(&message).unwrap(), r#"{"type":"chat/said","payload":"hello"}"#);
+/// let moved = Message::with_payload("game/move", json!({"x": 1, "y": 2}));
+/// assert_eq!(serde_json::to_string(&moved).unwrap(), r#"{"type":"game/move","payload":{"x":1,"y":2}}"#);
 /// ```
+///
+/// To send a value of your own type as the payload, see [`Server::send_payload`](crate::Server::send_payload).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     /// The message type, such as `chat/said`. It is `type` on the wire.
@@ -77,25 +85,22 @@ impl Message {
         }
     }
 
-    /// A message of the given type whose payload is `payload` serialized to JSON.
+    /// A message of the given type with a JSON payload: anything that converts into a `serde_json::Value` (a string, a
+    /// number, a bool, `json!({..})`, a `Value`). It cannot fail.
     ///
     /// ```
-    /// #[derive(serde::Serialize)]
-    /// struct Move { x: u8, y: u8 }
-    /// let message = emitter_core::Message::with_payload("game/move", &Move { x: 1, y: 2 }).unwrap();
-    /// assert_eq!(message.payload, Some(serde_json::json!({ "x": 1, "y": 2 })));
+    /// let message = emitter_core::Message::with_payload("game/roll", 6);
+    /// assert_eq!(message.payload, Some(serde_json::json!(6)));
     /// ```
-    pub fn with_payload<T: Serialize + ?Sized>(
-        kind: impl Into<String>,
-        payload: &T,
-    ) -> Result<Self, serde_json::Error> {
-        Ok(Message {
+    pub fn with_payload(kind: impl Into<String>, payload: impl Into<Value>) -> Self {
+        Message {
             kind: kind.into(),
-            payload: Some(serde_json::to_value(payload)?),
-        })
+            payload: Some(payload.into()),
+        }
     }
 
-    /// Reads the payload as a `T`. A missing payload reads as JSON `null`, so `Option<T>` and `()` accept it.
+    /// Reads the payload as a `T`. A missing payload reads as JSON `null`, and if `T` does not accept `null`, as an
+    /// empty object: so `Option<T>`, `()` and a struct whose fields all have defaults accept a message without one.
     ///
     /// ```
     /// #[derive(serde::Deserialize, Debug, PartialEq)]
@@ -108,7 +113,7 @@ impl Message {
     pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         match &self.payload {
             Some(value) => T::deserialize(value),
-            None => T::deserialize(&Value::Null),
+            None => T::deserialize(&Value::Null).or_else(|_| T::deserialize(&Value::Object(Default::default()))),
         }
     }
 
@@ -271,33 +276,25 @@ pub enum ServerMessage<'a> {
 impl ServerMessage<'_> {
     /// The message as a frame, ready to be queued for any number of connections.
     pub fn to_frame(&self) -> Frame {
-        #[derive(Serialize)]
-        struct Username<'a> {
-            username: &'a str,
-        }
-        #[derive(Serialize)]
-        struct Reason<'a> {
-            reason: &'a str,
-        }
-        #[derive(Serialize)]
-        struct Wire<'a, P> {
-            #[serde(rename = "type")]
-            kind: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            payload: Option<P>,
-        }
-        fn frame<P: Serialize>(kind: &str, payload: Option<P>) -> Frame {
-            Frame::encode(&Wire { kind, payload })
-        }
-        match *self {
-            ServerMessage::Accepted => frame::<()>("krmx/accepted", None),
-            ServerMessage::Rejected(reason) => frame("krmx/rejected", Some(Reason { reason })),
-            ServerMessage::Joined(username) => frame("krmx/joined", Some(Username { username })),
-            ServerMessage::Linked(username) => frame("krmx/linked", Some(Username { username })),
-            ServerMessage::Unlinked(username) => frame("krmx/unlinked", Some(Username { username })),
-            ServerMessage::Left(username) => frame("krmx/left", Some(Username { username })),
-        }
+        // Built by hand rather than by serde: a string's JSON form (quoted and escaped, by `Value`'s `Display`) cannot
+        // fail, so neither can these.
+        let quoted = |text: &str| Value::from(text).to_string();
+        let text = match *self {
+            ServerMessage::Accepted => format!(r#"{{"type":"{ACCEPTED}"}}"#),
+            ServerMessage::Rejected(reason) => {
+                format!(r#"{{"type":"{REJECTED}","payload":{{"reason":{}}}}}"#, quoted(reason))
+            }
+            ServerMessage::Joined(username) => user_frame(JOINED, &quoted(username)),
+            ServerMessage::Linked(username) => user_frame(LINKED, &quoted(username)),
+            ServerMessage::Unlinked(username) => user_frame(UNLINKED, &quoted(username)),
+            ServerMessage::Left(username) => user_frame(LEFT, &quoted(username)),
+        };
+        Frame(Bytes::from(text))
     }
+}
+
+fn user_frame(kind: &str, quoted_username: &str) -> String {
+    format!(r#"{{"type":"{kind}","payload":{{"username":{quoted_username}}}}}"#)
 }
 
 /// One serialized outgoing message: JSON text in shared bytes.
@@ -308,18 +305,10 @@ impl ServerMessage<'_> {
 pub struct Frame(Bytes);
 
 impl Frame {
-    /// Serializes any value to a frame.
-    ///
-    /// Serializing a `serde_json::Value`, a [`Message`] or a derived `Serialize` struct cannot fail; a value whose
-    /// `Serialize` impl reports an error (a map with non-string keys, say) is logged and sent as `null`.
-    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Frame {
-        match serde_json::to_vec(value) {
-            Ok(bytes) => Frame(Bytes::from(bytes)),
-            Err(error) => {
-                tracing::error!(%error, "a message could not be serialized; sending null instead");
-                Frame(Bytes::from_static(b"null"))
-            }
-        }
+    /// Serializes any value to a frame. Fails when the value's `Serialize` implementation does (a map with non-string
+    /// keys, say).
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Frame, serde_json::Error> {
+        serde_json::to_vec(value).map(|bytes| Frame(Bytes::from(bytes)))
     }
 
     /// The JSON text, as bytes. They are always valid UTF-8.
@@ -329,14 +318,20 @@ impl Frame {
 
     /// The JSON text.
     pub fn as_str(&self) -> &str {
-        // Frames are only made by `encode`, and serde_json writes UTF-8.
+        // Frames are only made from serde_json output or `Value`'s `Display`, which are UTF-8.
         std::str::from_utf8(&self.0).unwrap_or("null")
     }
 }
 
 impl From<&Message> for Frame {
+    /// A message's frame. It cannot fail: a message is a string and a `Value`, whose JSON forms (by `Display`) cannot.
     fn from(message: &Message) -> Self {
-        Frame::encode(message)
+        let kind = Value::from(message.kind.as_str());
+        let text = match &message.payload {
+            Some(payload) => format!(r#"{{"type":{kind},"payload":{payload}}}"#),
+            None => format!(r#"{{"type":{kind}}}"#),
+        };
+        Frame(Bytes::from(text))
     }
 }
 

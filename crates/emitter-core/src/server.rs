@@ -2,32 +2,33 @@
 //!
 //! Work for different connections runs in parallel. Two paths, with different needs:
 //! - **Messages** (the hot path) take no server-wide lock: a connection's message is parsed on its own task, its
-//!   `message` listeners run beside those of other users, `send` finds a user's queue in a sharded map, and a
-//!   broadcast takes only the short fan-out lock while it pushes one serialized frame into each linked queue.
+//!   `message` listeners run beside those of other users, `send` finds a user's connection in a sharded map, and a
+//!   broadcast takes only the short fan-out lock while it appends one serialized frame to the fan-out log.
 //! - **Membership** (link, unlink, join, leave, kick, close) is rare and takes one order: see `membership.rs`.
 //!
 //! The guarantees this gives, and what it does not promise, are in the book's concepts chapter ("Order and
 //! concurrency").
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::sync::{Mutex, ReentrantMutex};
+use emitter_listeners::Listeners;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::config::{Config, ServerBuilder};
-use crate::connections::Connection;
-use crate::connections::Connections;
+use crate::auth::{AuthContext, AuthInfo};
+use crate::builder::ServerBuilder;
+use crate::config::Config;
+use crate::connections::{Connection, Connections};
 use crate::error::{Error, Status};
+use crate::events::Event;
 use crate::fanout::Log;
 use crate::outbox::PushError;
-use crate::protocol::{Frame, Message};
+use crate::protocol::{Frame, Message, RESERVED_PREFIX};
 use crate::registry::{Broadcast, Registry};
 use crate::shards::Shards;
-use crate::subscribe::Events;
-use crate::transport::Host;
+use crate::sync::{Mutex, ReentrantMutex};
 
 /// A user as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -37,6 +38,48 @@ pub struct User {
     /// Whether a connection is linked to the user. It is `isLinked` in JSON, as in the reference.
     #[serde(rename = "isLinked")]
     pub is_linked: bool,
+}
+
+type UserListener = dyn Fn(&Server, &str) + Send + Sync;
+type AnyListener = dyn Fn(&Server, &Event<'_>) + Send + Sync;
+type AuthListener = dyn Fn(&Server, &str, &AuthInfo, &AuthContext) + Send + Sync;
+type MessageListener = dyn Fn(&Server, &str, &Message) + Send + Sync;
+
+/// One listener list per event (registered through `subscribe.rs`).
+#[derive(Default)]
+pub(crate) struct Events {
+    pub(crate) any: Listeners<AnyListener>,
+    pub(crate) listen: Listeners<dyn Fn(&Server, u16) + Send + Sync>,
+    pub(crate) close: Listeners<dyn Fn(&Server) + Send + Sync>,
+    pub(crate) authenticate: Listeners<AuthListener>,
+    pub(crate) join: Listeners<UserListener>,
+    pub(crate) link: Listeners<UserListener>,
+    pub(crate) unlink: Listeners<UserListener>,
+    pub(crate) leave: Listeners<UserListener>,
+    pub(crate) message: Listeners<MessageListener>,
+}
+
+impl Events {
+    /// Drops every listener.
+    pub(crate) fn clear(&self) {
+        self.any.clear();
+        self.listen.clear();
+        self.close.clear();
+        self.authenticate.clear();
+        self.join.clear();
+        self.link.clear();
+        self.unlink.clear();
+        self.leave.clear();
+        self.message.clear();
+    }
+}
+
+/// Counts of what the server dropped rather than handled, for monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Messages of a type with an [`on_payload`](Server::on_payload) listener whose payload did not fit its type.
+    pub payload_mismatches: u64,
 }
 
 pub(crate) struct Inner {
@@ -59,6 +102,7 @@ pub(crate) struct Inner {
     pub(crate) open_tx: watch::Sender<usize>,
     pub(crate) transports: AtomicUsize,
     pub(crate) next_attempt: AtomicU64,
+    pub(crate) payload_mismatches: AtomicU64,
 }
 
 /// A Krmx server: users, the connections linked to them, and the listeners that react to them.
@@ -69,15 +113,11 @@ pub(crate) struct Inner {
 /// database, the network) belongs in [`AuthContext::mark_async`](crate::AuthContext::mark_async) or a spawned task.
 ///
 /// ```
-/// use emitter_core::{Message, Server};
+/// use emitter_core::Server;
 ///
 /// let server = Server::new();
-/// let s = server.clone();
-/// let _ = server.on_message(move |username, message| {
-///     if message.kind == "chat/say" {
-///         let said = Message::with_payload("chat/said", &(username, &message.payload)).unwrap();
-///         let _ = s.broadcast(&said, None);
-///     }
+/// server.on_payload("chat/say", |server, username, text: String| {
+///     let _ = server.broadcast_payload("chat/said", &(username, text), None);
 /// });
 /// ```
 #[derive(Clone)]
@@ -98,6 +138,27 @@ impl Default for Server {
     fn default() -> Self {
         Server::new()
     }
+}
+
+/// Fails for a type the protocol reserves: clients act on `krmx/` messages, so the server sends none of its own making.
+fn unreserved(kind: &str) -> Result<(), Error> {
+    if kind.starts_with(RESERVED_PREFIX) {
+        Err(Error::ReservedType(kind.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+/// `{"type": kind, "payload": payload}`, serialized once.
+fn typed_frame<T: Serialize + ?Sized>(kind: &str, payload: &T) -> Result<Frame, Error> {
+    #[derive(Serialize)]
+    struct Typed<'a, T: ?Sized> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        payload: &'a T,
+    }
+    unreserved(kind)?;
+    Frame::encode(&Typed { kind, payload }).map_err(|error| Error::Serialize(error.to_string()))
 }
 
 /// Fails with `cannot {action} when the server is {status}` unless the status is one of `allowed`.
@@ -136,6 +197,7 @@ impl Server {
                 open_tx: watch::Sender::new(0),
                 transports: AtomicUsize::new(0),
                 next_attempt: AtomicU64::new(0),
+                payload_mismatches: AtomicU64::new(0),
             }),
         }
     }
@@ -145,9 +207,16 @@ impl Server {
         &self.inner.config
     }
 
-    /// The transport's handle on this server. Applications do not need it.
-    pub fn host(&self) -> Host {
-        Host { server: self.clone() }
+    /// What the server has dropped rather than handled so far.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// assert_eq!(server.stats().payload_mismatches, 0);
+    /// ```
+    pub fn stats(&self) -> Stats {
+        Stats {
+            payload_mismatches: self.inner.payload_mismatches.load(Ordering::Relaxed),
+        }
     }
 
     /// The users, in the order they joined. A user who relinks keeps its place; one who leaves and joins again goes
@@ -201,23 +270,37 @@ impl Server {
 
     /// Sends `message` to one linked user.
     ///
-    /// Fails when the server is not listening or closing, or when the user does not exist or is not linked. It also
-    /// fails when the user's connection is closing, or its outgoing queue is full: then the connection is a slow
-    /// consumer and is closed, which unlinks the user.
+    /// Fails when the server is not listening or closing, when the user does not exist or is not linked, or when the
+    /// message's type starts with the reserved `krmx/`. It also fails when the user's connection is closing, or when
+    /// too much waits for it already: then the connection is a slow consumer and is closed, which unlinks the user.
+    ///
+    /// ```
+    /// use emitter_core::{Error, Message, Server};
+    ///
+    /// let server = Server::new();
+    /// server.on_link(|server, username| {
+    ///     let _ = server.send(username, &Message::with_payload("chat/welcome", "hi"));
+    /// });
+    /// ```
     pub fn send(&self, username: &str, message: &Message) -> Result<(), Error> {
+        unreserved(&message.kind)?;
         self.send_frame(username, Frame::from(message))
     }
 
-    /// Sends any serializable value as the message (it should serialize to an object with a string `type`).
+    /// Sends a message of type `kind` whose payload is `payload` serialized to JSON, to one linked user. Fails like
+    /// [`send`](Server::send), and with [`Error::Serialize`] when the payload cannot be serialized.
     ///
     /// ```
     /// #[derive(serde::Serialize)]
-    /// struct Said<'a> { r#type: &'a str, payload: &'a str }
+    /// struct Score { points: u32 }
+    ///
     /// let server = emitter_core::Server::new();
-    /// assert!(server.send_json("simon", &Said { r#type: "chat/said", payload: "hi" }).is_err()); // not listening
+    /// server.on_link(|server, username| {
+    ///     let _ = server.send_payload(username, "game/score", &Score { points: 0 });
+    /// });
     /// ```
-    pub fn send_json<T: Serialize + ?Sized>(&self, username: &str, message: &T) -> Result<(), Error> {
-        self.send_frame(username, Frame::encode(message))
+    pub fn send_payload<T: Serialize + ?Sized>(&self, username: &str, kind: &str, payload: &T) -> Result<(), Error> {
+        self.send_frame(username, typed_frame(kind, payload)?)
     }
 
     fn send_frame(&self, username: &str, frame: Frame) -> Result<(), Error> {
@@ -242,16 +325,31 @@ impl Server {
     }
 
     /// Sends `message` to every linked user except `skip`. The message is serialized once. The report says who, if
-    /// anyone, did not get it (see [`Broadcast`]).
+    /// anyone, will not get it (see [`Broadcast`]).
     ///
-    /// Fails when the server is not listening or closing.
+    /// Fails when the server is not listening or closing, or when the message's type starts with the reserved
+    /// `krmx/`.
     pub fn broadcast(&self, message: &Message, skip: Option<&str>) -> Result<Broadcast, Error> {
+        unreserved(&message.kind)?;
         self.broadcast_frame(Frame::from(message), skip)
     }
 
-    /// Broadcasts any serializable value as the message, like [`broadcast`](Server::broadcast).
-    pub fn broadcast_json<T: Serialize + ?Sized>(&self, message: &T, skip: Option<&str>) -> Result<Broadcast, Error> {
-        self.broadcast_frame(Frame::encode(message), skip)
+    /// Broadcasts a message of type `kind` whose payload is `payload` serialized to JSON, like
+    /// [`broadcast`](Server::broadcast); fails with [`Error::Serialize`] when the payload cannot be serialized.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// server.on_join(|server, username| {
+    ///     let _ = server.broadcast_payload("lobby/arrived", &username, Some(username));
+    /// });
+    /// ```
+    pub fn broadcast_payload<T: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        payload: &T,
+        skip: Option<&str>,
+    ) -> Result<Broadcast, Error> {
+        self.broadcast_frame(typed_frame(kind, payload)?, skip)
     }
 
     fn broadcast_frame(&self, frame: Frame, skip: Option<&str>) -> Result<Broadcast, Error> {

@@ -1,61 +1,44 @@
-//! Registering listeners: `on_*`, `once_*`, `wait_for_*` and the any-event listener.
+//! Registering listeners: `on_*`, `once_*`, `wait_for_*`, typed payloads and the any-event listener.
+//!
+//! Every listener gets the server as its first argument, so that it can call back into it without capturing a clone
+//! (which would also keep the server alive as long as the listener). A listener lives as long as the server: the
+//! [`Subscription`] a registration returns is a handle to remove it, and dropping the handle keeps the listener.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use emitter_listeners::{fire_once, wait, Subscription};
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::auth::{AuthContext, AuthInfo};
-use crate::events::{fire_once, Event, Listeners, Subscription, UnsubscribeOnDrop};
+use crate::error::Error;
+use crate::events::Event;
 use crate::protocol::Message;
 use crate::Server;
 
-type UserListener = dyn Fn(&str) + Send + Sync;
-type AnyListener = dyn Fn(&Event<'_>) + Send + Sync;
-type AuthListener = dyn Fn(&str, &AuthInfo, &AuthContext) + Send + Sync;
-type MessageListener = dyn Fn(&str, &Message) + Send + Sync;
-
-/// One listener list per event.
-#[derive(Default)]
-pub(crate) struct Events {
-    pub(crate) any: Listeners<AnyListener>,
-    pub(crate) listen: Listeners<dyn Fn(u16) + Send + Sync>,
-    pub(crate) close: Listeners<dyn Fn() + Send + Sync>,
-    pub(crate) authenticate: Listeners<AuthListener>,
-    pub(crate) join: Listeners<UserListener>,
-    pub(crate) link: Listeners<UserListener>,
-    pub(crate) unlink: Listeners<UserListener>,
-    pub(crate) leave: Listeners<UserListener>,
-    pub(crate) message: Listeners<MessageListener>,
-}
-
-impl Events {
-    /// Drops every listener.
-    pub(crate) fn clear(&self) {
-        self.any.clear();
-        self.listen.clear();
-        self.close.clear();
-        self.authenticate.clear();
-        self.join.clear();
-        self.link.clear();
-        self.unlink.clear();
-        self.leave.clear();
-        self.message.clear();
-    }
+/// A `wait_for_*` future: the event's value, or [`Error::ServerClosed`] once the server closed (or was dropped) first.
+fn waiting<T: Send + 'static>(
+    subscription: Subscription,
+    rx: oneshot::Receiver<T>,
+) -> impl Future<Output = Result<T, Error>> + Send + 'static {
+    let waited = wait(subscription, rx);
+    async move { waited.await.map_err(|_| Error::ServerClosed) }
 }
 
 /// Listeners run in registration order, any-event listeners before an event's own. A listener may call any server
 /// method. A panic in a listener is logged and the other listeners still run (in `on_authenticate`, it also rejects
-/// the link with the panic's message). Each registration returns a [`Subscription`] that removes the listener.
+/// the link with the panic's message).
 impl Server {
     /// Calls `listener` with every event, before the event's own listeners.
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// let _ = server.on_any(|event| tracing::debug!(event = event.name()));
+    /// server.on_any(|_server, event| tracing::debug!(event = event.name()));
     /// ```
-    pub fn on_any(&self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Subscription {
+    pub fn on_any(&self, listener: impl Fn(&Server, &Event<'_>) + Send + Sync + 'static) -> Subscription {
         self.inner.events.any.add(Arc::new(listener))
     }
 
@@ -63,23 +46,23 @@ impl Server {
     ///
     /// ```
     /// use emitter_core::Event;
-    /// # async fn demo(server: emitter_core::Server) {
+    /// # async fn demo(server: emitter_core::Server) -> Result<(), emitter_core::Error> {
     /// let who = server
     ///     .wait_for_event(|event| match event {
     ///         Event::Message { username, message } if message.kind == "game/ready" => Some(username.to_string()),
     ///         _ => None,
     ///     })
-    ///     .await;
-    /// # }
+    ///     .await?;
+    /// # Ok(()) }
     /// ```
     pub fn wait_for_event<T: Send + 'static>(
         &self,
         pick: impl Fn(&Event<'_>) -> Option<T> + Send + Sync + 'static,
-    ) -> impl Future<Output = T> + Send + 'static {
+    ) -> impl Future<Output = Result<T, Error>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let tx = Mutex::new(Some(tx));
         let subscription = self.inner.events.any.add_with(|alive| {
-            Arc::new(move |event: &Event<'_>| {
+            Arc::new(move |_: &Server, event: &Event<'_>| {
                 if let Some(value) = pick(event) {
                     fire_once(&alive, true, &tx, |tx| {
                         let _ = tx.send(value);
@@ -87,7 +70,7 @@ impl Server {
                 }
             })
         });
-        self.wait(subscription, rx)
+        waiting(subscription, rx)
     }
 
     /// Calls `listener` with the port once the server listens. It runs before the transport accepts its first
@@ -95,48 +78,50 @@ impl Server {
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// let _ = server.on_listen(|port| tracing::info!(port, "up"));
+    /// server.on_listen(|server, _port| {
+    ///     let _ = server.join("bot");
+    /// });
     /// ```
-    pub fn on_listen(&self, listener: impl Fn(u16) + Send + Sync + 'static) -> Subscription {
+    pub fn on_listen(&self, listener: impl Fn(&Server, u16) + Send + Sync + 'static) -> Subscription {
         self.inner.events.listen.add(Arc::new(listener))
     }
 
     /// Resolves with the port once the server listens.
-    pub fn wait_for_listen(&self) -> impl Future<Output = u16> + Send + 'static {
+    pub fn wait_for_listen(&self) -> impl Future<Output = Result<u16, Error>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let tx = Mutex::new(Some(tx));
         let subscription = self.inner.events.listen.add_with(|alive| {
-            Arc::new(move |port| {
+            Arc::new(move |_: &Server, port| {
                 fire_once(&alive, true, &tx, |tx| {
                     let _ = tx.send(port);
                 })
             })
         });
-        self.wait(subscription, rx)
+        waiting(subscription, rx)
     }
 
     /// Calls `listener` once the server has closed.
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// let _ = server.on_close(|| tracing::info!("closed"));
+    /// server.on_close(|_server| tracing::info!("closed"));
     /// ```
-    pub fn on_close(&self, listener: impl Fn() + Send + Sync + 'static) -> Subscription {
+    pub fn on_close(&self, listener: impl Fn(&Server) + Send + Sync + 'static) -> Subscription {
         self.inner.events.close.add(Arc::new(listener))
     }
 
     /// Resolves once the server has closed.
-    pub fn wait_for_close(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn wait_for_close(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let tx = Mutex::new(Some(tx));
         let subscription = self.inner.events.close.add_with(|alive| {
-            Arc::new(move || {
+            Arc::new(move |_: &Server| {
                 fire_once(&alive, true, &tx, |tx| {
                     let _ = tx.send(());
                 })
             })
         });
-        self.wait(subscription, rx)
+        waiting(subscription, rx)
     }
 
     /// Calls `listener` before a connection links to a user, after the protocol's own checks passed (well-formed
@@ -148,42 +133,72 @@ impl Server {
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// let s = server.clone();
-    /// let _ = server.on_authenticate(move |_username, info, ctx| {
-    ///     if info.is_new_user && s.users().len() >= 10 {
+    /// server.on_authenticate(|server, _username, info, ctx| {
+    ///     if info.is_new_user && server.users().len() >= 10 {
     ///         ctx.reject("server is full");
     ///     }
     /// });
     /// ```
     pub fn on_authenticate(
         &self,
-        listener: impl Fn(&str, &AuthInfo, &AuthContext) + Send + Sync + 'static,
+        listener: impl Fn(&Server, &str, &AuthInfo, &AuthContext) + Send + Sync + 'static,
     ) -> Subscription {
         self.inner.events.authenticate.add(Arc::new(listener))
     }
 
     /// Calls `listener` with the sender and the message every time a linked user sends an application message (any
-    /// type outside `krmx/`).
+    /// type outside `krmx/`). For messages of one type with a payload of your own type, [`on_payload`] reads it for
+    /// you.
+    ///
+    /// [`on_payload`]: Server::on_payload
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// server.on_message(|server, username, message| {
+    ///     let _ = server.broadcast(message, Some(username)); // relay to everyone else
+    /// });
+    /// ```
+    pub fn on_message(&self, listener: impl Fn(&Server, &str, &Message) + Send + Sync + 'static) -> Subscription {
+        self.inner.events.message.add(Arc::new(listener))
+    }
+
+    /// Calls `listener` with the sender and the payload, read as a `T`, every time a linked user sends a message of
+    /// type `kind`. A payload that does not fit `T` does not reach the listener: it is logged (at warn) and counted
+    /// in [`Stats::payload_mismatches`](crate::Stats::payload_mismatches). A message without a payload reads as
+    /// described in [`Message::payload_as`].
     ///
     /// ```
     /// #[derive(serde::Deserialize)]
     /// struct Move { x: u8, y: u8 }
     ///
     /// let server = emitter_core::Server::new();
-    /// let _ = server.on_message(|username, message| {
-    ///     if message.kind == "game/move" {
-    ///         if let Ok(Move { x, y }) = message.payload_as::<Move>() {
-    ///             tracing::info!(username, x, y, "moved");
-    ///         }
-    ///     }
+    /// server.on_payload("game/move", |server, username, Move { x, y }| {
+    ///     tracing::info!(username, x, y, "moved");
+    ///     let _ = server.broadcast_payload("game/moved", &(username, x, y), None);
     /// });
     /// ```
-    pub fn on_message(&self, listener: impl Fn(&str, &Message) + Send + Sync + 'static) -> Subscription {
-        self.inner.events.message.add(Arc::new(listener))
+    pub fn on_payload<T: DeserializeOwned + 'static>(
+        &self,
+        kind: impl Into<String>,
+        listener: impl Fn(&Server, &str, T) + Send + Sync + 'static,
+    ) -> Subscription {
+        let kind = kind.into();
+        self.on_message(move |server, username, message| {
+            if message.kind != kind {
+                return;
+            }
+            match message.payload_as::<T>() {
+                Ok(payload) => listener(server, username, payload),
+                Err(error) => {
+                    tracing::warn!(username, kind, %error, "a message whose payload does not fit was dropped");
+                    server.inner.payload_mismatches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
     }
 
     /// Calls `listener` for the first message, then removes it.
-    pub fn once_message(&self, listener: impl FnOnce(&str, &Message) + Send + 'static) -> Subscription {
+    pub fn once_message(&self, listener: impl FnOnce(&Server, &str, &Message) + Send + 'static) -> Subscription {
         self.once_message_when(|_, _| true, listener)
     }
 
@@ -191,279 +206,124 @@ impl Server {
     pub fn once_message_when(
         &self,
         predicate: impl Fn(&str, &Message) -> bool + Send + Sync + 'static,
-        listener: impl FnOnce(&str, &Message) + Send + 'static,
+        listener: impl FnOnce(&Server, &str, &Message) + Send + 'static,
     ) -> Subscription {
         let slot = Mutex::new(Some(listener));
         self.inner.events.message.add_with(|alive| {
-            Arc::new(move |username: &str, message: &Message| {
-                fire_once(&alive, predicate(username, message), &slot, |l| l(username, message))
+            Arc::new(move |server: &Server, username: &str, message: &Message| {
+                fire_once(&alive, predicate(username, message), &slot, |l| {
+                    l(server, username, message)
+                })
             })
         })
     }
 
     /// Resolves with the sender and the message of the next application message.
-    pub fn wait_for_message(&self) -> impl Future<Output = (String, Message)> + Send + 'static {
+    pub fn wait_for_message(&self) -> impl Future<Output = Result<(String, Message), Error>> + Send + 'static {
         self.wait_for_message_when(|_, _| true)
     }
 
     /// Resolves with the sender and the message of the next application message for which `predicate` holds.
     ///
     /// ```
-    /// # async fn demo(server: emitter_core::Server) {
-    /// let (from, message) = server.wait_for_message_when(|_, m| m.kind == "chat/say").await;
-    /// # }
+    /// # async fn demo(server: emitter_core::Server) -> Result<(), emitter_core::Error> {
+    /// let (from, message) = server.wait_for_message_when(|_, m| m.kind == "chat/say").await?;
+    /// # Ok(()) }
     /// ```
     pub fn wait_for_message_when(
         &self,
         predicate: impl Fn(&str, &Message) -> bool + Send + Sync + 'static,
-    ) -> impl Future<Output = (String, Message)> + Send + 'static {
+    ) -> impl Future<Output = Result<(String, Message), Error>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let subscription = self.once_message_when(predicate, move |username, message| {
+        let subscription = self.once_message_when(predicate, move |_, username, message| {
             let _ = tx.send((username.to_owned(), message.clone()));
         });
-        self.wait(subscription, rx)
+        waiting(subscription, rx)
     }
+}
 
-    /// Calls `listener` with the username every time a user joined. At this point the user exists but no connection is linked to it yet, so `send` to it fails; it succeeds from `on_link`.
-    ///
-    /// ```
-    /// let server = emitter_core::Server::new();
-    /// let _subscription = server.on_join(|username| println!("join: {username}"));
-    /// ```
-    pub fn on_join(&self, listener: impl Fn(&str) + Send + Sync + 'static) -> Subscription {
-        self.inner.events.join.add(Arc::new(listener))
-    }
-
-    /// Calls `listener` the first time a user joined, then removes it.
-    pub fn once_join(&self, listener: impl FnOnce(&str) + Send + 'static) -> Subscription {
-        self.once_join_when(|_| true, listener)
-    }
-
-    /// Calls `listener` the first time a user joined and `predicate` holds for the username, then removes it.
-    ///
-    /// ```
-    /// let server = emitter_core::Server::new();
-    /// let _ = server.once_join_when(|username| username == "simon", |_| println!("there he is"));
-    /// ```
-    pub fn once_join_when(
-        &self,
-        predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-        listener: impl FnOnce(&str) + Send + 'static,
-    ) -> Subscription {
-        let slot = Mutex::new(Some(listener));
-        self.inner.events.join.add_with(|alive| {
-            Arc::new(move |username: &str| fire_once(&alive, predicate(username), &slot, |l| l(username)))
-        })
-    }
-
-    /// Resolves with the username the next time a user joined. The listener is registered when this is called, so an event
-    /// that happens before the future is first polled still counts.
-    pub fn wait_for_join(&self) -> impl Future<Output = String> + Send + 'static {
-        self.wait_for_join_when(|_| true)
-    }
-
-    /// Resolves with the username the next time a user joined and `predicate` holds for it.
-    ///
-    /// ```
-    /// # async fn demo(server: emitter_core::Server) {
-    /// let username = server.wait_for_join_when(|username| username.starts_with("bot")).await;
-    /// # }
-    /// ```
-    pub fn wait_for_join_when(
-        &self,
-        predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-    ) -> impl Future<Output = String> + Send + 'static {
-        let (tx, rx) = oneshot::channel();
-        let subscription = self.once_join_when(predicate, move |username| {
-            let _ = tx.send(username.to_owned());
-        });
-        self.wait(subscription, rx)
-    }
-
-    /// Calls `listener` with the username every time a connection was linked to a user. The user has received its snapshot of all users by now, so `send` to it works.
-    ///
-    /// ```
-    /// let server = emitter_core::Server::new();
-    /// let _subscription = server.on_link(|username| println!("link: {username}"));
-    /// ```
-    pub fn on_link(&self, listener: impl Fn(&str) + Send + Sync + 'static) -> Subscription {
-        self.inner.events.link.add(Arc::new(listener))
-    }
-
-    /// Calls `listener` the first time a connection was linked to a user, then removes it.
-    pub fn once_link(&self, listener: impl FnOnce(&str) + Send + 'static) -> Subscription {
-        self.once_link_when(|_| true, listener)
-    }
-
-    /// Calls `listener` the first time a connection was linked to a user and `predicate` holds for the username, then removes it.
-    ///
-    /// ```
-    /// let server = emitter_core::Server::new();
-    /// let _ = server.once_link_when(|username| username == "simon", |_| println!("there he is"));
-    /// ```
-    pub fn once_link_when(
-        &self,
-        predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-        listener: impl FnOnce(&str) + Send + 'static,
-    ) -> Subscription {
-        let slot = Mutex::new(Some(listener));
-        self.inner.events.link.add_with(|alive| {
-            Arc::new(move |username: &str| fire_once(&alive, predicate(username), &slot, |l| l(username)))
-        })
-    }
-
-    /// Resolves with the username the next time a connection was linked to a user. The listener is registered when this is called, so an event
-    /// that happens before the future is first polled still counts.
-    pub fn wait_for_link(&self) -> impl Future<Output = String> + Send + 'static {
-        self.wait_for_link_when(|_| true)
-    }
-
-    /// Resolves with the username the next time a connection was linked to a user and `predicate` holds for it.
-    ///
-    /// ```
-    /// # async fn demo(server: emitter_core::Server) {
-    /// let username = server.wait_for_link_when(|username| username.starts_with("bot")).await;
-    /// # }
-    /// ```
-    pub fn wait_for_link_when(
-        &self,
-        predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-    ) -> impl Future<Output = String> + Send + 'static {
-        let (tx, rx) = oneshot::channel();
-        let subscription = self.once_link_when(predicate, move |username| {
-            let _ = tx.send(username.to_owned());
-        });
-        self.wait(subscription, rx)
-    }
-
-    /// Calls `listener` with the username every time a connection was unlinked from a user. The connection may still be open; it can link again.
-    ///
-    /// ```
-    /// let server = emitter_core::Server::new();
-    /// let _subscription = server.on_unlink(|username| println!("unlink: {username}"));
-    /// ```
-    pub fn on_unlink(&self, listener: impl Fn(&str) + Send + Sync + 'static) -> Subscription {
-        self.inner.events.unlink.add(Arc::new(listener))
-    }
-
-    /// Calls `listener` the first time a connection was unlinked from a user, then removes it.
-    pub fn once_unlink(&self, listener: impl FnOnce(&str) + Send + 'static) -> Subscription {
-        self.once_unlink_when(|_| true, listener)
-    }
-
-    /// Calls `listener` the first time a connection was unlinked from a user and `predicate` holds for the username, then removes it.
-    ///
-    /// ```
-    /// let server = emitter_core::Server::new();
-    /// let _ = server.once_unlink_when(|username| username == "simon", |_| println!("there he is"));
-    /// ```
-    pub fn once_unlink_when(
-        &self,
-        predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-        listener: impl FnOnce(&str) + Send + 'static,
-    ) -> Subscription {
-        let slot = Mutex::new(Some(listener));
-        self.inner.events.unlink.add_with(|alive| {
-            Arc::new(move |username: &str| fire_once(&alive, predicate(username), &slot, |l| l(username)))
-        })
-    }
-
-    /// Resolves with the username the next time a connection was unlinked from a user. The listener is registered when this is called, so an event
-    /// that happens before the future is first polled still counts.
-    pub fn wait_for_unlink(&self) -> impl Future<Output = String> + Send + 'static {
-        self.wait_for_unlink_when(|_| true)
-    }
-
-    /// Resolves with the username the next time a connection was unlinked from a user and `predicate` holds for it.
-    ///
-    /// ```
-    /// # async fn demo(server: emitter_core::Server) {
-    /// let username = server.wait_for_unlink_when(|username| username.starts_with("bot")).await;
-    /// # }
-    /// ```
-    pub fn wait_for_unlink_when(
-        &self,
-        predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-    ) -> impl Future<Output = String> + Send + 'static {
-        let (tx, rx) = oneshot::channel();
-        let subscription = self.once_unlink_when(predicate, move |username| {
-            let _ = tx.send(username.to_owned());
-        });
-        self.wait(subscription, rx)
-    }
-
-    /// Calls `listener` with the username every time a user left. The user is gone from `users()` by now.
-    ///
-    /// ```
-    /// let server = emitter_core::Server::new();
-    /// let _subscription = server.on_leave(|username| println!("leave: {username}"));
-    /// ```
-    pub fn on_leave(&self, listener: impl Fn(&str) + Send + Sync + 'static) -> Subscription {
-        self.inner.events.leave.add(Arc::new(listener))
-    }
-
-    /// Calls `listener` the first time a user left, then removes it.
-    pub fn once_leave(&self, listener: impl FnOnce(&str) + Send + 'static) -> Subscription {
-        self.once_leave_when(|_| true, listener)
-    }
-
-    /// Calls `listener` the first time a user left and `predicate` holds for the username, then removes it.
-    ///
-    /// ```
-    /// let server = emitter_core::Server::new();
-    /// let _ = server.once_leave_when(|username| username == "simon", |_| println!("there he is"));
-    /// ```
-    pub fn once_leave_when(
-        &self,
-        predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-        listener: impl FnOnce(&str) + Send + 'static,
-    ) -> Subscription {
-        let slot = Mutex::new(Some(listener));
-        self.inner.events.leave.add_with(|alive| {
-            Arc::new(move |username: &str| fire_once(&alive, predicate(username), &slot, |l| l(username)))
-        })
-    }
-
-    /// Resolves with the username the next time a user left. The listener is registered when this is called, so an event
-    /// that happens before the future is first polled still counts.
-    pub fn wait_for_leave(&self) -> impl Future<Output = String> + Send + 'static {
-        self.wait_for_leave_when(|_| true)
-    }
-
-    /// Resolves with the username the next time a user left and `predicate` holds for it.
-    ///
-    /// ```
-    /// # async fn demo(server: emitter_core::Server) {
-    /// let username = server.wait_for_leave_when(|username| username.starts_with("bot")).await;
-    /// # }
-    /// ```
-    pub fn wait_for_leave_when(
-        &self,
-        predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-    ) -> impl Future<Output = String> + Send + 'static {
-        let (tx, rx) = oneshot::channel();
-        let subscription = self.once_leave_when(predicate, move |username| {
-            let _ = tx.send(username.to_owned());
-        });
-        self.wait(subscription, rx)
-    }
-
-    /// The future behind every `wait_for_*`: it keeps the server (and so its listener) alive, and removes the listener
-    /// if it is dropped before the event.
-    fn wait<T: Send + 'static>(
-        &self,
-        subscription: Subscription,
-        rx: oneshot::Receiver<T>,
-    ) -> impl Future<Output = T> + Send + 'static {
-        let server = self.clone();
-        async move {
-            let _unsubscribe = UnsubscribeOnDrop(subscription);
-            let _server = server;
-            match rx.await {
-                Ok(value) => value,
-                // The sender lives in the listener, which the server we hold keeps; it is never dropped unsent.
-                Err(_) => std::future::pending().await,
+/// The five registration methods of an event whose listeners get a username: `on_*`, `once_*`, `once_*_when`,
+/// `wait_for_*` and `wait_for_*_when`, for `join`, `link`, `unlink` and `leave`.
+macro_rules! user_events {
+    ($(
+        $list:ident: $on:ident, $once:ident, $once_when:ident, $wait:ident, $wait_when:ident;
+        $what:literal, $when:literal;
+    )*) => {
+        impl Server {$(
+            #[doc = concat!("Calls `listener` with the username every time ", $what, ". ", $when)]
+            ///
+            /// ```
+            /// let server = emitter_core::Server::new();
+            #[doc = concat!("server.", stringify!($on), r#"(|_server, username| tracing::info!(username));"#)]
+            /// ```
+            pub fn $on(&self, listener: impl Fn(&Server, &str) + Send + Sync + 'static) -> Subscription {
+                self.inner.events.$list.add(Arc::new(listener))
             }
-        }
-    }
+
+            #[doc = concat!("Calls `listener` the first time ", $what, ", then removes it.")]
+            pub fn $once(&self, listener: impl FnOnce(&Server, &str) + Send + 'static) -> Subscription {
+                self.$once_when(|_| true, listener)
+            }
+
+            #[doc = concat!(
+                "Calls `listener` the first time ", $what, " and `predicate` holds for the username, then removes it."
+            )]
+            pub fn $once_when(
+                &self,
+                predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
+                listener: impl FnOnce(&Server, &str) + Send + 'static,
+            ) -> Subscription {
+                let slot = Mutex::new(Some(listener));
+                self.inner.events.$list.add_with(|alive| {
+                    Arc::new(move |server: &Server, username: &str| {
+                        fire_once(&alive, predicate(username), &slot, |l| l(server, username))
+                    })
+                })
+            }
+
+            #[doc = concat!(
+                "Resolves with the username the next time ", $what, ". The listener is registered when this is ",
+                "called, so an event before the future is first polled still counts."
+            )]
+            pub fn $wait(&self) -> impl Future<Output = Result<String, Error>> + Send + 'static {
+                self.$wait_when(|_| true)
+            }
+
+            #[doc = concat!(
+                "Resolves with the username the next time ", $what, " and `predicate` holds for it, or with ",
+                "[`Error::ServerClosed`] if the server closes first."
+            )]
+            ///
+            /// ```
+            /// # async fn demo(server: emitter_core::Server) -> Result<(), emitter_core::Error> {
+            #[doc = concat!("let bot = server.", stringify!($wait_when), r#"(|username| username.starts_with("bot")).await?;"#)]
+            /// # Ok(()) }
+            /// ```
+            pub fn $wait_when(
+                &self,
+                predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
+            ) -> impl Future<Output = Result<String, Error>> + Send + 'static {
+                let (tx, rx) = oneshot::channel();
+                let subscription = self.$once_when(predicate, move |_, username| {
+                    let _ = tx.send(username.to_owned());
+                });
+                waiting(subscription, rx)
+            }
+        )*}
+    };
+}
+
+user_events! {
+    join: on_join, once_join, once_join_when, wait_for_join, wait_for_join_when;
+    "a user joined",
+    "The user exists but no connection is linked to it yet, so `send` to it fails; it succeeds from `on_link`.";
+    link: on_link, once_link, once_link_when, wait_for_link, wait_for_link_when;
+    "a connection was linked to a user",
+    "The user has received its snapshot of all users by now, so `send` to it works.";
+    unlink: on_unlink, once_unlink, once_unlink_when, wait_for_unlink, wait_for_unlink_when;
+    "a connection was unlinked from a user",
+    "The connection may still be open; it can link again.";
+    leave: on_leave, once_leave, once_leave_when, wait_for_leave, wait_for_leave_when;
+    "a user left",
+    "The user is gone from `users()` by now.";
 }

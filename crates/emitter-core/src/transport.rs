@@ -12,6 +12,13 @@ pub use crate::outbox::{Outbox, PushError};
 pub use crate::snapshot::Snapshot;
 use crate::Server;
 
+impl Server {
+    /// The transport's handle on this server (see [`Host`]). Applications do not need it.
+    pub fn host(&self) -> Host {
+        Host { server: self.clone() }
+    }
+}
+
 /// The transport's side of a [`Server`]: lifecycle changes and connection traffic.
 ///
 /// Applications do not need this; it is for transports.

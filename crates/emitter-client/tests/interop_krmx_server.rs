@@ -1,8 +1,9 @@
-//! The Rust client against the reference server, `@krmx/server` from npm, started by `node interop/krmx-server.js`.
+//! The Rust client against the reference server, `@krmx/server` from npm, started by
+//! `node tests/interop/krmx-server.js`.
 //!
-//! Skipped, with a printed note, when `interop/node_modules` is absent (a machine with only the Rust toolchain); with
-//! `EMITTER_INTEROP=1` (as CI's `.ci/steps/30-interop.sh` sets it) a missing install fails instead. The npm server is
-//! a 0.5 release: it accepts `0.5.*` link requests only, so these clients send version 0.5.5.
+//! Skipped, with a printed note, when `tests/interop/node_modules` is absent (a machine with only the Rust
+//! toolchain); with `EMITTER_INTEROP=1` (as CI's `.ci/steps/30-interop.sh` sets it) a missing install fails instead.
+//! The npm server is a 0.5 release: it accepts `0.5.*` link requests only, so these clients send version 0.5.5.
 
 mod support;
 
@@ -34,13 +35,13 @@ impl NodeServer {
 }
 
 fn interop_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
     if dir.join("node_modules/@krmx/server").is_dir() {
         return Some(dir);
     }
     if std::env::var("EMITTER_INTEROP").is_ok_and(|value| value == "1") {
         panic!(
-            "EMITTER_INTEROP=1 but {} has no node_modules/@krmx/server: run `npm ci` in interop/",
+            "EMITTER_INTEROP=1 but {} has no node_modules/@krmx/server: run `npm ci` in tests/interop/",
             dir.display()
         );
     }
@@ -50,8 +51,8 @@ fn interop_dir() -> Option<PathBuf> {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED interop_krmx_server: interop/node_modules is absent, so the Rust client is not checked against \
-             the real @krmx/server. Run `npm ci` in interop/ (or `just interop`) to check it."
+            "SKIPPED interop_krmx_server: tests/interop/node_modules is absent, so the Rust client is not checked against \
+             the real @krmx/server. Run `npm ci` in tests/interop/ (or `just interop`) to check it."
         );
     });
     None

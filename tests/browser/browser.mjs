@@ -9,7 +9,7 @@ const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /** Launches Chromium headless; returns its context and a `close()` that also removes the profile. */
 export async function launch() {
-  const userDataDir = mkdtempSync(join(tmpdir(), "emitter-e2e-"));
+  const userDataDir = mkdtempSync(join(tmpdir(), "emitter-browser-"));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,

@@ -12,16 +12,14 @@
 //! cargo test -p emitter-axum --test soak -- --nocapture
 //! ```
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emitter_core::Server;
+use emitter_testing::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use support::*;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -80,7 +78,7 @@ struct Tally {
 
 /// One connection's life; `i` picks how it ends.
 async fn one_connection(port: u16, i: usize, tally: Arc<Tally>) {
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     if i % 10 == 9 {
         // Opens, never links, and goes.
         client.close().await;
@@ -275,7 +273,7 @@ async fn close_after_churn_with_users_still_linked_finishes_promptly() {
     let (server, events, port) = start(Server::builder().ping_interval(Duration::ZERO)).await;
     let mut clients = Vec::new();
     for i in 0..150 {
-        let mut client = Client::link_as(port, &format!("held{i}")).await;
+        let mut client = RawClient::link_as(port, &format!("held{i}")).await;
         client.recv_until(&linked(&format!("held{i}"))).await;
         clients.push(client);
     }

@@ -39,13 +39,6 @@ impl DropWatch {
     }
 }
 
-fn user(username: &str, is_linked: bool) -> User {
-    User {
-        username: username.to_owned(),
-        is_linked,
-    }
-}
-
 /// Sends a link request with an explicit version and reads the reply.
 async fn link_version(client: &mut RawClient, username: &str, version: &str) -> Result<(), String> {
     client

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
-use emitter_core::{AuthContext, AuthInfo, Message, QueryParam, Server, Status, User};
+use emitter_core::{AuthContext, AuthInfo, Message, QueryParam, Server, Status};
 use emitter_testing::*;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -28,13 +28,6 @@ async fn shutdown(server: &Server) {
         .expect("the server did not close in time")
         .expect("close failed");
     assert_eq!(server.status(), Status::Closed);
-}
-
-fn user(username: &str, is_linked: bool) -> User {
-    User {
-        username: username.to_owned(),
-        is_linked,
-    }
 }
 
 fn custom(kind: &str) -> Value {

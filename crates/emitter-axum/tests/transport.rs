@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use emitter_core::{Message, QueryParam, Server, Status, User};
+use emitter_core::{Message, QueryParam, Server, Status};
 use emitter_testing::*;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -13,13 +13,6 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 // ---- helpers ---------------------------------------------------------------------------------------------------------
-
-fn user(username: &str, is_linked: bool) -> User {
-    User {
-        username: username.to_owned(),
-        is_linked,
-    }
-}
 
 async fn loopback() -> (TcpListener, u16) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -12,11 +12,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_client::{Client, ClientEvent, Error, Message, Reconnect, Status, User};
+use emitter_client::{Client, ClientEvent, Error, Message, Reconnect, Status};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{within, Proxy};
+use support::{connect_and_link, record_snapshots, user, within, Proxy, Snapshot};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -91,16 +91,8 @@ fn client() -> Client {
 
 async fn linked(url: &str, username: &str) -> Client {
     let client = client();
-    within("connect", client.connect(url)).await.unwrap();
-    within("link", client.link(username, None)).await.unwrap();
+    connect_and_link(&client, url, username).await;
     client
-}
-
-fn user(username: &str, is_linked: bool) -> User {
-    User {
-        username: username.to_owned(),
-        is_linked,
-    }
 }
 
 async fn rejection(client: &Client, username: &str, auth: Option<&str>) -> String {
@@ -124,8 +116,7 @@ async fn the_version_is_what_the_npm_server_checks() {
         )
     );
     let client = client();
-    within("connect", client.connect(&server.url())).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &server.url(), "simon").await;
     assert_eq!(client.status(), Status::Linked);
 }
 
@@ -243,27 +234,12 @@ async fn others_join_link_unlink_and_leave() {
     );
 }
 
-type Snapshot = (String, Status, Option<String>, Vec<User>);
-
 /// The reference client's event test, with the reference server: every event with the state a listener sees.
 #[tokio::test]
 async fn every_event_with_the_state_at_that_moment() {
     let Some(server) = start().await else { return };
     let client = client();
-    let seen: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
-    let (s, c) = (seen.clone(), client.clone());
-    let _any = client.on_any(move |event| {
-        let detail = match event {
-            ClientEvent::Reject { reason } => format!("reject {reason}"),
-            ClientEvent::Join { username }
-            | ClientEvent::Link { username }
-            | ClientEvent::Unlink { username }
-            | ClientEvent::Leave { username } => format!("{} {username}", event.name()),
-            ClientEvent::Message { message } => format!("message {}", message.kind),
-            other => other.name().to_owned(),
-        };
-        s.lock().push((detail, c.status(), c.username(), c.users()));
-    });
+    let seen = record_snapshots(&client);
     within("connect", client.connect(&server.url())).await.unwrap();
     let _ = within("link", client.link("inv#lid", None)).await.unwrap_err();
     within("link", client.link("simon", None)).await.unwrap();
@@ -319,8 +295,7 @@ async fn a_dropped_connection_is_relinked_by_the_reconnect_policy() {
         .version(VERSION)
         .reconnect(Reconnect::new().initial_delay(Duration::from_millis(20)))
         .build();
-    within("connect", client.connect(&proxy.url())).await.unwrap();
-    within("link", client.link("dropper", None)).await.unwrap();
+    connect_and_link(&client, &proxy.url(), "dropper").await;
 
     let unlinked = watcher.wait_for_unlink_when(|u| u == "dropper");
     let relinked_seen = watcher.wait_for_link_when(|u| u == "dropper");

@@ -46,6 +46,14 @@ pub async fn listen(server: &Server) -> u16 {
     emitter_axum::listen_on(server, listener).await.unwrap()
 }
 
+/// A [`User`](emitter_core::User), to compare with a server's or a client's list.
+pub fn user(username: &str, is_linked: bool) -> emitter_core::User {
+    emitter_core::User {
+        username: username.to_owned(),
+        is_linked,
+    }
+}
+
 /// `ws://127.0.0.1:{port}{path}`.
 pub fn ws_url(port: u16, path: &str) -> String {
     format!("ws://127.0.0.1:{port}{path}")

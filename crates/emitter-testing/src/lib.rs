@@ -5,6 +5,7 @@
 //! - [`RawClient`]: Krmx frames written and read by hand over a WebSocket, for tests that check the exact frames a
 //!   server sends or that must send what no client library would: raw or malformed text, binary frames, broken
 //!   WebSocket frames, a flood.
+//! - [`Receive`]: how a test reads what either client received (the next frame, up to a frame, the end).
 //! - [`frames`]: the `krmx/…` frames as JSON, to compare with what a client read.
 //! - [`start`], [`listen`] and [`Recorder`]: a server on a free loopback port, and its events as lines.
 //! - [`http`]: one plain HTTP/1.1 request.
@@ -20,12 +21,14 @@ use emitter_core::Server;
 pub mod frames;
 mod http;
 mod raw;
+mod receive;
 mod recorder;
 mod test_client;
 
 pub use frames::*;
 pub use http::{http, http_get, HttpResponse};
 pub use raw::{opcode, RawClient, WsStream};
+pub use receive::Receive;
 pub use recorder::{start, start_default, Recorder};
 pub use test_client::TestClient;
 

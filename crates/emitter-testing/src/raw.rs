@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{connect_async, connect_async_with_config, MaybeTlsStream, WebSocketStream};
 
 use crate::frames::{accepted, link_request, linked};
-use crate::TIMEOUT;
+use crate::{Receive, TIMEOUT};
 
 /// The WebSocket under a [`RawClient`], for a test that drives it itself (a flood, a reader that never reads).
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -27,6 +27,27 @@ pub struct RawClient {
     ws: WsStream,
     /// The user this connection linked to, for messages; `None` before a link was accepted.
     pub username: Option<String>,
+}
+
+/// Reads the frames the server sent, as they came; see [`Receive`] for the rest.
+impl Receive for RawClient {
+    async fn try_recv(&mut self) -> Option<Value> {
+        loop {
+            let next = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for a message ({:?})", self.username));
+            match next {
+                Some(Ok(WsMessage::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
+                Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{:?}", self.username)
+    }
 }
 
 impl RawClient {
@@ -143,59 +164,6 @@ impl RawClient {
     pub async fn write_bytes(&mut self, bytes: &[u8]) {
         // Every send above flushes, so nothing of the WebSocket layer's is waiting to be written before these bytes.
         self.ws.get_mut().write_all(bytes).await.unwrap();
-    }
-
-    /// The next JSON message, or `None` when the connection closed. Panics after [`TIMEOUT`].
-    pub async fn try_recv(&mut self) -> Option<Value> {
-        loop {
-            let next = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("timed out waiting for a message ({:?})", self.username));
-            match next {
-                Some(Ok(WsMessage::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
-                Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            }
-        }
-    }
-
-    /// The next JSON message. Panics when the connection closed, or after [`TIMEOUT`].
-    pub async fn recv(&mut self) -> Value {
-        match self.try_recv().await {
-            Some(message) => message,
-            None => panic!("connection closed while waiting for a message ({:?})", self.username),
-        }
-    }
-
-    /// Asserts the next message is `expected`.
-    pub async fn expect(&mut self, expected: Value) {
-        let got = self.recv().await;
-        assert_eq!(got, expected, "client {:?}", self.username);
-    }
-
-    /// Asserts the next messages are exactly `expected`, in order.
-    pub async fn expect_all(&mut self, expected: &[Value]) {
-        for message in expected {
-            self.expect(message.clone()).await;
-        }
-    }
-
-    /// Reads until `expected` arrives; returns what came before it.
-    pub async fn recv_until(&mut self, expected: &Value) -> Vec<Value> {
-        let mut before = Vec::new();
-        loop {
-            let got = self.recv().await;
-            if &got == expected {
-                return before;
-            }
-            before.push(got);
-        }
-    }
-
-    /// Asserts the server closes the connection (messages before the close are skipped).
-    pub async fn expect_closed(&mut self) {
-        while self.try_recv().await.is_some() {}
     }
 
     /// Asserts that no message arrives until `deadline`.

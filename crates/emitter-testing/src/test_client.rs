@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::frames::{accepted, joined, left, linked, rejected, unlinked};
-use crate::{within, TIMEOUT};
+use crate::{within, Receive, TIMEOUT};
 
 /// What the client received: a frame, as the JSON the server sent, or the end of the connection.
 enum Received {
@@ -107,53 +107,21 @@ impl TestClient {
             .send_json(&message)
             .unwrap_or_else(|error| panic!("cannot send {message}: {error}"));
     }
+}
 
-    /// The next frame, or `None` when the connection closed. Panics after [`TIMEOUT`].
-    pub async fn try_recv(&mut self) -> Option<Value> {
+/// Reads the frames the client received, in order; see [`Receive`] for the rest.
+impl Receive for TestClient {
+    async fn try_recv(&mut self) -> Option<Value> {
         let next = tokio::time::timeout(TIMEOUT, self.received.recv())
             .await
-            .unwrap_or_else(|_| panic!("timed out waiting for a message ({:?})", self.client.username()));
+            .unwrap_or_else(|_| panic!("timed out waiting for a message ({})", self.name()));
         match next {
             Some(Received::Frame(frame)) => Some(frame),
             Some(Received::Closed) | None => None,
         }
     }
 
-    /// The next frame. Panics when the connection closed, or after [`TIMEOUT`].
-    pub async fn recv(&mut self) -> Value {
-        match self.try_recv().await {
-            Some(frame) => frame,
-            None => panic!(
-                "connection closed while waiting for a message ({:?})",
-                self.client.username()
-            ),
-        }
-    }
-
-    /// Reads until a frame of type `kind` arrives, and returns it whole.
-    pub async fn recv_type(&mut self, kind: &str) -> Value {
-        loop {
-            let frame = self.recv().await;
-            if frame["type"] == kind {
-                return frame;
-            }
-        }
-    }
-
-    /// Reads until `expected` arrives; returns what came before it.
-    pub async fn recv_until(&mut self, expected: &Value) -> Vec<Value> {
-        let mut before = Vec::new();
-        loop {
-            let got = self.recv().await;
-            if &got == expected {
-                return before;
-            }
-            before.push(got);
-        }
-    }
-
-    /// Waits until the connection is closed (frames before the close are skipped).
-    pub async fn expect_closed(&mut self) {
-        while self.try_recv().await.is_some() {}
+    fn name(&self) -> String {
+        format!("{:?}", self.client.username())
     }
 }

@@ -1,6 +1,6 @@
 //! The chat over real sockets on loopback: the page over HTTP, the relay over WebSocket, driven by emitter-client.
 
-use emitter_testing::{http_get, joined, left, linked, unlinked, ws_url, TestClient};
+use emitter_testing::{http_get, joined, left, linked, unlinked, ws_url, Receive, TestClient};
 use serde_json::json;
 use tokio::net::TcpListener;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emitter_core::{Event, Message, Server};
-use emitter_testing::{within, ws_url, TestClient};
+use emitter_testing::{within, ws_url, Receive, TestClient};
 use serde_json::json;
 use std::sync::Mutex;
 

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use emitter_core::Server;
-use emitter_testing::{joined, left, linked, unlinked, RawClient};
+use emitter_testing::{joined, left, linked, unlinked, RawClient, Receive};
 use example_conformance::{NOT_A_USERNAME, SHORT_AUTH};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

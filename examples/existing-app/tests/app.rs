@@ -1,6 +1,6 @@
 //! REST and Krmx on one port, over real sockets on loopback; the Krmx client is emitter-client.
 
-use emitter_testing::{http, left, unlinked, within, ws_url, TestClient};
+use emitter_testing::{http, left, unlinked, within, ws_url, Receive, TestClient};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -1,6 +1,6 @@
 //! Games over real sockets on loopback: players, a spectator, a refresh in the middle of a game.
 
-use emitter_testing::{linked, unlinked, within, ws_url, TestClient};
+use emitter_testing::{linked, unlinked, within, ws_url, Receive, TestClient};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 

@@ -241,11 +241,9 @@ impl Shared {
         let guard = self.lock();
         let linking = {
             let mut state = guard.borrow_mut();
-            let Some(user) = state.user_mut(username) else {
-                tracing::warn!(username, "krmx/linked for a user that did not join; ignored");
+            if !state.mark_linked(username, true, "krmx/linked") {
                 return;
-            };
-            user.is_linked = true;
+            }
             let is_self = state.username.as_deref() == Some(username) && state.status() == Status::Linked;
             if is_self {
                 state.linking.take()
@@ -263,11 +261,9 @@ impl Shared {
         let guard = self.lock();
         let is_self = {
             let mut state = guard.borrow_mut();
-            let Some(user) = state.user_mut(username) else {
-                tracing::warn!(username, "krmx/unlinked for a user that did not join; ignored");
+            if !state.mark_linked(username, false, "krmx/unlinked") {
                 return;
-            };
-            user.is_linked = false;
+            }
             let is_self = state.username.as_deref() == Some(username);
             if is_self {
                 state.status = Some(Status::Connected);

@@ -70,6 +70,21 @@ impl State {
         self.users.iter_mut().find(|user| user.username == username)
     }
 
+    /// Marks a user that joined as linked or not, as a `kind` message says; false, with a warning, when no such user
+    /// joined (the message is then ignored).
+    pub(crate) fn mark_linked(&mut self, username: &str, is_linked: bool, kind: &str) -> bool {
+        match self.user_mut(username) {
+            Some(user) => {
+                user.is_linked = is_linked;
+                true
+            }
+            None => {
+                tracing::warn!(username, "{kind} for a user that did not join; ignored");
+                false
+            }
+        }
+    }
+
     /// Whether `generation` is the current connection's.
     pub(crate) fn is_current(&self, generation: u64) -> bool {
         self.connection.as_ref().map(|c| c.generation) == Some(generation)

@@ -513,9 +513,7 @@ async fn should_let_a_user_leave_the_server_and_should_inform_other_users_about_
 #[tokio::test]
 async fn should_inform_all_users_when_a_user_is_unlinked_from_a_connection() {
     let (server, events, port) = start_default().await;
-    let mut simon = RawClient::link_and_settle(port, "simon").await;
-    let mut lisa = RawClient::link_and_settle(port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(port, "simon", "lisa").await;
     server.unlink("lisa").unwrap();
     assert!(events.contains("unlink lisa"));
     simon.expect(unlinked("lisa")).await;

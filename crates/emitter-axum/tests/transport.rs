@@ -47,9 +47,7 @@ async fn binary_frames_are_read_like_text_frames() {
 #[tokio::test]
 async fn an_oversized_message_closes_only_its_connection() {
     let (server, events, port) = start(Server::builder().max_message_size(1024)).await;
-    let mut simon = RawClient::link_and_settle(port, "simon").await;
-    let mut lisa = RawClient::link_and_settle(port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(port, "simon", "lisa").await;
 
     // Just under the limit is fine.
     let fits = json!({"type": "custom/fits", "payload": "x".repeat(900)}).to_string();
@@ -268,9 +266,7 @@ async fn mark_listening_with_your_own_axum_serve_shuts_down_on_close() {
 #[tokio::test]
 async fn close_makes_every_user_leave_and_closes_every_connection() {
     let (server, events, port) = start_default().await;
-    let mut simon = RawClient::link_and_settle(port, "simon").await;
-    let mut lisa = RawClient::link_and_settle(port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(port, "simon", "lisa").await;
     let mut idle = RawClient::connect(port).await;
 
     let closed = server.close();

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{connect_async, connect_async_with_config, MaybeTlsStream, WebSocketStream};
 
-use crate::frames::{accepted, link_request, linked};
+use crate::frames::{accepted, joined, link_request, linked};
 use crate::{Receive, TIMEOUT};
 
 /// The WebSocket under a [`RawClient`], for a test that drives it itself (a flood, a reader that never reads).
@@ -97,6 +97,15 @@ impl RawClient {
         let mut client = RawClient::link_as(port, username).await;
         client.recv_until(&linked(username)).await;
         client
+    }
+
+    /// Links `first`, then `second`, each up to its own `krmx/linked`, and reads `second`'s `krmx/joined` and
+    /// `krmx/linked` on `first`'s connection: two users with nothing left to read.
+    pub async fn link_pair(port: u16, first: &str, second: &str) -> (RawClient, RawClient) {
+        let mut one = RawClient::link_and_settle(port, first).await;
+        let two = RawClient::link_and_settle(port, second).await;
+        one.expect_all(&[joined(second), linked(second)]).await;
+        (one, two)
     }
 
     /// Sends a link request on this connection and waits for accepted or rejected.

@@ -229,9 +229,7 @@ async fn rule_7_fail_is_rejected_with_the_error() {
 #[tokio::test]
 async fn echo_replies_to_the_sender_with_the_payload() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
-    let mut lisa = RawClient::link_and_settle(endpoints.main_port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon
         .send(json!({"type": "test/echo", "payload": {"a": [1, "two"]}}))
@@ -255,9 +253,7 @@ async fn echo_replies_to_the_sender_with_the_payload() {
 #[tokio::test]
 async fn broadcast_reaches_everyone_the_sender_included() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
-    let mut lisa = RawClient::link_and_settle(endpoints.main_port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon.send(json!({"type": "test/broadcast", "payload": {"n": 1}})).await;
     let expected = reply("test/broadcasted", json!({"from": "simon", "payload": {"n": 1}}));
@@ -274,9 +270,7 @@ async fn broadcast_reaches_everyone_the_sender_included() {
 #[tokio::test]
 async fn broadcast_skip_reaches_everyone_but_the_sender() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
-    let mut lisa = RawClient::link_and_settle(endpoints.main_port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon
         .send(json!({"type": "test/broadcast-skip", "payload": "hi"}))
@@ -295,9 +289,7 @@ async fn broadcast_skip_reaches_everyone_but_the_sender() {
 #[tokio::test]
 async fn kick_a_linked_user_then_reply() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
-    let mut lisa = RawClient::link_and_settle(endpoints.main_port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon.send(json!({"type": "test/kick", "payload": "lisa"})).await;
     simon
@@ -355,9 +347,7 @@ async fn kick_errors() {
 #[tokio::test]
 async fn unlink_a_linked_user_then_reply() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
-    let mut lisa = RawClient::link_and_settle(endpoints.main_port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon.send(json!({"type": "test/unlink", "payload": "lisa"})).await;
     simon
@@ -411,9 +401,7 @@ async fn unlink_errors() {
 #[tokio::test]
 async fn join_tells_everyone_then_replies() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
-    let mut lisa = RawClient::link_and_settle(endpoints.main_port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon.send(json!({"type": "test/join", "payload": "bob"})).await;
     simon
@@ -451,9 +439,7 @@ async fn join_errors() {
 #[tokio::test]
 async fn users_lists_everyone_in_join_order() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
-    let lisa = RawClient::link_and_settle(endpoints.main_port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
     simon.send(json!({"type": "test/join", "payload": "bob"})).await;
     simon
         .expect_all(&[joined("bob"), reply("test/joined-ok", json!("bob"))])

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emitter_client::{Client, ClientEvent, Reconnect, Status};
-use emitter_core::Message;
+use emitter_core::{Message, Server};
 use parking_lot::Mutex;
 use support::{connect_and_link, start_default, within, Proxy};
 use tokio::sync::Notify;
@@ -33,6 +33,13 @@ fn record(client: &Client) -> Arc<Mutex<Vec<String>>> {
     seen
 }
 
+/// A default server, and a proxy in front of it whose connections the test cuts.
+async fn proxied() -> (Server, Proxy) {
+    let (server, url) = start_default().await;
+    let proxy = Proxy::to(&url).await;
+    (server, proxy)
+}
+
 /// Notified on the `n`th close event from now on.
 fn nth_close(client: &Client, n: usize) -> Arc<Notify> {
     let closes = Arc::new(Mutex::new(0usize));
@@ -51,8 +58,7 @@ fn nth_close(client: &Client, n: usize) -> Arc<Notify> {
 
 #[tokio::test]
 async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
-    let (server, url) = start_default().await;
-    let proxy = Proxy::to(&url).await;
+    let (server, proxy) = proxied().await;
     let client = Client::builder().reconnect(fast()).build();
     within("connect", client.connect(&proxy.url())).await.unwrap();
     within("link", client.link("simon", Some("token"))).await.unwrap();
@@ -98,8 +104,7 @@ async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
 
 #[tokio::test]
 async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
-    let (server, url) = start_default().await;
-    let proxy = Proxy::to(&url).await;
+    let (server, proxy) = proxied().await;
     let client = Client::builder().reconnect(fast()).build();
     connect_and_link(&client, &proxy.url(), "simon").await;
 
@@ -121,8 +126,7 @@ async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
 
 #[tokio::test]
 async fn the_policy_gives_up_after_max_attempts() {
-    let (server, url) = start_default().await;
-    let proxy = Proxy::to(&url).await;
+    let (server, proxy) = proxied().await;
     let client = Client::builder()
         .reconnect(
             Reconnect::new()
@@ -151,8 +155,7 @@ async fn the_policy_gives_up_after_max_attempts() {
 
 #[tokio::test]
 async fn asked_for_closes_and_server_side_unlinks_do_not_reconnect() {
-    let (server, url) = start_default().await;
-    let proxy = Proxy::to(&url).await;
+    let (server, proxy) = proxied().await;
     let client = Client::builder().reconnect(fast()).build();
 
     // disconnect(true) while linked.
@@ -202,8 +205,7 @@ async fn a_user_action_stops_a_reconnect_under_way() {
 
 #[tokio::test]
 async fn without_a_policy_a_dropped_connection_stays_closed() {
-    let (server, url) = start_default().await;
-    let proxy = Proxy::to(&url).await;
+    let (server, proxy) = proxied().await;
     let client = Client::new();
     connect_and_link(&client, &proxy.url(), "simon").await;
     let closed = client.wait_for_close();

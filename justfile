@@ -47,8 +47,8 @@ fuzz seconds="600":
 book:
     .ci/steps/20-book.sh
 
-# The web examples in headless Chromium (installs Debian's chromium and the e2e npm packages if needed)
-e2e:
+# The web examples in headless Chromium, tests/browser/ (installs Debian's chromium and its npm packages if needed)
+browser:
     .ci/steps/40-browser.sh
 
 # The benchmark suite (crates/emitter-bench): our server, the Node reference (@krmx/server from npm) and a bare axum
@@ -56,7 +56,7 @@ e2e:
 # docs/src/performance/. ARGS go to `emitter-bench suite` (e.g. --rounds 1 --only fanout-max,echo; --help lists them)
 bench *ARGS:
     cargo build --release -p emitter-bench -p example-bench
-    cd bench/node && npm ci --no-audit --no-fund
+    cd tests/node-baseline && npm ci --no-audit --no-fund
     target/release/emitter-bench suite {{ARGS}}
 
 # The multicore groups alone (server pinned to 1, 2, 4, 8 CPUs, the load to the rest; emitter and bare axum), 3

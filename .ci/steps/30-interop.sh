@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Interop with the reference Krmx packages from npm, both ways, over loopback:
-#   1. the real @krmx/client against emitter's conformance server (interop/test, Node's built-in test runner), and
-#      emitter-state's JSON deltas against the real jsondiffpatch 0.5.0 (interop/test/delta.test.js);
+#   1. the real @krmx/client against emitter's conformance server (tests/interop/test, Node's built-in test runner), and
+#      emitter-state's JSON deltas against the real jsondiffpatch 0.5.0 (tests/interop/test/delta.test.js);
 #   2. emitter-client against the real @krmx/server (crates/emitter-client/tests/interop_krmx_server.rs), with
 #      EMITTER_INTEROP=1 so that a missing npm install fails instead of skipping.
-# Installs Node.js from Debian if it is absent, and the npm packages from interop/package-lock.json.
+# Installs Node.js from Debian if it is absent, and the npm packages from tests/interop/package-lock.json.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -15,14 +15,14 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 fi
 echo "node $(node --version), npm $(npm --version 2>/dev/null)"
 
-(cd interop && npm ci --no-audit --no-fund)
+(cd tests/interop && npm ci --no-audit --no-fund)
 
 cargo build -p example-conformance
 cargo build -p emitter-state --example delta_cases
 target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 
 echo "--- @krmx/client against examples/conformance, emitter-state deltas against jsondiffpatch"
-(cd interop && EMITTER_CONFORMANCE_BIN="$target_dir/debug/example-conformance" \
+(cd tests/interop && EMITTER_CONFORMANCE_BIN="$target_dir/debug/example-conformance" \
     EMITTER_DELTA_CASES_BIN="$target_dir/debug/examples/delta_cases" node --test)
 
 echo "--- emitter-client against @krmx/server"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The web examples in headless Chromium (e2e/): the chat (two pages chat, come and go, one reloads and relinks) and
+# The web examples in headless Chromium (tests/browser/): the chat (two pages chat, come and go, one reloads and relinks) and
 # tic-tac-toe (two players and a spectator, a player reloads mid-game).
-# Installs Debian's chromium when /usr/bin/chromium is absent and the npm packages from e2e/package-lock.json, builds
+# Installs Debian's chromium when /usr/bin/chromium is absent and the npm packages from tests/browser/package-lock.json, builds
 # and starts the two examples on free loopback ports, and runs the tests with Node's built-in test runner.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -13,7 +13,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 /usr/bin/chromium --version 2>/dev/null
 
-(cd e2e && npm ci --no-audit --no-fund)
+(cd tests/browser && npm ci --no-audit --no-fund)
 
 # `cargo test` builds the examples' binaries too (they have integration tests), with the features it unifies across
 # the workspace: after .ci/run's test step this is a no-op, where `cargo build -p …` would recompile the dependencies
@@ -60,7 +60,7 @@ start() {
 start example-chat >"$workdir/chat.port"
 start example-tic-tac-toe >"$workdir/ttt.port"
 
-cd e2e
+cd tests/browser
 CHAT_URL="http://127.0.0.1:$(cat "$workdir/chat.port")/" \
     TTT_URL="http://127.0.0.1:$(cat "$workdir/ttt.port")/" \
     node --test

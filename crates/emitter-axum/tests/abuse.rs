@@ -13,16 +13,14 @@
 //! cargo test -p emitter-axum --test abuse -- --nocapture
 //! ```
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emitter_core::{Message, Server, ServerBuilder};
+use emitter_testing::*;
 use futures_util::SinkExt;
 use serde_json::json;
-use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// The tests measure latency: one at a time, so that they do not load each other.
@@ -80,7 +78,7 @@ async fn echo_server(builder: ServerBuilder) -> (Server, Recorder, u16) {
 }
 
 /// One round trip through the echo listener; other users' comings and goings in between are skipped.
-async fn round_trip(client: &mut Client, tag: &str, n: usize) -> Duration {
+async fn round_trip(client: &mut RawClient, tag: &str, n: usize) -> Duration {
     let ping = json!({"type": "echo/ping", "payload": format!("{tag}-{n}")});
     let sent = Instant::now();
     client.send(ping.clone()).await;
@@ -88,7 +86,7 @@ async fn round_trip(client: &mut Client, tag: &str, n: usize) -> Duration {
     sent.elapsed()
 }
 
-async fn baseline(client: &mut Client) -> Latencies {
+async fn baseline(client: &mut RawClient) -> Latencies {
     let mut samples = Vec::new();
     for n in 0..BASELINE_SAMPLES {
         samples.push(round_trip(client, "before", n).await);
@@ -97,7 +95,7 @@ async fn baseline(client: &mut Client) -> Latencies {
 }
 
 /// Takes round trips until `done` is set (at least `min` of them), at most one per `pace`.
-async fn during(client: &mut Client, done: &AtomicBool, min: usize, pace: Duration) -> Latencies {
+async fn during(client: &mut RawClient, done: &AtomicBool, min: usize, pace: Duration) -> Latencies {
     let mut samples = Vec::new();
     let mut ticks = tokio::time::interval(pace);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -128,10 +126,10 @@ async fn slow_readers_are_closed_without_holding_up_anyone_else() {
     let _serial = SERIAL.lock().await;
     const SLOW: usize = 20;
     let (server, events, port) = echo_server(Server::builder().ping_interval(Duration::ZERO)).await;
-    let mut good = Client::link_and_settle(port, "good").await;
+    let mut good = RawClient::link_and_settle(port, "good").await;
     let mut slow = Vec::new();
     for i in 0..SLOW {
-        let client = Client::link_and_settle(port, &format!("slow{i}")).await;
+        let client = RawClient::link_and_settle(port, &format!("slow{i}")).await;
         // From here on nobody reads from it: its socket's buffers fill, then its queue.
         slow.push(client.into_inner());
     }
@@ -176,8 +174,20 @@ async fn slow_readers_are_closed_without_holding_up_anyone_else() {
     drop(slow);
 }
 
+/// Counts the `flood/n` messages that reach `server`'s listeners.
+fn count_flood_messages(server: &Server) -> Arc<AtomicUsize> {
+    let received = Arc::new(AtomicUsize::new(0));
+    let r = received.clone();
+    let _ = server.on_message(move |_, message| {
+        if message.kind == "flood/n" {
+            r.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    received
+}
+
 /// Sends `flood/n` messages as fast as the socket takes them until `stop`; returns how many were written.
-async fn flood(mut ws: ClientStream, stop: Arc<AtomicBool>, budget: Duration) -> (usize, bool) {
+async fn flood(mut ws: WsStream, stop: Arc<AtomicBool>, budget: Duration) -> (usize, bool) {
     let started = Instant::now();
     let mut sent = 0usize;
     while !stop.load(Ordering::SeqCst) && started.elapsed() < budget {
@@ -195,21 +205,13 @@ async fn flood(mut ws: ClientStream, stop: Arc<AtomicBool>, budget: Duration) ->
     (sent, false)
 }
 
-type ClientStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_client_does_not_starve_the_others() {
     let _serial = SERIAL.lock().await;
     let (server, events, port) = echo_server(Server::builder().ping_interval(Duration::ZERO)).await;
-    let received = Arc::new(AtomicUsize::new(0));
-    let r = received.clone();
-    let _ = server.on_message(move |_, message| {
-        if message.kind == "flood/n" {
-            r.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    let mut good = Client::link_and_settle(port, "good").await;
-    let flooder = Client::link_and_settle(port, "flooder").await;
+    let received = count_flood_messages(&server);
+    let mut good = RawClient::link_and_settle(port, "good").await;
+    let flooder = RawClient::link_and_settle(port, "flooder").await;
     let before = baseline(&mut good).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -248,15 +250,9 @@ async fn a_flooder_over_the_rate_limit_is_closed_and_the_others_carry_on() {
         .ping_interval(Duration::ZERO)
         .rate_limit(PER_SECOND, BURST);
     let (server, events, port) = echo_server(builder).await;
-    let received = Arc::new(AtomicUsize::new(0));
-    let r = received.clone();
-    let _ = server.on_message(move |_, message| {
-        if message.kind == "flood/n" {
-            r.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    let mut good = Client::link_and_settle(port, "good").await;
-    let flooder = Client::link_and_settle(port, "flooder").await;
+    let received = count_flood_messages(&server);
+    let mut good = RawClient::link_and_settle(port, "good").await;
+    let flooder = RawClient::link_and_settle(port, "flooder").await;
     // Under the limit: one round trip every 10 ms is 100 messages a second.
     let mut samples = Vec::new();
     let mut ticks = tokio::time::interval(Duration::from_millis(10));
@@ -291,36 +287,20 @@ async fn a_flooder_over_the_rate_limit_is_closed_and_the_others_carry_on() {
     assert_bounded("rate limit", &before, &during);
 }
 
-/// The next text frame, as JSON.
-async fn read(ws: &mut ClientStream) -> serde_json::Value {
-    use futures_util::StreamExt;
-    let next = tokio::time::timeout(TIMEOUT, ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    serde_json::from_str(next.to_text().unwrap()).unwrap()
-}
-
 /// Round trips through the echo listener, each right after the server pushed two frames of its own. The client has
 /// Nagle's algorithm off, so any wait is the server's.
 async fn round_trips_after_pushes(server: &Server, port: u16) -> Vec<Duration> {
-    let url = format!("ws://127.0.0.1:{port}/");
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
-        .await
-        .unwrap();
-    ws.send(WsMessage::text(link_request("good").to_string()))
-        .await
-        .unwrap();
-    while read(&mut ws).await != linked("good") {}
+    let mut good = RawClient::connect_nodelay(port).await;
+    good.link("good", None).await.unwrap();
+    good.recv_until(&linked("good")).await;
     let mut round_trips = Vec::new();
     for n in 0..5 {
         server.send("good", &Message::new("push/one")).unwrap();
         server.send("good", &Message::new("push/two")).unwrap();
         let ping = json!({"type": "echo/ping", "payload": n});
         let sent = Instant::now();
-        ws.send(WsMessage::text(ping.to_string())).await.unwrap();
-        while read(&mut ws).await != ping {}
+        good.send(ping.clone()).await;
+        good.recv_until(&ping).await;
         round_trips.push(sent.elapsed());
     }
     round_trips

@@ -1,19 +1,17 @@
 //! Every configurable limit, crossed over real WebSocket connections on loopback.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use emitter_core::Server;
+use emitter_testing::*;
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn connections_past_the_cap_are_refused_with_503() {
     let (server, _events, port) = start(Server::builder().max_connections(2)).await;
-    let _a = Client::link_and_settle(port, "ann").await;
-    let _b = Client::connect(port).await;
-    let refused = Client::connect_to(port, "/").await.err().unwrap_or_default();
+    let _a = RawClient::link_and_settle(port, "ann").await;
+    let _b = RawClient::connect(port).await;
+    let refused = RawClient::connect_to(port, "/").await.err().unwrap_or_default();
     assert!(refused.contains("503"), "{refused}");
     server.close().await.unwrap();
 }
@@ -21,11 +19,11 @@ async fn connections_past_the_cap_are_refused_with_503() {
 #[tokio::test]
 async fn unlinked_connections_past_their_cap_are_refused_until_one_links() {
     let (server, _events, port) = start(Server::builder().max_unlinked_connections(1)).await;
-    let mut first = Client::connect(port).await;
-    let refused = Client::connect_to(port, "/").await.err().unwrap_or_default();
+    let mut first = RawClient::connect(port).await;
+    let refused = RawClient::connect_to(port, "/").await.err().unwrap_or_default();
     assert!(refused.contains("503"), "{refused}");
     first.link("ann", None).await.unwrap();
-    let mut second = Client::connect(port).await;
+    let mut second = RawClient::connect(port).await;
     second.link("bob", None).await.unwrap();
     server.close().await.unwrap();
 }
@@ -35,8 +33,8 @@ async fn a_connection_that_never_links_is_closed_at_the_deadline() {
     let deadline = Duration::from_millis(300);
     let (server, events, port) = start(Server::builder().link_deadline(deadline)).await;
     let started = Instant::now();
-    let mut idle = Client::connect(port).await;
-    let mut linked = Client::link_and_settle(port, "ann").await;
+    let mut idle = RawClient::connect(port).await;
+    let mut linked = RawClient::link_and_settle(port, "ann").await;
     idle.expect_closed().await;
     assert!(started.elapsed() >= deadline, "closed after {:?}", started.elapsed());
     // The linked user was not touched, and after an unlink its connection gets the same deadline.
@@ -52,8 +50,8 @@ async fn a_connection_that_never_links_is_closed_at_the_deadline() {
 #[tokio::test]
 async fn a_client_over_its_rate_limit_is_closed_and_unlinked() {
     let (server, events, port) = start(Server::builder().rate_limit(1.0, 5.0)).await;
-    let mut flooder = Client::link_and_settle(port, "flood").await;
-    let mut calm = Client::link_and_settle(port, "calm").await;
+    let mut flooder = RawClient::link_and_settle(port, "flood").await;
+    let mut calm = RawClient::link_and_settle(port, "calm").await;
     for n in 0..20 {
         flooder.send(json!({"type": "app/spam", "payload": n})).await;
     }
@@ -72,7 +70,7 @@ async fn a_client_over_its_rate_limit_is_closed_and_unlinked() {
 #[tokio::test]
 async fn deeply_nested_json_is_an_invalid_message() {
     let (server, events, port) = start(Server::builder().max_json_depth(8)).await;
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     let bomb = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
     client.send_raw(&bomb).await;
     client.expect(rejected("invalid message")).await;
@@ -93,7 +91,7 @@ async fn a_snapshot_bigger_than_the_queue_is_one_entry() {
         server.join(&format!("user{n}")).unwrap();
     }
     // 31 users: the newcomer's snapshot is 62 frames, far over a queue of 4 entries.
-    let mut late = Client::link_as(port, "late").await;
+    let mut late = RawClient::link_as(port, "late").await;
     let snapshot = late.recv_until(&linked("late")).await;
     assert_eq!(snapshot.len(), 30 + 1, "30 joined users and the newcomer's own joined");
     assert!(server.user("late").unwrap().is_linked);

@@ -3,19 +3,15 @@
 //! connection, a second link request racing the first, a broken frame that takes the server down, JavaScript's
 //! built-in property names, a prefix-based version check, and many links at once.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use emitter_core::{AcceptedVersions, Server, User};
+use emitter_testing::*;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Barrier, Notify};
 use tokio::task::JoinSet;
 
@@ -43,15 +39,8 @@ impl DropWatch {
     }
 }
 
-fn user(username: &str, is_linked: bool) -> User {
-    User {
-        username: username.to_owned(),
-        is_linked,
-    }
-}
-
 /// Sends a link request with an explicit version and reads the reply.
-async fn link_version(client: &mut Client, username: &str, version: &str) -> Result<(), String> {
+async fn link_version(client: &mut RawClient, username: &str, version: &str) -> Result<(), String> {
     client
         .send(json!({"type": "krmx/link", "payload": {"username": username, "version": version}}))
         .await;
@@ -62,148 +51,6 @@ async fn link_version(client: &mut Client, username: &str, version: &str) -> Res
         Err(reply["payload"]["reason"].as_str().unwrap().to_owned())
     } else {
         panic!("unexpected reply to a link request: {reply}")
-    }
-}
-
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-/// A WebSocket client written by hand on a TCP stream, to send what a proper client library refuses to: invalid
-/// UTF-8 in a text frame, unmasked frames, bytes that are no frame at all.
-struct RawWs {
-    tcp: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawWs {
-    async fn connect(port: u16) -> RawWs {
-        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let request = format!(
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = RawWs { tcp, buf: Vec::new() };
-        loop {
-            if let Some(end) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
-                assert!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
-                raw.buf.drain(..end + 4);
-                return raw;
-            }
-            assert!(raw.fill().await, "connection closed during the handshake");
-        }
-    }
-
-    /// Connects and links as `username`; panics unless accepted. The snapshot is left unread.
-    async fn link(port: u16, username: &str) -> RawWs {
-        let mut raw = RawWs::connect(port).await;
-        raw.send_json(&link_request(username)).await;
-        assert_eq!(raw.recv().await, Some(accepted()), "{username}");
-        raw
-    }
-
-    /// Reads more bytes into the buffer; `false` on end of stream or error.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(TIMEOUT, self.tcp.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => false,
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(_) => panic!("timed out reading from the raw connection"),
-        }
-    }
-
-    async fn write_raw(&mut self, bytes: &[u8]) {
-        self.tcp.write_all(bytes).await.unwrap();
-    }
-
-    async fn send_frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
-        let mut frame = vec![0x80 | opcode];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            len if len < 126 => frame.push(mask_bit | len as u8),
-            len if len <= usize::from(u16::MAX) => {
-                frame.push(mask_bit | 126);
-                frame.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                frame.push(mask_bit | 127);
-                frame.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            let key = [0x37, 0xfa, 0x21, 0x3d];
-            frame.extend_from_slice(&key);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            frame.extend_from_slice(payload);
-        }
-        self.write_raw(&frame).await;
-    }
-
-    async fn send_json(&mut self, message: &Value) {
-        self.send_frame(OP_TEXT, message.to_string().as_bytes(), true).await;
-    }
-
-    /// The next frame the server sent (servers never mask nor, here, fragment); `None` at end of stream.
-    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 2 {
-                let opcode = self.buf[0] & 0x0f;
-                let (len, header) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => (usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4),
-                    127 if self.buf.len() >= 10 => {
-                        let mut len = [0u8; 8];
-                        len.copy_from_slice(&self.buf[2..10]);
-                        (u64::from_be_bytes(len) as usize, 10)
-                    }
-                    126 | 127 => (usize::MAX, 0),
-                    len => (usize::from(len), 2),
-                };
-                if len != usize::MAX && self.buf.len() >= header + len {
-                    let payload = self.buf[header..header + len].to_vec();
-                    self.buf.drain(..header + len);
-                    return Some((opcode, payload));
-                }
-            }
-            if !self.fill().await {
-                return None;
-            }
-        }
-    }
-
-    /// The next JSON message, answering pings on the way; `None` when the connection closed.
-    async fn recv(&mut self) -> Option<Value> {
-        loop {
-            match self.frame().await? {
-                (OP_TEXT, payload) => return Some(serde_json::from_slice(&payload).unwrap()),
-                (OP_PING, payload) => self.send_frame(OP_PONG, &payload, true).await,
-                (OP_CLOSE, _) => return None,
-                _ => {}
-            }
-        }
-    }
-
-    /// Reads until `expected`; panics if the connection closes first.
-    async fn recv_until(&mut self, expected: &Value) {
-        loop {
-            match self.recv().await {
-                Some(message) if &message == expected => return,
-                Some(_) => {}
-                None => panic!("connection closed while waiting for {expected}"),
-            }
-        }
-    }
-
-    /// Asserts the server closes the connection (messages before the close are skipped).
-    async fn expect_closed(&mut self) {
-        while self.recv().await.is_some() {}
     }
 }
 
@@ -237,13 +84,13 @@ async fn a_successful_async_auth_is_never_followed_by_a_stray_rejection() {
         _ => {}
     });
 
-    let mut simon = Client::link_as(port, "simon").await;
+    let mut simon = RawClient::link_as(port, "simon").await;
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
 
     // A second async link that starts after simon was accepted and ends by the timeout: when its rejection arrives,
     // simon's own timeout, had it been left armed, has fired too.
     let started = tokio::time::Instant::now();
-    match Client::link_with(port, "slowpoke", None).await {
+    match RawClient::link_with(port, "slowpoke", None).await {
         Err(reason) => assert_eq!(reason, "authentication timeout"),
         Ok(_) => panic!("slowpoke was accepted"),
     }
@@ -271,7 +118,7 @@ async fn a_handler_that_never_settles_is_rejected_by_the_timeout() {
         }
     });
 
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     assert_eq!(
         client.link("ghost", None).await,
         Err("authentication timeout".to_owned())
@@ -300,8 +147,8 @@ async fn concurrent_async_links_to_the_same_new_name_accept_exactly_one() {
     });
 
     let (first, second) = tokio::join!(
-        Client::link_with(port, "simon", None),
-        Client::link_with(port, "simon", None)
+        RawClient::link_with(port, "simon", None),
+        RawClient::link_with(port, "simon", None)
     );
     let (mut winner, reason) = match (first, second) {
         (Ok(winner), Err(reason)) | (Err(reason), Ok(winner)) => (winner, reason),
@@ -337,7 +184,7 @@ async fn a_connection_closed_during_async_auth_leaves_nothing_behind() {
         }
     });
 
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     client.send(link_request("simon")).await;
     events.wait_for("authenticate simon new=true auth=None").await;
     client.close().await;
@@ -346,7 +193,7 @@ async fn a_connection_closed_during_async_auth_leaves_nothing_behind() {
     assert!(server.users().is_empty());
     assert!(events.filtered(&["join", "link"]).is_empty());
 
-    let mut again = Client::link_as(port, "simon").await;
+    let mut again = RawClient::link_as(port, "simon").await;
     again.expect_all(&[joined("simon"), linked("simon")]).await;
     events.wait_for("link simon").await;
     assert_eq!(events.count("authenticate simon new=true auth=None"), 2);
@@ -372,7 +219,7 @@ async fn a_second_link_request_while_the_first_is_pending_is_rejected() {
         }
     });
 
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     client.send(link_request("simon")).await;
     events.wait_for("authenticate simon new=true auth=None").await;
     client.send(link_request("simon")).await;
@@ -404,18 +251,19 @@ async fn a_second_link_request_while_the_first_is_pending_is_rejected() {
 #[tokio::test]
 async fn broken_frames_affect_only_their_own_connection() {
     let (server, events, port) = start_default().await;
-    let mut alice = Client::link_and_settle(port, "alice").await;
+    let mut alice = RawClient::link_and_settle(port, "alice").await;
 
     // Invalid UTF-8 in a text frame, a frame the client forgot to mask, and bytes that are no frame at all: each is
-    // a WebSocket error that ends its connection, which unlinks its user.
+    // a WebSocket error that ends its connection, which unlinks its user. The frames are written by hand, past the
+    // WebSocket library, which would refuse to send them.
     for name in ["mallory1", "mallory2", "mallory3"] {
-        let mut raw = RawWs::link(port, name).await;
+        let mut raw = RawClient::link_as(port, name).await;
         alice.expect_all(&[joined(name), linked(name)]).await;
         match name {
-            "mallory1" => raw.send_frame(OP_TEXT, b"{\"type\":\"a/\xff\xfe\"}", true).await,
-            "mallory2" => raw.send_frame(OP_TEXT, br#"{"type":"custom/hi"}"#, false).await,
+            "mallory1" => raw.send_frame(opcode::TEXT, b"{\"type\":\"a/\xff\xfe\"}", true).await,
+            "mallory2" => raw.send_frame(opcode::TEXT, br#"{"type":"custom/hi"}"#, false).await,
             _ => {
-                raw.write_raw(b"\xff\xff\xff\xff this is no websocket frame\r\n\r\n")
+                raw.write_bytes(b"\xff\xff\xff\xff this is no websocket frame\r\n\r\n")
                     .await
             }
         }
@@ -426,16 +274,16 @@ async fn broken_frames_affect_only_their_own_connection() {
 
     // A binary frame is read like a text frame, so invalid UTF-8 there is an invalid message: the user is unlinked,
     // the connection stays open and can link again.
-    let mut binary = RawWs::link(port, "mallory4").await;
+    let mut binary = RawClient::link_as(port, "mallory4").await;
     alice.expect_all(&[joined("mallory4"), linked("mallory4")]).await;
-    binary.send_frame(OP_BINARY, b"\xff\xfe\xfd", true).await;
+    binary.send_binary(b"\xff\xfe\xfd").await;
     events.wait_for("unlink mallory4").await;
     alice.expect(unlinked("mallory4")).await;
     binary.recv_until(&unlinked("mallory4")).await;
-    binary.send_frame(OP_BINARY, b"\xff\xfe\xfd", true).await;
-    assert_eq!(binary.recv().await, Some(rejected("invalid message")));
-    binary.send_json(&link_request("mallory4")).await;
-    assert_eq!(binary.recv().await, Some(accepted()));
+    binary.send_binary(b"\xff\xfe\xfd").await;
+    assert_eq!(binary.try_recv().await, Some(rejected("invalid message")));
+    binary.send(link_request("mallory4")).await;
+    assert_eq!(binary.try_recv().await, Some(accepted()));
     alice.expect(linked("mallory4")).await;
 
     // The others carry on, both ways, and the server still accepts connections.
@@ -445,7 +293,7 @@ async fn broken_frames_affect_only_their_own_connection() {
     assert_eq!((from.as_str(), message.kind.as_str()), ("alice", "custom/still-here"));
     server.send("alice", &marker("alive")).unwrap();
     alice.expect(marker_json("alive")).await;
-    let mut bob = Client::link_as(port, "bob").await;
+    let mut bob = RawClient::link_as(port, "bob").await;
     bob.recv_until(&linked("bob")).await;
     alice.expect_all(&[joined("bob"), linked("bob")]).await;
     assert_eq!(server.status(), emitter_core::Status::Listening);
@@ -471,7 +319,7 @@ async fn javascript_built_in_property_names_are_ordinary_usernames() {
     let names = ["constructor", "toString", "hasOwnProperty", "valueOf"];
     let mut clients = Vec::new();
     for name in names {
-        let client = Client::link_as(port, name).await;
+        let client = RawClient::link_as(port, name).await;
         events.wait_for(&format!("link {name}")).await;
         assert!(
             events.contains(&format!("authenticate {name} new=true auth=None")),
@@ -518,17 +366,17 @@ async fn javascript_built_in_property_names_are_ordinary_usernames() {
 #[tokio::test]
 async fn versions_are_compared_by_number_not_by_prefix() {
     let (_server, _events, port) = start_default().await;
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     assert_eq!(
         link_version(&mut client, "simon", "0.60.1").await,
         Err("krmx server version mismatch (server=0.6.*,client=0.60.1)".to_owned())
     );
     assert_eq!(link_version(&mut client, "simon", "0.5.3").await, Ok(()));
-    let mut other = Client::connect(port).await;
+    let mut other = RawClient::connect(port).await;
     assert_eq!(link_version(&mut other, "lisa", "0.6").await, Ok(()));
 
     let (_strict, _events, port) = start(Server::builder().accepted_versions(AcceptedVersions::only(&[(0, 6)]))).await;
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     assert_eq!(
         link_version(&mut client, "simon", "0.5.3").await,
         Err("krmx server version mismatch (server=0.6.*,client=0.5.3)".to_owned())
@@ -560,14 +408,14 @@ async fn many_concurrent_links_keep_one_connection_per_user_and_agree_on_the_use
     for i in 0..200 {
         linking.spawn(async move {
             let name = format!("user{i}");
-            let client = Client::link_as(port, &name).await;
+            let client = RawClient::link_as(port, &name).await;
             (name, Some(client))
         });
     }
     for i in 0..20 {
         linking.spawn(async move {
             let name = format!("race{}", i % 5);
-            match Client::link_with(port, &name, None).await {
+            match RawClient::link_with(port, &name, None).await {
                 Ok(client) => (name, Some(client)),
                 Err(reason) => {
                     assert_eq!(reason, format!("user {name} is already linked to a connection"));

@@ -5,20 +5,17 @@
 //! making a later, known thing happen (a marker message, a reply to a follow-up message) and checking the order.
 //! Tests about Node's `http.Server` are ported to their closest axum meaning; each says how in its comment.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
-use emitter_core::{AuthContext, AuthInfo, Message, QueryParam, Server, Status, User};
+use emitter_core::{AuthContext, AuthInfo, Message, QueryParam, Server, Status};
+use emitter_testing::*;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -33,13 +30,6 @@ async fn shutdown(server: &Server) {
     assert_eq!(server.status(), Status::Closed);
 }
 
-fn user(username: &str, is_linked: bool) -> User {
-    User {
-        username: username.to_owned(),
-        is_linked,
-    }
-}
-
 fn custom(kind: &str) -> Value {
     json!({ "type": kind })
 }
@@ -51,31 +41,16 @@ fn link_with_version(username: &str, version: &str) -> Value {
 /// Proves that `client`'s connection is still open and not linked, and that nothing else was queued for it: an
 /// application message from an unlinked connection is answered with `unlinked connection`, and that answer must be
 /// the next message.
-async fn expect_open_and_unlinked(client: &mut Client) {
+async fn expect_open_and_unlinked(client: &mut RawClient) {
     client.send(custom("custom/are-you-there")).await;
     client.expect(rejected("unlinked connection")).await;
 }
 
 /// Proves that nothing else was queued for the linked `username`: the server sends it a marker, which must be the next
 /// message its client reads.
-async fn expect_nothing_more(server: &Server, client: &mut Client, username: &str) {
+async fn expect_nothing_more(server: &Server, client: &mut RawClient, username: &str) {
     server.send(username, &marker(username)).unwrap();
     client.expect(marker_json(username)).await;
-}
-
-/// A plain HTTP/1.1 GET on loopback; returns the whole response.
-async fn http_get(port: u16, path: &str) -> String {
-    let request = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
-    };
-    tokio::time::timeout(TIMEOUT, request)
-        .await
-        .expect("timed out on an HTTP request")
 }
 
 /// An app of our own, with a `/health` route beside the Krmx endpoint: the stand-in for the reference's own
@@ -236,7 +211,7 @@ async fn should_emit_a_listen_event_with_the_port_once_the_server_successfully_s
 async fn should_accept_a_user_with_a_valid_link_message() {
     let (server, events, port) = start_default().await;
     // `link_as` asserts that the reply to the link request is `krmx/accepted`.
-    let mut simon = Client::link_as(port, "simon").await;
+    let mut simon = RawClient::link_as(port, "simon").await;
     events.wait_for("link simon").await;
     assert_eq!(
         events.lines(),
@@ -255,7 +230,7 @@ async fn should_accept_a_user_with_a_valid_link_message() {
 #[tokio::test]
 async fn should_not_accept_a_user_with_minor_or_major_version_mismatch_in_the_link_message() {
     let (server, events, port) = start_default().await;
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     let fake_version = format!("1{VERSION}");
     client.send(link_with_version("simon", &fake_version)).await;
     client
@@ -271,7 +246,7 @@ async fn should_not_accept_a_user_with_minor_or_major_version_mismatch_in_the_li
 #[tokio::test]
 async fn should_accept_a_user_with_a_patch_mismatch_in_the_link_message() {
     let (server, events, port) = start_default().await;
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     client.send(link_with_version("simon", &format!("{VERSION}1"))).await;
     client.expect(accepted()).await;
     events.wait_for("link simon").await;
@@ -293,7 +268,7 @@ async fn should_reject_authentication_when_an_invalid_link_message_is_received()
         json!({ "type": "krmx/link" }),
     ];
     for (index, scenario) in scenarios.into_iter().enumerate() {
-        let mut client = Client::connect(port).await;
+        let mut client = RawClient::connect(port).await;
         client.send(scenario.clone()).await;
         assert_eq!(
             client.recv().await,
@@ -315,7 +290,7 @@ async fn should_reject_authentication_when_an_invalid_link_message_is_received()
 #[tokio::test]
 async fn should_unlink_a_connection_when_it_sends_a_link_message_while_already_linked_to_a_user() {
     let (server, events, port) = start_default().await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
+    let mut simon = RawClient::link_and_settle(port, "simon").await;
     simon.send(link_request("simon")).await;
     simon.expect(unlinked("simon")).await;
     events.wait_for("unlink simon").await;
@@ -330,7 +305,7 @@ async fn should_unlink_a_connection_when_it_sends_a_link_message_while_already_l
 #[tokio::test]
 async fn should_not_emit_events_when_a_connection_connects_and_closes_before_linking() {
     let (server, events, port) = start_default().await;
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     client.send(custom("something")).await;
     client.close().await;
     // `close` finishes only once every connection is gone, so the one above has been fully handled by then.
@@ -342,7 +317,7 @@ async fn should_not_emit_events_when_a_connection_connects_and_closes_before_lin
 #[tokio::test]
 async fn should_reject_when_any_custom_message_is_sent_before_linking() {
     let (server, events, port) = start_default().await;
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     client.send(custom("custom/something")).await;
     client.expect(rejected("unlinked connection")).await;
     // Not closed: the same connection can still link. Its messages are handled in order, so by the link event the
@@ -357,10 +332,10 @@ async fn should_reject_when_any_custom_message_is_sent_before_linking() {
 #[tokio::test]
 async fn should_reject_a_user_linking_with_a_username_that_is_already_linked_to_a_connection() {
     let (server, _events, port) = start_default().await;
-    let _simon = Client::link_as(port, "simon").await;
-    let _lisa = Client::link_as(port, "lisa").await;
+    let _simon = RawClient::link_as(port, "simon").await;
+    let _lisa = RawClient::link_as(port, "lisa").await;
     assert_eq!(
-        Client::link_with(port, "simon", None).await.err(),
+        RawClient::link_with(port, "simon", None).await.err(),
         Some("user simon is already linked to a connection".to_owned())
     );
     shutdown(&server).await;
@@ -383,7 +358,7 @@ const INVALID_JSON_MESSAGES: [&str; 9] = [
 async fn should_send_a_rejected_message_if_a_connection_sends_a_message_with_unknown_format() {
     let (server, _events, port) = start_default().await;
     for (index, raw) in INVALID_JSON_MESSAGES.into_iter().enumerate() {
-        let mut client = Client::connect(port).await;
+        let mut client = RawClient::connect(port).await;
         client.send_raw(raw).await;
         assert_eq!(
             client.recv().await,
@@ -405,7 +380,7 @@ async fn should_unlink_a_connection_from_its_user_if_a_message_with_unknown_form
     let (server, events, port) = start_default().await;
     for (index, raw) in INVALID_JSON_MESSAGES.into_iter().enumerate() {
         let username = format!("simon{index}");
-        let mut client = Client::link_and_settle(port, &username).await;
+        let mut client = RawClient::link_and_settle(port, &username).await;
         client.send_raw(raw).await;
         assert_eq!(client.recv().await, unlinked(&username), "scenario {index}: {raw:?}");
         events.wait_for(&format!("unlink {username}")).await;
@@ -433,7 +408,7 @@ async fn should_unlink_a_user_if_it_sends_a_message_starting_with_krmx_that_is_n
     ];
     for (index, kind) in scenarios.into_iter().enumerate() {
         let username = format!("simon{index}");
-        let mut client = Client::link_and_settle(port, &username).await;
+        let mut client = RawClient::link_and_settle(port, &username).await;
         client.send(custom(kind)).await;
         events.wait_for(&format!("unlink {username}")).await;
         assert_eq!(client.recv().await, unlinked(&username), "scenario {kind}");
@@ -447,10 +422,10 @@ async fn should_unlink_a_user_if_it_sends_a_message_starting_with_krmx_that_is_n
 #[tokio::test]
 async fn should_allow_a_user_to_link_using_a_new_connection_after_the_connection_was_lost() {
     let (server, events, port) = start_default().await;
-    let simon = Client::link_and_settle(port, "simon").await;
+    let simon = RawClient::link_and_settle(port, "simon").await;
     simon.close().await;
     events.wait_for("unlink simon").await;
-    let mut simon = Client::link_as(port, "simon").await;
+    let mut simon = RawClient::link_as(port, "simon").await;
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
     assert_eq!(server.users(), [user("simon", true)]);
     assert_eq!(events.count("join simon"), 1);
@@ -462,7 +437,7 @@ async fn should_allow_a_user_to_link_using_a_new_connection_after_the_connection
 #[tokio::test]
 async fn should_emit_the_message_and_username_if_a_custom_message_is_received_from_a_linked_connection() {
     let (server, _events, port) = start_default().await;
-    let mut simon = Client::link_as(port, "simon").await;
+    let mut simon = RawClient::link_as(port, "simon").await;
     let received = server.wait_for_message();
     simon
         .send(json!({ "type": "custom", "payload": { "key": "value" } }))
@@ -480,8 +455,8 @@ async fn should_emit_the_message_and_username_if_a_custom_message_is_received_fr
 #[tokio::test]
 async fn should_inform_all_users_when_a_user_joins() {
     let (server, _events, port) = start_default().await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
-    let _lisa = Client::link_as(port, "lisa").await;
+    let mut simon = RawClient::link_and_settle(port, "simon").await;
+    let _lisa = RawClient::link_as(port, "lisa").await;
     simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
     // `linked lisa` was the last message simon got.
     expect_nothing_more(&server, &mut simon, "simon").await;
@@ -492,12 +467,12 @@ async fn should_inform_all_users_when_a_user_joins() {
 #[tokio::test]
 async fn should_send_information_about_all_users_to_a_new_user() {
     let (server, events, port) = start_default().await;
-    let _simon = Client::link_and_settle(port, "simon").await;
-    let lisa = Client::link_and_settle(port, "lisa").await;
+    let _simon = RawClient::link_and_settle(port, "simon").await;
+    let lisa = RawClient::link_and_settle(port, "lisa").await;
     lisa.close().await;
     events.wait_for("unlink lisa").await;
     // `link_as` checks that the first message is `krmx/accepted`; five more follow, and nothing else.
-    let mut marjolein = Client::link_as(port, "marjolein").await;
+    let mut marjolein = RawClient::link_as(port, "marjolein").await;
     marjolein
         .expect_all(&[
             joined("simon"),
@@ -519,8 +494,8 @@ async fn should_send_information_about_all_users_to_a_new_user() {
 #[tokio::test]
 async fn should_let_a_user_leave_the_server_and_should_inform_other_users_about_the_leave() {
     let (server, events, port) = start_default().await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
-    let mut lisa = Client::link_and_settle(port, "lisa").await;
+    let mut simon = RawClient::link_and_settle(port, "simon").await;
+    let mut lisa = RawClient::link_and_settle(port, "lisa").await;
     lisa.send(json!({ "type": "krmx/leave" })).await;
     simon
         .expect_all(&[joined("lisa"), linked("lisa"), unlinked("lisa"), left("lisa")])
@@ -538,9 +513,7 @@ async fn should_let_a_user_leave_the_server_and_should_inform_other_users_about_
 #[tokio::test]
 async fn should_inform_all_users_when_a_user_is_unlinked_from_a_connection() {
     let (server, events, port) = start_default().await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
-    let mut lisa = Client::link_and_settle(port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(port, "simon", "lisa").await;
     server.unlink("lisa").unwrap();
     assert!(events.contains("unlink lisa"));
     simon.expect(unlinked("lisa")).await;
@@ -553,15 +526,15 @@ async fn should_inform_all_users_when_a_user_is_unlinked_from_a_connection() {
 #[tokio::test]
 async fn should_inform_all_users_when_a_user_is_linked_to_a_connection() {
     let (server, events, port) = start_default().await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
-    let lisa = Client::link_and_settle(port, "lisa").await;
+    let mut simon = RawClient::link_and_settle(port, "simon").await;
+    let lisa = RawClient::link_and_settle(port, "lisa").await;
     lisa.close().await;
     simon
         .expect_all(&[joined("lisa"), linked("lisa"), unlinked("lisa")])
         .await;
     events.wait_for("unlink lisa").await;
     let relinked = server.wait_for_link_when(|username| username == "lisa");
-    let _lisa = Client::link_as(port, "lisa").await;
+    let _lisa = RawClient::link_as(port, "lisa").await;
     tokio::time::timeout(TIMEOUT, relinked).await.unwrap();
     // Simon hears that lisa linked, and not that she joined.
     simon.expect(linked("lisa")).await;
@@ -615,7 +588,7 @@ async fn should_not_allow_sending_a_message_to_a_user_that_does_not_exist() {
 #[tokio::test]
 async fn should_not_allow_sending_a_message_to_a_user_that_is_not_linked() {
     let (server, events, port) = start_default().await;
-    let simon = Client::link_as(port, "simon").await;
+    let simon = RawClient::link_as(port, "simon").await;
     simon.close().await;
     events.wait_for("unlink simon").await;
     assert_eq!(
@@ -632,7 +605,7 @@ async fn should_not_allow_sending_a_message_to_a_user_that_is_not_linked() {
 #[tokio::test]
 async fn should_allow_sending_a_message_to_a_user() {
     let (server, _events, port) = start_default().await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
+    let mut simon = RawClient::link_and_settle(port, "simon").await;
     server.send("simon", &Message::new("custom/hello")).unwrap();
     simon.expect(custom("custom/hello")).await;
     shutdown(&server).await;
@@ -642,9 +615,9 @@ async fn should_allow_sending_a_message_to_a_user() {
 #[tokio::test]
 async fn should_allow_broadcasting_a_message_to_all_linked_users() {
     let (server, events, port) = start_default().await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
-    let lisa = Client::link_and_settle(port, "lisa").await;
-    let mut marjolein = Client::link_and_settle(port, "marjolein").await;
+    let mut simon = RawClient::link_and_settle(port, "simon").await;
+    let lisa = RawClient::link_and_settle(port, "lisa").await;
+    let mut marjolein = RawClient::link_and_settle(port, "marjolein").await;
     lisa.close().await;
     events.wait_for("unlink lisa").await;
     server.broadcast(&Message::new("custom/hello"), None).unwrap();
@@ -686,7 +659,7 @@ async fn welcome_in_link_but_not_in_join(broadcast: bool) {
             s.send(username, &welcome).unwrap();
         }
     });
-    let mut simon = Client::link_as(port, "simon").await;
+    let mut simon = RawClient::link_as(port, "simon").await;
     simon
         .expect_all(&[joined("simon"), linked("simon"), custom("custom/welcome-on-link")])
         .await;
@@ -717,8 +690,8 @@ async fn should_allow_broadcasting_a_message_to_a_newly_joined_user_in_the_link_
 #[tokio::test]
 async fn should_skip_broadcasting_to_a_the_user_with_the_username_equal_to_skip_username() {
     let (server, _events, port) = start_default().await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
-    let mut lisa = Client::link_and_settle(port, "lisa").await;
+    let mut simon = RawClient::link_and_settle(port, "simon").await;
+    let mut lisa = RawClient::link_and_settle(port, "lisa").await;
     server.broadcast(&Message::new("custom/hello"), Some("simon")).unwrap();
     lisa.expect(custom("custom/hello")).await;
     simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
@@ -730,8 +703,8 @@ async fn should_skip_broadcasting_to_a_the_user_with_the_username_equal_to_skip_
 #[tokio::test]
 async fn should_allow_a_connection_to_link_after_it_was_rejected_before() {
     let (server, _events, port) = start_default().await;
-    let _simon = Client::link_as(port, "simon").await;
-    let mut client = Client::connect(port).await;
+    let _simon = RawClient::link_as(port, "simon").await;
+    let mut client = RawClient::connect(port).await;
     assert_eq!(
         client.link("simon", None).await,
         Err("user simon is already linked to a connection".to_owned())
@@ -761,19 +734,19 @@ async fn should_reject_linking_a_connection_to_a_user_if_the_reject_callback_in_
             ctx.reject("this should not show up");
         }
     });
-    let simon = Client::link_as(port, "simon").await;
+    let simon = RawClient::link_as(port, "simon").await;
     simon.close().await;
     events.wait_for("unlink simon").await;
     assert_eq!(
-        Client::link_with(port, "simon", None).await.err(),
+        RawClient::link_with(port, "simon", None).await.err(),
         Some("relinking is not allowed here".to_owned())
     );
     assert_eq!(
-        Client::link_with(port, "lisa", None).await.err(),
+        RawClient::link_with(port, "lisa", None).await.err(),
         Some("server is full".to_owned())
     );
     assert_eq!(
-        Client::link_with(port, "simon", Some("i-am-a-robot")).await.err(),
+        RawClient::link_with(port, "simon", Some("i-am-a-robot")).await.err(),
         Some("robots-are-not-allowed".to_owned())
     );
     assert_eq!(
@@ -793,8 +766,8 @@ async fn should_reject_linking_a_connection_to_a_user_if_the_reject_callback_in_
 #[tokio::test]
 async fn should_be_able_to_kick_a_linked_user_from_the_server() {
     let (server, events, port) = start_default().await;
-    let mut simon = Client::link_as(port, "simon").await;
-    let mut lisa = Client::link_as(port, "lisa").await;
+    let mut simon = RawClient::link_as(port, "simon").await;
+    let mut lisa = RawClient::link_as(port, "lisa").await;
     server.kick("simon").unwrap();
     // Messages 2 to 7 of each (the first, `krmx/accepted`, was read by `link_as`).
     let snapshot_then_kick = [
@@ -819,7 +792,7 @@ async fn should_be_able_to_kick_a_linked_user_from_the_server() {
 #[tokio::test]
 async fn should_be_able_to_kick_an_unlinked_user_from_the_server() {
     let (server, events, port) = start_default().await;
-    let simon = Client::link_as(port, "simon").await;
+    let simon = RawClient::link_as(port, "simon").await;
     simon.close().await;
     events.wait_for("unlink simon").await;
     let before = events.lines().len();
@@ -867,7 +840,7 @@ async fn should_not_allow_server_side_unlink_on_a_user_that_does_not_exist() {
 #[tokio::test]
 async fn should_not_allow_server_side_unlink_on_a_user_that_is_not_linked() {
     let (server, events, port) = start_default().await;
-    let simon = Client::link_as(port, "simon").await;
+    let simon = RawClient::link_as(port, "simon").await;
     simon.close().await;
     events.wait_for("unlink simon").await;
     assert_eq!(
@@ -882,9 +855,9 @@ async fn should_not_allow_server_side_unlink_on_a_user_that_is_not_linked() {
 async fn should_only_accept_known_users_during_authentication_when_server_has_accept_new_user_set_to_false() {
     let (server, _events, port) = start(Server::builder().accept_new_users(false)).await;
     server.join("simon").unwrap();
-    let _simon = Client::link_as(port, "simon").await;
+    let _simon = RawClient::link_as(port, "simon").await;
     assert_eq!(
-        Client::link_with(port, "lisa", None).await.err(),
+        RawClient::link_with(port, "lisa", None).await.err(),
         Some("server is not accepting new users".to_owned())
     );
     shutdown(&server).await;
@@ -895,10 +868,10 @@ async fn should_only_accept_known_users_during_authentication_when_server_has_ac
 async fn should_not_join_user_with_an_invalid_username_when_a_custom_invalid_username_method_is_provided() {
     let (server, _events, port) =
         start(Server::builder().is_valid_username(|username: &str| !username.starts_with("bot"))).await;
-    let _simon = Client::link_as(port, "simon").await;
+    let _simon = RawClient::link_as(port, "simon").await;
     server.join("lisa").unwrap();
     assert_eq!(
-        Client::link_with(port, "bot 1", None).await.err(),
+        RawClient::link_with(port, "bot 1", None).await.err(),
         Some("invalid username".to_owned())
     );
     assert_eq!(
@@ -919,8 +892,8 @@ async fn should_use_existing_http_server_when_provided() {
     let app = own_app(&server);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = emitter_axum::serve(&server, listener, app).await.unwrap();
-    let _simon = Client::link_as(port, "simon").await;
-    assert!(http_get(port, "/health").await.ends_with("ok"));
+    let _simon = RawClient::link_as(port, "simon").await;
+    assert!(http_get(port, "/health").await.body.ends_with("ok"));
     shutdown(&server).await;
 }
 
@@ -932,9 +905,9 @@ async fn should_use_existing_http_server_when_provided() {
 async fn should_use_existing_http_server_even_if_that_http_server_is_already_listening() {
     let server = Server::new();
     let (port, http_task) = serve_ourselves(&server, own_app(&server)).await;
-    assert!(http_get(port, "/health").await.ends_with("ok"));
+    assert!(http_get(port, "/health").await.body.ends_with("ok"));
     emitter_axum::mark_listening(&server, port).unwrap();
-    let _simon = Client::link_as(port, "simon").await;
+    let _simon = RawClient::link_as(port, "simon").await;
     shutdown(&server).await;
     // Our own HTTP server stops with the Krmx server (its graceful-shutdown signal is `server.closing()`).
     tokio::time::timeout(TIMEOUT, http_task).await.unwrap().unwrap();
@@ -948,7 +921,7 @@ async fn should_use_existing_http_server_even_if_that_http_server_just_started_l
     let server = Server::new();
     let (port, http_task) = serve_ourselves(&server, own_app(&server)).await;
     emitter_axum::mark_listening(&server, port).unwrap();
-    let _simon = Client::link_as(port, "simon").await;
+    let _simon = RawClient::link_as(port, "simon").await;
     shutdown(&server).await;
     tokio::time::timeout(TIMEOUT, http_task).await.unwrap().unwrap();
 }
@@ -957,10 +930,10 @@ async fn should_use_existing_http_server_even_if_that_http_server_just_started_l
 #[tokio::test]
 async fn should_use_custom_http_path_when_provided() {
     let (server, _events, port) = start(Server::builder().path("/my/application")).await;
-    let mut client = Client::connect_to(port, "/my/application").await.unwrap();
+    let mut client = RawClient::connect_to(port, "/my/application").await.unwrap();
     client.link("simon", None).await.unwrap();
     // Nothing is served on the root path.
-    assert!(Client::connect_to(port, "/").await.is_err());
+    assert!(RawClient::connect_to(port, "/").await.is_err());
     shutdown(&server).await;
 }
 
@@ -968,9 +941,9 @@ async fn should_use_custom_http_path_when_provided() {
 #[tokio::test]
 async fn should_use_custom_http_path_when_provided_even_without_a_starting_slash() {
     let (server, _events, port) = start(Server::builder().path("my/application")).await;
-    let mut client = Client::connect_to(port, "/my/application").await.unwrap();
+    let mut client = RawClient::connect_to(port, "/my/application").await.unwrap();
     client.link("simon", None).await.unwrap();
-    assert!(Client::connect_to(port, "/").await.is_err());
+    assert!(RawClient::connect_to(port, "/").await.is_err());
     shutdown(&server).await;
 }
 
@@ -979,10 +952,10 @@ async fn should_use_custom_http_path_when_provided_even_without_a_starting_slash
 async fn should_close_a_connection_immediately_when_the_query_parameter_do_not_match() {
     let (server, events, port) = start(Server::builder().query_param("something-else", QueryParam::Present)).await;
     // The reference's `addUser` rejects with `connection closed`: the server closes before any message.
-    let mut client = Client::connect_to(port, "/").await.unwrap();
+    let mut client = RawClient::connect_to(port, "/").await.unwrap();
     assert_eq!(client.try_recv().await, None);
     // With the parameter the same server accepts the connection.
-    let mut client = Client::connect_to(port, "/?something-else=1").await.unwrap();
+    let mut client = RawClient::connect_to(port, "/?something-else=1").await.unwrap();
     client.link("simon", None).await.unwrap();
     assert_eq!(
         events.filtered(&["authenticate"]),
@@ -1002,13 +975,13 @@ async fn should_close_a_connection_immediately_when_the_query_parameter_do_not_m
 async fn should_call_listen_on_server_even_when_provided_http_server_is_already_listening() {
     let server = Server::new();
     let (port, http_task) = serve_ourselves(&server, own_app(&server)).await;
-    assert!(http_get(port, "/health").await.ends_with("ok"));
+    assert!(http_get(port, "/health").await.body.ends_with("ok"));
     assert_eq!(
         server.join("simon").unwrap_err().to_string(),
         "cannot join a user when the server is initializing"
     );
     // Not listening yet: the upgrade is refused (the reference upgrades and then terminates the socket).
-    let refused = Client::connect_to(port, "/").await.err().unwrap_or_default();
+    let refused = RawClient::connect_to(port, "/").await.err().unwrap_or_default();
     assert!(refused.contains("503"), "{refused}");
 
     let listened = server.wait_for_listen();
@@ -1016,7 +989,7 @@ async fn should_call_listen_on_server_even_when_provided_http_server_is_already_
     assert_eq!(tokio::time::timeout(TIMEOUT, listened).await.unwrap(), port);
     server.join("simon").unwrap();
     assert_eq!(server.users(), [user("simon", false)]);
-    let _simon = Client::link_as(port, "simon").await;
+    let _simon = RawClient::link_as(port, "simon").await;
     shutdown(&server).await;
     tokio::time::timeout(TIMEOUT, http_task).await.unwrap().unwrap();
 }
@@ -1029,7 +1002,7 @@ async fn should_call_listen_on_server_even_when_provided_http_server_is_already_
 #[tokio::test]
 async fn should_not_kick_a_client_if_it_responds_to_the_websocket_ping_with_a_pong() {
     let (server, _events, port) = start(Server::builder().ping_interval(Duration::from_millis(100))).await;
-    let mut ws = Client::connect(port).await.into_inner();
+    let mut ws = RawClient::connect(port).await.into_inner();
     let mut pings = 0;
     while pings < 5 {
         // Reading answers each ping with a pong (tungstenite does that on the next read).
@@ -1096,7 +1069,7 @@ async fn should_allow_authenticate_to_be_asynchronous() {
         });
     });
     let reject_reason = |username: &'static str| async move {
-        Client::link_with(port, username, None)
+        RawClient::link_with(port, username, None)
             .await
             .err()
             .unwrap_or_else(|| panic!("{username} was accepted"))
@@ -1110,7 +1083,7 @@ async fn should_allow_authenticate_to_be_asynchronous() {
         "called `Option::unwrap()` on a `None` value"
     );
     assert_eq!(reject_reason("kevin").await, "authentication timeout");
-    let _lisa = Client::link_as(port, "lisa").await;
+    let _lisa = RawClient::link_as(port, "lisa").await;
 
     let started = Instant::now();
     assert_eq!(reject_reason("marjolein").await, "immediately rejected");

@@ -12,16 +12,14 @@
 //! cargo test -p emitter-axum --test soak -- --nocapture
 //! ```
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emitter_core::Server;
+use emitter_testing::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use support::*;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -56,6 +54,17 @@ fn alive_tasks() -> usize {
     tokio::runtime::Handle::current().metrics().num_alive_tasks()
 }
 
+/// Closes `server`, which must finish within `limit` (`waiting_for` says on what, if it does not); returns how long it
+/// took.
+async fn close_within(server: &Server, limit: Duration, waiting_for: &str) -> Duration {
+    let closing = Instant::now();
+    tokio::time::timeout(limit, server.close())
+        .await
+        .unwrap_or_else(|_| panic!("close() did not finish: {waiting_for}"))
+        .unwrap();
+    closing.elapsed()
+}
+
 /// Waits, bounded, until the runtime has at most `baseline` alive tasks; returns how many there are.
 async fn tasks_settle_to(baseline: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -80,7 +89,7 @@ struct Tally {
 
 /// One connection's life; `i` picks how it ends.
 async fn one_connection(port: u16, i: usize, tally: Arc<Tally>) {
-    let mut client = Client::connect(port).await;
+    let mut client = RawClient::connect(port).await;
     if i % 10 == 9 {
         // Opens, never links, and goes.
         client.close().await;
@@ -259,12 +268,8 @@ async fn thousands_of_connections_come_and_go_and_leave_nothing_behind() {
     );
 
     // Nothing is open, so close() has nothing to wait for.
-    let closing = Instant::now();
-    tokio::time::timeout(Duration::from_secs(2), server.close())
-        .await
-        .expect("close() did not finish: a connection is still open")
-        .unwrap();
-    eprintln!("soak: close() took {:?}", closing.elapsed());
+    let took = close_within(&server, Duration::from_secs(2), "a connection is still open").await;
+    eprintln!("soak: close() took {took:?}");
 }
 
 /// The same churn's accounting, checked on a smaller run with many users linked at the end: `close()` makes every
@@ -275,17 +280,13 @@ async fn close_after_churn_with_users_still_linked_finishes_promptly() {
     let (server, events, port) = start(Server::builder().ping_interval(Duration::ZERO)).await;
     let mut clients = Vec::new();
     for i in 0..150 {
-        let mut client = Client::link_as(port, &format!("held{i}")).await;
+        let mut client = RawClient::link_as(port, &format!("held{i}")).await;
         client.recv_until(&linked(&format!("held{i}"))).await;
         clients.push(client);
     }
     assert_eq!(server.users().len(), 150);
-    let closing = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), server.close())
-        .await
-        .expect("close() did not finish")
-        .unwrap();
-    eprintln!("soak: close() with 150 linked users took {:?}", closing.elapsed());
+    let took = close_within(&server, Duration::from_secs(5), "150 users to leave").await;
+    eprintln!("soak: close() with 150 linked users took {took:?}");
     assert!(server.users().is_empty());
     assert_eq!(events.count("leave held0"), 1);
     let mut ends = JoinSet::new();

@@ -1,58 +1,23 @@
 //! Transport behaviour over real sockets: frame kinds and sizes, pings, query parameters and paths, mounting into an
 //! axum app, closing, and slow consumers.
 
-mod support;
-
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use emitter_core::{Message, QueryParam, Server, Status, User};
+use emitter_core::{Message, QueryParam, Server, Status};
+use emitter_testing::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 // ---- helpers ---------------------------------------------------------------------------------------------------------
-
-fn user(username: &str, is_linked: bool) -> User {
-    User {
-        username: username.to_owned(),
-        is_linked,
-    }
-}
 
 async fn loopback() -> (TcpListener, u16) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     (listener, port)
-}
-
-/// A plain HTTP/1.1 GET written by hand; returns the status code and the body.
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        tcp.read_to_end(&mut response).await.unwrap();
-        String::from_utf8(response).unwrap()
-    };
-    let response = tokio::time::timeout(TIMEOUT, exchange)
-        .await
-        .expect("timed out on a plain HTTP request");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 // ---- frames ----------------------------------------------------------------------------------------------------------
@@ -62,7 +27,7 @@ async fn binary_frames_are_read_like_text_frames() {
     let (server, events, port) = start_default().await;
 
     // A link request in a binary frame.
-    let mut simon = Client::connect(port).await;
+    let mut simon = RawClient::connect(port).await;
     simon.send_binary(link_request("simon").to_string().as_bytes()).await;
     simon.expect(accepted()).await;
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
@@ -82,9 +47,7 @@ async fn binary_frames_are_read_like_text_frames() {
 #[tokio::test]
 async fn an_oversized_message_closes_only_its_connection() {
     let (server, events, port) = start(Server::builder().max_message_size(1024)).await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
-    let mut lisa = Client::link_and_settle(port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(port, "simon", "lisa").await;
 
     // Just under the limit is fine.
     let fits = json!({"type": "custom/fits", "payload": "x".repeat(900)}).to_string();
@@ -106,7 +69,7 @@ async fn an_oversized_message_closes_only_its_connection() {
     lisa.send(json!({"type": "custom/still-here"})).await;
     let (from, _) = tokio::time::timeout(TIMEOUT, said).await.unwrap();
     assert_eq!(from, "lisa");
-    let mut again = Client::link_as(port, "simon").await;
+    let mut again = RawClient::link_as(port, "simon").await;
     again.recv_until(&linked("simon")).await;
     lisa.expect(linked("simon")).await;
     assert_eq!(server.status(), Status::Listening);
@@ -118,8 +81,8 @@ async fn an_oversized_message_closes_only_its_connection() {
 #[tokio::test]
 async fn pings_keep_readers_linked_and_close_connections_that_never_answer() {
     let (server, events, port) = start(Server::builder().ping_interval(Duration::from_millis(100))).await;
-    let lisa = Client::link_and_settle(port, "lisa").await;
-    let simon = Client::link_and_settle(port, "simon").await;
+    let lisa = RawClient::link_and_settle(port, "lisa").await;
+    let simon = RawClient::link_and_settle(port, "simon").await;
     // Lisa's stream is held but never polled again, so her client never answers a ping.
     let mut lisa = lisa.into_inner();
     // Simon keeps reading; tungstenite answers each ping as it reads, and shows it to the reader.
@@ -182,14 +145,14 @@ async fn pings_keep_readers_linked_and_close_connections_that_never_answer() {
 async fn query_parameters_are_checked_before_anything_else() {
     let (server, events, port) = start(Server::builder().query_param("token", QueryParam::Equals("abc".into()))).await;
 
-    let mut simon = Client::connect_to(port, "/?token=abc").await.unwrap();
+    let mut simon = RawClient::connect_to(port, "/?token=abc").await.unwrap();
     simon.link("simon", None).await.unwrap();
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
 
     // Without the token, or with another, the server closes the connection at once.
-    let mut bare = Client::connect_to(port, "/").await.unwrap();
+    let mut bare = RawClient::connect_to(port, "/").await.unwrap();
     assert_eq!(bare.try_recv().await, None);
-    let mut wrong = Client::connect_to(port, "/?token=abd").await.unwrap();
+    let mut wrong = RawClient::connect_to(port, "/?token=abd").await.unwrap();
     assert_eq!(wrong.link("lisa", None).await, Err("connection closed".to_owned()));
 
     server.send("simon", &marker("end")).unwrap();
@@ -201,11 +164,11 @@ async fn query_parameters_are_checked_before_anything_else() {
 #[tokio::test]
 async fn the_endpoint_is_served_at_its_path_only() {
     let (server, _events, port) = start(Server::builder().path("my/application")).await;
-    let mut simon = Client::connect_to(port, "/my/application").await.unwrap();
+    let mut simon = RawClient::connect_to(port, "/my/application").await.unwrap();
     simon.link("simon", None).await.unwrap();
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
-    assert!(Client::connect_to(port, "/").await.is_err());
-    assert!(Client::connect_to(port, "/my").await.is_err());
+    assert!(RawClient::connect_to(port, "/").await.is_err());
+    assert!(RawClient::connect_to(port, "/my").await.is_err());
     assert_eq!(server.users(), [user("simon", true)]);
 }
 
@@ -224,12 +187,12 @@ async fn a_merged_router_serves_rest_and_websocket_side_by_side() {
     assert_eq!(server.status(), Status::Listening);
     assert_eq!(events.lines(), ["listen"]);
 
-    assert_eq!(http_get(port, "/health").await, (200, "ok".to_owned()));
-    let mut simon = Client::connect_to(port, "/ws").await.unwrap();
+    assert_eq!(http_get(port, "/health").await.status_body(), (200, "ok"));
+    let mut simon = RawClient::connect_to(port, "/ws").await.unwrap();
     simon.link("simon", None).await.unwrap();
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
-    assert_eq!(http_get(port, "/health").await, (200, "ok".to_owned()));
-    assert_eq!(http_get(port, "/missing").await.0, 404);
+    assert_eq!(http_get(port, "/health").await.status_body(), (200, "ok"));
+    assert_eq!(http_get(port, "/missing").await.status, 404);
 
     tokio::time::timeout(TIMEOUT, server.close()).await.unwrap().unwrap();
     simon.expect_all(&[unlinked("simon"), left("simon")]).await;
@@ -245,13 +208,13 @@ async fn a_layer_upgrades_its_path_and_passes_everything_else_through() {
     let (listener, _) = loopback().await;
     let port = emitter_axum::serve(&server, listener, app).await.unwrap();
 
-    assert_eq!(http_get(port, "/api/hello").await, (200, "hello".to_owned()));
-    assert_eq!(http_get(port, "/missing").await.0, 404);
-    let mut simon = Client::connect_to(port, "/krmx").await.unwrap();
+    assert_eq!(http_get(port, "/api/hello").await.status_body(), (200, "hello"));
+    assert_eq!(http_get(port, "/missing").await.status, 404);
+    let mut simon = RawClient::connect_to(port, "/krmx").await.unwrap();
     simon.link("simon", None).await.unwrap();
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
-    assert_eq!(http_get(port, "/api/hello").await, (200, "hello".to_owned()));
-    assert!(Client::connect_to(port, "/api/hello").await.is_err());
+    assert_eq!(http_get(port, "/api/hello").await.status_body(), (200, "hello"));
+    assert!(RawClient::connect_to(port, "/api/hello").await.is_err());
 
     tokio::time::timeout(TIMEOUT, server.close()).await.unwrap().unwrap();
 }
@@ -265,8 +228,8 @@ async fn a_nested_router_serves_under_its_prefix() {
     let (listener, _) = loopback().await;
     let port = emitter_axum::serve(&server, listener, app).await.unwrap();
 
-    assert_eq!(http_get(port, "/").await, (200, "home".to_owned()));
-    let mut simon = Client::connect_to(port, "/game").await.unwrap();
+    assert_eq!(http_get(port, "/").await.status_body(), (200, "home"));
+    let mut simon = RawClient::connect_to(port, "/game").await.unwrap();
     simon.link("simon", None).await.unwrap();
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
 
@@ -285,7 +248,7 @@ async fn mark_listening_with_your_own_axum_serve_shuts_down_on_close() {
     let closing = server.closing();
     let serving = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(closing).await });
 
-    let mut simon = Client::link_as(port, "simon").await;
+    let mut simon = RawClient::link_as(port, "simon").await;
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
 
     tokio::time::timeout(TIMEOUT, server.close()).await.unwrap().unwrap();
@@ -295,7 +258,7 @@ async fn mark_listening_with_your_own_axum_serve_shuts_down_on_close() {
         .await
         .expect("axum::serve did not return after close");
     served.unwrap().unwrap();
-    assert!(Client::connect_to(port, "/").await.is_err());
+    assert!(RawClient::connect_to(port, "/").await.is_err());
 }
 
 // ---- closing ---------------------------------------------------------------------------------------------------------
@@ -303,10 +266,8 @@ async fn mark_listening_with_your_own_axum_serve_shuts_down_on_close() {
 #[tokio::test]
 async fn close_makes_every_user_leave_and_closes_every_connection() {
     let (server, events, port) = start_default().await;
-    let mut simon = Client::link_and_settle(port, "simon").await;
-    let mut lisa = Client::link_and_settle(port, "lisa").await;
-    simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
-    let mut idle = Client::connect(port).await;
+    let (mut simon, mut lisa) = RawClient::link_pair(port, "simon", "lisa").await;
+    let mut idle = RawClient::connect(port).await;
 
     let closed = server.close();
     assert_eq!(server.status(), Status::Closing);
@@ -331,7 +292,7 @@ async fn close_makes_every_user_leave_and_closes_every_connection() {
 
     let again = server.close().await.unwrap_err();
     assert_eq!(again.to_string(), "cannot close when the server is closed");
-    assert!(Client::connect_to(port, "/").await.is_err());
+    assert!(RawClient::connect_to(port, "/").await.is_err());
     assert_eq!(events.count("close"), 1);
 }
 
@@ -340,8 +301,8 @@ async fn close_makes_every_user_leave_and_closes_every_connection() {
 #[tokio::test]
 async fn a_slow_consumer_is_closed_without_holding_up_the_others() {
     let (server, events, port) = start(Server::builder().outbound_queue(8)).await;
-    let slow = Client::link_and_settle(port, "slow").await;
-    let mut fast = Client::link_and_settle(port, "fast").await;
+    let slow = RawClient::link_and_settle(port, "slow").await;
+    let mut fast = RawClient::link_and_settle(port, "fast").await;
     // Never read from here on: the socket's buffers fill up, then the connection's queue.
     let mut slow = slow.into_inner();
 

@@ -1,14 +1,12 @@
 //! First checks over real sockets: linking, the snapshot, messages, unlink and leave.
 
-mod support;
-
+use emitter_testing::*;
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn accepts_a_valid_link_and_sends_the_snapshot() {
     let (server, events, port) = start_default().await;
-    let mut simon = Client::link_as(port, "simon").await;
+    let mut simon = RawClient::link_as(port, "simon").await;
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
     events.wait_for("link simon").await;
     assert_eq!(
@@ -16,7 +14,7 @@ async fn accepts_a_valid_link_and_sends_the_snapshot() {
         ["authenticate simon new=true auth=None", "join simon", "link simon"]
     );
 
-    let mut lisa = Client::link_as(port, "lisa").await;
+    let mut lisa = RawClient::link_as(port, "lisa").await;
     lisa.expect_all(&[joined("simon"), linked("simon"), joined("lisa"), linked("lisa")])
         .await;
     simon.expect_all(&[joined("lisa"), linked("lisa")]).await;

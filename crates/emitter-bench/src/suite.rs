@@ -48,7 +48,7 @@ rounds; --scale-users 0 skips it). --only takes group names, or `multicore` for 
 Targets: emitter (examples/bench), node (@krmx/server), axum (bare axum, tungstenite's default buffers: every goal
 is measured against it), axum-equal (bare axum with emitter-axum's 1 KiB/2 KiB buffers, shown to explain).
 Defaults: 3 rounds, all targets, --cores 1,2,4,8, 19,000 users over 4 workers for scale. Node needs `npm ci` in
---node-dir (default bench/node); `just bench` does it.";
+--node-dir (default tests/node-baseline); `just bench` does it.";
 
 fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
     let mut options = Options {
@@ -66,7 +66,7 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
         cores: if smoke { vec![1] } else { vec![1, 2, 4, 8] },
         logs: PathBuf::from("target/bench-logs"),
         smoke,
-        node_dir: PathBuf::from("bench/node"),
+        node_dir: PathBuf::from("tests/node-baseline"),
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {

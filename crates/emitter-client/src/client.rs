@@ -1,25 +1,20 @@
-//! The client: its state, the requests it sends, and the protocol messages it applies.
-//!
-//! Every state change and the events it triggers run under one re-entrant dispatch lock, as in the server: a listener
-//! that calls back into the client re-enters on the same thread, and the state it sees is the state at its event. The
-//! state sits in a `RefCell` that is borrowed only in short scopes and never while a listener runs.
+//! The client's public face: [`Client`], its builder, and its methods. Each method checks and changes the shared
+//! state through [`requests`](crate::requests); what the server answers arrives through
+//! [`incoming`](crate::incoming). The listener methods (`on_*`, `once_*`, `wait_for_*`) are in
+//! [`listeners`](crate::listeners).
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_core::protocol::{self, Message, RESERVED_PREFIX};
+use emitter_core::protocol::Message;
 use emitter_core::User;
-use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use serde::Serialize;
-use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use serde_json::Value;
 
-use crate::connection::{self, Command};
 use crate::error::{Error, Status};
-use crate::event::{ClientEvent, Events};
-use crate::reconnect::{self, Plan, Reconnect};
+use crate::reconnect::Reconnect;
+use crate::state::{Config, Shared};
 
 /// The protocol version a client sends in its link requests unless told otherwise. emitter servers accept 0.5 and
 /// 0.6; `@krmx/server` 0.6 accepts `0.6.*` and the 0.5 releases on npm accept `0.5.*` (set
@@ -40,63 +35,6 @@ pub const DEFAULT_VERSION: &str = "0.6.0";
 ///     .build();
 /// ```
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The rejection a server sends to a message that an unlinked connection sent: never the answer to a link request.
-const UNLINKED_CONNECTION: &str = "unlinked connection";
-
-pub(crate) struct Config {
-    pub(crate) version: String,
-    pub(crate) reconnect: Option<Reconnect>,
-    pub(crate) close_timeout: Duration,
-}
-
-type Reply = oneshot::Sender<Result<(), Error>>;
-
-struct Connection {
-    generation: u64,
-    commands: mpsc::UnboundedSender<Command>,
-}
-
-#[derive(Default)]
-struct State {
-    status: Option<Status>,
-    username: Option<String>,
-    users: Vec<User>,
-    connection: Option<Connection>,
-    generation: u64,
-    url: Option<String>,
-    /// The user and auth of the last link request, kept while linked, for a reconnect.
-    linked_as: Option<(String, Option<String>)>,
-    /// Moves on whenever the user asks for something, so that a reconnect under way knows to stop.
-    epoch: u64,
-    opening: Option<Reply>,
-    linking: Option<Reply>,
-    unlinking: Option<Reply>,
-    closing: Vec<oneshot::Sender<()>>,
-}
-
-impl State {
-    fn status(&self) -> Status {
-        self.status.unwrap_or(Status::Initializing)
-    }
-
-    fn push(&self, frame: String) {
-        match &self.connection {
-            Some(connection) if connection.commands.send(Command::Frame(frame)).is_ok() => {}
-            _ => tracing::debug!("a message was not sent: the connection is gone"),
-        }
-    }
-
-    fn user_mut(&mut self, username: &str) -> Option<&mut User> {
-        self.users.iter_mut().find(|user| user.username == username)
-    }
-}
-
-pub(crate) struct Inner {
-    config: Config,
-    pub(crate) events: Events,
-    state: ReentrantMutex<RefCell<State>>,
-}
 
 /// A Krmx client: one WebSocket connection that links to one user at a time.
 ///
@@ -125,16 +63,14 @@ pub(crate) struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let guard = self.lock();
-        let state = guard.borrow();
         f.debug_struct("Client")
-            .field("status", &state.status())
-            .field("username", &state.username)
+            .field("status", &self.status())
+            .field("username", &self.username())
             .finish_non_exhaustive()
     }
 }
@@ -204,15 +140,11 @@ impl ClientBuilder {
     /// ```
     pub fn build(self) -> Client {
         Client {
-            inner: Arc::new(Inner {
-                config: Config {
-                    version: self.version,
-                    reconnect: self.reconnect,
-                    close_timeout: self.close_timeout,
-                },
-                events: Events::default(),
-                state: ReentrantMutex::new(RefCell::new(State::default())),
-            }),
+            inner: Arc::new(Shared::new(Config {
+                version: self.version,
+                reconnect: self.reconnect,
+                close_timeout: self.close_timeout,
+            })),
         }
     }
 }
@@ -243,21 +175,13 @@ impl Client {
         }
     }
 
-    pub(crate) fn from_inner(inner: Arc<Inner>) -> Client {
-        Client { inner }
-    }
-
-    fn lock(&self) -> ReentrantMutexGuard<'_, RefCell<State>> {
-        self.inner.state.lock()
-    }
-
     /// The current status.
     ///
     /// ```
     /// assert_eq!(emitter_client::Client::new().status(), emitter_client::Status::Initializing);
     /// ```
     pub fn status(&self) -> Status {
-        self.lock().borrow().status()
+        self.inner.status()
     }
 
     /// The user this client is linked to, or is linking or unlinking; `None` when there is none. During an `unlink`
@@ -268,7 +192,7 @@ impl Client {
     /// assert_eq!(emitter_client::Client::new().username(), None);
     /// ```
     pub fn username(&self) -> Option<String> {
-        self.lock().borrow().username.clone()
+        self.inner.username()
     }
 
     /// The users on the server, in the order the server listed them, kept up to date from the `krmx/joined`,
@@ -281,7 +205,7 @@ impl Client {
     /// assert!(emitter_client::Client::new().users().is_empty());
     /// ```
     pub fn users(&self) -> Vec<User> {
-        self.lock().borrow().users.clone()
+        self.inner.users()
     }
 
     /// The protocol version this client sends when it links.
@@ -291,15 +215,6 @@ impl Client {
     /// ```
     pub fn version(&self) -> &str {
         &self.inner.config.version
-    }
-
-    pub(crate) fn epoch(&self) -> u64 {
-        self.lock().borrow().epoch
-    }
-
-    /// Emits an event: the any-event listeners first, then the event's own. Never call with the state borrowed.
-    fn emit(&self, event: ClientEvent<'_>) {
-        self.inner.events.emit(&event);
     }
 
     /// Opens a WebSocket to `url` (`ws://host:port/path`). Allowed when the client is `initializing` or `closed`.
@@ -317,56 +232,9 @@ impl Client {
     /// # }
     /// ```
     pub fn connect(&self, url: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        self.bump_epoch_if(|status| matches!(status, Status::Initializing | Status::Closed));
-        self.open(url)
-    }
-
-    /// `connect` without stopping a reconnect: what the reconnect itself uses.
-    pub(crate) fn open(&self, url: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let started = self.start_open(url);
-        async move {
-            match started {
-                Ok(opened) => opened.await.unwrap_or(Err(Error::ConnectionClosed)),
-                Err(error) => Err(error),
-            }
-        }
-    }
-
-    fn start_open(&self, url: &str) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
-        let guard = self.lock();
-        let (generation, opened) = {
-            let mut state = guard.borrow_mut();
-            let status = state.status();
-            if !matches!(status, Status::Initializing | Status::Closed) {
-                return Err(Error::wrong_status("connect", status));
-            }
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return Err(Error::NoRuntime);
-            };
-            state.status = Some(Status::Connecting);
-            state.generation += 1;
-            let generation = state.generation;
-            let (tx, commands) = mpsc::unbounded_channel();
-            state.connection = Some(Connection {
-                generation,
-                commands: tx,
-            });
-            state.url = Some(url.to_owned());
-            let (opened_tx, opened) = oneshot::channel();
-            state.opening = Some(opened_tx);
-            let task = connection::run(
-                Arc::downgrade(&self.inner),
-                generation,
-                url.to_owned(),
-                commands,
-                self.inner.config.close_timeout,
-            );
-            runtime.spawn(task);
-            (generation, opened)
-        };
-        tracing::debug!(url, generation, "connecting");
-        self.emit(ClientEvent::Connecting);
-        Ok(opened)
+        self.inner
+            .bump_epoch_if(|status| matches!(status, Status::Initializing | Status::Closed));
+        Shared::open(&self.inner, url)
     }
 
     /// Links this connection to `username`, with an optional `auth` string for the server's authenticate listeners.
@@ -390,47 +258,13 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn link(&self, username: &str, auth: Option<&str>) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let started = self.start_link(username, auth, true);
+        let started = self.inner.start_link(username, auth, true);
         async move {
             match started {
                 Ok(linked) => linked.await,
                 Err(error) => Err(error),
             }
         }
-    }
-
-    /// Sends a link request; `by_user` is false for a reconnect's relink, which must not stop itself.
-    pub(crate) fn start_link(
-        &self,
-        username: &str,
-        auth: Option<&str>,
-        by_user: bool,
-    ) -> Result<impl Future<Output = Result<(), Error>> + Send + 'static, Error> {
-        let guard = self.lock();
-        let linked = {
-            let mut state = guard.borrow_mut();
-            let status = state.status();
-            if status != Status::Connected {
-                return Err(Error::wrong_status("link", status));
-            }
-            if by_user {
-                state.epoch += 1;
-            }
-            state.status = Some(Status::Linking);
-            state.username = Some(username.to_owned());
-            state.linked_as = Some((username.to_owned(), auth.map(str::to_owned)));
-            let (tx, linked) = oneshot::channel();
-            state.linking = Some(tx);
-            linked
-        };
-        self.emit(ClientEvent::Linking);
-        let mut payload = json!({ "username": username, "version": self.inner.config.version });
-        if let Some(auth) = auth {
-            payload["auth"] = Value::String(auth.to_owned());
-        }
-        let request = json!({ "type": "krmx/link", "payload": payload });
-        guard.borrow().push(request.to_string());
-        Ok(async move { linked.await.unwrap_or(Err(Error::ConnectionClosed)) })
     }
 
     /// Unlinks this connection from its user, which stays on the server (unlinked) until it leaves or is kicked.
@@ -453,7 +287,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn unlink(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        self.request_unlink("unlink", "krmx/unlink")
+        self.inner.request_unlink("unlink", "krmx/unlink")
     }
 
     /// Tells the server that this client's user leaves: it is unlinked and removed, and everyone else gets a
@@ -476,35 +310,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn leave(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        self.request_unlink("leave", "krmx/leave")
-    }
-
-    fn request_unlink(&self, action: &'static str, kind: &str) -> impl Future<Output = Result<(), Error>> + 'static {
-        let started = (|| {
-            let guard = self.lock();
-            let unlinked = {
-                let mut state = guard.borrow_mut();
-                let status = state.status();
-                if status != Status::Linked {
-                    return Err(Error::wrong_status(action, status));
-                }
-                state.epoch += 1;
-                state.status = Some(Status::Unlinking);
-                state.linked_as = None;
-                let (tx, unlinked) = oneshot::channel();
-                state.unlinking = Some(tx);
-                unlinked
-            };
-            self.emit(ClientEvent::Unlinking);
-            guard.borrow().push(json!({ "type": kind }).to_string());
-            Ok(unlinked)
-        })();
-        async move {
-            match started {
-                Ok(unlinked) => unlinked.await.unwrap_or(Err(Error::ConnectionClosed)),
-                Err(error) => Err(error),
-            }
-        }
+        self.inner.request_unlink("leave", "krmx/leave")
     }
 
     /// Closes the connection. Allowed when `connected`, `linking` or `unlinking`; with `force`, also when
@@ -527,30 +333,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn disconnect(&self, force: bool) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let started = (|| {
-            let guard = self.lock();
-            let closed = {
-                let mut state = guard.borrow_mut();
-                let status = state.status();
-                let allowed = matches!(status, Status::Connected | Status::Linking | Status::Unlinking)
-                    || (force && matches!(status, Status::Connecting | Status::Linked | Status::Closing));
-                if !allowed {
-                    return Err(Error::wrong_status("disconnect", status));
-                }
-                state.epoch += 1;
-                state.status = Some(Status::Closing);
-                state.username = None;
-                state.linked_as = None;
-                let (tx, closed) = oneshot::channel();
-                state.closing.push(tx);
-                closed
-            };
-            self.emit(ClientEvent::Closing);
-            if let Some(connection) = &guard.borrow().connection {
-                let _ = connection.commands.send(Command::Close);
-            }
-            Ok(closed)
-        })();
+        let started = self.inner.start_disconnect(force);
         async move {
             match started {
                 // The waiter is dropped unanswered only if the client itself is gone: the socket is closed then too.
@@ -585,7 +368,8 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn send(&self, message: &Message) -> Result<(), Error> {
-        self.send_frame(&message.kind, || serde_json::to_string(message).map_err(Error::from))
+        self.inner
+            .send_frame(&message.kind, || serde_json::to_string(message).map_err(Error::from))
     }
 
     /// Sends any value that serializes to a JSON object with a string `type`, extra fields and all, such as a
@@ -604,7 +388,7 @@ impl Client {
         let Some(kind) = value.get("type").and_then(Value::as_str) else {
             return Err(Error::NotAMessage);
         };
-        self.send_frame(kind, || Ok(value.to_string()))
+        self.inner.send_frame(kind, || Ok(value.to_string()))
     }
 
     /// Sends a message of type `kind` whose payload is `payload` serialized to JSON. Allowed when `linked`.
@@ -627,289 +411,5 @@ impl Client {
             Status::Linked => Ok(()),
             status => Err(Error::wrong_status("send", status)),
         }
-    }
-
-    fn send_frame(&self, kind: &str, encode: impl FnOnce() -> Result<String, Error>) -> Result<(), Error> {
-        let guard = self.lock();
-        let state = guard.borrow();
-        let status = state.status();
-        if status != Status::Linked {
-            return Err(Error::wrong_status("send", status));
-        }
-        if kind.starts_with(RESERVED_PREFIX) {
-            return Err(Error::ReservedType);
-        }
-        state.push(encode()?);
-        Ok(())
-    }
-
-    /// Moves the epoch on if the status allows what the user asked for, stopping a reconnect under way.
-    fn bump_epoch_if(&self, allowed: impl FnOnce(Status) -> bool) {
-        let guard = self.lock();
-        let mut state = guard.borrow_mut();
-        if allowed(state.status()) {
-            state.epoch += 1;
-        }
-    }
-
-    // ---- called by the connection task ----
-
-    /// The socket of `generation` is open.
-    pub(crate) fn opened(&self, generation: u64) {
-        let guard = self.lock();
-        let opening = {
-            let mut state = guard.borrow_mut();
-            if state.connection.as_ref().map(|c| c.generation) != Some(generation) {
-                return;
-            }
-            // A forced disconnect while connecting: the close is on its way, and `connect` fails with it.
-            if state.status() != Status::Connecting {
-                return;
-            }
-            state.status = Some(Status::Connected);
-            state.opening.take()
-        };
-        tracing::debug!(generation, "connected");
-        self.emit(ClientEvent::Connect);
-        if let Some(opening) = opening {
-            let _ = opening.send(Ok(()));
-        }
-    }
-
-    /// The socket of `generation` closed, or never opened (`cause`).
-    pub(crate) fn closed(&self, generation: u64, cause: Option<Arc<dyn std::error::Error + Send + Sync>>) {
-        let guard = self.lock();
-        let (url, opening, linking, unlinking, closing, relink) = {
-            let mut state = guard.borrow_mut();
-            if state.connection.as_ref().map(|c| c.generation) != Some(generation) {
-                return;
-            }
-            state.connection = None;
-            let was = state.status();
-            state.status = Some(Status::Closed);
-            state.username = None;
-            state.users.clear();
-            let url = state.url.clone().unwrap_or_default();
-            let relink = match (&self.inner.config.reconnect, was, state.linked_as.take()) {
-                (Some(policy), Status::Linked, Some((username, auth))) => {
-                    state.epoch += 1;
-                    Some((
-                        policy.clone(),
-                        Plan {
-                            url: url.clone(),
-                            username,
-                            auth,
-                            epoch: state.epoch,
-                        },
-                    ))
-                }
-                _ => None,
-            };
-            (
-                url,
-                state.opening.take(),
-                state.linking.take(),
-                state.unlinking.take(),
-                std::mem::take(&mut state.closing),
-                relink,
-            )
-        };
-        tracing::debug!(generation, "closed");
-        self.emit(ClientEvent::Close);
-        if let Some(opening) = opening {
-            let _ = opening.send(Err(Error::Connect { url, cause }));
-        }
-        for pending in [linking, unlinking].into_iter().flatten() {
-            let _ = pending.send(Err(Error::ConnectionClosed));
-        }
-        for waiter in closing {
-            let _ = waiter.send(());
-        }
-        if let Some((policy, plan)) = relink {
-            tracing::info!(
-                username = plan.username,
-                url = plan.url,
-                "connection lost while linked: reconnecting"
-            );
-            tokio::spawn(reconnect::run(Arc::downgrade(&self.inner), policy, plan));
-        }
-    }
-
-    /// One frame from the server on the socket of `generation`.
-    pub(crate) fn receive(&self, generation: u64, bytes: &[u8]) {
-        let guard = self.lock();
-        if guard.borrow().connection.as_ref().map(|c| c.generation) != Some(generation) {
-            return;
-        }
-        let message = match protocol::parse(bytes) {
-            Ok(message) => message,
-            Err(_) => {
-                tracing::warn!(
-                    bytes = bytes.len(),
-                    "the server sent a frame that is not a Krmx message; ignored"
-                );
-                return;
-            }
-        };
-        if message.is_reserved() {
-            return self.apply(&message);
-        }
-        let status = guard.borrow().status();
-        if status == Status::Linked {
-            self.emit(ClientEvent::Message { message: &message });
-        } else {
-            tracing::warn!(kind = message.kind, %status, "unexpectedly received a custom message; ignored");
-        }
-    }
-
-    /// Applies a `krmx/` message from the server.
-    fn apply(&self, message: &Message) {
-        let field = |name: &str| {
-            message
-                .payload
-                .as_ref()
-                .and_then(|p| p.get(name))
-                .and_then(Value::as_str)
-        };
-        let (kind, name) = match message.kind.as_str() {
-            "krmx/accepted" => return self.accepted(),
-            "krmx/rejected" => ("krmx/rejected", field("reason")),
-            kind @ ("krmx/joined" | "krmx/linked" | "krmx/unlinked" | "krmx/left") => (kind, field("username")),
-            other => {
-                tracing::warn!(kind = other, "unexpected krmx message; ignored");
-                return;
-            }
-        };
-        let Some(name) = name else {
-            tracing::warn!(kind, "a krmx message without its payload; ignored");
-            return;
-        };
-        match kind {
-            "krmx/rejected" => self.rejected(name),
-            "krmx/joined" => self.joined(name),
-            "krmx/linked" => self.linked(name),
-            "krmx/unlinked" => self.unlinked(name),
-            _ => self.left(name),
-        }
-    }
-
-    fn accepted(&self) {
-        let guard = self.lock();
-        {
-            let mut state = guard.borrow_mut();
-            let status = state.status();
-            let Some(username) = state.username.clone().filter(|_| status == Status::Linking) else {
-                tracing::warn!(%status, "krmx/accepted without a link request; ignored");
-                return;
-            };
-            state.status = Some(Status::Linked);
-            state.users = vec![User {
-                username,
-                is_linked: true,
-            }];
-        }
-        self.emit(ClientEvent::Accept);
-    }
-
-    fn rejected(&self, reason: &str) {
-        let guard = self.lock();
-        let linking = {
-            let mut state = guard.borrow_mut();
-            let status = state.status();
-            // Only a link request is answered with a rejection that ends it. A server also rejects messages that
-            // reached it after it unlinked this connection (`unlinked connection`); such a late reply says nothing
-            // about a link request sent after it.
-            if status != Status::Linking || reason == UNLINKED_CONNECTION {
-                tracing::debug!(reason, %status, "a rejection that answers no link request; ignored");
-                return;
-            }
-            state.status = Some(Status::Connected);
-            state.username = None;
-            state.linked_as = None;
-            state.linking.take()
-        };
-        tracing::debug!(reason, "link rejected");
-        self.emit(ClientEvent::Reject { reason });
-        if let Some(linking) = linking {
-            let _ = linking.send(Err(Error::Rejected(reason.to_owned())));
-        }
-    }
-
-    fn joined(&self, username: &str) {
-        let guard = self.lock();
-        {
-            let mut state = guard.borrow_mut();
-            let is_self = state.username.as_deref() == Some(username);
-            match state.user_mut(username) {
-                Some(user) => user.is_linked = is_self,
-                None => state.users.push(User {
-                    username: username.to_owned(),
-                    is_linked: is_self,
-                }),
-            }
-        }
-        self.emit(ClientEvent::Join { username });
-    }
-
-    fn linked(&self, username: &str) {
-        let guard = self.lock();
-        let linking = {
-            let mut state = guard.borrow_mut();
-            let Some(user) = state.user_mut(username) else {
-                tracing::warn!(username, "krmx/linked for a user that did not join; ignored");
-                return;
-            };
-            user.is_linked = true;
-            let is_self = state.username.as_deref() == Some(username) && state.status() == Status::Linked;
-            if is_self {
-                state.linking.take()
-            } else {
-                None
-            }
-        };
-        self.emit(ClientEvent::Link { username });
-        if let Some(linking) = linking {
-            let _ = linking.send(Ok(()));
-        }
-    }
-
-    fn unlinked(&self, username: &str) {
-        let guard = self.lock();
-        let is_self = {
-            let mut state = guard.borrow_mut();
-            let Some(user) = state.user_mut(username) else {
-                tracing::warn!(username, "krmx/unlinked for a user that did not join; ignored");
-                return;
-            };
-            user.is_linked = false;
-            let is_self = state.username.as_deref() == Some(username);
-            if is_self {
-                state.status = Some(Status::Connected);
-                state.users.clear();
-                state.linked_as = None;
-            }
-            is_self
-        };
-        // As in the reference, the username is cleared only after the listeners ran, so they can tell a self unlink.
-        self.emit(ClientEvent::Unlink { username });
-        if is_self {
-            let unlinking = {
-                let mut state = guard.borrow_mut();
-                // A listener may have linked again meanwhile; then the username is the new link's.
-                if state.status() == Status::Connected && state.username.as_deref() == Some(username) {
-                    state.username = None;
-                }
-                state.unlinking.take()
-            };
-            if let Some(unlinking) = unlinking {
-                let _ = unlinking.send(Ok(()));
-            }
-        }
-    }
-
-    fn left(&self, username: &str) {
-        let guard = self.lock();
-        guard.borrow_mut().users.retain(|user| user.username != username);
-        self.emit(ClientEvent::Leave { username });
     }
 }

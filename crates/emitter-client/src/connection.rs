@@ -1,5 +1,8 @@
 //! One task per connection: it opens the WebSocket, writes the frames the client queues, and hands every frame it
 //! reads to the client. Pings are answered by tungstenite itself.
+//!
+//! The task knows the client only as a [`Handler`], and only weakly: it keeps no client alive, and it does not depend
+//! on how the client applies what it reports.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -10,7 +13,16 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::client::{Client, Inner};
+/// What the connection task reports, each time with its socket's `generation`: a client ignores the reports of a
+/// socket that is no longer its current one.
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// The socket is open.
+    fn opened(this: &Arc<Self>, generation: u64);
+    /// One frame from the server, text or binary.
+    fn received(this: &Arc<Self>, generation: u64, bytes: &[u8]);
+    /// The socket closed, or never opened (`cause`).
+    fn closed(this: &Arc<Self>, generation: u64, cause: Option<Arc<dyn std::error::Error + Send + Sync>>);
+}
 
 /// What the client asks of its connection task.
 pub(crate) enum Command {
@@ -22,8 +34,9 @@ pub(crate) enum Command {
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-pub(crate) async fn run(
-    client: Weak<Inner>,
+/// Opens a WebSocket to `url` and serves it until it closes, or until the client is gone.
+pub(crate) async fn run<H: Handler>(
+    client: Weak<H>,
     generation: u64,
     url: String,
     mut commands: mpsc::UnboundedReceiver<Command>,
@@ -44,7 +57,7 @@ pub(crate) async fn run(
         }
     };
     match client.upgrade() {
-        Some(inner) => Client::from_inner(inner).opened(generation),
+        Some(handler) => H::opened(&handler, generation),
         None => return close(&mut socket, close_timeout).await,
     }
     loop {
@@ -81,7 +94,7 @@ pub(crate) async fn run(
                     None => break,
                 };
                 match client.upgrade() {
-                    Some(inner) => Client::from_inner(inner).receive(generation, bytes),
+                    Some(handler) => H::received(&handler, generation, bytes),
                     None => {
                         close(&mut socket, close_timeout).await;
                         break;
@@ -119,8 +132,8 @@ async fn drain(socket: &mut Socket, timeout: Duration) {
     }
 }
 
-fn finish(client: &Weak<Inner>, generation: u64, cause: Option<Arc<dyn std::error::Error + Send + Sync>>) {
-    if let Some(inner) = client.upgrade() {
-        Client::from_inner(inner).closed(generation, cause);
+fn finish<H: Handler>(client: &Weak<H>, generation: u64, cause: Option<Arc<dyn std::error::Error + Send + Sync>>) {
+    if let Some(handler) = client.upgrade() {
+        H::closed(&handler, generation, cause);
     }
 }

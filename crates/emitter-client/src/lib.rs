@@ -34,11 +34,22 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+// The modules form layers; each uses only layers below its own, so there are no cycles:
+//   listeners, client       the public API: `on_*`/`once_*`/`wait_for_*`, and everything else
+//   requests, incoming      the state changes: what the application asks for, what the connection reports
+//   state                   the configuration, the listener lists, and the state behind the dispatch lock
+//   connection, reconnect   the socket task and the reconnect loop, which know the client only through the traits
+//                           they define (`Handler`, `Relink`) and only weakly
+//   event, error            the events and the errors
 mod client;
 mod connection;
 mod error;
 mod event;
+mod incoming;
+mod listeners;
 mod reconnect;
+mod requests;
+mod state;
 
 pub use client::{Client, ClientBuilder, DEFAULT_CLOSE_TIMEOUT, DEFAULT_VERSION};
 pub use emitter_core::events::Subscription;

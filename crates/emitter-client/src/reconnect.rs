@@ -1,22 +1,22 @@
 //! The opt-in reconnect policy: when a linked client's connection drops, connect again and relink the same user.
 
-use std::sync::Weak;
+use std::future::Future;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::client::{Client, Inner};
 use crate::error::{Error, Status};
 
 /// How a client reconnects after its connection dropped while it was linked. Off unless set with
 /// [`ClientBuilder::reconnect`](crate::ClientBuilder::reconnect); the reference client never reconnects by itself.
 ///
 /// When the WebSocket closes while the client is [`Linked`](Status::Linked), and the close was not asked for
-/// ([`disconnect`](Client::disconnect), [`leave`](Client::leave) and [`unlink`](Client::unlink) never trigger it), the
-/// client waits, connects to the same URL and links the same username with the same auth again. Every step emits
-/// its usual events (`close`, then `connecting`, `connect`, `linking`, `accept`, `link` …). A failed connect or a
-/// rejected link is retried after a delay that starts at [`initial_delay`](Reconnect::initial_delay) and is multiplied
-/// by [`multiplier`](Reconnect::multiplier) after each failure, up to [`max_delay`](Reconnect::max_delay), until
-/// [`max_attempts`](Reconnect::max_attempts) attempts have failed. Calling `connect`, `link`, `unlink`, `leave` or
-/// `disconnect` yourself stops a reconnect that is under way.
+/// ([`disconnect`](crate::Client::disconnect), [`leave`](crate::Client::leave) and [`unlink`](crate::Client::unlink)
+/// never trigger it), the client waits, connects to the same URL and links the same username with the same auth
+/// again. Every step emits its usual events (`close`, then `connecting`, `connect`, `linking`, `accept`, `link` …).
+/// A failed connect or a rejected link is retried after a delay that starts at
+/// [`initial_delay`](Reconnect::initial_delay) and is multiplied by [`multiplier`](Reconnect::multiplier) after each
+/// failure, up to [`max_delay`](Reconnect::max_delay), until [`max_attempts`](Reconnect::max_attempts) attempts have
+/// failed. Calling `connect`, `link`, `unlink`, `leave` or `disconnect` yourself stops a reconnect that is under way.
 ///
 /// A server only unlinks a user when it notices the old connection is gone; until then a relink is rejected with
 /// `user … is already linked to a connection`, and the policy simply retries.
@@ -141,8 +141,23 @@ pub(crate) struct Plan {
     pub(crate) epoch: u64,
 }
 
+/// What a reconnect needs of a client: the reconnect knows the client only through this, and only weakly.
+pub(crate) trait Relink: Send + Sync + 'static {
+    /// Moves on whenever the user asks for something.
+    fn epoch(&self) -> u64;
+    fn status(&self) -> Status;
+    /// Opens a new socket to `url`, as `connect` does, but without stopping the reconnect.
+    fn open(this: &Arc<Self>, url: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static;
+    /// Sends a link request, as `link` does, but without stopping the reconnect.
+    fn relink(
+        this: &Arc<Self>,
+        username: &str,
+        auth: Option<&str>,
+    ) -> Result<impl Future<Output = Result<(), Error>> + Send + 'static, Error>;
+}
+
 /// Connects again and relinks until it worked, the policy gives up, or the user took over (the epoch moved on).
-pub(crate) async fn run(client: Weak<Inner>, policy: Reconnect, plan: Plan) {
+pub(crate) async fn run<R: Relink>(client: Weak<R>, policy: Reconnect, plan: Plan) {
     let Plan {
         url,
         username,
@@ -157,15 +172,14 @@ pub(crate) async fn run(client: Weak<Inner>, policy: Reconnect, plan: Plan) {
             return;
         }
         tokio::time::sleep(policy.delay(attempt)).await;
-        let Some(inner) = client.upgrade() else { return };
-        let client = Client::from_inner(inner);
+        let Some(client) = client.upgrade() else { return };
         if client.epoch() != epoch {
             tracing::debug!(username, "reconnect: stopped, the client was told to do something else");
             return;
         }
         if client.status() == Status::Closed {
             tracing::debug!(username, url, attempt, "reconnect: connecting");
-            if let Err(error) = client.open(&url).await {
+            if let Err(error) = R::open(&client, &url).await {
                 tracing::debug!(%error, attempt, "reconnect: connect failed");
                 continue;
             }
@@ -173,7 +187,7 @@ pub(crate) async fn run(client: Weak<Inner>, policy: Reconnect, plan: Plan) {
         if client.epoch() != epoch {
             return;
         }
-        match client.start_link(&username, auth.as_deref(), false) {
+        match R::relink(&client, &username, auth.as_deref()) {
             Ok(linked) => match linked.await {
                 Ok(()) => {
                     tracing::info!(username, url, attempt, "reconnect: linked again");

@@ -11,14 +11,7 @@ use emitter_core::{AcceptedVersions, Message, Server};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{start, start_default, within};
-
-fn user(username: &str, is_linked: bool) -> User {
-    User {
-        username: username.to_owned(),
-        is_linked,
-    }
-}
+use support::{connect_and_link, record_snapshots, start, start_default, user, within, Snapshot};
 
 fn names(users: &[User]) -> Vec<(String, bool)> {
     let mut list: Vec<_> = users.iter().map(|u| (u.username.clone(), u.is_linked)).collect();
@@ -28,8 +21,7 @@ fn names(users: &[User]) -> Vec<(String, bool)> {
 
 async fn linked_client(url: &str, username: &str) -> Client {
     let client = Client::new();
-    within("connect", client.connect(url)).await.unwrap();
-    within("link", client.link(username, None)).await.unwrap();
+    connect_and_link(&client, url, username).await;
     client
 }
 
@@ -189,8 +181,7 @@ async fn preconditions_have_the_reference_wording() {
         "cannot send when the client is closed"
     );
     // A closed client connects again.
-    within("connect", client.connect(&url)).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &url, "simon").await;
     within("server close", server.close()).await.unwrap();
 }
 
@@ -246,8 +237,7 @@ async fn a_returning_user_sees_who_joined_meanwhile() {
     within("server unlink", unlinked).await;
 
     let lisa = Client::new();
-    within("connect", lisa.connect(&url)).await.unwrap();
-    within("link", lisa.link("lisa", None)).await.unwrap();
+    connect_and_link(&lisa, &url, "lisa").await;
     assert_eq!(names(&lisa.users()), [("lisa".into(), true), ("simon".into(), false)]);
     let unlinked = server.wait_for_unlink();
     within("disconnect", lisa.disconnect(true)).await.unwrap();
@@ -289,27 +279,12 @@ async fn a_once_listener_fires_once() {
     within("server close", server.close()).await.unwrap();
 }
 
-type Snapshot = (String, Status, Option<String>, Vec<User>);
-
 /// The reference's fifth client test: every event, with the status, username and users a listener sees at it.
 #[tokio::test]
 async fn every_event_with_the_state_at_that_moment() {
     let (server, url) = start_default().await;
     let client = Client::new();
-    let seen: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
-    let (s, c) = (seen.clone(), client.clone());
-    let _any = client.on_any(move |event| {
-        let detail = match event {
-            ClientEvent::Reject { reason } => format!("reject {reason}"),
-            ClientEvent::Join { username }
-            | ClientEvent::Link { username }
-            | ClientEvent::Unlink { username }
-            | ClientEvent::Leave { username } => format!("{} {username}", event.name()),
-            ClientEvent::Message { message } => format!("message {}", message.kind),
-            other => other.name().to_owned(),
-        };
-        s.lock().push((detail, c.status(), c.username(), c.users()));
-    });
+    let seen = record_snapshots(&client);
 
     within("connect", client.connect(&url)).await.unwrap();
     let _ = within("link", client.link("inv#lid", None)).await.unwrap_err();
@@ -517,8 +492,7 @@ async fn the_version_sent_is_configurable() {
     // The default is accepted.
     let client = Client::new();
     assert_eq!(client.version(), emitter_client::DEFAULT_VERSION);
-    within("connect", client.connect(&url)).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &url, "simon").await;
     within("server close", server.close()).await.unwrap();
 }
 
@@ -619,8 +593,7 @@ async fn listeners_can_call_back_into_the_client() {
         }
     });
     let greeted = server.wait_for_message();
-    within("connect", client.connect(&url)).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &url, "simon").await;
     let (from, message) = within("greeting", greeted).await;
     assert_eq!((from.as_str(), message.payload), ("simon", Some(json!("simon"))));
     // A panicking listener is isolated: the others run and the client carries on.

@@ -1,8 +1,9 @@
-//! The Rust client against the reference server, `@krmx/server` from npm, started by `node interop/krmx-server.js`.
+//! The Rust client against the reference server, `@krmx/server` from npm, started by
+//! `node tests/interop/krmx-server.js`.
 //!
-//! Skipped, with a printed note, when `interop/node_modules` is absent (a machine with only the Rust toolchain); with
-//! `EMITTER_INTEROP=1` (as CI's `.ci/steps/30-interop.sh` sets it) a missing install fails instead. The npm server is
-//! a 0.5 release: it accepts `0.5.*` link requests only, so these clients send version 0.5.5.
+//! Skipped, with a printed note, when `tests/interop/node_modules` is absent (a machine with only the Rust
+//! toolchain); with `EMITTER_INTEROP=1` (as CI's `.ci/steps/30-interop.sh` sets it) a missing install fails instead.
+//! The npm server is a 0.5 release: it accepts `0.5.*` link requests only, so these clients send version 0.5.5.
 
 mod support;
 
@@ -11,11 +12,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_client::{Client, ClientEvent, Error, Message, Reconnect, Status, User};
+use emitter_client::{Client, ClientEvent, Error, Message, Reconnect, Status};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{within, Proxy};
+use support::{connect_and_link, record_snapshots, user, within, Proxy, Snapshot};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -34,13 +35,13 @@ impl NodeServer {
 }
 
 fn interop_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
     if dir.join("node_modules/@krmx/server").is_dir() {
         return Some(dir);
     }
     if std::env::var("EMITTER_INTEROP").is_ok_and(|value| value == "1") {
         panic!(
-            "EMITTER_INTEROP=1 but {} has no node_modules/@krmx/server: run `npm ci` in interop/",
+            "EMITTER_INTEROP=1 but {} has no node_modules/@krmx/server: run `npm ci` in tests/interop/",
             dir.display()
         );
     }
@@ -50,8 +51,8 @@ fn interop_dir() -> Option<PathBuf> {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED interop_krmx_server: interop/node_modules is absent, so the Rust client is not checked against \
-             the real @krmx/server. Run `npm ci` in interop/ (or `just interop`) to check it."
+            "SKIPPED interop_krmx_server: tests/interop/node_modules is absent, so the Rust client is not checked against \
+             the real @krmx/server. Run `npm ci` in tests/interop/ (or `just interop`) to check it."
         );
     });
     None
@@ -90,16 +91,8 @@ fn client() -> Client {
 
 async fn linked(url: &str, username: &str) -> Client {
     let client = client();
-    within("connect", client.connect(url)).await.unwrap();
-    within("link", client.link(username, None)).await.unwrap();
+    connect_and_link(&client, url, username).await;
     client
-}
-
-fn user(username: &str, is_linked: bool) -> User {
-    User {
-        username: username.to_owned(),
-        is_linked,
-    }
 }
 
 async fn rejection(client: &Client, username: &str, auth: Option<&str>) -> String {
@@ -123,8 +116,7 @@ async fn the_version_is_what_the_npm_server_checks() {
         )
     );
     let client = client();
-    within("connect", client.connect(&server.url())).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &server.url(), "simon").await;
     assert_eq!(client.status(), Status::Linked);
 }
 
@@ -242,27 +234,12 @@ async fn others_join_link_unlink_and_leave() {
     );
 }
 
-type Snapshot = (String, Status, Option<String>, Vec<User>);
-
 /// The reference client's event test, with the reference server: every event with the state a listener sees.
 #[tokio::test]
 async fn every_event_with_the_state_at_that_moment() {
     let Some(server) = start().await else { return };
     let client = client();
-    let seen: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
-    let (s, c) = (seen.clone(), client.clone());
-    let _any = client.on_any(move |event| {
-        let detail = match event {
-            ClientEvent::Reject { reason } => format!("reject {reason}"),
-            ClientEvent::Join { username }
-            | ClientEvent::Link { username }
-            | ClientEvent::Unlink { username }
-            | ClientEvent::Leave { username } => format!("{} {username}", event.name()),
-            ClientEvent::Message { message } => format!("message {}", message.kind),
-            other => other.name().to_owned(),
-        };
-        s.lock().push((detail, c.status(), c.username(), c.users()));
-    });
+    let seen = record_snapshots(&client);
     within("connect", client.connect(&server.url())).await.unwrap();
     let _ = within("link", client.link("inv#lid", None)).await.unwrap_err();
     within("link", client.link("simon", None)).await.unwrap();
@@ -318,8 +295,7 @@ async fn a_dropped_connection_is_relinked_by_the_reconnect_policy() {
         .version(VERSION)
         .reconnect(Reconnect::new().initial_delay(Duration::from_millis(20)))
         .build();
-    within("connect", client.connect(&proxy.url())).await.unwrap();
-    within("link", client.link("dropper", None)).await.unwrap();
+    connect_and_link(&client, &proxy.url(), "dropper").await;
 
     let unlinked = watcher.wait_for_unlink_when(|u| u == "dropper");
     let relinked_seen = watcher.wait_for_link_when(|u| u == "dropper");

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emitter_client::{Client, ClientEvent, Reconnect, Status};
-use emitter_core::Message;
+use emitter_core::{Message, Server};
 use parking_lot::Mutex;
-use support::{start_default, within, Proxy};
+use support::{connect_and_link, start_default, within, Proxy};
+use tokio::sync::Notify;
 
 fn fast() -> Reconnect {
     Reconnect::new()
@@ -32,11 +33,32 @@ fn record(client: &Client) -> Arc<Mutex<Vec<String>>> {
     seen
 }
 
+/// A default server, and a proxy in front of it whose connections the test cuts.
+async fn proxied() -> (Server, Proxy) {
+    let (server, url) = start_default().await;
+    let proxy = Proxy::to(&url).await;
+    (server, proxy)
+}
+
+/// Notified on the `n`th close event from now on.
+fn nth_close(client: &Client, n: usize) -> Arc<Notify> {
+    let closes = Arc::new(Mutex::new(0usize));
+    let nth = Arc::new(Notify::new());
+    let notify = nth.clone();
+    // Kept for the client's lifetime.
+    let _ = client.on_close(move || {
+        let mut closes = closes.lock();
+        *closes += 1;
+        if *closes == n {
+            notify.notify_one();
+        }
+    });
+    nth
+}
+
 #[tokio::test]
 async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
-    let (server, url) = start_default().await;
-    let port = support::port_of(&url);
-    let proxy = Proxy::start(port).await;
+    let (server, proxy) = proxied().await;
     let client = Client::builder().reconnect(fast()).build();
     within("connect", client.connect(&proxy.url())).await.unwrap();
     within("link", client.link("simon", Some("token"))).await.unwrap();
@@ -82,24 +104,12 @@ async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
 
 #[tokio::test]
 async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
-    let (server, url) = start_default().await;
-    let port = support::port_of(&url);
-    let proxy = Proxy::start(port).await;
+    let (server, proxy) = proxied().await;
     let client = Client::builder().reconnect(fast()).build();
-    within("connect", client.connect(&proxy.url())).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &proxy.url(), "simon").await;
 
     // While the proxy refuses, every attempt fails to connect (a close event each, after the drop's own).
-    let closes = Arc::new(Mutex::new(0usize));
-    let three_failures = Arc::new(tokio::sync::Notify::new());
-    let (c, n) = (closes.clone(), three_failures.clone());
-    let _count = client.on_close(move || {
-        let mut closes = c.lock();
-        *closes += 1;
-        if *closes == 4 {
-            n.notify_one();
-        }
-    });
+    let three_failures = nth_close(&client, 4);
     proxy.refuse(true);
     let before = proxy.accepted();
     let relinked = client.wait_for_link_when(|u| u == "simon");
@@ -116,8 +126,7 @@ async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
 
 #[tokio::test]
 async fn the_policy_gives_up_after_max_attempts() {
-    let (server, url) = start_default().await;
-    let proxy = Proxy::start(support::port_of(&url)).await;
+    let (server, proxy) = proxied().await;
     let client = Client::builder()
         .reconnect(
             Reconnect::new()
@@ -126,19 +135,9 @@ async fn the_policy_gives_up_after_max_attempts() {
                 .max_attempts(2),
         )
         .build();
-    within("connect", client.connect(&proxy.url())).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &proxy.url(), "simon").await;
     let seen = record(&client);
-    let closes = Arc::new(Mutex::new(0usize));
-    let third_close = Arc::new(tokio::sync::Notify::new());
-    let (c, n) = (closes.clone(), third_close.clone());
-    let _count = client.on_close(move || {
-        let mut closes = c.lock();
-        *closes += 1;
-        if *closes == 3 {
-            n.notify_one();
-        }
-    });
+    let third_close = nth_close(&client, 3);
     proxy.refuse(true);
     proxy.cut();
     // The drop's close, then one per failed attempt.
@@ -156,18 +155,14 @@ async fn the_policy_gives_up_after_max_attempts() {
 
 #[tokio::test]
 async fn asked_for_closes_and_server_side_unlinks_do_not_reconnect() {
-    let (server, url) = start_default().await;
-    let port = support::port_of(&url);
-    let proxy = Proxy::start(port).await;
+    let (server, proxy) = proxied().await;
     let client = Client::builder().reconnect(fast()).build();
 
     // disconnect(true) while linked.
-    within("connect", client.connect(&proxy.url())).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &proxy.url(), "simon").await;
     within("disconnect", client.disconnect(true)).await.unwrap();
     // Kicked, then the connection drops while only connected.
-    within("connect", client.connect(&proxy.url())).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &proxy.url(), "simon").await;
     let kicked = client.wait_for_leave();
     server.kick("simon").unwrap();
     within("kick", kicked).await;
@@ -187,20 +182,18 @@ async fn asked_for_closes_and_server_side_unlinks_do_not_reconnect() {
 #[tokio::test]
 async fn a_user_action_stops_a_reconnect_under_way() {
     let (server, url) = start_default().await;
-    let proxy = Proxy::start(support::port_of(&url)).await;
+    let proxy = Proxy::to(&url).await;
     let first_retry = Duration::from_secs(1);
     let client = Client::builder()
         .reconnect(Reconnect::new().initial_delay(first_retry))
         .build();
-    within("connect", client.connect(&proxy.url())).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &proxy.url(), "simon").await;
     let closed = client.wait_for_close();
     proxy.cut();
     within("close", closed).await;
     let closed_at = tokio::time::Instant::now();
     // Before the first retry, the user connects straight to the server and links someone else.
-    within("connect", client.connect(&url)).await.unwrap();
-    within("link", client.link("lisa", None)).await.unwrap();
+    connect_and_link(&client, &url, "lisa").await;
     let accepted = proxy.accepted();
     // Past the time of the first retry, nothing went through the proxy.
     tokio::time::sleep_until(closed_at + first_retry + Duration::from_millis(300)).await;
@@ -212,12 +205,9 @@ async fn a_user_action_stops_a_reconnect_under_way() {
 
 #[tokio::test]
 async fn without_a_policy_a_dropped_connection_stays_closed() {
-    let (server, url) = start_default().await;
-    let port = support::port_of(&url);
-    let proxy = Proxy::start(port).await;
+    let (server, proxy) = proxied().await;
     let client = Client::new();
-    within("connect", client.connect(&proxy.url())).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &proxy.url(), "simon").await;
     let closed = client.wait_for_close();
     proxy.cut();
     within("close", closed).await;
@@ -225,7 +215,6 @@ async fn without_a_policy_a_dropped_connection_stays_closed() {
     assert_eq!(client.username(), None);
     assert!(client.users().is_empty());
     // The application relinks by hand, as with the reference client.
-    within("connect", client.connect(&proxy.url())).await.unwrap();
-    within("link", client.link("simon", None)).await.unwrap();
+    connect_and_link(&client, &proxy.url(), "simon").await;
     within("server close", server.close()).await.unwrap();
 }

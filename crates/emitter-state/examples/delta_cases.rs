@@ -1,4 +1,4 @@
-//! Random delta cases for the interop test against jsondiffpatch 0.5.0 (`interop/test/delta.test.js`).
+//! Random delta cases for the interop test against jsondiffpatch 0.5.0 (`tests/interop/test/delta.test.js`).
 //!
 //! ```text
 //! delta_cases cases [COUNT] [SEED]   COUNT lines {"left", "right", "delta"}: a seeded random pair and

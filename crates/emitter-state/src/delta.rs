@@ -3,7 +3,7 @@
 //! [`diff`] computes what changed between two JSON values, and [`patch`] applies such a change. The reference
 //! Projection model (`@krmx/state`) sends its clients `jsondiffpatch.diff(before, after)` and they apply it with
 //! `jsondiffpatch.patch`, so a delta made here must be one that function applies; the interop test in
-//! `interop/test/delta.test.js` checks that against the real package from npm.
+//! `tests/interop/test/delta.test.js` checks that against the real package from npm.
 //!
 //! # The format
 //!

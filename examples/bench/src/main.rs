@@ -12,7 +12,6 @@
 
 use emitter_core::Server;
 use tokio::io::AsyncReadExt;
-use tracing_subscriber::EnvFilter;
 
 /// Connections one process may hold. The default of 10,000 turns the 19,000-user scale run away (HTTP 503); each
 /// connection is a file descriptor, and this machine's per-process limit is 20,000.
@@ -43,17 +42,9 @@ async fn stdin_closed() {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
-        .init();
-    let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port
-            .parse()
-            .map_err(|_| format!("PORT must be a port number, not {port:?}"))?,
-        Err(_) => 8084,
-    };
+    example_support::init_tracing("warn");
+    let listener = example_support::bind_port(8084).await?;
     let server = build();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let port = emitter_axum::listen_on(&server, listener).await?;
     println!("bench server on ws://127.0.0.1:{port}/");
 

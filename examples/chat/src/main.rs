@@ -3,7 +3,8 @@
 //! `{"type":"chat/message","payload":{"username":…,"text":…}}`; anything else is ignored.
 //!
 //! Runs on `PORT` (default 8082) until Ctrl-C. The whole program is this one file and `index.html`, so that the book's
-//! getting-started chapter can show it as it is.
+//! getting-started chapter can show it as it is; that is why it starts up on its own rather than with
+//! `examples/support` as the other examples do: a reader's first crate has no such helper.
 
 use axum::response::Html;
 use axum::routing::get;

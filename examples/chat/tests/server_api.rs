@@ -6,16 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emitter_core::{Event, Message, Server};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use emitter_testing::{within, ws_url, Receive, TestClient};
+use serde_json::json;
 use std::sync::Mutex;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
-
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 // ---- the samples --------------------------------------------------------------------------------------------------
 
@@ -174,55 +167,8 @@ async fn close_and_wait(server: &Server) -> Result<(), emitter_core::Error> {
 
 // ---- the tests ----------------------------------------------------------------------------------------------------
 
-async fn start(server: &Server) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    emitter_axum::listen_on(server, listener).await.unwrap()
-}
-
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(TIMEOUT, ws.next()).await {
-            Ok(Some(Ok(WsMessage::Text(text)))) => return serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-}
-
-async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
-    loop {
-        let message = recv(ws).await;
-        if message["type"] == kind {
-            return message;
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, message: Value) {
-    ws.send(WsMessage::text(message.to_string())).await.unwrap();
-}
-
-/// Connects and asks to link; returns the socket and `Ok` or the rejection reason.
-async fn attempt(port: u16, username: &str) -> (Ws, Result<(), String>) {
-    let (mut ws, _) = connect_async(format!("ws://127.0.0.1:{port}/")).await.unwrap();
-    let link = json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}});
-    send(&mut ws, link).await;
-    let answer = recv(&mut ws).await;
-    match answer["type"].as_str() {
-        Some("krmx/accepted") => (ws, Ok(())),
-        _ => (
-            ws,
-            Err(answer["payload"]["reason"].as_str().unwrap_or_default().to_owned()),
-        ),
-    }
-}
-
-async fn link(port: u16, username: &str) -> Ws {
-    let (mut ws, outcome) = attempt(port, username).await;
-    assert_eq!(outcome, Ok(()));
-    let own = json!({"type": "krmx/linked", "payload": {"username": username}});
-    while recv(&mut ws).await != own {}
-    ws
+async fn start(server: &Server) -> String {
+    ws_url(emitter_testing::listen(server).await, "/")
 }
 
 #[tokio::test]
@@ -230,18 +176,15 @@ async fn events_come_in_the_documented_order() {
     let server = Server::new();
     log_lifecycle(&server);
     let seen = record_events(&server);
-    let port = start(&server).await;
-    let mut simon = link(port, "simon").await;
+    let url = start(&server).await;
+    let simon = TestClient::linked(&url, "simon").await;
     let message = server.wait_for_message();
-    send(&mut simon, json!({"type": "custom/hello"})).await;
-    tokio::time::timeout(TIMEOUT, message).await.unwrap();
+    simon.send(json!({"type": "custom/hello"}));
+    within("a message", message).await;
     let left = server.wait_for_leave();
-    send(&mut simon, json!({"type": "krmx/leave"})).await;
-    tokio::time::timeout(TIMEOUT, left).await.unwrap();
-    tokio::time::timeout(TIMEOUT, close_and_wait(&server))
-        .await
-        .unwrap()
-        .unwrap();
+    simon.client().leave().await.unwrap();
+    within("a leave", left).await;
+    within("the close", close_and_wait(&server)).await.unwrap();
     assert_eq!(
         *seen.lock().unwrap(),
         [
@@ -262,29 +205,29 @@ async fn send_broadcast_and_kick() {
     let server = Server::new();
     welcome(&server);
     commands(&server);
-    let port = start(&server).await;
-    let mut admin = link(port, "admin").await;
-    let welcome = recv_type(&mut admin, "room/welcome").await;
+    let url = start(&server).await;
+    let mut admin = TestClient::linked(&url, "admin").await;
+    let welcome = admin.recv_type("room/welcome").await;
     assert_eq!(
         welcome["payload"]["users"],
         json!([{"username": "admin", "isLinked": true}])
     );
-    let mut lisa = link(port, "lisa").await;
+    let mut lisa = TestClient::linked(&url, "lisa").await;
     assert_eq!(
-        recv_type(&mut lisa, "room/welcome").await["payload"]["users"][1]["username"],
+        lisa.recv_type("room/welcome").await["payload"]["users"][1]["username"],
         "lisa"
     );
 
-    send(&mut lisa, json!({"type": "room/say", "payload": "hi"})).await;
-    let said = recv_type(&mut admin, "room/said").await;
+    lisa.send(json!({"type": "room/say", "payload": "hi"}));
+    let said = admin.recv_type("room/said").await;
     assert_eq!(said["payload"], json!({"from": "lisa", "text": "hi"}));
 
-    send(&mut lisa, json!({"type": "room/kick", "payload": "admin"})).await; // not the admin: ignored
-    send(&mut admin, json!({"type": "room/kick", "payload": "nobody"})).await;
-    assert_eq!(recv(&mut admin).await, json!({"type": "room/no-such-user"}));
-    send(&mut admin, json!({"type": "room/kick", "payload": "lisa"})).await;
-    assert_eq!(recv_type(&mut lisa, "krmx/left").await["payload"]["username"], "lisa");
-    assert_eq!(recv_type(&mut admin, "krmx/left").await["payload"]["username"], "lisa");
+    lisa.send(json!({"type": "room/kick", "payload": "admin"})); // not the admin: ignored
+    admin.send(json!({"type": "room/kick", "payload": "nobody"}));
+    assert_eq!(admin.recv().await, json!({"type": "room/no-such-user"}));
+    admin.send(json!({"type": "room/kick", "payload": "lisa"}));
+    assert_eq!(lisa.recv_type("krmx/left").await["payload"]["username"], "lisa");
+    assert_eq!(admin.recv_type("krmx/left").await["payload"]["username"], "lisa");
     assert_eq!(server.users().len(), 1);
     server.close().await.unwrap();
 }
@@ -294,21 +237,21 @@ async fn once_wait_for_and_unsubscribe() {
     let server = Server::new();
     let host = first_user_hosts(&server);
     let (votes, poll) = open_poll(&server);
-    let port = start(&server).await;
-    let mut simon = link(port, "simon").await;
-    let _lisa = link(port, "lisa").await;
+    let url = start(&server).await;
+    let simon = TestClient::linked(&url, "simon").await;
+    let _lisa = TestClient::linked(&url, "lisa").await;
     assert_eq!(host.lock().unwrap().as_deref(), Some("simon"));
 
     let ready = until_ready(&server);
-    send(&mut simon, json!({"type": "poll/vote"})).await;
-    send(&mut simon, json!({"type": "game/ready"})).await;
-    assert_eq!(tokio::time::timeout(TIMEOUT, ready).await.unwrap(), "simon");
+    simon.send(json!({"type": "poll/vote"}));
+    simon.send(json!({"type": "game/ready"}));
+    assert_eq!(within("game/ready", ready).await, "simon");
     assert_eq!(*votes.lock().unwrap(), 1); // the vote came before game/ready, on the same connection
 
     poll.unsubscribe();
     let after = server.wait_for_message();
-    send(&mut simon, json!({"type": "poll/vote"})).await;
-    tokio::time::timeout(TIMEOUT, after).await.unwrap();
+    simon.send(json!({"type": "poll/vote"}));
+    within("a message", after).await;
     assert_eq!(*votes.lock().unwrap(), 1);
     server.close().await.unwrap();
 }
@@ -317,21 +260,24 @@ async fn once_wait_for_and_unsubscribe() {
 async fn authentication_sync_async_and_timeout() {
     let server = Server::builder().auth_timeout(Duration::from_secs(5)).build();
     authenticate(&server);
-    let port = start(&server).await;
+    let url = start(&server).await;
     assert_eq!(
-        attempt(port, "guest1").await.1,
+        TestClient::attempt(&url, "guest1", None).await.1,
         Err("guests are not allowed".to_owned())
     );
     assert_eq!(
-        attempt(port, "stranger").await.1,
+        TestClient::attempt(&url, "stranger", None).await.1,
         Err("stranger has no account".to_owned())
     );
-    assert_eq!(attempt(port, "simon").await.1, Ok(()));
+    assert_eq!(TestClient::attempt(&url, "simon", None).await.1, Ok(()));
     server.close().await.unwrap();
 
     let server = undecided();
-    let port = start(&server).await;
-    assert_eq!(attempt(port, "simon").await.1, Err("authentication timeout".to_owned()));
+    let url = start(&server).await;
+    assert_eq!(
+        TestClient::attempt(&url, "simon", None).await.1,
+        Err("authentication timeout".to_owned())
+    );
     server.close().await.unwrap();
 }
 
@@ -340,15 +286,12 @@ async fn a_configured_server() {
     let server = configured();
     assert_eq!(server.config().path(), "/ws");
     assert!(!server.config().accept_new_users());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = emitter_axum::listen_on(&server, listener).await.unwrap();
+    let port = emitter_testing::listen(&server).await;
     server.join("simon").unwrap();
-    let (mut ws, _) = connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
-    for (username, answer) in [("lisa", "krmx/rejected"), ("simon", "krmx/accepted")] {
-        let link = json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}});
-        send(&mut ws, link).await;
-        let reply = recv(&mut ws).await;
-        assert_eq!(reply["type"], answer, "{reply}");
+    let mut client = TestClient::connect(&ws_url(port, "/ws")).await;
+    for (username, accepted) in [("lisa", false), ("simon", true)] {
+        let answer = client.link(username, None).await;
+        assert_eq!(answer.is_ok(), accepted, "{username}: {answer:?}");
     }
     close_and_wait(&server).await.unwrap();
 }

@@ -2,26 +2,15 @@
 //! (default 8788), both at path `/`, on `HOST` (default 127.0.0.1: a test server stays on loopback unless asked),
 //! until Ctrl-C.
 
+use example_support::env_number;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
-
-fn port_from_env(name: &str, default: u16) -> u16 {
-    match std::env::var(name) {
-        Ok(port) => port
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a port number (0-65535), got {port:?}")),
-        Err(_) => default,
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    example_support::init_tracing("info");
     let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".to_owned());
-    let main_port = port_from_env("PORT", 8787);
-    let closed_port = port_from_env("CLOSED_PORT", 8788);
+    let main_port: u16 = env_number("PORT", 8787)?;
+    let closed_port: u16 = env_number("CLOSED_PORT", 8788)?;
 
     let main_listener = TcpListener::bind((host.as_str(), main_port))
         .await

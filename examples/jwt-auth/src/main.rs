@@ -5,21 +5,13 @@
 use std::time::Duration;
 
 use example_jwt_auth::{build, expires_in, issue, Bans};
-use tracing_subscriber::EnvFilter;
 
 const DEV_SECRET: &str = "emitter-dev-secret-do-not-use-in-production";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-    let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port
-            .parse()
-            .map_err(|_| format!("PORT must be a port number, not {port:?}"))?,
-        Err(_) => 8084,
-    };
+    example_support::init_tracing("info");
+    let listener = example_support::bind_port(8084).await?;
     let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| {
         tracing::warn!("JWT_SECRET is not set: using a development secret");
         DEV_SECRET.to_owned()
@@ -28,7 +20,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bans = Bans::default();
     bans.ban("mallory").await;
     let server = build(secret.as_bytes(), bans);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let port = emitter_axum::listen_on(&server, listener).await?;
     println!("jwt-auth on ws://localhost:{port}/ (Ctrl-C to stop); link messages to try, valid for an hour:");
     for username in ["simon", "lisa", "mallory"] {

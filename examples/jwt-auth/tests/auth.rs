@@ -1,11 +1,9 @@
 //! JWT authentication over a real socket: each way a token can fail, and the one way it passes.
 
-mod support;
-
 use std::time::Duration;
 
+use emitter_testing::{ws_url, TestClient};
 use example_jwt_auth::{build, expires_in, issue, Bans};
-use support::{attempt, start};
 
 const SECRET: &[u8] = b"test-secret";
 
@@ -16,8 +14,8 @@ fn token(username: &str) -> String {
 #[tokio::test]
 async fn a_valid_token_for_the_username_links() {
     let server = build(SECRET, Bans::default());
-    let port = start(&server).await;
-    let (_simon, outcome) = attempt(port, "simon", Some(&token("simon"))).await;
+    let url = ws_url(emitter_testing::listen(&server).await, "/");
+    let (_simon, outcome) = TestClient::attempt(&url, "simon", Some(&token("simon"))).await;
     assert_eq!(outcome, Ok(()));
     assert!(server.user("simon").is_some_and(|user| user.is_linked));
     server.close().await.unwrap();
@@ -28,7 +26,7 @@ async fn bad_tokens_are_rejected_with_a_reason() {
     let bans = Bans::default();
     bans.ban("mallory").await;
     let server = build(SECRET, bans);
-    let port = start(&server).await;
+    let url = ws_url(emitter_testing::listen(&server).await, "/");
 
     let expired = issue(SECRET, "simon", 1_000_000).unwrap(); // in 1970
     let forged = issue(b"another-secret", "simon", expires_in(Duration::from_secs(60))).unwrap();
@@ -41,7 +39,7 @@ async fn bad_tokens_are_rejected_with_a_reason() {
         ("mallory", Some(token("mallory")), "mallory is banned"),
     ];
     for (username, auth, reason) in cases {
-        let (_ws, outcome) = attempt(port, username, auth.as_deref()).await;
+        let (_ws, outcome) = TestClient::attempt(&url, username, auth.as_deref()).await;
         assert_eq!(outcome, Err(reason.to_owned()), "{username} {auth:?}");
     }
     assert!(server.users().is_empty());

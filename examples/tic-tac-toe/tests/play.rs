@@ -1,92 +1,60 @@
 //! Games over real sockets on loopback: players, a spectator, a refresh in the middle of a game.
 
-use std::time::Duration;
-
-use futures_util::{SinkExt, StreamExt};
+use emitter_testing::{linked, unlinked, within, ws_url, Receive, TestClient};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use tokio::net::TcpListener;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn start() -> (emitter_core::Server, u16) {
+async fn start() -> (emitter_core::Server, String) {
     let server = example_tic_tac_toe::build();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = example_tic_tac_toe::app(&server);
     let port = emitter_axum::serve(&server, listener, app).await.unwrap();
-    (server, port)
-}
-
-async fn send(ws: &mut Ws, message: Value) {
-    ws.send(WsMessage::text(message.to_string())).await.unwrap();
-}
-
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(TIMEOUT, ws.next()).await {
-            Ok(Some(Ok(WsMessage::Text(text)))) => return serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
+    (server, ws_url(port, "/ws"))
 }
 
 /// Reads messages until one of type `kind` arrives, and returns its payload.
-async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
-    loop {
-        let message = recv(ws).await;
-        if message["type"] == kind {
-            return message["payload"].clone();
-        }
-    }
+async fn recv_type(client: &mut TestClient, kind: &str) -> Value {
+    client.recv_type(kind).await["payload"].clone()
 }
 
-/// Links as `username` and returns the socket and the table it gets on linking.
-async fn link(port: u16, username: &str) -> (Ws, Value) {
-    let (mut ws, _) = connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
-    send(
-        &mut ws,
-        json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}}),
-    )
-    .await;
-    assert_eq!(recv(&mut ws).await, json!({"type": "krmx/accepted"}));
-    let state = recv_type(&mut ws, "ttt/state").await;
-    (ws, state)
+/// Links as `username` and returns the client and the table it gets on linking.
+async fn link(url: &str, username: &str) -> (TestClient, Value) {
+    let (mut client, outcome) = TestClient::attempt(url, username, None).await;
+    assert_eq!(outcome, Ok(()), "{username}");
+    let state = recv_type(&mut client, "ttt/state").await;
+    (client, state)
 }
 
-async fn play(ws: &mut Ws, cell: u64) {
-    send(ws, json!({"type": "ttt/move", "payload": cell})).await;
+fn play(client: &TestClient, cell: u64) {
+    client.send(json!({"type": "ttt/move", "payload": cell}));
 }
 
 #[tokio::test]
 async fn two_players_play_to_a_win_while_a_spectator_watches() {
-    let (server, port) = start().await;
-    let (mut alice, state) = link(port, "alice").await;
+    let (server, url) = start().await;
+    let (mut alice, state) = link(&url, "alice").await;
     assert_eq!(state["status"], "waiting");
     assert_eq!(state["x"], "alice");
-    let (mut bob, state) = link(port, "bob").await;
+    let (mut bob, state) = link(&url, "bob").await;
     assert_eq!((state["x"].as_str(), state["o"].as_str()), (Some("alice"), Some("bob")));
     assert_eq!(state["status"], "playing");
     assert_eq!(state["turn"], "x");
-    let (mut carol, _) = link(port, "carol").await;
+    let (mut carol, _) = link(&url, "carol").await;
 
     // Alice waiting for bob got the table when he sat down.
     assert_eq!(recv_type(&mut alice, "ttt/state").await["status"], "playing");
 
     // Carol watches; she cannot move. Bob cannot move out of turn.
-    play(&mut carol, 4).await;
+    play(&carol, 4);
     assert_eq!(recv_type(&mut carol, "ttt/error").await, "spectators cannot move");
-    play(&mut bob, 4).await;
+    play(&bob, 4);
     assert_eq!(recv_type(&mut bob, "ttt/error").await, "it is not your turn");
 
     // x: 0 1 2 wins; o: 3 4. Carol sees every move.
     let mut seen = Value::Null;
     for (player, cell) in [(0, 0), (1, 3), (0, 1), (1, 4), (0, 2)] {
-        let ws = if player == 0 { &mut alice } else { &mut bob };
-        play(ws, cell).await;
+        let client = if player == 0 { &alice } else { &bob };
+        play(client, cell);
         seen = recv_type(&mut carol, "ttt/state").await;
         assert_eq!(seen["board"][cell as usize], if player == 0 { "x" } else { "o" });
     }
@@ -95,14 +63,14 @@ async fn two_players_play_to_a_win_while_a_spectator_watches() {
     assert_eq!(seen["line"], json!([0, 1, 2]));
 
     // The game is over: moves are refused until a player starts a new game, which the other mark opens.
-    play(&mut bob, 5).await;
+    play(&bob, 5);
     assert_eq!(recv_type(&mut bob, "ttt/error").await, "the game is over");
-    send(&mut carol, json!({"type": "ttt/restart"})).await;
+    carol.send(json!({"type": "ttt/restart"}));
     assert_eq!(
         recv_type(&mut carol, "ttt/error").await,
         "spectators cannot restart the game"
     );
-    send(&mut bob, json!({"type": "ttt/restart"})).await;
+    bob.send(json!({"type": "ttt/restart"}));
     let fresh = recv_type(&mut carol, "ttt/state").await;
     assert_eq!(fresh["status"], "playing");
     assert_eq!(fresh["turn"], "o");
@@ -115,50 +83,44 @@ async fn two_players_play_to_a_win_while_a_spectator_watches() {
 
 #[tokio::test]
 async fn a_refreshed_player_relinks_and_gets_the_board() {
-    let (server, port) = start().await;
-    let (mut alice, _) = link(port, "alice").await;
-    let (mut bob, _) = link(port, "bob").await;
-    play(&mut alice, 4).await;
+    let (server, url) = start().await;
+    let (alice, _) = link(&url, "alice").await;
+    let (mut bob, _) = link(&url, "bob").await;
+    play(&alice, 4);
     assert_eq!(recv_type(&mut bob, "ttt/state").await["board"][4], "x");
 
     // Alice refreshes her page: the socket drops, her user stays, unlinked, and keeps the seat.
-    let unlinked = server.wait_for_unlink_when(|username| username == "alice");
+    let unlinking = server.wait_for_unlink_when(|username| username == "alice");
     drop(alice);
-    tokio::time::timeout(TIMEOUT, unlinked).await.unwrap();
-    assert_eq!(
-        recv(&mut bob).await,
-        json!({"type": "krmx/unlinked", "payload": {"username": "alice"}})
-    );
+    within("alice's unlink", unlinking).await;
+    assert_eq!(bob.recv().await, unlinked("alice"));
 
     // The game goes on meanwhile.
-    play(&mut bob, 0).await;
+    play(&bob, 0);
     assert_eq!(recv_type(&mut bob, "ttt/state").await["board"][0], "o");
 
     // The new page links as alice again and gets the board as it is now.
-    let (mut alice, state) = link(port, "alice").await;
+    let (alice, state) = link(&url, "alice").await;
     assert_eq!(state["x"], "alice");
     assert_eq!(state["board"][4], "x");
     assert_eq!(state["board"][0], "o");
     assert_eq!(state["turn"], "x");
-    assert_eq!(
-        recv(&mut bob).await,
-        json!({"type": "krmx/linked", "payload": {"username": "alice"}})
-    );
-    play(&mut alice, 8).await;
+    assert_eq!(bob.recv().await, linked("alice"));
+    play(&alice, 8);
     assert_eq!(recv_type(&mut bob, "ttt/state").await["board"][8], "x");
     server.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_player_who_leaves_frees_the_seat_for_the_first_spectator() {
-    let (server, port) = start().await;
-    let (_alice, _) = link(port, "alice").await;
-    let (mut bob, _) = link(port, "bob").await;
-    let (mut carol, _) = link(port, "carol").await;
-    let (_dave, state) = link(port, "dave").await;
+    let (server, url) = start().await;
+    let (_alice, _) = link(&url, "alice").await;
+    let (mut bob, _) = link(&url, "bob").await;
+    let (mut carol, _) = link(&url, "carol").await;
+    let (_dave, state) = link(&url, "dave").await;
     assert_eq!((state["x"].as_str(), state["o"].as_str()), (Some("alice"), Some("bob")));
 
-    send(&mut bob, json!({"type": "krmx/leave"})).await;
+    bob.client().leave().await.unwrap();
     let state = recv_type(&mut carol, "ttt/state").await;
     assert_eq!(
         (state["x"].as_str(), state["o"].as_str()),

@@ -358,6 +358,22 @@ pub fn table(results: &Results) -> String {
     out
 }
 
+/// An SVG document of `width` × `height` on white, with `title` at its top left; the caller adds the rest and closes
+/// it with `</svg>`.
+fn svg_start(width: f64, height: f64, title: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="10" y="22" font-size="15" font-weight="bold">{title}</text>"#
+    );
+    out
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -388,15 +404,10 @@ pub fn svg(results: &Results) -> String {
     let x = |ratio: f64| left + (ratio.log10().clamp(lo, hi) - lo) / (hi - lo) * plot;
     let height = top + rows.len() as f64 * row_h + 40.0;
     let width = left + plot + 30.0;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="10" y="22" font-size="15" font-weight="bold">emitter's advantage (×, log scale; right of 1× is better for emitter)</text>"#
+    let mut out = svg_start(
+        width,
+        height,
+        "emitter's advantage (×, log scale; right of 1× is better for emitter)",
     );
     for (i, other) in others.iter().enumerate() {
         let lx = left + i as f64 * 140.0;

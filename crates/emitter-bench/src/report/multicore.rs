@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::versus;
+use super::{svg_start, versus};
 use crate::results::{format_ratio, format_value, verdict, Results};
 use crate::target::Target;
 
@@ -224,15 +224,10 @@ pub fn svg(results: &Results) -> String {
     let (panel_w, panel_h, left, top, gap) = (380.0, 260.0, 70.0, 80.0, 90.0);
     let width = left + 2.0 * panel_w + gap + 30.0;
     let height = if cores.is_empty() { 80.0 } else { top + panel_h + 60.0 };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="10" y="22" font-size="15" font-weight="bold">Throughput by server cores (server pinned to k CPUs, load on the others)</text>"#
+    let mut out = svg_start(
+        width,
+        height,
+        "Throughput by server cores (server pinned to k CPUs, load on the others)",
     );
     if cores.is_empty() {
         let _ = writeln!(

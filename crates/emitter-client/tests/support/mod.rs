@@ -1,44 +1,57 @@
-//! Test helpers: an in-process emitter server, bounded waits, a TCP proxy that can cut connections, and a scripted
-//! WebSocket server.
+//! Test helpers of emitter-client's own tests: an in-process emitter server, the client's events with the state at
+//! each, and a TCP proxy that can cut connections. What other crates' tests share too is in `emitter-testing`.
 //!
-//! Every wait is bounded by [`TIMEOUT`]; a test never sleeps and hopes.
-#![allow(dead_code)]
+//! Every wait is bounded by [`TIMEOUT`](emitter_testing::TIMEOUT); a test never sleeps and hopes.
+#![allow(dead_code, unused_imports)]
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
+use emitter_client::{Client, ClientEvent, Status, User};
 use emitter_core::{Server, ServerBuilder};
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-pub const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Awaits `future` for at most [`TIMEOUT`], naming `what` in the panic if it takes longer.
-pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(TIMEOUT, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
+pub use emitter_testing::{user, within};
 
 /// Starts `builder`'s server on a free loopback port; returns it with its `ws://` URL.
 pub async fn start(builder: ServerBuilder) -> (Server, String) {
     let server = builder.build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = emitter_axum::listen_on(&server, listener).await.unwrap();
-    (server, format!("ws://127.0.0.1:{port}/"))
-}
-
-/// The port of a `ws://127.0.0.1:PORT/` URL.
-pub fn port_of(url: &str) -> u16 {
-    let port = url.trim_start_matches("ws://127.0.0.1:").trim_end_matches('/');
-    port.parse().unwrap_or_else(|_| panic!("not a loopback URL: {url}"))
+    let port = emitter_testing::listen(&server).await;
+    (server, emitter_testing::ws_url(port, "/"))
 }
 
 pub async fn start_default() -> (Server, String) {
     start(Server::builder()).await
+}
+
+/// Connects `client` to `url` and links it as `username`, without auth; panics if either fails.
+pub async fn connect_and_link(client: &Client, url: &str, username: &str) {
+    within("connect", client.connect(url)).await.unwrap();
+    within("link", client.link(username, None)).await.unwrap();
+}
+
+/// An event as a line (`join simon`, `reject invalid username`, `message custom/hi`), with the status, username and
+/// users a listener sees at it.
+pub type Snapshot = (String, Status, Option<String>, Vec<User>);
+
+/// Records every event of `client` as a [`Snapshot`], in order.
+pub fn record_snapshots(client: &Client) -> Arc<Mutex<Vec<Snapshot>>> {
+    let seen: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
+    let (s, c) = (seen.clone(), client.clone());
+    let _ = client.on_any(move |event| {
+        let detail = match event {
+            ClientEvent::Reject { reason } => format!("reject {reason}"),
+            ClientEvent::Join { username }
+            | ClientEvent::Link { username }
+            | ClientEvent::Unlink { username }
+            | ClientEvent::Leave { username } => format!("{} {username}", event.name()),
+            ClientEvent::Message { message } => format!("message {}", message.kind),
+            other => other.name().to_owned(),
+        };
+        s.lock().push((detail, c.status(), c.username(), c.users()));
+    });
+    seen
 }
 
 /// A loopback TCP proxy in front of a server: [`cut`](Proxy::cut) drops every connection through it (to both sides,
@@ -52,6 +65,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy to the server at `url` (`ws://127.0.0.1:PORT/`).
+    pub async fn to(url: &str) -> Proxy {
+        let port = url.trim_start_matches("ws://127.0.0.1:").trim_end_matches('/');
+        Proxy::start(port.parse().unwrap_or_else(|_| panic!("not a loopback URL: {url}"))).await
+    }
+
     pub async fn start(target_port: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = Proxy {

@@ -2,19 +2,10 @@
 // board back. TTT_URL is the running example; the test is skipped without it.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { launch } from "./browser.mjs";
+import { launch, openAndLink, screenshot, usernames, WAIT } from "./browser.mjs";
 
 const TTT_URL = process.env.TTT_URL;
-const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "artifacts");
-const WAIT = { timeout: 15_000 };
-// Names of this run, so that a rerun against the same server meets no users of an earlier one.
-const run = Math.random().toString(36).slice(2, 6);
-const ALICE = `alice-${run}`;
-const BOB = `bob-${run}`;
-const CAROL = `carol-${run}`;
+const [ALICE, BOB, CAROL] = usernames("alice", "bob", "carol");
 
 let context;
 let browser;
@@ -30,17 +21,7 @@ after(async () => {
   await browser?.close();
 });
 
-async function open(username) {
-  const page = await context.newPage();
-  page.on("pageerror", (error) => pageErrors.push(`${username}: ${error.message}`));
-  await page.goto(TTT_URL);
-  await page.locator("#status", { hasText: "connected" }).waitFor(WAIT);
-  await page.fill("#username", username);
-  await page.click("#link-button");
-  await page.locator("#status", { hasText: `linked as ${username}` }).waitFor(WAIT);
-  return page;
-}
-
+const open = (username) => openAndLink(context, TTT_URL, username, pageErrors);
 const cell = (page, n) => page.locator(`#board button[data-cell="${n}"]`);
 
 /** Waits until the board reads `marks`, row by row, with `.` for an empty cell. */
@@ -87,8 +68,7 @@ test("two players and a spectator; a reloaded player gets the board back", { ski
   await says(carol, `${ALICE} (✕) wins.`);
   await alice.locator("#restart").waitFor({ state: "visible", ...WAIT });
 
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await carol.screenshot({ path: join(ARTIFACTS, "tic-tac-toe.png") });
+  await screenshot(carol, "tic-tac-toe.png");
   // Everyone leaves, the spectator first (a player's free seat would go to her), so the table is empty again.
   for (const page of [carol, bob, alice]) {
     await page.click("#leave");

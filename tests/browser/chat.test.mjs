@@ -5,18 +5,10 @@
 // Debian's /usr/bin/chromium (CHROMIUM to use another), driven by playwright-core, which never downloads a browser.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { launch } from "./browser.mjs";
+import { launch, openAndLink, screenshot, usernames, WAIT } from "./browser.mjs";
 
 const CHAT_URL = process.env.CHAT_URL;
-const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "artifacts");
-const WAIT = { timeout: 15_000 };
-// Names of this run, so that a rerun against the same server meets no users of an earlier one.
-const run = Math.random().toString(36).slice(2, 6);
-const ALICE = `alice-${run}`;
-const BOB = `bob-${run}`;
+const [ALICE, BOB] = usernames("alice", "bob");
 
 let context;
 let browser;
@@ -33,12 +25,7 @@ after(async () => {
 });
 
 async function open(username) {
-  const page = await context.newPage();
-  page.on("pageerror", (error) => pageErrors.push(`${username}: ${error.message}`));
-  await page.goto(CHAT_URL);
-  await page.locator("#status", { hasText: "connected" }).waitFor(WAIT);
-  await page.fill("#username", username);
-  await page.click("#link-button");
+  const page = await openAndLink(context, CHAT_URL, username, pageErrors);
   await linked(page, username);
   return page;
 }
@@ -93,8 +80,7 @@ test("two users chat, come and go, and a reloaded page relinks", { timeout: 120_
   await say(bob, "back after a reload");
   await logShows(alice, `${BOB}back after a reload`);
 
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await alice.screenshot({ path: join(ARTIFACTS, "chat.png") });
+  await screenshot(alice, "chat.png");
 
   // Bob leaves: alice sees him go, and his page offers to link again.
   await bob.click("#leave");

@@ -14,7 +14,7 @@ if (typeof globalThis.WebSocket === 'undefined') {
   globalThis.WebSocket = WebSocket;
 }
 
-const ROOT = path.resolve(__dirname, '..', '..');
+const ROOT = path.resolve(__dirname, '..', '..', '..'); // the repository root, above tests/interop/lib
 const TIMEOUT_MS = 5000;
 
 /** Resolves with `promise`, or rejects naming `what` if it takes longer than TIMEOUT_MS. */

@@ -100,12 +100,22 @@ async fn redis_restarted_empty_is_an_epoch_change_everywhere_until_the_nodes_reo
     assert_eq!((snapshot.epoch, snapshot.seq), (new_epoch, 2));
 }
 
+/// Whether Redis is paused: a PING on a fresh connection gets no answer within 100 ms.
+fn redis_is_paused(url: &str) -> bool {
+    let client = redis::Client::open(url).unwrap();
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(100)) else {
+        return true;
+    };
+    conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    redis::cmd("PING").query::<String>(&mut conn).is_err()
+}
+
 /// A pause shorter than the lease only delays: a change sent during it completes after it, the lease holds.
 #[tokio::test]
 async fn a_redis_pause_shorter_than_the_lease_only_delays() {
     let server = redis_or_skip!();
     let options = Options {
-        lease: Duration::from_millis(1_500),
+        lease: Duration::from_millis(2_000),
         reap_interval: Some(Duration::from_millis(100)),
         ..options()
     };
@@ -116,17 +126,28 @@ async fn a_redis_pause_shorter_than_the_lease_only_delays() {
 
     let mut admin = server.admin();
     let sleeper = std::thread::spawn(move || {
-        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg("0.5").query(&mut admin).unwrap();
-        Instant::now()
+        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg("0.7").query(&mut admin).unwrap();
     });
-    // Give the DEBUG SLEEP a moment to reach Redis, so that the submit below lands inside the pause.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Submit only once Redis is seen asleep, so that the change really lands inside the pause.
+    let url = server.url();
+    within(Duration::from_secs(5), "redis pauses", async {
+        while !tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || redis_is_paused(&url)
+        })
+        .await
+        .unwrap()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     let sent = Instant::now();
     cluster.submit(&lease, Change::link("bob", 2, true)).await.unwrap();
     let waited = sent.elapsed();
-    let woke = sleeper.join().unwrap();
+    sleeper.join().unwrap();
     assert!(
-        waited >= Duration::from_millis(200),
+        waited >= Duration::from_millis(50),
         "the submit waited for the pause ({waited:?})"
     );
 
@@ -134,12 +155,11 @@ async fn a_redis_pause_shorter_than_the_lease_only_delays() {
     let mut admin = server.admin();
     let after_pause = redis_now_ms(&mut admin);
     within(Duration::from_secs(5), "a renewal after the pause", async {
-        while lease_deadline(&mut admin, "nap", "node-a").unwrap_or(0) < after_pause + 1_200 {
+        while lease_deadline(&mut admin, "nap", "node-a").unwrap_or(0) < after_pause + 1_500 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert!(woke.elapsed() < Duration::from_secs(5));
     assert_eq!(alive.lost(), None);
     let users = cluster.snapshot().await.unwrap().users;
     assert!(

@@ -6,7 +6,7 @@
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     /// In the order the scripts expect them in KEYS (see [`crate::scripts`]).
-    all: [String; 8],
+    all: [String; 9],
     pub(crate) seq_channel: String,
     pub(crate) broadcast_channel: String,
     node_channel_prefix: String,
@@ -25,6 +25,7 @@ impl Keys {
                 key("links"),
                 key("nodes"),
                 key("generation"),
+                key("connections"),
             ],
             seq_channel: key("seq"),
             broadcast_channel: key("broadcast"),
@@ -32,7 +33,7 @@ impl Keys {
         }
     }
 
-    pub(crate) fn all(&self) -> &[String; 8] {
+    pub(crate) fn all(&self) -> &[String; 9] {
         &self.all
     }
 

@@ -59,6 +59,7 @@
 //! | `links` | sorted set | `<node>/<username>` for every linked user, all scored 0: one node's users are one lex range |
 //! | `nodes` | hash | node id → `<generation> <deadline>`: the node's lease, the deadline in ms of Redis's clock (`TIME`) |
 //! | `generation` | string (integer) | the generation counter; never reset, not even by a new epoch |
+//! | `connections` | hash | `<node>/<generation>/<connection>` → the user it is linked to: a connection links one user at most |
 //!
 //! Channels (not keys): `emitter:{N}:seq` (each script that appended publishes `<last seq> <epoch>`),
 //! `emitter:{N}:broadcast` (broadcasts), `emitter:{N}:node:<node>` (messages for users linked on that node).
@@ -85,7 +86,8 @@
 //! - **submit**(epoch, node, generation, change) — checks that the node's lease is alive and of this generation
 //!   (else [`Refusal::Fenced`]), then:
 //!   - `join(user)`: refused [`JoinExistingUser`](Refusal::JoinExistingUser) if it exists; appends `join`.
-//!   - `link(user, connection, accept_new_users)`: a missing user is refused
+//!   - `link(user, connection, accept_new_users)`: a connection linked already is refused
+//!     [`ConnectionLinked`](Refusal::ConnectionLinked); a missing user is refused
 //!     [`NotAcceptingNewUsers`](Refusal::NotAcceptingNewUsers) unless accepted, then joins (`join`, then `link`, two
 //!     consecutive seqs); a linked user is refused [`AlreadyLinked`](Refusal::AlreadyLinked); appends `link` with
 //!     (node, generation, connection).
@@ -137,7 +139,8 @@
 //! - **Membership has one order.** Every change has one seq; every node applies the same entries in the same order;
 //!   so every client, on any node, gets `krmx/joined|linked|unlinked|left` in one order, and every `users()` agrees
 //!   once the nodes have caught up.
-//! - **One connection per user, cluster-wide**: the link is decided by one script against the cluster's state.
+//! - **One connection per user, one user per connection, cluster-wide**: the link is decided by one script against
+//!   the cluster's state.
 //! - **One node's messages keep their order at every other node.** A node's broadcasts and sends go through one
 //!   queue and one connection ([`Cluster::publish_broadcast`], [`Cluster::publish_send`]), and Redis delivers the
 //!   messages of one publishing connection to each subscriber in the order it received them. If a node queues them in

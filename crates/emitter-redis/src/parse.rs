@@ -81,6 +81,7 @@ pub(crate) fn refusal(code: &str, detail: String, user: &str) -> Result<Refusal>
         "unlink-unlinked" => Refusal::UnlinkUnlinkedUser,
         "kick-unknown" => Refusal::KickUnknownUser,
         "not-linked-here" => Refusal::NotLinkedHere,
+        "connection-linked" => Refusal::ConnectionLinked,
         other => return Err(malformed(&format!("refusal {other:?} ({detail})"))),
     })
 }

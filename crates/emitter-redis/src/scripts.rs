@@ -2,10 +2,11 @@
 //! execution is the cluster's order. Each script validates everything *before* its first write: Redis does not roll
 //! back a script that fails halfway, so a script must never be able to fail after writing.
 //!
-//! Every script gets the same eight keys (all under the cluster's hash tag, see [`crate::keys`]), declared in KEYS
+//! Every script gets the same nine keys (all under the cluster's hash tag, see [`crate::keys`]), declared in KEYS
 //! so that they also run on Redis Cluster, where a script may only touch the keys it declares:
 //!
-//! `KEYS[1]` epoch, `[2]` seq, `[3]` log, `[4]` users, `[5]` order, `[6]` links, `[7]` nodes, `[8]` generation.
+//! `KEYS[1]` epoch, `[2]` seq, `[3]` log, `[4]` users, `[5]` order, `[6]` links, `[7]` nodes, `[8]` generation,
+//! `[9]` connections.
 //!
 //! Replies: `{'refused', code, detail}`, or `{'ok', extra, entry, entry, …}` where each entry is the flat field list
 //! the script appended to the log (`s` seq, `k` kind, `u` user, `n` node, `g` generation, `c` connection, `r` reason,
@@ -18,8 +19,8 @@ use redis::Script;
 /// Shared by the scripts that change state: the key names, the clock, the lease and user records, and the four
 /// appends that are the only writes to `users`, `order` and `links`.
 const PRELUDE: &str = r#"
-local K_EPOCH, K_SEQ, K_LOG, K_USERS, K_ORDER, K_LINKS, K_NODES, K_GEN =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_EPOCH, K_SEQ, K_LOG, K_USERS, K_ORDER, K_LINKS, K_NODES, K_GEN, K_CONNS =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 
 local function fmt(n) return string.format('%d', n) end
 
@@ -83,16 +84,21 @@ local function do_join(user, by)
   return {join = s}
 end
 
+-- connections: "<node>/<generation>/<connection>" -> the user it is linked to.
+local function conn_key(node, gen, conn) return node .. '/' .. gen .. '/' .. conn end
+
 local function do_link(user, rec, node, gen, conn, by)
   append({'k', 'link', 'u', user, 'n', node, 'g', gen, 'c', conn, 'b', by})
   redis.call('HSET', K_USERS, user, rec.join .. ' ' .. gen .. ' ' .. conn .. ' ' .. node)
   redis.call('ZADD', K_LINKS, 0, node .. '/' .. user)
+  redis.call('HSET', K_CONNS, conn_key(node, gen, conn), user)
 end
 
 local function do_unlink(user, rec, reason, by)
   append({'k', 'unlink', 'u', user, 'n', rec.node, 'g', rec.gen, 'c', rec.conn, 'r', reason, 'b', by})
   redis.call('HSET', K_USERS, user, rec.join)
   redis.call('ZREM', K_LINKS, rec.node .. '/' .. user)
+  redis.call('HDEL', K_CONNS, conn_key(rec.node, rec.gen, rec.conn))
 end
 
 local function do_leave(user, by)
@@ -136,7 +142,7 @@ end
 const OPEN: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current then return {current, 0} end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9])
 redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
 "#;
@@ -153,6 +159,7 @@ if kind == 'join' then
   if rec then return refused('join-existing') end
   do_join(user, node)
 elseif kind == 'link' then
+  if redis.call('HEXISTS', K_CONNS, conn_key(node, gen, conn)) == 1 then return refused('connection-linked') end
   if not rec then
     if flag ~= '1' then return refused('not-accepting') end
     rec = do_join(user, node)

@@ -30,7 +30,8 @@ pub enum Change {
     },
     /// A connection of the submitting node links to a user. When the user does not exist it joins first (two
     /// entries, consecutive seqs) if `accept_new_users`, or the link is refused with
-    /// [`Refusal::NotAcceptingNewUsers`]. A linked user is refused with [`Refusal::AlreadyLinked`].
+    /// [`Refusal::NotAcceptingNewUsers`]. A linked user is refused with [`Refusal::AlreadyLinked`], a connection that
+    /// is linked already with [`Refusal::ConnectionLinked`].
     Link {
         /// The username.
         user: String,
@@ -312,6 +313,9 @@ pub enum Refusal {
     /// A change with `only`: the user is no longer linked to that connection of this node (it was unlinked, or
     /// linked elsewhere since). Nothing to do: the log has, or will have, the entry that explains it.
     NotLinkedHere,
+    /// A link from a connection that is linked to a user already: a connection is linked to at most one user. (The
+    /// core unlinks a linked connection that asks to link before it asks Redis, so this is a node's bug.)
+    ConnectionLinked,
     /// The epoch in Redis is not the caller's (`current` is `None` when there is none): the cluster state this node
     /// knew is gone. Resynchronise: [`Cluster::reopen`](crate::Cluster::reopen), a snapshot, a new lease.
     EpochChanged {
@@ -333,6 +337,7 @@ impl fmt::Display for Refusal {
             Refusal::UnlinkUnlinkedUser => f.write_str("cannot unlink a connection from a user that is not linked"),
             Refusal::KickUnknownUser => f.write_str("cannot kick a user that does not exist"),
             Refusal::NotLinkedHere => f.write_str("the user is no longer linked to this connection"),
+            Refusal::ConnectionLinked => f.write_str("this connection is already linked to a user"),
             Refusal::EpochChanged { current: Some(epoch) } => {
                 write!(f, "the cluster state was recreated (epoch {epoch})")
             }

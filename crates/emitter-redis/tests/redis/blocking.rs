@@ -46,26 +46,33 @@ async fn threads_racing_through_blocking_handles_get_one_winner_per_name() {
         racers.push((cluster.blocking(), lease));
     }
     let start = Arc::new(Barrier::new(THREADS));
+    // A thread never panics while the others may wait for it at the barrier: it records what went wrong instead.
     let threads: Vec<_> = racers
         .into_iter()
         .enumerate()
         .map(|(i, (blocking, lease))| {
             let start = start.clone();
             std::thread::spawn(move || {
-                let mut won = Vec::new();
+                let (mut won, mut failed) = (Vec::new(), Vec::new());
                 for trial in 0..TRIALS {
                     start.wait();
-                    match blocking.submit(&lease, Change::link(format!("user{trial}"), i as u64, true)) {
+                    let connection = (trial * THREADS + i) as u64;
+                    match blocking.submit(&lease, Change::link(format!("user{trial}"), connection, true)) {
                         Ok(_) => won.push(trial),
                         Err(Error::Refused(Refusal::AlreadyLinked { .. })) => {}
-                        Err(other) => panic!("{other}"),
+                        Err(other) => failed.push(format!("trial {trial}: {other}")),
                     }
                 }
-                won
+                (won, failed)
             })
         })
         .collect();
-    let mut wins: Vec<usize> = threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
+    let mut wins = Vec::new();
+    for thread in threads {
+        let (won, failed) = thread.join().unwrap();
+        assert_eq!(failed, Vec::<String>::new());
+        wins.extend(won);
+    }
     wins.sort_unstable();
     assert_eq!(wins, (0..TRIALS).collect::<Vec<_>>(), "every name won exactly once");
 }

@@ -94,6 +94,18 @@ async fn changes_get_contiguous_seqs_and_the_log_replays_to_the_same_users() {
         cluster.head().await.unwrap(),
         (Some(cluster.epoch()), seqs.len() as u64)
     );
+
+    // The connection index holds exactly the links left: alice's on node-b; node-a's connection 1 is free again.
+    let mut admin = server.admin();
+    let connections: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("emitter:{replay}:connections")
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(
+        connections,
+        [(format!("node-b/{}/8", b.generation()), "alice".to_owned())]
+    );
+    cluster.submit(&a, Change::link("erin", 1, true)).await.unwrap();
 }
 
 #[tokio::test]
@@ -161,6 +173,13 @@ async fn refusals_read_as_the_core_words_them_and_change_nothing() {
         refusal(cluster.submit(&b, Change::unlink_connection("alice", 1)).await),
         Refusal::NotLinkedHere
     );
+    // A connection links one user at most: node-a's connection 1 holds alice (node-b's connection 1 is another one).
+    for user in ["bob", "carol"] {
+        assert_eq!(
+            refusal(cluster.submit(&a, Change::link(user, 1, true)).await),
+            Refusal::ConnectionLinked
+        );
+    }
     assert_eq!(cluster.snapshot().await.unwrap(), before, "refusals change nothing");
 
     // The core's own rejection wording, where it is in the core: the link checks it would make in one process.
@@ -213,7 +232,9 @@ async fn exactly_one_of_many_concurrent_links_of_a_name_wins() {
                 racers.push(tokio::spawn(async move {
                     let (cluster, lease) = &*handle;
                     start.wait().await;
-                    let result = cluster.submit(lease, Change::link(user, racer as u64, true)).await;
+                    let result = cluster
+                        .submit(lease, Change::link(user, (trial * RACERS + racer) as u64, true))
+                        .await;
                     (racer, result)
                 }));
             }

@@ -21,6 +21,12 @@ use crate::types::{Change, Entry, Epoch, NodeLease, Result, Snapshot};
 /// on that connection (the core's sequencer lets one change through at a time anyway). A connection that failed or
 /// timed out is dropped and made again on the next call, so a late reply can never be taken for the next one's.
 ///
+/// On the membership path, a change goes: `submit`; if the first entry it returns is not the next one the node has
+/// to apply (another node's change came in between and its notification has not been handled yet), fill the gap with
+/// `entries_after(applied)`, which returns everything up to and including the submitted entries; apply in order,
+/// skipping what is applied already (as [`Replica::apply`](crate::Replica::apply) does). A refusal changed nothing;
+/// an [`Error::Redis`](crate::Error::Redis) left the outcome unknown, and the same catch-up tells it.
+///
 /// ```no_run
 /// use emitter_redis::{Change, Cluster, Options};
 ///

@@ -77,8 +77,8 @@
 //! Every script runs atomically (Redis runs one script at a time), validates everything before its first write, and
 //! replies `{'refused', code, detail}` or `{'ok', extra, entries…}`. The change scripts take the caller's epoch and
 //! refuse with [`Refusal::EpochChanged`] when Redis's differs (or is missing); each appended entry gets the next seq
-//! (`INCR seq`), goes to the log (`XADD log MAXLEN ~ <retention> <seq>-0 …`) and is applied to `users`, `order` and
-//! `links` in the same script; a script that appended publishes its last seq once, at the end.
+//! (`INCR seq`), goes to the log (`XADD log MAXLEN ~ <retention> <seq>-0 …`) and is applied to `users`, `order`,
+//! `links` and `connections` in the same script; a script that appended publishes its last seq once, at the end.
 //!
 //! - **open**(candidate epoch) — if `epoch` exists: returns it. Otherwise deletes every other key of the cluster
 //!   (but `generation`), sets `epoch` to the candidate and returns it. Used by [`Cluster::connect`] and
@@ -124,6 +124,8 @@
 //! the same node id registers again. The node itself learns it from [`KeepAlive`] ([`LeaseLost`]) and must stop
 //! serving. Redis pausing (`DEBUG SLEEP`, a slow fork) longer than a lease makes every lease run out at once: every
 //! node is fenced and registers again. Shorter pauses only delay.
+//! Deadlines are read from Redis's clock (`TIME`), the one clock all nodes share; a step of the Redis host's wall
+//! clock shortens or lengthens every lease alike, as it would key TTLs.
 //!
 //! # Log retention
 //!

@@ -65,3 +65,7 @@ bench *ARGS:
 bench-multicore OUT *ARGS:
     cargo build --release -p emitter-bench -p example-bench
     crates/emitter-bench/multicore.sh {{OUT}} {{ARGS}}
+
+# emitter-redis against throwaway redis-server processes (installs Debian's redis-server when it is not on PATH)
+redis:
+    .ci/steps/05-redis.sh

@@ -1,0 +1,135 @@
+//! The synchronous handle, for the core's membership path.
+//!
+//! The core decides membership changes synchronously, holding its sequencer, possibly on a tokio worker thread, possibly
+//! on a current-thread runtime. Waiting there for an async call would need `block_on` (which panics inside a runtime)
+//! or `block_in_place` (which panics on a current-thread runtime, and stalls the worker anyway). So this handle does
+//! not use the runtime at all: it owns a plain blocking connection (the `redis` crate's sync `Connection`) and talks
+//! to Redis on the calling thread, bounded by [`Options::command_timeout`](crate::Options::command_timeout). It
+//! cannot deadlock on the runtime because it never waits for a task; the cost is that the calling thread is blocked
+//! for one round trip, which is what a membership change costs in a cluster anyway.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use redis::Value;
+
+use crate::shared::{Call, Catchup, Shared};
+use crate::types::{Change, Entry, Epoch, NodeLease, Result, Snapshot};
+
+/// A synchronous handle on the cluster, from [`Cluster::blocking`](crate::Cluster::blocking): the same calls, with
+/// the same meaning, as the async ones, on one blocking connection of its own. Calls from several threads take turns
+/// on that connection (the core's sequencer lets one change through at a time anyway). A connection that failed or
+/// timed out is dropped and made again on the next call, so a late reply can never be taken for the next one's.
+///
+/// On the membership path, a change goes: `submit`; if the first entry it returns is not the next one the node has
+/// to apply (another node's change came in between and its notification has not been handled yet), fill the gap with
+/// `entries_after(applied)`, which returns everything up to and including the submitted entries; apply in order,
+/// skipping what is applied already (as [`Replica::apply`](crate::Replica::apply) does). A refusal changed nothing;
+/// an [`Error::Redis`](crate::Error::Redis) left the outcome unknown, and the same catch-up tells it.
+///
+/// ```no_run
+/// use emitter_redis::{Change, Cluster, Options};
+///
+/// # async fn run() -> Result<(), emitter_redis::Error> {
+/// let cluster = Cluster::connect("redis://127.0.0.1/", "chat", Options::default()).await?;
+/// let lease = cluster.register_node("node-a").await?;
+/// let blocking = cluster.blocking();
+/// // From synchronous code, even on a runtime's worker thread:
+/// let entries = blocking.submit(&lease, Change::join("bob"))?;
+/// assert_eq!(entries[0].event.user(), "bob");
+/// # Ok(())
+/// # }
+/// ```
+pub struct Blocking {
+    shared: Arc<Shared>,
+    conn: Mutex<Option<redis::Connection>>,
+}
+
+impl std::fmt::Debug for Blocking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocking")
+            .field("cluster", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Blocking {
+    pub(crate) fn new(shared: Arc<Shared>) -> Blocking {
+        Blocking {
+            shared,
+            conn: Mutex::new(None),
+        }
+    }
+
+    fn with_connection<T>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
+        let mut slot = self.conn.lock();
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            empty => {
+                let options = &self.shared.options;
+                let conn = self
+                    .shared
+                    .client
+                    .get_connection_with_timeout(options.connect_timeout)?;
+                conn.set_read_timeout(Some(options.command_timeout))?;
+                conn.set_write_timeout(Some(options.command_timeout))?;
+                empty.insert(conn)
+            }
+        };
+        let result = f(conn);
+        if let Err(error) = &result {
+            if error.is_io_error()
+                || error.is_timeout()
+                || error.is_unrecoverable_error()
+                || error.is_connection_dropped()
+            {
+                tracing::warn!(cluster = self.shared.name, %error, "blocking connection dropped");
+                *slot = None;
+            }
+        }
+        Ok(result?)
+    }
+
+    fn invoke(&self, call: &Call) -> Result<Value> {
+        let invocation = call.invocation(&self.shared.keys);
+        self.with_connection(|conn| invocation.invoke(conn))
+    }
+
+    /// The epoch the cluster handle works in.
+    pub fn epoch(&self) -> Epoch {
+        self.shared.epoch()
+    }
+
+    /// [`Cluster::submit`](crate::Cluster::submit), blocking.
+    pub fn submit(&self, lease: &NodeLease, change: Change) -> Result<Vec<Entry>> {
+        let call = self.shared.submit_call(lease, &change);
+        let value = self.invoke(&call)?;
+        self.shared.entries_result(&call, value)
+    }
+
+    /// [`Cluster::entries_after`](crate::Cluster::entries_after), blocking.
+    pub fn entries_after(&self, seq: u64) -> Result<Vec<Entry>> {
+        let epoch = self.shared.epoch();
+        let mut catchup = Catchup::new(seq);
+        while let Some(from) = catchup.next_from() {
+            let value = self.invoke(&self.shared.read_call(&epoch, from))?;
+            let (head, batch) = self.shared.read_result(value)?;
+            catchup.take(head, batch)?;
+        }
+        Ok(catchup.entries)
+    }
+
+    /// [`Cluster::snapshot`](crate::Cluster::snapshot), blocking.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let epoch = self.shared.epoch();
+        let value = self.invoke(&self.shared.snapshot_call(&epoch))?;
+        self.shared.snapshot_result(epoch, value)
+    }
+
+    /// [`Cluster::head`](crate::Cluster::head), blocking.
+    pub fn head(&self) -> Result<(Option<Epoch>, u64)> {
+        let cmd = self.shared.head_cmd();
+        let value: Value = self.with_connection(|conn| cmd.query(conn))?;
+        Shared::head_result(value)
+    }
+}

@@ -1,0 +1,285 @@
+//! The async handle: connect, leases, changes, the log, snapshots, and outgoing messages.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Value;
+use tokio::sync::mpsc;
+
+use crate::blocking::Blocking;
+use crate::lease::KeepAlive;
+use crate::messages::Message;
+use crate::shared::{Call, Catchup, Counters, Options, Shared, Stats};
+use crate::subscribe::Subscription;
+use crate::types::{check_name, Change, Entry, Epoch, Error, NodeLease, Result, Snapshot};
+
+/// A handle on one cluster in one Redis: cheap to clone, usable from any task. See the [crate docs](crate) for what
+/// the cluster state is and what each call promises.
+///
+/// ```no_run
+/// use emitter_redis::{Change, Cluster, Options};
+///
+/// # async fn run() -> Result<(), emitter_redis::Error> {
+/// let cluster = Cluster::connect("redis://127.0.0.1/", "chat", Options::default()).await?;
+/// let lease = cluster.register_node("node-a").await?;
+/// let _alive = cluster.keep_alive(lease.clone()); // renews, and reaps dead nodes
+/// let entries = cluster.submit(&lease, Change::link("alice", 1, true)).await?;
+/// assert_eq!(entries.len(), 2); // alice joined, then was linked, at two consecutive seqs
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conn: ConnectionManager,
+    outgoing: mpsc::Sender<Outgoing>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.shared.name)
+            .field("epoch", &self.shared.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One message waiting for the publisher task.
+struct Outgoing {
+    channel: String,
+    frame: Vec<u8>,
+}
+
+/// How many queued messages the publisher sends in one pipeline.
+const PUBLISH_BATCH: usize = 256;
+
+impl Cluster {
+    /// Connects to the Redis at `url` (`redis://host:port/db`), joins the cluster `name` (creating its state if there
+    /// is none, with a new epoch), and starts the task that publishes outgoing messages. Needs a tokio runtime.
+    pub async fn connect(url: &str, name: &str, options: Options) -> Result<Cluster> {
+        check_name(name)?;
+        let client = redis::Client::open(url)?;
+        let shared = Arc::new(Shared::new(name, options, client));
+        let conn = manager(&shared).await?;
+        // Outgoing messages take their own connection, so that their order at Redis is the order they were queued
+        // in, whatever scripts the node runs meanwhile.
+        let publisher = manager(&shared).await?;
+        let (outgoing, queue) = mpsc::channel(shared.options.publish_queue.max(1));
+        tokio::spawn(publish(publisher, queue, shared.clone()));
+        let cluster = Cluster { shared, conn, outgoing };
+        cluster.reopen().await?;
+        Ok(cluster)
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The options it was made with.
+    pub fn options(&self) -> &Options {
+        &self.shared.options
+    }
+
+    /// The epoch this handle works in: the one Redis had when the handle connected or last [reopened](Self::reopen).
+    pub fn epoch(&self) -> Epoch {
+        self.shared.epoch()
+    }
+
+    /// Adopts the epoch Redis has now, creating the cluster state (a new epoch) if there is none. Call it after an
+    /// [`EpochChanged`](crate::Refusal::EpochChanged): then register again and rebuild the replica from a snapshot.
+    pub async fn reopen(&self) -> Result<Epoch> {
+        let call = self.shared.open_call();
+        let value = self.invoke(&call).await?;
+        self.shared.open_result(value)
+    }
+
+    async fn invoke(&self, call: &Call) -> Result<Value> {
+        let mut conn = self.conn.clone();
+        Ok(call.invocation(&self.shared.keys).invoke_async(&mut conn).await?)
+    }
+
+    /// Registers a node: a new generation (fencing token) and a lease of [`Options::lease`]. Users still linked to an
+    /// earlier generation of the same node id are unlinked first (`NodeRestarted`): that process is gone, or fenced
+    /// from now on.
+    pub async fn register_node(&self, node: &str) -> Result<NodeLease> {
+        check_name(node)?;
+        let call = self.shared.register_call(node);
+        let value = self.invoke(&call).await?;
+        self.shared.register_result(&call, node, value)
+    }
+
+    /// Extends the lease to [`Options::lease`] from now (Redis's now). [`Refusal::Fenced`](crate::Refusal::Fenced)
+    /// once it is gone: the node must stop serving.
+    pub async fn renew(&self, lease: &NodeLease) -> Result<()> {
+        let call = self.shared.renew_call(lease);
+        let value = self.invoke(&call).await?;
+        self.shared.entries_result(&call, value).map(drop)
+    }
+
+    /// Ends the lease cleanly: every user linked to this node is unlinked (`NodeReleased`), in the log. Returns those
+    /// entries.
+    pub async fn release(&self, lease: &NodeLease) -> Result<Vec<Entry>> {
+        let call = self.shared.release_call(lease);
+        let value = self.invoke(&call).await?;
+        self.shared.entries_result(&call, value)
+    }
+
+    /// Unlinks the users of every node whose lease ran out (`LeaseExpired`) and forgets those leases; `by` is recorded
+    /// as the cause. Any process may run it; [`keep_alive`](Self::keep_alive) does, every
+    /// [`Options::reap_interval`]. Returns the entries it appended.
+    pub async fn reap_dead_nodes(&self, by: &str) -> Result<Vec<Entry>> {
+        check_name(by)?;
+        let call = self.shared.reap_call(by);
+        let value = self.invoke(&call).await?;
+        let entries = self.shared.entries_result(&call, value)?;
+        if !entries.is_empty() {
+            tracing::warn!(
+                cluster = self.shared.name,
+                by,
+                unlinked = entries.len(),
+                "reaped dead nodes' users"
+            );
+        }
+        Ok(entries)
+    }
+
+    /// Asks for one membership change, in the name of `lease`'s node. On success, the entries it appended, in seq
+    /// order (one, or two for a link that joins or a leave that unlinks): apply them at once, after any entry before
+    /// them that the caller has not applied yet. A refusal ([`Error::Refused`]) changed nothing. An
+    /// [`Error::Redis`] leaves the outcome unknown: catch up from the log before deciding again.
+    pub async fn submit(&self, lease: &NodeLease, change: Change) -> Result<Vec<Entry>> {
+        let call = self.shared.submit_call(lease, &change);
+        let value = self.invoke(&call).await?;
+        self.shared.entries_result(&call, value)
+    }
+
+    /// Every entry after `seq`, in order, up to the newest one when the read began. Fails with
+    /// [`Error::Trimmed`] when retention dropped some of them, and [`Error::Ahead`] when `seq` is past Redis's newest
+    /// seq: then read a [`snapshot`](Self::snapshot).
+    pub async fn entries_after(&self, seq: u64) -> Result<Vec<Entry>> {
+        let epoch = self.shared.epoch();
+        let mut catchup = Catchup::new(seq);
+        while let Some(from) = catchup.next_from() {
+            let value = self.invoke(&self.shared.read_call(&epoch, from)).await?;
+            let (head, batch) = self.shared.read_result(value)?;
+            catchup.take(head, batch)?;
+        }
+        Ok(catchup.entries)
+    }
+
+    /// Every user in join order and the seq that state corresponds to, read atomically.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let epoch = self.shared.epoch();
+        let value = self.invoke(&self.shared.snapshot_call(&epoch)).await?;
+        self.shared.snapshot_result(epoch, value)
+    }
+
+    /// The epoch in Redis (`None`: the state is gone) and the newest seq. One `MGET`, no script.
+    pub async fn head(&self) -> Result<(Option<Epoch>, u64)> {
+        let mut conn = self.conn.clone();
+        let value: Value = self.shared.head_cmd().query_async(&mut conn).await?;
+        Shared::head_result(value)
+    }
+
+    /// Subscribes to the cluster's notifications for `node`: new seqs, broadcasts from other nodes, and messages sent
+    /// to users linked on `node`. The subscription reconnects by itself; see [`Subscription`].
+    pub async fn subscribe(&self, node: &str) -> Result<Subscription> {
+        check_name(node)?;
+        Ok(Subscription::start(self.shared.clone(), self.conn.clone(), node))
+    }
+
+    /// Queues a broadcast for the users linked on the other nodes (the origin delivers to its own users itself),
+    /// except `skip`. `after` is the last seq the origin had applied. Never blocks: call it where the origin fans
+    /// the same message out locally, and the other nodes receive its broadcasts in that order.
+    pub fn publish_broadcast(&self, from: &NodeLease, after: u64, skip: Option<&str>, body: Bytes) -> Result<()> {
+        let message = Message {
+            origin: from.node.clone(),
+            generation: from.generation,
+            after,
+            user: skip.map(str::to_owned),
+            body,
+        };
+        self.queue(self.shared.keys.broadcast_channel.clone(), message)
+    }
+
+    /// Queues a message for `user`, linked on node `to`. Never blocks; sent on the same connection as broadcasts, so
+    /// it keeps its place among this node's messages.
+    pub fn publish_send(&self, from: &NodeLease, to: &str, after: u64, user: &str, body: Bytes) -> Result<()> {
+        check_name(to)?;
+        let message = Message {
+            origin: from.node.clone(),
+            generation: from.generation,
+            after,
+            user: Some(user.to_owned()),
+            body,
+        };
+        self.queue(self.shared.keys.node_channel(to), message)
+    }
+
+    fn queue(&self, channel: String, message: Message) -> Result<()> {
+        let frame = message.encode();
+        match self.outgoing.try_send(Outgoing { channel, frame }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Counters::add(&self.shared.counters.publish_queue_full, 1);
+                Err(Error::QueueFull)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
+        }
+    }
+
+    /// Keeps `lease` alive: renews it every third of [`Options::lease`], reaps dead nodes every
+    /// [`Options::reap_interval`], and reports when the lease is lost. Stops when dropped.
+    pub fn keep_alive(&self, lease: NodeLease) -> KeepAlive {
+        KeepAlive::start(self.clone(), lease)
+    }
+
+    /// A handle for synchronous callers (the core's membership path), on its own blocking connection: see
+    /// [`Blocking`]. Connects on first use.
+    pub fn blocking(&self) -> Blocking {
+        Blocking::new(self.shared.clone())
+    }
+
+    /// What went wrong, or was worked around, so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+}
+
+pub(crate) fn manager_config(options: &Options) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(options.connect_timeout))
+        .set_response_timeout(Some(options.command_timeout))
+        // A few quick retries: a command waits for the reconnection, so a long backoff would stall the caller.
+        .set_number_of_retries(3)
+        .set_min_delay(std::time::Duration::from_millis(20))
+        .set_max_delay(options.connect_timeout)
+}
+
+async fn manager(shared: &Shared) -> Result<ConnectionManager> {
+    let config = manager_config(&shared.options);
+    Ok(ConnectionManager::new_with_config(shared.client.clone(), config).await?)
+}
+
+/// Sends queued messages in order, pipelining what has piled up. A failed batch is counted and dropped, never
+/// retried: retrying could deliver a message twice, or after later ones.
+async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for message in &batch {
+            pipe.cmd("PUBLISH").arg(&message.channel).arg(&message.frame).ignore();
+        }
+        let count = batch.len() as u64;
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => Counters::add(&shared.counters.published, count),
+            Err(error) => {
+                Counters::add(&shared.counters.publish_failures, count);
+                tracing::warn!(cluster = shared.name, %error, lost = count, "publishing to redis failed; messages dropped");
+            }
+        }
+        batch.clear();
+    }
+}

@@ -1,0 +1,211 @@
+//! Redis as the sequencer of a cluster of emitter nodes.
+//!
+//! Any number of server processes (*nodes*) attached to one Redis and one cluster name behave, to every client and to
+//! `users()` on every node, like one server. The order of membership changes (join, link, unlink, leave) comes from
+//! Redis: a node that wants a change runs **one Lua script** that validates it against the cluster-wide state, applies
+//! it to that state, gives it the next sequence number (*seq*), appends it to a stream (the *log*) and notifies the
+//! nodes. Every node applies the log strictly in seq order to its own replica of the registry, filling gaps from the
+//! log, so a lost notification only delays. This crate is the Redis side of that: the scripts, a typed async
+//! [`Cluster`] handle, a [`Blocking`] handle for the core's synchronous membership path, a [`Subscription`] that
+//! survives reconnects, and a reference [`Replica`].
+//!
+//! ```no_run
+//! use emitter_redis::{Change, Cluster, Notification, Options, Replica};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = Cluster::connect("redis://127.0.0.1/", "chat", Options::default()).await?;
+//! let lease = cluster.register_node("node-a").await?;
+//! let mut alive = cluster.keep_alive(lease.clone());
+//! let mut notifications = cluster.subscribe("node-a").await?;
+//! let mut replica = Replica::from_snapshot(cluster.snapshot().await?);
+//!
+//! // A connection of this node asks to link to alice: the entries come back in order, to apply at once.
+//! for entry in cluster.submit(&lease, Change::link("alice", 1, true)).await? {
+//!     let _ = replica.apply(&entry);
+//! }
+//! loop {
+//!     tokio::select! {
+//!         lost = alive.wait_lost() => return Err(format!("stop serving: {lost:?}").into()),
+//!         Some(notification) = notifications.next() => match notification {
+//!             // Subscribed (again), or a new seq: read the log from where this node is.
+//!             Notification::Subscribed { .. } | Notification::Seq(_) => match cluster.entries_after(replica.seq()).await {
+//!                 Ok(entries) => for entry in &entries { replica.apply(entry)?; },
+//!                 Err(error) if error.needs_snapshot() => replica = Replica::from_snapshot(cluster.snapshot().await?),
+//!                 Err(error) => return Err(error.into()),
+//!             },
+//!             Notification::Broadcast(message) => { /* deliver to local users but `message.user` */ }
+//!             Notification::Send(message) => { /* deliver to the local user `message.user` */ }
+//!             Notification::EpochChanged { .. } => { /* reopen, register again, rebuild from a snapshot */ }
+//!         },
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! # Key layout
+//!
+//! Every key of a cluster named `N` is `emitter:{N}:<what>`. The braces are a hash tag: on Redis Cluster all of a
+//! cluster's keys hash to one slot, so the scripts (which declare all of them in `KEYS`) run there too. Cluster names
+//! and node ids are 1–64 of `A-Z a-z 0-9 . _ : -` ([`is_valid_name`]): no braces, so two cluster names never share a
+//! key (`emitter:{a}:…` can never be a key of cluster `b`).
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `epoch` | string | a random id made when the cluster state is created; missing = Redis lost the state |
+//! | `seq` | string (integer) | the last seq given out; 0 or missing before the first change |
+//! | `log` | stream | one entry per change, with the explicit ID `<seq>-0`; fields `s` seq, `k` kind (`join`, `link`, `unlink`, `leave`), `u` user, `n` node, `g` generation, `c` connection (link and unlink), `r` reason (unlink: `request`, `leave`, `expired`, `restarted`, `released`), `b` the node that caused it |
+//! | `users` | hash | username → `<join seq>` when unlinked, `<join seq> <generation> <connection> <node>` when linked |
+//! | `order` | sorted set | username scored by its join seq: `users` in join order |
+//! | `links` | sorted set | `<node>/<username>` for every linked user, all scored 0: one node's users are one lex range |
+//! | `nodes` | hash | node id → `<generation> <deadline>`: the node's lease, the deadline in ms of Redis's clock (`TIME`) |
+//! | `generation` | string (integer) | the generation counter; never reset, not even by a new epoch |
+//! | `connections` | hash | `<node>/<generation>/<connection>` → the user it is linked to: a connection links one user at most |
+//!
+//! Channels (not keys): `emitter:{N}:seq` (each script that appended publishes `<last seq> <epoch>`),
+//! `emitter:{N}:broadcast` (broadcasts), `emitter:{N}:node:<node>` (messages for users linked on that node).
+//!
+//! The leases are fields of one hash with deadlines by Redis's clock, rather than one key per node with a TTL, so
+//! that every key a script touches is a fixed, declared key (Redis Cluster requires it) and the reaper finds the dead
+//! nodes with one `HGETALL` instead of scanning the keyspace. A lease past its deadline counts as gone at once,
+//! exactly as an expired key would, whether or not a reaper has removed it yet.
+//!
+//! Redis must keep these keys: run it with `maxmemory-policy noeviction` (or a `volatile-*` policy: none of these keys
+//! has a TTL). Nothing else may write them: a script validates before it writes, but it trusts what it wrote before.
+//!
+//! # The scripts
+//!
+//! Every script runs atomically (Redis runs one script at a time), validates everything before its first write, and
+//! replies `{'refused', code, detail}` or `{'ok', extra, entries…}`. The change scripts take the caller's epoch and
+//! refuse with [`Refusal::EpochChanged`] when Redis's differs (or is missing); each appended entry gets the next seq
+//! (`INCR seq`), goes to the log (`XADD log MAXLEN ~ <retention> <seq>-0 …`) and is applied to `users`, `order`,
+//! `links` and `connections` in the same script; a script that appended publishes its last seq once, at the end.
+//!
+//! - **open**(candidate epoch) — if `epoch` exists: returns it. Otherwise deletes every other key of the cluster
+//!   (but `generation`), sets `epoch` to the candidate and returns it. Used by [`Cluster::connect`] and
+//!   [`Cluster::reopen`].
+//! - **submit**(epoch, node, generation, change) — checks that the node's lease is alive and of this generation
+//!   (else [`Refusal::Fenced`]), then:
+//!   - `join(user)`: refused [`JoinExistingUser`](Refusal::JoinExistingUser) if it exists; appends `join`.
+//!   - `link(user, connection, accept_new_users)`: a connection linked already is refused
+//!     [`ConnectionLinked`](Refusal::ConnectionLinked); a missing user is refused
+//!     [`NotAcceptingNewUsers`](Refusal::NotAcceptingNewUsers) unless accepted, then joins (`join`, then `link`, two
+//!     consecutive seqs); a linked user is refused [`AlreadyLinked`](Refusal::AlreadyLinked); appends `link` with
+//!     (node, generation, connection).
+//!   - `unlink(user, only?)`: refused [`UnlinkUnknownUser`](Refusal::UnlinkUnknownUser) if missing; with `only`,
+//!     refused [`NotLinkedHere`](Refusal::NotLinkedHere) unless linked to exactly (node, generation, only); without,
+//!     refused [`UnlinkUnlinkedUser`](Refusal::UnlinkUnlinkedUser) if not linked; appends `unlink` (`request`).
+//!   - `leave(user, only?)`: refused [`KickUnknownUser`](Refusal::KickUnknownUser) if missing, `NotLinkedHere` as
+//!     above with `only`; a linked user gets `unlink` (`leave`) first; appends `leave`.
+//!
+//!   Returns the entries. A link is the *claim* of a user: deciding it inside the script, never read-then-write, is
+//!   what makes a user linked to at most one connection cluster-wide.
+//! - **register**(epoch, node, ttl) — a new generation (`INCR generation`); unlinks every user still linked to the
+//!   node id (`restarted`: that process is gone or about to be fenced); sets the lease to now + ttl. Returns the
+//!   generation.
+//! - **renew**(epoch, node, generation, ttl) — refused `Fenced` unless the lease is of this generation and not past
+//!   its deadline; sets the deadline to now + ttl.
+//! - **release**(epoch, node, generation) — refused `Fenced` unless the lease is of this generation (expired or
+//!   not); unlinks the node's users (`released`) and deletes the lease.
+//! - **reap**(epoch, by) — for each lease past its deadline: unlinks its users (`expired`) and deletes the lease. Any
+//!   node may run it, lease or not. So a SIGKILLed node's users are unlinked at most [`Options::lease`] +
+//!   [`Options::reap_interval`] after its last renewal, with `krmx/unlinked` for everyone via the log.
+//! - **read**(epoch, from, count) — the newest seq and up to `count` entries from seq `from` on (`XRANGE`).
+//!   [`Cluster::entries_after`] checks that they continue exactly where the caller is: a gap it cannot fill (trimmed)
+//!   is [`Error::Trimmed`], a caller past the newest seq is [`Error::Ahead`]; either way, resynchronise from a snapshot.
+//! - **snapshot**(epoch) — the newest seq and every user in join order with its record, atomically: applying the
+//!   entries after that seq to it gives any later state.
+//!
+//! # Leases and fencing
+//!
+//! A node registers (getting a generation, its fencing token) and keeps renewing ([`Cluster::keep_alive`] does,
+//! every third of the lease). Every change it submits names its node and generation, and the script refuses it
+//! unless that lease is alive by Redis's clock: a node that paused past its lease (a GC pause, a stopped VM, a
+//! partition) links nobody when it wakes, whatever it believes. Its users are unlinked by the next reap, or at once if
+//! the same node id registers again. The node itself learns it from [`KeepAlive`] ([`LeaseLost`]) and must stop
+//! serving. Redis pausing (`DEBUG SLEEP`, a slow fork) longer than a lease makes every lease run out at once: every
+//! node is fenced and registers again. Shorter pauses only delay.
+//! Deadlines are read from Redis's clock (`TIME`), the one clock all nodes share; a step of the Redis host's wall
+//! clock shortens or lengthens every lease alike, as it would key TTLs.
+//!
+//! # Log retention
+//!
+//! The log keeps at least [`Options::log_retention`] of its newest entries (default 100,000); `MAXLEN ~` trims in
+//! whole blocks, so a few more may stay. `users` and `order` always hold the full state, so nothing is lost by
+//! trimming: a node further behind than the log reaches gets [`Error::Trimmed`] and rebuilds from
+//! [`Cluster::snapshot`].
+//!
+//! # Order across nodes
+//!
+//! What holds:
+//!
+//! - **Membership has one order.** Every change has one seq; every node applies the same entries in the same order;
+//!   so every client, on any node, gets `krmx/joined|linked|unlinked|left` in one order, and every `users()` agrees
+//!   once the nodes have caught up.
+//! - **One connection per user, one user per connection, cluster-wide**: the link is decided by one script against
+//!   the cluster's state.
+//! - **One node's messages keep their order at every other node.** A node's broadcasts and sends go through one
+//!   queue and one connection ([`Cluster::publish_broadcast`], [`Cluster::publish_send`]), and Redis delivers the
+//!   messages of one publishing connection to each subscriber in the order it received them. If a node queues them in
+//!   the order it fans them out locally (under its fan-out lock), all its recipients, local and remote, get its
+//!   messages in one order.
+//! - **A message does not overtake the membership change before it**, if the receiver waits: every message carries
+//!   the seq its origin had applied ([`Message::after`]), and a script's seq notification is published before any
+//!   message the origin sends after learning that seq, on the same subscriber connection.
+//!
+//! What does not hold:
+//!
+//! - **Messages of different nodes have no common order.** A node delivers its own broadcasts locally at once and
+//!   others' when Redis relays them, so a client on node A may get A's broadcast X before B's Y while a client on B
+//!   gets Y before X. (Redis itself relays all nodes' messages to every subscriber in one order; the local shortcut
+//!   is what breaks it, in exchange for latency.)
+//! - **Membership and messages of different nodes**: a client may get another node's broadcast before or after a
+//!   `krmx/linked` that happened "at the same time" elsewhere.
+//! - **Cross-node messages are at most once.** A message published while a subscriber's connection is away is lost
+//!   for it (counted nowhere but its absence); the publisher counts failed publishes in [`Stats`]. Membership is
+//!   never lost this way: it is in the log.
+//!
+//! # Synchronous callers
+//!
+//! The core's membership path is synchronous. [`Cluster::blocking`] gives a [`Blocking`] handle with its own blocking
+//! connection that never touches the tokio runtime, so it can be called from a runtime's worker thread or a
+//! current-thread runtime without `block_on` (which panics inside a runtime) or `block_in_place` (which panics on a
+//! current-thread runtime). See [`Blocking`].
+//!
+//! # Faults
+//!
+//! - A change whose reply is lost (timeout, dropped connection) returns [`Error::Redis`]: its outcome is unknown. The
+//!   log will say; catch up before deciding again.
+//! - Redis restarted empty or flushed: every script refuses with [`Refusal::EpochChanged`], the subscription reports
+//!   [`Notification::EpochChanged`], the keep-alive [`LeaseLost::EpochChanged`]. The node calls [`Cluster::reopen`]
+//!   (the first to do so creates the new state), registers again and rebuilds from a snapshot.
+//! - A failover to a replica that lost the last writes *without* losing the epoch is noticed only while the nodes are
+//!   ahead of Redis's seq ([`Error::Ahead`]); once new changes pass the old seq, it is not. Use one Redis, or a
+//!   failover that does not lose acknowledged writes.
+//!
+//! Tested against Redis 7.0 (Debian's `redis-server`).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod blocking;
+mod cluster;
+mod keys;
+mod lease;
+mod messages;
+mod parse;
+mod replica;
+mod scripts;
+mod shared;
+mod subscribe;
+mod types;
+
+pub use blocking::Blocking;
+pub use cluster::Cluster;
+pub use lease::{KeepAlive, LeaseLost};
+pub use messages::Message;
+pub use replica::{Replica, ReplicaError};
+pub use shared::{Options, Stats};
+pub use subscribe::{Notification, Subscription};
+pub use types::{
+    is_valid_name, Change, Entry, Epoch, Error, Event, Link, NodeLease, Refusal, Result, Snapshot, UnlinkReason,
+    UserRecord,
+};

@@ -1,0 +1,285 @@
+//! The Lua scripts: every change to the cluster state is exactly one of them, so Redis's one-script-at-a-time
+//! execution is the cluster's order. Each script validates everything *before* its first write: Redis does not roll
+//! back a script that fails halfway, so a script must never be able to fail after writing.
+//!
+//! Every script gets the same nine keys (all under the cluster's hash tag, see [`crate::keys`]), declared in KEYS
+//! so that they also run on Redis Cluster, where a script may only touch the keys it declares:
+//!
+//! `KEYS[1]` epoch, `[2]` seq, `[3]` log, `[4]` users, `[5]` order, `[6]` links, `[7]` nodes, `[8]` generation,
+//! `[9]` connections.
+//!
+//! Replies: `{'refused', code, detail}`, or `{'ok', extra, entry, entry, …}` where each entry is the flat field list
+//! the script appended to the log (`s` seq, `k` kind, `u` user, `n` node, `g` generation, `c` connection, `r` reason,
+//! `b` by), in order.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Shared by the scripts that change state: the key names, the clock, the lease and user records, and the four
+/// appends that are the only writes to `users`, `order` and `links`.
+const PRELUDE: &str = r#"
+local K_EPOCH, K_SEQ, K_LOG, K_USERS, K_ORDER, K_LINKS, K_NODES, K_GEN, K_CONNS =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+
+local function fmt(n) return string.format('%d', n) end
+
+local function refused(code, detail) return {'refused', code, detail or ''} end
+
+-- The caller's epoch must be the one in Redis: a missing epoch means the state is gone (a restart or flush).
+local function epoch_refusal(expected)
+  local current = redis.call('GET', K_EPOCH)
+  if current ~= expected then return refused('epoch', current or '') end
+  return nil
+end
+
+-- Redis's own clock, in milliseconds: the one clock every node's lease is measured by.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- nodes: node id -> "<generation> <deadline ms>".
+local function lease_of(node)
+  local v = redis.call('HGET', K_NODES, node)
+  if not v then return nil end
+  local gen, deadline = string.match(v, '^(%d+) (%d+)$')
+  if not gen then return nil end
+  return gen, tonumber(deadline)
+end
+
+local function alive(node, gen, now)
+  local g, deadline = lease_of(node)
+  return g ~= nil and g == gen and deadline >= now
+end
+
+-- users: name -> "<join seq>" when unlinked, "<join seq> <generation> <connection> <node>" when linked.
+local function user_of(name)
+  local v = redis.call('HGET', K_USERS, name)
+  if not v then return nil end
+  local j, g, c, n = string.match(v, '^(%d+) (%d+) (%d+) (.+)$')
+  if j then return {join = j, gen = g, conn = c, node = n} end
+  return {join = v}
+end
+
+local RETAIN, CHANNEL, EPOCH = nil, nil, nil
+local produced, last = {}, nil
+
+local function append(fields)
+  local s = fmt(redis.call('INCR', K_SEQ))
+  local entry = {'s', s}
+  for i = 1, #fields do entry[#entry + 1] = fields[i] end
+  local args = {'XADD', K_LOG, 'MAXLEN', '~', RETAIN, s .. '-0'}
+  for i = 1, #entry do args[#args + 1] = entry[i] end
+  redis.call(unpack(args))
+  produced[#produced + 1] = entry
+  last = s
+  return s
+end
+
+local function do_join(user, by)
+  local s = append({'k', 'join', 'u', user, 'b', by})
+  redis.call('HSET', K_USERS, user, s)
+  redis.call('ZADD', K_ORDER, s, user)
+  return {join = s}
+end
+
+-- connections: "<node>/<generation>/<connection>" -> the user it is linked to.
+local function conn_key(node, gen, conn) return node .. '/' .. gen .. '/' .. conn end
+
+local function do_link(user, rec, node, gen, conn, by)
+  append({'k', 'link', 'u', user, 'n', node, 'g', gen, 'c', conn, 'b', by})
+  redis.call('HSET', K_USERS, user, rec.join .. ' ' .. gen .. ' ' .. conn .. ' ' .. node)
+  redis.call('ZADD', K_LINKS, 0, node .. '/' .. user)
+  redis.call('HSET', K_CONNS, conn_key(node, gen, conn), user)
+end
+
+local function do_unlink(user, rec, reason, by)
+  append({'k', 'unlink', 'u', user, 'n', rec.node, 'g', rec.gen, 'c', rec.conn, 'r', reason, 'b', by})
+  redis.call('HSET', K_USERS, user, rec.join)
+  redis.call('ZREM', K_LINKS, rec.node .. '/' .. user)
+  redis.call('HDEL', K_CONNS, conn_key(rec.node, rec.gen, rec.conn))
+end
+
+local function do_leave(user, by)
+  append({'k', 'leave', 'u', user, 'b', by})
+  redis.call('HDEL', K_USERS, user)
+  redis.call('ZREM', K_ORDER, user)
+end
+
+-- Unlinks every user linked to any generation of `node` (links: "<node>/<user>", scores 0, so a lex range is
+-- exactly one node's users; node ids cannot contain '/', and '0' is the byte after '/').
+local function unlink_node(node, reason, by)
+  local members = redis.call('ZRANGEBYLEX', K_LINKS, '[' .. node .. '/', '(' .. node .. '0')
+  for _, member in ipairs(members) do
+    local user = string.sub(member, #node + 2)
+    local rec = user_of(user)
+    if rec and rec.node == node then
+      do_unlink(user, rec, reason, by)
+    else
+      redis.call('ZREM', K_LINKS, member)
+    end
+  end
+end
+
+-- Tells the nodes (one PUBLISH per script, of its last seq) and replies with every entry appended.
+local function finish(extra)
+  if last then redis.call('PUBLISH', CHANNEL, last .. ' ' .. EPOCH) end
+  local reply = {'ok', extra or ''}
+  for i = 1, #produced do reply[#reply + 1] = produced[i] end
+  return reply
+end
+
+local function setup()
+  EPOCH, RETAIN, CHANNEL = ARGV[1], ARGV[2], ARGV[3]
+  return epoch_refusal(EPOCH)
+end
+"#;
+
+/// `open(candidate)`: adopts the epoch in Redis, or creates the cluster state with `candidate` as its epoch when there
+/// is none (first start, or Redis lost the state). Creating wipes every other key of the cluster but the generation
+/// counter (kept so that a generation is never reused, even across epochs). Reply: `{epoch, created (0|1)}`.
+const OPEN: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then return {current, 0} end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9])
+redis.call('SET', KEYS[1], ARGV[1])
+return {ARGV[1], 1}
+"#;
+
+/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::Change`].
+const SUBMIT: &str = r#"
+local refusal = setup()
+if refusal then return refusal end
+local node, gen, kind, user, conn, flag = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+if not alive(node, gen, now_ms()) then return refused('fenced') end
+local rec = user_of(user)
+local function here() return rec.node == node and rec.gen == gen and rec.conn == conn end
+if kind == 'join' then
+  if rec then return refused('join-existing') end
+  do_join(user, node)
+elseif kind == 'link' then
+  if redis.call('HEXISTS', K_CONNS, conn_key(node, gen, conn)) == 1 then return refused('connection-linked') end
+  if not rec then
+    if flag ~= '1' then return refused('not-accepting') end
+    rec = do_join(user, node)
+  elseif rec.node then
+    return refused('already-linked')
+  end
+  do_link(user, rec, node, gen, conn, node)
+elseif kind == 'unlink' then
+  if not rec then return refused('unlink-unknown') end
+  if flag == '1' then
+    if not here() then return refused('not-linked-here') end
+  elseif not rec.node then
+    return refused('unlink-unlinked')
+  end
+  do_unlink(user, rec, 'request', node)
+elseif kind == 'leave' then
+  if not rec then return refused('kick-unknown') end
+  if flag == '1' and not here() then return refused('not-linked-here') end
+  if rec.node then do_unlink(user, rec, 'leave', node) end
+  do_leave(user, node)
+else
+  return refused('bad-request', kind)
+end
+return finish()
+"#;
+
+/// `register(epoch, retain, channel, node, ttl ms)`: a new generation for `node` and a lease until now + ttl. Any user
+/// still linked to an older generation of the node is unlinked first (`restarted`): that process is gone or fenced.
+/// Extra: the generation.
+const REGISTER: &str = r#"
+local refusal = setup()
+if refusal then return refusal end
+local node, ttl = ARGV[4], tonumber(ARGV[5])
+local gen = fmt(redis.call('INCR', K_GEN))
+unlink_node(node, 'restarted', node)
+redis.call('HSET', K_NODES, node, gen .. ' ' .. fmt(now_ms() + ttl))
+return finish(gen)
+"#;
+
+/// `renew(epoch, retain, channel, node, generation, ttl ms)`: extends a live lease of this generation to now + ttl.
+/// A lease past its deadline is gone even before a reaper removed it: refused `fenced`.
+const RENEW: &str = r#"
+local refusal = setup()
+if refusal then return refusal end
+local node, gen, ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local now = now_ms()
+if not alive(node, gen, now) then return refused('fenced') end
+redis.call('HSET', K_NODES, node, gen .. ' ' .. fmt(now + ttl))
+return finish()
+"#;
+
+/// `release(epoch, retain, channel, node, generation)`: a clean shutdown. Unlinks the node's users (`released`) and
+/// removes its lease, if the lease is still this generation's (expired or not: nobody else has cleaned up yet).
+const RELEASE: &str = r#"
+local refusal = setup()
+if refusal then return refusal end
+local node, gen = ARGV[4], ARGV[5]
+if lease_of(node) ~= gen then return refused('fenced') end
+unlink_node(node, 'released', node)
+redis.call('HDEL', K_NODES, node)
+return finish()
+"#;
+
+/// `reap(epoch, retain, channel, by)`: for every node whose lease is past its deadline, unlinks its users (`expired`)
+/// and removes the lease. Any node may run it; it needs no lease of its own.
+const REAP: &str = r#"
+local refusal = setup()
+if refusal then return refusal end
+local by = ARGV[4]
+local now = now_ms()
+local all = redis.call('HGETALL', K_NODES)
+for i = 1, #all, 2 do
+  local node = all[i]
+  local gen, deadline = string.match(all[i + 1], '^(%d+) (%d+)$')
+  if not gen or tonumber(deadline) < now then
+    unlink_node(node, 'expired', by)
+    redis.call('HDEL', K_NODES, node)
+  end
+end
+return finish()
+"#;
+
+/// `read(epoch, from seq, count)`: up to `count` log entries from seq `from` on, and the newest seq.
+/// Reply: `{'ok', head, entry, …}`.
+const READ: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then return {'refused', 'epoch', current or ''} end
+local head = redis.call('GET', KEYS[2]) or '0'
+local items = redis.call('XRANGE', KEYS[3], ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
+local reply = {'ok', head}
+for i = 1, #items do reply[#reply + 1] = items[i][2] end
+return reply
+"#;
+
+/// `snapshot(epoch)`: the newest seq and every user in join order, atomically.
+/// Reply: `{'ok', seq, name, record, name, record, …}`.
+const SNAPSHOT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then return {'refused', 'epoch', current or ''} end
+local reply = {'ok', redis.call('GET', KEYS[2]) or '0'}
+local names = redis.call('ZRANGE', KEYS[5], 0, -1)
+for _, name in ipairs(names) do
+  local record = redis.call('HGET', KEYS[4], name)
+  if record then
+    reply[#reply + 1] = name
+    reply[#reply + 1] = record
+  end
+end
+return reply
+"#;
+
+fn with_prelude(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+pub(crate) static OPEN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(OPEN));
+pub(crate) static SUBMIT_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(SUBMIT));
+pub(crate) static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(REGISTER));
+pub(crate) static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(RENEW));
+pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(RELEASE));
+pub(crate) static REAP_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(REAP));
+pub(crate) static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
+pub(crate) static SNAPSHOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SNAPSHOT));

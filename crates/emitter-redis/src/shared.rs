@@ -1,0 +1,474 @@
+//! What the async [`Cluster`](crate::Cluster) and the [`Blocking`](crate::Blocking) handle share: the options, the
+//! key names, the epoch, the counters, and each operation as a script call plus the parsing of its reply. The two
+//! handles differ only in how they send a call, so they cannot disagree on what a call means.
+
+use std::collections::hash_map::RandomState;
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use redis::{Script, ScriptInvocation, Value};
+
+use crate::keys::Keys;
+use crate::parse;
+use crate::scripts;
+use crate::types::{Change, Entry, Epoch, Error, NodeLease, Result, Snapshot};
+
+/// How a cluster handle behaves. Build it from the defaults:
+///
+/// ```
+/// use std::time::Duration;
+/// use emitter_redis::Options;
+///
+/// let options = Options {
+///     lease: Duration::from_secs(5),
+///     ..Options::default()
+/// };
+/// assert_eq!(options.log_retention, 100_000);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a node's lease lasts without renewal, by Redis's clock. A node that has not renewed within it is
+    /// fenced, and its users are unlinked by the next reap. [`Cluster::keep_alive`](crate::Cluster::keep_alive)
+    /// renews every third of it. Default: 10 s.
+    pub lease: Duration,
+    /// How often [`Cluster::keep_alive`](crate::Cluster::keep_alive) also reaps dead nodes; `None`: never. A killed
+    /// node's users are unlinked at most `lease` + `reap_interval` after its last renewal. Default: 1 s.
+    pub reap_interval: Option<Duration>,
+    /// The log keeps at least this many of its newest entries (`XADD … MAXLEN ~`: Redis trims whole blocks, so a few
+    /// more may stay). A node further behind than that resynchronises from a [`Snapshot`]. Default: 100,000
+    /// (roughly 10 MB of Redis memory at most).
+    pub log_retention: u64,
+    /// The longest a command may wait for its reply before it fails (and, for a change, its outcome is unknown).
+    /// Default: 2 s.
+    pub command_timeout: Duration,
+    /// The longest a connection attempt may take. Default: 2 s.
+    pub connect_timeout: Duration,
+    /// How often a [`Subscription`](crate::Subscription) polls the newest seq and pings its connection, so that a
+    /// lost notification or a dead connection costs at most this long. Default: 1 s.
+    pub poll_interval: Duration,
+    /// How many outgoing messages may wait for Redis before `publish_*` refuses with [`Error::QueueFull`].
+    /// Default: 65,536.
+    pub publish_queue: usize,
+    /// How many notifications may wait for the subscriber to take them; past that the subscription stops reading
+    /// (Redis buffers, then drops the subscriber; it comes back and the log fills the gap). Default: 4,096.
+    pub notification_queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lease: Duration::from_secs(10),
+            reap_interval: Some(Duration::from_secs(1)),
+            log_retention: 100_000,
+            command_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(1),
+            publish_queue: 65_536,
+            notification_queue: 4_096,
+        }
+    }
+}
+
+/// Counters of what went wrong, or was worked around, since the handle was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Subscription connections that dropped (killed, timed out, Redis restarted).
+    pub subscription_drops: u64,
+    /// Subscriptions made again after a drop. Each one is followed by a `Subscribed` notification, after which the
+    /// subscriber reads the log: what was published meanwhile is filled from it.
+    pub resubscriptions: u64,
+    /// Messages published.
+    pub published: u64,
+    /// Messages lost because Redis failed to take them (a dropped connection, a timeout). Not retried: pub/sub
+    /// delivers at most once.
+    pub publish_failures: u64,
+    /// Messages refused because the outgoing queue was full.
+    pub publish_queue_full: u64,
+    /// Frames on a channel that were not this crate's (ignored).
+    pub malformed_messages: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) subscription_drops: AtomicU64,
+    pub(crate) resubscriptions: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) publish_failures: AtomicU64,
+    pub(crate) publish_queue_full: AtomicU64,
+    pub(crate) malformed_messages: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Stats {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            subscription_drops: get(&self.subscription_drops),
+            resubscriptions: get(&self.resubscriptions),
+            published: get(&self.published),
+            publish_failures: get(&self.publish_failures),
+            publish_queue_full: get(&self.publish_queue_full),
+            malformed_messages: get(&self.malformed_messages),
+        }
+    }
+}
+
+/// One script call: which script, its ARGV, and the user it is about (to word a refusal).
+pub(crate) struct Call {
+    script: &'static Script,
+    args: Vec<String>,
+    pub(crate) user: String,
+}
+
+impl Call {
+    fn new(script: &'static Script, args: Vec<String>) -> Call {
+        Call {
+            script,
+            args,
+            user: String::new(),
+        }
+    }
+
+    pub(crate) fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
+        let mut invocation = self.script.prepare_invoke();
+        for key in keys.all() {
+            invocation.key(key);
+        }
+        for arg in &self.args {
+            invocation.arg(arg);
+        }
+        invocation
+    }
+}
+
+/// How many log entries one read script returns at most; a longer catch-up takes several.
+pub(crate) const READ_BATCH: u64 = 1_000;
+
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) keys: Keys,
+    pub(crate) options: Options,
+    pub(crate) client: redis::Client,
+    epoch: Mutex<Epoch>,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn new(name: &str, options: Options, client: redis::Client) -> Shared {
+        Shared {
+            name: name.to_owned(),
+            keys: Keys::new(name),
+            options,
+            client,
+            epoch: Mutex::new(Epoch(String::new())),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn epoch(&self) -> Epoch {
+        self.epoch.lock().clone()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    fn change_args(&self, epoch: &Epoch, node: &str) -> Vec<String> {
+        vec![
+            epoch.0.clone(),
+            self.options.log_retention.max(1).to_string(),
+            self.keys.seq_channel.clone(),
+            node.to_owned(),
+        ]
+    }
+
+    pub(crate) fn open_call(&self) -> Call {
+        Call::new(&scripts::OPEN_SCRIPT, vec![random_epoch()])
+    }
+
+    /// Adopts the epoch an `open` call returned.
+    pub(crate) fn open_result(&self, value: Value) -> Result<Epoch> {
+        let Value::Array(items) = value else {
+            return Err(parse::malformed("open: not an array"));
+        };
+        let (Some(epoch), Some(created)) = (items.first(), items.get(1)) else {
+            return Err(parse::malformed("open: too short"));
+        };
+        let epoch = Epoch(parse::text(epoch)?);
+        if parse::number(created)? == 1 {
+            tracing::info!(cluster = self.name, %epoch, "created the cluster state");
+        } else {
+            tracing::debug!(cluster = self.name, %epoch, "joined the cluster state");
+        }
+        let previous = std::mem::replace(&mut *self.epoch.lock(), epoch.clone());
+        if !previous.0.is_empty() && previous != epoch {
+            tracing::warn!(cluster = self.name, %previous, %epoch, "the cluster epoch changed");
+        }
+        Ok(epoch)
+    }
+
+    pub(crate) fn submit_call(&self, lease: &NodeLease, change: &Change) -> Call {
+        let mut args = self.change_args(&lease.epoch, &lease.node);
+        args.push(lease.generation.to_string());
+        let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
+        let (kind, user, connection, flag) = match change {
+            Change::Join { user } => ("join", user, String::new(), String::new()),
+            Change::Link {
+                user,
+                connection,
+                accept_new_users,
+            } => ("link", user, connection.to_string(), flag(*accept_new_users)),
+            Change::Unlink { user, only } => (
+                "unlink",
+                user,
+                only.map(|c| c.to_string()).unwrap_or_default(),
+                flag(only.is_some()),
+            ),
+            Change::Leave { user, only } => (
+                "leave",
+                user,
+                only.map(|c| c.to_string()).unwrap_or_default(),
+                flag(only.is_some()),
+            ),
+        };
+        args.extend([kind.to_owned(), user.clone(), connection, flag]);
+        let mut call = Call::new(&scripts::SUBMIT_SCRIPT, args);
+        call.user = user.clone();
+        call
+    }
+
+    pub(crate) fn entries_result(&self, call: &Call, value: Value) -> Result<Vec<Entry>> {
+        let (_, items) = parse::done(value, &call.user)?;
+        parse::entries(items)
+    }
+
+    pub(crate) fn register_call(&self, node: &str) -> Call {
+        let mut args = self.change_args(&self.epoch(), node);
+        args.push(millis(self.options.lease).to_string());
+        Call::new(&scripts::REGISTER_SCRIPT, args)
+    }
+
+    pub(crate) fn register_result(&self, call: &Call, node: &str, value: Value) -> Result<NodeLease> {
+        let (generation, items) = parse::done(value, &call.user)?;
+        let lease = NodeLease {
+            node: node.to_owned(),
+            generation: parse::parse_u64(&generation)?,
+            // The epoch the call was made with: the script checked it.
+            epoch: Epoch(call.args.first().cloned().unwrap_or_default()),
+        };
+        let unlinked = parse::entries(items)?;
+        tracing::info!(
+            cluster = self.name,
+            node,
+            generation = lease.generation,
+            unlinked = unlinked.len(),
+            "node registered"
+        );
+        Ok(lease)
+    }
+
+    pub(crate) fn renew_call(&self, lease: &NodeLease) -> Call {
+        let mut args = self.change_args(&lease.epoch, &lease.node);
+        args.push(lease.generation.to_string());
+        args.push(millis(self.options.lease).to_string());
+        Call::new(&scripts::RENEW_SCRIPT, args)
+    }
+
+    pub(crate) fn release_call(&self, lease: &NodeLease) -> Call {
+        let mut args = self.change_args(&lease.epoch, &lease.node);
+        args.push(lease.generation.to_string());
+        Call::new(&scripts::RELEASE_SCRIPT, args)
+    }
+
+    pub(crate) fn reap_call(&self, by: &str) -> Call {
+        Call::new(&scripts::REAP_SCRIPT, self.change_args(&self.epoch(), by))
+    }
+
+    pub(crate) fn read_call(&self, epoch: &Epoch, from: u64) -> Call {
+        Call::new(
+            &scripts::READ_SCRIPT,
+            vec![epoch.0.clone(), from.to_string(), READ_BATCH.to_string()],
+        )
+    }
+
+    pub(crate) fn read_result(&self, value: Value) -> Result<(u64, Vec<Entry>)> {
+        let (head, items) = parse::done(value, "")?;
+        Ok((parse::parse_u64(&head)?, parse::entries(items)?))
+    }
+
+    pub(crate) fn snapshot_call(&self, epoch: &Epoch) -> Call {
+        Call::new(&scripts::SNAPSHOT_SCRIPT, vec![epoch.0.clone()])
+    }
+
+    pub(crate) fn snapshot_result(&self, epoch: Epoch, value: Value) -> Result<Snapshot> {
+        let (seq, items) = parse::done(value, "")?;
+        let mut users = Vec::with_capacity(items.len() / 2);
+        let mut pairs = items.iter();
+        while let (Some(name), Some(record)) = (pairs.next(), pairs.next()) {
+            users.push(parse::record(parse::text(name)?, &parse::text(record)?)?);
+        }
+        Ok(Snapshot {
+            epoch,
+            seq: parse::parse_u64(&seq)?,
+            users,
+        })
+    }
+
+    /// `MGET epoch seq`: the epoch in Redis (if any) and the newest seq.
+    pub(crate) fn head_cmd(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(self.keys.epoch()).arg(self.keys.seq());
+        cmd
+    }
+
+    pub(crate) fn head_result(value: Value) -> Result<(Option<Epoch>, u64)> {
+        let Value::Array(items) = value else {
+            return Err(parse::malformed("MGET: not an array"));
+        };
+        let optional = |value: Option<&Value>| match value {
+            None | Some(Value::Nil) => Ok(None),
+            Some(value) => parse::text(value).map(Some),
+        };
+        let epoch = optional(items.first())?.map(Epoch);
+        let seq = optional(items.get(1))?
+            .map(|seq| parse::parse_u64(&seq))
+            .transpose()?
+            .unwrap_or(0);
+        Ok((epoch, seq))
+    }
+}
+
+/// Reading the log after a seq, batch by batch: checks that the entries continue exactly where the caller is, so that
+/// a trimmed log or a Redis that lost writes is noticed rather than skipped over.
+pub(crate) struct Catchup {
+    after: u64,
+    /// The newest seq when the first batch was read: the catch-up ends there (newer entries are kept if they came
+    /// along, but not waited for).
+    target: Option<u64>,
+    pub(crate) entries: Vec<Entry>,
+}
+
+impl Catchup {
+    pub(crate) fn new(after: u64) -> Catchup {
+        Catchup {
+            after,
+            target: None,
+            entries: Vec::new(),
+        }
+    }
+
+    fn last(&self) -> u64 {
+        self.entries.last().map_or(self.after, |entry| entry.seq)
+    }
+
+    /// The seq to read from next, or `None` when done.
+    pub(crate) fn next_from(&self) -> Option<u64> {
+        match self.target {
+            Some(target) if self.last() >= target => None,
+            _ => Some(self.last() + 1),
+        }
+    }
+
+    /// Takes one batch read from [`Catchup::next_from`].
+    pub(crate) fn take(&mut self, head: u64, batch: Vec<Entry>) -> Result<()> {
+        let last = self.last();
+        if head < last {
+            return Err(Error::Ahead { after: last, head });
+        }
+        let target = *self.target.get_or_insert(head);
+        if last >= target {
+            return Ok(());
+        }
+        if batch.first().is_none_or(|entry| entry.seq != last + 1) {
+            return Err(Error::Trimmed { after: last, head });
+        }
+        for entry in batch {
+            let expected = self.last() + 1;
+            if entry.seq != expected {
+                return Err(parse::malformed(&format!(
+                    "log entry {} where {expected} was due",
+                    entry.seq
+                )));
+            }
+            self.entries.push(entry);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// 128 random bits as hex, from the standard library's per-process random hasher keys, the clock and the pid. It
+/// only has to be unique, not secret.
+fn random_epoch() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let mut epoch = String::with_capacity(32);
+    for half in 0..2u8 {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u8(half);
+        hasher.write_u128(nanos);
+        hasher.write_u32(std::process::id());
+        let _ = write!(epoch, "{:016x}", hasher.finish());
+    }
+    epoch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Event;
+
+    fn joined(seq: u64) -> Entry {
+        Entry {
+            seq,
+            event: Event::Joined {
+                user: format!("u{seq}"),
+            },
+            by: "n".into(),
+        }
+    }
+
+    #[test]
+    fn a_catchup_ends_at_the_head_it_first_saw() {
+        let mut catchup = Catchup::new(3);
+        assert_eq!(catchup.next_from(), Some(4));
+        catchup.take(5, vec![joined(4), joined(5)]).unwrap();
+        assert_eq!(catchup.next_from(), None);
+        assert_eq!(catchup.entries.len(), 2);
+    }
+
+    #[test]
+    fn nothing_to_read_is_not_a_gap() {
+        let mut catchup = Catchup::new(7);
+        catchup.take(7, vec![]).unwrap();
+        assert_eq!(catchup.next_from(), None);
+    }
+
+    #[test]
+    fn a_trimmed_log_or_a_redis_behind_the_caller_needs_a_snapshot() {
+        let error = Catchup::new(3).take(9, vec![joined(6), joined(7)]).unwrap_err();
+        assert!(matches!(error, Error::Trimmed { after: 3, head: 9 }) && error.needs_snapshot());
+        let error = Catchup::new(3).take(9, vec![]).unwrap_err();
+        assert!(matches!(error, Error::Trimmed { .. }));
+        let error = Catchup::new(10).take(9, vec![]).unwrap_err();
+        assert!(matches!(error, Error::Ahead { after: 10, head: 9 }) && error.needs_snapshot());
+    }
+
+    #[test]
+    fn epochs_differ() {
+        let (a, b) = (random_epoch(), random_epoch());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,279 @@
+//! A node's subscription: the seq notifications, the broadcast channel and its own channel, on one pub/sub connection
+//! that comes back by itself.
+//!
+//! Why a loop of our own around `aio::PubSub` instead of the `redis` crate's RESP3 push messages with automatic
+//! resubscription (`ConnectionManagerConfig::set_automatic_resubscription`): with the latter the caller learns that
+//! the connection dropped, but not *when the new subscription is in place*, and a failed resubscription is ignored
+//! (its pipeline's result is discarded). Filling the gap needs exactly that moment: subscribe first, *then* read the
+//! log, and nothing published in between can be missed. Here the subscription is confirmed by Redis before
+//! [`Notification::Subscribed`] goes out, so reading the log on it closes every gap.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, MissedTickBehavior};
+
+use crate::messages::Message;
+use crate::shared::{Counters, Shared};
+use crate::types::Epoch;
+
+/// What a [`Subscription`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// The subscription is in place: first after [`Cluster::subscribe`](crate::Cluster::subscribe), and again after
+    /// every reconnection (`resubscribed: true`). Read the log now: notifications published while it was away are
+    /// lost, their entries are not.
+    Subscribed {
+        /// Whether this is a reconnection.
+        resubscribed: bool,
+    },
+    /// The log has reached at least this seq (a script's notification, or the periodic poll). Read up to it.
+    Seq(u64),
+    /// Redis's epoch is not this handle's: the cluster state was lost (`current: None`) or recreated.
+    EpochChanged {
+        /// The epoch Redis has now, if any.
+        current: Option<Epoch>,
+    },
+    /// A broadcast from another node; `user` is the one to skip.
+    Broadcast(Message),
+    /// A message for `user`, linked on this node.
+    Send(Message),
+}
+
+/// The notifications of one node: a [`Stream`] of [`Notification`]s that survives dropped connections. After a
+/// reconnection it yields [`Notification::Subscribed`] again (the drop is logged and counted in
+/// [`Stats`](crate::Stats)); every [`Options::poll_interval`](crate::Options::poll_interval) it also polls the
+/// newest seq, so that a notification lost for any reason only delays. Broadcasts this node published itself are not
+/// yielded (it delivered them locally). Dropping it ends the subscription.
+///
+/// Cross-node messages are at most once: those published while the subscription is away are lost (unlike log
+/// entries, which the log keeps).
+#[derive(Debug)]
+pub struct Subscription {
+    notifications: mpsc::Receiver<Notification>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Subscription {
+    pub(crate) fn start(shared: Arc<Shared>, conn: ConnectionManager, node: &str) -> Subscription {
+        let (sender, notifications) = mpsc::channel(shared.options.notification_queue.max(1));
+        let channels = vec![
+            shared.keys.seq_channel.clone(),
+            shared.keys.broadcast_channel.clone(),
+            shared.keys.node_channel(node),
+        ];
+        let task = tokio::spawn(
+            Subscriber {
+                shared,
+                conn,
+                node: node.to_owned(),
+                channels,
+                sender,
+                seen: (Epoch(String::new()), 0),
+            }
+            .run(),
+        );
+        Subscription { notifications, task }
+    }
+
+    /// The next notification; `None` only if the subscription's task is gone (its runtime shut down).
+    pub async fn next(&mut self) -> Option<Notification> {
+        self.notifications.recv().await
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Notification;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Notification>> {
+        self.notifications.poll_recv(cx)
+    }
+}
+
+struct Subscriber {
+    shared: Arc<Shared>,
+    conn: ConnectionManager,
+    node: String,
+    channels: Vec<String>,
+    sender: mpsc::Sender<Notification>,
+    /// The newest seq announced, and in which epoch (seqs start again in a new one), so that the poll only speaks
+    /// when it learned something.
+    seen: (Epoch, u64),
+}
+
+/// The subscriber is gone: stop.
+struct Gone;
+
+impl Subscriber {
+    async fn run(mut self) {
+        let mut resubscribed = false;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.subscribe().await {
+                Ok((sink, stream)) => {
+                    backoff = Duration::from_millis(20);
+                    if resubscribed {
+                        Counters::add(&self.shared.counters.resubscriptions, 1);
+                        tracing::info!(cluster = self.shared.name, node = self.node, "resubscribed");
+                    }
+                    if self.send(Notification::Subscribed { resubscribed }).await.is_err() {
+                        return;
+                    }
+                    let reason = match self.listen(sink, stream).await {
+                        Ok(reason) => reason,
+                        Err(Gone) => return,
+                    };
+                    Counters::add(&self.shared.counters.subscription_drops, 1);
+                    tracing::warn!(
+                        cluster = self.shared.name,
+                        node = self.node,
+                        reason,
+                        "subscription dropped"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(cluster = self.shared.name, node = self.node, %error, "subscribing failed");
+                }
+            }
+            resubscribed = true;
+            if self.sender.is_closed() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.shared.options.connect_timeout);
+        }
+    }
+
+    async fn subscribe(&self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
+        let limit = self.shared.options.connect_timeout + self.shared.options.command_timeout;
+        let attempt = async {
+            let mut pubsub = self.shared.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channels).await?;
+            Ok(pubsub.split())
+        };
+        match timeout(limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "subscribing timed out"))),
+        }
+    }
+
+    /// Forwards messages until the connection drops (returns why) or the subscriber is gone.
+    async fn listen(
+        &mut self,
+        mut sink: redis::aio::PubSubSink,
+        mut stream: redis::aio::PubSubStream,
+    ) -> Result<&'static str, Gone> {
+        let mut poll = tokio::time::interval(self.shared.options.poll_interval);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        poll.tick().await;
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => self.forward(&message).await?,
+                    None => return Ok("connection closed"),
+                },
+                _ = poll.tick() => {
+                    // A PING through the pub/sub connection proves it is alive; a dead one is replaced.
+                    let ping = timeout(self.shared.options.command_timeout, sink.ping::<Value>()).await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        return Ok("ping failed");
+                    }
+                    self.poll().await?;
+                }
+                _ = self.sender.closed() => return Err(Gone),
+            }
+        }
+    }
+
+    async fn forward(&mut self, message: &redis::Msg) -> Result<(), Gone> {
+        let channel = message.get_channel_name();
+        let payload = message.get_payload_bytes();
+        let notification = if channel == self.shared.keys.seq_channel {
+            self.seq_notification(payload)
+        } else if let Some(decoded) = Message::decode(payload) {
+            if channel == self.shared.keys.broadcast_channel {
+                (decoded.origin != self.node).then_some(Notification::Broadcast(decoded))
+            } else {
+                Some(Notification::Send(decoded))
+            }
+        } else {
+            Counters::add(&self.shared.counters.malformed_messages, 1);
+            tracing::debug!(cluster = self.shared.name, channel, "ignored a frame that is not ours");
+            None
+        };
+        match notification {
+            Some(notification) => self.send(notification).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `<seq> <epoch>` from a script's PUBLISH.
+    fn seq_notification(&mut self, payload: &[u8]) -> Option<Notification> {
+        let text = std::str::from_utf8(payload).ok();
+        let Some((seq, epoch)) = text.and_then(|text| text.split_once(' ')) else {
+            Counters::add(&self.shared.counters.malformed_messages, 1);
+            return None;
+        };
+        let Ok(seq) = seq.parse::<u64>() else {
+            Counters::add(&self.shared.counters.malformed_messages, 1);
+            return None;
+        };
+        if epoch != self.shared.epoch().as_str() {
+            return Some(Notification::EpochChanged {
+                current: Some(Epoch(epoch.to_owned())),
+            });
+        }
+        self.announce(seq);
+        Some(Notification::Seq(seq))
+    }
+
+    /// Reads the epoch and newest seq: announces a seq it had not announced, or a changed epoch.
+    async fn poll(&mut self) -> Result<(), Gone> {
+        let mut conn = self.conn.clone();
+        let value = match self.shared.head_cmd().query_async::<Value>(&mut conn).await {
+            Ok(value) => value,
+            Err(error) => {
+                tracing::debug!(cluster = self.shared.name, %error, "polling the head failed");
+                return Ok(());
+            }
+        };
+        let Ok((epoch, seq)) = Shared::head_result(value) else {
+            return Ok(());
+        };
+        if epoch.as_ref() != Some(&self.shared.epoch()) {
+            return self.send(Notification::EpochChanged { current: epoch }).await;
+        }
+        if self.announce(seq) {
+            return self.send(Notification::Seq(seq)).await;
+        }
+        Ok(())
+    }
+
+    /// Records `seq` as announced in the handle's current epoch; whether it is newer than any announced before.
+    fn announce(&mut self, seq: u64) -> bool {
+        let epoch = self.shared.epoch();
+        if self.seen.0 != epoch {
+            self.seen = (epoch, 0);
+        }
+        let newer = seq > self.seen.1;
+        self.seen.1 = self.seen.1.max(seq);
+        newer
+    }
+
+    async fn send(&self, notification: Notification) -> Result<(), Gone> {
+        self.sender.send(notification).await.map_err(|_| Gone)
+    }
+}

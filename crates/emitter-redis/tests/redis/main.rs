@@ -1,0 +1,10 @@
+//! emitter-redis against real `redis-server` processes (see `support`): one test binary, one Redis per test.
+
+mod support;
+
+mod blocking;
+mod faults;
+mod leases;
+mod membership;
+mod messages;
+mod retention;

@@ -79,7 +79,7 @@ fn broadcast(c: &mut Criterion) {
             let clients = link_clients(port, n).await;
             (server, clients)
         });
-        let message = Message::with_payload("bench/msg", &[1, 2, 3]).expect("message");
+        let message = Message::with_payload("bench/msg", serde_json::json!([1, 2, 3]));
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter_custom(|iters| {

@@ -4,16 +4,15 @@
 //! tower layer that passes every other request through).
 //!
 //! ```no_run
-//! use emitter_core::{Message, Server};
+//! use emitter_core::Server;
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let server = Server::new();
-//!     let s = server.clone();
-//!     let _ = server.on_message(move |username, message| {
-//!         let _ = s.broadcast(message, Some(username));
+//!     server.on_message(|server, username, message| {
+//!         let _ = server.broadcast(message, Some(username)); // relay to everyone else
 //!     });
-//!     let port = emitter_axum::listen(&server, 8082).await?;
+//!     let port = emitter_axum::listen(&server, ("127.0.0.1", 8082)).await?;
 //!     println!("listening on {port}");
 //!     tokio::signal::ctrl_c().await?;
 //!     server.close().await?;

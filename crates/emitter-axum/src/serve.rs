@@ -6,7 +6,7 @@ use std::io;
 use axum::serve::ListenerExt;
 use axum::Router;
 use emitter_core::Server;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::mount::router;
 
@@ -50,21 +50,25 @@ impl From<io::Error> for ListenError {
     }
 }
 
-/// Binds `0.0.0.0:port` (0 picks a free port), serves the Krmx endpoint there on a background task, emits `listen`,
-/// and returns the port. The task stops when [`Server::close`] is called.
+/// Binds `address` (anything `tokio::net::TcpListener::bind` takes: `("127.0.0.1", 8082)`, `"0.0.0.0:8082"`, a
+/// `SocketAddr`; port 0 picks a free port), serves the Krmx endpoint there on a background task, emits `listen`, and
+/// returns the port. The task stops when [`Server::close`] is called.
+///
+/// Bind `127.0.0.1` (only this machine can connect) while developing or behind a reverse proxy on the same host, and
+/// `0.0.0.0` to accept connections from other machines.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), emitter_axum::ListenError> {
 /// let server = emitter_core::Server::new();
-/// let port = emitter_axum::listen(&server, 8082).await?;
+/// let port = emitter_axum::listen(&server, ("127.0.0.1", 8082)).await?;
 /// // ... later
 /// server.close().await.unwrap();
 /// # Ok(()) }
 /// ```
-pub async fn listen(server: &Server, port: u16) -> Result<u16, ListenError> {
+pub async fn listen(server: &Server, address: impl ToSocketAddrs) -> Result<u16, ListenError> {
     let host = server.host();
     host.start()?;
-    match TcpListener::bind(("0.0.0.0", port)).await {
+    match TcpListener::bind(address).await {
         Ok(listener) => run(server, listener, router(server)).await,
         Err(error) => {
             host.start_failed();

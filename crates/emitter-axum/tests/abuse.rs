@@ -69,7 +69,7 @@ impl Latencies {
 async fn echo_server(builder: ServerBuilder) -> (Server, Recorder, u16) {
     let (server, events, port) = start(builder).await;
     let s = server.clone();
-    let _ = server.on_message(move |username, message| {
+    server.on_message(move |_, username, message| {
         if message.kind == "echo/ping" {
             let _ = s.send(username, message);
         }
@@ -140,7 +140,7 @@ async fn slow_readers_are_closed_without_holding_up_anyone_else() {
     let flood = {
         let (server, done) = (server.clone(), done.clone());
         tokio::spawn(async move {
-            let big = Message::with_payload("flood/data", &"x".repeat(4096)).unwrap();
+            let big = Message::with_payload("flood/data", serde_json::json!("x".repeat(4096)));
             let started = Instant::now();
             let (mut broadcasts, mut queued, mut refused) = (0usize, 0usize, 0usize);
             while broadcasts < 1_000_000 && started.elapsed() < Duration::from_secs(20) {
@@ -178,7 +178,7 @@ async fn slow_readers_are_closed_without_holding_up_anyone_else() {
 fn count_flood_messages(server: &Server) -> Arc<AtomicUsize> {
     let received = Arc::new(AtomicUsize::new(0));
     let r = received.clone();
-    let _ = server.on_message(move |_, message| {
+    server.on_message(move |_, _, message| {
         if message.kind == "flood/n" {
             r.fetch_add(1, Ordering::Relaxed);
         }
@@ -329,7 +329,7 @@ async fn with_tcp_nodelay_a_reply_after_server_pushes_is_prompt() {
     let _serial = SERIAL.lock().await;
     let server = Server::builder().ping_interval(Duration::ZERO).build();
     let s = server.clone();
-    let _ = server.on_message(move |username, message| {
+    server.on_message(move |_, username, message| {
         if message.kind == "echo/ping" {
             let _ = s.send(username, message);
         }

@@ -195,13 +195,13 @@ async fn should_emit_a_listen_event_with_the_port_once_the_server_successfully_s
     let server = Server::new();
     let ports = Arc::new(Mutex::new(Vec::new()));
     let p = ports.clone();
-    let _ = server.on_listen(move |port| p.lock().push(port));
+    server.on_listen(move |_, port| p.lock().push(port));
     let listened = server.wait_for_listen();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bound = listener.local_addr().unwrap().port();
     let port = emitter_axum::listen_on(&server, listener).await.unwrap();
     assert_eq!(port, bound);
-    assert_eq!(tokio::time::timeout(TIMEOUT, listened).await.unwrap(), port);
+    assert_eq!(tokio::time::timeout(TIMEOUT, listened).await.unwrap().unwrap(), port);
     assert_eq!(*ports.lock(), [port]);
     shutdown(&server).await;
 }
@@ -442,11 +442,11 @@ async fn should_emit_the_message_and_username_if_a_custom_message_is_received_fr
     simon
         .send(json!({ "type": "custom", "payload": { "key": "value" } }))
         .await;
-    let (from, message) = tokio::time::timeout(TIMEOUT, received).await.unwrap();
+    let (from, message) = tokio::time::timeout(TIMEOUT, received).await.unwrap().unwrap();
     assert_eq!(from, "simon");
     assert_eq!(
         message,
-        Message::with_payload("custom", &json!({ "key": "value" })).unwrap()
+        Message::with_payload("custom", serde_json::json!(json!({ "key": "value" })))
     );
     shutdown(&server).await;
 }
@@ -535,7 +535,7 @@ async fn should_inform_all_users_when_a_user_is_linked_to_a_connection() {
     events.wait_for("unlink lisa").await;
     let relinked = server.wait_for_link_when(|username| username == "lisa");
     let _lisa = RawClient::link_as(port, "lisa").await;
-    tokio::time::timeout(TIMEOUT, relinked).await.unwrap();
+    tokio::time::timeout(TIMEOUT, relinked).await.unwrap().unwrap();
     // Simon hears that lisa linked, and not that she joined.
     simon.expect(linked("lisa")).await;
     expect_nothing_more(&server, &mut simon, "simon").await;
@@ -641,7 +641,7 @@ async fn welcome_in_link_but_not_in_join(broadcast: bool) {
     let (server, _events, port) = start_default().await;
     let join_results = Arc::new(Mutex::new(Vec::new()));
     let (s, results) = (server.clone(), join_results.clone());
-    let _ = server.on_join(move |username| {
+    server.on_join(move |_, username| {
         let welcome = Message::new("custom/welcome-on-join");
         let result = if broadcast {
             s.broadcast(&welcome, None).map(drop)
@@ -651,7 +651,7 @@ async fn welcome_in_link_but_not_in_join(broadcast: bool) {
         results.lock().push(result.map_err(|error| error.to_string()));
     });
     let s = server.clone();
-    let _ = server.on_link(move |username| {
+    server.on_link(move |_, username| {
         let welcome = Message::new("custom/welcome-on-link");
         if broadcast {
             s.broadcast(&welcome, None).unwrap();
@@ -720,7 +720,7 @@ async fn should_reject_linking_a_connection_to_a_user_if_the_reject_callback_in_
 ) {
     let (server, events, port) = start_default().await;
     let s = server.clone();
-    let _ = server.on_authenticate(move |_username, info: &AuthInfo, ctx: &AuthContext| {
+    server.on_authenticate(move |_, _username, info: &AuthInfo, ctx: &AuthContext| {
         // `info.auth` is passed on.
         if info.auth.as_deref() == Some("i-am-a-robot") {
             ctx.reject("robots-are-not-allowed");
@@ -986,7 +986,7 @@ async fn should_call_listen_on_server_even_when_provided_http_server_is_already_
 
     let listened = server.wait_for_listen();
     emitter_axum::mark_listening(&server, port).unwrap();
-    assert_eq!(tokio::time::timeout(TIMEOUT, listened).await.unwrap(), port);
+    assert_eq!(tokio::time::timeout(TIMEOUT, listened).await.unwrap().unwrap(), port);
     server.join("simon").unwrap();
     assert_eq!(server.users(), [user("simon", false)]);
     let _simon = RawClient::link_as(port, "simon").await;
@@ -1037,7 +1037,7 @@ async fn should_not_kick_a_client_if_it_responds_to_the_websocket_ping_with_a_po
 #[tokio::test]
 async fn should_allow_authenticate_to_be_asynchronous() {
     let (server, _events, port) = start(Server::builder().auth_timeout(Duration::from_secs(2))).await;
-    let _ = server.on_authenticate(|username, _info, ctx| {
+    server.on_authenticate(|_, username, _info, ctx| {
         if username == "marjolein" {
             ctx.reject("immediately rejected");
         }
@@ -1045,7 +1045,7 @@ async fn should_allow_authenticate_to_be_asynchronous() {
             panic!("immediately rejected by throw");
         }
     });
-    let _ = server.on_authenticate(|username, _info, ctx| {
+    server.on_authenticate(|_, username, _info, ctx| {
         let ctx2 = ctx.clone();
         let username = username.to_owned();
         ctx.mark_async(async move {

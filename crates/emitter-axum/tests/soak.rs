@@ -182,7 +182,7 @@ async fn thousands_of_connections_come_and_go_and_leave_nothing_behind() {
     let started = Instant::now();
     let (server, events, port) = start(Server::builder().ping_interval(Duration::ZERO)).await;
     let s = server.clone();
-    let _ = server.on_message(move |username, message| {
+    server.on_message(move |_, username, message| {
         if message.kind == "soak/echo" {
             let _ = s.send(username, message);
         }

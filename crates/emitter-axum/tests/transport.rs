@@ -37,7 +37,7 @@ async fn binary_frames_are_read_like_text_frames() {
     simon
         .send_binary(br#"{"type":"custom/binary","payload":{"n":1}}"#)
         .await;
-    let (from, message) = tokio::time::timeout(TIMEOUT, said).await.unwrap();
+    let (from, message) = tokio::time::timeout(TIMEOUT, said).await.unwrap().unwrap();
     assert_eq!(from, "simon");
     assert_eq!(message.kind, "custom/binary");
     assert_eq!(message.payload, Some(json!({"n": 1})));
@@ -54,7 +54,7 @@ async fn an_oversized_message_closes_only_its_connection() {
     assert!(fits.len() < 1024);
     let said = server.wait_for_message();
     simon.send_raw(&fits).await;
-    let (from, _) = tokio::time::timeout(TIMEOUT, said).await.unwrap();
+    let (from, _) = tokio::time::timeout(TIMEOUT, said).await.unwrap().unwrap();
     assert_eq!(from, "simon");
 
     let too_big = json!({"type": "custom/big", "payload": "x".repeat(2000)}).to_string();
@@ -67,7 +67,7 @@ async fn an_oversized_message_closes_only_its_connection() {
     // The others carry on, and the server still accepts connections.
     let said = server.wait_for_message();
     lisa.send(json!({"type": "custom/still-here"})).await;
-    let (from, _) = tokio::time::timeout(TIMEOUT, said).await.unwrap();
+    let (from, _) = tokio::time::timeout(TIMEOUT, said).await.unwrap().unwrap();
     assert_eq!(from, "lisa");
     let mut again = RawClient::link_as(port, "simon").await;
     again.recv_until(&linked("simon")).await;
@@ -306,7 +306,7 @@ async fn a_slow_consumer_is_closed_without_holding_up_the_others() {
     // Never read from here on: the socket's buffers fill up, then the connection's queue.
     let mut slow = slow.into_inner();
 
-    let flood = Message::with_payload("flood/data", &"x".repeat(1024)).unwrap();
+    let flood = Message::with_payload("flood/data", serde_json::json!("x".repeat(1024)));
     let mut sent = 0;
     for _ in 0..10_000 {
         if server.send("slow", &flood).is_err() {
@@ -346,6 +346,28 @@ async fn a_slow_consumer_is_closed_without_holding_up_the_others() {
 
     let said = server.wait_for_message();
     fast.send(json!({"type": "custom/done"})).await;
-    let (from, _) = tokio::time::timeout(TIMEOUT, said).await.unwrap();
+    let (from, _) = tokio::time::timeout(TIMEOUT, said).await.unwrap().unwrap();
     assert_eq!(from, "fast");
+}
+
+#[tokio::test]
+async fn listen_binds_the_address_it_is_given() {
+    let server = Server::new();
+    let port = emitter_axum::listen(&server, ("127.0.0.1", 0)).await.unwrap();
+    assert_ne!(port, 0, "port 0 picks a free port, and listen says which");
+    let client = TestClient::linked(&format!("ws://127.0.0.1:{port}/"), "simon").await;
+    assert_eq!(server.users().len(), 1);
+    drop(client);
+    within("close", server.close()).await.unwrap();
+
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let busy = taken.local_addr().unwrap();
+    let other = Server::new();
+    let error = emitter_axum::listen(&other, busy).await.unwrap_err();
+    assert!(error.to_string().starts_with("cannot start listening: "), "{error}");
+    assert_eq!(
+        other.status(),
+        Status::Initializing,
+        "a failed bind leaves the server ready to try again"
+    );
 }

@@ -21,7 +21,7 @@ async fn accepts_a_valid_link_and_sends_the_snapshot() {
 
     lisa.send(json!({"type": "custom/hello", "payload": {"key": "value"}}))
         .await;
-    let (from, message) = server.wait_for_message().await;
+    let (from, message) = server.wait_for_message().await.unwrap();
     assert_eq!(from, "lisa");
     assert_eq!(message.payload, Some(json!({"key": "value"})));
 

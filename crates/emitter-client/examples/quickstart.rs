@@ -12,9 +12,9 @@ use emitter_client::Client;
 async fn chat(url: &str) -> Result<(), Box<dyn Error>> {
     let client = Client::new();
     // Listeners can be registered at any time; these log who comes and goes.
-    let _ = client.on_join(|username| tracing::info!(username, "joined"));
-    let _ = client.on_leave(|username| tracing::info!(username, "left"));
-    let _ = client.on_message(|message| tracing::info!(kind = message.kind, "message"));
+    client.on_join(|username| tracing::info!(username, "joined"));
+    client.on_leave(|username| tracing::info!(username, "left"));
+    client.on_message(|message| tracing::info!(kind = message.kind, "message"));
 
     client.connect(url).await?;
     // Resolves once the server accepted and linked this user; fails with the server's reason otherwise.
@@ -23,7 +23,7 @@ async fn chat(url: &str) -> Result<(), Box<dyn Error>> {
 
     // Start waiting before sending, so that a fast reply is not missed.
     let reply = client.wait_for_message_when(|message| message.kind == "chat/message");
-    client.send(&Message::with_payload("chat/message", "hello")?)?;
+    client.send(&Message::with_payload("chat/message", serde_json::json!("hello")))?;
     let reply = tokio::time::timeout(std::time::Duration::from_secs(5), reply).await?;
     tracing::info!(payload = ?reply.payload, "relayed");
 
@@ -35,9 +35,8 @@ async fn chat(url: &str) -> Result<(), Box<dyn Error>> {
 /// A server that relays every `chat/message` to everyone, for the example to talk to.
 async fn local_server() -> Result<(Server, String), Box<dyn Error>> {
     let server = Server::new();
-    let relay = server.clone();
-    let _ = server.on_message(move |_, message| {
-        let _ = relay.broadcast(message, None);
+    server.on_message(|server, _, message| {
+        let _ = server.broadcast(message, None);
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = emitter_axum::listen_on(&server, listener).await?;

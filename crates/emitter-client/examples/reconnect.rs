@@ -21,8 +21,8 @@ fn reconnecting_client() -> Client {
         .max_delay(Duration::from_secs(5)) // then 200 ms, 400 ms, ... up to 5 s
         .max_attempts(50); // and gives up after 50 failed attempts
     let client = Client::builder().reconnect(policy).build();
-    let _ = client.on_close(|| tracing::warn!("connection closed"));
-    let _ = client.on_accept(|| tracing::info!("linked (again)"));
+    client.on_close(|| tracing::warn!("connection closed"));
+    client.on_accept(|| tracing::info!("linked (again)"));
     client
 }
 

@@ -29,7 +29,7 @@ async fn play(url: &str) -> Result<Moved, Box<dyn Error>> {
     client.link("simon", None).await?;
 
     // Every `game/moved` whose payload reads as a `Moved` reaches this listener; others are logged and skipped.
-    let _ = client.on_payload("game/moved", |moved: Moved| tracing::info!(?moved, "a move"));
+    client.on_payload("game/moved", |moved: Moved| tracing::info!(?moved, "a move"));
 
     // Or wait for the next one; it fails if the payload does not read as a `Moved`.
     let next = client.wait_for_payload::<Moved>("game/moved");
@@ -43,12 +43,9 @@ async fn play(url: &str) -> Result<Moved, Box<dyn Error>> {
 /// A server that answers every `game/move` with a `game/moved` to everyone.
 async fn local_server() -> Result<(Server, String), Box<dyn Error>> {
     let server = Server::new();
-    let game = server.clone();
-    let _ = server.on_message(move |username, message| {
-        if let ("game/move", Ok(Move { x, y })) = (message.kind.as_str(), message.payload_as::<Move>()) {
-            let moved = serde_json::json!({ "type": "game/moved", "payload": { "by": username, "x": x, "y": y } });
-            let _ = game.broadcast_json(&moved, None);
-        }
+    server.on_payload("game/move", |server, username, Move { x, y }| {
+        let moved = serde_json::json!({ "by": username, "x": x, "y": y });
+        let _ = server.broadcast_payload("game/moved", &moved, None);
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = emitter_axum::listen_on(&server, listener).await?;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_core::protocol::Message;
+use emitter_core::protocol::{Message, LEAVE, UNLINK};
 use emitter_core::User;
 use serde::Serialize;
 use serde_json::Value;
@@ -287,7 +287,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn unlink(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        self.inner.request_unlink("unlink", "krmx/unlink")
+        self.inner.request_unlink("unlink", UNLINK)
     }
 
     /// Tells the server that this client's user leaves: it is unlinked and removed, and everyone else gets a
@@ -310,7 +310,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn leave(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        self.inner.request_unlink("leave", "krmx/leave")
+        self.inner.request_unlink("leave", LEAVE)
     }
 
     /// Closes the connection. Allowed when `connected`, `linking` or `unlinking`; with `force`, also when
@@ -359,7 +359,7 @@ impl Client {
     /// use emitter_core::Message;
     ///
     /// let received = server.wait_for_message();
-    /// client.send(&Message::with_payload("chat/say", "hello")?)?;
+    /// client.send(&Message::with_payload("chat/say", serde_json::json!("hello")))?;
     /// let (from, message) = received.await;
     /// assert_eq!((from.as_str(), message.kind.as_str()), ("simon", "chat/say"));
     ///
@@ -403,7 +403,7 @@ impl Client {
     /// ```
     pub fn send_payload<T: Serialize + ?Sized>(&self, kind: &str, payload: &T) -> Result<(), Error> {
         self.check_can_send()?;
-        self.send(&Message::with_payload(kind, payload)?)
+        self.send(&Message::with_payload(kind, serde_json::to_value(payload)?))
     }
 
     fn check_can_send(&self) -> Result<(), Error> {

@@ -1,8 +1,8 @@
 //! The client's events, and the listener lists they are emitted to: the same lists as the server's
-//! ([`emitter_core::events`]). The methods that register listeners are in [`listeners`](crate::listeners).
+//! ([`emitter_listeners`]). The methods that register listeners are in [`listeners`](crate::listeners).
 
-use emitter_core::events::Listeners;
 use emitter_core::Message;
+use emitter_listeners::Listeners;
 
 pub(crate) type Unit = dyn Fn() + Send + Sync;
 pub(crate) type Named = dyn Fn(&str) + Send + Sync;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use emitter_core::protocol::{self, Message};
+use emitter_core::protocol::{self, Message, Rejection, ACCEPTED, JOINED, LEFT, LINKED, REJECTED, UNLINKED};
 use emitter_core::User;
 use serde_json::Value;
 
@@ -13,9 +13,6 @@ use crate::error::{Error, Status};
 use crate::event::ClientEvent;
 use crate::reconnect::{self, Plan, Reconnect};
 use crate::state::Shared;
-
-/// The rejection a server sends to a message that an unlinked connection sent: never the answer to a link request.
-const UNLINKED_CONNECTION: &str = "unlinked connection";
 
 impl Handler for Shared {
     fn opened(this: &Arc<Self>, generation: u64) {
@@ -158,9 +155,9 @@ impl Shared {
                 .and_then(Value::as_str)
         };
         let (kind, name) = match message.kind.as_str() {
-            "krmx/accepted" => return self.accepted(),
-            "krmx/rejected" => ("krmx/rejected", field("reason")),
-            kind @ ("krmx/joined" | "krmx/linked" | "krmx/unlinked" | "krmx/left") => (kind, field("username")),
+            ACCEPTED => return self.accepted(),
+            REJECTED => (REJECTED, field("reason")),
+            kind @ (JOINED | LINKED | UNLINKED | LEFT) => (kind, field("username")),
             other => {
                 tracing::warn!(kind = other, "unexpected krmx message; ignored");
                 return;
@@ -171,10 +168,10 @@ impl Shared {
             return;
         };
         match kind {
-            "krmx/rejected" => self.rejected(name),
-            "krmx/joined" => self.joined(name),
-            "krmx/linked" => self.linked(name),
-            "krmx/unlinked" => self.unlinked(name),
+            REJECTED => self.rejected(name),
+            JOINED => self.joined(name),
+            LINKED => self.linked(name),
+            UNLINKED => self.unlinked(name),
             _ => self.left(name),
         }
     }
@@ -205,7 +202,7 @@ impl Shared {
             // Only a link request is answered with a rejection that ends it. A server also rejects messages that
             // reached it after it unlinked this connection (`unlinked connection`); such a late reply says nothing
             // about a link request sent after it.
-            if status != Status::Linking || reason == UNLINKED_CONNECTION {
+            if status != Status::Linking || Rejection::parse(reason) == Rejection::UnlinkedConnection {
                 tracing::debug!(reason, %status, "a rejection that answers no link request; ignored");
                 return;
             }
@@ -241,7 +238,7 @@ impl Shared {
         let guard = self.lock();
         let linking = {
             let mut state = guard.borrow_mut();
-            if !state.mark_linked(username, true, "krmx/linked") {
+            if !state.mark_linked(username, true, LINKED) {
                 return;
             }
             let is_self = state.username.as_deref() == Some(username) && state.status() == Status::Linked;
@@ -261,7 +258,7 @@ impl Shared {
         let guard = self.lock();
         let is_self = {
             let mut state = guard.borrow_mut();
-            if !state.mark_linked(username, false, "krmx/unlinked") {
+            if !state.mark_linked(username, false, UNLINKED) {
                 return;
             }
             let is_self = state.username.as_deref() == Some(username);

@@ -11,14 +11,14 @@
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let server = emitter_core::Server::new();
 //! # let s = server.clone();
-//! # let _ = server.on_message(move |username, message| { let _ = s.broadcast(message, None); });
+//! # server.on_message(move |username, message| { let _ = s.broadcast(message, None); });
 //! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! # let port = emitter_axum::listen_on(&server, listener).await?;
 //! # let url = format!("ws://127.0.0.1:{port}/");
 //! use emitter_client::Client;
 //!
 //! let client = Client::new();
-//! let _ = client.on_join(|username| tracing::info!(username, "joined"));
+//! client.on_join(|username| tracing::info!(username, "joined"));
 //! client.connect(&url).await?;
 //! client.link("simon", None).await?;
 //!
@@ -52,8 +52,8 @@ mod requests;
 mod state;
 
 pub use client::{Client, ClientBuilder, DEFAULT_CLOSE_TIMEOUT, DEFAULT_VERSION};
-pub use emitter_core::events::Subscription;
 pub use emitter_core::{Message, User};
+pub use emitter_listeners::Subscription;
 pub use error::{Error, Status};
 pub use event::ClientEvent;
 pub use reconnect::Reconnect;

@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use emitter_core::events::{fire_once, Subscription, UnsubscribeOnDrop};
 use emitter_core::Message;
+use emitter_listeners::{fire_once, wait as waited, Subscription};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -20,10 +20,10 @@ fn wait<T: Send + 'static>(
     rx: oneshot::Receiver<T>,
 ) -> impl Future<Output = T> + Send + 'static {
     let client = client.clone();
+    let waiting = waited(subscription, rx);
     async move {
-        let _unsubscribe = UnsubscribeOnDrop(subscription);
         let _client = client;
-        match rx.await {
+        match waiting.await {
             Ok(value) => value,
             // The sender lives in the listener, which the client we hold keeps; it is never dropped unsent.
             Err(_) => std::future::pending().await,
@@ -153,7 +153,7 @@ impl Client {
     ///
     /// ```
     /// let client = emitter_client::Client::new();
-    /// let _ = client.on_any(|event| tracing::debug!(event = event.name()));
+    /// client.on_any(|event| tracing::debug!(event = event.name()));
     /// ```
     pub fn on_any(&self, listener: impl Fn(&ClientEvent<'_>) + Send + Sync + 'static) -> Subscription {
         self.inner.events.any.add(Arc::new(listener))
@@ -289,7 +289,7 @@ impl Client {
     ///
     /// ```
     /// let client = emitter_client::Client::new();
-    /// let _ = client.on_message(|message| tracing::info!(kind = message.kind, "message"));
+    /// client.on_message(|message| tracing::info!(kind = message.kind, "message"));
     /// ```
     pub fn on_message(&self, listener: impl Fn(&Message) + Send + Sync + 'static) -> Subscription {
         self.inner.events.message.add(Arc::new(listener))
@@ -299,7 +299,7 @@ impl Client {
     ///
     /// ```
     /// let client = emitter_client::Client::new();
-    /// let _ = client.once_message(|message| tracing::info!(kind = message.kind, "first message"));
+    /// client.once_message(|message| tracing::info!(kind = message.kind, "first message"));
     /// ```
     pub fn once_message(&self, listener: impl FnOnce(&Message) + Send + 'static) -> Subscription {
         self.once_message_when(|_| true, listener)
@@ -309,7 +309,7 @@ impl Client {
     ///
     /// ```
     /// let client = emitter_client::Client::new();
-    /// let _ = client.once_message_when(|m| m.kind == "game/over", |_| tracing::info!("game over"));
+    /// client.once_message_when(|m| m.kind == "game/over", |_| tracing::info!("game over"));
     /// ```
     pub fn once_message_when(
         &self,
@@ -359,7 +359,7 @@ impl Client {
     /// struct Said { username: String, text: String }
     ///
     /// let client = emitter_client::Client::new();
-    /// let _ = client.on_payload("chat/said", |said: Said| tracing::info!(said.username, said.text));
+    /// client.on_payload("chat/said", |said: Said| tracing::info!(said.username, said.text));
     /// ```
     pub fn on_payload<T: DeserializeOwned>(
         &self,

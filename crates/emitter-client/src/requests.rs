@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use emitter_core::protocol::RESERVED_PREFIX;
+use emitter_core::protocol::{LINK, RESERVED_PREFIX};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -103,7 +103,7 @@ impl Shared {
         if let Some(auth) = auth {
             payload["auth"] = Value::String(auth.to_owned());
         }
-        let request = json!({ "type": "krmx/link", "payload": payload });
+        let request = json!({ "type": LINK, "payload": payload });
         guard.borrow().push(request.to_string());
         Ok(async move { linked.await.unwrap_or(Err(Error::ConnectionClosed)) })
     }

@@ -21,7 +21,7 @@ fn fast() -> Reconnect {
 fn record(client: &Client) -> Arc<Mutex<Vec<String>>> {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let s = seen.clone();
-    let _ = client.on_any(move |event| {
+    client.on_any(move |event| {
         let line = match event {
             ClientEvent::Link { username } | ClientEvent::Unlink { username } => {
                 format!("{} {username}", event.name())
@@ -46,7 +46,7 @@ fn nth_close(client: &Client, n: usize) -> Arc<Notify> {
     let nth = Arc::new(Notify::new());
     let notify = nth.clone();
     // Kept for the client's lifetime.
-    let _ = client.on_close(move || {
+    client.on_close(move || {
         let mut closes = closes.lock();
         *closes += 1;
         if *closes == n {
@@ -73,8 +73,8 @@ async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
     });
     let relinked = client.wait_for_link_when(|u| u == "simon");
     proxy.cut();
-    assert_eq!(within("server unlink", server_unlinked).await, "simon");
-    let (username, (is_new_user, auth)) = within("relink request", server_relinked).await;
+    assert_eq!(within("server unlink", server_unlinked).await.unwrap(), "simon");
+    let (username, (is_new_user, auth)) = within("relink request", server_relinked).await.unwrap();
     assert_eq!(username, "simon");
     assert!(!is_new_user, "the same user, kept by the server");
     assert_eq!(auth.as_deref(), Some("token"), "the same auth");
@@ -97,7 +97,7 @@ async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
     // Linked for real: messages flow both ways again.
     let received = server.wait_for_message();
     client.send(&Message::new("custom/back")).unwrap();
-    assert_eq!(within("message", received).await.0, "simon");
+    assert_eq!(within("message", received).await.unwrap().0, "simon");
     within("disconnect", client.disconnect(true)).await.unwrap();
     within("server close", server.close()).await.unwrap();
 }

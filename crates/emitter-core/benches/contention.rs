@@ -39,7 +39,7 @@ fn drain(outbox: &Outbox, frames: &mut Vec<Frame>) {
 fn server_with(users: usize) -> (Server, Host, Vec<(ConnectionId, Outbox)>) {
     let server = Server::builder().ping_interval(Duration::ZERO).build();
     let relay = server.clone();
-    let _ = server.on_message(move |username, message| match message.kind.as_str() {
+    server.on_message(move |_, username, message| match message.kind.as_str() {
         "bench/echo" => {
             let _ = relay.send(username, message);
         }

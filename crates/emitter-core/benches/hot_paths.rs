@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use emitter_core::events::Listeners;
 use emitter_core::protocol::{parse, ClientMessage, Frame};
 use emitter_core::transport::{ConnectionId, Host, Outbox};
 use emitter_core::{Message, Server};
+use emitter_listeners::Listeners;
 
 const BENCH_MSG: &[u8] = br#"{"type":"bench/msg","payload":[1234567890,42,7]}"#;
 const CHAT_MSG: &[u8] =
@@ -114,7 +114,7 @@ fn dispatching(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
     let (server, host, connections) = server_with(1);
     let echo = server.clone();
-    let _echo = server.on_message(move |username, message| {
+    let _echo = server.on_message(move |_, username, message| {
         let _ = echo.send(username, message);
     });
     let (id, outbox) = &connections[0];

@@ -155,4 +155,3 @@ impl ServerBuilder {
         Server::with_config(self.config)
     }
 }
-

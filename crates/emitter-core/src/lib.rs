@@ -13,7 +13,7 @@
 //!     let welcome = Message::with_payload("chat/welcome", format!("hi {username}"));
 //!     server.send(username, &welcome).unwrap(); // linked users can be sent to
 //! });
-//! server.on_message(|_server, username, message| tracing::info!(username, kind = message.kind, "message"));
+//! server.on_message(|_, username, message| tracing::info!(username, kind = message.kind, "message"));
 //! ```
 //!
 //! Events reach listeners, and the protocol messages reach clients, in one order that matches the reference
@@ -52,8 +52,8 @@ pub use config::{
     Config, RateLimit, DEFAULT_LINK_DEADLINE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS, DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,
 };
-pub use error::{Error, Status};
 pub use emitter_listeners::Subscription;
+pub use error::{Error, Status};
 pub use events::Event;
 pub use protocol::Message;
 pub use query::QueryParam;

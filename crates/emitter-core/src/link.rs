@@ -14,12 +14,12 @@ use crate::config::MAX_USERNAME_BYTES;
 use crate::connections::{close, Connection, Member, Role};
 use crate::error::Status;
 use crate::events::Event;
-use emitter_listeners::panic_message;
 use crate::id::ConnectionId;
 use crate::outbox::Outbox;
 use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, Rejection, ServerMessage};
 use crate::version::AcceptedVersions;
 use crate::Server;
+use emitter_listeners::panic_message;
 
 /// What a connection is, as seen on the membership path when one of its messages arrives.
 enum Seen {
@@ -186,10 +186,16 @@ impl Server {
             }
             // Linked while this message waited for the sequencer (an async link finished): it is the linked user's.
             (Seen::Linked(member), ClientMessage::Custom(message)) => return Some((member, message)),
-            (Seen::Linking, ClientMessage::Link(_)) => reply_rejected(connection, &Rejection::LinkRequestPending.to_string()),
+            (Seen::Linking, ClientMessage::Link(_)) => {
+                reply_rejected(connection, &Rejection::LinkRequestPending.to_string())
+            }
             (Seen::Unlinked, ClientMessage::Link(Some(request))) => self.attempt_link(connection, request),
-            (Seen::Unlinked, ClientMessage::Link(None)) => reply_rejected(connection, &Rejection::InvalidLinkRequest.to_string()),
-            (Seen::Unlinked | Seen::Linking, _) => reply_rejected(connection, &Rejection::UnlinkedConnection.to_string()),
+            (Seen::Unlinked, ClientMessage::Link(None)) => {
+                reply_rejected(connection, &Rejection::InvalidLinkRequest.to_string())
+            }
+            (Seen::Unlinked | Seen::Linking, _) => {
+                reply_rejected(connection, &Rejection::UnlinkedConnection.to_string())
+            }
         }
         None
     }
@@ -225,7 +231,11 @@ impl Server {
                 username: &username,
                 info: &info,
             },
-            |events| events.authenticate.emit("authenticate", |f| f(self, &username, &info, &ctx)),
+            |events| {
+                events
+                    .authenticate
+                    .emit("authenticate", |f| f(self, &username, &info, &ctx))
+            },
         );
         // A reason given to `reject` wins over a panic, whichever came first, as in the reference.
         if let Some(first_panic) = panics.into_iter().next() {

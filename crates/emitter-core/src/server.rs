@@ -44,13 +44,15 @@ type UserListener = dyn Fn(&Server, &str) + Send + Sync;
 type AnyListener = dyn Fn(&Server, &Event<'_>) + Send + Sync;
 type AuthListener = dyn Fn(&Server, &str, &AuthInfo, &AuthContext) + Send + Sync;
 type MessageListener = dyn Fn(&Server, &str, &Message) + Send + Sync;
+type ListenListener = dyn Fn(&Server, u16) + Send + Sync;
+type CloseListener = dyn Fn(&Server) + Send + Sync;
 
 /// One listener list per event (registered through `subscribe.rs`).
 #[derive(Default)]
 pub(crate) struct Events {
     pub(crate) any: Listeners<AnyListener>,
-    pub(crate) listen: Listeners<dyn Fn(&Server, u16) + Send + Sync>,
-    pub(crate) close: Listeners<dyn Fn(&Server) + Send + Sync>,
+    pub(crate) listen: Listeners<ListenListener>,
+    pub(crate) close: Listeners<CloseListener>,
     pub(crate) authenticate: Listeners<AuthListener>,
     pub(crate) join: Listeners<UserListener>,
     pub(crate) link: Listeners<UserListener>,

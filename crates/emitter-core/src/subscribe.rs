@@ -36,7 +36,7 @@ impl Server {
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// server.on_any(|_server, event| tracing::debug!(event = event.name()));
+    /// server.on_any(|_, event| tracing::debug!(event = event.name()));
     /// ```
     pub fn on_any(&self, listener: impl Fn(&Server, &Event<'_>) + Send + Sync + 'static) -> Subscription {
         self.inner.events.any.add(Arc::new(listener))
@@ -104,7 +104,7 @@ impl Server {
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// server.on_close(|_server| tracing::info!("closed"));
+    /// server.on_close(|_| tracing::info!("closed"));
     /// ```
     pub fn on_close(&self, listener: impl Fn(&Server) + Send + Sync + 'static) -> Subscription {
         self.inner.events.close.add(Arc::new(listener))
@@ -254,7 +254,7 @@ macro_rules! user_events {
             ///
             /// ```
             /// let server = emitter_core::Server::new();
-            #[doc = concat!("server.", stringify!($on), r#"(|_server, username| tracing::info!(username));"#)]
+            #[doc = concat!("server.", stringify!($on), r#"(|_, username| tracing::info!(username));"#)]
             /// ```
             pub fn $on(&self, listener: impl Fn(&Server, &str) + Send + Sync + 'static) -> Subscription {
                 self.inner.events.$list.add(Arc::new(listener))

@@ -38,7 +38,7 @@ fn broadcast_id(frame: &Value) -> Option<u64> {
 fn connections_linked_throughout_see_one_order() {
     let server = listening(Server::builder());
     let relay = server.clone();
-    let _ = server.on_message(move |_, message| {
+    server.on_message(move |_, _, message| {
         let _ = relay.broadcast(message, None);
     });
     let (_, first) = linked(&server, "first");
@@ -52,7 +52,7 @@ fn connections_linked_throughout_see_one_order() {
         threads.push(thread::spawn(move || {
             start.wait();
             for n in 0..400u64 {
-                let message = Message::with_payload("t/b", &(t * 1_000_000 + n)).unwrap();
+                let message = Message::with_payload("t/b", serde_json::json!((t * 1_000_000 + n)));
                 server.broadcast(&message, None).unwrap();
             }
         }));
@@ -88,7 +88,7 @@ fn connections_linked_throughout_see_one_order() {
         threads.push(thread::spawn(move || {
             start.wait();
             for n in 0..300u64 {
-                let _ = server.send("first", &Message::with_payload("t/only-first", &n).unwrap());
+                let _ = server.send("first", &Message::with_payload("t/only-first", serde_json::json!(n)));
             }
         }));
     }
@@ -125,7 +125,7 @@ fn a_newcomer_gets_every_broadcast_after_its_snapshot_and_none_before() {
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 server
-                    .broadcast(&Message::with_payload("t/b", &n).unwrap(), None)
+                    .broadcast(&Message::with_payload("t/b", serde_json::json!(n)), None)
                     .unwrap();
                 n += 1;
             }
@@ -255,7 +255,7 @@ fn message_listeners_of_different_users_run_in_parallel() {
     let met = Arc::new(AtomicUsize::new(0));
     {
         let (running, met) = (running.clone(), met.clone());
-        let _ = server.on_message(move |_, _| {
+        server.on_message(move |_, _, _| {
             *running.0.lock() += 1;
             running.1.notify_all();
             if wait_for(&running, 2, Duration::from_secs(10)) {
@@ -291,7 +291,7 @@ fn one_user_one_message_at_a_time_across_relinks() {
     let seen: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
     {
         let (in_flight, overlaps, seen) = (in_flight.clone(), overlaps.clone(), seen.clone());
-        let _ = server.on_message(move |_, message| {
+        server.on_message(move |_, _, message| {
             if in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
                 overlaps.fetch_add(1, Ordering::SeqCst);
             }
@@ -458,7 +458,7 @@ fn one_random_run(seed: u64) {
     let server = listening(Server::builder());
     let events = support::record(&server);
     let s = server.clone();
-    let _ = server.on_message(move |username, message| {
+    server.on_message(move |_, username, message| {
         let target = message.payload.as_ref().and_then(Value::as_str).unwrap_or("ann");
         let _ = match message.kind.as_str() {
             "do/kick" => s.kick(target),
@@ -466,7 +466,7 @@ fn one_random_run(seed: u64) {
             "do/join" => s.join(target),
             "do/send" => s.send(target, &Message::new("t/sent")),
             _ => s
-                .broadcast(&Message::with_payload("t/said", &username).unwrap(), None)
+                .broadcast(&Message::with_payload("t/said", serde_json::json!(username)), None)
                 .map(drop),
         };
     });

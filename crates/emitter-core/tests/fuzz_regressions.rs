@@ -24,7 +24,7 @@ fn listener_state(server: &Server, hold_server: bool) -> Arc<AtomicBool> {
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = DropFlag(dropped.clone());
     let held = hold_server.then(|| server.clone());
-    let _ = server.on_join(move |_| {
+    server.on_join(move |_, _| {
         let _ = (&flag, &held);
     });
     dropped

@@ -79,7 +79,7 @@ async fn a_connection_that_floods_past_its_rate_limit_is_closed() {
     let server = listening(Server::builder().rate_limit(10.0, 3.0));
     let events = Arc::new(Mutex::new(0));
     let e = events.clone();
-    let _ = server.on_message(move |_, _| *e.lock() += 1);
+    server.on_message(move |_, _, _| *e.lock() += 1);
     let (id, outbox) = connect(&server);
     link(&server, id, "ann"); // one token
     send(&server, id, json!({"type": "app/a"}));
@@ -128,7 +128,7 @@ async fn a_connection_far_behind_the_broadcasts_is_closed() {
     link(&server, idle_id, "idle");
     for n in 0..600 {
         server
-            .broadcast(&Message::with_payload("app/n", &n).unwrap(), None)
+            .broadcast(&Message::with_payload("app/n", serde_json::json!(n)), None)
             .unwrap();
         if n % 100 == 0 {
             reader.take(); // keeps up

@@ -42,7 +42,7 @@ fn linked(server: &Server, username: &str) -> (ConnectionId, Outbox) {
 }
 
 fn numbered(n: u64) -> Message {
-    Message::with_payload("t/b", &n).unwrap()
+    Message::with_payload("t/b", serde_json::json!(n))
 }
 
 fn broadcast_ids(frames: &[Value]) -> Vec<u64> {
@@ -177,7 +177,7 @@ fn one_message_of_a_user_at_a_time_across_a_relink() {
         {
             let (in_flight, overlaps) = (in_flight.clone(), overlaps.clone());
             // Counted rather than asserted here: a panic in a listener is caught and logged by the server.
-            let _ = server.on_message(move |_, _| {
+            server.on_message(move |_, _, _| {
                 if in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
                     overlaps.fetch_add(1, Ordering::SeqCst);
                 }

@@ -69,14 +69,14 @@ async fn lifecycle_moves_forward_and_refuses_repeats() {
     assert_eq!(server.status(), Status::Starting);
     let port = server.wait_for_listen();
     server.host().listening(77).unwrap();
-    assert_eq!(port.await, 77);
+    assert_eq!(port.await.unwrap(), 77);
     assert_eq!(
         server.host().start().unwrap_err().to_string(),
         "cannot start listening when the server is listening"
     );
     let listener_ran = Arc::new(AtomicBool::new(false));
     let ran = listener_ran.clone();
-    let _ = server.on_close(move || ran.store(true, Ordering::SeqCst));
+    server.on_close(move |_| ran.store(true, Ordering::SeqCst));
     server.close().await.unwrap();
     assert!(
         listener_ran.load(Ordering::SeqCst),
@@ -94,12 +94,12 @@ fn send_fails_in_join_and_works_in_link() {
     let server = listening(Server::builder());
     let results: Arc<Mutex<Vec<String>>> = Arc::default();
     let (s, r) = (server.clone(), results.clone());
-    let _ = server.on_join(move |username| {
+    server.on_join(move |_, username| {
         let outcome = s.send(username, &Message::new("custom/welcome-on-join"));
         r.lock().push(format!("{outcome:?}"));
     });
     let s = server.clone();
-    let _ = server.on_link(move |username| s.send(username, &Message::new("custom/welcome-on-link")).unwrap());
+    server.on_link(move |_, username| s.send(username, &Message::new("custom/welcome-on-link")).unwrap());
     let (_, outbox) = link(&server, "simon");
     assert_eq!(*results.lock(), ["Err(SendToUnlinkedUser)"]);
     assert_eq!(
@@ -119,7 +119,7 @@ fn listeners_see_the_state_of_their_event() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     for event in ["join", "link", "unlink", "leave"] {
         let (s, seen) = (server.clone(), seen.clone());
-        let listener = move |username: &str| {
+        let listener = move |_: &Server, username: &str| {
             seen.lock().push(format!("{event} {username} {:?}", s.users()));
         };
         let _ = match event {
@@ -143,7 +143,7 @@ fn a_join_listener_that_kicks_leaves_everything_consistent() {
     let server = listening(Server::builder());
     let events = record(&server);
     let s = server.clone();
-    let _ = server.on_join(move |username| {
+    server.on_join(move |_, username| {
         if username == "kickme" {
             s.kick(username).unwrap();
         }
@@ -168,7 +168,7 @@ fn kicking_from_an_unlink_listener_during_a_leave_leaves_once() {
     let server = listening(Server::builder());
     let events = record(&server);
     let s = server.clone();
-    let _ = server.on_unlink(move |username| {
+    server.on_unlink(move |_, username| {
         let _ = s.kick(username);
     });
     let (id, _) = link(&server, "ann");
@@ -215,11 +215,11 @@ fn once_and_predicates_and_unsubscribe() {
     let server = listening(Server::builder());
     let fired: Arc<Mutex<Vec<String>>> = Arc::default();
     let f = fired.clone();
-    let _ = server.once_join(move |u| f.lock().push(format!("once {u}")));
+    server.once_join(move |_, u| f.lock().push(format!("once {u}")));
     let f = fired.clone();
-    let when = server.once_join_when(|u| u.starts_with('b'), move |u| f.lock().push(format!("when {u}")));
+    let when = server.once_join_when(|u| u.starts_with('b'), move |_, u| f.lock().push(format!("when {u}")));
     let f = fired.clone();
-    let gone = server.on_join(move |u| f.lock().push(format!("gone {u}")));
+    let gone = server.on_join(move |_, u| f.lock().push(format!("gone {u}")));
     gone.unsubscribe();
     assert!(when.is_active());
     for name in ["ann", "bob", "bea"] {
@@ -234,12 +234,12 @@ fn any_listeners_run_first_and_panics_are_isolated() {
     let server = listening(Server::builder());
     let order: Arc<Mutex<Vec<&str>>> = Arc::default();
     let o = order.clone();
-    let _ = server.on_join(move |_| o.lock().push("join 1"));
-    let _ = server.on_join(|_| panic!("listener bug"));
+    server.on_join(move |_, _| o.lock().push("join 1"));
+    server.on_join(|_, _| panic!("listener bug"));
     let o = order.clone();
-    let _ = server.on_join(move |_| o.lock().push("join 3"));
+    server.on_join(move |_, _| o.lock().push("join 3"));
     let o = order.clone();
-    let _ = server.on_any(move |_| o.lock().push("any"));
+    server.on_any(move |_, _| o.lock().push("any"));
     server.join("ann").unwrap();
     server.join("bob").unwrap();
     assert_eq!(*order.lock(), ["any", "join 1", "join 3", "any", "join 1", "join 3"]);
@@ -259,9 +259,9 @@ async fn wait_for_registers_when_called() {
     server.join("bob").unwrap();
     let (id, _) = link(&server, "cat");
     send(&server, id, json!({"type": "x/y", "payload": 1}));
-    assert_eq!(join.await, "bob");
-    assert_eq!(any.await, "cat");
-    let (from, message) = message.await;
+    assert_eq!(join.await.unwrap(), "bob");
+    assert_eq!(any.await.unwrap(), "cat");
+    let (from, message) = message.await.unwrap();
     assert_eq!((from.as_str(), message.kind.as_str()), ("cat", "x/y"));
 }
 
@@ -270,7 +270,7 @@ async fn a_dropped_wait_for_leaves_no_listener() {
     let server = listening(Server::builder());
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
-    let _ = server.on_join(move |_| {
+    server.on_join(move |_, _| {
         c.fetch_add(1, Ordering::SeqCst);
     });
     drop(server.wait_for_join());
@@ -283,7 +283,7 @@ async fn a_listener_may_close_the_server() {
     let server = listening(Server::builder());
     let events = record(&server);
     let s = server.clone();
-    let _ = server.on_message(move |_, _| drop(s.close()));
+    server.on_message(move |_, _, _| drop(s.close()));
     let (a, a_box) = link(&server, "ann");
     let (b, b_box) = link(&server, "bob");
     a_box.take();
@@ -308,7 +308,7 @@ async fn a_listener_may_close_the_server() {
     for id in [a, b] {
         server.host().disconnect(id);
     }
-    closed.await;
+    closed.await.unwrap();
     assert_eq!(server.status(), Status::Closed);
     let tail: Vec<String> = events.lock().iter().rev().take(5).rev().cloned().collect();
     assert_eq!(tail, ["unlink ann", "leave ann", "unlink bob", "leave bob", "close"]);
@@ -319,7 +319,7 @@ async fn async_auth_all_must_succeed_and_the_timeout_always_wins() {
     let server = listening(Server::builder().auth_timeout(Duration::from_millis(500)));
     let dropped = Arc::new(AtomicBool::new(false));
     let d = dropped.clone();
-    let _ = server.on_authenticate(move |username, _, ctx| {
+    server.on_authenticate(move |_, username, _, ctx| {
         let name = username.to_owned();
         ctx.mark_async(async { Ok::<(), String>(()) });
         let d = d.clone();
@@ -345,7 +345,7 @@ async fn async_auth_all_must_succeed_and_the_timeout_always_wins() {
     send(&server, ok, link_request("fine"));
     let (fail, fail_box) = connect(&server);
     send(&server, fail, link_request("failing"));
-    server.wait_for_link().await;
+    server.wait_for_link().await.unwrap();
     assert_eq!(kinds(&ok_box.take())[0], "krmx/accepted");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
@@ -365,8 +365,8 @@ async fn a_sync_reject_answers_at_once_and_never_runs_the_async_work() {
     let server = listening(Server::builder());
     let ran = Arc::new(AtomicBool::new(false));
     let r = ran.clone();
-    let _ = server.on_authenticate(|_, _, ctx| ctx.reject("immediately rejected"));
-    let _ = server.on_authenticate(move |_, _, ctx| {
+    server.on_authenticate(|_, _, _, ctx| ctx.reject("immediately rejected"));
+    server.on_authenticate(move |_, _, _, ctx| {
         let r = r.clone();
         ctx.mark_async(async move {
             r.store(true, Ordering::SeqCst);
@@ -387,7 +387,7 @@ async fn a_sync_reject_answers_at_once_and_never_runs_the_async_work() {
 #[tokio::test(start_paused = true)]
 async fn a_reject_from_async_work_is_final_and_later_calls_change_nothing() {
     let server = listening(Server::builder().auth_timeout(Duration::from_millis(300)));
-    let _ = server.on_authenticate(|_, _, ctx| {
+    server.on_authenticate(|_, _, _, ctx| {
         let ctx2 = ctx.clone();
         ctx.mark_async(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -410,7 +410,7 @@ async fn a_reject_from_async_work_is_final_and_later_calls_change_nothing() {
 async fn close_drops_pending_link_attempts() {
     let server = listening(Server::builder());
     let events = record(&server);
-    let _ = server.on_authenticate(|_, _, ctx| {
+    server.on_authenticate(|_, _, _, ctx| {
         ctx.mark_async(async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             Ok::<(), String>(())

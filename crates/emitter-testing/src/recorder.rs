@@ -36,7 +36,7 @@ impl Recorder {
             changed: Arc::default(),
         };
         let r = recorder.clone();
-        let _ = server.on_any(move |event| {
+        server.on_any(move |_, event| {
             let line = match event {
                 Event::Listen { .. } => "listen".to_owned(),
                 Event::Close => "close".to_owned(),

@@ -30,7 +30,7 @@ impl TestClient {
     pub async fn try_connect(url: &str) -> Result<TestClient, Error> {
         let client = Client::new();
         let (tx, received) = mpsc::unbounded_channel();
-        let _ = client.on_any(move |event| {
+        client.on_any(move |event| {
             let received = match *event {
                 ClientEvent::Accept => Received::Frame(accepted()),
                 ClientEvent::Reject { reason } => Received::Frame(rejected(reason)),

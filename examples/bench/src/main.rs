@@ -20,13 +20,12 @@ const MAX_CONNECTIONS: usize = 19_500;
 /// Builds the benchmark server: default settings but room for the scale run's connections, one message listener.
 fn build() -> Server {
     let server = Server::builder().max_connections(MAX_CONNECTIONS).build();
-    let relay = server.clone();
-    let _ = server.on_message(move |username, message| match message.kind.as_str() {
+    server.on_message(|server, username, message| match message.kind.as_str() {
         "bench/msg" => {
-            let _ = relay.broadcast(message, None);
+            let _ = server.broadcast(message, None);
         }
         "bench/echo" => {
-            let _ = relay.send(username, message);
+            let _ = server.send(username, message);
         }
         _ => {}
     });

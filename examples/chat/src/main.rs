@@ -19,10 +19,9 @@ const CHAT_MESSAGE: &str = "chat/message";
 /// Builds the chat server, with the Krmx endpoint at `/ws` and the relay registered.
 fn build() -> Server {
     let server = Server::builder().path("/ws").build();
-    let relay = server.clone();
-    let _ = server.on_message(move |username, message| relay_chat(&relay, username, message));
-    let _ = server.on_join(|username| tracing::info!(username, "joined"));
-    let _ = server.on_leave(|username| tracing::info!(username, "left"));
+    server.on_message(relay_chat);
+    server.on_join(|_, username| tracing::info!(username, "joined"));
+    server.on_leave(|_, username| tracing::info!(username, "left"));
     server
 }
 
@@ -36,8 +35,8 @@ fn relay_chat(server: &Server, username: &str, message: &Message) {
         tracing::debug!(username, "ignored a chat message whose payload is not a string");
         return;
     };
-    let said = json!({ "type": CHAT_MESSAGE, "payload": { "username": username, "text": text } });
-    if let Err(error) = server.broadcast_json(&said, None) {
+    let said = json!({ "username": username, "text": text });
+    if let Err(error) = server.broadcast_payload(CHAT_MESSAGE, &said, None) {
         tracing::warn!(%error, "could not relay a chat message");
     }
 }

@@ -12,22 +12,22 @@ use std::sync::Mutex;
 
 // ---- the samples --------------------------------------------------------------------------------------------------
 
-/// Logs every lifecycle event. Registering returns a `Subscription`; binding it to `_` keeps the listener for the
-/// server's lifetime.
+/// Logs every lifecycle event. A listener stays for the server's lifetime; the `Subscription` a registration returns
+/// can remove it (see `open_poll` below).
 fn log_lifecycle(server: &Server) {
-    let _ = server.on_listen(|port| tracing::info!(port, "listening"));
-    let _ = server.on_join(|username| tracing::info!(username, "joined"));
-    let _ = server.on_link(|username| tracing::info!(username, "linked"));
-    let _ = server.on_unlink(|username| tracing::info!(username, "unlinked"));
-    let _ = server.on_leave(|username| tracing::info!(username, "left"));
-    let _ = server.on_close(|| tracing::info!("closed"));
+    server.on_listen(|_, port| tracing::info!(port, "listening"));
+    server.on_join(|_, username| tracing::info!(username, "joined"));
+    server.on_link(|_, username| tracing::info!(username, "linked"));
+    server.on_unlink(|_, username| tracing::info!(username, "unlinked"));
+    server.on_leave(|_, username| tracing::info!(username, "left"));
+    server.on_close(|_| tracing::info!("closed"));
 }
 
 /// Records every event, in order, as a line such as `link simon`.
 fn record_events(server: &Server) -> Arc<Mutex<Vec<String>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
-    let _ = server.on_any(move |event| {
+    server.on_any(move |_, event| {
         let line = match event {
             Event::Join { username }
             | Event::Link { username }
@@ -47,10 +47,9 @@ fn record_events(server: &Server) -> Arc<Mutex<Vec<String>>> {
 
 /// Greets every user that links, first time or again, with the list of users.
 fn welcome(server: &Server) {
-    let s = server.clone();
-    let _ = server.on_link(move |username| {
-        let welcome = json!({ "type": "room/welcome", "payload": { "users": s.users() } });
-        if let Err(error) = s.send_json(username, &welcome) {
+    server.on_link(|server, username| {
+        let welcome = json!({ "users": server.users() });
+        if let Err(error) = server.send_payload(username, "room/welcome", &welcome) {
             tracing::warn!(username, %error, "could not welcome");
         }
     });
@@ -58,18 +57,17 @@ fn welcome(server: &Server) {
 
 /// `room/say` goes to everyone but the sender; `room/kick` from `admin` kicks the user named in the payload.
 fn commands(server: &Server) {
-    let s = server.clone();
-    let _ = server.on_message(move |username, message| match message.kind.as_str() {
+    server.on_message(|server, username, message| match message.kind.as_str() {
         "room/say" => {
-            let said = json!({ "type": "room/said", "payload": { "from": username, "text": message.payload } });
-            if let Err(error) = s.broadcast_json(&said, Some(username)) {
+            let said = json!({ "from": username, "text": message.payload });
+            if let Err(error) = server.broadcast_payload("room/said", &said, Some(username)) {
                 tracing::warn!(%error, "could not broadcast");
             }
         }
         "room/kick" if username == "admin" => match message.payload_as::<String>() {
             Ok(target) => {
-                if let Err(error) = s.kick(&target) {
-                    let _ = s.send(username, &Message::new("room/no-such-user"));
+                if let Err(error) = server.kick(&target) {
+                    let _ = server.send(username, &Message::new("room/no-such-user"));
                     tracing::info!(target, %error, "kick refused");
                 }
             }
@@ -83,7 +81,7 @@ fn commands(server: &Server) {
 fn first_user_hosts(server: &Server) -> Arc<Mutex<Option<String>>> {
     let host = Arc::new(Mutex::new(None));
     let h = host.clone();
-    let _ = server.once_join(move |username| {
+    server.once_join(move |_, username| {
         if let Ok(mut host) = h.lock() {
             *host = Some(username.to_owned());
         }
@@ -94,17 +92,17 @@ fn first_user_hosts(server: &Server) -> Arc<Mutex<Option<String>>> {
 /// Waits until some linked user sends `game/ready`, and returns who did. The listener is registered when
 /// `wait_for_message_when` is called, not when the future is first polled, so a message that arrives in between
 /// still counts.
-async fn until_ready(server: &Server) -> String {
+async fn until_ready(server: &Server) -> Result<String, emitter_core::Error> {
     let ready = server.wait_for_message_when(|_, message| message.kind == "game/ready");
-    let (username, _message) = ready.await;
-    username
+    let (username, _message) = ready.await?; // an error if the server closes first
+    Ok(username)
 }
 
 /// Counts `poll/vote` messages until the poll is closed; then the listener is removed.
 fn open_poll(server: &Server) -> (Arc<Mutex<u32>>, emitter_core::Subscription) {
     let votes = Arc::new(Mutex::new(0));
     let v = votes.clone();
-    let subscription = server.on_message(move |_, message| {
+    let subscription = server.on_message(move |_, _, message| {
         if message.kind == "poll/vote" {
             if let Ok(mut votes) = v.lock() {
                 *votes += 1;
@@ -117,7 +115,7 @@ fn open_poll(server: &Server) -> (Arc<Mutex<u32>>, emitter_core::Subscription) {
 /// Guests are turned away at once; everyone else is looked up asynchronously, which may take up to the server's
 /// auth timeout.
 fn authenticate(server: &Server) {
-    let _ = server.on_authenticate(|username, info, ctx| {
+    server.on_authenticate(|_, username, info, ctx| {
         if username.starts_with("guest") {
             ctx.reject("guests are not allowed"); // answered at once
             return;
@@ -142,7 +140,7 @@ async fn lookup(username: &str) -> bool {
 /// A server whose authentication never decides: every link is rejected with `authentication timeout` after 200 ms.
 fn undecided() -> Server {
     let server = Server::builder().auth_timeout(Duration::from_millis(200)).build();
-    let _ = server.on_authenticate(|_username, _info, ctx| {
+    server.on_authenticate(|_, _username, _info, ctx| {
         ctx.mark_async(std::future::pending::<Result<(), String>>()); // never finishes
     });
     server
@@ -180,10 +178,10 @@ async fn events_come_in_the_documented_order() {
     let simon = TestClient::linked(&url, "simon").await;
     let message = server.wait_for_message();
     simon.send(json!({"type": "custom/hello"}));
-    within("a message", message).await;
+    within("a message", message).await.unwrap();
     let left = server.wait_for_leave();
     simon.client().leave().await.unwrap();
-    within("a leave", left).await;
+    within("a leave", left).await.unwrap();
     within("the close", close_and_wait(&server)).await.unwrap();
     assert_eq!(
         *seen.lock().unwrap(),
@@ -245,13 +243,13 @@ async fn once_wait_for_and_unsubscribe() {
     let ready = until_ready(&server);
     simon.send(json!({"type": "poll/vote"}));
     simon.send(json!({"type": "game/ready"}));
-    assert_eq!(within("game/ready", ready).await, "simon");
+    assert_eq!(within("game/ready", ready).await.unwrap(), "simon");
     assert_eq!(*votes.lock().unwrap(), 1); // the vote came before game/ready, on the same connection
 
     poll.unsubscribe();
     let after = server.wait_for_message();
     simon.send(json!({"type": "poll/vote"}));
-    within("a message", after).await;
+    within("a message", after).await.unwrap();
     assert_eq!(*votes.lock().unwrap(), 1);
     server.close().await.unwrap();
 }

@@ -47,9 +47,8 @@ pub async fn serve_main(listener: TcpListener) -> Result<(Server, u16), ListenEr
 /// is accepted, so every client finds the user there.
 pub async fn serve_closed(listener: TcpListener) -> Result<(Server, u16), ListenError> {
     let server = build_closed();
-    let joiner = server.clone();
-    let _ = server.on_listen(move |_| {
-        if let Err(error) = joiner.join(ADMIN) {
+    server.on_listen(|server, _port| {
+        if let Err(error) = server.join(ADMIN) {
             tracing::error!(%error, "could not join {ADMIN}");
         }
     });
@@ -59,14 +58,13 @@ pub async fn serve_closed(listener: TcpListener) -> Result<(Server, u16), Listen
 
 fn with_contract(builder: ServerBuilder) -> Server {
     let server = builder.auth_timeout(AUTH_TIMEOUT).ping_interval(PING_INTERVAL).build();
-    let _ = server.on_authenticate(authenticate);
-    let actions = server.clone();
-    let _ = server.on_message(move |username, message| on_message(&actions, username, message));
+    server.on_authenticate(authenticate);
+    server.on_message(on_message);
     server
 }
 
 /// The authentication rules, checked in order; the first match decides and no match accepts at once.
-fn authenticate(username: &str, info: &AuthInfo, ctx: &AuthContext) {
+fn authenticate(_server: &Server, username: &str, info: &AuthInfo, ctx: &AuthContext) {
     match info.auth.as_deref() {
         Some("reject-me") => return ctx.reject("rejected by app"),
         Some("report-is-new") => return ctx.reject(format!("isNewUser={}", info.is_new_user)),

@@ -16,7 +16,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use emitter_core::{Error, Server, User};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+
 use tokio::net::TcpListener;
 
 /// What the handlers and the Krmx listeners share. Cheap to clone: a `Server` is a handle, the rest is behind `Arc`.
@@ -33,7 +33,7 @@ pub fn build() -> AppState {
     let krmx = Server::builder().path("/krmx").build();
     let messages = Arc::new(AtomicU64::new(0));
     let counter = messages.clone();
-    let _ = krmx.on_message(move |username, message| {
+    krmx.on_message(move |_, username, message| {
         counter.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(username, kind = message.kind, "message");
     });
@@ -81,8 +81,10 @@ pub struct Announcement {
 }
 
 async fn announce(State(state): State<AppState>, Json(announcement): Json<Announcement>) -> StatusCode {
-    let message = json!({ "type": "app/announcement", "payload": announcement.text });
-    match state.krmx.broadcast_json(&message, None) {
+    match state
+        .krmx
+        .broadcast_payload("app/announcement", &announcement.text, None)
+    {
         Ok(_) => StatusCode::ACCEPTED,
         Err(error) => {
             tracing::warn!(%error, "could not broadcast");
@@ -118,6 +120,5 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     axum::serve(listener, app(state))
         .with_graceful_shutdown(krmx.closing())
         .await?;
-    closed.await;
-    Ok(())
+    closed.await.map_err(std::io::Error::other)
 }

@@ -45,7 +45,7 @@ async fn handlers_and_listeners_share_the_state() {
     // A Krmx listener counts messages; a handler reads the count.
     let counted = krmx.wait_for_message();
     alice.send(json!({"type": "app/hello"}));
-    within("a message", counted).await;
+    within("a message", counted).await.unwrap();
     let stats = http(port, "GET", "/api/stats", None).await;
     assert_eq!(
         serde_json::from_str::<Value>(&stats.body).unwrap(),

@@ -24,14 +24,13 @@ struct Countdowns {
 /// nobody links to) or after its connection dropped or unlinked.
 pub fn kick_when_inactive(server: &Server, after: Duration) {
     let countdowns = Arc::new(Mutex::new(Countdowns::default()));
-    let (s, c) = (server.clone(), countdowns.clone());
-    let _ = server.on_join(move |username| start(&s, &c, username, after));
-    let (s, c) = (server.clone(), countdowns.clone());
-    let _ = server.on_unlink(move |username| start(&s, &c, username, after));
     let c = countdowns.clone();
-    let _ = server.on_link(move |username| stop(&c, username));
-    let c = countdowns;
-    let _ = server.on_leave(move |username| stop(&c, username));
+    server.on_join(move |server, username| start(server, &c, username, after));
+    let c = countdowns.clone();
+    server.on_unlink(move |server, username| start(server, &c, username, after));
+    let c = countdowns.clone();
+    server.on_link(move |_, username| stop(&c, username));
+    server.on_leave(move |_, username| stop(&countdowns, username));
 }
 
 fn start(server: &Server, countdowns: &Arc<Mutex<Countdowns>>, username: &str, after: Duration) {

@@ -14,7 +14,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let server = emitter_core::Server::new();
     example_inactivity_kick::kick_when_inactive(&server, after);
-    let _ = server.on_leave(|username| tracing::info!(username, "left"));
+    server.on_leave(|_, username| tracing::info!(username, "left"));
     let port = emitter_axum::listen_on(&server, listener).await?;
     server.join("idle-bot")?;
     println!("inactivity-kick on ws://localhost:{port}/ (Ctrl-C to stop); unlinked users are kicked after {after:?}");

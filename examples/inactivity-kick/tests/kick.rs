@@ -24,7 +24,7 @@ async fn link(url: &str, username: &str) -> TestClient {
 async fn disconnect(server: &Server, client: TestClient, username: &'static str) {
     let unlinked = server.wait_for_unlink_when(move |name| name == username);
     drop(client);
-    tokio::time::timeout(TIMEOUT, unlinked).await.unwrap();
+    tokio::time::timeout(TIMEOUT, unlinked).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -35,7 +35,7 @@ async fn a_user_unlinked_too_long_is_kicked() {
     let left = server.wait_for_leave_when(|name| name == "alice");
     let unlinked_at = Instant::now();
     disconnect(&server, alice, "alice").await;
-    tokio::time::timeout(TIMEOUT, left).await.unwrap();
+    tokio::time::timeout(TIMEOUT, left).await.unwrap().unwrap();
     assert!(unlinked_at.elapsed() >= after);
     assert_eq!(server.user("alice"), None);
     server.close().await.unwrap();
@@ -52,7 +52,7 @@ async fn a_user_who_relinks_in_time_stays() {
     let carol = link(&url, "carol").await;
     let left = server.wait_for_leave_when(|name| name == "carol");
     disconnect(&server, carol, "carol").await;
-    tokio::time::timeout(TIMEOUT, left).await.unwrap();
+    tokio::time::timeout(TIMEOUT, left).await.unwrap().unwrap();
     assert!(server.user("bob").is_some_and(|user| user.is_linked));
     server.close().await.unwrap();
 }
@@ -62,7 +62,7 @@ async fn a_joined_user_nobody_links_to_is_kicked() {
     let (server, _url) = start(Duration::from_millis(200)).await;
     let left = server.wait_for_leave_when(|name| name == "ghost");
     server.join("ghost").unwrap();
-    tokio::time::timeout(TIMEOUT, left).await.unwrap();
+    tokio::time::timeout(TIMEOUT, left).await.unwrap().unwrap();
     assert!(server.users().is_empty());
     server.close().await.unwrap();
 }

@@ -68,7 +68,7 @@ pub fn build(secret: &[u8], bans: Bans) -> Server {
     // Async authentication that takes longer than this is rejected with `authentication timeout`.
     let server = Server::builder().auth_timeout(Duration::from_secs(5)).build();
     let key = DecodingKey::from_secret(secret);
-    let _ = server.on_authenticate(move |username, info, ctx| {
+    server.on_authenticate(move |_, username, info, ctx| {
         // Checks that need no waiting reject at once.
         let Some(token) = info.auth.clone() else {
             ctx.reject("a token is required");

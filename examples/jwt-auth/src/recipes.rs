@@ -10,7 +10,7 @@ use tokio::sync::RwLock;
 /// so the client is answered at once.
 pub fn require_token(server: &Server, token: impl Into<String>) {
     let token = token.into();
-    let _ = server.on_authenticate(move |username, info, ctx| {
+    server.on_authenticate(move |_, username, info, ctx| {
         if info.auth.as_deref() != Some(token.as_str()) {
             tracing::info!(username, "wrong or missing token");
             ctx.reject("invalid token");
@@ -21,9 +21,8 @@ pub fn require_token(server: &Server, token: impl Into<String>) {
 /// Lets at most `max` users exist: a link to a new user is rejected when the room is full, while users who are
 /// already there can always relink.
 pub fn limit_users(server: &Server, max: usize) {
-    let s = server.clone();
-    let _ = server.on_authenticate(move |_username, info, ctx| {
-        if info.is_new_user && s.users().len() >= max {
+    server.on_authenticate(move |server, _username, info, ctx| {
+        if info.is_new_user && server.users().len() >= max {
             ctx.reject("server is full");
         }
     });
@@ -51,7 +50,7 @@ impl Accounts {
 
 /// Accepts a link when `auth` is the user's password in `accounts`, looked up asynchronously.
 pub fn check_accounts(server: &Server, accounts: Accounts) {
-    let _ = server.on_authenticate(move |username, info, ctx| {
+    server.on_authenticate(move |_, username, info, ctx| {
         let (accounts, username, password) = (accounts.clone(), username.to_owned(), info.auth.clone());
         // A clone of the context can reject from inside the future; so can returning `Err`.
         let rejecter = ctx.clone();

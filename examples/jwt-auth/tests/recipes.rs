@@ -37,7 +37,7 @@ async fn a_full_room_takes_no_new_users_but_lets_old_ones_relink() {
 
     let unlinked = server.wait_for_unlink();
     drop(simon);
-    within("simon's unlink", unlinked).await;
+    within("simon's unlink", unlinked).await.unwrap();
     assert_eq!(TestClient::attempt(&url, "simon", None).await.1, Ok(()));
     server.close().await.unwrap();
 }

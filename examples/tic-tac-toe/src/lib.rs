@@ -92,7 +92,7 @@ impl Table {
         self.next_first = self.next_first.other();
     }
 
-    /// The `ttt/state` message that tells a client everything it shows.
+    /// The payload of the `ttt/state` message that tells a client everything it shows.
     fn state(&self) -> Value {
         let (status, winner, line) = match self.game.outcome() {
             _ if !self.is_full() => ("waiting", None, None),
@@ -101,11 +101,8 @@ impl Table {
             Some(Outcome::Won { mark, line }) => ("won", Some(mark), Some(line)),
         };
         json!({
-            "type": STATE,
-            "payload": {
-                "x": self.x, "o": self.o, "board": self.game.board(), "turn": self.game.turn(),
-                "status": status, "winner": winner, "line": line,
-            }
+            "x": self.x, "o": self.o, "board": self.game.board(), "turn": self.game.turn(),
+            "status": status, "winner": winner, "line": line,
         })
     }
 }
@@ -121,32 +118,32 @@ pub fn build() -> Server {
 
     // A user who joins takes a free seat; the others hear of the new table. (The newcomer is not linked yet: it gets
     // the table when it links, below.)
-    let (s, t) = (server.clone(), table.clone());
-    let _ = server.on_join(move |username| {
+    let t = table.clone();
+    server.on_join(move |server, username| {
         let mut table = t.lock();
         if table.sit(username) {
             tracing::info!(username, "took a seat");
-            broadcast(&s, &table.state());
+            broadcast(server, &table.state());
         }
     });
 
     // Every link, a first one or a relink after a refresh, gets the table as it is now.
-    let (s, t) = (server.clone(), table.clone());
-    let _ = server.on_link(move |username| {
+    let t = table.clone();
+    server.on_link(move |server, username| {
         let table = t.lock();
-        if let Err(error) = s.send_json(username, &table.state()) {
+        if let Err(error) = server.send_payload(username, STATE, &table.state()) {
             tracing::warn!(username, %error, "could not send the table");
         }
     });
 
     // A player who leaves frees the seat for the first spectator, in join order.
-    let (s, t) = (server.clone(), table.clone());
-    let _ = server.on_leave(move |username| {
+    let t = table.clone();
+    server.on_leave(move |server, username| {
         let mut table = t.lock();
         if !table.stand(username) {
             return;
         }
-        let spectator = s
+        let spectator = server
             .users()
             .into_iter()
             .find(|user| table.seat_of(&user.username).is_none());
@@ -154,18 +151,16 @@ pub fn build() -> Server {
             table.sit(&spectator.username);
             tracing::info!(username = spectator.username, "took the free seat");
         }
-        broadcast(&s, &table.state());
+        broadcast(server, &table.state());
     });
 
-    let (s, t) = (server.clone(), table);
-    let _ = server.on_message(move |username, message| {
-        let mut table = t.lock();
+    server.on_message(move |server, username, message| {
+        let mut table = table.lock();
         match handle(&mut table, username, message) {
-            Ok(()) => broadcast(&s, &table.state()),
+            Ok(()) => broadcast(server, &table.state()),
             Err(reason) => {
                 tracing::debug!(username, reason, "refused");
-                let refused = json!({ "type": ERROR, "payload": reason });
-                if let Err(error) = s.send_json(username, &refused) {
+                if let Err(error) = server.send_payload(username, ERROR, &reason) {
                     tracing::warn!(username, %error, "could not send an error");
                 }
             }
@@ -203,7 +198,7 @@ fn handle(table: &mut Table, username: &str, message: &Message) -> Result<(), St
 }
 
 fn broadcast(server: &Server, state: &Value) {
-    if let Err(error) = server.broadcast_json(state, None) {
+    if let Err(error) = server.broadcast_payload(STATE, state, None) {
         tracing::warn!(%error, "could not broadcast the table");
     }
 }

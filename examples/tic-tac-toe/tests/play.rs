@@ -92,7 +92,7 @@ async fn a_refreshed_player_relinks_and_gets_the_board() {
     // Alice refreshes her page: the socket drops, her user stays, unlinked, and keeps the seat.
     let unlinking = server.wait_for_unlink_when(|username| username == "alice");
     drop(alice);
-    within("alice's unlink", unlinking).await;
+    within("alice's unlink", unlinking).await.unwrap();
     assert_eq!(bob.recv().await, unlinked("alice"));
 
     // The game goes on meanwhile.

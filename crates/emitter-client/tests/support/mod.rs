@@ -39,7 +39,7 @@ pub type Snapshot = (String, Status, Option<String>, Vec<User>);
 pub fn record_snapshots(client: &Client) -> Arc<Mutex<Vec<Snapshot>>> {
     let seen: Arc<Mutex<Vec<Snapshot>>> = Arc::default();
     let (s, c) = (seen.clone(), client.clone());
-    let _ = client.on_any(move |event| {
+    client.on_any(move |event| {
         let detail = match event {
             ClientEvent::Reject { reason } => format!("reject {reason}"),
             ClientEvent::Join { username }

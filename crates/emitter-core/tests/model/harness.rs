@@ -724,7 +724,7 @@ impl Harness {
         let events: Arc<Mutex<Vec<String>>> = Arc::default();
         let mut subscriptions = Vec::new();
         let e = events.clone();
-        subscriptions.push(server.on_any(move |event| {
+        subscriptions.push(server.on_any(move |_, event| {
             let line = match event {
                 Event::Authenticate { username, .. } => format!("authenticate {username}"),
                 Event::Join { username } => format!("join {username}"),
@@ -738,24 +738,24 @@ impl Harness {
         }));
         let slot = Arc::new(Mutex::new(Some(server.clone())));
         let s = slot.clone();
-        subscriptions.push(server.on_join(move |username| {
+        subscriptions.push(server.on_join(move |_, username| {
             if username == KICKED_ON_JOIN {
                 with_server(&s, |server| drop(server.kick(username)));
             }
         }));
         let s = slot.clone();
-        subscriptions.push(server.on_unlink(move |username| {
+        subscriptions.push(server.on_unlink(move |_, username| {
             if username == KICKED_ON_UNLINK {
                 with_server(&s, |server| drop(server.kick(username)));
             }
         }));
-        subscriptions.push(server.on_authenticate(|username, _, ctx| {
+        subscriptions.push(server.on_authenticate(|_, username, _, ctx| {
             if username == BANNED {
                 ctx.reject("banned");
             }
         }));
         let s = slot.clone();
-        subscriptions.push(server.on_message(move |from, message| {
+        subscriptions.push(server.on_message(move |_, from, message| {
             let (Some(ask), Some(target)) = (Ask::from_kind(&message.kind), message.payload_as::<String>().ok()) else {
                 return;
             };
@@ -765,9 +765,9 @@ impl Harness {
                     Ask::Join => s.join(&target),
                     Ask::Unlink => s.unlink(&target),
                     Ask::Kick => s.kick(&target),
-                    Ask::Send => s.send(&target, &Message::with_payload("app/sent", from).unwrap()),
+                    Ask::Send => s.send(&target, &Message::with_payload("app/sent", serde_json::json!(from))),
                     Ask::Broadcast => s
-                        .broadcast(&Message::with_payload("app/all", from).unwrap(), Some(from))
+                        .broadcast(&Message::with_payload("app/all", serde_json::json!(from)), Some(from))
                         .map(drop),
                 };
             });
@@ -885,9 +885,10 @@ impl Harness {
             }
             Action::SendTo(n) => {
                 let payload = self.step;
-                let got = self
-                    .server
-                    .send(name(*n), &Message::with_payload("app/direct", &payload).unwrap());
+                let got = self.server.send(
+                    name(*n),
+                    &Message::with_payload("app/direct", serde_json::json!(payload)),
+                );
                 let want = self
                     .model
                     .server_send(name(*n), &json!({"type": "app/direct", "payload": payload}));
@@ -896,9 +897,10 @@ impl Harness {
             Action::Broadcast(skip) => {
                 let skip = skip.map(name);
                 let payload = self.step;
-                let got = self
-                    .server
-                    .broadcast(&Message::with_payload("app/broadcast", &payload).unwrap(), skip);
+                let got = self.server.broadcast(
+                    &Message::with_payload("app/broadcast", serde_json::json!(payload)),
+                    skip,
+                );
                 let want = self
                     .model
                     .push_linked(&json!({"type": "app/broadcast", "payload": payload}), skip);

@@ -109,7 +109,7 @@ pub fn kinds(frames: &[Value]) -> Vec<String> {
 pub fn record(server: &Server) -> Arc<Mutex<Vec<String>>> {
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let l = lines.clone();
-    let _ = server.on_any(move |event| {
+    server.on_any(move |_, event| {
         let line = match event {
             Event::Join { username } => format!("join {username}"),
             Event::Link { username } => format!("link {username}"),

@@ -42,7 +42,7 @@ struct Shared {
 /// use std::time::Duration;
 ///
 /// let server = Server::new();
-/// let _ = server.on_authenticate(|username, info, ctx| {
+/// server.on_authenticate(|_, username, info, ctx| {
 ///     if info.auth.as_deref() != Some("letmein") {
 ///         ctx.reject("wrong password");
 ///         return;

@@ -81,10 +81,8 @@ pub struct Announcement {
 }
 
 async fn announce(State(state): State<AppState>, Json(announcement): Json<Announcement>) -> StatusCode {
-    match state
-        .krmx
-        .broadcast_payload("app/announcement", &announcement.text, None)
-    {
+    let text = &announcement.text;
+    match state.krmx.broadcast_payload("app/announcement", text, None) {
         Ok(_) => StatusCode::ACCEPTED,
         Err(error) => {
             tracing::warn!(%error, "could not broadcast");

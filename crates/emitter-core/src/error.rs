@@ -84,6 +84,9 @@ pub enum Error {
     Serialize(String),
     /// `the server closed`: a `wait_for_*` future whose event never came because the server closed (or was dropped).
     ServerClosed,
+    /// `the cluster is unavailable: <why>`: a membership change a node of a cluster could not make (it lost its lease,
+    /// the cluster's state was lost, or its sequencer is out of reach).
+    Unavailable(String),
 }
 
 impl fmt::Display for Error {
@@ -111,6 +114,7 @@ impl fmt::Display for Error {
             ),
             Error::Serialize(cause) => write!(f, "cannot serialize the payload: {cause}"),
             Error::ServerClosed => f.write_str("the server closed"),
+            Error::Unavailable(why) => write!(f, "the cluster is unavailable: {why}"),
         }
     }
 }

@@ -23,6 +23,8 @@
 
 mod auth;
 mod builder;
+pub mod cluster;
+mod clustered;
 mod config;
 mod connections;
 mod error;
@@ -48,6 +50,7 @@ mod vocabulary;
 
 pub use auth::{AuthContext, AuthInfo};
 pub use builder::ServerBuilder;
+pub use clustered::ClusterHost;
 pub use config::{
     Config, RateLimit, DEFAULT_LINK_DEADLINE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS, DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,

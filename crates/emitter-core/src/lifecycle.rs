@@ -36,6 +36,7 @@ impl Server {
     }
 
     /// Closes the server: every user leaves (unlinked, then left, with the events and messages that go with that),
+    /// (on a node of a cluster: only this node's linked users are unlinked; the cluster's users stay),
     /// pending link attempts are dropped, every connection is closed and the transport stops. Then `close` is emitted.
     ///
     /// The work up to closing the connections happens before this returns, so calling it from a listener without
@@ -67,10 +68,24 @@ impl Server {
                 state.role = Role::Unlinked;
             }
         }
-        let usernames: Vec<String> = self.users().into_iter().map(|user| user.username).collect();
-        for username in usernames {
-            if self.user(&username).is_some() {
-                self.leave_user(&username);
+        if self.sequencer().is_some() {
+            // One node of a cluster closing is not the cluster closing: its users are unlinked, and may relink on
+            // another node; everyone else stays.
+            for connection in &connections {
+                let linked = match &connection.state.lock().role {
+                    Role::Linked(member) => Some(member.name.clone()),
+                    _ => None,
+                };
+                if let Some(username) = linked {
+                    self.unlink_connection(connection, &username);
+                }
+            }
+        } else {
+            let usernames: Vec<String> = self.users().into_iter().map(|user| user.username).collect();
+            for username in usernames {
+                if self.user(&username).is_some() {
+                    self.leave_user(&username);
+                }
             }
         }
         for connection in self.inner.connections.all() {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use crate::auth::{AuthContext, AuthFuture, AuthInfo};
+use crate::cluster::{Change, Refused, Sequencer};
 use crate::config::MAX_USERNAME_BYTES;
 use crate::connections::{close, Connection, Member, Role};
 use crate::error::Status;
@@ -77,7 +78,7 @@ impl Server {
             }
         };
         if let Some(username) = linked {
-            self.unlink_user(&username);
+            self.unlink_connection(&connection, &username);
         }
         self.inner.connections.remove(id);
         self.publish_open_count();
@@ -168,21 +169,23 @@ impl Server {
         let Ok(message) = message else {
             tracing::warn!(connection = %connection.id, "invalid message");
             match seen {
-                Seen::Linked(member) => self.unlink_user(&member.name),
+                Seen::Linked(member) => self.unlink_connection(connection, &member.name),
                 Seen::Unlinked | Seen::Linking => reply_rejected(connection, &Rejection::InvalidMessage.to_string()),
             }
             return None;
         };
         match (seen, message) {
-            (Seen::Linked(member), ClientMessage::Link(_) | ClientMessage::Unlink) => self.unlink_user(&member.name),
-            (Seen::Linked(member), ClientMessage::Leave) => self.leave_user(&member.name),
+            (Seen::Linked(member), ClientMessage::Link(_) | ClientMessage::Unlink) => {
+                self.unlink_connection(connection, &member.name)
+            }
+            (Seen::Linked(member), ClientMessage::Leave) => self.leave_connection(connection, &member.name),
             (Seen::Linked(member), ClientMessage::UnknownReserved(message)) => {
                 tracing::warn!(
                     username = member.name,
                     kind = message.kind,
                     "unknown krmx/ message: the krmx/ prefix is reserved; unlinking"
                 );
-                self.unlink_user(&member.name);
+                self.unlink_connection(connection, &member.name);
             }
             // Linked while this message waited for the sequencer (an async link finished): it is the linked user's.
             (Seen::Linked(member), ClientMessage::Custom(message)) => return Some((member, message)),
@@ -303,6 +306,9 @@ impl Server {
         if self.status() != Status::Listening {
             return;
         }
+        if let Some(sequencer) = self.sequencer() {
+            return self.decide_link_on_cluster(sequencer, connection, username);
+        }
         // Async authentication let time pass: what held then must hold now.
         if let Some(reason) = self.link_refusal(username) {
             return reply_rejected(connection, &reason);
@@ -313,6 +319,28 @@ impl Server {
             self.join_user(username);
         }
         self.link_user(connection, username);
+    }
+
+    /// A link on a cluster: the cluster's sequencer decides it against the cluster-wide state (this node's view of
+    /// the users may be behind), and the entries it returns join and link the user here as on every node.
+    fn decide_link_on_cluster(&self, sequencer: &Arc<dyn Sequencer>, connection: &Arc<Connection>, username: &str) {
+        let change = Change::link(username, connection.id.0, self.inner.config.accept_new_users);
+        let accepted = || {
+            tracing::debug!(connection = %connection.id, username, "accepted");
+            let _ = connection.push(ServerMessage::Accepted.to_frame());
+        };
+        match self.submit(sequencer, change, accepted) {
+            Ok(()) => {}
+            Err(Refused::Rejected(rejection)) => reply_rejected(connection, &rejection.to_string()),
+            Err(refused) => {
+                tracing::warn!(connection = %connection.id, username, %refused, "link refused by the cluster");
+                reply_rejected(connection, &refused.to_string());
+                if let Refused::Unavailable(_) = refused {
+                    // Its outcome is unknown: undo it in case it was made. A refusal means there is nothing to undo.
+                    let _ = self.submit(sequencer, Change::unlink_connection(username, connection.id.0), || {});
+                }
+            }
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 //! caused them, as in the reference's single-threaded server. The order in which changes take the sequencer is *the*
 //! order: the registry applies them in it, clients are told in it, listeners hear of them in it.
 //!
-//! Each step below is the same three moves: apply the change to the registry under the fan-out lock (which also
-//! queues the messages that tell the clients), mirror it in the connection's role and the sharded link table, then
-//! emit the event with no lock held but the sequencer. A cluster replaces where the order comes from (a Redis
-//! sequence instead of this lock) and feeds the same steps.
+//! Each change is two halves. *Applying* it changes the registry under the fan-out lock (which also queues the
+//! messages that tell the clients) and mirrors it in the connection's role and the sharded link table. *Emitting* it
+//! runs its listeners, with no lock held but the sequencer. In one process a change is decided and applied here; in a
+//! cluster (see `clustered.rs`) the order comes from the cluster's sequencer, and the same halves apply its entries.
 //!
 //! Callers hold the sequencer and have checked the step's preconditions.
 
@@ -16,11 +16,22 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::cluster::LinkAddr;
 use crate::connections::{Connection, Role};
 use crate::events::Event;
 use crate::protocol::ServerMessage;
+use crate::registry::Link;
 use crate::server::Events;
 use crate::Server;
+
+/// Which event a membership change emits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Membership {
+    Join,
+    Link,
+    Unlink,
+    Leave,
+}
 
 impl Server {
     /// Emits an event to the any-listeners, then to the event's own listeners. Returns the panic messages.
@@ -31,18 +42,35 @@ impl Server {
         panics
     }
 
-    pub(crate) fn join_user(&self, username: &str) {
-        self.fan_out(|registry| registry.join(username));
-        tracing::info!(username, "joined");
-        self.emit(Event::Join { username }, |events| {
-            events.join.emit("join", |f| f(self, username))
-        });
+    /// Runs the listeners of a membership change of `username`.
+    pub(crate) fn emit_membership(&self, what: Membership, username: &str) {
+        let _ = match what {
+            Membership::Join => self.emit(Event::Join { username }, |events| {
+                events.join.emit("join", |f| f(self, username))
+            }),
+            Membership::Link => self.emit(Event::Link { username }, |events| {
+                events.link.emit("link", |f| f(self, username))
+            }),
+            Membership::Unlink => self.emit(Event::Unlink { username }, |events| {
+                events.unlink.emit("unlink", |f| f(self, username))
+            }),
+            Membership::Leave => self.emit(Event::Leave { username }, |events| {
+                events.leave.emit("leave", |f| f(self, username))
+            }),
+        };
     }
 
-    /// Links `connection` to the existing, unlinked `username`, unless a listener changed either meanwhile.
-    pub(crate) fn link_user(&self, connection: &Arc<Connection>, username: &str) {
+    // ---- applying ------------------------------------------------------------------------------------------------
+
+    pub(crate) fn apply_join(&self, username: &str) {
+        self.fan_out(|registry| registry.join(username));
+        tracing::info!(username, "joined");
+    }
+
+    /// Links this process's `connection` to the existing, unlinked `username`, unless either changed meanwhile (a
+    /// join listener may have kicked the user, or linked it or the connection elsewhere). Returns whether it did.
+    pub(crate) fn apply_link(&self, connection: &Arc<Connection>, username: &str) -> bool {
         let linked = self.fan_out(|registry| {
-            // A join listener may have kicked the user, or linked it or the connection elsewhere.
             let free = matches!(connection.state.lock().role, Role::Unlinked);
             let member = if free {
                 registry.link(username, connection)
@@ -63,59 +91,81 @@ impl Server {
             self.inner.links.insert(username.to_owned(), connection.clone());
             true
         });
-        if !linked {
-            return;
+        if linked {
+            tracing::info!(username, "linked");
         }
-        tracing::info!(username, "linked");
-        self.emit(Event::Link { username }, |events| {
-            events.link.emit("link", |f| f(self, username))
-        });
+        linked
     }
 
-    pub(crate) fn unlink_user(&self, username: &str) {
-        let unlinked = self.fan_out(|registry| {
+    /// Links `username` to a connection of another node of the cluster.
+    pub(crate) fn apply_link_remote(&self, username: &str, link: LinkAddr) -> bool {
+        let linked = self.fan_out(|registry| registry.link_remote(username, link));
+        if linked {
+            tracing::info!(username, "linked on another node");
+        }
+        linked
+    }
+
+    /// Unlinks a linked user; returns the link it had.
+    pub(crate) fn apply_unlink(&self, username: &str) -> Option<Link> {
+        let link = self.fan_out(|registry| {
             // Out of the link table first: a send that found the connection has queued its frame by the time this
             // returns, so nothing reaches the connection after it hears of its unlink.
             self.inner.links.remove(username);
-            let Some(connection) = registry.unlink(username) else {
-                return false;
-            };
-            let mut state = connection.state.lock();
-            state.role = Role::Unlinked;
-            if !state.closing {
-                state.unlinked_since = Some(Instant::now());
+            let link = registry.unlink(username)?;
+            if let Link::Local(connection) = &link {
+                let mut state = connection.state.lock();
+                state.role = Role::Unlinked;
+                if !state.closing {
+                    state.unlinked_since = Some(Instant::now());
+                }
+                self.inner.connections.count_linked(false);
             }
-            self.inner.connections.count_linked(false);
-            true
-        });
-        if !unlinked {
-            return;
-        }
+            Some(link)
+        })?;
         tracing::info!(username, "unlinked");
-        self.emit(Event::Unlink { username }, |events| {
-            events.unlink.emit("unlink", |f| f(self, username))
-        });
+        Some(link)
+    }
+
+    /// Removes an unlinked user; returns whether it was there to remove.
+    pub(crate) fn apply_leave(&self, username: &str) -> bool {
+        let left = self.fan_out(|registry| registry.leave(username));
+        if left {
+            tracing::info!(username, "left");
+        }
+        left
+    }
+
+    // ---- the steps of one process: decide, apply, emit -----------------------------------------------------------
+
+    pub(crate) fn join_user(&self, username: &str) {
+        self.apply_join(username);
+        self.emit_membership(Membership::Join, username);
+    }
+
+    pub(crate) fn link_user(&self, connection: &Arc<Connection>, username: &str) {
+        if self.apply_link(connection, username) {
+            self.emit_membership(Membership::Link, username);
+        }
+    }
+
+    pub(crate) fn unlink_user(&self, username: &str) {
+        if self.apply_unlink(username).is_some() {
+            self.emit_membership(Membership::Unlink, username);
+        }
     }
 
     pub(crate) fn leave_user(&self, username: &str) {
-        let linked = self
-            .inner
-            .registry
-            .lock()
-            .user(username)
-            .and_then(|slot| slot.link.clone());
-        if let Some(connection) = linked {
-            self.unlink_user(username);
-            // The leaving connection hears of its own leave, as in the reference.
-            let _ = connection.push(ServerMessage::Left(username).to_frame());
+        if let Some(link) = self.apply_unlink(username) {
+            self.emit_membership(Membership::Unlink, username);
+            if let Link::Local(connection) = link {
+                // The leaving connection hears of its own leave, as in the reference.
+                let _ = connection.push(ServerMessage::Left(username).to_frame());
+            }
         }
         // An unlink listener may have kicked the user already, or linked it again; then there is nothing to remove.
-        if !self.fan_out(|registry| registry.leave(username)) {
-            return;
+        if self.apply_leave(username) {
+            self.emit_membership(Membership::Leave, username);
         }
-        tracing::info!(username, "left");
-        self.emit(Event::Leave { username }, |events| {
-            events.leave.emit("leave", |f| f(self, username))
-        });
     }
 }

@@ -309,6 +309,12 @@ impl Frame {
         serde_json::to_vec(value).map(|bytes| Frame(Bytes::from(bytes)))
     }
 
+    /// A frame another node of a cluster made (its [`bytes`](Frame::bytes)), to deliver here. `None` when the bytes
+    /// are not UTF-8, so not something a node made.
+    pub fn from_node(bytes: Bytes) -> Option<Frame> {
+        std::str::from_utf8(&bytes).is_ok().then_some(Frame(bytes))
+    }
+
     /// The JSON text, as bytes. They are always valid UTF-8.
     pub fn bytes(&self) -> &Bytes {
         &self.0

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::cluster::LinkAddr;
 use crate::connections::{Connection, Member};
 use crate::fanout::{Log, SEGMENT};
 use crate::outbox::PushError;
@@ -33,9 +34,25 @@ pub struct Broadcast {
     pub undelivered: Vec<(String, PushError)>,
 }
 
+/// Where a linked user's connection is: here, or on another node of a cluster.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Local(Arc<Connection>),
+    Remote(LinkAddr),
+}
+
+impl Link {
+    pub(crate) fn local(&self) -> Option<&Arc<Connection>> {
+        match self {
+            Link::Local(connection) => Some(connection),
+            Link::Remote(_) => None,
+        }
+    }
+}
+
 pub(crate) struct UserSlot {
     pub(crate) member: Arc<Member>,
-    pub(crate) link: Option<Arc<Connection>>,
+    pub(crate) link: Option<Link>,
     /// `krmx/joined` and `krmx/linked` for this user, serialized once: every newcomer's snapshot reuses them.
     frames: Arc<UserFrames>,
 }
@@ -105,7 +122,7 @@ impl Registry {
     /// exist or is linked already.
     pub(crate) fn link(&mut self, username: &str, connection: &Arc<Connection>) -> Option<Arc<Member>> {
         let slot = self.user_mut(username).filter(|slot| slot.link.is_none())?;
-        slot.link = Some(connection.clone());
+        slot.link = Some(Link::Local(connection.clone()));
         let member = slot.member.clone();
         let linked = slot.frames.linked.clone();
         self.linked += 1;
@@ -121,17 +138,31 @@ impl Registry {
         Some(member)
     }
 
+    /// Links an unlinked user to a connection of another node: the linked users here hear of it.
+    pub(crate) fn link_remote(&mut self, username: &str, link: LinkAddr) -> bool {
+        let Some(slot) = self.user_mut(username).filter(|slot| slot.link.is_none()) else {
+            return false;
+        };
+        slot.link = Some(Link::Remote(link));
+        let linked = slot.frames.linked.clone();
+        self.linked += 1;
+        let _ = self.push_to_linked(&linked, Some(username));
+        true
+    }
+
     /// Unlinks a linked user, telling every linked user (the user's own connection included, as the reference does).
-    /// Returns the connection it had.
-    pub(crate) fn unlink(&mut self, username: &str) -> Option<Arc<Connection>> {
+    /// Returns the link it had.
+    pub(crate) fn unlink(&mut self, username: &str) -> Option<Link> {
         let order = *self.order.get(username)?;
         self.users.get(&order)?.link.as_ref()?;
         let _ = self.push_to_linked(&ServerMessage::Unlinked(username).to_frame(), None);
-        let connection = self.users.get_mut(&order)?.link.take()?;
-        connection.outbox.close_window(self.log.head());
+        let link = self.users.get_mut(&order)?.link.take()?;
+        if let Link::Local(connection) = &link {
+            connection.outbox.close_window(self.log.head());
+        }
         self.linked -= 1;
         self.closing.remove(&order);
-        Some(connection)
+        Some(link)
     }
 
     /// Removes an unlinked user, telling the linked users. Returns whether it was there to remove.
@@ -153,7 +184,7 @@ impl Registry {
             let linked_here = self
                 .users
                 .get(&order)
-                .and_then(|slot| slot.link.as_ref())
+                .and_then(|slot| slot.link.as_ref()?.local())
                 .is_some_and(|link| Arc::ptr_eq(link, connection));
             if linked_here {
                 self.closing.insert(order);
@@ -165,7 +196,9 @@ impl Registry {
     /// of them will not get it (their connection is closing). Call `Log::wake` once the fan-out lock is released.
     pub(crate) fn push_to_linked(&mut self, frame: &Frame, skip: Option<&str>) -> Broadcast {
         let skipped = skip.and_then(|name| self.order.get(name).copied());
-        let skip_link = skipped.and_then(|order| self.users.get(&order)?.link.as_ref().map(|link| link.id));
+        let skip_link = skipped.and_then(|order| self.users.get(&order)?.link.as_ref()?.local().map(|link| link.id));
+        let skips_a_linked_user =
+            skipped.is_some_and(|order| self.users.get(&order).is_some_and(|slot| slot.link.is_some()));
         let seq = self.log.append(frame.clone(), skip_link);
         let undelivered: Vec<(String, PushError)> = self
             .closing
@@ -173,7 +206,7 @@ impl Registry {
             .filter(|order| Some(**order) != skipped)
             .filter_map(|order| Some((self.users.get(order)?.member.name.clone(), PushError::Closed)))
             .collect();
-        let recipients = self.linked - usize::from(skip_link.is_some());
+        let recipients = self.linked - usize::from(skips_a_linked_user);
         if (seq + 1) % SEGMENT == 0 {
             self.close_slow_consumers(seq + 1);
         }
@@ -188,7 +221,7 @@ impl Registry {
     fn close_slow_consumers(&mut self, head: u64) {
         let mut slow = Vec::new();
         for (order, slot) in &self.users {
-            if let Some(link) = &slot.link {
+            if let Some(link) = slot.link.as_ref().and_then(Link::local) {
                 if link.outbox.lag(head) > self.max_lag && !self.closing.contains(order) {
                     slow.push((*order, link.clone()));
                 }

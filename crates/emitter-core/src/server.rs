@@ -9,9 +9,10 @@
 //! The guarantees this gives, and what it does not promise, are in the book's concepts chapter ("Order and
 //! concurrency").
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use emitter_listeners::Listeners;
 use serde::Serialize;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::auth::{AuthContext, AuthInfo};
 use crate::builder::ServerBuilder;
+use crate::cluster::{Change, Sequencer};
 use crate::config::Config;
 use crate::connections::{Connection, Connections};
 use crate::error::{Error, Status};
@@ -105,6 +107,13 @@ pub(crate) struct Inner {
     pub(crate) transports: AtomicUsize,
     pub(crate) next_attempt: AtomicU64,
     pub(crate) payload_mismatches: AtomicU64,
+    /// The cluster's sequencer, when the server is a node of one (see `clustered.rs`).
+    pub(crate) cluster: OnceLock<Arc<dyn Sequencer>>,
+    /// The last entry of the cluster's order applied here.
+    pub(crate) applied: AtomicU64,
+    /// Local connections whose user is half way through a leave on the cluster (unlinked, not yet left): they hear of
+    /// their own leave.
+    pub(crate) leaving: Mutex<HashMap<String, Arc<Connection>>>,
 }
 
 /// A Krmx server: users, the connections linked to them, and the listeners that react to them.
@@ -200,6 +209,9 @@ impl Server {
                 transports: AtomicUsize::new(0),
                 next_attempt: AtomicU64::new(0),
                 payload_mismatches: AtomicU64::new(0),
+                cluster: OnceLock::new(),
+                applied: AtomicU64::new(0),
+                leaving: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -309,6 +321,7 @@ impl Server {
         require(self.status(), "send a message", &[Status::Listening, Status::Closing])?;
         // The shard stays read-locked while the frame is queued, so an unlink (which removes the entry first) cannot
         // tell the user's connection it was unlinked before this frame.
+        let remote = self.sequencer().map(|_| frame.clone());
         let pushed = self
             .inner
             .links
@@ -321,6 +334,8 @@ impl Server {
                 Err(Error::QueueFull)
             }
             Some((_, Err(PushError::Closed))) => Err(Error::ConnectionClosing),
+            // Linked on another node of the cluster: that node delivers it.
+            None if remote.is_some_and(|frame| self.send_elsewhere(username, &frame).is_some()) => Ok(()),
             None if self.user(username).is_some() => Err(Error::SendToUnlinkedUser),
             None => Err(Error::SendToUnknownUser),
         }
@@ -360,7 +375,13 @@ impl Server {
             "broadcast a message",
             &[Status::Listening, Status::Closing],
         )?;
-        Ok(self.fan_out(|registry| registry.push_to_linked(&frame, skip)))
+        Ok(self.fan_out(|registry| {
+            if let Some(sequencer) = self.sequencer() {
+                // Under the fan-out lock, so the other nodes get broadcasts in the order this node's users do.
+                sequencer.publish_broadcast(self.applied(), skip, &frame);
+            }
+            registry.push_to_linked(&frame, skip)
+        }))
     }
 
     /// Runs `f` under the fan-out lock, then wakes the writers waiting for the log.
@@ -377,11 +398,15 @@ impl Server {
     pub fn join(&self, username: &str) -> Result<(), Error> {
         let _turn = self.inner.sequencer.lock();
         require(self.status(), "join a user", &[Status::Listening])?;
-        if self.user(username).is_some() {
+        if self.sequencer().is_none() && self.user(username).is_some() {
             return Err(Error::JoinExistingUser);
         }
         if !self.inner.config.is_valid_username(username) {
             return Err(Error::JoinInvalidUsername);
+        }
+        if let Some(sequencer) = self.sequencer() {
+            // The cluster decides whether the user exists; this node's view may be behind.
+            return self.submit_method(sequencer, Change::join(username));
         }
         self.join_user(username);
         Ok(())
@@ -397,6 +422,9 @@ impl Server {
             "unlink a connection from a user",
             &[Status::Listening, Status::Closing],
         )?;
+        if let Some(sequencer) = self.sequencer() {
+            return self.submit_method(sequencer, Change::unlink(username));
+        }
         let user = self.user(username).ok_or(Error::UnlinkUnknownUser)?;
         if !user.is_linked {
             return Err(Error::UnlinkUnlinkedUser);
@@ -412,6 +440,10 @@ impl Server {
     pub fn kick(&self, username: &str) -> Result<(), Error> {
         let _turn = self.inner.sequencer.lock();
         require(self.status(), "kick a user", &[Status::Listening])?;
+        if let Some(sequencer) = self.sequencer() {
+            tracing::info!(username, "kicking");
+            return self.submit_method(sequencer, Change::leave(username));
+        }
         if self.user(username).is_none() {
             return Err(Error::KickUnknownUser);
         }

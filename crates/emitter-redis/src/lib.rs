@@ -191,6 +191,7 @@ mod cluster;
 mod keys;
 mod lease;
 mod messages;
+mod node;
 mod parse;
 mod replica;
 mod scripts;
@@ -202,10 +203,11 @@ pub use blocking::Blocking;
 pub use cluster::Cluster;
 pub use lease::{KeepAlive, LeaseLost};
 pub use messages::Message;
+pub use node::Node;
 pub use replica::{Replica, ReplicaError};
 pub use shared::{Options, Stats};
 pub use subscribe::{Notification, Subscription};
 pub use types::{
-    is_valid_name, Change, Entry, Epoch, Error, Event, Link, NodeLease, Refusal, Result, Snapshot, UnlinkReason,
+    is_valid_name, Change, Entry, Epoch, Error, Event, LinkAddr, NodeLease, Refusal, Result, Snapshot, UnlinkReason,
     UserRecord,
 };

@@ -3,7 +3,19 @@
 
 use redis::Value;
 
-use crate::types::{Entry, Epoch, Error, Event, Link, Refusal, Result, UnlinkReason, UserRecord};
+use crate::types::{Entry, Epoch, Error, Event, LinkAddr, Refusal, Result, UnlinkReason, UserRecord};
+
+/// An unlink's reason, by the name the scripts write in the log's `r` field.
+fn parse_reason(text: &str) -> Option<UnlinkReason> {
+    Some(match text {
+        "request" => UnlinkReason::Requested,
+        "leave" => UnlinkReason::Leaving,
+        "expired" => UnlinkReason::LeaseExpired,
+        "restarted" => UnlinkReason::NodeRestarted,
+        "released" => UnlinkReason::NodeReleased,
+        _ => return None,
+    })
+}
 
 /// A script's reply: refused, or done with an extra value and a list of items.
 pub(crate) enum Reply {
@@ -120,7 +132,7 @@ pub(crate) fn entry(value: Value) -> Result<Entry> {
         return Err(malformed("a log entry without seq, kind or user"));
     };
     let link = || match (node.clone(), generation, connection) {
-        (Some(node), Some(generation), Some(connection)) => Ok(Link {
+        (Some(node), Some(generation), Some(connection)) => Ok(LinkAddr {
             node,
             generation,
             connection,
@@ -133,7 +145,7 @@ pub(crate) fn entry(value: Value) -> Result<Entry> {
         "unlink" => {
             let reason = reason
                 .as_deref()
-                .and_then(UnlinkReason::parse)
+                .and_then(parse_reason)
                 .unwrap_or(UnlinkReason::Requested);
             Event::Unlinked {
                 user,
@@ -161,7 +173,7 @@ pub(crate) fn record(name: String, value: &str) -> Result<UserRecord> {
     let joined = parse_u64(parts.next().unwrap_or_default())?;
     let link = match (parts.next(), parts.next(), parts.next()) {
         (None, _, _) => None,
-        (Some(generation), Some(connection), Some(node)) => Some(Link {
+        (Some(generation), Some(connection), Some(node)) => Some(LinkAddr {
             node: node.to_owned(),
             generation: parse_u64(generation)?,
             connection: parse_u64(connection)?,
@@ -192,7 +204,7 @@ mod tests {
             entry.event,
             Event::Unlinked {
                 user: "alice".into(),
-                link: Link {
+                link: LinkAddr {
                     node: "n1".into(),
                     generation: 2,
                     connection: 9

@@ -10,11 +10,11 @@ use crate::types::{Entry, Epoch, Event, Snapshot, UserRecord};
 /// and what tests and tools compare against [`Cluster::snapshot`](crate::Cluster::snapshot).
 ///
 /// ```
-/// use emitter_redis::{Entry, Event, Link, Replica, ReplicaError};
+/// use emitter_redis::{Entry, Event, LinkAddr, Replica, ReplicaError};
 ///
 /// let mut replica = Replica::empty();
 /// let joined = Entry { seq: 1, event: Event::Joined { user: "alice".into() }, by: "n1".into() };
-/// let link = Link { node: "n1".into(), generation: 1, connection: 7 };
+/// let link = LinkAddr { node: "n1".into(), generation: 1, connection: 7 };
 /// let linked = Entry { seq: 2, event: Event::Linked { user: "alice".into(), link: link.clone() }, by: "n1".into() };
 /// assert_eq!(replica.apply(&linked), Err(ReplicaError::Gap { expected: 1, got: 2 })); // out of order: refused
 /// assert_eq!(replica.apply(&joined), Ok(true));

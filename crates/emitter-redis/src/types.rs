@@ -3,210 +3,7 @@
 
 use std::fmt;
 
-/// A membership change a node asks Redis for, on behalf of one of its connections or of a server method.
-///
-/// Every change is submitted with the submitting node's [`NodeLease`]: a node whose lease is gone (expired, taken
-/// over by a newer registration of the same node id, or lost with a flushed Redis) changes nothing.
-///
-/// ```
-/// use emitter_redis::Change;
-///
-/// // A connection (this node's connection 7) asks to link to `alice`, who may be new.
-/// let link = Change::link("alice", 7, true);
-/// // That connection drops: unlink `alice`, but only if she is still linked to it.
-/// let unlink = Change::unlink_connection("alice", 7);
-/// // A server method: `server.kick("bob")`.
-/// let kick = Change::leave("bob");
-/// assert_eq!(link.user(), "alice");
-/// assert_eq!(unlink.user(), "alice");
-/// assert_eq!(kick.user(), "bob");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// A user joins, unlinked (`server.join`). Refused with [`Refusal::JoinExistingUser`] when it exists.
-    Join {
-        /// The username.
-        user: String,
-    },
-    /// A connection of the submitting node links to a user. When the user does not exist it joins first (two
-    /// entries, consecutive seqs) if `accept_new_users`, or the link is refused with
-    /// [`Refusal::NotAcceptingNewUsers`]. A linked user is refused with [`Refusal::AlreadyLinked`], a connection that
-    /// is linked already with [`Refusal::ConnectionLinked`].
-    Link {
-        /// The username.
-        user: String,
-        /// The connection's id on the submitting node; with the node and its generation it names the link.
-        connection: u64,
-        /// Whether a user that does not exist yet may be created by this link (the node's `accept_new_users`).
-        accept_new_users: bool,
-    },
-    /// A user is unlinked. With `only`, only if it is linked to that connection of the submitting node (its current
-    /// generation), so that a node unlinking its own closed connection never unlinks a link made since on another
-    /// node; otherwise refused with [`Refusal::NotLinkedHere`].
-    Unlink {
-        /// The username.
-        user: String,
-        /// The connection (of the submitting node) the user must still be linked to.
-        only: Option<u64>,
-    },
-    /// A user leaves (`krmx/leave`, `server.kick`). A linked user is unlinked first: two entries, `unlink` then
-    /// `leave`. With `only`, only if linked to that connection of the submitting node.
-    Leave {
-        /// The username.
-        user: String,
-        /// The connection (of the submitting node) the user must still be linked to.
-        only: Option<u64>,
-    },
-}
-
-impl Change {
-    /// `server.join(user)`.
-    pub fn join(user: impl Into<String>) -> Change {
-        Change::Join { user: user.into() }
-    }
-
-    /// The node's connection `connection` links to `user`, creating it if `accept_new_users`.
-    pub fn link(user: impl Into<String>, connection: u64, accept_new_users: bool) -> Change {
-        Change::Link {
-            user: user.into(),
-            connection,
-            accept_new_users,
-        }
-    }
-
-    /// `server.unlink(user)`: whatever connection, on whatever node, it is linked to.
-    pub fn unlink(user: impl Into<String>) -> Change {
-        Change::Unlink {
-            user: user.into(),
-            only: None,
-        }
-    }
-
-    /// The node's connection `connection` is done with `user` (it closed, sent `krmx/unlink`, …).
-    pub fn unlink_connection(user: impl Into<String>, connection: u64) -> Change {
-        Change::Unlink {
-            user: user.into(),
-            only: Some(connection),
-        }
-    }
-
-    /// `server.kick(user)`.
-    pub fn leave(user: impl Into<String>) -> Change {
-        Change::Leave {
-            user: user.into(),
-            only: None,
-        }
-    }
-
-    /// `krmx/leave` from the node's connection `connection`, which must still be linked to `user`.
-    pub fn leave_connection(user: impl Into<String>, connection: u64) -> Change {
-        Change::Leave {
-            user: user.into(),
-            only: Some(connection),
-        }
-    }
-
-    /// The user the change is about.
-    pub fn user(&self) -> &str {
-        match self {
-            Change::Join { user } | Change::Link { user, .. } | Change::Unlink { user, .. } => user,
-            Change::Leave { user, .. } => user,
-        }
-    }
-}
-
-/// Where a user is linked: a connection of one generation of one node. Connection ids are only unique within a node's
-/// generation, so all three name the link.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Link {
-    /// The node's id.
-    pub node: String,
-    /// The node's generation (its fencing token) when it made the link.
-    pub generation: u64,
-    /// The connection's id on that node.
-    pub connection: u64,
-}
-
-/// Why a user was unlinked; the log records it so that every node can tell its own connections' fate apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UnlinkReason {
-    /// A [`Change::Unlink`]: the connection closed or asked, or a server method.
-    Requested,
-    /// The first half of a [`Change::Leave`] of a linked user.
-    Leaving,
-    /// The owning node's lease ran out and [`reap`](crate::Cluster::reap_dead_nodes) found it.
-    LeaseExpired,
-    /// The owning node registered again (a new generation): the old generation's connections are gone.
-    NodeRestarted,
-    /// The owning node released its lease (a clean shutdown).
-    NodeReleased,
-}
-
-impl UnlinkReason {
-    /// The name the scripts write in the log's `r` field.
-    pub(crate) fn parse(text: &str) -> Option<UnlinkReason> {
-        Some(match text {
-            "request" => UnlinkReason::Requested,
-            "leave" => UnlinkReason::Leaving,
-            "expired" => UnlinkReason::LeaseExpired,
-            "restarted" => UnlinkReason::NodeRestarted,
-            "released" => UnlinkReason::NodeReleased,
-            _ => return None,
-        })
-    }
-}
-
-/// What one entry of the log did to one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// The user joined, unlinked; its join order is the entry's seq.
-    Joined {
-        /// The username.
-        user: String,
-    },
-    /// The user was linked.
-    Linked {
-        /// The username.
-        user: String,
-        /// The connection it is now linked to.
-        link: Link,
-    },
-    /// The user was unlinked.
-    Unlinked {
-        /// The username.
-        user: String,
-        /// The connection it was linked to.
-        link: Link,
-        /// Why.
-        reason: UnlinkReason,
-    },
-    /// The user left (it was unlinked already, by an earlier entry).
-    Left {
-        /// The username.
-        user: String,
-    },
-}
-
-impl Event {
-    /// The user the event is about.
-    pub fn user(&self) -> &str {
-        match self {
-            Event::Joined { user } | Event::Linked { user, .. } | Event::Unlinked { user, .. } => user,
-            Event::Left { user } => user,
-        }
-    }
-}
-
-/// One entry of the log: one membership event, at its place in the one order of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Its place: 1 for the first change after the cluster state was created, then every next integer.
-    pub seq: u64,
-    /// What happened.
-    pub event: Event,
-    /// The node that caused it: the submitter, or the node that reaped an expired lease.
-    pub by: String,
-}
+pub use emitter_core::cluster::{Change, Entry, Event, LinkAddr, UnlinkReason};
 
 /// A user as `users` holds it: its place in the join order and, if linked, where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +13,7 @@ pub struct UserRecord {
     /// The seq of its `Joined` entry; users are listed in this order.
     pub joined: u64,
     /// Its link, if linked.
-    pub link: Option<Link>,
+    pub link: Option<LinkAddr>,
 }
 
 /// Every user, in join order, and the seq that state corresponds to: applying the log entries after `seq` to it gives
@@ -277,7 +74,7 @@ impl NodeLease {
     }
 
     /// Whether `link` is one of this lease's connections.
-    pub fn owns(&self, link: &Link) -> bool {
+    pub fn owns(&self, link: &LinkAddr) -> bool {
         link.node == self.node && link.generation == self.generation
     }
 }

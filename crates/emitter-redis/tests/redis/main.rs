@@ -7,4 +7,5 @@ mod faults;
 mod leases;
 mod membership;
 mod messages;
+mod nodes;
 mod retention;

@@ -1,0 +1,304 @@
+//! A server as one node of a cluster: membership changes submitted to the cluster's [`Sequencer`], the entries it
+//! orders applied in that order with the steps of `membership.rs`, and messages handed to and taken from the other
+//! nodes.
+//!
+//! Listeners of an entry run only on the node that made it (`Entry::by`), so that an app behaves as on one process:
+//! a welcome broadcast from a `link` listener is sent once. A change a listener causes is submitted like any other:
+//! it is ordered after everything already ordered, and applied (its own listeners included) before the call that
+//! caused it returns, so a listener still sees the state its call produced.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
+use crate::connections::Connection;
+use crate::error::{Error, Status};
+use crate::id::ConnectionId;
+use crate::membership::Membership;
+use crate::protocol::{Frame, ServerMessage};
+use crate::registry::Link;
+use crate::Server;
+
+impl Server {
+    /// The cluster's sequencer, when this server is a node of one.
+    pub(crate) fn sequencer(&self) -> Option<&Arc<dyn Sequencer>> {
+        self.inner.cluster.get()
+    }
+
+    /// The last entry of the cluster's order this node applied (0 before any, and when not in a cluster).
+    pub(crate) fn applied(&self) -> u64 {
+        self.inner.applied.load(Ordering::SeqCst)
+    }
+
+    /// Submits a change and applies what the cluster made of it. `before` runs between the decision and the entries
+    /// (a link's `krmx/accepted` goes out there, before the newcomer's snapshot).
+    pub(crate) fn submit(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        change: Change,
+        before: impl FnOnce(),
+    ) -> Result<(), Refused> {
+        let _turn = self.inner.sequencer.lock();
+        let entries = sequencer.submit(change)?;
+        before();
+        self.apply_entries(sequencer, entries);
+        Ok(())
+    }
+
+    /// A server method's membership change on a cluster: refusals read as the method's errors.
+    pub(crate) fn submit_method(&self, sequencer: &Arc<dyn Sequencer>, change: Change) -> Result<(), Error> {
+        self.submit(sequencer, change, || {}).map_err(|refused| match refused {
+            Refused::Failed(error) => error,
+            Refused::Rejected(rejection) => Error::Unavailable(rejection.to_string()),
+            Refused::Unavailable(why) => Error::Unavailable(why),
+        })
+    }
+
+    /// Applies entries in order, reading the ones in between first when they do not follow the last one applied.
+    pub(crate) fn apply_entries(&self, sequencer: &Arc<dyn Sequencer>, entries: Vec<Entry>) {
+        let _turn = self.inner.sequencer.lock();
+        for entry in entries {
+            if entry.seq <= self.applied() {
+                continue; // applied already, by a catch-up a listener's change made
+            }
+            if entry.seq > self.applied() + 1 {
+                if let Err(error) = self.catch_up(sequencer) {
+                    tracing::error!(%error, "could not read the cluster's order up to a new entry");
+                }
+            }
+            if entry.seq == self.applied() + 1 {
+                self.apply_entry(sequencer, &entry);
+            }
+        }
+    }
+
+    /// Applies every entry after the last one applied. Returns an error when they cannot be read (the node must then
+    /// start over from a snapshot of the cluster's state).
+    pub(crate) fn catch_up(&self, sequencer: &Arc<dyn Sequencer>) -> Result<(), String> {
+        let _turn = self.inner.sequencer.lock();
+        loop {
+            let entries = sequencer.entries_after(self.applied())?;
+            let Some(last) = entries.last().map(|entry| entry.seq) else {
+                return Ok(());
+            };
+            self.apply_entries(sequencer, entries);
+            if self.applied() < last {
+                return Err(format!("entries did not follow on from {}", self.applied()));
+            }
+        }
+    }
+
+    fn apply_entry(&self, sequencer: &Arc<dyn Sequencer>, entry: &Entry) {
+        // Applied before its listeners run: a change they make continues from here.
+        self.inner.applied.store(entry.seq, Ordering::SeqCst);
+        let mine = entry.by == sequencer.node();
+        let emitted = match &entry.event {
+            Event::Joined { user } => {
+                self.apply_join(user);
+                (Membership::Join, user)
+            }
+            Event::Linked { user, link } => {
+                let here = sequencer
+                    .owns(link)
+                    .then(|| self.inner.connections.get(ConnectionId(link.connection)))
+                    .flatten();
+                match here {
+                    Some(connection) => {
+                        self.apply_link(&connection, user);
+                    }
+                    None => {
+                        self.apply_link_remote(user, link.clone());
+                    }
+                }
+                (Membership::Link, user)
+            }
+            Event::Unlinked { user, reason, .. } => {
+                if let Some(Link::Local(connection)) = self.apply_unlink(user) {
+                    if *reason == UnlinkReason::Leaving {
+                        self.inner.leaving.lock().insert(user.clone(), connection);
+                    }
+                }
+                (Membership::Unlink, user)
+            }
+            Event::Left { user } => {
+                if let Some(connection) = self.inner.leaving.lock().remove(user) {
+                    // The leaving connection hears of its own leave, as in the reference.
+                    let _ = connection.push(ServerMessage::Left(user).to_frame());
+                }
+                self.apply_leave(user);
+                (Membership::Leave, user)
+            }
+        };
+        if mine {
+            self.emit_membership(emitted.0, emitted.1);
+        }
+        // A link to a connection of ours that closed before its link was applied: nobody can use it, so undo it.
+        if let Event::Linked { user, link } = &entry.event {
+            if sequencer.owns(link) && self.inner.connections.get(ConnectionId(link.connection)).is_none() {
+                let _ = self.submit(
+                    sequencer,
+                    Change::unlink_connection(user.as_str(), link.connection),
+                    || {},
+                );
+            }
+        }
+    }
+
+    /// The unlink of `username` a linked connection of this node asks for (or causes, by closing or misbehaving).
+    pub(crate) fn unlink_connection(&self, connection: &Arc<Connection>, username: &str) {
+        match self.sequencer() {
+            None => self.unlink_user(username),
+            Some(sequencer) => {
+                match self.submit(sequencer, Change::unlink_connection(username, connection.id.0), || {}) {
+                    Ok(()) => {}
+                    // Unlinked meanwhile by someone else (a kick, a relink elsewhere): nothing left to do.
+                    Err(Refused::Failed(error)) => tracing::debug!(username, %error, "already unlinked on the cluster"),
+                    Err(refused) => tracing::warn!(username, %refused, "could not unlink on the cluster"),
+                }
+            }
+        }
+    }
+
+    /// The leave of `username` its linked connection of this node asks for.
+    pub(crate) fn leave_connection(&self, connection: &Arc<Connection>, username: &str) {
+        match self.sequencer() {
+            None => self.leave_user(username),
+            Some(sequencer) => {
+                let change = Change::leave_connection(username, connection.id.0);
+                if let Err(refused) = self.submit(sequencer, change, || {}) {
+                    tracing::warn!(username, %refused, "could not leave on the cluster");
+                }
+            }
+        }
+    }
+
+    /// Hands a send to the node `username` is linked on, when it is linked on another node. `None` when it is not.
+    pub(crate) fn send_elsewhere(&self, username: &str, frame: &Frame) -> Option<()> {
+        let sequencer = self.sequencer()?;
+        let registry = self.inner.registry.lock();
+        let Some(Link::Remote(link)) = registry.user(username)?.link.as_ref() else {
+            return None;
+        };
+        sequencer.publish_send(link, username, self.applied(), frame);
+        Some(())
+    }
+}
+
+/// The cluster's side of a [`Server`]: installing a sequencer, applying the cluster's order, and delivering what the
+/// other nodes send. `emitter-redis` uses it; applications do not need it.
+///
+/// Every method may block (it reads the cluster's order when this node is behind): call them from a blocking context
+/// (`tokio::task::spawn_blocking`), never from an async task directly.
+#[derive(Clone)]
+pub struct ClusterHost {
+    server: Server,
+}
+
+impl std::fmt::Debug for ClusterHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHost").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// The cluster's handle on this server (see [`ClusterHost`]). Applications do not need it.
+    pub fn cluster_host(&self) -> ClusterHost {
+        ClusterHost { server: self.clone() }
+    }
+}
+
+impl ClusterHost {
+    /// Makes the server a node of a cluster, starting from the cluster's state at `seq` (its users in join order, with
+    /// their links). Only before the server starts listening; fails if it is listening or in a cluster already.
+    pub fn install(
+        &self,
+        sequencer: Arc<dyn Sequencer>,
+        seq: u64,
+        users: Vec<(String, Option<LinkAddr>)>,
+    ) -> Result<(), Error> {
+        let server = &self.server;
+        let _turn = server.inner.sequencer.lock();
+        if server.status() != Status::Initializing {
+            return Err(Error::WrongStatus {
+                action: "join a cluster",
+                status: server.status(),
+            });
+        }
+        if server.inner.cluster.set(sequencer).is_err() {
+            return Err(Error::Unavailable("the server is in a cluster already".to_owned()));
+        }
+        self.seed(seq, users);
+        Ok(())
+    }
+
+    /// The last entry of the cluster's order this node applied.
+    pub fn applied(&self) -> u64 {
+        self.server.applied()
+    }
+
+    /// Applies every entry of the cluster's order this node has not applied yet. An error means the node is too far
+    /// behind (or the order is gone): [`restart`](ClusterHost::restart) it from a snapshot.
+    pub fn catch_up(&self) -> Result<(), String> {
+        match self.server.sequencer() {
+            Some(sequencer) => self.server.catch_up(sequencer),
+            None => Ok(()),
+        }
+    }
+
+    /// Delivers another node's broadcast to this node's linked users but `skip`, once this node has applied `after`.
+    /// Cheap when this node has applied `after` already (the usual case): then it only queues the frame.
+    pub fn deliver_broadcast(&self, after: u64, skip: Option<&str>, frame: Frame) {
+        if self.server.applied() < after {
+            let _ = self.catch_up();
+        }
+        let _ = self.server.fan_out(|registry| registry.push_to_linked(&frame, skip));
+    }
+
+    /// Delivers another node's send to `username`, if it is linked on this node, once this node has applied `after`.
+    pub fn deliver_send(&self, after: u64, username: &str, frame: Frame) {
+        if self.server.applied() < after {
+            let _ = self.catch_up();
+        }
+        let pushed = self
+            .server
+            .inner
+            .links
+            .with(username, |link| link.map(|link| link.push(frame)));
+        if !matches!(pushed, Some(Ok(()))) {
+            tracing::debug!(username, "a send from another node found nobody linked here");
+        }
+    }
+
+    /// Starts over from the cluster's state at `seq`: every connection of this node is closed (its clients relink and
+    /// get a fresh snapshot), and the users are the snapshot's. For a node that lost its place: its lease, or the
+    /// cluster's state, or the part of the order it had not applied.
+    pub fn restart(&self, seq: u64, users: Vec<(String, Option<LinkAddr>)>) {
+        let server = &self.server;
+        let _turn = server.inner.sequencer.lock();
+        tracing::warn!(
+            seq,
+            "starting over from the cluster's state: closing this node's connections"
+        );
+        for connection in server.inner.connections.all() {
+            connection.close();
+        }
+        let names: Vec<String> = server.users().into_iter().map(|user| user.username).collect();
+        for name in names {
+            let _ = server.apply_unlink(&name);
+            server.apply_leave(&name);
+        }
+        server.inner.leaving.lock().clear();
+        self.seed(seq, users);
+    }
+
+    fn seed(&self, seq: u64, users: Vec<(String, Option<LinkAddr>)>) {
+        let server = &self.server;
+        for (name, link) in users {
+            server.apply_join(&name);
+            if let Some(link) = link {
+                server.apply_link_remote(&name, link);
+            }
+        }
+        server.inner.applied.store(seq, Ordering::SeqCst);
+    }
+}

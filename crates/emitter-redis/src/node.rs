@@ -1,0 +1,324 @@
+//! A server as a node of a cluster on Redis: the [`Sequencer`] the core submits its membership changes to, and the
+//! task that keeps the node in step (applies what other nodes ordered, delivers their messages, keeps the lease, and
+//! starts over when the node lost its place).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use emitter_core::cluster::{Change, Entry, LinkAddr, Refused, Sequencer};
+use emitter_core::protocol::{Frame, Rejection};
+use emitter_core::{ClusterHost, Error as CoreError, Server};
+use parking_lot::RwLock;
+use tokio::task::JoinHandle;
+
+use crate::blocking::Blocking;
+use crate::cluster::Cluster;
+use crate::lease::{KeepAlive, LeaseLost};
+use crate::messages::Message;
+use crate::subscribe::{Notification, Subscription};
+use crate::types::{check_name, Error, NodeLease, Refusal, Result, Snapshot};
+
+/// The longest a node waits between attempts to get its place back (register, snapshot) while Redis is away.
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
+/// A [`Server`] serving as one node of a cluster on Redis.
+///
+/// [`Node::start`] makes the server a node before it listens: from then on its membership changes are decided by
+/// Redis against the whole cluster, its `users()` are the cluster's, and its sends and broadcasts reach users linked
+/// on any node. The node keeps itself in step on a task of its own until the server closes; dropping the handle does
+/// not stop it.
+///
+/// ```no_run
+/// use emitter_redis::{Cluster, Node, Options};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = emitter_core::Server::new();
+/// server.on_link(|server, username| {
+///     // Runs once, on the node the user linked on; the broadcast reaches every node's users.
+///     let _ = server.broadcast_payload("chat/hello", username, Some(username));
+/// });
+/// let cluster = Cluster::connect("redis://127.0.0.1/", "chat", Options::default()).await?;
+/// let node = Node::start(&server, cluster, "node-a").await?;
+/// emitter_axum::listen(&server, "0.0.0.0:8082").await?;
+/// node.stopped().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Node {
+    id: String,
+    cluster: Cluster,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    /// Makes `server` the node `id` of `cluster`: registers the node (a new lease; users an earlier process with this
+    /// id left linked are unlinked), loads the cluster's users into the server, and starts the task that keeps it in
+    /// step. Call it before the server listens.
+    ///
+    /// Fails when `id` is not a valid name ([`is_valid_name`](crate::is_valid_name)), Redis cannot be reached, or the
+    /// server is listening already or is a node already.
+    pub async fn start(server: &Server, cluster: Cluster, id: &str) -> Result<Node> {
+        check_name(id)?;
+        let lease = cluster.register_node(id).await?;
+        // Subscribed before the snapshot: whatever happens after the snapshot is notified, or found by the poll.
+        let notifications = cluster.subscribe(id).await?;
+        let snapshot = cluster.snapshot().await?;
+        let sequencer = Arc::new(RedisSequencer {
+            node: id.to_owned(),
+            lease: RwLock::new(lease.clone()),
+            blocking: cluster.blocking(),
+            cluster: cluster.clone(),
+            needs_snapshot: AtomicBool::new(false),
+        });
+        let host = server.cluster_host();
+        let (seq, users) = seed(snapshot);
+        host.install(sequencer.clone(), seq, users)
+            .map_err(|error| Error::Malformed(format!("cannot make this server a node: {error}")))?;
+        tracing::info!(
+            cluster = cluster.name(),
+            node = id,
+            generation = lease.generation(),
+            seq,
+            "node started"
+        );
+        let keeper = Keeper {
+            server: server.clone(),
+            host,
+            cluster: cluster.clone(),
+            sequencer,
+            alive: cluster.keep_alive(lease),
+            notifications,
+        };
+        let task = tokio::spawn(keeper.run());
+        Ok(Node {
+            id: id.to_owned(),
+            cluster,
+            task,
+        })
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The cluster handle the node uses (for its [`stats`](Cluster::stats), say).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Resolves once the node stopped: the server closed and the node released its lease (or failed to; then it
+    /// expires).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// The users of a snapshot, as the core seeds them.
+fn seed(snapshot: Snapshot) -> (u64, Vec<(String, Option<LinkAddr>)>) {
+    let users = snapshot.users.into_iter().map(|user| (user.name, user.link)).collect();
+    (snapshot.seq, users)
+}
+
+/// The core's sequencer, on Redis: changes go through the blocking handle (the core's membership path is
+/// synchronous), messages through the cluster's publish queue (never blocks).
+struct RedisSequencer {
+    node: String,
+    /// The node's current lease; replaced when the node registers again.
+    lease: RwLock<NodeLease>,
+    blocking: Blocking,
+    cluster: Cluster,
+    /// Set when the log could not continue from where the node is: it must start over from a snapshot.
+    needs_snapshot: AtomicBool,
+}
+
+impl Sequencer for RedisSequencer {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn owns(&self, link: &LinkAddr) -> bool {
+        self.lease.read().owns(link)
+    }
+
+    fn submit(&self, change: Change) -> std::result::Result<Vec<Entry>, Refused> {
+        let lease = self.lease.read().clone();
+        self.blocking.submit(&lease, change).map_err(refused)
+    }
+
+    fn entries_after(&self, seq: u64) -> std::result::Result<Vec<Entry>, String> {
+        self.blocking.entries_after(seq).map_err(|error| {
+            if error.needs_snapshot() || matches!(error, Error::Refused(Refusal::EpochChanged { .. })) {
+                self.needs_snapshot.store(true, Ordering::SeqCst);
+            }
+            error.to_string()
+        })
+    }
+
+    fn publish_broadcast(&self, after: u64, skip: Option<&str>, frame: &Frame) {
+        let lease = self.lease.read();
+        if let Err(error) = self
+            .cluster
+            .publish_broadcast(&lease, after, skip, frame.bytes().clone())
+        {
+            tracing::warn!(%error, "a broadcast could not be handed to the other nodes");
+        }
+    }
+
+    fn publish_send(&self, to: &LinkAddr, user: &str, after: u64, frame: &Frame) {
+        let lease = self.lease.read();
+        if let Err(error) = self
+            .cluster
+            .publish_send(&lease, &to.node, after, user, frame.bytes().clone())
+        {
+            tracing::warn!(%error, user, "a message could not be handed to the user's node");
+        }
+    }
+}
+
+/// How a refusal from Redis reads to the core: a link's refusals as the reasons a client gets, a method's as the
+/// method's errors, word for word as in one process.
+fn refused(error: Error) -> Refused {
+    match error {
+        Error::Refused(refusal) => match refusal {
+            Refusal::AlreadyLinked { user } => Refused::Rejected(Rejection::AlreadyLinked(user)),
+            Refusal::NotAcceptingNewUsers => Refused::Rejected(Rejection::NotAcceptingNewUsers),
+            Refusal::JoinExistingUser => Refused::Failed(CoreError::JoinExistingUser),
+            Refusal::UnlinkUnknownUser => Refused::Failed(CoreError::UnlinkUnknownUser),
+            Refusal::UnlinkUnlinkedUser => Refused::Failed(CoreError::UnlinkUnlinkedUser),
+            Refusal::KickUnknownUser => Refused::Failed(CoreError::KickUnknownUser),
+            // The connection's user was unlinked meanwhile (kicked, linked elsewhere): nothing left to undo.
+            Refusal::NotLinkedHere => Refused::Failed(CoreError::UnlinkUnlinkedUser),
+            other => Refused::Unavailable(other.to_string()),
+        },
+        other => Refused::Unavailable(other.to_string()),
+    }
+}
+
+/// The task that keeps a node in step.
+struct Keeper {
+    server: Server,
+    host: ClusterHost,
+    cluster: Cluster,
+    sequencer: Arc<RedisSequencer>,
+    alive: KeepAlive,
+    notifications: Subscription,
+}
+
+impl Keeper {
+    async fn run(mut self) {
+        // Closed, not closing: while the server closes, its own users' unlinks still go through the cluster.
+        let closed = self.server.wait_for_close();
+        tokio::pin!(closed);
+        loop {
+            tokio::select! {
+                _ = &mut closed => break,
+                lost = self.alive.wait_lost() => self.start_over(Some(lost)).await,
+                notification = self.notifications.next() => match notification {
+                    None => break,
+                    Some(notification) => self.handle(notification).await,
+                },
+            }
+        }
+        let lease = self.sequencer.lease.read().clone();
+        match self.cluster.release(&lease).await {
+            Ok(_) => tracing::info!(node = lease.node(), "node released its lease"),
+            Err(error) => tracing::warn!(node = lease.node(), %error, "could not release the lease; it will expire"),
+        }
+    }
+
+    async fn handle(&mut self, notification: Notification) {
+        match notification {
+            Notification::Subscribed { .. } => self.catch_up().await,
+            Notification::Seq(seq) if seq > self.host.applied() => self.catch_up().await,
+            Notification::Seq(_) => {}
+            Notification::EpochChanged { .. } => self.start_over(None).await,
+            Notification::Broadcast(message) => self.deliver(message, true).await,
+            Notification::Send(message) => self.deliver(message, false).await,
+        }
+    }
+
+    /// Applies what the other nodes ordered; starts over when the log cannot continue from here.
+    async fn catch_up(&mut self) {
+        let host = self.host.clone();
+        let caught_up = tokio::task::spawn_blocking(move || host.catch_up()).await;
+        match caught_up {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if self.sequencer.needs_snapshot.swap(false, Ordering::SeqCst) => {
+                tracing::warn!(%error, "the cluster's order cannot continue from this node's place");
+                self.start_over(None).await;
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "could not read the cluster's order; retrying on the next notice"),
+            Err(error) => tracing::error!(%error, "catching up panicked"),
+        }
+    }
+
+    /// Delivers another node's message, in the order its origin sent them: one at a time. Waits for the node to have
+    /// applied what the origin had applied, so a message never overtakes the membership change before it.
+    async fn deliver(&mut self, message: Message, broadcast: bool) {
+        let Some(frame) = Frame::from_node(message.body) else {
+            tracing::warn!(
+                origin = message.origin,
+                "a message from another node is not UTF-8: dropped"
+            );
+            return;
+        };
+        let host = self.host.clone();
+        let after = message.after;
+        let user = message.user;
+        let deliver = move || match (broadcast, user) {
+            (true, skip) => host.deliver_broadcast(after, skip.as_deref(), frame),
+            (false, Some(user)) => host.deliver_send(after, &user, frame),
+            (false, None) => tracing::warn!("a message from another node names no user: dropped"),
+        };
+        if self.host.applied() >= after {
+            deliver(); // the usual case: nothing to wait for, so no thread hop
+        } else if let Err(error) = tokio::task::spawn_blocking(deliver).await {
+            tracing::error!(%error, "delivering a message panicked");
+        }
+    }
+
+    /// The node lost its place (its lease, or the cluster's state, or the part of the order it had not applied):
+    /// gets a new lease and starts over from a snapshot, closing this node's connections (their clients relink and
+    /// get a fresh snapshot). Retries until it succeeds or the server closes.
+    async fn start_over(&mut self, lost: Option<LeaseLost>) {
+        let mut epoch_changed = matches!(lost, Some(LeaseLost::EpochChanged { .. }));
+        let mut wait = Duration::from_millis(50);
+        loop {
+            if self.server.status() >= emitter_core::Status::Closing {
+                return;
+            }
+            match self.rejoin(epoch_changed).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "could not rejoin the cluster; retrying");
+                    epoch_changed |= matches!(error, Error::Refused(Refusal::EpochChanged { .. }));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_RETRY);
+                }
+            }
+        }
+    }
+
+    async fn rejoin(&mut self, epoch_changed: bool) -> Result<()> {
+        let (epoch, _) = self.cluster.head().await?;
+        if epoch_changed || epoch.as_ref() != Some(&self.cluster.epoch()) {
+            self.cluster.reopen().await?;
+        }
+        let lease = self.cluster.register_node(&self.sequencer.node).await?;
+        let snapshot = self.cluster.snapshot().await?;
+        *self.sequencer.lease.write() = lease.clone();
+        self.alive = self.cluster.keep_alive(lease);
+        let host = self.host.clone();
+        let (seq, users) = seed(snapshot);
+        let _ = tokio::task::spawn_blocking(move || host.restart(seq, users)).await;
+        tracing::warn!(
+            node = self.sequencer.node,
+            seq,
+            "node started over from the cluster's state"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! Servers as nodes of one cluster, in one process: each node a real `emitter_core::Server` served over WebSocket on
+//! its own loopback port, all of them on one real Redis. Clients connect to whichever node they like and must see one
+//! server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use emitter_core::{Error, Message, Server};
+use emitter_redis::{Cluster, Node, Options};
+use emitter_testing::{joined, left, linked, marker, marker_json, unlinked, user, RawClient, Receive};
+use serde_json::json;
+
+use crate::redis_or_skip;
+use crate::support::{options, RedisServer};
+
+/// One node: its server, the port it serves on, and the node handle.
+struct TestNode {
+    server: Server,
+    port: u16,
+    node: Node,
+}
+
+async fn start_node(redis: &RedisServer, cluster: &str, id: &str, options: Options) -> TestNode {
+    start_node_with(redis, cluster, id, options, Server::new()).await
+}
+
+async fn start_node_with(redis: &RedisServer, cluster: &str, id: &str, options: Options, server: Server) -> TestNode {
+    let handle = Cluster::connect(&redis.url(), cluster, options).await.expect("connect");
+    let node = Node::start(&server, handle, id).await.expect("start the node");
+    let port = emitter_testing::listen(&server).await;
+    TestNode { server, port, node }
+}
+
+/// Waits until `check` holds, polling: for state that no client or listener on this node is told of (another node's
+/// `users()` catching up). Bounded like every wait.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + emitter_testing::TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_share_one_set_of_users_in_one_order() {
+    let redis = redis_or_skip!();
+    let a = start_node(&redis, "share", "a", options()).await;
+    let b = start_node(&redis, "share", "b", options()).await;
+    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
+    let mut bob = RawClient::link_as(b.port, "bob").await;
+    // bob's snapshot on node b holds alice, who linked on node a, then bob himself.
+    bob.expect_all(&[joined("alice"), linked("alice"), joined("bob"), linked("bob")])
+        .await;
+    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+    let both = vec![user("alice", true), user("bob", true)];
+    assert_eq!(a.server.users(), both);
+    eventually("node b lists both users", || b.server.users() == both).await;
+}
+
+#[tokio::test]
+async fn a_user_is_linked_on_one_node_at_a_time() {
+    let redis = redis_or_skip!();
+    let a = start_node(&redis, "exclusive", "a", options()).await;
+    let b = start_node(&redis, "exclusive", "b", options()).await;
+    let _alice = RawClient::link_and_settle(a.port, "alice").await;
+    let refused = RawClient::link_with(b.port, "alice", None).await.err();
+    assert_eq!(refused.as_deref(), Some("user alice is already linked to a connection"));
+
+    // Many connections on both nodes race for one new user: exactly one wins.
+    let attempts = (0..16).map(|i| {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        tokio::spawn(async move { RawClient::link_with(port, "carol", None).await })
+    });
+    let mut winners = Vec::new();
+    for attempt in attempts {
+        if let Ok(client) = attempt.await.unwrap() {
+            winners.push(client);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one connection links carol");
+}
+
+#[tokio::test]
+async fn sends_and_broadcasts_reach_users_on_other_nodes() {
+    let redis = redis_or_skip!();
+    let a = start_node(&redis, "messages", "a", options()).await;
+    let b = start_node(&redis, "messages", "b", options()).await;
+    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
+    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
+    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+    eventually("node a sees bob linked", || {
+        a.server.user("bob").is_some_and(|u| u.is_linked)
+    })
+    .await;
+
+    // From node a to bob on node b, in the order node a sent them.
+    a.server.send("bob", &marker("one")).unwrap();
+    let report = a.server.broadcast(&marker("two"), Some("alice")).unwrap();
+    assert_eq!(report.delivered, 1, "bob counts as a recipient on another node");
+    a.server.send("bob", &marker("three")).unwrap();
+    bob.expect_all(&[marker_json("one"), marker_json("two"), marker_json("three")])
+        .await;
+    // A broadcast from node b reaches alice on node a, and skips bob.
+    b.server.broadcast(&marker("four"), Some("bob")).unwrap();
+    alice.expect(marker_json("four")).await;
+    b.server.send("bob", &marker("five")).unwrap();
+    bob.expect(marker_json("five")).await;
+}
+
+#[tokio::test]
+async fn a_message_never_overtakes_the_membership_change_before_it() {
+    let redis = redis_or_skip!();
+    let a = start_node(&redis, "overtake", "a", options()).await;
+    let b = start_node(&redis, "overtake", "b", options()).await;
+    // Every link on node a is followed at once by a broadcast; bob on node b must see each krmx/linked first.
+    a.server.on_link(|server, username| {
+        let _ = server.broadcast(&Message::with_payload("test/welcome", username), None);
+    });
+    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let name = format!("user{i}");
+        clients.push(RawClient::link_as(a.port, &name).await);
+        bob.expect_all(&[
+            joined(&name),
+            linked(&name),
+            json!({"type": "test/welcome", "payload": name}),
+        ])
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_user_relinks_on_another_node_after_its_connection_drops() {
+    let redis = redis_or_skip!();
+    let a = start_node(&redis, "relink", "a", options()).await;
+    let b = start_node(&redis, "relink", "b", options()).await;
+    let (links_a, links_b) = (count_links(&a.server), count_links(&b.server));
+    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
+    let alice = RawClient::link_and_settle(a.port, "alice").await;
+    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    alice.close().await;
+    bob.expect(unlinked("alice")).await;
+    let mut alice = RawClient::link_as(b.port, "alice").await;
+    alice
+        .expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
+        .await;
+    bob.expect(linked("alice")).await;
+    // Listeners ran once per link, on the node the link was made on.
+    assert_eq!(links_a.load(Ordering::SeqCst), 1);
+    assert_eq!(links_b.load(Ordering::SeqCst), 2);
+}
+
+fn count_links(server: &Server) -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    server.on_link(move |_, _| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    count
+}
+
+#[tokio::test]
+async fn server_methods_act_on_the_whole_cluster() {
+    let redis = redis_or_skip!();
+    let a = start_node(&redis, "methods", "a", options()).await;
+    let b = start_node(&redis, "methods", "b", options()).await;
+    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
+    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
+    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+
+    // Node b kicks alice, who is linked on node a: her connection hears of its unlink and its leave.
+    b.server.kick("alice").unwrap();
+    alice.expect_all(&[unlinked("alice"), left("alice")]).await;
+    bob.expect_all(&[unlinked("alice"), left("alice")]).await;
+    // The errors read as on one server, decided against the cluster's state.
+    assert_eq!(a.server.kick("alice"), Err(Error::KickUnknownUser));
+    a.server.join("dave").unwrap();
+    assert_eq!(b.server.join("dave"), Err(Error::JoinExistingUser));
+    bob.expect(joined("dave")).await;
+    assert_eq!(a.server.unlink("dave"), Err(Error::UnlinkUnlinkedUser));
+    // Node a unlinks bob, who is linked on node b; his connection stays open and links again.
+    a.server.unlink("bob").unwrap();
+    bob.expect(unlinked("bob")).await;
+    bob.link("bob", None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_closing_node_unlinks_only_its_own_users() {
+    let redis = redis_or_skip!();
+    let a = start_node(&redis, "closing", "a", options()).await;
+    let b = start_node(&redis, "closing", "b", options()).await;
+    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
+    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
+    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+    let TestNode { server, node, .. } = a;
+    server.close().await.unwrap();
+    node.stopped().await;
+    alice.expect(unlinked("alice")).await;
+    alice.expect_closed().await;
+    bob.expect(unlinked("alice")).await;
+    // alice stays a user of the cluster, and can link again on node b.
+    b.server.send("bob", &marker("after")).unwrap();
+    bob.expect(marker_json("after")).await;
+    assert_eq!(b.server.users(), vec![user("alice", false), user("bob", true)]);
+    let _alice = RawClient::link_as(b.port, "alice").await;
+    bob.expect(linked("alice")).await;
+}

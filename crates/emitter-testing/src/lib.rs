@@ -9,6 +9,7 @@
 //! - [`frames`]: the `krmx/…` frames as JSON, to compare with what a client read.
 //! - [`start`], [`listen`] and [`Recorder`]: a server on a free loopback port, and its events as lines.
 //! - [`http`]: one plain HTTP/1.1 request.
+//! - [`redis`]: a throwaway `redis-server` on a free loopback port, for the cluster tests.
 //!
 //! Every wait is bounded by [`TIMEOUT`]; a test never sleeps and hopes. To show that something did *not* happen, make
 //! something else happen after it that must arrive next (a marker message), and check the order.
@@ -23,6 +24,7 @@ mod http;
 mod raw;
 mod receive;
 mod recorder;
+pub mod redis;
 mod test_client;
 
 pub use frames::*;

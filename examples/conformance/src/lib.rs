@@ -3,11 +3,15 @@
 //!
 //! Two endpoints share the same listeners: [`build_main`] accepts new users; [`build_closed`] does not, and
 //! [`serve_closed`] joins the user [`ADMIN`] once it listens. Both serve path `/`.
+//!
+//! Each endpoint can be a node of a cluster on Redis ([`join_cluster`]): then any number of conformance processes form
+//! one server for the contract, and a client suite run against any one of them passes unchanged.
 
 use std::time::Duration;
 
 use emitter_axum::ListenError;
-use emitter_core::{AuthContext, AuthInfo, Message, Server, ServerBuilder};
+use emitter_core::{AuthContext, AuthInfo, Error, Message, Server, ServerBuilder};
+use emitter_redis::{Cluster, Node, Options};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -42,18 +46,35 @@ pub async fn serve_main(listener: TcpListener) -> Result<(Server, u16), ListenEr
 }
 
 /// Starts [`build_closed`] on `listener`, with [`ADMIN`] joined, and returns it with its port.
-///
-/// [`ADMIN`] is joined from a `listen` listener: it runs when the server starts listening, before the first connection
-/// is accepted, so every client finds the user there.
 pub async fn serve_closed(listener: TcpListener) -> Result<(Server, u16), ListenError> {
     let server = build_closed();
-    server.on_listen(|server, _port| {
-        if let Err(error) = server.join(ADMIN) {
-            tracing::error!(%error, "could not join {ADMIN}");
-        }
-    });
-    let port = emitter_axum::listen_on(&server, listener).await?;
+    let port = serve_closed_server(&server, listener).await?;
     Ok((server, port))
+}
+
+/// Serves a closed endpoint's server on `listener`, joining [`ADMIN`] from a `listen` listener: it runs when the
+/// server starts listening, before the first connection is accepted, so every client finds the user there. On a
+/// cluster, the node that finds `admin` joined already (by another node) carries on.
+pub async fn serve_closed_server(server: &Server, listener: TcpListener) -> Result<u16, ListenError> {
+    server.on_listen(|server, _port| match server.join(ADMIN) {
+        Ok(()) => {}
+        Err(Error::JoinExistingUser) => tracing::info!("{ADMIN} is joined already"),
+        Err(error) => tracing::error!(%error, "could not join {ADMIN}"),
+    });
+    emitter_axum::listen_on(server, listener).await
+}
+
+/// Makes an endpoint's `server` the node `node` of the cluster `cluster` on the Redis at `url`, before it listens.
+/// The two endpoints are two clusters: `<name>` for the main one, `<name>-closed` for the closed one.
+pub async fn join_cluster(
+    server: &Server,
+    url: &str,
+    cluster: &str,
+    node: &str,
+    options: Options,
+) -> Result<Node, emitter_redis::Error> {
+    let cluster = Cluster::connect(url, cluster, options).await?;
+    Node::start(server, cluster, node).await
 }
 
 fn with_contract(builder: ServerBuilder) -> Server {

@@ -1,7 +1,14 @@
 //! Runs the conformance server: the main endpoint on `PORT` (default 8787) and the closed one on `CLOSED_PORT`
 //! (default 8788), both at path `/`, on `HOST` (default 127.0.0.1: a test server stays on loopback unless asked),
-//! until Ctrl-C.
+//! until Ctrl-C or SIGTERM.
+//!
+//! With `REDIS_URL` set, both endpoints are nodes of clusters on that Redis: `KRMX_CLUSTER` (default `conformance`)
+//! for the main one and `<KRMX_CLUSTER>-closed` for the closed one, as node `NODE_ID` (default `node-<PORT>`), with a
+//! lease of `KRMX_LEASE_MS` (default 10000).
 
+use std::time::Duration;
+
+use emitter_redis::Options;
 use example_support::env_number;
 use tokio::net::TcpListener;
 
@@ -18,14 +25,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let closed_listener = TcpListener::bind((host.as_str(), closed_port))
         .await
         .unwrap_or_else(|error| panic!("cannot bind CLOSED_PORT {closed_port}: {error}"));
-    let (main, main_port) = example_conformance::serve_main(main_listener).await?;
-    let (closed, closed_port) = example_conformance::serve_closed(closed_listener).await?;
+    let main_port = main_listener.local_addr()?.port();
+    let main = example_conformance::build_main();
+    let closed = example_conformance::build_closed();
+
+    let mut nodes = Vec::new();
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        let cluster = std::env::var("KRMX_CLUSTER").unwrap_or_else(|_| "conformance".to_owned());
+        let node = std::env::var("NODE_ID").unwrap_or_else(|_| format!("node-{main_port}"));
+        let options = Options {
+            lease: Duration::from_millis(env_number("KRMX_LEASE_MS", 10_000)?),
+            ..Options::default()
+        };
+        let closed_cluster = format!("{cluster}-closed");
+        nodes.push(example_conformance::join_cluster(&main, &url, &cluster, &node, options.clone()).await?);
+        nodes.push(example_conformance::join_cluster(&closed, &url, &closed_cluster, &node, options).await?);
+        println!("conformance node {node} of cluster {cluster} on {url}");
+    }
+    let main_port = emitter_axum::listen_on(&main, main_listener).await?;
+    let closed_port = example_conformance::serve_closed_server(&closed, closed_listener).await?;
     println!("conformance server: main on ws://localhost:{main_port}/, closed on ws://localhost:{closed_port}/");
 
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("Ctrl-C: closing");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("closing");
     let (main_closed, closed_closed) = tokio::join!(main.close(), closed.close());
     main_closed?;
     closed_closed?;
+    for node in nodes {
+        node.stopped().await;
+    }
     Ok(())
 }

@@ -8,20 +8,34 @@
 use std::time::{Duration, Instant};
 
 use emitter_core::Server;
+use emitter_testing::redis::RedisServer;
 use emitter_testing::{joined, left, linked, unlinked, RawClient, Receive};
 use example_conformance::{NOT_A_USERNAME, SHORT_AUTH};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 /// Both endpoints, started on free loopback ports.
+///
+/// With `CONFORMANCE_REDIS=1` every endpoint is node `one` of a two-node cluster on a throwaway Redis, node `two`
+/// serving beside it: the contract must hold unchanged for a client of one node of a cluster.
 struct Endpoints {
     main: Server,
     main_port: u16,
     closed: Server,
     closed_port: u16,
+    cluster: Option<ClusterSetup>,
+}
+
+/// What a cluster run keeps alive: the Redis, and the second node of each endpoint.
+struct ClusterSetup {
+    _redis: RedisServer,
+    others: Vec<Server>,
 }
 
 async fn start() -> Endpoints {
+    if std::env::var("CONFORMANCE_REDIS").is_ok_and(|value| value == "1") {
+        return start_on_cluster().await;
+    }
     let (main, main_port) = example_conformance::serve_main(TcpListener::bind("127.0.0.1:0").await.unwrap())
         .await
         .unwrap();
@@ -33,6 +47,44 @@ async fn start() -> Endpoints {
         main_port,
         closed,
         closed_port,
+        cluster: None,
+    }
+}
+
+async fn start_on_cluster() -> Endpoints {
+    let redis = RedisServer::start().expect("CONFORMANCE_REDIS=1 needs redis-server on PATH");
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    for node in ["one", "two"] {
+        for closed in [false, true] {
+            let (server, cluster) = match closed {
+                false => (example_conformance::build_main(), "contract"),
+                true => (example_conformance::build_closed(), "contract-closed"),
+            };
+            let options = emitter_redis::Options::default();
+            example_conformance::join_cluster(&server, &redis.url(), cluster, node, options)
+                .await
+                .unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = match closed {
+                false => emitter_axum::listen_on(&server, listener).await.unwrap(),
+                true => example_conformance::serve_closed_server(&server, listener)
+                    .await
+                    .unwrap(),
+            };
+            servers.push(server);
+            ports.push(port);
+        }
+    }
+    let others = servers.split_off(2);
+    let closed = servers.pop().unwrap();
+    let main = servers.pop().unwrap();
+    Endpoints {
+        main,
+        main_port: ports[0],
+        closed,
+        closed_port: ports[1],
+        cluster: Some(ClusterSetup { _redis: redis, others }),
     }
 }
 
@@ -40,6 +92,11 @@ impl Endpoints {
     async fn stop(self) {
         self.main.close().await.unwrap();
         self.closed.close().await.unwrap();
+        if let Some(cluster) = self.cluster {
+            for other in cluster.others {
+                other.close().await.unwrap();
+            }
+        }
     }
 }
 

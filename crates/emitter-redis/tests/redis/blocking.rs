@@ -5,8 +5,8 @@ use std::sync::{Arc, Barrier};
 
 use emitter_redis::{Change, Error, Event, Refusal};
 
-use crate::redis_or_skip;
 use crate::support::{connect, options};
+use emitter_testing::redis_or_skip;
 
 /// The core's membership path is synchronous and may run on a runtime's only thread: the blocking handle works there,
 /// because it never waits for the runtime.

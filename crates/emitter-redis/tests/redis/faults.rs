@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use emitter_redis::{Change, Error, Event, LeaseLost, Notification, Options, Refusal, Replica, Subscription};
 
-use crate::redis_or_skip;
 use crate::support::{connect, lease_deadline, options, redis_now_ms, within};
+use emitter_testing::redis_or_skip;
 
 /// Retries `f` while it fails with a connection error (a reconnection in progress), up to 10 s.
 async fn after_reconnecting<T, F, Fut>(mut f: F) -> Result<T, Error>

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use emitter_redis::{Change, Cluster, Error, Event, Notification, Options, Refusal, Replica, UnlinkReason};
 
-use crate::redis_or_skip;
 use crate::support::{connect, lease_deadline, options, redis_now_ms, within, RedisServer};
+use emitter_testing::redis_or_skip;
 
 fn short_lease(ms: u64) -> Options {
     Options {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use emitter_redis::{Change, Entry, Error, Event, Refusal, Replica, UnlinkReason};
 
-use crate::redis_or_skip;
 use crate::support::{connect, options, within};
+use emitter_testing::redis_or_skip;
 
 fn refusal(result: Result<Vec<Entry>, Error>) -> Refusal {
     match result {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use emitter_redis::{Message, Notification, Subscription};
 
-use crate::redis_or_skip;
 use crate::support::{connect, options, within};
+use emitter_testing::redis_or_skip;
 
 async fn messages(subscription: &mut Subscription, count: usize) -> Vec<Notification> {
     within(Duration::from_secs(10), "the messages arrive", async {

@@ -11,8 +11,9 @@ use emitter_redis::{Cluster, Node, Options};
 use emitter_testing::{joined, left, linked, marker, marker_json, unlinked, user, RawClient, Receive};
 use serde_json::json;
 
-use crate::redis_or_skip;
-use crate::support::{options, RedisServer};
+use crate::support::options;
+use emitter_testing::redis::RedisServer;
+use emitter_testing::redis_or_skip;
 
 /// One node: its server, the port it serves on, and the node handle.
 struct TestNode {

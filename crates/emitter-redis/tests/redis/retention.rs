@@ -3,8 +3,8 @@
 
 use emitter_redis::{Change, Error, Options, Replica};
 
-use crate::redis_or_skip;
 use crate::support::{connect, options};
+use emitter_testing::redis_or_skip;
 
 #[tokio::test]
 async fn a_node_behind_the_retained_log_resynchronises_from_a_snapshot() {

@@ -24,3 +24,6 @@ fi
 redis-server --version
 
 EMITTER_REDIS=1 cargo test -p emitter-redis
+# The conformance contract, unchanged, against node one of two-node clusters; and the cluster's multi-process tests.
+CONFORMANCE_REDIS=1 cargo test -p example-conformance --test contract
+EMITTER_REDIS=1 cargo test -p example-conformance --test cluster

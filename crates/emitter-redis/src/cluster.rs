@@ -263,8 +263,14 @@ async fn manager(shared: &Shared) -> Result<ConnectionManager> {
     Ok(ConnectionManager::new_with_config(shared.client.clone(), config).await?)
 }
 
-/// Sends queued messages in order, pipelining what has piled up. A failed batch is counted and dropped, never
-/// retried: retrying could deliver a message twice, or after later ones.
+/// Sends queued messages in order, pipelining what has piled up.
+///
+/// A batch that fails because its connection dropped (Redis restarted, the connection was killed) is sent once more,
+/// on the connection the manager makes anew: the first publish after a Redis restart always finds the old connection
+/// dead, and dropping it would lose a message that never reached any Redis. The price is a rare duplicate: if the
+/// connection died after Redis ran the batch but before it replied, the recipients get it twice. Any other failure
+/// (a timeout, a Redis error) is counted and dropped: its outcome is unknown, and a retry could deliver it after
+/// later messages.
 async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
@@ -273,7 +279,17 @@ async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing
             pipe.cmd("PUBLISH").arg(&message.channel).arg(&message.frame).ignore();
         }
         let count = batch.len() as u64;
-        match pipe.query_async::<()>(&mut conn).await {
+        let mut sent = pipe.query_async::<()>(&mut conn).await;
+        if sent.as_ref().is_err_and(redis::RedisError::is_connection_dropped) {
+            Counters::add(&shared.counters.publish_retries, count);
+            tracing::info!(
+                cluster = shared.name,
+                count,
+                "the publishing connection dropped: sending again"
+            );
+            sent = pipe.query_async::<()>(&mut conn).await;
+        }
+        match sent {
             Ok(()) => Counters::add(&shared.counters.published, count),
             Err(error) => {
                 Counters::add(&shared.counters.publish_failures, count);

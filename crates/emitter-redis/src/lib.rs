@@ -160,9 +160,11 @@
 //!   is what breaks it, in exchange for latency.)
 //! - **Membership and messages of different nodes**: a client may get another node's broadcast before or after a
 //!   `krmx/linked` that happened "at the same time" elsewhere.
-//! - **Cross-node messages are at most once.** A message published while a subscriber's connection is away is lost
-//!   for it (counted nowhere but its absence); the publisher counts failed publishes in [`Stats`]. Membership is
-//!   never lost this way: it is in the log.
+//! - **Cross-node messages are not guaranteed.** A message published while a subscriber's connection is away is
+//!   lost for it (counted nowhere but its absence: pub/sub keeps nothing); the publisher counts failed publishes in
+//!   [`Stats`]. A publish whose connection dropped is sent once more (the first publish after a Redis restart finds
+//!   the old connection dead), which in a rare case (the connection died after Redis ran it) delivers it twice.
+//!   Membership is never lost this way: it is in the log.
 //!
 //! # Synchronous callers
 //!

@@ -83,8 +83,10 @@ pub struct Stats {
     pub resubscriptions: u64,
     /// Messages published.
     pub published: u64,
-    /// Messages lost because Redis failed to take them (a dropped connection, a timeout). Not retried: pub/sub
-    /// delivers at most once.
+    /// Messages sent a second time because their connection dropped before Redis replied (see
+    /// [`Cluster::publish_broadcast`](crate::Cluster::publish_broadcast)).
+    pub publish_retries: u64,
+    /// Messages lost because Redis failed to take them (a timeout, a Redis error, or a dropped connection twice).
     pub publish_failures: u64,
     /// Messages refused because the outgoing queue was full.
     pub publish_queue_full: u64,
@@ -97,6 +99,7 @@ pub(crate) struct Counters {
     pub(crate) subscription_drops: AtomicU64,
     pub(crate) resubscriptions: AtomicU64,
     pub(crate) published: AtomicU64,
+    pub(crate) publish_retries: AtomicU64,
     pub(crate) publish_failures: AtomicU64,
     pub(crate) publish_queue_full: AtomicU64,
     pub(crate) malformed_messages: AtomicU64,
@@ -113,6 +116,7 @@ impl Counters {
             subscription_drops: get(&self.subscription_drops),
             resubscriptions: get(&self.resubscriptions),
             published: get(&self.published),
+            publish_retries: get(&self.publish_retries),
             publish_failures: get(&self.publish_failures),
             publish_queue_full: get(&self.publish_queue_full),
             malformed_messages: get(&self.malformed_messages),

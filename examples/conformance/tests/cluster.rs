@@ -1,0 +1,558 @@
+//! The conformance server as a cluster: several conformance processes (separate OS processes, `REDIS_URL` set) on one
+//! throwaway `redis-server`, driven over real WebSockets on loopback. The faults are real too: SIGKILL and
+//! SIGSTOP/SIGCONT of a node's process, Redis restarted empty, paused (`DEBUG SLEEP`), its pub/sub connections killed.
+//!
+//! Without `redis-server` on PATH these tests skip with a note, unless `EMITTER_REDIS=1` (CI), where they fail.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use emitter_testing::redis::RedisServer;
+use emitter_testing::{joined, left, linked, redis_or_skip, unlinked, RawClient, Receive};
+use serde_json::{json, Value};
+
+/// One conformance process, a node of the cluster `conformance` (main endpoint) on a test's Redis.
+struct NodeProcess {
+    child: Child,
+    port: u16,
+}
+
+impl NodeProcess {
+    /// Starts node `id` with a lease of `lease_ms`, and waits until it serves.
+    fn start(redis: &RedisServer, id: &str, lease_ms: u64) -> NodeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_example-conformance"))
+            .env("PORT", "0")
+            .env("CLOSED_PORT", "0")
+            .env("REDIS_URL", redis.url())
+            .env("NODE_ID", id)
+            .env("KRMX_LEASE_MS", lease_ms.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("NODE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the conformance server");
+        let stdout = child.stdout.take();
+        // Killed and reaped when dropped, also if it never comes up.
+        let mut node = NodeProcess { child, port: 0 };
+        let stdout = stdout.expect("its stdout");
+        let (lines, serving) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // The node's log (warnings and errors), shown with a failing test's output.
+                if !line.starts_with("conformance ") {
+                    eprintln!("[node] {line}");
+                }
+                let _ = lines.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = serving.recv_timeout(left).expect("the node did not start serving");
+            // `conformance server: main on ws://localhost:PORT/, closed on …`
+            if let Some(rest) = line.strip_prefix("conformance server: main on ws://localhost:") {
+                node.port = rest
+                    .split('/')
+                    .next()
+                    .and_then(|port| port.parse().ok())
+                    .expect("a port");
+                return node;
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The users a client has been told of: its snapshot and every membership frame since, applied in order.
+#[derive(Default)]
+struct View {
+    order: Vec<String>,
+    linked: BTreeMap<String, bool>,
+}
+
+impl View {
+    /// Applies a frame; returns whether it was a membership frame.
+    fn apply(&mut self, frame: &Value) -> bool {
+        let Some(name) = frame["payload"]["username"].as_str().map(str::to_owned) else {
+            return false;
+        };
+        match frame["type"].as_str() {
+            Some("krmx/joined") => {
+                self.order.push(name.clone());
+                self.linked.insert(name, false);
+            }
+            Some("krmx/linked") => {
+                self.linked.insert(name, true);
+            }
+            Some("krmx/unlinked") => {
+                self.linked.insert(name, false);
+            }
+            Some("krmx/left") => {
+                self.order.retain(|user| *user != name);
+                self.linked.remove(&name);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// As `test/users` lists users.
+    fn users(&self) -> Value {
+        Value::Array(
+            self.order
+                .iter()
+                .map(|name| json!({"username": name, "isLinked": self.linked[name]}))
+                .collect(),
+        )
+    }
+}
+
+/// A client that keeps its view of the users up to date while it reads.
+struct Observer {
+    client: RawClient,
+    view: View,
+}
+
+impl Observer {
+    async fn link(port: u16, username: &str) -> Observer {
+        let client = RawClient::link_as(port, username).await;
+        let mut observer = Observer {
+            client,
+            view: View::default(),
+        };
+        observer.read_until(&linked(username)).await;
+        observer
+    }
+
+    /// Reads up to and including `expected`, applying membership frames on the way.
+    async fn read_until(&mut self, expected: &Value) {
+        loop {
+            let frame = self.client.recv().await;
+            self.view.apply(&frame);
+            if &frame == expected {
+                return;
+            }
+        }
+    }
+
+    /// The node's `users()`, as `test/users` replies, after everything before it.
+    async fn node_users(&mut self) -> Value {
+        self.client.send(json!({"type": "test/users"})).await;
+        loop {
+            let frame = self.client.recv().await;
+            if frame["type"] == "test/users" {
+                return frame["payload"].clone();
+            }
+            self.view.apply(&frame);
+        }
+    }
+}
+
+fn broadcasted(from: &str, payload: Value) -> Value {
+    json!({"type": "test/broadcasted", "payload": {"from": from, "payload": payload}})
+}
+
+/// Every observer broadcasts a marker and reads every observer's marker. A node delivers another node's broadcast
+/// only once it applied everything its origin had applied when sending it, so afterwards every node has applied
+/// every change made before the markers were sent.
+async fn settle(observers: &mut [Observer], round: u32) {
+    for observer in observers.iter_mut() {
+        observer
+            .client
+            .send(json!({"type": "test/broadcast", "payload": format!("settle-{round}")}))
+            .await;
+    }
+    let names: Vec<String> = observers
+        .iter()
+        .map(|observer| observer.client.username.clone().unwrap_or_default())
+        .collect();
+    for observer in observers.iter_mut() {
+        let mut pending = names.clone();
+        while !pending.is_empty() {
+            let frame = observer.client.recv().await;
+            if !observer.view.apply(&frame) && frame["type"] == "test/broadcasted" {
+                let from = frame["payload"]["from"].as_str().unwrap_or_default();
+                if frame["payload"]["payload"] == format!("settle-{round}") {
+                    pending.retain(|name| name != from);
+                }
+            }
+        }
+    }
+}
+
+/// Every observer's view, and every node's `users()`, are one and the same list.
+async fn assert_one_view(observers: &mut [Observer]) -> Value {
+    let expected = observers[0].view.users();
+    for observer in observers.iter_mut() {
+        let name = observer.client.username.clone();
+        assert_eq!(observer.view.users(), expected, "{name:?}'s view");
+        assert_eq!(observer.node_users().await, expected, "the users() of {name:?}'s node");
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_serve_one_set_of_users() {
+    let redis = redis_or_skip!();
+    let nodes: Vec<NodeProcess> = (1..=3)
+        .map(|i| NodeProcess::start(&redis, &format!("n{i}"), 10_000))
+        .collect();
+    let mut alice = Observer::link(nodes[0].port, "alice").await;
+    let mut bob = Observer::link(nodes[1].port, "bob").await;
+    let carol = Observer::link(nodes[2].port, "carol").await;
+    // carol's snapshot, on the third process, holds the users the other two linked, in join order.
+    assert_eq!(
+        carol.view.users(),
+        json!([
+            {"username": "alice", "isLinked": true},
+            {"username": "bob", "isLinked": true},
+            {"username": "carol", "isLinked": true},
+        ])
+    );
+    alice.read_until(&linked("carol")).await;
+    bob.read_until(&linked("carol")).await;
+    let mut observers = [alice, bob, carol];
+    settle(&mut observers, 0).await;
+    assert_one_view(&mut observers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_name_raced_on_two_processes_has_one_winner() {
+    let redis = redis_or_skip!();
+    let one = NodeProcess::start(&redis, "n1", 10_000);
+    let two = NodeProcess::start(&redis, "n2", 10_000);
+    const TRIALS: usize = 200;
+    const AT_ONCE: usize = 20;
+    for batch in 0..TRIALS / AT_ONCE {
+        let mut races = Vec::new();
+        for trial in 0..AT_ONCE {
+            let name = format!("racer{}", batch * AT_ONCE + trial);
+            let (first, second) = (one.port, two.port);
+            races.push(tokio::spawn(async move {
+                let (a, b) = tokio::join!(
+                    RawClient::link_with(first, &name, None),
+                    RawClient::link_with(second, &name, None)
+                );
+                (name, a.map(|_| ()), b.map(|_| ()))
+            }));
+        }
+        for race in races {
+            let (name, a, b) = race.await.unwrap();
+            let refusal = format!("user {name} is already linked to a connection");
+            match (a, b) {
+                (Ok(()), Err(reason)) | (Err(reason), Ok(())) => assert_eq!(reason, refusal),
+                other => panic!("{name}: expected exactly one winner, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relink_kick_join_and_leave_across_processes() {
+    let redis = redis_or_skip!();
+    let one = NodeProcess::start(&redis, "n1", 10_000);
+    let two = NodeProcess::start(&redis, "n2", 10_000);
+    let mut bob = Observer::link(two.port, "bob").await;
+    let alice = RawClient::link_and_settle(one.port, "alice").await;
+    bob.read_until(&linked("alice")).await;
+    // alice's connection drops on one process; she relinks on the other.
+    alice.close().await;
+    bob.read_until(&unlinked("alice")).await;
+    let mut alice = RawClient::link_as(two.port, "alice").await;
+    alice.recv_until(&linked("alice")).await;
+    bob.read_until(&linked("alice")).await;
+    // bob (process two) kicks dave, whom a client of process one joins first.
+    let mut carol = RawClient::link_and_settle(one.port, "carol").await;
+    carol.send(json!({"type": "test/join", "payload": "dave"})).await;
+    carol
+        .recv_until(&json!({"type": "test/joined-ok", "payload": "dave"}))
+        .await;
+    bob.read_until(&joined("dave")).await;
+    bob.client.send(json!({"type": "test/kick", "payload": "dave"})).await;
+    bob.read_until(&left("dave")).await;
+    bob.read_until(&json!({"type": "test/kicked-ok", "payload": "dave"}))
+        .await;
+    // Joining an existing user fails with the reference's words, whichever process asks.
+    carol.send(json!({"type": "test/join", "payload": "alice"})).await;
+    carol
+        .recv_until(&json!({"type": "test/error", "payload": "cannot join a user that already exist"}))
+        .await;
+    // carol leaves from process one: process two's client hears of it.
+    carol.send(json!({"type": "krmx/leave"})).await;
+    carol.recv_until(&left("carol")).await;
+    bob.read_until(&left("carol")).await;
+    let mut observers = [bob];
+    assert_one_view(&mut observers).await;
+}
+
+/// Links `username` on `port`, trying again while its previous connection's unlink is still on its way: a client
+/// whose socket closed is unlinked once the server has noticed, which the client cannot wait for.
+async fn link_once_unlinked(port: u16, username: &str) -> RawClient {
+    let deadline = Instant::now() + emitter_testing::TIMEOUT;
+    let busy = format!("user {username} is already linked to a connection");
+    loop {
+        match RawClient::link_with(port, username, None).await {
+            Ok(client) => return client,
+            Err(reason) if reason == busy && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(reason) => panic!("{username} was rejected: {reason}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_churn_every_view_equals_users_on_every_process() {
+    let redis = redis_or_skip!();
+    let nodes: Vec<NodeProcess> = (1..=3)
+        .map(|i| NodeProcess::start(&redis, &format!("n{i}"), 10_000))
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|node| node.port).collect();
+    let mut observers = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        observers.push(Observer::link(*port, &format!("observer{i}")).await);
+    }
+    // Churn: 12 workers, each on its own user, link, unlink, relink elsewhere, leave, on all three processes at once.
+    let workers = (0..12).map(|worker| {
+        let ports = ports.clone();
+        tokio::spawn(async move {
+            let name = format!("churn{worker}");
+            for round in 0..6 {
+                let port = ports[(worker + round) % ports.len()];
+                let mut client = link_once_unlinked(port, &name).await;
+                client.recv_until(&linked(&name)).await;
+                match round % 3 {
+                    0 => client.close().await,
+                    1 => {
+                        client.send(json!({"type": "krmx/unlink"})).await;
+                        client.recv_until(&unlinked(&name)).await;
+                    }
+                    _ => {
+                        client.send(json!({"type": "krmx/leave"})).await;
+                        client.recv_until(&left(&name)).await;
+                    }
+                }
+            }
+            // Every other worker ends linked.
+            if worker % 2 == 0 {
+                let mut client = link_once_unlinked(ports[worker % ports.len()], &name).await;
+                client.recv_until(&linked(&name)).await;
+                Some(client)
+            } else {
+                None
+            }
+        })
+    });
+    let mut kept = Vec::new();
+    for worker in workers {
+        kept.push(worker.await.unwrap());
+    }
+    settle(&mut observers, 1).await;
+    let users = assert_one_view(&mut observers).await;
+    let linked_churners = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|user| user["username"].as_str().unwrap().starts_with("churn") && user["isLinked"] == true)
+        .count();
+    assert_eq!(
+        linked_churners, 6,
+        "the six workers that kept a connection are linked: {users}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_has_its_users_unlinked_everywhere_within_the_lease() {
+    let redis = redis_or_skip!();
+    let lease = Duration::from_millis(1500);
+    let doomed = NodeProcess::start(&redis, "n1", lease.as_millis() as u64);
+    let survivor = NodeProcess::start(&redis, "n2", lease.as_millis() as u64);
+    let mut bob = Observer::link(survivor.port, "bob").await;
+    let _alice = RawClient::link_and_settle(doomed.port, "alice").await;
+    bob.read_until(&linked("alice")).await;
+    let killed = Instant::now();
+    doomed.signal("-KILL");
+    // The lease runs out and a reaper (the survivor, every second) unlinks alice for everyone.
+    bob.read_until(&unlinked("alice")).await;
+    let took = killed.elapsed();
+    assert!(
+        took >= lease / 2,
+        "unlinked after {took:?}: before the lease could have run out"
+    );
+    eprintln!("SIGKILL: alice unlinked on the other process {took:?} after the kill (lease {lease:?}, reap every 1 s)");
+    // alice is still a user, and links again on the survivor.
+    let _alice = RawClient::link_as(survivor.port, "alice").await;
+    bob.read_until(&linked("alice")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_paused_past_its_lease_comes_back_without_the_users_taken_over() {
+    let redis = redis_or_skip!();
+    let lease = Duration::from_millis(1500);
+    let paused = NodeProcess::start(&redis, "n1", lease.as_millis() as u64);
+    let other = NodeProcess::start(&redis, "n2", lease.as_millis() as u64);
+    let mut bob = Observer::link(other.port, "bob").await;
+    let mut stale_alice = RawClient::link_and_settle(paused.port, "alice").await;
+    bob.read_until(&linked("alice")).await;
+    paused.signal("-STOP");
+    bob.read_until(&unlinked("alice")).await;
+    // alice is taken over on the other process while the first one sleeps.
+    let mut alice = RawClient::link_as(other.port, "alice").await;
+    alice.recv_until(&linked("alice")).await;
+    bob.read_until(&linked("alice")).await;
+    paused.signal("-CONT");
+    // The woken process is fenced: it starts over, closing its connections, and links nobody.
+    stale_alice.expect_closed().await;
+    let mut observers = [bob];
+    settle(&mut observers, 2).await;
+    let users = assert_one_view(&mut observers).await;
+    assert_eq!(
+        users,
+        json!([{"username": "bob", "isLinked": true}, {"username": "alice", "isLinked": true}])
+    );
+    // Nothing about alice reached bob after her link on the other process: the next frame he gets is her broadcast.
+    alice
+        .send(json!({"type": "test/broadcast", "payload": "still-here"}))
+        .await;
+    assert_eq!(
+        observers[0].client.recv().await,
+        broadcasted("alice", json!("still-here"))
+    );
+    // And the woken process serves again.
+    let _carol = RawClient::link_and_settle(paused.port, "carol").await;
+    observers[0].read_until(&linked("carol")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_restarts_empty_the_processes_start_over_and_clients_relink() {
+    let mut redis = redis_or_skip!();
+    let one = NodeProcess::start(&redis, "n1", 10_000);
+    let two = NodeProcess::start(&redis, "n2", 10_000);
+    let mut alice = RawClient::link_and_settle(one.port, "alice").await;
+    let mut bob = RawClient::link_and_settle(two.port, "bob").await;
+    alice.recv_until(&linked("bob")).await;
+    redis.restart_empty();
+    // Both processes notice the new epoch and start over: their clients are closed and relink.
+    alice.expect_closed().await;
+    bob.expect_closed().await;
+    let mut alice = Observer::link(one.port, "alice").await;
+    let bob = Observer::link(two.port, "bob").await;
+    alice.read_until(&linked("bob")).await;
+    let mut observers = [alice, bob];
+    settle(&mut observers, 3).await;
+    let users = assert_one_view(&mut observers).await;
+    assert_eq!(
+        users,
+        json!([{"username": "alice", "isLinked": true}, {"username": "bob", "isLinked": true}])
+    );
+}
+
+/// Runs `DEBUG SLEEP seconds` on Redis from a thread (it blocks the connection that sends it).
+fn pause_redis(redis: &RedisServer, seconds: f64) -> std::thread::JoinHandle<()> {
+    let mut admin = redis.admin();
+    std::thread::spawn(move || {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg(seconds).query(&mut admin);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_shorter_than_the_lease_only_delays() {
+    let redis = redis_or_skip!();
+    let one = NodeProcess::start(&redis, "n1", 5_000);
+    let two = NodeProcess::start(&redis, "n2", 5_000);
+    let mut alice = RawClient::link_and_settle(one.port, "alice").await;
+    let mut bob = RawClient::link_and_settle(two.port, "bob").await;
+    alice.recv_until(&linked("bob")).await;
+    let sleeper = pause_redis(&redis, 1.0);
+    // A link waits for Redis, then goes through; the broadcast after it keeps its place.
+    let mut carol = RawClient::link_as(one.port, "carol").await;
+    carol.recv_until(&linked("carol")).await;
+    carol
+        .send(json!({"type": "test/broadcast", "payload": "after the pause"}))
+        .await;
+    sleeper.join().unwrap();
+    bob.expect_all(&[
+        joined("carol"),
+        linked("carol"),
+        broadcasted("carol", json!("after the pause")),
+    ])
+    .await;
+    alice.recv_until(&broadcasted("carol", json!("after the pause"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_longer_than_the_lease_fences_every_process_and_clients_relink() {
+    let redis = redis_or_skip!();
+    let one = NodeProcess::start(&redis, "n1", 1_000);
+    let two = NodeProcess::start(&redis, "n2", 1_000);
+    let mut alice = RawClient::link_and_settle(one.port, "alice").await;
+    let mut bob = RawClient::link_and_settle(two.port, "bob").await;
+    alice.recv_until(&linked("bob")).await;
+    let sleeper = pause_redis(&redis, 2.5);
+    // Past its lease, a process that cannot reach Redis stops serving rather than risk a double link.
+    alice.expect_closed().await;
+    bob.expect_closed().await;
+    sleeper.join().unwrap();
+    let mut alice = Observer::link(one.port, "alice").await;
+    let bob = Observer::link(two.port, "bob").await;
+    alice.read_until(&linked("bob")).await;
+    let mut observers = [alice, bob];
+    settle(&mut observers, 4).await;
+    assert_one_view(&mut observers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pubsub_connections_resubscribe_and_the_log_fills_the_gap() {
+    let redis = redis_or_skip!();
+    let one = NodeProcess::start(&redis, "n1", 10_000);
+    let two = NodeProcess::start(&redis, "n2", 10_000);
+    let mut bob = Observer::link(two.port, "bob").await;
+    let mut admin = redis.admin();
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut admin)
+        .unwrap();
+    assert!(killed >= 2, "every process's subscription was killed ({killed})");
+    // A link made while process two resubscribes reaches bob anyway: membership is in the log.
+    let mut alice = RawClient::link_as(one.port, "alice").await;
+    alice.recv_until(&linked("alice")).await;
+    bob.read_until(&linked("alice")).await;
+    // Once resubscribed, messages flow again. (One published while a subscription is away is lost: at most once.)
+    let mut delivered = false;
+    for attempt in 0..50 {
+        alice
+            .send(json!({"type": "test/broadcast-skip", "payload": attempt}))
+            .await;
+        let wait = Duration::from_millis(200);
+        if let Ok(frame) = tokio::time::timeout(wait, bob.client.recv()).await {
+            if frame["type"] == "test/broadcasted" {
+                delivered = true;
+                break;
+            }
+        }
+    }
+    assert!(delivered, "broadcasts reach the other process again");
+}

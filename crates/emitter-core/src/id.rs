@@ -11,3 +11,10 @@ impl fmt::Display for ConnectionId {
         write!(f, "cn-{}", self.0)
     }
 }
+
+impl ConnectionId {
+    /// The id's number: what a cluster's [`LinkAddr`](crate::cluster::LinkAddr) names the connection by.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}

@@ -1,0 +1,614 @@
+//! The model-based test in its multi-node mode: several cores, each a node of one cluster, sharing an in-memory
+//! sequencer that decides changes exactly as emitter-redis's submit script does. Random runs of client actions, server
+//! methods, and the cluster's own traffic (a node catching up with the order, a cross-node message delivered) in any
+//! interleaving, so that nodes lag each other arbitrarily. After every step, and once everything is delivered:
+//!
+//! - every connection's membership frames make sense in order (no link of a user it was not told joined, no join
+//!   twice, …), and it never gets a message between its own unlink and its next link;
+//! - the app messages of one sender reach every recipient in the order they were sent;
+//! - listeners ran once per entry of the order, cluster-wide (a `link` listener once per link, not once per node);
+//! - once settled: every node's `users()` is the sequencer's list, and every linked connection's view is that list;
+//!   every user is linked to at most one connection, and it is the one the sequencer says.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use emitter_core::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
+use emitter_core::protocol::{Frame, Rejection};
+use emitter_core::transport::{ConnectionId, Outbox};
+use emitter_core::{ClusterHost, Error, Message, Server};
+use parking_lot::Mutex;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const NODES: usize = 3;
+const NAMES: [&str; 4] = ["ann", "ben", "cat", "dan"];
+
+// ---- the sequencer ---------------------------------------------------------------------------------------------
+
+/// What crosses between nodes, queued per receiving node until the test delivers it.
+enum Delivery {
+    Broadcast {
+        after: u64,
+        skip: Option<String>,
+        frame: Frame,
+    },
+    Send {
+        after: u64,
+        user: String,
+        frame: Frame,
+    },
+}
+
+#[derive(Default)]
+struct HubState {
+    /// Users in join order, with their link.
+    users: Vec<(String, Option<LinkAddr>)>,
+    log: Vec<Entry>,
+    inboxes: BTreeMap<String, VecDeque<Delivery>>,
+}
+
+impl HubState {
+    fn find(&self, user: &str) -> Option<usize> {
+        self.users.iter().position(|(name, _)| name == user)
+    }
+
+    fn append(&mut self, by: &str, event: Event, out: &mut Vec<Entry>) {
+        match &event {
+            Event::Joined { user } => self.users.push((user.clone(), None)),
+            Event::Linked { user, link } => {
+                let at = self.find(user).unwrap();
+                self.users[at].1 = Some(link.clone());
+            }
+            Event::Unlinked { user, .. } => {
+                let at = self.find(user).unwrap();
+                self.users[at].1 = None;
+            }
+            Event::Left { user } => self.users.retain(|(name, _)| name != user),
+        }
+        let entry = Entry {
+            seq: self.log.len() as u64 + 1,
+            event,
+            by: by.to_owned(),
+        };
+        self.log.push(entry.clone());
+        out.push(entry);
+    }
+
+    /// The submit script, in Rust: validate, then apply and append.
+    fn submit(&mut self, node: &str, change: Change) -> Result<Vec<Entry>, Refused> {
+        let mut out = Vec::new();
+        let here = |connection| LinkAddr {
+            node: node.to_owned(),
+            generation: 1,
+            connection,
+        };
+        match change {
+            Change::Join { user } => {
+                if self.find(&user).is_some() {
+                    return Err(Refused::Failed(Error::JoinExistingUser));
+                }
+                self.append(node, Event::Joined { user }, &mut out);
+            }
+            Change::Link {
+                user,
+                connection,
+                accept_new_users,
+            } => {
+                let link = here(connection);
+                if self.users.iter().any(|(_, l)| l.as_ref() == Some(&link)) {
+                    return Err(Refused::Unavailable(
+                        "this connection is already linked to a user".into(),
+                    ));
+                }
+                match self.find(&user) {
+                    None if !accept_new_users => return Err(Refused::Rejected(Rejection::NotAcceptingNewUsers)),
+                    Some(at) if self.users[at].1.is_some() => {
+                        return Err(Refused::Rejected(Rejection::AlreadyLinked(user)))
+                    }
+                    None => self.append(node, Event::Joined { user: user.clone() }, &mut out),
+                    Some(_) => {}
+                }
+                self.append(node, Event::Linked { user, link }, &mut out);
+            }
+            Change::Unlink { user, only } => {
+                let at = self.find(&user).ok_or(Refused::Failed(Error::UnlinkUnknownUser))?;
+                let link = self.users[at].1.clone();
+                let linked_as_asked = match only {
+                    Some(connection) => link.as_ref() == Some(&here(connection)),
+                    None => link.is_some(),
+                };
+                let Some(link) = link.filter(|_| linked_as_asked) else {
+                    return Err(Refused::Failed(Error::UnlinkUnlinkedUser));
+                };
+                let reason = UnlinkReason::Requested;
+                self.append(node, Event::Unlinked { user, link, reason }, &mut out);
+            }
+            Change::Leave { user, only } => {
+                let at = self.find(&user).ok_or(Refused::Failed(Error::KickUnknownUser))?;
+                let link = self.users[at].1.clone();
+                if let Some(connection) = only {
+                    if link.as_ref() != Some(&here(connection)) {
+                        return Err(Refused::Failed(Error::UnlinkUnlinkedUser));
+                    }
+                }
+                if let Some(link) = link {
+                    let reason = UnlinkReason::Leaving;
+                    let event = Event::Unlinked {
+                        user: user.clone(),
+                        link,
+                        reason,
+                    };
+                    self.append(node, event, &mut out);
+                }
+                self.append(node, Event::Left { user }, &mut out);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One node's view of the shared sequencer.
+struct NodeSequencer {
+    node: String,
+    hub: Arc<Mutex<HubState>>,
+}
+
+impl Sequencer for NodeSequencer {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn owns(&self, link: &LinkAddr) -> bool {
+        link.node == self.node && link.generation == 1
+    }
+
+    fn submit(&self, change: Change) -> Result<Vec<Entry>, Refused> {
+        self.hub.lock().submit(&self.node, change)
+    }
+
+    fn entries_after(&self, seq: u64) -> Result<Vec<Entry>, String> {
+        Ok(self.hub.lock().log[seq as usize..].to_vec())
+    }
+
+    fn publish_broadcast(&self, after: u64, skip: Option<&str>, frame: &Frame) {
+        let mut hub = self.hub.lock();
+        for (node, inbox) in hub.inboxes.iter_mut() {
+            if *node != self.node {
+                let skip = skip.map(str::to_owned);
+                inbox.push_back(Delivery::Broadcast {
+                    after,
+                    skip,
+                    frame: frame.clone(),
+                });
+            }
+        }
+    }
+
+    fn publish_send(&self, to: &LinkAddr, user: &str, after: u64, frame: &Frame) {
+        let mut hub = self.hub.lock();
+        if let Some(inbox) = hub.inboxes.get_mut(&to.node) {
+            let user = user.to_owned();
+            inbox.push_back(Delivery::Send {
+                after,
+                user,
+                frame: frame.clone(),
+            });
+        }
+    }
+}
+
+// ---- the cluster under test ------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Action {
+    Connect(usize),
+    Link(usize, usize),
+    Unlink(usize),
+    Leave(usize),
+    Say(usize),
+    Disconnect(usize),
+    Kick(usize, usize),
+    Join(usize, usize),
+    ServerUnlink(usize, usize),
+    SendTo(usize, usize),
+    CatchUp(usize),
+    Deliver(usize),
+}
+
+/// A client's connection on one node, and what it has been told.
+struct Client {
+    node: usize,
+    id: ConnectionId,
+    outbox: Outbox,
+    open: bool,
+    /// The user it is linked to, by the frames it got: from `krmx/accepted` (then its snapshot) to its own unlink.
+    linked: Option<String>,
+    /// The user of its last link request.
+    asked: Option<String>,
+    view: Vec<(String, bool)>,
+    /// The highest message number seen per sender, for the order check.
+    seen: HashMap<String, u64>,
+}
+
+struct Cluster {
+    hub: Arc<Mutex<HubState>>,
+    servers: Vec<Server>,
+    hosts: Vec<ClusterHost>,
+    clients: Vec<Client>,
+    /// Per sender, how many app messages it sent.
+    said: Arc<Mutex<HashMap<String, u64>>>,
+    link_events: Arc<AtomicUsize>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let hub = Arc::new(Mutex::new(HubState::default()));
+        let said: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let link_events = Arc::new(AtomicUsize::new(0));
+        let mut servers = Vec::new();
+        let mut hosts = Vec::new();
+        for index in 0..NODES {
+            let node = format!("n{index}");
+            hub.lock().inboxes.insert(node.clone(), VecDeque::new());
+            let server = Server::new();
+            let sequencer = Arc::new(NodeSequencer {
+                node: node.clone(),
+                hub: hub.clone(),
+            });
+            let cluster = server.cluster_host();
+            cluster.install(sequencer, 0, Vec::new()).unwrap();
+            let counter = said.clone();
+            // Every app message is broadcast to everyone with its sender's running number.
+            server.on_message(move |server, username, _| {
+                let n = {
+                    let mut said = counter.lock();
+                    let n = said.entry(username.to_owned()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let said = Message::with_payload("app/said", json!({"from": username, "n": n}));
+                let _ = server.broadcast(&said, None);
+            });
+            let links = link_events.clone();
+            server.on_link(move |_, _| {
+                links.fetch_add(1, Ordering::SeqCst);
+            });
+            let host = server.host();
+            host.start().unwrap();
+            host.listening(1000 + index as u16).unwrap();
+            servers.push(server);
+            hosts.push(cluster);
+        }
+        Cluster {
+            hub,
+            servers,
+            hosts,
+            clients: Vec::new(),
+            said,
+            link_events,
+        }
+    }
+
+    fn client(&self, index: usize) -> Option<usize> {
+        (!self.clients.is_empty()).then(|| index % self.clients.len())
+    }
+
+    fn send(&self, client: usize, message: Value) {
+        let client = &self.clients[client];
+        if client.open {
+            self.servers[client.node]
+                .host()
+                .receive(client.id, message.to_string().as_bytes());
+        }
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<(), String> {
+        match *action {
+            Action::Connect(node) => {
+                let node = node % NODES;
+                if let Some((id, outbox)) = self.servers[node].host().connect() {
+                    self.clients.push(Client {
+                        node,
+                        id,
+                        outbox,
+                        open: true,
+                        linked: None,
+                        asked: None,
+                        view: Vec::new(),
+                        seen: HashMap::new(),
+                    });
+                }
+            }
+            Action::Link(client, name) => {
+                if let Some(client) = self.client(client) {
+                    let username = NAMES[name % NAMES.len()];
+                    let request = json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}});
+                    self.clients[client].asked = Some(username.to_owned());
+                    self.send(client, request);
+                }
+            }
+            Action::Unlink(client) => {
+                if let Some(client) = self.client(client) {
+                    self.send(client, json!({"type": "krmx/unlink"}));
+                }
+            }
+            Action::Leave(client) => {
+                if let Some(client) = self.client(client) {
+                    self.send(client, json!({"type": "krmx/leave"}));
+                }
+            }
+            Action::Say(client) => {
+                if let Some(client) = self.client(client) {
+                    self.send(client, json!({"type": "app/say"}));
+                }
+            }
+            Action::Disconnect(client) => {
+                if let Some(client) = self.client(client) {
+                    self.read(client)?;
+                    let c = &mut self.clients[client];
+                    if c.open {
+                        c.open = false;
+                        self.servers[c.node].host().disconnect(c.id);
+                    }
+                }
+            }
+            Action::Kick(node, name) => {
+                let _ = self.servers[node % NODES].kick(NAMES[name % NAMES.len()]);
+            }
+            Action::Join(node, name) => {
+                let _ = self.servers[node % NODES].join(NAMES[name % NAMES.len()]);
+            }
+            Action::ServerUnlink(node, name) => {
+                let _ = self.servers[node % NODES].unlink(NAMES[name % NAMES.len()]);
+            }
+            Action::SendTo(node, name) => {
+                let _ = self.servers[node % NODES].send(NAMES[name % NAMES.len()], &Message::new("app/direct"));
+            }
+            Action::CatchUp(node) => self.hosts[node % NODES].catch_up()?,
+            Action::Deliver(node) => {
+                let node = node % NODES;
+                let next = self
+                    .hub
+                    .lock()
+                    .inboxes
+                    .get_mut(&format!("n{node}"))
+                    .unwrap()
+                    .pop_front();
+                match next {
+                    Some(Delivery::Broadcast { after, skip, frame }) => {
+                        self.hosts[node].deliver_broadcast(after, skip.as_deref(), frame)
+                    }
+                    Some(Delivery::Send { after, user, frame }) => self.hosts[node].deliver_send(after, &user, frame),
+                    None => {}
+                }
+            }
+        }
+        for client in 0..self.clients.len() {
+            self.read(client)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what a client has been sent, checking each frame against what it was told before.
+    fn read(&mut self, index: usize) -> Result<(), String> {
+        let mut frames = Vec::new();
+        loop {
+            let before = frames.len();
+            self.clients[index].outbox.take(&mut frames, usize::MAX);
+            if frames.len() == before {
+                break;
+            }
+        }
+        let client = &mut self.clients[index];
+        for frame in frames {
+            let value: Value = serde_json::from_str(frame.as_str()).map_err(|e| e.to_string())?;
+            observe(client, &value).map_err(|why| format!("client {index} (node {}): {why}: {value}", client.node))?;
+        }
+        Ok(())
+    }
+
+    /// Delivers everything queued and brings every node up to date.
+    fn settle(&mut self) -> Result<(), String> {
+        for _ in 0..10_000 {
+            let pending: Vec<usize> = (0..NODES)
+                .filter(|node| !self.hub.lock().inboxes[&format!("n{node}")].is_empty())
+                .collect();
+            if pending.is_empty() {
+                for node in 0..NODES {
+                    self.apply(&Action::CatchUp(node))?;
+                }
+                return Ok(());
+            }
+            for node in pending {
+                self.apply(&Action::Deliver(node))?;
+            }
+        }
+        Err("deliveries never ran out".into())
+    }
+
+    fn check_settled(&self) -> Result<(), String> {
+        let hub = self.hub.lock();
+        let expected: Vec<(String, bool)> = hub
+            .users
+            .iter()
+            .map(|(name, link)| (name.clone(), link.is_some()))
+            .collect();
+        for (index, server) in self.servers.iter().enumerate() {
+            let users: Vec<(String, bool)> = server.users().into_iter().map(|u| (u.username, u.is_linked)).collect();
+            if users != expected {
+                return Err(format!("node {index} lists {users:?}, the cluster {expected:?}"));
+            }
+        }
+        let mut linked_to: HashMap<&str, usize> = HashMap::new();
+        for (index, client) in self.clients.iter().enumerate() {
+            let Some(user) = client.linked.as_deref() else { continue };
+            if client.view != expected {
+                return Err(format!(
+                    "client {index} sees {:?}, the cluster {expected:?}",
+                    client.view
+                ));
+            }
+            if let Some(other) = linked_to.insert(user, index) {
+                return Err(format!("{user} is linked to clients {other} and {index}"));
+            }
+            let (_, link) = &hub.users[hub.find(user).ok_or("a linked client's user is gone")?];
+            let link = link
+                .as_ref()
+                .ok_or(format!("client {index} linked to {user}, who is unlinked"))?;
+            if link.node != format!("n{}", client.node) || link.connection != client.id.get() {
+                return Err(format!("{user} is linked to {link:?}, not to client {index}"));
+            }
+        }
+        let links = hub
+            .log
+            .iter()
+            .filter(|entry| matches!(entry.event, Event::Linked { .. }))
+            .count();
+        let heard = self.link_events.load(Ordering::SeqCst);
+        if links != heard {
+            return Err(format!("{links} links were made, link listeners ran {heard} times"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks one frame against what the client was told before, and updates what it knows.
+fn observe(client: &mut Client, frame: &Value) -> Result<(), String> {
+    let kind = frame["type"].as_str().unwrap_or_default();
+    let name = frame["payload"]["username"].as_str().unwrap_or_default().to_owned();
+    let known = client.view.iter().position(|(user, _)| *user == name);
+    match kind {
+        "krmx/accepted" => {
+            // Its snapshot follows: every user, itself included, as joined and linked frames.
+            client.linked = client.asked.clone();
+            client.view.clear();
+            return Ok(());
+        }
+        "krmx/rejected" => return Ok(()),
+        _ => {}
+    }
+    if client.linked.is_none() {
+        // Unlinked, a connection gets nothing but answers to its link requests, and its own leave.
+        return match kind {
+            "krmx/left" => Ok(()),
+            _ => Err("a frame reached an unlinked connection".into()),
+        };
+    }
+    match kind {
+        "krmx/joined" => {
+            if known.is_some() {
+                return Err(format!("{name} joined twice"));
+            }
+            client.view.push((name, false));
+        }
+        "krmx/linked" => {
+            let at = known.ok_or(format!("{name} linked before it joined"))?;
+            if client.view[at].1 {
+                return Err(format!("{name} linked twice"));
+            }
+            client.view[at].1 = true;
+        }
+        "krmx/unlinked" => {
+            let at = known.ok_or(format!("{name} unlinked before it joined"))?;
+            if !client.view[at].1 {
+                return Err(format!("{name} unlinked while not linked"));
+            }
+            client.view[at].1 = false;
+            if client.linked.as_deref() == Some(name.as_str()) {
+                client.linked = None;
+            }
+        }
+        "krmx/left" => {
+            let at = known.ok_or(format!("{name} left before it joined"))?;
+            if client.view[at].1 {
+                return Err(format!("{name} left while linked"));
+            }
+            client.view.remove(at);
+        }
+        "app/said" => {
+            let from = frame["payload"]["from"].as_str().unwrap_or_default().to_owned();
+            let n = frame["payload"]["n"].as_u64().unwrap_or_default();
+            let last = client.seen.entry(from.clone()).or_default();
+            if n <= *last {
+                return Err(format!("message {n} of {from} after message {last}"));
+            }
+            *last = n;
+        }
+        "app/direct" => {}
+        other => return Err(format!("unexpected frame type {other}")),
+    }
+    Ok(())
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let n = || 0usize..8;
+    prop_oneof![
+        2 => n().prop_map(Action::Connect),
+        4 => (n(), n()).prop_map(|(c, u)| Action::Link(c, u)),
+        1 => n().prop_map(Action::Unlink),
+        1 => n().prop_map(Action::Leave),
+        3 => n().prop_map(Action::Say),
+        1 => n().prop_map(Action::Disconnect),
+        1 => (n(), n()).prop_map(|(s, u)| Action::Kick(s, u)),
+        1 => (n(), n()).prop_map(|(s, u)| Action::Join(s, u)),
+        1 => (n(), n()).prop_map(|(s, u)| Action::ServerUnlink(s, u)),
+        1 => (n(), n()).prop_map(|(s, u)| Action::SendTo(s, u)),
+        2 => n().prop_map(Action::CatchUp),
+        4 => n().prop_map(Action::Deliver),
+    ]
+}
+
+fn run(actions: &[Action]) -> Result<(), String> {
+    let mut cluster = Cluster::new();
+    for (step, action) in actions.iter().enumerate() {
+        cluster
+            .apply(action)
+            .map_err(|why| format!("step {step} {action:?}: {why}"))?;
+    }
+    cluster.settle()?;
+    cluster.check_settled()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nodes_of_one_cluster_behave_as_one_server(actions in proptest::collection::vec(action(), 1..80)) {
+        if let Err(why) = run(&actions) {
+            return Err(TestCaseError::fail(why));
+        }
+    }
+}
+
+#[test]
+fn a_hand_written_run_across_three_nodes_passes() {
+    use Action::*;
+    let actions = [
+        Connect(0),
+        Connect(1),
+        Connect(2),
+        Link(0, 0),
+        Link(1, 1),
+        Say(0),
+        Link(2, 0), // ann is linked on node 0: refused
+        Deliver(1),
+        Deliver(2),
+        Kick(2, 0), // node 2 kicks ann, linked on node 0
+        Link(2, 0),
+        Say(2),
+        SendTo(0, 1),
+        CatchUp(0),
+    ];
+    run(&actions).unwrap();
+    let mut cluster = Cluster::new();
+    for action in &actions {
+        cluster.apply(action).unwrap();
+    }
+    cluster.settle().unwrap();
+    assert_eq!(cluster.servers[1].users().len(), 2);
+    assert_eq!(*cluster.said.lock().get("ann").unwrap(), 2);
+}

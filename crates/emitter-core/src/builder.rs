@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, RateLimit};
+use crate::config::{Config, KeepLimits, LinkPolicy, RateLimit};
 use crate::query::QueryParam;
 use crate::Server;
 
@@ -147,6 +147,56 @@ impl ServerBuilder {
     /// [`DEFAULT_MAX_JSON_DEPTH`] (32).
     pub fn max_json_depth(mut self, depth: usize) -> Self {
         self.config.max_json_depth = depth.max(1);
+        self
+    }
+
+    /// What a link request for a user that is linked to another connection does: [`LinkPolicy::Reject`] it (the
+    /// reference's behaviour), or [`LinkPolicy::Replace`] the old connection, which hears `krmx/unlinked` about its
+    /// user and is closed, once the new one is authenticated. On a cluster the old connection may be on another node.
+    /// Default: [`LinkPolicy::Reject`].
+    ///
+    /// ```
+    /// use emitter_core::{LinkPolicy, Server};
+    ///
+    /// let server = Server::builder().link_policy(LinkPolicy::Replace).build();
+    /// assert_eq!(server.config().link_policy(), LinkPolicy::Replace);
+    /// ```
+    pub fn link_policy(mut self, policy: LinkPolicy) -> Self {
+        self.config.link_policy = policy;
+        self
+    }
+
+    /// How long a user may stay unlinked after its connection unlinked before it leaves by itself (with `unlink`
+    /// then, `period` later, `leave`, as a kick would). A relink within the period keeps the user. Users joined with
+    /// [`Server::join`] and never linked are not timed. On a cluster the cluster keeps the time, so it runs out even
+    /// if the node that unlinked the user is gone (checked about once a second, so up to a second late).
+    /// `Duration::ZERO` turns it off. Default: off (users stay until they leave or are kicked, as in the reference).
+    ///
+    /// ```
+    /// let server = emitter_core::Server::builder().grace_period(std::time::Duration::from_secs(30)).build();
+    /// assert_eq!(server.config().grace_period(), Some(std::time::Duration::from_secs(30)));
+    /// ```
+    pub fn grace_period(mut self, period: Duration) -> Self {
+        self.config.grace_period = (!period.is_zero()).then_some(period);
+        self
+    }
+
+    /// Keeps the messages for a joined but unlinked user, within `limits`, and delivers them when it relinks: right
+    /// after its snapshot, in order, before anything newer. What is kept: [`Server::send`]s to it (which then succeed
+    /// instead of failing with `cannot send to an unlinked user`) and broadcasts it would have received. Past a limit
+    /// the oldest are dropped and counted in [`Stats::unlinked_dropped`](crate::Stats::unlinked_dropped). Clients
+    /// see ordinary messages. Default: off (as in the reference).
+    ///
+    /// ```
+    /// use emitter_core::{KeepLimits, Server};
+    /// use std::time::Duration;
+    ///
+    /// let limits = KeepLimits { messages: 100, bytes: 1 << 20, age: Duration::from_secs(60) };
+    /// let server = Server::builder().keep_unlinked(limits).build();
+    /// assert_eq!(server.config().keep_unlinked(), Some(limits));
+    /// ```
+    pub fn keep_unlinked(mut self, limits: KeepLimits) -> Self {
+        self.config.keep_unlinked = Some(limits);
         self
     }
 

@@ -59,6 +59,9 @@ pub enum Change {
         connection: u64,
         /// Whether a user that does not exist yet may be created by this link (the node's `accept_new_users`).
         accept_new_users: bool,
+        /// Whether a linked user's link is taken over ([`LinkPolicy::Replace`](crate::LinkPolicy::Replace)): the
+        /// user is unlinked first ([`UnlinkReason::Replaced`]), two entries, instead of the link being refused.
+        replace: bool,
     },
     /// A user is unlinked. With `only`, only if it is linked to that connection of the submitting node (its current
     /// generation), so that a node unlinking its own closed connection never unlinks a link made since on another
@@ -85,12 +88,14 @@ impl Change {
         Change::Join { user: user.into() }
     }
 
-    /// The node's connection `connection` links to `user`, creating it if `accept_new_users`.
+    /// The node's connection `connection` links to `user`, creating it if `accept_new_users`; a linked user is
+    /// refused (the reference's policy).
     pub fn link(user: impl Into<String>, connection: u64, accept_new_users: bool) -> Change {
         Change::Link {
             user: user.into(),
             connection,
             accept_new_users,
+            replace: false,
         }
     }
 
@@ -148,6 +153,9 @@ pub enum UnlinkReason {
     NodeRestarted,
     /// The owning node released its lease (a clean shutdown).
     NodeReleased,
+    /// Another connection took the link over ([`LinkPolicy::Replace`](crate::LinkPolicy::Replace)); the old
+    /// connection is closed.
+    Replaced,
 }
 
 /// What one entry of the cluster's order did to one user.

@@ -114,8 +114,15 @@ impl Server {
             }
             Event::Unlinked { user, reason, .. } => {
                 if let Some(Link::Local(connection)) = self.apply_unlink(user) {
-                    if *reason == UnlinkReason::Leaving {
-                        self.inner.leaving.lock().insert(user.clone(), connection);
+                    match reason {
+                        UnlinkReason::Leaving => {
+                            self.inner.leaving.lock().insert(user.clone(), connection);
+                        }
+                        UnlinkReason::Replaced => {
+                            tracing::info!(connection = %connection.id, user, "replaced by a new connection: closing");
+                            connection.close();
+                        }
+                        _ => {}
                     }
                 }
                 (Membership::Unlink, user)

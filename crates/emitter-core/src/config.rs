@@ -42,6 +42,29 @@ pub struct RateLimit {
     pub burst: f64,
 }
 
+/// What happens when a connection asks to link to a user that is linked to another connection already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkPolicy {
+    /// The request is rejected with `user <name> is already linked to a connection`, as in the reference.
+    #[default]
+    Reject,
+    /// The new connection takes over once authenticated: the old one hears `krmx/unlinked` about its user and is
+    /// closed; everyone else sees the user unlinked and linked again.
+    Replace,
+}
+
+/// Limits of the messages kept for a joined but unlinked user, to deliver when it relinks (see
+/// [`ServerBuilder::keep_unlinked`](crate::ServerBuilder::keep_unlinked)). Past a limit the oldest are dropped first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepLimits {
+    /// The most messages kept per user.
+    pub messages: usize,
+    /// The most bytes (of serialized messages) kept per user.
+    pub bytes: usize,
+    /// The oldest a kept message may be when the user relinks; older ones are dropped.
+    pub age: Duration,
+}
+
 /// A server's settings. Build one with [`Server::builder`]; read it back with [`Server::config`].
 #[derive(Clone)]
 pub struct Config {
@@ -59,6 +82,9 @@ pub struct Config {
     pub(crate) link_deadline: Option<Duration>,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) max_json_depth: usize,
+    pub(crate) link_policy: LinkPolicy,
+    pub(crate) grace_period: Option<Duration>,
+    pub(crate) keep_unlinked: Option<KeepLimits>,
 }
 
 impl Default for Config {
@@ -78,6 +104,9 @@ impl Default for Config {
             link_deadline: Some(DEFAULT_LINK_DEADLINE),
             rate_limit: None,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            link_policy: LinkPolicy::Reject,
+            grace_period: None,
+            keep_unlinked: None,
         }
     }
 }
@@ -98,6 +127,9 @@ impl fmt::Debug for Config {
             .field("link_deadline", &self.link_deadline)
             .field("rate_limit", &self.rate_limit)
             .field("max_json_depth", &self.max_json_depth)
+            .field("link_policy", &self.link_policy)
+            .field("grace_period", &self.grace_period)
+            .field("keep_unlinked", &self.keep_unlinked)
             .finish_non_exhaustive()
     }
 }
@@ -171,6 +203,21 @@ impl Config {
     /// The deepest nesting of arrays and objects an incoming message may have.
     pub fn max_json_depth(&self) -> usize {
         self.max_json_depth
+    }
+
+    /// What a link request for a user linked elsewhere does.
+    pub fn link_policy(&self) -> LinkPolicy {
+        self.link_policy
+    }
+
+    /// How long an unlinked user stays before it leaves by itself; `None` when it stays until it leaves or is kicked.
+    pub fn grace_period(&self) -> Option<Duration> {
+        self.grace_period
+    }
+
+    /// The limits of the messages kept for unlinked users; `None` when none are kept.
+    pub fn keep_unlinked(&self) -> Option<KeepLimits> {
+        self.keep_unlinked
     }
 }
 

@@ -31,6 +31,7 @@ mod error;
 mod events;
 mod fanout;
 mod id;
+mod kept;
 mod lifecycle;
 mod link;
 mod membership;
@@ -52,7 +53,7 @@ pub use auth::{AuthContext, AuthInfo};
 pub use builder::ServerBuilder;
 pub use clustered::ClusterHost;
 pub use config::{
-    Config, RateLimit, DEFAULT_LINK_DEADLINE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH,
+    Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_LINK_DEADLINE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS, DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,
 };
 pub use emitter_listeners::Subscription;

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::{AuthContext, AuthFuture, AuthInfo};
 use crate::cluster::{Change, Refused, Sequencer};
-use crate::config::MAX_USERNAME_BYTES;
+use crate::config::{LinkPolicy, MAX_USERNAME_BYTES};
 use crate::connections::{close, Connection, Member, Role};
 use crate::error::Status;
 use crate::events::Event;
@@ -205,9 +205,12 @@ impl Server {
 
     /// The checks that must hold when a link is made, in the reference's order from `accepting new users` on.
     fn link_refusal(&self, username: &str) -> Option<String> {
+        let replace = self.inner.config.link_policy == LinkPolicy::Replace;
         match self.inner.registry.lock().user(username) {
             None if !self.inner.config.accept_new_users => Some(Rejection::NotAcceptingNewUsers.to_string()),
-            Some(slot) if slot.link.is_some() => Some(Rejection::AlreadyLinked(username.to_owned()).to_string()),
+            Some(slot) if slot.link.is_some() && !replace => {
+                Some(Rejection::AlreadyLinked(username.to_owned()).to_string())
+            }
             _ => None,
         }
     }
@@ -315,8 +318,16 @@ impl Server {
         }
         tracing::debug!(connection = %connection.id, username, "accepted");
         let _ = connection.push(ServerMessage::Accepted.to_frame());
-        if self.inner.registry.lock().user(username).is_none() {
-            self.join_user(username);
+        let linked = self
+            .inner
+            .registry
+            .lock()
+            .user(username)
+            .map(|slot| slot.link.is_some());
+        match linked {
+            None => self.join_user(username),
+            Some(true) => self.unlink_replaced(username), // only with LinkPolicy::Replace: refused otherwise
+            Some(false) => {}
         }
         self.link_user(connection, username);
     }
@@ -324,7 +335,12 @@ impl Server {
     /// A link on a cluster: the cluster's sequencer decides it against the cluster-wide state (this node's view of
     /// the users may be behind), and the entries it returns join and link the user here as on every node.
     fn decide_link_on_cluster(&self, sequencer: &Arc<dyn Sequencer>, connection: &Arc<Connection>, username: &str) {
-        let change = Change::link(username, connection.id.0, self.inner.config.accept_new_users);
+        let change = Change::Link {
+            user: username.to_owned(),
+            connection: connection.id.0,
+            accept_new_users: self.inner.config.accept_new_users,
+            replace: self.inner.config.link_policy == LinkPolicy::Replace,
+        };
         let accepted = || {
             tracing::debug!(connection = %connection.id, username, "accepted");
             let _ = connection.push(ServerMessage::Accepted.to_frame());

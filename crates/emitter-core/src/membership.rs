@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::cluster::LinkAddr;
 use crate::connections::{Connection, Role};
+use crate::error::Status;
 use crate::events::Event;
 use crate::protocol::ServerMessage;
 use crate::registry::Link;
@@ -124,7 +125,53 @@ impl Server {
             Some(link)
         })?;
         tracing::info!(username, "unlinked");
+        if self.sequencer().is_none() {
+            // On a cluster the cluster keeps the grace period: it outlives this node.
+            self.start_grace_period(username);
+        }
         Some(link)
+    }
+
+    /// Makes an unlinked user leave once the grace period is over, unless it was linked (and unlinked) meanwhile.
+    fn start_grace_period(&self, username: &str) {
+        let Some(period) = self.inner.config.grace_period else {
+            return;
+        };
+        let Some(unlinks) = self.inner.registry.lock().user(username).map(|slot| slot.unlinks) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(username, "a grace period needs a tokio runtime: the user stays");
+            return;
+        };
+        let server = self.clone();
+        let username = username.to_owned();
+        runtime.spawn(async move {
+            tokio::time::sleep(period).await;
+            let _turn = server.inner.sequencer.lock();
+            let still = server
+                .inner
+                .registry
+                .lock()
+                .user(&username)
+                .is_some_and(|slot| slot.link.is_none() && slot.unlinks == unlinks);
+            if still && server.status() == Status::Listening {
+                tracing::info!(username, "grace period over: the unlinked user leaves");
+                server.leave_user(&username);
+            }
+        });
+    }
+
+    /// Unlinks a user whose link a new connection takes over ([`LinkPolicy::Replace`](crate::LinkPolicy::Replace)):
+    /// the old connection hears of the unlink, then is closed.
+    pub(crate) fn unlink_replaced(&self, username: &str) {
+        if let Some(link) = self.apply_unlink(username) {
+            if let Link::Local(connection) = link {
+                tracing::info!(connection = %connection.id, username, "replaced by a new connection: closing");
+                connection.close();
+            }
+            self.emit_membership(Membership::Unlink, username);
+        }
     }
 
     /// Removes an unlinked user; returns whether it was there to remove.

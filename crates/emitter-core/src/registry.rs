@@ -15,8 +15,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::cluster::LinkAddr;
+use crate::config::KeepLimits;
 use crate::connections::{Connection, Member};
 use crate::fanout::{Log, SEGMENT};
+use crate::kept::Kept;
 use crate::outbox::PushError;
 use crate::protocol::{Frame, ServerMessage};
 use crate::snapshot::{Snapshot, UserFrames};
@@ -55,6 +57,10 @@ pub(crate) struct UserSlot {
     pub(crate) link: Option<Link>,
     /// `krmx/joined` and `krmx/linked` for this user, serialized once: every newcomer's snapshot reuses them.
     frames: Arc<UserFrames>,
+    /// Messages kept while it is unlinked, for its next link.
+    kept: Kept,
+    /// How many times it was unlinked: a grace period's timer checks that no relink and unlink came in between.
+    pub(crate) unlinks: u64,
 }
 
 /// The users in join order, each with its link if it has one.
@@ -70,10 +76,14 @@ pub(crate) struct Registry {
     closing: BTreeSet<u64>,
     /// How far behind the log a connection may read before it is closed as a slow consumer.
     max_lag: u64,
+    /// The limits of what is kept for unlinked users; `None` when nothing is.
+    keep: Option<KeepLimits>,
+    /// Kept messages dropped so far (past a limit, or too old).
+    pub(crate) kept_dropped: u64,
 }
 
 impl Registry {
-    pub(crate) fn new(log: Arc<Log>, max_lag: usize) -> Registry {
+    pub(crate) fn new(log: Arc<Log>, max_lag: usize, keep: Option<KeepLimits>) -> Registry {
         Registry {
             users: BTreeMap::new(),
             order: HashMap::new(),
@@ -82,6 +92,8 @@ impl Registry {
             linked: 0,
             closing: BTreeSet::new(),
             max_lag: max_lag as u64,
+            keep,
+            kept_dropped: 0,
         }
     }
 
@@ -113,6 +125,8 @@ impl Registry {
             member: Arc::new(Member::new(username)),
             link: None,
             frames,
+            kept: Kept::default(),
+            unlinks: 0,
         };
         self.users.insert(order, slot);
     }
@@ -134,6 +148,15 @@ impl Registry {
         let _ = self.push_to_linked(&linked, Some(username));
         let (from, segment) = self.log.position();
         connection.push_snapshot(snapshot, from);
+        // What was kept for the user comes right after its snapshot, before anything newer.
+        let limits = self.keep;
+        if let Some((limits, slot)) = limits.zip(self.user_mut(username)) {
+            let (frames, expired) = slot.kept.take(&limits);
+            for frame in frames {
+                let _ = connection.push(frame);
+            }
+            self.kept_dropped += expired;
+        }
         connection.outbox.open_window(from, segment);
         Some(member)
     }
@@ -156,7 +179,9 @@ impl Registry {
         let order = *self.order.get(username)?;
         self.users.get(&order)?.link.as_ref()?;
         let _ = self.push_to_linked(&ServerMessage::Unlinked(username).to_frame(), None);
-        let link = self.users.get_mut(&order)?.link.take()?;
+        let slot = self.users.get_mut(&order)?;
+        slot.unlinks += 1;
+        let link = slot.link.take()?;
         if let Link::Local(connection) = &link {
             connection.outbox.close_window(self.log.head());
         }
@@ -175,6 +200,38 @@ impl Registry {
             self.users.remove(&order);
         }
         true
+    }
+
+    /// Keeps a message for an unlinked user. `Err` with the user's link when it is linked (meanwhile, or on another
+    /// node): send it there instead; `Ok(false)` when the user does not exist or nothing is kept.
+    pub(crate) fn keep(&mut self, username: &str, frame: Frame) -> Result<bool, Link> {
+        let limits = self.keep;
+        let Some(slot) = self.user_mut(username) else {
+            return Ok(false);
+        };
+        if let Some(link) = &slot.link {
+            return Err(link.clone());
+        }
+        let Some(limits) = limits else {
+            return Ok(false);
+        };
+        let dropped = slot.kept.keep(frame, &limits);
+        self.kept_dropped += dropped;
+        Ok(true)
+    }
+
+    /// Keeps a broadcast for every unlinked user but `skip` (only when messages are kept).
+    pub(crate) fn keep_for_unlinked(&mut self, frame: &Frame, skip: Option<&str>) {
+        let Some(limits) = self.keep else {
+            return;
+        };
+        let mut dropped = 0;
+        for slot in self.users.values_mut() {
+            if slot.link.is_none() && Some(slot.member.name.as_str()) != skip {
+                dropped += slot.kept.keep(frame.clone(), &limits);
+            }
+        }
+        self.kept_dropped += dropped;
     }
 
     /// Notes that the server is closing `username`'s connection, if it is still linked to `connection`: it gets no

@@ -28,7 +28,7 @@ use crate::events::Event;
 use crate::fanout::Log;
 use crate::outbox::PushError;
 use crate::protocol::{Frame, Message, RESERVED_PREFIX};
-use crate::registry::{Broadcast, Registry};
+use crate::registry::{Broadcast, Link, Registry};
 use crate::shards::Shards;
 use crate::sync::{Mutex, ReentrantMutex};
 
@@ -84,6 +84,9 @@ impl Events {
 pub struct Stats {
     /// Messages of a type with an [`on_payload`](Server::on_payload) listener whose payload did not fit its type.
     pub payload_mismatches: u64,
+    /// Messages kept for unlinked users (see [`keep_unlinked`](crate::ServerBuilder::keep_unlinked)) that were
+    /// dropped: past a limit, or too old when the user relinked.
+    pub unlinked_dropped: u64,
 }
 
 pub(crate) struct Inner {
@@ -196,7 +199,7 @@ impl Server {
         let log = Arc::new(Log::default());
         Server {
             inner: Arc::new(Inner {
-                registry: Mutex::new(Registry::new(log.clone(), config.outbound_queue)),
+                registry: Mutex::new(Registry::new(log.clone(), config.outbound_queue, config.keep_unlinked)),
                 log,
                 config,
                 events: Events::default(),
@@ -230,6 +233,7 @@ impl Server {
     pub fn stats(&self) -> Stats {
         Stats {
             payload_mismatches: self.inner.payload_mismatches.load(Ordering::Relaxed),
+            unlinked_dropped: self.inner.registry.lock().kept_dropped,
         }
     }
 
@@ -321,23 +325,48 @@ impl Server {
         require(self.status(), "send a message", &[Status::Listening, Status::Closing])?;
         // The shard stays read-locked while the frame is queued, so an unlink (which removes the entry first) cannot
         // tell the user's connection it was unlinked before this frame.
-        let remote = self.sequencer().map(|_| frame.clone());
+        let spare = (self.sequencer().is_some() || self.inner.config.keep_unlinked.is_some()).then(|| frame.clone());
         let pushed = self
             .inner
             .links
             .with(username, |link| link.map(|link| (link.clone(), link.push(frame))));
         match pushed {
             Some((_, Ok(()))) => Ok(()),
-            Some((connection, Err(PushError::Full))) => {
+            Some((connection, Err(error))) => Err(self.refused_push(username, &connection, error)),
+            None => match spare {
+                Some(frame) => self.send_unlinked_here(username, frame),
+                None if self.user(username).is_some() => Err(Error::SendToUnlinkedUser),
+                None => Err(Error::SendToUnknownUser),
+            },
+        }
+    }
+
+    /// A send to a user not linked on this node: kept for it while it is unlinked, or handed to the node of a
+    /// cluster it is linked on, or (linked here meanwhile) pushed to its connection.
+    fn send_unlinked_here(&self, username: &str, frame: Frame) -> Result<(), Error> {
+        let kept = self.fan_out(|registry| registry.keep(username, frame.clone()));
+        match kept {
+            Ok(true) => Ok(()),
+            Ok(false) if self.user(username).is_some() => Err(Error::SendToUnlinkedUser),
+            Ok(false) => Err(Error::SendToUnknownUser),
+            Err(Link::Local(connection)) => connection
+                .push(frame)
+                .map_err(|error| self.refused_push(username, &connection, error)),
+            Err(Link::Remote(_)) => match self.send_elsewhere(username, &frame) {
+                Some(()) => Ok(()),
+                None => Err(Error::SendToUnlinkedUser),
+            },
+        }
+    }
+
+    fn refused_push(&self, username: &str, connection: &Arc<Connection>, error: PushError) -> Error {
+        match error {
+            PushError::Full => {
                 // A slow consumer, closed by the push: broadcasts skip it from now on.
-                self.inner.registry.lock().mark_closing(username, &connection);
-                Err(Error::QueueFull)
+                self.inner.registry.lock().mark_closing(username, connection);
+                Error::QueueFull
             }
-            Some((_, Err(PushError::Closed))) => Err(Error::ConnectionClosing),
-            // Linked on another node of the cluster: that node delivers it.
-            None if remote.is_some_and(|frame| self.send_elsewhere(username, &frame).is_some()) => Ok(()),
-            None if self.user(username).is_some() => Err(Error::SendToUnlinkedUser),
-            None => Err(Error::SendToUnknownUser),
+            PushError::Closed => Error::ConnectionClosing,
         }
     }
 
@@ -380,6 +409,7 @@ impl Server {
                 // Under the fan-out lock, so the other nodes get broadcasts in the order this node's users do.
                 sequencer.publish_broadcast(self.applied(), skip, &frame);
             }
+            registry.keep_for_unlinked(&frame, skip);
             registry.push_to_linked(&frame, skip)
         }))
     }

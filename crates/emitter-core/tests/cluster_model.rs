@@ -5,7 +5,8 @@
 //!
 //! - every connection's membership frames make sense in order (no link of a user it was not told joined, no join
 //!   twice, …), and it never gets a message between its own unlink and its next link;
-//! - the app messages of one sender reach every recipient in the order they were sent;
+//! - the app messages one node sends reach every recipient in the order they were sent (messages of one user sent
+//!   through different nodes, before and after it relinked elsewhere, have no common order: see the book);
 //! - listeners ran once per entry of the order, cluster-wide (a `link` listener once per link, not once per node);
 //! - once settled: every node's `users()` is the sequencer's list, and every linked connection's view is that list;
 //!   every user is linked to at most one connection, and it is the one the sequencer says.
@@ -97,6 +98,7 @@ impl HubState {
                 user,
                 connection,
                 accept_new_users,
+                replace,
             } => {
                 let link = here(connection);
                 if self.users.iter().any(|(_, l)| l.as_ref() == Some(&link)) {
@@ -106,8 +108,18 @@ impl HubState {
                 }
                 match self.find(&user) {
                     None if !accept_new_users => return Err(Refused::Rejected(Rejection::NotAcceptingNewUsers)),
-                    Some(at) if self.users[at].1.is_some() => {
+                    Some(at) if self.users[at].1.is_some() && !replace => {
                         return Err(Refused::Rejected(Rejection::AlreadyLinked(user)))
+                    }
+                    Some(at) if self.users[at].1.is_some() => {
+                        let old = self.users[at].1.clone().unwrap();
+                        let reason = UnlinkReason::Replaced;
+                        let event = Event::Unlinked {
+                            user: user.clone(),
+                            link: old,
+                            reason,
+                        };
+                        self.append(node, event, &mut out);
                     }
                     None => self.append(node, Event::Joined { user: user.clone() }, &mut out),
                     Some(_) => {}
@@ -239,7 +251,7 @@ struct Cluster {
     servers: Vec<Server>,
     hosts: Vec<ClusterHost>,
     clients: Vec<Client>,
-    /// Per sender, how many app messages it sent.
+    /// Per sender and node (`user@node`), how many app messages it sent.
     said: Arc<Mutex<HashMap<String, u64>>>,
     link_events: Arc<AtomicUsize>,
 }
@@ -262,15 +274,17 @@ impl Cluster {
             let cluster = server.cluster_host();
             cluster.install(sequencer, 0, Vec::new()).unwrap();
             let counter = said.clone();
-            // Every app message is broadcast to everyone with its sender's running number.
+            // Every app message is broadcast to everyone with its sender's running number on this node.
+            let origin = node.clone();
             server.on_message(move |server, username, _| {
+                let from = format!("{username}@{origin}");
                 let n = {
                     let mut said = counter.lock();
-                    let n = said.entry(username.to_owned()).or_default();
+                    let n = said.entry(from.clone()).or_default();
                     *n += 1;
                     *n
                 };
-                let said = Message::with_payload("app/said", json!({"from": username, "n": n}));
+                let said = Message::with_payload("app/said", json!({"from": from, "n": n}));
                 let _ = server.broadcast(&said, None);
             });
             let links = link_events.clone();
@@ -610,5 +624,6 @@ fn a_hand_written_run_across_three_nodes_passes() {
     }
     cluster.settle().unwrap();
     assert_eq!(cluster.servers[1].users().len(), 2);
-    assert_eq!(*cluster.said.lock().get("ann").unwrap(), 2);
+    assert_eq!(*cluster.said.lock().get("ann@n0").unwrap(), 1);
+    assert_eq!(*cluster.said.lock().get("ann@n2").unwrap(), 1);
 }

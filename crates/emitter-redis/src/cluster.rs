@@ -242,6 +242,12 @@ impl Cluster {
         Blocking::new(self.shared.clone())
     }
 
+    /// Sets the grace period the reaper applies (see `ServerBuilder::grace_period`): a node passes its server's.
+    pub(crate) fn set_grace_period(&self, period: Option<std::time::Duration>) {
+        let ms = period.map_or(0, |period| u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.shared.grace_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// What went wrong, or was worked around, so far.
     pub fn stats(&self) -> Stats {
         self.shared.stats()

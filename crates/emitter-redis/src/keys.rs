@@ -6,7 +6,7 @@
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     /// In the order the scripts expect them in KEYS (see [`crate::scripts`]).
-    all: [String; 9],
+    all: [String; 10],
     pub(crate) seq_channel: String,
     pub(crate) broadcast_channel: String,
     node_channel_prefix: String,
@@ -26,6 +26,7 @@ impl Keys {
                 key("nodes"),
                 key("generation"),
                 key("connections"),
+                key("unlinked"),
             ],
             seq_channel: key("seq"),
             broadcast_channel: key("broadcast"),
@@ -33,7 +34,7 @@ impl Keys {
         }
     }
 
-    pub(crate) fn all(&self) -> &[String; 9] {
+    pub(crate) fn all(&self) -> &[String; 10] {
         &self.all
     }
 

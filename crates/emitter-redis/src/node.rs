@@ -61,6 +61,7 @@ impl Node {
     /// server is listening already or is a node already.
     pub async fn start(server: &Server, cluster: Cluster, id: &str) -> Result<Node> {
         check_name(id)?;
+        cluster.set_grace_period(server.config().grace_period());
         let lease = cluster.register_node(id).await?;
         // Subscribed before the snapshot: whatever happens after the snapshot is notified, or found by the poll.
         let notifications = cluster.subscribe(id).await?;

@@ -13,6 +13,7 @@ fn parse_reason(text: &str) -> Option<UnlinkReason> {
         "expired" => UnlinkReason::LeaseExpired,
         "restarted" => UnlinkReason::NodeRestarted,
         "released" => UnlinkReason::NodeReleased,
+        "replaced" => UnlinkReason::Replaced,
         _ => return None,
     })
 }

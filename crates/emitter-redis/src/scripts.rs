@@ -2,11 +2,11 @@
 //! execution is the cluster's order. Each script validates everything *before* its first write: Redis does not roll
 //! back a script that fails halfway, so a script must never be able to fail after writing.
 //!
-//! Every script gets the same nine keys (all under the cluster's hash tag, see [`crate::keys`]), declared in KEYS
+//! Every script gets the same ten keys (all under the cluster's hash tag, see [`crate::keys`]), declared in KEYS
 //! so that they also run on Redis Cluster, where a script may only touch the keys it declares:
 //!
 //! `KEYS[1]` epoch, `[2]` seq, `[3]` log, `[4]` users, `[5]` order, `[6]` links, `[7]` nodes, `[8]` generation,
-//! `[9]` connections.
+//! `[9]` connections, `[10]` unlinked.
 //!
 //! Replies: `{'refused', code, detail}`, or `{'ok', extra, entry, entry, …}` where each entry is the flat field list
 //! the script appended to the log (`s` seq, `k` kind, `u` user, `n` node, `g` generation, `c` connection, `r` reason,
@@ -19,8 +19,8 @@ use redis::Script;
 /// Shared by the scripts that change state: the key names, the clock, the lease and user records, and the four
 /// appends that are the only writes to `users`, `order` and `links`.
 const PRELUDE: &str = r#"
-local K_EPOCH, K_SEQ, K_LOG, K_USERS, K_ORDER, K_LINKS, K_NODES, K_GEN, K_CONNS =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local K_EPOCH, K_SEQ, K_LOG, K_USERS, K_ORDER, K_LINKS, K_NODES, K_GEN, K_CONNS, K_UNLINKED =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
 local function fmt(n) return string.format('%d', n) end
 
@@ -92,6 +92,7 @@ local function do_link(user, rec, node, gen, conn, by)
   redis.call('HSET', K_USERS, user, rec.join .. ' ' .. gen .. ' ' .. conn .. ' ' .. node)
   redis.call('ZADD', K_LINKS, 0, node .. '/' .. user)
   redis.call('HSET', K_CONNS, conn_key(node, gen, conn), user)
+  redis.call('ZREM', K_UNLINKED, user)
 end
 
 local function do_unlink(user, rec, reason, by)
@@ -99,12 +100,15 @@ local function do_unlink(user, rec, reason, by)
   redis.call('HSET', K_USERS, user, rec.join)
   redis.call('ZREM', K_LINKS, rec.node .. '/' .. user)
   redis.call('HDEL', K_CONNS, conn_key(rec.node, rec.gen, rec.conn))
+  -- unlinked: name -> when it was unlinked (ms, Redis's clock), for the grace period the reaper applies.
+  redis.call('ZADD', K_UNLINKED, now_ms(), user)
 end
 
 local function do_leave(user, by)
   append({'k', 'leave', 'u', user, 'b', by})
   redis.call('HDEL', K_USERS, user)
   redis.call('ZREM', K_ORDER, user)
+  redis.call('ZREM', K_UNLINKED, user)
 end
 
 -- Unlinks every user linked to any generation of `node` (links: "<node>/<user>", scores 0, so a lex range is
@@ -142,12 +146,13 @@ end
 const OPEN: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current then return {current, 0} end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9], KEYS[10])
 redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
 "#;
 
-/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::Change`].
+/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::Change`]. The flag
+/// of a link is two characters, `1` or `0` each: new users accepted, and a linked user's link replaced.
 const SUBMIT: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
@@ -160,11 +165,13 @@ if kind == 'join' then
   do_join(user, node)
 elseif kind == 'link' then
   if redis.call('HEXISTS', K_CONNS, conn_key(node, gen, conn)) == 1 then return refused('connection-linked') end
+  local accept, replace = string.sub(flag, 1, 1) == '1', string.sub(flag, 2, 2) == '1'
   if not rec then
-    if flag ~= '1' then return refused('not-accepting') end
+    if not accept then return refused('not-accepting') end
     rec = do_join(user, node)
   elseif rec.node then
-    return refused('already-linked')
+    if not replace then return refused('already-linked') end
+    do_unlink(user, rec, 'replaced', node)
   end
   do_link(user, rec, node, gen, conn, node)
 elseif kind == 'unlink' then
@@ -223,12 +230,13 @@ redis.call('HDEL', K_NODES, node)
 return finish()
 "#;
 
-/// `reap(epoch, retain, channel, by)`: for every node whose lease is past its deadline, unlinks its users (`expired`)
-/// and removes the lease. Any node may run it; it needs no lease of its own.
+/// `reap(epoch, retain, channel, by, grace ms)`: for every node whose lease is past its deadline, unlinks its users
+/// (`expired`) and removes the lease; then, with a grace period (over 0), makes every user unlinked for longer than it
+/// leave. Any node may run it; it needs no lease of its own.
 const REAP: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
-local by = ARGV[4]
+local by, grace = ARGV[4], tonumber(ARGV[5]) or 0
 local now = now_ms()
 local all = redis.call('HGETALL', K_NODES)
 for i = 1, #all, 2 do
@@ -237,6 +245,16 @@ for i = 1, #all, 2 do
   if not gen or tonumber(deadline) < now then
     unlink_node(node, 'expired', by)
     redis.call('HDEL', K_NODES, node)
+  end
+end
+if grace > 0 then
+  for _, user in ipairs(redis.call('ZRANGEBYSCORE', K_UNLINKED, '-inf', now - grace)) do
+    local rec = user_of(user)
+    if rec and not rec.node then
+      do_leave(user, by)
+    else
+      redis.call('ZREM', K_UNLINKED, user)
+    end
   end
 end
 return finish()

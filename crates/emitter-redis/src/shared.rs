@@ -162,6 +162,8 @@ pub(crate) struct Shared {
     pub(crate) client: redis::Client,
     epoch: Mutex<Epoch>,
     pub(crate) counters: Counters,
+    /// The grace period of the server this handle serves as a node, in ms (0: none); the reaper applies it.
+    pub(crate) grace_ms: AtomicU64,
 }
 
 impl Shared {
@@ -173,6 +175,7 @@ impl Shared {
             client,
             epoch: Mutex::new(Epoch(String::new())),
             counters: Counters::default(),
+            grace_ms: AtomicU64::new(0),
         }
     }
 
@@ -228,7 +231,13 @@ impl Shared {
                 user,
                 connection,
                 accept_new_users,
-            } => ("link", user, connection.to_string(), flag(*accept_new_users)),
+                replace,
+            } => (
+                "link",
+                user,
+                connection.to_string(),
+                flag(*accept_new_users) + &flag(*replace),
+            ),
             Change::Unlink { user, only } => (
                 "unlink",
                 user,
@@ -292,7 +301,9 @@ impl Shared {
     }
 
     pub(crate) fn reap_call(&self, by: &str) -> Call {
-        Call::new(&scripts::REAP_SCRIPT, self.change_args(&self.epoch(), by))
+        let mut args = self.change_args(&self.epoch(), by);
+        args.push(self.grace_ms.load(Ordering::Relaxed).to_string());
+        Call::new(&scripts::REAP_SCRIPT, args)
     }
 
     pub(crate) fn read_call(&self, epoch: &Epoch, from: u64) -> Call {

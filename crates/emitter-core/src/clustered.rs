@@ -276,6 +276,24 @@ impl ClusterHost {
         }
     }
 
+    /// Closes every connection of this node: a node that lost its lease (or its cluster's state) stops serving
+    /// rather than risk a link the cluster no longer backs. Its clients reconnect (to another node, or to this one
+    /// once it is back: until then their links are refused). The users stay as they were until
+    /// [`restart`](ClusterHost::restart).
+    pub fn close_connections(&self) {
+        let server = &self.server;
+        let connections = server.inner.connections.all();
+        if !connections.is_empty() {
+            tracing::warn!(
+                count = connections.len(),
+                "this node stops serving: closing its connections"
+            );
+        }
+        for connection in connections {
+            connection.close();
+        }
+    }
+
     /// Starts over from the cluster's state at `seq`: every connection of this node is closed (its clients relink and
     /// get a fresh snapshot), and the users are the snapshot's. For a node that lost its place: its lease, or the
     /// cluster's state, or the part of the order it had not applied.

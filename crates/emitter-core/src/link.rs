@@ -205,7 +205,9 @@ impl Server {
 
     /// The checks that must hold when a link is made, in the reference's order from `accepting new users` on.
     fn link_refusal(&self, username: &str) -> Option<String> {
-        let replace = self.inner.config.link_policy == LinkPolicy::Replace;
+        // On a cluster this node's view may be behind (or, cut off, ahead): whether the user is linked is the
+        // cluster's to say, when the link is submitted.
+        let replace = self.inner.config.link_policy == LinkPolicy::Replace || self.sequencer().is_some();
         match self.inner.registry.lock().user(username) {
             None if !self.inner.config.accept_new_users => Some(Rejection::NotAcceptingNewUsers.to_string()),
             Some(slot) if slot.link.is_some() && !replace => {

@@ -100,6 +100,12 @@ impl Blocking {
         self.shared.epoch()
     }
 
+    /// Drops the connection, so that the next call makes a new one: after Redis restarted, the old one is dead
+    /// but only says so when used.
+    pub fn reset(&self) {
+        *self.conn.lock() = None;
+    }
+
     /// [`Cluster::submit`](crate::Cluster::submit), blocking.
     pub fn submit(&self, lease: &NodeLease, change: Change) -> Result<Vec<Entry>> {
         let call = self.shared.submit_call(lease, &change);

@@ -1,5 +1,6 @@
 //! The async handle: connect, leases, changes, the log, snapshots, and outgoing messages.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -48,7 +49,7 @@ impl std::fmt::Debug for Cluster {
 /// One message waiting for the publisher task.
 struct Outgoing {
     channel: String,
-    frame: Vec<u8>,
+    message: Message,
 }
 
 /// How many queued messages the publisher sends in one pipeline.
@@ -197,6 +198,7 @@ impl Cluster {
         let message = Message {
             origin: from.node.clone(),
             generation: from.generation,
+            number: 0, // numbered by the publisher, in the order it sends
             after,
             user: skip.map(str::to_owned),
             body,
@@ -211,6 +213,7 @@ impl Cluster {
         let message = Message {
             origin: from.node.clone(),
             generation: from.generation,
+            number: 0, // numbered by the publisher, in the order it sends
             after,
             user: Some(user.to_owned()),
             body,
@@ -219,8 +222,7 @@ impl Cluster {
     }
 
     fn queue(&self, channel: String, message: Message) -> Result<()> {
-        let frame = message.encode();
-        match self.outgoing.try_send(Outgoing { channel, frame }) {
+        match self.outgoing.try_send(Outgoing { channel, message }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Counters::add(&self.shared.counters.publish_queue_full, 1);
@@ -274,15 +276,26 @@ async fn manager(shared: &Shared) -> Result<ConnectionManager> {
 /// A batch that fails because its connection dropped (Redis restarted, the connection was killed) is sent once more,
 /// on the connection the manager makes anew: the first publish after a Redis restart always finds the old connection
 /// dead, and dropping it would lose a message that never reached any Redis. The price is a rare duplicate: if the
-/// connection died after Redis ran the batch but before it replied, the recipients get it twice. Any other failure
+/// connection died after Redis ran the batch but before it replied, Redis relays it twice, and the receivers drop
+/// the repeat by its number (see [`Message::number`]). Any other failure
 /// (a timeout, a Redis error) is counted and dropped: its outcome is unknown, and a retry could deliver it after
 /// later messages.
 async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    // The last number given on each channel, per generation of this node.
+    let mut numbers: HashMap<(String, u64), u64> = HashMap::new();
     while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let mut pipe = redis::pipe();
-        for message in &batch {
-            pipe.cmd("PUBLISH").arg(&message.channel).arg(&message.frame).ignore();
+        for outgoing in &mut batch {
+            let number = numbers
+                .entry((outgoing.channel.clone(), outgoing.message.generation))
+                .or_default();
+            *number += 1;
+            outgoing.message.number = *number;
+            pipe.cmd("PUBLISH")
+                .arg(&outgoing.channel)
+                .arg(outgoing.message.encode())
+                .ignore();
         }
         let count = batch.len() as u64;
         let mut sent = pipe.query_async::<()>(&mut conn).await;

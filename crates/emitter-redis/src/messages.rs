@@ -4,7 +4,7 @@
 //! recipient for a send), then the body exactly as the origin serialized it (the JSON frame its clients get):
 //!
 //! ```text
-//! e1 <node bytes> <generation> <after seq> <user bytes, or - for none>\n<node><user><body>
+//! e2 <node bytes> <generation> <number> <after seq> <user bytes, or - for none>\n<node><user><body>
 //! ```
 //!
 //! Lengths instead of separators, so that neither a username nor a body needs escaping, and the body is copied once.
@@ -18,6 +18,9 @@ pub struct Message {
     pub origin: String,
     /// The origin's generation when it published it.
     pub generation: u64,
+    /// Its place among what the origin (this generation) published on the same channel: 1, 2, 3, … with no gaps,
+    /// so that a receiver can tell a message lost on the way (a gap) or sent twice (a repeat). The publisher sets it.
+    pub number: u64,
     /// The last membership seq the origin had applied when it published: a receiver that has not applied it yet
     /// should catch up first, so that a message never reaches users before the membership change it followed.
     pub after: u64,
@@ -27,7 +30,7 @@ pub struct Message {
     pub body: Bytes,
 }
 
-const VERSION: &str = "e1";
+const VERSION: &str = "e2";
 
 impl Message {
     /// The frame published to Redis.
@@ -38,6 +41,7 @@ impl Message {
     /// let message = Message {
     ///     origin: "node-a".into(),
     ///     generation: 3,
+    ///     number: 7,
     ///     after: 41,
     ///     user: Some("alice".into()),
     ///     body: r#"{"type":"chat/message"}"#.into(),
@@ -49,9 +53,10 @@ impl Message {
     pub fn encode(&self) -> Vec<u8> {
         let user_len = self.user.as_ref().map_or("-".to_owned(), |user| user.len().to_string());
         let header = format!(
-            "{VERSION} {} {} {} {user_len}\n",
+            "{VERSION} {} {} {} {} {user_len}\n",
             self.origin.len(),
             self.generation,
+            self.number,
             self.after
         );
         let user = self.user.as_deref().unwrap_or_default();
@@ -73,6 +78,7 @@ impl Message {
         }
         let origin_len: usize = fields.next()?.parse().ok()?;
         let generation: u64 = fields.next()?.parse().ok()?;
+        let number: u64 = fields.next()?.parse().ok()?;
         let after: u64 = fields.next()?.parse().ok()?;
         let user_len = match fields.next()? {
             "-" => None,
@@ -94,6 +100,7 @@ impl Message {
         Some(Message {
             origin: std::str::from_utf8(origin).ok()?.to_owned(),
             generation,
+            number,
             after,
             user,
             body: Bytes::copy_from_slice(body),
@@ -108,10 +115,11 @@ mod tests {
     #[test]
     fn frames_round_trip_whatever_the_user_and_body_hold() {
         for user in [None, Some(""), Some("a b\nc"), Some("ünïcode")] {
-            for body in ["", "{}", "line\nbreaks\n and spaces", "e1 3 1 1 -\n"] {
+            for body in ["", "{}", "line\nbreaks\n and spaces", "e2 3 1 1 1 -\n"] {
                 let message = Message {
                     origin: "n-1".into(),
                     generation: u64::MAX,
+                    number: 1,
                     after: 0,
                     user: user.map(str::to_owned),
                     body: body.to_owned().into(),
@@ -126,6 +134,7 @@ mod tests {
         let frame = Message {
             origin: "node".into(),
             generation: 1,
+            number: 5,
             after: 2,
             user: Some("alice".into()),
             body: "body".into(),
@@ -137,8 +146,8 @@ mod tests {
         for cut in 0..body_starts {
             assert_eq!(Message::decode(&frame[..cut]), None, "cut at {cut}");
         }
-        assert_eq!(Message::decode(b"e2 1 1 1 -\nab"), None);
-        assert_eq!(Message::decode(b"e1 1 1 1 - extra\nab"), None);
-        assert_eq!(Message::decode(b"e1 x 1 1 -\nab"), None);
+        assert_eq!(Message::decode(b"e1 1 1 1 -\nab"), None);
+        assert_eq!(Message::decode(b"e2 1 1 1 1 - extra\nab"), None);
+        assert_eq!(Message::decode(b"e2 x 1 1 1 -\nab"), None);
     }
 }

@@ -286,6 +286,11 @@ impl Keeper {
     /// get a fresh snapshot). Retries until it succeeds or the server closes.
     async fn start_over(&mut self, lost: Option<LeaseLost>) {
         let mut epoch_changed = matches!(lost, Some(LeaseLost::EpochChanged { .. }));
+        if lost.is_some() || epoch_changed {
+            // No lease, no serving: close the sockets now, not once Redis is back.
+            self.host.close_connections();
+        }
+        self.sequencer.blocking.reset();
         let mut wait = Duration::from_millis(50);
         loop {
             if self.server.status() >= emitter_core::Status::Closing {

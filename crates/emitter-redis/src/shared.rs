@@ -92,6 +92,12 @@ pub struct Stats {
     pub publish_queue_full: u64,
     /// Frames on a channel that were not this crate's (ignored).
     pub malformed_messages: u64,
+    /// Messages from other nodes that never arrived here, told by the gaps in their numbers (see
+    /// [`Message::number`](crate::Message::number)): published while this node's subscription was away.
+    pub messages_lost: u64,
+    /// Messages from other nodes that arrived twice (a publish sent again after its connection dropped) and were
+    /// dropped the second time.
+    pub repeats_dropped: u64,
 }
 
 #[derive(Default)]
@@ -103,6 +109,8 @@ pub(crate) struct Counters {
     pub(crate) publish_failures: AtomicU64,
     pub(crate) publish_queue_full: AtomicU64,
     pub(crate) malformed_messages: AtomicU64,
+    pub(crate) messages_lost: AtomicU64,
+    pub(crate) repeats_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -120,6 +128,8 @@ impl Counters {
             publish_failures: get(&self.publish_failures),
             publish_queue_full: get(&self.publish_queue_full),
             malformed_messages: get(&self.malformed_messages),
+            messages_lost: get(&self.messages_lost),
+            repeats_dropped: get(&self.repeats_dropped),
         }
     }
 }

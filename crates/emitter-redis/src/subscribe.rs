@@ -8,6 +8,7 @@
 //! log, and nothing published in between can be missed. Here the subscription is confirmed by Redis before
 //! [`Notification::Subscribed`] goes out, so reading the log on it closes every gap.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -83,6 +84,7 @@ impl Subscription {
                 channels,
                 sender,
                 seen: (Epoch(String::new()), 0),
+                numbers: HashMap::new(),
             }
             .run(),
         );
@@ -112,6 +114,9 @@ struct Subscriber {
     /// The newest seq announced, and in which epoch (seqs start again in a new one), so that the poll only speaks
     /// when it learned something.
     seen: (Epoch, u64),
+    /// The last message number seen per origin, generation and channel (broadcast or this node's), to tell gaps and
+    /// repeats.
+    numbers: HashMap<(String, u64, bool), u64>,
 }
 
 /// The subscriber is gone: stop.
@@ -186,8 +191,11 @@ impl Subscriber {
                     None => return Ok("connection closed"),
                 },
                 _ = poll.tick() => {
-                    // A PING through the pub/sub connection proves it is alive; a dead one is replaced.
-                    let ping = timeout(self.shared.options.command_timeout, sink.ping::<Value>()).await;
+                    // A PING through the pub/sub connection proves it is alive; a dead one is replaced. A late
+                    // answer is Redis pausing (a slow fork, DEBUG SLEEP), not a dead connection: wait as long as a
+                    // lease lasts, since replacing the connection loses what is published meanwhile.
+                    let patience = self.shared.options.command_timeout.max(self.shared.options.lease);
+                    let ping = timeout(patience, sink.ping::<Value>()).await;
                     if !matches!(ping, Ok(Ok(_))) {
                         return Ok("ping failed");
                     }
@@ -204,8 +212,13 @@ impl Subscriber {
         let notification = if channel == self.shared.keys.seq_channel {
             self.seq_notification(payload)
         } else if let Some(decoded) = Message::decode(payload) {
-            if channel == self.shared.keys.broadcast_channel {
-                (decoded.origin != self.node).then_some(Notification::Broadcast(decoded))
+            let broadcast = channel == self.shared.keys.broadcast_channel;
+            // Its own broadcasts were delivered locally already; repeats are dropped.
+            let skip = (broadcast && decoded.origin == self.node) || !self.in_sequence(&decoded, broadcast);
+            if skip {
+                None
+            } else if broadcast {
+                Some(Notification::Broadcast(decoded))
             } else {
                 Some(Notification::Send(decoded))
             }
@@ -217,6 +230,35 @@ impl Subscriber {
         match notification {
             Some(notification) => self.send(notification).await,
             None => Ok(()),
+        }
+    }
+
+    /// Checks a message's number against the last one from its origin on its channel: a repeat (a publish sent again
+    /// after its connection dropped) is dropped; a gap (messages published while this subscription was away, or lost
+    /// on the way) is counted and logged, since the messages themselves are gone.
+    fn in_sequence(&mut self, message: &Message, broadcast: bool) -> bool {
+        let key = (message.origin.clone(), message.generation, broadcast);
+        let last = self.numbers.insert(key, message.number);
+        match last {
+            Some(last) if message.number <= last => {
+                self.numbers
+                    .insert((message.origin.clone(), message.generation, broadcast), last);
+                Counters::add(&self.shared.counters.repeats_dropped, 1);
+                false
+            }
+            Some(last) if message.number > last + 1 => {
+                let lost = message.number - last - 1;
+                Counters::add(&self.shared.counters.messages_lost, lost);
+                tracing::warn!(
+                    cluster = self.shared.name,
+                    node = self.node,
+                    origin = message.origin,
+                    lost,
+                    "messages from another node were lost on the way (published while this node's subscription was away)"
+                );
+                true
+            }
+            _ => true,
         }
     }
 

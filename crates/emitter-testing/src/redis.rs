@@ -79,8 +79,18 @@ impl RedisServer {
     /// Kills the server and starts an empty one on the same port: what a node sees when Redis restarts without
     /// persistence.
     pub fn restart_empty(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Kills the server: Redis is unreachable until [`start_again`](Self::start_again).
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts an empty server on the same port again, after [`kill`](Self::kill).
+    pub fn start_again(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             self.child = spawn(&self.binary, self.port);

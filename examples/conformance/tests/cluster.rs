@@ -145,6 +145,17 @@ impl Observer {
         observer
     }
 
+    /// Links once the node serves again after a fault (its links are refused while it rejoins its cluster).
+    async fn link_when_available(port: u16, username: &str) -> Observer {
+        let client = link_once_available(port, username).await;
+        let mut observer = Observer {
+            client,
+            view: View::default(),
+        };
+        observer.read_until(&linked(username)).await;
+        observer
+    }
+
     /// Reads up to and including `expected`, applying membership frames on the way.
     async fn read_until(&mut self, expected: &Value) {
         loop {
@@ -456,8 +467,8 @@ async fn when_redis_restarts_empty_the_processes_start_over_and_clients_relink()
     // Both processes notice the new epoch and start over: their clients are closed and relink.
     alice.expect_closed().await;
     bob.expect_closed().await;
-    let mut alice = Observer::link(one.port, "alice").await;
-    let bob = Observer::link(two.port, "bob").await;
+    let mut alice = Observer::link_when_available(one.port, "alice").await;
+    let bob = Observer::link_when_available(two.port, "bob").await;
     alice.read_until(&linked("bob")).await;
     let mut observers = [alice, bob];
     settle(&mut observers, 3).await;
@@ -466,6 +477,49 @@ async fn when_redis_restarts_empty_the_processes_start_over_and_clients_relink()
         users,
         json!([{"username": "alice", "isLinked": true}, {"username": "bob", "isLinked": true}])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_cannot_reach_redis_past_its_lease_stops_serving() {
+    let mut redis = redis_or_skip!();
+    let node = NodeProcess::start(&redis, "n1", 1_000);
+    let mut alice = RawClient::link_and_settle(node.port, "alice").await;
+    redis.kill();
+    // Within about a lease, with Redis still gone, the process closes its sockets rather than risk a double link.
+    alice.expect_closed().await;
+    let refused = RawClient::link_with(node.port, "bob", None)
+        .await
+        .err()
+        .unwrap_or_default();
+    assert!(
+        refused.starts_with("the cluster is unavailable") || refused == "connection closed",
+        "a link without Redis is refused: {refused}"
+    );
+    // Redis comes back (empty): the process rejoins and serves again.
+    redis.start_again();
+    Observer::link_when_available(node.port, "alice").await;
+}
+
+/// Links `username`, trying again while the node is still rejoining its cluster.
+async fn link_once_available(port: u16, username: &str) -> RawClient {
+    let deadline = Instant::now() + emitter_testing::TIMEOUT;
+    loop {
+        match RawClient::connect_to(port, "/").await {
+            Ok(mut client) => match client.link(username, None).await {
+                Ok(()) => return client,
+                Err(reason) if Instant::now() < deadline && !reason.starts_with("user ") => {
+                    eprintln!("not yet: {reason}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(reason) => panic!("{username} was rejected: {reason}"),
+            },
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("not yet: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("cannot connect: {error}"),
+        }
+    }
 }
 
 /// Runs `DEBUG SLEEP seconds` on Redis from a thread (it blocks the connection that sends it).
@@ -514,8 +568,8 @@ async fn redis_paused_longer_than_the_lease_fences_every_process_and_clients_rel
     alice.expect_closed().await;
     bob.expect_closed().await;
     sleeper.join().unwrap();
-    let mut alice = Observer::link(one.port, "alice").await;
-    let bob = Observer::link(two.port, "bob").await;
+    let mut alice = Observer::link_when_available(one.port, "alice").await;
+    let bob = Observer::link_when_available(two.port, "bob").await;
     alice.read_until(&linked("bob")).await;
     let mut observers = [alice, bob];
     settle(&mut observers, 4).await;

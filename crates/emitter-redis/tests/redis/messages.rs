@@ -98,3 +98,39 @@ async fn one_nodes_messages_arrive_in_order_at_the_others_and_never_back_at_itse
     assert_eq!(a.stats().published, COUNT as u64);
     assert_eq!(a.stats().publish_failures, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_are_counted_as_lost_and_repeats_are_dropped() {
+    let server = redis_or_skip!();
+    let b = connect(&server, "numbers", options()).await;
+    let mut at_b = b.subscribe("node-b").await.unwrap();
+    subscribed(&mut at_b).await;
+    // Frames as node a would publish them, numbered 1, 2, 5 (3 and 4 never arrive), then 5 again (a repeat).
+    let mut admin = server.admin();
+    for number in [1, 2, 5, 5, 6] {
+        let frame = Message {
+            origin: "node-a".into(),
+            generation: 1,
+            number,
+            after: 0,
+            user: None,
+            body: Bytes::from(format!("{{\"n\":{number}}}")),
+        };
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("emitter:{numbers}:broadcast")
+            .arg(frame.encode())
+            .query(&mut admin)
+            .unwrap();
+    }
+    let got: Vec<u64> = messages(&mut at_b, 4)
+        .await
+        .into_iter()
+        .map(|notification| match notification {
+            Notification::Broadcast(message) => message.number,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(got, vec![1, 2, 5, 6]);
+    let stats = b.stats();
+    assert_eq!((stats.messages_lost, stats.repeats_dropped), (2, 1));
+}

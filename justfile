@@ -66,6 +66,6 @@ bench-multicore OUT *ARGS:
     cargo build --release -p emitter-bench -p example-bench
     crates/emitter-bench/multicore.sh {{OUT}} {{ARGS}}
 
-# emitter-redis against throwaway redis-server processes (installs Debian's redis-server when it is not on PATH)
+# emitter-redis and the cluster chat example against throwaway redis-server processes (installs Debian's redis-server when it is not on PATH)
 redis:
     .ci/steps/05-redis.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# emitter-redis (the cluster's Redis side) against real redis-server processes: its tests start throwaway servers on
-# free loopback ports (no persistence, DEBUG enabled) and kill them afterwards; none of them uses a running Redis.
+# emitter-redis (the cluster's Redis side) and examples/cluster-chat against real redis-server processes: their tests
+# start throwaway servers on free loopback ports (no persistence) and kill them afterwards; none of them uses a
+# running Redis.
 # Installs Debian's redis-server first when it is not on PATH. EMITTER_REDIS=1 makes a missing redis-server fail the
 # tests instead of skipping them, so in CI a missing Redis is a failure, never a silent skip. (The workspace-wide
 # `cargo test` before this step runs the same tests when redis-server is already there, and skips them with a note
@@ -23,7 +24,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 redis-server --version
 
-EMITTER_REDIS=1 cargo test -p emitter-redis
+EMITTER_REDIS=1 cargo test -p emitter-redis -p example-cluster-chat
 # The conformance contract, unchanged, against node one of two-node clusters; and the cluster's multi-process tests.
 CONFORMANCE_REDIS=1 cargo test -p example-conformance --test contract
 EMITTER_REDIS=1 cargo test -p example-conformance --test cluster

@@ -1,0 +1,94 @@
+//! The chat of `examples/chat` as one node of a cluster on Redis: run several of these processes against one Redis,
+//! connect to any of them, and every user talks to every other user as if there were one server.
+//!
+//! The chat itself is the same as in `examples/chat` (which keeps its whole program in one `main.rs`, so it has no
+//! library to share): a linked user's `chat/message` whose payload is a string goes to every linked user, the sender
+//! included, as `{"type":"chat/message","payload":{"username":…,"text":…}}`. What is new is [`start`]: the server
+//! becomes a node of the cluster ([`Node::start`]) before it listens. The page is the chat's own `index.html`.
+#![deny(missing_docs)]
+
+use axum::http::StatusCode;
+use axum::response::Html;
+use axum::routing::get;
+use axum::Router;
+use emitter_core::{Message, Server, Status};
+use emitter_redis::{Cluster, Node, Options};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// The message type clients send and receive.
+pub const CHAT_MESSAGE: &str = "chat/message";
+
+/// Builds the chat server, with the Krmx endpoint at `/ws` and the relay registered. Nothing here knows about the
+/// cluster: the same listeners serve one process or a node of many.
+pub fn build() -> Server {
+    let server = Server::builder().path("/ws").build();
+    server.on_message(relay_chat);
+    // In a cluster these run once per event, on the node that made the change: the node the user linked on, or the
+    // node whose server method caused it. The other nodes apply the event without running them.
+    server.on_join(|_, username| tracing::info!(username, "joined"));
+    server.on_leave(|_, username| tracing::info!(username, "left"));
+    server
+}
+
+/// Relays a `chat/message` with a string payload to every linked user, the sender included: on this node, and, through
+/// Redis, on every other node.
+fn relay_chat(server: &Server, username: &str, message: &Message) {
+    if message.kind != CHAT_MESSAGE {
+        tracing::debug!(username, kind = message.kind, "ignored a message of another type");
+        return;
+    }
+    let Some(text) = message.payload.as_ref().and_then(|payload| payload.as_str()) else {
+        tracing::debug!(username, "ignored a chat message whose payload is not a string");
+        return;
+    };
+    let said = json!({ "username": username, "text": text });
+    if let Err(error) = server.broadcast_payload(CHAT_MESSAGE, &said, None) {
+        tracing::warn!(%error, "could not relay a chat message");
+    }
+}
+
+/// The chat's page, the same file as `examples/chat` serves: it connects to `/ws` on whichever node served it.
+const PAGE: &str = include_str!("../../chat/index.html");
+
+/// The web app: the page at `/`, a health check at `/health`, and the Krmx endpoint at the server's path (`/ws`).
+pub fn app(server: &Server, cluster: Cluster) -> Router {
+    let for_health = server.clone();
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/health", get(move || health(for_health.clone(), cluster.clone())))
+        .merge(emitter_axum::router(server))
+}
+
+/// For a load balancer: 200 while this node listens and its Redis answers in the epoch the node works in; 503
+/// otherwise (closing, Redis unreachable, or Redis restarted empty and this node not started over yet).
+async fn health(server: Server, cluster: Cluster) -> (StatusCode, &'static str) {
+    if server.status() != Status::Listening {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not listening");
+    }
+    match cluster.head().await {
+        Ok((Some(epoch), _)) if epoch == cluster.epoch() => (StatusCode::OK, "ok"),
+        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "starting over: Redis has a new state"),
+        Err(error) => {
+            tracing::warn!(%error, "health check: Redis did not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "Redis did not answer")
+        }
+    }
+}
+
+/// Makes `server` the node `node_id` of the cluster `cluster_name` on the Redis at `redis_url`, then serves the app
+/// on `listener`. Returns the node (await [`Node::stopped`] after closing the server) and the port it serves on.
+pub async fn start(
+    server: &Server,
+    redis_url: &str,
+    cluster_name: &str,
+    node_id: &str,
+    listener: TcpListener,
+) -> Result<(Node, u16), Box<dyn std::error::Error>> {
+    let cluster = Cluster::connect(redis_url, cluster_name, Options::default()).await?;
+    // A node before it listens: from now on Redis orders this server's links and unlinks with every other node's,
+    // its users() are the cluster's, and its broadcasts reach users linked on any node.
+    let node = Node::start(server, cluster.clone(), node_id).await?;
+    let port = emitter_axum::serve(server, listener, app(server, cluster)).await?;
+    Ok((node, port))
+}

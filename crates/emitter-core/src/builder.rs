@@ -166,9 +166,9 @@ impl ServerBuilder {
         self
     }
 
-    /// How long a user may stay unlinked after its connection unlinked before it leaves by itself (with `unlink`
-    /// then, `period` later, `leave`, as a kick would). A relink within the period keeps the user. Users joined with
-    /// [`Server::join`] and never linked are not timed. On a cluster the cluster keeps the time, so it runs out even
+    /// How long a user may stay unlinked before it leaves by itself (`period` after its `unlink`, or after its `join`
+    /// when nobody linked to it, it gets `leave`, as a kick would make). A link within the period keeps the user. On
+    /// a cluster the cluster keeps the time, so it runs out even
     /// if the node that unlinked the user is gone (checked about once a second, so up to a second late).
     /// `Duration::ZERO` turns it off. Default: off (users stay until they leave or are kicked, as in the reference).
     ///

@@ -66,6 +66,10 @@ impl Server {
     pub(crate) fn apply_join(&self, username: &str) {
         self.fan_out(|registry| registry.join(username));
         tracing::info!(username, "joined");
+        if self.sequencer().is_none() {
+            // A user joins unlinked: its grace period starts now (a link right after stops it).
+            self.start_grace_period(username);
+        }
     }
 
     /// Links this process's `connection` to the existing, unlinked `username`, unless either changed meanwhile (a
@@ -132,7 +136,8 @@ impl Server {
         Some(link)
     }
 
-    /// Makes an unlinked user leave once the grace period is over, unless it was linked (and unlinked) meanwhile.
+    /// Makes an unlinked user leave once the grace period is over, unless it was linked meanwhile (and maybe unlinked
+    /// again, which starts a period of its own).
     fn start_grace_period(&self, username: &str) {
         let Some(period) = self.inner.config.grace_period else {
             return;

@@ -81,6 +81,7 @@ local function do_join(user, by)
   local s = append({'k', 'join', 'u', user, 'b', by})
   redis.call('HSET', K_USERS, user, s)
   redis.call('ZADD', K_ORDER, s, user)
+  redis.call('ZADD', K_UNLINKED, now_ms(), user)
   return {join = s}
 end
 

@@ -12,9 +12,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = example_support::bind_port(8085).await?;
     let after = Duration::from_secs(env_number("INACTIVITY_SECONDS", 60)?);
 
-    let server = emitter_core::Server::new();
-    example_inactivity_kick::kick_when_inactive(&server, after);
-    server.on_leave(|_, username| tracing::info!(username, "left"));
+    let server = example_inactivity_kick::server(after);
     let port = emitter_axum::listen_on(&server, listener).await?;
     server.join("idle-bot")?;
     println!("inactivity-kick on ws://localhost:{port}/ (Ctrl-C to stop); unlinked users are kicked after {after:?}");

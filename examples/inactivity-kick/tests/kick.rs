@@ -8,8 +8,7 @@ use emitter_testing::{ws_url, TestClient};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn start(after: Duration) -> (Server, String) {
-    let server = Server::new();
-    example_inactivity_kick::kick_when_inactive(&server, after);
+    let server = example_inactivity_kick::server(after);
     let port = emitter_testing::listen(&server).await;
     (server, ws_url(port, "/"))
 }

@@ -208,3 +208,51 @@ async fn a_closing_node_unlinks_only_its_own_users() {
     let _alice = RawClient::link_as(b.port, "alice").await;
     bob.expect(linked("alice")).await;
 }
+
+#[tokio::test]
+async fn replace_takes_a_user_over_from_another_node() {
+    let redis = redis_or_skip!();
+    let replacing = || Server::builder().link_policy(emitter_core::LinkPolicy::Replace).build();
+    let a = start_node_with(&redis, "replace", "a", options(), replacing()).await;
+    let b = start_node_with(&redis, "replace", "b", options(), replacing()).await;
+    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
+    let mut old = RawClient::link_and_settle(a.port, "alice").await;
+    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    // alice links again on node b: the cluster unlinks her old link on node a in the same step.
+    let mut new = RawClient::link_as(b.port, "alice").await;
+    new.expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
+        .await;
+    old.expect(unlinked("alice")).await;
+    old.expect_closed().await;
+    bob.expect_all(&[unlinked("alice"), linked("alice")]).await;
+    assert_eq!(b.server.users(), vec![user("bob", true), user("alice", true)]);
+}
+
+#[tokio::test]
+async fn the_grace_period_outlives_the_node_that_unlinked_the_user() {
+    let redis = redis_or_skip!();
+    let options = Options {
+        reap_interval: Some(Duration::from_millis(100)),
+        ..options()
+    };
+    let grace = Duration::from_millis(300);
+    let graceful = || Server::builder().grace_period(grace).build();
+    let a = start_node_with(&redis, "grace", "a", options.clone(), graceful()).await;
+    let b = start_node_with(&redis, "grace", "b", options, graceful()).await;
+    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
+    let _alice = RawClient::link_and_settle(a.port, "alice").await;
+    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    // Node a closes (unlinking alice) and is gone before her period is over: node b's reaper makes her leave.
+    let TestNode { server, node, .. } = a;
+    server.close().await.unwrap();
+    node.stopped().await;
+    bob.expect(unlinked("alice")).await;
+    let unlinked_at = Instant::now();
+    bob.expect(left("alice")).await;
+    assert!(
+        unlinked_at.elapsed() >= grace / 2,
+        "left after {:?}",
+        unlinked_at.elapsed()
+    );
+    assert_eq!(b.server.users(), vec![user("bob", true)]);
+}

@@ -26,6 +26,7 @@ impl NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_example-conformance"))
             .env("PORT", "0")
             .env("CLOSED_PORT", "0")
+            .env("POLICY_PORT", "0")
             .env("REDIS_URL", redis.url())
             .env("NODE_ID", id)
             .env("KRMX_LEASE_MS", lease_ms.to_string())

@@ -60,28 +60,29 @@ function deltaCasesBinary() {
 }
 
 /**
- * Starts examples/conformance on free ports. Resolves with `{ main, closed, stop }`: the `ws://` URLs of its main and
- * closed endpoints, and a function that stops it.
+ * Starts examples/conformance on free ports. Resolves with `{ main, closed, policy, stop }`: the `ws://` URLs of its
+ * main, closed and policy endpoints, and a function that stops it.
  */
 async function startConformance() {
   const child = spawn(conformanceBinary(), [], {
-    env: { ...process.env, PORT: '0', CLOSED_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn', RUST_BACKTRACE: '0' },
+    env: { ...process.env, PORT: '0', CLOSED_PORT: '0', POLICY_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn', RUST_BACKTRACE: '0' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const exited = new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`conformance server exited (${code})`))));
   const lines = readline.createInterface({ input: child.stdout });
   const ports = new Promise((resolve) => {
     lines.on('line', (line) => {
-      const found = /main on ws:\/\/[^:]+:(\d+)\/, closed on ws:\/\/[^:]+:(\d+)\//.exec(line);
+      const found = /main on ws:\/\/[^:]+:(\d+)\/, closed on ws:\/\/[^:]+:(\d+)\/, policy on ws:\/\/[^:]+:(\d+)\//.exec(line);
       if (found) {
-        resolve([Number(found[1]), Number(found[2])]);
+        resolve([Number(found[1]), Number(found[2]), Number(found[3])]);
       }
     });
   });
-  const [mainPort, closedPort] = await within('the conformance server to listen', Promise.race([ports, exited]), 60000);
+  const [mainPort, closedPort, policyPort] = await within('the conformance server to listen', Promise.race([ports, exited]), 60000);
   return {
     main: `ws://127.0.0.1:${mainPort}/`,
     closed: `ws://127.0.0.1:${closedPort}/`,
+    policy: `ws://127.0.0.1:${policyPort}/`,
     mainPort,
     stop: () => new Promise((resolve) => {
       child.once('exit', resolve);

@@ -180,4 +180,36 @@ async function rawSocket(url) {
   };
 }
 
-module.exports = { within, startConformance, startKrmxServer, startProxy, rawSocket, deltaCasesBinary, ROOT };
+/**
+ * The @krmx/client connections of one test file: `connected(url)` and `linked(username, url)` make them (`track`
+ * adopts one made by hand), and `closeAll()` (in `after`) disconnects every one still open.
+ */
+function clientPool() {
+  // Required here, not at the top: the delta tests use this file without @krmx/client's WebSocket needs.
+  const { createClient } = require('@krmx/client');
+  const clients = [];
+  const track = (client) => {
+    clients.push(client);
+    return client;
+  };
+  const connected = async (url) => {
+    const client = track(createClient({ logger: false }));
+    await within('connect', client.connect(url));
+    return client;
+  };
+  const linked = async (username, url) => {
+    const client = await connected(url);
+    await within(`link ${username}`, client.link(username));
+    return client;
+  };
+  const closeAll = async () => {
+    for (const client of clients) {
+      if (!['closed', 'initializing'].includes(client.getStatus())) {
+        await within('disconnect', client.disconnect(true));
+      }
+    }
+  };
+  return { connected, linked, track, closeAll };
+}
+
+module.exports = { within, startConformance, startKrmxServer, startProxy, rawSocket, clientPool, deltaCasesBinary, ROOT };

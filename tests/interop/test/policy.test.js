@@ -4,37 +4,27 @@
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { within, startConformance } = require('../lib/support');
-const { createClient } = require('@krmx/client');
+const { within, startConformance, clientPool } = require('../lib/support');
 
 let server;
-const clients = [];
-
-async function linked(username) {
-  const client = createClient({ logger: false });
-  clients.push(client);
-  await within('connect', client.connect(server.policy));
-  await within(`link ${username}`, client.link(username));
-  return client;
-}
+const pool = clientPool();
+const linked = (username) => pool.linked(username, server.policy);
 
 before(async () => {
   server = await startConformance();
 });
 
 after(async () => {
-  for (const client of clients) {
-    if (!['closed', 'initializing'].includes(client.getStatus())) {
-      await within('disconnect', client.disconnect(true));
-    }
-  }
+  await pool.closeAll();
   await server.stop();
 });
 
 describe('@krmx/client against the policy endpoint', () => {
   it('a second link takes the user over: the old client is closed, the others see an unlink and a link', async () => {
     const watcher = await linked('watcher1');
+    const seenFirst = within('the first link', watcher.waitFor('link', (u) => u === 'taken'));
     const old = await linked('taken');
+    await seenFirst;
     const events = [];
     watcher.on('unlink', (u) => u === 'taken' && events.push('unlink'));
     watcher.on('link', (u) => u === 'taken' && events.push('link'));

@@ -94,6 +94,13 @@ pub fn link_request(username: &str) -> Value {
     json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}})
 }
 
+/// A new connection that has asked to link as `username`; what the server answered is in its outbox.
+pub fn link_attempt(server: &Server, username: &str) -> (ConnectionId, Outbox) {
+    let (id, outbox) = connect(server);
+    send(server, id, link_request(username));
+    (id, outbox)
+}
+
 /// Frames as `type` or `type username`.
 pub fn kinds(frames: &[Value]) -> Vec<String> {
     frames

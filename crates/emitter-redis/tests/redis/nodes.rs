@@ -33,6 +33,13 @@ async fn start_node_with(redis: &RedisServer, cluster: &str, id: &str, options: 
     TestNode { server, port, node }
 }
 
+/// Nodes `a` and `b` of cluster `cluster`, each a plain server.
+async fn two_nodes(redis: &RedisServer, cluster: &str) -> (TestNode, TestNode) {
+    let a = start_node(redis, cluster, "a", options()).await;
+    let b = start_node(redis, cluster, "b", options()).await;
+    (a, b)
+}
+
 /// Waits until `check` holds, polling: for state that no client or listener on this node is told of (another node's
 /// `users()` catching up). Bounded like every wait.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -46,8 +53,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 #[tokio::test]
 async fn nodes_share_one_set_of_users_in_one_order() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "share", "a", options()).await;
-    let b = start_node(&redis, "share", "b", options()).await;
+    let (a, b) = two_nodes(&redis, "share").await;
     let mut alice = RawClient::link_and_settle(a.port, "alice").await;
     let mut bob = RawClient::link_as(b.port, "bob").await;
     // bob's snapshot on node b holds alice, who linked on node a, then bob himself.
@@ -62,8 +68,7 @@ async fn nodes_share_one_set_of_users_in_one_order() {
 #[tokio::test]
 async fn a_user_is_linked_on_one_node_at_a_time() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "exclusive", "a", options()).await;
-    let b = start_node(&redis, "exclusive", "b", options()).await;
+    let (a, b) = two_nodes(&redis, "exclusive").await;
     let _alice = RawClient::link_and_settle(a.port, "alice").await;
     let refused = RawClient::link_with(b.port, "alice", None).await.err();
     assert_eq!(refused.as_deref(), Some("user alice is already linked to a connection"));
@@ -85,11 +90,8 @@ async fn a_user_is_linked_on_one_node_at_a_time() {
 #[tokio::test]
 async fn sends_and_broadcasts_reach_users_on_other_nodes() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "messages", "a", options()).await;
-    let b = start_node(&redis, "messages", "b", options()).await;
-    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+    let (a, b) = two_nodes(&redis, "messages").await;
+    let (mut alice, mut bob) = RawClient::link_pair_on((a.port, "alice"), (b.port, "bob")).await;
     eventually("node a sees bob linked", || {
         a.server.user("bob").is_some_and(|u| u.is_linked)
     })
@@ -112,8 +114,7 @@ async fn sends_and_broadcasts_reach_users_on_other_nodes() {
 #[tokio::test]
 async fn a_message_never_overtakes_the_membership_change_before_it() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "overtake", "a", options()).await;
-    let b = start_node(&redis, "overtake", "b", options()).await;
+    let (a, b) = two_nodes(&redis, "overtake").await;
     // Every link on node a is followed at once by a broadcast; bob on node b must see each krmx/linked first.
     a.server.on_link(|server, username| {
         let _ = server.broadcast(&Message::with_payload("test/welcome", username), None);
@@ -135,12 +136,9 @@ async fn a_message_never_overtakes_the_membership_change_before_it() {
 #[tokio::test]
 async fn a_user_relinks_on_another_node_after_its_connection_drops() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "relink", "a", options()).await;
-    let b = start_node(&redis, "relink", "b", options()).await;
+    let (a, b) = two_nodes(&redis, "relink").await;
     let (links_a, links_b) = (count_links(&a.server), count_links(&b.server));
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    let alice = RawClient::link_and_settle(a.port, "alice").await;
-    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    let (mut bob, alice) = RawClient::link_pair_on((b.port, "bob"), (a.port, "alice")).await;
     alice.close().await;
     bob.expect(unlinked("alice")).await;
     let mut alice = RawClient::link_as(b.port, "alice").await;
@@ -165,11 +163,8 @@ fn count_links(server: &Server) -> Arc<AtomicUsize> {
 #[tokio::test]
 async fn server_methods_act_on_the_whole_cluster() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "methods", "a", options()).await;
-    let b = start_node(&redis, "methods", "b", options()).await;
-    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+    let (a, b) = two_nodes(&redis, "methods").await;
+    let (mut alice, mut bob) = RawClient::link_pair_on((a.port, "alice"), (b.port, "bob")).await;
 
     // Node b kicks alice, who is linked on node a: her connection hears of its unlink and its leave.
     b.server.kick("alice").unwrap();
@@ -190,11 +185,8 @@ async fn server_methods_act_on_the_whole_cluster() {
 #[tokio::test]
 async fn a_closing_node_unlinks_only_its_own_users() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "closing", "a", options()).await;
-    let b = start_node(&redis, "closing", "b", options()).await;
-    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+    let (a, b) = two_nodes(&redis, "closing").await;
+    let (mut alice, mut bob) = RawClient::link_pair_on((a.port, "alice"), (b.port, "bob")).await;
     let TestNode { server, node, .. } = a;
     server.close().await.unwrap();
     node.stopped().await;
@@ -215,9 +207,7 @@ async fn replace_takes_a_user_over_from_another_node() {
     let replacing = || Server::builder().link_policy(emitter_core::LinkPolicy::Replace).build();
     let a = start_node_with(&redis, "replace", "a", options(), replacing()).await;
     let b = start_node_with(&redis, "replace", "b", options(), replacing()).await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    let mut old = RawClient::link_and_settle(a.port, "alice").await;
-    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    let (mut bob, mut old) = RawClient::link_pair_on((b.port, "bob"), (a.port, "alice")).await;
     // alice links again on node b: the cluster unlinks her old link on node a in the same step.
     let mut new = RawClient::link_as(b.port, "alice").await;
     new.expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
@@ -239,9 +229,7 @@ async fn the_grace_period_outlives_the_node_that_unlinked_the_user() {
     let graceful = || Server::builder().grace_period(grace).build();
     let a = start_node_with(&redis, "grace", "a", options.clone(), graceful()).await;
     let b = start_node_with(&redis, "grace", "b", options, graceful()).await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    let _alice = RawClient::link_and_settle(a.port, "alice").await;
-    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    let (mut bob, _alice) = RawClient::link_pair_on((b.port, "bob"), (a.port, "alice")).await;
     // Node a closes (unlinking alice) and is gone before her period is over: node b's reaper makes her leave.
     let TestNode { server, node, .. } = a;
     server.close().await.unwrap();

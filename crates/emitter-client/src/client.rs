@@ -360,7 +360,7 @@ impl Client {
     ///
     /// let received = server.wait_for_message();
     /// client.send(&Message::with_payload("chat/say", serde_json::json!("hello")))?;
-    /// let (from, message) = received.await;
+    /// let (from, message) = received.await?;
     /// assert_eq!((from.as_str(), message.kind.as_str()), ("simon", "chat/say"));
     ///
     /// let refused = client.send(&Message::new("krmx/leave")).unwrap_err();

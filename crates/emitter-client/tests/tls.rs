@@ -1,10 +1,15 @@
 //! `wss://`: the client against emitter's server served over TLS by the test itself (axum's router, behind rustls),
 //! with a certificate authority and a server certificate made on the spot. The client links when it trusts that
 //! authority, and fails to connect, with the certificate error as the cause, when it does not.
+//!
+//! `serve_tls` and `server_tls_config` are the book's sample of TLS in the axum app itself (`docs/src/axum.md`
+//! quotes them word for word): keep them as an application would write them.
 
 mod support;
 
 use std::error::Error as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +19,8 @@ use emitter_core::Server;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -55,8 +61,14 @@ async fn serve_tls(
             }
             let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
             };
             let served = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
@@ -69,8 +81,21 @@ async fn serve_tls(
     }
 }
 
+/// The server's TLS configuration from PEM files: its certificate chain (its own certificate first, then any
+/// intermediates) and its private key. rustls runs on the ring crypto provider, as in emitter-client.
+fn server_tls_config(chain: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Box<dyn std::error::Error>> {
+    let chain = CertificateDer::pem_file_iter(chain)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
 /// A certificate authority named `authority` (its PEM) and a server configuration with a certificate it issued for
-/// `names`.
+/// `names`, read back from PEM files as a server would.
 struct Pki {
     ca_pem: String,
     server: Arc<rustls::ServerConfig>,
@@ -86,19 +111,19 @@ fn make_pki(authority: &str, names: &[&str]) -> Pki {
     let key = KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     let certificate = CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let chain: Vec<CertificateDer<'static>> = vec![certificate.der().clone()];
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+    static FILES: AtomicUsize = AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("emitter-client-tls-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (chain_path, key_path) = (dir.join("chain.pem"), dir.join("key.pem"));
+    std::fs::write(&chain_path, certificate.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let server = server_tls_config(&chain_path, &key_path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     Pki {
         ca_pem: ca.pem(),
-        server: Arc::new(server),
+        server,
     }
 }
 
@@ -155,7 +180,7 @@ async fn links_over_wss_with_the_given_root() {
 async fn links_over_wss_with_a_given_rustls_config() {
     let (server, pki, port) = start_tls().await;
     let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls::pki_types::pem::PemObject::pem_slice_iter(pki.ca_pem.as_bytes()) {
+    for certificate in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
         roots.add(certificate.unwrap()).unwrap();
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

@@ -17,7 +17,7 @@ use crate::domain::Domain;
 use crate::registration::{Listeners, Registration};
 use crate::stats::Counters;
 use crate::wire::{self, AtomSetOut, Incoming};
-use crate::Stats;
+use crate::{Error, Stats};
 
 /// The value of an atom: a string, a number or a boolean, as in the reference.
 ///
@@ -296,7 +296,7 @@ fn is_foreign(key: &str, username: &str) -> bool {
 ///
 /// let server = Server::new();
 /// let atoms = AtomModel::new().register(&server);
-/// atoms.set(&server, "round", 1); // stored, and sent to every linked user
+/// atoms.set(&server, "round", 1).unwrap(); // stored, and sent to every linked user
 /// assert_eq!(atoms.get("round"), Some(Atom::from(1)));
 /// ```
 #[derive(Clone)]
@@ -332,14 +332,21 @@ impl Atoms {
         self.model.atoms.with(|atoms| atoms.clone()).unwrap_or_default()
     }
 
+    /// Runs `f` on the atoms, with them held: no atom is set meanwhile, and what `f` sends (a `server.send`) reaches
+    /// each user in order with the `atom/set` messages, after every set made before. An [`Atoms::set`] from inside `f`
+    /// fails with [`Error::Busy`].
+    pub fn with_atoms<R>(&self, f: impl FnOnce(&BTreeMap<String, Atom>) -> R) -> Result<R, Error> {
+        self.model.atoms.with(f)
+    }
+
     /// Sets `key` to `atom` and sends it to every linked user, as a client's `atom/set` would; neither the key rule
-    /// nor the bound applies to the server.
-    pub fn set(&self, server: &Server, key: &str, atom: impl Into<Atom>) {
+    /// nor the bound applies to the server. Fails with [`Error::Busy`] only when called from inside
+    /// [`with_atoms`](Atoms::with_atoms).
+    pub fn set(&self, server: &Server, key: &str, atom: impl Into<Atom>) -> Result<(), Error> {
         let atom = atom.into();
-        let _ = self
-            .model
+        self.model
             .atoms
-            .with_mut(|atoms| self.model.set(server, atoms, key, atom));
+            .with_mut(|atoms| self.model.set(server, atoms, key, atom))
     }
 
     /// What the atoms applied and turned away so far.

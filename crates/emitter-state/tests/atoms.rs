@@ -89,7 +89,7 @@ fn with_strict_prefixes_a_user_sets_only_its_own_keys_and_keys_without_a_slash()
     assert_eq!(atoms.stats().forbidden, 2);
 
     // The server is not bound by the rule.
-    atoms.set(&server, "bob/color", "green");
+    atoms.set(&server, "bob/color", "green").unwrap();
     assert_eq!(alice.read_app(), [set("bob/color", json!("green"))]);
 }
 
@@ -135,7 +135,7 @@ fn new_keys_beyond_the_bound_are_dropped_but_known_keys_still_change() {
         [set("a", json!(1)), set("b", json!(1)), set("a", json!(2))]
     );
     assert_eq!(atoms.stats().full, 1);
-    atoms.set(&server, "c", true); // the server is not bound
+    atoms.set(&server, "c", true).unwrap(); // the server is not bound
     assert_eq!(atoms.keys(), ["a", "b", "c"]);
 }
 
@@ -145,7 +145,7 @@ fn a_model_registered_on_a_running_server_catches_up_the_users_linked_already() 
     let mut alice = Conn::linked(&server, "alice");
     alice.read();
     let atoms = AtomModel::new().register(&server);
-    atoms.set(&server, "k", "v");
+    atoms.set(&server, "k", "v").unwrap();
     assert_eq!(alice.read_app(), [set("k", json!("v"))]);
     atoms.unregister();
     alice.send(set("k", json!("w")));

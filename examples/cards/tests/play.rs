@@ -101,9 +101,10 @@ async fn two_players_see_only_their_own_hands_and_play_a_game_to_the_end() {
     let (_cards, url) = start().await;
     let mut alice = Player::join(&url, "alice").await;
     let mut bob = Player::join(&url, "bob").await;
+    // Messages of different users are handled in parallel: alice sits first, then bob, then someone deals.
     alice.act("sit", None, "a1");
-    bob.act("sit", None, "b1");
     alice.settle().await;
+    bob.act("sit", None, "b1");
     bob.settle().await;
     alice.act("start", None, "a2");
     alice.settle().await;
@@ -164,8 +165,11 @@ async fn a_card_that_may_not_be_played_is_invalidated_for_its_player_only() {
     let (cards, url) = start().await;
     let mut alice = Player::join(&url, "alice").await;
     let mut bob = Player::join(&url, "bob").await;
+    // Messages of different users are handled in parallel: alice sits first, then bob, then someone deals.
     alice.act("sit", None, "a1");
+    alice.settle().await;
     bob.act("sit", None, "b1");
+    bob.settle().await;
     bob.act("start", None, "b2");
     alice.settle().await;
     bob.settle().await;
@@ -197,8 +201,11 @@ async fn a_player_who_leaves_ends_a_two_player_game_and_a_relink_gets_the_table(
     let (_cards, url) = start().await;
     let mut alice = Player::join(&url, "alice").await;
     let mut bob = Player::join(&url, "bob").await;
+    // Messages of different users are handled in parallel: alice sits first, then bob, then someone deals.
     alice.act("sit", None, "a1");
+    alice.settle().await;
     bob.act("sit", None, "b1");
+    bob.settle().await;
     bob.act("start", None, "b2");
     bob.settle().await;
     let hand = bob.hand();

@@ -85,22 +85,46 @@ pub struct Cards {
 /// Builds the server and registers the three models.
 pub fn build(options: Options) -> Cards {
     let server = Server::builder().path("/ws").build();
+    let table = table(&server, options.seed);
+    let chat = chat(&server);
+    let atoms = moods(&server);
+    free_seats_of_leavers(&server, &table);
 
-    // Each action is a method of the game, which says why it refuses; a refusal invalidates the dispatcher's
-    // optimistic action and changes nothing.
-    let table = ProjectionModel::new(Game::new(options.seed), |game: &Game, username: &str| {
-        game.view(username)
-    })
-    .when("sit", |game: &mut Game, player: &str, (): ()| game.sit(player))
-    .when("stand", |game: &mut Game, player: &str, (): ()| game.stand(player))
-    .when("start", |game: &mut Game, player: &str, (): ()| game.start(player))
-    .when("draw", |game: &mut Game, player: &str, (): ()| game.draw(player))
-    .when("play", |game: &mut Game, player: &str, card: String| {
-        game.play(player, &card)
-    })
-    .register(&server, CARDS);
+    let cards = Cards {
+        server,
+        table,
+        chat,
+        atoms,
+    };
+    if options.inspect {
+        let inspector = cards.clone();
+        cards
+            .server
+            .on_payload(INSPECT, move |server, username, domain: String| {
+                inspector.inspect(server, username, &domain)
+            });
+    }
+    cards
+}
 
-    let chat = StreamModel::new(Chat::default())
+/// The table: the whole game on the server, and each user's view of it on their client.
+pub fn table(server: &Server, seed: u64) -> Projection<Game> {
+    // Each action is a method of the game, which says why it refuses: the dispatcher's optimistic action is then
+    // invalidated, and nothing changes.
+    ProjectionModel::new(Game::new(seed), |game: &Game, username: &str| game.view(username))
+        .when("sit", |game: &mut Game, player: &str, (): ()| game.sit(player))
+        .when("stand", |game: &mut Game, player: &str, (): ()| game.stand(player))
+        .when("start", |game: &mut Game, player: &str, (): ()| game.start(player))
+        .when("draw", |game: &mut Game, player: &str, (): ()| game.draw(player))
+        .when("play", |game: &mut Game, player: &str, card: String| {
+            game.play(player, &card)
+        })
+        .register(server, CARDS)
+}
+
+/// The table talk: every client folds the `say` events into the last lines, and so does the server.
+pub fn chat(server: &Server) -> Stream<Chat> {
+    StreamModel::new(Chat::default())
         .when("say", |chat: &mut Chat, who: &str, Say { text }| {
             if text.trim().is_empty() || text.chars().count() > MAX_SAY {
                 return Err("say something, in 200 characters at most");
@@ -114,39 +138,25 @@ pub fn build(options: Options) -> Cards {
             }
             Ok(())
         })
-        .register(&server, CHAT);
+        .register(server, CHAT)
+}
 
-    let atoms = AtomModel::new()
+/// The moods: `alice/mood` is alice's to set, and they are forgotten once everyone left.
+pub fn moods(server: &Server) -> Atoms {
+    AtomModel::new()
         .strict_key_prefixes(true)
         .clear_when_empty(true)
-        .register(&server);
+        .register(server)
+}
 
-    // A player who leaves the server gives up their seat: a change that comes from the server, not from an action.
-    let t = table.clone();
+/// A player who leaves the server gives up their seat: a change that comes from the server, not from an action.
+fn free_seats_of_leavers(server: &Server, table: &Projection<Game>) {
+    let table = table.clone();
     server.on_leave(move |server, username| {
-        if let Ok(true) = t.update(server, |game| game.remove(username)) {
+        if let Ok(true) = table.update(server, |game| game.remove(username)) {
             tracing::info!(username, "left the table");
         }
     });
-
-    if options.inspect {
-        let cards = Cards {
-            server: server.clone(),
-            table: table.clone(),
-            chat: chat.clone(),
-            atoms: atoms.clone(),
-        };
-        server.on_payload(INSPECT, move |server, username, domain: String| {
-            cards.inspect(server, username, &domain)
-        });
-    }
-
-    Cards {
-        server,
-        table,
-        chat,
-        atoms,
-    }
 }
 
 impl Cards {

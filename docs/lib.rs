@@ -26,6 +26,10 @@ pub struct Concepts;
 #[cfg(doctest)]
 pub struct TicTacToe;
 
+#[doc = include_str!("src/shared-state.md")]
+#[cfg(doctest)]
+pub struct SharedState;
+
 #[doc = include_str!("src/examples.md")]
 #[cfg(doctest)]
 pub struct Examples;

@@ -335,6 +335,18 @@ impl Atoms {
     /// Runs `f` on the atoms, with them held: no atom is set meanwhile, and what `f` sends (a `server.send`) reaches
     /// each user in order with the `atom/set` messages, after every set made before. An [`Atoms::set`] from inside `f`
     /// fails with [`Error::Busy`].
+    ///
+    /// ```
+    /// use emitter_core::Server;
+    /// use emitter_state::AtomModel;
+    ///
+    /// let server = Server::new();
+    /// let atoms = AtomModel::new().register(&server);
+    /// atoms.set(&server, "ready", true).unwrap();
+    /// let count = atoms.with_atoms(|atoms| atoms.len()).unwrap();
+    /// assert_eq!(count, 1);
+    /// assert!(atoms.with_atoms(|_| atoms.set(&server, "nested", 1)).unwrap().is_err()); // Busy
+    /// ```
     pub fn with_atoms<R>(&self, f: impl FnOnce(&BTreeMap<String, Atom>) -> R) -> Result<R, Error> {
         self.model.atoms.with(f)
     }

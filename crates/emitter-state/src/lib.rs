@@ -55,8 +55,9 @@
 //! Each domain has a lock, held while a change is applied and while its messages are computed and queued, and while a
 //! linking user is sent its catch-up (the atoms, the stream's history, its projection). So a user never gets a delta
 //! computed against a projection it was not sent, nor a stream event twice or not at all, and every user gets a
-//! domain's messages in one order. Handlers and mappers run under that lock: keep them quick, and never call `kick`,
-//! `join` or `unlink` from them. The book's chapter *Shared state* (`docs/src/shared-state.md`) has the details, and
+//! domain's messages in one order. Handlers, mappers and `with_state` closures run under that lock: keep them quick,
+//! and never call `kick`, `join`, `unlink` or `atomically` from them (those take the membership path, whose listeners
+//! may be waiting for the lock). The book's chapter *Shared state* (`docs/src/shared-state.md`) has the details, and
 //! what the models do on a cluster.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

@@ -101,6 +101,26 @@ impl<S: Send + 'static> ProjectionModel<S> {
     /// one that applied (without confirming the optimistic id, which is invalidated), so every client follows the
     /// state wherever the panic left it.
     ///
+    /// ```
+    /// use emitter_state::ProjectionModel;
+    /// use serde::Deserialize;
+    ///
+    /// #[derive(Deserialize)]
+    /// struct Bid { amount: u32 }
+    ///
+    /// // The highest bid, and who made it; everyone sees only the amount.
+    /// let auction = ProjectionModel::new((0u32, String::new()), |(amount, _): &(u32, String), _: &str| *amount)
+    ///     .when("bid", |(amount, bidder): &mut (u32, String), who: &str, Bid { amount: bid }| {
+    ///         if bid <= *amount {
+    ///             return Err(format!("bid more than {amount}")); // nothing changed yet
+    ///         }
+    ///         (*amount, *bidder) = (bid, who.to_owned());
+    ///         Ok(())
+    ///     })
+    ///     .when("pass", |_: &mut (u32, String), _: &str, (): ()| {}); // no payload, never refuses
+    /// # drop(auction);
+    /// ```
+    ///
     /// # Panics
     ///
     /// If `kind` has a handler already.
@@ -377,6 +397,22 @@ impl<S: Send + 'static> Projection<S> {
 
     /// Applies `action` (`{type, payload?}`) on behalf of `dispatcher`, exactly as if that user had sent it with
     /// `optimistic_id`: the handler runs, and every caught-up linked user gets its delta.
+    ///
+    /// ```
+    /// use emitter_core::{Message, Server};
+    /// use emitter_state::{Error, ProjectionModel};
+    ///
+    /// let server = Server::new();
+    /// let votes = ProjectionModel::new(0u32, |votes: &u32, _: &str| *votes)
+    ///     .when("vote", |votes: &mut u32, _: &str, yes: bool| if yes { *votes += 1 })
+    ///     .register(&server, "votes");
+    /// votes.dispatch(&server, "ann", &Message::with_payload("vote", true), None).unwrap();
+    /// assert!(matches!(
+    ///     votes.dispatch(&server, "ann", &Message::with_payload("vote", "yes"), None),
+    ///     Err(Error::Invalid { .. })
+    /// ));
+    /// assert_eq!(votes.with_state(|votes| *votes), Ok(1));
+    /// ```
     pub fn dispatch(
         &self,
         server: &Server,
@@ -415,6 +451,17 @@ impl<S: Send + 'static> Projection<S> {
     /// Runs `f` on the state, with the projection held: no action is applied meanwhile, and what `f` sends (a
     /// `server.send`) reaches each user in order with the projection's own messages. Fails with [`Error::Busy`] when
     /// called from inside one of this projection's handlers or its mapper.
+    ///
+    /// ```
+    /// use emitter_core::Server;
+    /// use emitter_state::ProjectionModel;
+    ///
+    /// let server = Server::new();
+    /// let board = ProjectionModel::new(vec!['.'; 9], |cells: &Vec<char>, _: &str| cells.iter().collect::<String>())
+    ///     .register(&server, "board");
+    /// assert_eq!(board.with_state(|cells| cells.len()), Ok(9));
+    /// assert_eq!(board.projection_of("ann").unwrap(), ".........");
+    /// ```
     pub fn with_state<R>(&self, f: impl FnOnce(&S) -> R) -> Result<R, Error> {
         self.model.view.with(|view| f(&view.state))
     }

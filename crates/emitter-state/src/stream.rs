@@ -85,6 +85,18 @@ impl<S: Send + 'static> StreamModel<S> {
     /// not sent to anyone. A handler that refuses must leave the state unchanged: the event never reaches the
     /// clients, so a change it made would be the server's alone.
     ///
+    /// ```
+    /// use emitter_state::StreamModel;
+    ///
+    /// // Events `{"type": "move", "payload": [x, y]}` and `{"type": "undo"}`.
+    /// let path = StreamModel::new(Vec::<(i32, i32)>::new())
+    ///     .when("move", |path: &mut Vec<(i32, i32)>, _: &str, to: (i32, i32)| path.push(to))
+    ///     .when("undo", |path: &mut Vec<(i32, i32)>, _: &str, (): ()| {
+    ///         path.pop().map(|_| ()).ok_or("nothing to undo")
+    ///     });
+    /// # drop(path);
+    /// ```
+    ///
     /// # Panics
     ///
     /// If `kind` has a handler already.
@@ -140,6 +152,18 @@ impl<S: Send + 'static> StreamModel<S> {
 }
 
 /// One event of the history, as every client got it.
+///
+/// ```
+/// use emitter_core::{Message, Server};
+/// use emitter_state::StreamModel;
+///
+/// let server = Server::new();
+/// let log = StreamModel::new(0).when("tick", |n: &mut i32, _: &str, (): ()| *n += 1).register(&server, "log");
+/// log.append(&server, "clock", &Message::new("tick")).unwrap();
+/// let entry = &log.history()[0];
+/// assert_eq!(entry.dispatcher, "clock");
+/// assert_eq!(entry.event, serde_json::json!({ "type": "tick" }));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// Who appended it: the username of the sender, never what the client claimed.

@@ -11,6 +11,19 @@
 //!
 //! The reading functions here tell a message that belongs to another domain (not ours to count) from one of ours that
 //! lacks the shape above (counted as malformed).
+//!
+//! ```
+//! use emitter_core::Message;
+//! use emitter_state::wire::PROJECTION_ACTION;
+//! use serde_json::json;
+//!
+//! // What a reference client sends to play a card, optimistically.
+//! let action = Message::with_payload(
+//!     PROJECTION_ACTION,
+//!     json!({ "domain": "cards", "action": { "type": "play", "payload": "7H" }, "optimisticId": "opt0-1" }),
+//! );
+//! assert_eq!(action.kind, "projection/action");
+//! ```
 
 use serde::Serialize;
 use serde_json::{Map, Value};

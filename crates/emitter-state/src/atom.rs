@@ -129,8 +129,9 @@ impl From<u64> for Atom {
     }
 }
 
-/// How many keys the atoms may have by default: see [`AtomModel::max_atoms`].
-pub const DEFAULT_MAX_ATOMS: usize = 10_000;
+/// How many keys the atoms may have by default: see [`AtomModel::max_atoms`]. Well below the server's default
+/// `outbound_queue` (4,096), which a linking user's catch-up, one message per atom, must fit in.
+pub const DEFAULT_MAX_ATOMS: usize = 1_000;
 
 /// The definition of the atoms of a server: its options, before it is registered.
 ///
@@ -186,7 +187,8 @@ impl AtomModel {
     /// How many keys there may be. A client's set of a new key beyond it is ignored (logged, and counted in
     /// [`Stats::full`]); setting a key that exists always works, and so does [`Atoms::set`] from the server. The
     /// reference has no bound; this one keeps clients from growing the server's memory without end (each set is
-    /// bounded by the server's `max_message_size` already).
+    /// bounded by the server's `max_message_size` already). A linking user is sent one message per atom, all at once:
+    /// keep the bound below the server's `outbound_queue`, as for [`StreamModel::max_events`](crate::StreamModel::max_events).
     pub fn max_atoms(mut self, max: usize) -> Self {
         self.max_atoms = max;
         self
@@ -194,6 +196,14 @@ impl AtomModel {
 
     /// Starts serving the atoms on `server`: its listeners are registered, and users linked already get the atoms.
     pub fn register(self, server: &Server) -> Atoms {
+        let queue = server.config().outbound_queue();
+        if self.max_atoms >= queue {
+            tracing::warn!(
+                max_atoms = self.max_atoms,
+                outbound_queue = queue,
+                "as many atoms as allowed do not fit a linking user's queue, whose connection would then be closed"
+            );
+        }
         let model = Arc::new(AtomsModel {
             options: self,
             atoms: Domain::new(BTreeMap::new()),

@@ -21,8 +21,9 @@ use crate::stats::Counters;
 use crate::wire::{self, Incoming, StreamAppendOut};
 use crate::{Error, Stats};
 
-/// How many events a stream's history holds by default: see [`StreamModel::max_events`].
-pub const DEFAULT_MAX_EVENTS: usize = 10_000;
+/// How many events a stream's history holds by default: see [`StreamModel::max_events`]. Well below the server's
+/// default `outbound_queue` (4,096), which a linking user's catch-up, one message per event, must fit in.
+pub const DEFAULT_MAX_EVENTS: usize = 1_000;
 /// How many bytes of events (serialized) a stream's history holds by default: see [`StreamModel::max_history_bytes`].
 pub const DEFAULT_MAX_HISTORY_BYTES: usize = 16 << 20;
 
@@ -118,6 +119,11 @@ impl<S: Send + 'static> StreamModel<S> {
     /// warn and counted in [`Stats::full`]; a client's optimistic copy of a refused event expires after its
     /// `optimisticSeconds`). The reference's history grows without end. Size the bound for the longest session you
     /// expect, or model the state as a [`ProjectionModel`](crate::ProjectionModel), whose catch-up is one message.
+    ///
+    /// A linking user is sent the history one message per event, all at once, and a connection whose queue holds more
+    /// than the server's `outbound_queue` (4,096 by default) is closed as a slow consumer. So keep the bound (with the
+    /// other models' catch-ups) below it, or raise it with `Server::builder().outbound_queue(..)`; `register` logs a
+    /// warning when the bound alone does not fit.
     pub fn max_events(mut self, max: usize) -> Self {
         self.max_events = max;
         self
@@ -133,8 +139,18 @@ impl<S: Send + 'static> StreamModel<S> {
     /// Starts serving the stream on `server` as `domain`: its listeners are registered, and users linked already get
     /// the history (empty, unless the server appended events before).
     pub fn register(self, server: &Server, domain: impl Into<String>) -> Stream<S> {
+        let domain = domain.into();
+        let queue = server.config().outbound_queue();
+        if self.max_events >= queue {
+            tracing::warn!(
+                domain,
+                max_events = self.max_events,
+                outbound_queue = queue,
+                "a full history does not fit a linking user's queue, whose connection would then be closed"
+            );
+        }
         let model = Arc::new(StreamInner {
-            domain: domain.into(),
+            domain,
             handlers: self.handlers,
             max_events: self.max_events,
             max_bytes: self.max_bytes,

@@ -249,3 +249,19 @@ fn a_server_side_append_and_a_panicking_handler() {
         })
     );
 }
+
+#[test]
+fn a_full_default_history_fits_a_linking_users_queue_on_a_default_server() {
+    // Nothing reads the connection while its catch-up is queued: the worst case for the server's outbound_queue.
+    let server = emitter_core::Server::new();
+    server.host().start().unwrap();
+    server.host().listening(4321).unwrap();
+    let stream = counter().register(&server, "counter");
+    for _ in 0..emitter_state::DEFAULT_MAX_EVENTS {
+        stream
+            .append(&server, "x", &Message::with_payload("increment", json!({"by": 1})))
+            .unwrap();
+    }
+    let mut late = Conn::linked(&server, "late");
+    assert_eq!(late.read_app().len(), emitter_state::DEFAULT_MAX_EVENTS);
+}

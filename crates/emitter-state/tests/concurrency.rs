@@ -184,6 +184,7 @@ fn every_session_gets_the_history_in_one_order_each_event_once() {
         .when("note", |notes: &mut Vec<String>, dispatcher: &str, id: String| {
             notes.push(format!("{dispatcher}:{id}"));
         })
+        .max_events(10_000) // more than the default; the test server's queues are larger than a default server's
         .register(&server, "log");
     let note = |conn: &Conn, id: String| {
         conn.send(json!({"type": "stream/append", "payload": {"domain": "log", "dispatcher": "self", "event": {"type": "note", "payload": id}}}));

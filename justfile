@@ -34,8 +34,8 @@ docs:
 ci:
     .ci/run
 
-# Interop with the npm reference packages (needs Node): @krmx/client against the conformance server, emitter-client
-# against @krmx/server
+# Interop with the npm reference packages (needs Node): @krmx/client against the conformance server, @krmx/state's
+# client models against examples/cards, emitter-client against @krmx/server
 interop:
     .ci/steps/30-interop.sh
 

@@ -280,7 +280,7 @@ impl ClusterHost {
             "starting over from the cluster's state: closing this node's connections"
         );
         for connection in server.inner.connections.all() {
-            connection.close();
+            connection.close(crate::close_reason::CloseReason::Restart);
         }
         let names: Vec<String> = server.users().into_iter().map(|user| user.username).collect();
         for name in names {

@@ -23,6 +23,7 @@
 
 mod auth;
 mod builder;
+mod close_reason;
 pub mod cluster;
 mod clustered;
 mod config;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::close_reason::CloseReason;
 use crate::connections::Role;
 use crate::error::{Error, Status};
 use crate::events::Event;
@@ -89,7 +90,7 @@ impl Server {
             }
         }
         for connection in self.inner.connections.all() {
-            connection.close();
+            connection.close(CloseReason::ServerClosing);
         }
         self.finish_close_when_idle();
         Ok(())
@@ -216,8 +217,8 @@ impl Server {
                 .unlinked_since
                 .is_some_and(|since| now.duration_since(since) >= deadline);
             if overdue && matches!(state.role, Role::Unlinked) {
-                tracing::info!(connection = %connection.id, "closing a connection that stayed unlinked past the link deadline");
-                crate::connections::close(&mut state, &connection.outbox);
+                tracing::debug!(connection = %connection.id, "closing a connection that stayed unlinked past the link deadline");
+                crate::connections::close(&mut state, &connection.outbox, CloseReason::LinkDeadline);
             }
         }
     }

@@ -56,7 +56,7 @@ fn every_method_refuses_while_initializing_with_the_reference_wording() {
     for (result, wording) in cases {
         assert_eq!(result.unwrap_err().to_string(), wording);
     }
-    assert!(server.host().connect().is_none());
+    assert_eq!(server.host().connect().err(), Some("the server is not listening"));
 }
 
 #[tokio::test]

@@ -20,10 +20,6 @@ use crate::burst::BurstWriter;
 /// A served connection: the upgraded socket, its writes gathered into bursts.
 pub(crate) type Socket = WebSocketStream<BurstWriter<TokioIo<hyper::upgrade::Upgraded>>>;
 
-/// How long a closing connection may take to write what is queued and finish the close handshake before it is
-/// dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
 /// Frames taken from the outbox at a time.
 const BATCH: usize = 256;
 
@@ -175,7 +171,7 @@ impl fmt::Display for Ending {
 
 /// Serves one upgraded WebSocket until either side closes it, closes it, then reports the close to the core.
 pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
-    let deadline = CLOSE_GRACE;
+    let deadline = host.server().config().close_drain_deadline();
     if !query_ok {
         close_within(deadline, &mut socket, None, &Ending::QueryParams).await;
         tracing::info!(code = 1008, "connection refused: {}", Ending::QueryParams);

@@ -1,12 +1,12 @@
 //! How connections end, over real sockets: every close has a close frame whose code says why (RFC 6455), a client's
-//! close is answered with its own code, a refusal before the upgrade says why in its body, and each connection logs
-//! why it ended once.
+//! close is answered with its own code, a refusal before the upgrade says why in its body, each connection logs why it
+//! ended once, and `close()` is idempotent and bounded by the drain deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use emitter_core::Server;
+use emitter_core::{Message, Server, Status};
 use emitter_testing::*;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -176,6 +176,36 @@ async fn unexpected_query_parameters_are_closed_with_1008() {
 }
 
 #[tokio::test]
+async fn a_slow_consumer_gets_what_was_queued_then_1013() {
+    // A long drain deadline: the slow connection is not cut, it is given the time to take what was queued for it.
+    let builder = Server::builder()
+        .outbound_queue(8)
+        .close_drain_deadline(Duration::from_secs(60));
+    let (server, events, port) = start(builder).await;
+    let slow = RawClient::link_and_settle(port, "slow").await;
+    // Not read from here on, until the server gave up on it: the socket's buffers fill up, then its queue.
+    let mut slow = slow.into_inner();
+    let flood = Message::with_payload("flood/data", json!("x".repeat(16 * 1024)));
+    let mut sent = 0;
+    let refused = loop {
+        match server.send("slow", &flood) {
+            Ok(()) => sent += 1,
+            Err(error) => break error,
+        }
+        assert!(sent < 100_000, "the queue never filled");
+        // Let the connection's writer run, so the flood meets the socket's real backpressure.
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(refused, emitter_core::Error::QueueFull);
+
+    let (received, close) = read_to_end(&mut slow).await;
+    assert_eq!(received, sent, "everything queued before the close went out, in order");
+    assert_eq!(close, Some(Some((1013, "slow consumer".to_owned()))));
+    events.wait_for("unlink slow").await;
+    within("close", server.close()).await.unwrap();
+}
+
+#[tokio::test]
 async fn closing_the_server_closes_every_connection_with_1001() {
     let (server, _events, port) = start_default().await;
     let mut simon = RawClient::link_and_settle(port, "simon").await;
@@ -273,4 +303,64 @@ async fn each_connection_logs_why_it_ended_once_at_info() {
     );
     assert!(ended.iter().any(|line| line.ends_with("code=1009")), "{ended:?}");
     assert!(ended.iter().any(|line| line.ends_with("code=1001")), "{ended:?}");
+}
+
+// ---- closing the server ----------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn close_twice_or_at_once_waits_for_the_same_close() {
+    let (server, events, port) = start_default().await;
+    let mut simon = RawClient::link_and_settle(port, "simon").await;
+    let (first, second) = tokio::join!(server.close(), server.close());
+    first.unwrap();
+    second.unwrap();
+    assert_eq!(server.status(), Status::Closed);
+    within("a third close", server.close()).await.unwrap();
+    assert_eq!(events.count("close"), 1);
+    assert_eq!(events.count("leave simon"), 1);
+    simon.expect_all(&[unlinked("simon"), left("simon")]).await;
+    simon.expect_closed().await;
+}
+
+#[tokio::test]
+async fn close_lets_a_slow_reader_take_everything_within_the_drain_deadline() {
+    let builder = Server::builder()
+        .outbound_queue(1024)
+        .close_drain_deadline(Duration::from_secs(60));
+    let (server, _events, port) = start(builder).await;
+    let mut reader = RawClient::link_and_settle(port, "reader").await.into_inner();
+    // Far more than the socket buffers hold, queued before the reader reads any of it.
+    let flood = Message::with_payload("flood/data", json!("x".repeat(64 * 1024)));
+    for _ in 0..256 {
+        server.send("reader", &flood).unwrap();
+    }
+    // Let the writer take its first batch and block on the full socket: the close then interrupts a write, and what
+    // the writer had taken must still go out.
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    let closed = tokio::spawn(server.close());
+    let (received, close) = read_to_end(&mut reader).await;
+    assert_eq!(received, 256);
+    assert_eq!(close, Some(Some((1001, "server closing".to_owned()))));
+    within("close", closed).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_drain_deadline_cuts_a_client_that_never_reads() {
+    let builder = Server::builder()
+        .outbound_queue(1024)
+        .close_drain_deadline(Duration::from_millis(100));
+    let (server, events, port) = start(builder).await;
+    let mut stuck = RawClient::link_and_settle(port, "stuck").await.into_inner();
+    let flood = Message::with_payload("flood/data", json!("x".repeat(64 * 1024)));
+    for _ in 0..512 {
+        server.send("stuck", &flood).unwrap();
+    }
+    // Nobody reads: close() finishes because the deadline cuts the connection.
+    within("close", server.close()).await.unwrap();
+    assert_eq!(events.count("leave stuck"), 1);
+    let (received, close) = read_to_end(&mut stuck).await;
+    assert!(received < 512, "the connection was cut, not drained: {received}");
+    assert_eq!(close, None, "a cut connection gets no close frame");
 }

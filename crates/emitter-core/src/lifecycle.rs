@@ -41,8 +41,13 @@ impl Server {
     /// pending link attempts are dropped, every connection is closed and the transport stops. Then `close` is emitted.
     ///
     /// The work up to closing the connections happens before this returns, so calling it from a listener without
-    /// awaiting is fine. The future resolves once the server is `closed`; `Err` means the server was not `starting` or
-    /// `listening`.
+    /// awaiting is fine. Each connection then has the [close drain deadline](crate::ServerBuilder::close_drain_deadline)
+    /// to take what was queued for it and to answer the close; a socket still open past it is cut.
+    ///
+    /// The future resolves once the server is `closed`: every connection gone, the transport stopped, the `close`
+    /// listeners run. Closing is idempotent: a call while the server is `closing` or `closed`, or two calls at once,
+    /// wait for the same close and resolve `Ok`; `close` is emitted once. `Err` (`cannot close when the server is
+    /// initializing`) means the server never started listening, so there was nothing to close (it can still listen).
     pub fn close(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let started = self.begin_close();
         let mut status = self.inner.status_tx.subscribe();
@@ -56,6 +61,10 @@ impl Server {
 
     fn begin_close(&self) -> Result<(), Error> {
         let _turn = self.inner.sequencer.lock();
+        if self.status() >= Status::Closing {
+            // Closing already: wait for that close.
+            return Ok(());
+        }
         require(self.status(), "close", &[Status::Starting, Status::Listening])?;
         self.set_status(Status::Closing);
         tracing::info!("server is closing");

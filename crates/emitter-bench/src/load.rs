@@ -86,24 +86,41 @@ fn send_line(workers: &mut [Worker], line: &str) {
     }
 }
 
-/// Waits for one report of the expected kind from each worker.
-fn collect(
-    reports: &mpsc::Receiver<(usize, Result<Report, String>)>,
-    count: usize,
-    timeout: Duration,
-    what: &str,
-) -> Result<Vec<Report>, BoxError> {
-    let deadline = Instant::now() + timeout;
-    let mut got = Vec::new();
-    while got.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match reports.recv_timeout(left) {
-            Ok((_, Ok(report))) => got.push(report),
-            Ok((worker, Err(error))) => return Err(format!("worker {worker}: {error}").into()),
-            Err(_) => return Err(format!("timed out waiting for {what} ({}/{count} workers)", got.len()).into()),
-        }
+/// The workers' reports, as they arrive. A worker may report a phase before another worker has reported the phase
+/// before it (its users' views can be complete before another worker has reported its links): such a report is kept
+/// for the phase it belongs to.
+pub struct Reports {
+    rx: mpsc::Receiver<(usize, Result<Report, String>)>,
+    early: Vec<Report>,
+}
+
+impl Reports {
+    pub fn new(rx: mpsc::Receiver<(usize, Result<Report, String>)>) -> Reports {
+        Reports { rx, early: Vec::new() }
     }
-    Ok(got)
+
+    /// Waits for `count` reports that `wanted` picks (one from each worker), keeping any other for later.
+    pub fn collect(
+        &mut self,
+        count: usize,
+        timeout: Duration,
+        what: &str,
+        wanted: fn(&Report) -> bool,
+    ) -> Result<Vec<Report>, BoxError> {
+        let deadline = Instant::now() + timeout;
+        let (mut got, early): (Vec<Report>, Vec<Report>) = self.early.drain(..).partition(wanted);
+        self.early = early;
+        while got.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((_, Ok(report))) if wanted(&report) => got.push(report),
+                Ok((_, Ok(report))) => self.early.push(report),
+                Ok((worker, Err(error))) => return Err(format!("worker {worker}: {error}").into()),
+                Err(_) => return Err(format!("timed out waiting for {what} ({}/{count} workers)", got.len()).into()),
+            }
+        }
+        Ok(got)
+    }
 }
 
 /// Runs `load` against `server`; worker `w` is pinned to `cores[w % cores.len()]` when `cores` is not empty.
@@ -116,7 +133,8 @@ pub fn run_load(
 ) -> Result<Outcome, BoxError> {
     let exe = std::env::current_exe()?;
     let rss_before = server.rss_kib();
-    let (tx, reports) = mpsc::channel();
+    let (tx, rx) = mpsc::channel();
+    let mut reports = Reports::new(rx);
     let mut workers = Vec::new();
     let per = load.users / load.workers;
     let mut first = 0;
@@ -185,7 +203,15 @@ pub fn run_load(
         });
         workers.push(Worker { child, stdin });
     }
-    let outcome = drive(server, load, target.krmx(), &reports, &mut workers, rss_before, epoch);
+    let outcome = drive(
+        server,
+        load,
+        target.krmx(),
+        &mut reports,
+        &mut workers,
+        rss_before,
+        epoch,
+    );
     send_line(&mut workers, "quit");
     for worker in &mut workers {
         wait_or_kill(&mut worker.child, Duration::from_secs(10));
@@ -200,7 +226,7 @@ fn drive(
     server: &Server,
     load: &Load,
     krmx: bool,
-    reports: &mpsc::Receiver<(usize, Result<Report, String>)>,
+    reports: &mut Reports,
     workers: &mut [Worker],
     rss_before: Option<u64>,
     epoch: u64,
@@ -211,7 +237,7 @@ fn drive(
     };
     let n = workers.len();
     let link_wait = Duration::from_millis(load.link_timeout_ms) + Duration::from_secs(30);
-    for report in collect(reports, n, link_wait, "the links")? {
+    for report in reports.collect(n, link_wait, "the links", |r| matches!(r, Report::Linked { .. }))? {
         if let Report::Linked {
             first_start,
             last_done,
@@ -231,7 +257,7 @@ fn drive(
     // Workers track views only on Krmx targets; a worker whose users all failed to link still reports them.
     if load.track_views && krmx {
         let mut views = (0, 0, 0);
-        for report in collect(reports, n, link_wait, "complete views")? {
+        for report in reports.collect(n, link_wait, "complete views", |r| matches!(r, Report::Views { .. }))? {
             if let Report::Views { complete, correct, at } = report {
                 views = (views.0 + complete, views.1 + correct, views.2.max(at));
             }
@@ -254,7 +280,7 @@ fn drive(
         send_line(workers, &format!("go {go}"));
         let wait = Duration::from_millis(load.duration_ms) + Duration::from_secs(30);
         let mut sent = 0;
-        for report in collect(reports, n, wait, "the send counts")? {
+        for report in reports.collect(n, wait, "the send counts", |r| matches!(r, Report::Sent { .. }))? {
             if let Report::Sent { sent: count } = report {
                 sent += count;
             }
@@ -262,7 +288,7 @@ fn drive(
         // Every linked user receives every broadcast; an echo only goes back to its sender.
         send_line(workers, &format!("expect {sent}"));
         let wait = Duration::from_millis(30_000) + Duration::from_secs(30);
-        for report in collect(reports, n, wait, "the results")? {
+        for report in reports.collect(n, wait, "the results", |r| matches!(r, Report::Result { .. }))? {
             if let Report::Result {
                 sent,
                 received,

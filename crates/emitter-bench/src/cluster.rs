@@ -1,8 +1,10 @@
 //! The cluster groups: three nodes of examples/bench on one throwaway Redis against the same server on its own, on
 //! the same machine.
 //!
+//! - `cluster-serial-links`: links one at a time per load process (one load process per node): the latency of a
+//!   link itself, which in a cluster includes Redis round trips.
 //! - `cluster-links`: a link storm, the users spread over the nodes (one load process per node): links/s and link
-//!   latency (a link costs Redis round trips), every client's view checked, and Redis's CPU per link.
+//!   latency, every client's view checked, and Redis's CPU per link.
 //! - `cluster-fanout`: broadcasts at a fixed offered rate, every sender on the first node and the recipients spread
 //!   over all three: deliveries/s and delivery latency, and Redis's CPU per broadcast.
 //! - `cluster-crash-<lease>`: users linked on the last node, a client linked on the first; the last node's process
@@ -56,6 +58,19 @@ pub fn groups(smoke: bool, victims: u32) -> Vec<Group> {
         crash,
     };
     let mut groups = vec![
+        // One link at a time per load process: what a link itself costs, without the queueing of a storm.
+        group(
+            "cluster-serial-links".to_owned(),
+            BOTH,
+            Load {
+                workers: nodes,
+                in_flight: nodes,
+                track_views: true,
+                link_timeout_ms: if smoke { 30_000 } else { 120_000 },
+                ..Load::population(if smoke { 30 } else { 300 })
+            },
+            None,
+        ),
         group(
             "cluster-links".to_owned(),
             BOTH,
@@ -129,6 +144,7 @@ pub fn run_crash(deployment: &mut Deployment, crash: &Crash, epoch: u64) -> Resu
     let (tx, rx) = mpsc::channel();
     let mut workers = vec![load::spawn_worker(&spec, 0, None, &tx)?];
     let outcome = measure(deployment, crash, &load, &observer, &mut load::Reports::new(rx), epoch);
+    deployment.save_commandstats();
     load::quit(&mut workers);
     outcome
 }

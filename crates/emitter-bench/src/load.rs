@@ -277,6 +277,7 @@ pub fn run_load(
         epoch,
     };
     let outcome = drive(deployment, load, target.krmx(), &mut reports, &mut workers, phases);
+    deployment.save_commandstats();
     quit(&mut workers);
     if let Some(path) = &board {
         let _ = std::fs::remove_file(path);

@@ -139,7 +139,7 @@ pub struct Deployment {
     /// `servers[w % servers.len()]`.
     pub servers: Vec<Server>,
     pub redis: Option<Redis>,
-    /// Where Redis's `INFO commandstats` goes when the deployment stops (what each command cost, for a profile).
+    /// Where [`Deployment::save_commandstats`] writes Redis's `INFO commandstats` (what each command cost it).
     commandstats: Option<PathBuf>,
 }
 
@@ -201,15 +201,20 @@ impl Deployment {
         self.servers.iter().map(Server::rss_kib).sum()
     }
 
-    /// Stops the servers, then Redis (after saving its `INFO commandstats`).
-    pub fn stop(self) {
-        for server in self.servers {
-            server.stop();
-        }
+    /// Saves Redis's `INFO commandstats` beside the logs, when there is a Redis: what each command cost it so far.
+    /// Called once the load is over and before its clients leave, so that the teardown's unlinks are not in it.
+    pub fn save_commandstats(&self) {
         if let (Some(redis), Some(path)) = (&self.redis, &self.commandstats) {
             if let Ok(stats) = redis.command(&["INFO", "commandstats"]) {
                 let _ = std::fs::write(path, stats);
             }
+        }
+    }
+
+    /// Stops the servers, then Redis.
+    pub fn stop(self) {
+        for server in self.servers {
+            server.stop();
         }
         drop(self.redis);
     }

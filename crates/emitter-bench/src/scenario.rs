@@ -186,7 +186,8 @@ pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String,
     }
     if let Some(redis) = &outcome.redis_cpu_s {
         put("redis_idle_pct", 100.0 * redis.idle_rate);
-        if load.track_views && outcome.linked > 0 {
+        // Groups that only link: everything Redis did counts for the links.
+        if load.duration_ms == 0 && outcome.linked > 0 {
             put("redis_us_per_link", redis.linking * 1e6 / f64::from(outcome.linked));
         }
         if let Some(measured) = redis.measured.filter(|_| !load.echo && outcome.sent > 0) {

@@ -9,6 +9,10 @@ use crate::target::Target;
 
 /// Every metric of the cluster table, in order: key and label.
 const ROWS: &[(&str, &str)] = &[
+    ("cluster-serial-links.links_per_s", "links/s"),
+    ("cluster-serial-links.link_p50_ms", "link latency p50 (ms)"),
+    ("cluster-serial-links.link_p99_ms", "link latency p99 (ms)"),
+    ("cluster-serial-links.redis_us_per_link", "Redis CPU per link (µs)"),
     ("cluster-links.links_per_s", "links/s"),
     ("cluster-links.link_p50_ms", "link latency p50 (ms)"),
     ("cluster-links.link_p99_ms", "link latency p99 (ms)"),

@@ -67,7 +67,7 @@ pub fn groups(smoke: bool, victims: u32) -> Vec<Group> {
                 in_flight: nodes,
                 track_views: true,
                 link_timeout_ms: if smoke { 30_000 } else { 120_000 },
-                ..Load::population(if smoke { 30 } else { 300 })
+                ..Load::population(if smoke { 30 } else { 150 })
             },
             None,
         ),

@@ -47,7 +47,7 @@ Server logs go to --logs (default target/bench-logs).
 Groups: storm1k, storm2k (link storm of 2,000, idle footprint, broadcast to many), storm10k (link storm of 10,000
 and idle footprint), fanout-rate, fanout-max, echo, multicore (for each of --cores: the server pinned to that many
 CPUs and the load to the rest, echo and fan-out with 1,000 users; on by default with 4 CPUs or more, --only multicore
-runs it anywhere; a count that leaves the load fewer CPUs than the server is skipped), cluster-serial-links (300
+runs it anywhere; a count that leaves the load fewer CPUs than the server is skipped), cluster-serial-links (150
 users over 3 load processes, one link in flight each), cluster-links (a link storm of 1,000 users over 3 load
 processes), cluster-fanout (200 users over 3 load processes, 10 senders at 50
 broadcasts/s each: 100,000 deliveries/s offered), cluster-crash-10s and cluster-crash-2s (--crash-users N, default

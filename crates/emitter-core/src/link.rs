@@ -33,28 +33,24 @@ enum Seen {
 type Dispatch = (Arc<Member>, Message);
 
 impl Server {
-    pub(crate) fn connect(&self) -> Option<(ConnectionId, Outbox)> {
+    pub(crate) fn connect(&self) -> Result<(ConnectionId, Outbox), &'static str> {
         let _turn = self.inner.sequencer.lock();
         if let Some(reason) = self.refusal() {
             tracing::warn!(reason, "incoming connection refused");
-            return None;
+            return Err(reason);
         }
         let (id, outbox) = self.inner.connections.insert(&self.inner.log, &self.inner.config);
         self.publish_open_count();
         tracing::debug!(connection = %id, "connection opened");
-        Some((id, outbox))
+        Ok((id, outbox))
     }
 
-    fn refusal(&self) -> Option<&'static str> {
+    /// Why a new connection would be refused now, if it would; transports ask before upgrading, to refuse cheaply.
+    pub(crate) fn refusal(&self) -> Option<&'static str> {
         if self.status() != Status::Listening {
             return Some("the server is not listening");
         }
         self.inner.connections.refusal(&self.inner.config)
-    }
-
-    /// Whether a new connection would be admitted now; transports ask before upgrading, to refuse cheaply.
-    pub(crate) fn has_room(&self) -> bool {
-        self.refusal().is_none()
     }
 
     pub(crate) fn disconnect(&self, id: ConnectionId) {
@@ -99,8 +95,12 @@ impl Server {
                 return;
             }
             if !state.take_token() {
-                tracing::warn!(connection = %id, "message rate limit exceeded: closing the connection");
-                close(&mut state, &connection.outbox);
+                tracing::debug!(connection = %id, "message rate limit exceeded: closing the connection");
+                close(
+                    &mut state,
+                    &connection.outbox,
+                    crate::close_reason::CloseReason::RateLimit,
+                );
                 let member = match &state.role {
                     Role::Linked(member) => Some(member.clone()),
                     _ => None,

@@ -285,8 +285,8 @@ impl Registry {
             }
         }
         for (order, connection) in slow {
-            tracing::warn!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
-            connection.close();
+            tracing::debug!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
+            connection.close(crate::close_reason::CloseReason::SlowConsumer);
             self.closing.insert(order);
         }
     }

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::future::Future;
 
+pub use crate::close_reason::CloseReason;
 use crate::error::Status;
 pub use crate::id::ConnectionId;
 pub use crate::outbox::{Outbox, PushError};
@@ -81,19 +82,21 @@ impl Host {
         }
     }
 
-    /// Whether a new connection would be admitted now (the server listens and no connection limit is reached). Ask
-    /// before accepting a connection, to refuse it cheaply (an HTTP 503, say); [`connect`](Host::connect) still has
-    /// the last word.
-    pub fn has_room(&self) -> bool {
-        self.server.has_room()
+    /// Why a new connection would be refused now, if it would: `the server is not listening` (it has not started, or
+    /// it is closing), `too many connections` or `too many unlinked connections`. Ask before accepting a connection,
+    /// to refuse it cheaply (an HTTP 503 whose body is the reason, say); [`connect`](Host::connect) still has the last
+    /// word.
+    pub fn refusal(&self) -> Option<&'static str> {
+        self.server.refusal()
     }
 
-    /// Registers a new connection and returns its id and its [`Outbox`]: what to write to it, in order. `None` when
-    /// the server is not listening or a connection limit is reached: close the socket at once.
+    /// Registers a new connection and returns its id and its [`Outbox`]: what to write to it, in order. `Err` holds
+    /// why it was refused (as [`refusal`](Host::refusal) words it): close the socket at once.
     ///
-    /// When the outbox says the connection is closing, write what it returned, close the socket, and report the close
-    /// with [`disconnect`](Host::disconnect) (as for a close of any other cause).
-    pub fn connect(&self) -> Option<(ConnectionId, Outbox)> {
+    /// When the outbox says the connection is closing, write what it returned, close the socket with the code and
+    /// text of its [`close_reason`](Outbox::close_reason), and report the close with
+    /// [`disconnect`](Host::disconnect) (as for a close of any other cause).
+    pub fn connect(&self) -> Result<(ConnectionId, Outbox), &'static str> {
         self.server.connect()
     }
 

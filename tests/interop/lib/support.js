@@ -1,6 +1,6 @@
 'use strict';
-// Helpers for the interop tests: the conformance server, a TCP proxy that can cut connections, bounded waits, and a
-// raw WebSocket for requests the reference client cannot make.
+// Helpers for the interop tests: the conformance server, the card game (examples/cards, for emitter-state), a TCP proxy
+// that can cut connections, bounded waits, and a raw WebSocket for requests the reference client cannot make.
 
 const { spawn, spawnSync } = require('node:child_process');
 const net = require('node:net');
@@ -57,6 +57,44 @@ function conformanceBinary() {
  */
 function deltaCasesBinary() {
   return cargoBinary('EMITTER_DELTA_CASES_BIN', ['-p', 'emitter-state', '--example', 'delta_cases'], path.join('examples', 'delta_cases'));
+}
+
+/**
+ * The card game example (examples/cards), which serves all three Krmx State models: EMITTER_CARDS_BIN, or built with
+ * cargo into the workspace's target dir.
+ */
+function cardsBinary() {
+  return cargoBinary('EMITTER_CARDS_BIN', ['-p', 'example-cards'], 'example-cards');
+}
+
+/**
+ * Starts examples/cards on a free port, with `test/inspect` answered (CARDS_INSPECT=1) and the shuffles fixed by
+ * `seed`. Resolves with `{ url, port, stop }`: the `ws://` URL of its Krmx endpoint, and a function that stops it.
+ */
+async function startCards(seed = 1) {
+  const child = spawn(cardsBinary(), [], {
+    env: { ...process.env, PORT: '0', CARDS_INSPECT: '1', CARDS_SEED: String(seed), RUST_LOG: process.env.RUST_LOG ?? 'warn', RUST_BACKTRACE: '0' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`cards server exited (${code})`))));
+  const lines = readline.createInterface({ input: child.stdout });
+  const port = new Promise((resolve) => {
+    lines.on('line', (line) => {
+      const found = /^cards on http:\/\/localhost:(\d+)\//.exec(line);
+      if (found) {
+        resolve(Number(found[1]));
+      }
+    });
+  });
+  const found = await within('the cards server to listen', Promise.race([port, exited]), 60000);
+  return {
+    url: `ws://127.0.0.1:${found}/ws`,
+    port: found,
+    stop: () => new Promise((resolve) => {
+      child.once('exit', resolve);
+      child.kill('SIGTERM');
+    }),
+  };
 }
 
 /**
@@ -243,5 +281,5 @@ function conformanceWithClients() {
 }
 
 module.exports = {
-  within, seen, seenAfter, startConformance, conformanceWithClients, startKrmxServer, startProxy, rawSocket, clientPool, deltaCasesBinary, ROOT,
+  within, seen, seenAfter, startConformance, conformanceWithClients, startCards, startKrmxServer, startProxy, rawSocket, clientPool, deltaCasesBinary, ROOT,
 };

@@ -183,14 +183,7 @@ pub fn populated() -> Vec<Action> {
 
 /// Reads everything a connection's outbox has for its client now.
 fn drain(outbox: &Outbox) -> Vec<Value> {
-    let mut frames = Vec::new();
-    loop {
-        let before = frames.len();
-        outbox.take(&mut frames, usize::MAX);
-        if frames.len() == before {
-            break;
-        }
-    }
+    let frames = outbox.take_all();
     frames
         .iter()
         .map(|frame| serde_json::from_str(frame.as_str()).unwrap_or_else(|_| json!({"unparsable": frame.as_str()})))

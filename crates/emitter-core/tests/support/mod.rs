@@ -26,14 +26,7 @@ impl Outbox {
 
     /// Reads everything the connection has for its client now.
     fn drain(&self) {
-        let mut frames = Vec::new();
-        loop {
-            let before = frames.len();
-            self.outbox.take(&mut frames, usize::MAX);
-            if frames.len() == before {
-                break;
-            }
-        }
+        let frames = self.outbox.take_all();
         let mut received = self.received.lock();
         received.extend(
             frames

@@ -22,17 +22,18 @@ fn disconnect_unlinks(server: &Server, id: ConnectionId, username: &str) {
     assert!(!server.user(username).unwrap().is_linked);
 }
 
+/// Asserts that the host refuses the next connection, for `why`; `because` says what filled the cap.
+fn refuses(server: &Server, why: &str, because: &str) {
+    assert_eq!(server.host().refusal(), Some(why), "{because}");
+    assert!(try_connect(server).is_none(), "{because}");
+}
+
 #[tokio::test]
 async fn connections_over_the_caps_are_refused() {
     let server = listening(Server::builder().max_connections(3).max_unlinked_connections(2));
     let (a, _) = connect(&server);
     let (_b, _) = connect(&server);
-    assert_eq!(
-        server.host().refusal(),
-        Some("too many unlinked connections"),
-        "two unlinked connections fill the unlinked cap"
-    );
-    assert!(try_connect(&server).is_none());
+    refuses(&server, "too many unlinked connections", "two unlinked connections fill the unlinked cap");
     link(&server, a, "ann");
     assert_eq!(
         server.host().refusal(),
@@ -40,18 +41,9 @@ async fn connections_over_the_caps_are_refused() {
         "a linked connection frees an unlinked place"
     );
     let (_c, _) = connect(&server);
-    assert_eq!(
-        server.host().refusal(),
-        Some("too many connections"),
-        "three connections fill the connection cap"
-    );
-    assert!(try_connect(&server).is_none());
+    refuses(&server, "too many connections", "three connections fill the connection cap");
     server.host().disconnect(a);
-    assert_eq!(
-        server.host().refusal(),
-        Some("too many unlinked connections"),
-        "ann's connection is gone, but two unlinked ones fill that cap again"
-    );
+    refuses(&server, "too many unlinked connections", "ann's connection is gone, but two unlinked ones fill that cap again");
     assert!(!server.users()[0].is_linked);
 }
 

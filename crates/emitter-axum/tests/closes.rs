@@ -84,10 +84,7 @@ async fn an_oversized_message_is_closed_with_1009_while_the_client_still_sends_i
     // rather than a reset.
     let too_big = json!({"type": "custom/big", "payload": "x".repeat(8 << 20)}).to_string();
     client.send_raw(&too_big).await;
-    assert_eq!(
-        client.expect_close_frame().await,
-        Some((1009, "message too big".to_owned()))
-    );
+    client.expect_close_with(1009, "message too big").await;
     drop(client);
     events.wait_for("unlink big").await;
     assert!(!events.contains("message big custom/big"));
@@ -99,10 +96,7 @@ async fn invalid_utf8_is_closed_with_1007() {
     let (server, _events, port) = start_default().await;
     let mut client = RawClient::connect(port).await;
     client.send_frame(opcode::TEXT, &[0x7b, 0xff, 0xfe, 0x7d], true).await;
-    assert_eq!(
-        client.expect_close_frame().await,
-        Some((1007, "invalid UTF-8".to_owned()))
-    );
+    client.expect_close_with(1007, "invalid UTF-8").await;
     within("close", server.close()).await.unwrap();
 }
 
@@ -113,10 +107,7 @@ async fn a_client_over_the_rate_limit_is_closed_with_1008() {
     for n in 0..10 {
         flooder.send(json!({"type": "app/spam", "payload": n})).await;
     }
-    assert_eq!(
-        flooder.expect_close_frame().await,
-        Some((1008, "rate limit exceeded".to_owned()))
-    );
+    flooder.expect_close_with(1008, "rate limit exceeded").await;
     events.wait_for("unlink flood").await;
     within("close", server.close()).await.unwrap();
 }
@@ -125,10 +116,7 @@ async fn a_client_over_the_rate_limit_is_closed_with_1008() {
 async fn a_connection_past_the_link_deadline_is_closed_with_1008() {
     let (server, _events, port) = start(Server::builder().link_deadline(Duration::from_millis(100))).await;
     let mut idle = RawClient::connect(port).await;
-    assert_eq!(
-        idle.expect_close_frame().await,
-        Some((1008, "link deadline passed".to_owned()))
-    );
+    idle.expect_close_with(1008, "link deadline passed").await;
     within("close", server.close()).await.unwrap();
 }
 
@@ -136,10 +124,7 @@ async fn a_connection_past_the_link_deadline_is_closed_with_1008() {
 async fn unexpected_query_parameters_are_closed_with_1008() {
     let (server, events, port) = start(Server::builder().query_param("room", emitter_core::QueryParam::Present)).await;
     let mut client = RawClient::connect_to(port, "/?other=1").await.unwrap();
-    assert_eq!(
-        client.expect_close_frame().await,
-        Some((1008, "unexpected query parameters".to_owned()))
-    );
+    client.expect_close_with(1008, "unexpected query parameters").await;
     within("close", server.close()).await.unwrap();
     assert!(!events.lines().iter().any(|line| line.starts_with("authenticate")));
 }
@@ -181,14 +166,8 @@ async fn closing_the_server_closes_every_connection_with_1001() {
     let mut idle = RawClient::connect(port).await;
     let closed = server.close();
     simon.expect_all(&[unlinked("simon"), left("simon")]).await;
-    assert_eq!(
-        simon.expect_close_frame().await,
-        Some((1001, "server closing".to_owned()))
-    );
-    assert_eq!(
-        idle.expect_close_frame().await,
-        Some((1001, "server closing".to_owned()))
-    );
+    simon.expect_close_with(1001, "server closing").await;
+    idle.expect_close_with(1001, "server closing").await;
     within("close", closed).await.unwrap();
 }
 

@@ -33,7 +33,11 @@ async fn connections_over_the_caps_are_refused() {
     let server = listening(Server::builder().max_connections(3).max_unlinked_connections(2));
     let (a, _) = connect(&server);
     let (_b, _) = connect(&server);
-    refuses(&server, "too many unlinked connections", "two unlinked connections fill the unlinked cap");
+    refuses(
+        &server,
+        "too many unlinked connections",
+        "two unlinked connections fill the unlinked cap",
+    );
     link(&server, a, "ann");
     assert_eq!(
         server.host().refusal(),
@@ -41,9 +45,17 @@ async fn connections_over_the_caps_are_refused() {
         "a linked connection frees an unlinked place"
     );
     let (_c, _) = connect(&server);
-    refuses(&server, "too many connections", "three connections fill the connection cap");
+    refuses(
+        &server,
+        "too many connections",
+        "three connections fill the connection cap",
+    );
     server.host().disconnect(a);
-    refuses(&server, "too many unlinked connections", "ann's connection is gone, but two unlinked ones fill that cap again");
+    refuses(
+        &server,
+        "too many unlinked connections",
+        "ann's connection is gone, but two unlinked ones fill that cap again",
+    );
     assert!(!server.users()[0].is_linked);
 }
 

@@ -236,6 +236,18 @@ impl RawClient {
         }
     }
 
+    /// Reads up to the close frame (see [`expect_close_frame`](Self::expect_close_frame)) and asserts that it carries
+    /// `code` and `reason`.
+    pub async fn expect_close_with(&mut self, code: u16, reason: &str) {
+        let frame = self.expect_close_frame().await;
+        assert_eq!(
+            frame,
+            Some((code, reason.to_owned())),
+            "{:?}'s close frame",
+            self.username
+        );
+    }
+
     /// Closes the connection from the client side and waits until the server has seen it.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

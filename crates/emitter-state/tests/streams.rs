@@ -47,6 +47,11 @@ fn append(domain: &str, dispatcher: &str, event: Value) -> Value {
     json!({"type": "stream/append", "payload": {"domain": domain, "dispatcher": dispatcher, "event": event}})
 }
 
+/// An `increment` event of the counter, by `by` (an integer, or something that is not one).
+fn increment(by: impl Into<Value>) -> Value {
+    json!({"type": "increment", "payload": {"by": by.into()}})
+}
+
 /// A listening server that serves `model` as `counter`.
 fn served(model: StreamModel<Counter>) -> (Server, Stream<Counter>) {
     let server = listening();
@@ -60,7 +65,7 @@ fn an_accepted_event_goes_to_everyone_with_the_sender_as_dispatcher() {
     let (mut alice, mut bob) = (Conn::settled(&server, "alice"), Conn::settled(&server, "bob"));
 
     // Whatever the client claims, the dispatcher is who sent it (the reference client sends 'self' when unlinked).
-    let event = json!({"type": "increment", "payload": {"by": 2}});
+    let event = increment(2);
     alice.send(append("counter", "mallory", event.clone()));
     let echoed = append("counter", "alice", event);
     assert_eq!(alice.read_app(), std::slice::from_ref(&echoed));
@@ -92,11 +97,7 @@ fn a_linking_user_gets_the_history_after_its_snapshot_and_then_the_new_events() 
     let (server, stream) = served(counter());
     let mut alice = Conn::linked(&server, "alice");
     alice.send(append("counter", "alice", json!({"type": "claim"})));
-    alice.send(append(
-        "counter",
-        "alice",
-        json!({"type": "increment", "payload": {"by": 5}}),
-    ));
+    alice.send(append("counter", "alice", increment(5)));
     alice.read();
 
     let mut bob = Conn::linked(&server, "bob");
@@ -117,11 +118,7 @@ fn a_linking_user_gets_the_history_after_its_snapshot_and_then_the_new_events() 
     assert_eq!(frames[5], append("counter", "alice", json!({"type": "claim"})));
 
     // Bob may not increment alice's claimed counter: refused, sent to no one, not in the history.
-    bob.send(append(
-        "counter",
-        "bob",
-        json!({"type": "increment", "payload": {"by": 1}}),
-    ));
+    bob.send(append("counter", "bob", increment(1)));
     assert_eq!(bob.read_app(), Vec::<Value>::new());
     assert_eq!(alice.read_app(), Vec::<Value>::new());
     assert_eq!(stream.len(), 2);
@@ -133,11 +130,7 @@ fn unknown_types_unfit_payloads_and_malformed_appends_are_dropped_and_counted() 
     let (server, stream) = served(counter());
     let mut alice = Conn::settled(&server, "alice");
     alice.send(append("counter", "alice", json!({"type": "decrement"})));
-    alice.send(append(
-        "counter",
-        "alice",
-        json!({"type": "increment", "payload": {"by": "1"}}),
-    ));
+    alice.send(append("counter", "alice", increment("1")));
     alice.send(append("counter", "alice", json!({"type": "increment"})));
     alice.send(append("counter", "alice", json!("increment")));
     alice.send(json!({"type": "stream/append", "payload": {"domain": "counter"}}));
@@ -160,11 +153,7 @@ fn a_full_history_refuses_new_events_rather_than_forget_old_ones() {
     let (server, stream) = served(counter().max_events(3));
     let mut alice = Conn::settled(&server, "alice");
     for _ in 0..5 {
-        alice.send(append(
-            "counter",
-            "alice",
-            json!({"type": "increment", "payload": {"by": 1}}),
-        ));
+        alice.send(append("counter", "alice", increment(1)));
     }
     assert_eq!(alice.read_app().len(), 3);
     assert_eq!(stream.with_state(|c| c.value), Ok(3));
@@ -186,21 +175,13 @@ fn a_full_history_refuses_new_events_rather_than_forget_old_ones() {
 fn a_relink_gets_the_whole_history_again_and_nothing_twice() {
     let (server, _stream) = served(counter());
     let mut alice = Conn::linked(&server, "alice");
-    alice.send(append(
-        "counter",
-        "alice",
-        json!({"type": "increment", "payload": {"by": 1}}),
-    ));
+    alice.send(append("counter", "alice", increment(1)));
     alice.send(json!({"type": "krmx/unlink"}));
     alice.read();
     alice.link("alice");
     let appends: Vec<Value> = alice.read_app();
     assert_eq!(appends.len(), 1);
-    alice.send(append(
-        "counter",
-        "alice",
-        json!({"type": "increment", "payload": {"by": 1}}),
-    ));
+    alice.send(append("counter", "alice", increment(1)));
     assert_eq!(alice.read_app().len(), 1);
 }
 

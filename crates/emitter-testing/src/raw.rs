@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{connect_async, connect_async_with_config, MaybeTlsStream, WebSocketStream};
 
-use crate::frames::{accepted, joined, link_request, linked, unlinked};
+use crate::frames::{accepted, joined, link_request, linked, snapshot, unlinked};
 use crate::{Receive, TIMEOUT};
 
 /// The WebSocket under a [`RawClient`], for a test that drives it itself (a flood, a reader that never reads).
@@ -130,8 +130,7 @@ impl RawClient {
         // Everyone else sees one unlink and one link.
         bob.expect_all(&[unlinked("alice"), linked("alice")]).await;
         // The new connection gets the snapshot, as any newcomer.
-        new.expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
-            .await;
+        new.expect_all(&snapshot(&["bob", "alice"])).await;
         (bob, new)
     }
 

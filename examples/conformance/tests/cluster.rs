@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use emitter_testing::redis::RedisServer;
-use emitter_testing::{joined, left, linked, redis_or_skip, unlinked, RawClient, Receive};
+use emitter_testing::{joined, left, linked, redis_or_skip, snapshot, unlinked, RawClient, Receive};
 use serde_json::{json, Value};
 
 /// One conformance process, a node of the cluster `conformance` (main endpoint) on a test's Redis.
@@ -623,15 +623,8 @@ async fn policies_hold_across_three_processes() {
 
     // Takeover: alice links on the second process; her link on the first is unlinked and closed with 1000.
     let mut alice = RawClient::link_as(ports[1], "alice").await;
-    let snapshot = [
-        joined("bob"),
-        linked("bob"),
-        joined("carol"),
-        linked("carol"),
-        joined("alice"),
-        linked("alice"),
-    ];
-    alice.expect_all(&snapshot).await;
+    let everyone = snapshot(&["bob", "carol", "alice"]);
+    alice.expect_all(&everyone).await;
     old.expect(unlinked("alice")).await;
     old.expect_close_with(1000, "replaced by a new connection").await;
     for observer in [&mut bob, &mut carol] {
@@ -649,7 +642,7 @@ async fn policies_hold_across_three_processes() {
     bob.expect(broadcasted("bob", json!("while away"))).await;
     carol.expect(broadcasted("bob", json!("while away"))).await;
     let mut alice = RawClient::link_as(ports[2], "alice").await;
-    alice.expect_all(&snapshot).await;
+    alice.expect_all(&everyone).await;
     alice.expect(broadcasted("bob", json!("while away"))).await;
     for observer in [&mut bob, &mut carol] {
         observer.expect(linked("alice")).await;

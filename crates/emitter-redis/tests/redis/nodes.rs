@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use emitter_core::{Error, Message, Server};
 use emitter_redis::{Cluster, Node, Options};
-use emitter_testing::{joined, left, linked, marker, marker_json, unlinked, user, RawClient, Receive};
+use emitter_testing::{joined, left, linked, marker, marker_json, snapshot, unlinked, user, RawClient, Receive};
 use serde_json::json;
 
 use crate::support::options;
@@ -57,8 +57,7 @@ async fn nodes_share_one_set_of_users_in_one_order() {
     let mut alice = RawClient::link_and_settle(a.port, "alice").await;
     let mut bob = RawClient::link_as(b.port, "bob").await;
     // bob's snapshot on node b holds alice, who linked on node a, then bob himself.
-    bob.expect_all(&[joined("alice"), linked("alice"), joined("bob"), linked("bob")])
-        .await;
+    bob.expect_all(&snapshot(&["alice", "bob"])).await;
     alice.expect_all(&[joined("bob"), linked("bob")]).await;
     let both = vec![user("alice", true), user("bob", true)];
     assert_eq!(a.server.users(), both);
@@ -142,9 +141,7 @@ async fn a_user_relinks_on_another_node_after_its_connection_drops() {
     alice.close().await;
     bob.expect(unlinked("alice")).await;
     let mut alice = RawClient::link_as(b.port, "alice").await;
-    alice
-        .expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
-        .await;
+    alice.expect_all(&snapshot(&["bob", "alice"])).await;
     bob.expect(linked("alice")).await;
     // Listeners ran once per link, on the node the link was made on.
     assert_eq!(links_a.load(Ordering::SeqCst), 1);
@@ -210,8 +207,7 @@ async fn replace_takes_a_user_over_from_another_node() {
     let (mut bob, mut old) = RawClient::link_pair_on((b.port, "bob"), (a.port, "alice")).await;
     // alice links again on node b: the cluster unlinks her old link on node a in the same step.
     let mut new = RawClient::link_as(b.port, "alice").await;
-    new.expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
-        .await;
+    new.expect_all(&snapshot(&["bob", "alice"])).await;
     old.expect(unlinked("alice")).await;
     old.expect_closed().await;
     bob.expect_all(&[unlinked("alice"), linked("alice")]).await;
@@ -290,15 +286,8 @@ async fn messages_kept_for_an_unlinked_user_wait_on_whichever_node_it_relinks_on
         marker_json("broadcast on b"),
         marker_json("sent on c"),
     ];
-    let snapshot = [
-        joined("bob"),
-        linked("bob"),
-        joined("carol"),
-        linked("carol"),
-        joined("alice"),
-        linked("alice"),
-    ];
-    alice.expect_all(&snapshot).await;
+    let everyone = snapshot(&["bob", "carol", "alice"]);
+    alice.expect_all(&everyone).await;
     alice.expect_all(&kept).await;
     bob.expect(linked("alice")).await;
 
@@ -310,7 +299,7 @@ async fn messages_kept_for_an_unlinked_user_wait_on_whichever_node_it_relinks_on
     })
     .await;
     let mut alice = RawClient::link_as(a.port, "alice").await;
-    alice.expect_all(&snapshot).await;
+    alice.expect_all(&everyone).await;
     a.server.send("alice", &marker("fresh")).unwrap();
     alice.expect(marker_json("fresh")).await;
     bob.expect(linked("alice")).await;

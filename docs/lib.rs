@@ -62,6 +62,10 @@ pub struct FromKrmxServer;
 #[cfg(doctest)]
 pub struct Limits;
 
+#[doc = include_str!("src/operations.md")]
+#[cfg(doctest)]
+pub struct Operations;
+
 #[doc = include_str!("src/performance.md")]
 #[cfg(doctest)]
 pub struct Performance;
@@ -172,6 +176,58 @@ mod tests {
                 "{name} is not wired in docs/lib.rs: add `{wired}` on a hidden item"
             );
         }
+    }
+
+    /// A sequencer that decides nothing: enough to make a server a node, to see a node's metrics.
+    struct Nowhere;
+
+    impl emitter_core::cluster::Sequencer for Nowhere {
+        fn node(&self) -> &str {
+            "nowhere"
+        }
+        fn owns(&self, _: &emitter_core::cluster::LinkAddr) -> bool {
+            false
+        }
+        fn submit(
+            &self,
+            _: emitter_core::cluster::Change,
+        ) -> Result<Vec<emitter_core::cluster::Entry>, emitter_core::cluster::Refused> {
+            Err(emitter_core::cluster::Refused::Unavailable("nowhere".to_owned()))
+        }
+        fn entries_after(&self, _: u64) -> Result<Vec<emitter_core::cluster::Entry>, String> {
+            Ok(Vec::new())
+        }
+        fn publish_broadcast(&self, _: u64, _: Option<&str>, _: &emitter_core::protocol::Frame) {}
+        fn publish_send(
+            &self,
+            _: &emitter_core::cluster::LinkAddr,
+            _: &str,
+            _: u64,
+            _: &emitter_core::protocol::Frame,
+        ) {
+        }
+    }
+
+    #[test]
+    fn the_operations_chapter_lists_every_metric() {
+        let chapter = std::fs::read_to_string(root().join("docs/src/operations.md")).unwrap();
+        let server = emitter_core::Server::new();
+        server
+            .cluster_host()
+            .install(std::sync::Arc::new(Nowhere), 0, Vec::new())
+            .unwrap();
+        let text = server.metrics_text();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        assert!(names.len() >= 20, "{text}");
+        let missing: Vec<&&str> = names
+            .iter()
+            .filter(|name| !chapter.contains(&format!("| `{name}`")) && !chapter.contains(&format!("| `{name}{{")))
+            .collect();
+        assert!(missing.is_empty(), "operations.md does not list {missing:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use emitter_core::transport::{Host, Outbox};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -31,13 +32,14 @@ fn to_message(frame: Frame) -> Message {
 }
 
 /// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
-async fn write_burst(socket: &mut Socket, outbox: &Outbox) -> Result<bool, tungstenite::Error> {
+async fn write_burst(socket: &mut Socket, outbox: &Outbox, host: &Host) -> Result<bool, tungstenite::Error> {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut written = 0;
+    let (mut written, mut bytes) = (0, 0);
     let closing = loop {
         let closing = outbox.take(&mut batch, BATCH);
         let taken = batch.len();
         for frame in batch.drain(..) {
+            bytes += frame.bytes().len();
             socket.feed(to_message(frame)).await?;
         }
         written += taken;
@@ -46,19 +48,25 @@ async fn write_burst(socket: &mut Socket, outbox: &Outbox) -> Result<bool, tungs
         }
     };
     socket.flush().await?;
+    if written > 0 {
+        // What it found waiting is what it took: `take` drains everything ready, up to a burst.
+        host.record_queue_depth(written);
+        host.record_written(written, bytes);
+    }
     Ok(closing)
 }
 
 /// Writes one more burst of a closing connection's outbox; returns whether it was empty.
-async fn outbox_empty(socket: &mut Socket, outbox: &Outbox) -> Result<bool, tungstenite::Error> {
+async fn outbox_empty(socket: &mut Socket, outbox: &Outbox, host: &Host) -> Result<bool, tungstenite::Error> {
     let mut batch = Vec::new();
     outbox.take(&mut batch, BURST);
-    let empty = batch.is_empty();
+    let (frames, bytes) = (batch.len(), batch.iter().map(|frame| frame.bytes().len()).sum());
     for frame in batch {
         socket.feed(to_message(frame)).await?;
     }
     socket.flush().await?;
-    Ok(empty)
+    host.record_written(frames, bytes);
+    Ok(frames == 0)
 }
 
 /// Serves one upgraded WebSocket until either side closes it, then reports the close to the core.
@@ -86,7 +94,7 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
             () = outbox.ready() => {
                 // A write that blocks (the client stopped reading) gives way to a close request.
                 let written = tokio::select! {
-                    written = write_burst(&mut socket, &outbox) => written,
+                    written = write_burst(&mut socket, &outbox, &host) => written,
                     () = outbox.closed() => Ok(true),
                 };
                 match written {
@@ -94,7 +102,7 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
                     Ok(true) => {
                         // What was queued before the close goes out, briefly, then the close frame.
                         let grace = async {
-                            while !outbox_empty(&mut socket, &outbox).await? {}
+                            while !outbox_empty(&mut socket, &outbox, &host).await? {}
                             socket.send(Message::Close(None)).await
                         };
                         let _ = tokio::time::timeout(CLOSE_GRACE, grace).await;
@@ -115,6 +123,9 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
                 Some(Err(error)) => {
                     // Invalid UTF-8, an oversized message, a protocol violation: this connection ends, nothing else.
                     tracing::debug!(%id, %error, "connection error");
+                    if let tungstenite::Error::Capacity(CapacityError::MessageTooLong { .. }) = error {
+                        host.record_oversize_close();
+                    }
                     break;
                 }
             },

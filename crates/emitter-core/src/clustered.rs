@@ -15,6 +15,7 @@ use crate::connections::Connection;
 use crate::error::{Error, Status};
 use crate::id::ConnectionId;
 use crate::membership::Membership;
+use crate::metrics::ClusterCounts;
 use crate::protocol::{Frame, ServerMessage};
 use crate::registry::Link;
 use crate::Server;
@@ -39,7 +40,10 @@ impl Server {
         before: impl FnOnce(),
     ) -> Result<(), Refused> {
         let _turn = self.inner.sequencer.lock();
-        let entries = sequencer.submit(change)?;
+        let started = std::time::Instant::now();
+        let submitted = sequencer.submit(change);
+        self.inner.metrics.observe_submit(started.elapsed());
+        let entries = submitted?;
         before();
         self.apply_entries(sequencer, entries);
         Ok(())
@@ -234,6 +238,8 @@ impl ClusterHost {
         if server.inner.cluster.set(sequencer).is_err() {
             return Err(Error::Unavailable("the server is in a cluster already".to_owned()));
         }
+        // The node registered just before: its lease is fresh.
+        server.inner.metrics.lease_renewed();
         self.seed(seq, users);
         Ok(())
     }
@@ -314,6 +320,30 @@ impl ClusterHost {
         }
         server.inner.leaving.lock().clear();
         self.seed(seq, users);
+        // The node registered again just before: it holds a fresh lease.
+        server.inner.metrics.resynced();
+        server.inner.metrics.lease_renewed();
+    }
+
+    // ---- health and metrics: what only the cluster layer sees ---------------------------------------------------
+
+    /// Reports that the node renewed its lease: it holds it, and `krmx_cluster_lease_age_seconds` starts again from
+    /// zero. [`install`](ClusterHost::install) and [`restart`](ClusterHost::restart) count as renewals (the node has
+    /// just registered). Never blocks.
+    pub fn lease_renewed(&self) {
+        self.server.inner.metrics.lease_renewed();
+    }
+
+    /// Reports that the node lost its lease: [`Server::health`] says so (and `GET /health` answers 503) until the
+    /// node registers again and [`restart`](ClusterHost::restart)s. Never blocks.
+    pub fn lease_lost(&self) {
+        self.server.inner.metrics.lease_lost();
+    }
+
+    /// Where the server's metrics read what the cluster layer counts (`krmx_cluster_messages_lost_total`,
+    /// `krmx_cluster_repeats_dropped_total`): `source` is called on every scrape, so keep it to a few atomic loads.
+    pub fn set_counts(&self, source: impl Fn() -> ClusterCounts + Send + Sync + 'static) {
+        self.server.inner.metrics.set_counts(Box::new(source));
     }
 
     fn seed(&self, seq: u64, users: Vec<(String, Option<LinkAddr>)>) {

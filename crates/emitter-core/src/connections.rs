@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::config::{Config, RateLimit};
 use crate::fanout::Log;
 use crate::id::ConnectionId;
+use crate::metrics::{Cause, Metrics};
 use crate::outbox::Outbox;
 use crate::outbox::PushError;
 use crate::protocol::Frame;
@@ -67,10 +68,11 @@ pub(crate) struct Connection {
     pub(crate) id: ConnectionId,
     pub(crate) outbox: Outbox,
     pub(crate) state: Mutex<ConnState>,
+    metrics: Arc<Metrics>,
 }
 
 impl Connection {
-    fn new(id: ConnectionId, outbox: Outbox, rate_limit: Option<RateLimit>) -> Self {
+    fn new(id: ConnectionId, outbox: Outbox, rate_limit: Option<RateLimit>, metrics: Arc<Metrics>) -> Self {
         let now = Instant::now();
         Connection {
             id,
@@ -85,6 +87,7 @@ impl Connection {
                     refilled: now,
                 }),
             }),
+            metrics,
         }
     }
 
@@ -106,6 +109,7 @@ impl Connection {
             Err(PushError::Closed) => tracing::debug!(connection = %self.id, "dropped: connection is closing"),
             Err(PushError::Full) => {
                 tracing::warn!(connection = %self.id, "outgoing queue full: closing the slow connection");
+                self.metrics.closed(Cause::SlowConsumer);
                 self.close();
             }
         }
@@ -170,6 +174,10 @@ impl Connections {
         self.open.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn linked(&self) -> usize {
+        self.linked.load(Ordering::SeqCst)
+    }
+
     /// Why one more connection cannot be admitted now, if it cannot. Connections are admitted on the membership path,
     /// one at a time, so a check and the insert that follows it cannot be overtaken.
     pub(crate) fn refusal(&self, config: &Config) -> Option<&'static str> {
@@ -185,10 +193,10 @@ impl Connections {
     }
 
     /// Opens a connection whose outbox reads `log`.
-    pub(crate) fn insert(&self, log: &Arc<Log>, config: &Config) -> (ConnectionId, Outbox) {
+    pub(crate) fn insert(&self, log: &Arc<Log>, config: &Config, metrics: &Arc<Metrics>) -> (ConnectionId, Outbox) {
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed) as u64);
         let outbox = Outbox::new(id, log.clone(), config.outbound_queue);
-        let connection = Connection::new(id, outbox.clone(), config.rate_limit);
+        let connection = Connection::new(id, outbox.clone(), config.rate_limit, metrics.clone());
         self.table.insert(id, Arc::new(connection));
         self.open.fetch_add(1, Ordering::SeqCst);
         (id, outbox)

@@ -19,6 +19,7 @@ use crate::config::KeepLimits;
 use crate::connections::{Connection, Member};
 use crate::fanout::{Log, SEGMENT};
 use crate::kept::Kept;
+use crate::metrics::{Cause, Metrics};
 use crate::outbox::PushError;
 use crate::protocol::{Frame, ServerMessage};
 use crate::snapshot::{Snapshot, UserFrames};
@@ -80,10 +81,11 @@ pub(crate) struct Registry {
     keep: Option<KeepLimits>,
     /// Kept messages dropped so far (past a limit, or too old).
     pub(crate) kept_dropped: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub(crate) fn new(log: Arc<Log>, max_lag: usize, keep: Option<KeepLimits>) -> Registry {
+    pub(crate) fn new(log: Arc<Log>, max_lag: usize, keep: Option<KeepLimits>, metrics: Arc<Metrics>) -> Registry {
         Registry {
             users: BTreeMap::new(),
             order: HashMap::new(),
@@ -94,7 +96,13 @@ impl Registry {
             max_lag: max_lag as u64,
             keep,
             kept_dropped: 0,
+            metrics,
         }
+    }
+
+    /// How many users there are, and how many of them are linked.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.users.len(), self.linked)
     }
 
     pub(crate) fn user(&self, username: &str) -> Option<&UserSlot> {
@@ -286,6 +294,7 @@ impl Registry {
         }
         for (order, connection) in slow {
             tracing::warn!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
+            self.metrics.closed(Cause::SlowConsumer);
             connection.close();
             self.closing.insert(order);
         }

@@ -8,6 +8,7 @@ use std::future::Future;
 
 use crate::error::Status;
 pub use crate::id::ConnectionId;
+use crate::metrics::Cause;
 pub use crate::outbox::{Outbox, PushError};
 pub use crate::snapshot::Snapshot;
 use crate::Server;
@@ -115,5 +116,26 @@ impl Host {
     /// Resolves when the server starts closing; hand it to a graceful-shutdown hook.
     pub fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
         self.server.closing()
+    }
+    // ---- metrics: what only the transport sees ------------------------------------------------------------------
+
+    /// Counts `frames` written to a connection's socket, of `bytes` payload bytes in all (the server's
+    /// `krmx_messages_sent_total` and `krmx_sent_bytes_total`). Call it once per write burst: it costs two atomic
+    /// adds on counters striped per thread.
+    pub fn record_written(&self, frames: usize, bytes: usize) {
+        let metrics = &self.server.inner.metrics;
+        metrics.messages_out.add(frames as u64);
+        metrics.bytes_out.add(bytes as u64);
+    }
+
+    /// Records how many frames a connection's writer found waiting when it woke (`krmx_outbound_queue_depth`).
+    pub fn record_queue_depth(&self, frames: usize) {
+        self.server.inner.metrics.queue_depth.observe(frames as u64);
+    }
+
+    /// Counts a connection closed because it sent a message over
+    /// [`max_message_size`](crate::Config::max_message_size) (`krmx_connection_closes_total{cause="oversize"}`).
+    pub fn record_oversize_close(&self) {
+        self.server.inner.metrics.closed(Cause::Oversize);
     }
 }

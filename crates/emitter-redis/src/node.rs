@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use emitter_core::cluster::{Change, Entry, LinkAddr, Refused, Sequencer};
 use emitter_core::protocol::{Frame, Rejection};
-use emitter_core::{ClusterHost, Error as CoreError, Server};
+use emitter_core::{ClusterCounts, ClusterHost, Error as CoreError, Server};
 use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 
@@ -77,6 +77,11 @@ impl Node {
         let (seq, users) = seed(snapshot);
         host.install(sequencer.clone(), seq, users)
             .map_err(|error| Error::Malformed(format!("cannot make this server a node: {error}")))?;
+        let shared = cluster.shared.clone();
+        host.set_counts(move || {
+            let stats = shared.stats();
+            ClusterCounts::new(stats.messages_lost, stats.repeats_dropped)
+        });
         tracing::info!(
             cluster = cluster.name(),
             node = id,
@@ -86,10 +91,10 @@ impl Node {
         );
         let keeper = Keeper {
             server: server.clone(),
+            alive: keep_alive(&cluster, &host, lease),
             host,
             cluster: cluster.clone(),
             sequencer,
-            alive: cluster.keep_alive(lease),
             notifications,
         };
         let task = tokio::spawn(keeper.run());
@@ -115,6 +120,12 @@ impl Node {
     pub async fn stopped(self) {
         let _ = self.task.await;
     }
+}
+
+/// Keeps the node's lease, telling the server of every renewal (its health and `krmx_cluster_lease_age_seconds`).
+fn keep_alive(cluster: &Cluster, host: &ClusterHost, lease: NodeLease) -> KeepAlive {
+    let host = host.clone();
+    cluster.keep_alive_reporting(lease, Box::new(move || host.lease_renewed()))
 }
 
 /// The users of a snapshot, as the core seeds them.
@@ -287,7 +298,9 @@ impl Keeper {
     async fn start_over(&mut self, lost: Option<LeaseLost>) {
         let mut epoch_changed = matches!(lost, Some(LeaseLost::EpochChanged { .. }));
         if lost.is_some() || epoch_changed {
-            // No lease, no serving: close the sockets now, not once Redis is back.
+            // No lease, no serving: close the sockets now, not once Redis is back. Health says so until the node has
+            // registered again and restarted.
+            self.host.lease_lost();
             self.host.close_connections();
         }
         self.sequencer.blocking.reset();
@@ -316,7 +329,7 @@ impl Keeper {
         let lease = self.cluster.register_node(&self.sequencer.node).await?;
         let snapshot = self.cluster.snapshot().await?;
         *self.sequencer.lease.write() = lease.clone();
-        self.alive = self.cluster.keep_alive(lease);
+        self.alive = keep_alive(&self.cluster, &self.host, lease);
         let host = self.host.clone();
         let (seq, users) = seed(snapshot);
         let _ = tokio::task::spawn_blocking(move || host.restart(seq, users)).await;

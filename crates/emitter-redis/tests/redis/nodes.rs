@@ -256,3 +256,72 @@ async fn the_grace_period_outlives_the_node_that_unlinked_the_user() {
     );
     assert_eq!(b.server.users(), vec![user("bob", true)]);
 }
+
+/// The value of one sample (`name` with its labels, as written) in a `/metrics` scrape.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Asks `GET /health` until it answers `status`, bounded; returns the body.
+async fn health_becomes(port: u16, status: u16) -> String {
+    let deadline = Instant::now() + emitter_testing::TIMEOUT;
+    loop {
+        let response = emitter_testing::http_get(port, "/health").await;
+        if response.status == status {
+            return response.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health never answered {status}: {} {}",
+            response.status,
+            response.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_says_unhealthy_while_the_node_has_lost_its_lease() {
+    let mut redis = redis_or_skip!();
+    let options = Options {
+        lease: Duration::from_millis(600),
+        ..options()
+    };
+    let server = Server::new();
+    let handle = Cluster::connect(&redis.url(), "health", options)
+        .await
+        .expect("connect");
+    let _node = Node::start(&server, handle, "a").await.expect("start the node");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = emitter_axum::router(&server)
+        .merge(emitter_axum::health_route(&server))
+        .merge(emitter_axum::metrics_route(&server));
+    let port = emitter_axum::serve(&server, listener, app).await.unwrap();
+    assert_eq!(health_becomes(port, 200).await, "ok\n");
+    let mut alice = RawClient::link_and_settle(port, "alice").await;
+    let text = emitter_testing::http_get(port, "/metrics").await.body;
+    assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "krmx_cluster_resyncs_total"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "krmx_cluster_messages_lost_total"), Some(0.0), "{text}");
+    let submits = sample(&text, "krmx_cluster_submit_duration_seconds_count").unwrap_or_default();
+    assert!(submits >= 1.0, "alice's link was submitted to Redis: {text}");
+
+    // Redis is gone: no renewal for a whole lease, the node stops serving and says so.
+    redis.kill();
+    alice.expect_closed().await;
+    assert_eq!(health_becomes(port, 503).await, "this node lost its cluster lease\n");
+    let text = emitter_testing::http_get(port, "/metrics").await.body;
+    assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(0.0), "{text}");
+    let age = sample(&text, "krmx_cluster_lease_age_seconds").unwrap_or_default();
+    assert!(age > 0.0, "no renewal since the kill: {text}");
+
+    // Redis is back (empty): the node registers again, starts over, and is healthy.
+    redis.start_again();
+    assert_eq!(health_becomes(port, 200).await, "ok\n");
+    let text = emitter_testing::http_get(port, "/metrics").await.body;
+    assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(1.0), "{text}");
+    let resyncs = sample(&text, "krmx_cluster_resyncs_total").unwrap_or_default();
+    assert!(resyncs >= 1.0, "it started over from the cluster's state: {text}");
+}

@@ -34,8 +34,8 @@ docs:
 ci:
     .ci/run
 
-# Interop with the npm reference packages (needs Node): @krmx/client against the conformance server, emitter-client
-# against @krmx/server
+# Interop with the npm reference packages (needs Node): @krmx/client against the conformance server, @krmx/state's
+# client models against examples/cards, emitter-client against @krmx/server
 interop:
     .ci/steps/30-interop.sh
 
@@ -52,8 +52,8 @@ browser:
     .ci/steps/40-browser.sh
 
 # The benchmark suite (crates/emitter-bench): our server, the Node reference (@krmx/server from npm) and a bare axum
-# server side by side, alternating, medians of 3 rounds, plus the 19,000-user scale run; writes the table and plot to
-# docs/src/performance/. ARGS go to `emitter-bench suite` (e.g. --rounds 1 --only fanout-max,echo; --help lists them)
+# server side by side, alternating, medians of 3 rounds, plus the 19,000-user scale run (and the cluster groups, when
+# redis-server is on PATH); writes the table and plot to docs/src/performance/. ARGS go to `emitter-bench suite` (e.g. --rounds 1 --only fanout-max,echo; --help lists them)
 bench *ARGS:
     cargo build --release -p emitter-bench -p example-bench
     cd tests/node-baseline && npm ci --no-audit --no-fund
@@ -65,6 +65,14 @@ bench *ARGS:
 bench-multicore OUT *ARGS:
     cargo build --release -p emitter-bench -p example-bench
     crates/emitter-bench/multicore.sh {{OUT}} {{ARGS}}
+
+# The cluster groups alone: three nodes of examples/bench on a throwaway redis-server against one node (links, fan-out
+# across nodes, Redis CPU per link and per broadcast, a node SIGKILLed with 1,000 users linked at leases of 10 s and
+# 2 s), 3 rounds alternating which goes first, results in OUT; needs redis-server on PATH. ARGS go to `emitter-bench
+# suite` (e.g. --rounds 5, --crash-users 2000)
+bench-cluster OUT *ARGS:
+    cargo build --release -p emitter-bench -p example-bench
+    target/release/emitter-bench suite --only cluster --targets emitter,cluster --out {{OUT}} --logs {{OUT}}/logs {{ARGS}}
 
 # emitter-redis and the cluster chat example against throwaway redis-server processes (installs Debian's redis-server when it is not on PATH)
 redis:

@@ -30,6 +30,10 @@ pub struct TicTacToe;
 #[cfg(doctest)]
 pub struct Cluster;
 
+#[doc = include_str!("src/shared-state.md")]
+#[cfg(doctest)]
+pub struct SharedState;
+
 #[doc = include_str!("src/examples.md")]
 #[cfg(doctest)]
 pub struct Examples;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop with the reference Krmx packages from npm, both ways, over loopback:
-#   1. the real @krmx/client against emitter's conformance server (tests/interop/test, Node's built-in test runner), and
-#      emitter-state's JSON deltas against the real jsondiffpatch 0.5.0 (tests/interop/test/delta.test.js);
+#   1. the real @krmx/client against emitter's conformance server (tests/interop/test, Node's built-in test runner),
+#      emitter-state's JSON deltas against the real jsondiffpatch 0.5.0 (tests/interop/test/delta.test.js), and the
+#      real @krmx/state client models against emitter-state's models in examples/cards (tests/interop/test/state.test.js);
 #   2. emitter-client against the real @krmx/server (crates/emitter-client/tests/interop_krmx_server.rs), with
 #      EMITTER_INTEROP=1 so that a missing npm install fails instead of skipping.
 # Installs Node.js from Debian if it is absent, and the npm packages from tests/interop/package-lock.json.
@@ -17,13 +18,14 @@ echo "node $(node --version), npm $(npm --version 2>/dev/null)"
 
 (cd tests/interop && npm ci --no-audit --no-fund)
 
-cargo build -p example-conformance
-cargo build -p emitter-state --example delta_cases
+# One cargo invocation, so that the binaries share one feature set (emitter-state turns on serde_json's preserve_order).
+cargo build -p example-conformance -p example-cards -p emitter-state --bins --example delta_cases
 target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 
-echo "--- @krmx/client against examples/conformance, emitter-state deltas against jsondiffpatch"
+echo "--- @krmx/client against examples/conformance, emitter-state against jsondiffpatch and @krmx/state"
 (cd tests/interop && EMITTER_CONFORMANCE_BIN="$target_dir/debug/example-conformance" \
-    EMITTER_DELTA_CASES_BIN="$target_dir/debug/examples/delta_cases" node --test)
+    EMITTER_DELTA_CASES_BIN="$target_dir/debug/examples/delta_cases" \
+    EMITTER_CARDS_BIN="$target_dir/debug/example-cards" node --test)
 
 echo "--- emitter-client against @krmx/server"
 EMITTER_INTEROP=1 cargo test -p emitter-client --test interop_krmx_server

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The web examples in headless Chromium (tests/browser/): the chat (two pages chat, come and go, one reloads and relinks) and
-# tic-tac-toe (two players and a spectator, a player reloads mid-game).
+# The web examples in headless Chromium (tests/browser/): the chat (two pages chat, come and go, one reloads and relinks),
+# tic-tac-toe (two players and a spectator, a player reloads mid-game) and the card game (hidden hands on emitter-state's
+# Projection, table talk, moods, a refused card, a reload mid-game).
 # Installs Debian's chromium when /usr/bin/chromium is absent and the npm packages from tests/browser/package-lock.json, builds
-# and starts the two examples on free loopback ports, and runs the tests with Node's built-in test runner.
+# and starts the three examples on free loopback ports, and runs the tests with Node's built-in test runner.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -59,8 +60,10 @@ start() {
 # Not in $(...): start must add to pids in this shell.
 start example-chat >"$workdir/chat.port"
 start example-tic-tac-toe >"$workdir/ttt.port"
+start example-cards >"$workdir/cards.port"
 
 cd tests/browser
 CHAT_URL="http://127.0.0.1:$(cat "$workdir/chat.port")/" \
     TTT_URL="http://127.0.0.1:$(cat "$workdir/ttt.port")/" \
+    CARDS_URL="http://127.0.0.1:$(cat "$workdir/cards.port")/" \
     node --test

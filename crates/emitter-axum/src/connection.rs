@@ -1,13 +1,17 @@
-//! One task per connection: read frames into the core, write what its outbox has, ping.
+//! One task per connection: read frames into the core, write what its outbox has, ping; then close it as RFC 6455
+//! says, with a code that says why, and log why once.
 
+use std::fmt;
 use std::time::Duration;
 
 use emitter_core::protocol::Frame;
-use emitter_core::transport::{Host, Outbox};
+use emitter_core::transport::{CloseReason, ConnectionId, Host, Outbox, TransportClose};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -15,9 +19,6 @@ use crate::burst::BurstWriter;
 
 /// A served connection: the upgraded socket, its writes gathered into bursts.
 pub(crate) type Socket = WebSocketStream<BurstWriter<TokioIo<hyper::upgrade::Upgraded>>>;
-
-/// How long a closing connection may take to write what is queued before it is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Frames taken from the outbox at a time.
 const BATCH: usize = 256;
@@ -31,57 +32,212 @@ fn to_message(frame: Frame) -> Message {
     Message::Text(Utf8Bytes::try_from(frame.bytes().clone()).unwrap_or_default())
 }
 
-/// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
-async fn write_burst(socket: &mut Socket, outbox: &Outbox, host: &Host) -> Result<bool, tungstenite::Error> {
-    let mut batch = Vec::with_capacity(BATCH);
-    let (mut written, mut bytes) = (0, 0);
-    let closing = loop {
-        let closing = outbox.take(&mut batch, BATCH);
-        let taken = batch.len();
-        for frame in batch.drain(..) {
-            bytes += frame.bytes().len();
-            socket.feed(to_message(frame)).await?;
+/// Frames taken from the outbox, and how many of them the WebSocket layer has. A write that gives way to a close
+/// (the client stopped reading) leaves the rest here, so that they still go out, in order, before the close frame.
+#[derive(Default)]
+struct Taken {
+    frames: Vec<Frame>,
+    fed: usize,
+    /// Frames fed, and their bytes, since they were last counted in the server's metrics.
+    unreported: (usize, usize),
+}
+
+impl Taken {
+    /// Hands the WebSocket layer what is left, one frame at a time; a frame counts as fed once the layer has it, so
+    /// cancelling this loses nothing.
+    async fn feed(&mut self, socket: &mut Socket) -> Result<(), tungstenite::Error> {
+        while let Some(frame) = self.frames.get(self.fed) {
+            let bytes = frame.bytes().len();
+            socket.feed(to_message(frame.clone())).await?;
+            self.fed += 1;
+            self.unreported.0 += 1;
+            self.unreported.1 += bytes;
         }
-        written += taken;
-        if closing || taken < BATCH || written >= BURST {
+        self.frames.clear();
+        self.fed = 0;
+        Ok(())
+    }
+
+    /// Counts what was fed since the last call in the server's metrics: two atomic adds, once per burst.
+    fn report(&mut self, host: &Host) {
+        let (frames, bytes) = std::mem::take(&mut self.unreported);
+        if frames > 0 {
+            host.record_written(frames, bytes);
+        }
+    }
+}
+
+/// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
+async fn write_burst(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    taken: &mut Taken,
+    host: &Host,
+) -> Result<bool, tungstenite::Error> {
+    taken.feed(socket).await?;
+    let mut written = 0;
+    let closing = loop {
+        let closing = outbox.take(&mut taken.frames, BATCH);
+        let count = taken.frames.len();
+        taken.feed(socket).await?;
+        written += count;
+        if closing || count < BATCH || written >= BURST {
             break closing;
         }
     };
     socket.flush().await?;
     if written > 0 {
-        // What it found waiting is what it took: `take` drains everything ready, up to a burst.
+        // What it found waiting is what it took: `take` moves everything ready, up to a burst.
         host.record_queue_depth(written);
-        host.record_written(written, bytes);
     }
+    taken.report(host);
+    // Idle connections are the many: keep no batch for them.
+    taken.frames = Vec::new();
     Ok(closing)
 }
 
-/// Writes one more burst of a closing connection's outbox; returns whether it was empty.
-async fn outbox_empty(socket: &mut Socket, outbox: &Outbox, host: &Host) -> Result<bool, tungstenite::Error> {
-    let mut batch = Vec::new();
-    outbox.take(&mut batch, BURST);
-    let (frames, bytes) = (batch.len(), batch.iter().map(|frame| frame.bytes().len()).sum());
-    for frame in batch {
-        socket.feed(to_message(frame)).await?;
-    }
+/// Writes one more burst of a closing connection's outbox; returns whether nothing was left.
+async fn outbox_empty(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken) -> Result<bool, tungstenite::Error> {
+    taken.feed(socket).await?;
+    outbox.take(&mut taken.frames, BURST);
+    let empty = taken.frames.is_empty();
+    taken.feed(socket).await?;
     socket.flush().await?;
-    host.record_written(frames, bytes);
-    Ok(frames == 0)
+    Ok(empty)
 }
 
-/// Serves one upgraded WebSocket until either side closes it, then reports the close to the core.
+/// Why a connection ended: the one line logged for it, and the close frame it got.
+#[derive(Debug)]
+enum Ending {
+    /// The core closed it; its reason gives the code.
+    Core(CloseReason),
+    /// The client sent a close frame; the WebSocket layer answers with the same code.
+    Client(Option<CloseFrame>),
+    /// A message over the size limit: 1009.
+    TooBig,
+    /// A text message that is not UTF-8: 1007.
+    InvalidUtf8,
+    /// A frame that breaks the WebSocket protocol: 1002.
+    Protocol(ProtocolError),
+    /// No pong came between two pings: 1008.
+    NoPong,
+    /// The connection URL's query parameters are not the expected ones: 1008.
+    QueryParams,
+    /// The core refused the connection after the upgrade (the server closed, or a limit was reached meanwhile): 1013.
+    Refused(&'static str),
+    /// The TCP connection ended without a close frame.
+    Gone,
+    /// Reading or writing failed.
+    Network(tungstenite::Error),
+}
+
+impl Ending {
+    fn from_read_error(error: tungstenite::Error) -> Ending {
+        match error {
+            tungstenite::Error::Capacity(_) => Ending::TooBig,
+            tungstenite::Error::Utf8(_) => Ending::InvalidUtf8,
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Gone,
+            tungstenite::Error::Protocol(error) => Ending::Protocol(error),
+            error => Ending::Network(error),
+        }
+    }
+
+    /// The code and reason this server sends in its close frame; `None` when it sends none of its own (the client's
+    /// close is answered by the WebSocket layer; a broken connection gets nothing).
+    fn close_frame(&self) -> Option<(u16, &'static str)> {
+        match self {
+            Ending::Core(reason) => Some((reason.code(), reason.text())),
+            Ending::TooBig => Some((1009, "message too big")),
+            Ending::InvalidUtf8 => Some((1007, "invalid UTF-8")),
+            Ending::Protocol(_) => Some((1002, "protocol error")),
+            Ending::NoPong => Some((1008, "no pong")),
+            Ending::QueryParams => Some((1008, "unexpected query parameters")),
+            Ending::Refused(why) => Some((1013, why)),
+            Ending::Client(_) | Ending::Gone | Ending::Network(_) => None,
+        }
+    }
+
+    /// What the server's metrics count this close as, when the transport closed it on its own account.
+    fn transport_cause(&self) -> Option<TransportClose> {
+        match self {
+            Ending::TooBig => Some(TransportClose::Oversize),
+            Ending::InvalidUtf8 => Some(TransportClose::InvalidUtf8),
+            Ending::Protocol(_) => Some(TransportClose::ProtocolError),
+            Ending::NoPong => Some(TransportClose::NoPong),
+            Ending::QueryParams => Some(TransportClose::QueryParams),
+            // The core counts its own closes and its refusals; the client's closes and broken connections are not
+            // the server's.
+            Ending::Core(_) | Ending::Refused(_) | Ending::Client(_) | Ending::Gone | Ending::Network(_) => None,
+        }
+    }
+
+    /// The close code the client got: this server's, or its own echoed.
+    fn code(&self) -> Option<u16> {
+        match self {
+            Ending::Client(frame) => frame.as_ref().map(|frame| frame.code.into()),
+            _ => self.close_frame().map(|(code, _)| code),
+        }
+    }
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ending::Core(reason) => reason.fmt(f),
+            Ending::Client(Some(frame)) if frame.reason.is_empty() => {
+                write!(f, "the client closed it with code {}", u16::from(frame.code))
+            }
+            Ending::Client(Some(frame)) => write!(
+                f,
+                "the client closed it with code {} ({:?})",
+                u16::from(frame.code),
+                frame.reason.as_str()
+            ),
+            Ending::Client(None) => f.write_str("the client closed it without a code"),
+            Ending::TooBig => f.write_str("message too big"),
+            Ending::InvalidUtf8 => f.write_str("invalid UTF-8 in a text message"),
+            Ending::Protocol(error) => write!(f, "WebSocket protocol error: {error}"),
+            Ending::NoPong => f.write_str("no pong to the previous ping"),
+            Ending::QueryParams => f.write_str("its query parameters are not the expected ones"),
+            Ending::Refused(why) => f.write_str(why),
+            Ending::Gone => f.write_str("the client went away without a close frame"),
+            Ending::Network(error) => write!(f, "network error: {error}"),
+        }
+    }
+}
+
+/// Serves one upgraded WebSocket until either side closes it, closes it, then reports the close to the core.
 pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
+    let deadline = host.server().config().close_drain_deadline();
     if !query_ok {
-        tracing::debug!("incoming connection closed: its query parameters are not the expected ones");
-        let _ = socket.send(Message::Close(None)).await;
+        host.record_close(TransportClose::QueryParams);
+        close_within(deadline, &mut socket, None, &Ending::QueryParams).await;
+        tracing::info!(code = 1008, "connection refused: {}", Ending::QueryParams);
         return;
     }
-    let ping_interval = host.server().config().ping_interval();
-    let Some((id, outbox)) = host.connect() else {
-        let _ = socket.send(Message::Close(None)).await;
-        return;
+    let (id, outbox) = match host.connect() {
+        Ok(admitted) => admitted,
+        Err(why) => {
+            // The core logged the refusal.
+            close_within(deadline, &mut socket, None, &Ending::Refused(why)).await;
+            return;
+        }
     };
+    let mut taken = Taken::default();
+    let ending = serve(&host, id, &outbox, &mut socket, &mut taken).await;
+    if let Some(cause) = ending.transport_cause() {
+        host.record_close(cause);
+    }
+    let queued = matches!(ending, Ending::Core(_)).then_some((&outbox, &mut taken));
+    let cut = close_within(deadline, &mut socket, queued, &ending).await;
+    taken.report(&host);
+    log_end(id, &ending, cut);
+    host.disconnect(id);
+}
 
+/// Reads frames into the core, writes what the outbox has, and pings, until the connection ends; says why it did.
+async fn serve(host: &Host, id: ConnectionId, outbox: &Outbox, socket: &mut Socket, taken: &mut Taken) -> Ending {
+    let ping_interval = host.server().config().ping_interval();
     // A far-future ping when pinging is off keeps one select below.
     let period = ping_interval.unwrap_or(Duration::from_secs(60 * 60 * 24 * 365));
     let mut ping = interval_at(Instant::now() + period, period);
@@ -94,24 +250,16 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
             () = outbox.ready() => {
                 // A write that blocks (the client stopped reading) gives way to a close request.
                 let written = tokio::select! {
-                    written = write_burst(&mut socket, &outbox, &host) => written,
+                    written = write_burst(socket, outbox, &mut *taken, host) => written,
                     () = outbox.closed() => Ok(true),
                 };
                 match written {
                     Ok(false) => {}
                     Ok(true) => {
-                        // What was queued before the close goes out, briefly, then the close frame.
-                        let grace = async {
-                            while !outbox_empty(&mut socket, &outbox, &host).await? {}
-                            socket.send(Message::Close(None)).await
-                        };
-                        let _ = tokio::time::timeout(CLOSE_GRACE, grace).await;
-                        break;
+                        // Closing never ends, so there is a reason by now.
+                        return Ending::Core(outbox.close_reason().unwrap_or(CloseReason::ServerClosing));
                     }
-                    Err(error) => {
-                        tracing::debug!(%id, %error, "write failed");
-                        break;
-                    }
+                    Err(error) => return Ending::Network(error),
                 }
             }
             incoming = socket.next() => match incoming {
@@ -119,27 +267,97 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
                 Some(Ok(Message::Binary(data))) => host.receive(id, &data),
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                 Some(Ok(Message::Ping(_) | Message::Frame(_))) => {} // pings are answered by the WebSocket layer
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(error)) => {
-                    // Invalid UTF-8, an oversized message, a protocol violation: this connection ends, nothing else.
-                    tracing::debug!(%id, %error, "connection error");
-                    if let tungstenite::Error::Capacity(CapacityError::MessageTooLong { .. }) = error {
-                        host.record_oversize_close();
-                    }
-                    break;
-                }
+                Some(Ok(Message::Close(frame))) => return Ending::Client(frame),
+                None => return Ending::Gone,
+                // Invalid UTF-8, an oversized message, a protocol violation: this connection ends, nothing else.
+                Some(Err(error)) => return Ending::from_read_error(error),
             },
             _ = ping.tick(), if ping_interval.is_some() => {
                 if awaiting_pong {
-                    tracing::info!(%id, "no pong since the previous ping: closing the unresponsive connection");
-                    break;
+                    return Ending::NoPong;
                 }
                 awaiting_pong = true;
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
+                if let Err(error) = socket.send(Message::Ping(Default::default())).await {
+                    return Ending::Network(error);
                 }
             }
         }
     }
-    host.disconnect(id);
+}
+
+/// [`close`] within `deadline`; returns whether the deadline cut it short.
+async fn close_within(
+    deadline: Duration,
+    socket: &mut Socket,
+    queued: Option<(&Outbox, &mut Taken)>,
+    ending: &Ending,
+) -> bool {
+    match tokio::time::timeout(deadline, close(socket, queued, ending)).await {
+        Ok(Ok(())) => false,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "the close handshake failed");
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+/// Closes the WebSocket as RFC 6455 asks: what is `queued` (when the core closes it) goes out first; then the close
+/// frame (the client's code echoed, or this server's); then the TCP connection ends once the client has nothing more
+/// to send, so that what it sent meanwhile does not make the socket reset and lose the close frame on the way.
+async fn close(
+    socket: &mut Socket,
+    queued: Option<(&Outbox, &mut Taken)>,
+    ending: &Ending,
+) -> Result<(), tungstenite::Error> {
+    match ending {
+        Ending::Gone | Ending::Network(_) => return Ok(()),
+        Ending::Client(_) => {
+            // The WebSocket layer queued the answer, with the client's code, when it read the close frame. The client
+            // sends nothing after its close frame, so the connection can end at once (the server ends it first).
+            socket.flush().await?;
+            socket.get_mut().shutdown().await?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    if let Some((outbox, taken)) = queued {
+        while !outbox_empty(socket, outbox, taken).await? {}
+    }
+    let Some((code, text)) = ending.close_frame() else {
+        return Ok(());
+    };
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: Utf8Bytes::from_static(text),
+    };
+    socket.send(Message::Close(Some(frame))).await?;
+    match ending {
+        Ending::TooBig | Ending::InvalidUtf8 | Ending::Protocol(_) => {
+            // The frames after a broken one cannot be read: end the writing side, then read and drop whatever comes
+            // (the rest of an oversized message, the client's answer) until the client ends the connection.
+            socket.get_mut().shutdown().await?;
+            let mut sink = [0; 1024];
+            while socket.get_mut().read(&mut sink).await? > 0 {}
+        }
+        Ending::NoPong => {
+            // The client answers nothing: do not wait for it.
+            socket.get_mut().shutdown().await?;
+        }
+        _ => {
+            // Read (and drop) what the client sent before its answer; the WebSocket layer ends the stream after it.
+            while let Some(Ok(_)) = socket.next().await {}
+        }
+    }
+    Ok(())
+}
+
+/// The one line that says why a connection ended.
+fn log_end(id: ConnectionId, ending: &Ending, cut: bool) {
+    let code = ending.code();
+    if cut {
+        tracing::info!(connection = %id, code, "connection closed: {ending}; cut at the close drain deadline");
+    } else {
+        tracing::info!(connection = %id, code, "connection closed: {ending}");
+    }
 }

@@ -25,6 +25,12 @@
 //! flush), and pings at the configured interval; a connection that missed the previous pong is closed. Binary frames
 //! are read like text frames. A frame over the size limit, invalid UTF-8 or a WebSocket protocol error closes that
 //! connection only.
+//!
+//! Every close is a WebSocket close frame whose code says why (1009 for a message over the size limit, 1001 when the
+//! server closes, the code of [`CloseReason`](emitter_core::transport::CloseReason) when the core closes it, …; the
+//! book's Limits chapter has the table), and a client's close frame is answered with its own code. A closing
+//! connection gets what was queued for it first, within the server's `close_drain_deadline`. Each connection logs
+//! why it ended once, at INFO; a connection refused before the upgrade gets a 503 whose body says why.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -23,9 +23,11 @@ const READ_BUFFER: usize = 1024;
 /// Answers a WebSocket handshake on the Krmx endpoint and serves the connection on a task of its own.
 pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> Response {
     let host = server.host();
-    if !host.has_room() {
+    if let Some(why) = host.refusal() {
         // Refused before the upgrade: no socket task, no buffers. `connect` repeats the check after the upgrade.
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        tracing::warn!(reason = why, "incoming connection refused with 503");
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return Refusal { status, why }.into_response();
     }
     let (mut parts, _body) = request.into_parts();
     let key = match handshake_key(&parts.method, &parts.headers) {

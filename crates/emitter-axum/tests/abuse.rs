@@ -316,10 +316,11 @@ async fn a_reply_after_server_pushes_is_not_held_back_by_nagle() {
     let (server, _events, port) = echo_server(Server::builder().ping_interval(Duration::ZERO)).await;
     let round_trips = round_trips_after_pushes(&server, port).await;
     eprintln!("nagle: listen(): round trips after two pushes each: {round_trips:?}");
-    assert!(
-        round_trips.iter().all(|rtt| *rtt < Duration::from_millis(20)),
-        "{round_trips:?}"
-    );
+    // Nagle's wait would hold back every one of these by about 40 ms; the median ignores one round trip that a busy
+    // machine delayed for its own reasons.
+    let mut sorted = round_trips.clone();
+    sorted.sort();
+    assert!(sorted[sorted.len() / 2] < Duration::from_millis(20), "{round_trips:?}");
 }
 
 /// The workaround until then, and the proof of the cause: serve the router yourself on sockets with `TCP_NODELAY`.

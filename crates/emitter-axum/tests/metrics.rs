@@ -148,11 +148,11 @@ async fn metrics_follow_connections_links_messages_rejections_and_closes() {
     stranger.expect(rejected("invalid message")).await;
     stranger.close().await;
 
-    // An oversize message closes its connection.
+    // An oversize message closes its connection with 1009.
     let mut big = RawClient::link_and_settle(port, "big").await;
     big.send_raw(&format!(r#"{{"type":"app/x","payload":"{}"}}"#, "x".repeat(2000)))
         .await;
-    big.expect_closed().await;
+    assert_eq!(big.expect_close_frame().await.map(|(code, _)| code), Some(1009));
 
     let text = scrape_until(
         port,
@@ -176,6 +176,14 @@ async fn metrics_follow_connections_links_messages_rejections_and_closes() {
     .await;
     assert!(!text.contains("banned"), "an app's reason is never a label: {text}");
     server.close().await.unwrap();
+    // ann and bob were still open: the close closed them (its HTTP server is gone, so read the text directly).
+    let text = server.metrics_text();
+    assert_eq!(
+        sample(&text, "krmx_connection_closes_total{cause=\"server_closing\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    drop((ann, bob));
 }
 
 #[tokio::test]
@@ -186,21 +194,25 @@ async fn rate_limit_and_slow_consumer_closes_are_counted() {
     for n in 0..10 {
         flooder.send(json!({"type": "app/spam", "payload": n})).await;
     }
-    flooder.expect_closed().await;
+    let code = flooder.expect_close_frame().await.map(|(code, _)| code);
+    assert_eq!(code, Some(1008), "rate limit exceeded");
 
     // A client that is sent more than its queue holds, all at once: this runtime has one thread, so its writer cannot
     // take any of it before the queue is full.
-    let _slow = RawClient::link_and_settle(port, "slow").await;
+    let mut slow = RawClient::link_and_settle(port, "slow").await;
     let refused = (0..10)
         .map(|n| server.send("slow", &marker(&n.to_string())))
         .find_map(Result::err);
     assert_eq!(refused, Some(emitter_core::Error::QueueFull));
+    let code = slow.expect_close_frame().await.map(|(code, _)| code);
+    assert_eq!(code, Some(1013), "slow consumer");
     scrape_until(
         port,
         &[
             ("krmx_connection_closes_total{cause=\"rate_limit\"}", 1.0),
             ("krmx_connection_closes_total{cause=\"slow_consumer\"}", 1.0),
             ("krmx_connection_closes_total{cause=\"oversize\"}", 0.0),
+            ("krmx_connection_closes_total{cause=\"server_closing\"}", 0.0),
         ],
     )
     .await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::hist::Histogram;
-use crate::process::{cpu_seconds, pinned, wait_or_kill, Server};
+use crate::process::{cpu_seconds, pinned, wait_or_kill, Deployment};
 use crate::target::Target;
 use crate::window::{self, BoardSpec};
 use crate::worker::{Report, Spec};
@@ -70,13 +70,79 @@ pub struct Outcome {
     pub latency: Histogram,
     pub disconnected: u32,
     pub errors: Vec<String>,
-    /// CPU of the server and of all load processes during the measured phase, in % of one core.
+    /// CPU of the server (all nodes of a cluster) and of all load processes during the measured phase, in % of one
+    /// core.
     pub cpu_pct: Option<(f64, f64)>,
+    /// The CPU Redis used (a cluster's), in seconds: while everyone linked (and, when tracked, until every view was
+    /// complete), and during the measured phase (until every result was in).
+    pub redis_cpu_s: Option<RedisCpu>,
+    /// What a node crash cost (the crash groups).
+    pub crash: Option<CrashOutcome>,
 }
 
-struct Worker {
-    child: Child,
+/// The CPU Redis used in each phase, in seconds, less what it uses when the nodes are idle (its own timers and theirs:
+/// lease renewals, reaps, polls), and the measured phase's wall time.
+#[derive(Default, Debug)]
+pub struct RedisCpu {
+    /// While idle, before the load started, in seconds per second.
+    pub idle_rate: f64,
+    pub linking: f64,
+    pub measured: Option<f64>,
+    pub measured_wall: f64,
+}
+
+/// How long Redis's idle CPU is sampled before a load starts.
+const REDIS_IDLE_SAMPLE: Duration = Duration::from_secs(1);
+
+/// A node killed with its users linked: when a client on another node heard of their unlinks, in seconds after the
+/// kill.
+#[derive(Debug)]
+pub struct CrashOutcome {
+    pub first_unlinked_s: f64,
+    pub all_unlinked_s: f64,
+}
+
+pub struct Worker {
+    pub child: Child,
     stdin: ChildStdin,
+}
+
+/// Starts worker process number `w` with `spec`, pinned to `core` when given; its reports go to `tx`, tagged `w`.
+pub fn spawn_worker(
+    spec: &Spec,
+    w: usize,
+    core: Option<&str>,
+    tx: &mpsc::Sender<(usize, Result<Report, String>)>,
+) -> Result<Worker, BoxError> {
+    let exe = std::env::current_exe()?;
+    let mut child = pinned(&exe, core)
+        .arg("worker")
+        .arg(serde_json::to_string(spec)?)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no worker stdout")?;
+    let stdin = child.stdin.take().ok_or("no worker stdin")?;
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let report = serde_json::from_str::<Report>(&line).map_err(|error| format!("{error}: {line}"));
+            if tx.send((w, report)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Worker { child, stdin })
+}
+
+/// Tells the workers to quit and waits for them (kills one that lingers).
+pub fn quit(workers: &mut [Worker]) {
+    send_line(workers, "quit");
+    for worker in workers {
+        wait_or_kill(&mut worker.child, Duration::from_secs(10));
+    }
 }
 
 fn send_line(workers: &mut [Worker], line: &str) {
@@ -86,42 +152,100 @@ fn send_line(workers: &mut [Worker], line: &str) {
     }
 }
 
-/// Waits for one report of the expected kind from each worker.
-fn collect(
-    reports: &mpsc::Receiver<(usize, Result<Report, String>)>,
-    count: usize,
-    timeout: Duration,
-    what: &str,
-) -> Result<Vec<Report>, BoxError> {
-    let deadline = Instant::now() + timeout;
-    let mut got = Vec::new();
-    while got.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match reports.recv_timeout(left) {
-            Ok((_, Ok(report))) => got.push(report),
-            Ok((worker, Err(error))) => return Err(format!("worker {worker}: {error}").into()),
-            Err(_) => return Err(format!("timed out waiting for {what} ({}/{count} workers)", got.len()).into()),
-        }
-    }
-    Ok(got)
+/// The workers' reports, as they arrive. A worker may report a phase before another worker has reported the phase
+/// before it (its users' views can be complete before another worker has reported its links): such a report is kept
+/// for the phase it belongs to.
+pub struct Reports {
+    rx: mpsc::Receiver<(usize, Result<Report, String>)>,
+    early: Vec<Report>,
 }
 
-/// Runs `load` against `server`; worker `w` is pinned to `cores[w % cores.len()]` when `cores` is not empty.
+impl Reports {
+    pub fn new(rx: mpsc::Receiver<(usize, Result<Report, String>)>) -> Reports {
+        Reports { rx, early: Vec::new() }
+    }
+
+    /// Waits for `count` reports that `wanted` picks (one from each worker), keeping any other for later.
+    pub fn collect(
+        &mut self,
+        count: usize,
+        timeout: Duration,
+        what: &str,
+        wanted: fn(&Report) -> bool,
+    ) -> Result<Vec<Report>, BoxError> {
+        let deadline = Instant::now() + timeout;
+        let (mut got, early): (Vec<Report>, Vec<Report>) = self.early.drain(..).partition(wanted);
+        self.early = early;
+        while got.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((_, Ok(report))) if wanted(&report) => got.push(report),
+                Ok((_, Ok(report))) => self.early.push(report),
+                Ok((worker, Err(error))) => return Err(format!("worker {worker}: {error}").into()),
+                Err(_) => return Err(format!("timed out waiting for {what} ({}/{count} workers)", got.len()).into()),
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// A worker's spec for users `first..first + count` of `load`, against the server on `port`. `deadline_ms` and
+/// `board` are for the caller to adjust.
+pub fn worker_spec(load: &Load, krmx: bool, port: u16, first: u32, count: u32, epoch: u64) -> Spec {
+    // Receivers wait this long at most for what the runner said was sent.
+    let drain_ms = 30_000;
+    Spec {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        path: "/".to_owned(),
+        krmx,
+        version: "0.5.5".to_owned(),
+        first,
+        count,
+        total: load.users,
+        in_flight: (load.in_flight / load.workers).max(1),
+        epoch,
+        track_views: load.track_views && krmx,
+        senders: (0, load.senders),
+        echo: load.echo,
+        rate: load.rate,
+        window: load.window,
+        duration_ms: load.duration_ms,
+        warmup_ms: load.warmup_ms,
+        drain_ms,
+        pad: 0,
+        read_buffer: if load.users > 5_000 { 16 * 1024 } else { 64 * 1024 },
+        link_timeout_ms: load.link_timeout_ms,
+        deadline_ms: 2 * load.link_timeout_ms + load.duration_ms + drain_ms + 120_000,
+        board: None,
+    }
+}
+
+/// Runs `load` against `deployment`: worker `w` connects to its server `w % servers`, and is pinned to
+/// `cores[w % cores.len()]` when `cores` is not empty.
 pub fn run_load(
-    server: &Server,
+    deployment: &Deployment,
     target: Target,
     load: &Load,
     epoch: u64,
     cores: &[String],
 ) -> Result<Outcome, BoxError> {
-    let exe = std::env::current_exe()?;
-    let rss_before = server.rss_kib();
-    let (tx, reports) = mpsc::channel();
+    let rss_before = deployment.rss_kib();
+    // What Redis spends with the nodes up and nothing happening, to take out of the phases' figures.
+    let redis_idle = match redis_cpu(deployment)? {
+        Some(before) => {
+            let started = Instant::now();
+            std::thread::sleep(REDIS_IDLE_SAMPLE);
+            let after = redis_cpu(deployment)?.unwrap_or(before);
+            Some((after - before).max(0.0) / started.elapsed().as_secs_f64())
+        }
+        None => None,
+    };
+    let redis_before = redis_cpu(deployment)?.map(|cpu| (cpu, Instant::now()));
+    let (tx, rx) = mpsc::channel();
+    let mut reports = Reports::new(rx);
     let mut workers = Vec::new();
     let per = load.users / load.workers;
     let mut first = 0;
-    // Receivers wait this long at most for what the runner said was sent.
-    let drain_ms = 30_000;
     // Several load processes and a broadcast window: they share their progress through a small file, so that the
     // window counts every user (see window.rs).
     let board = (load.workers > 1 && load.senders > 0 && !load.echo && load.rate == 0.0).then(|| {
@@ -134,84 +258,69 @@ pub fn run_load(
     }
     for w in 0..load.workers {
         let count = per + u32::from(w < load.users % load.workers);
+        let server = &deployment.servers[w as usize % deployment.servers.len()];
         let spec = Spec {
-            addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
-            path: "/".to_owned(),
-            krmx: target.krmx(),
-            version: "0.5.5".to_owned(),
-            first,
-            count,
-            total: load.users,
-            in_flight: (load.in_flight / load.workers).max(1),
-            epoch,
-            track_views: load.track_views && target.krmx(),
-            senders: (0, load.senders),
-            echo: load.echo,
-            rate: load.rate,
-            window: load.window,
-            duration_ms: load.duration_ms,
-            warmup_ms: load.warmup_ms,
-            drain_ms,
-            pad: 0,
-            read_buffer: if load.users > 5_000 { 16 * 1024 } else { 64 * 1024 },
-            link_timeout_ms: load.link_timeout_ms,
-            deadline_ms: 2 * load.link_timeout_ms + load.duration_ms + drain_ms + 120_000,
             board: board.as_ref().map(|path| BoardSpec {
                 path: path.clone(),
                 worker: w,
                 workers: load.workers,
             }),
+            ..worker_spec(load, target.krmx(), server.port, first, count, epoch)
         };
         first += count;
         let core = (!cores.is_empty()).then(|| cores[w as usize % cores.len()].as_str());
-        let mut child = pinned(&exe, core)
-            .arg("worker")
-            .arg(serde_json::to_string(&spec)?)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no worker stdout")?;
-        let stdin = child.stdin.take().ok_or("no worker stdin")?;
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let report = serde_json::from_str::<Report>(&line).map_err(|error| format!("{error}: {line}"));
-                if tx.send((w as usize, report)).is_err() {
-                    break;
-                }
-            }
-        });
-        workers.push(Worker { child, stdin });
+        workers.push(spawn_worker(&spec, w as usize, core, &tx)?);
     }
-    let outcome = drive(server, load, target.krmx(), &reports, &mut workers, rss_before, epoch);
-    send_line(&mut workers, "quit");
-    for worker in &mut workers {
-        wait_or_kill(&mut worker.child, Duration::from_secs(10));
-    }
+    let phases = Phases {
+        rss_before,
+        redis_before: redis_before.zip(redis_idle),
+        epoch,
+    };
+    let outcome = drive(deployment, load, target.krmx(), &mut reports, &mut workers, phases);
+    deployment.save_commandstats();
+    quit(&mut workers);
     if let Some(path) = &board {
         let _ = std::fs::remove_file(path);
     }
     outcome
 }
 
+/// Redis's CPU so far, in seconds, when the deployment has a Redis.
+fn redis_cpu(deployment: &Deployment) -> Result<Option<f64>, BoxError> {
+    match &deployment.redis {
+        Some(redis) => Ok(Some(redis.cpu_seconds()?)),
+        None => Ok(None),
+    }
+}
+
+/// What was read before the workers started.
+struct Phases {
+    rss_before: Option<u64>,
+    /// Redis's CPU and when it was read, and its idle rate.
+    redis_before: Option<((f64, Instant), f64)>,
+    epoch: u64,
+}
+
 fn drive(
-    server: &Server,
+    deployment: &Deployment,
     load: &Load,
     krmx: bool,
-    reports: &mpsc::Receiver<(usize, Result<Report, String>)>,
+    reports: &mut Reports,
     workers: &mut [Worker],
-    rss_before: Option<u64>,
-    epoch: u64,
+    phases: Phases,
 ) -> Result<Outcome, BoxError> {
+    let Phases {
+        rss_before,
+        redis_before,
+        epoch,
+    } = phases;
     let mut outcome = Outcome {
         first_start: u64::MAX,
         ..Outcome::default()
     };
     let n = workers.len();
     let link_wait = Duration::from_millis(load.link_timeout_ms) + Duration::from_secs(30);
-    for report in collect(reports, n, link_wait, "the links")? {
+    for report in reports.collect(n, link_wait, "the links", |r| matches!(r, Report::Linked { .. }))? {
         if let Report::Linked {
             first_start,
             last_done,
@@ -231,30 +340,41 @@ fn drive(
     // Workers track views only on Krmx targets; a worker whose users all failed to link still reports them.
     if load.track_views && krmx {
         let mut views = (0, 0, 0);
-        for report in collect(reports, n, link_wait, "complete views")? {
+        for report in reports.collect(n, link_wait, "complete views", |r| matches!(r, Report::Views { .. }))? {
             if let Report::Views { complete, correct, at } = report {
                 views = (views.0 + complete, views.1 + correct, views.2.max(at));
             }
         }
         outcome.views = Some(views);
     }
+    // Everything Redis did for the links, the nodes' catching up included, until every view was complete.
+    if let (Some(((before, at), idle_rate)), Some(after)) = (redis_before, redis_cpu(deployment)?) {
+        outcome.redis_cpu_s = Some(RedisCpu {
+            idle_rate,
+            linking: (after - before - idle_rate * at.elapsed().as_secs_f64()).max(0.0),
+            ..RedisCpu::default()
+        });
+    }
     if load.measure_idle {
         std::thread::sleep(Duration::from_secs(2));
-        if let (Some(before), Some(after)) = (rss_before, server.rss_kib()) {
+        if let (Some(before), Some(after)) = (rss_before, deployment.rss_kib()) {
             outcome.idle_kib_per_user = Some(after.saturating_sub(before) as f64 / f64::from(load.users.max(1)));
         }
     }
     if load.duration_ms > 0 {
         let go = clock::since(epoch) + 300_000_000;
+        let servers = deployment.server_pids();
         let cpu = |workers: &[Worker]| {
             let load: Option<f64> = workers.iter().map(|w| cpu_seconds(w.child.id())).sum();
-            (cpu_seconds(server.child.id()), load, Instant::now())
+            let server: Option<f64> = servers.iter().map(|pid| cpu_seconds(*pid)).sum();
+            (server, load, Instant::now())
         };
+        let redis_before = redis_cpu(deployment)?;
         let before = cpu(workers);
         send_line(workers, &format!("go {go}"));
         let wait = Duration::from_millis(load.duration_ms) + Duration::from_secs(30);
         let mut sent = 0;
-        for report in collect(reports, n, wait, "the send counts")? {
+        for report in reports.collect(n, wait, "the send counts", |r| matches!(r, Report::Sent { .. }))? {
             if let Report::Sent { sent: count } = report {
                 sent += count;
             }
@@ -262,7 +382,7 @@ fn drive(
         // Every linked user receives every broadcast; an echo only goes back to its sender.
         send_line(workers, &format!("expect {sent}"));
         let wait = Duration::from_millis(30_000) + Duration::from_secs(30);
-        for report in collect(reports, n, wait, "the results")? {
+        for report in reports.collect(n, wait, "the results", |r| matches!(r, Report::Result { .. }))? {
             if let Report::Result {
                 sent,
                 received,
@@ -283,6 +403,12 @@ fn drive(
         // CPU used during the measured phase (and the drain after it), as % of one core.
         let after = cpu(workers);
         let wall = after.2.duration_since(before.2).as_secs_f64();
+        if let (Some(redis), Some(before), Some(after)) =
+            (outcome.redis_cpu_s.as_mut(), redis_before, redis_cpu(deployment)?)
+        {
+            redis.measured = Some((after - before - redis.idle_rate * wall).max(0.0));
+            redis.measured_wall = wall;
+        }
         if let (Some(s0), Some(s1), Some(l0), Some(l1)) = (before.0, after.0, before.1, after.1) {
             outcome.cpu_pct = Some((100.0 * (s1 - s0) / wall, 100.0 * (l1 - l0) / wall));
         }

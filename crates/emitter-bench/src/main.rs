@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! emitter-bench suite [options]   run the scenarios against every target, alternating, and write the report
-//! emitter-bench smoke             a tiny run against our server only (CI): seconds, small numbers, no report
+//!                                 (`--only cluster`: three nodes on one Redis against one node)
+//! emitter-bench smoke             a tiny run against our server only, and a cluster of it when redis-server is on
+//!                                 PATH (CI): seconds, small numbers, no report
 //! emitter-bench baseline          the bare axum WebSocket broadcast server (PORT, default 8083; tungstenite's default
 //!                                 buffers, or emitter-axum's with BASELINE_EQUAL_BUFFERS=1)
 //! emitter-bench worker <spec>     one load-generator process (started by the suite)
@@ -12,10 +14,12 @@
 
 mod baseline;
 mod clock;
+mod cluster;
 mod hist;
 mod load;
 mod multicore;
 mod process;
+mod redis;
 mod report;
 mod results;
 mod scenario;

@@ -87,6 +87,7 @@ pub fn groups(cores: &[u32], cpus: &[u32], smoke: bool) -> (Vec<Group>, Vec<Stri
                 ..base.clone()
             },
             pin: Some(pin.clone()),
+            crash: None,
         });
         groups.push(Group {
             name: format!("multicore-fanout-{k}c"),
@@ -100,6 +101,7 @@ pub fn groups(cores: &[u32], cpus: &[u32], smoke: bool) -> (Vec<Group>, Vec<Stri
                 ..base
             },
             pin: Some(pin),
+            crash: None,
         });
     }
     (groups, notes)

@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::redis::Redis;
 use crate::target::Target;
 
 type BoxError = Box<dyn std::error::Error>;
+
+/// Nodes in a cluster run.
+pub const NODES: usize = 3;
 
 fn free_port() -> Result<u16, BoxError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -35,21 +39,8 @@ impl Server {
     pub fn start(target: Target, node_dir: &Path, core: Option<&str>, log: &Path) -> Result<Server, BoxError> {
         let port = free_port()?;
         let exe = std::env::current_exe()?;
-        let mut command = match target {
-            Target::Emitter => {
-                // EMITTER_BENCH_SERVER points at another build of examples/bench, to try a library change side by side.
-                let server = std::env::var_os("EMITTER_BENCH_SERVER")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| exe.with_file_name("example-bench"));
-                if !server.exists() {
-                    return Err(format!(
-                        "{} is missing: build it with `cargo build --release -p example-bench`",
-                        server.display()
-                    )
-                    .into());
-                }
-                pinned(&server, core)
-            }
+        let command = match target {
+            Target::Emitter => pinned(&bench_server()?, core),
             Target::Axum | Target::AxumEqual => {
                 let mut command = pinned(&exe, core);
                 command.arg("baseline");
@@ -67,7 +58,23 @@ impl Server {
                 command.arg(script);
                 command
             }
+            Target::Cluster => return Err("a cluster is not one server: see Deployment".into()),
         };
+        Server::spawn(command, port, target.name(), log)
+    }
+
+    /// examples/bench as node `id` of the cluster on `redis`, with a lease of `lease_ms` (emitter-redis's default when
+    /// `None`).
+    pub fn start_node(redis: &Redis, id: &str, lease_ms: Option<u64>, log: &Path) -> Result<Server, BoxError> {
+        let mut command = Command::new(bench_server()?);
+        command.args(["--cluster", &redis.url(), "--node", id]);
+        if let Some(lease_ms) = lease_ms {
+            command.args(["--lease-ms", &lease_ms.to_string()]);
+        }
+        Server::spawn(command, free_port()?, &format!("node {id}"), log)
+    }
+
+    fn spawn(mut command: Command, port: u16, name: &str, log: &Path) -> Result<Server, BoxError> {
         let log = std::fs::File::create(log)?;
         let mut child = command
             .env("PORT", port.to_string())
@@ -83,7 +90,7 @@ impl Server {
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if started.elapsed() > Duration::from_secs(30) || server.child.try_wait()?.is_some() {
                 server.stop();
-                return Err(format!("{} did not start listening on {port}", target.name()).into());
+                return Err(format!("{name} did not start listening on {port}").into());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -103,6 +110,113 @@ impl Server {
     pub fn stop(mut self) {
         self.stdin.take();
         wait_or_kill(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// examples/bench, next to this binary, or the build `EMITTER_BENCH_SERVER` points at (to try a library change side
+/// by side).
+fn bench_server() -> Result<PathBuf, BoxError> {
+    let server = std::env::var_os("EMITTER_BENCH_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .unwrap_or_default()
+                .with_file_name("example-bench")
+        });
+    if !server.exists() {
+        return Err(format!(
+            "{} is missing: build it with `cargo build --release -p example-bench`",
+            server.display()
+        )
+        .into());
+    }
+    Ok(server)
+}
+
+/// What a group runs against: one server, or the nodes of a cluster and their Redis.
+pub struct Deployment {
+    /// The server, or the cluster's nodes in order (`n1`, `n2`, …): worker `w` of a load connects to
+    /// `servers[w % servers.len()]`.
+    pub servers: Vec<Server>,
+    pub redis: Option<Redis>,
+    /// Where [`Deployment::save_commandstats`] writes Redis's `INFO commandstats` (what each command cost it).
+    commandstats: Option<PathBuf>,
+}
+
+impl Deployment {
+    /// Starts `target`; logs go to `log` (for a cluster, `<stem>-redis.log`, `<stem>-n1.log`, … beside it). A cluster gets a Redis
+    /// of its own, empty, and [`NODES`] nodes with a lease of `lease_ms` (the default when `None`).
+    pub fn start(
+        target: Target,
+        node_dir: &Path,
+        core: Option<&str>,
+        log: &Path,
+        lease_ms: Option<u64>,
+    ) -> Result<Deployment, BoxError> {
+        if target != Target::Cluster {
+            let server = Server::start(target, node_dir, core, log)?;
+            return Ok(Deployment {
+                servers: vec![server],
+                redis: None,
+                commandstats: None,
+            });
+        }
+        let binary = crate::redis::find_server().ok_or("redis-server is not on PATH")?;
+        let sibling = |what: &str| {
+            let stem = log.file_stem().unwrap_or_default().to_string_lossy();
+            log.with_file_name(format!("{stem}-{what}"))
+        };
+        let redis = Redis::start(&binary, &sibling("redis.log"))?;
+        let commandstats = Some(sibling("redis-commandstats.txt"));
+        let mut servers = Vec::new();
+        for n in 1..=NODES {
+            let id = format!("n{n}");
+            match Server::start_node(&redis, &id, lease_ms, &sibling(&format!("{id}.log"))) {
+                Ok(server) => servers.push(server),
+                Err(error) => {
+                    Deployment {
+                        servers,
+                        redis: Some(redis),
+                        commandstats,
+                    }
+                    .stop();
+                    return Err(error);
+                }
+            }
+        }
+        Ok(Deployment {
+            servers,
+            redis: Some(redis),
+            commandstats,
+        })
+    }
+
+    /// The servers' processes (Redis is not one of them): the pids whose CPU counts as the server's.
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.servers.iter().map(|server| server.child.id()).collect()
+    }
+
+    /// The servers' resident sets added up, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.servers.iter().map(Server::rss_kib).sum()
+    }
+
+    /// Saves Redis's `INFO commandstats` beside the logs, when there is a Redis: what each command cost it so far.
+    /// Called once the load is over and before its clients leave, so that the teardown's unlinks are not in it.
+    pub fn save_commandstats(&self) {
+        if let (Some(redis), Some(path)) = (&self.redis, &self.commandstats) {
+            if let Ok(stats) = redis.command(&["INFO", "commandstats"]) {
+                let _ = std::fs::write(path, stats);
+            }
+        }
+    }
+
+    /// Stops the servers, then Redis.
+    pub fn stop(self) {
+        for server in self.servers {
+            server.stop();
+        }
+        drop(self.redis);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The scenario groups: what load each one puts on which targets, where it is pinned, and the metrics it yields.
 
+use crate::cluster::{self, Crash};
 use crate::load::{Load, Outcome};
 use crate::target::Target;
 
@@ -21,10 +22,12 @@ pub struct Group {
     pub load: Load,
     /// Pin the server and the load to these CPUs; `None` lets the scheduler place them.
     pub pin: Option<Pin>,
+    /// Instead of running `load`: link `load.users` users on one node of a cluster and kill it (the crash groups).
+    pub crash: Option<Crash>,
 }
 
 const KRMX_TARGETS: &[Target] = &[Target::Emitter, Target::Node];
-const ALL_TARGETS: &[Target] = &Target::ALL;
+const ALL_TARGETS: &[Target] = &Target::SINGLE;
 /// Node is left out where it would take too long (its link storms are O(N²) at a fraction of our rate) or where a
 /// single-threaded server has nothing to show (the multicore groups).
 pub const NO_NODE: &[Target] = &[Target::Emitter, Target::Axum, Target::AxumEqual];
@@ -56,6 +59,7 @@ pub fn groups(smoke: bool, echo_pin: Option<Pin>) -> Vec<Group> {
         targets,
         load,
         pin,
+        crash: None,
     };
     vec![
         group("storm1k", KRMX_TARGETS, storm(small), None),
@@ -131,6 +135,7 @@ pub fn scale_group(smoke: bool, users: u32, workers: u32) -> Group {
             ..Load::population(users)
         },
         pin: None,
+        crash: None,
     }
 }
 
@@ -172,6 +177,26 @@ pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String,
     } else if storm {
         put("linked", f64::from(outcome.linked));
     }
+    if let Some(crash) = &outcome.crash {
+        put("unlinked_all_s", crash.all_unlinked_s);
+        put(
+            "unlinked_spread_ms",
+            (crash.all_unlinked_s - crash.first_unlinked_s) * 1e3,
+        );
+    }
+    if let Some(redis) = &outcome.redis_cpu_s {
+        put("redis_idle_pct", 100.0 * redis.idle_rate);
+        // Groups that only link: everything Redis did counts for the links.
+        if load.duration_ms == 0 && outcome.linked > 0 {
+            put("redis_us_per_link", redis.linking * 1e6 / f64::from(outcome.linked));
+        }
+        if let Some(measured) = redis.measured.filter(|_| !load.echo && outcome.sent > 0) {
+            put("redis_us_per_broadcast", measured * 1e6 / outcome.sent as f64);
+            if redis.measured_wall > 0.0 {
+                put("redis_cpu_pct", 100.0 * measured / redis.measured_wall);
+            }
+        }
+    }
     if let Some(kib) = outcome.idle_kib_per_user {
         put("idle_kib", kib);
     }
@@ -196,9 +221,15 @@ pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String,
 /// back for the "all linked" goal).
 pub fn describe(group: &Group) -> String {
     let load = &group.load;
+    if let Some(crash) = &group.crash {
+        return cluster::describe_crash(crash);
+    }
     let mut text = format!("{} users", load.users);
     if load.workers > 1 {
         text += &format!(" over {} load processes", load.workers);
+        if group.targets.contains(&Target::Cluster) {
+            text += " (against the cluster, one per node)";
+        }
     }
     if load.track_views {
         text += &format!(", {} links in flight", load.in_flight);
@@ -218,6 +249,9 @@ pub fn describe(group: &Group) -> String {
             load.senders,
             load.duration_ms as f64 / 1000.0
         );
+    }
+    if group.targets.contains(&Target::Cluster) && load.senders > 0 {
+        text += ", every sender on the first node";
     }
     if let Some(pin) = &group.pin {
         let per_core = if load.workers > 1 {

@@ -7,9 +7,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::clock;
+use crate::cluster;
 use crate::load::run_load;
 use crate::multicore;
-use crate::process::Server;
+use crate::process::Deployment;
+use crate::redis;
 use crate::report;
 use crate::results::Results;
 use crate::scenario::{self, describe, metrics, Group, Pin};
@@ -30,10 +32,13 @@ struct Options {
     logs: PathBuf,
     smoke: bool,
     node_dir: PathBuf,
+    /// Users linked on the node the crash groups kill.
+    crash_users: u32,
 }
 
-const HELP: &str = "emitter-bench suite [--rounds N] [--targets emitter,node,axum,axum-equal] [--only GROUPS]
-                    [--cores 1,2,4,8] [--scale-users N] [--scale-workers N] [--out DIR] [--node-dir DIR] [--logs DIR]
+const HELP: &str = "emitter-bench suite [--rounds N] [--targets emitter,node,axum,axum-equal,cluster] [--only GROUPS]
+                    [--cores 1,2,4,8] [--scale-users N] [--scale-workers N] [--crash-users N] [--out DIR]
+                    [--node-dir DIR] [--logs DIR]
 
 Runs every scenario group against every target, alternating the order each round, and writes DIR/results.md,
 DIR/ratios.svg, DIR/multicore.svg and DIR/results.json (DIR defaults to docs/src/performance; --out - writes nothing).
@@ -42,11 +47,19 @@ Server logs go to --logs (default target/bench-logs).
 Groups: storm1k, storm2k (link storm of 2,000, idle footprint, broadcast to many), storm10k (link storm of 10,000
 and idle footprint), fanout-rate, fanout-max, echo, multicore (for each of --cores: the server pinned to that many
 CPUs and the load to the rest, echo and fan-out with 1,000 users; on by default with 4 CPUs or more, --only multicore
-runs it anywhere; a count that leaves the load fewer CPUs than the server is skipped), scale (once, after the
-rounds; --scale-users 0 skips it). --only takes group names, or `multicore` for all multicore groups.
+runs it anywhere; a count that leaves the load fewer CPUs than the server is skipped), cluster-serial-links (150
+users over 3 load processes, one link in flight each), cluster-links (a link storm of 1,000 users over 3 load
+processes), cluster-fanout (200 users over 3 load processes, 10 senders at 50
+broadcasts/s each: 100,000 deliveries/s offered), cluster-crash-10s and cluster-crash-2s (--crash-users N, default
+1,000, linked on one node of the cluster, which is SIGKILLed; lease 10 s and 2 s), scale (once, after the rounds;
+--scale-users 0 skips it). --only takes group names, `multicore` for all multicore groups, or `cluster` for all
+cluster groups.
 
 Targets: emitter (examples/bench), node (@krmx/server), axum (bare axum, tungstenite's default buffers: every goal
-is measured against it), axum-equal (bare axum with emitter-axum's 1 KiB/2 KiB buffers, shown to explain).
+is measured against it), axum-equal (bare axum with emitter-axum's 1 KiB/2 KiB buffers, shown to explain), cluster
+(three processes of examples/bench, each a node of one cluster on a redis-server the run starts: the cluster groups
+run against it and against emitter alone, and only when it is among the targets; they are skipped with a note when
+redis-server is not on PATH, or fail the run if EMITTER_REDIS=1).
 Defaults: 3 rounds, all targets, --cores 1,2,4,8, 19,000 users over 4 workers for scale. Node needs `npm ci` in
 --node-dir (default tests/node-baseline); `just bench` does it.";
 
@@ -54,7 +67,7 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
     let mut options = Options {
         rounds: if smoke { 1 } else { 3 },
         targets: if smoke {
-            vec![Target::Emitter]
+            vec![Target::Emitter, Target::Cluster]
         } else {
             Target::ALL.to_vec()
         },
@@ -67,6 +80,7 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
         logs: PathBuf::from("target/bench-logs"),
         smoke,
         node_dir: PathBuf::from("tests/node-baseline"),
+        crash_users: 1_000,
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -97,6 +111,7 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
             "--scale-users" => options.scale_users = value.parse()?,
             "--scale-workers" => options.scale_workers = value.parse::<u32>()?.max(1),
             "--node-dir" => options.node_dir = PathBuf::from(value),
+            "--crash-users" => options.crash_users = value.parse::<u32>()?.max(1),
             "--logs" => options.logs = PathBuf::from(value),
             _ => return Err(format!("unknown option {flag}; see --help").into()),
         }
@@ -104,8 +119,9 @@ fn parse_options(args: &[String], smoke: bool) -> Result<Options, BoxError> {
     Ok(options)
 }
 
-/// Every group of this run, in order, with notes on what was left out and why.
-fn plan(options: &Options, taskset: bool, cpus: &[u32]) -> (Vec<Group>, Vec<String>) {
+/// Every group of this run, in order, with notes on what was left out and why; an error when the cluster groups are
+/// wanted, redis-server is missing, and `EMITTER_REDIS=1` says that must fail.
+fn plan(options: &Options, taskset: bool, cpus: &[u32]) -> Result<(Vec<Group>, Vec<String>), String> {
     let mut notes = Vec::new();
     let named = |name: &str| options.only.as_ref().is_some_and(|only| only.iter().any(|o| o == name));
     // The echo group puts the server on one CPU and the load on another, when it can.
@@ -139,6 +155,9 @@ fn plan(options: &Options, taskset: bool, cpus: &[u32]) -> (Vec<Group>, Vec<Stri
             cpus.len()
         ));
     }
+    if options.targets.contains(&Target::Cluster) {
+        groups.extend(cluster::groups(options.smoke, options.crash_users));
+    }
     let wanted = |group: &Group| {
         options.only.as_ref().is_none_or(|only| {
             only.iter()
@@ -146,7 +165,15 @@ fn plan(options: &Options, taskset: bool, cpus: &[u32]) -> (Vec<Group>, Vec<Stri
         })
     };
     groups.retain(wanted);
-    (groups, notes)
+    if groups.iter().any(|group| group.family == "cluster") && redis::find_server().is_none() {
+        if redis::required() {
+            let hint = "apt-get install redis-server, or run .ci/steps/05-redis.sh";
+            return Err(format!("EMITTER_REDIS=1 but redis-server is not on PATH ({hint})"));
+        }
+        notes.push("redis-server is not on PATH: the cluster groups were skipped".to_owned());
+        groups.retain(|group| group.family != "cluster");
+    }
+    Ok((groups, notes))
 }
 
 fn groups_named(options: &Options, prefix: &str) -> bool {
@@ -174,7 +201,7 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         cpus.len()
     ));
-    let (groups, notes) = plan(&options, taskset, &cpus);
+    let (groups, notes) = plan(&options, taskset, &cpus)?;
     for note in notes {
         eprintln!("note: {note}");
         results.notes.push(note);
@@ -192,9 +219,14 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
         let started = Instant::now();
         let server_cpus = group.pin.as_ref().map(|pin| pin.server.as_str());
         let load_cpus = group.pin.as_ref().map_or(&[][..], |pin| &pin.load[..]);
-        let outcome = Server::start(target, &options.node_dir, server_cpus, &log).and_then(|server| {
-            let outcome = run_load(&server, target, &group.load, epoch, load_cpus);
-            server.stop();
+        let lease_ms = group.crash.as_ref().map(|crash| crash.lease_ms);
+        let deployment = Deployment::start(target, &options.node_dir, server_cpus, &log, lease_ms);
+        let outcome = deployment.and_then(|mut deployment| {
+            let outcome = match &group.crash {
+                Some(crash) => cluster::run_crash(&mut deployment, crash, epoch),
+                None => run_load(&deployment, target, &group.load, epoch, load_cpus),
+            };
+            deployment.stop();
             outcome
         });
         match outcome {
@@ -273,11 +305,14 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
             run_group(&group, target, &mut results);
         }
     }
-    let table = report::table(&results);
-    println!("{table}");
-    let multicore_table = report::multicore::table(&results);
-    if !multicore_table.is_empty() {
-        println!("{multicore_table}");
+    for table in [
+        report::table(&results),
+        report::multicore::table(&results),
+        report::cluster::table(&results),
+    ] {
+        if !table.is_empty() {
+            println!("{table}");
+        }
     }
     if let Some(out) = &options.out {
         let command = std::env::args().collect::<Vec<_>>().join(" ");

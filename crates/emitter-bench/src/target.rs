@@ -13,11 +13,22 @@ pub enum Target {
     /// The same bare server with emitter-axum's small buffers (1 KiB read, 2 KiB write): shown beside `Axum` to
     /// explain a difference, never a goal's bar.
     AxumEqual,
+    /// Three processes of examples/bench, each a node of one cluster on a throwaway redis-server (emitter-redis), all
+    /// on this machine: measured against `Emitter` (the same server on its own) in the cluster groups only.
+    Cluster,
 }
 
 impl Target {
     /// Every target, in the order the report shows them.
-    pub const ALL: [Target; 4] = [Target::Emitter, Target::Node, Target::Axum, Target::AxumEqual];
+    pub const ALL: [Target; 5] = [
+        Target::Emitter,
+        Target::Node,
+        Target::Axum,
+        Target::AxumEqual,
+        Target::Cluster,
+    ];
+    /// The servers of one process each: every group but the cluster groups runs against these.
+    pub const SINGLE: [Target; 4] = [Target::Emitter, Target::Node, Target::Axum, Target::AxumEqual];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -25,6 +36,7 @@ impl Target {
             Target::Node => "node",
             Target::Axum => "axum",
             Target::AxumEqual => "axum-equal",
+            Target::Cluster => "cluster",
         }
     }
 
@@ -34,6 +46,6 @@ impl Target {
 
     /// Whether the target speaks Krmx (the bare server has no link protocol: connected counts as linked).
     pub fn krmx(self) -> bool {
-        matches!(self, Target::Emitter | Target::Node)
+        matches!(self, Target::Emitter | Target::Node | Target::Cluster)
     }
 }

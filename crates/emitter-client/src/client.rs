@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::error::{Error, Status};
 use crate::reconnect::Reconnect;
 use crate::state::{Config, Shared};
+use crate::tls::Tls;
 
 /// The protocol version a client sends in its link requests unless told otherwise. emitter servers accept 0.5 and
 /// 0.6; `@krmx/server` 0.6 accepts `0.6.*` and the 0.5 releases on npm accept `0.5.*` (set
@@ -98,6 +99,7 @@ pub struct ClientBuilder {
     version: String,
     reconnect: Option<Reconnect>,
     close_timeout: Duration,
+    tls: Tls,
 }
 
 impl ClientBuilder {
@@ -132,6 +134,52 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the certificates in `pem`, and only those, as the roots for `wss://` connections: for a server whose
+    /// certificate comes from your own certificate authority. Unless set (or [`tls_config`](Self::tls_config) is),
+    /// the client trusts the platform's roots. `pem` holds one or more `-----BEGIN CERTIFICATE-----` blocks; other
+    /// blocks are skipped. Replaces an earlier `root_certificates_pem` or `tls_config`.
+    ///
+    /// Fails with [`Error::InvalidCertificates`] when `pem` holds no certificate or one that cannot be read.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("ca.pem")?;
+    /// let client = emitter_client::Client::builder().root_certificates_pem(&ca)?.build();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// ```
+    /// let error = emitter_client::Client::builder().root_certificates_pem("not a certificate").unwrap_err();
+    /// assert_eq!(error.to_string(), "invalid root certificates: the PEM holds no CERTIFICATE block");
+    /// ```
+    pub fn root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Result<Self, Error> {
+        self.tls = Tls::from_pem(pem.as_ref()).map_err(Error::InvalidCertificates)?;
+        Ok(self)
+    }
+
+    /// Uses `config` for `wss://` connections, for what [`root_certificates_pem`](Self::root_certificates_pem) does
+    /// not cover: client certificates, several sources of roots, a verifier of your own. Unless set, the client uses
+    /// rustls on the ring crypto provider with the platform's roots. Replaces an earlier `root_certificates_pem` or
+    /// `tls_config`. [`rustls`](crate::rustls) is re-exported, so the configuration's type matches the client's.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use emitter_client::rustls::{self, ClientConfig, RootCertStore};
+    ///
+    /// let roots = RootCertStore::empty(); // add your roots
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let config = ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let client = emitter_client::Client::builder().tls_config(Arc::new(config)).build();
+    /// # Ok::<(), rustls::Error>(())
+    /// ```
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Tls::given(config);
+        self
+    }
+
     /// Builds the client, in status `initializing`.
     ///
     /// ```
@@ -144,6 +192,7 @@ impl ClientBuilder {
                 version: self.version,
                 reconnect: self.reconnect,
                 close_timeout: self.close_timeout,
+                tls: self.tls,
             })),
         }
     }
@@ -162,7 +211,7 @@ impl Client {
         Client::builder().build()
     }
 
-    /// A builder to set the protocol version, a reconnect policy or the close timeout.
+    /// A builder to set the protocol version, a reconnect policy, the close timeout or the TLS roots.
     ///
     /// ```
     /// let client = emitter_client::Client::builder().version("0.6.5").build();
@@ -172,6 +221,7 @@ impl Client {
             version: DEFAULT_VERSION.to_owned(),
             reconnect: None,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            tls: Tls::default(),
         }
     }
 
@@ -217,11 +267,16 @@ impl Client {
         &self.inner.config.version
     }
 
-    /// Opens a WebSocket to `url` (`ws://host:port/path`). Allowed when the client is `initializing` or `closed`.
+    /// Opens a WebSocket to `url`: `ws://host:port/path`, or `wss://host:port/path` over TLS. Allowed when the client
+    /// is `initializing` or `closed`.
     ///
     /// Emits `connecting` at once and `connect` when the socket is open. The future fails with
     /// [`Error::Connect`] (`error while trying to connect to the server at …`) when the socket cannot be opened, after
-    /// a `close` event, as in the reference. Only `ws://` URLs are supported.
+    /// a `close` event, as in the reference. What went wrong underneath is its [`source`](std::error::Error::source):
+    /// for `wss://`, a server certificate that the client does not trust reads `invalid peer certificate: …`.
+    ///
+    /// A `wss://` connect checks the server's certificate against the platform's root certificates, or against
+    /// those given with [`ClientBuilder::root_certificates_pem`] or [`ClientBuilder::tls_config`].
     ///
     /// ```
     /// # #[tokio::main] async fn main() {
@@ -360,7 +415,7 @@ impl Client {
     ///
     /// let received = server.wait_for_message();
     /// client.send(&Message::with_payload("chat/say", serde_json::json!("hello")))?;
-    /// let (from, message) = received.await;
+    /// let (from, message) = received.await?;
     /// assert_eq!((from.as_str(), message.kind.as_str()), ("simon", "chat/say"));
     ///
     /// let refused = client.send(&Message::new("krmx/leave")).unwrap_err();

@@ -10,8 +10,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::{uri_mode, IntoClientRequest};
+use tokio_tungstenite::tungstenite::stream::Mode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::tls::Tls;
 
 /// What the connection task reports, each time with its socket's `generation`: a client ignores the reports of a
 /// socket that is no longer its current one.
@@ -34,6 +38,8 @@ pub(crate) enum Command {
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 /// Opens a WebSocket to `url` and serves it until it closes, or until the client is gone.
 pub(crate) async fn run<H: Handler>(
     client: Weak<H>,
@@ -41,19 +47,20 @@ pub(crate) async fn run<H: Handler>(
     url: String,
     mut commands: mpsc::UnboundedReceiver<Command>,
     close_timeout: Duration,
+    tls: Tls,
 ) {
     let opened = tokio::select! {
-        opened = tokio_tungstenite::connect_async(url.as_str()) => opened,
+        opened = open(&url, &tls) => opened,
         () = closed_while_opening(&mut commands) => {
             tracing::debug!(url, "connect cancelled");
             return finish(&client, generation, None);
         }
     };
     let mut socket = match opened {
-        Ok((socket, _response)) => socket,
+        Ok(socket) => socket,
         Err(error) => {
             tracing::debug!(url, %error, "connect failed");
-            return finish(&client, generation, Some(Arc::new(error)));
+            return finish(&client, generation, Some(error));
         }
     };
     match client.upgrade() {
@@ -104,6 +111,20 @@ pub(crate) async fn run<H: Handler>(
         }
     }
     finish(&client, generation, None);
+}
+
+/// Opens the WebSocket: over TLS, with the client's rustls configuration, for `wss://`; in the clear for `ws://`.
+async fn open(url: &str, tls: &Tls) -> Result<Socket, Cause> {
+    let request = url.into_client_request().map_err(|error| Arc::new(error) as Cause)?;
+    let connector = match uri_mode(request.uri()) {
+        Ok(Mode::Tls) => Connector::Rustls(tls.client_config().await.map_err(|error| Arc::new(error) as Cause)?),
+        // `ws://`, and URLs tungstenite refuses below, with its own error.
+        Ok(Mode::Plain) | Err(_) => Connector::Plain,
+    };
+    match tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector)).await {
+        Ok((socket, _response)) => Ok(socket),
+        Err(error) => Err(Arc::new(error)),
+    }
 }
 
 /// Waits until the client asks to close while the socket is still opening. Frames cannot be queued then.

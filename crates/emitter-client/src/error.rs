@@ -103,6 +103,10 @@ pub enum Error {
     Serialize(Arc<serde_json::Error>),
     /// `cannot connect outside a tokio runtime`.
     NoRuntime,
+    /// `invalid root certificates: {reason}`, from
+    /// [`ClientBuilder::root_certificates_pem`](crate::ClientBuilder::root_certificates_pem): the PEM holds no
+    /// certificate, or one that cannot be read.
+    InvalidCertificates(String),
 }
 
 impl Error {
@@ -124,6 +128,7 @@ impl fmt::Display for Error {
             Error::NotAMessage => f.write_str("a message must serialize to a JSON object with a string type"),
             Error::Serialize(error) => write!(f, "cannot serialize the payload: {error}"),
             Error::NoRuntime => f.write_str("cannot connect outside a tokio runtime"),
+            Error::InvalidCertificates(reason) => write!(f, "invalid root certificates: {reason}"),
         }
     }
 }

@@ -5,13 +5,14 @@
 //! receives application messages, and keeps a list of the server's users up to date. Its status moves through
 //! `initializing → connecting → connected → linking → linked → unlinking → closing → closed` ([`Status`]), and every
 //! step is an event with `on_*`, `once_*` and `wait_for_*` methods. Reconnecting after a dropped connection is
-//! opt-in ([`Reconnect`]).
+//! opt-in ([`Reconnect`]). It connects to `ws://` URLs, and to `wss://` ones over TLS (rustls), trusting the
+//! platform's root certificates unless told otherwise ([`ClientBuilder::root_certificates_pem`],
+//! [`ClientBuilder::tls_config`]).
 //!
 //! ```
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let server = emitter_core::Server::new();
-//! # let s = server.clone();
-//! # server.on_message(move |username, message| { let _ = s.broadcast(message, None); });
+//! # server.on_message(|server, _username, message| { let _ = server.broadcast(message, None); });
 //! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! # let port = emitter_axum::listen_on(&server, listener).await?;
 //! # let url = format!("ws://127.0.0.1:{port}/");
@@ -40,6 +41,7 @@
 //   state                   the configuration, the listener lists, and the state behind the dispatch lock
 //   connection, reconnect   the socket task and the reconnect loop, which know the client only through the traits
 //                           they define (`Handler`, `Relink`) and only weakly
+//   tls                     the rustls configuration for wss:// URLs
 //   event, error            the events and the errors
 mod client;
 mod connection;
@@ -50,6 +52,7 @@ mod listeners;
 mod reconnect;
 mod requests;
 mod state;
+mod tls;
 
 pub use client::{Client, ClientBuilder, DEFAULT_CLOSE_TIMEOUT, DEFAULT_VERSION};
 pub use emitter_core::{Message, User};
@@ -57,3 +60,5 @@ pub use emitter_listeners::Subscription;
 pub use error::{Error, Status};
 pub use event::ClientEvent;
 pub use reconnect::Reconnect;
+/// The rustls version the client is built with, for [`ClientBuilder::tls_config`].
+pub use rustls;

@@ -65,6 +65,7 @@ impl Shared {
                 url.to_owned(),
                 commands,
                 this.config.close_timeout,
+                this.config.tls.clone(),
             );
             runtime.spawn(task);
             (generation, opened)

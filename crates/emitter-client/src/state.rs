@@ -17,12 +17,14 @@ use crate::connection::Command;
 use crate::error::{Error, Status};
 use crate::event::{ClientEvent, Events};
 use crate::reconnect::Reconnect;
+use crate::tls::Tls;
 
 /// What a [`ClientBuilder`](crate::ClientBuilder) sets.
 pub(crate) struct Config {
     pub(crate) version: String,
     pub(crate) reconnect: Option<Reconnect>,
     pub(crate) close_timeout: Duration,
+    pub(crate) tls: Tls,
 }
 
 /// Where a request's answer goes: the future the request method returned waits on the other end.

@@ -200,6 +200,27 @@ impl ServerBuilder {
         self
     }
 
+    /// How long a connection that is closing may take to write what was queued for it before the close and to
+    /// finish the WebSocket close handshake (send its close frame, get the client's answer); past it, its socket is
+    /// cut, without a close frame if none could be written. It applies to every close: the server's own
+    /// ([`Server::close`] resolves within about this long, however slowly clients read), a client's, and the ones
+    /// for a limit. `Duration::ZERO` waits for nothing: what the socket does not take at once is cut. Default:
+    /// [`DEFAULT_CLOSE_DRAIN_DEADLINE`] (1 s).
+    ///
+    /// [`DEFAULT_CLOSE_DRAIN_DEADLINE`]: crate::DEFAULT_CLOSE_DRAIN_DEADLINE
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// // Give clients up to ten seconds to take their last messages when the server shuts down.
+    /// let server = emitter_core::Server::builder().close_drain_deadline(Duration::from_secs(10)).build();
+    /// assert_eq!(server.config().close_drain_deadline(), Duration::from_secs(10));
+    /// ```
+    pub fn close_drain_deadline(mut self, deadline: Duration) -> Self {
+        self.config.close_drain_deadline = deadline;
+        self
+    }
+
     /// Creates the server, in status [`Initializing`](crate::Status::Initializing).
     pub fn build(self) -> Server {
         Server::with_config(self.config)

@@ -10,6 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::close_reason::CloseReason;
 use crate::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
 use crate::connections::Connection;
 use crate::error::{Error, Status};
@@ -124,7 +125,7 @@ impl Server {
                         }
                         UnlinkReason::Replaced => {
                             tracing::info!(connection = %connection.id, user, "replaced by a new connection: closing");
-                            connection.close();
+                            connection.close(CloseReason::Replaced);
                         }
                         _ => {}
                     }
@@ -296,7 +297,7 @@ impl ClusterHost {
             );
         }
         for connection in connections {
-            connection.close();
+            connection.close(CloseReason::Restart);
         }
     }
 
@@ -311,7 +312,7 @@ impl ClusterHost {
             "starting over from the cluster's state: closing this node's connections"
         );
         for connection in server.inner.connections.all() {
-            connection.close();
+            connection.close(crate::close_reason::CloseReason::Restart);
         }
         let names: Vec<String> = server.users().into_iter().map(|user| user.username).collect();
         for name in names {

@@ -26,6 +26,9 @@ pub const DEFAULT_MAX_UNLINKED_CONNECTIONS: usize = 1_000;
 /// The default time a connection may stay open without being linked: 30 s.
 pub const DEFAULT_LINK_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The default time a connection the server closes has to take what was queued for it and answer the close: 1 s.
+pub const DEFAULT_CLOSE_DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+
 /// The default deepest nesting of arrays and objects in an incoming message, the message object itself included: 32.
 pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
 
@@ -85,6 +88,7 @@ pub struct Config {
     pub(crate) link_policy: LinkPolicy,
     pub(crate) grace_period: Option<Duration>,
     pub(crate) keep_unlinked: Option<KeepLimits>,
+    pub(crate) close_drain_deadline: Duration,
 }
 
 impl Default for Config {
@@ -107,6 +111,7 @@ impl Default for Config {
             link_policy: LinkPolicy::Reject,
             grace_period: None,
             keep_unlinked: None,
+            close_drain_deadline: DEFAULT_CLOSE_DRAIN_DEADLINE,
         }
     }
 }
@@ -130,6 +135,7 @@ impl fmt::Debug for Config {
             .field("link_policy", &self.link_policy)
             .field("grace_period", &self.grace_period)
             .field("keep_unlinked", &self.keep_unlinked)
+            .field("close_drain_deadline", &self.close_drain_deadline)
             .finish_non_exhaustive()
     }
 }
@@ -219,6 +225,12 @@ impl Config {
     pub fn keep_unlinked(&self) -> Option<KeepLimits> {
         self.keep_unlinked
     }
+
+    /// How long a connection that is closing may take to write what was queued for it and to finish the WebSocket
+    /// close handshake before its socket is cut.
+    pub fn close_drain_deadline(&self) -> Duration {
+        self.close_drain_deadline
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +263,7 @@ mod tests {
         assert_eq!(config.path(), "/");
         assert!(config.query_params_hold(Some("anything")));
         assert_eq!(config.max_message_size(), DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(config.close_drain_deadline(), DEFAULT_CLOSE_DRAIN_DEADLINE);
         assert!(config.is_valid_username("simon"));
         assert!(!config.is_valid_username("bot 1"));
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::close_reason::CloseReason;
 use crate::config::{Config, RateLimit};
 use crate::fanout::Log;
 use crate::id::ConnectionId;
@@ -108,26 +109,27 @@ impl Connection {
             Ok(()) => {}
             Err(PushError::Closed) => tracing::debug!(connection = %self.id, "dropped: connection is closing"),
             Err(PushError::Full) => {
-                tracing::warn!(connection = %self.id, "outgoing queue full: closing the slow connection");
-                self.metrics.closed(Cause::SlowConsumer);
-                self.close();
+                tracing::debug!(connection = %self.id, "outgoing queue full: closing the slow connection");
+                self.close(CloseReason::SlowConsumer);
             }
         }
         outcome
     }
 
-    /// Asks the transport to close the connection, once.
-    pub(crate) fn close(&self) {
-        close(&mut self.state.lock(), &self.outbox);
+    /// Asks the transport to close the connection for `reason`, once (the first reason stands).
+    pub(crate) fn close(&self, reason: CloseReason) {
+        self.close_locked(&mut self.state.lock(), reason);
     }
-}
 
-/// Asks the transport to close a connection whose state is locked, once.
-pub(crate) fn close(state: &mut ConnState, outbox: &Outbox) {
-    if !state.closing {
-        state.closing = true;
-        state.unlinked_since = None;
-        outbox.close();
+    /// [`close`](Connection::close), for a caller that holds this connection's `state` locked. The close is counted
+    /// in the server's metrics once, for the reason that stands.
+    pub(crate) fn close_locked(&self, state: &mut ConnState, reason: CloseReason) {
+        if !state.closing {
+            state.closing = true;
+            state.unlinked_since = None;
+            self.metrics.closed(Cause::Core(reason));
+            self.outbox.close(reason);
+        }
     }
 }
 

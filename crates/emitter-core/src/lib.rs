@@ -23,6 +23,7 @@
 
 mod auth;
 mod builder;
+mod close_reason;
 pub mod cluster;
 mod clustered;
 mod config;
@@ -54,8 +55,9 @@ pub use auth::{AuthContext, AuthInfo};
 pub use builder::ServerBuilder;
 pub use clustered::ClusterHost;
 pub use config::{
-    Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_LINK_DEADLINE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS, DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,
+    Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_CLOSE_DRAIN_DEADLINE, DEFAULT_LINK_DEADLINE,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS,
+    DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,
 };
 pub use emitter_listeners::Subscription;
 pub use error::{Error, Status};

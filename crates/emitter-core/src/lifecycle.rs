@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::close_reason::CloseReason;
 use crate::connections::Role;
 use crate::error::{Error, Status};
 use crate::events::Event;
@@ -40,8 +41,13 @@ impl Server {
     /// pending link attempts are dropped, every connection is closed and the transport stops. Then `close` is emitted.
     ///
     /// The work up to closing the connections happens before this returns, so calling it from a listener without
-    /// awaiting is fine. The future resolves once the server is `closed`; `Err` means the server was not `starting` or
-    /// `listening`.
+    /// awaiting is fine. Each connection then has the [close drain deadline](crate::ServerBuilder::close_drain_deadline)
+    /// to take what was queued for it and to answer the close; a socket still open past it is cut.
+    ///
+    /// The future resolves once the server is `closed`: every connection gone, the transport stopped, the `close`
+    /// listeners run. Closing is idempotent: a call while the server is `closing` or `closed`, or two calls at once,
+    /// wait for the same close and resolve `Ok`; `close` is emitted once. `Err` (`cannot close when the server is
+    /// initializing`) means the server never started listening, so there was nothing to close (it can still listen).
     pub fn close(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let started = self.begin_close();
         let mut status = self.inner.status_tx.subscribe();
@@ -55,6 +61,10 @@ impl Server {
 
     fn begin_close(&self) -> Result<(), Error> {
         let _turn = self.inner.sequencer.lock();
+        if self.status() >= Status::Closing {
+            // Closing already: wait for that close.
+            return Ok(());
+        }
         require(self.status(), "close", &[Status::Starting, Status::Listening])?;
         self.set_status(Status::Closing);
         tracing::info!("server is closing");
@@ -89,7 +99,7 @@ impl Server {
             }
         }
         for connection in self.inner.connections.all() {
-            connection.close();
+            connection.close(CloseReason::ServerClosing);
         }
         self.finish_close_when_idle();
         Ok(())
@@ -216,8 +226,8 @@ impl Server {
                 .unlinked_since
                 .is_some_and(|since| now.duration_since(since) >= deadline);
             if overdue && matches!(state.role, Role::Unlinked) {
-                tracing::info!(connection = %connection.id, "closing a connection that stayed unlinked past the link deadline");
-                crate::connections::close(&mut state, &connection.outbox);
+                tracing::debug!(connection = %connection.id, "closing a connection that stayed unlinked past the link deadline");
+                connection.close_locked(&mut state, CloseReason::LinkDeadline);
             }
         }
     }

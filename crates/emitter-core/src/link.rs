@@ -13,12 +13,12 @@ use tokio::task::JoinSet;
 use crate::auth::{AuthContext, AuthFuture, AuthInfo};
 use crate::cluster::{Change, Refused, Sequencer};
 use crate::config::{LinkPolicy, MAX_USERNAME_BYTES};
-use crate::connections::{close, Connection, Member, Role};
+use crate::connections::{Connection, Member, Role};
 use crate::error::Status;
 use crate::events::Event;
 use crate::id::ConnectionId;
 use crate::membership::Membership;
-use crate::metrics::{Cause, Reason};
+use crate::metrics::Reason;
 use crate::outbox::Outbox;
 use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, Rejection, ServerMessage};
 use crate::version::AcceptedVersions;
@@ -45,11 +45,11 @@ struct Timing {
 }
 
 impl Server {
-    pub(crate) fn connect(&self) -> Option<(ConnectionId, Outbox)> {
+    pub(crate) fn connect(&self) -> Result<(ConnectionId, Outbox), &'static str> {
         let _turn = self.inner.sequencer.lock();
         if let Some(reason) = self.refusal() {
             tracing::warn!(reason, "incoming connection refused");
-            return None;
+            return Err(reason);
         }
         let (id, outbox) = self
             .inner
@@ -57,19 +57,15 @@ impl Server {
             .insert(&self.inner.log, &self.inner.config, &self.inner.metrics);
         self.publish_open_count();
         tracing::debug!(connection = %id, "connection opened");
-        Some((id, outbox))
+        Ok((id, outbox))
     }
 
-    fn refusal(&self) -> Option<&'static str> {
+    /// Why a new connection would be refused now, if it would; transports ask before upgrading, to refuse cheaply.
+    pub(crate) fn refusal(&self) -> Option<&'static str> {
         if self.status() != Status::Listening {
             return Some("the server is not listening");
         }
         self.inner.connections.refusal(&self.inner.config)
-    }
-
-    /// Whether a new connection would be admitted now; transports ask before upgrading, to refuse cheaply.
-    pub(crate) fn has_room(&self) -> bool {
-        self.refusal().is_none()
     }
 
     pub(crate) fn disconnect(&self, id: ConnectionId) {
@@ -115,9 +111,8 @@ impl Server {
                 return;
             }
             if !state.take_token() {
-                tracing::warn!(connection = %id, "message rate limit exceeded: closing the connection");
-                self.inner.metrics.closed(Cause::RateLimit);
-                close(&mut state, &connection.outbox);
+                tracing::debug!(connection = %id, "message rate limit exceeded: closing the connection");
+                connection.close_locked(&mut state, crate::close_reason::CloseReason::RateLimit);
                 let member = match &state.role {
                     Role::Linked(member) => Some(member.clone()),
                     _ => None,

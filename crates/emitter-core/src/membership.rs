@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::close_reason::CloseReason;
 use crate::cluster::LinkAddr;
 use crate::connections::{Connection, Role};
 use crate::error::Status;
@@ -173,7 +174,7 @@ impl Server {
         if let Some(link) = self.apply_unlink(username) {
             if let Link::Local(connection) = link {
                 tracing::info!(connection = %connection.id, username, "replaced by a new connection: closing");
-                connection.close();
+                connection.close(CloseReason::Replaced);
             }
             self.emit_membership(Membership::Unlink, username);
         }

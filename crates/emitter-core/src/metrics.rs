@@ -25,6 +25,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::error::Status;
 use crate::protocol::Rejection;
 use crate::sync::Mutex;
+use crate::transport::{CloseReason, TransportClose};
 use crate::Server;
 
 /// The `Content-Type` of [`Server::metrics_text`]: the Prometheus text format, version 0.0.4.
@@ -277,25 +278,44 @@ impl Reason {
     }
 }
 
-/// Why the server closed a connection, for the closes it counts.
+/// Why the server closed a connection, for the closes it counts: the core's reasons and the transport's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cause {
-    /// It fell too far behind what it was sent (its queue was full, or it lagged the broadcasts).
-    SlowConsumer,
-    /// It sent faster than the rate limit.
-    RateLimit,
-    /// It sent a message over the size limit (counted by the transport).
-    Oversize,
+    /// The core asked the transport to close it (counted once, for the reason that stands).
+    Core(CloseReason),
+    /// The transport closed it on its own account (counted by the transport).
+    Transport(TransportClose),
 }
 
 impl Cause {
-    const ALL: [Cause; 3] = [Cause::SlowConsumer, Cause::RateLimit, Cause::Oversize];
+    /// Every cause, as the label values of `krmx_connection_closes_total`, in the order they are exposed.
+    const ALL: [Cause; 11] = [
+        Cause::Core(CloseReason::ServerClosing),
+        Cause::Core(CloseReason::Restart),
+        Cause::Core(CloseReason::RateLimit),
+        Cause::Core(CloseReason::LinkDeadline),
+        Cause::Core(CloseReason::SlowConsumer),
+        Cause::Core(CloseReason::Replaced),
+        Cause::Transport(TransportClose::Oversize),
+        Cause::Transport(TransportClose::InvalidUtf8),
+        Cause::Transport(TransportClose::ProtocolError),
+        Cause::Transport(TransportClose::NoPong),
+        Cause::Transport(TransportClose::QueryParams),
+    ];
 
     fn label(self) -> &'static str {
         match self {
-            Cause::SlowConsumer => "slow_consumer",
-            Cause::RateLimit => "rate_limit",
-            Cause::Oversize => "oversize",
+            Cause::Core(CloseReason::ServerClosing) => "server_closing",
+            Cause::Core(CloseReason::Restart) => "restart",
+            Cause::Core(CloseReason::RateLimit) => "rate_limit",
+            Cause::Core(CloseReason::LinkDeadline) => "link_deadline",
+            Cause::Core(CloseReason::SlowConsumer) => "slow_consumer",
+            Cause::Core(CloseReason::Replaced) => "replaced",
+            Cause::Transport(TransportClose::Oversize) => "oversize",
+            Cause::Transport(TransportClose::InvalidUtf8) => "invalid_utf8",
+            Cause::Transport(TransportClose::ProtocolError) => "protocol_error",
+            Cause::Transport(TransportClose::NoPong) => "no_pong",
+            Cause::Transport(TransportClose::QueryParams) => "query_params",
         }
     }
 }
@@ -517,8 +537,9 @@ impl Metrics {
         let by_cause = Family::<Label, Counter>::default();
         registry.register(
             "connection_closes",
-            "Connections the server closed, by cause: slow_consumer (fell too far behind what it was sent), \
-             rate_limit (sent too fast), oversize (sent a message over the size limit)",
+            "Connections the server closed, by cause: the core's (server_closing, restart, rate_limit, \
+             link_deadline, slow_consumer, replaced) and the transport's (oversize, invalid_utf8, protocol_error, \
+             no_pong, query_params); closes the client began are not counted",
             by_cause.clone(),
         );
         let closes = Cause::ALL

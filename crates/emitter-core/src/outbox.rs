@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::close_reason::CloseReason;
 use crate::fanout::{Log, Segment};
 use crate::id::ConnectionId;
 use crate::protocol::Frame;
@@ -35,7 +36,8 @@ pub enum PushError {
 /// [`Host::connect`](crate::transport::Host::connect).
 ///
 /// Wait with [`ready`](Outbox::ready), then [`take`](Outbox::take) what there is, write it, and repeat; once `take`
-/// says the connection is closing, write what it returned and close the socket.
+/// says the connection is closing, write what it returned and close the socket with the code and reason of its
+/// [`close_reason`](Outbox::close_reason).
 #[derive(Clone)]
 pub struct Outbox {
     shared: Arc<Shared>,
@@ -60,7 +62,8 @@ struct State {
     cursor: u64,
     /// The segment that holds `cursor`, while the connection reads the log.
     segment: Option<Arc<Segment>>,
-    closing: bool,
+    /// Why closing began; `None` until it did.
+    closing: Option<CloseReason>,
 }
 
 /// An own frame, written once the log before `at` has been.
@@ -104,7 +107,7 @@ impl Outbox {
                     windows: VecDeque::new(),
                     cursor,
                     segment: None,
-                    closing: false,
+                    closing: None,
                 }),
                 changed: Notify::new(),
                 closed: Notify::new(),
@@ -124,7 +127,7 @@ impl Outbox {
 
     fn enqueue(&self, item: Item, at: Option<u64>) -> Result<(), PushError> {
         let mut state = self.shared.state.lock();
-        if state.closing {
+        if state.closing.is_some() {
             return Err(PushError::Closed);
         }
         if state.own.len() >= self.shared.capacity {
@@ -140,7 +143,7 @@ impl Outbox {
     /// The connection was linked: log entries from `from` on are for it, until [`close_window`](Outbox::close_window).
     pub(crate) fn open_window(&self, from: u64, segment: Arc<Segment>) {
         let mut state = self.shared.state.lock();
-        if state.closing {
+        if state.closing.is_some() {
             return;
         }
         state.windows.push_back(Window {
@@ -162,14 +165,15 @@ impl Outbox {
         self.shared.changed.notify_one();
     }
 
-    /// Starts closing: nothing more is queued, and what the log gets from now on is not for this connection.
-    pub(crate) fn close(&self) {
+    /// Starts closing for `reason`: nothing more is queued, and what the log gets from now on is not for this
+    /// connection. The first reason given is the one the connection closes for.
+    pub(crate) fn close(&self, reason: CloseReason) {
         let head = self.shared.log.head();
         let mut state = self.shared.state.lock();
-        if state.closing {
+        if state.closing.is_some() {
             return;
         }
-        state.closing = true;
+        state.closing = Some(reason);
         if let Some(window) = state.windows.back_mut() {
             window.until.get_or_insert(head);
         }
@@ -259,7 +263,7 @@ impl Outbox {
             state.cursor += 1;
             state.segment = Some(segment);
         }
-        state.closing
+        state.closing.is_some()
     }
 
     /// Whether [`take`](Outbox::take) may have something now, and whether new log entries could be for this
@@ -268,7 +272,7 @@ impl Outbox {
         let head = self.shared.log.head();
         let state = self.shared.state.lock();
         let reads_log = !state.windows.is_empty();
-        let work = state.closing || !state.own.is_empty() || (reads_log && state.cursor < head);
+        let work = state.closing.is_some() || !state.own.is_empty() || (reads_log && state.cursor < head);
         (work, reads_log)
     }
 
@@ -304,7 +308,7 @@ impl Outbox {
             let closed = self.shared.closed.notified();
             tokio::pin!(closed);
             closed.as_mut().enable();
-            if self.shared.state.lock().closing {
+            if self.shared.state.lock().closing.is_some() {
                 return;
             }
             closed.await;
@@ -313,6 +317,12 @@ impl Outbox {
 
     /// Whether closing began.
     pub fn is_closing(&self) -> bool {
+        self.shared.state.lock().closing.is_some()
+    }
+
+    /// Why the core closes this connection, once closing began: send its [`code`](CloseReason::code) and
+    /// [`text`](CloseReason::text) in the close frame. `None` while the connection is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
         self.shared.state.lock().closing
     }
 }

@@ -19,7 +19,6 @@ use crate::config::KeepLimits;
 use crate::connections::{Connection, Member};
 use crate::fanout::{Log, SEGMENT};
 use crate::kept::Kept;
-use crate::metrics::{Cause, Metrics};
 use crate::outbox::PushError;
 use crate::protocol::{Frame, ServerMessage};
 use crate::snapshot::{Snapshot, UserFrames};
@@ -81,11 +80,10 @@ pub(crate) struct Registry {
     keep: Option<KeepLimits>,
     /// Kept messages dropped so far (past a limit, or too old).
     pub(crate) kept_dropped: u64,
-    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub(crate) fn new(log: Arc<Log>, max_lag: usize, keep: Option<KeepLimits>, metrics: Arc<Metrics>) -> Registry {
+    pub(crate) fn new(log: Arc<Log>, max_lag: usize, keep: Option<KeepLimits>) -> Registry {
         Registry {
             users: BTreeMap::new(),
             order: HashMap::new(),
@@ -96,7 +94,6 @@ impl Registry {
             max_lag: max_lag as u64,
             keep,
             kept_dropped: 0,
-            metrics,
         }
     }
 
@@ -293,9 +290,8 @@ impl Registry {
             }
         }
         for (order, connection) in slow {
-            tracing::warn!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
-            self.metrics.closed(Cause::SlowConsumer);
-            connection.close();
+            tracing::debug!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
+            connection.close(crate::close_reason::CloseReason::SlowConsumer);
             self.closing.insert(order);
         }
     }

@@ -203,12 +203,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         Server {
             inner: Arc::new(Inner {
-                registry: Mutex::new(Registry::new(
-                    log.clone(),
-                    config.outbound_queue,
-                    config.keep_unlinked,
-                    metrics.clone(),
-                )),
+                registry: Mutex::new(Registry::new(log.clone(), config.outbound_queue, config.keep_unlinked)),
                 log,
                 config,
                 events: Events::default(),

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::future::Future;
 
+pub use crate::close_reason::CloseReason;
 use crate::error::Status;
 pub use crate::id::ConnectionId;
 use crate::metrics::Cause;
@@ -82,19 +83,21 @@ impl Host {
         }
     }
 
-    /// Whether a new connection would be admitted now (the server listens and no connection limit is reached). Ask
-    /// before accepting a connection, to refuse it cheaply (an HTTP 503, say); [`connect`](Host::connect) still has
-    /// the last word.
-    pub fn has_room(&self) -> bool {
-        self.server.has_room()
+    /// Why a new connection would be refused now, if it would: `the server is not listening` (it has not started, or
+    /// it is closing), `too many connections` or `too many unlinked connections`. Ask before accepting a connection,
+    /// to refuse it cheaply (an HTTP 503 whose body is the reason, say); [`connect`](Host::connect) still has the last
+    /// word.
+    pub fn refusal(&self) -> Option<&'static str> {
+        self.server.refusal()
     }
 
-    /// Registers a new connection and returns its id and its [`Outbox`]: what to write to it, in order. `None` when
-    /// the server is not listening or a connection limit is reached: close the socket at once.
+    /// Registers a new connection and returns its id and its [`Outbox`]: what to write to it, in order. `Err` holds
+    /// why it was refused (as [`refusal`](Host::refusal) words it): close the socket at once.
     ///
-    /// When the outbox says the connection is closing, write what it returned, close the socket, and report the close
-    /// with [`disconnect`](Host::disconnect) (as for a close of any other cause).
-    pub fn connect(&self) -> Option<(ConnectionId, Outbox)> {
+    /// When the outbox says the connection is closing, write what it returned, close the socket with the code and
+    /// text of its [`close_reason`](Outbox::close_reason), and report the close with
+    /// [`disconnect`](Host::disconnect) (as for a close of any other cause).
+    pub fn connect(&self) -> Result<(ConnectionId, Outbox), &'static str> {
         self.server.connect()
     }
 
@@ -117,6 +120,7 @@ impl Host {
     pub fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
         self.server.closing()
     }
+
     // ---- metrics: what only the transport sees ------------------------------------------------------------------
 
     /// Counts `frames` written to a connection's socket, of `bytes` payload bytes in all (the server's
@@ -133,9 +137,53 @@ impl Host {
         self.server.inner.metrics.queue_depth.observe(frames as u64);
     }
 
-    /// Counts a connection closed because it sent a message over
-    /// [`max_message_size`](crate::Config::max_message_size) (`krmx_connection_closes_total{cause="oversize"}`).
-    pub fn record_oversize_close(&self) {
-        self.server.inner.metrics.closed(Cause::Oversize);
+    /// Counts a connection the transport closed on its own account, for `cause`
+    /// (`krmx_connection_closes_total{cause}`). The closes the core asks for are counted by the core.
+    ///
+    /// ```
+    /// use emitter_core::transport::TransportClose;
+    ///
+    /// let server = emitter_core::Server::new();
+    /// server.host().record_close(TransportClose::Oversize);
+    /// assert!(server
+    ///     .metrics_text()
+    ///     .contains("krmx_connection_closes_total{cause=\"oversize\"} 1"));
+    /// ```
+    pub fn record_close(&self, cause: TransportClose) {
+        self.server.inner.metrics.closed(Cause::Transport(cause));
+    }
+}
+
+/// Why a transport closed a connection on its own account rather than at the core's request (that is a
+/// [`CloseReason`]), for the server's metrics: see [`Host::record_close`]. Each comes with the close code RFC 6455
+/// gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportClose {
+    /// A message over [`max_message_size`](crate::Config::max_message_size): 1009 (message too big).
+    Oversize,
+    /// A text message that is not UTF-8: 1007 (invalid frame payload data).
+    InvalidUtf8,
+    /// A frame that breaks the WebSocket protocol: 1002 (protocol error).
+    ProtocolError,
+    /// No pong came between two pings: 1008 (policy violation).
+    NoPong,
+    /// The connection URL's query parameters are not the expected ones: 1008 (policy violation).
+    QueryParams,
+}
+
+impl TransportClose {
+    /// The WebSocket close code (RFC 6455, section 7.4) a transport closes with for it.
+    ///
+    /// ```
+    /// assert_eq!(emitter_core::transport::TransportClose::Oversize.code(), 1009);
+    /// ```
+    pub fn code(self) -> u16 {
+        match self {
+            TransportClose::Oversize => 1009,
+            TransportClose::InvalidUtf8 => 1007,
+            TransportClose::ProtocolError => 1002,
+            TransportClose::NoPong | TransportClose::QueryParams => 1008,
+        }
     }
 }

@@ -324,7 +324,7 @@ impl Cluster {
         match *action {
             Action::Connect(node) => {
                 let node = node % NODES;
-                if let Some((id, outbox)) = self.servers[node].host().connect() {
+                if let Ok((id, outbox)) = self.servers[node].host().connect() {
                     self.clients.push(Client {
                         node,
                         id,

@@ -25,19 +25,29 @@ async fn connections_over_the_caps_are_refused() {
     let server = listening(Server::builder().max_connections(3).max_unlinked_connections(2));
     let (a, _) = connect(&server);
     let (_b, _) = connect(&server);
-    assert!(
-        !server.host().has_room(),
+    assert_eq!(
+        server.host().refusal(),
+        Some("too many unlinked connections"),
         "two unlinked connections fill the unlinked cap"
     );
     assert!(try_connect(&server).is_none());
     link(&server, a, "ann");
-    assert!(server.host().has_room(), "a linked connection frees an unlinked place");
+    assert_eq!(
+        server.host().refusal(),
+        None,
+        "a linked connection frees an unlinked place"
+    );
     let (_c, _) = connect(&server);
-    assert!(!server.host().has_room(), "three connections fill the connection cap");
+    assert_eq!(
+        server.host().refusal(),
+        Some("too many connections"),
+        "three connections fill the connection cap"
+    );
     assert!(try_connect(&server).is_none());
     server.host().disconnect(a);
-    assert!(
-        !server.host().has_room(),
+    assert_eq!(
+        server.host().refusal(),
+        Some("too many unlinked connections"),
         "ann's connection is gone, but two unlinked ones fill that cap again"
     );
     assert!(!server.users()[0].is_linked);

@@ -328,11 +328,13 @@ impl Keeper {
         }
         let lease = self.cluster.register_node(&self.sequencer.node).await?;
         let snapshot = self.cluster.snapshot().await?;
-        *self.sequencer.lease.write() = lease.clone();
-        self.alive = keep_alive(&self.cluster, &self.host, lease);
         let host = self.host.clone();
         let (seq, users) = seed(snapshot);
+        // Restarted (its connections closed) before the new lease is used: a link made with it is never closed by
+        // the restart. Until then, links are refused as the old lease's.
         let _ = tokio::task::spawn_blocking(move || host.restart(seq, users)).await;
+        *self.sequencer.lease.write() = lease.clone();
+        self.alive = keep_alive(&self.cluster, &self.host, lease);
         tracing::warn!(
             node = self.sequencer.node,
             seq,

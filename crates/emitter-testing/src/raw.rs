@@ -39,7 +39,12 @@ impl Receive for RawClient {
             match next {
                 Some(Ok(WsMessage::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
                 Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(WsMessage::Close(_))) => {
+                    // Answer the close frame (the WebSocket layer queued the answer) as a browser does.
+                    let _ = self.ws.flush().await;
+                    return None;
+                }
+                None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
             }
         }
@@ -183,6 +188,28 @@ impl RawClient {
                 Err(_) => return,
                 Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
                 Ok(other) => panic!("{:?}: expected no message, got {other:?}", self.username),
+            }
+        }
+    }
+
+    /// Reads until the server's close frame, skipping the frames before it, and answers it as a browser does. Returns
+    /// its code and reason, or `None` for a close frame without a code. Panics when the connection ends without a
+    /// close frame, or after [`TIMEOUT`].
+    pub async fn expect_close_frame(&mut self) -> Option<(u16, String)> {
+        loop {
+            let next = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for a close frame ({:?})", self.username));
+            match next {
+                Some(Ok(WsMessage::Close(frame))) => {
+                    let _ = self.ws.flush().await;
+                    return frame.map(|frame| (u16::from(frame.code), frame.reason.as_str().to_owned()));
+                }
+                Some(Ok(_)) => continue,
+                other => panic!(
+                    "{:?}: the connection ended without a close frame: {other:?}",
+                    self.username
+                ),
             }
         }
     }

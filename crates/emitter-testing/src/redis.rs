@@ -106,6 +106,25 @@ impl RedisServer {
         }
     }
 
+    /// Kills every pub/sub connection (`CLIENT KILL TYPE pubsub`); returns how many there were.
+    pub fn kill_pubsub_clients(&self) -> u64 {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut self.admin())
+            .expect("CLIENT KILL TYPE pubsub")
+    }
+
+    /// Pauses Redis for `seconds` (`DEBUG SLEEP`), from a thread: the command blocks the connection that sends it.
+    /// Join the handle to wait until Redis answers again.
+    pub fn pause(&self, seconds: f64) -> std::thread::JoinHandle<()> {
+        let mut admin = self.admin();
+        std::thread::spawn(move || {
+            let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg(seconds).query(&mut admin);
+        })
+    }
+
     /// Waits for PING; false if the process exited (its port was taken).
     fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);

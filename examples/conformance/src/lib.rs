@@ -1,8 +1,10 @@
 //! The conformance server: a Krmx server with a fixed, documented behaviour (see this crate's README) so that any
 //! Krmx client test suite can drive it over the wire.
 //!
-//! Two endpoints share the same listeners: [`build_main`] accepts new users; [`build_closed`] does not, and
-//! [`serve_closed`] joins the user [`ADMIN`] once it listens. Both serve path `/`.
+//! Three endpoints share the same listeners: [`build_main`] accepts new users; [`build_closed`] does not, and
+//! [`serve_closed`] joins the user [`ADMIN`] once it listens; [`build_policy`] is the main endpoint with the
+//! production policies on (a new link takes a linked user over, a grace period, messages kept for unlinked users).
+//! All serve path `/`.
 //!
 //! Each endpoint can be a node of a cluster on Redis ([`join_cluster`]): then any number of conformance processes form
 //! one server for the contract, and a client suite run against any one of them passes unchanged.
@@ -12,7 +14,7 @@
 use std::time::Duration;
 
 use emitter_axum::ListenError;
-use emitter_core::{AuthContext, AuthInfo, Error, Message, Server, ServerBuilder};
+use emitter_core::{AuthContext, AuthInfo, Error, KeepLimits, LinkPolicy, Message, Server, ServerBuilder};
 use emitter_redis::{Cluster, Node, Options};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -33,6 +35,26 @@ pub const NOT_A_USERNAME: &str = "payload must be a username string";
 /// The main endpoint's server: accepts new users. Not listening yet.
 pub fn build_main() -> Server {
     with_contract(Server::builder())
+}
+
+/// The policy endpoint's grace period: an unlinked user leaves after it.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(1);
+/// The policy endpoint's limits on the messages kept for an unlinked user.
+pub const KEEP_LIMITS: KeepLimits = KeepLimits {
+    messages: 100,
+    bytes: 1 << 20,
+    age: Duration::from_secs(60),
+};
+
+/// The policy endpoint's server: the main endpoint's contract with [`LinkPolicy::Replace`], a [`GRACE_PERIOD`] and
+/// messages kept for unlinked users within [`KEEP_LIMITS`]. Not listening yet.
+pub fn build_policy() -> Server {
+    with_contract(
+        Server::builder()
+            .link_policy(LinkPolicy::Replace)
+            .grace_period(GRACE_PERIOD)
+            .keep_unlinked(KEEP_LIMITS),
+    )
 }
 
 /// The closed endpoint's server: does not accept new users. Not listening yet; [`serve_closed`] joins [`ADMIN`].

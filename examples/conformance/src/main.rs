@@ -1,12 +1,12 @@
-//! Runs the conformance server: the main endpoint on `PORT` (default 8787) and the closed one on `CLOSED_PORT`
-//! (default 8788), both at path `/`, on `HOST` (default 127.0.0.1: a test server stays on loopback unless asked),
-//! until Ctrl-C or SIGTERM.
+//! Runs the conformance server: the main endpoint on `PORT` (default 8787), the closed one on `CLOSED_PORT` (default
+//! 8788) and the policy one on `POLICY_PORT` (default 8789), all at path `/`, on `HOST` (default 127.0.0.1: a test
+//! server stays on loopback unless asked), until Ctrl-C or SIGTERM.
 //!
 //! The main endpoint's port also answers `GET /metrics` (Prometheus) and `GET /health`.
 //!
-//! With `REDIS_URL` set, both endpoints are nodes of clusters on that Redis: `KRMX_CLUSTER` (default `conformance`)
-//! for the main one and `<KRMX_CLUSTER>-closed` for the closed one, as node `NODE_ID` (default `node-<PORT>`), with a
-//! lease of `KRMX_LEASE_MS` (default 10000).
+//! With `REDIS_URL` set, the endpoints are nodes of clusters on that Redis: `KRMX_CLUSTER` (default `conformance`)
+//! for the main one, `<KRMX_CLUSTER>-closed` and `<KRMX_CLUSTER>-policy` for the others, as node `NODE_ID` (default
+//! `node-<PORT>`), with a lease of `KRMX_LEASE_MS` (default 10000).
 
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".to_owned());
     let main_port: u16 = env_number("PORT", 8787)?;
     let closed_port: u16 = env_number("CLOSED_PORT", 8788)?;
+    let policy_port: u16 = env_number("POLICY_PORT", 8789)?;
 
     let main_listener = TcpListener::bind((host.as_str(), main_port))
         .await
@@ -27,9 +28,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let closed_listener = TcpListener::bind((host.as_str(), closed_port))
         .await
         .unwrap_or_else(|error| panic!("cannot bind CLOSED_PORT {closed_port}: {error}"));
+    let policy_listener = TcpListener::bind((host.as_str(), policy_port))
+        .await
+        .unwrap_or_else(|error| panic!("cannot bind POLICY_PORT {policy_port}: {error}"));
     let main_port = main_listener.local_addr()?.port();
     let main = example_conformance::build_main();
     let closed = example_conformance::build_closed();
+    let policy = example_conformance::build_policy();
 
     let mut nodes = Vec::new();
     if let Ok(url) = std::env::var("REDIS_URL") {
@@ -39,14 +44,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             lease: Duration::from_millis(env_number("KRMX_LEASE_MS", 10_000)?),
             ..Options::default()
         };
-        let closed_cluster = format!("{cluster}-closed");
-        nodes.push(example_conformance::join_cluster(&main, &url, &cluster, &node, options.clone()).await?);
-        nodes.push(example_conformance::join_cluster(&closed, &url, &closed_cluster, &node, options).await?);
+        let (closed_cluster, policy_cluster) = (format!("{cluster}-closed"), format!("{cluster}-policy"));
+        let join = example_conformance::join_cluster;
+        nodes.push(join(&main, &url, &cluster, &node, options.clone()).await?);
+        nodes.push(join(&closed, &url, &closed_cluster, &node, options.clone()).await?);
+        nodes.push(join(&policy, &url, &policy_cluster, &node, options).await?);
         println!("conformance node {node} of cluster {cluster} on {url}");
     }
     let main_port = example_conformance::serve_main_server(&main, main_listener).await?;
     let closed_port = example_conformance::serve_closed_server(&closed, closed_listener).await?;
-    println!("conformance server: main on ws://localhost:{main_port}/, closed on ws://localhost:{closed_port}/");
+    let policy_port = emitter_axum::listen_on(&policy, policy_listener).await?;
+    println!(
+        "conformance server: main on ws://localhost:{main_port}/, closed on ws://localhost:{closed_port}/, \
+         policy on ws://localhost:{policy_port}/"
+    );
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -54,9 +65,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ = terminate.recv() => {}
     }
     tracing::info!("closing");
-    let (main_closed, closed_closed) = tokio::join!(main.close(), closed.close());
+    let (main_closed, closed_closed, policy_closed) = tokio::join!(main.close(), closed.close(), policy.close());
     main_closed?;
     closed_closed?;
+    policy_closed?;
     for node in nodes {
         node.stopped().await;
     }

@@ -26,6 +26,7 @@ impl NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_example-conformance"))
             .env("PORT", "0")
             .env("CLOSED_PORT", "0")
+            .env("POLICY_PORT", "0")
             .env("REDIS_URL", redis.url())
             .env("NODE_ID", id)
             .env("KRMX_LEASE_MS", lease_ms.to_string())
@@ -450,8 +451,9 @@ async fn a_process_paused_past_its_lease_comes_back_without_the_users_taken_over
         observers[0].client.recv().await,
         broadcasted("alice", json!("still-here"))
     );
-    // And the woken process serves again.
-    let _carol = RawClient::link_and_settle(paused.port, "carol").await;
+    // And the woken process serves again (once it has rejoined: a connection made meanwhile is closed by its
+    // start-over, and relinks).
+    let _carol = Observer::link_when_available(paused.port, "carol").await;
     observers[0].read_until(&linked("carol")).await;
 }
 
@@ -522,14 +524,6 @@ async fn link_once_available(port: u16, username: &str) -> RawClient {
     }
 }
 
-/// Runs `DEBUG SLEEP seconds` on Redis from a thread (it blocks the connection that sends it).
-fn pause_redis(redis: &RedisServer, seconds: f64) -> std::thread::JoinHandle<()> {
-    let mut admin = redis.admin();
-    std::thread::spawn(move || {
-        let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg(seconds).query(&mut admin);
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_shorter_than_the_lease_only_delays() {
     let redis = redis_or_skip!();
@@ -538,7 +532,7 @@ async fn redis_paused_shorter_than_the_lease_only_delays() {
     let mut alice = RawClient::link_and_settle(one.port, "alice").await;
     let mut bob = RawClient::link_and_settle(two.port, "bob").await;
     alice.recv_until(&linked("bob")).await;
-    let sleeper = pause_redis(&redis, 1.0);
+    let sleeper = redis.pause(1.0);
     // A link waits for Redis, then goes through; the broadcast after it keeps its place.
     let mut carol = RawClient::link_as(one.port, "carol").await;
     carol.recv_until(&linked("carol")).await;
@@ -563,7 +557,7 @@ async fn redis_paused_longer_than_the_lease_fences_every_process_and_clients_rel
     let mut alice = RawClient::link_and_settle(one.port, "alice").await;
     let mut bob = RawClient::link_and_settle(two.port, "bob").await;
     alice.recv_until(&linked("bob")).await;
-    let sleeper = pause_redis(&redis, 2.5);
+    let sleeper = redis.pause(2.5);
     // Past its lease, a process that cannot reach Redis stops serving rather than risk a double link.
     alice.expect_closed().await;
     bob.expect_closed().await;
@@ -582,13 +576,7 @@ async fn killed_pubsub_connections_resubscribe_and_the_log_fills_the_gap() {
     let one = NodeProcess::start(&redis, "n1", 10_000);
     let two = NodeProcess::start(&redis, "n2", 10_000);
     let mut bob = Observer::link(two.port, "bob").await;
-    let mut admin = redis.admin();
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut admin)
-        .unwrap();
+    let killed = redis.kill_pubsub_clients();
     assert!(killed >= 2, "every process's subscription was killed ({killed})");
     // A link made while process two resubscribes reaches bob anyway: membership is in the log.
     let mut alice = RawClient::link_as(one.port, "alice").await;

@@ -1,6 +1,6 @@
 'use strict';
-// Helpers for the interop tests: the conformance server, a TCP proxy that can cut connections, bounded waits, and a
-// raw WebSocket for requests the reference client cannot make.
+// Helpers for the interop tests: the conformance server, the card game (examples/cards, for emitter-state), a TCP proxy
+// that can cut connections, bounded waits, and a raw WebSocket for requests the reference client cannot make.
 
 const { spawn, spawnSync } = require('node:child_process');
 const net = require('node:net');
@@ -60,28 +60,67 @@ function deltaCasesBinary() {
 }
 
 /**
- * Starts examples/conformance on free ports. Resolves with `{ main, closed, stop }`: the `ws://` URLs of its main and
- * closed endpoints, and a function that stops it.
+ * The card game example (examples/cards), which serves all three Krmx State models: EMITTER_CARDS_BIN, or built with
+ * cargo into the workspace's target dir.
+ */
+function cardsBinary() {
+  return cargoBinary('EMITTER_CARDS_BIN', ['-p', 'example-cards'], 'example-cards');
+}
+
+/**
+ * Starts examples/cards on a free port, with `test/inspect` answered (CARDS_INSPECT=1) and the shuffles fixed by
+ * `seed`. Resolves with `{ url, port, stop }`: the `ws://` URL of its Krmx endpoint, and a function that stops it.
+ */
+async function startCards(seed = 1) {
+  const child = spawn(cardsBinary(), [], {
+    env: { ...process.env, PORT: '0', CARDS_INSPECT: '1', CARDS_SEED: String(seed), RUST_LOG: process.env.RUST_LOG ?? 'warn', RUST_BACKTRACE: '0' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`cards server exited (${code})`))));
+  const lines = readline.createInterface({ input: child.stdout });
+  const port = new Promise((resolve) => {
+    lines.on('line', (line) => {
+      const found = /^cards on http:\/\/localhost:(\d+)\//.exec(line);
+      if (found) {
+        resolve(Number(found[1]));
+      }
+    });
+  });
+  const found = await within('the cards server to listen', Promise.race([port, exited]), 60000);
+  return {
+    url: `ws://127.0.0.1:${found}/ws`,
+    port: found,
+    stop: () => new Promise((resolve) => {
+      child.once('exit', resolve);
+      child.kill('SIGTERM');
+    }),
+  };
+}
+
+/**
+ * Starts examples/conformance on free ports. Resolves with `{ main, closed, policy, stop }`: the `ws://` URLs of its
+ * main, closed and policy endpoints, and a function that stops it.
  */
 async function startConformance() {
   const child = spawn(conformanceBinary(), [], {
-    env: { ...process.env, PORT: '0', CLOSED_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn', RUST_BACKTRACE: '0' },
+    env: { ...process.env, PORT: '0', CLOSED_PORT: '0', POLICY_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn', RUST_BACKTRACE: '0' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const exited = new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`conformance server exited (${code})`))));
   const lines = readline.createInterface({ input: child.stdout });
   const ports = new Promise((resolve) => {
     lines.on('line', (line) => {
-      const found = /main on ws:\/\/[^:]+:(\d+)\/, closed on ws:\/\/[^:]+:(\d+)\//.exec(line);
+      const found = /main on ws:\/\/[^:]+:(\d+)\/, closed on ws:\/\/[^:]+:(\d+)\/, policy on ws:\/\/[^:]+:(\d+)\//.exec(line);
       if (found) {
-        resolve([Number(found[1]), Number(found[2])]);
+        resolve([Number(found[1]), Number(found[2]), Number(found[3])]);
       }
     });
   });
-  const [mainPort, closedPort] = await within('the conformance server to listen', Promise.race([ports, exited]), 60000);
+  const [mainPort, closedPort, policyPort] = await within('the conformance server to listen', Promise.race([ports, exited]), 60000);
   return {
     main: `ws://127.0.0.1:${mainPort}/`,
     closed: `ws://127.0.0.1:${closedPort}/`,
+    policy: `ws://127.0.0.1:${policyPort}/`,
     mainPort,
     stop: () => new Promise((resolve) => {
       child.once('exit', resolve);
@@ -179,4 +218,36 @@ async function rawSocket(url) {
   };
 }
 
-module.exports = { within, startConformance, startKrmxServer, startProxy, rawSocket, deltaCasesBinary, ROOT };
+/**
+ * The @krmx/client connections of one test file: `connected(url)` and `linked(username, url)` make them (`track`
+ * adopts one made by hand), and `closeAll()` (in `after`) disconnects every one still open.
+ */
+function clientPool() {
+  // Required here, not at the top: the delta tests use this file without @krmx/client's WebSocket needs.
+  const { createClient } = require('@krmx/client');
+  const clients = [];
+  const track = (client) => {
+    clients.push(client);
+    return client;
+  };
+  const connected = async (url) => {
+    const client = track(createClient({ logger: false }));
+    await within('connect', client.connect(url));
+    return client;
+  };
+  const linked = async (username, url) => {
+    const client = await connected(url);
+    await within(`link ${username}`, client.link(username));
+    return client;
+  };
+  const closeAll = async () => {
+    for (const client of clients) {
+      if (!['closed', 'initializing'].includes(client.getStatus())) {
+        await within('disconnect', client.disconnect(true));
+      }
+    }
+  };
+  return { connected, linked, track, closeAll };
+}
+
+module.exports = { within, startConformance, startCards, startKrmxServer, startProxy, rawSocket, clientPool, deltaCasesBinary, ROOT };

@@ -4,25 +4,15 @@
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { within, startConformance, startProxy, rawSocket } = require('../lib/support');
+const { within, startConformance, startProxy, rawSocket, clientPool } = require('../lib/support');
 const { createClient, VERSION } = require('@krmx/client');
 
 let server;
-const clients = [];
+const pool = clientPool();
 
 /** A connected @krmx/client, closed after the tests. */
-async function connected(url = server.main) {
-  const client = createClient({ logger: false });
-  clients.push(client);
-  await within('connect', client.connect(url));
-  return client;
-}
-
-async function linked(username, url = server.main) {
-  const client = await connected(url);
-  await within(`link ${username}`, client.link(username));
-  return client;
-}
+const connected = (url = server.main) => pool.connected(url);
+const linked = (username, url = server.main) => pool.linked(username, url);
 
 /** The next message of `type` the client receives, as `[message]`. */
 const nextMessage = (client, type) => within(`message ${type}`, client.waitFor('message', (m) => m.type === type));
@@ -37,11 +27,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const client of clients) {
-    if (!['closed', 'initializing'].includes(client.getStatus())) {
-      await within('disconnect', client.disconnect(true));
-    }
-  }
+  await pool.closeAll();
   await server.stop();
 });
 
@@ -189,8 +175,7 @@ describe('@krmx/client against emitter', () => {
   });
 
   it('receives the events of its own link in the order the reference client expects', async () => {
-    const client = createClient({ logger: false });
-    clients.push(client);
+    const client = pool.track(createClient({ logger: false }));
     const seen = [];
     client.all((name, ...args) => seen.push([name, client.getStatus(), ...args.map(String)]));
     await within('connect', client.connect(server.main));

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+pub mod cluster;
 pub mod multicore;
 
 use crate::results::{format_ratio, format_value, verdict, Results};
@@ -305,13 +306,22 @@ pub fn checks(results: &Results) -> Vec<(String, String)> {
         ));
     }
     checks.extend(multicore::checks(results));
+    if results.has(Target::Cluster) {
+        checks.extend(cluster::checks(results));
+    }
     checks
 }
 
-/// The Markdown table of medians and ratios.
+/// The Markdown table of medians and ratios; empty when none of its groups ran.
 pub fn table(results: &Results) -> String {
+    if !DEFS.iter().any(|def| results.values.contains_key(def.key)) {
+        return String::new();
+    }
     let mut out = String::new();
-    let shown: Vec<Target> = Target::ALL.into_iter().filter(|target| results.has(*target)).collect();
+    let shown: Vec<Target> = Target::SINGLE
+        .into_iter()
+        .filter(|target| results.has(*target))
+        .collect();
     let _ = write!(out, "| group | metric |");
     for target in &shown {
         let _ = write!(out, " {} |", target.name());
@@ -499,7 +509,10 @@ pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()
          emitter, whichever way the metric points).\n",
         results.started, command, results.rounds
     );
-    let _ = writeln!(md, "{}", table(results));
+    let main_table = table(results);
+    if !main_table.is_empty() {
+        let _ = writeln!(md, "{main_table}");
+    }
     let multicore_table = multicore::table(results);
     if multicore_table.is_empty() {
         let _ = writeln!(md, "Multicore: not run (see the notes below).\n");
@@ -511,6 +524,15 @@ pub fn write(results: &Results, dir: &Path, command: &str) -> std::io::Result<()
              used (% of one core):\n"
         );
         let _ = writeln!(md, "{multicore_table}");
+    }
+    let cluster_table = cluster::table(results);
+    if !cluster_table.is_empty() {
+        let _ = writeln!(
+            md,
+            "Cluster: three processes of examples/bench, each a node of one cluster on a redis-server of its own, \
+             against the same server alone, on the same machine; medians:\n"
+        );
+        let _ = writeln!(md, "{cluster_table}");
     }
     let _ = writeln!(md, "Groups:\n");
     for (group, text) in &results.groups {

@@ -13,7 +13,7 @@
 //! - [`shared`]: what the users of one process share (counters, histograms, each sender's window);
 //! - this module: the process, its commands and its phases.
 
-mod parse;
+pub(crate) mod parse;
 mod reports;
 mod shared;
 mod spec;

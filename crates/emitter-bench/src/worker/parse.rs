@@ -3,7 +3,7 @@
 
 /// One server message, as far as the load generator needs to understand it.
 #[derive(Debug, PartialEq)]
-pub(super) enum Parsed<'a> {
+pub(crate) enum Parsed<'a> {
     /// `bench/msg` or `bench/echo`: the send time and the sender.
     Bench {
         sent_at: u64,
@@ -33,7 +33,7 @@ fn until_quote(bytes: &[u8]) -> &[u8] {
 
 /// Reads a server message. Every server under test writes `type` first, so a prefix test and a short scan do; other
 /// shapes go through serde_json.
-pub(super) fn parse(data: &[u8]) -> Parsed<'_> {
+pub(crate) fn parse(data: &[u8]) -> Parsed<'_> {
     const BENCH: &[u8] = b"{\"type\":\"bench/";
     const KRMX: &[u8] = b"{\"type\":\"krmx/";
     const PAYLOAD: &[u8] = b"\"payload\":[";
@@ -95,7 +95,7 @@ fn slow_parse(data: &[u8]) -> Parsed<'_> {
 }
 
 /// The index of user `u<index>`.
-pub(super) fn user_index(username: &[u8]) -> Option<u32> {
+pub(crate) fn user_index(username: &[u8]) -> Option<u32> {
     let (index, len) = digits(username.strip_prefix(b"u")?)?;
     (len + 1 == username.len()).then_some(index as u32)
 }

@@ -836,7 +836,7 @@ impl Harness {
         let mut own = None;
         match action {
             Action::Connect => {
-                let admitted = self.server.host().connect();
+                let admitted = self.server.host().connect().ok();
                 let want = self.model.connect();
                 let admitted_some = admitted.is_some();
                 match admitted {

@@ -78,7 +78,7 @@ pub fn listening(builder: ServerBuilder) -> Server {
 
 /// A new connection, if the server admits it.
 pub fn try_connect(server: &Server) -> Option<(ConnectionId, Outbox)> {
-    let (id, outbox) = server.host().connect()?;
+    let (id, outbox) = server.host().connect().ok()?;
     Some((id, Outbox::new(outbox)))
 }
 

@@ -1,0 +1,399 @@
+//! The Atom model: named values (a string, a number or a boolean) that any linked user may set and every linked user
+//! sees.
+//!
+//! A client sends `atom/set {key, atom}`; the server stores it and sends the same message to every linked user, the
+//! sender included. A user who links gets one `atom/set` per stored atom. Nothing else: no history, no validation
+//! beyond the type of the value, and the last set wins.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use emitter_core::{Message, Server};
+use serde::{Deserialize, Serialize};
+use serde_json::{Number, Value};
+
+use crate::domain::Domain;
+use crate::registration::{Listeners, Registration};
+use crate::stats::Counters;
+use crate::wire::{self, AtomSetOut, Incoming};
+use crate::{Error, Stats};
+
+/// The value of an atom: a string, a number or a boolean, as in the reference.
+///
+/// ```
+/// use emitter_state::Atom;
+/// use serde_json::json;
+///
+/// assert_eq!(Atom::from("blue"), Atom::String("blue".into()));
+/// assert_eq!(Atom::from_value(&json!(3)), Some(Atom::from(3)));
+/// assert_eq!(Atom::from_value(&json!(null)), None);
+/// assert_eq!(Atom::number(f64::NAN), None); // not a JSON number
+/// assert_eq!(serde_json::to_value(Atom::from(true)).unwrap(), json!(true));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Atom {
+    /// A boolean.
+    Bool(bool),
+    /// A number, kept exactly as it was sent.
+    Number(Number),
+    /// A string.
+    String(String),
+}
+
+impl Atom {
+    /// The atom `value` is, if it is a string, a number or a boolean.
+    pub fn from_value(value: &Value) -> Option<Atom> {
+        match value {
+            Value::Bool(b) => Some(Atom::Bool(*b)),
+            Value::Number(n) => Some(Atom::Number(n.clone())),
+            Value::String(s) => Some(Atom::String(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// A number atom; `None` for NaN and the infinities, which JSON cannot carry.
+    pub fn number(value: f64) -> Option<Atom> {
+        Number::from_f64(value).map(Atom::Number)
+    }
+
+    /// The string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Atom::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The number as an `f64`, if it is one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Atom::Number(n) => n.as_f64(),
+            _ => None,
+        }
+    }
+
+    /// The boolean, if it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Atom::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Atom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Atom::Bool(b) => write!(f, "{b}"),
+            Atom::Number(n) => write!(f, "{n}"),
+            Atom::String(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<&str> for Atom {
+    fn from(value: &str) -> Self {
+        Atom::String(value.to_owned())
+    }
+}
+
+impl From<String> for Atom {
+    fn from(value: String) -> Self {
+        Atom::String(value)
+    }
+}
+
+impl From<bool> for Atom {
+    fn from(value: bool) -> Self {
+        Atom::Bool(value)
+    }
+}
+
+impl From<i64> for Atom {
+    fn from(value: i64) -> Self {
+        Atom::Number(value.into())
+    }
+}
+
+impl From<i32> for Atom {
+    fn from(value: i32) -> Self {
+        Atom::Number(value.into())
+    }
+}
+
+impl From<u64> for Atom {
+    fn from(value: u64) -> Self {
+        Atom::Number(value.into())
+    }
+}
+
+/// How many keys the atoms may have by default: see [`AtomModel::max_atoms`]. Well below the server's default
+/// `outbound_queue` (4,096), which a linking user's catch-up, one message per atom, must fit in.
+pub const DEFAULT_MAX_ATOMS: usize = 1_000;
+
+/// The definition of the atoms of a server: its options, before it is registered.
+///
+/// ```
+/// use emitter_core::Server;
+/// use emitter_state::AtomModel;
+///
+/// let server = Server::new();
+/// let atoms = AtomModel::new()
+///     .strict_key_prefixes(true) // `alice/color` is alice's to set
+///     .clear_when_empty(true) // forget everything once the last user left
+///     .register(&server);
+/// assert!(atoms.keys().is_empty());
+/// ```
+#[derive(Debug, Clone)]
+pub struct AtomModel {
+    clear_when_empty: bool,
+    strict_key_prefixes: bool,
+    max_atoms: usize,
+}
+
+impl Default for AtomModel {
+    fn default() -> Self {
+        AtomModel::new()
+    }
+}
+
+impl AtomModel {
+    /// Atoms that are kept while the server runs, that any user may set, up to [`DEFAULT_MAX_ATOMS`] keys.
+    pub fn new() -> AtomModel {
+        AtomModel {
+            clear_when_empty: false,
+            strict_key_prefixes: false,
+            max_atoms: DEFAULT_MAX_ATOMS,
+        }
+    }
+
+    /// Whether every atom is removed when the last user leaves (`server.users()` is empty, unlinked users included),
+    /// as the reference's `clearOnEmptyServer`. Off by default.
+    pub fn clear_when_empty(mut self, clear: bool) -> Self {
+        self.clear_when_empty = clear;
+        self
+    }
+
+    /// Whether a key with a `/` may only be set by the user whose name comes before its first `/` (only `alice` sets
+    /// `alice/color`), as the reference's `strictKeyPrefixes`; a key without a `/` is anyone's. A client's set that
+    /// breaks the rule is ignored (logged, and counted in [`Stats::forbidden`]). Off by default.
+    pub fn strict_key_prefixes(mut self, strict: bool) -> Self {
+        self.strict_key_prefixes = strict;
+        self
+    }
+
+    /// How many keys there may be. A client's set of a new key beyond it is ignored (logged, and counted in
+    /// [`Stats::full`]); setting a key that exists always works, and so does [`Atoms::set`] from the server. The
+    /// reference has no bound; this one keeps clients from growing the server's memory without end (each set is
+    /// bounded by the server's `max_message_size` already). A linking user is sent one message per atom, all at once:
+    /// keep the bound below the server's `outbound_queue`, as for [`StreamModel::max_events`](crate::StreamModel::max_events).
+    pub fn max_atoms(mut self, max: usize) -> Self {
+        self.max_atoms = max;
+        self
+    }
+
+    /// Starts serving the atoms on `server`: its listeners are registered, and users linked already get the atoms.
+    pub fn register(self, server: &Server) -> Atoms {
+        let queue = server.config().outbound_queue();
+        if self.max_atoms >= queue {
+            tracing::warn!(
+                max_atoms = self.max_atoms,
+                outbound_queue = queue,
+                "as many atoms as allowed do not fit a linking user's queue, whose connection would then be closed"
+            );
+        }
+        let model = Arc::new(AtomsModel {
+            options: self,
+            atoms: Domain::new(BTreeMap::new()),
+            counters: Counters::default(),
+        });
+        let registration = Arc::new(Registration::new(server, model.clone()));
+        Atoms { model, registration }
+    }
+}
+
+struct AtomsModel {
+    options: AtomModel,
+    atoms: Domain<BTreeMap<String, Atom>>,
+    counters: Counters,
+}
+
+impl AtomsModel {
+    /// Stores and sends to every linked user, with the atoms held: a user who links meanwhile gets either this
+    /// message or the new value in its catch-up (or both, which is harmless), never only the old value.
+    fn set(&self, server: &Server, atoms: &mut BTreeMap<String, Atom>, key: &str, atom: Atom) {
+        if let Err(error) = server.broadcast_payload(wire::ATOM_SET, &AtomSetOut { key, atom: &atom }, None) {
+            tracing::debug!(key, %error, "could not broadcast an atom");
+        }
+        atoms.insert(key.to_owned(), atom);
+        self.counters.accepted();
+    }
+}
+
+impl Listeners for AtomsModel {
+    fn link(&self, server: &Server, username: &str) {
+        let _ = self.atoms.with(|atoms| {
+            for (key, atom) in atoms {
+                if let Err(error) = server.send_payload(username, wire::ATOM_SET, &AtomSetOut { key, atom }) {
+                    // The connection is gone or going; its next link starts over.
+                    tracing::debug!(username, %error, "could not send the atoms");
+                    break;
+                }
+            }
+        });
+    }
+
+    fn unlink(&self, _server: &Server, _username: &str) {}
+
+    fn leave(&self, server: &Server, _username: &str) {
+        if self.options.clear_when_empty && server.users().is_empty() {
+            let _ = self.atoms.with_mut(|atoms| atoms.clear());
+        }
+    }
+
+    fn message(&self, server: &Server, username: &str, message: &Message) {
+        let set = match wire::atom_set(message) {
+            Incoming::NotOurs => return,
+            Incoming::Malformed(problem) => {
+                tracing::warn!(
+                    username,
+                    problem,
+                    "an atom/set without the protocol's shape was dropped"
+                );
+                self.counters.malformed();
+                return;
+            }
+            Incoming::Ours(set) => set,
+        };
+        if self.options.strict_key_prefixes && is_foreign(set.key, username) {
+            tracing::warn!(username, key = set.key, "an atom/set of another user's key was dropped");
+            self.counters.forbidden();
+            return;
+        }
+        let _ = self.atoms.with_mut(|atoms| {
+            if atoms.len() >= self.options.max_atoms && !atoms.contains_key(set.key) {
+                tracing::warn!(
+                    username,
+                    key = set.key,
+                    max = self.options.max_atoms,
+                    "an atom/set of a new key was dropped: the atoms are full"
+                );
+                self.counters.full();
+                return;
+            }
+            self.set(server, atoms, set.key, set.atom);
+        });
+    }
+
+    fn caught_up(&self, _username: &str) -> bool {
+        // Sending the atoms twice is harmless: the last value wins.
+        false
+    }
+}
+
+/// Whether `key` is under another user's prefix: it has a `/` and does not start with `<username>/`.
+fn is_foreign(key: &str, username: &str) -> bool {
+    key.contains('/') && !key.strip_prefix(username).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The atoms served on one server: read and set them from the server side. Cheap to clone; clones share the atoms.
+///
+/// ```
+/// use emitter_core::Server;
+/// use emitter_state::{Atom, AtomModel};
+///
+/// let server = Server::new();
+/// let atoms = AtomModel::new().register(&server);
+/// atoms.set(&server, "round", 1).unwrap(); // stored, and sent to every linked user
+/// assert_eq!(atoms.get("round"), Some(Atom::from(1)));
+/// ```
+#[derive(Clone)]
+pub struct Atoms {
+    model: Arc<AtomsModel>,
+    registration: Arc<Registration>,
+}
+
+impl fmt::Debug for Atoms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Atoms")
+            .field("options", &self.model.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Atoms {
+    /// The atom of `key`, if it is set.
+    pub fn get(&self, key: &str) -> Option<Atom> {
+        self.model.atoms.with(|atoms| atoms.get(key).cloned()).ok().flatten()
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.model
+            .atoms
+            .with(|atoms| atoms.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every atom, by key.
+    pub fn all(&self) -> BTreeMap<String, Atom> {
+        self.model.atoms.with(|atoms| atoms.clone()).unwrap_or_default()
+    }
+
+    /// Runs `f` on the atoms, with them held: no atom is set meanwhile, and what `f` sends (a `server.send`) reaches
+    /// each user in order with the `atom/set` messages, after every set made before. An [`Atoms::set`] from inside `f`
+    /// fails with [`Error::Busy`].
+    ///
+    /// ```
+    /// use emitter_core::Server;
+    /// use emitter_state::AtomModel;
+    ///
+    /// let server = Server::new();
+    /// let atoms = AtomModel::new().register(&server);
+    /// atoms.set(&server, "ready", true).unwrap();
+    /// let count = atoms.with_atoms(|atoms| atoms.len()).unwrap();
+    /// assert_eq!(count, 1);
+    /// assert!(atoms.with_atoms(|_| atoms.set(&server, "nested", 1)).unwrap().is_err()); // Busy
+    /// ```
+    pub fn with_atoms<R>(&self, f: impl FnOnce(&BTreeMap<String, Atom>) -> R) -> Result<R, Error> {
+        self.model.atoms.with(f)
+    }
+
+    /// Sets `key` to `atom` and sends it to every linked user, as a client's `atom/set` would; neither the key rule
+    /// nor the bound applies to the server. Fails with [`Error::Busy`] only when called from inside
+    /// [`with_atoms`](Atoms::with_atoms).
+    pub fn set(&self, server: &Server, key: &str, atom: impl Into<Atom>) -> Result<(), Error> {
+        let atom = atom.into();
+        self.model
+            .atoms
+            .with_mut(|atoms| self.model.set(server, atoms, key, atom))
+    }
+
+    /// What the atoms applied and turned away so far.
+    pub fn stats(&self) -> Stats {
+        self.model.counters.snapshot()
+    }
+
+    /// Stops serving the atoms on the server: no listener of theirs runs again. The atoms stay readable here.
+    pub fn unregister(&self) {
+        self.registration.unregister();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_key_has_a_slash_and_another_name_before_it() {
+        assert!(!is_foreign("color", "alice"));
+        assert!(!is_foreign("alice/color", "alice"));
+        assert!(!is_foreign("alice/a/b", "alice"));
+        assert!(is_foreign("bob/color", "alice"));
+        assert!(is_foreign("alicex/color", "alice"));
+        assert!(is_foreign("/color", "alice"));
+        assert!(is_foreign("al/ice", "alice"));
+    }
+}

@@ -26,6 +26,19 @@ pub fn metrics_route(server: &Server) -> Router {
 
 /// A `Router` that answers `GET /health`: `200 ok` while the server is listening (and, on a node of a cluster, holds
 /// its lease), `503` with the reason otherwise (not started yet, closing, closed, lease lost).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = emitter_core::Server::new();
+/// let app = emitter_axum::router(&server).merge(emitter_axum::health_route(&server));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// emitter_axum::serve(&server, listener, app).await?; // GET /health answers 200 from here on
+/// assert!(server.health().is_healthy());
+/// server.close().await?;
+/// # Ok(())
+/// # }
+/// ```
 pub fn health_route(server: &Server) -> Router {
     Router::new()
         .route("/health", get(health_handler))
@@ -51,6 +64,15 @@ pub async fn metrics_handler(State(server): State<Server>) -> Response {
 }
 
 /// The handler behind [`health_route`], to mount at a path of your choosing with the server as its state.
+///
+/// ```
+/// use axum::{routing::get, Router};
+///
+/// let server = emitter_core::Server::new();
+/// let app: Router = Router::new()
+///     .route("/healthz", get(emitter_axum::health_handler))
+///     .with_state(server);
+/// ```
 pub async fn health_handler(State(server): State<Server>) -> Response {
     let health = server.health();
     let status = if health.is_healthy() {

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::close_reason::CloseReason;
 use crate::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
@@ -328,21 +329,55 @@ impl ClusterHost {
 
     // ---- health and metrics: what only the cluster layer sees ---------------------------------------------------
 
-    /// Reports that the node renewed its lease: it holds it, and `krmx_cluster_lease_age_seconds` starts again from
-    /// zero. [`install`](ClusterHost::install) and [`restart`](ClusterHost::restart) count as renewals (the node has
-    /// just registered). Never blocks.
-    pub fn lease_renewed(&self) {
-        self.server.inner.metrics.lease_renewed();
+    /// Reports that the node renewed its lease, in a call that took `round_trip`: it holds the lease,
+    /// `krmx_cluster_lease_age_seconds` starts again from zero, and `krmx_cluster_renew_duration_seconds` observes the
+    /// round trip. [`install`](ClusterHost::install) and [`restart`](ClusterHost::restart) count as renewals (the node
+    /// has just registered). Never blocks.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let server = emitter_core::Server::new();
+    /// // Only a node (a server with a sequencer installed) exposes its cluster metrics; this one is not.
+    /// server.cluster_host().lease_renewed(Duration::from_millis(2));
+    /// assert!(!server.metrics_text().contains("krmx_cluster_renew_duration_seconds"));
+    /// ```
+    pub fn lease_renewed(&self, round_trip: Duration) {
+        let metrics = &self.server.inner.metrics;
+        metrics.observe_renewal(round_trip);
+        metrics.lease_renewed();
     }
 
     /// Reports that the node lost its lease: [`Server::health`] says so (and `GET /health` answers 503) until the
     /// node registers again and [`restart`](ClusterHost::restart)s. Never blocks.
+    ///
+    /// ```
+    /// use emitter_core::{Health, Server, Status};
+    ///
+    /// let server = Server::new();
+    /// server.cluster_host().lease_lost();
+    /// // Not a node, and not listening: the lease does not count.
+    /// assert_eq!(server.health(), Health::NotListening(Status::Initializing));
+    /// ```
     pub fn lease_lost(&self) {
         self.server.inner.metrics.lease_lost();
     }
 
     /// Where the server's metrics read what the cluster layer counts (`krmx_cluster_messages_lost_total`,
-    /// `krmx_cluster_repeats_dropped_total`): `source` is called on every scrape, so keep it to a few atomic loads.
+    /// `krmx_cluster_repeats_dropped_total`, `krmx_cluster_resyncs_total{kind="catch_up"}`): `source` is called on
+    /// every scrape, so keep it to a few atomic loads.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let server = emitter_core::Server::new();
+    /// let lost = Arc::new(AtomicU64::new(0));
+    /// let counted = lost.clone();
+    /// server
+    ///     .cluster_host()
+    ///     .set_counts(move || emitter_core::ClusterCounts::new(counted.load(Ordering::Relaxed), 0));
+    /// ```
     pub fn set_counts(&self, source: impl Fn() -> ClusterCounts + Send + Sync + 'static) {
         self.server.inner.metrics.set_counts(Box::new(source));
     }

@@ -324,6 +324,11 @@ type Label = [(&'static str, &'static str); 1];
 
 /// What a node of a cluster counts that the core cannot see, read when the metrics are scraped (see
 /// [`ClusterHost::set_counts`](crate::ClusterHost::set_counts)).
+///
+/// ```
+/// let counts = emitter_core::ClusterCounts::new(3, 1).with_catch_ups(2);
+/// assert_eq!((counts.messages_lost, counts.repeats_dropped, counts.catch_ups), (3, 1, 2));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClusterCounts {
@@ -331,15 +336,24 @@ pub struct ClusterCounts {
     pub messages_lost: u64,
     /// Messages from other nodes that arrived twice and were dropped the second time.
     pub repeats_dropped: u64,
+    /// Times the node's feed of the cluster's order came back after a drop (on Redis: a resubscription) and the node
+    /// read the log to fill what it missed meanwhile.
+    pub catch_ups: u64,
 }
 
 impl ClusterCounts {
-    /// The counts, so far.
+    /// The message counts so far (and no catch-ups).
     pub fn new(messages_lost: u64, repeats_dropped: u64) -> ClusterCounts {
         ClusterCounts {
             messages_lost,
             repeats_dropped,
+            catch_ups: 0,
         }
+    }
+
+    /// These counts with `catch_ups` catch-ups so far.
+    pub fn with_catch_ups(self, catch_ups: u64) -> ClusterCounts {
+        ClusterCounts { catch_ups, ..self }
     }
 }
 
@@ -355,7 +369,9 @@ struct ClusterMetrics {
     /// When the lease was last renewed: nanoseconds since [`Metrics::created`].
     renewed_at: AtomicU64,
     submit: Histogram,
-    resyncs: Counter,
+    renew: Histogram,
+    restarts: Counter,
+    catch_ups: Counter,
     messages_lost: Counter,
     repeats_dropped: Counter,
     counts: Mutex<Option<CountsSource>>,
@@ -367,7 +383,8 @@ impl ClusterMetrics {
         let lease_held = Gauge::default();
         let lease_age = Gauge::<f64, AtomicU64>::default();
         let submit = Histogram::seconds();
-        let resyncs = Counter::default();
+        let renew = Histogram::seconds();
+        let resyncs = Family::<Label, Counter>::default();
         let messages_lost = Counter::default();
         let repeats_dropped = Counter::default();
         registry.register(
@@ -388,12 +405,22 @@ impl ClusterMetrics {
             Unit::Seconds,
             submit.clone(),
         );
+        registry.register_with_unit(
+            "renew_duration",
+            "Round trips of lease renewals (on Redis: one script call each, every third of a lease), failed ones not \
+             included: the node's latency to the cluster's store even when nothing changes",
+            Unit::Seconds,
+            renew.clone(),
+        );
         registry.register(
             "resyncs",
-            "Times this node started over from a snapshot of the cluster's state (lost lease, lost state, or too \
-             far behind the log)",
+            "Times this node resynchronized with the cluster, by kind: restart (started over from a snapshot of the \
+             cluster's state: lost lease, lost state, or too far behind the log), catch_up (its feed of the \
+             cluster's order came back after a drop, and it read the log for what it missed)",
             resyncs.clone(),
         );
+        let restarts = resyncs.get_or_create_owned(&[("kind", "restart")]);
+        let catch_ups = resyncs.get_or_create_owned(&[("kind", "catch_up")]);
         registry.register(
             "messages_lost",
             "Messages from other nodes that never arrived here (gaps in their numbers)",
@@ -411,7 +438,9 @@ impl ClusterMetrics {
             held: AtomicBool::new(false),
             renewed_at: AtomicU64::new(0),
             submit,
-            resyncs,
+            renew,
+            restarts,
+            catch_ups,
             messages_lost,
             repeats_dropped,
             counts: Mutex::new(None),
@@ -616,6 +645,10 @@ impl Metrics {
 
     // ---- a cluster node ------------------------------------------------------------------------------------------
 
+    pub(crate) fn observe_renewal(&self, took: Duration) {
+        self.cluster.renew.observe_duration(took);
+    }
+
     pub(crate) fn lease_renewed(&self) {
         let now = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.cluster.renewed_at.store(now, Ordering::Relaxed);
@@ -635,7 +668,7 @@ impl Metrics {
     }
 
     pub(crate) fn resynced(&self) {
-        self.cluster.resyncs.inc();
+        self.cluster.restarts.inc();
     }
 
     pub(crate) fn set_counts(&self, source: CountsSource) {
@@ -659,6 +692,7 @@ impl Metrics {
                 .repeats_dropped
                 .inner()
                 .store(counts.repeats_dropped, Ordering::Relaxed);
+            cluster.catch_ups.inner().store(counts.catch_ups, Ordering::Relaxed);
         }
     }
 }
@@ -678,6 +712,11 @@ pub enum Health {
 
 impl Health {
     /// Whether it is [`Healthy`](Health::Healthy).
+    ///
+    /// ```
+    /// assert!(emitter_core::Health::Healthy.is_healthy());
+    /// assert!(!emitter_core::Health::LeaseLost.is_healthy());
+    /// ```
     pub fn is_healthy(self) -> bool {
         self == Health::Healthy
     }
@@ -840,13 +879,14 @@ mod tests {
         let text = server.metrics_text();
         assert!(text.contains("\nkrmx_cluster_lease_held 0\n"), "{text}");
 
-        host.set_counts(|| ClusterCounts::new(7, 2));
+        host.set_counts(|| ClusterCounts::new(7, 2).with_catch_ups(4));
         host.restart(0, Vec::new());
         assert_eq!(server.health(), Health::Healthy, "a restart follows a new registration");
         let text = server.metrics_text();
         for line in [
             "krmx_cluster_lease_held 1",
-            "krmx_cluster_resyncs_total 1",
+            "krmx_cluster_resyncs_total{kind=\"restart\"} 1",
+            "krmx_cluster_resyncs_total{kind=\"catch_up\"} 4",
             "krmx_cluster_messages_lost_total 7",
             "krmx_cluster_repeats_dropped_total 2",
         ] {

@@ -126,6 +126,14 @@ impl Host {
     /// Counts `frames` written to a connection's socket, of `bytes` payload bytes in all (the server's
     /// `krmx_messages_sent_total` and `krmx_sent_bytes_total`). Call it once per write burst: it costs two atomic
     /// adds on counters striped per thread.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// server.host().record_written(3, 120);
+    /// let text = server.metrics_text();
+    /// assert!(text.contains("\nkrmx_messages_sent_total 3\n"));
+    /// assert!(text.contains("\nkrmx_sent_bytes_total 120\n"));
+    /// ```
     pub fn record_written(&self, frames: usize, bytes: usize) {
         let metrics = &self.server.inner.metrics;
         metrics.messages_out.add(frames as u64);
@@ -133,6 +141,12 @@ impl Host {
     }
 
     /// Records how many frames a connection's writer found waiting when it woke (`krmx_outbound_queue_depth`).
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// server.host().record_queue_depth(5);
+    /// assert!(server.metrics_text().contains("krmx_outbound_queue_depth_bucket{le=\"8.0\"} 1"));
+    /// ```
     pub fn record_queue_depth(&self, frames: usize) {
         self.server.inner.metrics.queue_depth.observe(frames as u64);
     }

@@ -43,8 +43,8 @@ impl Drop for KeepAlive {
     }
 }
 
-/// Called after every successful renewal; must not block.
-pub(crate) type OnRenewed = Box<dyn Fn() + Send + Sync>;
+/// Called after every successful renewal, with its round trip; must not block.
+pub(crate) type OnRenewed = Box<dyn Fn(Duration) + Send + Sync>;
 
 impl KeepAlive {
     pub(crate) fn start(cluster: Cluster, lease: NodeLease, on_renewed: Option<OnRenewed>) -> KeepAlive {
@@ -104,7 +104,7 @@ async fn keep(
                         Ok(()) => {
                             held_until = sent + options.lease;
                             if let Some(renewed) = &on_renewed {
-                                renewed();
+                                renewed(sent.elapsed());
                             }
                         }
                         Err(Error::Refused(Refusal::Fenced)) => break LeaseLost::Fenced,

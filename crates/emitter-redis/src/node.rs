@@ -72,6 +72,7 @@ impl Node {
             blocking: cluster.blocking(),
             cluster: cluster.clone(),
             needs_snapshot: AtomicBool::new(false),
+            lease_lost: AtomicBool::new(false),
         });
         let host = server.cluster_host();
         let (seq, users) = seed(snapshot);
@@ -80,7 +81,7 @@ impl Node {
         let shared = cluster.shared.clone();
         host.set_counts(move || {
             let stats = shared.stats();
-            ClusterCounts::new(stats.messages_lost, stats.repeats_dropped)
+            ClusterCounts::new(stats.messages_lost, stats.repeats_dropped).with_catch_ups(stats.resubscriptions)
         });
         tracing::info!(
             cluster = cluster.name(),
@@ -125,7 +126,7 @@ impl Node {
 /// Keeps the node's lease, telling the server of every renewal (its health and `krmx_cluster_lease_age_seconds`).
 fn keep_alive(cluster: &Cluster, host: &ClusterHost, lease: NodeLease) -> KeepAlive {
     let host = host.clone();
-    cluster.keep_alive_reporting(lease, Box::new(move || host.lease_renewed()))
+    cluster.keep_alive_reporting(lease, Box::new(move |round_trip| host.lease_renewed(round_trip)))
 }
 
 /// The users of a snapshot, as the core seeds them.
@@ -144,6 +145,10 @@ struct RedisSequencer {
     cluster: Cluster,
     /// Set when the log could not continue from where the node is: it must start over from a snapshot.
     needs_snapshot: AtomicBool,
+    /// Set while the node has given up its lease and not yet registered again: changes are refused at once rather
+    /// than sent with a lease Redis fences (when it answers at all: a paused Redis would hold every closing
+    /// connection's unlink, and the thread it runs on, until it wakes).
+    lease_lost: AtomicBool,
 }
 
 impl Sequencer for RedisSequencer {
@@ -156,6 +161,9 @@ impl Sequencer for RedisSequencer {
     }
 
     fn submit(&self, change: Change) -> std::result::Result<Vec<Entry>, Refused> {
+        if self.lease_lost.load(Ordering::SeqCst) {
+            return Err(Refused::Unavailable(Refusal::Fenced.to_string()));
+        }
         let lease = self.lease.read().clone();
         self.blocking.submit(&lease, change).map_err(refused)
     }
@@ -300,6 +308,7 @@ impl Keeper {
         if lost.is_some() || epoch_changed {
             // No lease, no serving: close the sockets now, not once Redis is back. Health says so until the node has
             // registered again and restarted.
+            self.sequencer.lease_lost.store(true, Ordering::SeqCst);
             self.host.lease_lost();
             self.host.close_connections();
         }
@@ -334,6 +343,7 @@ impl Keeper {
         // the restart. Until then, links are refused as the old lease's.
         let _ = tokio::task::spawn_blocking(move || host.restart(seq, users)).await;
         *self.sequencer.lease.write() = lease.clone();
+        self.sequencer.lease_lost.store(false, Ordering::SeqCst);
         self.alive = keep_alive(&self.cluster, &self.host, lease);
         tracing::warn!(
             node = self.sequencer.node,

@@ -210,6 +210,7 @@ mod tests {
             _: &emitter_core::protocol::Frame,
         ) {
         }
+        fn publish_kept(&self, _: &str, _: u64, _: &emitter_core::protocol::Frame) {}
     }
 
     /// The `(name, type)` of every metric a scrape holds, from its `# TYPE` lines.

@@ -261,4 +261,9 @@ pub trait Sequencer: Send + Sync + 'static {
 
     /// Hands a message to the node `to` names, for `user`.
     fn publish_send(&self, to: &LinkAddr, user: &str, after: u64, frame: &Frame);
+
+    /// Hands a message for `user`, unlinked everywhere when it was sent, to every other node, to keep for the user
+    /// until it links again (see `ServerBuilder::keep_unlinked`): whichever node it relinks on then has it. Like a
+    /// broadcast, it keeps its place among this node's broadcasts.
+    fn publish_kept(&self, user: &str, after: u64, frame: &Frame);
 }

@@ -266,7 +266,34 @@ impl ClusterHost {
         if self.server.applied() < after {
             let _ = self.catch_up();
         }
-        let _ = self.server.fan_out(|registry| registry.push_to_linked(&frame, skip));
+        let _ = self.server.fan_out(|registry| {
+            // Kept for the users unlinked everywhere, as the origin kept it for them: whichever node a user
+            // relinks on then has it.
+            registry.keep_for_unlinked(&frame, skip);
+            registry.push_to_linked(&frame, skip)
+        });
+    }
+
+    /// Keeps another node's send to `username`, who was unlinked everywhere when it was sent, until it links again
+    /// (see [`Sequencer::publish_kept`]); pushes it to its connection if it has linked on this node since.
+    pub fn deliver_kept(&self, after: u64, username: &str, frame: Frame) {
+        if self.server.applied() < after {
+            let _ = self.catch_up();
+        }
+        let kept = self.server.fan_out(|registry| registry.keep(username, frame.clone()));
+        match kept {
+            Ok(_) => {}
+            Err(Link::Local(connection)) => {
+                if connection.push(frame).is_err() {
+                    tracing::debug!(
+                        username,
+                        "a kept message from another node found its connection closing"
+                    );
+                }
+            }
+            // Linked on another node since: that node delivers its own copy.
+            Err(Link::Remote(_)) => {}
+        }
     }
 
     /// Delivers another node's send to `username`, if it is linked on this node, once this node has applied `after`.

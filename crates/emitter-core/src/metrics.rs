@@ -851,6 +851,7 @@ mod tests {
         }
         fn publish_broadcast(&self, _: u64, _: Option<&str>, _: &Frame) {}
         fn publish_send(&self, _: &LinkAddr, _: &str, _: u64, _: &Frame) {}
+        fn publish_kept(&self, _: &str, _: u64, _: &Frame) {}
     }
 
     #[test]

@@ -172,6 +172,8 @@ impl Registry {
             return false;
         };
         slot.link = Some(Link::Remote(link));
+        // The node it linked on delivers what it kept for the user; this node's copy is not needed any more.
+        slot.kept = Kept::default();
         let linked = slot.frames.linked.clone();
         self.linked += 1;
         let _ = self.push_to_linked(&linked, Some(username));

@@ -349,7 +349,15 @@ impl Server {
     /// A send to a user not linked on this node: kept for it while it is unlinked, or handed to the node of a
     /// cluster it is linked on, or (linked here meanwhile) pushed to its connection.
     fn send_unlinked_here(&self, username: &str, frame: Frame) -> Result<(), Error> {
-        let kept = self.fan_out(|registry| registry.keep(username, frame.clone()));
+        let kept = self.fan_out(|registry| {
+            let kept = registry.keep(username, frame.clone());
+            if let (Ok(true), Some(sequencer)) = (&kept, self.sequencer()) {
+                // Every node keeps it, so the user finds it on whichever node it relinks on. Under the fan-out lock,
+                // like a broadcast, so that it keeps its place among this node's broadcasts.
+                sequencer.publish_kept(username, self.applied(), &frame);
+            }
+            kept
+        });
         match kept {
             Ok(true) => Ok(()),
             Ok(false) if self.user(username).is_some() => Err(Error::SendToUnlinkedUser),

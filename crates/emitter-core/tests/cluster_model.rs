@@ -42,6 +42,11 @@ enum Delivery {
         user: String,
         frame: Frame,
     },
+    Kept {
+        after: u64,
+        user: String,
+        frame: Frame,
+    },
 }
 
 #[derive(Default)]
@@ -209,6 +214,20 @@ impl Sequencer for NodeSequencer {
                 user,
                 frame: frame.clone(),
             });
+        }
+    }
+
+    fn publish_kept(&self, user: &str, after: u64, frame: &Frame) {
+        let mut hub = self.hub.lock();
+        for (node, inbox) in hub.inboxes.iter_mut() {
+            if *node != self.node {
+                let user = user.to_owned();
+                inbox.push_back(Delivery::Kept {
+                    after,
+                    user,
+                    frame: frame.clone(),
+                });
+            }
         }
     }
 }
@@ -397,6 +416,7 @@ impl Cluster {
                         self.hosts[node].deliver_broadcast(after, skip.as_deref(), frame)
                     }
                     Some(Delivery::Send { after, user, frame }) => self.hosts[node].deliver_send(after, &user, frame),
+                    Some(Delivery::Kept { after, user, frame }) => self.hosts[node].deliver_kept(after, &user, frame),
                     None => {}
                 }
             }

@@ -201,6 +201,23 @@ impl Cluster {
             number: 0, // numbered by the publisher, in the order it sends
             after,
             user: skip.map(str::to_owned),
+            keep: false,
+            body,
+        };
+        self.queue(self.shared.keys.broadcast_channel.clone(), message)
+    }
+
+    /// Queues a message for `user`, unlinked everywhere, for every other node to keep until the user links again
+    /// (`ServerBuilder::keep_unlinked`). Never blocks; on the broadcast channel, so it keeps its place among this
+    /// node's broadcasts.
+    pub fn publish_kept(&self, from: &NodeLease, after: u64, user: &str, body: Bytes) -> Result<()> {
+        let message = Message {
+            origin: from.node.clone(),
+            generation: from.generation,
+            number: 0, // numbered by the publisher, in the order it sends
+            after,
+            user: Some(user.to_owned()),
+            keep: true,
             body,
         };
         self.queue(self.shared.keys.broadcast_channel.clone(), message)
@@ -216,6 +233,7 @@ impl Cluster {
             number: 0, // numbered by the publisher, in the order it sends
             after,
             user: Some(user.to_owned()),
+            keep: false,
             body,
         };
         self.queue(self.shared.keys.node_channel(to), message)

@@ -4,8 +4,11 @@
 //! recipient for a send), then the body exactly as the origin serialized it (the JSON frame its clients get):
 //!
 //! ```text
-//! e2 <node bytes> <generation> <number> <after seq> <user bytes, or - for none>\n<node><user><body>
+//! e2 <node bytes> <generation> <number> <after seq> <user bytes, or - for none>[ keep]\n<node><user><body>
 //! ```
+//!
+//! `keep` marks a message for a user who was unlinked everywhere when it was sent, on the broadcast channel: every
+//! node keeps it for the user's next link.
 //!
 //! Lengths instead of separators, so that neither a username nor a body needs escaping, and the body is copied once.
 
@@ -26,6 +29,9 @@ pub struct Message {
     pub after: u64,
     /// For a broadcast, the user not to deliver it to (`skip`); for a send, the recipient.
     pub user: Option<String>,
+    /// A send to `user` while it was unlinked everywhere, published on the broadcast channel: every node keeps it
+    /// for the user's next link (`ServerBuilder::keep_unlinked`).
+    pub keep: bool,
     /// The frame to deliver, as the origin serialized it.
     pub body: Bytes,
 }
@@ -44,6 +50,7 @@ impl Message {
     ///     number: 7,
     ///     after: 41,
     ///     user: Some("alice".into()),
+    ///     keep: false,
     ///     body: r#"{"type":"chat/message"}"#.into(),
     /// };
     /// let frame = message.encode();
@@ -52,8 +59,9 @@ impl Message {
     /// ```
     pub fn encode(&self) -> Vec<u8> {
         let user_len = self.user.as_ref().map_or("-".to_owned(), |user| user.len().to_string());
+        let keep = if self.keep { " keep" } else { "" };
         let header = format!(
-            "{VERSION} {} {} {} {} {user_len}\n",
+            "{VERSION} {} {} {} {} {user_len}{keep}\n",
             self.origin.len(),
             self.generation,
             self.number,
@@ -84,6 +92,11 @@ impl Message {
             "-" => None,
             len => Some(len.parse::<usize>().ok()?),
         };
+        let keep = match fields.next() {
+            None => false,
+            Some("keep") => true,
+            Some(_) => return None,
+        };
         if fields.next().is_some() {
             return None;
         }
@@ -103,6 +116,7 @@ impl Message {
             number,
             after,
             user,
+            keep,
             body: Bytes::copy_from_slice(body),
         })
     }
@@ -122,6 +136,7 @@ mod tests {
                     number: 1,
                     after: 0,
                     user: user.map(str::to_owned),
+                    keep: user.is_some(),
                     body: body.to_owned().into(),
                 };
                 assert_eq!(Message::decode(&message.encode()), Some(message));
@@ -137,6 +152,7 @@ mod tests {
             number: 5,
             after: 2,
             user: Some("alice".into()),
+            keep: false,
             body: "body".into(),
         }
         .encode();

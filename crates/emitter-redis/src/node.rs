@@ -187,6 +187,13 @@ impl Sequencer for RedisSequencer {
         }
     }
 
+    fn publish_kept(&self, user: &str, after: u64, frame: &Frame) {
+        let lease = self.lease.read();
+        if let Err(error) = self.cluster.publish_kept(&lease, after, user, frame.bytes().clone()) {
+            tracing::warn!(%error, user, "a message kept for an unlinked user could not be handed to the other nodes");
+        }
+    }
+
     fn publish_send(&self, to: &LinkAddr, user: &str, after: u64, frame: &Frame) {
         let lease = self.lease.read();
         if let Err(error) = self
@@ -288,7 +295,9 @@ impl Keeper {
         let host = self.host.clone();
         let after = message.after;
         let user = message.user;
+        let keep = message.keep;
         let deliver = move || match (broadcast, user) {
+            (true, Some(user)) if keep => host.deliver_kept(after, &user, frame),
             (true, skip) => host.deliver_broadcast(after, skip.as_deref(), frame),
             (false, Some(user)) => host.deliver_send(after, &user, frame),
             (false, None) => tracing::warn!("a message from another node names no user: dropped"),

@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 struct NodeProcess {
     child: Child,
     port: u16,
+    /// The policy endpoint's port (a node of the cluster `conformance-policy`).
+    policy_port: u16,
 }
 
 impl NodeProcess {
@@ -41,7 +43,11 @@ impl NodeProcess {
             .expect("spawn the conformance server");
         let stdout = child.stdout.take();
         // Killed and reaped when dropped, also if it never comes up.
-        let mut node = NodeProcess { child, port: 0 };
+        let mut node = NodeProcess {
+            child,
+            port: 0,
+            policy_port: 0,
+        };
         let stdout = stdout.expect("its stdout");
         let (lines, serving) = mpsc::channel();
         std::thread::spawn(move || {
@@ -57,13 +63,20 @@ impl NodeProcess {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = serving.recv_timeout(left).expect("the node did not start serving");
-            // `conformance server: main on ws://localhost:PORT/, closed on …`
+            // `conformance server: main on ws://localhost:PORT/, closed on …, policy on ws://localhost:PORT/`
             if let Some(rest) = line.strip_prefix("conformance server: main on ws://localhost:") {
-                node.port = rest
-                    .split('/')
-                    .next()
-                    .and_then(|port| port.parse().ok())
-                    .expect("a port");
+                let port_after = |text: &str| -> u16 {
+                    text.split('/')
+                        .next()
+                        .and_then(|port| port.parse().ok())
+                        .expect("a port")
+                };
+                node.port = port_after(rest);
+                let policy = rest
+                    .split("policy on ws://localhost:")
+                    .nth(1)
+                    .expect("the policy endpoint");
+                node.policy_port = port_after(policy);
                 return node;
             }
         }
@@ -622,4 +635,70 @@ async fn killed_pubsub_connections_resubscribe_and_the_log_fills_the_gap() {
         }
     }
     assert!(delivered, "broadcasts reach the other process again");
+}
+
+/// The policy endpoint (Replace, a 1 s grace period, messages kept for unlinked users) on three processes: a takeover
+/// across processes, messages kept while unlinked found on the process the user relinks on, and the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_hold_across_three_processes() {
+    let redis = redis_or_skip!();
+    let nodes: Vec<NodeProcess> = (1..=3)
+        .map(|i| NodeProcess::start(&redis, &format!("n{i}"), 10_000))
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|node| node.policy_port).collect();
+    let mut bob = RawClient::link_and_settle(ports[1], "bob").await;
+    let mut carol = RawClient::link_and_settle(ports[2], "carol").await;
+    bob.expect_all(&[joined("carol"), linked("carol")]).await;
+    let mut old = RawClient::link_and_settle(ports[0], "alice").await;
+    for observer in [&mut bob, &mut carol] {
+        observer.expect_all(&[joined("alice"), linked("alice")]).await;
+    }
+
+    // Takeover: alice links on the second process; her link on the first is unlinked and closed with 1000.
+    let mut alice = RawClient::link_as(ports[1], "alice").await;
+    let snapshot = [
+        joined("bob"),
+        linked("bob"),
+        joined("carol"),
+        linked("carol"),
+        joined("alice"),
+        linked("alice"),
+    ];
+    alice.expect_all(&snapshot).await;
+    old.expect(unlinked("alice")).await;
+    let (code, reason) = old.expect_close_frame().await.expect("a close frame");
+    assert_eq!((code, reason.as_str()), (1000, "replaced by a new connection"));
+    for observer in [&mut bob, &mut carol] {
+        observer.expect_all(&[unlinked("alice"), linked("alice")]).await;
+    }
+
+    // Kept: bob broadcasts while alice is linked nowhere; she relinks on the third process and gets it after her
+    // snapshot. carol, on the third process, getting it first shows that process has it.
+    alice.close().await;
+    for observer in [&mut bob, &mut carol] {
+        observer.expect(unlinked("alice")).await;
+    }
+    bob.send(json!({"type": "test/broadcast", "payload": "while away"}))
+        .await;
+    bob.expect(broadcasted("bob", json!("while away"))).await;
+    carol.expect(broadcasted("bob", json!("while away"))).await;
+    let mut alice = RawClient::link_as(ports[2], "alice").await;
+    alice.expect_all(&snapshot).await;
+    alice.expect(broadcasted("bob", json!("while away"))).await;
+    for observer in [&mut bob, &mut carol] {
+        observer.expect(linked("alice")).await;
+    }
+
+    // Grace: alice's connection drops and she does not come back; she leaves everywhere, not before her period.
+    let closed = Instant::now();
+    alice.close().await;
+    for observer in [&mut bob, &mut carol] {
+        observer.expect(unlinked("alice")).await;
+        observer.expect(left("alice")).await;
+    }
+    assert!(
+        closed.elapsed() >= example_conformance::GRACE_PERIOD,
+        "left after {:?}",
+        closed.elapsed()
+    );
 }

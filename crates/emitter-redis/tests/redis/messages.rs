@@ -114,6 +114,7 @@ async fn gaps_are_counted_as_lost_and_repeats_are_dropped() {
             number,
             after: 0,
             user: None,
+            keep: false,
             body: Bytes::from(format!("{{\"n\":{number}}}")),
         };
         let _: i64 = redis::cmd("PUBLISH")

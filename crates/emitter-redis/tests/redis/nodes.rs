@@ -242,19 +242,90 @@ async fn the_grace_period_outlives_the_node_that_unlinked_the_user() {
     let mut bob = RawClient::link_and_settle(b.port, "bob").await;
     let _alice = RawClient::link_and_settle(a.port, "alice").await;
     bob.expect_all(&[joined("alice"), linked("alice")]).await;
-    // Node a closes (unlinking alice) and is gone before her period is over: node b's reaper makes her leave.
+    // Node a closes (unlinking alice) and is gone before her period is over: node b's reaper makes her leave. The
+    // close runs beside the reads, so that each frame is timed as it arrives (a close may take up to its drain
+    // deadline, longer than the grace period).
     let TestNode { server, node, .. } = a;
-    server.close().await.unwrap();
-    node.stopped().await;
+    let closing = tokio::spawn(async move {
+        server.close().await.unwrap();
+        node.stopped().await;
+    });
     bob.expect(unlinked("alice")).await;
     let unlinked_at = Instant::now();
     bob.expect(left("alice")).await;
+    closing.await.unwrap();
     assert!(
         unlinked_at.elapsed() >= grace / 2,
         "left after {:?}",
         unlinked_at.elapsed()
     );
     assert_eq!(b.server.users(), vec![user("bob", true)]);
+}
+
+#[tokio::test]
+async fn messages_kept_for_an_unlinked_user_wait_on_whichever_node_it_relinks_on() {
+    let redis = redis_or_skip!();
+    let limits = emitter_core::KeepLimits {
+        messages: 100,
+        bytes: 1 << 20,
+        age: Duration::from_secs(60),
+    };
+    let keeping = || Server::builder().keep_unlinked(limits).build();
+    let a = start_node_with(&redis, "kept", "a", options(), keeping()).await;
+    let b = start_node_with(&redis, "kept", "b", options(), keeping()).await;
+    let c = start_node_with(&redis, "kept", "c", options(), keeping()).await;
+    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
+    let mut carol = RawClient::link_and_settle(c.port, "carol").await;
+    bob.expect_all(&[joined("carol"), linked("carol")]).await;
+    let alice = RawClient::link_and_settle(a.port, "alice").await;
+    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    carol.expect_all(&[joined("alice"), linked("alice")]).await;
+    alice.close().await;
+    bob.expect(unlinked("alice")).await;
+    carol.expect(unlinked("alice")).await;
+
+    // Sent on node b while alice is linked nowhere: every node keeps them for her, in node b's order.
+    eventually("node b saw alice unlinked", || {
+        b.server.user("alice").is_some_and(|u| !u.is_linked)
+    })
+    .await;
+    b.server.send("alice", &marker("sent on b")).unwrap();
+    b.server.broadcast(&marker("broadcast on b"), Some("bob")).unwrap();
+    // carol (on node c) gets node b's broadcast after node c has kept the send before it.
+    carol.expect(marker_json("broadcast on b")).await;
+    c.server.send("alice", &marker("sent on c")).unwrap();
+
+    // alice relinks on node c, which neither unlinked her nor sent the first two: they come right after her snapshot.
+    let mut alice = RawClient::link_as(c.port, "alice").await;
+    let kept = [
+        marker_json("sent on b"),
+        marker_json("broadcast on b"),
+        marker_json("sent on c"),
+    ];
+    let snapshot = [
+        joined("bob"),
+        linked("bob"),
+        joined("carol"),
+        linked("carol"),
+        joined("alice"),
+        linked("alice"),
+    ];
+    alice.expect_all(&snapshot).await;
+    alice.expect_all(&kept).await;
+    bob.expect(linked("alice")).await;
+
+    // The other nodes dropped their copies when she linked: relinking on node a brings nothing old.
+    alice.close().await;
+    bob.expect(unlinked("alice")).await;
+    eventually("node a saw alice unlinked", || {
+        a.server.user("alice").is_some_and(|u| !u.is_linked)
+    })
+    .await;
+    let mut alice = RawClient::link_as(a.port, "alice").await;
+    alice.expect_all(&snapshot).await;
+    a.server.send("alice", &marker("fresh")).unwrap();
+    alice.expect(marker_json("fresh")).await;
+    bob.expect(linked("alice")).await;
 }
 
 /// The value of one sample (`name` with its labels, as written) in a `/metrics` scrape.

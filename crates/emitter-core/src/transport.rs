@@ -145,7 +145,7 @@ impl Host {
     /// ```
     /// let server = emitter_core::Server::new();
     /// server.host().record_queue_depth(5);
-    /// assert!(server.metrics_text().contains("krmx_outbound_queue_depth_bucket{le=\"8.0\"} 1"));
+    /// assert!(server.metrics_text().contains("krmx_outbound_queue_depth_bucket{le=\"8\"} 1"));
     /// ```
     pub fn record_queue_depth(&self, frames: usize) {
         self.server.inner.metrics.queue_depth.observe(frames as u64);

@@ -4,6 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -65,4 +66,23 @@ export async function launch() {
       rmSync(userDataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A test file's browser for the example at `url`: Chromium launches `before` the file's tests (not without a `url`;
+ * the tests then skip themselves) and closes `after` them. `open(username)` opens a page and links it (see
+ * `openAndLink`); `pageErrors` collects every page's errors, for the last test to check that there were none.
+ */
+export function browserFor(url) {
+  let browser;
+  const pageErrors = [];
+  before(async () => {
+    if (!url) return;
+    browser = await launch();
+  });
+  after(async () => {
+    await browser?.close();
+  });
+  const open = (username) => openAndLink(browser.context, url, username, pageErrors);
+  return { open, pageErrors };
 }

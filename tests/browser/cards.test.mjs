@@ -1,28 +1,15 @@
 // The card game example in a real browser: two players sit down and deal; each page shows its own hand and only the
 // size of the other's; they play, talk and set their moods; a refused card comes back invalidated; a player reloads
 // mid-game and gets their hand back. CARDS_URL is the running example; the test is skipped without it.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { launch, openAndLink, screenshot, usernames, WAIT } from "./browser.mjs";
+import { browserFor, screenshot, usernames, WAIT } from "./browser.mjs";
 
 const CARDS_URL = process.env.CARDS_URL;
 const [ALICE, BOB] = usernames("alice", "bob");
 
-let context;
-let browser;
-const pageErrors = [];
+const { open, pageErrors } = browserFor(CARDS_URL);
 
-before(async () => {
-  if (!CARDS_URL) return;
-  browser = await launch();
-  context = browser.context;
-});
-
-after(async () => {
-  await browser?.close();
-});
-
-const open = (username) => openAndLink(context, CARDS_URL, username, pageErrors);
 /** The page's projection of the table (what window.cards.view holds). */
 const view = (page) => page.evaluate(() => window.cards.view);
 const hand = (page) => page.locator("#hand button").allTextContents();

@@ -3,29 +3,21 @@
 //
 // CHAT_URL is the running chat example (http://127.0.0.1:PORT/); .ci/steps/40-browser.sh starts it. Chromium is
 // Debian's /usr/bin/chromium (CHROMIUM to use another), driven by playwright-core, which never downloads a browser.
-import { test, before, after } from "node:test";
+import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { launch, openAndLink, screenshot, usernames, WAIT } from "./browser.mjs";
+import { browserFor, screenshot, usernames, WAIT } from "./browser.mjs";
 
 const CHAT_URL = process.env.CHAT_URL;
 const [ALICE, BOB] = usernames("alice", "bob");
 
-let context;
-let browser;
-const pageErrors = [];
-
-before(async () => {
+before(() => {
   assert.ok(CHAT_URL, "set CHAT_URL to the running chat example, such as http://127.0.0.1:8082/");
-  browser = await launch();
-  context = browser.context;
 });
 
-after(async () => {
-  await browser?.close();
-});
+const { open: openLinked, pageErrors } = browserFor(CHAT_URL);
 
 async function open(username) {
-  const page = await openAndLink(context, CHAT_URL, username, pageErrors);
+  const page = await openLinked(username);
   await linked(page, username);
   return page;
 }

@@ -1,27 +1,14 @@
 // The tic-tac-toe example in a real browser: two players and a spectator; a player reloads mid-game and gets the
 // board back. TTT_URL is the running example; the test is skipped without it.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { launch, openAndLink, screenshot, usernames, WAIT } from "./browser.mjs";
+import { browserFor, screenshot, usernames, WAIT } from "./browser.mjs";
 
 const TTT_URL = process.env.TTT_URL;
 const [ALICE, BOB, CAROL] = usernames("alice", "bob", "carol");
 
-let context;
-let browser;
-const pageErrors = [];
+const { open, pageErrors } = browserFor(TTT_URL);
 
-before(async () => {
-  if (!TTT_URL) return;
-  browser = await launch();
-  context = browser.context;
-});
-
-after(async () => {
-  await browser?.close();
-});
-
-const open = (username) => openAndLink(context, TTT_URL, username, pageErrors);
 const cell = (page, n) => page.locator(`#board button[data-cell="${n}"]`);
 
 /** Waits until the board reads `marks`, row by row, with `.` for an empty cell. */

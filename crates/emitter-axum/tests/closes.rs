@@ -2,14 +2,12 @@
 //! close is answered with its own code, a refusal before the upgrade says why in its body, each connection logs why it
 //! ended once, and `close()` is idempotent and bounded by the drain deadline.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use emitter_core::{Message, Server, Status};
 use emitter_testing::*;
 use futures_util::{SinkExt, StreamExt};
-use parking_lot::Mutex;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -38,46 +36,17 @@ async fn read_to_end(ws: &mut WsStream) -> (usize, Option<Option<(u16, String)>>
     within("the connection's end", reading).await
 }
 
-/// What the server logs through `tracing`, with its fields, for this test's thread (the current-thread runtime runs
-/// the server's tasks there too).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<(tracing::Level, String)>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logs {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
-        struct Line(String);
-        impl tracing::field::Visit for Line {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0.insert_str(0, &format!("{value:?}"));
-                } else {
-                    self.0.push_str(&format!(" {}={value:?}", field.name()));
-                }
-            }
-        }
-        let mut line = Line(String::new());
-        event.record(&mut line);
-        self.0.lock().push((*event.metadata().level(), line.0));
+/// A server with a close drain deadline of `deadline` and room for 1,024 frames a connection, on which `username`
+/// linked and was then sent `frames` frames of 64 KiB (`flood/data`), none of them read yet: its WebSocket.
+async fn flooded(deadline: Duration, username: &str, frames: usize) -> (Server, Recorder, WsStream) {
+    let builder = Server::builder().outbound_queue(1024).close_drain_deadline(deadline);
+    let (server, events, port) = start(builder).await;
+    let ws = RawClient::link_and_settle(port, username).await.into_inner();
+    let flood = Message::with_payload("flood/data", json!("x".repeat(64 * 1024)));
+    for _ in 0..frames {
+        server.send(username, &flood).unwrap();
     }
-}
-
-impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        use tracing_subscriber::layer::SubscriberExt;
-        let logs = Logs::default();
-        let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
-        (logs, guard)
-    }
-
-    /// The lines logged at `level` that start with `prefix`.
-    fn lines(&self, level: tracing::Level, prefix: &str) -> Vec<String> {
-        let lines = self.0.lock();
-        lines
-            .iter()
-            .filter(|(at, line)| *at == level && line.starts_with(prefix))
-            .map(|(_, line)| line.clone())
-            .collect()
-    }
+    (server, events, ws)
 }
 
 // ---- the client closes -----------------------------------------------------------------------------------------------
@@ -115,10 +84,7 @@ async fn an_oversized_message_is_closed_with_1009_while_the_client_still_sends_i
     // rather than a reset.
     let too_big = json!({"type": "custom/big", "payload": "x".repeat(8 << 20)}).to_string();
     client.send_raw(&too_big).await;
-    assert_eq!(
-        client.expect_close_frame().await,
-        Some((1009, "message too big".to_owned()))
-    );
+    client.expect_close_with(1009, "message too big").await;
     drop(client);
     events.wait_for("unlink big").await;
     assert!(!events.contains("message big custom/big"));
@@ -130,10 +96,7 @@ async fn invalid_utf8_is_closed_with_1007() {
     let (server, _events, port) = start_default().await;
     let mut client = RawClient::connect(port).await;
     client.send_frame(opcode::TEXT, &[0x7b, 0xff, 0xfe, 0x7d], true).await;
-    assert_eq!(
-        client.expect_close_frame().await,
-        Some((1007, "invalid UTF-8".to_owned()))
-    );
+    client.expect_close_with(1007, "invalid UTF-8").await;
     within("close", server.close()).await.unwrap();
 }
 
@@ -144,10 +107,7 @@ async fn a_client_over_the_rate_limit_is_closed_with_1008() {
     for n in 0..10 {
         flooder.send(json!({"type": "app/spam", "payload": n})).await;
     }
-    assert_eq!(
-        flooder.expect_close_frame().await,
-        Some((1008, "rate limit exceeded".to_owned()))
-    );
+    flooder.expect_close_with(1008, "rate limit exceeded").await;
     events.wait_for("unlink flood").await;
     within("close", server.close()).await.unwrap();
 }
@@ -156,10 +116,7 @@ async fn a_client_over_the_rate_limit_is_closed_with_1008() {
 async fn a_connection_past_the_link_deadline_is_closed_with_1008() {
     let (server, _events, port) = start(Server::builder().link_deadline(Duration::from_millis(100))).await;
     let mut idle = RawClient::connect(port).await;
-    assert_eq!(
-        idle.expect_close_frame().await,
-        Some((1008, "link deadline passed".to_owned()))
-    );
+    idle.expect_close_with(1008, "link deadline passed").await;
     within("close", server.close()).await.unwrap();
 }
 
@@ -167,10 +124,7 @@ async fn a_connection_past_the_link_deadline_is_closed_with_1008() {
 async fn unexpected_query_parameters_are_closed_with_1008() {
     let (server, events, port) = start(Server::builder().query_param("room", emitter_core::QueryParam::Present)).await;
     let mut client = RawClient::connect_to(port, "/?other=1").await.unwrap();
-    assert_eq!(
-        client.expect_close_frame().await,
-        Some((1008, "unexpected query parameters".to_owned()))
-    );
+    client.expect_close_with(1008, "unexpected query parameters").await;
     within("close", server.close()).await.unwrap();
     assert!(!events.lines().iter().any(|line| line.starts_with("authenticate")));
 }
@@ -212,14 +166,8 @@ async fn closing_the_server_closes_every_connection_with_1001() {
     let mut idle = RawClient::connect(port).await;
     let closed = server.close();
     simon.expect_all(&[unlinked("simon"), left("simon")]).await;
-    assert_eq!(
-        simon.expect_close_frame().await,
-        Some((1001, "server closing".to_owned()))
-    );
-    assert_eq!(
-        idle.expect_close_frame().await,
-        Some((1001, "server closing".to_owned()))
-    );
+    simon.expect_close_with(1001, "server closing").await;
+    idle.expect_close_with(1001, "server closing").await;
     within("close", closed).await.unwrap();
 }
 
@@ -227,7 +175,7 @@ async fn closing_the_server_closes_every_connection_with_1001() {
 
 #[tokio::test]
 async fn a_refusal_before_the_upgrade_says_why_in_its_body_and_its_log() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = CapturedLogs::capture();
 
     // Mounted, but the server was never marked listening.
     let server = Server::new();
@@ -261,7 +209,7 @@ async fn a_refusal_before_the_upgrade_says_why_in_its_body_and_its_log() {
 
 #[tokio::test]
 async fn each_connection_logs_why_it_ended_once_at_info() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = CapturedLogs::capture();
     let (server, events, port) = start(Server::builder().max_message_size(1024)).await;
 
     let leaving = RawClient::link_and_settle(port, "leaving").await;
@@ -324,16 +272,8 @@ async fn close_twice_or_at_once_waits_for_the_same_close() {
 
 #[tokio::test]
 async fn close_lets_a_slow_reader_take_everything_within_the_drain_deadline() {
-    let builder = Server::builder()
-        .outbound_queue(1024)
-        .close_drain_deadline(Duration::from_secs(60));
-    let (server, _events, port) = start(builder).await;
-    let mut reader = RawClient::link_and_settle(port, "reader").await.into_inner();
     // Far more than the socket buffers hold, queued before the reader reads any of it.
-    let flood = Message::with_payload("flood/data", json!("x".repeat(64 * 1024)));
-    for _ in 0..256 {
-        server.send("reader", &flood).unwrap();
-    }
+    let (server, _events, mut reader) = flooded(Duration::from_secs(60), "reader", 256).await;
     // Let the writer take its first batch and block on the full socket: the close then interrupts a write, and what
     // the writer had taken must still go out.
     for _ in 0..3 {
@@ -348,15 +288,7 @@ async fn close_lets_a_slow_reader_take_everything_within_the_drain_deadline() {
 
 #[tokio::test]
 async fn the_drain_deadline_cuts_a_client_that_never_reads() {
-    let builder = Server::builder()
-        .outbound_queue(1024)
-        .close_drain_deadline(Duration::from_millis(100));
-    let (server, events, port) = start(builder).await;
-    let mut stuck = RawClient::link_and_settle(port, "stuck").await.into_inner();
-    let flood = Message::with_payload("flood/data", json!("x".repeat(64 * 1024)));
-    for _ in 0..512 {
-        server.send("stuck", &flood).unwrap();
-    }
+    let (server, events, mut stuck) = flooded(Duration::from_millis(100), "stuck", 512).await;
     // Nobody reads: close() finishes because the deadline cuts the connection.
     within("close", server.close()).await.unwrap();
     assert_eq!(events.count("leave stuck"), 1);

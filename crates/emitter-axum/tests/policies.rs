@@ -15,19 +15,19 @@ fn note(tag: &str) -> Message {
     Message::with_payload("app/note", tag)
 }
 
+/// A server with a grace period of `grace` on which alice's connection closed: bob, linked too, has seen her unlink.
+async fn alice_gone_within(grace: Duration) -> (Server, Recorder, u16, RawClient) {
+    let (server, recorder, port) = start(Server::builder().grace_period(grace)).await;
+    let (mut bob, alice) = RawClient::link_pair(port, "bob", "alice").await;
+    alice.close().await;
+    bob.expect(unlinked("alice")).await;
+    (server, recorder, port, bob)
+}
+
 #[tokio::test]
 async fn replace_lets_a_new_connection_take_over_a_linked_user() {
     let (_server, recorder, port) = start(Server::builder().link_policy(LinkPolicy::Replace)).await;
-    let (mut bob, mut old) = RawClient::link_pair(port, "bob", "alice").await;
-    let mut new = RawClient::link_as(port, "alice").await;
-    // The old connection hears of its unlink, then is closed.
-    old.expect(unlinked("alice")).await;
-    old.expect_closed().await;
-    // Everyone else sees one unlink and one link.
-    bob.expect_all(&[unlinked("alice"), linked("alice")]).await;
-    // The new connection gets the snapshot, as any newcomer.
-    new.expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
-        .await;
+    let (_bob, _alice) = RawClient::take_over_alice(port).await;
     recorder.wait_for("link alice").await;
     assert_eq!(recorder.count("link alice"), 2);
     assert_eq!(recorder.count("unlink alice"), 1);
@@ -45,11 +45,7 @@ async fn reject_stays_the_default() {
 
 #[tokio::test]
 async fn an_unlinked_user_leaves_when_its_grace_period_is_over() {
-    let grace = Duration::from_millis(200);
-    let (server, recorder, port) = start(Server::builder().grace_period(grace)).await;
-    let (mut bob, alice) = RawClient::link_pair(port, "bob", "alice").await;
-    alice.close().await;
-    bob.expect(unlinked("alice")).await;
+    let (server, recorder, _port, mut bob) = alice_gone_within(Duration::from_millis(200)).await;
     // No relink within the period: alice leaves, as if kicked.
     bob.expect(left("alice")).await;
     recorder.wait_for("leave alice").await;
@@ -59,10 +55,7 @@ async fn an_unlinked_user_leaves_when_its_grace_period_is_over() {
 #[tokio::test]
 async fn a_relink_within_the_grace_period_keeps_the_user() {
     let grace = Duration::from_millis(300);
-    let (server, _recorder, port) = start(Server::builder().grace_period(grace)).await;
-    let (mut bob, alice) = RawClient::link_pair(port, "bob", "alice").await;
-    alice.close().await;
-    bob.expect(unlinked("alice")).await;
+    let (server, _recorder, port, mut bob) = alice_gone_within(grace).await;
     let _alice = RawClient::link_as(port, "alice").await;
     bob.expect(linked("alice")).await;
     // Past the first unlink's period, alice is still there: the next thing bob gets is a marker sent now.
@@ -93,9 +86,7 @@ async fn messages_for_an_unlinked_user_wait_for_its_relink() {
     assert_eq!(server.stats().unlinked_dropped, 1, "the oldest went past the limit");
     // She relinks: her snapshot, then what was kept, oldest first, then anything newer.
     alice.link("alice", None).await.unwrap();
-    alice
-        .expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
-        .await;
+    alice.expect_all(&snapshot(&["bob", "alice"])).await;
     alice
         .expect_all(&[message("two"), message("three"), message("four")])
         .await;
@@ -105,9 +96,7 @@ async fn messages_for_an_unlinked_user_wait_for_its_relink() {
     alice.send(json!({"type": "krmx/unlink"})).await;
     alice.expect(unlinked("alice")).await;
     alice.link("alice", None).await.unwrap();
-    alice
-        .expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
-        .await;
+    alice.expect_all(&snapshot(&["bob", "alice"])).await;
     server.broadcast(&marker("end"), None).unwrap();
     alice.expect(marker_json("end")).await;
 }

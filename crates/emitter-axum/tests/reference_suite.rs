@@ -75,26 +75,6 @@ async fn serve_ourselves(server: &Server, app: Router) -> (u16, JoinHandle<()>) 
     (port, task)
 }
 
-/// Captures what the server logs through `tracing`: the stand-in for the reference's custom logger.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<(tracing::Level, String)>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CapturedLogs {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
-        struct MessageField(String);
-        impl tracing::field::Visit for MessageField {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = MessageField(String::new());
-        event.record(&mut message);
-        self.0.lock().push((*event.metadata().level(), message.0));
-    }
-}
-
 // ---- the suite --------------------------------------------------------------------------------------------------------
 
 /// Reference: "should cycle through all server statuses when starting and closing".
@@ -155,15 +135,13 @@ async fn should_not_be_allowed_to_start_listening_on_a_server_that_is_already_li
 /// listening and closing must log at least one `info` message.
 #[tokio::test]
 async fn should_send_messages_to_a_custom_logger_if_provided() {
-    use tracing_subscriber::layer::SubscriberExt;
-
-    let logs = CapturedLogs::default();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
+    // The stand-in for the reference's custom logger.
+    let (logs, _capturing) = CapturedLogs::capture();
     let server = Server::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     emitter_axum::listen_on(&server, listener).await.unwrap();
     shutdown(&server).await;
-    let captured = logs.0.lock().clone();
+    let captured = logs.all();
     assert!(
         captured
             .iter()

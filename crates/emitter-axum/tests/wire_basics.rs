@@ -15,8 +15,7 @@ async fn accepts_a_valid_link_and_sends_the_snapshot() {
     );
 
     let mut lisa = RawClient::link_as(port, "lisa").await;
-    lisa.expect_all(&[joined("simon"), linked("simon"), joined("lisa"), linked("lisa")])
-        .await;
+    lisa.expect_all(&snapshot(&["simon", "lisa"])).await;
     simon.expect_all(&[joined("lisa"), linked("lisa")]).await;
 
     lisa.send(json!({"type": "custom/hello", "payload": {"key": "value"}}))

@@ -18,13 +18,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::clock;
-use crate::hist::Histogram;
 use crate::load::{self, CrashOutcome, Load, Outcome};
 use crate::process::Deployment;
 use crate::scenario::Group;
 use crate::target::Target;
 use crate::worker::parse::{parse, user_index, Parsed};
-use crate::worker::Report;
 use crate::ws::{Conn, Incoming};
 
 type BoxError = Box<dyn std::error::Error>;
@@ -157,25 +155,8 @@ fn measure(
     reports: &mut load::Reports,
     epoch: u64,
 ) -> Result<Outcome, BoxError> {
-    let mut outcome = Outcome::default();
     let wait = Duration::from_millis(load.link_timeout_ms) + Duration::from_secs(30);
-    for report in reports.collect(1, wait, "the links", |r| matches!(r, Report::Linked { .. }))? {
-        if let Report::Linked {
-            first_start,
-            last_done,
-            latency,
-            linked,
-            errors,
-            ..
-        } = report
-        {
-            outcome.first_start = first_start;
-            outcome.last_done = last_done;
-            outcome.link_latency.merge(&Histogram::from_wire(&latency));
-            outcome.linked = linked;
-            outcome.errors = errors;
-        }
-    }
+    let mut outcome = Outcome::of_links(reports, 1, wait)?;
     if outcome.linked < crash.victims {
         return Ok(outcome);
     }

@@ -80,6 +80,35 @@ pub struct Outcome {
     pub crash: Option<CrashOutcome>,
 }
 
+impl Outcome {
+    /// The link phase of `workers` workers: waits up to `wait` for each one's [`Report::Linked`], and sums them up (the
+    /// earliest start, the latest end, every latency and error, how many linked). The rest is left at its default.
+    pub(crate) fn of_links(reports: &mut Reports, workers: usize, wait: Duration) -> Result<Outcome, BoxError> {
+        let mut outcome = Outcome {
+            first_start: u64::MAX,
+            ..Outcome::default()
+        };
+        for report in reports.collect(workers, wait, "the links", |r| matches!(r, Report::Linked { .. }))? {
+            if let Report::Linked {
+                first_start,
+                last_done,
+                latency,
+                linked,
+                errors,
+                ..
+            } = report
+            {
+                outcome.first_start = outcome.first_start.min(first_start);
+                outcome.last_done = outcome.last_done.max(last_done);
+                outcome.link_latency.merge(&Histogram::from_wire(&latency));
+                outcome.linked += linked;
+                outcome.errors.extend(errors);
+            }
+        }
+        Ok(outcome)
+    }
+}
+
 /// The CPU Redis used in each phase, in seconds, less what it uses when the nodes are idle (its own timers and theirs:
 /// lease renewals, reaps, polls), and the measured phase's wall time.
 #[derive(Default, Debug)]
@@ -314,29 +343,9 @@ fn drive(
         redis_before,
         epoch,
     } = phases;
-    let mut outcome = Outcome {
-        first_start: u64::MAX,
-        ..Outcome::default()
-    };
     let n = workers.len();
     let link_wait = Duration::from_millis(load.link_timeout_ms) + Duration::from_secs(30);
-    for report in reports.collect(n, link_wait, "the links", |r| matches!(r, Report::Linked { .. }))? {
-        if let Report::Linked {
-            first_start,
-            last_done,
-            latency,
-            linked,
-            errors,
-            ..
-        } = report
-        {
-            outcome.first_start = outcome.first_start.min(first_start);
-            outcome.last_done = outcome.last_done.max(last_done);
-            outcome.link_latency.merge(&Histogram::from_wire(&latency));
-            outcome.linked += linked;
-            outcome.errors.extend(errors);
-        }
-    }
+    let mut outcome = Outcome::of_links(reports, n, link_wait)?;
     // Workers track views only on Krmx targets; a worker whose users all failed to link still reports them.
     if load.track_views && krmx {
         let mut views = (0, 0, 0);

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::clock;
 use crate::cluster;
-use crate::load::run_load;
+use crate::load::{run_load, Outcome};
 use crate::multicore;
 use crate::process::Deployment;
 use crate::redis;
@@ -185,9 +185,7 @@ fn groups_named(options: &Options, prefix: &str) -> bool {
 
 pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
     let options = parse_options(args, smoke)?;
-    let epoch = clock::unix_ns();
-    let logs = &options.logs;
-    std::fs::create_dir_all(logs)?;
+    std::fs::create_dir_all(&options.logs)?;
     let taskset = Command::new("taskset")
         .arg("-c")
         .arg("0")
@@ -206,72 +204,10 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
         eprintln!("note: {note}");
         results.notes.push(note);
     }
-    let mut failures = 0;
-    let mut run_group = |group: &Group, target: Target, results: &mut Results| {
-        let log = logs.join(format!("{}-{}.log", group.name, target.name()));
-        eprintln!(
-            "[{}] {} on {}: {}",
-            clock::now(),
-            group.name,
-            target.name(),
-            describe(group)
-        );
-        let started = Instant::now();
-        let server_cpus = group.pin.as_ref().map(|pin| pin.server.as_str());
-        let load_cpus = group.pin.as_ref().map_or(&[][..], |pin| &pin.load[..]);
-        let lease_ms = group.crash.as_ref().map(|crash| crash.lease_ms);
-        let deployment = Deployment::start(target, &options.node_dir, server_cpus, &log, lease_ms);
-        let outcome = deployment.and_then(|mut deployment| {
-            let outcome = match &group.crash {
-                Some(crash) => cluster::run_crash(&mut deployment, crash, epoch),
-                None => run_load(&deployment, target, &group.load, epoch, load_cpus),
-            };
-            deployment.stop();
-            outcome
-        });
-        match outcome {
-            Ok(outcome) => {
-                let values = metrics(group, target, &outcome);
-                eprintln!(
-                    "    {:.1} s: {}",
-                    started.elapsed().as_secs_f64(),
-                    values
-                        .iter()
-                        .map(|(name, value)| format!("{}={value:.2}", name.split('.').nth(1).unwrap_or(name)))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-                let broken = outcome.linked < group.load.users
-                    || outcome.disconnected > 0
-                    || outcome.views.is_some_and(|(_, correct, _)| correct < group.load.users)
-                    || (group.load.duration_ms > 0 && outcome.sent == 0);
-                if broken || !outcome.errors.is_empty() {
-                    failures += u32::from(broken);
-                    let note = format!(
-                        "{} on {}: linked {}/{}, disconnected {}, views {:?}, errors: {}",
-                        group.name,
-                        target.name(),
-                        outcome.linked,
-                        group.load.users,
-                        outcome.disconnected,
-                        outcome.views,
-                        outcome.errors.join("; ")
-                    );
-                    eprintln!("    problem: {note}");
-                    results.notes.push(note);
-                }
-                for (name, value) in values {
-                    results.add(&name, target, value);
-                }
-            }
-            Err(error) => {
-                failures += 1;
-                eprintln!("    failed: {error}");
-                results
-                    .notes
-                    .push(format!("{} on {} failed: {error}", group.name, target.name()));
-            }
-        }
+    let mut runner = Runner {
+        options: &options,
+        epoch: clock::unix_ns(),
+        failures: 0,
     };
     for group in &groups {
         results.describe(&group.name, describe(group));
@@ -289,7 +225,7 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
             let len = targets.len().max(1);
             targets.rotate_left((round as usize + g) % len);
             for target in targets {
-                run_group(group, target, &mut results);
+                runner.run(group, target, &mut results);
             }
         }
     }
@@ -302,13 +238,109 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
         results.describe(&group.name, describe(&group));
         eprintln!("== scale");
         for target in options.targets.iter().copied().filter(|t| group.targets.contains(t)) {
-            run_group(&group, target, &mut results);
+            runner.run(&group, target, &mut results);
         }
     }
+    report_all(&results, &options)?;
+    if runner.failures > 0 {
+        return Err(format!(
+            "{} scenario run(s) failed; see the notes above and the server logs in {}",
+            runner.failures,
+            options.logs.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Runs groups against targets, one at a time, and counts the runs that failed.
+struct Runner<'a> {
+    options: &'a Options,
+    /// The clock every load process reads send times against.
+    epoch: u64,
+    failures: u32,
+}
+
+impl Runner<'_> {
+    /// Runs `group` against `target` and files what it measured (or why it could not) in `results`.
+    fn run(&mut self, group: &Group, target: Target, results: &mut Results) {
+        let log = self.options.logs.join(format!("{}-{}.log", group.name, target.name()));
+        eprintln!(
+            "[{}] {} on {}: {}",
+            clock::now(),
+            group.name,
+            target.name(),
+            describe(group)
+        );
+        let started = Instant::now();
+        let server_cpus = group.pin.as_ref().map(|pin| pin.server.as_str());
+        let load_cpus = group.pin.as_ref().map_or(&[][..], |pin| &pin.load[..]);
+        let lease_ms = group.crash.as_ref().map(|crash| crash.lease_ms);
+        let deployment = Deployment::start(target, &self.options.node_dir, server_cpus, &log, lease_ms);
+        let outcome = deployment.and_then(|mut deployment| {
+            let outcome = match &group.crash {
+                Some(crash) => cluster::run_crash(&mut deployment, crash, self.epoch),
+                None => run_load(&deployment, target, &group.load, self.epoch, load_cpus),
+            };
+            deployment.stop();
+            outcome
+        });
+        match outcome {
+            Ok(outcome) => self.file(group, target, &outcome, started, results),
+            Err(error) => {
+                self.failures += 1;
+                eprintln!("    failed: {error}");
+                results
+                    .notes
+                    .push(format!("{} on {} failed: {error}", group.name, target.name()));
+            }
+        }
+    }
+
+    /// Files a run's metrics, and a note when it did not go as planned (not every user linked, disconnects, wrong
+    /// views, nothing sent, errors).
+    fn file(&mut self, group: &Group, target: Target, outcome: &Outcome, started: Instant, results: &mut Results) {
+        let values = metrics(group, target, outcome);
+        eprintln!(
+            "    {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            values
+                .iter()
+                .map(|(name, value)| format!("{}={value:.2}", name.split('.').nth(1).unwrap_or(name)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let broken = outcome.linked < group.load.users
+            || outcome.disconnected > 0
+            || outcome.views.is_some_and(|(_, correct, _)| correct < group.load.users)
+            || (group.load.duration_ms > 0 && outcome.sent == 0);
+        if broken || !outcome.errors.is_empty() {
+            self.failures += u32::from(broken);
+            let note = format!(
+                "{} on {}: linked {}/{}, disconnected {}, views {:?}, errors: {}",
+                group.name,
+                target.name(),
+                outcome.linked,
+                group.load.users,
+                outcome.disconnected,
+                outcome.views,
+                outcome.errors.join("; ")
+            );
+            eprintln!("    problem: {note}");
+            results.notes.push(note);
+        }
+        for (name, value) in values {
+            results.add(&name, target, value);
+        }
+    }
+}
+
+/// Prints the tables and the goals' verdicts, and writes the report when `--out` asks for one.
+fn report_all(results: &Results, options: &Options) -> Result<(), BoxError> {
     for table in [
-        report::table(&results),
-        report::multicore::table(&results),
-        report::cluster::table(&results),
+        report::table(results),
+        report::multicore::table(results),
+        report::cluster::table(results),
     ] {
         if !table.is_empty() {
             println!("{table}");
@@ -316,19 +348,12 @@ pub fn main(args: &[String], smoke: bool) -> Result<(), BoxError> {
     }
     if let Some(out) = &options.out {
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        report::write(&results, out, &command)?;
+        report::write(results, out, &command)?;
         eprintln!("wrote {}", out.display());
     }
-    let summary: BTreeMap<_, _> = report::checks(&results).into_iter().collect();
+    let summary: BTreeMap<_, _> = report::checks(results).into_iter().collect();
     for (goal, verdict) in &summary {
         eprintln!("{goal}: {verdict}");
-    }
-    if failures > 0 {
-        return Err(format!(
-            "{failures} scenario run(s) failed; see the notes above and the server logs in {}",
-            logs.display()
-        )
-        .into());
     }
     Ok(())
 }

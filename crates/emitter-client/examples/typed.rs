@@ -52,13 +52,19 @@ async fn local_server() -> Result<(Server, String), Box<dyn Error>> {
     Ok((server, format!("ws://127.0.0.1:{port}/")))
 }
 
+/// Plays against a server of its own, which it closes afterwards.
+async fn play_locally() -> Result<Moved, Box<dyn Error>> {
+    let (server, url) = local_server().await?;
+    let moved = play(&url).await?;
+    server.close().await?;
+    Ok(moved)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt::init();
-    let (server, url) = local_server().await?;
-    let moved = play(&url).await?;
+    let moved = play_locally().await?;
     tracing::info!(?moved, "done");
-    server.close().await?;
     Ok(())
 }
 
@@ -66,8 +72,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 mod tests {
     #[tokio::test]
     async fn runs_against_a_local_server() {
-        let (server, url) = super::local_server().await.unwrap();
-        let moved = super::play(&url).await.unwrap();
+        let moved = super::play_locally().await.unwrap();
         assert_eq!(
             moved,
             super::Moved {
@@ -76,6 +81,5 @@ mod tests {
                 y: 2
             }
         );
-        server.close().await.unwrap();
     }
 }

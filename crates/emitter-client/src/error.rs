@@ -15,9 +15,10 @@ use std::sync::Arc;
 /// assert_eq!(client.status(), Status::Initializing);
 /// assert_eq!(client.status().to_string(), "initializing");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
-    /// Created and not connected yet; listeners can be registered.
+    /// Created and not connected yet; listeners can be registered. The default.
+    #[default]
     Initializing,
     /// `connect` was called and the WebSocket is opening.
     Connecting,

@@ -46,10 +46,10 @@ impl Shared {
                 return;
             }
             // A forced disconnect while connecting: the close is on its way, and `connect` fails with it.
-            if state.status() != Status::Connecting {
+            if state.status != Status::Connecting {
                 return;
             }
-            state.status = Some(Status::Connected);
+            state.status = Status::Connected;
             state.opening.take()
         };
         tracing::debug!(generation, "connected");
@@ -73,8 +73,8 @@ impl Shared {
                 return None;
             }
             state.connection = None;
-            let was = state.status();
-            state.status = Some(Status::Closed);
+            let was = state.status;
+            state.status = Status::Closed;
             state.username = None;
             state.users.clear();
             let url = state.url.clone().unwrap_or_default();
@@ -137,7 +137,7 @@ impl Shared {
         if message.is_reserved() {
             return self.apply(&message);
         }
-        let status = guard.borrow().status();
+        let status = guard.borrow().status;
         if status == Status::Linked {
             self.emit(ClientEvent::Message { message: &message });
         } else {
@@ -180,12 +180,12 @@ impl Shared {
         let guard = self.lock();
         {
             let mut state = guard.borrow_mut();
-            let status = state.status();
+            let status = state.status;
             let Some(username) = state.username.clone().filter(|_| status == Status::Linking) else {
                 tracing::warn!(%status, "krmx/accepted without a link request; ignored");
                 return;
             };
-            state.status = Some(Status::Linked);
+            state.status = Status::Linked;
             state.users = vec![User {
                 username,
                 is_linked: true,
@@ -198,7 +198,7 @@ impl Shared {
         let guard = self.lock();
         let linking = {
             let mut state = guard.borrow_mut();
-            let status = state.status();
+            let status = state.status;
             // Only a link request is answered with a rejection that ends it. A server also rejects messages that
             // reached it after it unlinked this connection (`unlinked connection`); such a late reply says nothing
             // about a link request sent after it.
@@ -206,7 +206,7 @@ impl Shared {
                 tracing::debug!(reason, %status, "a rejection that answers no link request; ignored");
                 return;
             }
-            state.status = Some(Status::Connected);
+            state.status = Status::Connected;
             state.username = None;
             state.linked_as = None;
             state.linking.take()
@@ -241,7 +241,7 @@ impl Shared {
             if !state.mark_linked(username, true, LINKED) {
                 return;
             }
-            let is_self = state.username.as_deref() == Some(username) && state.status() == Status::Linked;
+            let is_self = state.username.as_deref() == Some(username) && state.status == Status::Linked;
             if is_self {
                 state.linking.take()
             } else {
@@ -263,7 +263,7 @@ impl Shared {
             }
             let is_self = state.username.as_deref() == Some(username);
             if is_self {
-                state.status = Some(Status::Connected);
+                state.status = Status::Connected;
                 state.users.clear();
                 state.linked_as = None;
             }
@@ -275,7 +275,7 @@ impl Shared {
             let unlinking = {
                 let mut state = guard.borrow_mut();
                 // A listener may have linked again meanwhile; then the username is the new link's.
-                if state.status() == Status::Connected && state.username.as_deref() == Some(username) {
+                if state.status == Status::Connected && state.username.as_deref() == Some(username) {
                     state.username = None;
                 }
                 state.unlinking.take()

@@ -20,7 +20,7 @@ impl Shared {
     pub(crate) fn bump_epoch_if(&self, allowed: impl FnOnce(Status) -> bool) {
         let guard = self.lock();
         let mut state = guard.borrow_mut();
-        if allowed(state.status()) {
+        if allowed(state.status) {
             state.epoch += 1;
         }
     }
@@ -41,14 +41,14 @@ impl Shared {
         let guard = this.lock();
         let (generation, opened) = {
             let mut state = guard.borrow_mut();
-            let status = state.status();
+            let status = state.status;
             if !matches!(status, Status::Initializing | Status::Closed) {
                 return Err(Error::wrong_status("connect", status));
             }
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return Err(Error::NoRuntime);
             };
-            state.status = Some(Status::Connecting);
+            state.status = Status::Connecting;
             state.generation += 1;
             let generation = state.generation;
             let (tx, commands) = mpsc::unbounded_channel();
@@ -85,14 +85,14 @@ impl Shared {
         let guard = self.lock();
         let linked = {
             let mut state = guard.borrow_mut();
-            let status = state.status();
+            let status = state.status;
             if status != Status::Connected {
                 return Err(Error::wrong_status("link", status));
             }
             if by_user {
                 state.epoch += 1;
             }
-            state.status = Some(Status::Linking);
+            state.status = Status::Linking;
             state.username = Some(username.to_owned());
             state.linked_as = Some((username.to_owned(), auth.map(str::to_owned)));
             let (tx, linked) = oneshot::channel();
@@ -128,12 +128,12 @@ impl Shared {
         let guard = self.lock();
         let unlinked = {
             let mut state = guard.borrow_mut();
-            let status = state.status();
+            let status = state.status;
             if status != Status::Linked {
                 return Err(Error::wrong_status(action, status));
             }
             state.epoch += 1;
-            state.status = Some(Status::Unlinking);
+            state.status = Status::Unlinking;
             state.linked_as = None;
             let (tx, unlinked) = oneshot::channel();
             state.unlinking = Some(tx);
@@ -149,14 +149,14 @@ impl Shared {
         let guard = self.lock();
         let closed = {
             let mut state = guard.borrow_mut();
-            let status = state.status();
+            let status = state.status;
             let allowed = matches!(status, Status::Connected | Status::Linking | Status::Unlinking)
                 || (force && matches!(status, Status::Connecting | Status::Linked | Status::Closing));
             if !allowed {
                 return Err(Error::wrong_status("disconnect", status));
             }
             state.epoch += 1;
-            state.status = Some(Status::Closing);
+            state.status = Status::Closing;
             state.username = None;
             state.linked_as = None;
             let (tx, closed) = oneshot::channel();
@@ -174,7 +174,7 @@ impl Shared {
     pub(crate) fn send_frame(&self, kind: &str, encode: impl FnOnce() -> Result<String, Error>) -> Result<(), Error> {
         let guard = self.lock();
         let state = guard.borrow();
-        let status = state.status();
+        let status = state.status;
         if status != Status::Linked {
             return Err(Error::wrong_status("send", status));
         }

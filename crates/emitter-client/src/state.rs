@@ -39,7 +39,7 @@ pub(crate) struct Connection {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) status: Option<Status>,
+    pub(crate) status: Status,
     pub(crate) username: Option<String>,
     pub(crate) users: Vec<User>,
     pub(crate) connection: Option<Connection>,
@@ -56,10 +56,6 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn status(&self) -> Status {
-        self.status.unwrap_or(Status::Initializing)
-    }
-
     /// Queues `frame` on the current connection, if there is one.
     pub(crate) fn push(&self, frame: String) {
         match &self.connection {
@@ -115,7 +111,7 @@ impl Shared {
     }
 
     pub(crate) fn status(&self) -> Status {
-        self.lock().borrow().status()
+        self.lock().borrow().status
     }
 
     pub(crate) fn username(&self) -> Option<String> {

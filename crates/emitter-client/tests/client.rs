@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use emitter_core::{AcceptedVersions, Message, Server};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{connect_and_link, record_snapshots, start, start_default, user, within, Snapshot};
+use support::{as_simon, check_every_event, connect_and_link, start, start_default, user, within};
 
 fn names(users: &[User]) -> Vec<(String, bool)> {
     let mut list: Vec<_> = users.iter().map(|u| (u.username.clone(), u.is_linked)).collect();
@@ -23,6 +24,25 @@ async fn linked_client(url: &str, username: &str) -> Client {
     let client = Client::new();
     connect_and_link(&client, url, username).await;
     client
+}
+
+/// A count of calls, and what a listener calls to add one to it.
+fn counter() -> (Arc<AtomicUsize>, impl Fn() + Send + Sync + 'static) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let bump = {
+        let count = count.clone();
+        move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    (count, bump)
+}
+
+/// A default server, and a client linked to it as simon.
+async fn simon_linked() -> (Server, Client) {
+    let (server, url) = start_default().await;
+    let client = linked_client(&url, "simon").await;
+    (server, client)
 }
 
 /// The reference's first client test: connect, link, unlink and disconnect, with every precondition on the way.
@@ -139,52 +159,43 @@ async fn connect_link_unlink_and_disconnect() {
 async fn preconditions_have_the_reference_wording() {
     let (server, url) = start_default().await;
     let client = Client::new();
-    let error = |result: Result<(), Error>| result.unwrap_err().to_string();
-    assert_eq!(
-        error(client.link("simon", None).await),
-        "cannot link when the client is initializing"
-    );
-    assert_eq!(
-        error(client.unlink().await),
-        "cannot unlink when the client is initializing"
-    );
-    assert_eq!(
-        error(client.leave().await),
-        "cannot leave when the client is initializing"
-    );
-    assert_eq!(
-        error(client.disconnect(true).await),
-        "cannot disconnect when the client is initializing"
-    );
-    assert_eq!(
-        error(client.send(&Message::new("a/b"))),
-        "cannot send when the client is initializing"
+    // Each refusal in the reference's words: `cannot <action> when the client is <status>`.
+    let refused = |status: &str, refusals: Vec<(&str, Result<(), Error>)>| {
+        for (action, result) in refusals {
+            let words = format!("cannot {action} when the client is {status}");
+            assert_eq!(result.unwrap_err().to_string(), words);
+        }
+    };
+    refused(
+        "initializing",
+        vec![
+            ("link", client.link("simon", None).await),
+            ("unlink", client.unlink().await),
+            ("leave", client.leave().await),
+            ("disconnect", client.disconnect(true).await),
+            ("send", client.send(&Message::new("a/b"))),
+        ],
     );
     within("connect", client.connect(&url)).await.unwrap();
-    assert_eq!(
-        error(client.connect(&url).await),
-        "cannot connect when the client is connected"
+    refused(
+        "connected",
+        vec![
+            ("connect", client.connect(&url).await),
+            ("unlink", client.unlink().await),
+            ("leave", client.leave().await),
+        ],
     );
-    assert_eq!(
-        error(client.unlink().await),
-        "cannot unlink when the client is connected"
-    );
-    assert_eq!(error(client.leave().await), "cannot leave when the client is connected");
     // A failed call changes nothing.
     assert_eq!(client.status(), Status::Connected);
     within("link", client.link("simon", None)).await.unwrap();
-    assert_eq!(
-        error(client.connect(&url).await),
-        "cannot connect when the client is linked"
-    );
+    refused("linked", vec![("connect", client.connect(&url).await)]);
     within("disconnect", client.disconnect(true)).await.unwrap();
-    assert_eq!(
-        error(client.disconnect(true).await),
-        "cannot disconnect when the client is closed"
-    );
-    assert_eq!(
-        error(client.send(&Message::new("a/b"))),
-        "cannot send when the client is closed"
+    refused(
+        "closed",
+        vec![
+            ("disconnect", client.disconnect(true).await),
+            ("send", client.send(&Message::new("a/b"))),
+        ],
     );
     // A closed client connects again.
     connect_and_link(&client, &url, "simon").await;
@@ -267,20 +278,18 @@ async fn a_returning_user_sees_who_joined_meanwhile() {
 /// The reference's fourth client test: a once listener fires once.
 #[tokio::test]
 async fn a_once_listener_fires_once() {
-    let (server, url) = start_default().await;
-    let client = linked_client(&url, "simon").await;
-    let count = Arc::new(Mutex::new(0));
-    let c = count.clone();
+    let (server, client) = simon_linked().await;
+    let (count, bump) = counter();
     let subscription = client.once_message(move |message| {
         assert_eq!(message.kind, "custom/once");
-        *c.lock() += 1;
+        bump();
     });
     let marker = client.wait_for_message_when(|m| m.kind == "custom/marker");
     server.send("simon", &Message::new("custom/once")).unwrap();
     server.send("simon", &Message::new("custom/once")).unwrap();
     server.send("simon", &Message::new("custom/marker")).unwrap();
     within("marker", marker).await;
-    assert_eq!(*count.lock(), 1);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
     assert!(!subscription.is_active());
     within("server close", server.close()).await.unwrap();
 }
@@ -290,77 +299,29 @@ async fn a_once_listener_fires_once() {
 async fn every_event_with_the_state_at_that_moment() {
     let (server, url) = start_default().await;
     let client = Client::new();
-    let seen = record_snapshots(&client);
-
-    within("connect", client.connect(&url)).await.unwrap();
-    let _ = within("link", client.link("inv#lid", None)).await.unwrap_err();
-    within("link", client.link("simon", None)).await.unwrap();
-    let joined = client.wait_for_join_when(|u| u == "lisa");
-    server.join("lisa").unwrap();
-    within("join lisa", joined).await;
-    let message = client.wait_for_message();
-    server
-        .send(
-            "simon",
-            &Message::with_payload("custom/message", serde_json::json!("Hello, world!")),
-        )
-        .unwrap();
-    within("message", message).await;
-    let left = client.wait_for_leave();
-    server.kick("lisa").unwrap();
-    within("leave lisa", left).await;
-    within("unlink", client.unlink()).await.unwrap();
-    within("disconnect", client.disconnect(false)).await.unwrap();
-
-    let me = Some("simon".to_owned());
-    let expected: Vec<Snapshot> = vec![
-        ("connecting".into(), Status::Connecting, None, vec![]),
-        ("connect".into(), Status::Connected, None, vec![]),
-        ("linking".into(), Status::Linking, Some("inv#lid".into()), vec![]),
-        ("reject invalid username".into(), Status::Connected, None, vec![]),
-        ("linking".into(), Status::Linking, me.clone(), vec![]),
-        ("accept".into(), Status::Linked, me.clone(), vec![user("simon", true)]),
-        (
-            "join simon".into(),
-            Status::Linked,
-            me.clone(),
-            vec![user("simon", true)],
-        ),
-        (
-            "link simon".into(),
-            Status::Linked,
-            me.clone(),
-            vec![user("simon", true)],
-        ),
-        (
-            "join lisa".into(),
-            Status::Linked,
-            me.clone(),
-            vec![user("simon", true), user("lisa", false)],
-        ),
-        (
-            "message custom/message".into(),
-            Status::Linked,
-            me.clone(),
-            vec![user("simon", true), user("lisa", false)],
-        ),
-        (
-            "leave lisa".into(),
-            Status::Linked,
-            me.clone(),
-            vec![user("simon", true)],
-        ),
-        (
-            "unlinking".into(),
-            Status::Unlinking,
-            me.clone(),
-            vec![user("simon", true)],
-        ),
-        ("unlink simon".into(), Status::Connected, me.clone(), vec![]),
-        ("closing".into(), Status::Closing, None, vec![]),
-        ("close".into(), Status::Closed, None, vec![]),
+    let while_linked = async {
+        let joined = client.wait_for_join_when(|u| u == "lisa");
+        server.join("lisa").unwrap();
+        within("join lisa", joined).await;
+        let message = client.wait_for_message();
+        server
+            .send(
+                "simon",
+                &Message::with_payload("custom/message", serde_json::json!("Hello, world!")),
+            )
+            .unwrap();
+        within("message", message).await;
+        let left = client.wait_for_leave();
+        server.kick("lisa").unwrap();
+        within("leave lisa", left).await;
+    };
+    let both = [user("simon", true), user("lisa", false)];
+    let expected = vec![
+        as_simon("join lisa", &both),
+        as_simon("message custom/message", &both),
+        as_simon("leave lisa", &[user("simon", true)]),
     ];
-    assert_eq!(*seen.lock(), expected);
+    check_every_event(&client, &url, while_linked, expected).await;
     within("server close", server.close()).await.unwrap();
 }
 
@@ -379,8 +340,7 @@ async fn pings_are_answered() {
 
 #[tokio::test]
 async fn leave_and_kick_arrive_as_unlink_then_leave_of_ones_own_user() {
-    let (server, url) = start_default().await;
-    let client = linked_client(&url, "simon").await;
+    let (server, client) = simon_linked().await;
     let events = Arc::new(Mutex::new(Vec::new()));
     let (e, c) = (events.clone(), client.clone());
     let _any = client.on_any(move |event| {
@@ -425,8 +385,7 @@ async fn leave_and_kick_arrive_as_unlink_then_leave_of_ones_own_user() {
 
 #[tokio::test]
 async fn closing_the_server_closes_the_client() {
-    let (server, url) = start_default().await;
-    let client = linked_client(&url, "simon").await;
+    let (server, client) = simon_linked().await;
     let closed = client.wait_for_close();
     let unlinked = client.wait_for_unlink();
     within("server close", server.close()).await.unwrap();
@@ -542,8 +501,7 @@ struct Move {
 
 #[tokio::test]
 async fn typed_payloads_both_ways() {
-    let (server, url) = start_default().await;
-    let client = linked_client(&url, "simon").await;
+    let (server, client) = simon_linked().await;
 
     let received = server.wait_for_message();
     client.send_payload("game/move", &Move { x: 1, y: 2 }).unwrap();
@@ -616,11 +574,9 @@ async fn listeners_can_call_back_into_the_client() {
 
 #[tokio::test]
 async fn unsubscribed_listeners_and_dropped_waits_are_removed() {
-    let (server, url) = start_default().await;
-    let client = linked_client(&url, "simon").await;
-    let count = Arc::new(Mutex::new(0));
-    let c = count.clone();
-    let subscription = client.on_message(move |_| *c.lock() += 1);
+    let (server, client) = simon_linked().await;
+    let (count, bump) = counter();
+    let subscription = client.on_message(move |_| bump());
     drop(client.wait_for_message()); // a dropped wait leaves nothing behind
     let first = client.wait_for_message();
     server.send("simon", &Message::new("custom/one")).unwrap();
@@ -629,6 +585,6 @@ async fn unsubscribed_listeners_and_dropped_waits_are_removed() {
     let second = client.wait_for_message();
     server.send("simon", &Message::new("custom/two")).unwrap();
     within("two", second).await;
-    assert_eq!(*count.lock(), 1);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
     within("server close", server.close()).await.unwrap();
 }

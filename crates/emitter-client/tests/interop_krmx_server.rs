@@ -16,7 +16,7 @@ use emitter_client::{Client, ClientEvent, Error, Message, Reconnect, Status};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{connect_and_link, record_snapshots, user, within, Proxy, Snapshot};
+use support::{as_simon, check_every_event, connect_and_link, user, within, Proxy};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -239,51 +239,23 @@ async fn others_join_link_unlink_and_leave() {
 async fn every_event_with_the_state_at_that_moment() {
     let Some(server) = start().await else { return };
     let client = client();
-    let seen = record_snapshots(&client);
-    within("connect", client.connect(&server.url())).await.unwrap();
-    let _ = within("link", client.link("inv#lid", None)).await.unwrap_err();
-    within("link", client.link("simon", None)).await.unwrap();
-    let joined = client.wait_for_message_when(|m| m.kind == "test/joined-ok");
-    client.send_payload("test/join", "lisa").unwrap();
-    within("joined-ok", joined).await;
-    let kicked = client.wait_for_message_when(|m| m.kind == "test/kicked-ok");
-    client.send_payload("test/kick", "lisa").unwrap();
-    within("kicked-ok", kicked).await;
-    within("unlink", client.unlink()).await.unwrap();
-    within("disconnect", client.disconnect(false)).await.unwrap();
-
-    let me = Some("simon".to_owned());
-    let both = vec![user("simon", true), user("lisa", false)];
-    let alone = vec![user("simon", true)];
-    let expected: Vec<Snapshot> = vec![
-        ("connecting".into(), Status::Connecting, None, vec![]),
-        ("connect".into(), Status::Connected, None, vec![]),
-        ("linking".into(), Status::Linking, Some("inv#lid".into()), vec![]),
-        ("reject invalid username".into(), Status::Connected, None, vec![]),
-        ("linking".into(), Status::Linking, me.clone(), vec![]),
-        ("accept".into(), Status::Linked, me.clone(), alone.clone()),
-        ("join simon".into(), Status::Linked, me.clone(), alone.clone()),
-        ("link simon".into(), Status::Linked, me.clone(), alone.clone()),
-        ("join lisa".into(), Status::Linked, me.clone(), both.clone()),
-        (
-            "message test/joined-ok".into(),
-            Status::Linked,
-            me.clone(),
-            both.clone(),
-        ),
-        ("leave lisa".into(), Status::Linked, me.clone(), alone.clone()),
-        (
-            "message test/kicked-ok".into(),
-            Status::Linked,
-            me.clone(),
-            alone.clone(),
-        ),
-        ("unlinking".into(), Status::Unlinking, me.clone(), alone.clone()),
-        ("unlink simon".into(), Status::Connected, me.clone(), vec![]),
-        ("closing".into(), Status::Closing, None, vec![]),
-        ("close".into(), Status::Closed, None, vec![]),
+    let while_linked = async {
+        let joined = client.wait_for_message_when(|m| m.kind == "test/joined-ok");
+        client.send_payload("test/join", "lisa").unwrap();
+        within("joined-ok", joined).await;
+        let kicked = client.wait_for_message_when(|m| m.kind == "test/kicked-ok");
+        client.send_payload("test/kick", "lisa").unwrap();
+        within("kicked-ok", kicked).await;
+    };
+    let both = [user("simon", true), user("lisa", false)];
+    let alone = [user("simon", true)];
+    let expected = vec![
+        as_simon("join lisa", &both),
+        as_simon("message test/joined-ok", &both),
+        as_simon("leave lisa", &alone),
+        as_simon("message test/kicked-ok", &alone),
     ];
-    assert_eq!(*seen.lock(), expected);
+    check_every_event(&client, &server.url(), while_linked, expected).await;
 }
 
 #[tokio::test]

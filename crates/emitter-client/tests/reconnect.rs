@@ -40,6 +40,20 @@ async fn proxied() -> (Server, Proxy) {
     (server, proxy)
 }
 
+/// [`proxied`], with `client` linked as simon through the proxy.
+async fn simon_through_proxy(client: &Client) -> (Server, Proxy) {
+    let (server, proxy) = proxied().await;
+    connect_and_link(client, &proxy.url(), "simon").await;
+    (server, proxy)
+}
+
+/// Cuts every connection through `proxy`, and waits until `client` has seen its own close.
+async fn cut_until_closed(proxy: &Proxy, client: &Client) {
+    let closed = client.wait_for_close();
+    proxy.cut();
+    within("close", closed).await;
+}
+
 /// Notified on the `n`th close event from now on.
 fn nth_close(client: &Client, n: usize) -> Arc<Notify> {
     let closes = Arc::new(Mutex::new(0usize));
@@ -104,9 +118,8 @@ async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
 
 #[tokio::test]
 async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
-    let (server, proxy) = proxied().await;
     let client = Client::builder().reconnect(fast()).build();
-    connect_and_link(&client, &proxy.url(), "simon").await;
+    let (server, proxy) = simon_through_proxy(&client).await;
 
     // While the proxy refuses, every attempt fails to connect (a close event each, after the drop's own).
     let three_failures = nth_close(&client, 4);
@@ -126,7 +139,6 @@ async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
 
 #[tokio::test]
 async fn the_policy_gives_up_after_max_attempts() {
-    let (server, proxy) = proxied().await;
     let client = Client::builder()
         .reconnect(
             Reconnect::new()
@@ -135,7 +147,7 @@ async fn the_policy_gives_up_after_max_attempts() {
                 .max_attempts(2),
         )
         .build();
-    connect_and_link(&client, &proxy.url(), "simon").await;
+    let (server, proxy) = simon_through_proxy(&client).await;
     let seen = record(&client);
     let third_close = nth_close(&client, 3);
     proxy.refuse(true);
@@ -166,9 +178,7 @@ async fn asked_for_closes_and_server_side_unlinks_do_not_reconnect() {
     let kicked = client.wait_for_leave();
     server.kick("simon").unwrap();
     within("kick", kicked).await;
-    let closed = client.wait_for_close();
-    proxy.cut();
-    within("close", closed).await;
+    cut_until_closed(&proxy, &client).await;
     // A user who connects on their own stops nothing and starts nothing: a fresh connection is the only one.
     let accepted = proxy.accepted();
     let seen = record(&client);
@@ -188,9 +198,7 @@ async fn a_user_action_stops_a_reconnect_under_way() {
         .reconnect(Reconnect::new().initial_delay(first_retry))
         .build();
     connect_and_link(&client, &proxy.url(), "simon").await;
-    let closed = client.wait_for_close();
-    proxy.cut();
-    within("close", closed).await;
+    cut_until_closed(&proxy, &client).await;
     let closed_at = tokio::time::Instant::now();
     // Before the first retry, the user connects straight to the server and links someone else.
     connect_and_link(&client, &url, "lisa").await;
@@ -205,12 +213,9 @@ async fn a_user_action_stops_a_reconnect_under_way() {
 
 #[tokio::test]
 async fn without_a_policy_a_dropped_connection_stays_closed() {
-    let (server, proxy) = proxied().await;
     let client = Client::new();
-    connect_and_link(&client, &proxy.url(), "simon").await;
-    let closed = client.wait_for_close();
-    proxy.cut();
-    within("close", closed).await;
+    let (server, proxy) = simon_through_proxy(&client).await;
+    cut_until_closed(&proxy, &client).await;
     assert_eq!(client.status(), Status::Closed);
     assert_eq!(client.username(), None);
     assert!(client.users().is_empty());

@@ -127,8 +127,9 @@ fn make_pki(authority: &str, names: &[&str]) -> Pki {
     }
 }
 
-/// An echoing Krmx server served over TLS with a certificate for `localhost`; returns it, the PKI and its port.
-async fn start_tls() -> (Server, Pki, u16) {
+/// An echoing Krmx server served over TLS with a certificate for `localhost`; returns it, the PKI and its
+/// `wss://localhost:PORT/` URL.
+async fn start_tls() -> (Server, Pki, String) {
     let pki = make_pki("emitter test CA", &["localhost"]);
     let server = Server::new();
     server.on_message(|server, _, message| {
@@ -138,7 +139,7 @@ async fn start_tls() -> (Server, Pki, u16) {
     let port = listener.local_addr().unwrap().port();
     let app = emitter_axum::router(&server);
     tokio::spawn(serve_tls(server.clone(), listener, pki.server.clone(), app));
-    (server, pki, port)
+    (server, pki, format!("wss://localhost:{port}/"))
 }
 
 /// The messages of `error`'s source chain, outermost first.
@@ -156,8 +157,7 @@ fn causes(error: &Error) -> String {
 /// flow both ways.
 #[tokio::test]
 async fn links_over_wss_with_the_given_root() {
-    let (server, pki, port) = start_tls().await;
-    let url = format!("wss://localhost:{port}/");
+    let (server, pki, url) = start_tls().await;
 
     let client = Client::builder().root_certificates_pem(&pki.ca_pem).unwrap().build();
     within("connect", client.connect(&url)).await.unwrap();
@@ -178,7 +178,7 @@ async fn links_over_wss_with_the_given_root() {
 /// The same with a whole rustls configuration instead of a PEM.
 #[tokio::test]
 async fn links_over_wss_with_a_given_rustls_config() {
-    let (server, pki, port) = start_tls().await;
+    let (server, pki, url) = start_tls().await;
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
         roots.add(certificate.unwrap()).unwrap();
@@ -190,9 +190,7 @@ async fn links_over_wss_with_a_given_rustls_config() {
         .with_no_client_auth();
 
     let client = Client::builder().tls_config(Arc::new(config)).build();
-    within("connect", client.connect(&format!("wss://localhost:{port}/")))
-        .await
-        .unwrap();
+    within("connect", client.connect(&url)).await.unwrap();
     within("link", client.link("simon", None)).await.unwrap();
     within("disconnect", client.disconnect(true)).await.unwrap();
     within("server close", server.close()).await.unwrap();
@@ -202,8 +200,7 @@ async fn links_over_wss_with_a_given_rustls_config() {
 /// event, and the client `closed` and ready to connect again.
 #[tokio::test]
 async fn another_root_fails_with_a_certificate_error() {
-    let (server, pki, port) = start_tls().await;
-    let url = format!("wss://localhost:{port}/");
+    let (server, pki, url) = start_tls().await;
     let stranger = make_pki("another CA", &["localhost"]);
     assert_ne!(stranger.ca_pem, pki.ca_pem);
 
@@ -238,8 +235,7 @@ async fn another_root_fails_with_a_certificate_error() {
 /// fails with an error, not a panic, whether the platform has roots or none.
 #[tokio::test]
 async fn the_platform_roots_do_not_trust_the_test_authority() {
-    let (server, _pki, port) = start_tls().await;
-    let url = format!("wss://localhost:{port}/");
+    let (server, _pki, url) = start_tls().await;
     let client = Client::new();
     let error = within("connect", client.connect(&url)).await.unwrap_err();
     assert!(matches!(error, Error::Connect { .. }), "{error:?}");
@@ -255,11 +251,10 @@ async fn the_platform_roots_do_not_trust_the_test_authority() {
 /// The certificate is checked against the host in the URL: one issued for `localhost` does not do for `127.0.0.1`.
 #[tokio::test]
 async fn a_certificate_for_another_name_is_refused() {
-    let (server, pki, port) = start_tls().await;
+    let (server, pki, url) = start_tls().await;
     let client = Client::builder().root_certificates_pem(&pki.ca_pem).unwrap().build();
-    let error = within("connect", client.connect(&format!("wss://127.0.0.1:{port}/")))
-        .await
-        .unwrap_err();
+    let by_address = url.replace("localhost", "127.0.0.1");
+    let error = within("connect", client.connect(&by_address)).await.unwrap_err();
     let causes = causes(&error);
     assert!(
         causes.contains(r#"invalid peer certificate: certificate not valid for name "127.0.0.1""#),

@@ -266,6 +266,28 @@ impl Outbox {
         state.closing.is_some()
     }
 
+    /// Every frame that is ready now, in order: [`take`](Outbox::take) without a bound, repeated until it finds
+    /// nothing more. For a reader that need not bound its batches, such as a test that drives the core without
+    /// sockets; a transport writing to a socket takes bounded batches instead.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// server.host().start().unwrap();
+    /// server.host().listening(4321).unwrap();
+    /// let (_id, outbox) = server.host().connect().unwrap();
+    /// assert!(outbox.take_all().is_empty()); // nothing is sent before a link request
+    /// ```
+    pub fn take_all(&self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            let before = frames.len();
+            self.take(&mut frames, usize::MAX);
+            if frames.len() == before {
+                return frames;
+            }
+        }
+    }
+
     /// Whether [`take`](Outbox::take) may have something now, and whether new log entries could be for this
     /// connection.
     fn peek(&self) -> (bool, bool) {

@@ -429,14 +429,7 @@ impl Cluster {
 
     /// Reads what a client has been sent, checking each frame against what it was told before.
     fn read(&mut self, index: usize) -> Result<(), String> {
-        let mut frames = Vec::new();
-        loop {
-            let before = frames.len();
-            self.clients[index].outbox.take(&mut frames, usize::MAX);
-            if frames.len() == before {
-                break;
-            }
-        }
+        let frames = self.clients[index].outbox.take_all();
         let client = &mut self.clients[index];
         for frame in frames {
             let value: Value = serde_json::from_str(frame.as_str()).map_err(|e| e.to_string())?;

@@ -246,6 +246,24 @@ fn wait_for(count: &(Mutex<usize>, Condvar), target: usize, limit: Duration) -> 
     true
 }
 
+/// Runs `work` for each of `items` on a thread of its own, with its own handle to `server`; returns when all are done.
+fn in_parallel<I: Send + 'static>(
+    server: &Server,
+    items: impl IntoIterator<Item = I>,
+    work: impl Fn(Server, I) + Clone + Send + 'static,
+) {
+    let threads: Vec<_> = items
+        .into_iter()
+        .map(|item| {
+            let (server, work) = (server.clone(), work.clone());
+            thread::spawn(move || work(server, item))
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
 /// `message` listeners of different users run at the same time: each listener waits until the other user's listener
 /// is running too. With one lock around message handling the second could never start, and both would time out.
 #[test]
@@ -264,16 +282,7 @@ fn message_listeners_of_different_users_run_in_parallel() {
         });
     }
     let ids: Vec<_> = ["ann", "bob"].iter().map(|name| linked(&server, name).0).collect();
-    let threads: Vec<_> = ids
-        .into_iter()
-        .map(|id| {
-            let server = server.clone();
-            thread::spawn(move || send(&server, id, json!({"type": "t/wait"})))
-        })
-        .collect();
-    for thread in threads {
-        thread.join().unwrap();
-    }
+    in_parallel(&server, ids, |server, id| send(&server, id, json!({"type": "t/wait"})));
     assert_eq!(
         met.load(Ordering::SeqCst),
         2,
@@ -301,25 +310,17 @@ fn one_user_one_message_at_a_time_across_relinks() {
             in_flight.fetch_sub(1, Ordering::SeqCst);
         });
     }
-    let threads: Vec<_> = (0..2u64)
-        .map(|c| {
-            let server = server.clone();
-            thread::spawn(move || {
-                let (id, _) = connect(&server);
-                for n in 0..3_000u64 {
-                    if n % 50 == 0 {
-                        // Take the user over: unlink whoever has it, link this connection.
-                        let _ = server.unlink("solo");
-                        send(&server, id, link_request("solo"));
-                    }
-                    send(&server, id, json!({"type": "t/n", "payload": [c, n]}));
-                }
-            })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().unwrap();
-    }
+    in_parallel(&server, 0..2u64, |server, c| {
+        let (id, _) = connect(&server);
+        for n in 0..3_000u64 {
+            if n % 50 == 0 {
+                // Take the user over: unlink whoever has it, link this connection.
+                let _ = server.unlink("solo");
+                send(&server, id, link_request("solo"));
+            }
+            send(&server, id, json!({"type": "t/n", "payload": [c, n]}));
+        }
+    });
     assert_eq!(
         overlaps.load(Ordering::SeqCst),
         0,

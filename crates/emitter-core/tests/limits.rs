@@ -10,14 +10,22 @@ use serde_json::json;
 
 mod support;
 
-use support::{connect, listening, send, try_connect};
+use support::{connect, link_attempt, link_request, listening, send, try_connect};
 
 fn link(server: &Server, id: ConnectionId, username: &str) {
-    send(
-        server,
-        id,
-        json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}}),
-    );
+    send(server, id, link_request(username));
+}
+
+/// The transport reports that connection `id` closed: its user is unlinked the normal way.
+fn disconnect_unlinks(server: &Server, id: ConnectionId, username: &str) {
+    server.host().disconnect(id);
+    assert!(!server.user(username).unwrap().is_linked);
+}
+
+/// Asserts that the host refuses the next connection, for `why`; `because` says what filled the cap.
+fn refuses(server: &Server, why: &str, because: &str) {
+    assert_eq!(server.host().refusal(), Some(why), "{because}");
+    assert!(try_connect(server).is_none(), "{because}");
 }
 
 #[tokio::test]
@@ -25,12 +33,11 @@ async fn connections_over_the_caps_are_refused() {
     let server = listening(Server::builder().max_connections(3).max_unlinked_connections(2));
     let (a, _) = connect(&server);
     let (_b, _) = connect(&server);
-    assert_eq!(
-        server.host().refusal(),
-        Some("too many unlinked connections"),
-        "two unlinked connections fill the unlinked cap"
+    refuses(
+        &server,
+        "too many unlinked connections",
+        "two unlinked connections fill the unlinked cap",
     );
-    assert!(try_connect(&server).is_none());
     link(&server, a, "ann");
     assert_eq!(
         server.host().refusal(),
@@ -38,17 +45,16 @@ async fn connections_over_the_caps_are_refused() {
         "a linked connection frees an unlinked place"
     );
     let (_c, _) = connect(&server);
-    assert_eq!(
-        server.host().refusal(),
-        Some("too many connections"),
-        "three connections fill the connection cap"
+    refuses(
+        &server,
+        "too many connections",
+        "three connections fill the connection cap",
     );
-    assert!(try_connect(&server).is_none());
     server.host().disconnect(a);
-    assert_eq!(
-        server.host().refusal(),
-        Some("too many unlinked connections"),
-        "ann's connection is gone, but two unlinked ones fill that cap again"
+    refuses(
+        &server,
+        "too many unlinked connections",
+        "ann's connection is gone, but two unlinked ones fill that cap again",
     );
     assert!(!server.users()[0].is_linked);
 }
@@ -90,8 +96,7 @@ async fn a_connection_that_floods_past_its_rate_limit_is_closed() {
     let events = Arc::new(Mutex::new(0));
     let e = events.clone();
     server.on_message(move |_, _, _| *e.lock() += 1);
-    let (id, outbox) = connect(&server);
-    link(&server, id, "ann"); // one token
+    let (id, outbox) = link_attempt(&server, "ann"); // one token
     send(&server, id, json!({"type": "app/a"}));
     send(&server, id, json!({"type": "app/b"}));
     assert!(!outbox.closed());
@@ -107,10 +112,9 @@ async fn a_connection_that_floods_past_its_rate_limit_is_closed() {
 #[tokio::test]
 async fn send_and_broadcast_report_slow_and_closing_connections() {
     let server = listening(Server::builder().outbound_queue(3));
-    let (slow_id, slow) = connect(&server);
-    link(&server, slow_id, "slow"); // its own frames, unread: accepted and the snapshot (2 of 3)
-    let (fine_id, fine) = connect(&server);
-    link(&server, fine_id, "fine"); // joined and linked reach slow through the fan-out log, not its own queue
+    let (slow_id, slow) = link_attempt(&server, "slow"); // its own frames, unread: accepted and the snapshot (2 of 3)
+                                                         // Joined and linked reach slow through the fan-out log, not its own queue.
+    let (_, fine) = link_attempt(&server, "fine");
     let hello = Message::new("app/hello");
     assert_eq!(server.send("slow", &hello), Ok(()), "the third place");
     assert_eq!(server.send("slow", &hello), Err(Error::QueueFull));
@@ -124,18 +128,14 @@ async fn send_and_broadcast_report_slow_and_closing_connections() {
         Error::QueueFull.to_string(),
         "cannot send a message to a user whose connection is not reading (its queue is full)"
     );
-    // The transport reports the close; the user is unlinked the normal way.
-    server.host().disconnect(slow_id);
-    assert!(!server.user("slow").unwrap().is_linked);
+    disconnect_unlinks(&server, slow_id, "slow");
 }
 
 #[tokio::test]
 async fn a_connection_far_behind_the_broadcasts_is_closed() {
     let server = listening(Server::builder().outbound_queue(300));
-    let (reader_id, reader) = connect(&server);
-    link(&server, reader_id, "reader");
-    let (idle_id, idle) = connect(&server);
-    link(&server, idle_id, "idle");
+    let (_, reader) = link_attempt(&server, "reader");
+    let (idle_id, idle) = link_attempt(&server, "idle");
     for n in 0..600 {
         server
             .broadcast(&Message::with_payload("app/n", serde_json::json!(n)), None)
@@ -152,15 +152,13 @@ async fn a_connection_far_behind_the_broadcasts_is_closed() {
     let report = server.broadcast(&Message::new("app/last"), None).unwrap();
     assert_eq!(report.undelivered, [("idle".to_owned(), PushError::Closed)]);
     assert_eq!(report.delivered, 1);
-    server.host().disconnect(idle_id);
-    assert!(!server.user("idle").unwrap().is_linked);
+    disconnect_unlinks(&server, idle_id, "idle");
 }
 
 #[tokio::test]
 async fn deep_json_is_an_invalid_message() {
     let server = listening(Server::builder().max_json_depth(4));
-    let (id, outbox) = connect(&server);
-    link(&server, id, "ann");
+    let (id, outbox) = link_attempt(&server, "ann");
     let ok = r#"{"type":"app/x","payload":[[[1]]]}"#;
     let deep = r#"{"type":"app/x","payload":[[[[1]]]]}"#;
     server.host().receive(id, ok.as_bytes());

@@ -7,7 +7,7 @@
 #[path = "model/harness.rs"]
 mod harness;
 
-use harness::{observe, populated, Action, Ask, ClientAction, Harness, SeenStep, Setup, NAMES};
+use harness::{link, observe, populated, Action, Ask, ClientAction, Harness, SeenStep, Setup, NAMES};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -107,41 +107,11 @@ fn a_hand_written_run_passes() {
         Connect,
         Connect,
         Connect,
-        Send(
-            0,
-            ClientAction::Link {
-                name: 0,
-                good_version: true,
-            },
-        ),
-        Send(
-            1,
-            ClientAction::Link {
-                name: 1,
-                good_version: true,
-            },
-        ),
-        Send(
-            2,
-            ClientAction::Link {
-                name: 0,
-                good_version: true,
-            },
-        ), // already linked
-        Send(
-            2,
-            ClientAction::Link {
-                name: 3,
-                good_version: true,
-            },
-        ), // kim: accepted, then kicked on join
-        Send(
-            2,
-            ClientAction::Link {
-                name: 4,
-                good_version: true,
-            },
-        ), // kai
+        link(0, 0),
+        link(1, 1),
+        link(2, 0), // already linked
+        link(2, 3), // kim: accepted, then kicked on join
+        link(2, 4), // kai
         Send(
             0,
             ClientAction::Ask {
@@ -152,13 +122,7 @@ fn a_hand_written_run_passes() {
         Send(2, ClientAction::Custom), // unlinked connection
         Drop(1),
         Connect,
-        Send(
-            3,
-            ClientAction::Link {
-                name: 1,
-                good_version: true,
-            },
-        ), // bob relinks
+        link(3, 1), // bob relinks
         SendTo(1),
         Broadcast(Some(0)),
         Kick(0),
@@ -177,17 +141,7 @@ fn a_hand_written_run_passes() {
 fn a_frame_to_an_unlinked_connection_is_caught() {
     use Action::*;
     let mut harness = Harness::new(Setup::plain());
-    for action in [
-        Connect,
-        Connect,
-        Send(
-            0,
-            ClientAction::Link {
-                name: 0,
-                good_version: true,
-            },
-        ),
-    ] {
+    for action in [Connect, Connect, link(0, 0)] {
         harness.apply(&action).unwrap();
     }
     // Behind the model's back: the server joins a user. Every later check must notice.

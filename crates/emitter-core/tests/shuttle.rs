@@ -18,7 +18,7 @@ use emitter_core::transport::ConnectionId;
 use emitter_core::{Message, Server};
 use serde_json::{json, Value};
 use shuttle::thread;
-use support::{connect, kinds, link_request, listening, send, Outbox};
+use support::{kinds, link_attempt, listening, send, Outbox};
 
 fn iterations() -> usize {
     std::env::var("SHUTTLE_ITERATIONS")
@@ -27,18 +27,51 @@ fn iterations() -> usize {
         .unwrap_or(1_000)
 }
 
-/// Runs `scenario` under a random scheduler and under PCT (which finds bugs that need a few specific preemptions).
-fn check(scenario: fn()) {
-    shuttle::check_random(scenario, iterations());
-    shuttle::check_pct(scenario, iterations(), 3);
+/// Runs `scenario` on a fresh listening server, under a random scheduler and under PCT (which finds bugs that need a
+/// few specific preemptions).
+fn check(scenario: fn(Server)) {
+    let run = move || scenario(listening(Server::builder()));
+    shuttle::check_random(run, iterations());
+    shuttle::check_pct(run, iterations(), 3);
 }
 
+/// A new connection linked as `username`.
 fn linked(server: &Server, username: &str) -> (ConnectionId, Outbox) {
-    let (id, outbox) = connect(server);
-    send(server, id, link_request(username));
+    let (id, outbox) = link_attempt(server, username);
     let frames = outbox.take();
     assert_eq!(frames[0]["type"], "krmx/accepted", "{frames:?}");
     (id, outbox)
+}
+
+/// Runs `work` on a new (checked) thread with its own handle to `server`.
+fn spawn_with<T: Send + 'static>(
+    server: &Server,
+    work: impl FnOnce(Server) -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let server = server.clone();
+    thread::spawn(move || work(server))
+}
+
+/// Runs `background` on a second thread while `foreground` runs on this one; returns what `foreground` returned, once
+/// both are done.
+fn race<T>(server: &Server, background: impl FnOnce(Server) + Send + 'static, foreground: impl FnOnce() -> T) -> T {
+    let other = spawn_with(server, background);
+    let result = foreground();
+    other.join().unwrap();
+    result
+}
+
+/// A connection linked as `watcher`, then a new one linking as `newcomer` while `background` runs; returns the
+/// watcher's and the newcomer's outboxes.
+fn link_racing(
+    server: &Server,
+    watcher: &str,
+    newcomer: &str,
+    background: impl FnOnce(Server) + Send + 'static,
+) -> (Outbox, Outbox) {
+    let (_, watcher) = linked(server, watcher);
+    let (_, newcomer) = race(server, background, || link_attempt(server, newcomer));
+    (watcher, newcomer)
 }
 
 fn numbered(n: u64) -> Message {
@@ -57,31 +90,22 @@ fn broadcast_ids(frames: &[Value]) -> Vec<u64> {
 /// links and unlinks a user (whose membership messages both get too).
 #[test]
 fn recipients_agree_on_the_order() {
-    check(|| {
-        let server = listening(Server::builder());
+    check(|server| {
         let (_, a) = linked(&server, "ann");
         let (_, b) = linked(&server, "bob");
         a.take();
         let threads = [
-            {
-                let server = server.clone();
-                thread::spawn(move || {
-                    server.broadcast(&numbered(1), None).unwrap();
-                    server.broadcast(&numbered(2), None).unwrap();
-                })
-            },
-            {
-                let server = server.clone();
-                thread::spawn(move || server.broadcast(&numbered(3), None).map(drop).unwrap())
-            },
-            {
-                let server = server.clone();
-                thread::spawn(move || {
-                    let (id, _) = connect(&server);
-                    send(&server, id, link_request("cat"));
-                    send(&server, id, json!({"type": "krmx/unlink"}));
-                })
-            },
+            spawn_with(&server, |server| {
+                server.broadcast(&numbered(1), None).unwrap();
+                server.broadcast(&numbered(2), None).unwrap();
+            }),
+            spawn_with(&server, |server| {
+                server.broadcast(&numbered(3), None).map(drop).unwrap()
+            }),
+            spawn_with(&server, |server| {
+                let (id, _) = link_attempt(&server, "cat");
+                send(&server, id, json!({"type": "krmx/unlink"}));
+            }),
         ];
         for thread in threads {
             thread.join().unwrap();
@@ -93,20 +117,12 @@ fn recipients_agree_on_the_order() {
 /// A newcomer gets exactly the broadcasts made after its link, after its snapshot, and none of those before.
 #[test]
 fn a_newcomer_gets_the_broadcasts_after_its_snapshot() {
-    check(|| {
-        let server = listening(Server::builder());
-        let (_, observer) = linked(&server, "observer");
-        let broadcaster = {
-            let server = server.clone();
-            thread::spawn(move || {
-                for n in 0..3 {
-                    server.broadcast(&numbered(n), None).unwrap();
-                }
-            })
-        };
-        let (id, newbie) = connect(&server);
-        send(&server, id, link_request("newbie"));
-        broadcaster.join().unwrap();
+    check(|server| {
+        let (observer, newbie) = link_racing(&server, "observer", "newbie", |server| {
+            for n in 0..3 {
+                server.broadcast(&numbered(n), None).unwrap();
+            }
+        });
         assert_eq!(broadcast_ids(&observer.take()), [0, 1, 2]);
         let frames = newbie.take();
         let names = kinds(&frames);
@@ -122,19 +138,17 @@ fn a_newcomer_gets_the_broadcasts_after_its_snapshot() {
 /// A send racing an unlink lands before the connection hears of its unlink, or fails; never after.
 #[test]
 fn a_send_never_lands_after_the_unlink() {
-    check(|| {
-        let server = listening(Server::builder());
+    check(|server| {
         let (_, target) = linked(&server, "target");
-        let sender = {
-            let server = server.clone();
-            thread::spawn(move || {
+        race(
+            &server,
+            |server| {
                 for _ in 0..2 {
                     let _ = server.send("target", &Message::new("t/send"));
                 }
-            })
-        };
-        server.unlink("target").unwrap();
-        sender.join().unwrap();
+            },
+            || server.unlink("target").unwrap(),
+        );
         let names = kinds(&target.take());
         let unlinked = names.iter().position(|n| n == "krmx/unlinked target").unwrap();
         assert!(names[unlinked..].iter().all(|n| n != "t/send"), "{names:?}");
@@ -144,17 +158,9 @@ fn a_send_never_lands_after_the_unlink() {
 /// Of two connections linking one name at once, exactly one is accepted; the other gets the reference's reason.
 #[test]
 fn two_links_of_one_name_accept_one() {
-    check(|| {
-        let server = listening(Server::builder());
+    check(|server| {
         let attempts: Vec<_> = (0..2)
-            .map(|_| {
-                let server = server.clone();
-                thread::spawn(move || {
-                    let (id, outbox) = connect(&server);
-                    send(&server, id, link_request("same"));
-                    outbox.take()
-                })
-            })
+            .map(|_| spawn_with(&server, |server| link_attempt(&server, "same").1.take()))
             .collect();
         let replies: Vec<Value> = attempts.into_iter().map(|t| t.join().unwrap()[0].clone()).collect();
         let accepted = replies.iter().filter(|r| r["type"] == "krmx/accepted").count();
@@ -170,8 +176,7 @@ fn two_links_of_one_name_accept_one() {
 /// the old one is in its listener.
 #[test]
 fn one_message_of_a_user_at_a_time_across_a_relink() {
-    check(|| {
-        let server = listening(Server::builder());
+    check(|server| {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let overlaps = Arc::new(AtomicUsize::new(0));
         {
@@ -189,18 +194,18 @@ fn one_message_of_a_user_at_a_time_across_a_relink() {
             });
         }
         let (old, _) = linked(&server, "solo");
-        let talker = {
-            let server = server.clone();
-            thread::spawn(move || {
+        race(
+            &server,
+            move |server| {
                 send(&server, old, json!({"type": "t/x"}));
                 send(&server, old, json!({"type": "t/x"}));
-            })
-        };
-        let _ = server.unlink("solo");
-        let (new, _) = connect(&server);
-        send(&server, new, link_request("solo"));
-        send(&server, new, json!({"type": "t/x"}));
-        talker.join().unwrap();
+            },
+            || {
+                let _ = server.unlink("solo");
+                let (new, _) = link_attempt(&server, "solo");
+                send(&server, new, json!({"type": "t/x"}));
+            },
+        );
         assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two messages of one user at once");
     });
 }
@@ -208,18 +213,10 @@ fn one_message_of_a_user_at_a_time_across_a_relink() {
 /// A kick racing a link leaves every linked connection's view equal to `users()`.
 #[test]
 fn a_kick_racing_a_link_leaves_consistent_views() {
-    check(|| {
-        let server = listening(Server::builder());
-        let (_, watcher) = linked(&server, "watcher");
-        let kicker = {
-            let server = server.clone();
-            thread::spawn(move || {
-                let _ = server.kick("kim");
-            })
-        };
-        let (id, newcomer) = connect(&server);
-        send(&server, id, link_request("kim"));
-        kicker.join().unwrap();
+    check(|server| {
+        let (watcher, newcomer) = link_racing(&server, "watcher", "kim", |server| {
+            let _ = server.kick("kim");
+        });
         let users: Vec<String> = server.users().into_iter().map(|u| u.username).collect();
         let watched = kinds(&watcher.take());
         let k_present = watched.iter().filter(|n| *n == "krmx/joined kim").count()

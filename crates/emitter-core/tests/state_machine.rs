@@ -20,6 +20,11 @@ fn link(server: &Server, username: &str) -> (ConnectionId, Outbox) {
     (id, outbox)
 }
 
+/// The server's users' names, in its order.
+fn usernames(server: &Server) -> Vec<String> {
+    server.users().into_iter().map(|u| u.username).collect()
+}
+
 fn user(username: &str, is_linked: bool) -> User {
     User {
         username: username.to_owned(),
@@ -93,13 +98,12 @@ async fn lifecycle_moves_forward_refuses_repeated_starts_and_closes_once() {
 fn send_fails_in_join_and_works_in_link() {
     let server = listening(Server::builder());
     let results: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (s, r) = (server.clone(), results.clone());
-    server.on_join(move |_, username| {
-        let outcome = s.send(username, &Message::new("custom/welcome-on-join"));
+    let r = results.clone();
+    server.on_join(move |server, username| {
+        let outcome = server.send(username, &Message::new("custom/welcome-on-join"));
         r.lock().push(format!("{outcome:?}"));
     });
-    let s = server.clone();
-    server.on_link(move |_, username| s.send(username, &Message::new("custom/welcome-on-link")).unwrap());
+    server.on_link(|server, username| server.send(username, &Message::new("custom/welcome-on-link")).unwrap());
     let (_, outbox) = link(&server, "simon");
     assert_eq!(*results.lock(), ["Err(SendToUnlinkedUser)"]);
     assert_eq!(
@@ -118,9 +122,9 @@ fn listeners_see_the_state_of_their_event() {
     let server = listening(Server::builder());
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     for event in ["join", "link", "unlink", "leave"] {
-        let (s, seen) = (server.clone(), seen.clone());
-        let listener = move |_: &Server, username: &str| {
-            seen.lock().push(format!("{event} {username} {:?}", s.users()));
+        let seen = seen.clone();
+        let listener = move |server: &Server, username: &str| {
+            seen.lock().push(format!("{event} {username} {:?}", server.users()));
         };
         let _ = match event {
             "join" => server.on_join(listener),
@@ -142,10 +146,9 @@ fn listeners_see_the_state_of_their_event() {
 fn a_join_listener_that_kicks_leaves_everything_consistent() {
     let server = listening(Server::builder());
     let events = record(&server);
-    let s = server.clone();
-    server.on_join(move |_, username| {
+    server.on_join(|server, username| {
         if username == "kickme" {
-            s.kick(username).unwrap();
+            server.kick(username).unwrap();
         }
     });
     let (_, watcher) = link(&server, "watcher");
@@ -167,9 +170,8 @@ fn a_join_listener_that_kicks_leaves_everything_consistent() {
 fn kicking_from_an_unlink_listener_during_a_leave_leaves_once() {
     let server = listening(Server::builder());
     let events = record(&server);
-    let s = server.clone();
-    server.on_unlink(move |_, username| {
-        let _ = s.kick(username);
+    server.on_unlink(|server, username| {
+        let _ = server.kick(username);
     });
     let (id, _) = link(&server, "ann");
     send(&server, id, json!({"type": "krmx/leave"}));
@@ -186,16 +188,10 @@ fn join_order_is_kept_across_relinks_and_rejoins() {
     let (_c, _) = link(&server, "cat");
     server.host().disconnect(a);
     let _ = link(&server, "ann");
-    assert_eq!(
-        server.users().iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
-        ["ann", "bob", "cat"]
-    );
+    assert_eq!(usernames(&server), ["ann", "bob", "cat"]);
     server.kick("bob").unwrap();
     let (_, late) = link(&server, "bob");
-    assert_eq!(
-        server.users().iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
-        ["ann", "cat", "bob"]
-    );
+    assert_eq!(usernames(&server), ["ann", "cat", "bob"]);
     assert_eq!(
         kinds(&late.take()),
         [

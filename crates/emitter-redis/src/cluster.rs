@@ -195,48 +195,30 @@ impl Cluster {
     /// except `skip`. `after` is the last seq the origin had applied. Never blocks: call it where the origin fans
     /// the same message out locally, and the other nodes receive its broadcasts in that order.
     pub fn publish_broadcast(&self, from: &NodeLease, after: u64, skip: Option<&str>, body: Bytes) -> Result<()> {
-        let message = Message {
-            origin: from.node.clone(),
-            generation: from.generation,
-            number: 0, // numbered by the publisher, in the order it sends
-            after,
-            user: skip.map(str::to_owned),
-            keep: false,
-            body,
-        };
-        self.queue(self.shared.keys.broadcast_channel.clone(), message)
+        self.queue(
+            self.shared.keys.broadcast_channel.clone(),
+            message_from(from, after, skip, false, body),
+        )
     }
 
     /// Queues a message for `user`, unlinked everywhere, for every other node to keep until the user links again
     /// (`ServerBuilder::keep_unlinked`). Never blocks; on the broadcast channel, so it keeps its place among this
     /// node's broadcasts.
     pub fn publish_kept(&self, from: &NodeLease, after: u64, user: &str, body: Bytes) -> Result<()> {
-        let message = Message {
-            origin: from.node.clone(),
-            generation: from.generation,
-            number: 0, // numbered by the publisher, in the order it sends
-            after,
-            user: Some(user.to_owned()),
-            keep: true,
-            body,
-        };
-        self.queue(self.shared.keys.broadcast_channel.clone(), message)
+        self.queue(
+            self.shared.keys.broadcast_channel.clone(),
+            message_from(from, after, Some(user), true, body),
+        )
     }
 
     /// Queues a message for `user`, linked on node `to`. Never blocks; sent on the same connection as broadcasts, so
     /// it keeps its place among this node's messages.
     pub fn publish_send(&self, from: &NodeLease, to: &str, after: u64, user: &str, body: Bytes) -> Result<()> {
         check_name(to)?;
-        let message = Message {
-            origin: from.node.clone(),
-            generation: from.generation,
-            number: 0, // numbered by the publisher, in the order it sends
-            after,
-            user: Some(user.to_owned()),
-            keep: false,
-            body,
-        };
-        self.queue(self.shared.keys.node_channel(to), message)
+        self.queue(
+            self.shared.keys.node_channel(to),
+            message_from(from, after, Some(user), false, body),
+        )
     }
 
     fn queue(&self, channel: String, message: Message) -> Result<()> {
@@ -339,5 +321,19 @@ async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing
             }
         }
         batch.clear();
+    }
+}
+
+/// A message from `from`'s node for the other nodes, numbered later by the publisher in the order it sends: `user` is
+/// the recipient, or for a broadcast the user to skip; `keep` marks a message for a user unlinked everywhere.
+fn message_from(from: &NodeLease, after: u64, user: Option<&str>, keep: bool, body: Bytes) -> Message {
+    Message {
+        origin: from.node.clone(),
+        generation: from.generation,
+        number: 0,
+        after,
+        user: user.map(str::to_owned),
+        keep,
+        body,
     }
 }

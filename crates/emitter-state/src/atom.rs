@@ -16,7 +16,7 @@ use serde_json::{Number, Value};
 use crate::domain::Domain;
 use crate::registration::{Listeners, Registration};
 use crate::stats::Counters;
-use crate::wire::{self, AtomSetOut, Incoming};
+use crate::wire::{self, AtomSetOut};
 use crate::{Error, Stats};
 
 /// The value of an atom: a string, a number or a boolean, as in the reference.
@@ -254,18 +254,8 @@ impl Listeners for AtomsModel {
     }
 
     fn message(&self, server: &Server, username: &str, message: &Message) {
-        let set = match wire::atom_set(message) {
-            Incoming::NotOurs => return,
-            Incoming::Malformed(problem) => {
-                tracing::warn!(
-                    username,
-                    problem,
-                    "an atom/set without the protocol's shape was dropped"
-                );
-                self.counters.malformed();
-                return;
-            }
-            Incoming::Ours(set) => set,
+        let Some(set) = wire::atom_set(message).ours(wire::ATOM_SET, None, username, &self.counters) else {
+            return;
         };
         if self.options.strict_key_prefixes && is_foreign(set.key, username) {
             tracing::warn!(username, key = set.key, "an atom/set of another user's key was dropped");

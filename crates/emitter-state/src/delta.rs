@@ -192,8 +192,8 @@ fn smaller(delta: Value, left: &Value, right: &Value) -> Value {
     }
 }
 
-/// The length of `value` serialized compactly, without building the string.
-fn json_len(value: &Value) -> usize {
+/// The length of `value` serialized compactly, without building the string (a stream's history bound counts it too).
+pub(crate) fn json_len(value: &Value) -> usize {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {

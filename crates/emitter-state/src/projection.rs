@@ -26,7 +26,7 @@ use crate::domain::Domain;
 use crate::handlers::{Handlers, Outcome};
 use crate::registration::{Listeners, Registration};
 use crate::stats::Counters;
-use crate::wire::{self, Incoming, ProjectionDeltaOut, ProjectionInvalidateOut, ProjectionSetOut};
+use crate::wire::{self, ProjectionDeltaOut, ProjectionInvalidateOut, ProjectionSetOut};
 use crate::{Error, Stats};
 
 type Mapper<S> = Box<dyn Fn(&S, &str) -> Result<Value, serde_json::Error> + Send + Sync>;
@@ -320,19 +320,9 @@ impl<S: Send + 'static> Listeners for ProjectionInner<S> {
     }
 
     fn message(&self, server: &Server, username: &str, message: &Message) {
-        let action = match wire::projection_action(message, &self.domain) {
-            Incoming::NotOurs => return,
-            Incoming::Malformed(problem) => {
-                tracing::warn!(
-                    domain = self.domain,
-                    username,
-                    problem,
-                    "a projection/action without the protocol's shape was dropped"
-                );
-                self.counters.malformed();
-                return;
-            }
-            Incoming::Ours(action) => action,
+        let incoming = wire::projection_action(message, &self.domain);
+        let Some(action) = incoming.ours(wire::PROJECTION_ACTION, Some(&self.domain), username, &self.counters) else {
+            return;
         };
         let typed = action.action;
         match self.dispatch(server, username, typed.kind, typed.payload, action.optimistic_id) {

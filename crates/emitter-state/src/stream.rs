@@ -14,11 +14,12 @@ use emitter_core::{Message, Server};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::delta::json_len;
 use crate::domain::Domain;
 use crate::handlers::{Handlers, Outcome};
 use crate::registration::{Listeners, Registration};
 use crate::stats::Counters;
-use crate::wire::{self, Incoming, StreamAppendOut};
+use crate::wire::{self, StreamAppendOut};
 use crate::{Error, Stats};
 
 /// How many events a stream's history holds by default: see [`StreamModel::max_events`]. Well below the server's
@@ -293,19 +294,9 @@ impl<S: Send + 'static> Listeners for StreamInner<S> {
     }
 
     fn message(&self, server: &Server, username: &str, message: &Message) {
-        let event = match wire::stream_append(message, &self.domain) {
-            Incoming::NotOurs => return,
-            Incoming::Malformed(problem) => {
-                tracing::warn!(
-                    domain = self.domain,
-                    username,
-                    problem,
-                    "a stream/append without the protocol's shape was dropped"
-                );
-                self.counters.malformed();
-                return;
-            }
-            Incoming::Ours(event) => event,
+        let incoming = wire::stream_append(message, &self.domain);
+        let Some(event) = incoming.ours(wire::STREAM_APPEND, Some(&self.domain), username, &self.counters) else {
+            return;
         };
         match self.append(server, username, event.whole, event.kind, event.payload) {
             Ok(()) | Err(Error::Panicked { .. } | Error::Full) => {} // logged by append
@@ -408,22 +399,4 @@ impl<S: Send + 'static> Stream<S> {
     pub fn unregister(&self) {
         self.registration.unregister();
     }
-}
-
-/// The length of `value` serialized compactly, without keeping the string.
-pub(crate) fn json_len(value: &Value) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    // Writing a Value to a writer that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
 }

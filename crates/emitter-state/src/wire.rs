@@ -28,6 +28,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::stats::Counters;
 use crate::Atom;
 use emitter_core::Message;
 
@@ -53,6 +54,39 @@ pub(crate) enum Incoming<T> {
     Malformed(&'static str),
     /// One for this model.
     Ours(T),
+}
+
+impl<T> Incoming<T> {
+    /// What a model's message listener goes on with: the message when it is [`Ours`](Incoming::Ours), `None` when it
+    /// is not. A [`Malformed`](Incoming::Malformed) one, of type `kind` (in `domain`, for the models that have one),
+    /// is logged as dropped and counted in `counters` first.
+    pub(crate) fn ours(self, kind: &str, domain: Option<&str>, username: &str, counters: &Counters) -> Option<T> {
+        match self {
+            Incoming::NotOurs => None,
+            Incoming::Malformed(problem) => {
+                match domain {
+                    Some(domain) => {
+                        tracing::warn!(
+                            domain,
+                            username,
+                            kind,
+                            problem,
+                            "a message without the protocol's shape was dropped"
+                        )
+                    }
+                    None => tracing::warn!(
+                        username,
+                        kind,
+                        problem,
+                        "a message without the protocol's shape was dropped"
+                    ),
+                }
+                counters.malformed();
+                None
+            }
+            Incoming::Ours(value) => Some(value),
+        }
+    }
 }
 
 /// The payload's members, when `message` is of type `kind` and its payload is an object whose `domain` is `domain`.

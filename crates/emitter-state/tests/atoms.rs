@@ -14,10 +14,7 @@ fn set(key: &str, atom: Value) -> Value {
 fn a_set_goes_to_everyone_the_sender_included_and_a_linking_user_gets_every_atom() {
     let server = listening();
     let atoms = AtomModel::new().register(&server);
-    let mut alice = Conn::linked(&server, "alice");
-    let mut bob = Conn::linked(&server, "bob");
-    alice.read();
-    bob.read();
+    let (mut alice, mut bob) = (Conn::settled(&server, "alice"), Conn::settled(&server, "bob"));
 
     alice.send(set("color", json!("blue")));
     alice.send(set("volume", json!(0.5)));
@@ -54,8 +51,7 @@ fn a_set_goes_to_everyone_the_sender_included_and_a_linking_user_gets_every_atom
 fn anything_but_a_string_number_or_boolean_is_dropped_and_counted() {
     let server = listening();
     let atoms = AtomModel::new().register(&server);
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let mut alice = Conn::settled(&server, "alice");
     for bad in [
         set("k", json!(null)),
         set("k", json!({"a": 1})),
@@ -76,8 +72,7 @@ fn anything_but_a_string_number_or_boolean_is_dropped_and_counted() {
 fn with_strict_prefixes_a_user_sets_only_its_own_keys_and_keys_without_a_slash() {
     let server = listening();
     let atoms = AtomModel::new().strict_key_prefixes(true).register(&server);
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let mut alice = Conn::settled(&server, "alice");
     alice.send(set("alice/color", json!("red")));
     alice.send(set("bob/color", json!("red")));
     alice.send(set("alicex/color", json!("red")));
@@ -97,8 +92,7 @@ fn with_strict_prefixes_a_user_sets_only_its_own_keys_and_keys_without_a_slash()
 fn without_strict_prefixes_anyone_sets_any_key() {
     let server = listening();
     let atoms = AtomModel::new().register(&server);
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let mut alice = Conn::settled(&server, "alice");
     alice.send(set("bob/color", json!("red")));
     assert_eq!(alice.read_app(), [set("bob/color", json!("red"))]);
     assert_eq!(atoms.stats().forbidden, 0);
@@ -124,8 +118,7 @@ fn the_atoms_are_cleared_when_the_last_user_leaves_if_asked() {
 fn new_keys_beyond_the_bound_are_dropped_but_known_keys_still_change() {
     let server = listening();
     let atoms = AtomModel::new().max_atoms(2).register(&server);
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let mut alice = Conn::settled(&server, "alice");
     alice.send(set("a", json!(1)));
     alice.send(set("b", json!(1)));
     alice.send(set("c", json!(1)));
@@ -142,8 +135,7 @@ fn new_keys_beyond_the_bound_are_dropped_but_known_keys_still_change() {
 #[test]
 fn a_model_registered_on_a_running_server_catches_up_the_users_linked_already() {
     let server = listening();
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let mut alice = Conn::settled(&server, "alice");
     let atoms = AtomModel::new().register(&server);
     atoms.set(&server, "k", "v").unwrap();
     assert_eq!(alice.read_app(), [set("k", json!("v"))]);

@@ -4,7 +4,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use emitter_core::Message;
+use emitter_core::{Message, Server};
 use emitter_state::{Error, Projection, ProjectionModel};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -79,6 +79,27 @@ fn sync(conn: &mut Conn, replica: &mut Replica) -> Vec<Value> {
         .collect()
 }
 
+/// A listening server that serves the table as `table`.
+fn served() -> (Server, Projection<Table>) {
+    let server = listening();
+    let table = table().register(&server, "table");
+    (server, table)
+}
+
+/// `username` takes `card` from the server's side (no connection of theirs involved).
+fn server_side_take(table: &Projection<Table>, server: &Server, username: &str, card: u32) {
+    let take = Message::with_payload("take", json!({ "card": card }));
+    table.dispatch(server, username, &take, None).unwrap();
+}
+
+/// A new connection linked to `username`, and a replica that took in what it was sent on linking.
+fn replicated(server: &Server, username: &str) -> (Conn, Replica) {
+    let mut conn = Conn::linked(server, username);
+    let mut replica = Replica::new(username);
+    sync(&mut conn, &mut replica);
+    (conn, replica)
+}
+
 fn check(projection: &Projection<Table>, username: &str, replica: &Replica) {
     assert_eq!(
         replica.projections.get("table"),
@@ -89,16 +110,8 @@ fn check(projection: &Projection<Table>, username: &str, replica: &Replica) {
 
 #[test]
 fn a_linking_user_gets_its_own_projection_after_its_snapshot() {
-    let server = listening();
-    let table = table().register(&server, "table");
-    table
-        .dispatch(
-            &server,
-            "alice",
-            &Message::with_payload("take", json!({"card": 7})),
-            None,
-        )
-        .unwrap();
+    let (server, table) = served();
+    server_side_take(&table, &server, "alice", 7);
     let mut alice = Conn::linked(&server, "alice");
     let frames = alice.read();
     let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
@@ -111,12 +124,8 @@ fn a_linking_user_gets_its_own_projection_after_its_snapshot() {
 
 #[test]
 fn after_an_action_every_user_gets_its_delta_and_only_the_dispatcher_gets_the_id() {
-    let server = listening();
-    let table = table().register(&server, "table");
-    let (mut alice, mut bob) = (Conn::linked(&server, "alice"), Conn::linked(&server, "bob"));
-    let (mut a, mut b) = (Replica::new("alice"), Replica::new("bob"));
-    sync(&mut alice, &mut a);
-    sync(&mut bob, &mut b);
+    let (server, table) = served();
+    let ((mut alice, mut a), (mut bob, mut b)) = (replicated(&server, "alice"), replicated(&server, "bob"));
 
     alice.send(take(7, Some("opt0-1")));
     let to_alice = sync(&mut alice, &mut a);
@@ -141,12 +150,8 @@ fn after_an_action_every_user_gets_its_delta_and_only_the_dispatcher_gets_the_id
 
 #[test]
 fn an_action_that_changes_no_projection_invalidates_the_dispatchers_id_only() {
-    let server = listening();
-    let table = table().register(&server, "table");
-    let (mut alice, mut bob) = (Conn::linked(&server, "alice"), Conn::linked(&server, "bob"));
-    let (mut a, mut b) = (Replica::new("alice"), Replica::new("bob"));
-    sync(&mut alice, &mut a);
-    sync(&mut bob, &mut b);
+    let (server, table) = served();
+    let ((mut alice, mut a), (mut bob, mut b)) = (replicated(&server, "alice"), replicated(&server, "bob"));
 
     alice.send(action("shuffle", None, Some("opt0-2")));
     assert_eq!(
@@ -162,12 +167,8 @@ fn an_action_that_changes_no_projection_invalidates_the_dispatchers_id_only() {
 
 #[test]
 fn a_refused_unknown_or_unfit_action_invalidates_the_dispatchers_id_and_is_counted() {
-    let server = listening();
-    let table = table().register(&server, "table");
-    let (mut alice, mut bob) = (Conn::linked(&server, "alice"), Conn::linked(&server, "bob"));
-    let (mut a, mut b) = (Replica::new("alice"), Replica::new("bob"));
-    sync(&mut alice, &mut a);
-    sync(&mut bob, &mut b);
+    let (server, table) = served();
+    let ((mut alice, mut a), (mut bob, mut b)) = (replicated(&server, "alice"), replicated(&server, "bob"));
 
     alice.send(action("play", Some(json!({"card": 3})), Some("opt0-3"))); // not held
     alice.send(action("fly", None, Some("opt0-4")));
@@ -213,8 +214,7 @@ fn a_refused_unknown_or_unfit_action_invalidates_the_dispatchers_id_and_is_count
 
 #[test]
 fn a_relinking_user_gets_a_fresh_projection_and_carries_on() {
-    let server = listening();
-    let table = table().register(&server, "table");
+    let (server, table) = served();
     let mut alice = Conn::linked(&server, "alice");
     let mut a = Replica::new("alice");
     alice.send(take(1, None));
@@ -222,17 +222,8 @@ fn a_relinking_user_gets_a_fresh_projection_and_carries_on() {
     alice.disconnect();
 
     // Meanwhile, changes alice's projection.
-    table
-        .dispatch(&server, "bob", &Message::with_payload("take", json!({"card": 2})), None)
-        .unwrap();
-    table
-        .dispatch(
-            &server,
-            "alice",
-            &Message::with_payload("take", json!({"card": 3})),
-            None,
-        )
-        .unwrap();
+    server_side_take(&table, &server, "bob", 2);
+    server_side_take(&table, &server, "alice", 3);
 
     let mut again = Conn::linked(&server, "alice");
     let mut a = Replica::new("alice");
@@ -247,11 +238,8 @@ fn a_relinking_user_gets_a_fresh_projection_and_carries_on() {
 
 #[test]
 fn a_server_side_update_reaches_everyone_and_a_panicking_handler_leaves_clients_following_the_state() {
-    let server = listening();
-    let table = table().register(&server, "table");
-    let mut alice = Conn::linked(&server, "alice");
-    let mut a = Replica::new("alice");
-    sync(&mut alice, &mut a);
+    let (server, table) = served();
+    let (mut alice, mut a) = replicated(&server, "alice");
 
     table.update(&server, |t| t.pile.push(5)).unwrap();
     assert_eq!(sync(&mut alice, &mut a).len(), 1);
@@ -285,8 +273,7 @@ fn a_mapper_that_is_not_json_leaves_the_user_at_its_last_projection() {
     })
     .when("inc", |n: &mut u32, _: &str, (): ()| *n += 1)
     .register(&server, "odd");
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let mut alice = Conn::settled(&server, "alice");
     let inc = json!({"type": "projection/action", "payload": {"domain": "odd", "action": {"type": "inc"}, "optimisticId": "x"}});
     alice.send(inc.clone());
     assert_eq!(alice.read_app()[0]["payload"]["optimisticId"], "x");

@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::{Arc, OnceLock};
 
-use emitter_core::Message;
+use emitter_core::{Message, Server};
 use emitter_state::{Error, Stream, StreamModel};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -47,17 +47,25 @@ fn append(domain: &str, dispatcher: &str, event: Value) -> Value {
     json!({"type": "stream/append", "payload": {"domain": domain, "dispatcher": dispatcher, "event": event}})
 }
 
+/// An `increment` event of the counter, by `by` (an integer, or something that is not one).
+fn increment(by: impl Into<Value>) -> Value {
+    json!({"type": "increment", "payload": {"by": by.into()}})
+}
+
+/// A listening server that serves `model` as `counter`.
+fn served(model: StreamModel<Counter>) -> (Server, Stream<Counter>) {
+    let server = listening();
+    let stream = model.register(&server, "counter");
+    (server, stream)
+}
+
 #[test]
 fn an_accepted_event_goes_to_everyone_with_the_sender_as_dispatcher() {
-    let server = listening();
-    let stream = counter().register(&server, "counter");
-    let mut alice = Conn::linked(&server, "alice");
-    let mut bob = Conn::linked(&server, "bob");
-    alice.read();
-    bob.read();
+    let (server, stream) = served(counter());
+    let (mut alice, mut bob) = (Conn::settled(&server, "alice"), Conn::settled(&server, "bob"));
 
     // Whatever the client claims, the dispatcher is who sent it (the reference client sends 'self' when unlinked).
-    let event = json!({"type": "increment", "payload": {"by": 2}});
+    let event = increment(2);
     alice.send(append("counter", "mallory", event.clone()));
     let echoed = append("counter", "alice", event);
     assert_eq!(alice.read_app(), std::slice::from_ref(&echoed));
@@ -74,8 +82,7 @@ fn the_event_is_echoed_exactly_as_sent_member_order_included() {
     let _stream = StreamModel::new(0)
         .when("note", |_: &mut i32, _: &str, _: Value| {})
         .register(&server, "notes");
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let mut alice = Conn::settled(&server, "alice");
     let event = r#"{"type":"note","payload":{"z":1,"a":{"y":[1.5,"x"],"b":null}},"extra":true}"#;
     alice.send_text(&format!(
         r#"{{"type":"stream/append","payload":{{"domain":"notes","dispatcher":"self","event":{event}}}}}"#
@@ -87,15 +94,10 @@ fn the_event_is_echoed_exactly_as_sent_member_order_included() {
 
 #[test]
 fn a_linking_user_gets_the_history_after_its_snapshot_and_then_the_new_events() {
-    let server = listening();
-    let stream = counter().register(&server, "counter");
+    let (server, stream) = served(counter());
     let mut alice = Conn::linked(&server, "alice");
     alice.send(append("counter", "alice", json!({"type": "claim"})));
-    alice.send(append(
-        "counter",
-        "alice",
-        json!({"type": "increment", "payload": {"by": 5}}),
-    ));
+    alice.send(append("counter", "alice", increment(5)));
     alice.read();
 
     let mut bob = Conn::linked(&server, "bob");
@@ -116,11 +118,7 @@ fn a_linking_user_gets_the_history_after_its_snapshot_and_then_the_new_events() 
     assert_eq!(frames[5], append("counter", "alice", json!({"type": "claim"})));
 
     // Bob may not increment alice's claimed counter: refused, sent to no one, not in the history.
-    bob.send(append(
-        "counter",
-        "bob",
-        json!({"type": "increment", "payload": {"by": 1}}),
-    ));
+    bob.send(append("counter", "bob", increment(1)));
     assert_eq!(bob.read_app(), Vec::<Value>::new());
     assert_eq!(alice.read_app(), Vec::<Value>::new());
     assert_eq!(stream.len(), 2);
@@ -129,16 +127,10 @@ fn a_linking_user_gets_the_history_after_its_snapshot_and_then_the_new_events() 
 
 #[test]
 fn unknown_types_unfit_payloads_and_malformed_appends_are_dropped_and_counted() {
-    let server = listening();
-    let stream = counter().register(&server, "counter");
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let (server, stream) = served(counter());
+    let mut alice = Conn::settled(&server, "alice");
     alice.send(append("counter", "alice", json!({"type": "decrement"})));
-    alice.send(append(
-        "counter",
-        "alice",
-        json!({"type": "increment", "payload": {"by": "1"}}),
-    ));
+    alice.send(append("counter", "alice", increment("1")));
     alice.send(append("counter", "alice", json!({"type": "increment"})));
     alice.send(append("counter", "alice", json!("increment")));
     alice.send(json!({"type": "stream/append", "payload": {"domain": "counter"}}));
@@ -158,16 +150,10 @@ fn unknown_types_unfit_payloads_and_malformed_appends_are_dropped_and_counted() 
 
 #[test]
 fn a_full_history_refuses_new_events_rather_than_forget_old_ones() {
-    let server = listening();
-    let stream = counter().max_events(3).register(&server, "counter");
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let (server, stream) = served(counter().max_events(3));
+    let mut alice = Conn::settled(&server, "alice");
     for _ in 0..5 {
-        alice.send(append(
-            "counter",
-            "alice",
-            json!({"type": "increment", "payload": {"by": 1}}),
-        ));
+        alice.send(append("counter", "alice", increment(1)));
     }
     assert_eq!(alice.read_app().len(), 3);
     assert_eq!(stream.with_state(|c| c.value), Ok(3));
@@ -187,24 +173,15 @@ fn a_full_history_refuses_new_events_rather_than_forget_old_ones() {
 
 #[test]
 fn a_relink_gets_the_whole_history_again_and_nothing_twice() {
-    let server = listening();
-    let _stream = counter().register(&server, "counter");
+    let (server, _stream) = served(counter());
     let mut alice = Conn::linked(&server, "alice");
-    alice.send(append(
-        "counter",
-        "alice",
-        json!({"type": "increment", "payload": {"by": 1}}),
-    ));
+    alice.send(append("counter", "alice", increment(1)));
     alice.send(json!({"type": "krmx/unlink"}));
     alice.read();
     alice.link("alice");
     let appends: Vec<Value> = alice.read_app();
     assert_eq!(appends.len(), 1);
-    alice.send(append(
-        "counter",
-        "alice",
-        json!({"type": "increment", "payload": {"by": 1}}),
-    ));
+    alice.send(append("counter", "alice", increment(1)));
     assert_eq!(alice.read_app().len(), 1);
 }
 
@@ -219,8 +196,7 @@ fn a_server_side_append_and_a_panicking_handler() {
             panic!("a bug")
         })
         .register(&server, "chat");
-    let mut alice = Conn::linked(&server, "alice");
-    alice.read();
+    let mut alice = Conn::settled(&server, "alice");
     stream
         .append(&server, "host", &Message::with_payload("say", "hi"))
         .unwrap();

@@ -15,6 +15,15 @@ pub fn linked(username: &str) -> Value {
     json!({"type": "krmx/linked", "payload": {"username": username}})
 }
 
+/// What a newcomer is sent of the users that are linked, in join order (its own user last): `krmx/joined` then
+/// `krmx/linked` for each of `usernames`.
+pub fn snapshot(usernames: &[&str]) -> Vec<Value> {
+    usernames
+        .iter()
+        .flat_map(|username| [joined(username), linked(username)])
+        .collect()
+}
+
 /// `krmx/unlinked` for `username`.
 pub fn unlinked(username: &str) -> Value {
     json!({"type": "krmx/unlinked", "payload": {"username": username}})

@@ -21,6 +21,7 @@ use emitter_core::Server;
 
 pub mod frames;
 mod http;
+mod logs;
 mod raw;
 mod receive;
 mod recorder;
@@ -29,6 +30,7 @@ mod test_client;
 
 pub use frames::*;
 pub use http::{http, http_get, HttpResponse};
+pub use logs::CapturedLogs;
 pub use raw::{opcode, RawClient, WsStream};
 pub use receive::Receive;
 pub use recorder::{start, start_default, Recorder};

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{connect_async, connect_async_with_config, MaybeTlsStream, WebSocketStream};
 
-use crate::frames::{accepted, joined, link_request, linked};
+use crate::frames::{accepted, joined, link_request, linked, snapshot, unlinked};
 use crate::{Receive, TIMEOUT};
 
 /// The WebSocket under a [`RawClient`], for a test that drives it itself (a flood, a reader that never reads).
@@ -107,10 +107,31 @@ impl RawClient {
     /// Links `first`, then `second`, each up to its own `krmx/linked`, and reads `second`'s `krmx/joined` and
     /// `krmx/linked` on `first`'s connection: two users with nothing left to read.
     pub async fn link_pair(port: u16, first: &str, second: &str) -> (RawClient, RawClient) {
-        let mut one = RawClient::link_and_settle(port, first).await;
-        let two = RawClient::link_and_settle(port, second).await;
-        one.expect_all(&[joined(second), linked(second)]).await;
+        RawClient::link_pair_on((port, first), (port, second)).await
+    }
+
+    /// [`link_pair`](Self::link_pair) with each user on a port of its own (nodes of one cluster): `(port, username)`.
+    pub async fn link_pair_on(first: (u16, &str), second: (u16, &str)) -> (RawClient, RawClient) {
+        let mut one = RawClient::link_and_settle(first.0, first.1).await;
+        let two = RawClient::link_and_settle(second.0, second.1).await;
+        one.expect_all(&[joined(second.1), linked(second.1)]).await;
         (one, two)
+    }
+
+    /// A takeover under `LinkPolicy::Replace`, checked frame by frame: with bob and alice linked on `port` (as
+    /// [`link_pair`](Self::link_pair) links them), alice links again on a new connection. Returns bob and alice's new
+    /// connection, with nothing left to read (dropping them closes them).
+    pub async fn take_over_alice(port: u16) -> (RawClient, RawClient) {
+        let (mut bob, mut old) = RawClient::link_pair(port, "bob", "alice").await;
+        let mut new = RawClient::link_as(port, "alice").await;
+        // The old connection hears of its unlink, then is closed.
+        old.expect(unlinked("alice")).await;
+        old.expect_closed().await;
+        // Everyone else sees one unlink and one link.
+        bob.expect_all(&[unlinked("alice"), linked("alice")]).await;
+        // The new connection gets the snapshot, as any newcomer.
+        new.expect_all(&snapshot(&["bob", "alice"])).await;
+        (bob, new)
     }
 
     /// Sends a link request on this connection and waits for accepted or rejected.
@@ -212,6 +233,18 @@ impl RawClient {
                 ),
             }
         }
+    }
+
+    /// Reads up to the close frame (see [`expect_close_frame`](Self::expect_close_frame)) and asserts that it carries
+    /// `code` and `reason`.
+    pub async fn expect_close_with(&mut self, code: u16, reason: &str) {
+        let frame = self.expect_close_frame().await;
+        assert_eq!(
+            frame,
+            Some((code, reason.to_owned())),
+            "{:?}'s close frame",
+            self.username
+        );
     }
 
     /// Closes the connection from the client side and waits until the server has seen it.

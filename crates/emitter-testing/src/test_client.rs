@@ -87,6 +87,12 @@ impl TestClient {
         (client, outcome)
     }
 
+    /// Asserts that a link attempt as `username` with `auth` (see [`attempt`](Self::attempt)) is rejected with `reason`.
+    pub async fn expect_rejected(url: &str, username: &str, auth: Option<&str>, reason: &str) {
+        let (_client, outcome) = TestClient::attempt(url, username, auth).await;
+        assert_eq!(outcome, Err(reason.to_owned()), "{username} with {auth:?}");
+    }
+
     /// Connects to `url`, links as `username` (panics unless it is accepted), and reads the snapshot up to and
     /// including its own `krmx/linked`.
     pub async fn linked(url: &str, username: &str) -> TestClient {

@@ -92,6 +92,23 @@ impl Player {
     }
 }
 
+/// alice and bob join and sit down, in that order (messages of different users are handled in parallel, so each
+/// waits for its own seat before the next sits down); then `dealer` (alice or bob) deals, and both read up to the dealt
+/// table.
+async fn dealt(url: &str, dealer: &str) -> (Player, Player) {
+    let mut alice = Player::join(url, "alice").await;
+    let mut bob = Player::join(url, "bob").await;
+    alice.act("sit", None, "a1");
+    alice.settle().await;
+    bob.act("sit", None, "b1");
+    bob.settle().await;
+    let by = if dealer == "alice" { &alice } else { &bob };
+    by.act("start", None, &format!("{}2", &dealer[..1]));
+    alice.settle().await;
+    bob.settle().await;
+    (alice, bob)
+}
+
 fn fits(card: &str, top: &str) -> bool {
     example_cards::game::fits(card, top)
 }
@@ -99,16 +116,7 @@ fn fits(card: &str, top: &str) -> bool {
 #[tokio::test]
 async fn two_players_see_only_their_own_hands_and_play_a_game_to_the_end() {
     let (_cards, url) = start().await;
-    let mut alice = Player::join(&url, "alice").await;
-    let mut bob = Player::join(&url, "bob").await;
-    // Messages of different users are handled in parallel: alice sits first, then bob, then someone deals.
-    alice.act("sit", None, "a1");
-    alice.settle().await;
-    bob.act("sit", None, "b1");
-    bob.settle().await;
-    alice.act("start", None, "a2");
-    alice.settle().await;
-    bob.settle().await;
+    let (alice, bob) = dealt(&url, "alice").await;
     assert_eq!(alice.view["phase"], "playing");
     assert_eq!(alice.hand().len(), 5);
     assert_eq!(
@@ -163,16 +171,7 @@ async fn two_players_see_only_their_own_hands_and_play_a_game_to_the_end() {
 #[tokio::test]
 async fn a_card_that_may_not_be_played_is_invalidated_for_its_player_only() {
     let (cards, url) = start().await;
-    let mut alice = Player::join(&url, "alice").await;
-    let mut bob = Player::join(&url, "bob").await;
-    // Messages of different users are handled in parallel: alice sits first, then bob, then someone deals.
-    alice.act("sit", None, "a1");
-    alice.settle().await;
-    bob.act("sit", None, "b1");
-    bob.settle().await;
-    bob.act("start", None, "b2");
-    alice.settle().await;
-    bob.settle().await;
+    let (mut alice, mut bob) = dealt(&url, "bob").await;
 
     // Not bob's turn, and a card alice does not hold: each is answered with an invalidate of its own id.
     bob.act("draw", None, "b3");
@@ -199,15 +198,7 @@ async fn a_card_that_may_not_be_played_is_invalidated_for_its_player_only() {
 #[tokio::test]
 async fn a_player_who_leaves_ends_a_two_player_game_and_a_relink_gets_the_table() {
     let (_cards, url) = start().await;
-    let mut alice = Player::join(&url, "alice").await;
-    let mut bob = Player::join(&url, "bob").await;
-    // Messages of different users are handled in parallel: alice sits first, then bob, then someone deals.
-    alice.act("sit", None, "a1");
-    alice.settle().await;
-    bob.act("sit", None, "b1");
-    bob.settle().await;
-    bob.act("start", None, "b2");
-    bob.settle().await;
+    let (mut alice, bob) = dealt(&url, "bob").await;
     let hand = bob.hand();
 
     // Bob unlinks, then links from a new connection (a reload), and gets his hand back in a projection/set.

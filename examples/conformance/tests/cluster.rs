@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use emitter_testing::redis::RedisServer;
-use emitter_testing::{joined, left, linked, redis_or_skip, unlinked, RawClient, Receive};
+use emitter_testing::{joined, left, linked, redis_or_skip, snapshot, unlinked, RawClient, Receive};
 use serde_json::{json, Value};
 
 /// One conformance process, a node of the cluster `conformance` (main endpoint) on a test's Redis.
@@ -23,6 +23,11 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// Starts nodes `n1`, `n2`, … (as many as asked for), each with a lease of `lease_ms`, and waits until they serve.
+    fn start_all<const N: usize>(redis: &RedisServer, lease_ms: u64) -> [NodeProcess; N] {
+        std::array::from_fn(|i| NodeProcess::start(redis, &format!("n{}", i + 1), lease_ms))
+    }
+
     /// Starts node `id` with a lease of `lease_ms`, and waits until it serves.
     fn start(redis: &RedisServer, id: &str, lease_ms: u64) -> NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_example-conformance"))
@@ -200,8 +205,9 @@ fn broadcasted(from: &str, payload: Value) -> Value {
 
 /// Every observer broadcasts a marker and reads every observer's marker. A node delivers another node's broadcast
 /// only once it applied everything its origin had applied when sending it, so afterwards every node has applied
-/// every change made before the markers were sent.
-async fn settle(observers: &mut [Observer], round: u32) {
+/// every change made before the markers were sent: then every view is one and the same list
+/// ([`assert_one_view`]), which it returns.
+async fn settle(observers: &mut [Observer], round: u32) -> Value {
     for observer in observers.iter_mut() {
         observer
             .client
@@ -224,6 +230,7 @@ async fn settle(observers: &mut [Observer], round: u32) {
             }
         }
     }
+    assert_one_view(observers).await
 }
 
 /// Every observer's view, and every node's `users()`, are one and the same list.
@@ -240,9 +247,7 @@ async fn assert_one_view(observers: &mut [Observer]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_serve_one_set_of_users() {
     let redis = redis_or_skip!();
-    let nodes: Vec<NodeProcess> = (1..=3)
-        .map(|i| NodeProcess::start(&redis, &format!("n{i}"), 10_000))
-        .collect();
+    let nodes: [NodeProcess; 3] = NodeProcess::start_all(&redis, 10_000);
     let mut alice = Observer::link(nodes[0].port, "alice").await;
     let mut bob = Observer::link(nodes[1].port, "bob").await;
     let carol = Observer::link(nodes[2].port, "carol").await;
@@ -259,14 +264,12 @@ async fn three_processes_serve_one_set_of_users() {
     bob.read_until(&linked("carol")).await;
     let mut observers = [alice, bob, carol];
     settle(&mut observers, 0).await;
-    assert_one_view(&mut observers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_name_raced_on_two_processes_has_one_winner() {
     let redis = redis_or_skip!();
-    let one = NodeProcess::start(&redis, "n1", 10_000);
-    let two = NodeProcess::start(&redis, "n2", 10_000);
+    let [one, two] = NodeProcess::start_all(&redis, 10_000);
     const TRIALS: usize = 200;
     const AT_ONCE: usize = 20;
     for batch in 0..TRIALS / AT_ONCE {
@@ -296,11 +299,8 @@ async fn the_same_name_raced_on_two_processes_has_one_winner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relink_kick_join_and_leave_across_processes() {
     let redis = redis_or_skip!();
-    let one = NodeProcess::start(&redis, "n1", 10_000);
-    let two = NodeProcess::start(&redis, "n2", 10_000);
-    let mut bob = Observer::link(two.port, "bob").await;
-    let alice = RawClient::link_and_settle(one.port, "alice").await;
-    bob.read_until(&linked("alice")).await;
+    let [one, two] = NodeProcess::start_all(&redis, 10_000);
+    let (alice, mut bob) = alice_watched_by_bob(&one, &two).await;
     // alice's connection drops on one process; she relinks on the other.
     alice.close().await;
     bob.read_until(&unlinked("alice")).await;
@@ -331,6 +331,24 @@ async fn relink_kick_join_and_leave_across_processes() {
     assert_one_view(&mut observers).await;
 }
 
+/// Two processes with a lease of `lease_ms`, alice linked on the first and bob on the second, once alice has seen bob
+/// link.
+async fn alice_and_bob(redis: &RedisServer, lease_ms: u64) -> ([NodeProcess; 2], RawClient, RawClient) {
+    let [one, two] = NodeProcess::start_all(redis, lease_ms);
+    let mut alice = RawClient::link_and_settle(one.port, "alice").await;
+    let bob = RawClient::link_and_settle(two.port, "bob").await;
+    alice.recv_until(&linked("bob")).await;
+    ([one, two], alice, bob)
+}
+
+/// alice linked on `one`, and bob observing from `two` once he has seen her link.
+async fn alice_watched_by_bob(one: &NodeProcess, two: &NodeProcess) -> (RawClient, Observer) {
+    let mut bob = Observer::link(two.port, "bob").await;
+    let alice = RawClient::link_and_settle(one.port, "alice").await;
+    bob.read_until(&linked("alice")).await;
+    (alice, bob)
+}
+
 /// Links `username` on `port`, trying again while its previous connection's unlink is still on its way: a client
 /// whose socket closed is unlinked once the server has noticed, which the client cannot wait for.
 async fn link_once_unlinked(port: u16, username: &str) -> RawClient {
@@ -350,9 +368,7 @@ async fn link_once_unlinked(port: u16, username: &str) -> RawClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_churn_every_view_equals_users_on_every_process() {
     let redis = redis_or_skip!();
-    let nodes: Vec<NodeProcess> = (1..=3)
-        .map(|i| NodeProcess::start(&redis, &format!("n{i}"), 10_000))
-        .collect();
+    let nodes: [NodeProcess; 3] = NodeProcess::start_all(&redis, 10_000);
     let ports: Vec<u16> = nodes.iter().map(|node| node.port).collect();
     let mut observers = Vec::new();
     for (i, port) in ports.iter().enumerate() {
@@ -393,8 +409,7 @@ async fn after_churn_every_view_equals_users_on_every_process() {
     for worker in workers {
         kept.push(worker.await.unwrap());
     }
-    settle(&mut observers, 1).await;
-    let users = assert_one_view(&mut observers).await;
+    let users = settle(&mut observers, 1).await;
     let linked_churners = users
         .as_array()
         .unwrap()
@@ -411,11 +426,8 @@ async fn after_churn_every_view_equals_users_on_every_process() {
 async fn a_killed_process_has_its_users_unlinked_everywhere_within_the_lease() {
     let redis = redis_or_skip!();
     let lease = Duration::from_millis(1500);
-    let doomed = NodeProcess::start(&redis, "n1", lease.as_millis() as u64);
-    let survivor = NodeProcess::start(&redis, "n2", lease.as_millis() as u64);
-    let mut bob = Observer::link(survivor.port, "bob").await;
-    let _alice = RawClient::link_and_settle(doomed.port, "alice").await;
-    bob.read_until(&linked("alice")).await;
+    let [doomed, survivor] = NodeProcess::start_all(&redis, lease.as_millis() as u64);
+    let (_alice, mut bob) = alice_watched_by_bob(&doomed, &survivor).await;
     let killed = Instant::now();
     doomed.signal("-KILL");
     // The lease runs out and a reaper (the survivor, every second) unlinks alice for everyone.
@@ -435,11 +447,8 @@ async fn a_killed_process_has_its_users_unlinked_everywhere_within_the_lease() {
 async fn a_process_paused_past_its_lease_comes_back_without_the_users_taken_over() {
     let redis = redis_or_skip!();
     let lease = Duration::from_millis(1500);
-    let paused = NodeProcess::start(&redis, "n1", lease.as_millis() as u64);
-    let other = NodeProcess::start(&redis, "n2", lease.as_millis() as u64);
-    let mut bob = Observer::link(other.port, "bob").await;
-    let mut stale_alice = RawClient::link_and_settle(paused.port, "alice").await;
-    bob.read_until(&linked("alice")).await;
+    let [paused, other] = NodeProcess::start_all(&redis, lease.as_millis() as u64);
+    let (mut stale_alice, mut bob) = alice_watched_by_bob(&paused, &other).await;
     paused.signal("-STOP");
     bob.read_until(&unlinked("alice")).await;
     // alice is taken over on the other process while the first one sleeps.
@@ -450,8 +459,7 @@ async fn a_process_paused_past_its_lease_comes_back_without_the_users_taken_over
     // The woken process is fenced: it starts over, closing its connections, and links nobody.
     stale_alice.expect_closed().await;
     let mut observers = [bob];
-    settle(&mut observers, 2).await;
-    let users = assert_one_view(&mut observers).await;
+    let users = settle(&mut observers, 2).await;
     assert_eq!(
         users,
         json!([{"username": "bob", "isLinked": true}, {"username": "alice", "isLinked": true}])
@@ -473,21 +481,12 @@ async fn a_process_paused_past_its_lease_comes_back_without_the_users_taken_over
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_restarts_empty_the_processes_start_over_and_clients_relink() {
     let mut redis = redis_or_skip!();
-    let one = NodeProcess::start(&redis, "n1", 10_000);
-    let two = NodeProcess::start(&redis, "n2", 10_000);
-    let mut alice = RawClient::link_and_settle(one.port, "alice").await;
-    let mut bob = RawClient::link_and_settle(two.port, "bob").await;
-    alice.recv_until(&linked("bob")).await;
+    let ([one, two], mut alice, mut bob) = alice_and_bob(&redis, 10_000).await;
     redis.restart_empty();
     // Both processes notice the new epoch and start over: their clients are closed and relink.
     alice.expect_closed().await;
     bob.expect_closed().await;
-    let mut alice = Observer::link_when_available(one.port, "alice").await;
-    let bob = Observer::link_when_available(two.port, "bob").await;
-    alice.read_until(&linked("bob")).await;
-    let mut observers = [alice, bob];
-    settle(&mut observers, 3).await;
-    let users = assert_one_view(&mut observers).await;
+    let users = relink_alice_and_bob(&one, &two, 3).await;
     assert_eq!(
         users,
         json!([{"username": "alice", "isLinked": true}, {"username": "bob", "isLinked": true}])
@@ -540,6 +539,15 @@ async fn health_becomes(port: u16, status: u16) -> String {
     }
 }
 
+/// alice links again on `one` and bob on `two`, each as soon as its process serves again, and the views settle (round
+/// `round`) to one, which is returned.
+async fn relink_alice_and_bob(one: &NodeProcess, two: &NodeProcess, round: u32) -> Value {
+    let mut alice = Observer::link_when_available(one.port, "alice").await;
+    let bob = Observer::link_when_available(two.port, "bob").await;
+    alice.read_until(&linked("bob")).await;
+    settle(&mut [alice, bob], round).await
+}
+
 /// Links `username`, trying again while the node is still rejoining its cluster.
 async fn link_once_available(port: u16, username: &str) -> RawClient {
     let deadline = Instant::now() + emitter_testing::TIMEOUT;
@@ -565,11 +573,7 @@ async fn link_once_available(port: u16, username: &str) -> RawClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_shorter_than_the_lease_only_delays() {
     let redis = redis_or_skip!();
-    let one = NodeProcess::start(&redis, "n1", 5_000);
-    let two = NodeProcess::start(&redis, "n2", 5_000);
-    let mut alice = RawClient::link_and_settle(one.port, "alice").await;
-    let mut bob = RawClient::link_and_settle(two.port, "bob").await;
-    alice.recv_until(&linked("bob")).await;
+    let ([one, _two], mut alice, mut bob) = alice_and_bob(&redis, 5_000).await;
     let sleeper = redis.pause(1.0);
     // A link waits for Redis, then goes through; the broadcast after it keeps its place.
     let mut carol = RawClient::link_as(one.port, "carol").await;
@@ -590,29 +594,19 @@ async fn redis_paused_shorter_than_the_lease_only_delays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_longer_than_the_lease_fences_every_process_and_clients_relink() {
     let redis = redis_or_skip!();
-    let one = NodeProcess::start(&redis, "n1", 1_000);
-    let two = NodeProcess::start(&redis, "n2", 1_000);
-    let mut alice = RawClient::link_and_settle(one.port, "alice").await;
-    let mut bob = RawClient::link_and_settle(two.port, "bob").await;
-    alice.recv_until(&linked("bob")).await;
+    let ([one, two], mut alice, mut bob) = alice_and_bob(&redis, 1_000).await;
     let sleeper = redis.pause(2.5);
     // Past its lease, a process that cannot reach Redis stops serving rather than risk a double link.
     alice.expect_closed().await;
     bob.expect_closed().await;
     sleeper.join().unwrap();
-    let mut alice = Observer::link_when_available(one.port, "alice").await;
-    let bob = Observer::link_when_available(two.port, "bob").await;
-    alice.read_until(&linked("bob")).await;
-    let mut observers = [alice, bob];
-    settle(&mut observers, 4).await;
-    assert_one_view(&mut observers).await;
+    relink_alice_and_bob(&one, &two, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_pubsub_connections_resubscribe_and_the_log_fills_the_gap() {
     let redis = redis_or_skip!();
-    let one = NodeProcess::start(&redis, "n1", 10_000);
-    let two = NodeProcess::start(&redis, "n2", 10_000);
+    let [one, two] = NodeProcess::start_all(&redis, 10_000);
     let mut bob = Observer::link(two.port, "bob").await;
     let killed = redis.kill_pubsub_clients();
     assert!(killed >= 2, "every process's subscription was killed ({killed})");
@@ -642,9 +636,7 @@ async fn killed_pubsub_connections_resubscribe_and_the_log_fills_the_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_hold_across_three_processes() {
     let redis = redis_or_skip!();
-    let nodes: Vec<NodeProcess> = (1..=3)
-        .map(|i| NodeProcess::start(&redis, &format!("n{i}"), 10_000))
-        .collect();
+    let nodes: [NodeProcess; 3] = NodeProcess::start_all(&redis, 10_000);
     let ports: Vec<u16> = nodes.iter().map(|node| node.policy_port).collect();
     let mut bob = RawClient::link_and_settle(ports[1], "bob").await;
     let mut carol = RawClient::link_and_settle(ports[2], "carol").await;
@@ -656,18 +648,10 @@ async fn policies_hold_across_three_processes() {
 
     // Takeover: alice links on the second process; her link on the first is unlinked and closed with 1000.
     let mut alice = RawClient::link_as(ports[1], "alice").await;
-    let snapshot = [
-        joined("bob"),
-        linked("bob"),
-        joined("carol"),
-        linked("carol"),
-        joined("alice"),
-        linked("alice"),
-    ];
-    alice.expect_all(&snapshot).await;
+    let everyone = snapshot(&["bob", "carol", "alice"]);
+    alice.expect_all(&everyone).await;
     old.expect(unlinked("alice")).await;
-    let (code, reason) = old.expect_close_frame().await.expect("a close frame");
-    assert_eq!((code, reason.as_str()), (1000, "replaced by a new connection"));
+    old.expect_close_with(1000, "replaced by a new connection").await;
     for observer in [&mut bob, &mut carol] {
         observer.expect_all(&[unlinked("alice"), linked("alice")]).await;
     }
@@ -683,7 +667,7 @@ async fn policies_hold_across_three_processes() {
     bob.expect(broadcasted("bob", json!("while away"))).await;
     carol.expect(broadcasted("bob", json!("while away"))).await;
     let mut alice = RawClient::link_as(ports[2], "alice").await;
-    alice.expect_all(&snapshot).await;
+    alice.expect_all(&everyone).await;
     alice.expect(broadcasted("bob", json!("while away"))).await;
     for observer in [&mut bob, &mut carol] {
         observer.expect(linked("alice")).await;

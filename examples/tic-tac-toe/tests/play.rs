@@ -25,6 +25,13 @@ async fn link(url: &str, username: &str) -> (TestClient, Value) {
     (client, state)
 }
 
+/// alice and bob linked, in that order: the two players, x and o.
+async fn seated(url: &str) -> (TestClient, TestClient) {
+    let (alice, _) = link(url, "alice").await;
+    let (bob, _) = link(url, "bob").await;
+    (alice, bob)
+}
+
 fn play(client: &TestClient, cell: u64) {
     client.send(json!({"type": "ttt/move", "payload": cell}));
 }
@@ -84,8 +91,7 @@ async fn two_players_play_to_a_win_while_a_spectator_watches() {
 #[tokio::test]
 async fn a_refreshed_player_relinks_and_gets_the_board() {
     let (server, url) = start().await;
-    let (alice, _) = link(&url, "alice").await;
-    let (mut bob, _) = link(&url, "bob").await;
+    let (alice, mut bob) = seated(&url).await;
     play(&alice, 4);
     assert_eq!(recv_type(&mut bob, "ttt/state").await["board"][4], "x");
 
@@ -114,8 +120,7 @@ async fn a_refreshed_player_relinks_and_gets_the_board() {
 #[tokio::test]
 async fn a_player_who_leaves_frees_the_seat_for_the_first_spectator() {
     let (server, url) = start().await;
-    let (_alice, _) = link(&url, "alice").await;
-    let (mut bob, _) = link(&url, "bob").await;
+    let (_alice, mut bob) = seated(&url).await;
     let (mut carol, _) = link(&url, "carol").await;
     let (_dave, state) = link(&url, "dave").await;
     assert_eq!((state["x"].as_str(), state["o"].as_str()), (Some("alice"), Some("bob")));

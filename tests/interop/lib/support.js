@@ -250,4 +250,36 @@ function clientPool() {
   return { connected, linked, track, closeAll };
 }
 
-module.exports = { within, startConformance, startCards, startKrmxServer, startProxy, rawSocket, clientPool, deltaCasesBinary, ROOT };
+/** Resolves when `client` (a @krmx/client) emits `event` (`join`, `link`, `unlink` or `leave`) for `username`. */
+function seen(client, event, username) {
+  return within(`${event} ${username}`, client.waitFor(event, (u) => u === username));
+}
+
+/** Awaits `request()` (a @krmx/client's `link`, `unlink`, `leave`…), and `watcher` seeing `event` for `username`. */
+async function seenAfter(watcher, event, username, request) {
+  const seenIt = seen(watcher, event, username);
+  await within(`the request before ${event} ${username}`, request());
+  await seenIt;
+}
+
+/**
+ * A test file's conformance server and @krmx/client pool: the server starts `before` the file's tests, and `after` them
+ * every client still open is disconnected and the server stopped. `server()` is the running server (`startConformance`).
+ */
+function conformanceWithClients() {
+  const { before, after } = require('node:test');
+  const pool = clientPool();
+  let server;
+  before(async () => {
+    server = await startConformance();
+  });
+  after(async () => {
+    await pool.closeAll();
+    await server.stop();
+  });
+  return { pool, server: () => server };
+}
+
+module.exports = {
+  within, seen, seenAfter, startConformance, conformanceWithClients, startCards, startKrmxServer, startProxy, rawSocket, clientPool, deltaCasesBinary, ROOT,
+};

@@ -2,17 +2,16 @@
 // The real @krmx/client from npm against emitter's conformance server (examples/conformance), over loopback.
 // Every wait is bounded; nothing sleeps and hopes.
 
-const { describe, it, before, after } = require('node:test');
+const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const { within, startConformance, startProxy, rawSocket, clientPool } = require('../lib/support');
+const { within, seen, seenAfter, conformanceWithClients, startProxy, rawSocket } = require('../lib/support');
 const { createClient, VERSION } = require('@krmx/client');
 
-let server;
-const pool = clientPool();
+const { pool, server } = conformanceWithClients();
 
 /** A connected @krmx/client, closed after the tests. */
-const connected = (url = server.main) => pool.connected(url);
-const linked = (username, url = server.main) => pool.linked(username, url);
+const connected = (url = server().main) => pool.connected(url);
+const linked = (username, url = server().main) => pool.linked(username, url);
 
 /** The next message of `type` the client receives, as `[message]`. */
 const nextMessage = (client, type) => within(`message ${type}`, client.waitFor('message', (m) => m.type === type));
@@ -21,15 +20,6 @@ const rejection = (promise) => within('a rejection', promise.then(
   () => assert.fail('the link was accepted'),
   (error) => error.message,
 ));
-
-before(async () => {
-  server = await startConformance();
-});
-
-after(async () => {
-  await pool.closeAll();
-  await server.stop();
-});
 
 describe('@krmx/client against emitter', () => {
   it('is a 0.5 client, and emitter accepts its version', async () => {
@@ -50,7 +40,7 @@ describe('@krmx/client against emitter', () => {
       ['0.60.1', 'krmx server version mismatch (server=0.6.*,client=0.60.1)'],
     ];
     for (const [version, reason] of cases) {
-      const raw = await rawSocket(server.main);
+      const raw = await rawSocket(server().main);
       const username = `v${version.replace(/\./g, 'x')}`;
       raw.send({ type: 'krmx/link', payload: { username, version } });
       const answer = await raw.next();
@@ -87,7 +77,7 @@ describe('@krmx/client against emitter', () => {
     const second = await connected();
     assert.equal(await rejection(second.link('slowpoke')), 'user slowpoke is already linked to a connection');
     // The closed endpoint refuses new users but links its admin.
-    const closed = await connected(server.closed);
+    const closed = await connected(server().closed);
     assert.equal(await rejection(closed.link('newbie')), 'server is not accepting new users');
     await within('admin link', closed.link('admin'));
     assert.deepEqual(closed.getUsers(), [{ username: 'admin', isLinked: true }]);
@@ -138,19 +128,15 @@ describe('@krmx/client against emitter', () => {
     });
 
     const other = await connected();
-    const linkedSeen = within('link other1', watcher.waitFor('link', (u) => u === 'other1'));
-    await within('link', other.link('other1'));
-    await linkedSeen;
+    await seenAfter(watcher, 'link', 'other1', () => other.link('other1'));
     assert.deepEqual(watcher.getUsers().find((u) => u.username === 'other1'), { username: 'other1', isLinked: true });
     // The newcomer's snapshot lists the watcher, linked.
     assert.deepEqual(other.getUsers().find((u) => u.username === 'watcher'), { username: 'watcher', isLinked: true });
 
-    const unlinkedSeen = within('unlink other1', watcher.waitFor('unlink', (u) => u === 'other1'));
-    await within('unlink', other.unlink());
-    await unlinkedSeen;
+    await seenAfter(watcher, 'unlink', 'other1', () => other.unlink());
     assert.deepEqual(watcher.getUsers().find((u) => u.username === 'other1'), { username: 'other1', isLinked: false });
 
-    const leftSeen = within('leave other2', watcher.waitFor('leave', (u) => u === 'other2'));
+    const leftSeen = seen(watcher, 'leave', 'other2');
     await within('link', other.link('other2'));
     await within('leave', other.leave());
     await leftSeen;
@@ -176,13 +162,13 @@ describe('@krmx/client against emitter', () => {
 
   it('receives the events of its own link in the order the reference client expects', async () => {
     const client = pool.track(createClient({ logger: false }));
-    const seen = [];
-    client.all((name, ...args) => seen.push([name, client.getStatus(), ...args.map(String)]));
-    await within('connect', client.connect(server.main));
+    const events = [];
+    client.all((name, ...args) => events.push([name, client.getStatus(), ...args.map(String)]));
+    await within('connect', client.connect(server().main));
     await within('link', client.link('ordered'));
     await within('unlink', client.unlink());
     await within('disconnect', client.disconnect());
-    const own = seen.filter(([name, , arg]) => arg === undefined || arg === 'ordered');
+    const own = events.filter(([name, , arg]) => arg === undefined || arg === 'ordered');
     assert.deepEqual(own, [
       ['connecting', 'connecting'],
       ['connect', 'connected'],
@@ -200,21 +186,19 @@ describe('@krmx/client against emitter', () => {
   it('leaves: the user is gone from the server, and linking again makes a new user', async () => {
     const watcher = await linked('watcher2');
     const client = await linked('leaver');
-    const left = within('leave leaver', watcher.waitFor('leave', (u) => u === 'leaver'));
-    await within('leave', client.leave());
-    await left;
+    await seenAfter(watcher, 'leave', 'leaver', () => client.leave());
     assert.equal(client.getStatus(), 'connected');
     assert.deepEqual(client.getUsers(), []);
     assert.equal(await rejection(client.link('leaver', 'report-is-new')), 'isNewUser=true');
   });
 
   it('relinks the same user after its connection dropped', async () => {
-    const proxy = await startProxy(server.mainPort);
+    const proxy = await startProxy(server().mainPort);
     try {
       const watcher = await linked('watcher3');
       const client = await linked('dropper', proxy.url);
       const closed = within('close', client.waitFor('close'));
-      const unlinked = within('unlink dropper', watcher.waitFor('unlink', (u) => u === 'dropper'));
+      const unlinked = seen(watcher, 'unlink', 'dropper');
       proxy.cut();
       await closed;
       await unlinked;
@@ -224,9 +208,7 @@ describe('@krmx/client against emitter', () => {
       // The reference client does not reconnect by itself: the application connects and links again.
       await within('connect', client.connect(proxy.url));
       assert.equal(await rejection(client.link('dropper', 'report-is-new')), 'isNewUser=false');
-      const relinked = within('link dropper', watcher.waitFor('link', (u) => u === 'dropper'));
-      await within('relink', client.link('dropper'));
-      await relinked;
+      await seenAfter(watcher, 'link', 'dropper', () => client.link('dropper'));
       assert.deepEqual(client.getUsers().find((u) => u.username === 'watcher3'), { username: 'watcher3', isLinked: true });
 
       // Linked for real: messages flow again.
@@ -241,12 +223,12 @@ describe('@krmx/client against emitter', () => {
   it('is unlinked, not closed, when the server unlinks or kicks it', async () => {
     const client = await linked('kickme');
     const actor = await linked('actor');
-    const unlinked = within('unlink', client.waitFor('unlink', (u) => u === 'kickme'));
+    const unlinked = seen(client, 'unlink', 'kickme');
     actor.send({ type: 'test/unlink', payload: 'kickme' });
     await unlinked;
     assert.equal(client.getStatus(), 'connected');
     await within('relink', client.link('kickme'));
-    const left = within('leave', client.waitFor('leave', (u) => u === 'kickme'));
+    const left = seen(client, 'leave', 'kickme');
     actor.send({ type: 'test/kick', payload: 'kickme' });
     await left;
     assert.equal(client.getStatus(), 'connected');

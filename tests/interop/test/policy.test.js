@@ -2,34 +2,24 @@
 // The real @krmx/client from npm against the conformance server's policy endpoint (a new link takes a linked user
 // over, a 1 s grace period, messages kept for unlinked users), over loopback. Every wait is bounded.
 
-const { describe, it, before, after } = require('node:test');
+const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const { within, startConformance, clientPool } = require('../lib/support');
+const { within, seen, seenAfter, conformanceWithClients } = require('../lib/support');
 
-let server;
-const pool = clientPool();
-const linked = (username) => pool.linked(username, server.policy);
-
-before(async () => {
-  server = await startConformance();
-});
-
-after(async () => {
-  await pool.closeAll();
-  await server.stop();
-});
+const { pool, server } = conformanceWithClients();
+const linked = (username) => pool.linked(username, server().policy);
 
 describe('@krmx/client against the policy endpoint', () => {
   it('a second link takes the user over: the old client is closed, the others see an unlink and a link', async () => {
     const watcher = await linked('watcher1');
-    const seenFirst = within('the first link', watcher.waitFor('link', (u) => u === 'taken'));
+    const seenFirst = seen(watcher, 'link', 'taken');
     const old = await linked('taken');
     await seenFirst;
     const events = [];
     watcher.on('unlink', (u) => u === 'taken' && events.push('unlink'));
     watcher.on('link', (u) => u === 'taken' && events.push('link'));
     const oldClosed = within('the old client to close', old.waitFor('close'));
-    const relinked = within('the takeover link', watcher.waitFor('link', (u) => u === 'taken'));
+    const relinked = seen(watcher, 'link', 'taken');
     const taker = await linked('taken');
     await oldClosed;
     await relinked;
@@ -41,8 +31,8 @@ describe('@krmx/client against the policy endpoint', () => {
   it('an unlinked user leaves after the grace period', async () => {
     const watcher = await linked('watcher2');
     const leaving = await linked('graceful');
-    const unlinked = within('unlink graceful', watcher.waitFor('unlink', (u) => u === 'graceful'));
-    const left = within('leave graceful', watcher.waitFor('leave', (u) => u === 'graceful'));
+    const unlinked = seen(watcher, 'unlink', 'graceful');
+    const left = seen(watcher, 'leave', 'graceful');
     const started = Date.now();
     await within('unlink', leaving.unlink());
     await unlinked;
@@ -54,9 +44,7 @@ describe('@krmx/client against the policy endpoint', () => {
   it('broadcasts an unlinked user would have got arrive after it links again, in order', async () => {
     const sender = await linked('sender3');
     const keeper = await linked('keeper');
-    const unlinked = within('unlink keeper', sender.waitFor('unlink', (u) => u === 'keeper'));
-    await within('unlink', keeper.unlink());
-    await unlinked;
+    await seenAfter(sender, 'unlink', 'keeper', () => keeper.unlink());
     for (const n of [1, 2, 3]) {
       const echoed = within(`broadcast ${n}`, sender.waitFor('message', (m) => m.type === 'test/broadcasted' && m.payload.payload === n));
       sender.send({ type: 'test/broadcast', payload: n });

@@ -4,6 +4,7 @@
 //! Every wait is bounded by [`TIMEOUT`](emitter_testing::TIMEOUT); a test never sleeps and hopes.
 #![allow(dead_code, unused_imports)]
 
+use std::future::Future;
 use std::sync::Arc;
 
 use emitter_client::{Client, ClientEvent, Status, User};
@@ -52,6 +53,50 @@ pub fn record_snapshots(client: &Client) -> Arc<Mutex<Vec<Snapshot>>> {
         s.lock().push((detail, c.status(), c.username(), c.users()));
     });
     seen
+}
+
+/// A [`Snapshot`] of an event while `simon` is linked, with `users`.
+pub fn as_simon(event: &str, users: &[User]) -> Snapshot {
+    (event.into(), Status::Linked, Some("simon".into()), users.to_vec())
+}
+
+/// The reference client's event test, against the server at `url`: `client` connects, fails to link as `inv#lid`,
+/// links as simon, lets `while_linked` happen, unlinks and disconnects. Every event must come with the status,
+/// username and users a listener sees at it: `expected_while_linked` for the events of `while_linked` (see
+/// [`as_simon`]), and those of the reference test for the rest.
+pub async fn check_every_event(
+    client: &Client,
+    url: &str,
+    while_linked: impl Future<Output = ()>,
+    expected_while_linked: Vec<Snapshot>,
+) {
+    let seen = record_snapshots(client);
+    within("connect", client.connect(url)).await.unwrap();
+    let _ = within("link", client.link("inv#lid", None)).await.unwrap_err();
+    within("link", client.link("simon", None)).await.unwrap();
+    while_linked.await;
+    within("unlink", client.unlink()).await.unwrap();
+    within("disconnect", client.disconnect(false)).await.unwrap();
+
+    let (me, alone) = (Some("simon".to_owned()), [user("simon", true)]);
+    let mut expected: Vec<Snapshot> = vec![
+        ("connecting".into(), Status::Connecting, None, vec![]),
+        ("connect".into(), Status::Connected, None, vec![]),
+        ("linking".into(), Status::Linking, Some("inv#lid".into()), vec![]),
+        ("reject invalid username".into(), Status::Connected, None, vec![]),
+        ("linking".into(), Status::Linking, me.clone(), vec![]),
+        as_simon("accept", &alone),
+        as_simon("join simon", &alone),
+        as_simon("link simon", &alone),
+    ];
+    expected.extend(expected_while_linked);
+    expected.extend([
+        ("unlinking".into(), Status::Unlinking, me.clone(), alone.to_vec()),
+        ("unlink simon".into(), Status::Connected, me, vec![]),
+        ("closing".into(), Status::Closing, None, vec![]),
+        ("close".into(), Status::Closed, None, vec![]),
+    ]);
+    assert_eq!(*seen.lock(), expected);
 }
 
 /// A loopback TCP proxy in front of a server: [`cut`](Proxy::cut) drops every connection through it (to both sides,

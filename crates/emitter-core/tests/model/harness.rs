@@ -158,18 +158,23 @@ fn name(index: usize) -> &'static str {
     NAMES[index % NAMES.len()]
 }
 
+/// Connection `c` asks to link as `NAMES[name]`, with a version the server accepts.
+pub fn link(c: usize, name: usize) -> Action {
+    Action::Send(
+        c,
+        ClientAction::Link {
+            name,
+            good_version: true,
+        },
+    )
+}
+
 /// Four connections linked to four users (one of them `kai`, kicked when unlinked), so that the random steps after
 /// it start from a busy server rather than an empty one.
 pub fn populated() -> Vec<Action> {
     let mut actions = vec![Action::Connect; 4];
     for (c, name) in [0, 1, 2, 4].into_iter().enumerate() {
-        actions.push(Action::Send(
-            c,
-            ClientAction::Link {
-                name,
-                good_version: true,
-            },
-        ));
+        actions.push(link(c, name));
     }
     actions
 }
@@ -178,14 +183,7 @@ pub fn populated() -> Vec<Action> {
 
 /// Reads everything a connection's outbox has for its client now.
 fn drain(outbox: &Outbox) -> Vec<Value> {
-    let mut frames = Vec::new();
-    loop {
-        let before = frames.len();
-        outbox.take(&mut frames, usize::MAX);
-        if frames.len() == before {
-            break;
-        }
-    }
+    let frames = outbox.take_all();
     frames
         .iter()
         .map(|frame| serde_json::from_str(frame.as_str()).unwrap_or_else(|_| json!({"unparsable": frame.as_str()})))
@@ -440,13 +438,19 @@ impl Model {
         };
     }
 
-    fn server_join(&mut self, name: &str) -> Result<(), Error> {
+    /// A server method refused while closing, with the core's words for `action`.
+    fn refuse_while_closing(&self, action: &'static str) -> Result<(), Error> {
         if self.closing {
             return Err(Error::WrongStatus {
-                action: "join a user",
+                action,
                 status: Status::Closing,
             });
         }
+        Ok(())
+    }
+
+    fn server_join(&mut self, name: &str) -> Result<(), Error> {
+        self.refuse_while_closing("join a user")?;
         if self.user(name).is_some() {
             return Err(Error::JoinExistingUser);
         }
@@ -469,12 +473,7 @@ impl Model {
     }
 
     fn server_kick(&mut self, name: &str) -> Result<(), Error> {
-        if self.closing {
-            return Err(Error::WrongStatus {
-                action: "kick a user",
-                status: Status::Closing,
-            });
-        }
+        self.refuse_while_closing("kick a user")?;
         if self.user(name).is_none() {
             return Err(Error::KickUnknownUser);
         }

@@ -26,14 +26,7 @@ impl Outbox {
 
     /// Reads everything the connection has for its client now.
     fn drain(&self) {
-        let mut frames = Vec::new();
-        loop {
-            let before = frames.len();
-            self.outbox.take(&mut frames, usize::MAX);
-            if frames.len() == before {
-                break;
-            }
-        }
+        let frames = self.outbox.take_all();
         let mut received = self.received.lock();
         received.extend(
             frames
@@ -92,6 +85,13 @@ pub fn send(server: &Server, id: ConnectionId, message: Value) {
 
 pub fn link_request(username: &str) -> Value {
     json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}})
+}
+
+/// A new connection that has asked to link as `username`; what the server answered is in its outbox.
+pub fn link_attempt(server: &Server, username: &str) -> (ConnectionId, Outbox) {
+    let (id, outbox) = connect(server);
+    send(server, id, link_request(username));
+    (id, outbox)
 }
 
 /// Frames as `type` or `type username`.

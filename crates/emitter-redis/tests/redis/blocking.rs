@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier};
 
 use emitter_redis::{Change, Error, Event, Refusal};
 
-use crate::support::{connect, options};
+use crate::support::{connect_node, connect_nodes, options};
 use emitter_testing::redis_or_skip;
 
 /// The core's membership path is synchronous and may run on a runtime's only thread: the blocking handle works there,
@@ -13,8 +13,7 @@ use emitter_testing::redis_or_skip;
 #[tokio::test(flavor = "current_thread")]
 async fn it_works_on_a_current_thread_runtimes_own_thread() {
     let server = redis_or_skip!();
-    let cluster = connect(&server, "sync", options()).await;
-    let lease = cluster.register_node("node-a").await.unwrap();
+    let (cluster, lease) = connect_node(&server, "sync", "node-a", options()).await;
     let blocking = cluster.blocking();
     // Called right here, on the runtime's one thread, as a listener would.
     let entries = blocking.submit(&lease, Change::link("alice", 1, true)).unwrap();
@@ -39,19 +38,14 @@ async fn threads_racing_through_blocking_handles_get_one_winner_per_name() {
     const TRIALS: usize = 200;
     const THREADS: usize = 4;
     let server = redis_or_skip!();
-    let mut racers = Vec::new();
-    for i in 0..THREADS {
-        let cluster = connect(&server, "sync-race", options()).await;
-        let lease = cluster.register_node(&format!("node-{i}")).await.unwrap();
-        racers.push((cluster.blocking(), lease));
-    }
+    let racers = connect_nodes(&server, "sync-race", THREADS).await;
     let start = Arc::new(Barrier::new(THREADS));
     // A thread never panics while the others may wait for it at the barrier: it records what went wrong instead.
     let threads: Vec<_> = racers
         .into_iter()
         .enumerate()
-        .map(|(i, (blocking, lease))| {
-            let start = start.clone();
+        .map(|(i, (cluster, lease))| {
+            let (blocking, start) = (cluster.blocking(), start.clone());
             std::thread::spawn(move || {
                 let (mut won, mut failed) = (Vec::new(), Vec::new());
                 for trial in 0..TRIALS {
@@ -81,8 +75,7 @@ async fn threads_racing_through_blocking_handles_get_one_winner_per_name() {
 #[tokio::test]
 async fn it_reconnects_after_its_connection_is_killed() {
     let server = redis_or_skip!();
-    let cluster = connect(&server, "sync-kill", options()).await;
-    let lease = cluster.register_node("node-a").await.unwrap();
+    let (cluster, lease) = connect_node(&server, "sync-kill", "node-a", options()).await;
     let blocking = cluster.blocking();
     blocking.submit(&lease, Change::join("alice")).unwrap();
     let mut admin = server.admin();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use emitter_redis::{Change, Error, Event, LeaseLost, Notification, Options, Refusal, Replica, Subscription};
 
-use crate::support::{connect, lease_deadline, options, redis_now_ms, within};
+use crate::support::{connect, connect_node, lease_deadline, options, redis_now_ms, within};
 use emitter_testing::redis_or_skip;
 
 /// Retries `f` while it fails with a connection error (a reconnection in progress), up to 10 s.
@@ -119,8 +119,7 @@ async fn a_redis_pause_shorter_than_the_lease_only_delays() {
         reap_interval: Some(Duration::from_millis(100)),
         ..options()
     };
-    let cluster = connect(&server, "nap", options).await;
-    let lease = cluster.register_node("node-a").await.unwrap();
+    let (cluster, lease) = connect_node(&server, "nap", "node-a", options).await;
     let alive = cluster.keep_alive(lease.clone());
     cluster.submit(&lease, Change::link("alice", 1, true)).await.unwrap();
 
@@ -178,8 +177,7 @@ async fn a_redis_pause_longer_than_the_lease_fences_the_node() {
         reap_interval: None,
         ..options()
     };
-    let cluster = connect(&server, "coma", options).await;
-    let lease = cluster.register_node("node-a").await.unwrap();
+    let (cluster, lease) = connect_node(&server, "coma", "node-a", options).await;
     let mut alive = cluster.keep_alive(lease.clone());
     cluster.submit(&lease, Change::link("alice", 1, true)).await.unwrap();
 
@@ -220,8 +218,7 @@ async fn a_killed_subscription_comes_back_and_the_log_fills_the_gap() {
         poll_interval: Duration::from_secs(3_600),
         ..options()
     };
-    let writer = connect(&server, "killed-sub", options()).await;
-    let writer_lease = writer.register_node("node-w").await.unwrap();
+    let (writer, writer_lease) = connect_node(&server, "killed-sub", "node-w", options()).await;
     let reader = connect(&server, "killed-sub", no_poll).await;
     let mut subscription = reader.subscribe("node-r").await.unwrap();
     let mut replica = Replica::empty();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use emitter_redis::{Change, Cluster, Error, Event, Notification, Options, Refusal, Replica, UnlinkReason};
 
-use crate::support::{connect, lease_deadline, options, redis_now_ms, within, RedisServer};
+use crate::support::{connect_node, lease_deadline, options, redis_now_ms, within, RedisServer};
 use emitter_testing::redis_or_skip;
 
 fn short_lease(ms: u64) -> Options {
@@ -43,8 +43,7 @@ fn assert_fenced<T: std::fmt::Debug>(result: Result<T, Error>) {
 #[tokio::test]
 async fn a_node_past_its_lease_links_nobody_until_it_registers_again() {
     let server = redis_or_skip!();
-    let cluster = connect(&server, "fenced", short_lease(200)).await;
-    let lease = cluster.register_node("node-a").await.unwrap();
+    let (cluster, lease) = connect_node(&server, "fenced", "node-a", short_lease(200)).await;
     cluster.submit(&lease, Change::link("alice", 1, true)).await.unwrap();
 
     // Nothing renews it (a paused process): once Redis's clock passes the deadline, every change is refused.
@@ -71,8 +70,7 @@ async fn a_node_past_its_lease_links_nobody_until_it_registers_again() {
 #[tokio::test]
 async fn keep_alive_holds_a_short_lease_through_many_renewals() {
     let server = redis_or_skip!();
-    let cluster = connect(&server, "kept", short_lease(300)).await;
-    let lease = cluster.register_node("node-a").await.unwrap();
+    let (cluster, lease) = connect_node(&server, "kept", "node-a", short_lease(300)).await;
     let alive = cluster.keep_alive(lease.clone());
     let mut admin = server.admin();
     let first = lease_deadline(&mut admin, "kept", "node-a").unwrap();
@@ -90,8 +88,7 @@ async fn keep_alive_holds_a_short_lease_through_many_renewals() {
 #[tokio::test]
 async fn a_released_lease_unlinks_its_users_and_fences_the_node() {
     let server = redis_or_skip!();
-    let cluster = connect(&server, "released", options()).await;
-    let lease = cluster.register_node("node-a").await.unwrap();
+    let (cluster, lease) = connect_node(&server, "released", "node-a", options()).await;
     cluster.submit(&lease, Change::link("alice", 1, true)).await.unwrap();
     cluster.submit(&lease, Change::join("bob")).await.unwrap();
     let entries = cluster.release(&lease).await.unwrap();
@@ -112,8 +109,7 @@ async fn a_released_lease_unlinks_its_users_and_fences_the_node() {
 #[tokio::test]
 async fn the_reaper_unlinks_a_dead_nodes_users_for_everyone() {
     let server = redis_or_skip!();
-    let dead = connect(&server, "reap", short_lease(300)).await;
-    let dead_lease = dead.register_node("node-dead").await.unwrap();
+    let (dead, dead_lease) = connect_node(&server, "reap", "node-dead", short_lease(300)).await;
     dead.submit(&dead_lease, Change::link("alice", 1, true)).await.unwrap();
     dead.submit(&dead_lease, Change::link("bob", 2, true)).await.unwrap();
 
@@ -121,8 +117,7 @@ async fn the_reaper_unlinks_a_dead_nodes_users_for_everyone() {
         reap_interval: Some(Duration::from_millis(50)),
         ..options()
     };
-    let live = connect(&server, "reap", live_options).await;
-    let live_lease = live.register_node("node-live").await.unwrap();
+    let (live, live_lease) = connect_node(&server, "reap", "node-live", live_options).await;
     live.submit(&live_lease, Change::link("carol", 1, true)).await.unwrap();
     let mut notifications = live.subscribe("node-live").await.unwrap();
     let mut replica = Replica::from_snapshot(live.snapshot().await.unwrap());
@@ -217,8 +212,7 @@ async fn a_killed_node_process_has_its_users_unlinked_within_its_lease_and_a_rea
         reap_interval: Some(reap_interval),
         ..options()
     };
-    let live = connect(&server, "killed", live_options).await;
-    let lease = live.register_node("node-live").await.unwrap();
+    let (live, lease) = connect_node(&server, "killed", "node-live", live_options).await;
     let linked = live.snapshot().await.unwrap().users;
     assert_eq!(linked.iter().filter(|user| user.link.is_some()).count(), 3);
     let _alive = live.keep_alive(lease);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use emitter_redis::{Change, Entry, Error, Event, Refusal, Replica, UnlinkReason};
 
-use crate::support::{connect, options, within};
+use crate::support::{connect, connect_nodes, options, within};
 use emitter_testing::redis_or_skip;
 
 fn refusal(result: Result<Vec<Entry>, Error>) -> Refusal {
@@ -215,12 +215,11 @@ async fn exactly_one_of_many_concurrent_links_of_a_name_wins() {
     const RACERS: usize = 8;
     let server = redis_or_skip!();
     // Four handles: four connections to Redis, so the racers' scripts really arrive interleaved.
-    let mut handles = Vec::new();
-    for i in 0..4 {
-        let cluster = connect(&server, "race", options()).await;
-        let lease = cluster.register_node(&format!("node-{i}")).await.unwrap();
-        handles.push(Arc::new((cluster, lease)));
-    }
+    let handles: Vec<_> = connect_nodes(&server, "race", 4)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     within(Duration::from_secs(60), "the races", async {
         for trial in 0..TRIALS {
             let user = format!("user{trial}");

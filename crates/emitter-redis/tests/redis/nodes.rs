@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use emitter_core::{Error, Message, Server};
 use emitter_redis::{Cluster, Node, Options};
-use emitter_testing::{joined, left, linked, marker, marker_json, unlinked, user, RawClient, Receive};
+use emitter_testing::{joined, left, linked, marker, marker_json, snapshot, unlinked, user, RawClient, Receive};
 use serde_json::json;
 
 use crate::support::options;
@@ -33,6 +33,13 @@ async fn start_node_with(redis: &RedisServer, cluster: &str, id: &str, options: 
     TestNode { server, port, node }
 }
 
+/// Nodes `a` and `b` of cluster `cluster`, each a plain server.
+async fn two_nodes(redis: &RedisServer, cluster: &str) -> (TestNode, TestNode) {
+    let a = start_node(redis, cluster, "a", options()).await;
+    let b = start_node(redis, cluster, "b", options()).await;
+    (a, b)
+}
+
 /// Waits until `check` holds, polling: for state that no client or listener on this node is told of (another node's
 /// `users()` catching up). Bounded like every wait.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -46,13 +53,11 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 #[tokio::test]
 async fn nodes_share_one_set_of_users_in_one_order() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "share", "a", options()).await;
-    let b = start_node(&redis, "share", "b", options()).await;
+    let (a, b) = two_nodes(&redis, "share").await;
     let mut alice = RawClient::link_and_settle(a.port, "alice").await;
     let mut bob = RawClient::link_as(b.port, "bob").await;
     // bob's snapshot on node b holds alice, who linked on node a, then bob himself.
-    bob.expect_all(&[joined("alice"), linked("alice"), joined("bob"), linked("bob")])
-        .await;
+    bob.expect_all(&snapshot(&["alice", "bob"])).await;
     alice.expect_all(&[joined("bob"), linked("bob")]).await;
     let both = vec![user("alice", true), user("bob", true)];
     assert_eq!(a.server.users(), both);
@@ -62,8 +67,7 @@ async fn nodes_share_one_set_of_users_in_one_order() {
 #[tokio::test]
 async fn a_user_is_linked_on_one_node_at_a_time() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "exclusive", "a", options()).await;
-    let b = start_node(&redis, "exclusive", "b", options()).await;
+    let (a, b) = two_nodes(&redis, "exclusive").await;
     let _alice = RawClient::link_and_settle(a.port, "alice").await;
     let refused = RawClient::link_with(b.port, "alice", None).await.err();
     assert_eq!(refused.as_deref(), Some("user alice is already linked to a connection"));
@@ -85,11 +89,8 @@ async fn a_user_is_linked_on_one_node_at_a_time() {
 #[tokio::test]
 async fn sends_and_broadcasts_reach_users_on_other_nodes() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "messages", "a", options()).await;
-    let b = start_node(&redis, "messages", "b", options()).await;
-    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+    let (a, b) = two_nodes(&redis, "messages").await;
+    let (mut alice, mut bob) = RawClient::link_pair_on((a.port, "alice"), (b.port, "bob")).await;
     eventually("node a sees bob linked", || {
         a.server.user("bob").is_some_and(|u| u.is_linked)
     })
@@ -112,8 +113,7 @@ async fn sends_and_broadcasts_reach_users_on_other_nodes() {
 #[tokio::test]
 async fn a_message_never_overtakes_the_membership_change_before_it() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "overtake", "a", options()).await;
-    let b = start_node(&redis, "overtake", "b", options()).await;
+    let (a, b) = two_nodes(&redis, "overtake").await;
     // Every link on node a is followed at once by a broadcast; bob on node b must see each krmx/linked first.
     a.server.on_link(|server, username| {
         let _ = server.broadcast(&Message::with_payload("test/welcome", username), None);
@@ -135,18 +135,13 @@ async fn a_message_never_overtakes_the_membership_change_before_it() {
 #[tokio::test]
 async fn a_user_relinks_on_another_node_after_its_connection_drops() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "relink", "a", options()).await;
-    let b = start_node(&redis, "relink", "b", options()).await;
+    let (a, b) = two_nodes(&redis, "relink").await;
     let (links_a, links_b) = (count_links(&a.server), count_links(&b.server));
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    let alice = RawClient::link_and_settle(a.port, "alice").await;
-    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    let (mut bob, alice) = RawClient::link_pair_on((b.port, "bob"), (a.port, "alice")).await;
     alice.close().await;
     bob.expect(unlinked("alice")).await;
     let mut alice = RawClient::link_as(b.port, "alice").await;
-    alice
-        .expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
-        .await;
+    alice.expect_all(&snapshot(&["bob", "alice"])).await;
     bob.expect(linked("alice")).await;
     // Listeners ran once per link, on the node the link was made on.
     assert_eq!(links_a.load(Ordering::SeqCst), 1);
@@ -165,11 +160,8 @@ fn count_links(server: &Server) -> Arc<AtomicUsize> {
 #[tokio::test]
 async fn server_methods_act_on_the_whole_cluster() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "methods", "a", options()).await;
-    let b = start_node(&redis, "methods", "b", options()).await;
-    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+    let (a, b) = two_nodes(&redis, "methods").await;
+    let (mut alice, mut bob) = RawClient::link_pair_on((a.port, "alice"), (b.port, "bob")).await;
 
     // Node b kicks alice, who is linked on node a: her connection hears of its unlink and its leave.
     b.server.kick("alice").unwrap();
@@ -190,11 +182,8 @@ async fn server_methods_act_on_the_whole_cluster() {
 #[tokio::test]
 async fn a_closing_node_unlinks_only_its_own_users() {
     let redis = redis_or_skip!();
-    let a = start_node(&redis, "closing", "a", options()).await;
-    let b = start_node(&redis, "closing", "b", options()).await;
-    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    alice.expect_all(&[joined("bob"), linked("bob")]).await;
+    let (a, b) = two_nodes(&redis, "closing").await;
+    let (mut alice, mut bob) = RawClient::link_pair_on((a.port, "alice"), (b.port, "bob")).await;
     let TestNode { server, node, .. } = a;
     server.close().await.unwrap();
     node.stopped().await;
@@ -215,13 +204,10 @@ async fn replace_takes_a_user_over_from_another_node() {
     let replacing = || Server::builder().link_policy(emitter_core::LinkPolicy::Replace).build();
     let a = start_node_with(&redis, "replace", "a", options(), replacing()).await;
     let b = start_node_with(&redis, "replace", "b", options(), replacing()).await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    let mut old = RawClient::link_and_settle(a.port, "alice").await;
-    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    let (mut bob, mut old) = RawClient::link_pair_on((b.port, "bob"), (a.port, "alice")).await;
     // alice links again on node b: the cluster unlinks her old link on node a in the same step.
     let mut new = RawClient::link_as(b.port, "alice").await;
-    new.expect_all(&[joined("bob"), linked("bob"), joined("alice"), linked("alice")])
-        .await;
+    new.expect_all(&snapshot(&["bob", "alice"])).await;
     old.expect(unlinked("alice")).await;
     old.expect_closed().await;
     bob.expect_all(&[unlinked("alice"), linked("alice")]).await;
@@ -239,9 +225,7 @@ async fn the_grace_period_outlives_the_node_that_unlinked_the_user() {
     let graceful = || Server::builder().grace_period(grace).build();
     let a = start_node_with(&redis, "grace", "a", options.clone(), graceful()).await;
     let b = start_node_with(&redis, "grace", "b", options, graceful()).await;
-    let mut bob = RawClient::link_and_settle(b.port, "bob").await;
-    let _alice = RawClient::link_and_settle(a.port, "alice").await;
-    bob.expect_all(&[joined("alice"), linked("alice")]).await;
+    let (mut bob, _alice) = RawClient::link_pair_on((b.port, "bob"), (a.port, "alice")).await;
     // Node a closes (unlinking alice) and is gone before her period is over: node b's reaper makes her leave. The
     // close runs beside the reads, so that each frame is timed as it arrives (a close may take up to its drain
     // deadline, longer than the grace period).
@@ -302,15 +286,8 @@ async fn messages_kept_for_an_unlinked_user_wait_on_whichever_node_it_relinks_on
         marker_json("broadcast on b"),
         marker_json("sent on c"),
     ];
-    let snapshot = [
-        joined("bob"),
-        linked("bob"),
-        joined("carol"),
-        linked("carol"),
-        joined("alice"),
-        linked("alice"),
-    ];
-    alice.expect_all(&snapshot).await;
+    let everyone = snapshot(&["bob", "carol", "alice"]);
+    alice.expect_all(&everyone).await;
     alice.expect_all(&kept).await;
     bob.expect(linked("alice")).await;
 
@@ -322,7 +299,7 @@ async fn messages_kept_for_an_unlinked_user_wait_on_whichever_node_it_relinks_on
     })
     .await;
     let mut alice = RawClient::link_as(a.port, "alice").await;
-    alice.expect_all(&snapshot).await;
+    alice.expect_all(&everyone).await;
     a.server.send("alice", &marker("fresh")).unwrap();
     alice.expect(marker_json("fresh")).await;
     bob.expect(linked("alice")).await;

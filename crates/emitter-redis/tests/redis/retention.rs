@@ -3,7 +3,7 @@
 
 use emitter_redis::{Change, Error, Options, Replica};
 
-use crate::support::{connect, options};
+use crate::support::{connect_node, options};
 use emitter_testing::redis_or_skip;
 
 #[tokio::test]
@@ -13,8 +13,7 @@ async fn a_node_behind_the_retained_log_resynchronises_from_a_snapshot() {
         log_retention: 10,
         ..options()
     };
-    let cluster = connect(&server, "retention", options).await;
-    let lease = cluster.register_node("node-a").await.unwrap();
+    let (cluster, lease) = connect_node(&server, "retention", "node-a", options).await;
     cluster.submit(&lease, Change::link("alice", 1, true)).await.unwrap();
 
     // A node that applied up to here, then stopped reading for a while.
@@ -66,8 +65,7 @@ async fn a_node_behind_the_retained_log_resynchronises_from_a_snapshot() {
 #[tokio::test]
 async fn a_redis_behind_its_nodes_is_noticed() {
     let server = redis_or_skip!();
-    let cluster = connect(&server, "behind", options()).await;
-    let lease = cluster.register_node("node-a").await.unwrap();
+    let (cluster, lease) = connect_node(&server, "behind", "node-a", options()).await;
     for user in ["alice", "bob", "carol"] {
         cluster.submit(&lease, Change::join(user)).await.unwrap();
     }

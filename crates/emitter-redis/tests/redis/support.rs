@@ -3,11 +3,28 @@
 use std::future::Future;
 use std::time::Duration;
 
-use emitter_redis::{Cluster, Options};
+use emitter_redis::{Cluster, NodeLease, Options};
 pub use emitter_testing::redis::RedisServer;
 
 pub async fn connect(server: &RedisServer, name: &str, options: Options) -> Cluster {
     Cluster::connect(&server.url(), name, options).await.expect("connect")
+}
+
+/// A handle on cluster `name` and the lease of `node`, registered through it.
+pub async fn connect_node(server: &RedisServer, name: &str, node: &str, options: Options) -> (Cluster, NodeLease) {
+    let cluster = connect(server, name, options).await;
+    let lease = cluster.register_node(node).await.expect("register the node");
+    (cluster, lease)
+}
+
+/// `count` handles on cluster `name`, each registered as a node of its own (`node-0`, `node-1`, …): as many
+/// connections to Redis, so that what they send really arrives interleaved.
+pub async fn connect_nodes(server: &RedisServer, name: &str, count: usize) -> Vec<(Cluster, NodeLease)> {
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        nodes.push(connect_node(server, name, &format!("node-{i}"), options()).await);
+    }
+    nodes
 }
 
 /// Options for tests: short timeouts so that a failure shows quickly.

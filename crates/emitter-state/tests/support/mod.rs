@@ -44,6 +44,13 @@ impl Conn {
         conn
     }
 
+    /// A new connection linked to `username`, with what it was sent on linking read already.
+    pub fn settled(server: &Server, username: &str) -> Conn {
+        let mut conn = Conn::linked(server, username);
+        conn.read();
+        conn
+    }
+
     pub fn link(&mut self, username: &str) {
         self.send(json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}}));
     }
@@ -58,14 +65,7 @@ impl Conn {
 
     /// Reads what the core queued since the last read; returns it as JSON.
     pub fn read(&mut self) -> Vec<Value> {
-        let mut frames = Vec::new();
-        loop {
-            let before = frames.len();
-            self.outbox.take(&mut frames, usize::MAX);
-            if frames.len() == before {
-                break;
-            }
-        }
+        let frames = self.outbox.take_all();
         let texts: Vec<String> = frames.iter().map(|frame| frame.as_str().to_owned()).collect();
         self.raw.extend(texts.iter().cloned());
         texts.iter().map(|text| serde_json::from_str(text).unwrap()).collect()

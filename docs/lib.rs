@@ -66,6 +66,10 @@ pub struct FromKrmxServer;
 #[cfg(doctest)]
 pub struct Limits;
 
+#[doc = include_str!("src/operations.md")]
+#[cfg(doctest)]
+pub struct Operations;
+
 #[doc = include_str!("src/performance.md")]
 #[cfg(doctest)]
 pub struct Performance;
@@ -176,6 +180,96 @@ mod tests {
                 "{name} is not wired in docs/lib.rs: add `{wired}` on a hidden item"
             );
         }
+    }
+
+    /// A sequencer that decides nothing: enough to make a server a node, to see a node's metrics.
+    struct Nowhere;
+
+    impl emitter_core::cluster::Sequencer for Nowhere {
+        fn node(&self) -> &str {
+            "nowhere"
+        }
+        fn owns(&self, _: &emitter_core::cluster::LinkAddr) -> bool {
+            false
+        }
+        fn submit(
+            &self,
+            _: emitter_core::cluster::Change,
+        ) -> Result<Vec<emitter_core::cluster::Entry>, emitter_core::cluster::Refused> {
+            Err(emitter_core::cluster::Refused::Unavailable("nowhere".to_owned()))
+        }
+        fn entries_after(&self, _: u64) -> Result<Vec<emitter_core::cluster::Entry>, String> {
+            Ok(Vec::new())
+        }
+        fn publish_broadcast(&self, _: u64, _: Option<&str>, _: &emitter_core::protocol::Frame) {}
+        fn publish_send(
+            &self,
+            _: &emitter_core::cluster::LinkAddr,
+            _: &str,
+            _: u64,
+            _: &emitter_core::protocol::Frame,
+        ) {
+        }
+        fn publish_kept(&self, _: &str, _: u64, _: &emitter_core::protocol::Frame) {}
+    }
+
+    /// The `(name, type)` of every metric a scrape holds, from its `# TYPE` lines.
+    fn types_in(text: &str) -> std::collections::BTreeSet<(String, String)> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split_once(' '))
+            .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+            .collect()
+    }
+
+    /// The `(name, type)` of every row of the chapter's metric tables: rows whose first cell is a `krmx_` name (its
+    /// labels in braces dropped).
+    fn documented(chapter: &str) -> Vec<(String, String)> {
+        chapter
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `krmx_"))
+            .filter_map(|row| {
+                let (name, rest) = row.split_once('`')?;
+                let name = name.split('{').next()?;
+                let kind = rest.split('|').nth(1)?.trim();
+                Some((format!("krmx_{name}"), kind.to_owned()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_operations_chapter_lists_exactly_the_metrics_a_node_exposes() {
+        let chapter = std::fs::read_to_string(root().join("docs/src/operations.md")).unwrap();
+        // A node exposes every metric a server does, and the cluster's.
+        let server = emitter_core::Server::new();
+        server
+            .cluster_host()
+            .install(std::sync::Arc::new(Nowhere), 0, Vec::new())
+            .unwrap();
+        let text = server.metrics_text();
+        let exposed = types_in(&text);
+        assert!(exposed.len() >= 20, "{text}");
+        let rows = documented(&chapter);
+        let listed: std::collections::BTreeSet<(String, String)> = rows.iter().cloned().collect();
+        assert_eq!(listed.len(), rows.len(), "a metric is listed twice: {rows:?}");
+        let missing: Vec<_> = exposed.difference(&listed).collect();
+        let extra: Vec<_> = listed.difference(&exposed).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "operations.md's tables and the server's metrics differ (name, type):\n  not in the book: \
+             {missing:?}\n  not exposed: {extra:?}"
+        );
+        // A server that is not a node has no cluster metrics.
+        let plain = types_in(&emitter_core::Server::new().metrics_text());
+        assert!(plain.iter().all(|(name, _)| !name.starts_with("krmx_cluster_")));
+        assert_eq!(
+            plain.len()
+                + rows
+                    .iter()
+                    .filter(|(name, _)| name.starts_with("krmx_cluster_"))
+                    .count(),
+            exposed.len()
+        );
     }
 
     #[test]

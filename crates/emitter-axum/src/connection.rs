@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use emitter_core::protocol::Frame;
-use emitter_core::transport::{CloseReason, ConnectionId, Host, Outbox};
+use emitter_core::transport::{CloseReason, ConnectionId, Host, Outbox, TransportClose};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,6 +38,8 @@ fn to_message(frame: Frame) -> Message {
 struct Taken {
     frames: Vec<Frame>,
     fed: usize,
+    /// Frames fed, and their bytes, since they were last counted in the server's metrics.
+    unreported: (usize, usize),
 }
 
 impl Taken {
@@ -45,17 +47,33 @@ impl Taken {
     /// cancelling this loses nothing.
     async fn feed(&mut self, socket: &mut Socket) -> Result<(), tungstenite::Error> {
         while let Some(frame) = self.frames.get(self.fed) {
+            let bytes = frame.bytes().len();
             socket.feed(to_message(frame.clone())).await?;
             self.fed += 1;
+            self.unreported.0 += 1;
+            self.unreported.1 += bytes;
         }
         self.frames.clear();
         self.fed = 0;
         Ok(())
     }
+
+    /// Counts what was fed since the last call in the server's metrics: two atomic adds, once per burst.
+    fn report(&mut self, host: &Host) {
+        let (frames, bytes) = std::mem::take(&mut self.unreported);
+        if frames > 0 {
+            host.record_written(frames, bytes);
+        }
+    }
 }
 
 /// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
-async fn write_burst(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken) -> Result<bool, tungstenite::Error> {
+async fn write_burst(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    taken: &mut Taken,
+    host: &Host,
+) -> Result<bool, tungstenite::Error> {
     taken.feed(socket).await?;
     let mut written = 0;
     let closing = loop {
@@ -68,6 +86,11 @@ async fn write_burst(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken) ->
         }
     };
     socket.flush().await?;
+    if written > 0 {
+        // What it found waiting is what it took: `take` moves everything ready, up to a burst.
+        host.record_queue_depth(written);
+    }
+    taken.report(host);
     // Idle connections are the many: keep no batch for them.
     taken.frames = Vec::new();
     Ok(closing)
@@ -134,6 +157,20 @@ impl Ending {
         }
     }
 
+    /// What the server's metrics count this close as, when the transport closed it on its own account.
+    fn transport_cause(&self) -> Option<TransportClose> {
+        match self {
+            Ending::TooBig => Some(TransportClose::Oversize),
+            Ending::InvalidUtf8 => Some(TransportClose::InvalidUtf8),
+            Ending::Protocol(_) => Some(TransportClose::ProtocolError),
+            Ending::NoPong => Some(TransportClose::NoPong),
+            Ending::QueryParams => Some(TransportClose::QueryParams),
+            // The core counts its own closes and its refusals; the client's closes and broken connections are not
+            // the server's.
+            Ending::Core(_) | Ending::Refused(_) | Ending::Client(_) | Ending::Gone | Ending::Network(_) => None,
+        }
+    }
+
     /// The close code the client got: this server's, or its own echoed.
     fn code(&self) -> Option<u16> {
         match self {
@@ -173,6 +210,7 @@ impl fmt::Display for Ending {
 pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
     let deadline = host.server().config().close_drain_deadline();
     if !query_ok {
+        host.record_close(TransportClose::QueryParams);
         close_within(deadline, &mut socket, None, &Ending::QueryParams).await;
         tracing::info!(code = 1008, "connection refused: {}", Ending::QueryParams);
         return;
@@ -187,8 +225,12 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
     };
     let mut taken = Taken::default();
     let ending = serve(&host, id, &outbox, &mut socket, &mut taken).await;
+    if let Some(cause) = ending.transport_cause() {
+        host.record_close(cause);
+    }
     let queued = matches!(ending, Ending::Core(_)).then_some((&outbox, &mut taken));
     let cut = close_within(deadline, &mut socket, queued, &ending).await;
+    taken.report(&host);
     log_end(id, &ending, cut);
     host.disconnect(id);
 }
@@ -208,7 +250,7 @@ async fn serve(host: &Host, id: ConnectionId, outbox: &Outbox, socket: &mut Sock
             () = outbox.ready() => {
                 // A write that blocks (the client stopped reading) gives way to a close request.
                 let written = tokio::select! {
-                    written = write_burst(socket, outbox, &mut *taken) => written,
+                    written = write_burst(socket, outbox, &mut *taken, host) => written,
                     () = outbox.closed() => Ok(true),
                 };
                 match written {

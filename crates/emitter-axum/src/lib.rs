@@ -1,7 +1,8 @@
 //! Serves an [`emitter_core::Server`] over WebSocket with [axum](https://docs.rs/axum).
 //!
 //! Run it standalone with [`listen`], or mount it into your own app with [`router`] (merge or nest) or [`layer`] (a
-//! tower layer that passes every other request through).
+//! tower layer that passes every other request through). [`metrics_route`] and [`health_route`] add the server's
+//! Prometheus metrics at `GET /metrics` and a health check at `GET /health`.
 //!
 //! ```no_run
 //! use emitter_core::Server;
@@ -36,10 +37,12 @@
 mod burst;
 mod connection;
 mod mount;
+mod ops;
 mod serve;
 mod upgrade;
 
 pub use mount::{layer, router, KrmxLayer, KrmxService};
+pub use ops::{health_handler, health_route, metrics_handler, metrics_route};
 pub use serve::{listen, listen_on, mark_listening, serve, ListenError};
 
 /// Compiles the Rust example in the repository's README as a doctest.

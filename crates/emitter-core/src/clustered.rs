@@ -9,6 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::close_reason::CloseReason;
 use crate::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
@@ -16,6 +17,7 @@ use crate::connections::Connection;
 use crate::error::{Error, Status};
 use crate::id::ConnectionId;
 use crate::membership::Membership;
+use crate::metrics::ClusterCounts;
 use crate::protocol::{Frame, ServerMessage};
 use crate::registry::Link;
 use crate::Server;
@@ -40,7 +42,10 @@ impl Server {
         before: impl FnOnce(),
     ) -> Result<(), Refused> {
         let _turn = self.inner.sequencer.lock();
-        let entries = sequencer.submit(change)?;
+        let started = std::time::Instant::now();
+        let submitted = sequencer.submit(change);
+        self.inner.metrics.observe_submit(started.elapsed());
+        let entries = submitted?;
         before();
         self.apply_entries(sequencer, entries);
         Ok(())
@@ -235,6 +240,8 @@ impl ClusterHost {
         if server.inner.cluster.set(sequencer).is_err() {
             return Err(Error::Unavailable("the server is in a cluster already".to_owned()));
         }
+        // The node registered just before: its lease is fresh.
+        server.inner.metrics.lease_renewed();
         self.seed(seq, users);
         Ok(())
     }
@@ -342,6 +349,64 @@ impl ClusterHost {
         }
         server.inner.leaving.lock().clear();
         self.seed(seq, users);
+        // The node registered again just before: it holds a fresh lease.
+        server.inner.metrics.resynced();
+        server.inner.metrics.lease_renewed();
+    }
+
+    // ---- health and metrics: what only the cluster layer sees ---------------------------------------------------
+
+    /// Reports that the node renewed its lease, in a call that took `round_trip`: it holds the lease,
+    /// `krmx_cluster_lease_age_seconds` starts again from zero, and `krmx_cluster_renew_duration_seconds` observes the
+    /// round trip. [`install`](ClusterHost::install) and [`restart`](ClusterHost::restart) count as renewals (the node
+    /// has just registered). Never blocks.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let server = emitter_core::Server::new();
+    /// // Only a node (a server with a sequencer installed) exposes its cluster metrics; this one is not.
+    /// server.cluster_host().lease_renewed(Duration::from_millis(2));
+    /// assert!(!server.metrics_text().contains("krmx_cluster_renew_duration_seconds"));
+    /// ```
+    pub fn lease_renewed(&self, round_trip: Duration) {
+        let metrics = &self.server.inner.metrics;
+        metrics.observe_renewal(round_trip);
+        metrics.lease_renewed();
+    }
+
+    /// Reports that the node lost its lease: [`Server::health`] says so (and `GET /health` answers 503) until the
+    /// node registers again and [`restart`](ClusterHost::restart)s. Never blocks.
+    ///
+    /// ```
+    /// use emitter_core::{Health, Server, Status};
+    ///
+    /// let server = Server::new();
+    /// server.cluster_host().lease_lost();
+    /// // Not a node, and not listening: the lease does not count.
+    /// assert_eq!(server.health(), Health::NotListening(Status::Initializing));
+    /// ```
+    pub fn lease_lost(&self) {
+        self.server.inner.metrics.lease_lost();
+    }
+
+    /// Where the server's metrics read what the cluster layer counts (`krmx_cluster_messages_lost_total`,
+    /// `krmx_cluster_repeats_dropped_total`, `krmx_cluster_resyncs_total{kind="catch_up"}`): `source` is called on
+    /// every scrape, so keep it to a few atomic loads.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let server = emitter_core::Server::new();
+    /// let lost = Arc::new(AtomicU64::new(0));
+    /// let counted = lost.clone();
+    /// server
+    ///     .cluster_host()
+    ///     .set_counts(move || emitter_core::ClusterCounts::new(counted.load(Ordering::Relaxed), 0));
+    /// ```
+    pub fn set_counts(&self, source: impl Fn() -> ClusterCounts + Send + Sync + 'static) {
+        self.server.inner.metrics.set_counts(Box::new(source));
     }
 
     fn seed(&self, seq: u64, users: Vec<(String, Option<LinkAddr>)>) {

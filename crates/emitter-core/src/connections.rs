@@ -13,6 +13,7 @@ use crate::close_reason::CloseReason;
 use crate::config::{Config, RateLimit};
 use crate::fanout::Log;
 use crate::id::ConnectionId;
+use crate::metrics::{Cause, Metrics};
 use crate::outbox::Outbox;
 use crate::outbox::PushError;
 use crate::protocol::Frame;
@@ -68,10 +69,11 @@ pub(crate) struct Connection {
     pub(crate) id: ConnectionId,
     pub(crate) outbox: Outbox,
     pub(crate) state: Mutex<ConnState>,
+    metrics: Arc<Metrics>,
 }
 
 impl Connection {
-    fn new(id: ConnectionId, outbox: Outbox, rate_limit: Option<RateLimit>) -> Self {
+    fn new(id: ConnectionId, outbox: Outbox, rate_limit: Option<RateLimit>, metrics: Arc<Metrics>) -> Self {
         let now = Instant::now();
         Connection {
             id,
@@ -86,6 +88,7 @@ impl Connection {
                     refilled: now,
                 }),
             }),
+            metrics,
         }
     }
 
@@ -115,16 +118,18 @@ impl Connection {
 
     /// Asks the transport to close the connection for `reason`, once (the first reason stands).
     pub(crate) fn close(&self, reason: CloseReason) {
-        close(&mut self.state.lock(), &self.outbox, reason);
+        self.close_locked(&mut self.state.lock(), reason);
     }
-}
 
-/// Asks the transport to close a connection whose state is locked for `reason`, once (the first reason stands).
-pub(crate) fn close(state: &mut ConnState, outbox: &Outbox, reason: CloseReason) {
-    if !state.closing {
-        state.closing = true;
-        state.unlinked_since = None;
-        outbox.close(reason);
+    /// [`close`](Connection::close), for a caller that holds this connection's `state` locked. The close is counted
+    /// in the server's metrics once, for the reason that stands.
+    pub(crate) fn close_locked(&self, state: &mut ConnState, reason: CloseReason) {
+        if !state.closing {
+            state.closing = true;
+            state.unlinked_since = None;
+            self.metrics.closed(Cause::Core(reason));
+            self.outbox.close(reason);
+        }
     }
 }
 
@@ -171,6 +176,10 @@ impl Connections {
         self.open.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn linked(&self) -> usize {
+        self.linked.load(Ordering::SeqCst)
+    }
+
     /// Why one more connection cannot be admitted now, if it cannot. Connections are admitted on the membership path,
     /// one at a time, so a check and the insert that follows it cannot be overtaken.
     pub(crate) fn refusal(&self, config: &Config) -> Option<&'static str> {
@@ -186,10 +195,10 @@ impl Connections {
     }
 
     /// Opens a connection whose outbox reads `log`.
-    pub(crate) fn insert(&self, log: &Arc<Log>, config: &Config) -> (ConnectionId, Outbox) {
+    pub(crate) fn insert(&self, log: &Arc<Log>, config: &Config, metrics: &Arc<Metrics>) -> (ConnectionId, Outbox) {
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed) as u64);
         let outbox = Outbox::new(id, log.clone(), config.outbound_queue);
-        let connection = Connection::new(id, outbox.clone(), config.rate_limit);
+        let connection = Connection::new(id, outbox.clone(), config.rate_limit, metrics.clone());
         self.table.insert(id, Arc::new(connection));
         self.open.fetch_add(1, Ordering::SeqCst);
         (id, outbox)

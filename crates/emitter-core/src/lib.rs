@@ -36,6 +36,7 @@ mod kept;
 mod lifecycle;
 mod link;
 mod membership;
+mod metrics;
 mod outbox;
 pub mod protocol;
 mod query;
@@ -61,6 +62,7 @@ pub use config::{
 pub use emitter_listeners::Subscription;
 pub use error::{Error, Status};
 pub use events::Event;
+pub use metrics::{ClusterCounts, Health, METRICS_CONTENT_TYPE};
 pub use protocol::Message;
 pub use query::QueryParam;
 pub use registry::Broadcast;

@@ -227,7 +227,7 @@ impl Server {
                 .is_some_and(|since| now.duration_since(since) >= deadline);
             if overdue && matches!(state.role, Role::Unlinked) {
                 tracing::debug!(connection = %connection.id, "closing a connection that stayed unlinked past the link deadline");
-                crate::connections::close(&mut state, &connection.outbox, CloseReason::LinkDeadline);
+                connection.close_locked(&mut state, CloseReason::LinkDeadline);
             }
         }
     }

@@ -6,16 +6,19 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::task::JoinSet;
 
 use crate::auth::{AuthContext, AuthFuture, AuthInfo};
 use crate::cluster::{Change, Refused, Sequencer};
 use crate::config::{LinkPolicy, MAX_USERNAME_BYTES};
-use crate::connections::{close, Connection, Member, Role};
+use crate::connections::{Connection, Member, Role};
 use crate::error::Status;
 use crate::events::Event;
 use crate::id::ConnectionId;
+use crate::membership::Membership;
+use crate::metrics::Reason;
 use crate::outbox::Outbox;
 use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, Rejection, ServerMessage};
 use crate::version::AcceptedVersions;
@@ -32,6 +35,15 @@ enum Seen {
 /// A linked user's application message, to run the listeners for once no lock is held.
 type Dispatch = (Arc<Member>, Message);
 
+/// When a link attempt's steps began, for the link and auth latency metrics.
+#[derive(Clone, Copy)]
+struct Timing {
+    /// The link request was received.
+    received: Instant,
+    /// The authenticate listeners were called.
+    asked: Instant,
+}
+
 impl Server {
     pub(crate) fn connect(&self) -> Result<(ConnectionId, Outbox), &'static str> {
         let _turn = self.inner.sequencer.lock();
@@ -39,7 +51,10 @@ impl Server {
             tracing::warn!(reason, "incoming connection refused");
             return Err(reason);
         }
-        let (id, outbox) = self.inner.connections.insert(&self.inner.log, &self.inner.config);
+        let (id, outbox) = self
+            .inner
+            .connections
+            .insert(&self.inner.log, &self.inner.config, &self.inner.metrics);
         self.publish_open_count();
         tracing::debug!(connection = %id, "connection opened");
         Ok((id, outbox))
@@ -82,6 +97,7 @@ impl Server {
     }
 
     pub(crate) fn receive(&self, id: ConnectionId, data: &[u8]) {
+        self.inner.metrics.received(data.len());
         if self.status() != Status::Listening {
             tracing::debug!(connection = %id, status = %self.status(), "message ignored");
             return;
@@ -96,11 +112,7 @@ impl Server {
             }
             if !state.take_token() {
                 tracing::debug!(connection = %id, "message rate limit exceeded: closing the connection");
-                close(
-                    &mut state,
-                    &connection.outbox,
-                    crate::close_reason::CloseReason::RateLimit,
-                );
+                connection.close_locked(&mut state, crate::close_reason::CloseReason::RateLimit);
                 let member = match &state.role {
                     Role::Linked(member) => Some(member.clone()),
                     _ => None,
@@ -151,6 +163,7 @@ impl Server {
         connection: &Arc<Connection>,
         message: Result<ClientMessage, InvalidMessage>,
     ) -> Option<Dispatch> {
+        let received = Instant::now();
         let _turn = self.inner.sequencer.lock();
         if self.status() != Status::Listening {
             return None;
@@ -170,7 +183,9 @@ impl Server {
             tracing::warn!(connection = %connection.id, "invalid message");
             match seen {
                 Seen::Linked(member) => self.unlink_connection(connection, &member.name),
-                Seen::Unlinked | Seen::Linking => reply_rejected(connection, &Rejection::InvalidMessage.to_string()),
+                Seen::Unlinked | Seen::Linking => {
+                    self.reply_rejected(connection, &Rejection::InvalidMessage.to_string())
+                }
             }
             return None;
         };
@@ -190,14 +205,14 @@ impl Server {
             // Linked while this message waited for the sequencer (an async link finished): it is the linked user's.
             (Seen::Linked(member), ClientMessage::Custom(message)) => return Some((member, message)),
             (Seen::Linking, ClientMessage::Link(_)) => {
-                reply_rejected(connection, &Rejection::LinkRequestPending.to_string())
+                self.reply_rejected(connection, &Rejection::LinkRequestPending.to_string())
             }
-            (Seen::Unlinked, ClientMessage::Link(Some(request))) => self.attempt_link(connection, request),
+            (Seen::Unlinked, ClientMessage::Link(Some(request))) => self.attempt_link(connection, request, received),
             (Seen::Unlinked, ClientMessage::Link(None)) => {
-                reply_rejected(connection, &Rejection::InvalidLinkRequest.to_string())
+                self.reply_rejected(connection, &Rejection::InvalidLinkRequest.to_string())
             }
             (Seen::Unlinked | Seen::Linking, _) => {
-                reply_rejected(connection, &Rejection::UnlinkedConnection.to_string())
+                self.reply_rejected(connection, &Rejection::UnlinkedConnection.to_string())
             }
         }
         None
@@ -217,16 +232,16 @@ impl Server {
         }
     }
 
-    fn attempt_link(&self, connection: &Arc<Connection>, request: LinkRequest) {
+    fn attempt_link(&self, connection: &Arc<Connection>, request: LinkRequest, received: Instant) {
         let config = &self.inner.config;
         if !config.accepted_versions.accepts(&request.version) {
-            return reply_rejected(connection, &AcceptedVersions::mismatch_reason(&request.version));
+            return self.reply_rejected(connection, &AcceptedVersions::mismatch_reason(&request.version));
         }
         if request.username.len() > MAX_USERNAME_BYTES || !config.is_valid_username(&request.username) {
-            return reply_rejected(connection, &Rejection::InvalidUsername.to_string());
+            return self.reply_rejected(connection, &Rejection::InvalidUsername.to_string());
         }
         if let Some(reason) = self.link_refusal(&request.username) {
-            return reply_rejected(connection, &reason);
+            return self.reply_rejected(connection, &reason);
         }
         let LinkRequest { username, auth, .. } = request;
         let info = AuthInfo {
@@ -234,6 +249,10 @@ impl Server {
             auth,
         };
         let ctx = AuthContext::default();
+        let timing = Timing {
+            received,
+            asked: Instant::now(),
+        };
         let panics = self.emit(
             Event::Authenticate {
                 username: &username,
@@ -251,9 +270,9 @@ impl Server {
         }
         let pending = ctx.take_pending();
         if pending.is_empty() || ctx.is_rejected() {
-            return self.decide_link(connection, &username, &ctx);
+            return self.decide_link(connection, &username, &ctx, timing);
         }
-        self.authenticate_async(connection, username, ctx, pending);
+        self.authenticate_async(connection, username, ctx, pending, timing);
     }
 
     /// Runs the marked futures on a task, bounded by the auth timeout, then decides the attempt.
@@ -263,11 +282,12 @@ impl Server {
         username: String,
         ctx: AuthContext,
         pending: Vec<AuthFuture>,
+        timing: Timing,
     ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!("async authentication needs a tokio runtime");
             ctx.reject(Rejection::AuthenticationFailed.to_string());
-            return self.decide_link(connection, &username, &ctx);
+            return self.decide_link(connection, &username, &ctx, timing);
         };
         let attempt = self.inner.next_attempt.fetch_add(1, Ordering::Relaxed);
         connection.state.lock().role = Role::Linking { attempt, task: None };
@@ -276,7 +296,7 @@ impl Server {
         let linking = connection.clone();
         let task = runtime.spawn(async move {
             run_auth(&ctx, pending, timeout).await;
-            server.finish_async_link(&linking, attempt, &username, &ctx);
+            server.finish_async_link(&linking, attempt, &username, &ctx, timing);
         });
         match &mut connection.state.lock().role {
             Role::Linking {
@@ -287,7 +307,14 @@ impl Server {
         }
     }
 
-    fn finish_async_link(&self, connection: &Arc<Connection>, attempt: u64, username: &str, ctx: &AuthContext) {
+    fn finish_async_link(
+        &self,
+        connection: &Arc<Connection>,
+        attempt: u64,
+        username: &str,
+        ctx: &AuthContext,
+        timing: Timing,
+    ) {
         let _turn = self.inner.sequencer.lock();
         {
             let mut state = connection.state.lock();
@@ -299,26 +326,29 @@ impl Server {
         if self.status() != Status::Listening {
             return;
         }
-        self.decide_link(connection, username, ctx);
+        self.decide_link(connection, username, ctx, timing);
     }
 
     /// Decides a link attempt once and for all: rejected, or accepted and linked if the checks still hold now.
-    fn decide_link(&self, connection: &Arc<Connection>, username: &str, ctx: &AuthContext) {
-        if let Some(reason) = ctx.decide() {
-            return reply_rejected(connection, &reason);
+    fn decide_link(&self, connection: &Arc<Connection>, username: &str, ctx: &AuthContext, timing: Timing) {
+        let decision = ctx.decide();
+        self.inner.metrics.auth.observe_duration(timing.asked.elapsed());
+        if let Some(reason) = decision {
+            return self.reply_rejected(connection, &reason);
         }
         // A listener may have closed the server meanwhile; then nobody links any more.
         if self.status() != Status::Listening {
             return;
         }
         if let Some(sequencer) = self.sequencer() {
-            return self.decide_link_on_cluster(sequencer, connection, username);
+            return self.decide_link_on_cluster(sequencer, connection, username, timing);
         }
         // Async authentication let time pass: what held then must hold now.
         if let Some(reason) = self.link_refusal(username) {
-            return reply_rejected(connection, &reason);
+            return self.reply_rejected(connection, &reason);
         }
         tracing::debug!(connection = %connection.id, username, "accepted");
+        self.inner.metrics.accepted();
         let _ = connection.push(ServerMessage::Accepted.to_frame());
         let linked = self
             .inner
@@ -331,12 +361,21 @@ impl Server {
             Some(true) => self.unlink_replaced(username), // only with LinkPolicy::Replace: refused otherwise
             Some(false) => {}
         }
-        self.link_user(connection, username);
+        if self.apply_link(connection, username) {
+            self.inner.metrics.link.observe_duration(timing.received.elapsed());
+            self.emit_membership(Membership::Link, username);
+        }
     }
 
     /// A link on a cluster: the cluster's sequencer decides it against the cluster-wide state (this node's view of
     /// the users may be behind), and the entries it returns join and link the user here as on every node.
-    fn decide_link_on_cluster(&self, sequencer: &Arc<dyn Sequencer>, connection: &Arc<Connection>, username: &str) {
+    fn decide_link_on_cluster(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        connection: &Arc<Connection>,
+        username: &str,
+        timing: Timing,
+    ) {
         let change = Change::Link {
             user: username.to_owned(),
             connection: connection.id.0,
@@ -345,14 +384,18 @@ impl Server {
         };
         let accepted = || {
             tracing::debug!(connection = %connection.id, username, "accepted");
+            self.inner.metrics.accepted();
+            // Linked in the cluster's order now; this node applies the link right after.
+            self.inner.metrics.link.observe_duration(timing.received.elapsed());
             let _ = connection.push(ServerMessage::Accepted.to_frame());
         };
         match self.submit(sequencer, change, accepted) {
             Ok(()) => {}
-            Err(Refused::Rejected(rejection)) => reply_rejected(connection, &rejection.to_string()),
+            Err(Refused::Rejected(rejection)) => self.reply_rejected(connection, &rejection.to_string()),
             Err(refused) => {
                 tracing::warn!(connection = %connection.id, username, %refused, "link refused by the cluster");
-                reply_rejected(connection, &refused.to_string());
+                self.inner.metrics.rejected(Reason::ClusterUnavailable);
+                send_rejected(connection, &refused.to_string());
                 if let Refused::Unavailable(_) = refused {
                     // Its outcome is unknown: undo it in case it was made. A refusal means there is nothing to undo.
                     let _ = self.submit(sequencer, Change::unlink_connection(username, connection.id.0), || {});
@@ -362,7 +405,15 @@ impl Server {
     }
 }
 
-fn reply_rejected(connection: &Connection, reason: &str) {
+impl Server {
+    /// Answers `krmx/rejected` with `reason`, counted by its kind.
+    fn reply_rejected(&self, connection: &Connection, reason: &str) {
+        self.inner.metrics.rejected(Reason::of(reason));
+        send_rejected(connection, reason);
+    }
+}
+
+fn send_rejected(connection: &Connection, reason: &str) {
     tracing::debug!(connection = %connection.id, reason, "rejected");
     let _ = connection.push(ServerMessage::Rejected(reason).to_frame());
 }

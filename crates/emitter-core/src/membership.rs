@@ -196,12 +196,6 @@ impl Server {
         self.emit_membership(Membership::Join, username);
     }
 
-    pub(crate) fn link_user(&self, connection: &Arc<Connection>, username: &str) {
-        if self.apply_link(connection, username) {
-            self.emit_membership(Membership::Link, username);
-        }
-    }
-
     pub(crate) fn unlink_user(&self, username: &str) {
         if self.apply_unlink(username).is_some() {
             self.emit_membership(Membership::Unlink, username);

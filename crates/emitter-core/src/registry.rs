@@ -97,6 +97,11 @@ impl Registry {
         }
     }
 
+    /// How many users there are, and how many of them are linked.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.users.len(), self.linked)
+    }
+
     pub(crate) fn user(&self, username: &str) -> Option<&UserSlot> {
         self.order.get(username).and_then(|order| self.users.get(order))
     }

@@ -26,6 +26,7 @@ use crate::connections::{Connection, Connections};
 use crate::error::{Error, Status};
 use crate::events::Event;
 use crate::fanout::Log;
+use crate::metrics::Metrics;
 use crate::outbox::PushError;
 use crate::protocol::{Frame, Message, RESERVED_PREFIX};
 use crate::registry::{Broadcast, Link, Registry};
@@ -117,6 +118,8 @@ pub(crate) struct Inner {
     /// Local connections whose user is half way through a leave on the cluster (unlinked, not yet left): they hear of
     /// their own leave.
     pub(crate) leaving: Mutex<HashMap<String, Arc<Connection>>>,
+    /// This server's own metrics (see `metrics.rs`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A Krmx server: users, the connections linked to them, and the listeners that react to them.
@@ -197,6 +200,7 @@ impl Server {
 
     pub(crate) fn with_config(config: Config) -> Server {
         let log = Arc::new(Log::default());
+        let metrics = Arc::new(Metrics::new());
         Server {
             inner: Arc::new(Inner {
                 registry: Mutex::new(Registry::new(log.clone(), config.outbound_queue, config.keep_unlinked)),
@@ -215,6 +219,7 @@ impl Server {
                 cluster: OnceLock::new(),
                 applied: AtomicU64::new(0),
                 leaving: Mutex::new(HashMap::new()),
+                metrics,
             }),
         }
     }

@@ -9,6 +9,7 @@ use std::future::Future;
 pub use crate::close_reason::CloseReason;
 use crate::error::Status;
 pub use crate::id::ConnectionId;
+use crate::metrics::Cause;
 pub use crate::outbox::{Outbox, PushError};
 pub use crate::snapshot::Snapshot;
 use crate::Server;
@@ -118,5 +119,85 @@ impl Host {
     /// Resolves when the server starts closing; hand it to a graceful-shutdown hook.
     pub fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
         self.server.closing()
+    }
+
+    // ---- metrics: what only the transport sees ------------------------------------------------------------------
+
+    /// Counts `frames` written to a connection's socket, of `bytes` payload bytes in all (the server's
+    /// `krmx_messages_sent_total` and `krmx_sent_bytes_total`). Call it once per write burst: it costs two atomic
+    /// adds on counters striped per thread.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// server.host().record_written(3, 120);
+    /// let text = server.metrics_text();
+    /// assert!(text.contains("\nkrmx_messages_sent_total 3\n"));
+    /// assert!(text.contains("\nkrmx_sent_bytes_total 120\n"));
+    /// ```
+    pub fn record_written(&self, frames: usize, bytes: usize) {
+        let metrics = &self.server.inner.metrics;
+        metrics.messages_out.add(frames as u64);
+        metrics.bytes_out.add(bytes as u64);
+    }
+
+    /// Records how many frames a connection's writer found waiting when it woke (`krmx_outbound_queue_depth`).
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// server.host().record_queue_depth(5);
+    /// assert!(server.metrics_text().contains("krmx_outbound_queue_depth_bucket{le=\"8\"} 1"));
+    /// ```
+    pub fn record_queue_depth(&self, frames: usize) {
+        self.server.inner.metrics.queue_depth.observe(frames as u64);
+    }
+
+    /// Counts a connection the transport closed on its own account, for `cause`
+    /// (`krmx_connection_closes_total{cause}`). The closes the core asks for are counted by the core.
+    ///
+    /// ```
+    /// use emitter_core::transport::TransportClose;
+    ///
+    /// let server = emitter_core::Server::new();
+    /// server.host().record_close(TransportClose::Oversize);
+    /// assert!(server
+    ///     .metrics_text()
+    ///     .contains("krmx_connection_closes_total{cause=\"oversize\"} 1"));
+    /// ```
+    pub fn record_close(&self, cause: TransportClose) {
+        self.server.inner.metrics.closed(Cause::Transport(cause));
+    }
+}
+
+/// Why a transport closed a connection on its own account rather than at the core's request (that is a
+/// [`CloseReason`]), for the server's metrics: see [`Host::record_close`]. Each comes with the close code RFC 6455
+/// gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportClose {
+    /// A message over [`max_message_size`](crate::Config::max_message_size): 1009 (message too big).
+    Oversize,
+    /// A text message that is not UTF-8: 1007 (invalid frame payload data).
+    InvalidUtf8,
+    /// A frame that breaks the WebSocket protocol: 1002 (protocol error).
+    ProtocolError,
+    /// No pong came between two pings: 1008 (policy violation).
+    NoPong,
+    /// The connection URL's query parameters are not the expected ones: 1008 (policy violation).
+    QueryParams,
+}
+
+impl TransportClose {
+    /// The WebSocket close code (RFC 6455, section 7.4) a transport closes with for it.
+    ///
+    /// ```
+    /// assert_eq!(emitter_core::transport::TransportClose::Oversize.code(), 1009);
+    /// ```
+    pub fn code(self) -> u16 {
+        match self {
+            TransportClose::Oversize => 1009,
+            TransportClose::InvalidUtf8 => 1007,
+            TransportClose::ProtocolError => 1002,
+            TransportClose::NoPong | TransportClose::QueryParams => 1008,
+        }
     }
 }

@@ -43,10 +43,13 @@ impl Drop for KeepAlive {
     }
 }
 
+/// Called after every successful renewal, with its round trip; must not block.
+pub(crate) type OnRenewed = Box<dyn Fn(Duration) + Send + Sync>;
+
 impl KeepAlive {
-    pub(crate) fn start(cluster: Cluster, lease: NodeLease) -> KeepAlive {
+    pub(crate) fn start(cluster: Cluster, lease: NodeLease, on_renewed: Option<OnRenewed>) -> KeepAlive {
         let (report, state) = watch::channel(None);
-        let task = tokio::spawn(keep(cluster, lease.clone(), report));
+        let task = tokio::spawn(keep(cluster, lease.clone(), report, on_renewed));
         KeepAlive { lease, state, task }
     }
 
@@ -74,7 +77,12 @@ impl KeepAlive {
     }
 }
 
-async fn keep(cluster: Cluster, lease: NodeLease, report: watch::Sender<Option<LeaseLost>>) {
+async fn keep(
+    cluster: Cluster,
+    lease: NodeLease,
+    report: watch::Sender<Option<LeaseLost>>,
+    on_renewed: Option<OnRenewed>,
+) {
     let options = cluster.options().clone();
     let every = (options.lease / 3).max(Duration::from_millis(1));
     let mut renew = tokio::time::interval(every);
@@ -93,7 +101,12 @@ async fn keep(cluster: Cluster, lease: NodeLease, report: watch::Sender<Option<L
                 let sent = Instant::now();
                 tokio::select! {
                     result = cluster.renew(&lease) => match result {
-                        Ok(()) => held_until = sent + options.lease,
+                        Ok(()) => {
+                            held_until = sent + options.lease;
+                            if let Some(renewed) = &on_renewed {
+                                renewed(sent.elapsed());
+                            }
+                        }
                         Err(Error::Refused(Refusal::Fenced)) => break LeaseLost::Fenced,
                         Err(Error::Refused(Refusal::EpochChanged { current })) => {
                             break LeaseLost::EpochChanged { current }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use emitter_core::cluster::{Change, Entry, LinkAddr, Refused, Sequencer};
 use emitter_core::protocol::{Frame, Rejection};
-use emitter_core::{ClusterHost, Error as CoreError, Server};
+use emitter_core::{ClusterCounts, ClusterHost, Error as CoreError, Server};
 use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 
@@ -72,11 +72,17 @@ impl Node {
             blocking: cluster.blocking(),
             cluster: cluster.clone(),
             needs_snapshot: AtomicBool::new(false),
+            lease_lost: AtomicBool::new(false),
         });
         let host = server.cluster_host();
         let (seq, users) = seed(snapshot);
         host.install(sequencer.clone(), seq, users)
             .map_err(|error| Error::Malformed(format!("cannot make this server a node: {error}")))?;
+        let shared = cluster.shared.clone();
+        host.set_counts(move || {
+            let stats = shared.stats();
+            ClusterCounts::new(stats.messages_lost, stats.repeats_dropped).with_catch_ups(stats.resubscriptions)
+        });
         tracing::info!(
             cluster = cluster.name(),
             node = id,
@@ -86,10 +92,10 @@ impl Node {
         );
         let keeper = Keeper {
             server: server.clone(),
+            alive: keep_alive(&cluster, &host, lease),
             host,
             cluster: cluster.clone(),
             sequencer,
-            alive: cluster.keep_alive(lease),
             notifications,
         };
         let task = tokio::spawn(keeper.run());
@@ -117,6 +123,12 @@ impl Node {
     }
 }
 
+/// Keeps the node's lease, telling the server of every renewal (its health and `krmx_cluster_lease_age_seconds`).
+fn keep_alive(cluster: &Cluster, host: &ClusterHost, lease: NodeLease) -> KeepAlive {
+    let host = host.clone();
+    cluster.keep_alive_reporting(lease, Box::new(move |round_trip| host.lease_renewed(round_trip)))
+}
+
 /// The users of a snapshot, as the core seeds them.
 fn seed(snapshot: Snapshot) -> (u64, Vec<(String, Option<LinkAddr>)>) {
     let users = snapshot.users.into_iter().map(|user| (user.name, user.link)).collect();
@@ -133,6 +145,10 @@ struct RedisSequencer {
     cluster: Cluster,
     /// Set when the log could not continue from where the node is: it must start over from a snapshot.
     needs_snapshot: AtomicBool,
+    /// Set while the node has given up its lease and not yet registered again: changes are refused at once rather
+    /// than sent with a lease Redis fences (when it answers at all: a paused Redis would hold every closing
+    /// connection's unlink, and the thread it runs on, until it wakes).
+    lease_lost: AtomicBool,
 }
 
 impl Sequencer for RedisSequencer {
@@ -145,6 +161,9 @@ impl Sequencer for RedisSequencer {
     }
 
     fn submit(&self, change: Change) -> std::result::Result<Vec<Entry>, Refused> {
+        if self.lease_lost.load(Ordering::SeqCst) {
+            return Err(Refused::Unavailable(Refusal::Fenced.to_string()));
+        }
         let lease = self.lease.read().clone();
         self.blocking.submit(&lease, change).map_err(refused)
     }
@@ -296,7 +315,10 @@ impl Keeper {
     async fn start_over(&mut self, lost: Option<LeaseLost>) {
         let mut epoch_changed = matches!(lost, Some(LeaseLost::EpochChanged { .. }));
         if lost.is_some() || epoch_changed {
-            // No lease, no serving: close the sockets now, not once Redis is back.
+            // No lease, no serving: close the sockets now, not once Redis is back. Health says so until the node has
+            // registered again and restarted.
+            self.sequencer.lease_lost.store(true, Ordering::SeqCst);
+            self.host.lease_lost();
             self.host.close_connections();
         }
         self.sequencer.blocking.reset();
@@ -330,7 +352,8 @@ impl Keeper {
         // the restart. Until then, links are refused as the old lease's.
         let _ = tokio::task::spawn_blocking(move || host.restart(seq, users)).await;
         *self.sequencer.lease.write() = lease.clone();
-        self.alive = self.cluster.keep_alive(lease);
+        self.sequencer.lease_lost.store(false, Ordering::SeqCst);
+        self.alive = keep_alive(&self.cluster, &self.host, lease);
         tracing::warn!(
             node = self.sequencer.node,
             seq,

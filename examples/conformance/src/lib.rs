@@ -8,6 +8,8 @@
 //!
 //! Each endpoint can be a node of a cluster on Redis ([`join_cluster`]): then any number of conformance processes form
 //! one server for the contract, and a client suite run against any one of them passes unchanged.
+//!
+//! The main endpoint's port also serves `GET /metrics` and `GET /health` ([`serve_main_server`]).
 
 use std::time::Duration;
 
@@ -63,8 +65,17 @@ pub fn build_closed() -> Server {
 /// Starts [`build_main`] on `listener` and returns it with its port.
 pub async fn serve_main(listener: TcpListener) -> Result<(Server, u16), ListenError> {
     let server = build_main();
-    let port = emitter_axum::listen_on(&server, listener).await?;
+    let port = serve_main_server(&server, listener).await?;
     Ok((server, port))
+}
+
+/// Serves the main endpoint's server on `listener`: the Krmx endpoint at `/`, its Prometheus metrics at
+/// `GET /metrics` and its health check at `GET /health`, all on the one port.
+pub async fn serve_main_server(server: &Server, listener: TcpListener) -> Result<u16, ListenError> {
+    let app = emitter_axum::router(server)
+        .merge(emitter_axum::metrics_route(server))
+        .merge(emitter_axum::health_route(server));
+    emitter_axum::serve(server, listener, app).await
 }
 
 /// Starts [`build_closed`] on `listener`, with [`ADMIN`] joined, and returns it with its port.

@@ -2,6 +2,8 @@
 //! 8788) and the policy one on `POLICY_PORT` (default 8789), all at path `/`, on `HOST` (default 127.0.0.1: a test
 //! server stays on loopback unless asked), until Ctrl-C or SIGTERM.
 //!
+//! The main endpoint's port also answers `GET /metrics` (Prometheus) and `GET /health`.
+//!
 //! With `REDIS_URL` set, the endpoints are nodes of clusters on that Redis: `KRMX_CLUSTER` (default `conformance`)
 //! for the main one, `<KRMX_CLUSTER>-closed` and `<KRMX_CLUSTER>-policy` for the others, as node `NODE_ID` (default
 //! `node-<PORT>`), with a lease of `KRMX_LEASE_MS` (default 10000).
@@ -49,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         nodes.push(join(&policy, &url, &policy_cluster, &node, options).await?);
         println!("conformance node {node} of cluster {cluster} on {url}");
     }
-    let main_port = emitter_axum::listen_on(&main, main_listener).await?;
+    let main_port = example_conformance::serve_main_server(&main, main_listener).await?;
     let closed_port = example_conformance::serve_closed_server(&closed, closed_listener).await?;
     let policy_port = emitter_axum::listen_on(&policy, policy_listener).await?;
     println!(

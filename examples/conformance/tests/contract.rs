@@ -67,7 +67,7 @@ async fn start_on_cluster() -> Endpoints {
                 .unwrap();
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = match closed {
-                false => emitter_axum::listen_on(&server, listener).await.unwrap(),
+                false => example_conformance::serve_main_server(&server, listener).await.unwrap(),
                 true => example_conformance::serve_closed_server(&server, listener)
                     .await
                     .unwrap(),
@@ -134,6 +134,25 @@ async fn main_accepts_new_users_at_once() {
     let (mut simon, answer) = try_link(endpoints.main_port, "simon", None).await;
     assert_eq!(answer, Ok(()));
     simon.expect_all(&[joined("simon"), linked("simon")]).await;
+    endpoints.stop().await;
+}
+
+#[tokio::test]
+async fn main_port_serves_metrics_and_health() {
+    let endpoints = start().await;
+    let health = emitter_testing::http_get(endpoints.main_port, "/health").await;
+    assert_eq!(health.status_body(), (200, "ok\n"));
+    let (mut simon, answer) = try_link(endpoints.main_port, "simon", None).await;
+    assert_eq!(answer, Ok(()));
+    simon.expect_all(&[joined("simon"), linked("simon")]).await;
+    let metrics = emitter_testing::http_get(endpoints.main_port, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let accepted = metrics
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix("krmx_link_attempts_total{outcome=\"accepted\"} "))
+        .and_then(|value| value.parse::<u64>().ok());
+    assert_eq!(accepted, Some(1), "{}", metrics.body);
     endpoints.stop().await;
 }
 

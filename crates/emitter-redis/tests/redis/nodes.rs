@@ -304,3 +304,129 @@ async fn messages_kept_for_an_unlinked_user_wait_on_whichever_node_it_relinks_on
     alice.expect(marker_json("fresh")).await;
     bob.expect(linked("alice")).await;
 }
+
+/// The value of one sample (`name` with its labels, as written) in a `/metrics` scrape.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Asks `GET /health` until it answers `status`, bounded; returns the body.
+async fn health_becomes(port: u16, status: u16) -> String {
+    let deadline = Instant::now() + emitter_testing::TIMEOUT;
+    loop {
+        let response = emitter_testing::http_get(port, "/health").await;
+        if response.status == status {
+            return response.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health never answered {status}: {} {}",
+            response.status,
+            response.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves a node with the Krmx endpoint, `/health` and `/metrics` on one loopback port.
+async fn serve_node_with_ops(redis: &RedisServer, cluster: &str, lease: Duration) -> (Server, Node, u16) {
+    let options = Options { lease, ..options() };
+    let server = Server::new();
+    let handle = Cluster::connect(&redis.url(), cluster, options).await.expect("connect");
+    let node = Node::start(&server, handle, "a").await.expect("start the node");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = emitter_axum::router(&server)
+        .merge(emitter_axum::health_route(&server))
+        .merge(emitter_axum::metrics_route(&server));
+    let port = emitter_axum::serve(&server, listener, app).await.unwrap();
+    (server, node, port)
+}
+
+/// Scrapes until the renewal histogram has a sample: renewals come every third of a lease.
+async fn scrape_after_a_renewal(port: u16) -> String {
+    let deadline = Instant::now() + emitter_testing::TIMEOUT;
+    loop {
+        let text = emitter_testing::http_get(port, "/metrics").await.body;
+        if sample(&text, "krmx_cluster_renew_duration_seconds_count").unwrap_or_default() >= 1.0 {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no renewal was ever timed: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_says_unhealthy_while_the_node_has_lost_its_lease() {
+    let mut redis = redis_or_skip!();
+    let lease = Duration::from_millis(600);
+    let (_server, _node, port) = serve_node_with_ops(&redis, "health", lease).await;
+    assert_eq!(health_becomes(port, 200).await, "ok\n");
+    let mut alice = RawClient::link_and_settle(port, "alice").await;
+    let text = scrape_after_a_renewal(port).await;
+    assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(1.0), "{text}");
+    let age = sample(&text, "krmx_cluster_lease_age_seconds").unwrap_or(f64::MAX);
+    assert!(age < lease.as_secs_f64(), "renewed within the lease: {text}");
+    assert_eq!(
+        sample(&text, "krmx_cluster_resyncs_total{kind=\"restart\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "krmx_cluster_resyncs_total{kind=\"catch_up\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "krmx_cluster_messages_lost_total"), Some(0.0), "{text}");
+    let submits = sample(&text, "krmx_cluster_submit_duration_seconds_count").unwrap_or_default();
+    assert!(submits >= 1.0, "alice's link was submitted to Redis: {text}");
+
+    // Redis is gone: no renewal for a whole lease, the node stops serving and says so.
+    redis.kill();
+    alice.expect_closed().await;
+    assert_eq!(health_becomes(port, 503).await, "this node lost its cluster lease\n");
+    let text = emitter_testing::http_get(port, "/metrics").await.body;
+    assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(0.0), "{text}");
+    let age = sample(&text, "krmx_cluster_lease_age_seconds").unwrap_or_default();
+    assert!(age >= lease.as_secs_f64() / 3.0, "no renewal since the kill: {text}");
+
+    // Redis is back (empty): the node registers again, starts over, and is healthy.
+    redis.start_again();
+    assert_eq!(health_becomes(port, 200).await, "ok\n");
+    let text = emitter_testing::http_get(port, "/metrics").await.body;
+    assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(1.0), "{text}");
+    let restarts = sample(&text, "krmx_cluster_resyncs_total{kind=\"restart\"}").unwrap_or_default();
+    assert!(restarts >= 1.0, "it started over from the cluster's state: {text}");
+}
+
+#[tokio::test]
+async fn health_says_unhealthy_while_redis_is_paused_longer_than_the_lease() {
+    let redis = redis_or_skip!();
+    let lease = Duration::from_millis(600);
+    let (_server, _node, port) = serve_node_with_ops(&redis, "health-pause", lease).await;
+    let mut bob = RawClient::link_and_settle(port, "bob").await;
+    assert_eq!(health_becomes(port, 200).await, "ok\n");
+
+    // Paused for more than three leases: the node gives its lease up on its own clock, while Redis still sleeps.
+    let pause = redis.pause(2.0);
+    bob.expect_closed().await;
+    assert_eq!(health_becomes(port, 503).await, "this node lost its cluster lease\n");
+    assert!(
+        !pause.is_finished(),
+        "the lease was given up during the pause, not after it"
+    );
+    let text = emitter_testing::http_get(port, "/metrics").await.body;
+    assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(0.0), "{text}");
+
+    // Redis wakes: the node's old lease is fenced; it registers again, starts over, and is healthy again.
+    pause.join().unwrap();
+    assert_eq!(health_becomes(port, 200).await, "ok\n");
+    let text = scrape_after_a_renewal(port).await;
+    assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(1.0), "{text}");
+    let restarts = sample(&text, "krmx_cluster_resyncs_total{kind=\"restart\"}").unwrap_or_default();
+    assert!(restarts >= 1.0, "it started over from the cluster's state: {text}");
+    let mut bob = RawClient::link_and_settle(port, "bob").await;
+    bob.send(json!({"type": "app/hello", "payload": 1})).await;
+    bob.close().await;
+}

@@ -64,3 +64,23 @@ pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Ht
 pub async fn http_get(port: u16, path: &str) -> HttpResponse {
     http(port, "GET", path, None).await
 }
+
+/// Asks `GET path` on `127.0.0.1:{port}` until it answers `status`, and returns that response's body: for a state
+/// that changes without telling any client (a health check turning 503 while Redis is away, and back). Panics after
+/// [`TIMEOUT`], with the last answer.
+pub async fn get_until_status(port: u16, path: &str, status: u16) -> String {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let response = http_get(port, path).await;
+        if response.status == status {
+            return response.body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never answered {status}: {} {}",
+            response.status,
+            response.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -29,7 +29,7 @@ pub mod redis;
 mod test_client;
 
 pub use frames::*;
-pub use http::{http, http_get, HttpResponse};
+pub use http::{get_until_status, http, http_get, HttpResponse};
 pub use logs::CapturedLogs;
 pub use raw::{opcode, RawClient, WsStream};
 pub use receive::Receive;

@@ -498,15 +498,12 @@ async fn a_process_that_cannot_reach_redis_past_its_lease_stops_serving() {
     let mut redis = redis_or_skip!();
     let node = NodeProcess::start(&redis, "n1", 1_000);
     let mut alice = RawClient::link_and_settle(node.port, "alice").await;
-    assert_eq!(health_becomes(node.port, 200).await, "ok\n");
+    assert_eq!(health_until(node.port, 200).await, "ok\n");
     redis.kill();
     // Within about a lease, with Redis still gone, the process closes its sockets rather than risk a double link,
     // and its health check says why.
     alice.expect_closed().await;
-    assert_eq!(
-        health_becomes(node.port, 503).await,
-        "this node lost its cluster lease\n"
-    );
+    assert_eq!(health_until(node.port, 503).await, "this node lost its cluster lease\n");
     let refused = RawClient::link_with(node.port, "bob", None)
         .await
         .err()
@@ -518,25 +515,7 @@ async fn a_process_that_cannot_reach_redis_past_its_lease_stops_serving() {
     // Redis comes back (empty): the process rejoins and serves again.
     redis.start_again();
     Observer::link_when_available(node.port, "alice").await;
-    assert_eq!(health_becomes(node.port, 200).await, "ok\n");
-}
-
-/// Asks the main port's `GET /health` until it answers `status`, bounded; returns the body.
-async fn health_becomes(port: u16, status: u16) -> String {
-    let deadline = Instant::now() + emitter_testing::TIMEOUT;
-    loop {
-        let response = emitter_testing::http_get(port, "/health").await;
-        if response.status == status {
-            return response.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/health never answered {status}: {} {}",
-            response.status,
-            response.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(health_until(node.port, 200).await, "ok\n");
 }
 
 /// alice links again on `one` and bob on `two`, each as soon as its process serves again, and the views settle (round
@@ -685,4 +664,9 @@ async fn policies_hold_across_three_processes() {
         "left after {:?}",
         closed.elapsed()
     );
+}
+
+/// Asks `GET /health` on `port` until it answers `status`; returns the body.
+async fn health_until(port: u16, status: u16) -> String {
+    emitter_testing::get_until_status(port, "/health", status).await
 }

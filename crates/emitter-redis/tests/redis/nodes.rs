@@ -312,24 +312,6 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Asks `GET /health` until it answers `status`, bounded; returns the body.
-async fn health_becomes(port: u16, status: u16) -> String {
-    let deadline = Instant::now() + emitter_testing::TIMEOUT;
-    loop {
-        let response = emitter_testing::http_get(port, "/health").await;
-        if response.status == status {
-            return response.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/health never answered {status}: {} {}",
-            response.status,
-            response.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Serves a node with the Krmx endpoint, `/health` and `/metrics` on one loopback port.
 async fn serve_node_with_ops(redis: &RedisServer, cluster: &str, lease: Duration) -> (Server, Node, u16) {
     let options = Options { lease, ..options() };
@@ -362,7 +344,7 @@ async fn health_says_unhealthy_while_the_node_has_lost_its_lease() {
     let mut redis = redis_or_skip!();
     let lease = Duration::from_millis(600);
     let (_server, _node, port) = serve_node_with_ops(&redis, "health", lease).await;
-    assert_eq!(health_becomes(port, 200).await, "ok\n");
+    assert_eq!(health_until(port, 200).await, "ok\n");
     let mut alice = RawClient::link_and_settle(port, "alice").await;
     let text = scrape_after_a_renewal(port).await;
     assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(1.0), "{text}");
@@ -385,7 +367,7 @@ async fn health_says_unhealthy_while_the_node_has_lost_its_lease() {
     // Redis is gone: no renewal for a whole lease, the node stops serving and says so.
     redis.kill();
     alice.expect_closed().await;
-    assert_eq!(health_becomes(port, 503).await, "this node lost its cluster lease\n");
+    assert_eq!(health_until(port, 503).await, "this node lost its cluster lease\n");
     let text = emitter_testing::http_get(port, "/metrics").await.body;
     assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(0.0), "{text}");
     let age = sample(&text, "krmx_cluster_lease_age_seconds").unwrap_or_default();
@@ -393,7 +375,7 @@ async fn health_says_unhealthy_while_the_node_has_lost_its_lease() {
 
     // Redis is back (empty): the node registers again, starts over, and is healthy.
     redis.start_again();
-    assert_eq!(health_becomes(port, 200).await, "ok\n");
+    assert_eq!(health_until(port, 200).await, "ok\n");
     let text = emitter_testing::http_get(port, "/metrics").await.body;
     assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(1.0), "{text}");
     let restarts = sample(&text, "krmx_cluster_resyncs_total{kind=\"restart\"}").unwrap_or_default();
@@ -406,12 +388,12 @@ async fn health_says_unhealthy_while_redis_is_paused_longer_than_the_lease() {
     let lease = Duration::from_millis(600);
     let (_server, _node, port) = serve_node_with_ops(&redis, "health-pause", lease).await;
     let mut bob = RawClient::link_and_settle(port, "bob").await;
-    assert_eq!(health_becomes(port, 200).await, "ok\n");
+    assert_eq!(health_until(port, 200).await, "ok\n");
 
     // Paused for more than three leases: the node gives its lease up on its own clock, while Redis still sleeps.
     let pause = redis.pause(2.0);
     bob.expect_closed().await;
-    assert_eq!(health_becomes(port, 503).await, "this node lost its cluster lease\n");
+    assert_eq!(health_until(port, 503).await, "this node lost its cluster lease\n");
     assert!(
         !pause.is_finished(),
         "the lease was given up during the pause, not after it"
@@ -421,7 +403,7 @@ async fn health_says_unhealthy_while_redis_is_paused_longer_than_the_lease() {
 
     // Redis wakes: the node's old lease is fenced; it registers again, starts over, and is healthy again.
     pause.join().unwrap();
-    assert_eq!(health_becomes(port, 200).await, "ok\n");
+    assert_eq!(health_until(port, 200).await, "ok\n");
     let text = scrape_after_a_renewal(port).await;
     assert_eq!(sample(&text, "krmx_cluster_lease_held"), Some(1.0), "{text}");
     let restarts = sample(&text, "krmx_cluster_resyncs_total{kind=\"restart\"}").unwrap_or_default();
@@ -429,4 +411,9 @@ async fn health_says_unhealthy_while_redis_is_paused_longer_than_the_lease() {
     let mut bob = RawClient::link_and_settle(port, "bob").await;
     bob.send(json!({"type": "app/hello", "payload": 1})).await;
     bob.close().await;
+}
+
+/// Asks `GET /health` on `port` until it answers `status`; returns the body.
+async fn health_until(port: u16, status: u16) -> String {
+    emitter_testing::get_until_status(port, "/health", status).await
 }

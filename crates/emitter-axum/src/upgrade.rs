@@ -26,6 +26,7 @@ pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> R
     if let Some(why) = host.refusal() {
         // Refused before the upgrade: no socket task, no buffers. `connect` repeats the check after the upgrade.
         tracing::warn!(reason = why, "incoming connection refused with 503");
+        host.record_refusal(why);
         let status = StatusCode::SERVICE_UNAVAILABLE;
         return Refusal { status, why }.into_response();
     }

@@ -281,3 +281,25 @@ async fn health_answers_200_only_while_the_server_listens() {
     let _ = stop.send(());
     within("the HTTP server to stop", http).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn connections_refused_before_the_upgrade_are_counted_by_reason() {
+    let server = Server::builder().max_connections(1).build();
+    let port = serve_with_ops(&server).await;
+    let _first = RawClient::link_and_settle(port, "ann").await;
+    let refused = RawClient::connect_to(port, "/").await;
+    assert!(
+        refused.is_err(),
+        "a second connection past max_connections(1) is refused"
+    );
+    let text = scrape_until(
+        port,
+        &[("krmx_connections_refused_total{reason=\"too_many_connections\"}", 1.0)],
+    )
+    .await;
+    assert_eq!(
+        sample(&text, "krmx_connections_refused_total{reason=\"not_listening\"}"),
+        Some(0.0)
+    );
+    server.close().await.unwrap();
+}

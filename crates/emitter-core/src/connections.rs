@@ -20,6 +20,7 @@ use crate::protocol::Frame;
 use crate::shards::Shards;
 use crate::snapshot::Snapshot;
 use crate::sync::Mutex;
+use crate::vocabulary::{TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
 
 /// A user as a linked connection knows it: its name, and the turn that keeps the user's messages one at a time
 /// (a user that relinks on a new connection while a message from its old one is still being handled waits for it).
@@ -186,9 +187,9 @@ impl Connections {
         let open = self.open.load(Ordering::SeqCst);
         let linked = self.linked.load(Ordering::SeqCst);
         if open >= config.max_connections {
-            Some("too many connections")
+            Some(TOO_MANY_CONNECTIONS)
         } else if open.saturating_sub(linked) >= config.max_unlinked_connections {
-            Some("too many unlinked connections")
+            Some(TOO_MANY_UNLINKED)
         } else {
             None
         }

@@ -22,6 +22,7 @@ use crate::metrics::Reason;
 use crate::outbox::Outbox;
 use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, Rejection, ServerMessage};
 use crate::version::AcceptedVersions;
+use crate::vocabulary::NOT_LISTENING;
 use crate::Server;
 use emitter_listeners::panic_message;
 
@@ -49,6 +50,7 @@ impl Server {
         let _turn = self.inner.sequencer.lock();
         if let Some(reason) = self.refusal() {
             tracing::warn!(reason, "incoming connection refused");
+            self.inner.metrics.refused(reason);
             return Err(reason);
         }
         let (id, outbox) = self
@@ -63,7 +65,7 @@ impl Server {
     /// Why a new connection would be refused now, if it would; transports ask before upgrading, to refuse cheaply.
     pub(crate) fn refusal(&self) -> Option<&'static str> {
         if self.status() != Status::Listening {
-            return Some("the server is not listening");
+            return Some(NOT_LISTENING);
         }
         self.inner.connections.refusal(&self.inner.config)
     }

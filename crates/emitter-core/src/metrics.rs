@@ -26,6 +26,7 @@ use crate::error::Status;
 use crate::protocol::Rejection;
 use crate::sync::Mutex;
 use crate::transport::{CloseReason, TransportClose};
+use crate::vocabulary::{NOT_LISTENING, TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
 use crate::Server;
 
 /// The `Content-Type` of [`Server::metrics_text`]: the Prometheus text format, version 0.0.4.
@@ -278,6 +279,13 @@ impl Reason {
     }
 }
 
+/// Why a connection was refused before it was opened, as `Server::refusal` words it, and its label.
+const REFUSALS: [(&str, &str); 3] = [
+    (NOT_LISTENING, "not_listening"),
+    (TOO_MANY_CONNECTIONS, "too_many_connections"),
+    (TOO_MANY_UNLINKED, "too_many_unlinked_connections"),
+];
+
 /// Why the server closed a connection, for the closes it counts: the core's reasons and the transport's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cause {
@@ -465,6 +473,8 @@ pub(crate) struct Metrics {
     rejected: Counter,
     rejections: Vec<(Reason, Counter)>,
     closes: Vec<(Cause, Counter)>,
+    /// Per refusal text (as `Server::refusal` words it), its counter.
+    refusals: Vec<(&'static str, Counter)>,
     pub(crate) auth: Histogram,
     pub(crate) link: Histogram,
     cluster: ClusterMetrics,
@@ -576,6 +586,18 @@ impl Metrics {
             .map(|cause| (*cause, by_cause.get_or_create_owned(&[("cause", cause.label())])))
             .collect();
 
+        let by_refusal = Family::<Label, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused before they were opened, by reason: not_listening, too_many_connections, \
+             too_many_unlinked_connections",
+            by_refusal.clone(),
+        );
+        let refusals = REFUSALS
+            .iter()
+            .map(|(why, label)| (*why, by_refusal.get_or_create_owned(&[("reason", *label)])))
+            .collect();
+
         let auth = Histogram::seconds();
         registry.register_with_unit(
             "auth_duration",
@@ -609,6 +631,7 @@ impl Metrics {
             rejected,
             rejections,
             closes,
+            refusals,
             auth,
             link,
             cluster: ClusterMetrics::new(),
@@ -634,6 +657,13 @@ impl Metrics {
     /// Counts an accepted link attempt.
     pub(crate) fn accepted(&self) {
         self.accepted.inc();
+    }
+
+    /// Counts a connection refused before it was opened, for `why` (as `Server::refusal` words it).
+    pub(crate) fn refused(&self, why: &str) {
+        if let Some((_, counter)) = self.refusals.iter().find(|(text, _)| *text == why) {
+            counter.inc();
+        }
     }
 
     /// Counts a connection the server closed for `cause`.

@@ -140,6 +140,22 @@ impl Host {
         metrics.bytes_out.add(bytes as u64);
     }
 
+    /// Counts a connection the transport refused before opening it, for the reason [`refusal`](Host::refusal) gave
+    /// (`krmx_connections_refused_total{reason}`). A refusal by [`connect`](Host::connect) is counted by the core.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// let host = server.host();
+    /// if let Some(why) = host.refusal() {
+    ///     host.record_refusal(why); // and answer 503 with `why`
+    /// }
+    /// let text = server.metrics_text();
+    /// assert!(text.contains("krmx_connections_refused_total{reason=\"not_listening\"} 1"));
+    /// ```
+    pub fn record_refusal(&self, why: &str) {
+        self.server.inner.metrics.refused(why);
+    }
+
     /// Records how many frames a connection's writer found waiting when it woke (`krmx_outbound_queue_depth`).
     ///
     /// ```

@@ -107,6 +107,16 @@ impl fmt::Display for Rejection {
     }
 }
 
+// Why a connection is refused before it is opened: the body of the transport's 503, a log field, and (as a label)
+// `krmx_connections_refused_total`. Not protocol messages: a refused connection never speaks Krmx.
+
+/// A connection refused while the server is not listening.
+pub(crate) const NOT_LISTENING: &str = "the server is not listening";
+/// A connection refused at `max_connections`.
+pub(crate) const TOO_MANY_CONNECTIONS: &str = "too many connections";
+/// A connection refused at `max_unlinked_connections`.
+pub(crate) const TOO_MANY_UNLINKED: &str = "too many unlinked connections";
+
 #[cfg(test)]
 mod tests {
     use super::Rejection;

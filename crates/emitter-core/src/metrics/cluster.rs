@@ -1,0 +1,195 @@
+//! What a node of a cluster adds: its lease, its round trips to Redis, its resyncs, and what it counts of the
+//! messages between nodes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::sync::Mutex;
+
+use super::striped::Histogram;
+use super::{Label, Metrics};
+
+/// What a node of a cluster counts that the core cannot see, read when the metrics are scraped (see
+/// [`ClusterHost::set_counts`](crate::ClusterHost::set_counts)).
+///
+/// ```
+/// let counts = emitter_core::ClusterCounts::new(3, 1).with_catch_ups(2);
+/// assert_eq!((counts.messages_lost, counts.repeats_dropped, counts.catch_ups), (3, 1, 2));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterCounts {
+    /// Messages from other nodes that never arrived here.
+    pub messages_lost: u64,
+    /// Messages from other nodes that arrived twice and were dropped the second time.
+    pub repeats_dropped: u64,
+    /// Times the node's feed of the cluster's order came back after a drop (on Redis: a resubscription) and the node
+    /// read the log to fill what it missed meanwhile.
+    pub catch_ups: u64,
+}
+
+impl ClusterCounts {
+    /// The message counts so far (and no catch-ups).
+    pub fn new(messages_lost: u64, repeats_dropped: u64) -> ClusterCounts {
+        ClusterCounts {
+            messages_lost,
+            repeats_dropped,
+            catch_ups: 0,
+        }
+    }
+
+    /// These counts with `catch_ups` catch-ups so far.
+    pub fn with_catch_ups(self, catch_ups: u64) -> ClusterCounts {
+        ClusterCounts { catch_ups, ..self }
+    }
+}
+
+pub(super) type CountsSource = Box<dyn Fn() -> ClusterCounts + Send + Sync>;
+
+/// A cluster node's metrics: exposed only once the server is a node.
+pub(super) struct ClusterMetrics {
+    pub(super) registry: Registry,
+    lease_held: Gauge,
+    lease_age: Gauge<f64, AtomicU64>,
+    /// Whether the node holds its lease, as the cluster layer last said.
+    held: AtomicBool,
+    /// When the lease was last renewed: nanoseconds since [`Metrics::created`].
+    renewed_at: AtomicU64,
+    submit: Histogram,
+    renew: Histogram,
+    restarts: Counter,
+    catch_ups: Counter,
+    messages_lost: Counter,
+    repeats_dropped: Counter,
+    counts: Mutex<Option<CountsSource>>,
+}
+
+impl ClusterMetrics {
+    pub(super) fn new() -> ClusterMetrics {
+        let mut registry = Registry::with_prefix("krmx_cluster");
+        let lease_held = Gauge::default();
+        let lease_age = Gauge::<f64, AtomicU64>::default();
+        let submit = Histogram::seconds();
+        let renew = Histogram::seconds();
+        let resyncs = Family::<Label, Counter>::default();
+        let messages_lost = Counter::default();
+        let repeats_dropped = Counter::default();
+        registry.register(
+            "lease_held",
+            "1 while this node holds its lease in the cluster, 0 once it lost it (until it registers again)",
+            lease_held.clone(),
+        );
+        registry.register_with_unit(
+            "lease_age",
+            "Time since this node last renewed its lease (or registered); it keeps growing while the lease is lost",
+            Unit::Seconds,
+            lease_age.clone(),
+        );
+        registry.register_with_unit(
+            "submit_duration",
+            "Round trips of membership changes submitted to the cluster's sequencer (on Redis: one script call on \
+             the blocking connection), failed ones included",
+            Unit::Seconds,
+            submit.clone(),
+        );
+        registry.register_with_unit(
+            "renew_duration",
+            "Round trips of lease renewals (on Redis: one script call each, every third of a lease), failed ones not \
+             included: the node's latency to the cluster's store even when nothing changes",
+            Unit::Seconds,
+            renew.clone(),
+        );
+        registry.register(
+            "resyncs",
+            "Times this node resynchronized with the cluster, by kind: restart (started over from a snapshot of the \
+             cluster's state: lost lease, lost state, or too far behind the log), catch_up (its feed of the \
+             cluster's order came back after a drop, and it read the log for what it missed)",
+            resyncs.clone(),
+        );
+        let restarts = resyncs.get_or_create_owned(&[("kind", "restart")]);
+        let catch_ups = resyncs.get_or_create_owned(&[("kind", "catch_up")]);
+        registry.register(
+            "messages_lost",
+            "Messages from other nodes that never arrived here (gaps in their numbers)",
+            messages_lost.clone(),
+        );
+        registry.register(
+            "repeats_dropped",
+            "Messages from other nodes that arrived twice and were dropped the second time",
+            repeats_dropped.clone(),
+        );
+        ClusterMetrics {
+            registry,
+            lease_held,
+            lease_age,
+            held: AtomicBool::new(false),
+            renewed_at: AtomicU64::new(0),
+            submit,
+            renew,
+            restarts,
+            catch_ups,
+            messages_lost,
+            repeats_dropped,
+            counts: Mutex::new(None),
+        }
+    }
+}
+
+/// What a node reports of its lease and round trips, and its counts read when scraped.
+impl Metrics {
+    pub(crate) fn observe_renewal(&self, took: Duration) {
+        self.cluster.renew.observe_duration(took);
+    }
+
+    pub(crate) fn lease_renewed(&self) {
+        let now = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.cluster.renewed_at.store(now, Ordering::Relaxed);
+        self.cluster.held.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn lease_lost(&self) {
+        self.cluster.held.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn lease_held(&self) -> bool {
+        self.cluster.held.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn observe_submit(&self, took: Duration) {
+        self.cluster.submit.observe_duration(took);
+    }
+
+    pub(crate) fn resynced(&self) {
+        self.cluster.restarts.inc();
+    }
+
+    pub(crate) fn set_counts(&self, source: CountsSource) {
+        *self.cluster.counts.lock() = Some(source);
+    }
+
+    /// Brings the scrape-time values of a cluster node up to date.
+    pub(super) fn refresh_cluster(&self) {
+        let cluster = &self.cluster;
+        cluster.lease_held.set(i64::from(cluster.held.load(Ordering::SeqCst)));
+        let now = self.created.elapsed();
+        let renewed = Duration::from_nanos(cluster.renewed_at.load(Ordering::Relaxed));
+        cluster.lease_age.set(now.saturating_sub(renewed).as_secs_f64());
+        let counts = cluster.counts.lock().as_ref().map(|source| source());
+        if let Some(counts) = counts {
+            cluster
+                .messages_lost
+                .inner()
+                .store(counts.messages_lost, Ordering::Relaxed);
+            cluster
+                .repeats_dropped
+                .inner()
+                .store(counts.repeats_dropped, Ordering::Relaxed);
+            cluster.catch_ups.inner().store(counts.catch_ups, Ordering::Relaxed);
+        }
+    }
+}

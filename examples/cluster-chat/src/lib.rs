@@ -7,11 +7,10 @@
 //! becomes a node of the cluster ([`Node::start`]) before it listens. The page is the chat's own `index.html`.
 #![deny(missing_docs)]
 
-use axum::http::StatusCode;
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
-use emitter_core::{Message, Server, Status};
+use emitter_core::{Message, Server};
 use emitter_redis::{Cluster, Node, Options};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -51,29 +50,14 @@ fn relay_chat(server: &Server, username: &str, message: &Message) {
 /// The chat's page, the same file as `examples/chat` serves: it connects to `/ws` on whichever node served it.
 const PAGE: &str = include_str!("../../chat/index.html");
 
-/// The web app: the page at `/`, a health check at `/health`, and the Krmx endpoint at the server's path (`/ws`).
-pub fn app(server: &Server, cluster: Cluster) -> Router {
-    let for_health = server.clone();
+/// The web app: the page at `/`, the Krmx endpoint at the server's path (`/ws`), and for operations `GET /health`
+/// (200 while this node listens and holds its cluster lease, 503 with the reason otherwise) and `GET /metrics`.
+pub fn app(server: &Server) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
-        .route("/health", get(move || health(for_health.clone(), cluster.clone())))
         .merge(emitter_axum::router(server))
-}
-
-/// For a load balancer: 200 while this node listens and its Redis answers in the epoch the node works in; 503
-/// otherwise (closing, Redis unreachable, or Redis restarted empty and this node not started over yet).
-async fn health(server: Server, cluster: Cluster) -> (StatusCode, &'static str) {
-    if server.status() != Status::Listening {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not listening");
-    }
-    match cluster.head().await {
-        Ok((Some(epoch), _)) if epoch == cluster.epoch() => (StatusCode::OK, "ok"),
-        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "starting over: Redis has a new state"),
-        Err(error) => {
-            tracing::warn!(%error, "health check: Redis did not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, "Redis did not answer")
-        }
-    }
+        .merge(emitter_axum::health_route(server))
+        .merge(emitter_axum::metrics_route(server))
 }
 
 /// Makes `server` the node `node_id` of the cluster `cluster_name` on the Redis at `redis_url`, then serves the app
@@ -88,7 +72,7 @@ pub async fn start(
     let cluster = Cluster::connect(redis_url, cluster_name, Options::default()).await?;
     // A node before it listens: from now on Redis orders this server's links and unlinks with every other node's,
     // its users() are the cluster's, and its broadcasts reach users linked on any node.
-    let node = Node::start(server, cluster.clone(), node_id).await?;
-    let port = emitter_axum::serve(server, listener, app(server, cluster)).await?;
+    let node = Node::start(server, cluster, node_id).await?;
+    let port = emitter_axum::serve(server, listener, app(server)).await?;
     Ok((node, port))
 }

@@ -1,4 +1,5 @@
-//! Runs one node of the chat cluster until Ctrl-C: the page at `/`, `/health`, the Krmx endpoint at `/ws`.
+//! Runs one node of the chat cluster until Ctrl-C: the page at `/`, the Krmx endpoint at `/ws`,
+//! `/health` and `/metrics`.
 //!
 //! `REDIS_URL` (default `redis://127.0.0.1/`), `KRMX_CLUSTER` (the cluster's name, default `chat`), `PORT` (default
 //! 8082) and `NODE_ID` (unique per process, default `node-<PORT>`).

@@ -78,7 +78,13 @@ async fn health_is_ok_while_the_node_serves() {
     assert_eq!(page.status, 200, "{page:?}");
     assert!(page.body.contains("new WebSocket"), "the chat's page");
     let health = http_get(a.port, "/health").await;
-    assert_eq!(health.status_body(), (200, "ok"));
+    assert_eq!(health.status_body(), (200, "ok\n"));
+    let metrics = http_get(a.port, "/metrics").await;
+    assert!(
+        metrics.body.contains("\nkrmx_cluster_lease_held 1\n"),
+        "a node that holds its lease says so: {}",
+        metrics.body
+    );
     a.server.close().await.unwrap();
     a.node.stopped().await;
 }

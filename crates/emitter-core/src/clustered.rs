@@ -22,6 +22,20 @@ use crate::protocol::{Frame, ServerMessage};
 use crate::registry::Link;
 use crate::Server;
 
+/// Runs a call that waits on the network (a round trip to the cluster's sequencer, or a turn held by one) from the
+/// synchronous membership path. On a multi-threaded tokio runtime it tells the runtime first (`block_in_place`),
+/// which hands this worker's other tasks to another thread: a slow Redis then holds up membership changes, not every
+/// connection's messages. Elsewhere (a current-thread runtime, where that is not possible, a blocking thread, no
+/// runtime) it just runs the call.
+fn off_the_runtime<T>(call: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(call)
+        }
+        _ => call(),
+    }
+}
+
 impl Server {
     /// The cluster's sequencer, when this server is a node of one.
     pub(crate) fn sequencer(&self) -> Option<&Arc<dyn Sequencer>> {
@@ -33,6 +47,20 @@ impl Server {
         self.inner.applied.load(Ordering::SeqCst)
     }
 
+    /// Takes the membership path's turn (it is re-entrant: listeners call back in). On a node of a cluster a turn
+    /// can be held for a round trip to Redis, so waiting for one is announced to tokio like the round trip itself
+    /// (see [`off_the_runtime`]).
+    pub(crate) fn turn(&self) -> impl Sized + '_ {
+        let turns = &self.inner.sequencer;
+        if self.sequencer().is_none() {
+            return turns.lock();
+        }
+        match turns.try_lock() {
+            Some(turn) => turn,
+            None => off_the_runtime(|| turns.lock()),
+        }
+    }
+
     /// Submits a change and applies what the cluster made of it. `before` runs between the decision and the entries
     /// (a link's `krmx/accepted` goes out there, before the newcomer's snapshot).
     pub(crate) fn submit(
@@ -41,9 +69,9 @@ impl Server {
         change: Change,
         before: impl FnOnce(),
     ) -> Result<(), Refused> {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         let started = std::time::Instant::now();
-        let submitted = sequencer.submit(change);
+        let submitted = off_the_runtime(|| sequencer.submit(change));
         self.inner.metrics.observe_submit(started.elapsed());
         let entries = submitted?;
         before();
@@ -62,7 +90,7 @@ impl Server {
 
     /// Applies entries in order, reading the ones in between first when they do not follow the last one applied.
     pub(crate) fn apply_entries(&self, sequencer: &Arc<dyn Sequencer>, entries: Vec<Entry>) {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         for entry in entries {
             if entry.seq <= self.applied() {
                 continue; // applied already, by a catch-up a listener's change made
@@ -81,9 +109,9 @@ impl Server {
     /// Applies every entry after the last one applied. Returns an error when they cannot be read (the node must then
     /// start over from a snapshot of the cluster's state).
     pub(crate) fn catch_up(&self, sequencer: &Arc<dyn Sequencer>) -> Result<(), String> {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         loop {
-            let entries = sequencer.entries_after(self.applied())?;
+            let entries = off_the_runtime(|| sequencer.entries_after(self.applied()))?;
             let Some(last) = entries.last().map(|entry| entry.seq) else {
                 return Ok(());
             };
@@ -230,7 +258,7 @@ impl ClusterHost {
         users: Vec<(String, Option<LinkAddr>)>,
     ) -> Result<(), Error> {
         let server = &self.server;
-        let _turn = server.inner.sequencer.lock();
+        let _turn = server.turn();
         if server.status() != Status::Initializing {
             return Err(Error::WrongStatus {
                 action: "join a cluster",
@@ -334,7 +362,7 @@ impl ClusterHost {
     /// cluster's state, or the part of the order it had not applied.
     pub fn restart(&self, seq: u64, users: Vec<(String, Option<LinkAddr>)>) {
         let server = &self.server;
-        let _turn = server.inner.sequencer.lock();
+        let _turn = server.turn();
         tracing::warn!(
             seq,
             "starting over from the cluster's state: closing this node's connections"

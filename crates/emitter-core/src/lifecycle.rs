@@ -60,7 +60,7 @@ impl Server {
     }
 
     fn begin_close(&self) -> Result<(), Error> {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         if self.status() >= Status::Closing {
             // Closing already: wait for that close.
             return Ok(());
@@ -128,7 +128,7 @@ impl Server {
     }
 
     fn finish_close(&self) {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         if self.status() != Status::Closing {
             return;
         }
@@ -164,21 +164,21 @@ impl Server {
     // ---- lifecycle, for transports -------------------------------------------------------------------------------
 
     pub(crate) fn mark_starting(&self) -> Result<(), Error> {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         require(self.status(), "start listening", &[Status::Initializing])?;
         self.set_status(Status::Starting);
         Ok(())
     }
 
     pub(crate) fn mark_start_failed(&self) {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         if self.status() == Status::Starting {
             self.set_status(Status::Initializing);
         }
     }
 
     pub(crate) fn mark_listening(&self, port: u16) -> Result<(), Error> {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         require(self.status(), "start listening", &[Status::Starting])?;
         self.set_status(Status::Listening);
         tracing::info!(port, "listening");
@@ -218,7 +218,7 @@ impl Server {
     /// Closes the connections that stayed unlinked past the link deadline. On the membership path, so that a link
     /// being decided is never cut half way.
     fn close_overdue(&self, deadline: Duration) {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         let now = Instant::now();
         for connection in self.inner.connections.all() {
             let mut state = connection.state.lock();

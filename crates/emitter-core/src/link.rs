@@ -47,7 +47,7 @@ struct Timing {
 
 impl Server {
     pub(crate) fn connect(&self) -> Result<(ConnectionId, Outbox), &'static str> {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         if let Some(reason) = self.refusal() {
             tracing::warn!(reason, "incoming connection refused");
             self.inner.metrics.refused(reason);
@@ -71,7 +71,7 @@ impl Server {
     }
 
     pub(crate) fn disconnect(&self, id: ConnectionId) {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         let Some(connection) = self.inner.connections.get(id) else {
             return;
         };
@@ -166,7 +166,7 @@ impl Server {
         message: Result<ClientMessage, InvalidMessage>,
     ) -> Option<Dispatch> {
         let received = Instant::now();
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         if self.status() != Status::Listening {
             return None;
         }
@@ -317,7 +317,7 @@ impl Server {
         ctx: &AuthContext,
         timing: Timing,
     ) {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         {
             let mut state = connection.state.lock();
             match state.role {

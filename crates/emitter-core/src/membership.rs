@@ -154,7 +154,7 @@ impl Server {
         let username = username.to_owned();
         runtime.spawn(async move {
             tokio::time::sleep(period).await;
-            let _turn = server.inner.sequencer.lock();
+            let _turn = server.turn();
             let still = server
                 .inner
                 .registry

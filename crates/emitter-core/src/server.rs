@@ -287,7 +287,7 @@ impl Server {
     /// # }
     /// ```
     pub fn atomically<R>(&self, f: impl FnOnce(&Server) -> R) -> R {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         f(self)
     }
 
@@ -439,7 +439,7 @@ impl Server {
     ///
     /// Fails when the server is not listening, the user exists, or the name fails the username rule.
     pub fn join(&self, username: &str) -> Result<(), Error> {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         require(self.status(), "join a user", &[Status::Listening])?;
         if self.sequencer().is_none() && self.user(username).is_some() {
             return Err(Error::JoinExistingUser);
@@ -459,7 +459,7 @@ impl Server {
     ///
     /// Fails when the server is not listening or closing, or the user does not exist or is not linked.
     pub fn unlink(&self, username: &str) -> Result<(), Error> {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         require(
             self.status(),
             "unlink a connection from a user",
@@ -481,7 +481,7 @@ impl Server {
     ///
     /// Fails when the server is not listening or the user does not exist.
     pub fn kick(&self, username: &str) -> Result<(), Error> {
-        let _turn = self.inner.sequencer.lock();
+        let _turn = self.turn();
         require(self.status(), "kick a user", &[Status::Listening])?;
         if let Some(sequencer) = self.sequencer() {
             tracing::info!(username, "kicking");

@@ -81,6 +81,16 @@ mod checked {
             *owner = (Some(me), owner.1 + 1);
             ReentrantMutexGuard { lock: self }
         }
+
+        pub(crate) fn try_lock(&self) -> Option<ReentrantMutexGuard<'_, T>> {
+            let me = shuttle::thread::current().id();
+            let mut owner = self.owner.lock().unwrap_or_else(PoisonError::into_inner);
+            if owner.0.is_some_and(|holder| holder != me) {
+                return None;
+            }
+            *owner = (Some(me), owner.1 + 1);
+            Some(ReentrantMutexGuard { lock: self })
+        }
     }
 
     impl<T> Deref for ReentrantMutexGuard<'_, T> {

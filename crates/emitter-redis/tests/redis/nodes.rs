@@ -417,3 +417,46 @@ async fn health_says_unhealthy_while_redis_is_paused_longer_than_the_lease() {
 async fn health_until(port: u16, status: u16) -> String {
     emitter_testing::get_until_status(port, "/health", status).await
 }
+
+/// While Redis is paused, links wait on it, each holding a tokio worker thread (the membership path is synchronous);
+/// messages must keep flowing on the runtime's other threads, not wait for Redis with the links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_holds_up_links_not_messages() {
+    let redis = redis_or_skip!();
+    let server = Server::new();
+    server.on_message(|server, username, message| {
+        let _ = server.broadcast(message, Some(username));
+    });
+    let a = start_node_with(&redis, "slow", "a", options(), server).await;
+    let (mut ann, mut bob) = RawClient::link_pair(a.port, "ann", "bob").await;
+
+    let paused_at = Instant::now();
+    let paused = redis.pause(1.5);
+    // Give the pause a moment to begin, then start links that wait for Redis: more than there are worker threads.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let links: Vec<_> = (0..6)
+        .map(|i| {
+            let port = a.port;
+            tokio::spawn(async move { RawClient::link_as(port, &format!("late{i}")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    ann.send(json!({"type": "app/say", "payload": "still here"})).await;
+    // (bob may hear of a link first, if one got through.)
+    bob.recv_until(&json!({"type": "app/say", "payload": "still here"}))
+        .await;
+    let arrived = paused_at.elapsed();
+    assert!(
+        arrived < Duration::from_millis(1200),
+        "the message arrived {arrived:?} after Redis was paused for 1.5 s: it waited for Redis with the links"
+    );
+
+    // Once Redis answers, the links go through.
+    for link in links {
+        emitter_testing::within("a link once Redis is back", link)
+            .await
+            .unwrap();
+    }
+    paused.join().unwrap();
+}

@@ -214,3 +214,10 @@ impl ServerBuilder {
         Server::with_config(self.config)
     }
 }
+
+impl Server {
+    /// Starts configuring a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+}

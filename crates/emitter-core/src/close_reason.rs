@@ -77,3 +77,37 @@ impl fmt::Display for CloseReason {
         f.write_str(self.text())
     }
 }
+
+/// Why a transport closed a connection on its own account rather than at the core's request (that is a
+/// [`CloseReason`]), for the server's metrics: see [`Host::record_close`](crate::transport::Host::record_close). Each comes with the close code RFC 6455
+/// gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportClose {
+    /// A message over [`max_message_size`](crate::Config::max_message_size): 1009 (message too big).
+    Oversize,
+    /// A text message that is not UTF-8: 1007 (invalid frame payload data).
+    InvalidUtf8,
+    /// A frame that breaks the WebSocket protocol: 1002 (protocol error).
+    ProtocolError,
+    /// No pong came between two pings: 1008 (policy violation).
+    NoPong,
+    /// The connection URL's query parameters are not the expected ones: 1008 (policy violation).
+    QueryParams,
+}
+
+impl TransportClose {
+    /// The WebSocket close code (RFC 6455, section 7.4) a transport closes with for it.
+    ///
+    /// ```
+    /// assert_eq!(emitter_core::transport::TransportClose::Oversize.code(), 1009);
+    /// ```
+    pub fn code(self) -> u16 {
+        match self {
+            TransportClose::Oversize => 1009,
+            TransportClose::InvalidUtf8 => 1007,
+            TransportClose::ProtocolError => 1002,
+            TransportClose::NoPong | TransportClose::QueryParams => 1008,
+        }
+    }
+}

@@ -37,6 +37,7 @@ mod lifecycle;
 mod link;
 mod membership;
 mod metrics;
+mod ops;
 mod outbox;
 pub mod protocol;
 mod query;

@@ -19,7 +19,6 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::auth::{AuthContext, AuthInfo};
-use crate::builder::ServerBuilder;
 use crate::cluster::{Change, Sequencer};
 use crate::config::Config;
 use crate::connections::{Connection, Connections};
@@ -191,11 +190,6 @@ impl Server {
     /// A server with the default configuration.
     pub fn new() -> Server {
         Server::builder().build()
-    }
-
-    /// Starts configuring a server.
-    pub fn builder() -> ServerBuilder {
-        ServerBuilder::default()
     }
 
     pub(crate) fn with_config(config: Config) -> Server {

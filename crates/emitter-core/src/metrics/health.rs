@@ -3,7 +3,6 @@
 use std::fmt;
 
 use crate::error::Status;
-use crate::Server;
 
 /// Whether a server is fit to serve, as a load balancer's health check asks (see [`Server::health`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,26 +35,6 @@ impl fmt::Display for Health {
             Health::Healthy => f.write_str("ok"),
             Health::NotListening(status) => write!(f, "the server is {status}"),
             Health::LeaseLost => f.write_str("this node lost its cluster lease"),
-        }
-    }
-}
-
-impl Server {
-    /// Whether the server is fit to serve: listening, and on a cluster, holding its lease. `emitter-axum` answers
-    /// `GET /health` with it (200, or 503 with the reason).
-    ///
-    /// ```
-    /// use emitter_core::{Health, Server, Status};
-    ///
-    /// let server = Server::new();
-    /// assert_eq!(server.health(), Health::NotListening(Status::Initializing));
-    /// assert!(!server.health().is_healthy());
-    /// ```
-    pub fn health(&self) -> Health {
-        match self.status() {
-            Status::Listening if self.sequencer().is_some() && !self.inner.metrics.lease_held() => Health::LeaseLost,
-            Status::Listening => Health::Healthy,
-            status => Health::NotListening(status),
         }
     }
 }

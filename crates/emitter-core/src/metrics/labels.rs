@@ -1,7 +1,7 @@
 //! The bounded label values: why a link request was rejected, why a connection was closed or refused.
 
+use crate::close_reason::{CloseReason, TransportClose};
 use crate::protocol::Rejection;
-use crate::transport::{CloseReason, TransportClose};
 use crate::vocabulary::{NOT_LISTENING, TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
 
 /// Why a `krmx/rejected` was sent: a bounded set, so that it can be a label. The protocol's own reasons, `app` for

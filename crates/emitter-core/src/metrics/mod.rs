@@ -18,8 +18,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::Server;
-
 mod cluster;
 mod health;
 mod labels;
@@ -257,34 +255,31 @@ impl Metrics {
     }
 }
 
-impl Server {
-    /// The server's metrics in the Prometheus text format (version 0.0.4; serve it with
-    /// [`METRICS_CONTENT_TYPE`]). Every metric is this server's own: another server in the same process has its
-    /// own numbers. A node of a cluster adds its `krmx_cluster_…` metrics. `emitter-axum` serves it at
-    /// `GET /metrics`; the book's Operations chapter lists every metric.
-    ///
-    /// ```
-    /// let server = emitter_core::Server::new();
-    /// let text = server.metrics_text();
-    /// assert!(text.contains("\nkrmx_connections_open 0\n"));
-    /// assert!(text.contains("krmx_rejections_total{reason=\"app\"} 0"));
-    /// ```
-    pub fn metrics_text(&self) -> String {
-        let metrics = &self.inner.metrics;
-        metrics
-            .connections_open
-            .set(i64::try_from(self.inner.connections.open()).unwrap_or(i64::MAX));
-        metrics
-            .connections_linked
-            .set(i64::try_from(self.inner.connections.linked()).unwrap_or(i64::MAX));
-        let (users, linked) = self.inner.registry.lock().counts();
-        metrics.users.set(i64::try_from(users).unwrap_or(i64::MAX));
-        metrics.users_linked.set(i64::try_from(linked).unwrap_or(i64::MAX));
+/// What a scrape reads from the server's own state rather than from counters kept twice.
+pub(crate) struct Gauges {
+    pub(crate) connections_open: usize,
+    pub(crate) connections_linked: usize,
+    pub(crate) users: usize,
+    pub(crate) users_linked: usize,
+    /// Whether the server is a node of a cluster: then its `krmx_cluster_…` metrics follow.
+    pub(crate) clustered: bool,
+}
+
+impl Metrics {
+    /// The metrics in the Prometheus text format, with the gauges as `gauges` says.
+    pub(crate) fn encode(&self, gauges: Gauges) -> String {
+        let set = |gauge: &Gauge, value: usize| {
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set(&self.connections_open, gauges.connections_open);
+        set(&self.connections_linked, gauges.connections_linked);
+        set(&self.users, gauges.users);
+        set(&self.users_linked, gauges.users_linked);
         let mut text = String::with_capacity(8 * 1024);
-        let mut encoded = prometheus_client::encoding::prometheus_text::encode(&mut text, &metrics.registry);
-        if encoded.is_ok() && self.sequencer().is_some() {
-            metrics.refresh_cluster();
-            encoded = prometheus_client::encoding::prometheus_text::encode(&mut text, &metrics.cluster.registry);
+        let mut encoded = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        if encoded.is_ok() && gauges.clustered {
+            self.refresh_cluster();
+            encoded = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.cluster.registry);
         }
         if let Err(error) = encoded {
             // Writing to a String does not fail; a metric that fails to encode is a bug here.
@@ -302,6 +297,7 @@ mod tests {
     use crate::cluster::{Change, Entry, LinkAddr, Refused, Sequencer};
     use crate::error::Status;
     use crate::protocol::Frame;
+    use crate::Server;
 
     #[test]
     fn histogram_buckets_are_upper_bounds_and_the_rest_counts_in_inf() {

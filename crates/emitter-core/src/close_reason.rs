@@ -79,8 +79,8 @@ impl fmt::Display for CloseReason {
 }
 
 /// Why a transport closed a connection on its own account rather than at the core's request (that is a
-/// [`CloseReason`]), for the server's metrics: see [`Host::record_close`](crate::transport::Host::record_close). Each comes with the close code RFC 6455
-/// gives it.
+/// [`CloseReason`]), for the server's metrics: see
+/// [`Host::record_close`](crate::transport::Host::record_close). Each comes with the close code RFC 6455 gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TransportClose {

@@ -9,7 +9,6 @@ use redis::Value;
 use tokio::sync::mpsc;
 
 use crate::blocking::Blocking;
-use crate::lease::{KeepAlive, OnRenewed};
 use crate::messages::Message;
 use crate::shared::{Call, Catchup, Counters, Options, Shared, Stats};
 use crate::subscribe::Subscription;
@@ -230,17 +229,6 @@ impl Cluster {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
         }
-    }
-
-    /// Keeps `lease` alive: renews it every third of [`Options::lease`], reaps dead nodes every
-    /// [`Options::reap_interval`], and reports when the lease is lost. Stops when dropped.
-    pub fn keep_alive(&self, lease: NodeLease) -> KeepAlive {
-        KeepAlive::start(self.clone(), lease, None)
-    }
-
-    /// [`keep_alive`](Cluster::keep_alive), calling `on_renewed` after every successful renewal.
-    pub(crate) fn keep_alive_reporting(&self, lease: NodeLease, on_renewed: OnRenewed) -> KeepAlive {
-        KeepAlive::start(self.clone(), lease, Some(on_renewed))
     }
 
     /// A handle for synchronous callers (the core's membership path), on its own blocking connection: see

@@ -9,6 +9,20 @@ use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use crate::cluster::Cluster;
 use crate::types::{Epoch, Error, NodeLease, Refusal};
 
+impl Cluster {
+    /// Keeps `lease` alive: renews it every third of [`Options::lease`](crate::Options::lease), reaps dead nodes
+    /// every [`Options::reap_interval`](crate::Options::reap_interval), and reports when the lease is lost. Stops
+    /// when dropped.
+    pub fn keep_alive(&self, lease: NodeLease) -> KeepAlive {
+        KeepAlive::start(self.clone(), lease, None)
+    }
+
+    /// [`keep_alive`](Cluster::keep_alive), calling `on_renewed` after every successful renewal.
+    pub(crate) fn keep_alive_reporting(&self, lease: NodeLease, on_renewed: OnRenewed) -> KeepAlive {
+        KeepAlive::start(self.clone(), lease, Some(on_renewed))
+    }
+}
+
 /// Why a node's lease is lost. In every case the node must stop serving (close its connections; its users are, or are
 /// about to be, unlinked by the log), then register again to serve anew.
 #[derive(Debug, Clone, PartialEq, Eq)]

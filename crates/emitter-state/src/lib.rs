@@ -71,11 +71,13 @@ mod projection;
 mod registration;
 mod stats;
 mod stream;
+mod value;
 pub mod wire;
 
-pub use atom::{Atom, AtomModel, Atoms, DEFAULT_MAX_ATOMS};
+pub use atom::{AtomModel, Atoms, DEFAULT_MAX_ATOMS};
 pub use error::Error;
 pub use handlers::Outcome;
 pub use projection::{Projection, ProjectionModel};
 pub use stats::Stats;
 pub use stream::{Entry, Stream, StreamModel, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY_BYTES};
+pub use value::Atom;

@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::stats::Counters;
-use crate::Atom;
+use crate::value::Atom;
 use emitter_core::Message;
 
 /// `atom/set`: a client sets an atom, and the server tells every linked user its new value.

@@ -232,6 +232,10 @@ impl Registry {
         let Some(limits) = self.keep else {
             return;
         };
+        if self.linked == self.users.len() {
+            // Nobody is unlinked (the usual case): the broadcast costs no walk over the users.
+            return;
+        }
         let mut dropped = 0;
         for slot in self.users.values_mut() {
             if slot.link.is_none() && Some(slot.member.name.as_str()) != skip {

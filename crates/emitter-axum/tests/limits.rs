@@ -104,10 +104,7 @@ async fn a_link_that_would_create_a_user_past_max_users_is_rejected_but_relinks_
     let ann = RawClient::link_and_settle(port, "ann").await;
     let _bob = RawClient::link_and_settle(port, "bob").await;
     let mut cat = RawClient::connect(port).await;
-    assert_eq!(
-        cat.link("cat", None).await,
-        Err("server has too many users".to_owned())
-    );
+    assert_eq!(cat.link("cat", None).await, Err("server has too many users".to_owned()));
     assert_eq!(server.users().len(), 2);
     let metrics = server.metrics_text();
     assert!(

@@ -144,7 +144,9 @@ async fn a_closed_page_gives_up_its_seat_after_the_grace_period() {
     );
     let server = example_tic_tac_toe::build_with(std::time::Duration::from_millis(200));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = emitter_axum::serve(&server, listener, example_tic_tac_toe::app(&server)).await.unwrap();
+    let port = emitter_axum::serve(&server, listener, example_tic_tac_toe::app(&server))
+        .await
+        .unwrap();
     let url = ws_url(port, "/ws");
     let (mut alice, bob) = seated(&url).await;
     let (mut carol, _) = link(&url, "carol").await;

@@ -97,3 +97,28 @@ async fn a_snapshot_bigger_than_the_queue_is_one_entry() {
     assert!(server.user("late").unwrap().is_linked);
     server.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_link_that_would_create_a_user_past_max_users_is_rejected_but_relinks_are_not() {
+    let (server, events, port) = start(Server::builder().max_users(2)).await;
+    let ann = RawClient::link_and_settle(port, "ann").await;
+    let _bob = RawClient::link_and_settle(port, "bob").await;
+    let mut cat = RawClient::connect(port).await;
+    assert_eq!(cat.link("cat", None).await, Err("server has too many users".to_owned()));
+    assert_eq!(server.users().len(), 2);
+    let metrics = server.metrics_text();
+    assert!(
+        metrics.contains(r#"krmx_rejections_total{reason="too_many_users"} 1"#),
+        "{metrics}"
+    );
+    // Ann's tab closes: she is unlinked but still a user, and her relink is never refused by the cap.
+    ann.close().await;
+    events.wait_for("unlink ann").await;
+    let mut ann = RawClient::connect(port).await;
+    assert_eq!(ann.link("ann", None).await, Ok(()));
+    // A user that leaves makes room for a new one, on the connection that was refused.
+    server.kick("bob").unwrap();
+    events.wait_for("leave bob").await;
+    assert_eq!(cat.link("cat", None).await, Ok(()));
+    server.close().await.unwrap();
+}

@@ -104,6 +104,22 @@ impl ServerBuilder {
         self.with(|config| config.max_unlinked_connections = connections)
     }
 
+    /// The most users there may be, linked or not. A link request that would create a user past it is rejected with
+    /// `server has too many users` (counted in `krmx_rejections_total{reason="too_many_users"}`); links to users that
+    /// exist are never refused by it, so a user that relinks always gets back in. [`Server::join`] is the app's own
+    /// decision and is not limited. On a cluster each node checks its replica of the users, which may be a few
+    /// changes behind, so the cluster can pass the cap by about as many links as are decided at once. Default:
+    /// [`DEFAULT_MAX_USERS`](crate::DEFAULT_MAX_USERS) (100,000); pair it with a
+    /// [`grace_period`](Self::grace_period) so that users whose clients went away make room.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::builder().max_users(500).build();
+    /// assert_eq!(server.config().max_users(), 500);
+    /// ```
+    pub fn max_users(self, users: usize) -> Self {
+        self.with(|config| config.max_users = users)
+    }
+
     /// How long a connection may stay open without a linked user: from when it opens, and again from each time its
     /// user is unlinked or leaves. Past it the connection is closed. A link attempt waiting on async authentication
     /// is not closed (the auth timeout bounds it). `Duration::ZERO` turns the deadline off. Default:

@@ -23,6 +23,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// The default cap on connections that are open but not linked to a user: 1,000.
 pub const DEFAULT_MAX_UNLINKED_CONNECTIONS: usize = 1_000;
 
+/// The default cap on users, linked or not: 100,000, ten times [`DEFAULT_MAX_CONNECTIONS`]. Every open connection can
+/// have its user, with room for nine unlinked users (waiting for a relink, or kept without a grace period) per linked
+/// one, so no app that runs within the other defaults meets it; yet clients that link under fresh names and go away can
+/// no longer grow the registry (and every newcomer's snapshot, which lists all users) without bound.
+pub const DEFAULT_MAX_USERS: usize = 100_000;
+
 /// The default time a connection may stay open without being linked: 30 s.
 pub const DEFAULT_LINK_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -82,6 +88,7 @@ pub struct Config {
     pub(crate) outbound_queue: usize,
     pub(crate) max_connections: usize,
     pub(crate) max_unlinked_connections: usize,
+    pub(crate) max_users: usize,
     pub(crate) link_deadline: Option<Duration>,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) max_json_depth: usize,
@@ -105,6 +112,7 @@ impl Default for Config {
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_unlinked_connections: DEFAULT_MAX_UNLINKED_CONNECTIONS,
+            max_users: DEFAULT_MAX_USERS,
             link_deadline: Some(DEFAULT_LINK_DEADLINE),
             rate_limit: None,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
@@ -129,6 +137,7 @@ impl fmt::Debug for Config {
             .field("outbound_queue", &self.outbound_queue)
             .field("max_connections", &self.max_connections)
             .field("max_unlinked_connections", &self.max_unlinked_connections)
+            .field("max_users", &self.max_users)
             .field("link_deadline", &self.link_deadline)
             .field("rate_limit", &self.rate_limit)
             .field("max_json_depth", &self.max_json_depth)
@@ -194,6 +203,11 @@ impl Config {
     /// The cap on open connections not linked to a user.
     pub fn max_unlinked_connections(&self) -> usize {
         self.max_unlinked_connections
+    }
+
+    /// The cap on users (linked or not) past which a link that would create a new user is refused.
+    pub fn max_users(&self) -> usize {
+        self.max_users
     }
 
     /// How long a connection may stay unlinked before it is closed; `None` when there is no deadline.
@@ -264,6 +278,7 @@ mod tests {
         assert!(config.query_params_hold(Some("anything")));
         assert_eq!(config.max_message_size(), DEFAULT_MAX_MESSAGE_SIZE);
         assert_eq!(config.close_drain_deadline(), DEFAULT_CLOSE_DRAIN_DEADLINE);
+        assert_eq!(config.max_users(), DEFAULT_MAX_USERS);
         assert!(config.is_valid_username("simon"));
         assert!(!config.is_valid_username("bot 1"));
     }

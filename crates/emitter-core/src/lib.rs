@@ -58,7 +58,7 @@ pub use clustered::ClusterHost;
 pub use config::{
     Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_CLOSE_DRAIN_DEADLINE, DEFAULT_LINK_DEADLINE,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS,
-    DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,
+    DEFAULT_MAX_USERS, DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,
 };
 pub use emitter_listeners::Subscription;
 pub use error::{Error, Status};

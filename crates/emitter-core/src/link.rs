@@ -225,8 +225,11 @@ impl Server {
         // On a cluster this node's view may be behind (or, cut off, ahead): whether the user is linked is the
         // cluster's to say, when the link is submitted.
         let replace = self.inner.config.link_policy == LinkPolicy::Replace || self.sequencer().is_some();
-        match self.inner.registry.lock().user(username) {
+        let registry = self.inner.registry.lock();
+        match registry.user(username) {
             None if !self.inner.config.accept_new_users => Some(Rejection::NotAcceptingNewUsers.to_string()),
+            // Only a new user counts against the cap: one that exists always gets back in.
+            None if registry.counts().0 >= self.inner.config.max_users => Some(Rejection::TooManyUsers.to_string()),
             Some(slot) if slot.link.is_some() && !replace => {
                 Some(Rejection::AlreadyLinked(username.to_owned()).to_string())
             }
@@ -342,12 +345,13 @@ impl Server {
         if self.status() != Status::Listening {
             return;
         }
-        if let Some(sequencer) = self.sequencer() {
-            return self.decide_link_on_cluster(sequencer, connection, username, timing);
-        }
-        // Async authentication let time pass: what held then must hold now.
+        // Async authentication let time pass: what held then must hold now (on a cluster, as far as this node's
+        // replica tells; the cluster decides the rest).
         if let Some(reason) = self.link_refusal(username) {
             return self.reply_rejected(connection, &reason);
+        }
+        if let Some(sequencer) = self.sequencer() {
+            return self.decide_link_on_cluster(sequencer, connection, username, timing);
         }
         tracing::debug!(connection = %connection.id, username, "accepted");
         self.inner.metrics.accepted();

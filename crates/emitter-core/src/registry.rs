@@ -12,6 +12,7 @@
 //! [`Registry::leave`], called in the order the membership path decides (see `membership.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::cluster::LinkAddr;
@@ -64,6 +65,10 @@ pub(crate) struct UserSlot {
 }
 
 /// The users in join order, each with its link if it has one.
+///
+/// Besides the users themselves it keeps two indexes, so that nothing a broadcast does walks every user: the users
+/// that are unlinked (the ones a kept broadcast is for) and the connections of this process that are linked (the ones
+/// whose lag is checked). Both change only where a user's link does.
 pub(crate) struct Registry {
     /// Users in join order, keyed by a number that only grows.
     users: BTreeMap<u64, UserSlot>,
@@ -72,6 +77,14 @@ pub(crate) struct Registry {
     log: Arc<Log>,
     /// How many users are linked.
     linked: usize,
+    /// The users (by join order) that are not linked, here or on another node.
+    unlinked: BTreeSet<u64>,
+    /// The users (by join order) linked to a connection of this process, with it.
+    local: BTreeMap<u64, Arc<Connection>>,
+    /// The last user of `local` whose lag was checked: the checks go round from there.
+    swept: u64,
+    /// Users looked at by the broadcast path (kept messages and lag checks), for tests that it stays O(what it is for).
+    pub(crate) visits: u64,
     /// Linked users (by join order) whose connection the server is closing: they get nothing more.
     closing: BTreeSet<u64>,
     /// How far behind the log a connection may read before it is closed as a slow consumer.
@@ -90,6 +103,10 @@ impl Registry {
             next_order: 0,
             log,
             linked: 0,
+            unlinked: BTreeSet::new(),
+            local: BTreeMap::new(),
+            swept: u64::MAX,
+            visits: 0,
             closing: BTreeSet::new(),
             max_lag: max_lag as u64,
             keep,
@@ -134,17 +151,21 @@ impl Registry {
             unlinks: 0,
         };
         self.users.insert(order, slot);
+        self.unlinked.insert(order);
     }
 
     /// Links an unlinked user: everyone else hears of the link, and the newcomer gets its snapshot of everyone
     /// (itself included) followed by every log entry after the link. Returns the user, or `None` when it does not
     /// exist or is linked already.
     pub(crate) fn link(&mut self, username: &str, connection: &Arc<Connection>) -> Option<Arc<Member>> {
-        let slot = self.user_mut(username).filter(|slot| slot.link.is_none())?;
+        let order = *self.order.get(username)?;
+        let slot = self.users.get_mut(&order).filter(|slot| slot.link.is_none())?;
         slot.link = Some(Link::Local(connection.clone()));
         let member = slot.member.clone();
         let linked = slot.frames.linked.clone();
         self.linked += 1;
+        self.unlinked.remove(&order);
+        self.local.insert(order, connection.clone());
         let mut snapshot = Snapshot::with_capacity(self.users.len());
         for slot in self.users.values() {
             snapshot.push(&slot.frames, slot.link.is_some());
@@ -168,7 +189,10 @@ impl Registry {
 
     /// Links an unlinked user to a connection of another node: the linked users here hear of it.
     pub(crate) fn link_remote(&mut self, username: &str, link: LinkAddr) -> bool {
-        let Some(slot) = self.user_mut(username).filter(|slot| slot.link.is_none()) else {
+        let Some(&order) = self.order.get(username) else {
+            return false;
+        };
+        let Some(slot) = self.users.get_mut(&order).filter(|slot| slot.link.is_none()) else {
             return false;
         };
         slot.link = Some(Link::Remote(link));
@@ -176,6 +200,7 @@ impl Registry {
         slot.kept = Kept::default();
         let linked = slot.frames.linked.clone();
         self.linked += 1;
+        self.unlinked.remove(&order);
         let _ = self.push_to_linked(&linked, Some(username));
         true
     }
@@ -193,6 +218,8 @@ impl Registry {
             connection.outbox.close_window(self.log.head());
         }
         self.linked -= 1;
+        self.unlinked.insert(order);
+        self.local.remove(&order);
         self.closing.remove(&order);
         Some(link)
     }
@@ -205,6 +232,7 @@ impl Registry {
         let _ = self.push_to_linked(&ServerMessage::Left(username).to_frame(), None);
         if let Some(order) = self.order.remove(username) {
             self.users.remove(&order);
+            self.unlinked.remove(&order);
         }
         true
     }
@@ -232,13 +260,15 @@ impl Registry {
         let Some(limits) = self.keep else {
             return;
         };
-        if self.linked == self.users.len() {
-            // Nobody is unlinked (the usual case): the broadcast costs no walk over the users.
-            return;
-        }
+        // Only the unlinked users are looked at: nobody, in the usual case.
+        let skipped = skip.and_then(|name| self.order.get(name).copied());
         let mut dropped = 0;
-        for slot in self.users.values_mut() {
-            if slot.link.is_none() && Some(slot.member.name.as_str()) != skip {
+        for order in &self.unlinked {
+            self.visits += 1;
+            if Some(*order) == skipped {
+                continue;
+            }
+            if let Some(slot) = self.users.get_mut(order) {
                 dropped += slot.kept.keep(frame.clone(), &limits);
             }
         }
@@ -275,30 +305,216 @@ impl Registry {
             .filter_map(|order| Some((self.users.get(order)?.member.name.clone(), PushError::Closed)))
             .collect();
         let recipients = self.linked - usize::from(skips_a_linked_user);
-        if (seq + 1) % SEGMENT == 0 {
-            self.close_slow_consumers(seq + 1);
-        }
+        self.close_slow_consumers(seq + 1);
         Broadcast {
             delivered: recipients - undelivered.len(),
             undelivered,
         }
     }
 
-    /// Closes the linked connections that read the log more than the allowed lag behind `head`: they are not reading
-    /// what they are sent, and would keep the log's old entries alive. Run once per log segment.
+    /// Closes the linked connections of this process that read the log more than the allowed lag behind `head`: they
+    /// are not reading what they are sent, and would keep the log's old entries alive. Each append checks the next
+    /// `ceil(linked here / SEGMENT)` of them, going round, so every one is checked at least once per `SEGMENT` appends
+    /// (a slow one is caught within `max_lag + SEGMENT` entries) while no append walks them all.
     fn close_slow_consumers(&mut self, head: u64) {
-        let mut slow = Vec::new();
-        for (order, slot) in &self.users {
-            if let Some(link) = slot.link.as_ref().and_then(Link::local) {
-                if link.outbox.lag(head) > self.max_lag && !self.closing.contains(order) {
-                    slow.push((*order, link.clone()));
-                }
+        let mut budget = self.local.len().div_ceil(SEGMENT as usize);
+        while budget > 0 {
+            budget -= 1;
+            let next = self
+                .local
+                .range((Bound::Excluded(self.swept), Bound::Unbounded))
+                .next()
+                .or_else(|| self.local.iter().next());
+            let Some((&order, connection)) = next else {
+                return;
+            };
+            self.swept = order;
+            self.visits += 1;
+            if connection.outbox.lag(head) > self.max_lag && !self.closing.contains(&order) {
+                let connection = connection.clone();
+                tracing::debug!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
+                connection.close(crate::close_reason::CloseReason::SlowConsumer);
+                self.closing.insert(order);
             }
         }
-        for (order, connection) in slow {
-            tracing::debug!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
-            connection.close(crate::close_reason::CloseReason::SlowConsumer);
-            self.closing.insert(order);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::KeepLimits;
+    use crate::id::ConnectionId;
+    use crate::Server;
+
+    impl Registry {
+        /// Whether the indexes agree with the users: `unlinked` lists exactly the users without a link, `local`
+        /// exactly the ones linked to a connection of this process (that connection), and `linked` counts the rest.
+        fn check_indexes(&self) -> Result<(), String> {
+            let unlinked: BTreeSet<u64> = self
+                .users
+                .iter()
+                .filter(|(_, slot)| slot.link.is_none())
+                .map(|(order, _)| *order)
+                .collect();
+            if unlinked != self.unlinked {
+                return Err(format!("unlinked index {:?}, users say {unlinked:?}", self.unlinked));
+            }
+            let local: Vec<(u64, ConnectionId)> = self
+                .users
+                .iter()
+                .filter_map(|(order, slot)| Some((*order, slot.link.as_ref()?.local()?.id)))
+                .collect();
+            let indexed: Vec<(u64, ConnectionId)> = self.local.iter().map(|(order, c)| (*order, c.id)).collect();
+            if local != indexed {
+                return Err(format!("local index {indexed:?}, users say {local:?}"));
+            }
+            if self.linked + self.unlinked.len() != self.users.len() {
+                return Err(format!(
+                    "{} linked + {} unlinked != {} users",
+                    self.linked,
+                    self.unlinked.len(),
+                    self.users.len()
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    fn keeping() -> Server {
+        let limits = KeepLimits {
+            messages: 8,
+            bytes: 1 << 16,
+            age: Duration::from_secs(60),
+        };
+        let server = Server::builder()
+            .keep_unlinked(limits)
+            .max_unlinked_connections(10_000)
+            .build();
+        server.host().start().unwrap();
+        server.host().listening(1).unwrap();
+        server
+    }
+
+    fn link(server: &Server, username: &str) -> ConnectionId {
+        let (id, _outbox) = server.host().connect().unwrap();
+        let request = format!(r#"{{"type":"krmx/link","payload":{{"username":"{username}","version":"0.6.0"}}}}"#);
+        server.host().receive(id, request.as_bytes());
+        id
+    }
+
+    /// A broadcast looks at the unlinked users (to keep it for them) and at a slice of the linked connections (their
+    /// lag), never at every user: with 600 linked users and 3 unlinked ones, it visits 3 + ceil(600 / 256) of them.
+    /// A walk over all users, as before the indexes, visits 603 and fails this.
+    #[test]
+    fn a_broadcast_visits_the_unlinked_users_and_a_slice_of_the_linked_ones() {
+        let server = keeping();
+        for n in 0..600 {
+            link(&server, &format!("user{n}"));
+        }
+        for name in ["away1", "away2", "away3"] {
+            server.join(name).unwrap();
+        }
+        assert_eq!(server.inner.registry.lock().counts(), (603, 600));
+        let message = crate::protocol::Message::new("news");
+        for round in 0..3 {
+            let before = server.inner.registry.lock().visits;
+            server.broadcast(&message, None).unwrap();
+            let visits = server.inner.registry.lock().visits - before;
+            assert_eq!(visits, 3 + 3, "broadcast {round} visited {visits} users");
+        }
+        // Nobody unlinked: only the lag checks remain.
+        server.inner.registry.lock().check_indexes().unwrap();
+        for name in ["away1", "away2", "away3"] {
+            server.kick(name).unwrap();
+        }
+        let before = server.inner.registry.lock().visits;
+        server.broadcast(&message, None).unwrap();
+        assert_eq!(server.inner.registry.lock().visits - before, 3);
+    }
+
+    /// The lag checks go round: every linked connection is checked at least once per `SEGMENT` appends, so one that
+    /// reads nothing is closed within `max_lag + SEGMENT` broadcasts wherever it is in the join order.
+    #[test]
+    fn every_connection_that_reads_nothing_is_closed_within_a_segment_past_the_lag() {
+        let server = Server::builder()
+            .outbound_queue(64)
+            .max_unlinked_connections(10_000)
+            .build();
+        server.host().start().unwrap();
+        server.host().listening(1).unwrap();
+        for n in 0..300 {
+            link(&server, &format!("user{n}"));
+        }
+        let message = crate::protocol::Message::new("news");
+        for _ in 0..64 + SEGMENT {
+            server.broadcast(&message, None).unwrap();
+        }
+        // Nobody reads: every one of them is behind by more than 64 now, and was checked since.
+        assert_eq!(server.inner.registry.lock().closing.len(), 300);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Link(usize, usize),
+        Join(usize),
+        Unlink(usize),
+        Kick(usize),
+        Drop(usize),
+        Broadcast(Option<usize>),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0..6usize, 0..6usize).prop_map(|(c, u)| Step::Link(c, u)),
+            1 => (0..6usize).prop_map(Step::Join),
+            1 => (0..6usize).prop_map(Step::Unlink),
+            1 => (0..6usize).prop_map(Step::Kick),
+            2 => (0..6usize).prop_map(Step::Drop),
+            2 => prop::option::of(0..6usize).prop_map(Step::Broadcast),
+        ]
+    }
+
+    proptest! {
+        /// The indexes of unlinked users and of this process's linked connections agree with the users after every
+        /// step of any interleaving of links, joins, unlinks, kicks, closes and broadcasts.
+        #[test]
+        fn the_indexes_follow_the_users(steps in prop::collection::vec(step(), 1..60)) {
+            let server = keeping();
+            let mut connections: Vec<Option<ConnectionId>> = vec![None; 6];
+            let name = |u: usize| format!("u{u}");
+            let message = crate::protocol::Message::new("news");
+            for step in steps {
+                match step {
+                    Step::Link(c, u) => {
+                        let id = match connections[c] {
+                            Some(id) => id,
+                            None => {
+                                let (id, _outbox) = server.host().connect().unwrap();
+                                connections[c] = Some(id);
+                                id
+                            }
+                        };
+                        let request = format!(r#"{{"type":"krmx/link","payload":{{"username":"{}","version":"0.6.0"}}}}"#, name(u));
+                        server.host().receive(id, request.as_bytes());
+                    }
+                    Step::Join(u) => drop(server.join(&name(u))),
+                    Step::Unlink(u) => drop(server.unlink(&name(u))),
+                    Step::Kick(u) => drop(server.kick(&name(u))),
+                    Step::Drop(c) => {
+                        if let Some(id) = connections[c].take() {
+                            server.host().disconnect(id);
+                        }
+                    }
+                    Step::Broadcast(skip) => drop(server.broadcast(&message, skip.map(name).as_deref())),
+                }
+                let checked = server.inner.registry.lock().check_indexes();
+                prop_assert!(checked.is_ok(), "{:?}", checked);
+            }
         }
     }
 }

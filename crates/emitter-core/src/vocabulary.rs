@@ -47,6 +47,8 @@ pub enum Rejection {
     InvalidUsername,
     /// `server is not accepting new users`.
     NotAcceptingNewUsers,
+    /// `server has too many users`: the link would create a user past `max_users`.
+    TooManyUsers,
     /// `user <name> is already linked to a connection`.
     AlreadyLinked(String),
     /// `krmx server version mismatch (server=…,client=…)`, with the versions as the server words them.
@@ -61,6 +63,7 @@ pub enum Rejection {
 
 const PENDING: &str = "link request already pending";
 const NOT_ACCEPTING: &str = "server is not accepting new users";
+const TOO_MANY_USERS: &str = "server has too many users";
 
 impl Rejection {
     /// Reads a reason as the server sent it.
@@ -72,6 +75,7 @@ impl Rejection {
             PENDING => Rejection::LinkRequestPending,
             "invalid username" => Rejection::InvalidUsername,
             NOT_ACCEPTING => Rejection::NotAcceptingNewUsers,
+            TOO_MANY_USERS => Rejection::TooManyUsers,
             "authentication timeout" => Rejection::AuthenticationTimeout,
             "authentication failed" => Rejection::AuthenticationFailed,
             _ => {
@@ -99,6 +103,7 @@ impl fmt::Display for Rejection {
             Rejection::LinkRequestPending => f.write_str(PENDING),
             Rejection::InvalidUsername => f.write_str("invalid username"),
             Rejection::NotAcceptingNewUsers => f.write_str(NOT_ACCEPTING),
+            Rejection::TooManyUsers => f.write_str(TOO_MANY_USERS),
             Rejection::AlreadyLinked(name) => write!(f, "user {name} is already linked to a connection"),
             Rejection::VersionMismatch(reason) | Rejection::Custom(reason) => f.write_str(reason),
             Rejection::AuthenticationTimeout => f.write_str("authentication timeout"),
@@ -130,6 +135,7 @@ mod tests {
             Rejection::LinkRequestPending,
             Rejection::InvalidUsername,
             Rejection::NotAcceptingNewUsers,
+            Rejection::TooManyUsers,
             Rejection::AlreadyLinked("a b".into()),
             Rejection::VersionMismatch("krmx server version mismatch (server=0.6.x,client=0.7.1)".into()),
             Rejection::AuthenticationTimeout,

@@ -181,3 +181,34 @@ async fn usernames_are_bounded_whatever_the_rule() {
     link(&server, id, &"a".repeat(256));
     assert_eq!(outbox.frames()[1]["type"], "krmx/accepted");
 }
+
+/// `max_users` refuses a link that would create a user past the cap, with a clear reason that is counted; users that
+/// exist (unlinked ones relinking) always get back in, and a user that leaves makes room.
+#[tokio::test]
+async fn a_link_that_would_create_a_user_past_max_users_is_refused() {
+    let server = listening(Server::builder().max_users(2));
+    let (ann, _) = link_attempt(&server, "ann");
+    let (_bob, _) = link_attempt(&server, "bob");
+    let (cat, cat_outbox) = link_attempt(&server, "cat");
+    assert_eq!(
+        cat_outbox.take(),
+        [json!({"type": "krmx/rejected", "payload": {"reason": "server has too many users"}})]
+    );
+    assert_eq!(server.users().len(), 2);
+    let metrics = server.metrics_text();
+    assert!(
+        metrics.contains(r#"krmx_rejections_total{reason="too_many_users"} 1"#),
+        "{metrics}"
+    );
+    // Ann's connection goes away: she is unlinked but stays a user, and her relink is not refused.
+    disconnect_unlinks(&server, ann, "ann");
+    let (_ann_again, ann_outbox) = link_attempt(&server, "ann");
+    assert_eq!(ann_outbox.take()[0]["type"], "krmx/accepted");
+    // Once a user leaves, there is room for a new one.
+    server.kick("bob").unwrap();
+    link(&server, cat, "cat");
+    assert!(server.user("cat").unwrap().is_linked);
+    // The app's own joins are its decision: not limited.
+    server.join("dan").unwrap();
+    assert_eq!(server.users().len(), 3);
+}

@@ -59,13 +59,15 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop::bool::weighted(0.3),
         prop::option::weighted(0.15, 0..6usize),
         prop::option::weighted(0.15, 0..4usize),
+        prop::option::weighted(0.2, 0..4usize),
     )
         .prop_map(
-            |(accept_new_users, close_at_end, max_connections, max_unlinked_connections)| Setup {
+            |(accept_new_users, close_at_end, max_connections, max_unlinked_connections, max_users)| Setup {
                 accept_new_users,
                 close_at_end,
                 max_connections,
                 max_unlinked_connections,
+                max_users,
             },
         )
 }

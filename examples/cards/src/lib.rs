@@ -15,6 +15,8 @@
 
 pub mod game;
 
+use std::time::Duration;
+
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
@@ -37,6 +39,9 @@ pub const MAX_SAY: usize = 200;
 pub const INSPECT: &str = "test/inspect";
 /// The answer to [`INSPECT`].
 pub const INSPECTED: &str = "test/inspected";
+/// How long a player whose page went away (a closed tab, a lost network) keeps their seat: long enough for a reload or
+/// a reconnect, short enough that a closed tab does not hold a seat for good. Then they leave, as with "leave".
+pub const GRACE_PERIOD: Duration = Duration::from_secs(60);
 
 /// How to build the server.
 #[derive(Debug, Clone, Copy, Default)]
@@ -46,6 +51,8 @@ pub struct Options {
     /// Whether clients may ask for the server's side of a domain with `test/inspect`: for tests only, since it shows
     /// what the server holds.
     pub inspect: bool,
+    /// How long an unlinked player stays; `None` for [`GRACE_PERIOD`].
+    pub grace_period: Option<Duration>,
 }
 
 /// The table talk, as every client folds it: the last [`CHAT_LINES`] lines.
@@ -84,7 +91,10 @@ pub struct Cards {
 
 /// Builds the server and registers the three models.
 pub fn build(options: Options) -> Cards {
-    let server = Server::builder().path("/ws").build();
+    let server = Server::builder()
+        .path("/ws")
+        .grace_period(options.grace_period.unwrap_or(GRACE_PERIOD))
+        .build();
     let table = table(&server, options.seed);
     let chat = chat(&server);
     let atoms = moods(&server);

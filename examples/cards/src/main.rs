@@ -17,6 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = Options {
         seed: example_support::env_number("CARDS_SEED", clock)?,
         inspect: std::env::var("CARDS_INSPECT").is_ok_and(|value| value == "1"),
+        grace_period: None,
     };
     let cards = example_cards::build(options);
     let port = emitter_axum::serve(&cards.server, listener, example_cards::app(&cards.server)).await?;

@@ -2,6 +2,8 @@
 //! card, a player who leaves, table talk and moods. Each client keeps its projection from the messages it gets, and
 //! `test/inspect` checks it against the server's at that point in its stream of messages.
 
+use std::time::Duration;
+
 use emitter_state::delta;
 use emitter_testing::{ws_url, Receive, TestClient};
 use example_cards::{Options, CARDS, INSPECT, INSPECTED};
@@ -9,9 +11,14 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 async fn start() -> (example_cards::Cards, String) {
+    start_with(None).await
+}
+
+async fn start_with(grace_period: Option<Duration>) -> (example_cards::Cards, String) {
     let cards = example_cards::build(Options {
         seed: 42,
         inspect: true,
+        grace_period,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = example_cards::app(&cards.server);
@@ -239,4 +246,29 @@ async fn table_talk_and_moods() {
     assert_eq!(cards.chat.with_state(|chat| chat.lines.len()), Ok(1));
     assert_eq!(cards.chat.stats().rejected, 1);
     assert_eq!(cards.atoms.stats().forbidden, 1);
+}
+
+#[tokio::test]
+async fn a_closed_page_gives_up_its_seat_after_the_grace_period() {
+    assert_eq!(
+        example_cards::build(Options::default()).server.config().grace_period(),
+        Some(example_cards::GRACE_PERIOD)
+    );
+    let (cards, url) = start_with(Some(Duration::from_millis(200))).await;
+    let (left_tx, mut left) = tokio::sync::mpsc::unbounded_channel();
+    cards
+        .server
+        .on_leave(move |_, username| drop(left_tx.send(username.to_owned())));
+    let mut alice = Player::join(&url, "alice").await;
+    let bob = Player::join(&url, "bob").await;
+    alice.act("sit", None, "a1");
+    bob.act("sit", None, "b1");
+    alice.settle().await;
+    assert_eq!(alice.view["seats"].as_array().map(Vec::len), Some(2));
+    // Bob's tab closes: he is unlinked, and once the grace period is over he leaves and his seat is free.
+    bob.client.client().disconnect(true).await.unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(10), left.recv()).await;
+    assert_eq!(gone.ok().flatten().as_deref(), Some("bob"));
+    alice.settle().await;
+    assert_eq!(alice.view["seats"], json!([{"name": "alice", "cards": 0}]));
 }

@@ -6,6 +6,8 @@
 //! getting-started chapter can show it as it is; that is why it starts up on its own rather than with
 //! `examples/support` as the other examples do: a reader's first crate has no such helper.
 
+use std::time::Duration;
+
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
@@ -16,9 +18,13 @@ use tracing_subscriber::EnvFilter;
 /// The message type clients send and receive.
 const CHAT_MESSAGE: &str = "chat/message";
 
-/// Builds the chat server, with the Krmx endpoint at `/ws` and the relay registered.
+/// Builds the chat server, with the Krmx endpoint at `/ws` and the relay registered. A user whose page went away (a
+/// closed tab) leaves when it has not come back within a minute, so closed tabs do not stay in the list for good.
 fn build() -> Server {
-    let server = Server::builder().path("/ws").build();
+    let server = Server::builder()
+        .path("/ws")
+        .grace_period(Duration::from_secs(60))
+        .build();
     server.on_message(relay_chat);
     server.on_join(|_, username| tracing::info!(username, "joined"));
     server.on_leave(|_, username| tracing::info!(username, "left"));

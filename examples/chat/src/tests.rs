@@ -58,3 +58,11 @@ async fn the_websocket_is_at_ws_only() {
     assert!(TestClient::try_connect(&ws_url(port, "/")).await.is_err());
     server.close().await.unwrap();
 }
+
+#[test]
+fn a_closed_tab_leaves_after_a_minute() {
+    assert_eq!(
+        super::build().config().grace_period(),
+        Some(std::time::Duration::from_secs(60))
+    );
+}

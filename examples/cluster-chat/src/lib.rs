@@ -7,6 +7,8 @@
 //! becomes a node of the cluster ([`Node::start`]) before it listens. The page is the chat's own `index.html`.
 #![deny(missing_docs)]
 
+use std::time::Duration;
+
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
@@ -18,10 +20,15 @@ use tokio::net::TcpListener;
 /// The message type clients send and receive.
 pub const CHAT_MESSAGE: &str = "chat/message";
 
+/// How long a user whose page went away may take to link again (on any node) before it leaves: without it, every
+/// closed tab would stay a user of the cluster for good. The cluster keeps the time, so it runs out even if the node
+/// the user was on is gone.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(60);
+
 /// Builds the chat server, with the Krmx endpoint at `/ws` and the relay registered. Nothing here knows about the
 /// cluster: the same listeners serve one process or a node of many.
 pub fn build() -> Server {
-    let server = Server::builder().path("/ws").build();
+    let server = Server::builder().path("/ws").grace_period(GRACE_PERIOD).build();
     server.on_message(relay_chat);
     // In a cluster these run once per event, on the node that made the change: the node the user linked on, or the
     // node whose server method caused it. The other nodes apply the event without running them.

@@ -88,3 +88,12 @@ async fn health_is_ok_while_the_node_serves() {
     a.server.close().await.unwrap();
     a.node.stopped().await;
 }
+
+/// Closed tabs do not pile up as users of the cluster: an unlinked user leaves after the grace period.
+#[test]
+fn the_chat_sets_a_grace_period() {
+    assert_eq!(
+        example_cluster_chat::build().config().grace_period(),
+        Some(example_cluster_chat::GRACE_PERIOD)
+    );
+}

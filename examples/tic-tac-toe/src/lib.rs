@@ -12,6 +12,7 @@
 pub mod game;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::response::Html;
 use axum::routing::get;
@@ -28,6 +29,9 @@ pub const STATE: &str = "ttt/state";
 pub const MOVE: &str = "ttt/move";
 /// A new game, from a player, once the game is over.
 pub const RESTART: &str = "ttt/restart";
+/// How long a player whose page went away keeps their seat: long enough for a reload, short enough that a closed tab
+/// does not hold it for good.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(60);
 /// Why a request was refused, from the server to its sender.
 pub const ERROR: &str = "ttt/error";
 
@@ -107,9 +111,15 @@ impl Table {
     }
 }
 
-/// Builds the game server, with the Krmx endpoint at `/ws`.
+/// Builds the game server with a [`GRACE_PERIOD`] of a minute.
 pub fn build() -> Server {
-    let server = Server::builder().path("/ws").build();
+    build_with(GRACE_PERIOD)
+}
+
+/// Builds the game server, with the Krmx endpoint at `/ws`. A player whose page went away (a closed tab) and did not
+/// come back within `grace_period` leaves, which frees the seat.
+pub fn build_with(grace_period: Duration) -> Server {
+    let server = Server::builder().path("/ws").grace_period(grace_period).build();
     let table = Arc::new(Mutex::new(Table::new()));
 
     // Every listener sends while it holds the table: message listeners of different users run at the same time, and a

@@ -135,3 +135,34 @@ async fn a_player_who_leaves_frees_the_seat_for_the_first_spectator() {
     assert_eq!(recv_type(&mut bob, "krmx/left").await, json!({"username": "bob"}));
     server.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_closed_page_gives_up_its_seat_after_the_grace_period() {
+    assert_eq!(
+        example_tic_tac_toe::build().config().grace_period(),
+        Some(example_tic_tac_toe::GRACE_PERIOD)
+    );
+    let server = example_tic_tac_toe::build_with(std::time::Duration::from_millis(200));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = emitter_axum::serve(&server, listener, example_tic_tac_toe::app(&server))
+        .await
+        .unwrap();
+    let url = ws_url(port, "/ws");
+    let (mut alice, bob) = seated(&url).await;
+    let (mut carol, _) = link(&url, "carol").await;
+    // Bob's tab closes: he is unlinked at once, keeps his seat for the grace period, then leaves and carol sits.
+    bob.client().disconnect(true).await.unwrap();
+    alice.recv_until(&unlinked("bob")).await;
+    let state = loop {
+        // A table sent while bob still held his seat may come first; each read is bounded.
+        let state = recv_type(&mut carol, "ttt/state").await;
+        if state["o"] != "bob" {
+            break state;
+        }
+    };
+    assert_eq!(
+        (state["x"].as_str(), state["o"].as_str()),
+        (Some("alice"), Some("carol"))
+    );
+    server.close().await.unwrap();
+}

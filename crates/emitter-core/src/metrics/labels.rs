@@ -15,6 +15,7 @@ pub(crate) enum Reason {
     LinkRequestPending,
     InvalidUsername,
     NotAcceptingNewUsers,
+    TooManyUsers,
     AlreadyLinked,
     VersionMismatch,
     AuthenticationTimeout,
@@ -24,13 +25,14 @@ pub(crate) enum Reason {
 }
 
 impl Reason {
-    pub(super) const ALL: [Reason; 12] = [
+    pub(super) const ALL: [Reason; 13] = [
         Reason::InvalidMessage,
         Reason::InvalidLinkRequest,
         Reason::UnlinkedConnection,
         Reason::LinkRequestPending,
         Reason::InvalidUsername,
         Reason::NotAcceptingNewUsers,
+        Reason::TooManyUsers,
         Reason::AlreadyLinked,
         Reason::VersionMismatch,
         Reason::AuthenticationTimeout,
@@ -49,6 +51,7 @@ impl Reason {
             Rejection::LinkRequestPending => Reason::LinkRequestPending,
             Rejection::InvalidUsername => Reason::InvalidUsername,
             Rejection::NotAcceptingNewUsers => Reason::NotAcceptingNewUsers,
+            Rejection::TooManyUsers => Reason::TooManyUsers,
             Rejection::AlreadyLinked(_) => Reason::AlreadyLinked,
             Rejection::VersionMismatch(_) => Reason::VersionMismatch,
             Rejection::AuthenticationTimeout => Reason::AuthenticationTimeout,
@@ -65,6 +68,7 @@ impl Reason {
             Reason::LinkRequestPending => "link_request_pending",
             Reason::InvalidUsername => "invalid_username",
             Reason::NotAcceptingNewUsers => "not_accepting_new_users",
+            Reason::TooManyUsers => "too_many_users",
             Reason::AlreadyLinked => "already_linked",
             Reason::VersionMismatch => "version_mismatch",
             Reason::AuthenticationTimeout => "authentication_timeout",

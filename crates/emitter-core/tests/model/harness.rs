@@ -140,6 +140,8 @@ pub struct Setup {
     /// `max_connections` and `max_unlinked_connections`; `None` keeps the defaults.
     pub max_connections: Option<usize>,
     pub max_unlinked_connections: Option<usize>,
+    /// `max_users`; `None` keeps the default.
+    pub max_users: Option<usize>,
 }
 
 impl Setup {
@@ -150,6 +152,7 @@ impl Setup {
             close_at_end: false,
             max_connections: None,
             max_unlinked_connections: None,
+            max_users: None,
         }
     }
 }
@@ -231,6 +234,7 @@ struct Model {
     accept_new_users: bool,
     max_connections: usize,
     max_unlinked_connections: usize,
+    max_users: usize,
     /// `Closing`: calls that need `Listening` (join, kick) fail, so listener reactions do nothing.
     closing: bool,
     users: Vec<ModelUser>,
@@ -401,6 +405,7 @@ impl Model {
         } else {
             match self.user(name) {
                 None if !self.accept_new_users => Some("server is not accepting new users".to_owned()),
+                None if self.users.len() >= self.max_users => Some("server has too many users".to_owned()),
                 Some(user) if user.link.is_some() => Some(format!("user {name} is already linked to a connection")),
                 _ => None,
             }
@@ -719,6 +724,9 @@ impl Harness {
         if let Some(max) = setup.max_unlinked_connections {
             builder = builder.max_unlinked_connections(max);
         }
+        if let Some(max) = setup.max_users {
+            builder = builder.max_users(max);
+        }
         let server = builder.build();
         let events: Arc<Mutex<Vec<String>>> = Arc::default();
         let mut subscriptions = Vec::new();
@@ -779,6 +787,7 @@ impl Harness {
         events.lock().clear(); // `listen`
         let max_connections = server.config().max_connections();
         let max_unlinked_connections = server.config().max_unlinked_connections();
+        let max_users = server.config().max_users();
         Harness {
             server,
             setup,
@@ -786,6 +795,7 @@ impl Harness {
                 accept_new_users: setup.accept_new_users,
                 max_connections,
                 max_unlinked_connections,
+                max_users,
                 closing: false,
                 users: Vec::new(),
                 connections: Vec::new(),

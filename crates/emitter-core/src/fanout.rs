@@ -8,7 +8,9 @@
 //!
 //! Entries live in fixed-size segments chained by shared pointers. Appending happens under the registry's fan-out
 //! lock; reading takes no lock at all: a reader holds the segment it reads, which keeps that segment and every later
-//! one alive, and a segment is freed once no reader holds it or an earlier one.
+//! one alive, and a segment is freed once no reader holds it or an earlier one. So what a reader holds is what it
+//! costs: the log's bytes from its segment on ([`Segment::bytes_before`] against [`Log::bytes`]), which the registry
+//! bounds by each connection's outbound budget.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,6 +24,10 @@ use crate::sync::Mutex;
 /// Entries per segment.
 pub(crate) const SEGMENT: u64 = 256;
 
+/// What an entry costs beyond its frame's bytes (its slot in a segment and the frame's shared header), counted so
+/// that a flood of tiny frames spends a budget too.
+pub(crate) const ENTRY_OVERHEAD: u64 = 64;
+
 /// One frame for every connection linked when it was appended, except `skip`.
 pub(crate) struct Entry {
     pub(crate) frame: Frame,
@@ -30,17 +36,41 @@ pub(crate) struct Entry {
 
 pub(crate) struct Segment {
     first: u64,
+    /// The log's [`bytes`](Log::bytes) when this segment was started: what was appended before its first entry.
+    bytes_before: u64,
     slots: Box<[OnceLock<Entry>]>,
     next: OnceLock<Arc<Segment>>,
 }
 
+impl Drop for Segment {
+    /// Frees the segments after this one that nothing else holds one at a time, rather than by recursion (a chain as
+    /// long as a stalled reader let the log grow would overflow the stack).
+    fn drop(&mut self) {
+        let mut next = self.next.take();
+        while let Some(segment) = next {
+            next = match Arc::try_unwrap(segment) {
+                Ok(mut segment) => segment.next.take(),
+                // Someone else holds the rest of the chain: it is theirs to free.
+                Err(_) => None,
+            };
+        }
+    }
+}
+
 impl Segment {
-    fn new(first: u64) -> Arc<Segment> {
+    fn new(first: u64, bytes_before: u64) -> Arc<Segment> {
         Arc::new(Segment {
             first,
+            bytes_before,
             slots: (0..SEGMENT).map(|_| OnceLock::new()).collect(),
             next: OnceLock::new(),
         })
+    }
+
+    /// The log's [`bytes`](Log::bytes) before this segment's first entry: a reader holding this segment holds the
+    /// log's bytes from here to the head.
+    pub(crate) fn bytes_before(&self) -> u64 {
+        self.bytes_before
     }
 
     /// The segment that holds `seq`, this one or a later one, if it exists yet.
@@ -64,6 +94,8 @@ pub(crate) struct Log {
     tail: Mutex<Arc<Segment>>,
     /// The number of the next entry: every entry before it can be read.
     head: AtomicU64,
+    /// The bytes appended so far, each entry counted as its frame's bytes plus [`ENTRY_OVERHEAD`].
+    bytes: AtomicU64,
     /// Wakes the writers waiting for something new in the log.
     appended: Notify,
 }
@@ -71,8 +103,9 @@ pub(crate) struct Log {
 impl Default for Log {
     fn default() -> Self {
         Log {
-            tail: Mutex::new(Segment::new(0)),
+            tail: Mutex::new(Segment::new(0, 0)),
             head: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             appended: Notify::new(),
         }
     }
@@ -84,13 +117,16 @@ impl Log {
     pub(crate) fn append(&self, frame: Frame, skip: Option<ConnectionId>) -> u64 {
         let mut tail = self.tail.lock();
         let seq = self.head.load(Ordering::Acquire);
+        let bytes = self.bytes.load(Ordering::Acquire);
         if seq == tail.first + SEGMENT {
-            let next = Segment::new(seq);
+            let next = Segment::new(seq, bytes);
             // Linked before it is published: a reader that sees the new head can always find its segment.
             let _ = tail.next.set(next.clone());
             *tail = next;
         }
+        let size = frame.bytes().len() as u64 + ENTRY_OVERHEAD;
         let _ = tail.slots[(seq - tail.first) as usize].set(Entry { frame, skip });
+        self.bytes.store(bytes + size, Ordering::Release);
         self.head.store(seq + 1, Ordering::Release);
         seq
     }
@@ -104,6 +140,12 @@ impl Log {
     /// The number of the next entry: every entry before it can be read.
     pub(crate) fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
+    }
+
+    /// The bytes appended so far (frames plus [`ENTRY_OVERHEAD`] each); with [`Segment::bytes_before`], what a
+    /// reader holds.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
     }
 
     /// Wakes the writers waiting on [`appended`](Log::appended).
@@ -153,5 +195,57 @@ mod tests {
         let later = first.find(SEGMENT + 3).unwrap();
         drop(first);
         assert_eq!(later.get(SEGMENT + 3).unwrap().frame, frame(SEGMENT + 3));
+    }
+
+    #[test]
+    fn a_reader_holds_the_bytes_from_its_segment_on() {
+        let log = Log::default();
+        let (_, first) = log.position();
+        let size = frame(7).bytes().len() as u64 + ENTRY_OVERHEAD;
+        for n in 0..SEGMENT + 1 {
+            log.append(frame(n % 10), None);
+        }
+        assert_eq!(first.bytes_before(), 0);
+        assert_eq!(log.bytes(), (SEGMENT + 1) * size);
+        let second = first.find(SEGMENT).unwrap();
+        assert_eq!(second.bytes_before(), SEGMENT * size);
+    }
+
+    #[test]
+    fn a_chain_of_a_million_segments_is_dropped_without_recursion() {
+        // Segments without slots, so that the chain costs memory for its links only; dropping it recursively would
+        // overflow the test thread's stack long before the end.
+        let empty = |first: u64, next: Option<Arc<Segment>>| {
+            let segment = Segment {
+                first,
+                bytes_before: 0,
+                slots: Box::new([]),
+                next: OnceLock::new(),
+            };
+            if let Some(next) = next {
+                let _ = segment.next.set(next);
+            }
+            Arc::new(segment)
+        };
+        let mut head = empty(1_000_000, None);
+        let tail = Arc::downgrade(&head);
+        for first in (0..1_000_000).rev() {
+            head = empty(first, Some(head));
+        }
+        assert!(tail.upgrade().is_some());
+        drop(head);
+        assert!(tail.upgrade().is_none(), "the whole chain was freed");
+    }
+
+    #[test]
+    fn dropping_a_segment_leaves_a_chain_someone_else_holds() {
+        let log = Log::default();
+        let (_, first) = log.position();
+        for n in 0..3 * SEGMENT {
+            log.append(frame(n), None);
+        }
+        let middle = first.find(SEGMENT).unwrap();
+        drop(first);
+        assert_eq!(middle.find(2 * SEGMENT + 1).unwrap().get(2 * SEGMENT + 1).unwrap().frame, frame(2 * SEGMENT + 1));
     }
 }

@@ -9,6 +9,11 @@
 //!
 //! An own frame tagged `t` is written after every log entry before `t` that is for this connection, and before every
 //! one from `t` on. A backlog therefore costs a connection its position in the log, not an entry per frame.
+//!
+//! What a connection holds is bounded in bytes by its *budget*: its own frames' bytes plus the log's bytes from the
+//! segment it reads on ([`Outbox::held`]). Once it is closing it lets go of the log at once: a slow consumer drops
+//! what it had not read from the log; any other closing connection copies what is left in its windows (shared
+//! frames, no bytes copied) into its own queue, so that it still gets it before the close frame.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -17,7 +22,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::close_reason::CloseReason;
-use crate::fanout::{Log, Segment};
+use crate::fanout::{Log, Segment, ENTRY_OVERHEAD};
 use crate::id::ConnectionId;
 use crate::protocol::Frame;
 use crate::snapshot::{Snapshot, SnapshotCursor};
@@ -48,6 +53,8 @@ struct Shared {
     log: Arc<Log>,
     /// The most own frames that may wait (a snapshot counts as one).
     capacity: usize,
+    /// The most bytes the connection may hold: its own frames plus the log from the segment it reads on.
+    budget: u64,
     state: Mutex<State>,
     /// An own frame was queued, a window opened or closed, or closing began.
     changed: Notify,
@@ -57,6 +64,9 @@ struct Shared {
 
 struct State {
     own: VecDeque<Own>,
+    /// The bytes of the own frames waiting, each counted with [`ENTRY_OVERHEAD`] (a snapshot as none: its frames are
+    /// the registry's, shared).
+    own_bytes: u64,
     windows: VecDeque<Window>,
     /// The first log entry not looked at yet.
     cursor: u64,
@@ -77,6 +87,16 @@ enum Item {
     Snapshot(Snapshot, SnapshotCursor),
 }
 
+impl Item {
+    /// What it counts against the budget.
+    fn size(&self) -> u64 {
+        match self {
+            Item::Frame(frame) => frame.bytes().len() as u64 + ENTRY_OVERHEAD,
+            Item::Snapshot(..) => 0,
+        }
+    }
+}
+
 /// Log entries `from..until` are for this connection (but those that skip it).
 struct Window {
     from: u64,
@@ -95,15 +115,17 @@ impl fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(id: ConnectionId, log: Arc<Log>, capacity: usize) -> Outbox {
+    pub(crate) fn new(id: ConnectionId, log: Arc<Log>, capacity: usize, budget: usize) -> Outbox {
         let cursor = log.head();
         Outbox {
             shared: Arc::new(Shared {
                 id,
                 log,
                 capacity,
+                budget: budget as u64,
                 state: Mutex::new(State {
                     own: VecDeque::new(),
+                    own_bytes: 0,
                     windows: VecDeque::new(),
                     cursor,
                     segment: None,
@@ -133,7 +155,14 @@ impl Outbox {
         if state.own.len() >= self.shared.capacity {
             return Err(PushError::Full);
         }
+        let size = item.size();
+        // One frame always fits an empty queue, so that a message larger than the budget still reaches a reader that
+        // keeps up.
+        if !state.own.is_empty() && self.held(&state) + size > self.shared.budget {
+            return Err(PushError::Full);
+        }
         let at = at.unwrap_or_else(|| self.shared.log.head());
+        state.own_bytes += size;
         state.own.push_back(Own { at, item });
         drop(state);
         self.shared.changed.notify_one();
@@ -177,20 +206,58 @@ impl Outbox {
         if let Some(window) = state.windows.back_mut() {
             window.until.get_or_insert(head);
         }
+        self.let_go_of_the_log(&mut state, reason, head);
         drop(state);
         self.shared.changed.notify_one();
         self.shared.closed.notify_waiters();
     }
 
-    /// How far behind the log's head this connection reads, counting entries that are not for it too (0 when it
-    /// reads no window).
-    pub(crate) fn lag(&self, head: u64) -> u64 {
+    /// Makes a closing connection hold nothing of the log: a slow consumer drops what it had not read there (it is
+    /// cut for not reading it); any other keeps the frames left in its windows in its own queue, in their order among
+    /// its own frames, so that it still gets them before the close frame.
+    fn let_go_of_the_log(&self, state: &mut State, reason: CloseReason, head: u64) {
+        if state.windows.is_empty() && state.segment.is_none() {
+            return;
+        }
+        if reason != CloseReason::SlowConsumer {
+            let mut left = Vec::new();
+            self.take_locked(state, &mut left, usize::MAX, head);
+            state.own_bytes = 0;
+            for frame in left.into_iter().rev() {
+                state.own_bytes += frame.bytes().len() as u64 + ENTRY_OVERHEAD;
+                state.own.push_front(Own {
+                    at: 0,
+                    item: Item::Frame(frame),
+                });
+            }
+            state.own_bytes += state.own.iter().map(|own| own.item.size()).sum::<u64>();
+        }
+        state.windows.clear();
+        state.segment = None;
+        state.cursor = head;
+    }
+
+    /// The bytes this connection holds: its own frames, and the log's from the segment it reads (or will start
+    /// reading) on.
+    fn held(&self, state: &State) -> u64 {
+        let segment = state
+            .segment
+            .as_ref()
+            .or_else(|| state.windows.front().and_then(|window| window.start.as_ref()));
+        let log = segment.map_or(0, |segment| self.shared.log.bytes().saturating_sub(segment.bytes_before()));
+        state.own_bytes + log
+    }
+
+    /// Whether this connection is past its budget: more than `max_lag` log entries behind `head`, or holding more
+    /// bytes than its budget. Such a connection is a slow consumer.
+    pub(crate) fn over_budget(&self, head: u64, max_lag: u64) -> bool {
         let state = self.shared.state.lock();
-        if state.windows.is_empty() {
+        let lag = if state.windows.is_empty() {
             0
         } else {
             head.saturating_sub(state.cursor)
-        }
+        };
+        lag > max_lag || self.held(&state) > self.shared.budget
     }
 
     /// Moves up to `max` frames that are ready, in order, into `into`. Returns whether the connection is closing:
@@ -198,7 +265,12 @@ impl Outbox {
     pub fn take(&self, into: &mut Vec<Frame>, max: usize) -> bool {
         let head = self.shared.log.head();
         let mut state = self.shared.state.lock();
-        let state = &mut *state;
+        self.take_locked(&mut state, into, max, head);
+        state.closing.is_some()
+    }
+
+    /// [`take`](Outbox::take), with the state locked.
+    fn take_locked(&self, state: &mut State, into: &mut Vec<Frame>, max: usize, head: u64) {
         while into.len() < max {
             // An own frame whose turn has come: every log entry before its tag has been looked at.
             if let Some(own) = state.own.front_mut() {
@@ -210,6 +282,9 @@ impl Outbox {
                                 ..
                             }) = state.own.pop_front()
                             {
+                                state.own_bytes = state
+                                    .own_bytes
+                                    .saturating_sub(frame.bytes().len() as u64 + ENTRY_OVERHEAD);
                                 into.push(frame);
                             }
                         }
@@ -263,7 +338,6 @@ impl Outbox {
             state.cursor += 1;
             state.segment = Some(segment);
         }
-        state.closing.is_some()
     }
 
     /// Every frame that is ready now, in order: [`take`](Outbox::take) without a bound, repeated until it finds

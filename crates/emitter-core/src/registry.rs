@@ -76,6 +76,11 @@ pub(crate) struct Registry {
     closing: BTreeSet<u64>,
     /// How far behind the log a connection may read before it is closed as a slow consumer.
     max_lag: u64,
+    /// The log's bytes when slow consumers were last looked for: they are looked for again once a quarter of a
+    /// connection's budget was appended since, so that big broadcasts cannot outrun the check.
+    checked_at_bytes: u64,
+    /// A quarter of a connection's outbound budget.
+    check_every_bytes: u64,
     /// The limits of what is kept for unlinked users; `None` when nothing is.
     keep: Option<KeepLimits>,
     /// Kept messages dropped so far (past a limit, or too old).
@@ -83,7 +88,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(log: Arc<Log>, max_lag: usize, keep: Option<KeepLimits>) -> Registry {
+    pub(crate) fn new(log: Arc<Log>, max_lag: usize, budget: usize, keep: Option<KeepLimits>) -> Registry {
         Registry {
             users: BTreeMap::new(),
             order: HashMap::new(),
@@ -92,6 +97,8 @@ impl Registry {
             linked: 0,
             closing: BTreeSet::new(),
             max_lag: max_lag as u64,
+            checked_at_bytes: 0,
+            check_every_bytes: (budget as u64 / 4).max(1),
             keep,
             kept_dropped: 0,
         }
@@ -275,7 +282,9 @@ impl Registry {
             .filter_map(|order| Some((self.users.get(order)?.member.name.clone(), PushError::Closed)))
             .collect();
         let recipients = self.linked - usize::from(skips_a_linked_user);
-        if (seq + 1) % SEGMENT == 0 {
+        let bytes = self.log.bytes();
+        if (seq + 1) % SEGMENT == 0 || bytes - self.checked_at_bytes >= self.check_every_bytes {
+            self.checked_at_bytes = bytes;
             self.close_slow_consumers(seq + 1);
         }
         Broadcast {
@@ -284,13 +293,14 @@ impl Registry {
         }
     }
 
-    /// Closes the linked connections that read the log more than the allowed lag behind `head`: they are not reading
-    /// what they are sent, and would keep the log's old entries alive. Run once per log segment.
+    /// Closes the linked connections that read the log more than the allowed lag behind `head`, or hold more than
+    /// their budget in bytes: they are not reading what they are sent, and would keep the log's old entries alive.
+    /// Run once per log segment, and once per quarter of a budget appended.
     fn close_slow_consumers(&mut self, head: u64) {
         let mut slow = Vec::new();
         for (order, slot) in &self.users {
             if let Some(link) = slot.link.as_ref().and_then(Link::local) {
-                if link.outbox.lag(head) > self.max_lag && !self.closing.contains(order) {
+                if !self.closing.contains(order) && link.outbox.over_budget(head, self.max_lag) {
                     slow.push((*order, link.clone()));
                 }
             }

@@ -36,10 +36,14 @@ async fn read_to_end(ws: &mut WsStream) -> (usize, Option<Option<(u16, String)>>
     within("the connection's end", reading).await
 }
 
-/// A server with a close drain deadline of `deadline` and room for 1,024 frames a connection, on which `username`
-/// linked and was then sent `frames` frames of 64 KiB (`flood/data`), none of them read yet: its WebSocket.
+/// A server with a close drain deadline of `deadline` and room for 1,024 frames of 64 KiB a connection (frames and
+/// bytes), on which `username` linked and was then sent `frames` frames of 64 KiB (`flood/data`), none of them read
+/// yet: its WebSocket.
 async fn flooded(deadline: Duration, username: &str, frames: usize) -> (Server, Recorder, WsStream) {
-    let builder = Server::builder().outbound_queue(1024).close_drain_deadline(deadline);
+    let builder = Server::builder()
+        .outbound_queue(1024)
+        .outbound_budget(1024 * 65 * 1024)
+        .close_drain_deadline(deadline);
     let (server, events, port) = start(builder).await;
     let ws = RawClient::link_and_settle(port, username).await.into_inner();
     let flood = Message::with_payload("flood/data", json!("x".repeat(64 * 1024)));

@@ -30,7 +30,7 @@ const MIB: i64 = 1 << 20;
 const BOUND: i64 = 64 * MIB;
 const RUNS: usize = 3;
 /// How long each run broadcasts (longer if the stalled user is still linked by then).
-const BROADCAST_FOR: Duration = Duration::from_secs(3);
+const BROADCAST_FOR: Duration = Duration::from_secs(4);
 /// How many messages the sender may be ahead of the watcher: the watcher reads in the same process on a shared
 /// machine, and must not itself fall a budget behind.
 const AHEAD: u64 = 256;

@@ -109,12 +109,7 @@ impl Taken {
 }
 
 /// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
-async fn write_burst(
-    socket: &mut Socket,
-    outbox: &Outbox,
-    taken: &mut Taken,
-    host: &Host,
-) -> Result<bool, WriteError> {
+async fn write_burst(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken, host: &Host) -> Result<bool, WriteError> {
     taken.feed(socket).await?;
     let mut written = 0;
     let closing = loop {

@@ -80,7 +80,10 @@ async fn until(limit: Duration, what: &str, condition: impl Fn() -> bool) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     while !condition() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tick.tick().await;
     }
 }
@@ -155,7 +158,10 @@ async fn a_stalled_reader_pins_no_memory_run_after_run() {
         // Linked, then never read again.
         let stalled = RawClient::link_and_settle(port, &stalled_name).await.into_inner();
         let sender_name = format!("sender-{run}");
-        let (mut sink, mut stream) = RawClient::link_and_settle(port, &sender_name).await.into_inner().split();
+        let (mut sink, mut stream) = RawClient::link_and_settle(port, &sender_name)
+            .await
+            .into_inner()
+            .split();
         // The sender reads what comes (pings), so that only the stalled user stops reading.
         let draining = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
 

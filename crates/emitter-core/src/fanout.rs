@@ -8,9 +8,10 @@
 //!
 //! Entries live in fixed-size segments chained by shared pointers. Appending happens under the registry's fan-out
 //! lock; reading takes no lock at all: a reader holds the segment it reads, which keeps that segment and every later
-//! one alive, and a segment is freed once no reader holds it or an earlier one. So what a reader holds is what it
-//! costs: the log's bytes from its segment on ([`Segment::bytes_before`] against [`Log::bytes`]), which the registry
-//! bounds by each connection's outbound budget.
+//! one alive, and a segment is freed once no reader holds it or an earlier one. A reader's backlog in bytes is the
+//! log's [`bytes`](Log::bytes) less its next entry's [`bytes_before`](Entry::bytes_before); the registry bounds it
+//! by each connection's outbound budget (what a reader keeps alive is that, plus the entries it already read in its
+//! segment: fewer than [`SEGMENT`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -32,12 +33,12 @@ pub(crate) const ENTRY_OVERHEAD: u64 = 64;
 pub(crate) struct Entry {
     pub(crate) frame: Frame,
     pub(crate) skip: Option<ConnectionId>,
+    /// The log's [`bytes`](Log::bytes) before this entry was appended.
+    pub(crate) bytes_before: u64,
 }
 
 pub(crate) struct Segment {
     first: u64,
-    /// The log's [`bytes`](Log::bytes) when this segment was started: what was appended before its first entry.
-    bytes_before: u64,
     slots: Box<[OnceLock<Entry>]>,
     next: OnceLock<Arc<Segment>>,
 }
@@ -58,19 +59,12 @@ impl Drop for Segment {
 }
 
 impl Segment {
-    fn new(first: u64, bytes_before: u64) -> Arc<Segment> {
+    fn new(first: u64) -> Arc<Segment> {
         Arc::new(Segment {
             first,
-            bytes_before,
             slots: (0..SEGMENT).map(|_| OnceLock::new()).collect(),
             next: OnceLock::new(),
         })
-    }
-
-    /// The log's [`bytes`](Log::bytes) before this segment's first entry: a reader holding this segment holds the
-    /// log's bytes from here to the head.
-    pub(crate) fn bytes_before(&self) -> u64 {
-        self.bytes_before
     }
 
     /// The segment that holds `seq`, this one or a later one, if it exists yet.
@@ -103,7 +97,7 @@ pub(crate) struct Log {
 impl Default for Log {
     fn default() -> Self {
         Log {
-            tail: Mutex::new(Segment::new(0, 0)),
+            tail: Mutex::new(Segment::new(0)),
             head: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             appended: Notify::new(),
@@ -119,13 +113,17 @@ impl Log {
         let seq = self.head.load(Ordering::Acquire);
         let bytes = self.bytes.load(Ordering::Acquire);
         if seq == tail.first + SEGMENT {
-            let next = Segment::new(seq, bytes);
+            let next = Segment::new(seq);
             // Linked before it is published: a reader that sees the new head can always find its segment.
             let _ = tail.next.set(next.clone());
             *tail = next;
         }
         let size = frame.bytes().len() as u64 + ENTRY_OVERHEAD;
-        let _ = tail.slots[(seq - tail.first) as usize].set(Entry { frame, skip });
+        let _ = tail.slots[(seq - tail.first) as usize].set(Entry {
+            frame,
+            skip,
+            bytes_before: bytes,
+        });
         self.bytes.store(bytes + size, Ordering::Release);
         self.head.store(seq + 1, Ordering::Release);
         seq
@@ -142,8 +140,8 @@ impl Log {
         self.head.load(Ordering::Acquire)
     }
 
-    /// The bytes appended so far (frames plus [`ENTRY_OVERHEAD`] each); with [`Segment::bytes_before`], what a
-    /// reader holds.
+    /// The bytes appended so far (frames plus [`ENTRY_OVERHEAD`] each); less an entry's
+    /// [`bytes_before`](Entry::bytes_before), a reader's backlog from that entry on.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
     }
@@ -198,17 +196,17 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_holds_the_bytes_from_its_segment_on() {
+    fn each_entry_knows_the_bytes_before_it() {
         let log = Log::default();
         let (_, first) = log.position();
         let size = frame(7).bytes().len() as u64 + ENTRY_OVERHEAD;
         for n in 0..SEGMENT + 1 {
             log.append(frame(n % 10), None);
         }
-        assert_eq!(first.bytes_before(), 0);
+        assert_eq!(first.get(0).unwrap().bytes_before, 0);
         assert_eq!(log.bytes(), (SEGMENT + 1) * size);
         let second = first.find(SEGMENT).unwrap();
-        assert_eq!(second.bytes_before(), SEGMENT * size);
+        assert_eq!(second.get(SEGMENT).unwrap().bytes_before, SEGMENT * size);
     }
 
     #[test]
@@ -218,7 +216,6 @@ mod tests {
         let empty = |first: u64, next: Option<Arc<Segment>>| {
             let segment = Segment {
                 first,
-                bytes_before: 0,
                 slots: Box::new([]),
                 next: OnceLock::new(),
             };
@@ -246,6 +243,14 @@ mod tests {
         }
         let middle = first.find(SEGMENT).unwrap();
         drop(first);
-        assert_eq!(middle.find(2 * SEGMENT + 1).unwrap().get(2 * SEGMENT + 1).unwrap().frame, frame(2 * SEGMENT + 1));
+        assert_eq!(
+            middle
+                .find(2 * SEGMENT + 1)
+                .unwrap()
+                .get(2 * SEGMENT + 1)
+                .unwrap()
+                .frame,
+            frame(2 * SEGMENT + 1)
+        );
     }
 }

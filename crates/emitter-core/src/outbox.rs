@@ -11,7 +11,7 @@
 //! one from `t` on. A backlog therefore costs a connection its position in the log, not an entry per frame.
 //!
 //! What a connection holds is bounded in bytes by its *budget*: its own frames' bytes plus the log's bytes from the
-//! segment it reads on ([`Outbox::held`]). Once it is closing it lets go of the log at once: a slow consumer drops
+//! next entry it reads on (`held`). Once it is closing it lets go of the log at once: a slow consumer drops
 //! what it had not read from the log; any other closing connection copies what is left in its windows (shared
 //! frames, no bytes copied) into its own queue, so that it still gets it before the close frame.
 
@@ -53,7 +53,7 @@ struct Shared {
     log: Arc<Log>,
     /// The most own frames that may wait (a snapshot counts as one).
     capacity: usize,
-    /// The most bytes the connection may hold: its own frames plus the log from the segment it reads on.
+    /// The most bytes the connection may hold: its own frames plus the log from the next entry it reads on.
     budget: u64,
     state: Mutex<State>,
     /// An own frame was queued, a window opened or closed, or closing began.
@@ -222,29 +222,33 @@ impl Outbox {
         if reason != CloseReason::SlowConsumer {
             let mut left = Vec::new();
             self.take_locked(state, &mut left, usize::MAX, head);
-            state.own_bytes = 0;
             for frame in left.into_iter().rev() {
-                state.own_bytes += frame.bytes().len() as u64 + ENTRY_OVERHEAD;
                 state.own.push_front(Own {
                     at: 0,
                     item: Item::Frame(frame),
                 });
             }
-            state.own_bytes += state.own.iter().map(|own| own.item.size()).sum::<u64>();
+            state.own_bytes = state.own.iter().map(|own| own.item.size()).sum();
         }
         state.windows.clear();
         state.segment = None;
         state.cursor = head;
     }
 
-    /// The bytes this connection holds: its own frames, and the log's from the segment it reads (or will start
-    /// reading) on.
+    /// The bytes this connection holds: its own frames, and the log's from the next entry it reads for its window.
     fn held(&self, state: &State) -> u64 {
-        let segment = state
+        let Some(window) = state.windows.front() else {
+            return state.own_bytes;
+        };
+        let at = state.cursor.max(window.from);
+        let before = state
             .segment
             .as_ref()
-            .or_else(|| state.windows.front().and_then(|window| window.start.as_ref()));
-        let log = segment.map_or(0, |segment| self.shared.log.bytes().saturating_sub(segment.bytes_before()));
+            .or(window.start.as_ref())
+            .and_then(|segment| segment.find(at))
+            .and_then(|segment| Some(segment.get(at)?.bytes_before));
+        // Nothing appended at `at` yet: nothing unread.
+        let log = before.map_or(0, |before| self.shared.log.bytes().saturating_sub(before));
         state.own_bytes + log
     }
 
@@ -420,5 +424,99 @@ impl Outbox {
     /// [`text`](CloseReason::text) in the close frame. `None` while the connection is open.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.shared.state.lock().closing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::SEGMENT;
+
+    fn frame(n: u64) -> Frame {
+        Frame::encode(&n).expect("a number serializes")
+    }
+
+    fn sized(bytes: usize) -> Frame {
+        Frame::encode(&"x".repeat(bytes)).expect("a string serializes")
+    }
+
+    /// A linked outbox on a fresh log, and a handle on the log segment it starts reading from.
+    fn linked(budget: usize) -> (Arc<Log>, Outbox, std::sync::Weak<Segment>) {
+        let log = Arc::new(Log::default());
+        let outbox = Outbox::new(ConnectionId(1), log.clone(), usize::MAX, budget);
+        let (from, segment) = log.position();
+        let first = Arc::downgrade(&segment);
+        outbox.open_window(from, segment);
+        (log, outbox, first)
+    }
+
+    #[test]
+    fn own_frames_are_bounded_in_bytes_but_one_always_fits() {
+        let (_log, outbox, _) = linked(1_000);
+        assert_eq!(
+            outbox.push(sized(2_000)),
+            Ok(()),
+            "one frame fits an empty queue, whatever its size"
+        );
+        assert_eq!(outbox.push(sized(10)), Err(PushError::Full));
+        assert_eq!(outbox.take_all().len(), 1);
+        assert_eq!(outbox.push(sized(600)), Ok(()));
+        assert_eq!(outbox.push(sized(600)), Err(PushError::Full));
+    }
+
+    #[test]
+    fn unread_broadcasts_count_against_the_budget() {
+        let (log, outbox, _) = linked(100_000);
+        assert!(!outbox.over_budget(log.head(), u64::MAX));
+        for _ in 0..50 {
+            log.append(sized(1_000), None);
+        }
+        assert!(!outbox.over_budget(log.head(), u64::MAX));
+        for _ in 0..50 {
+            log.append(sized(1_000), None);
+        }
+        assert!(outbox.over_budget(log.head(), u64::MAX), "100 KiB of broadcasts unread");
+        assert!(outbox.over_budget(log.head(), 10), "and more than 10 entries behind");
+        outbox.take_all();
+        assert!(!outbox.over_budget(log.head(), u64::MAX), "read: nothing held");
+    }
+
+    /// Five broadcasts, an own frame, then a segment's worth more: what a reader that read nothing has waiting.
+    fn backlog(log: &Log, outbox: &Outbox) -> Frame {
+        for n in 0..5 {
+            log.append(frame(n), None);
+        }
+        let own = Frame::encode("own").expect("a string serializes");
+        outbox.push(own.clone()).unwrap();
+        for n in 5..SEGMENT + 5 {
+            log.append(frame(n), None);
+        }
+        own
+    }
+
+    #[test]
+    fn a_closing_connection_keeps_what_was_left_for_it_but_not_the_log() {
+        let (log, outbox, first) = linked(usize::MAX);
+        let own = backlog(&log, &outbox);
+        assert!(first.upgrade().is_some(), "the reader keeps the log alive");
+        outbox.close(CloseReason::ServerClosing);
+        assert!(first.upgrade().is_none(), "a closing connection holds no log segment");
+        let mut expected: Vec<Frame> = (0..5).map(frame).collect();
+        expected.push(own);
+        expected.extend((5..SEGMENT + 5).map(frame));
+        assert_eq!(outbox.take_all(), expected, "everything, in order, before the close");
+    }
+
+    #[test]
+    fn a_slow_consumer_drops_the_broadcasts_it_did_not_read() {
+        let (log, outbox, first) = linked(usize::MAX);
+        let own = backlog(&log, &outbox);
+        outbox.close(CloseReason::SlowConsumer);
+        assert!(first.upgrade().is_none(), "a slow consumer holds no log segment");
+        assert_eq!(
+            outbox.take_all(),
+            vec![own],
+            "its own frames still go out before the close"
+        );
     }
 }

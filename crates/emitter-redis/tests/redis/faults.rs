@@ -320,7 +320,7 @@ async fn the_publish_queue_is_bounded_in_bytes() {
         }
     }
     assert!(
-        queued >= 1 && queued <= 4,
+        (1..=4).contains(&queued),
         "{queued} messages of 16 KiB queued under a 64 KiB budget"
     );
     assert_eq!(refused, 100 - queued);

@@ -2,11 +2,12 @@
 //! says, with a code that says why, and log why once.
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use emitter_core::protocol::Frame;
 use emitter_core::transport::{CloseReason, ConnectionId, Host, Outbox, TransportClose};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
@@ -32,23 +33,63 @@ fn to_message(frame: Frame) -> Message {
     Message::Text(Utf8Bytes::try_from(frame.bytes().clone()).unwrap_or_default())
 }
 
+/// Why a write did not happen.
+enum WriteError {
+    /// The socket failed.
+    Socket(tungstenite::Error),
+    /// The client read nothing for the write deadline: a slow consumer.
+    Stalled,
+}
+
+impl From<tungstenite::Error> for WriteError {
+    fn from(error: tungstenite::Error) -> Self {
+        WriteError::Socket(error)
+    }
+}
+
+/// One socket write (a frame, a ping, a flush) within `deadline`. A write that finishes at once (the usual case)
+/// costs no timer.
+async fn within<T>(
+    deadline: Duration,
+    write: impl Future<Output = Result<T, tungstenite::Error>>,
+) -> Result<T, WriteError> {
+    tokio::pin!(write);
+    if let Some(done) = write.as_mut().now_or_never() {
+        return Ok(done?);
+    }
+    match tokio::time::timeout(deadline, write).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(WriteError::Stalled),
+    }
+}
+
 /// Frames taken from the outbox, and how many of them the WebSocket layer has. A write that gives way to a close
 /// (the client stopped reading) leaves the rest here, so that they still go out, in order, before the close frame.
-#[derive(Default)]
 struct Taken {
     frames: Vec<Frame>,
     fed: usize,
     /// Frames fed, and their bytes, since they were last counted in the server's metrics.
     unreported: (usize, usize),
+    /// How long one write may take.
+    deadline: Duration,
 }
 
 impl Taken {
+    fn new(deadline: Duration) -> Taken {
+        Taken {
+            frames: Vec::new(),
+            fed: 0,
+            unreported: (0, 0),
+            deadline,
+        }
+    }
+
     /// Hands the WebSocket layer what is left, one frame at a time; a frame counts as fed once the layer has it, so
     /// cancelling this loses nothing.
-    async fn feed(&mut self, socket: &mut Socket) -> Result<(), tungstenite::Error> {
+    async fn feed(&mut self, socket: &mut Socket) -> Result<(), WriteError> {
         while let Some(frame) = self.frames.get(self.fed) {
             let bytes = frame.bytes().len();
-            socket.feed(to_message(frame.clone())).await?;
+            within(self.deadline, socket.feed(to_message(frame.clone()))).await?;
             self.fed += 1;
             self.unreported.0 += 1;
             self.unreported.1 += bytes;
@@ -68,12 +109,7 @@ impl Taken {
 }
 
 /// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
-async fn write_burst(
-    socket: &mut Socket,
-    outbox: &Outbox,
-    taken: &mut Taken,
-    host: &Host,
-) -> Result<bool, tungstenite::Error> {
+async fn write_burst(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken, host: &Host) -> Result<bool, WriteError> {
     taken.feed(socket).await?;
     let mut written = 0;
     let closing = loop {
@@ -85,7 +121,7 @@ async fn write_burst(
             break closing;
         }
     };
-    socket.flush().await?;
+    within(taken.deadline, socket.flush()).await?;
     if written > 0 {
         // What it found waiting is what it took: `take` moves everything ready, up to a burst.
         host.record_queue_depth(written);
@@ -98,12 +134,19 @@ async fn write_burst(
 
 /// Writes one more burst of a closing connection's outbox; returns whether nothing was left.
 async fn outbox_empty(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken) -> Result<bool, tungstenite::Error> {
-    taken.feed(socket).await?;
-    outbox.take(&mut taken.frames, BURST);
-    let empty = taken.frames.is_empty();
-    taken.feed(socket).await?;
-    socket.flush().await?;
-    Ok(empty)
+    let write = async {
+        taken.feed(socket).await?;
+        outbox.take(&mut taken.frames, BURST);
+        let empty = taken.frames.is_empty();
+        taken.feed(socket).await?;
+        within(taken.deadline, socket.flush()).await?;
+        Ok(empty)
+    };
+    // Within the close drain deadline already, which is what cuts a close that stalls.
+    write.await.map_err(|error| match error {
+        WriteError::Socket(error) => error,
+        WriteError::Stalled => tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()),
+    })
 }
 
 /// Why a connection ended: the one line logged for it, and the close frame it got.
@@ -223,7 +266,7 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
             return;
         }
     };
-    let mut taken = Taken::default();
+    let mut taken = Taken::new(host.server().config().write_deadline());
     let ending = serve(&host, id, &outbox, &mut socket, &mut taken).await;
     if let Some(cause) = ending.transport_cause() {
         host.record_close(cause);
@@ -259,7 +302,8 @@ async fn serve(host: &Host, id: ConnectionId, outbox: &Outbox, socket: &mut Sock
                         // Closing never ends, so there is a reason by now.
                         return Ending::Core(outbox.close_reason().unwrap_or(CloseReason::ServerClosing));
                     }
-                    Err(error) => return Ending::Network(error),
+                    Err(WriteError::Stalled) => return stalled(host, id, outbox),
+                    Err(WriteError::Socket(error)) => return Ending::Network(error),
                 }
             }
             incoming = socket.next() => match incoming {
@@ -277,12 +321,28 @@ async fn serve(host: &Host, id: ConnectionId, outbox: &Outbox, socket: &mut Sock
                     return Ending::NoPong;
                 }
                 awaiting_pong = true;
-                if let Err(error) = socket.send(Message::Ping(Default::default())).await {
-                    return Ending::Network(error);
+                // Like a frame: within the write deadline, and giving way to a close (the client stopped reading
+                // right after a burst, and only the ping is left to write).
+                let sent = tokio::select! {
+                    sent = within(taken.deadline, socket.send(Message::Ping(Default::default()))) => sent,
+                    () = outbox.closed() => {
+                        return Ending::Core(outbox.close_reason().unwrap_or(CloseReason::ServerClosing));
+                    }
+                };
+                match sent {
+                    Ok(()) => {}
+                    Err(WriteError::Stalled) => return stalled(host, id, outbox),
+                    Err(WriteError::Socket(error)) => return Ending::Network(error),
                 }
             }
         }
     }
+}
+
+/// A write passed its deadline: the core closes the connection as a slow consumer (unless it was closing already).
+fn stalled(host: &Host, id: ConnectionId, outbox: &Outbox) -> Ending {
+    host.stalled(id);
+    Ending::Core(outbox.close_reason().unwrap_or(CloseReason::SlowConsumer))
 }
 
 /// [`close`] within `deadline`; returns whether the deadline cut it short.

@@ -36,10 +36,14 @@ async fn read_to_end(ws: &mut WsStream) -> (usize, Option<Option<(u16, String)>>
     within("the connection's end", reading).await
 }
 
-/// A server with a close drain deadline of `deadline` and room for 1,024 frames a connection, on which `username`
-/// linked and was then sent `frames` frames of 64 KiB (`flood/data`), none of them read yet: its WebSocket.
+/// A server with a close drain deadline of `deadline` and room for 1,024 frames of 64 KiB a connection (frames and
+/// bytes), on which `username` linked and was then sent `frames` frames of 64 KiB (`flood/data`), none of them read
+/// yet: its WebSocket.
 async fn flooded(deadline: Duration, username: &str, frames: usize) -> (Server, Recorder, WsStream) {
-    let builder = Server::builder().outbound_queue(1024).close_drain_deadline(deadline);
+    let builder = Server::builder()
+        .outbound_queue(1024)
+        .outbound_budget(1024 * 65 * 1024)
+        .close_drain_deadline(deadline);
     let (server, events, port) = start(builder).await;
     let ws = RawClient::link_and_settle(port, username).await.into_inner();
     let flood = Message::with_payload("flood/data", json!("x".repeat(64 * 1024)));
@@ -156,6 +160,77 @@ async fn a_slow_consumer_gets_what_was_queued_then_1013() {
     assert_eq!(received, sent, "everything queued before the close went out, in order");
     assert_eq!(close, Some(Some((1013, "slow consumer".to_owned()))));
     events.wait_for("unlink slow").await;
+    within("close", server.close()).await.unwrap();
+}
+
+fn slow_consumer_closes(server: &Server) -> usize {
+    server
+        .metrics_text()
+        .lines()
+        .find_map(|line| line.strip_prefix("krmx_connection_closes_total{cause=\"slow_consumer\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_slow_consumer_past_its_byte_budget_gets_what_was_queued_then_1013() {
+    // Room for thousands of frames, but only 64 KiB: the byte budget is what the flood meets.
+    let builder = Server::builder()
+        .outbound_budget(64 * 1024)
+        .close_drain_deadline(Duration::from_secs(60));
+    let (server, events, port) = start(builder).await;
+    let mut slow = RawClient::link_and_settle(port, "slow").await.into_inner();
+    let flood = Message::with_payload("flood/data", json!("x".repeat(16 * 1024)));
+    let mut sent = 0;
+    let refused = loop {
+        match server.send("slow", &flood) {
+            Ok(()) => sent += 1,
+            Err(error) => break error,
+        }
+        assert!(sent < 4_000, "the byte budget never filled");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(refused, emitter_core::Error::QueueFull);
+    let (received, close) = read_to_end(&mut slow).await;
+    assert_eq!(received, sent, "everything queued before the close went out, in order");
+    assert_eq!(close, Some(Some((1013, "slow consumer".to_owned()))));
+    events.wait_for("unlink slow").await;
+    assert_eq!(slow_consumer_closes(&server), 1);
+    within("close", server.close()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reader_a_byte_budget_behind_the_broadcasts_is_closed_with_1013() {
+    let (server, events, port) = start(Server::builder().outbound_budget(64 * 1024)).await;
+    let mut slow = RawClient::link_and_settle(port, "slow").await.into_inner();
+    let flood = Message::with_payload("flood/data", json!("x".repeat(16 * 1024)));
+    let mut broadcasts = 0;
+    loop {
+        let report = server.broadcast(&flood, None).unwrap();
+        if !report.undelivered.is_empty() || report.delivered == 0 {
+            break;
+        }
+        broadcasts += 1;
+        assert!(broadcasts < 4_000, "the slow reader was never closed");
+        tokio::task::yield_now().await;
+    }
+    let (_, close) = read_to_end(&mut slow).await;
+    assert_eq!(close, Some(Some((1013, "slow consumer".to_owned()))));
+    events.wait_for("unlink slow").await;
+    assert_eq!(slow_consumer_closes(&server), 1);
+    within("close", server.close()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_write_past_the_write_deadline_closes_a_slow_consumer() {
+    let (server, events, port) = start(Server::builder().write_deadline(Duration::from_millis(200))).await;
+    let slow = RawClient::link_and_settle(port, "slow").await.into_inner();
+    // One frame (an empty queue takes any size) far larger than the socket buffers hold: its write cannot finish.
+    let huge = Message::with_payload("flood/data", json!("x".repeat(32 << 20)));
+    server.send("slow", &huge).unwrap();
+    events.wait_for("unlink slow").await;
+    assert_eq!(slow_consumer_closes(&server), 1);
+    drop(slow);
     within("close", server.close()).await.unwrap();
 }
 

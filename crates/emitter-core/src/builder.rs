@@ -90,6 +90,25 @@ impl ServerBuilder {
         self.with(|config| config.outbound_queue = frames.max(1))
     }
 
+    /// The most bytes one connection may hold before it is a slow consumer: its own frames waiting (each counted
+    /// with 64 bytes of overhead; a newcomer's snapshot counts nothing, its frames are shared) plus the broadcasts it
+    /// has not read yet (the fan-out log from where it reads on, which it keeps alive). A slow consumer is closed
+    /// (1013, `slow consumer`) like one past [`outbound_queue`](ServerBuilder::outbound_queue), and lets go of the
+    /// broadcasts at once. One frame always fits an empty queue, so a message larger than the budget still reaches a
+    /// client that keeps up. Broadcasts are checked against it once per quarter of a budget appended.
+    /// Default: [`DEFAULT_OUTBOUND_BUDGET`](crate::DEFAULT_OUTBOUND_BUDGET) (4 MiB); the Limits chapter gives the worst case it allows.
+    pub fn outbound_budget(self, bytes: usize) -> Self {
+        self.with(|config| config.outbound_budget = bytes.max(1))
+    }
+
+    /// How long one write to a connection's socket (a frame, a ping, a flush of a burst) may wait for the client to
+    /// read before the connection is closed as a slow consumer (1013, `slow consumer`). A writer blocked on a client
+    /// that stopped reading also gives way at once when the connection is closed for another reason.
+    /// Default: [`DEFAULT_WRITE_DEADLINE`](crate::DEFAULT_WRITE_DEADLINE) (10 s); at least 10 ms.
+    pub fn write_deadline(self, deadline: Duration) -> Self {
+        self.with(|config| config.write_deadline = deadline.max(Duration::from_millis(10)))
+    }
+
     /// The most connections open at once. One more is refused (HTTP 503 before the upgrade where the transport can,
     /// or closed at once). Default: [`DEFAULT_MAX_CONNECTIONS`] (10,000). Each connection is a file descriptor:
     /// keep it under the process's open-file limit.

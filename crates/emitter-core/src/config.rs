@@ -17,6 +17,13 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 /// users is one), or 4096 broadcasts behind the others.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 4096;
 
+/// The default outbound budget: 4 MiB a connection may hold, its own frames waiting plus the broadcasts it has not
+/// read yet. See the Limits chapter ("Byte budgets") for the arithmetic behind it.
+pub const DEFAULT_OUTBOUND_BUDGET: usize = 4 << 20;
+
+/// The default time one write to a connection's socket may take before the connection is a slow consumer: 10 s.
+pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// The default cap on open connections: 10,000. A connection past it is refused before the WebSocket upgrade.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
@@ -86,6 +93,8 @@ pub struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) accepted_versions: AcceptedVersions,
     pub(crate) outbound_queue: usize,
+    pub(crate) outbound_budget: usize,
+    pub(crate) write_deadline: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_unlinked_connections: usize,
     pub(crate) max_users: usize,
@@ -110,6 +119,8 @@ impl Default for Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             accepted_versions: AcceptedVersions::default(),
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_budget: DEFAULT_OUTBOUND_BUDGET,
+            write_deadline: DEFAULT_WRITE_DEADLINE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_unlinked_connections: DEFAULT_MAX_UNLINKED_CONNECTIONS,
             max_users: DEFAULT_MAX_USERS,
@@ -135,6 +146,8 @@ impl fmt::Debug for Config {
             .field("max_message_size", &self.max_message_size)
             .field("accepted_versions", &self.accepted_versions)
             .field("outbound_queue", &self.outbound_queue)
+            .field("outbound_budget", &self.outbound_budget)
+            .field("write_deadline", &self.write_deadline)
             .field("max_connections", &self.max_connections)
             .field("max_unlinked_connections", &self.max_unlinked_connections)
             .field("max_users", &self.max_users)
@@ -193,6 +206,18 @@ impl Config {
     /// How far behind one connection may fall: frames of its own waiting, or broadcasts it has not read yet.
     pub fn outbound_queue(&self) -> usize {
         self.outbound_queue
+    }
+
+    /// The most bytes one connection may hold before it is a slow consumer: its own frames waiting plus the
+    /// broadcasts it has not read yet.
+    pub fn outbound_budget(&self) -> usize {
+        self.outbound_budget
+    }
+
+    /// How long one write to a connection's socket (a frame, a ping, a flush) may take before the connection is a
+    /// slow consumer.
+    pub fn write_deadline(&self) -> Duration {
+        self.write_deadline
     }
 
     /// The cap on open connections.
@@ -279,6 +304,8 @@ mod tests {
         assert_eq!(config.max_message_size(), DEFAULT_MAX_MESSAGE_SIZE);
         assert_eq!(config.close_drain_deadline(), DEFAULT_CLOSE_DRAIN_DEADLINE);
         assert_eq!(config.max_users(), DEFAULT_MAX_USERS);
+        assert_eq!(config.outbound_budget(), DEFAULT_OUTBOUND_BUDGET);
+        assert_eq!(config.write_deadline(), DEFAULT_WRITE_DEADLINE);
         assert!(config.is_valid_username("simon"));
         assert!(!config.is_valid_username("bot 1"));
     }

@@ -198,7 +198,7 @@ impl Connections {
     /// Opens a connection whose outbox reads `log`.
     pub(crate) fn insert(&self, log: &Arc<Log>, config: &Config, metrics: &Arc<Metrics>) -> (ConnectionId, Outbox) {
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed) as u64);
-        let outbox = Outbox::new(id, log.clone(), config.outbound_queue);
+        let outbox = Outbox::new(id, log.clone(), config.outbound_queue, config.outbound_budget);
         let connection = Connection::new(id, outbox.clone(), config.rate_limit, metrics.clone());
         self.table.insert(id, Arc::new(connection));
         self.open.fetch_add(1, Ordering::SeqCst);

@@ -70,6 +70,24 @@ impl Server {
         self.inner.connections.refusal(&self.inner.config)
     }
 
+    /// The transport could not write to a connection within the write deadline: the client does not read, so the
+    /// connection is closed as a slow consumer, as a full queue closes it.
+    pub(crate) fn stalled(&self, id: ConnectionId) {
+        let Some(connection) = self.inner.connections.get(id) else {
+            return;
+        };
+        tracing::debug!(connection = %id, "a write passed its deadline: closing the slow connection");
+        connection.close(crate::close_reason::CloseReason::SlowConsumer);
+        let linked = match &connection.state.lock().role {
+            Role::Linked(member) => Some(member.name.clone()),
+            _ => None,
+        };
+        if let Some(username) = linked {
+            // Broadcasts report it as not getting them from now on.
+            self.inner.registry.lock().mark_closing(&username, &connection);
+        }
+    }
+
     pub(crate) fn disconnect(&self, id: ConnectionId) {
         let _turn = self.turn();
         let Some(connection) = self.inner.connections.get(id) else {

@@ -9,6 +9,11 @@
 //!
 //! An own frame tagged `t` is written after every log entry before `t` that is for this connection, and before every
 //! one from `t` on. A backlog therefore costs a connection its position in the log, not an entry per frame.
+//!
+//! What a connection holds is bounded in bytes by its *budget*: its own frames' bytes plus the log's bytes from the
+//! next entry it reads on (`held`). Once it is closing it lets go of the log at once: a slow consumer drops
+//! what it had not read from the log; any other closing connection copies what is left in its windows (shared
+//! frames, no bytes copied) into its own queue, so that it still gets it before the close frame.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -17,7 +22,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::close_reason::CloseReason;
-use crate::fanout::{Log, Segment};
+use crate::fanout::{Log, Segment, ENTRY_OVERHEAD};
 use crate::id::ConnectionId;
 use crate::protocol::Frame;
 use crate::snapshot::{Snapshot, SnapshotCursor};
@@ -48,6 +53,8 @@ struct Shared {
     log: Arc<Log>,
     /// The most own frames that may wait (a snapshot counts as one).
     capacity: usize,
+    /// The most bytes the connection may hold: its own frames plus the log from the next entry it reads on.
+    budget: u64,
     state: Mutex<State>,
     /// An own frame was queued, a window opened or closed, or closing began.
     changed: Notify,
@@ -57,6 +64,9 @@ struct Shared {
 
 struct State {
     own: VecDeque<Own>,
+    /// The bytes of the own frames waiting, each counted with [`ENTRY_OVERHEAD`] (a snapshot as none: its frames are
+    /// the registry's, shared).
+    own_bytes: u64,
     windows: VecDeque<Window>,
     /// The first log entry not looked at yet.
     cursor: u64,
@@ -77,6 +87,16 @@ enum Item {
     Snapshot(Snapshot, SnapshotCursor),
 }
 
+impl Item {
+    /// What it counts against the budget.
+    fn size(&self) -> u64 {
+        match self {
+            Item::Frame(frame) => frame.bytes().len() as u64 + ENTRY_OVERHEAD,
+            Item::Snapshot(..) => 0,
+        }
+    }
+}
+
 /// Log entries `from..until` are for this connection (but those that skip it).
 struct Window {
     from: u64,
@@ -95,15 +115,17 @@ impl fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(id: ConnectionId, log: Arc<Log>, capacity: usize) -> Outbox {
+    pub(crate) fn new(id: ConnectionId, log: Arc<Log>, capacity: usize, budget: usize) -> Outbox {
         let cursor = log.head();
         Outbox {
             shared: Arc::new(Shared {
                 id,
                 log,
                 capacity,
+                budget: budget as u64,
                 state: Mutex::new(State {
                     own: VecDeque::new(),
+                    own_bytes: 0,
                     windows: VecDeque::new(),
                     cursor,
                     segment: None,
@@ -133,7 +155,14 @@ impl Outbox {
         if state.own.len() >= self.shared.capacity {
             return Err(PushError::Full);
         }
+        let size = item.size();
+        // One frame always fits an empty queue, so that a message larger than the budget still reaches a reader that
+        // keeps up.
+        if !state.own.is_empty() && self.held(&state) + size > self.shared.budget {
+            return Err(PushError::Full);
+        }
         let at = at.unwrap_or_else(|| self.shared.log.head());
+        state.own_bytes += size;
         state.own.push_back(Own { at, item });
         drop(state);
         self.shared.changed.notify_one();
@@ -177,20 +206,62 @@ impl Outbox {
         if let Some(window) = state.windows.back_mut() {
             window.until.get_or_insert(head);
         }
+        self.let_go_of_the_log(&mut state, reason, head);
         drop(state);
         self.shared.changed.notify_one();
         self.shared.closed.notify_waiters();
     }
 
-    /// How far behind the log's head this connection reads, counting entries that are not for it too (0 when it
-    /// reads no window).
-    pub(crate) fn lag(&self, head: u64) -> u64 {
+    /// Makes a closing connection hold nothing of the log: a slow consumer drops what it had not read there (it is
+    /// cut for not reading it); any other keeps the frames left in its windows in its own queue, in their order among
+    /// its own frames, so that it still gets them before the close frame.
+    fn let_go_of_the_log(&self, state: &mut State, reason: CloseReason, head: u64) {
+        if state.windows.is_empty() && state.segment.is_none() {
+            return;
+        }
+        if reason != CloseReason::SlowConsumer {
+            let mut left = Vec::new();
+            self.take_locked(state, &mut left, usize::MAX, head);
+            for frame in left.into_iter().rev() {
+                state.own.push_front(Own {
+                    at: 0,
+                    item: Item::Frame(frame),
+                });
+            }
+            state.own_bytes = state.own.iter().map(|own| own.item.size()).sum();
+        }
+        state.windows.clear();
+        state.segment = None;
+        state.cursor = head;
+    }
+
+    /// The bytes this connection holds: its own frames, and the log's from the next entry it reads for its window.
+    fn held(&self, state: &State) -> u64 {
+        let Some(window) = state.windows.front() else {
+            return state.own_bytes;
+        };
+        let at = state.cursor.max(window.from);
+        let before = state
+            .segment
+            .as_ref()
+            .or(window.start.as_ref())
+            .and_then(|segment| segment.find(at))
+            .and_then(|segment| Some(segment.get(at)?.bytes_before));
+        // Nothing appended at `at` yet: nothing unread.
+        let log = before.map_or(0, |before| self.shared.log.bytes().saturating_sub(before));
+        state.own_bytes + log
+    }
+
+    /// Whether this connection is past its budget: more than `max_lag` log entries behind `head`, or holding more
+    /// bytes than its budget. Such a connection is a slow consumer.
+    pub(crate) fn over_budget(&self, head: u64, max_lag: u64) -> bool {
         let state = self.shared.state.lock();
-        if state.windows.is_empty() {
+        let lag = if state.windows.is_empty() {
             0
         } else {
             head.saturating_sub(state.cursor)
-        }
+        };
+        lag > max_lag || self.held(&state) > self.shared.budget
     }
 
     /// Moves up to `max` frames that are ready, in order, into `into`. Returns whether the connection is closing:
@@ -198,7 +269,12 @@ impl Outbox {
     pub fn take(&self, into: &mut Vec<Frame>, max: usize) -> bool {
         let head = self.shared.log.head();
         let mut state = self.shared.state.lock();
-        let state = &mut *state;
+        self.take_locked(&mut state, into, max, head);
+        state.closing.is_some()
+    }
+
+    /// [`take`](Outbox::take), with the state locked.
+    fn take_locked(&self, state: &mut State, into: &mut Vec<Frame>, max: usize, head: u64) {
         while into.len() < max {
             // An own frame whose turn has come: every log entry before its tag has been looked at.
             if let Some(own) = state.own.front_mut() {
@@ -210,6 +286,9 @@ impl Outbox {
                                 ..
                             }) = state.own.pop_front()
                             {
+                                state.own_bytes = state
+                                    .own_bytes
+                                    .saturating_sub(frame.bytes().len() as u64 + ENTRY_OVERHEAD);
                                 into.push(frame);
                             }
                         }
@@ -263,7 +342,6 @@ impl Outbox {
             state.cursor += 1;
             state.segment = Some(segment);
         }
-        state.closing.is_some()
     }
 
     /// Every frame that is ready now, in order: [`take`](Outbox::take) without a bound, repeated until it finds
@@ -346,5 +424,99 @@ impl Outbox {
     /// [`text`](CloseReason::text) in the close frame. `None` while the connection is open.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.shared.state.lock().closing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::SEGMENT;
+
+    fn frame(n: u64) -> Frame {
+        Frame::encode(&n).expect("a number serializes")
+    }
+
+    fn sized(bytes: usize) -> Frame {
+        Frame::encode(&"x".repeat(bytes)).expect("a string serializes")
+    }
+
+    /// A linked outbox on a fresh log, and a handle on the log segment it starts reading from.
+    fn linked(budget: usize) -> (Arc<Log>, Outbox, std::sync::Weak<Segment>) {
+        let log = Arc::new(Log::default());
+        let outbox = Outbox::new(ConnectionId(1), log.clone(), usize::MAX, budget);
+        let (from, segment) = log.position();
+        let first = Arc::downgrade(&segment);
+        outbox.open_window(from, segment);
+        (log, outbox, first)
+    }
+
+    #[test]
+    fn own_frames_are_bounded_in_bytes_but_one_always_fits() {
+        let (_log, outbox, _) = linked(1_000);
+        assert_eq!(
+            outbox.push(sized(2_000)),
+            Ok(()),
+            "one frame fits an empty queue, whatever its size"
+        );
+        assert_eq!(outbox.push(sized(10)), Err(PushError::Full));
+        assert_eq!(outbox.take_all().len(), 1);
+        assert_eq!(outbox.push(sized(600)), Ok(()));
+        assert_eq!(outbox.push(sized(600)), Err(PushError::Full));
+    }
+
+    #[test]
+    fn unread_broadcasts_count_against_the_budget() {
+        let (log, outbox, _) = linked(100_000);
+        assert!(!outbox.over_budget(log.head(), u64::MAX));
+        for _ in 0..50 {
+            log.append(sized(1_000), None);
+        }
+        assert!(!outbox.over_budget(log.head(), u64::MAX));
+        for _ in 0..50 {
+            log.append(sized(1_000), None);
+        }
+        assert!(outbox.over_budget(log.head(), u64::MAX), "100 KiB of broadcasts unread");
+        assert!(outbox.over_budget(log.head(), 10), "and more than 10 entries behind");
+        outbox.take_all();
+        assert!(!outbox.over_budget(log.head(), u64::MAX), "read: nothing held");
+    }
+
+    /// Five broadcasts, an own frame, then a segment's worth more: what a reader that read nothing has waiting.
+    fn backlog(log: &Log, outbox: &Outbox) -> Frame {
+        for n in 0..5 {
+            log.append(frame(n), None);
+        }
+        let own = Frame::encode("own").expect("a string serializes");
+        outbox.push(own.clone()).unwrap();
+        for n in 5..SEGMENT + 5 {
+            log.append(frame(n), None);
+        }
+        own
+    }
+
+    #[test]
+    fn a_closing_connection_keeps_what_was_left_for_it_but_not_the_log() {
+        let (log, outbox, first) = linked(usize::MAX);
+        let own = backlog(&log, &outbox);
+        assert!(first.upgrade().is_some(), "the reader keeps the log alive");
+        outbox.close(CloseReason::ServerClosing);
+        assert!(first.upgrade().is_none(), "a closing connection holds no log segment");
+        let mut expected: Vec<Frame> = (0..5).map(frame).collect();
+        expected.push(own);
+        expected.extend((5..SEGMENT + 5).map(frame));
+        assert_eq!(outbox.take_all(), expected, "everything, in order, before the close");
+    }
+
+    #[test]
+    fn a_slow_consumer_drops_the_broadcasts_it_did_not_read() {
+        let (log, outbox, first) = linked(usize::MAX);
+        let own = backlog(&log, &outbox);
+        outbox.close(CloseReason::SlowConsumer);
+        assert!(first.upgrade().is_none(), "a slow consumer holds no log segment");
+        assert_eq!(
+            outbox.take_all(),
+            vec![own],
+            "its own frames still go out before the close"
+        );
     }
 }

@@ -89,6 +89,11 @@ pub(crate) struct Registry {
     closing: BTreeSet<u64>,
     /// How far behind the log a connection may read before it is closed as a slow consumer.
     max_lag: u64,
+    /// The log's bytes when slow consumers were last looked for: they are looked for again once a quarter of a
+    /// connection's budget was appended since, so that big broadcasts cannot outrun the check.
+    checked_at_bytes: u64,
+    /// A quarter of a connection's outbound budget.
+    check_every_bytes: u64,
     /// The limits of what is kept for unlinked users; `None` when nothing is.
     keep: Option<KeepLimits>,
     /// Kept messages dropped so far (past a limit, or too old).
@@ -96,7 +101,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(log: Arc<Log>, max_lag: usize, keep: Option<KeepLimits>) -> Registry {
+    pub(crate) fn new(log: Arc<Log>, max_lag: usize, budget: usize, keep: Option<KeepLimits>) -> Registry {
         Registry {
             users: BTreeMap::new(),
             order: HashMap::new(),
@@ -109,6 +114,8 @@ impl Registry {
             visits: 0,
             closing: BTreeSet::new(),
             max_lag: max_lag as u64,
+            checked_at_bytes: 0,
+            check_every_bytes: (budget as u64 / 4).max(1),
             keep,
             kept_dropped: 0,
         }
@@ -305,19 +312,26 @@ impl Registry {
             .filter_map(|order| Some((self.users.get(order)?.member.name.clone(), PushError::Closed)))
             .collect();
         let recipients = self.linked - usize::from(skips_a_linked_user);
-        self.close_slow_consumers(seq + 1);
+        let bytes = self.log.bytes();
+        let appended = bytes.saturating_sub(self.checked_at_bytes);
+        self.checked_at_bytes = bytes;
+        self.close_slow_consumers(seq + 1, appended);
         Broadcast {
             delivered: recipients - undelivered.len(),
             undelivered,
         }
     }
 
-    /// Closes the linked connections of this process that read the log more than the allowed lag behind `head`: they
-    /// are not reading what they are sent, and would keep the log's old entries alive. Each append checks the next
-    /// `ceil(linked here / SEGMENT)` of them, going round, so every one is checked at least once per `SEGMENT` appends
-    /// (a slow one is caught within `max_lag + SEGMENT` entries) while no append walks them all.
-    fn close_slow_consumers(&mut self, head: u64) {
-        let mut budget = self.local.len().div_ceil(SEGMENT as usize);
+    /// Closes the linked connections of this process that are over their outbound budget (more than the allowed lag
+    /// behind `head`, or holding more bytes than they may): they are not reading what they are sent, and would keep
+    /// the log's old entries alive. Each append checks the next `ceil(linked here / SEGMENT)` of them, going round, so
+    /// every one is checked at least once per `SEGMENT` appends (a slow one is caught within `max_lag + SEGMENT`
+    /// entries), plus a share for the `appended` bytes, so that every one is also checked at least once per quarter of
+    /// a budget appended and big broadcasts cannot outrun the check; no append of a small broadcast walks them all.
+    fn close_slow_consumers(&mut self, head: u64, appended: u64) {
+        let local = self.local.len() as u64;
+        let by_bytes = local.saturating_mul(appended) / self.check_every_bytes;
+        let mut budget = local.div_ceil(SEGMENT).saturating_add(by_bytes).min(local);
         while budget > 0 {
             budget -= 1;
             let next = self
@@ -330,7 +344,7 @@ impl Registry {
             };
             self.swept = order;
             self.visits += 1;
-            if connection.outbox.lag(head) > self.max_lag && !self.closing.contains(&order) {
+            if !self.closing.contains(&order) && connection.outbox.over_budget(head, self.max_lag) {
                 let connection = connection.clone();
                 tracing::debug!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
                 connection.close(crate::close_reason::CloseReason::SlowConsumer);

@@ -197,7 +197,12 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         Server {
             inner: Arc::new(Inner {
-                registry: Mutex::new(Registry::new(log.clone(), config.outbound_queue, config.keep_unlinked)),
+                registry: Mutex::new(Registry::new(
+                    log.clone(),
+                    config.outbound_queue,
+                    config.outbound_budget,
+                    config.keep_unlinked,
+                )),
                 log,
                 config,
                 events: Events::default(),

@@ -106,6 +106,13 @@ impl Host {
         self.server.receive(id, data);
     }
 
+    /// Reports that a write to a connection's socket did not finish within the
+    /// [write deadline](crate::Config::write_deadline): the core closes it as a slow consumer (1013, `slow consumer`,
+    /// counted as one), and its outbox says so.
+    pub fn stalled(&self, id: ConnectionId) {
+        self.server.stalled(id);
+    }
+
     /// Reports that a connection has closed, for whatever reason. Its user, if any, is unlinked.
     pub fn disconnect(&self, id: ConnectionId) {
         self.server.disconnect(id);

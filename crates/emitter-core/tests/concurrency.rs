@@ -116,7 +116,7 @@ fn connections_linked_throughout_see_one_order() {
 #[test]
 fn a_newcomer_gets_every_broadcast_after_its_snapshot_and_none_before() {
     // Room for any backlog: the observer reads only at the end.
-    let server = listening(Server::builder().outbound_queue(usize::MAX));
+    let server = listening(Server::builder().outbound_queue(usize::MAX).outbound_budget(usize::MAX));
     let (_, observer) = linked(&server, "observer");
     let stop = Arc::new(AtomicBool::new(false));
     let broadcaster = {
@@ -185,7 +185,7 @@ fn a_newcomer_gets_every_broadcast_after_its_snapshot_and_none_before() {
 #[test]
 fn no_send_lands_after_the_unlink() {
     // Room for any backlog: the target reads only at the end.
-    let server = listening(Server::builder().outbound_queue(usize::MAX));
+    let server = listening(Server::builder().outbound_queue(usize::MAX).outbound_budget(usize::MAX));
     let (id, outbox) = linked(&server, "target");
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));

@@ -1,6 +1,7 @@
 //! The async handle: connect, leases, changes, the log, snapshots, and outgoing messages.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -49,6 +50,13 @@ impl std::fmt::Debug for Cluster {
 struct Outgoing {
     channel: String,
     message: Message,
+}
+
+impl Outgoing {
+    /// What it counts against the publish budget: its body, and 128 bytes for the channel and the header.
+    fn size(&self) -> u64 {
+        self.message.body.len() as u64 + 128
+    }
 }
 
 /// How many queued messages the publisher sends in one pipeline.
@@ -221,14 +229,31 @@ impl Cluster {
     }
 
     fn queue(&self, channel: String, message: Message) -> Result<()> {
-        match self.outgoing.try_send(Outgoing { channel, message }) {
-            Ok(()) => Ok(()),
+        let outgoing = Outgoing { channel, message };
+        let size = outgoing.size();
+        let budget = self.shared.options.publish_budget as u64;
+        // Taken before it is queued, given back by the publisher once Redis has it (or it is dropped).
+        let within_budget = self
+            .shared
+            .publish_queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued == 0 || queued + size <= budget).then_some(queued + size)
+            })
+            .is_ok();
+        if !within_budget {
+            Counters::add(&self.shared.counters.publish_queue_full, 1);
+            return Err(Error::QueueFull);
+        }
+        let refused = match self.outgoing.try_send(outgoing) {
+            Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Counters::add(&self.shared.counters.publish_queue_full, 1);
-                Err(Error::QueueFull)
+                Error::QueueFull
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
-        }
+            Err(mpsc::error::TrySendError::Closed(_)) => Error::Closed,
+        };
+        self.shared.publish_queued.fetch_sub(size, Ordering::AcqRel);
+        Err(refused)
     }
 
     /// A handle for synchronous callers (the core's membership path), on its own blocking connection: see
@@ -291,6 +316,7 @@ async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing
                 .ignore();
         }
         let count = batch.len() as u64;
+        let bytes: u64 = batch.iter().map(Outgoing::size).sum();
         let mut sent = pipe.query_async::<()>(&mut conn).await;
         if sent.as_ref().is_err_and(redis::RedisError::is_connection_dropped) {
             Counters::add(&shared.counters.publish_retries, count);
@@ -309,6 +335,7 @@ async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing
             }
         }
         batch.clear();
+        shared.publish_queued.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 

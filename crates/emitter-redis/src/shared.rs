@@ -52,6 +52,10 @@ pub struct Options {
     /// How many outgoing messages may wait for Redis before `publish_*` refuses with [`Error::QueueFull`].
     /// Default: 65,536.
     pub publish_queue: usize,
+    /// How many bytes of outgoing messages (their bodies plus 128 bytes each for the channel and header) may wait for
+    /// Redis before `publish_*` refuses with [`Error::QueueFull`]; one message always fits an empty queue.
+    /// Default: 64 MiB (see the Limits chapter, "Byte budgets").
+    pub publish_budget: usize,
     /// How many notifications may wait for the subscriber to take them; past that the subscription stops reading
     /// (Redis buffers, then drops the subscriber; it comes back and the log fills the gap). Default: 4,096.
     pub notification_queue: usize,
@@ -67,6 +71,7 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(2),
             poll_interval: Duration::from_secs(1),
             publish_queue: 65_536,
+            publish_budget: 64 << 20,
             notification_queue: 4_096,
         }
     }
@@ -174,6 +179,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// The grace period of the server this handle serves as a node, in ms (0: none); the reaper applies it.
     pub(crate) grace_ms: AtomicU64,
+    /// The bytes of the outgoing messages waiting for Redis, bounded by [`Options::publish_budget`].
+    pub(crate) publish_queued: AtomicU64,
 }
 
 impl Shared {
@@ -186,6 +193,7 @@ impl Shared {
             epoch: Mutex::new(Epoch(String::new())),
             counters: Counters::default(),
             grace_ms: AtomicU64::new(0),
+            publish_queued: AtomicU64::new(0),
         }
     }
 

@@ -173,7 +173,8 @@ pub enum Error {
     InvalidName(String),
     /// Redis answered something this crate did not write (a tampered key, another program's data).
     Malformed(String),
-    /// The outgoing message queue is full (Redis is slow or unreachable): the message was dropped.
+    /// The outgoing message queue is full (Redis is slow or unreachable): `Options::publish_queue` messages or
+    /// `Options::publish_budget` bytes wait for Redis already. The message was dropped.
     QueueFull,
     /// The cluster handle's background tasks are gone (its runtime shut down).
     Closed,
@@ -213,7 +214,9 @@ impl fmt::Display for Error {
             }
             Error::InvalidName(name) => write!(f, "invalid name {name:?}: use 1 to 64 of A-Z a-z 0-9 . _ : -"),
             Error::Malformed(what) => write!(f, "unexpected reply from redis: {what}"),
-            Error::QueueFull => f.write_str("the outgoing message queue is full"),
+            Error::QueueFull => f.write_str(
+                "the outgoing message queue is full (publish_queue messages or publish_budget bytes wait for redis)",
+            ),
             Error::Closed => f.write_str("the cluster handle's tasks are gone"),
         }
     }

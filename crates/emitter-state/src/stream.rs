@@ -131,7 +131,8 @@ impl<S: Send + 'static> StreamModel<S> {
     }
 
     /// How many bytes of events, serialized, the history may hold (default [`DEFAULT_MAX_HISTORY_BYTES`]); full
-    /// works as in [`max_events`](StreamModel::max_events).
+    /// works as in [`max_events`](StreamModel::max_events). A full history's catch-up must also fit the server's
+    /// `outbound_budget` (4 MiB by default): raise it with `Server::builder().outbound_budget(..)` for long histories.
     pub fn max_history_bytes(mut self, max: usize) -> Self {
         self.max_bytes = max;
         self

@@ -282,3 +282,56 @@ async fn a_killed_subscription_comes_back_and_the_log_fills_the_gap() {
     assert!(stats.subscription_drops >= 1 && stats.resubscriptions >= 1, "{stats:?}");
     assert_eq!(replica.users(), reader.snapshot().await.unwrap().users);
 }
+
+/// The publish queue is bounded in bytes: while Redis sleeps, 16 KiB messages fill a 64 KiB budget long before the
+/// 65,536-message bound, and the rest are refused with `QueueFull` and counted; once Redis wakes, publishing works.
+#[tokio::test]
+async fn the_publish_queue_is_bounded_in_bytes() {
+    let server = redis_or_skip!();
+    let options = Options {
+        publish_budget: 64 << 10,
+        ..options()
+    };
+    let (cluster, lease) = connect_node(&server, "budget", "node-a", options).await;
+    let mut admin = server.admin();
+    let sleeper = std::thread::spawn(move || {
+        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg("1").query(&mut admin).unwrap();
+    });
+    let url = server.url();
+    within(Duration::from_secs(5), "redis pauses", async {
+        while !tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || redis_is_paused(&url)
+        })
+        .await
+        .unwrap()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let body = bytes::Bytes::from(vec![b'x'; 16 << 10]);
+    let (mut queued, mut refused) = (0usize, 0usize);
+    for _ in 0..100 {
+        match cluster.publish_broadcast(&lease, 0, None, body.clone()) {
+            Ok(()) => queued += 1,
+            Err(Error::QueueFull) => refused += 1,
+            Err(error) => panic!("unexpected {error}"),
+        }
+    }
+    assert!(
+        (1..=4).contains(&queued),
+        "{queued} messages of 16 KiB queued under a 64 KiB budget"
+    );
+    assert_eq!(refused, 100 - queued);
+    assert_eq!(cluster.stats().publish_queue_full, refused as u64);
+    assert!(Error::QueueFull.to_string().contains("publish_budget"));
+    sleeper.join().unwrap();
+    // Redis took what was queued: the budget is free again.
+    within(Duration::from_secs(5), "a publish after the pause", async {
+        while cluster.publish_broadcast(&lease, 0, None, body.clone()).is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

@@ -11,7 +11,10 @@ use serde_json::{json, Value};
 
 /// A server that listens (on a pretend port), whose connections may queue a great deal before a test reads them.
 pub fn listening() -> Server {
-    let server = Server::builder().outbound_queue(1 << 20).build();
+    let server = Server::builder()
+        .outbound_queue(1 << 20)
+        .outbound_budget(1 << 30)
+        .build();
     server.host().start().unwrap();
     server.host().listening(4321).unwrap();
     server

@@ -190,7 +190,10 @@ impl Server {
             match message.payload_as::<T>() {
                 Ok(payload) => listener(server, username, payload),
                 Err(error) => {
-                    tracing::warn!(username, kind, %error, "a message whose payload does not fit was dropped");
+                    // A client can cause this with every message it sends: within its connection's allowance.
+                    if let Some(left_out) = server.client_warning() {
+                        tracing::warn!(username, kind, %error, left_out, "a message whose payload does not fit was dropped");
+                    }
                     server.inner.payload_mismatches.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -5,6 +5,7 @@
 //! on how the client applies what it reports.
 
 use std::sync::{Arc, Weak};
+use crate::redact::url_for_logs;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -52,14 +53,14 @@ pub(crate) async fn run<H: Handler>(
     let opened = tokio::select! {
         opened = open(&url, &tls) => opened,
         () = closed_while_opening(&mut commands) => {
-            tracing::debug!(url, "connect cancelled");
+            tracing::debug!(url = url_for_logs(&url), "connect cancelled");
             return finish(&client, generation, None);
         }
     };
     let mut socket = match opened {
         Ok(socket) => socket,
         Err(error) => {
-            tracing::debug!(url, %error, "connect failed");
+            tracing::debug!(url = url_for_logs(&url), %error, "connect failed");
             return finish(&client, generation, Some(error));
         }
     };

@@ -3,6 +3,7 @@
 //! which [`incoming`](crate::incoming) sends when the server or the socket gives it.
 
 use std::future::Future;
+use crate::redact::url_for_logs;
 use std::sync::Arc;
 
 use emitter_core::protocol::{LINK, RESERVED_PREFIX};
@@ -70,7 +71,7 @@ impl Shared {
             runtime.spawn(task);
             (generation, opened)
         };
-        tracing::debug!(url, generation, "connecting");
+        tracing::debug!(url = url_for_logs(url), generation, "connecting");
         this.emit(ClientEvent::Connecting);
         Ok(opened)
     }

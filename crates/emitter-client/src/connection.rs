@@ -4,8 +4,8 @@
 //! The task knows the client only as a [`Handler`], and only weakly: it keeps no client alive, and it does not depend
 //! on how the client applies what it reports.
 
-use std::sync::{Arc, Weak};
 use crate::redact::url_for_logs;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

@@ -2,8 +2,8 @@
 //! it applies: each changes the state and emits its events under the dispatch lock, and answers the request that
 //! waited for it.
 
-use std::sync::Arc;
 use crate::redact::url_for_logs;
+use std::sync::Arc;
 
 use emitter_core::protocol::{self, Message, Rejection, ACCEPTED, JOINED, LEFT, LINKED, REJECTED, UNLINKED};
 use emitter_core::User;

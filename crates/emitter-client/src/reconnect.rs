@@ -1,7 +1,7 @@
 //! The opt-in reconnect policy: when a linked client's connection drops, connect again and relink the same user.
 
-use std::future::Future;
 use crate::redact::url_for_logs;
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -169,7 +169,12 @@ pub(crate) async fn run<R: Relink>(client: Weak<R>, policy: Reconnect, plan: Pla
     loop {
         attempt += 1;
         if policy.max_attempts.is_some_and(|max| attempt > max) {
-            tracing::warn!(username, url = url_for_logs(&url), attempts = attempt - 1, "reconnect: giving up");
+            tracing::warn!(
+                username,
+                url = url_for_logs(&url),
+                attempts = attempt - 1,
+                "reconnect: giving up"
+            );
             return;
         }
         tokio::time::sleep(policy.delay(attempt)).await;

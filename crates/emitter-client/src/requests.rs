@@ -2,8 +2,8 @@
 //! changes the state and emits its event at once, under the dispatch lock, and hands back a receiver for the answer,
 //! which [`incoming`](crate::incoming) sends when the server or the socket gives it.
 
-use std::future::Future;
 use crate::redact::url_for_logs;
+use std::future::Future;
 use std::sync::Arc;
 
 use emitter_core::protocol::{LINK, RESERVED_PREFIX};

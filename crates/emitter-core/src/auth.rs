@@ -129,7 +129,7 @@ impl AuthContext {
     }
 
     /// Defers the decision until `work` finishes. Every marked future must finish with `Ok` for the link to be
-    /// accepted; an `Err` rejects with its message, a panic with the panic's message, and the server's auth timeout
+    /// accepted; an `Err` rejects with its message, a panic with `authentication failed` (its text is logged, not sent), and the server's auth timeout
     /// with `authentication timeout`. When the request is decided, futures still running are dropped.
     ///
     /// Only calls made while the `authenticate` listeners run count; a later call is logged and ignored.

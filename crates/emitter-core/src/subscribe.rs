@@ -30,7 +30,7 @@ fn waiting<T: Send + 'static>(
 
 /// Listeners run in registration order, any-event listeners before an event's own. A listener may call any server
 /// method. A panic in a listener is logged and the other listeners still run (in `on_authenticate`, it also rejects
-/// the link with the panic's message).
+/// the link with `authentication failed`: the panic's text is logged, never sent to the client).
 impl Server {
     /// Calls `listener` with every event, before the event's own listeners.
     ///

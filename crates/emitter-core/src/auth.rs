@@ -180,6 +180,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_never_prints_the_credential() {
+        let info = AuthInfo {
+            is_new_user: true,
+            auth: Some("s3cret".to_owned()),
+            handshake: Arc::new(Handshake::new("/", Some("t=s3cret")).with_header("cookie", "s=s3cret")),
+        };
+        let event = crate::Event::Authenticate {
+            username: "simon",
+            info: &info,
+        };
+        for printed in [format!("{info:?}"), format!("{event:?}"), format!("{info:#?}")] {
+            assert!(!printed.contains("s3cret"), "{printed}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+        }
+    }
+
+    #[test]
     fn first_reason_wins_and_decided_is_final() {
         let ctx = AuthContext::default();
         ctx.reject("first");

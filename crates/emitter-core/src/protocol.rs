@@ -384,6 +384,17 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_link_requests_debug_never_prints_the_credential() {
+        let request = LinkRequest {
+            username: "simon".into(),
+            version: "0.6.0".into(),
+            auth: Some("s3cret".into()),
+        };
+        let printed = format!("{:?}", ClientMessage::Link(Some(request)));
+        assert!(!printed.contains("s3cret") && printed.contains("simon"), "{printed}");
+    }
+
+    #[test]
     fn the_cause_of_an_invalid_message() {
         assert_eq!(read(b"nope", 32), Err(Invalid::NotJson));
         assert_eq!(read(b"\xff", 32), Err(Invalid::NotJson));

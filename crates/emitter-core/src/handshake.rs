@@ -10,10 +10,17 @@ use std::net::SocketAddr;
 /// as it is open, so this bounds what every open connection costs.
 pub const MAX_HANDSHAKE_HEADER_BYTES: usize = 16 * 1024;
 
-/// Headers whose values are credentials: [`Handshake`]'s `Debug` prints `<redacted>` for them.
-const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+/// Headers whose values are credentials: [`Handshake`]'s `Debug` prints `<redacted>` for them. Browsers cannot set
+/// headers on a WebSocket, so apps pass tokens as a subprotocol too.
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "sec-websocket-protocol",
+];
 
-/// The request that opened a connection, as its transport saw it: read-only.
+/// The request that opened a connection, as its transport saw it: read-only. Its `Debug` prints `<redacted>` for the
+/// query and for the values of `Cookie`, `Authorization`, `Proxy-Authorization` and `Sec-WebSocket-Protocol`.
 ///
 /// The peer address is the TCP peer's. Behind a reverse proxy that is the proxy's address: the client's own address is
 /// in a header the proxy sets (`X-Forwarded-For`, `Forwarded`), which this server does not trust by default, since any
@@ -163,6 +170,7 @@ mod tests {
             .with_header("Authorization", "Bearer s3cret")
             .with_header("Proxy-Authorization", "Basic s3cret")
             .with_header("cookie", "session=s3cret")
+            .with_header("Sec-WebSocket-Protocol", "bearer.s3cret")
             .with_header("user-agent", "test");
         let printed = format!("{handshake:?}");
         assert!(!printed.contains("s3cret"), "{printed}");

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use emitter_core::protocol::Frame;
 use emitter_core::transport::{CloseReason, ConnectionId, Host, Outbox, TransportClose};
+use emitter_core::Handshake;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -250,7 +251,7 @@ impl fmt::Display for Ending {
 }
 
 /// Serves one upgraded WebSocket until either side closes it, closes it, then reports the close to the core.
-pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
+pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool, handshake: Handshake) {
     let deadline = host.server().config().close_drain_deadline();
     if !query_ok {
         host.record_close(TransportClose::QueryParams);
@@ -258,7 +259,7 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool) {
         tracing::info!(code = 1008, "connection refused: {}", Ending::QueryParams);
         return;
     }
-    let (id, outbox) = match host.connect() {
+    let (id, outbox) = match host.connect_with(handshake) {
         Ok(admitted) => admitted,
         Err(why) => {
             // The core logged the refusal.

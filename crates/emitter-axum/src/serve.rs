@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -104,16 +105,21 @@ pub async fn serve(server: &Server, listener: TcpListener, app: Router) -> Resul
 
 /// Marks the server as listening on `port` and emits `listen`, for when you run `axum::serve` yourself. Pair it with
 /// [`Server::closing`] as the graceful-shutdown signal, and set `TCP_NODELAY` on accepted sockets (axum's
-/// `ListenerExt::tap_io`) as [`listen`] does, or small replies can wait on Nagle's algorithm.
+/// `ListenerExt::tap_io`) as [`listen`] does, or small replies can wait on Nagle's algorithm. Serve the app with
+/// `into_make_service_with_connect_info::<SocketAddr>()` for the `authenticate` listeners to see each connection's
+/// peer address ([`Handshake::peer`](emitter_core::Handshake::peer)); without it, they see none.
 ///
 /// ```no_run
 /// use axum::Router;
+/// use std::net::SocketAddr;
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let server = emitter_core::Server::new();
 /// let app = Router::new().merge(emitter_axum::router(&server));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 /// emitter_axum::mark_listening(&server, listener.local_addr()?.port())?;
-/// axum::serve(listener, app).with_graceful_shutdown(server.closing()).await?;
+/// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+///     .with_graceful_shutdown(server.closing())
+///     .await?;
 /// # Ok(()) }
 /// ```
 pub fn mark_listening(server: &Server, port: u16) -> Result<(), emitter_core::Error> {
@@ -143,6 +149,8 @@ async fn run(server: &Server, listener: TcpListener, app: Router) -> Result<u16,
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
         });
+        // With each connection's peer address, for the `authenticate` listeners (`Handshake::peer`).
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(%error, "the HTTP server stopped with an error");
         }

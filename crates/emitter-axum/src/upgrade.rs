@@ -1,11 +1,15 @@
 //! The WebSocket handshake (HTTP/1.1, RFC 6455), done here rather than by axum's `WebSocketUpgrade` so that the socket
 //! under each WebSocket is ours: see `burst.rs` for why its writes are gathered the way they are.
 
+use std::net::SocketAddr;
+
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use emitter_core::Server;
+use emitter_core::transport::Host;
+use emitter_core::{Handshake, Server, MAX_HANDSHAKE_HEADER_BYTES};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -31,6 +35,9 @@ pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> R
         return Refusal { status, why }.into_response();
     }
     let (mut parts, _body) = request.into_parts();
+    if let Some(refusal) = origin_refusal(&host, &parts) {
+        return refusal.into_response();
+    }
     let key = match handshake_key(&parts.method, &parts.headers) {
         Ok(key) => key,
         Err(refusal) => return refusal.into_response(),
@@ -41,6 +48,14 @@ pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> R
             "this connection cannot be upgraded to a WebSocket",
         )
             .into_response();
+    };
+    let Some(handshake) = handshake(&parts) else {
+        let why = "the request's headers are too large";
+        return Refusal {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            why,
+        }
+        .into_response();
     };
     let config = server.config();
     let query_ok = config.query_params_hold(parts.uri.query());
@@ -61,7 +76,7 @@ pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> R
         };
         let io = BurstWriter::new(TokioIo::new(upgraded));
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket)).await;
-        connection::run(host, socket, query_ok).await;
+        connection::run(host, socket, query_ok, handshake).await;
     });
     let accept = derive_accept_key(key.as_bytes());
     let mut response = Response::new(Body::empty());
@@ -73,6 +88,48 @@ pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> R
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
+}
+
+/// The 403 for an upgrade from a browser page of an origin that is not allowed (`allowed_origins`), if it is one;
+/// logged and counted.
+fn origin_refusal(host: &Host, parts: &Parts) -> Option<Refusal> {
+    let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
+    let origin = parts.headers.get(header::ORIGIN).map(text);
+    let host_header = match parts.headers.get(header::HOST) {
+        Some(value) => Some(text(value)),
+        None => parts.uri.authority().map(|authority| authority.as_str().to_owned()),
+    };
+    let why = host.origin_refusal(origin.as_deref(), host_header.as_deref())?;
+    // The origin is the client's to choose: cut short, and quoted by the log's formatter.
+    let origin: String = origin.unwrap_or_default().chars().take(128).collect();
+    tracing::warn!(origin, "incoming connection refused with 403: {why}");
+    host.record_refusal(why);
+    Some(Refusal {
+        status: StatusCode::FORBIDDEN,
+        why,
+    })
+}
+
+/// What the request said, for the `authenticate` listeners; `None` when its headers are over what a connection may
+/// keep.
+fn handshake(parts: &Parts) -> Option<Handshake> {
+    let size: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if size > MAX_HANDSHAKE_HEADER_BYTES {
+        return None;
+    }
+    let mut handshake = Handshake::new(parts.uri.path(), parts.uri.query());
+    for (name, value) in &parts.headers {
+        handshake = handshake.with_header(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+    }
+    // Present when the app is served with `into_make_service_with_connect_info::<SocketAddr>()`, as `listen` does.
+    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        handshake = handshake.with_peer(*peer);
+    }
+    Some(handshake)
 }
 
 /// Why a request is not a WebSocket handshake this server takes: the status and a reason for the response body.

@@ -4,6 +4,7 @@
 //! The task knows the client only as a [`Handler`], and only weakly: it keeps no client alive, and it does not depend
 //! on how the client applies what it reports.
 
+use crate::redact::url_for_logs;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -52,14 +53,14 @@ pub(crate) async fn run<H: Handler>(
     let opened = tokio::select! {
         opened = open(&url, &tls) => opened,
         () = closed_while_opening(&mut commands) => {
-            tracing::debug!(url, "connect cancelled");
+            tracing::debug!(url = url_for_logs(&url), "connect cancelled");
             return finish(&client, generation, None);
         }
     };
     let mut socket = match opened {
         Ok(socket) => socket,
         Err(error) => {
-            tracing::debug!(url, %error, "connect failed");
+            tracing::debug!(url = url_for_logs(&url), %error, "connect failed");
             return finish(&client, generation, Some(error));
         }
     };

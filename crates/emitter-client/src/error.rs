@@ -88,7 +88,7 @@ pub enum Error {
     /// `error while trying to connect to the server at {url}`: the WebSocket did not open, or was closed while
     /// opening. The underlying error, if any, is the [`source`](std::error::Error::source).
     Connect {
-        /// The URL given to `connect`.
+        /// The URL given to `connect`, without its user info and query (they can hold secrets).
         url: String,
         /// What went wrong underneath, when something did (not when `disconnect` cancelled the attempt).
         cause: Option<Arc<dyn std::error::Error + Send + Sync>>,

@@ -2,6 +2,7 @@
 //! it applies: each changes the state and emits its events under the dispatch lock, and answers the request that
 //! waited for it.
 
+use crate::redact::url_for_logs;
 use std::sync::Arc;
 
 use emitter_core::protocol::{self, Message, Rejection, ACCEPTED, JOINED, LEFT, LINKED, REJECTED, UNLINKED};
@@ -28,7 +29,7 @@ impl Handler for Shared {
         if let Some((policy, plan)) = relink {
             tracing::info!(
                 username = plan.username,
-                url = plan.url,
+                url = url_for_logs(&plan.url),
                 "connection lost while linked: reconnecting"
             );
             tokio::spawn(reconnect::run(Arc::downgrade(this), policy, plan));
@@ -107,6 +108,7 @@ impl Shared {
         tracing::debug!(generation, "closed");
         self.emit(ClientEvent::Close);
         if let Some(opening) = opening {
+            let url = url_for_logs(&url);
             let _ = opening.send(Err(Error::Connect { url, cause }));
         }
         for pending in [linking, unlinking].into_iter().flatten() {

@@ -50,6 +50,7 @@ mod event;
 mod incoming;
 mod listeners;
 mod reconnect;
+mod redact;
 mod requests;
 mod state;
 mod tls;

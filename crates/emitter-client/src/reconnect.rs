@@ -1,5 +1,6 @@
 //! The opt-in reconnect policy: when a linked client's connection drops, connect again and relink the same user.
 
+use crate::redact::url_for_logs;
 use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -168,7 +169,12 @@ pub(crate) async fn run<R: Relink>(client: Weak<R>, policy: Reconnect, plan: Pla
     loop {
         attempt += 1;
         if policy.max_attempts.is_some_and(|max| attempt > max) {
-            tracing::warn!(username, url, attempts = attempt - 1, "reconnect: giving up");
+            tracing::warn!(
+                username,
+                url = url_for_logs(&url),
+                attempts = attempt - 1,
+                "reconnect: giving up"
+            );
             return;
         }
         tokio::time::sleep(policy.delay(attempt)).await;
@@ -178,7 +184,7 @@ pub(crate) async fn run<R: Relink>(client: Weak<R>, policy: Reconnect, plan: Pla
             return;
         }
         if client.status() == Status::Closed {
-            tracing::debug!(username, url, attempt, "reconnect: connecting");
+            tracing::debug!(username, url = url_for_logs(&url), attempt, "reconnect: connecting");
             if let Err(error) = R::open(&client, &url).await {
                 tracing::debug!(%error, attempt, "reconnect: connect failed");
                 continue;
@@ -190,7 +196,7 @@ pub(crate) async fn run<R: Relink>(client: Weak<R>, policy: Reconnect, plan: Pla
         match R::relink(&client, &username, auth.as_deref()) {
             Ok(linked) => match linked.await {
                 Ok(()) => {
-                    tracing::info!(username, url, attempt, "reconnect: linked again");
+                    tracing::info!(username, url = url_for_logs(&url), attempt, "reconnect: linked again");
                     return;
                 }
                 Err(Error::Rejected(reason)) => tracing::debug!(reason, attempt, "reconnect: link rejected"),

@@ -2,6 +2,7 @@
 //! changes the state and emits its event at once, under the dispatch lock, and hands back a receiver for the answer,
 //! which [`incoming`](crate::incoming) sends when the server or the socket gives it.
 
+use crate::redact::url_for_logs;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -70,7 +71,7 @@ impl Shared {
             runtime.spawn(task);
             (generation, opened)
         };
-        tracing::debug!(url, generation, "connecting");
+        tracing::debug!(url = url_for_logs(url), generation, "connecting");
         this.emit(ClientEvent::Connecting);
         Ok(opened)
     }

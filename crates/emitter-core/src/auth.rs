@@ -1,6 +1,6 @@
 //! What an `authenticate` listener gets: the request's facts and the context to reject or defer it.
 
-use std::fmt::Display;
+use std::fmt::{self, Display};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,13 +8,49 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// What the server knows of a link request when it asks the `authenticate` listeners.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::handshake::Handshake;
+
+/// What the server knows of a link request when it asks the `authenticate` listeners. Its `Debug` never prints the
+/// credential.
+///
+/// ```
+/// use emitter_core::Server;
+///
+/// let server = Server::new();
+/// server.on_authenticate(|_, _username, info, ctx| {
+///     // A cookie session set by the app's login page, or a token sent in the link request.
+///     let session = info.handshake().cookie("session").or(info.auth.as_deref());
+///     if session.is_none() {
+///         ctx.reject("log in first");
+///     }
+/// });
+/// ```
+#[derive(Clone, PartialEq, Eq)]
 pub struct AuthInfo {
     /// `true` when no user of this name exists yet: it joins if the link is accepted.
     pub is_new_user: bool,
     /// The credential the client sent in its link request, if any.
     pub auth: Option<String>,
+    /// The request that opened the connection; shared by every link attempt on it.
+    pub(crate) handshake: Arc<Handshake>,
+}
+
+impl AuthInfo {
+    /// The request that opened the connection: its headers (cookies included), its peer's address, its path and
+    /// query. Empty where the transport tells nothing of it.
+    pub fn handshake(&self) -> &Handshake {
+        &self.handshake
+    }
+}
+
+impl fmt::Debug for AuthInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthInfo")
+            .field("is_new_user", &self.is_new_user)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("handshake", &self.handshake)
+            .finish()
+    }
 }
 
 pub(crate) type AuthFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
@@ -63,8 +99,8 @@ pub struct AuthContext {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for AuthContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for AuthContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let decision = self.shared.decision.lock();
         f.debug_struct("AuthContext")
             .field("rejection", &decision.rejection)
@@ -93,7 +129,7 @@ impl AuthContext {
     }
 
     /// Defers the decision until `work` finishes. Every marked future must finish with `Ok` for the link to be
-    /// accepted; an `Err` rejects with its message, a panic with the panic's message, and the server's auth timeout
+    /// accepted; an `Err` rejects with its message, a panic with `authentication failed` (its text is logged, not sent), and the server's auth timeout
     /// with `authentication timeout`. When the request is decided, futures still running are dropped.
     ///
     /// Only calls made while the `authenticate` listeners run count; a later call is logged and ignored.
@@ -142,6 +178,23 @@ impl AuthContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_prints_the_credential() {
+        let info = AuthInfo {
+            is_new_user: true,
+            auth: Some("s3cret".to_owned()),
+            handshake: Arc::new(Handshake::new("/", Some("t=s3cret")).with_header("cookie", "s=s3cret")),
+        };
+        let event = crate::Event::Authenticate {
+            username: "simon",
+            info: &info,
+        };
+        for printed in [format!("{info:?}"), format!("{event:?}"), format!("{info:#?}")] {
+            assert!(!printed.contains("s3cret"), "{printed}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+        }
+    }
 
     #[test]
     fn first_reason_wins_and_decided_is_final() {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, KeepLimits, LinkPolicy, RateLimit};
+use crate::origin::{Origins, Pattern};
 use crate::query::QueryParam;
 use crate::Server;
 
@@ -236,6 +237,51 @@ impl ServerBuilder {
     /// ```
     pub fn close_drain_deadline(self, deadline: Duration) -> Self {
         self.with(|config| config.close_drain_deadline = deadline)
+    }
+
+    /// The web pages, besides the server's own, that may open a connection. A browser sends the page's origin
+    /// (`https://app.example.com`) in the upgrade request's `Origin` header, and the page's cookies with it: without
+    /// a check, a page on any site could open a connection in its visitor's name (cross-site WebSocket hijacking).
+    /// So an upgrade is accepted when it has no `Origin` (a client that is not a browser) or when its origin's host
+    /// and port are the request's `Host`; one from another origin is refused with HTTP 403 before it is upgraded.
+    ///
+    /// Each entry is an origin (`https://app.example.com`, `http://localhost:3000`), or a pattern for its subdomains
+    /// (`https://*.example.com`; without a scheme, `*.example.com` takes `http` and `https`), and `null` allows the
+    /// origin a sandboxed page or a file sends. Without a port, an entry means its scheme's own (443 for `https`).
+    /// Replaces the list given before. Behind a reverse proxy that rewrites `Host`, list the public origin here (or
+    /// have the proxy pass `Host` on). Default: none (the server's own host only).
+    ///
+    /// ```
+    /// let server = emitter_core::Server::builder()
+    ///     .allowed_origins(["https://app.example.com", "*.example.org"])
+    ///     .build();
+    /// let config = server.config();
+    /// assert!(config.origin_allowed(Some("https://app.example.com"), Some("api.example.com")));
+    /// assert!(config.origin_allowed(Some("https://eu.example.org"), Some("api.example.com")));
+    /// assert!(!config.origin_allowed(Some("https://evil.example"), Some("api.example.com")));
+    /// ```
+    pub fn allowed_origins<I>(self, origins: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let patterns = origins
+            .into_iter()
+            .map(|origin| Pattern::parse(origin.as_ref()))
+            .collect();
+        self.with(|config| config.origins = Origins::SameHostAnd(patterns))
+    }
+
+    /// Accepts upgrades from any origin: turns the check of [`allowed_origins`](Self::allowed_origins) off. Only for
+    /// a server whose clients authenticate with something a browser does not send by itself (a token in the link
+    /// request, not a cookie). Default: off.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::builder().allow_any_origin().build();
+    /// assert!(server.config().origin_allowed(Some("https://anywhere.example"), Some("api.example.com")));
+    /// ```
+    pub fn allow_any_origin(self) -> Self {
+        self.with(|config| config.origins = Origins::Any)
     }
 
     /// Changes the configuration with `set`: the body of every setter above.

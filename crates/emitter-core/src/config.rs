@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::origin::Origins;
 use crate::query::QueryParam;
 use crate::username::is_valid_username;
 use crate::version::AcceptedVersions;
@@ -105,6 +106,7 @@ pub struct Config {
     pub(crate) grace_period: Option<Duration>,
     pub(crate) keep_unlinked: Option<KeepLimits>,
     pub(crate) close_drain_deadline: Duration,
+    pub(crate) origins: Origins,
 }
 
 impl Default for Config {
@@ -131,6 +133,7 @@ impl Default for Config {
             grace_period: None,
             keep_unlinked: None,
             close_drain_deadline: DEFAULT_CLOSE_DRAIN_DEADLINE,
+            origins: Origins::default(),
         }
     }
 }
@@ -158,6 +161,7 @@ impl fmt::Debug for Config {
             .field("grace_period", &self.grace_period)
             .field("keep_unlinked", &self.keep_unlinked)
             .field("close_drain_deadline", &self.close_drain_deadline)
+            .field("origins", &self.origins)
             .finish_non_exhaustive()
     }
 }
@@ -269,6 +273,19 @@ impl Config {
     /// close handshake before its socket is cut.
     pub fn close_drain_deadline(&self) -> Duration {
         self.close_drain_deadline
+    }
+
+    /// Whether an upgrade request may open a connection, by its `Origin` header (`origin`) and its `Host` header
+    /// (`host`): see [`ServerBuilder::allowed_origins`](crate::ServerBuilder::allowed_origins).
+    ///
+    /// ```
+    /// let config = emitter_core::Server::new().config().clone();
+    /// assert!(config.origin_allowed(None, Some("game.example")));
+    /// assert!(config.origin_allowed(Some("https://game.example"), Some("game.example")));
+    /// assert!(!config.origin_allowed(Some("https://evil.example"), Some("game.example")));
+    /// ```
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        self.origins.allow(origin, host)
     }
 }
 

@@ -12,7 +12,9 @@ use tokio::time::Instant;
 use crate::close_reason::CloseReason;
 use crate::config::{Config, RateLimit};
 use crate::fanout::Log;
+use crate::handshake::Handshake;
 use crate::id::ConnectionId;
+use crate::log_limit::LogLimit;
 use crate::metrics::{Cause, Metrics};
 use crate::outbox::Outbox;
 use crate::outbox::PushError;
@@ -69,16 +71,28 @@ impl ConnState {
 pub(crate) struct Connection {
     pub(crate) id: ConnectionId,
     pub(crate) outbox: Outbox,
+    /// The request that opened it, for the `authenticate` listeners.
+    pub(crate) handshake: Arc<Handshake>,
+    /// Its allowance of warnings about what it sends.
+    pub(crate) warnings: LogLimit,
     pub(crate) state: Mutex<ConnState>,
     metrics: Arc<Metrics>,
 }
 
 impl Connection {
-    fn new(id: ConnectionId, outbox: Outbox, rate_limit: Option<RateLimit>, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        id: ConnectionId,
+        outbox: Outbox,
+        handshake: Handshake,
+        rate_limit: Option<RateLimit>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let now = Instant::now();
         Connection {
             id,
             outbox,
+            handshake: Arc::new(handshake),
+            warnings: LogLimit::default(),
             state: Mutex::new(ConnState {
                 role: Role::Unlinked,
                 unlinked_since: Some(now),
@@ -196,10 +210,16 @@ impl Connections {
     }
 
     /// Opens a connection whose outbox reads `log`.
-    pub(crate) fn insert(&self, log: &Arc<Log>, config: &Config, metrics: &Arc<Metrics>) -> (ConnectionId, Outbox) {
+    pub(crate) fn insert(
+        &self,
+        log: &Arc<Log>,
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        handshake: Handshake,
+    ) -> (ConnectionId, Outbox) {
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed) as u64);
         let outbox = Outbox::new(id, log.clone(), config.outbound_queue, config.outbound_budget);
-        let connection = Connection::new(id, outbox.clone(), config.rate_limit, metrics.clone());
+        let connection = Connection::new(id, outbox.clone(), handshake, config.rate_limit, metrics.clone());
         self.table.insert(id, Arc::new(connection));
         self.open.fetch_add(1, Ordering::SeqCst);
         (id, outbox)

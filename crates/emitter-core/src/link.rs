@@ -16,11 +16,13 @@ use crate::config::{LinkPolicy, MAX_USERNAME_BYTES};
 use crate::connections::{Connection, Member, Role};
 use crate::error::Status;
 use crate::events::Event;
+use crate::handshake::Handshake;
 use crate::id::ConnectionId;
+use crate::log_limit;
 use crate::membership::Membership;
 use crate::metrics::Reason;
 use crate::outbox::Outbox;
-use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, Rejection, ServerMessage};
+use crate::protocol::{read, ClientMessage, Invalid, LinkRequest, Message, Rejection, ServerMessage};
 use crate::version::AcceptedVersions;
 use crate::vocabulary::NOT_LISTENING;
 use crate::Server;
@@ -46,17 +48,17 @@ struct Timing {
 }
 
 impl Server {
-    pub(crate) fn connect(&self) -> Result<(ConnectionId, Outbox), &'static str> {
+    pub(crate) fn connect(&self, handshake: Handshake) -> Result<(ConnectionId, Outbox), &'static str> {
         let _turn = self.turn();
         if let Some(reason) = self.refusal() {
             tracing::warn!(reason, "incoming connection refused");
             self.inner.metrics.refused(reason);
             return Err(reason);
         }
-        let (id, outbox) = self
-            .inner
-            .connections
-            .insert(&self.inner.log, &self.inner.config, &self.inner.metrics);
+        let (id, outbox) =
+            self.inner
+                .connections
+                .insert(&self.inner.log, &self.inner.config, &self.inner.metrics, handshake);
         self.publish_open_count();
         tracing::debug!(connection = %id, "connection opened");
         Ok((id, outbox))
@@ -148,7 +150,7 @@ impl Server {
                 _ => None,
             }
         };
-        let message = parse_bounded(data, self.inner.config.max_json_depth).map(ClientMessage::from);
+        let message = read(data, self.inner.config.max_json_depth).map(ClientMessage::from);
         let mut next = match (member, message) {
             (Some(member), Ok(ClientMessage::Custom(message))) => Some((member, message)),
             (_, message) => self.receive_in_order(&connection, message),
@@ -170,10 +172,21 @@ impl Server {
         }
         let username = member.name.as_str();
         let message = &message;
-        self.emit(Event::Message { username, message }, |events| {
-            events.message.emit("message", |f| f(self, username, message))
+        log_limit::handling(connection.id, || {
+            self.emit(Event::Message { username, message }, |events| {
+                events.message.emit("message", |f| f(self, username, message))
+            })
         });
         None
+    }
+
+    /// Whether a warning that the message being handled on this thread caused may be logged: `Some(left_out)` within
+    /// its connection's allowance (see `log_limit`), or when no connection's message is being handled.
+    pub(crate) fn client_warning(&self) -> Option<u64> {
+        match log_limit::handled_for().and_then(|id| self.inner.connections.get(id)) {
+            Some(connection) => connection.warnings.allow(),
+            None => Some(0),
+        }
     }
 
     /// Handles what a connection sent, other than a linked user's application message, on the membership path.
@@ -181,7 +194,7 @@ impl Server {
     fn receive_in_order(
         &self,
         connection: &Arc<Connection>,
-        message: Result<ClientMessage, InvalidMessage>,
+        message: Result<ClientMessage, Invalid>,
     ) -> Option<Dispatch> {
         let received = Instant::now();
         let _turn = self.turn();
@@ -199,15 +212,20 @@ impl Server {
                 Role::Linked(member) => Seen::Linked(member.clone()),
             }
         };
-        let Ok(message) = message else {
-            tracing::warn!(connection = %connection.id, "invalid message");
-            match seen {
-                Seen::Linked(member) => self.unlink_connection(connection, &member.name),
-                Seen::Unlinked | Seen::Linking => {
-                    self.reply_rejected(connection, &Rejection::InvalidMessage.to_string())
+        let message = match message {
+            Ok(message) => message,
+            Err(cause) => {
+                match seen {
+                    Seen::Linked(member) => self.unlink_invalid(connection, &member.name, &cause),
+                    Seen::Unlinked | Seen::Linking => {
+                        if let Some(left_out) = connection.warnings.allow() {
+                            tracing::warn!(connection = %connection.id, %cause, left_out, "invalid message: rejected");
+                        }
+                        self.reply_rejected(connection, &Rejection::InvalidMessage.to_string())
+                    }
                 }
+                return None;
             }
-            return None;
         };
         match (seen, message) {
             (Seen::Linked(member), ClientMessage::Link(_) | ClientMessage::Unlink) => {
@@ -215,12 +233,9 @@ impl Server {
             }
             (Seen::Linked(member), ClientMessage::Leave) => self.leave_connection(connection, &member.name),
             (Seen::Linked(member), ClientMessage::UnknownReserved(message)) => {
-                tracing::warn!(
-                    username = member.name,
-                    kind = message.kind,
-                    "unknown krmx/ message: the krmx/ prefix is reserved; unlinking"
-                );
-                self.unlink_connection(connection, &member.name);
+                let kind = log_limit::shortened(&message.kind);
+                let cause = format_args!("the type {kind:?} is reserved (krmx/)");
+                self.unlink_invalid(connection, &member.name, &cause)
             }
             // Linked while this message waited for the sequencer (an async link finished): it is the linked user's.
             (Seen::Linked(member), ClientMessage::Custom(message)) => return Some((member, message)),
@@ -236,6 +251,22 @@ impl Server {
             }
         }
         None
+    }
+
+    /// Unlinks `username` for an invalid message from its connection (`cause` says why it is invalid): logged with
+    /// the user and the cause (within the connection's allowance of warnings), and counted.
+    fn unlink_invalid(&self, connection: &Arc<Connection>, username: &str, cause: &dyn std::fmt::Display) {
+        self.inner.metrics.linked_invalid.inc();
+        if let Some(left_out) = connection.warnings.allow() {
+            tracing::warn!(
+                connection = %connection.id,
+                username,
+                %cause,
+                left_out,
+                "invalid message from a linked user: unlinking it"
+            );
+        }
+        self.unlink_connection(connection, username);
     }
 
     /// The checks that must hold when a link is made, in the reference's order from `accepting new users` on.
@@ -270,6 +301,7 @@ impl Server {
         let info = AuthInfo {
             is_new_user: self.inner.registry.lock().user(&username).is_none(),
             auth,
+            handshake: connection.handshake.clone(),
         };
         let ctx = AuthContext::default();
         let timing = Timing {
@@ -287,9 +319,11 @@ impl Server {
                     .emit("authenticate", |f| f(self, &username, &info, &ctx))
             },
         );
-        // A reason given to `reject` wins over a panic, whichever came first, as in the reference.
-        if let Some(first_panic) = panics.into_iter().next() {
-            ctx.reject(first_panic);
+        // A reason given to `reject` wins over a panic, whichever came first, as in the reference. The panic's text
+        // was logged; the client gets a generic reason, since a panic's text may say more than a client should know
+        // (an app that wants a text sent rejects with it).
+        if !panics.is_empty() {
+            ctx.reject(Rejection::AuthenticationFailed.to_string());
         }
         let pending = ctx.take_pending();
         if pending.is_empty() || ctx.is_rejected() {
@@ -460,11 +494,12 @@ async fn run_auth(ctx: &AuthContext, pending: Vec<AuthFuture>, timeout: std::tim
                 Some(Ok(Ok(()))) => {}
                 Some(Ok(Err(reason))) => return ctx.reject(reason),
                 Some(Err(error)) => {
-                    let reason = match error.try_into_panic() {
-                        Ok(payload) => panic_message(payload.as_ref()),
-                        Err(_) => Rejection::AuthenticationFailed.to_string(),
-                    };
-                    return ctx.reject(reason);
+                    // As for a listener's panic: its text is logged, the client gets a generic reason.
+                    if let Ok(payload) = error.try_into_panic() {
+                        let message = panic_message(payload.as_ref());
+                        tracing::error!(panic = %message, "an authentication future panicked; the link is rejected");
+                    }
+                    return ctx.reject(Rejection::AuthenticationFailed.to_string());
                 }
             },
             () = &mut deadline => return ctx.reject(Rejection::AuthenticationTimeout.to_string()),

@@ -147,6 +147,39 @@ pub fn parse(bytes: &[u8]) -> Result<Message, InvalidMessage> {
     serde_json::from_slice(bytes).map_err(|_| InvalidMessage)
 }
 
+/// Why a frame is not a message, for the log line about it (never its content: that is the client's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    /// Arrays and objects nest deeper than `max_json_depth`.
+    TooDeep,
+    /// Not JSON (or not UTF-8).
+    NotJson,
+    /// JSON, but not an object with a string `type`.
+    NotAMessage,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Invalid::TooDeep => "nested deeper than max_json_depth",
+            Invalid::NotJson => "not JSON",
+            Invalid::NotAMessage => "not an object with a string type",
+        })
+    }
+}
+
+/// [`parse_bounded`], saying why a frame is not a message.
+pub(crate) fn read(bytes: &[u8], max_depth: usize) -> Result<Message, Invalid> {
+    // Every level takes at least one byte, so a short message cannot be too deep.
+    if bytes.len() > max_depth && nests_deeper_than(bytes, max_depth) {
+        return Err(Invalid::TooDeep);
+    }
+    serde_json::from_slice(bytes).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => Invalid::NotAMessage,
+        _ => Invalid::NotJson,
+    })
+}
+
 /// Parses a frame like [`parse`], after checking that arrays and objects nest at most `max_depth` deep (the message
 /// object itself is depth 1). The check scans the bytes once and allocates nothing.
 ///
@@ -158,11 +191,7 @@ pub fn parse(bytes: &[u8]) -> Result<Message, InvalidMessage> {
 /// assert!(parse_bounded(br#"{"type":"a","payload":"[[[[[[["}"#, 1).is_ok());
 /// ```
 pub fn parse_bounded(bytes: &[u8], max_depth: usize) -> Result<Message, InvalidMessage> {
-    // Every level takes at least one byte, so a short message cannot be too deep.
-    if bytes.len() > max_depth && nests_deeper_than(bytes, max_depth) {
-        return Err(InvalidMessage);
-    }
-    parse(bytes)
+    read(bytes, max_depth).map_err(|_| InvalidMessage)
 }
 
 fn nests_deeper_than(bytes: &[u8], max_depth: usize) -> bool {
@@ -192,8 +221,8 @@ fn nests_deeper_than(bytes: &[u8], max_depth: usize) -> bool {
     false
 }
 
-/// A well-formed `krmx/link` request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A well-formed `krmx/link` request. Its `Debug` never prints the credential.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LinkRequest {
     /// The user the connection wants to link to.
     pub username: String,
@@ -201,6 +230,16 @@ pub struct LinkRequest {
     pub version: String,
     /// An optional credential, such as a token, for the `authenticate` listeners.
     pub auth: Option<String>,
+}
+
+impl std::fmt::Debug for LinkRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkRequest")
+            .field("username", &self.username)
+            .field("version", &self.version)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl LinkRequest {
@@ -345,6 +384,27 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_link_requests_debug_never_prints_the_credential() {
+        let request = LinkRequest {
+            username: "simon".into(),
+            version: "0.6.0".into(),
+            auth: Some("s3cret".into()),
+        };
+        let printed = format!("{:?}", ClientMessage::Link(Some(request)));
+        assert!(!printed.contains("s3cret") && printed.contains("simon"), "{printed}");
+    }
+
+    #[test]
+    fn the_cause_of_an_invalid_message() {
+        assert_eq!(read(b"nope", 32), Err(Invalid::NotJson));
+        assert_eq!(read(b"\xff", 32), Err(Invalid::NotJson));
+        assert_eq!(read(b"{}", 32), Err(Invalid::NotAMessage));
+        assert_eq!(read(br#"{"type":3}"#, 32), Err(Invalid::NotAMessage));
+        assert_eq!(read(b"[1]", 32), Err(Invalid::NotAMessage));
+        assert_eq!(read(br#"{"type":"a","payload":[[1]]}"#, 2), Err(Invalid::TooDeep));
+    }
+
+    #[test]
     fn invalid_messages_as_the_reference_defines_them() {
         for raw in [
             "",
@@ -359,6 +419,7 @@ mod tests {
             "[]",
         ] {
             assert_eq!(parse(raw.as_bytes()), Err(InvalidMessage), "{raw}");
+            assert!(read(raw.as_bytes(), 32).is_err(), "{raw}");
         }
     }
 

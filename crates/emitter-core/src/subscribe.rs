@@ -30,7 +30,7 @@ fn waiting<T: Send + 'static>(
 
 /// Listeners run in registration order, any-event listeners before an event's own. A listener may call any server
 /// method. A panic in a listener is logged and the other listeners still run (in `on_authenticate`, it also rejects
-/// the link with the panic's message).
+/// the link with `authentication failed`: the panic's text is logged, never sent to the client).
 impl Server {
     /// Calls `listener` with every event, before the event's own listeners.
     ///
@@ -190,7 +190,10 @@ impl Server {
             match message.payload_as::<T>() {
                 Ok(payload) => listener(server, username, payload),
                 Err(error) => {
-                    tracing::warn!(username, kind, %error, "a message whose payload does not fit was dropped");
+                    // A client can cause this with every message it sends: within its connection's allowance.
+                    if let Some(left_out) = server.client_warning() {
+                        tracing::warn!(username, kind, %error, left_out, "a message whose payload does not fit was dropped");
+                    }
                     server.inner.payload_mismatches.fetch_add(1, Ordering::Relaxed);
                 }
             }

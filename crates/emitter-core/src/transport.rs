@@ -8,10 +8,12 @@ use std::future::Future;
 
 pub use crate::close_reason::{CloseReason, TransportClose};
 use crate::error::Status;
+use crate::handshake::Handshake;
 pub use crate::id::ConnectionId;
 use crate::metrics::Cause;
 pub use crate::outbox::{Outbox, PushError};
 pub use crate::snapshot::Snapshot;
+use crate::vocabulary::ORIGIN_NOT_ALLOWED;
 use crate::Server;
 
 impl Server {
@@ -91,14 +93,38 @@ impl Host {
         self.server.refusal()
     }
 
-    /// Registers a new connection and returns its id and its [`Outbox`]: what to write to it, in order. `Err` holds
+    /// Why an upgrade request would be refused for its origin, if it would: `origin not allowed`, when its `Origin`
+    /// header (`origin`) is neither the host of its `Host` header (`host`) nor an allowed origin (see
+    /// [`ServerBuilder::allowed_origins`](crate::ServerBuilder::allowed_origins)). Ask before upgrading; answer HTTP
+    /// 403 with the reason, and count it with [`record_refusal`](Host::record_refusal).
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// let host = server.host();
+    /// assert_eq!(host.origin_refusal(None, Some("game.example")), None);
+    /// let why = host.origin_refusal(Some("https://evil.example"), Some("game.example")).unwrap();
+    /// host.record_refusal(why);
+    /// assert!(server.metrics_text().contains("krmx_connections_refused_total{reason=\"origin\"} 1"));
+    /// ```
+    pub fn origin_refusal(&self, origin: Option<&str>, host: Option<&str>) -> Option<&'static str> {
+        (!self.server.config().origin_allowed(origin, host)).then_some(ORIGIN_NOT_ALLOWED)
+    }
+
+    /// Registers a new connection, with nothing known of the request that opened it, and returns its id and its [`Outbox`]: what to write to it, in order. `Err` holds
     /// why it was refused (as [`refusal`](Host::refusal) words it): close the socket at once.
     ///
     /// When the outbox says the connection is closing, write what it returned, close the socket with the code and
     /// text of its [`close_reason`](Outbox::close_reason), and report the close with
     /// [`disconnect`](Host::disconnect) (as for a close of any other cause).
     pub fn connect(&self) -> Result<(ConnectionId, Outbox), &'static str> {
-        self.server.connect()
+        self.connect_with(Handshake::default())
+    }
+
+    /// [`connect`](Host::connect), telling the core what the request that opened the connection said: the
+    /// `authenticate` listeners read it through [`AuthInfo::handshake`](crate::AuthInfo::handshake). A transport that
+    /// has a request (an HTTP upgrade) calls this one.
+    pub fn connect_with(&self, handshake: Handshake) -> Result<(ConnectionId, Outbox), &'static str> {
+        self.server.connect(handshake)
     }
 
     /// Hands the core one incoming text or binary frame.

@@ -121,6 +121,8 @@ pub(crate) const NOT_LISTENING: &str = "the server is not listening";
 pub(crate) const TOO_MANY_CONNECTIONS: &str = "too many connections";
 /// A connection refused at `max_unlinked_connections`.
 pub(crate) const TOO_MANY_UNLINKED: &str = "too many unlinked connections";
+/// A browser's upgrade from a page whose origin is not allowed (`allowed_origins`).
+pub(crate) const ORIGIN_NOT_ALLOWED: &str = "origin not allowed";
 
 #[cfg(test)]
 mod tests {

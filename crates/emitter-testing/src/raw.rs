@@ -66,6 +66,11 @@ impl RawClient {
         }
     }
 
+    /// A client on a WebSocket the test opened itself (with headers of its own, say).
+    pub fn on(ws: WsStream) -> RawClient {
+        RawClient { ws, username: None }
+    }
+
     /// Opens a connection to path `/`.
     pub async fn connect(port: u16) -> RawClient {
         RawClient::connect_to(port, "/").await.unwrap()

@@ -125,7 +125,10 @@ fn authenticate(_server: &Server, username: &str, info: &AuthInfo, ctx: &AuthCon
         _ => {}
     }
     if username.starts_with("throw") {
-        // The core catches this and rejects the link with the panic's message.
+        // The reference sends a thrown error's text to the client. This server logs a panic's text and sends
+        // `authentication failed`, so the text the contract promises is given to `reject` first: a reason given to
+        // `reject` wins over a panic.
+        ctx.reject("thrown by app");
         panic!("thrown by app");
     }
     if username.starts_with("slow") {

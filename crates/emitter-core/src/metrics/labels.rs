@@ -2,7 +2,7 @@
 
 use crate::close_reason::{CloseReason, TransportClose};
 use crate::protocol::Rejection;
-use crate::vocabulary::{NOT_LISTENING, TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
+use crate::vocabulary::{NOT_LISTENING, ORIGIN_NOT_ALLOWED, TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
 
 /// Why a `krmx/rejected` was sent: a bounded set, so that it can be a label. The protocol's own reasons, `app` for
 /// every reason an `authenticate` listener gave (never the text itself: it is the application's and unbounded), and
@@ -86,10 +86,11 @@ impl Reason {
 }
 
 /// Why a connection was refused before it was opened, as `Server::refusal` words it, and its label.
-pub(super) const REFUSALS: [(&str, &str); 3] = [
+pub(super) const REFUSALS: [(&str, &str); 4] = [
     (NOT_LISTENING, "not_listening"),
     (TOO_MANY_CONNECTIONS, "too_many_connections"),
     (TOO_MANY_UNLINKED, "too_many_unlinked_connections"),
+    (ORIGIN_NOT_ALLOWED, "origin"),
 ];
 
 /// Why the server closed a connection, for the closes it counts: the core's reasons and the transport's own.

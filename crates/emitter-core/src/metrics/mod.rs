@@ -52,6 +52,8 @@ pub(crate) struct Metrics {
     pub(crate) queue_depth: Histogram,
     accepted: Counter,
     rejected: Counter,
+    /// Invalid messages from linked users, each of which unlinked its user.
+    pub(crate) linked_invalid: Counter,
     rejections: Vec<(Reason, Counter)>,
     closes: Vec<(Cause, Counter)>,
     /// Per refusal text (as `Server::refusal` words it), its counter.
@@ -167,11 +169,20 @@ impl Metrics {
             .map(|cause| (*cause, by_cause.get_or_create_owned(&[("cause", cause.label())])))
             .collect();
 
+        let linked_invalid = Counter::default();
+        registry.register(
+            "linked_invalid_messages",
+            "Invalid messages from linked users, each of which unlinked its user: not JSON, nested too deep, not an \
+             object with a string type, or a krmx/ type clients may not send (an unlinked connection's invalid \
+             messages are counted in krmx_rejections_total{reason=\"invalid_message\"})",
+            linked_invalid.clone(),
+        );
+
         let by_refusal = Family::<Label, Counter>::default();
         registry.register(
             "connections_refused",
             "Connections refused before they were opened, by reason: not_listening, too_many_connections, \
-             too_many_unlinked_connections",
+             too_many_unlinked_connections, origin (a browser's, from a page whose origin is not allowed)",
             by_refusal.clone(),
         );
         let refusals = REFUSALS
@@ -210,6 +221,7 @@ impl Metrics {
             queue_depth,
             accepted,
             rejected,
+            linked_invalid,
             rejections,
             closes,
             refusals,

@@ -50,7 +50,11 @@ impl AcceptedVersions {
         let server = if self.0.is_empty() {
             "none".to_owned()
         } else {
-            let versions: Vec<String> = self.0.iter().map(|(major, minor)| format!("{major}.{minor}.*")).collect();
+            let versions: Vec<String> = self
+                .0
+                .iter()
+                .map(|(major, minor)| format!("{major}.{minor}.*"))
+                .collect();
             versions.join(" || ")
         };
         format!("krmx server version mismatch (server={server},client={version})")

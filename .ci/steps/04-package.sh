@@ -14,5 +14,6 @@ packages=()
 for crate in emitter-listeners emitter-core emitter-axum emitter-client emitter-state emitter-redis; do
     packages+=(-p "$crate")
 done
-cargo package --locked "${packages[@]}"
+# --allow-dirty: packages the working tree as it is, so that .ci/run also passes with uncommitted changes.
+cargo package --locked --allow-dirty "${packages[@]}"
 ls -l "${CARGO_TARGET_DIR:-target}"/package/*.crate

@@ -77,3 +77,11 @@ bench-cluster OUT *ARGS:
 # emitter-redis and the cluster chat example against throwaway redis-server processes (installs Debian's redis-server when it is not on PATH)
 redis:
     .ci/steps/05-redis.sh
+
+# Ready to publish: the API docs without a warning (also as docs.rs builds them), each published crate packaged and
+# verified, cargo-deny's licenses, bans and sources, and the MSRV built with Rust 1.85 itself
+publish-checks:
+    .ci/steps/03-docs.sh
+    .ci/steps/04-package.sh
+    .ci/steps/06-deny.sh
+    .ci/steps/07-msrv.sh

@@ -31,6 +31,10 @@
 //! book's Limits chapter has the table), and a client's close frame is answered with its own code. A closing
 //! connection gets what was queued for it first, within the server's `close_drain_deadline`. Each connection logs
 //! why it ended once, at INFO; a connection refused before the upgrade gets a 503 whose body says why.
+//!
+//! # Feature flags
+//!
+//! This crate has no optional features. It serves with axum's `ws` feature and tokio's `net`, which it turns on itself.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

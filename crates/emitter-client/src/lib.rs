@@ -32,6 +32,11 @@
 //! client.disconnect(false).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Feature flags
+//!
+//! This crate has no optional features: `wss://` is always available, through rustls with *ring* as its only
+//! crypto provider (no aws-lc-rs, no OpenSSL), and the platform's root certificates through `rustls-native-certs`.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -73,6 +73,8 @@ impl ServerBuilder {
 
     /// The largest incoming message (and frame) in bytes. A bigger one closes the connection, which unlinks its user;
     /// nothing is buffered past the limit. Default: [`DEFAULT_MAX_MESSAGE_SIZE`] (1 MiB).
+    ///
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`]: crate::DEFAULT_MAX_MESSAGE_SIZE
     pub fn max_message_size(self, bytes: usize) -> Self {
         self.with(|config| config.max_message_size = bytes.max(1))
     }
@@ -87,6 +89,8 @@ impl ServerBuilder {
     /// are), and it may be at most this many broadcasts (and membership messages) behind the others. A slow consumer
     /// is closed (unlinking its user) rather than delaying anyone else or making the server keep what it has not read.
     /// Default: [`DEFAULT_OUTBOUND_QUEUE`] (4096).
+    ///
+    /// [`DEFAULT_OUTBOUND_QUEUE`]: crate::DEFAULT_OUTBOUND_QUEUE
     pub fn outbound_queue(self, frames: usize) -> Self {
         self.with(|config| config.outbound_queue = frames.max(1))
     }
@@ -113,6 +117,8 @@ impl ServerBuilder {
     /// The most connections open at once. One more is refused (HTTP 503 before the upgrade where the transport can,
     /// or closed at once). Default: [`DEFAULT_MAX_CONNECTIONS`] (10,000). Each connection is a file descriptor:
     /// keep it under the process's open-file limit.
+    ///
+    /// [`DEFAULT_MAX_CONNECTIONS`]: crate::DEFAULT_MAX_CONNECTIONS
     pub fn max_connections(self, connections: usize) -> Self {
         self.with(|config| config.max_connections = connections)
     }
@@ -120,6 +126,8 @@ impl ServerBuilder {
     /// The most connections open at once that are not linked to a user (new ones, and ones whose user was unlinked
     /// or left). One more is refused like one over [`max_connections`](Self::max_connections). Default:
     /// [`DEFAULT_MAX_UNLINKED_CONNECTIONS`] (1,000).
+    ///
+    /// [`DEFAULT_MAX_UNLINKED_CONNECTIONS`]: crate::DEFAULT_MAX_UNLINKED_CONNECTIONS
     pub fn max_unlinked_connections(self, connections: usize) -> Self {
         self.with(|config| config.max_unlinked_connections = connections)
     }
@@ -144,6 +152,8 @@ impl ServerBuilder {
     /// user is unlinked or leaves. Past it the connection is closed. A link attempt waiting on async authentication
     /// is not closed (the auth timeout bounds it). `Duration::ZERO` turns the deadline off. Default:
     /// [`DEFAULT_LINK_DEADLINE`] (30 s).
+    ///
+    /// [`DEFAULT_LINK_DEADLINE`]: crate::DEFAULT_LINK_DEADLINE
     pub fn link_deadline(self, deadline: Duration) -> Self {
         self.with(|config| config.link_deadline = (!deadline.is_zero()).then_some(deadline))
     }
@@ -168,6 +178,8 @@ impl ServerBuilder {
     /// The deepest nesting of arrays and objects an incoming message may have, its own object counting as 1. A
     /// deeper one is an invalid message, found by a scan of the bytes before anything is parsed. Default:
     /// [`DEFAULT_MAX_JSON_DEPTH`] (32).
+    ///
+    /// [`DEFAULT_MAX_JSON_DEPTH`]: crate::DEFAULT_MAX_JSON_DEPTH
     pub fn max_json_depth(self, depth: usize) -> Self {
         self.with(|config| config.max_json_depth = depth.max(1))
     }

@@ -83,6 +83,9 @@ pub struct KeepLimits {
 }
 
 /// A server's settings. Build one with [`Server::builder`]; read it back with [`Server::config`].
+///
+/// [`Server::builder`]: crate::Server::builder
+/// [`Server::config`]: crate::Server::config
 #[derive(Clone)]
 pub struct Config {
     pub(crate) accept_new_users: bool,

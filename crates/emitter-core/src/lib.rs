@@ -18,6 +18,12 @@
 //!
 //! Events reach listeners, and the protocol messages reach clients, in one order that matches the reference
 //! TypeScript server (`@krmx/server` 0.6): per user, join → link → (unlink → link)* → unlink → leave.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it turns on |
+//! |---|---|---|
+//! | `shuttle` | off | For emitter's own tests only: builds the core's locks on [shuttle](https://docs.rs/shuttle)'s, for the randomized concurrency checker (`cargo test -p emitter-core --features shuttle --test shuttle`). It changes no API; never turn it on in an application. |
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

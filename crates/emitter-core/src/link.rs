@@ -23,7 +23,6 @@ use crate::membership::Membership;
 use crate::metrics::Reason;
 use crate::outbox::Outbox;
 use crate::protocol::{read, ClientMessage, Invalid, LinkRequest, Message, Rejection, ServerMessage};
-use crate::version::AcceptedVersions;
 use crate::vocabulary::NOT_LISTENING;
 use crate::Server;
 use emitter_listeners::panic_message;
@@ -289,7 +288,7 @@ impl Server {
     fn attempt_link(&self, connection: &Arc<Connection>, request: LinkRequest, received: Instant) {
         let config = &self.inner.config;
         if !config.accepted_versions.accepts(&request.version) {
-            return self.reply_rejected(connection, &AcceptedVersions::mismatch_reason(&request.version));
+            return self.reply_rejected(connection, &config.accepted_versions.mismatch_reason(&request.version));
         }
         if request.username.len() > MAX_USERNAME_BYTES || !config.is_valid_username(&request.username) {
             return self.reply_rejected(connection, &Rejection::InvalidUsername.to_string());

@@ -16,6 +16,8 @@ impl Server {
     /// assert!(text.contains("\nkrmx_connections_open 0\n"));
     /// assert!(text.contains("krmx_rejections_total{reason=\"app\"} 0"));
     /// ```
+    ///
+    /// [`METRICS_CONTENT_TYPE`]: crate::METRICS_CONTENT_TYPE
     pub fn metrics_text(&self) -> String {
         let (users, users_linked) = self.inner.registry.lock().counts();
         self.inner.metrics.encode(Gauges {

@@ -34,10 +34,30 @@ impl AcceptedVersions {
         parse_major_minor(version).is_some_and(|found| self.0.contains(&found))
     }
 
-    /// The reason a client of `version` is rejected with, in the reference's words.
-    pub fn mismatch_reason(version: &str) -> String {
-        let (major, minor) = PROTOCOL_VERSION;
-        format!("krmx server version mismatch (server={major}.{minor}.*,client={version})")
+    /// The reason a client of `version` is rejected with, in the reference's words, naming every accepted version:
+    /// `krmx server version mismatch (server=0.5.* || 0.6.*,client=0.4.0)` by default. With one accepted version it is
+    /// the reference's sentence exactly (`server=0.6.*`); several are joined as an npm version range joins them.
+    ///
+    /// ```
+    /// use emitter_core::AcceptedVersions;
+    ///
+    /// let reason = AcceptedVersions::default().mismatch_reason("0.4.0");
+    /// assert_eq!(reason, "krmx server version mismatch (server=0.5.* || 0.6.*,client=0.4.0)");
+    /// let reason = AcceptedVersions::only(&[(0, 6)]).mismatch_reason("0.5.3");
+    /// assert_eq!(reason, "krmx server version mismatch (server=0.6.*,client=0.5.3)");
+    /// ```
+    pub fn mismatch_reason(&self, version: &str) -> String {
+        let server = if self.0.is_empty() {
+            "none".to_owned()
+        } else {
+            let versions: Vec<String> = self
+                .0
+                .iter()
+                .map(|(major, minor)| format!("{major}.{minor}.*"))
+                .collect();
+            versions.join(" || ")
+        };
+        format!("krmx server version mismatch (server={server},client={version})")
     }
 }
 
@@ -76,8 +96,16 @@ mod tests {
     #[test]
     fn mismatch_wording() {
         assert_eq!(
-            AcceptedVersions::mismatch_reason("10.6.10"),
-            "krmx server version mismatch (server=0.6.*,client=10.6.10)"
+            AcceptedVersions::default().mismatch_reason("10.6.10"),
+            "krmx server version mismatch (server=0.5.* || 0.6.*,client=10.6.10)"
+        );
+        assert_eq!(
+            AcceptedVersions::only(&[(0, 6)]).mismatch_reason("0.5.3"),
+            "krmx server version mismatch (server=0.6.*,client=0.5.3)"
+        );
+        assert_eq!(
+            AcceptedVersions::only(&[]).mismatch_reason("0.6.0"),
+            "krmx server version mismatch (server=none,client=0.6.0)"
         );
     }
 }

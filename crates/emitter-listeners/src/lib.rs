@@ -12,6 +12,10 @@
 //! assert!(panics.is_empty());
 //! subscription.unsubscribe();
 //! ```
+//!
+//! # Feature flags
+//!
+//! This crate has no optional features.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -67,6 +71,15 @@ pub struct Listeners<F: ?Sized> {
     entries: ArcSwap<Vec<Entry<F>>>,
     /// Serializes registrations, so that two at once do not lose one another's entry.
     writer: Mutex<()>,
+}
+
+/// Shows how many listeners are registered (the listeners themselves are closures).
+impl<F: ?Sized> fmt::Debug for Listeners<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listeners")
+            .field("len", &self.entries.load().len())
+            .finish()
+    }
 }
 
 impl<F: ?Sized> Default for Listeners<F> {

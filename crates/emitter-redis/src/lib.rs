@@ -185,6 +185,11 @@
 //!   failover that does not lose acknowledged writes.
 //!
 //! Tested against Redis 7.0 (Debian's `redis-server`).
+//!
+//! # Feature flags
+//!
+//! This crate has no optional features. It turns on the `redis` crate's `script`, `tokio-comp` and
+//! `connection-manager` features and no others (no TLS to Redis). It needs Rust 1.88, as `redis` 1.8 does.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

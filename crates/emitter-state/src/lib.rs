@@ -59,6 +59,10 @@
 //! and never call `kick`, `join`, `unlink` or `atomically` from them (those take the membership path, whose listeners
 //! may be waiting for the lock). The book's chapter *Shared state* (`docs/src/shared-state.md`) has the details, and
 //! what the models do on a cluster.
+//!
+//! # Feature flags
+//!
+//! This crate has no optional features.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

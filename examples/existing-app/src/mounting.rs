@@ -1,4 +1,4 @@
-//! Three ways to put the Krmx endpoint into an axum app. Each takes the app's REST routes from [`api`](crate::api).
+//! Three ways to put the Krmx endpoint into an axum app. Each takes the app's REST routes from [`api`].
 
 use axum::Router;
 

@@ -8,15 +8,18 @@
 //! # Ok(()) }
 //! ```
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr, filtered by `RUST_LOG` when it is set and at `default` (such as `"info"`) when it is not.
+/// Logs to stdout, filtered by `RUST_LOG` when it is set and at `default` (such as `"info"`) when it is not. Colour
+/// (ANSI escapes) only when stdout is a terminal: a log redirected to a file, a pipe or CI reads as plain text.
 pub fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
 }
 

@@ -35,9 +35,9 @@ describe('@krmx/client against emitter', () => {
       ['0.5.99', null],
       ['0.6.10', null],
       ['0.6', null],
-      ['0.4.0', 'krmx server version mismatch (server=0.6.*,client=0.4.0)'],
-      ['1.0.0', 'krmx server version mismatch (server=0.6.*,client=1.0.0)'],
-      ['0.60.1', 'krmx server version mismatch (server=0.6.*,client=0.60.1)'],
+      ['0.4.0', 'krmx server version mismatch (server=0.5.* || 0.6.*,client=0.4.0)'],
+      ['1.0.0', 'krmx server version mismatch (server=0.5.* || 0.6.*,client=1.0.0)'],
+      ['0.60.1', 'krmx server version mismatch (server=0.5.* || 0.6.*,client=0.60.1)'],
     ];
     for (const [version, reason] of cases) {
       const raw = await rawSocket(server().main);

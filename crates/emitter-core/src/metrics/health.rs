@@ -5,6 +5,8 @@ use std::fmt;
 use crate::error::Status;
 
 /// Whether a server is fit to serve, as a load balancer's health check asks (see [`Server::health`]).
+///
+/// [`Server::health`]: crate::Server::health
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Health {

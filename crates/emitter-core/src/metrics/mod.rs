@@ -32,6 +32,8 @@ use labels::REFUSALS;
 use striped::{Histogram, StripedCounter, DEPTH_BOUNDS, STRIPES};
 
 /// The `Content-Type` of [`Server::metrics_text`]: the Prometheus text format, version 0.0.4.
+///
+/// [`Server::metrics_text`]: crate::Server::metrics_text
 pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// One label and its value: every labelled metric here has exactly one.

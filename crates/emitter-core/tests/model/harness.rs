@@ -396,7 +396,10 @@ impl Model {
     fn attempt_link(&mut self, c: usize, ask: LinkAsk) {
         let name = ask.username.as_str();
         if !ask.version_ok {
-            let reason = format!("krmx server version mismatch (server=0.6.*,client={})", ask.version);
+            let reason = format!(
+                "krmx server version mismatch (server=0.5.* || 0.6.*,client={})",
+                ask.version
+            );
             let _ = self.push(c, rejected(&reason));
             return;
         }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Each published crate packages as crates.io would take it: `cargo package` checks its manifest (a version on every
+# path dependency, the readme and license fields), lists what goes into the .crate, and verifies it by building the
+# unpacked .crate on its own, outside the workspace. The crates depend on one another and none is on crates.io yet:
+# packaged together, cargo resolves emitter-core and the others from the .crate files it just made (a local overlay
+# of crates.io), so the verification builds exactly what would be published, each against the others' packages.
+# The unpublished crates (emitter-testing, emitter-bench, the examples, the book: `publish = false`) are not packaged;
+# a dev-dependency on one of them has no version and cargo drops it from the package. About 3.5 minutes on 2 busy
+# cores (the verification builds each package in debug, sharing target/ with the other steps).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+packages=()
+for crate in emitter-listeners emitter-core emitter-axum emitter-client emitter-state emitter-redis; do
+    packages+=(-p "$crate")
+done
+# --allow-dirty: packages the working tree as it is, so that .ci/run also passes with uncommitted changes.
+cargo package --locked --allow-dirty "${packages[@]}"
+ls -l "${CARGO_TARGET_DIR:-target}"/package/*.crate

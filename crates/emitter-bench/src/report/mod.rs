@@ -158,7 +158,7 @@ const DEFS: &[Def] = &[
         "delivered msgs/s",
         true,
         true,
-        Goal::VsAxum(0.8),
+        Goal::VsAxum(0.9),
     ),
     def("fanout-max.loss_pct", "loss (%)", false, false, Goal::None),
     def("fanout-max.p50_ms", "latency p50 (ms)", false, true, Goal::None),
@@ -184,6 +184,9 @@ const DEFS: &[Def] = &[
     def("echo.p90_us", "RTT p90 (µs)", false, true, Goal::None),
     def("echo.p99_us", "RTT p99 (µs)", false, true, Goal::None),
     def("echo.max_us", "RTT max (µs)", false, true, Goal::None),
+    def("echo-pinned.rtt_per_s", "round trips/s", true, true, Goal::VsAxum(0.95)),
+    def("echo-pinned.p50_us", "RTT p50 (µs)", false, true, Goal::None),
+    def("echo-pinned.p99_us", "RTT p99 (µs)", false, true, Goal::None),
     def(
         "scale.linked",
         "users linked in one process",
@@ -331,7 +334,7 @@ pub fn table(results: &Results) -> String {
     let ratio_targets: Vec<Target> = shown
         .iter()
         .copied()
-        .filter(|t| matches!(t, Target::Node | Target::Axum))
+        .filter(|t| matches!(t, Target::Before | Target::Node | Target::Axum))
         .collect();
     for target in &ratio_targets {
         let _ = write!(out, " emitter vs {} |", target.name());

@@ -184,6 +184,11 @@ pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String,
         if link_span > 0.0 {
             put("links_per_s", f64::from(outcome.linked) / link_span);
         }
+        // What a link cost the server in CPU (the messages it sends included): unlike links/s, it holds still on a
+        // machine others share.
+        if let Some(cpu_s) = outcome.link_cpu_s.filter(|_| outcome.linked > 0) {
+            put("server_us_per_link", cpu_s / f64::from(outcome.linked) * 1e6);
+        }
         put("link_p50_ms", ms(outcome.link_latency.quantile(0.5)));
         put("link_p99_ms", ms(outcome.link_latency.quantile(0.99)));
         if let Some((complete, correct, at)) = outcome.views {
@@ -225,6 +230,11 @@ pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String,
     if load.duration_ms > 0 && outcome.sent > 0 {
         let per_s = outcome.in_window as f64 / window_s;
         put(if load.echo { "rtt_per_s" } else { "delivered_per_s" }, per_s);
+        // What each one cost the server, in CPU: on a machine others share, the rate follows the CPU the server
+        // gets, while this stays put.
+        if let Some(cpu_s) = outcome.server_cpu_s.filter(|_| outcome.received > 0) {
+            put("server_us_per_msg", cpu_s / outcome.received as f64 * 1e6);
+        }
         put("loss_pct", loss);
         let scale = if load.echo { 1e3 } else { 1e6 }; // echo in µs, the rest in ms
         let unit = if load.echo { "us" } else { "ms" };

@@ -460,4 +460,35 @@ mod tests {
             r#"{"type":"krmx/left","payload":{"username":"a\"b"}}"#
         );
     }
+
+    #[test]
+    fn a_message_frame_is_the_compact_json_of_its_type_and_payload() {
+        // What the frame was before it was written into one buffer: `format!` over `Value`'s `Display`.
+        let by_display = |message: &Message| {
+            let kind = Value::from(message.kind.as_str());
+            match &message.payload {
+                Some(payload) => format!(r#"{{"type":{kind},"payload":{payload}}}"#),
+                None => format!(r#"{{"type":{kind}}}"#),
+            }
+        };
+        let payloads = [
+            None,
+            Some(json!(null)),
+            Some(json!("quote \" backslash \\ newline \n tab \t nul \u{0} é 😀")),
+            Some(json!(-12.5e-7)),
+            Some(json!(18446744073709551615u64)),
+            Some(json!({"b": [1, 2.0, true, {"c": null}], "a": "x"})),
+        ];
+        for kind in ["bench/echo", "", "ünï\"cødé\u{7f}"] {
+            for payload in &payloads {
+                let message = Message {
+                    kind: kind.to_owned(),
+                    payload: payload.clone(),
+                };
+                let frame = Frame::from(&message);
+                assert_eq!(frame.as_str(), by_display(&message));
+                assert_eq!(parse(frame.bytes()).unwrap(), message);
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -30,8 +31,14 @@ const BATCH: usize = 256;
 const BURST: usize = 4 * BATCH;
 
 fn to_message(frame: Frame) -> Message {
-    // Frames hold serde_json output, which is UTF-8; the check cannot fail.
-    Message::Text(Utf8Bytes::try_from(frame.bytes().clone()).unwrap_or_default())
+    // A text frame made here rather than by `Message::Text`, whose `Utf8Bytes` would check again, for every
+    // recipient of a broadcast, what the core already knows: a frame's bytes are UTF-8. The bytes on the wire are the
+    // same (`Message::Text` becomes this very frame).
+    Message::Frame(tungstenite::protocol::frame::Frame::message(
+        frame.into_bytes(),
+        OpCode::Data(Data::Text),
+        true,
+    ))
 }
 
 /// Why a write did not happen.
@@ -64,11 +71,12 @@ async fn within<T>(
     }
 }
 
-/// Frames taken from the outbox, and how many of them the WebSocket layer has. A write that gives way to a close
-/// (the client stopped reading) leaves the rest here, so that they still go out, in order, before the close frame.
+/// Frames taken from the outbox, and the WebSocket layer's share of them. A write that gives way to a close (the
+/// client stopped reading) leaves the rest here, so that they still go out, in order, before the close frame.
 struct Taken {
+    /// What is left to feed, last frame first: feeding pops the next one off the end, so that it moves into the
+    /// WebSocket layer rather than being copied (a reference-count increment and decrement per frame saved).
     frames: Vec<Frame>,
-    fed: usize,
     /// Frames fed, and their bytes, since they were last counted in the server's metrics.
     unreported: (usize, usize),
     /// How long one write may take.
@@ -79,24 +87,31 @@ impl Taken {
     fn new(deadline: Duration) -> Taken {
         Taken {
             frames: Vec::new(),
-            fed: 0,
             unreported: (0, 0),
             deadline,
         }
     }
 
-    /// Hands the WebSocket layer what is left, one frame at a time; a frame counts as fed once the layer has it, so
+    /// Moves up to `max` ready frames from the outbox (see [`Outbox::take`]); returns whether the connection is
+    /// closing. Call it with nothing left to feed.
+    fn take(&mut self, outbox: &Outbox, max: usize) -> bool {
+        let closing = outbox.take(&mut self.frames, max);
+        self.frames.reverse();
+        closing
+    }
+
+    /// Hands the WebSocket layer what is left, one frame at a time. A frame leaves `frames` only once the layer has
+    /// room for it (`poll_ready`, within the write deadline), and then goes in without a wait (`start_send`), so
     /// cancelling this loses nothing.
     async fn feed(&mut self, socket: &mut Socket) -> Result<(), WriteError> {
-        while let Some(frame) = self.frames.get(self.fed) {
+        while !self.frames.is_empty() {
+            within(self.deadline, std::future::poll_fn(|cx| socket.poll_ready_unpin(cx))).await?;
+            let Some(frame) = self.frames.pop() else { break };
             let bytes = frame.bytes().len();
-            within(self.deadline, socket.feed(to_message(frame.clone()))).await?;
-            self.fed += 1;
+            socket.start_send_unpin(to_message(frame))?;
             self.unreported.0 += 1;
             self.unreported.1 += bytes;
         }
-        self.frames.clear();
-        self.fed = 0;
         Ok(())
     }
 
@@ -114,7 +129,7 @@ async fn write_burst(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken, ho
     taken.feed(socket).await?;
     let mut written = 0;
     let closing = loop {
-        let closing = outbox.take(&mut taken.frames, BATCH);
+        let closing = taken.take(outbox, BATCH);
         let count = taken.frames.len();
         taken.feed(socket).await?;
         written += count;
@@ -137,7 +152,7 @@ async fn write_burst(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken, ho
 async fn outbox_empty(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken) -> Result<bool, tungstenite::Error> {
     let write = async {
         taken.feed(socket).await?;
-        outbox.take(&mut taken.frames, BURST);
+        taken.take(outbox, BURST);
         let empty = taken.frames.is_empty();
         taken.feed(socket).await?;
         within(taken.deadline, socket.flush()).await?;

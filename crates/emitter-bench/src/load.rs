@@ -73,6 +73,11 @@ pub struct Outcome {
     /// CPU of the server (all nodes of a cluster) and of all load processes during the measured phase, in % of one
     /// core.
     pub cpu_pct: Option<(f64, f64)>,
+    /// The server's CPU over the same phase, in seconds.
+    pub server_cpu_s: Option<f64>,
+    /// The server's CPU (all nodes of a cluster) while everyone linked, until every view was complete when views are
+    /// tracked, in seconds.
+    pub link_cpu_s: Option<f64>,
     /// The CPU Redis used (a cluster's), in seconds: while everyone linked (and, when tracked, until every view was
     /// complete), and during the measured phase (until every result was in).
     pub redis_cpu_s: Option<RedisCpu>,
@@ -270,6 +275,7 @@ pub fn run_load(
         None => None,
     };
     let redis_before = redis_cpu(deployment)?.map(|cpu| (cpu, Instant::now()));
+    let server_before = server_cpu(deployment);
     let (tx, rx) = mpsc::channel();
     let mut reports = Reports::new(rx);
     let mut workers = Vec::new();
@@ -302,6 +308,7 @@ pub fn run_load(
     }
     let phases = Phases {
         rss_before,
+        server_before,
         redis_before: redis_before.zip(redis_idle),
         epoch,
     };
@@ -322,9 +329,16 @@ fn redis_cpu(deployment: &Deployment) -> Result<Option<f64>, BoxError> {
     }
 }
 
+/// The CPU the server's processes (every node of a cluster) used so far, in seconds.
+fn server_cpu(deployment: &Deployment) -> Option<f64> {
+    deployment.server_pids().into_iter().map(cpu_seconds).sum()
+}
+
 /// What was read before the workers started.
 struct Phases {
     rss_before: Option<u64>,
+    /// The server's CPU, in seconds.
+    server_before: Option<f64>,
     /// Redis's CPU and when it was read, and its idle rate.
     redis_before: Option<((f64, Instant), f64)>,
     epoch: u64,
@@ -340,6 +354,7 @@ fn drive(
 ) -> Result<Outcome, BoxError> {
     let Phases {
         rss_before,
+        server_before,
         redis_before,
         epoch,
     } = phases;
@@ -355,6 +370,9 @@ fn drive(
             }
         }
         outcome.views = Some(views);
+    }
+    if let (Some(before), Some(after)) = (server_before, server_cpu(deployment)) {
+        outcome.link_cpu_s = Some(after - before);
     }
     // Everything Redis did for the links, the nodes' catching up included, until every view was complete.
     if let (Some(((before, at), idle_rate)), Some(after)) = (redis_before, redis_cpu(deployment)?) {
@@ -420,6 +438,7 @@ fn drive(
         }
         if let (Some(s0), Some(s1), Some(l0), Some(l1)) = (before.0, after.0, before.1, after.1) {
             outcome.cpu_pct = Some((100.0 * (s1 - s0) / wall, 100.0 * (l1 - l0) / wall));
+            outcome.server_cpu_s = Some(s1 - s0);
         }
     }
     outcome.errors.truncate(5);

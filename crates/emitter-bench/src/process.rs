@@ -41,6 +41,12 @@ impl Server {
         let exe = std::env::current_exe()?;
         let command = match target {
             Target::Emitter => pinned(&bench_server()?, core),
+            Target::Before => match std::env::var_os("EMITTER_BENCH_BEFORE") {
+                Some(before) => pinned(Path::new(&before), core),
+                None => {
+                    return Err("the before target needs EMITTER_BENCH_BEFORE: the examples/bench to compare".into())
+                }
+            },
             Target::Axum | Target::AxumEqual => {
                 let mut command = pinned(&exe, core);
                 command.arg("baseline");

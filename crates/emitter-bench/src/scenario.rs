@@ -26,11 +26,11 @@ pub struct Group {
     pub crash: Option<Crash>,
 }
 
-const KRMX_TARGETS: &[Target] = &[Target::Emitter, Target::Node];
+const KRMX_TARGETS: &[Target] = &[Target::Emitter, Target::Before, Target::Node];
 const ALL_TARGETS: &[Target] = &Target::SINGLE;
 /// Node is left out where it would take too long (its link storms are O(N²) at a fraction of our rate) or where a
 /// single-threaded server has nothing to show (the multicore groups).
-pub const NO_NODE: &[Target] = &[Target::Emitter, Target::Axum, Target::AxumEqual];
+pub const NO_NODE: &[Target] = &[Target::Emitter, Target::Before, Target::Axum, Target::AxumEqual];
 
 /// Users per load process in the larger storms: each connection is a file descriptor of the worker, and a few
 /// thousand per process keeps every process far below a per-process limit of 20,000 and spreads the parsing.
@@ -61,7 +61,7 @@ pub fn groups(smoke: bool, echo_pin: Option<Pin>) -> Vec<Group> {
         pin,
         crash: None,
     };
-    vec![
+    let mut groups = vec![
         group("storm1k", KRMX_TARGETS, storm(small), None),
         group(
             "storm2k",
@@ -113,9 +113,27 @@ pub fn groups(smoke: bool, echo_pin: Option<Pin>) -> Vec<Group> {
                 window: 1,
                 ..fanout(if smoke { 4 } else { 50 }, if smoke { 4 } else { 50 })
             },
-            echo_pin,
+            echo_pin.clone(),
         ),
-    ]
+    ];
+    // The echo a user would measure by hand: the server on one core and the load on the other, 50 users each with
+    // one echo in flight, 6 s per run (the first second not counted). Not in the smoke: its echo group covers it.
+    // (The setups users copy for the link storm and the fan-out at full rate are storm1k and fanout-max as they are.)
+    if !smoke {
+        groups.push(group(
+            "echo-pinned",
+            NO_NODE,
+            Load {
+                echo: true,
+                window: 1,
+                duration_ms: 6_000,
+                warmup_ms: 1_000,
+                ..fanout(50, 50)
+            },
+            echo_pin,
+        ));
+    }
+    groups
 }
 
 /// The scale run: once per run, after the rounds.
@@ -166,6 +184,11 @@ pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String,
         if link_span > 0.0 {
             put("links_per_s", f64::from(outcome.linked) / link_span);
         }
+        // What a link cost the server in CPU (the messages it sends included): unlike links/s, it holds still on a
+        // machine others share.
+        if let Some(cpu_s) = outcome.link_cpu_s.filter(|_| outcome.linked > 0) {
+            put("server_us_per_link", cpu_s / f64::from(outcome.linked) * 1e6);
+        }
         put("link_p50_ms", ms(outcome.link_latency.quantile(0.5)));
         put("link_p99_ms", ms(outcome.link_latency.quantile(0.99)));
         if let Some((complete, correct, at)) = outcome.views {
@@ -207,6 +230,11 @@ pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String,
     if load.duration_ms > 0 && outcome.sent > 0 {
         let per_s = outcome.in_window as f64 / window_s;
         put(if load.echo { "rtt_per_s" } else { "delivered_per_s" }, per_s);
+        // What each one cost the server, in CPU: on a machine others share, the rate follows the CPU the server
+        // gets, while this stays put.
+        if let Some(cpu_s) = outcome.server_cpu_s.filter(|_| outcome.received > 0) {
+            put("server_us_per_msg", cpu_s / outcome.received as f64 * 1e6);
+        }
         put("loss_pct", loss);
         let scale = if load.echo { 1e3 } else { 1e6 }; // echo in µs, the rest in ms
         let unit = if load.echo { "us" } else { "ms" };

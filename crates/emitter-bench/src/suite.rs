@@ -55,7 +55,8 @@ broadcasts/s each: 100,000 deliveries/s offered), cluster-crash-10s and cluster-
 --scale-users 0 skips it). --only takes group names, `multicore` for all multicore groups, or `cluster` for all
 cluster groups.
 
-Targets: emitter (examples/bench), node (@krmx/server), axum (bare axum, tungstenite's default buffers: every goal
+Targets: emitter (examples/bench), before (examples/bench built from other code, the binary EMITTER_BENCH_BEFORE
+names, to measure a change side by side with the code before it; only when named), node (@krmx/server), axum (bare axum, tungstenite's default buffers: every goal
 is measured against it), axum-equal (bare axum with emitter-axum's 1 KiB/2 KiB buffers, shown to explain), cluster
 (three processes of examples/bench, each a node of one cluster on a redis-server the run starts: the cluster groups
 run against it and against emitter alone, and only when it is among the targets; they are skipped with a note when

@@ -13,6 +13,9 @@ pub enum Target {
     /// The same bare server with emitter-axum's small buffers (1 KiB read, 2 KiB write): shown beside `Axum` to
     /// explain a difference, never a goal's bar.
     AxumEqual,
+    /// examples/bench built from other code (the binary `EMITTER_BENCH_BEFORE` names): a library change measured
+    /// side by side with the code before it, in the same run and alternating with it. Only when asked for.
+    Before,
     /// Three processes of examples/bench, each a node of one cluster on a throwaway redis-server (emitter-redis), all
     /// on this machine: measured against `Emitter` (the same server on its own) in the cluster groups only.
     Cluster,
@@ -28,11 +31,18 @@ impl Target {
         Target::Cluster,
     ];
     /// The servers of one process each: every group but the cluster groups runs against these.
-    pub const SINGLE: [Target; 4] = [Target::Emitter, Target::Node, Target::Axum, Target::AxumEqual];
+    pub const SINGLE: [Target; 5] = [
+        Target::Emitter,
+        Target::Before,
+        Target::Node,
+        Target::Axum,
+        Target::AxumEqual,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::Emitter => "emitter",
+            Target::Before => "before",
             Target::Node => "node",
             Target::Axum => "axum",
             Target::AxumEqual => "axum-equal",
@@ -41,11 +51,14 @@ impl Target {
     }
 
     pub fn parse(name: &str) -> Option<Target> {
-        Target::ALL.into_iter().find(|target| target.name() == name)
+        Target::ALL
+            .into_iter()
+            .chain([Target::Before])
+            .find(|target| target.name() == name)
     }
 
     /// Whether the target speaks Krmx (the bare server has no link protocol: connected counts as linked).
     pub fn krmx(self) -> bool {
-        matches!(self, Target::Emitter | Target::Node | Target::Cluster)
+        matches!(self, Target::Emitter | Target::Before | Target::Node | Target::Cluster)
     }
 }

@@ -328,7 +328,13 @@ impl Outbox {
                 state.windows.pop_front();
                 continue;
             };
-            let Some(segment) = start.find(state.cursor) else {
+            // Most entries are in the segment the last one was in: keep it as it is, rather than clone it (and drop
+            // the old handle) once per entry, on a count every reader of the log shares.
+            let segment = if start.get(state.cursor).is_some() {
+                start
+            } else if let Some(segment) = start.find(state.cursor) {
+                segment
+            } else {
                 // Cannot happen: every entry before the head is in a linked segment.
                 tracing::error!(connection = %self.shared.id, "fan-out log entry missing");
                 state.segment = Some(start);

@@ -359,6 +359,11 @@ impl Frame {
         &self.0
     }
 
+    /// The JSON text as bytes, without a copy or a reference-count change: for a transport that hands the frame on.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
     /// The JSON text.
     pub fn as_str(&self) -> &str {
         // Frames are only made from serde_json output or `Value`'s `Display`, which are UTF-8.
@@ -369,11 +374,17 @@ impl Frame {
 impl From<&Message> for Frame {
     /// A message's frame. It cannot fail: a message is a string and a `Value`, whose JSON forms (by `Display`) cannot.
     fn from(message: &Message) -> Self {
-        let kind = Value::from(message.kind.as_str());
-        let text = match &message.payload {
-            Some(payload) => format!(r#"{{"type":{kind},"payload":{payload}}}"#),
-            None => format!(r#"{{"type":{kind}}}"#),
-        };
+        // Written straight into one buffer: the same text `format!` with `Value`'s `Display` gave (serde_json's
+        // compact form), without the formatting machinery or a `Value` made of the type. Writing to a `Vec` cannot
+        // fail, and a string or a `Value` always serializes.
+        let mut text = Vec::with_capacity(32 + message.kind.len());
+        text.extend_from_slice(br#"{"type":"#);
+        let _ = serde_json::to_writer(&mut text, message.kind.as_str());
+        if let Some(payload) = &message.payload {
+            text.extend_from_slice(br#","payload":"#);
+            let _ = serde_json::to_writer(&mut text, payload);
+        }
+        text.push(b'}');
         Frame(Bytes::from(text))
     }
 }
@@ -509,5 +520,36 @@ mod tests {
             ServerMessage::Left("a\"b").to_frame().as_str(),
             r#"{"type":"krmx/left","payload":{"username":"a\"b"}}"#
         );
+    }
+
+    #[test]
+    fn a_message_frame_is_the_compact_json_of_its_type_and_payload() {
+        // What the frame was before it was written into one buffer: `format!` over `Value`'s `Display`.
+        let by_display = |message: &Message| {
+            let kind = Value::from(message.kind.as_str());
+            match &message.payload {
+                Some(payload) => format!(r#"{{"type":{kind},"payload":{payload}}}"#),
+                None => format!(r#"{{"type":{kind}}}"#),
+            }
+        };
+        let payloads = [
+            None,
+            Some(json!(null)),
+            Some(json!("quote \" backslash \\ newline \n tab \t nul \u{0} é 😀")),
+            Some(json!(-12.5e-7)),
+            Some(json!(18446744073709551615u64)),
+            Some(json!({"b": [1, 2.0, true, {"c": null}], "a": "x"})),
+        ];
+        for kind in ["bench/echo", "", "ünï\"cødé\u{7f}"] {
+            for payload in &payloads {
+                let message = Message {
+                    kind: kind.to_owned(),
+                    payload: payload.clone(),
+                };
+                let frame = Frame::from(&message);
+                assert_eq!(frame.as_str(), by_display(&message));
+                assert_eq!(parse(frame.bytes()).unwrap(), message);
+            }
+        }
     }
 }

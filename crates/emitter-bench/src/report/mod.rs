@@ -49,6 +49,13 @@ const fn def(key: &'static str, label: &'static str, higher_is_better: bool, rat
 /// Every metric the table shows, in order.
 const DEFS: &[Def] = &[
     def("storm1k.links_per_s", "links/s", true, true, Goal::VsNode(40.0)),
+    def(
+        "storm1k.server_us_per_link",
+        "server CPU per link (µs)",
+        false,
+        true,
+        Goal::None,
+    ),
     def("storm1k.link_p50_ms", "link latency p50 (ms)", false, true, Goal::None),
     def("storm1k.link_p99_ms", "link latency p99 (ms)", false, true, Goal::None),
     def(
@@ -158,9 +165,16 @@ const DEFS: &[Def] = &[
         "delivered msgs/s",
         true,
         true,
-        Goal::VsAxum(0.8),
+        Goal::VsAxum(0.9),
     ),
     def("fanout-max.loss_pct", "loss (%)", false, false, Goal::None),
+    def(
+        "fanout-max.server_us_per_msg",
+        "server CPU per delivery (µs)",
+        false,
+        true,
+        Goal::None,
+    ),
     def("fanout-max.p50_ms", "latency p50 (ms)", false, true, Goal::None),
     def("fanout-max.p90_ms", "latency p90 (ms)", false, true, Goal::None),
     def("fanout-max.p99_ms", "latency p99 (ms)", false, true, Goal::None),
@@ -184,6 +198,16 @@ const DEFS: &[Def] = &[
     def("echo.p90_us", "RTT p90 (µs)", false, true, Goal::None),
     def("echo.p99_us", "RTT p99 (µs)", false, true, Goal::None),
     def("echo.max_us", "RTT max (µs)", false, true, Goal::None),
+    def("echo-pinned.rtt_per_s", "round trips/s", true, true, Goal::VsAxum(0.95)),
+    def(
+        "echo-pinned.server_us_per_msg",
+        "server CPU per round trip (µs)",
+        false,
+        true,
+        Goal::None,
+    ),
+    def("echo-pinned.p50_us", "RTT p50 (µs)", false, true, Goal::None),
+    def("echo-pinned.p99_us", "RTT p99 (µs)", false, true, Goal::None),
     def(
         "scale.linked",
         "users linked in one process",
@@ -331,7 +355,7 @@ pub fn table(results: &Results) -> String {
     let ratio_targets: Vec<Target> = shown
         .iter()
         .copied()
-        .filter(|t| matches!(t, Target::Node | Target::Axum))
+        .filter(|t| matches!(t, Target::Before | Target::Node | Target::Axum))
         .collect();
     for target in &ratio_targets {
         let _ = write!(out, " emitter vs {} |", target.name());

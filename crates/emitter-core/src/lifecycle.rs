@@ -80,15 +80,10 @@ impl Server {
         }
         if self.sequencer().is_some() {
             // One node of a cluster closing is not the cluster closing: its users are unlinked, and may relink on
-            // another node; everyone else stays.
-            for connection in &connections {
-                let linked = match &connection.state.lock().role {
-                    Role::Linked(member) => Some(member.name.clone()),
-                    _ => None,
-                };
-                if let Some(username) = linked {
-                    self.unlink_connection(connection, &username);
-                }
+            // another node; everyone else stays. The unlinks are queued together (a few round trips for all of
+            // them), and close() waits for their entries.
+            if let Some(sequencer) = self.sequencer() {
+                self.unlink_gone(sequencer, &connections);
             }
         } else {
             let usernames: Vec<String> = self.users().into_iter().map(|user| user.username).collect();

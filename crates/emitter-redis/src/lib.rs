@@ -189,6 +189,7 @@
 #![forbid(unsafe_code)]
 
 mod blocking;
+mod changes;
 mod cluster;
 mod keys;
 mod lease;

@@ -55,6 +55,13 @@ pub struct Options {
     /// How many notifications may wait for the subscriber to take them; past that the subscription stops reading
     /// (Redis buffers, then drops the subscriber; it comes back and the log fills the gap). Default: 4,096.
     pub notification_queue: usize,
+    /// How many groups of membership changes (a link, a closed connection's unlink, a closing node's unlinks) may
+    /// wait for a node's change queue to send them before a change is refused at once
+    /// ([`Error::ChangeQueueFull`](crate::Error::ChangeQueueFull)). Default: 4,096.
+    pub change_queue: usize,
+    /// How long a node refuses membership changes at once ([`Error::BackingOff`](crate::Error::BackingOff)) after
+    /// Redis failed a batch of them, rather than queue them behind a Redis that is away. Default: 500 ms.
+    pub change_backoff: Duration,
 }
 
 impl Default for Options {
@@ -68,6 +75,8 @@ impl Default for Options {
             poll_interval: Duration::from_secs(1),
             publish_queue: 65_536,
             notification_queue: 4_096,
+            change_queue: 4_096,
+            change_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -90,6 +99,14 @@ pub struct Stats {
     pub publish_failures: u64,
     /// Messages refused because the outgoing queue was full.
     pub publish_queue_full: u64,
+    /// Membership changes sent by the node's change queue (see [`Options::change_queue`]).
+    pub changes_sent: u64,
+    /// Round trips the node's change queue made to send them: one per batch (a pipeline of script calls).
+    pub change_batches: u64,
+    /// Membership changes refused at once because the node's change queue was full.
+    pub change_queue_full: u64,
+    /// Membership changes refused at once because Redis had failed a batch a moment before (the back-off).
+    pub changes_backed_off: u64,
     /// Frames on a channel that were not this crate's (ignored).
     pub malformed_messages: u64,
     /// Messages from other nodes that never arrived here, told by the gaps in their numbers (see
@@ -108,6 +125,10 @@ pub(crate) struct Counters {
     pub(crate) publish_retries: AtomicU64,
     pub(crate) publish_failures: AtomicU64,
     pub(crate) publish_queue_full: AtomicU64,
+    pub(crate) changes_sent: AtomicU64,
+    pub(crate) change_batches: AtomicU64,
+    pub(crate) change_queue_full: AtomicU64,
+    pub(crate) changes_backed_off: AtomicU64,
     pub(crate) malformed_messages: AtomicU64,
     pub(crate) messages_lost: AtomicU64,
     pub(crate) repeats_dropped: AtomicU64,
@@ -127,6 +148,10 @@ impl Counters {
             publish_retries: get(&self.publish_retries),
             publish_failures: get(&self.publish_failures),
             publish_queue_full: get(&self.publish_queue_full),
+            changes_sent: get(&self.changes_sent),
+            change_batches: get(&self.change_batches),
+            change_queue_full: get(&self.change_queue_full),
+            changes_backed_off: get(&self.changes_backed_off),
             malformed_messages: get(&self.malformed_messages),
             messages_lost: get(&self.messages_lost),
             repeats_dropped: get(&self.repeats_dropped),
@@ -148,6 +173,25 @@ impl Call {
             args,
             user: String::new(),
         }
+    }
+
+    /// The call as one `EVALSHA`, for a pipeline (the script must be loaded: see [`Call::load`]).
+    pub(crate) fn evalsha(&self, keys: &Keys) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        let all = keys.all();
+        cmd.arg(self.script.get_hash()).arg(all.len());
+        for key in all {
+            cmd.arg(key);
+        }
+        for arg in &self.args {
+            cmd.arg(arg);
+        }
+        cmd
+    }
+
+    /// Loads the call's script into Redis (`SCRIPT LOAD`), for [`Call::evalsha`].
+    pub(crate) async fn load(&self, conn: &mut impl redis::aio::ConnectionLike) -> redis::RedisResult<String> {
+        self.script.load_async(conn).await
     }
 
     pub(crate) fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {

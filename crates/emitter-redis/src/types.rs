@@ -177,6 +177,12 @@ pub enum Error {
     QueueFull,
     /// The cluster handle's background tasks are gone (its runtime shut down).
     Closed,
+    /// The node's queue of membership changes is full (Redis is slow, or the node takes changes faster than Redis
+    /// decides them): the change was refused at once, not made.
+    ChangeQueueFull,
+    /// Redis failed a batch of membership changes a moment ago: changes are refused at once, not made, until the
+    /// back-off period is over.
+    BackingOff,
 }
 
 impl Error {
@@ -215,6 +221,8 @@ impl fmt::Display for Error {
             Error::Malformed(what) => write!(f, "unexpected reply from redis: {what}"),
             Error::QueueFull => f.write_str("the outgoing message queue is full"),
             Error::Closed => f.write_str("the cluster handle's tasks are gone"),
+            Error::ChangeQueueFull => f.write_str("this node's queue of membership changes is full"),
+            Error::BackingOff => f.write_str("redis failed a moment ago: membership changes are refused for a moment"),
         }
     }
 }

@@ -129,20 +129,25 @@ impl Server {
     /// Queues changes with the sequencer without waiting, and applies each answer on a task as it comes, in the order
     /// queued. Nothing waits on the network while holding the turn, and no thread is parked: the runtime keeps
     /// serving linked users while Redis is slow or away. `close()` waits for the answers (they count as open work),
-    /// so that a closing node's unlinks are applied before it closes. Without a runtime, the changes are submitted
-    /// one by one, blocking.
-    pub(crate) fn submit_later(&self, sequencer: &Arc<dyn Sequencer>, changes: Vec<Change>) {
-        if changes.is_empty() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            for change in changes {
-                let user = change.user().to_owned();
-                if let Err(refused) = self.submit(sequencer, change, || {}) {
-                    tracing::debug!(username = user, %refused, "a change was refused by the cluster");
+    /// so that a closing node's unlinks are applied before it closes. `then` runs once every answer is applied.
+    /// Without a runtime, the changes are submitted one by one, blocking.
+    pub(crate) fn submit_later(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        changes: Vec<Change>,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !changes.is_empty() => runtime,
+            _ => {
+                for change in changes {
+                    let user = change.user().to_owned();
+                    if let Err(refused) = self.submit(sequencer, change, || {}) {
+                        tracing::debug!(username = user, %refused, "a change was refused by the cluster");
+                    }
                 }
+                return then();
             }
-            return;
         };
         let users: Vec<String> = changes.iter().map(|change| change.user().to_owned()).collect();
         let answers = sequencer.submit_async(changes);
@@ -157,6 +162,7 @@ impl Server {
                     Err(refused) => tracing::warn!(username = user, %refused, "a change was refused by the cluster"),
                 }
             }
+            then();
             server.transport_stopped();
         });
     }
@@ -258,7 +264,7 @@ impl Server {
         // A link to a connection of ours that closed before its link was applied: nobody can use it, so undo it.
         if let Event::Linked { user, link } = &entry.event {
             if sequencer.owns(link) && self.inner.connections.get(ConnectionId(link.connection)).is_none() {
-                self.submit_later(sequencer, vec![Change::unlink_connection(user.as_str(), link.connection)]);
+                self.submit_later(sequencer, vec![Change::unlink_connection(user.as_str(), link.connection)], || {});
             }
         }
     }
@@ -280,8 +286,14 @@ impl Server {
 
     /// Unlinks the users of connections that are gone or going (closed, or the node is closing), without waiting:
     /// the unlinks are queued together, so the sequencer sends them in as few round trips as it can. Their roles are
-    /// unlinked now, so that a connection's close does not ask again; the registry follows when the entries apply.
-    pub(crate) fn unlink_gone(&self, sequencer: &Arc<dyn Sequencer>, connections: &[Arc<Connection>]) {
+    /// unlinked now, so that a connection's close does not ask again; the registry follows when the entries apply,
+    /// and then `then` runs.
+    pub(crate) fn unlink_gone(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        connections: &[Arc<Connection>],
+        then: impl FnOnce() + Send + 'static,
+    ) {
         let changes = connections
             .iter()
             .filter_map(|connection| {
@@ -294,7 +306,7 @@ impl Server {
                 Some(change)
             })
             .collect();
-        self.submit_later(sequencer, changes);
+        self.submit_later(sequencer, changes, then);
     }
 
     /// A link on a cluster: the cluster's sequencer decides it against the cluster-wide state (this node's view of
@@ -378,7 +390,7 @@ impl Server {
                 send_rejected(connection, &refused.to_string());
                 if let Refused::Unavailable(_) = refused {
                     // Its outcome is unknown: undo it in case it was made. A refusal means there is nothing to undo.
-                    self.submit_later(sequencer, vec![Change::unlink_connection(username, connection.id.0)]);
+                    self.submit_later(sequencer, vec![Change::unlink_connection(username, connection.id.0)], || {});
                 }
             }
         }

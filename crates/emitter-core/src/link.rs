@@ -76,7 +76,7 @@ impl Server {
         };
         if let Some(sequencer) = self.sequencer() {
             // On a cluster the unlink is queued, not waited for: the connection is gone either way.
-            self.unlink_gone(sequencer, std::slice::from_ref(&connection));
+            self.unlink_gone(sequencer, std::slice::from_ref(&connection), || {});
         }
         let linked = {
             let mut state = connection.state.lock();

@@ -17,8 +17,8 @@ use crate::config::LinkPolicy;
 use crate::connections::{Connection, Role};
 use crate::error::{Error, Status};
 use crate::id::ConnectionId;
-use crate::membership::Membership;
 use crate::link::send_rejected;
+use crate::membership::Membership;
 use crate::metrics::{ClusterCounts, Reason};
 use crate::protocol::{Frame, ServerMessage};
 use crate::registry::Link;
@@ -264,7 +264,11 @@ impl Server {
         // A link to a connection of ours that closed before its link was applied: nobody can use it, so undo it.
         if let Event::Linked { user, link } = &entry.event {
             if sequencer.owns(link) && self.inner.connections.get(ConnectionId(link.connection)).is_none() {
-                self.submit_later(sequencer, vec![Change::unlink_connection(user.as_str(), link.connection)], || {});
+                self.submit_later(
+                    sequencer,
+                    vec![Change::unlink_connection(user.as_str(), link.connection)],
+                    || {},
+                );
             }
         }
     }
@@ -378,7 +382,13 @@ impl Server {
     }
 
     /// Tells a connection its link was refused by the cluster; undoes a link whose outcome is unknown.
-    fn link_refused(&self, sequencer: &Arc<dyn Sequencer>, connection: &Arc<Connection>, username: &str, refused: Refused) {
+    fn link_refused(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        connection: &Arc<Connection>,
+        username: &str,
+        refused: Refused,
+    ) {
         match refused {
             Refused::Rejected(rejection) => {
                 self.inner.metrics.rejected(Reason::of(&rejection.to_string()));
@@ -390,7 +400,11 @@ impl Server {
                 send_rejected(connection, &refused.to_string());
                 if let Refused::Unavailable(_) = refused {
                     // Its outcome is unknown: undo it in case it was made. A refusal means there is nothing to undo.
-                    self.submit_later(sequencer, vec![Change::unlink_connection(username, connection.id.0)], || {});
+                    self.submit_later(
+                        sequencer,
+                        vec![Change::unlink_connection(username, connection.id.0)],
+                        || {},
+                    );
                 }
             }
         }

@@ -83,7 +83,9 @@ impl Server {
             // another node; everyone else stays. The unlinks are queued together (a few round trips for all of
             // them); the connections close once they are applied, so each hears of its own unlink first.
             let server = self.clone();
-            self.unlink_gone(sequencer, &connections, move || server.close_all(CloseReason::ServerClosing));
+            self.unlink_gone(sequencer, &connections, move || {
+                server.close_all(CloseReason::ServerClosing)
+            });
         } else {
             let usernames: Vec<String> = self.users().into_iter().map(|user| user.username).collect();
             for username in usernames {

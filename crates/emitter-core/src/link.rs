@@ -371,7 +371,6 @@ impl Server {
             self.emit_membership(Membership::Link, username);
         }
     }
-
 }
 
 impl Server {

@@ -617,7 +617,10 @@ fn observe(client: &mut Client, frame: &Value) -> Result<(), String> {
         }
         "krmx/rejected" => {
             let reason = frame["payload"]["reason"].as_str().unwrap_or_default();
-            let others = [Rejection::LinkRequestPending.to_string(), Rejection::UnlinkedConnection.to_string()];
+            let others = [
+                Rejection::LinkRequestPending.to_string(),
+                Rejection::UnlinkedConnection.to_string(),
+            ];
             // Its link request's answer, not a refusal of a message sent while it waited.
             if !others.iter().any(|other| other == reason) {
                 client.pending = false;

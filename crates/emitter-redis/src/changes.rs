@@ -69,9 +69,8 @@ impl ChangeQueue {
     /// returns their answers in the same order.
     pub(crate) fn submit(&self, lease: &NodeLease, changes: Vec<Change>) -> Vec<Answer> {
         let counters = &self.shared.counters;
-        let refuse = |changes: Vec<Change>, error: fn() -> Error| {
-            changes.iter().map(|_| Answer::Now(Err(error()))).collect()
-        };
+        let refuse =
+            |changes: Vec<Change>, error: fn() -> Error| changes.iter().map(|_| Answer::Now(Err(error()))).collect();
         if backing_off(&self.backoff) {
             Counters::add(&counters.changes_backed_off, changes.len() as u64);
             return refuse(changes, || Error::BackingOff);
@@ -93,7 +92,11 @@ impl ChangeQueue {
             Ok(()) => answers,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Counters::add(&counters.change_queue_full, count);
-                tracing::warn!(cluster = self.shared.name, count, "the change queue is full: changes refused");
+                tracing::warn!(
+                    cluster = self.shared.name,
+                    count,
+                    "the change queue is full: changes refused"
+                );
                 refuse(changes, || Error::ChangeQueueFull)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => refuse(changes, || Error::Closed),

@@ -174,7 +174,11 @@ impl Sequencer for RedisSequencer {
 
     fn submit_async(&self, changes: Vec<Change>) -> Vec<Submission> {
         if self.lease_lost.load(Ordering::SeqCst) {
-            let fenced = || Box::pin(std::future::ready(Err(Refused::Unavailable(Refusal::Fenced.to_string()))));
+            let fenced = || {
+                Box::pin(std::future::ready(Err(Refused::Unavailable(
+                    Refusal::Fenced.to_string(),
+                ))))
+            };
             return changes.iter().map(|_| fenced() as Submission).collect();
         }
         let lease = self.lease.read().clone();

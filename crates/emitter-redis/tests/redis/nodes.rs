@@ -505,7 +505,10 @@ async fn a_closing_node_unlinks_a_thousand_users_in_two_round_trips() {
     let stats = node.cluster().clone();
     server.close().await.unwrap();
     let round_trips = stats.stats().change_batches - before;
-    assert!(round_trips <= 2, "closing a node with 1,000 users took {round_trips} round trips");
+    assert!(
+        round_trips <= 2,
+        "closing a node with 1,000 users took {round_trips} round trips"
+    );
     node.stopped().await;
     let nobody_linked = || b.server.users().iter().all(|user| !user.is_linked);
     crate::support::within(Duration::from_secs(20), "node b sees the 1,000 unlinks", async {

@@ -3,9 +3,14 @@
 //! nodes.
 //!
 //! Listeners of an entry run only on the node that made it (`Entry::by`), so that an app behaves as on one process:
-//! a welcome broadcast from a `link` listener is sent once. A change a listener causes is submitted like any other:
-//! it is ordered after everything already ordered, and applied (its own listeners included) before the call that
-//! caused it returns, so a listener still sees the state its call produced.
+//! a welcome broadcast from a `link` listener is sent once. A change a server method or a listener causes is
+//! submitted like any other: it is ordered after everything already ordered, and applied (its own listeners included)
+//! before the call that caused it returns, so a listener still sees the state its call produced.
+//!
+//! A connection's own changes (its link, the unlink of a connection that closed, a closing node's unlinks) do not
+//! wait: they are queued with [`Sequencer::submit_async`] and their answers applied on a task when they come. Nothing
+//! holds the turn while the cluster decides, and no thread waits for it: a slow cluster holds up links, not the
+//! messages of linked users. The one-process path never comes here.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,8 +29,8 @@ use crate::protocol::{Frame, ServerMessage};
 use crate::registry::Link;
 use crate::Server;
 
-/// Runs a call that waits on the network (a round trip to the cluster's sequencer, or a turn held by one) from the
-/// synchronous membership path. On a multi-threaded tokio runtime it tells the runtime first (`block_in_place`),
+/// Runs a call that waits on the network (a server method's round trip to the cluster's sequencer, a catch-up's read,
+/// or a turn held by one) from the synchronous membership path. On a multi-threaded tokio runtime it tells the runtime first (`block_in_place`),
 /// which hands this worker's other tasks to another thread: a slow Redis then holds up membership changes, not every
 /// connection's messages. Elsewhere (a current-thread runtime, where that is not possible, a blocking thread, no
 /// runtime) it just runs the call.

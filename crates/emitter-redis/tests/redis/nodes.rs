@@ -520,3 +520,45 @@ async fn a_closing_node_unlinks_a_thousand_users_in_two_round_trips() {
     assert_eq!(b.server.users().len(), 1_000);
     drop(clients);
 }
+
+/// Links that find the node's change queue full are refused at once, with the reason, and counted; after Redis fails
+/// a batch (here: a reply that times out), links are refused at once for the back-off period instead of queueing
+/// behind a Redis that is away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_change_queue_and_a_failed_redis_refuse_links_at_once() {
+    let redis = redis_or_skip!();
+    let options = Options {
+        change_queue: 1,
+        command_timeout: Duration::from_millis(500),
+        change_backoff: Duration::from_secs(5),
+        ..options()
+    };
+    let a = start_node_with(&redis, "refusing", "a", options, Server::new()).await;
+    let paused = redis.pause(1.5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One link is out to the sleeping Redis, one waits in the queue: the others find it full.
+    let links: Vec<_> = (0..5)
+        .map(|i| {
+            let port = a.port;
+            tokio::spawn(async move { RawClient::link_with(port, &format!("late{i}"), None).await.err() })
+        })
+        .collect();
+    let mut reasons = Vec::new();
+    for link in links {
+        reasons.push(emitter_testing::within("a link's answer", link).await.unwrap());
+    }
+    let full = "the cluster is unavailable: this node's queue of membership changes is full";
+    let refused_full = reasons.iter().filter(|reason| reason.as_deref() == Some(full)).count();
+    assert!(refused_full >= 3, "{reasons:?}");
+    assert!(a.node.cluster().stats().change_queue_full >= 3);
+    // The batch out to Redis timed out: for the back-off period, links are refused at once.
+    let started = Instant::now();
+    let reason = RawClient::link_with(a.port, "after", None).await.err();
+    assert_eq!(
+        reason.as_deref(),
+        Some("the cluster is unavailable: redis failed a moment ago: membership changes are refused for a moment")
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+    assert!(a.node.cluster().stats().changes_backed_off >= 1);
+    paused.join().unwrap();
+}

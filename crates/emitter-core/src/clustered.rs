@@ -29,6 +29,10 @@ use crate::protocol::{Frame, ServerMessage};
 use crate::registry::Link;
 use crate::Server;
 
+/// How long a change's answer waits for the entries before its own to be applied by the keeper's catch-up, before it
+/// reads them itself.
+const GAP_WAIT: Duration = Duration::from_millis(500);
+
 /// Runs a call that waits on the network (a server method's round trip to the cluster's sequencer, a catch-up's read,
 /// or a turn held by one) from the synchronous membership path. On a multi-threaded tokio runtime it tells the runtime first (`block_in_place`),
 /// which hands this worker's other tasks to another thread: a slow Redis then holds up membership changes, not every
@@ -172,20 +176,35 @@ impl Server {
         });
     }
 
-    /// Applies the entries a change queued with [`Sequencer::submit_async`] produced. When other entries come before
-    /// them that this node has not applied yet (another node's changes, not yet notified), those are read first, on a
-    /// blocking thread: a worker never waits on the network.
+    /// Applies the entries a change queued with [`Sequencer::submit_async`] produced. When entries this node has not
+    /// applied yet come before them (other nodes' changes), it waits for them: the keeper reads them anyway, as every
+    /// new entry is notified to every node, so reading them here too would only cost Redis a second read. Past
+    /// [`GAP_WAIT`], it reads them itself, on a blocking thread: a worker never waits on the network.
     pub(crate) async fn apply_answer(&self, entries: Vec<Entry>) {
         let Some(sequencer) = self.sequencer().cloned() else {
             return;
         };
-        let first = entries.first().map_or(0, |entry| entry.seq);
-        if first <= self.applied() + 1 {
-            let _turn = self.turn();
-            // Applied only grows: still no gap, so applying reads nothing from the network.
+        let (Some(first), Some(last)) = (entries.first().map(|e| e.seq), entries.last().map(|e| e.seq)) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + GAP_WAIT;
+        loop {
+            let moved = self.inner.applied_moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.applied() >= last {
+                return; // applied by a catch-up already (its accepted and its listeners included)
+            }
             if first <= self.applied() + 1 {
-                self.apply_entries(&sequencer, entries);
-                return;
+                let _turn = self.turn();
+                // Applied only grows: still no gap, so applying reads nothing from the network.
+                if first <= self.applied() + 1 {
+                    self.apply_entries(&sequencer, entries);
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                break;
             }
         }
         let server = self.clone();
@@ -205,6 +224,7 @@ impl Server {
     fn apply_entry(&self, sequencer: &Arc<dyn Sequencer>, entry: &Entry) {
         // Applied before its listeners run: a change they make continues from here.
         self.inner.applied.store(entry.seq, Ordering::SeqCst);
+        self.inner.applied_moved.notify_waiters();
         let mine = entry.by == sequencer.node();
         let emitted = match &entry.event {
             Event::Joined { user } => {
@@ -661,5 +681,6 @@ impl ClusterHost {
             }
         }
         server.inner.applied.store(seq, Ordering::SeqCst);
+        server.inner.applied_moved.notify_waiters();
     }
 }

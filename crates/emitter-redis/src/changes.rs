@@ -1,6 +1,10 @@
 //! A node's change queue: the one task that sends the node's membership changes to Redis in the order they were
 //! queued, many per round trip (a pipeline of submit scripts), and hands each answer to whoever waits for it.
 //!
+//! One round trip carries the batch as a pipeline of `submit_many` script calls, one per run of changes made with the
+//! same lease (usually one): each script decides its changes one after the other, exactly as that many `submit` calls
+//! would, reading the epoch and the clock once and telling the other nodes once.
+//!
 //! Nothing waits on Redis but this task: a change is queued without blocking, and its answer is a future. A full
 //! queue refuses a change at once ([`Error::ChangeQueueFull`]), and so does a Redis that failed a batch a moment ago
 //! ([`Error::BackingOff`], for [`Options::change_backoff`](crate::Options::change_backoff)): a change never waits
@@ -23,9 +27,10 @@ use crate::types::{Change, Entry, Error, NodeLease, Result};
 /// The most changes one round trip carries: a closing node with 1,000 users unlinks them in two.
 pub(crate) const MAX_BATCH: usize = 500;
 
-/// One queued change and where its answer goes.
+/// One queued change, the lease it is made with, and where its answer goes.
 struct Request {
-    call: Call,
+    lease: NodeLease,
+    change: Change,
     answer: oneshot::Sender<Result<Vec<Entry>>>,
 }
 
@@ -83,7 +88,8 @@ impl ChangeQueue {
                 let (answer, waiter) = oneshot::channel();
                 answers.push(Answer::Later(waiter));
                 Request {
-                    call: self.shared.submit_call(lease, change),
+                    lease: lease.clone(),
+                    change: change.clone(),
                     answer,
                 }
             })
@@ -161,64 +167,86 @@ async fn run(
 async fn send(conn: &mut ConnectionManager, shared: &Shared, batch: Vec<Request>) -> RedisResult<()> {
     Counters::add(&shared.counters.change_batches, 1);
     Counters::add(&shared.counters.changes_sent, batch.len() as u64);
-    let mut replies = match pipeline(conn, shared, &batch).await {
+    // Runs of changes made with the same lease: one script call each.
+    let mut runs: Vec<Vec<Request>> = Vec::new();
+    for request in batch {
+        match runs.last_mut() {
+            Some(run) if run[0].lease == request.lease => run.push(request),
+            _ => runs.push(vec![request]),
+        }
+    }
+    let calls: Vec<Call> = runs
+        .iter()
+        .map(|run| shared.submit_many_call(&run[0].lease, run.iter().map(|request| &request.change)))
+        .collect();
+    let mut replies = match pipeline(conn, shared, &calls.iter().collect::<Vec<_>>()).await {
         Ok(replies) => replies,
         Err(error) => {
-            for request in batch {
+            for request in runs.into_iter().flatten() {
                 let _ = request.answer.send(Err(Error::Redis(error.clone())));
             }
             return Err(error);
         }
     };
-    // Redis lost its scripts (it restarted, or SCRIPT FLUSH): load the script and send those changes again. Each is
-    // still decided atomically; only if another node loaded the script in the middle of this batch can a change sent
+    // Redis lost its scripts (it restarted, or SCRIPT FLUSH): load the script and send those calls again. Each is
+    // still decided atomically; only if another node loaded the script in the middle of this batch can a call sent
     // again be decided after one queued behind it (right after a Redis restart, where the log tells anyway).
-    let missing: Vec<usize> = (0..batch.len())
+    let missing: Vec<usize> = (0..calls.len())
         .filter(|&i| matches!(&replies[i], Err(error) if error.code() == Some("NOSCRIPT")))
         .collect();
     if let Some(&first) = missing.first() {
-        batch[first].call.load(conn).await?;
-        let again: Vec<&Request> = missing.iter().map(|&i| &batch[i]).collect();
-        let resent = pipeline_of(conn, shared, &again).await?;
+        calls[first].load(conn).await?;
+        let again: Vec<&Call> = missing.iter().map(|&i| &calls[i]).collect();
+        let resent = pipeline(conn, shared, &again).await?;
         for (i, reply) in missing.into_iter().zip(resent) {
             replies[i] = reply;
         }
     }
-    for (request, reply) in batch.into_iter().zip(replies) {
-        let answer = reply
+    for (run, reply) in runs.into_iter().zip(replies) {
+        let users: Vec<&str> = run.iter().map(|request| request.change.user()).collect();
+        let answers = reply
             .map_err(Error::Redis)
-            .and_then(|value| shared.entries_result(&request.call, value));
-        let _ = request.answer.send(answer);
+            .and_then(|value| shared.submit_many_result(value, &users));
+        match answers {
+            Ok(answers) => {
+                for (request, answer) in run.into_iter().zip(answers) {
+                    let _ = request.answer.send(answer);
+                }
+            }
+            Err(error) => {
+                // One refusal for the whole run (the epoch changed), or a reply this crate cannot read.
+                let text = error.to_string();
+                let refusal = error.refusal().cloned();
+                for request in run {
+                    let answer = match &refusal {
+                        Some(refusal) => Error::Refused(refusal.clone()),
+                        None => Error::Malformed(text.clone()),
+                    };
+                    let _ = request.answer.send(Err(answer));
+                }
+            }
+        }
     }
     Ok(())
 }
 
+/// One round trip: the calls, each answered on its own (one failing does not fail the others).
 async fn pipeline(
     conn: &mut ConnectionManager,
     shared: &Shared,
-    batch: &[Request],
-) -> RedisResult<Vec<RedisResult<Value>>> {
-    let refs: Vec<&Request> = batch.iter().collect();
-    pipeline_of(conn, shared, &refs).await
-}
-
-/// One round trip: the changes' scripts, each answered on its own (one failing does not fail the others).
-async fn pipeline_of(
-    conn: &mut ConnectionManager,
-    shared: &Shared,
-    batch: &[&Request],
+    calls: &[&Call],
 ) -> RedisResult<Vec<RedisResult<Value>>> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for request in batch {
-        pipe.add_command(request.call.evalsha(&shared.keys));
+    for call in calls {
+        pipe.add_command(call.evalsha(&shared.keys));
     }
     let replies: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
-    if replies.len() != batch.len() {
+    if replies.len() != calls.len() {
         return Err(redis::RedisError::from((
             redis::ErrorKind::Parse,
             "a pipeline of membership changes",
-            format!("{} replies to {} changes", replies.len(), batch.len()),
+            format!("{} replies to {} calls", replies.len(), calls.len()),
         )));
     }
     Ok(replies)

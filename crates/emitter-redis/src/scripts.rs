@@ -152,46 +152,77 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
 "#;
 
-/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::Change`]. The flag
-/// of a link is two characters, `1` or `0` each: new users accepted, and a linked user's link replaced.
+/// One [`crate::Change`] of `node`'s generation `gen`, decided at `now`: a refusal, or nil once its entries are
+/// appended (in `produced`). The flag of a link is two characters, `1` or `0` each: new users accepted, and a linked
+/// user's link replaced. Every refusal comes before any write, so a refused change changed nothing.
+const CHANGE: &str = r#"
+local function change(node, gen, now, kind, user, conn, flag)
+  if not alive(node, gen, now) then return refused('fenced') end
+  local rec = user_of(user)
+  local function here() return rec.node == node and rec.gen == gen and rec.conn == conn end
+  if kind == 'join' then
+    if rec then return refused('join-existing') end
+    do_join(user, node)
+  elseif kind == 'link' then
+    if redis.call('HEXISTS', K_CONNS, conn_key(node, gen, conn)) == 1 then return refused('connection-linked') end
+    local accept, replace = string.sub(flag, 1, 1) == '1', string.sub(flag, 2, 2) == '1'
+    if not rec then
+      if not accept then return refused('not-accepting') end
+      rec = do_join(user, node)
+    elseif rec.node then
+      if not replace then return refused('already-linked') end
+      do_unlink(user, rec, 'replaced', node)
+    end
+    do_link(user, rec, node, gen, conn, node)
+  elseif kind == 'unlink' then
+    if not rec then return refused('unlink-unknown') end
+    if flag == '1' then
+      if not here() then return refused('not-linked-here') end
+    elseif not rec.node then
+      return refused('unlink-unlinked')
+    end
+    do_unlink(user, rec, 'request', node)
+  elseif kind == 'leave' then
+    if not rec then return refused('kick-unknown') end
+    if flag == '1' and not here() then return refused('not-linked-here') end
+    if rec.node then do_unlink(user, rec, 'leave', node) end
+    do_leave(user, node)
+  else
+    return refused('bad-request', kind)
+  end
+  return nil
+end
+"#;
+
+/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::Change`].
 const SUBMIT: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
-local node, gen, kind, user, conn, flag = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-if not alive(node, gen, now_ms()) then return refused('fenced') end
-local rec = user_of(user)
-local function here() return rec.node == node and rec.gen == gen and rec.conn == conn end
-if kind == 'join' then
-  if rec then return refused('join-existing') end
-  do_join(user, node)
-elseif kind == 'link' then
-  if redis.call('HEXISTS', K_CONNS, conn_key(node, gen, conn)) == 1 then return refused('connection-linked') end
-  local accept, replace = string.sub(flag, 1, 1) == '1', string.sub(flag, 2, 2) == '1'
-  if not rec then
-    if not accept then return refused('not-accepting') end
-    rec = do_join(user, node)
-  elseif rec.node then
-    if not replace then return refused('already-linked') end
-    do_unlink(user, rec, 'replaced', node)
-  end
-  do_link(user, rec, node, gen, conn, node)
-elseif kind == 'unlink' then
-  if not rec then return refused('unlink-unknown') end
-  if flag == '1' then
-    if not here() then return refused('not-linked-here') end
-  elseif not rec.node then
-    return refused('unlink-unlinked')
-  end
-  do_unlink(user, rec, 'request', node)
-elseif kind == 'leave' then
-  if not rec then return refused('kick-unknown') end
-  if flag == '1' and not here() then return refused('not-linked-here') end
-  if rec.node then do_unlink(user, rec, 'leave', node) end
-  do_leave(user, node)
-else
-  return refused('bad-request', kind)
-end
+local refused_change = change(ARGV[4], ARGV[5], now_ms(), ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+if refused_change then return refused_change end
 return finish()
+"#;
+
+/// `submit_many(epoch, retain, channel, node, generation, (kind, user, connection, flag)...)`: several changes of one
+/// node, decided one after the other as that many `submit` calls would be, in one script: the epoch and the clock
+/// are read once, and the nodes are told once (one PUBLISH of the last seq). Reply: `{'batch', '', reply...}`, one
+/// `submit` reply per change, in order; or one refusal for all (the epoch changed).
+const SUBMIT_MANY: &str = r#"
+local refusal = setup()
+if refusal then return refusal end
+local node, gen, now = ARGV[4], ARGV[5], now_ms()
+local replies = {'batch', ''}
+for i = 6, #ARGV, 4 do
+  produced = {}
+  local reply = change(node, gen, now, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  if not reply then
+    reply = {'ok', ''}
+    for j = 1, #produced do reply[#reply + 1] = produced[j] end
+  end
+  replies[#replies + 1] = reply
+end
+if last then redis.call('PUBLISH', CHANNEL, last .. ' ' .. EPOCH) end
+return replies
 "#;
 
 /// `register(epoch, retain, channel, node, ttl ms)`: a new generation for `node` and a lease until now + ttl. Any user
@@ -295,7 +326,10 @@ fn with_prelude(body: &str) -> Script {
 }
 
 pub(crate) static OPEN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(OPEN));
-pub(crate) static SUBMIT_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(SUBMIT));
+pub(crate) static SUBMIT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PRELUDE}\n{CHANGE}\n{SUBMIT}")));
+pub(crate) static SUBMIT_MANY_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PRELUDE}\n{CHANGE}\n{SUBMIT_MANY}")));
 pub(crate) static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(REGISTER));
 pub(crate) static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(RENEW));
 pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(RELEASE));

@@ -206,6 +206,38 @@ impl Call {
     }
 }
 
+/// A change as the submit scripts take it: kind, user, connection, flag.
+fn change_fields(change: &Change) -> [String; 4] {
+    let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
+    let (kind, user, connection, flag) = match change {
+        Change::Join { user } => ("join", user, String::new(), String::new()),
+        Change::Link {
+            user,
+            connection,
+            accept_new_users,
+            replace,
+        } => (
+            "link",
+            user,
+            connection.to_string(),
+            flag(*accept_new_users) + &flag(*replace),
+        ),
+        Change::Unlink { user, only } => (
+            "unlink",
+            user,
+            only.map(|c| c.to_string()).unwrap_or_default(),
+            flag(only.is_some()),
+        ),
+        Change::Leave { user, only } => (
+            "leave",
+            user,
+            only.map(|c| c.to_string()).unwrap_or_default(),
+            flag(only.is_some()),
+        ),
+    };
+    [kind.to_owned(), user.clone(), connection, flag]
+}
+
 /// How many log entries one read script returns at most; a longer catch-up takes several.
 pub(crate) const READ_BATCH: u64 = 1_000;
 
@@ -278,37 +310,47 @@ impl Shared {
     pub(crate) fn submit_call(&self, lease: &NodeLease, change: &Change) -> Call {
         let mut args = self.change_args(&lease.epoch, &lease.node);
         args.push(lease.generation.to_string());
-        let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
-        let (kind, user, connection, flag) = match change {
-            Change::Join { user } => ("join", user, String::new(), String::new()),
-            Change::Link {
-                user,
-                connection,
-                accept_new_users,
-                replace,
-            } => (
-                "link",
-                user,
-                connection.to_string(),
-                flag(*accept_new_users) + &flag(*replace),
-            ),
-            Change::Unlink { user, only } => (
-                "unlink",
-                user,
-                only.map(|c| c.to_string()).unwrap_or_default(),
-                flag(only.is_some()),
-            ),
-            Change::Leave { user, only } => (
-                "leave",
-                user,
-                only.map(|c| c.to_string()).unwrap_or_default(),
-                flag(only.is_some()),
-            ),
-        };
-        args.extend([kind.to_owned(), user.clone(), connection, flag]);
+        args.extend(change_fields(change));
         let mut call = Call::new(&scripts::SUBMIT_SCRIPT, args);
-        call.user = user.clone();
+        call.user = change.user().to_owned();
         call
+    }
+
+    /// Several changes of `lease`'s node in one script call (see [`Shared::submit_many_result`]).
+    pub(crate) fn submit_many_call<'a>(&self, lease: &NodeLease, changes: impl Iterator<Item = &'a Change>) -> Call {
+        let mut args = self.change_args(&lease.epoch, &lease.node);
+        args.push(lease.generation.to_string());
+        for change in changes {
+            args.extend(change_fields(change));
+        }
+        Call::new(&scripts::SUBMIT_MANY_SCRIPT, args)
+    }
+
+    /// The answers to a [`Shared::submit_many_call`], one per change (`users` are theirs, in order, to word the
+    /// refusals), or one error for all.
+    pub(crate) fn submit_many_result(&self, value: Value, users: &[&str]) -> Result<Vec<Result<Vec<Entry>>>> {
+        let items = parse::array(value)?;
+        let status = items.first().map(parse::text).transpose()?;
+        if status.as_deref() != Some("batch") {
+            // One refusal for all: the epoch changed.
+            let refused = parse::done(Value::Array(items), "").map(|_| ());
+            return Err(refused
+                .err()
+                .unwrap_or_else(|| Error::Malformed("a batch reply without its answers".into())));
+        }
+        if items.len() != users.len() + 2 {
+            return Err(Error::Malformed(format!(
+                "{} answers to a batch of {} changes",
+                items.len().saturating_sub(2),
+                users.len()
+            )));
+        }
+        Ok(items
+            .into_iter()
+            .skip(2)
+            .zip(users)
+            .map(|(reply, user)| parse::done(reply, user).and_then(|(_, items)| parse::entries(items)))
+            .collect())
     }
 
     pub(crate) fn entries_result(&self, call: &Call, value: Value) -> Result<Vec<Entry>> {

@@ -34,9 +34,14 @@ local function epoch_refusal(expected)
 end
 
 -- Redis's own clock, in milliseconds: the one clock every node's lease is measured by.
+-- Read once per script: a script is one instant (a batch of changes reads the clock once, not once per change).
+local NOW = nil
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return NOW
 end
 
 -- nodes: node id -> "<generation> <deadline ms>".
@@ -152,12 +157,12 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
 "#;
 
-/// One [`crate::Change`] of `node`'s generation `gen`, decided at `now`: a refusal, or nil once its entries are
+/// One [`crate::Change`] of `node`'s generation `gen`, whose lease is `live` or not: a refusal, or nil once its entries are
 /// appended (in `produced`). The flag of a link is two characters, `1` or `0` each: new users accepted, and a linked
 /// user's link replaced. Every refusal comes before any write, so a refused change changed nothing.
 const CHANGE: &str = r#"
-local function change(node, gen, now, kind, user, conn, flag)
-  if not alive(node, gen, now) then return refused('fenced') end
+local function change(node, gen, live, kind, user, conn, flag)
+  if not live then return refused('fenced') end
   local rec = user_of(user)
   local function here() return rec.node == node and rec.gen == gen and rec.conn == conn end
   if kind == 'join' then
@@ -198,23 +203,24 @@ end
 const SUBMIT: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
-local refused_change = change(ARGV[4], ARGV[5], now_ms(), ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+local refused_change = change(ARGV[4], ARGV[5], alive(ARGV[4], ARGV[5], now_ms()), ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 if refused_change then return refused_change end
 return finish()
 "#;
 
 /// `submit_many(epoch, retain, channel, node, generation, (kind, user, connection, flag)...)`: several changes of one
-/// node, decided one after the other as that many `submit` calls would be, in one script: the epoch and the clock
-/// are read once, and the nodes are told once (one PUBLISH of the last seq). Reply: `{'batch', '', reply...}`, one
+/// node, decided one after the other as that many `submit` calls would be, in one script: the epoch, the clock and
+/// the node's lease are read once, and the nodes are told once (one PUBLISH of the last seq). Reply: `{'batch', '', reply...}`, one
 /// `submit` reply per change, in order; or one refusal for all (the epoch changed).
 const SUBMIT_MANY: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
-local node, gen, now = ARGV[4], ARGV[5], now_ms()
+local node, gen = ARGV[4], ARGV[5]
+local live = alive(node, gen, now_ms())
 local replies = {'batch', ''}
 for i = 6, #ARGV, 4 do
   produced = {}
-  local reply = change(node, gen, now, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  local reply = change(node, gen, live, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
   if not reply then
     reply = {'ok', ''}
     for j = 1, #produced do reply[#reply + 1] = produced[j] end

@@ -169,7 +169,10 @@ impl Server {
         message: Result<ClientMessage, InvalidMessage>,
     ) -> Option<Dispatch> {
         let received = Instant::now();
-        let _turn = self.turn();
+        // On a cluster, what an unlinked connection asks is queued for the cluster to decide (a change that needs the
+        // turn takes it itself), and a connection's messages come one at a time: its link requests never wait for the
+        // turn behind the node's other changes.
+        let _turn = self.sequencer().is_none().then(|| self.turn());
         if self.status() != Status::Listening {
             return None;
         }

@@ -475,7 +475,8 @@ impl Cluster {
     }
 
     /// Decides up to `count` of `node`'s queued changes, in order, then lets the node's tasks apply the answers: until
-    /// it has applied the last entry it was answered, and its other tasks (refusals) have run.
+    /// it has applied the last entry it was answered, and its other tasks (refusals) have run. Where other nodes'
+    /// entries come first, it catches the node up as its keeper would.
     fn decide(&mut self, node: usize, count: usize) -> Result<(), String> {
         let name = format!("n{node}");
         let mut target = 0;
@@ -497,6 +498,11 @@ impl Cluster {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
             for _ in 0..64 {
                 tokio::task::yield_now().await;
+            }
+            if host.applied() < target {
+                // Other nodes' entries come first: the keeper, notified of every entry, reads them (the answers
+                // wait for it rather than read them again).
+                host.catch_up()?;
             }
             while host.applied() < target {
                 if tokio::time::Instant::now() > deadline {

@@ -82,12 +82,15 @@ local function append(fields)
   return s
 end
 
-local function do_join(user, by)
+-- `linking`: a link of the user follows in the same script, and writes its record and its unlinked mark itself.
+local function do_join(user, by, linking)
   local s = append({'k', 'join', 'u', user, 'b', by})
-  redis.call('HSET', K_USERS, user, s)
   redis.call('ZADD', K_ORDER, s, user)
-  redis.call('ZADD', K_UNLINKED, now_ms(), user)
-  return {join = s}
+  if not linking then
+    redis.call('HSET', K_USERS, user, s)
+    redis.call('ZADD', K_UNLINKED, now_ms(), user)
+  end
+  return {join = s, fresh = linking}
 end
 
 -- connections: "<node>/<generation>/<connection>" -> the user it is linked to.
@@ -98,7 +101,7 @@ local function do_link(user, rec, node, gen, conn, by)
   redis.call('HSET', K_USERS, user, rec.join .. ' ' .. gen .. ' ' .. conn .. ' ' .. node)
   redis.call('ZADD', K_LINKS, 0, node .. '/' .. user)
   redis.call('HSET', K_CONNS, conn_key(node, gen, conn), user)
-  redis.call('ZREM', K_UNLINKED, user)
+  if not rec.fresh then redis.call('ZREM', K_UNLINKED, user) end
 end
 
 local function do_unlink(user, rec, reason, by)
@@ -173,7 +176,7 @@ local function change(node, gen, live, kind, user, conn, flag)
     local accept, replace = string.sub(flag, 1, 1) == '1', string.sub(flag, 2, 2) == '1'
     if not rec then
       if not accept then return refused('not-accepting') end
-      rec = do_join(user, node)
+      rec = do_join(user, node, true)
     elseif rec.node then
       if not replace then return refused('already-linked') end
       do_unlink(user, rec, 'replaced', node)

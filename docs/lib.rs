@@ -74,6 +74,10 @@ pub struct Operations;
 #[cfg(doctest)]
 pub struct Performance;
 
+#[doc = include_str!("src/capacity.md")]
+#[cfg(doctest)]
+pub struct Capacity;
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};

@@ -207,11 +207,16 @@ impl Deployment {
         self.servers.iter().map(Server::rss_kib).sum()
     }
 
-    /// Saves Redis's `INFO commandstats` beside the logs, when there is a Redis: what each command cost it so far.
-    /// Called once the load is over and before its clients leave, so that the teardown's unlinks are not in it.
+    /// Saves Redis's `INFO commandstats` beside the logs, when there is a Redis: what each command cost it so far,
+    /// followed by `INFO memory` (what the cluster's state takes in Redis: `used_memory` less `used_memory_startup`,
+    /// over the users linked, is the capacity model's Redis memory per user). Called once the load is over and
+    /// before its clients leave, so that the teardown's unlinks are not in it.
     pub fn save_commandstats(&self) {
         if let (Some(redis), Some(path)) = (&self.redis, &self.commandstats) {
-            if let Ok(stats) = redis.command(&["INFO", "commandstats"]) {
+            if let Ok(mut stats) = redis.command(&["INFO", "commandstats"]) {
+                if let Ok(memory) = redis.command(&["INFO", "memory"]) {
+                    stats.push_str(&memory);
+                }
                 let _ = std::fs::write(path, stats);
             }
         }

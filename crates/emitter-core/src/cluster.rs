@@ -10,6 +10,8 @@
 //! Applications do not use this module; `emitter-redis` does.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use crate::error::Error;
 use crate::protocol::{Frame, Rejection};
@@ -234,11 +236,16 @@ impl fmt::Display for Refused {
     }
 }
 
+/// The answer to one change queued with [`Sequencer::submit_async`]: what [`Sequencer::submit`] would have returned.
+pub type Submission = Pin<Box<dyn Future<Output = Result<Vec<Entry>, Refused>> + Send + 'static>>;
+
 /// Where a cluster's order comes from, and how messages reach the users linked on other nodes.
 ///
-/// Every method is called from the core's synchronous membership path or message path and may block on the network
-/// (`submit`, `entries_after`), but must never call back into the server. The publish methods must not block: queue
-/// and return.
+/// No method may call back into the server. `submit` and `entries_after` may block on the network: the core calls
+/// them only where blocking is allowed (a server method, a blocking thread). The connections' own changes (their
+/// links, the unlinks of closed connections, a closing node's unlinks) go through
+/// [`submit_async`](Sequencer::submit_async), which must not block. The publish methods must not block: queue and
+/// return.
 pub trait Sequencer: Send + Sync + 'static {
     /// This node's id.
     fn node(&self) -> &str;
@@ -250,6 +257,20 @@ pub trait Sequencer: Send + Sync + 'static {
     /// may not follow the last one this node applied: the node reads the ones in between with
     /// [`entries_after`](Sequencer::entries_after) first.
     fn submit(&self, change: Change) -> Result<Vec<Entry>, Refused>;
+
+    /// Queues changes to be decided in the given order (after every change queued before them) and returns one answer
+    /// per change, in the same order. Must not block: a sequencer that cannot take them now (its queue is full, its
+    /// backend failed a moment ago) answers [`Refused::Unavailable`] at once. The default decides each change with
+    /// [`submit`](Sequencer::submit) on the spot, which suits a sequencer that never waits (an in-memory one).
+    fn submit_async(&self, changes: Vec<Change>) -> Vec<Submission> {
+        changes
+            .into_iter()
+            .map(|change| {
+                let answer = self.submit(change);
+                Box::pin(std::future::ready(answer)) as Submission
+            })
+            .collect()
+    }
 
     /// The entries after `seq`, in order. An error means the node cannot continue from `seq` (its entries are gone):
     /// it must rebuild its state.

@@ -3,27 +3,38 @@
 //! nodes.
 //!
 //! Listeners of an entry run only on the node that made it (`Entry::by`), so that an app behaves as on one process:
-//! a welcome broadcast from a `link` listener is sent once. A change a listener causes is submitted like any other:
-//! it is ordered after everything already ordered, and applied (its own listeners included) before the call that
-//! caused it returns, so a listener still sees the state its call produced.
+//! a welcome broadcast from a `link` listener is sent once. A change a server method or a listener causes is
+//! submitted like any other: it is ordered after everything already ordered, and applied (its own listeners included)
+//! before the call that caused it returns, so a listener still sees the state its call produced.
+//!
+//! A connection's own changes (its link, the unlink of a connection that closed, a closing node's unlinks) do not
+//! wait: they are queued with [`Sequencer::submit_async`] and their answers applied on a task when they come. Nothing
+//! holds the turn while the cluster decides, and no thread waits for it: a slow cluster holds up links, not the
+//! messages of linked users. The one-process path never comes here.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::close_reason::CloseReason;
 use crate::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
-use crate::connections::Connection;
+use crate::config::LinkPolicy;
+use crate::connections::{Connection, Role};
 use crate::error::{Error, Status};
 use crate::id::ConnectionId;
+use crate::link::send_rejected;
 use crate::membership::Membership;
-use crate::metrics::ClusterCounts;
+use crate::metrics::{ClusterCounts, Reason};
 use crate::protocol::{Frame, ServerMessage};
 use crate::registry::Link;
 use crate::Server;
 
-/// Runs a call that waits on the network (a round trip to the cluster's sequencer, or a turn held by one) from the
-/// synchronous membership path. On a multi-threaded tokio runtime it tells the runtime first (`block_in_place`),
+/// How long a change's answer waits for the entries before its own to be applied by the keeper's catch-up, before it
+/// reads them itself.
+const GAP_WAIT: Duration = Duration::from_millis(500);
+
+/// Runs a call that waits on the network (a server method's round trip to the cluster's sequencer, a catch-up's read,
+/// or a turn held by one) from the synchronous membership path. On a multi-threaded tokio runtime it tells the runtime first (`block_in_place`),
 /// which hands this worker's other tasks to another thread: a slow Redis then holds up membership changes, not every
 /// connection's messages. Elsewhere (a current-thread runtime, where that is not possible, a blocking thread, no
 /// runtime) it just runs the call.
@@ -107,14 +118,16 @@ impl Server {
     }
 
     /// Applies every entry after the last one applied. Returns an error when they cannot be read (the node must then
-    /// start over from a snapshot of the cluster's state).
+    /// start over from a snapshot of the cluster's state). The entries are read without the membership path's turn
+    /// (a round trip must not hold up the node's other changes) and applied with it; what was applied meanwhile is
+    /// skipped.
     pub(crate) fn catch_up(&self, sequencer: &Arc<dyn Sequencer>) -> Result<(), String> {
-        let _turn = self.turn();
         loop {
             let entries = off_the_runtime(|| sequencer.entries_after(self.applied()))?;
             let Some(last) = entries.last().map(|entry| entry.seq) else {
                 return Ok(());
             };
+            let _turn = self.turn();
             self.apply_entries(sequencer, entries);
             if self.applied() < last {
                 return Err(format!("entries did not follow on from {}", self.applied()));
@@ -122,9 +135,96 @@ impl Server {
         }
     }
 
+    /// Queues changes with the sequencer without waiting, and applies each answer on a task as it comes, in the order
+    /// queued. Nothing waits on the network while holding the turn, and no thread is parked: the runtime keeps
+    /// serving linked users while Redis is slow or away. `close()` waits for the answers (they count as open work),
+    /// so that a closing node's unlinks are applied before it closes. `then` runs once every answer is applied.
+    /// Without a runtime, the changes are submitted one by one, blocking.
+    pub(crate) fn submit_later(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        changes: Vec<Change>,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !changes.is_empty() => runtime,
+            _ => {
+                for change in changes {
+                    let user = change.user().to_owned();
+                    if let Err(refused) = self.submit(sequencer, change, || {}) {
+                        tracing::debug!(username = user, %refused, "a change was refused by the cluster");
+                    }
+                }
+                return then();
+            }
+        };
+        let users: Vec<String> = changes.iter().map(|change| change.user().to_owned()).collect();
+        let answers = sequencer.submit_async(changes);
+        self.transport_started();
+        let server = self.clone();
+        runtime.spawn(async move {
+            for (user, answer) in users.into_iter().zip(answers) {
+                match answer.await {
+                    Ok(entries) => server.apply_answer(entries).await,
+                    // Unlinked meanwhile by someone else (a kick, a relink elsewhere): nothing left to do.
+                    Err(Refused::Failed(error)) => tracing::debug!(username = user, %error, "refused by the cluster"),
+                    Err(refused) => tracing::warn!(username = user, %refused, "a change was refused by the cluster"),
+                }
+            }
+            then();
+            server.transport_stopped();
+        });
+    }
+
+    /// Applies the entries a change queued with [`Sequencer::submit_async`] produced. When entries this node has not
+    /// applied yet come before them (other nodes' changes), it waits for them: the keeper reads them anyway, as every
+    /// new entry is notified to every node, so reading them here too would only cost Redis a second read. Past
+    /// [`GAP_WAIT`], it reads them itself, on a blocking thread: a worker never waits on the network.
+    pub(crate) async fn apply_answer(&self, entries: Vec<Entry>) {
+        let Some(sequencer) = self.sequencer().cloned() else {
+            return;
+        };
+        let (Some(first), Some(last)) = (entries.first().map(|e| e.seq), entries.last().map(|e| e.seq)) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + GAP_WAIT;
+        loop {
+            let moved = self.inner.applied_moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.applied() >= last {
+                return; // applied by a catch-up already (its accepted and its listeners included)
+            }
+            if first <= self.applied() + 1 {
+                let _turn = self.turn();
+                // Applied only grows: still no gap, so applying reads nothing from the network.
+                if first <= self.applied() + 1 {
+                    self.apply_entries(&sequencer, entries);
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                break;
+            }
+        }
+        let server = self.clone();
+        let filled = tokio::task::spawn_blocking(move || {
+            if let Err(error) = server.catch_up(&sequencer) {
+                tracing::warn!(%error, "could not read the cluster's order up to a change's entries");
+            }
+            let _turn = server.turn();
+            server.apply_entries(&sequencer, entries);
+        })
+        .await;
+        if let Err(error) = filled {
+            tracing::error!(%error, "applying a change's entries panicked");
+        }
+    }
+
     fn apply_entry(&self, sequencer: &Arc<dyn Sequencer>, entry: &Entry) {
         // Applied before its listeners run: a change they make continues from here.
         self.inner.applied.store(entry.seq, Ordering::SeqCst);
+        self.inner.applied_moved.notify_waiters();
         let mine = entry.by == sequencer.node();
         let emitted = match &entry.event {
             Event::Joined { user } => {
@@ -138,6 +238,19 @@ impl Server {
                     .flatten();
                 match here {
                     Some(connection) => {
+                        // The connection's own link, decided while it waited (see `decide_link_on_cluster`): it hears
+                        // of its acceptance before its snapshot, whoever applies the entry (its waiter or a catch-up).
+                        let waited = {
+                            let mut state = connection.state.lock();
+                            let waited = matches!(state.role, Role::Linking { .. });
+                            if waited {
+                                state.role = Role::Unlinked;
+                            }
+                            waited
+                        };
+                        if waited {
+                            let _ = connection.push(ServerMessage::Accepted.to_frame());
+                        }
                         self.apply_link(&connection, user);
                     }
                     None => {
@@ -176,9 +289,9 @@ impl Server {
         // A link to a connection of ours that closed before its link was applied: nobody can use it, so undo it.
         if let Event::Linked { user, link } = &entry.event {
             if sequencer.owns(link) && self.inner.connections.get(ConnectionId(link.connection)).is_none() {
-                let _ = self.submit(
+                self.submit_later(
                     sequencer,
-                    Change::unlink_connection(user.as_str(), link.connection),
+                    vec![Change::unlink_connection(user.as_str(), link.connection)],
                     || {},
                 );
             }
@@ -195,6 +308,128 @@ impl Server {
                     // Unlinked meanwhile by someone else (a kick, a relink elsewhere): nothing left to do.
                     Err(Refused::Failed(error)) => tracing::debug!(username, %error, "already unlinked on the cluster"),
                     Err(refused) => tracing::warn!(username, %refused, "could not unlink on the cluster"),
+                }
+            }
+        }
+    }
+
+    /// Unlinks the users of connections that are gone or going (closed, or the node is closing), without waiting:
+    /// the unlinks are queued together, so the sequencer sends them in as few round trips as it can. Their roles are
+    /// unlinked now, so that a connection's close does not ask again; the registry follows when the entries apply,
+    /// and then `then` runs.
+    pub(crate) fn unlink_gone(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        connections: &[Arc<Connection>],
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let changes = connections
+            .iter()
+            .filter_map(|connection| {
+                let mut state = connection.state.lock();
+                let Role::Linked(member) = &state.role else {
+                    return None;
+                };
+                let change = Change::unlink_connection(member.name.as_str(), connection.id.0);
+                state.role = Role::Unlinked;
+                Some(change)
+            })
+            .collect();
+        self.submit_later(sequencer, changes, then);
+    }
+
+    /// A link on a cluster: the cluster's sequencer decides it against the cluster-wide state (this node's view of
+    /// the users may be behind), and the entries it returns join and link the user here as on every node. The
+    /// connection waits as `Linking` (its messages are answered as while it authenticates); nothing holds the turn
+    /// while Redis decides. Without a runtime the link is decided on the spot.
+    pub(crate) fn decide_link_on_cluster(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        connection: &Arc<Connection>,
+        username: &str,
+        received: Instant,
+    ) {
+        let change = Change::Link {
+            user: username.to_owned(),
+            connection: connection.id.0,
+            accept_new_users: self.inner.config.accept_new_users,
+            replace: self.inner.config.link_policy == LinkPolicy::Replace,
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let accepted = || {
+                self.inner.metrics.accepted();
+                self.inner.metrics.link.observe_duration(received.elapsed());
+                let _ = connection.push(ServerMessage::Accepted.to_frame());
+            };
+            if let Err(refused) = self.submit(sequencer, change, accepted) {
+                self.link_refused(sequencer, connection, username, refused);
+            }
+            return;
+        };
+        let attempt = self.inner.next_attempt.fetch_add(1, Ordering::Relaxed);
+        connection.state.lock().role = Role::Linking { attempt, task: None };
+        let Some(answer) = sequencer.submit_async(vec![change]).pop() else {
+            return;
+        };
+        let server = self.clone();
+        let sequencer = sequencer.clone();
+        let connection = connection.clone();
+        let username = username.to_owned();
+        self.transport_started();
+        runtime.spawn(async move {
+            let started = std::time::Instant::now();
+            let answer = answer.await;
+            server.inner.metrics.observe_submit(started.elapsed());
+            match answer {
+                Ok(entries) => {
+                    tracing::debug!(connection = %connection.id, username, "accepted");
+                    server.inner.metrics.accepted();
+                    server.inner.metrics.link.observe_duration(received.elapsed());
+                    server.apply_answer(entries).await;
+                }
+                Err(refused) => {
+                    let _turn = server.turn();
+                    let waiting = {
+                        let mut state = connection.state.lock();
+                        let waiting = matches!(state.role, Role::Linking { attempt: now, .. } if now == attempt);
+                        if waiting {
+                            state.role = Role::Unlinked;
+                        }
+                        waiting
+                    };
+                    if waiting {
+                        server.link_refused(&sequencer, &connection, &username, refused);
+                    }
+                }
+            }
+            server.transport_stopped();
+        });
+    }
+
+    /// Tells a connection its link was refused by the cluster; undoes a link whose outcome is unknown.
+    fn link_refused(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        connection: &Arc<Connection>,
+        username: &str,
+        refused: Refused,
+    ) {
+        match refused {
+            Refused::Rejected(rejection) => {
+                self.inner.metrics.rejected(Reason::of(&rejection.to_string()));
+                send_rejected(connection, &rejection.to_string());
+            }
+            refused => {
+                tracing::warn!(connection = %connection.id, username, %refused, "link refused by the cluster");
+                self.inner.metrics.rejected(Reason::ClusterUnavailable);
+                send_rejected(connection, &refused.to_string());
+                if let Refused::Unavailable(_) = refused {
+                    // Its outcome is unknown: undo it in case it was made. A refusal means there is nothing to undo.
+                    self.submit_later(
+                        sequencer,
+                        vec![Change::unlink_connection(username, connection.id.0)],
+                        || {},
+                    );
                 }
             }
         }
@@ -446,5 +681,6 @@ impl ClusterHost {
             }
         }
         server.inner.applied.store(seq, Ordering::SeqCst);
+        server.inner.applied_moved.notify_waiters();
     }
 }

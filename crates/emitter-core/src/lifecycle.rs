@@ -78,18 +78,14 @@ impl Server {
                 state.role = Role::Unlinked;
             }
         }
-        if self.sequencer().is_some() {
+        if let Some(sequencer) = self.sequencer() {
             // One node of a cluster closing is not the cluster closing: its users are unlinked, and may relink on
-            // another node; everyone else stays.
-            for connection in &connections {
-                let linked = match &connection.state.lock().role {
-                    Role::Linked(member) => Some(member.name.clone()),
-                    _ => None,
-                };
-                if let Some(username) = linked {
-                    self.unlink_connection(connection, &username);
-                }
-            }
+            // another node; everyone else stays. The unlinks are queued together (a few round trips for all of
+            // them); the connections close once they are applied, so each hears of its own unlink first.
+            let server = self.clone();
+            self.unlink_gone(sequencer, &connections, move || {
+                server.close_all(CloseReason::ServerClosing)
+            });
         } else {
             let usernames: Vec<String> = self.users().into_iter().map(|user| user.username).collect();
             for username in usernames {
@@ -97,12 +93,16 @@ impl Server {
                     self.leave_user(&username);
                 }
             }
-        }
-        for connection in self.inner.connections.all() {
-            connection.close(CloseReason::ServerClosing);
+            self.close_all(CloseReason::ServerClosing);
         }
         self.finish_close_when_idle();
         Ok(())
+    }
+
+    fn close_all(&self, reason: CloseReason) {
+        for connection in self.inner.connections.all() {
+            connection.close(reason);
+        }
     }
 
     /// Emits `close` once no connection and no transport is left. Runs on a task when there is something to wait for.

@@ -11,7 +11,6 @@ use std::time::Instant;
 use tokio::task::JoinSet;
 
 use crate::auth::{AuthContext, AuthFuture, AuthInfo};
-use crate::cluster::{Change, Refused, Sequencer};
 use crate::config::{LinkPolicy, MAX_USERNAME_BYTES};
 use crate::connections::{Connection, Member, Role};
 use crate::error::Status;
@@ -94,6 +93,10 @@ impl Server {
         let Some(connection) = self.inner.connections.get(id) else {
             return;
         };
+        if let Some(sequencer) = self.sequencer() {
+            // On a cluster the unlink is queued, not waited for: the connection is gone either way.
+            self.unlink_gone(sequencer, std::slice::from_ref(&connection), || {});
+        }
         let linked = {
             let mut state = connection.state.lock();
             match &mut state.role {
@@ -196,7 +199,10 @@ impl Server {
         message: Result<ClientMessage, Invalid>,
     ) -> Option<Dispatch> {
         let received = Instant::now();
-        let _turn = self.turn();
+        // On a cluster, what an unlinked connection asks is queued for the cluster to decide (a change that needs the
+        // turn takes it itself), and a connection's messages come one at a time: its link requests never wait for the
+        // turn behind the node's other changes.
+        let _turn = self.sequencer().is_none().then(|| self.turn());
         if self.status() != Status::Listening {
             return None;
         }
@@ -402,7 +408,7 @@ impl Server {
             return self.reply_rejected(connection, &reason);
         }
         if let Some(sequencer) = self.sequencer() {
-            return self.decide_link_on_cluster(sequencer, connection, username, timing);
+            return self.decide_link_on_cluster(sequencer, connection, username, timing.received);
         }
         tracing::debug!(connection = %connection.id, username, "accepted");
         self.inner.metrics.accepted();
@@ -423,43 +429,6 @@ impl Server {
             self.emit_membership(Membership::Link, username);
         }
     }
-
-    /// A link on a cluster: the cluster's sequencer decides it against the cluster-wide state (this node's view of
-    /// the users may be behind), and the entries it returns join and link the user here as on every node.
-    fn decide_link_on_cluster(
-        &self,
-        sequencer: &Arc<dyn Sequencer>,
-        connection: &Arc<Connection>,
-        username: &str,
-        timing: Timing,
-    ) {
-        let change = Change::Link {
-            user: username.to_owned(),
-            connection: connection.id.0,
-            accept_new_users: self.inner.config.accept_new_users,
-            replace: self.inner.config.link_policy == LinkPolicy::Replace,
-        };
-        let accepted = || {
-            tracing::debug!(connection = %connection.id, username, "accepted");
-            self.inner.metrics.accepted();
-            // Linked in the cluster's order now; this node applies the link right after.
-            self.inner.metrics.link.observe_duration(timing.received.elapsed());
-            let _ = connection.push(ServerMessage::Accepted.to_frame());
-        };
-        match self.submit(sequencer, change, accepted) {
-            Ok(()) => {}
-            Err(Refused::Rejected(rejection)) => self.reply_rejected(connection, &rejection.to_string()),
-            Err(refused) => {
-                tracing::warn!(connection = %connection.id, username, %refused, "link refused by the cluster");
-                self.inner.metrics.rejected(Reason::ClusterUnavailable);
-                send_rejected(connection, &refused.to_string());
-                if let Refused::Unavailable(_) = refused {
-                    // Its outcome is unknown: undo it in case it was made. A refusal means there is nothing to undo.
-                    let _ = self.submit(sequencer, Change::unlink_connection(username, connection.id.0), || {});
-                }
-            }
-        }
-    }
 }
 
 impl Server {
@@ -470,7 +439,7 @@ impl Server {
     }
 }
 
-fn send_rejected(connection: &Connection, reason: &str) {
+pub(crate) fn send_rejected(connection: &Connection, reason: &str) {
     tracing::debug!(connection = %connection.id, reason, "rejected");
     let _ = connection.push(ServerMessage::Rejected(reason).to_frame());
 }

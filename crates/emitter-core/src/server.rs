@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) cluster: OnceLock<Arc<dyn Sequencer>>,
     /// The last entry of the cluster's order applied here.
     pub(crate) applied: AtomicU64,
+    /// Woken whenever `applied` moves: a change's answer waits on it for the entries before its own.
+    pub(crate) applied_moved: tokio::sync::Notify,
     /// Local connections whose user is half way through a leave on the cluster (unlinked, not yet left): they hear of
     /// their own leave.
     pub(crate) leaving: Mutex<HashMap<String, Arc<Connection>>>,
@@ -217,6 +219,7 @@ impl Server {
                 payload_mismatches: AtomicU64::new(0),
                 cluster: OnceLock::new(),
                 applied: AtomicU64::new(0),
+                applied_moved: tokio::sync::Notify::new(),
                 leaving: Mutex::new(HashMap::new()),
                 metrics,
             }),

@@ -10,6 +10,11 @@
 //! - listeners ran once per entry of the order, cluster-wide (a `link` listener once per link, not once per node);
 //! - once settled: every node's `users()` is the sequencer's list, and every linked connection's view is that list;
 //!   every user is linked to at most one connection, and it is the one the sequencer says.
+//!
+//! The nodes run on a current-thread tokio runtime, so their connections' changes (links, closed connections'
+//! unlinks) go through [`Sequencer::submit_async`] as on Redis: each node's changes wait in its own queue until a
+//! random `Decide` step decides a batch of them, in the order queued, and the node's tasks apply the answers. Server
+//! methods are decided on the spot (`submit`), as Redis's blocking handle does.
 
 mod support;
 
@@ -17,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use emitter_core::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
+use emitter_core::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, Submission, UnlinkReason};
 use emitter_core::protocol::{Frame, Rejection};
 use emitter_core::transport::{ConnectionId, Outbox};
 use emitter_core::{ClusterHost, Error, Message, Server};
@@ -55,7 +60,12 @@ struct HubState {
     users: Vec<(String, Option<LinkAddr>)>,
     log: Vec<Entry>,
     inboxes: BTreeMap<String, VecDeque<Delivery>>,
+    /// Per node, the changes it queued with `submit_async` and the test has not decided yet, in order.
+    queued: BTreeMap<String, VecDeque<Queued>>,
 }
+
+/// A change a node queued, and where its answer goes.
+type Queued = (Change, tokio::sync::oneshot::Sender<Result<Vec<Entry>, Refused>>);
 
 impl HubState {
     fn find(&self, user: &str) -> Option<usize> {
@@ -187,6 +197,23 @@ impl Sequencer for NodeSequencer {
         self.hub.lock().submit(&self.node, change)
     }
 
+    fn submit_async(&self, changes: Vec<Change>) -> Vec<Submission> {
+        let mut hub = self.hub.lock();
+        let queue = hub.queued.entry(self.node.clone()).or_default();
+        changes
+            .into_iter()
+            .map(|change| {
+                let (answer, waiter) = tokio::sync::oneshot::channel();
+                queue.push_back((change, answer));
+                Box::pin(async move {
+                    waiter
+                        .await
+                        .unwrap_or_else(|_| Err(Refused::Unavailable("the test dropped it".into())))
+                }) as Submission
+            })
+            .collect()
+    }
+
     fn entries_after(&self, seq: u64) -> Result<Vec<Entry>, String> {
         Ok(self.hub.lock().log[seq as usize..].to_vec())
     }
@@ -248,6 +275,9 @@ enum Action {
     SendTo(usize, usize),
     CatchUp(usize),
     Deliver(usize),
+    /// The node's sequencer decides a batch of its queued changes (1 to 4), in order, and the node applies the
+    /// answers.
+    Decide(usize, usize),
 }
 
 /// A client's connection on one node, and what it has been told.
@@ -260,12 +290,15 @@ struct Client {
     linked: Option<String>,
     /// The user of its last link request.
     asked: Option<String>,
+    /// A link request of it is waiting for its answer (then a second one is refused as pending).
+    pending: bool,
     view: Vec<(String, bool)>,
     /// The highest message number seen per sender, for the order check.
     seen: HashMap<String, u64>,
 }
 
 struct Cluster {
+    runtime: tokio::runtime::Runtime,
     hub: Arc<Mutex<HubState>>,
     servers: Vec<Server>,
     hosts: Vec<ClusterHost>,
@@ -277,6 +310,10 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let hub = Arc::new(Mutex::new(HubState::default()));
         let said: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
         let link_events = Arc::new(AtomicUsize::new(0));
@@ -317,6 +354,7 @@ impl Cluster {
             hosts.push(cluster);
         }
         Cluster {
+            runtime,
             hub,
             servers,
             hosts,
@@ -340,6 +378,9 @@ impl Cluster {
     }
 
     fn apply(&mut self, action: &Action) -> Result<(), String> {
+        // The nodes' tasks (their connections' changes) go on the runtime; they run in `decide`.
+        let runtime = self.runtime.handle().clone();
+        let _entered = runtime.enter();
         match *action {
             Action::Connect(node) => {
                 let node = node % NODES;
@@ -351,6 +392,7 @@ impl Cluster {
                         open: true,
                         linked: None,
                         asked: None,
+                        pending: false,
                         view: Vec::new(),
                         seen: HashMap::new(),
                     });
@@ -360,7 +402,11 @@ impl Cluster {
                 if let Some(client) = self.client(client) {
                     let username = NAMES[name % NAMES.len()];
                     let request = json!({"type": "krmx/link", "payload": {"username": username, "version": "0.6.0"}});
-                    self.clients[client].asked = Some(username.to_owned());
+                    let c = &mut self.clients[client];
+                    if c.linked.is_none() && !c.pending {
+                        c.asked = Some(username.to_owned());
+                        c.pending = c.open;
+                    }
                     self.send(client, request);
                 }
             }
@@ -420,11 +466,55 @@ impl Cluster {
                     None => {}
                 }
             }
+            Action::Decide(node, count) => self.decide(node % NODES, 1 + count % 4)?,
         }
         for client in 0..self.clients.len() {
             self.read(client)?;
         }
         Ok(())
+    }
+
+    /// Decides up to `count` of `node`'s queued changes, in order, then lets the node's tasks apply the answers: until
+    /// it has applied the last entry it was answered, and its other tasks (refusals) have run. Where other nodes'
+    /// entries come first, it catches the node up as its keeper would.
+    fn decide(&mut self, node: usize, count: usize) -> Result<(), String> {
+        let name = format!("n{node}");
+        let mut target = 0;
+        {
+            let mut hub = self.hub.lock();
+            for _ in 0..count {
+                let Some((change, answer)) = hub.queued.entry(name.clone()).or_default().pop_front() else {
+                    break;
+                };
+                let decided = hub.submit(&name, change);
+                if let Ok(entries) = &decided {
+                    target = target.max(entries.last().map_or(0, |entry| entry.seq));
+                }
+                let _ = answer.send(decided);
+            }
+        }
+        let host = self.hosts[node].clone();
+        self.runtime.block_on(async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            for _ in 0..64 {
+                tokio::task::yield_now().await;
+            }
+            if host.applied() < target {
+                // Other nodes' entries come first: the keeper, notified of every entry, reads them (the answers
+                // wait for it rather than read them again).
+                host.catch_up()?;
+            }
+            while host.applied() < target {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!("node {node} never applied its answers up to {target}"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            for _ in 0..64 {
+                tokio::task::yield_now().await;
+            }
+            Ok(())
+        })
     }
 
     /// Reads what a client has been sent, checking each frame against what it was told before.
@@ -441,6 +531,21 @@ impl Cluster {
     /// Delivers everything queued and brings every node up to date.
     fn settle(&mut self) -> Result<(), String> {
         for _ in 0..10_000 {
+            let queued: Vec<usize> = (0..NODES)
+                .filter(|node| {
+                    self.hub
+                        .lock()
+                        .queued
+                        .get(&format!("n{node}"))
+                        .is_some_and(|queue| !queue.is_empty())
+                })
+                .collect();
+            if !queued.is_empty() {
+                for node in queued {
+                    self.apply(&Action::Decide(node, 3))?;
+                }
+                continue;
+            }
             let pending: Vec<usize> = (0..NODES)
                 .filter(|node| !self.hub.lock().inboxes[&format!("n{node}")].is_empty())
                 .collect();
@@ -512,10 +617,22 @@ fn observe(client: &mut Client, frame: &Value) -> Result<(), String> {
         "krmx/accepted" => {
             // Its snapshot follows: every user, itself included, as joined and linked frames.
             client.linked = client.asked.clone();
+            client.pending = false;
             client.view.clear();
             return Ok(());
         }
-        "krmx/rejected" => return Ok(()),
+        "krmx/rejected" => {
+            let reason = frame["payload"]["reason"].as_str().unwrap_or_default();
+            let others = [
+                Rejection::LinkRequestPending.to_string(),
+                Rejection::UnlinkedConnection.to_string(),
+            ];
+            // Its link request's answer, not a refusal of a message sent while it waited.
+            if !others.iter().any(|other| other == reason) {
+                client.pending = false;
+            }
+            return Ok(());
+        }
         _ => {}
     }
     if client.linked.is_none() {
@@ -586,6 +703,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (n(), n()).prop_map(|(s, u)| Action::SendTo(s, u)),
         2 => n().prop_map(Action::CatchUp),
         4 => n().prop_map(Action::Deliver),
+        4 => (n(), n()).prop_map(|(node, count)| Action::Decide(node, count)),
     ]
 }
 
@@ -620,12 +738,16 @@ fn a_hand_written_run_across_three_nodes_passes() {
         Connect(2),
         Link(0, 0),
         Link(1, 1),
+        Decide(0, 0),
+        Decide(1, 0),
         Say(0),
         Link(2, 0), // ann is linked on node 0: refused
+        Decide(2, 0),
         Deliver(1),
         Deliver(2),
         Kick(2, 0), // node 2 kicks ann, linked on node 0
         Link(2, 0),
+        Decide(2, 0),
         Say(2),
         SendTo(0, 1),
         CatchUp(0),

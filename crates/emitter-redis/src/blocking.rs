@@ -101,9 +101,12 @@ impl Blocking {
     }
 
     /// Drops the connection, so that the next call makes a new one: after Redis restarted, the old one is dead
-    /// but only says so when used.
+    /// but only says so when used. Never waits: while a call is using the connection, that call finds out for itself
+    /// (a failed connection is dropped), so the caller (an async task) is not held up by a round trip.
     pub fn reset(&self) {
-        *self.conn.lock() = None;
+        if let Some(mut conn) = self.conn.try_lock() {
+            *conn = None;
+        }
     }
 
     /// [`Cluster::submit`](crate::Cluster::submit), blocking.

@@ -284,7 +284,7 @@ pub(crate) fn manager_config(options: &Options) -> ConnectionManagerConfig {
         .set_max_delay(options.connect_timeout)
 }
 
-async fn manager(shared: &Shared) -> Result<ConnectionManager> {
+pub(crate) async fn manager(shared: &Shared) -> Result<ConnectionManager> {
     let config = manager_config(&shared.options);
     Ok(ConnectionManager::new_with_config(shared.client.clone(), config).await?)
 }

@@ -168,7 +168,9 @@
 //!
 //! # Synchronous callers
 //!
-//! The core's membership path is synchronous. [`Cluster::blocking`] gives a [`Blocking`] handle with its own blocking
+//! A [`Node`]'s connections' changes go through its change queue: one task that sends them to Redis in pipelined
+//! batches and answers each, so no thread waits on Redis for them. A server method's change is synchronous (the
+//! method returns its outcome). [`Cluster::blocking`] gives a [`Blocking`] handle with its own blocking
 //! connection that never touches the tokio runtime, so it can be called from a runtime's worker thread or a
 //! current-thread runtime without `block_on` (which panics inside a runtime) or `block_in_place` (which panics on a
 //! current-thread runtime). See [`Blocking`].
@@ -194,6 +196,7 @@
 #![forbid(unsafe_code)]
 
 mod blocking;
+mod changes;
 mod cluster;
 mod keys;
 mod lease;

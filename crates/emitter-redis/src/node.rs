@@ -6,14 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_core::cluster::{Change, Entry, LinkAddr, Refused, Sequencer};
+use emitter_core::cluster::{Change, Entry, LinkAddr, Refused, Sequencer, Submission};
 use emitter_core::protocol::{Frame, Rejection};
 use emitter_core::{ClusterCounts, ClusterHost, Error as CoreError, Server};
 use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 
 use crate::blocking::Blocking;
-use crate::cluster::Cluster;
+use crate::changes::ChangeQueue;
+use crate::cluster::{manager, Cluster};
 use crate::lease::{KeepAlive, LeaseLost};
 use crate::messages::Message;
 use crate::subscribe::{Notification, Subscription};
@@ -70,6 +71,7 @@ impl Node {
             node: id.to_owned(),
             lease: RwLock::new(lease.clone()),
             blocking: cluster.blocking(),
+            changes: ChangeQueue::start(cluster.shared.clone(), manager(&cluster.shared).await?),
             cluster: cluster.clone(),
             needs_snapshot: AtomicBool::new(false),
             lease_lost: AtomicBool::new(false),
@@ -135,13 +137,15 @@ fn seed(snapshot: Snapshot) -> (u64, Vec<(String, Option<LinkAddr>)>) {
     (snapshot.seq, users)
 }
 
-/// The core's sequencer, on Redis: changes go through the blocking handle (the core's membership path is
-/// synchronous), messages through the cluster's publish queue (never blocks).
+/// The core's sequencer, on Redis: the connections' changes go through the node's change queue (batched, never
+/// blocks), a server method's through the blocking handle (its call is synchronous), messages through the cluster's
+/// publish queue (never blocks).
 struct RedisSequencer {
     node: String,
     /// The node's current lease; replaced when the node registers again.
     lease: RwLock<NodeLease>,
     blocking: Blocking,
+    changes: ChangeQueue,
     cluster: Cluster,
     /// Set when the log could not continue from where the node is: it must start over from a snapshot.
     needs_snapshot: AtomicBool,
@@ -166,6 +170,23 @@ impl Sequencer for RedisSequencer {
         }
         let lease = self.lease.read().clone();
         self.blocking.submit(&lease, change).map_err(refused)
+    }
+
+    fn submit_async(&self, changes: Vec<Change>) -> Vec<Submission> {
+        if self.lease_lost.load(Ordering::SeqCst) {
+            let fenced = || {
+                Box::pin(std::future::ready(Err(Refused::Unavailable(
+                    Refusal::Fenced.to_string(),
+                ))))
+            };
+            return changes.iter().map(|_| fenced() as Submission).collect();
+        }
+        let lease = self.lease.read().clone();
+        self.changes
+            .submit(&lease, changes)
+            .into_iter()
+            .map(|answer| Box::pin(async move { answer.wait().await.map_err(refused) }) as Submission)
+            .collect()
     }
 
     fn entries_after(&self, seq: u64) -> std::result::Result<Vec<Entry>, String> {

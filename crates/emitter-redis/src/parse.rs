@@ -51,7 +51,7 @@ pub(crate) fn malformed(what: &str) -> Error {
     Error::Malformed(what.to_owned())
 }
 
-fn array(value: Value) -> Result<Vec<Value>> {
+pub(crate) fn array(value: Value) -> Result<Vec<Value>> {
     match value {
         Value::Array(items) | Value::Set(items) => Ok(items),
         Value::Nil => Ok(Vec::new()),

@@ -34,9 +34,14 @@ local function epoch_refusal(expected)
 end
 
 -- Redis's own clock, in milliseconds: the one clock every node's lease is measured by.
+-- Read once per script: a script is one instant (a batch of changes reads the clock once, not once per change).
+local NOW = nil
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return NOW
 end
 
 -- nodes: node id -> "<generation> <deadline ms>".
@@ -77,12 +82,15 @@ local function append(fields)
   return s
 end
 
-local function do_join(user, by)
+-- `linking`: a link of the user follows in the same script, and writes its record and its unlinked mark itself.
+local function do_join(user, by, linking)
   local s = append({'k', 'join', 'u', user, 'b', by})
-  redis.call('HSET', K_USERS, user, s)
   redis.call('ZADD', K_ORDER, s, user)
-  redis.call('ZADD', K_UNLINKED, now_ms(), user)
-  return {join = s}
+  if not linking then
+    redis.call('HSET', K_USERS, user, s)
+    redis.call('ZADD', K_UNLINKED, now_ms(), user)
+  end
+  return {join = s, fresh = linking}
 end
 
 -- connections: "<node>/<generation>/<connection>" -> the user it is linked to.
@@ -93,7 +101,7 @@ local function do_link(user, rec, node, gen, conn, by)
   redis.call('HSET', K_USERS, user, rec.join .. ' ' .. gen .. ' ' .. conn .. ' ' .. node)
   redis.call('ZADD', K_LINKS, 0, node .. '/' .. user)
   redis.call('HSET', K_CONNS, conn_key(node, gen, conn), user)
-  redis.call('ZREM', K_UNLINKED, user)
+  if not rec.fresh then redis.call('ZREM', K_UNLINKED, user) end
 end
 
 local function do_unlink(user, rec, reason, by)
@@ -152,46 +160,78 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
 "#;
 
-/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::Change`]. The flag
-/// of a link is two characters, `1` or `0` each: new users accepted, and a linked user's link replaced.
+/// One [`crate::Change`] of `node`'s generation `gen`, whose lease is `live` or not: a refusal, or nil once its entries are
+/// appended (in `produced`). The flag of a link is two characters, `1` or `0` each: new users accepted, and a linked
+/// user's link replaced. Every refusal comes before any write, so a refused change changed nothing.
+const CHANGE: &str = r#"
+local function change(node, gen, live, kind, user, conn, flag)
+  if not live then return refused('fenced') end
+  local rec = user_of(user)
+  local function here() return rec.node == node and rec.gen == gen and rec.conn == conn end
+  if kind == 'join' then
+    if rec then return refused('join-existing') end
+    do_join(user, node)
+  elseif kind == 'link' then
+    if redis.call('HEXISTS', K_CONNS, conn_key(node, gen, conn)) == 1 then return refused('connection-linked') end
+    local accept, replace = string.sub(flag, 1, 1) == '1', string.sub(flag, 2, 2) == '1'
+    if not rec then
+      if not accept then return refused('not-accepting') end
+      rec = do_join(user, node, true)
+    elseif rec.node then
+      if not replace then return refused('already-linked') end
+      do_unlink(user, rec, 'replaced', node)
+    end
+    do_link(user, rec, node, gen, conn, node)
+  elseif kind == 'unlink' then
+    if not rec then return refused('unlink-unknown') end
+    if flag == '1' then
+      if not here() then return refused('not-linked-here') end
+    elseif not rec.node then
+      return refused('unlink-unlinked')
+    end
+    do_unlink(user, rec, 'request', node)
+  elseif kind == 'leave' then
+    if not rec then return refused('kick-unknown') end
+    if flag == '1' and not here() then return refused('not-linked-here') end
+    if rec.node then do_unlink(user, rec, 'leave', node) end
+    do_leave(user, node)
+  else
+    return refused('bad-request', kind)
+  end
+  return nil
+end
+"#;
+
+/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::Change`].
 const SUBMIT: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
-local node, gen, kind, user, conn, flag = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-if not alive(node, gen, now_ms()) then return refused('fenced') end
-local rec = user_of(user)
-local function here() return rec.node == node and rec.gen == gen and rec.conn == conn end
-if kind == 'join' then
-  if rec then return refused('join-existing') end
-  do_join(user, node)
-elseif kind == 'link' then
-  if redis.call('HEXISTS', K_CONNS, conn_key(node, gen, conn)) == 1 then return refused('connection-linked') end
-  local accept, replace = string.sub(flag, 1, 1) == '1', string.sub(flag, 2, 2) == '1'
-  if not rec then
-    if not accept then return refused('not-accepting') end
-    rec = do_join(user, node)
-  elseif rec.node then
-    if not replace then return refused('already-linked') end
-    do_unlink(user, rec, 'replaced', node)
-  end
-  do_link(user, rec, node, gen, conn, node)
-elseif kind == 'unlink' then
-  if not rec then return refused('unlink-unknown') end
-  if flag == '1' then
-    if not here() then return refused('not-linked-here') end
-  elseif not rec.node then
-    return refused('unlink-unlinked')
-  end
-  do_unlink(user, rec, 'request', node)
-elseif kind == 'leave' then
-  if not rec then return refused('kick-unknown') end
-  if flag == '1' and not here() then return refused('not-linked-here') end
-  if rec.node then do_unlink(user, rec, 'leave', node) end
-  do_leave(user, node)
-else
-  return refused('bad-request', kind)
-end
+local refused_change = change(ARGV[4], ARGV[5], alive(ARGV[4], ARGV[5], now_ms()), ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+if refused_change then return refused_change end
 return finish()
+"#;
+
+/// `submit_many(epoch, retain, channel, node, generation, (kind, user, connection, flag)...)`: several changes of one
+/// node, decided one after the other as that many `submit` calls would be, in one script: the epoch, the clock and
+/// the node's lease are read once, and the nodes are told once (one PUBLISH of the last seq). Reply: `{'batch', '', reply...}`, one
+/// `submit` reply per change, in order; or one refusal for all (the epoch changed).
+const SUBMIT_MANY: &str = r#"
+local refusal = setup()
+if refusal then return refusal end
+local node, gen = ARGV[4], ARGV[5]
+local live = alive(node, gen, now_ms())
+local replies = {'batch', ''}
+for i = 6, #ARGV, 4 do
+  produced = {}
+  local reply = change(node, gen, live, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  if not reply then
+    reply = {'ok', ''}
+    for j = 1, #produced do reply[#reply + 1] = produced[j] end
+  end
+  replies[#replies + 1] = reply
+end
+if last then redis.call('PUBLISH', CHANNEL, last .. ' ' .. EPOCH) end
+return replies
 "#;
 
 /// `register(epoch, retain, channel, node, ttl ms)`: a new generation for `node` and a lease until now + ttl. Any user
@@ -295,7 +335,10 @@ fn with_prelude(body: &str) -> Script {
 }
 
 pub(crate) static OPEN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(OPEN));
-pub(crate) static SUBMIT_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(SUBMIT));
+pub(crate) static SUBMIT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PRELUDE}\n{CHANGE}\n{SUBMIT}")));
+pub(crate) static SUBMIT_MANY_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PRELUDE}\n{CHANGE}\n{SUBMIT_MANY}")));
 pub(crate) static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(REGISTER));
 pub(crate) static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(RENEW));
 pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(RELEASE));

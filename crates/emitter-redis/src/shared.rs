@@ -59,6 +59,13 @@ pub struct Options {
     /// How many notifications may wait for the subscriber to take them; past that the subscription stops reading
     /// (Redis buffers, then drops the subscriber; it comes back and the log fills the gap). Default: 4,096.
     pub notification_queue: usize,
+    /// How many groups of membership changes (a link, a closed connection's unlink, a closing node's unlinks) may
+    /// wait for a node's change queue to send them before a change is refused at once
+    /// ([`Error::ChangeQueueFull`](crate::Error::ChangeQueueFull)). Default: 4,096.
+    pub change_queue: usize,
+    /// How long a node refuses membership changes at once ([`Error::BackingOff`](crate::Error::BackingOff)) after
+    /// Redis failed a batch of them, rather than queue them behind a Redis that is away. Default: 500 ms.
+    pub change_backoff: Duration,
 }
 
 impl Default for Options {
@@ -73,6 +80,8 @@ impl Default for Options {
             publish_queue: 65_536,
             publish_budget: 64 << 20,
             notification_queue: 4_096,
+            change_queue: 4_096,
+            change_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -95,6 +104,14 @@ pub struct Stats {
     pub publish_failures: u64,
     /// Messages refused because the outgoing queue was full.
     pub publish_queue_full: u64,
+    /// Membership changes sent by the node's change queue (see [`Options::change_queue`]).
+    pub changes_sent: u64,
+    /// Round trips the node's change queue made to send them: one per batch (a pipeline of script calls).
+    pub change_batches: u64,
+    /// Membership changes refused at once because the node's change queue was full.
+    pub change_queue_full: u64,
+    /// Membership changes refused at once because Redis had failed a batch a moment before (the back-off).
+    pub changes_backed_off: u64,
     /// Frames on a channel that were not this crate's (ignored).
     pub malformed_messages: u64,
     /// Messages from other nodes that never arrived here, told by the gaps in their numbers (see
@@ -113,6 +130,10 @@ pub(crate) struct Counters {
     pub(crate) publish_retries: AtomicU64,
     pub(crate) publish_failures: AtomicU64,
     pub(crate) publish_queue_full: AtomicU64,
+    pub(crate) changes_sent: AtomicU64,
+    pub(crate) change_batches: AtomicU64,
+    pub(crate) change_queue_full: AtomicU64,
+    pub(crate) changes_backed_off: AtomicU64,
     pub(crate) malformed_messages: AtomicU64,
     pub(crate) messages_lost: AtomicU64,
     pub(crate) repeats_dropped: AtomicU64,
@@ -132,6 +153,10 @@ impl Counters {
             publish_retries: get(&self.publish_retries),
             publish_failures: get(&self.publish_failures),
             publish_queue_full: get(&self.publish_queue_full),
+            changes_sent: get(&self.changes_sent),
+            change_batches: get(&self.change_batches),
+            change_queue_full: get(&self.change_queue_full),
+            changes_backed_off: get(&self.changes_backed_off),
             malformed_messages: get(&self.malformed_messages),
             messages_lost: get(&self.messages_lost),
             repeats_dropped: get(&self.repeats_dropped),
@@ -155,6 +180,25 @@ impl Call {
         }
     }
 
+    /// The call as one `EVALSHA`, for a pipeline (the script must be loaded: see [`Call::load`]).
+    pub(crate) fn evalsha(&self, keys: &Keys) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        let all = keys.all();
+        cmd.arg(self.script.get_hash()).arg(all.len());
+        for key in all {
+            cmd.arg(key);
+        }
+        for arg in &self.args {
+            cmd.arg(arg);
+        }
+        cmd
+    }
+
+    /// Loads the call's script into Redis (`SCRIPT LOAD`), for [`Call::evalsha`].
+    pub(crate) async fn load(&self, conn: &mut impl redis::aio::ConnectionLike) -> redis::RedisResult<String> {
+        self.script.load_async(conn).await
+    }
+
     pub(crate) fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
         let mut invocation = self.script.prepare_invoke();
         for key in keys.all() {
@@ -165,6 +209,38 @@ impl Call {
         }
         invocation
     }
+}
+
+/// A change as the submit scripts take it: kind, user, connection, flag.
+fn change_fields(change: &Change) -> [String; 4] {
+    let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
+    let (kind, user, connection, flag) = match change {
+        Change::Join { user } => ("join", user, String::new(), String::new()),
+        Change::Link {
+            user,
+            connection,
+            accept_new_users,
+            replace,
+        } => (
+            "link",
+            user,
+            connection.to_string(),
+            flag(*accept_new_users) + &flag(*replace),
+        ),
+        Change::Unlink { user, only } => (
+            "unlink",
+            user,
+            only.map(|c| c.to_string()).unwrap_or_default(),
+            flag(only.is_some()),
+        ),
+        Change::Leave { user, only } => (
+            "leave",
+            user,
+            only.map(|c| c.to_string()).unwrap_or_default(),
+            flag(only.is_some()),
+        ),
+    };
+    [kind.to_owned(), user.clone(), connection, flag]
 }
 
 /// How many log entries one read script returns at most; a longer catch-up takes several.
@@ -242,37 +318,47 @@ impl Shared {
     pub(crate) fn submit_call(&self, lease: &NodeLease, change: &Change) -> Call {
         let mut args = self.change_args(&lease.epoch, &lease.node);
         args.push(lease.generation.to_string());
-        let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
-        let (kind, user, connection, flag) = match change {
-            Change::Join { user } => ("join", user, String::new(), String::new()),
-            Change::Link {
-                user,
-                connection,
-                accept_new_users,
-                replace,
-            } => (
-                "link",
-                user,
-                connection.to_string(),
-                flag(*accept_new_users) + &flag(*replace),
-            ),
-            Change::Unlink { user, only } => (
-                "unlink",
-                user,
-                only.map(|c| c.to_string()).unwrap_or_default(),
-                flag(only.is_some()),
-            ),
-            Change::Leave { user, only } => (
-                "leave",
-                user,
-                only.map(|c| c.to_string()).unwrap_or_default(),
-                flag(only.is_some()),
-            ),
-        };
-        args.extend([kind.to_owned(), user.clone(), connection, flag]);
+        args.extend(change_fields(change));
         let mut call = Call::new(&scripts::SUBMIT_SCRIPT, args);
-        call.user = user.clone();
+        call.user = change.user().to_owned();
         call
+    }
+
+    /// Several changes of `lease`'s node in one script call (see [`Shared::submit_many_result`]).
+    pub(crate) fn submit_many_call<'a>(&self, lease: &NodeLease, changes: impl Iterator<Item = &'a Change>) -> Call {
+        let mut args = self.change_args(&lease.epoch, &lease.node);
+        args.push(lease.generation.to_string());
+        for change in changes {
+            args.extend(change_fields(change));
+        }
+        Call::new(&scripts::SUBMIT_MANY_SCRIPT, args)
+    }
+
+    /// The answers to a [`Shared::submit_many_call`], one per change (`users` are theirs, in order, to word the
+    /// refusals), or one error for all.
+    pub(crate) fn submit_many_result(&self, value: Value, users: &[&str]) -> Result<Vec<Result<Vec<Entry>>>> {
+        let items = parse::array(value)?;
+        let status = items.first().map(parse::text).transpose()?;
+        if status.as_deref() != Some("batch") {
+            // One refusal for all: the epoch changed.
+            let refused = parse::done(Value::Array(items), "").map(|_| ());
+            return Err(refused
+                .err()
+                .unwrap_or_else(|| Error::Malformed("a batch reply without its answers".into())));
+        }
+        if items.len() != users.len() + 2 {
+            return Err(Error::Malformed(format!(
+                "{} answers to a batch of {} changes",
+                items.len().saturating_sub(2),
+                users.len()
+            )));
+        }
+        Ok(items
+            .into_iter()
+            .skip(2)
+            .zip(users)
+            .map(|(reply, user)| parse::done(reply, user).and_then(|(_, items)| parse::entries(items)))
+            .collect())
     }
 
     pub(crate) fn entries_result(&self, call: &Call, value: Value) -> Result<Vec<Entry>> {

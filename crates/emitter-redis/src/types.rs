@@ -178,6 +178,12 @@ pub enum Error {
     QueueFull,
     /// The cluster handle's background tasks are gone (its runtime shut down).
     Closed,
+    /// The node's queue of membership changes is full (Redis is slow, or the node takes changes faster than Redis
+    /// decides them): the change was refused at once, not made.
+    ChangeQueueFull,
+    /// Redis failed a batch of membership changes a moment ago: changes are refused at once, not made, until the
+    /// back-off period is over.
+    BackingOff,
 }
 
 impl Error {
@@ -218,6 +224,8 @@ impl fmt::Display for Error {
                 "the outgoing message queue is full (publish_queue messages or publish_budget bytes wait for redis)",
             ),
             Error::Closed => f.write_str("the cluster handle's tasks are gone"),
+            Error::ChangeQueueFull => f.write_str("this node's queue of membership changes is full"),
+            Error::BackingOff => f.write_str("redis failed a moment ago: membership changes are refused for a moment"),
         }
     }
 }

@@ -418,45 +418,147 @@ async fn health_until(port: u16, status: u16) -> String {
     emitter_testing::get_until_status(port, "/health", status).await
 }
 
-/// While Redis is paused, links wait on it, each holding a tokio worker thread (the membership path is synchronous);
-/// messages must keep flowing on the runtime's other threads, not wait for Redis with the links.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_redis_holds_up_links_not_messages() {
+/// While Redis is paused for 2 s, links wait on it (or fail: they are refused, never stuck), and nothing else does:
+/// no thread waits on Redis, so the messages of linked users keep flowing, on a multi-threaded runtime and on a
+/// current-thread one (where one parked thread would stop the whole node).
+async fn a_paused_redis_holds_up_links_not_messages(cluster: &str) {
     let redis = redis_or_skip!();
     let server = Server::new();
     server.on_message(|server, username, message| {
         let _ = server.broadcast(message, Some(username));
     });
-    let a = start_node_with(&redis, "slow", "a", options(), server).await;
+    let a = start_node_with(&redis, cluster, "a", options(), server).await;
     let (mut ann, mut bob) = RawClient::link_pair(a.port, "ann", "bob").await;
 
     let paused_at = Instant::now();
-    let paused = redis.pause(1.5);
+    let paused = redis.pause(2.0);
     // Give the pause a moment to begin, then start links that wait for Redis: more than there are worker threads.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let links: Vec<_> = (0..6)
         .map(|i| {
             let port = a.port;
-            tokio::spawn(async move { RawClient::link_as(port, &format!("late{i}")).await })
+            tokio::spawn(async move { RawClient::link_with(port, &format!("late{i}"), None).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    ann.send(json!({"type": "app/say", "payload": "still here"})).await;
-    // (bob may hear of a link first, if one got through.)
-    bob.recv_until(&json!({"type": "app/say", "payload": "still here"}))
-        .await;
+    for round in 0..3 {
+        ann.send(json!({"type": "app/say", "payload": round})).await;
+        // (bob may hear of a link first, if one got through.)
+        bob.recv_until(&json!({"type": "app/say", "payload": round})).await;
+    }
     let arrived = paused_at.elapsed();
     assert!(
-        arrived < Duration::from_millis(1200),
-        "the message arrived {arrived:?} after Redis was paused for 1.5 s: it waited for Redis with the links"
+        arrived < Duration::from_millis(1500),
+        "the messages arrived {arrived:?} after Redis was paused for 2 s: they waited for Redis with the links"
     );
 
-    // Once Redis answers, the links go through.
+    // Once Redis answers, every link has its answer: accepted, or refused (it timed out, or came during the
+    // back-off).
     for link in links {
-        emitter_testing::within("a link once Redis is back", link)
+        let _answered = emitter_testing::within("a link's answer once Redis is back", link)
             .await
             .unwrap();
     }
+    paused.join().unwrap();
+    // And the node links again.
+    let _carl = RawClient::link_as(a.port, "carl").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_holds_up_links_not_messages_on_a_multi_threaded_runtime() {
+    a_paused_redis_holds_up_links_not_messages("slow-mt").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_paused_redis_holds_up_links_not_messages_on_a_current_thread_runtime() {
+    a_paused_redis_holds_up_links_not_messages("slow-ct").await;
+}
+
+/// A closing node unlinks all of its users in a few round trips to Redis (its change queue sends up to 500 per
+/// pipeline), not one per user; every other node sees them all unlinked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_node_unlinks_a_thousand_users_in_two_round_trips() {
+    let redis = redis_or_skip!();
+    let (a, b) = two_nodes(&redis, "closing-many").await;
+    let mut clients = Vec::new();
+    for chunk in 0..20 {
+        let linking: Vec<_> = (0..50)
+            .map(|i| {
+                let port = a.port;
+                tokio::spawn(async move { RawClient::link_as(port, &format!("u{}", chunk * 50 + i)).await })
+            })
+            .collect();
+        for link in linking {
+            clients.push(link.await.unwrap());
+        }
+    }
+    let everyone_linked = || b.server.users().iter().filter(|user| user.is_linked).count() == 1_000;
+    crate::support::within(Duration::from_secs(20), "node b sees the 1,000 links", async {
+        while !everyone_linked() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let before = a.node.cluster().stats().change_batches;
+    let TestNode { server, node, .. } = a;
+    let stats = node.cluster().clone();
+    server.close().await.unwrap();
+    let round_trips = stats.stats().change_batches - before;
+    assert!(
+        round_trips <= 2,
+        "closing a node with 1,000 users took {round_trips} round trips"
+    );
+    node.stopped().await;
+    let nobody_linked = || b.server.users().iter().all(|user| !user.is_linked);
+    crate::support::within(Duration::from_secs(20), "node b sees the 1,000 unlinks", async {
+        while !nobody_linked() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(b.server.users().len(), 1_000);
+    drop(clients);
+}
+
+/// Links that find the node's change queue full are refused at once, with the reason, and counted; after Redis fails
+/// a batch (here: a reply that times out), links are refused at once for the back-off period instead of queueing
+/// behind a Redis that is away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_change_queue_and_a_failed_redis_refuse_links_at_once() {
+    let redis = redis_or_skip!();
+    let options = Options {
+        change_queue: 1,
+        command_timeout: Duration::from_millis(500),
+        change_backoff: Duration::from_secs(5),
+        ..options()
+    };
+    let a = start_node_with(&redis, "refusing", "a", options, Server::new()).await;
+    let paused = redis.pause(1.5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One link is out to the sleeping Redis, one waits in the queue: the others find it full.
+    let links: Vec<_> = (0..5)
+        .map(|i| {
+            let port = a.port;
+            tokio::spawn(async move { RawClient::link_with(port, &format!("late{i}"), None).await.err() })
+        })
+        .collect();
+    let mut reasons = Vec::new();
+    for link in links {
+        reasons.push(emitter_testing::within("a link's answer", link).await.unwrap());
+    }
+    let full = "the cluster is unavailable: this node's queue of membership changes is full";
+    let refused_full = reasons.iter().filter(|reason| reason.as_deref() == Some(full)).count();
+    assert!(refused_full >= 3, "{reasons:?}");
+    assert!(a.node.cluster().stats().change_queue_full >= 3);
+    // The batch out to Redis timed out: for the back-off period, links are refused at once.
+    let started = Instant::now();
+    let reason = RawClient::link_with(a.port, "after", None).await.err();
+    assert_eq!(
+        reason.as_deref(),
+        Some("the cluster is unavailable: redis failed a moment ago: membership changes are refused for a moment")
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+    assert!(a.node.cluster().stats().changes_backed_off >= 1);
     paused.join().unwrap();
 }

@@ -42,14 +42,14 @@ struct Shared {
 /// use std::time::Duration;
 ///
 /// let server = Server::new();
-/// server.on_authenticate(|_, username, info, ctx| {
+/// server.on_authenticate(|u, info, auth| {
 ///     if info.auth.as_deref() != Some("letmein") {
-///         ctx.reject("wrong password");
+///         auth.reject("wrong password");
 ///         return;
 ///     }
-///     let ctx2 = ctx.clone();
-///     let name = username.to_owned();
-///     ctx.mark_async(async move {
+///     let ctx2 = auth.clone();
+///     let name = u.username().to_owned();
+///     auth.mark_async(async move {
 ///         tokio::time::sleep(Duration::from_millis(10)).await; // a database lookup, say
 ///         if name == "mallory" {
 ///             ctx2.reject("banned");

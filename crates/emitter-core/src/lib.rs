@@ -5,15 +5,22 @@
 //! crate holds the protocol types, the user and connection state machine, the listeners and the [`AuthContext`]; it
 //! knows nothing of sockets. `emitter-axum` serves it over WebSocket.
 //!
+//! Listeners get their event's own arguments, as the reference's do: `server.on_message(|u, m| …)`. The user comes as
+//! a [`UserRef`], which reads as the username and reaches the server (`u.server()`, `u.send(…)`), so a listener needs
+//! no clone of the server.
+//!
 //! ```
 //! use emitter_core::{Message, Server};
 //!
 //! let server = Server::builder().build();
-//! server.on_link(|server, username| {
-//!     let welcome = Message::with_payload("chat/welcome", format!("hi {username}"));
-//!     server.send(username, &welcome).unwrap(); // linked users can be sent to
+//! server.on_link(|u| {
+//!     let welcome = Message::with_payload("chat/welcome", format!("hi {u}"));
+//!     u.send(&welcome).unwrap(); // linked users can be sent to
 //! });
-//! server.on_message(|_, username, message| tracing::info!(username, kind = message.kind, "message"));
+//! server.on_message(|u, m| {
+//!     tracing::info!(username = %u, kind = m.kind, "message");
+//!     let _ = u.server().broadcast(m, Some(u.username())); // listeners reach the server through the user
+//! });
 //! ```
 //!
 //! Events reach listeners, and the protocol messages reach clients, in one order that matches the reference
@@ -67,6 +74,6 @@ pub use metrics::{ClusterCounts, Health, METRICS_CONTENT_TYPE};
 pub use protocol::Message;
 pub use query::QueryParam;
 pub use registry::Broadcast;
-pub use server::{Server, Stats, User};
+pub use server::{Server, Stats, User, UserRef};
 pub use username::is_valid_username;
 pub use version::{AcceptedVersions, PROTOCOL_VERSION};

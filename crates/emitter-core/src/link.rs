@@ -21,6 +21,7 @@ use crate::membership::Membership;
 use crate::metrics::Reason;
 use crate::outbox::Outbox;
 use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, Rejection, ServerMessage};
+use crate::server::UserRef;
 use crate::version::AcceptedVersions;
 use crate::vocabulary::NOT_LISTENING;
 use crate::Server;
@@ -153,7 +154,9 @@ impl Server {
         let username = member.name.as_str();
         let message = &message;
         self.emit(Event::Message { username, message }, |events| {
-            events.message.emit("message", |f| f(self, username, message))
+            events
+                .message
+                .emit("message", |f| f(UserRef::new(self, username), message))
         });
         None
     }
@@ -263,7 +266,7 @@ impl Server {
             |events| {
                 events
                     .authenticate
-                    .emit("authenticate", |f| f(self, &username, &info, &ctx))
+                    .emit("authenticate", |f| f(UserRef::new(self, &username), &info, &ctx))
             },
         );
         // A reason given to `reject` wins over a panic, whichever came first, as in the reference.

@@ -24,6 +24,7 @@ use crate::events::Event;
 use crate::protocol::ServerMessage;
 use crate::registry::Link;
 use crate::server::Events;
+use crate::server::UserRef;
 use crate::Server;
 
 /// Which event a membership change emits.
@@ -48,16 +49,16 @@ impl Server {
     pub(crate) fn emit_membership(&self, what: Membership, username: &str) {
         let _ = match what {
             Membership::Join => self.emit(Event::Join { username }, |events| {
-                events.join.emit("join", |f| f(self, username))
+                events.join.emit("join", |f| f(UserRef::new(self, username)))
             }),
             Membership::Link => self.emit(Event::Link { username }, |events| {
-                events.link.emit("link", |f| f(self, username))
+                events.link.emit("link", |f| f(UserRef::new(self, username)))
             }),
             Membership::Unlink => self.emit(Event::Unlink { username }, |events| {
-                events.unlink.emit("unlink", |f| f(self, username))
+                events.unlink.emit("unlink", |f| f(UserRef::new(self, username)))
             }),
             Membership::Leave => self.emit(Event::Leave { username }, |events| {
-                events.leave.emit("leave", |f| f(self, username))
+                events.leave.emit("leave", |f| f(UserRef::new(self, username)))
             }),
         };
     }

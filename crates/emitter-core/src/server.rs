@@ -32,6 +32,9 @@ use crate::registry::{Broadcast, Link, Registry};
 use crate::shards::Shards;
 use crate::sync::{Mutex, ReentrantMutex};
 
+mod user_ref;
+pub use user_ref::UserRef;
+
 /// A user as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct User {
@@ -42,10 +45,10 @@ pub struct User {
     pub is_linked: bool,
 }
 
-type UserListener = dyn Fn(&Server, &str) + Send + Sync;
+type UserListener = dyn Fn(UserRef<'_>) + Send + Sync;
 type AnyListener = dyn Fn(&Server, &Event<'_>) + Send + Sync;
-type AuthListener = dyn Fn(&Server, &str, &AuthInfo, &AuthContext) + Send + Sync;
-type MessageListener = dyn Fn(&Server, &str, &Message) + Send + Sync;
+type AuthListener = dyn Fn(UserRef<'_>, &AuthInfo, &AuthContext) + Send + Sync;
+type MessageListener = dyn Fn(UserRef<'_>, &Message) + Send + Sync;
 type ListenListener = dyn Fn(&Server, u16) + Send + Sync;
 type CloseListener = dyn Fn(&Server) + Send + Sync;
 
@@ -132,8 +135,8 @@ pub(crate) struct Inner {
 /// use emitter_core::Server;
 ///
 /// let server = Server::new();
-/// server.on_payload("chat/say", |server, username, text: String| {
-///     let _ = server.broadcast_payload("chat/said", &(username, text), None);
+/// server.on_payload("chat/say", |u, text: String| {
+///     let _ = u.server().broadcast_payload("chat/said", &(u, text), None);
 /// });
 /// ```
 #[derive(Clone)]
@@ -295,8 +298,8 @@ impl Server {
     /// use emitter_core::{Error, Message, Server};
     ///
     /// let server = Server::new();
-    /// server.on_link(|server, username| {
-    ///     let _ = server.send(username, &Message::with_payload("chat/welcome", "hi"));
+    /// server.on_link(|u| {
+    ///     let _ = u.server().send(&u, &Message::with_payload("chat/welcome", "hi"));
     /// });
     /// ```
     pub fn send(&self, username: &str, message: &Message) -> Result<(), Error> {
@@ -312,8 +315,8 @@ impl Server {
     /// struct Score { points: u32 }
     ///
     /// let server = emitter_core::Server::new();
-    /// server.on_link(|server, username| {
-    ///     let _ = server.send_payload(username, "game/score", &Score { points: 0 });
+    /// server.on_link(|u| {
+    ///     let _ = u.server().send_payload(&u, "game/score", &Score { points: 0 });
     /// });
     /// ```
     pub fn send_payload<T: Serialize + ?Sized>(&self, username: &str, kind: &str, payload: &T) -> Result<(), Error> {
@@ -392,8 +395,8 @@ impl Server {
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// server.on_join(|server, username| {
-    ///     let _ = server.broadcast_payload("lobby/arrived", &username, Some(username));
+    /// server.on_join(|u| {
+    ///     let _ = u.server().broadcast_payload("lobby/arrived", &u, Some(u.username()));
     /// });
     /// ```
     pub fn broadcast_payload<T: Serialize + ?Sized>(

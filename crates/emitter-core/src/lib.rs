@@ -28,52 +28,31 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod auth;
-mod builder;
-mod close_reason;
 pub mod cluster;
-mod clustered;
-mod config;
-mod connections;
 mod error;
-mod events;
-mod fanout;
-mod id;
-mod kept;
-mod lifecycle;
-mod link;
 mod membership;
 mod metrics;
-mod ops;
-mod outbox;
 pub mod protocol;
-mod query;
-mod registry;
 mod server;
 mod shards;
-mod snapshot;
-mod subscribe;
 mod sync;
 pub mod transport;
-mod username;
-mod version;
-mod vocabulary;
 
-pub use auth::{AuthContext, AuthInfo};
-pub use builder::ServerBuilder;
-pub use clustered::ClusterHost;
-pub use config::{
+pub use cluster::node::ClusterHost;
+pub use emitter_listeners::Subscription;
+pub use error::{Error, Status};
+pub use membership::registry::Broadcast;
+pub use metrics::{ClusterCounts, Health, METRICS_CONTENT_TYPE};
+pub use protocol::query::QueryParam;
+pub use protocol::username::is_valid_username;
+pub use protocol::version::{AcceptedVersions, PROTOCOL_VERSION};
+pub use protocol::Message;
+pub use server::auth::{AuthContext, AuthInfo};
+pub use server::builder::ServerBuilder;
+pub use server::config::{
     Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_CLOSE_DRAIN_DEADLINE, DEFAULT_LINK_DEADLINE,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS,
     DEFAULT_OUTBOUND_QUEUE, MAX_USERNAME_BYTES,
 };
-pub use emitter_listeners::Subscription;
-pub use error::{Error, Status};
-pub use events::Event;
-pub use metrics::{ClusterCounts, Health, METRICS_CONTENT_TYPE};
-pub use protocol::Message;
-pub use query::QueryParam;
-pub use registry::Broadcast;
+pub use server::events::Event;
 pub use server::{Server, Stats, User, UserRef};
-pub use username::is_valid_username;
-pub use version::{AcceptedVersions, PROTOCOL_VERSION};

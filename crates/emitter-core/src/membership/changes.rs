@@ -16,15 +16,15 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::close_reason::CloseReason;
 use crate::cluster::LinkAddr;
-use crate::connections::{Connection, Role};
 use crate::error::Status;
-use crate::events::Event;
+use crate::membership::connections::{Connection, Role};
+use crate::membership::registry::Link;
 use crate::protocol::ServerMessage;
-use crate::registry::Link;
+use crate::server::events::Event;
 use crate::server::Events;
 use crate::server::UserRef;
+use crate::transport::close_reason::CloseReason;
 use crate::Server;
 
 /// Which event a membership change emits.

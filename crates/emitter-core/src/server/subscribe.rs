@@ -15,10 +15,10 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::auth::{AuthContext, AuthInfo};
 use crate::error::Error;
-use crate::events::Event;
 use crate::protocol::Message;
+use crate::server::auth::{AuthContext, AuthInfo};
+use crate::server::events::Event;
 use crate::server::UserRef;
 use crate::Server;
 

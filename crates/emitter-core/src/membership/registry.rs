@@ -15,13 +15,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::cluster::LinkAddr;
-use crate::config::KeepLimits;
-use crate::connections::{Connection, Member};
-use crate::fanout::{Log, SEGMENT};
-use crate::kept::Kept;
-use crate::outbox::PushError;
+use crate::membership::connections::{Connection, Member};
+use crate::membership::kept::Kept;
 use crate::protocol::{Frame, ServerMessage};
-use crate::snapshot::{Snapshot, UserFrames};
+use crate::server::config::KeepLimits;
+use crate::transport::fanout::{Log, SEGMENT};
+use crate::transport::outbox::PushError;
+use crate::transport::snapshot::{Snapshot, UserFrames};
 
 /// What a broadcast did: how many linked users got the message queued, and who did not.
 ///
@@ -297,7 +297,7 @@ impl Registry {
         }
         for (order, connection) in slow {
             tracing::debug!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
-            connection.close(crate::close_reason::CloseReason::SlowConsumer);
+            connection.close(crate::transport::close_reason::CloseReason::SlowConsumer);
             self.closing.insert(order);
         }
     }

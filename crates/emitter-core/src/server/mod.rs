@@ -18,21 +18,29 @@ use emitter_listeners::Listeners;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::auth::{AuthContext, AuthInfo};
 use crate::cluster::{Change, Sequencer};
-use crate::config::Config;
-use crate::connections::{Connection, Connections};
 use crate::error::{Error, Status};
-use crate::events::Event;
-use crate::fanout::Log;
+use crate::membership::connections::{Connection, Connections};
+use crate::membership::registry::{Broadcast, Link, Registry};
 use crate::metrics::Metrics;
-use crate::outbox::PushError;
 use crate::protocol::{Frame, Message, RESERVED_PREFIX};
-use crate::registry::{Broadcast, Link, Registry};
+use crate::server::auth::{AuthContext, AuthInfo};
+use crate::server::config::Config;
+use crate::server::events::Event;
 use crate::shards::Shards;
 use crate::sync::{Mutex, ReentrantMutex};
+use crate::transport::fanout::Log;
+use crate::transport::outbox::PushError;
 
+pub(crate) mod auth;
+pub(crate) mod builder;
+pub(crate) mod config;
+pub(crate) mod events;
+pub(crate) mod lifecycle;
+mod ops;
+mod subscribe;
 mod user_ref;
+
 pub use user_ref::UserRef;
 
 /// A user as the server lists it.

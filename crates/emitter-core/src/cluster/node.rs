@@ -11,15 +11,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::close_reason::CloseReason;
 use crate::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
-use crate::connections::Connection;
 use crate::error::{Error, Status};
-use crate::id::ConnectionId;
-use crate::membership::Membership;
+use crate::membership::changes::Membership;
+use crate::membership::connections::Connection;
+use crate::membership::registry::Link;
 use crate::metrics::ClusterCounts;
 use crate::protocol::{Frame, ServerMessage};
-use crate::registry::Link;
+use crate::transport::close_reason::CloseReason;
+use crate::transport::id::ConnectionId;
 use crate::Server;
 
 /// Runs a call that waits on the network (a round trip to the cluster's sequencer, or a turn held by one) from the
@@ -368,7 +368,7 @@ impl ClusterHost {
             "starting over from the cluster's state: closing this node's connections"
         );
         for connection in server.inner.connections.all() {
-            connection.close(crate::close_reason::CloseReason::Restart);
+            connection.close(crate::transport::close_reason::CloseReason::Restart);
         }
         let names: Vec<String> = server.users().into_iter().map(|user| user.username).collect();
         for name in names {

@@ -6,12 +6,12 @@
 use std::fmt;
 use std::future::Future;
 
-pub use crate::close_reason::{CloseReason, TransportClose};
 use crate::error::Status;
-pub use crate::id::ConnectionId;
 use crate::metrics::Cause;
-pub use crate::outbox::{Outbox, PushError};
-pub use crate::snapshot::Snapshot;
+pub use crate::transport::close_reason::{CloseReason, TransportClose};
+pub use crate::transport::id::ConnectionId;
+pub use crate::transport::outbox::{Outbox, PushError};
+pub use crate::transport::snapshot::Snapshot;
 use crate::Server;
 
 impl Server {

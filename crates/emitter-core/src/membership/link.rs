@@ -10,20 +10,20 @@ use std::time::Instant;
 
 use tokio::task::JoinSet;
 
-use crate::auth::{AuthContext, AuthFuture, AuthInfo};
 use crate::cluster::{Change, Refused, Sequencer};
-use crate::config::{LinkPolicy, MAX_USERNAME_BYTES};
-use crate::connections::{Connection, Member, Role};
 use crate::error::Status;
-use crate::events::Event;
-use crate::id::ConnectionId;
-use crate::membership::Membership;
+use crate::membership::changes::Membership;
+use crate::membership::connections::{Connection, Member, Role};
 use crate::metrics::Reason;
-use crate::outbox::Outbox;
+use crate::protocol::version::AcceptedVersions;
+use crate::protocol::vocabulary::NOT_LISTENING;
 use crate::protocol::{parse_bounded, ClientMessage, InvalidMessage, LinkRequest, Message, Rejection, ServerMessage};
+use crate::server::auth::{AuthContext, AuthFuture, AuthInfo};
+use crate::server::config::{LinkPolicy, MAX_USERNAME_BYTES};
+use crate::server::events::Event;
 use crate::server::UserRef;
-use crate::version::AcceptedVersions;
-use crate::vocabulary::NOT_LISTENING;
+use crate::transport::id::ConnectionId;
+use crate::transport::outbox::Outbox;
 use crate::Server;
 use emitter_listeners::panic_message;
 
@@ -115,7 +115,7 @@ impl Server {
             }
             if !state.take_token() {
                 tracing::debug!(connection = %id, "message rate limit exceeded: closing the connection");
-                connection.close_locked(&mut state, crate::close_reason::CloseReason::RateLimit);
+                connection.close_locked(&mut state, crate::transport::close_reason::CloseReason::RateLimit);
                 let member = match &state.role {
                     Role::Linked(member) => Some(member.clone()),
                     _ => None,

@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::close_reason::CloseReason;
-use crate::fanout::{Log, Segment};
-use crate::id::ConnectionId;
 use crate::protocol::Frame;
-use crate::snapshot::{Snapshot, SnapshotCursor};
 use crate::sync::Mutex;
+use crate::transport::close_reason::CloseReason;
+use crate::transport::fanout::{Log, Segment};
+use crate::transport::id::ConnectionId;
+use crate::transport::snapshot::{Snapshot, SnapshotCursor};
 
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

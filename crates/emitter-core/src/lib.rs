@@ -25,6 +25,23 @@
 //!
 //! Events reach listeners, and the protocol messages reach clients, in one order that matches the reference
 //! TypeScript server (`@krmx/server` 0.6): per user, join → link → (unlink → link)* → unlink → leave.
+//!
+//! # Crate map
+//!
+//! The source is grouped by concern (the book's "Crate map" chapter says more):
+//!
+//! - `protocol/`: the wire format ([`protocol`]): messages, frames, the `krmx/` vocabulary, versions, the username
+//!   rule, [`QueryParam`].
+//! - `transport/`: the seam a transport plugs into ([`transport`]): the [`Host`](transport::Host), each connection's
+//!   [`Outbox`](transport::Outbox), the fan-out log of broadcasts, the snapshot a link gets, close reasons.
+//! - `membership/`: users and their links: the registry, the connections, messages kept for unlinked users, incoming
+//!   link requests and messages, and applying join, link, unlink and leave with their events.
+//! - `cluster/`: the cluster seam ([`cluster`]) and a server as a node of a cluster ([`ClusterHost`]).
+//! - `server/`: the application's API: [`Server`], [`ServerBuilder`], [`Config`], the listeners (`subscribe.rs`),
+//!   [`UserRef`], [`Event`], [`AuthContext`], status and closing (`lifecycle.rs`), metrics text and health.
+//! - `metrics/`: Prometheus metrics and the [`Health`] check.
+//! - `error.rs` ([`Error`], [`Status`]), `sync.rs` (the locks, shuttle's under the `shuttle` feature), `shards.rs`
+//!   (the sharded map `send` finds a user's connection in).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,5 @@
 //! A server as one node of a cluster: membership changes submitted to the cluster's [`Sequencer`], the entries it
-//! orders applied in that order with the steps of `membership.rs`, and messages handed to and taken from the other
+//! orders applied in that order with the steps of `membership/changes.rs`, and messages handed to and taken from the other
 //! nodes.
 //!
 //! Listeners of an entry run only on the node that made it (`Entry::by`), so that an app behaves as on one process:

@@ -9,7 +9,7 @@
 //! append is a slot in a shared log, and listeners never run while it is held.
 //!
 //! The registry changes only through [`Registry::join`], [`Registry::link`], [`Registry::unlink`] and
-//! [`Registry::leave`], called in the order the membership path decides (see `membership.rs`).
+//! [`Registry::leave`], called in the order the membership path decides (see `changes.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! - **Messages** (the hot path) take no server-wide lock: a connection's message is parsed on its own task, its
 //!   `message` listeners run beside those of other users, `send` finds a user's connection in a sharded map, and a
 //!   broadcast takes only the short fan-out lock while it appends one serialized frame to the fan-out log.
-//! - **Membership** (link, unlink, join, leave, kick, close) is rare and takes one order: see `membership.rs`.
+//! - **Membership** (link, unlink, join, leave, kick, close) is rare and takes one order: see `membership/changes.rs`.
 //!
 //! The guarantees this gives, and what it does not promise, are in the book's concepts chapter ("Order and
 //! concurrency").
@@ -60,7 +60,7 @@ type MessageListener = dyn Fn(UserRef<'_>, &Message) + Send + Sync;
 type ListenListener = dyn Fn(&Server, u16) + Send + Sync;
 type CloseListener = dyn Fn(&Server) + Send + Sync;
 
-/// One listener list per event (registered through `subscribe.rs`).
+/// One listener list per event (registered through `server/subscribe.rs`).
 #[derive(Default)]
 pub(crate) struct Events {
     pub(crate) any: Listeners<AnyListener>,
@@ -103,11 +103,11 @@ pub struct Stats {
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) events: Events,
-    /// The membership order: held for a whole membership change and the listeners it runs (see `membership.rs`).
+    /// The membership order: held for a whole membership change and the listeners it runs (see `membership/changes.rs`).
     pub(crate) sequencer: ReentrantMutex<()>,
-    /// The users in join order and their links; also the fan-out lock (see `registry.rs`).
+    /// The users in join order and their links; also the fan-out lock (see `membership/registry.rs`).
     pub(crate) registry: Mutex<Registry>,
-    /// Every frame with more than one recipient, in one order (see `fanout.rs`).
+    /// Every frame with more than one recipient, in one order (see `transport/fanout.rs`).
     pub(crate) log: Arc<Log>,
     /// The linked users' connections by name, so that `send` needs no server-wide lock. It changes together with the
     /// registry, under the fan-out lock.
@@ -121,14 +121,14 @@ pub(crate) struct Inner {
     pub(crate) transports: AtomicUsize,
     pub(crate) next_attempt: AtomicU64,
     pub(crate) payload_mismatches: AtomicU64,
-    /// The cluster's sequencer, when the server is a node of one (see `clustered.rs`).
+    /// The cluster's sequencer, when the server is a node of one (see `cluster/node.rs`).
     pub(crate) cluster: OnceLock<Arc<dyn Sequencer>>,
     /// The last entry of the cluster's order applied here.
     pub(crate) applied: AtomicU64,
     /// Local connections whose user is half way through a leave on the cluster (unlinked, not yet left): they hear of
     /// their own leave.
     pub(crate) leaving: Mutex<HashMap<String, Arc<Connection>>>,
-    /// This server's own metrics (see `metrics.rs`).
+    /// This server's own metrics (see `metrics/`).
     pub(crate) metrics: Arc<Metrics>,
 }
 

@@ -10,4 +10,8 @@ pub(crate) mod id;
 pub(crate) mod outbox;
 pub(crate) mod snapshot;
 
-pub use host::*;
+pub use close_reason::{CloseReason, TransportClose};
+pub use host::{Host, TransportGuard};
+pub use id::ConnectionId;
+pub use outbox::{Outbox, PushError};
+pub use snapshot::Snapshot;

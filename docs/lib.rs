@@ -38,6 +38,10 @@ pub struct SharedState;
 #[cfg(doctest)]
 pub struct Examples;
 
+#[doc = include_str!("src/crate-map.md")]
+#[cfg(doctest)]
+pub struct CrateMap;
+
 #[doc = include_str!("src/protocol.md")]
 #[cfg(doctest)]
 pub struct Protocol;
@@ -184,6 +188,30 @@ mod tests {
                 "{name} is not wired in docs/lib.rs: add `{wired}` on a hidden item"
             );
         }
+    }
+
+    /// The book's crate map names every file of emitter-core's `src/`, so that it cannot fall behind the tree.
+    #[test]
+    fn the_crate_map_names_every_core_file() {
+        let map = std::fs::read_to_string(root().join("docs/src/crate-map.md")).unwrap();
+        let src = root().join("crates/emitter-core/src");
+        let mut missing = Vec::new();
+        let mut folders = vec![src.clone()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    if !map.contains(&format!("`{name}/`")) {
+                        missing.push(format!("{name}/"));
+                    }
+                    folders.push(path);
+                } else if name.ends_with(".rs") && !map.contains(&format!("`{name}`")) {
+                    missing.push(path.strip_prefix(&src).unwrap().display().to_string());
+                }
+            }
+        }
+        assert!(missing.is_empty(), "docs/src/crate-map.md does not name {missing:?}");
     }
 
     /// A sequencer that decides nothing: enough to make a server a node, to see a node's metrics.

@@ -10,8 +10,8 @@
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let server = Server::new();
-//!     server.on_message(|server, username, message| {
-//!         let _ = server.broadcast(message, Some(username)); // relay to everyone else
+//!     server.on_message(|u, m| {
+//!         let _ = u.server().broadcast(m, Some(u.username())); // relay to everyone else
 //!     });
 //!     let port = emitter_axum::listen(&server, ("127.0.0.1", 8082)).await?;
 //!     println!("listening on {port}");

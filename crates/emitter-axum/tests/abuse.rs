@@ -68,10 +68,9 @@ impl Latencies {
 /// A server whose echo listener sends `echo/ping` messages back to their sender.
 async fn echo_server(builder: ServerBuilder) -> (Server, Recorder, u16) {
     let (server, events, port) = start(builder).await;
-    let s = server.clone();
-    server.on_message(move |_, username, message| {
-        if message.kind == "echo/ping" {
-            let _ = s.send(username, message);
+    server.on_message(|u, m| {
+        if m.kind == "echo/ping" {
+            let _ = u.send(m);
         }
     });
     (server, events, port)
@@ -178,7 +177,7 @@ async fn slow_readers_are_closed_without_holding_up_anyone_else() {
 fn count_flood_messages(server: &Server) -> Arc<AtomicUsize> {
     let received = Arc::new(AtomicUsize::new(0));
     let r = received.clone();
-    server.on_message(move |_, _, message| {
+    server.on_message(move |_, message| {
         if message.kind == "flood/n" {
             r.fetch_add(1, Ordering::Relaxed);
         }
@@ -329,10 +328,9 @@ async fn with_tcp_nodelay_a_reply_after_server_pushes_is_prompt() {
     use axum::serve::ListenerExt;
     let _serial = SERIAL.lock().await;
     let server = Server::builder().ping_interval(Duration::ZERO).build();
-    let s = server.clone();
-    server.on_message(move |_, username, message| {
-        if message.kind == "echo/ping" {
-            let _ = s.send(username, message);
+    server.on_message(|u, m| {
+        if m.kind == "echo/ping" {
+            let _ = u.send(m);
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

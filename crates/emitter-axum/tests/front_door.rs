@@ -103,10 +103,10 @@ async fn the_upgrade_request_reaches_the_authenticate_listeners() {
     let (server, _recorder, port) = start_default().await;
     let seen: Arc<Mutex<Vec<Handshake>>> = Arc::default();
     let record = seen.clone();
-    server.on_authenticate(move |_, _, info, ctx| {
+    server.on_authenticate(move |_, info, auth| {
         record.lock().unwrap().push(info.handshake().clone());
         if info.handshake().cookie("session") != Some("s-42") {
-            ctx.reject("log in first");
+            auth.reject("log in first");
         }
     });
     let ws = connect_with(
@@ -148,7 +148,7 @@ async fn nothing_secret_is_printed_or_logged() {
         }
     });
     let print = printed.clone();
-    server.on_authenticate(move |_, _, info, _| print.lock().unwrap().push(format!("{info:?} {:?}", info.handshake())));
+    server.on_authenticate(move |_, info, _| print.lock().unwrap().push(format!("{info:?} {:?}", info.handshake())));
     let ws = connect_with(
         port,
         "/?key=query-s3cret",
@@ -183,14 +183,14 @@ fn username_is_never_empty() -> bool {
 async fn a_panicking_authenticate_listener_is_logged_and_the_client_gets_a_generic_reason() {
     let (logs, _capturing) = CapturedLogs::capture();
     let (server, _recorder, port) = start_default().await;
-    server.on_authenticate(|_, username, _, ctx| match username {
+    server.on_authenticate(|u, _, auth| match u.username() {
         "bug" => panic!("database password is hunter2"),
-        "told" => ctx.reject("you may read this"),
+        "told" => auth.reject("you may read this"),
         _ => {}
     });
-    server.on_authenticate(|_, username, _, ctx| {
-        if username == "slowbug" {
-            ctx.mark_async(async {
+    server.on_authenticate(|u, _, auth| {
+        if u == "slowbug" {
+            auth.mark_async(async {
                 if username_is_never_empty() {
                     panic!("stack trace with hunter2");
                 }

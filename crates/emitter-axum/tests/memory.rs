@@ -109,9 +109,9 @@ async fn a_stalled_reader_pins_no_memory_run_after_run() {
             u.changed.notify_waiters();
         }
     });
-    server.on_message(|server, username, message| {
-        if message.kind == "chat/say" {
-            let _ = server.broadcast(message, Some(username));
+    server.on_message(|u, m| {
+        if m.kind == "chat/say" {
+            let _ = u.server().broadcast(m, Some(&u));
         }
     });
     let port = listen(&server).await;

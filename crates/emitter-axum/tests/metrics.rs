@@ -62,13 +62,13 @@ async fn scrape_until(port: u16, expected: &[(&str, f64)]) -> String {
 #[tokio::test]
 async fn metrics_follow_connections_links_messages_rejections_and_closes() {
     let server = Server::builder().max_message_size(1024).build();
-    server.on_authenticate(|_, _, info, ctx| {
+    server.on_authenticate(|_, info, ctx| {
         if info.auth.as_deref() == Some("nope") {
             ctx.reject("banned: a reason of the app's own");
         }
     });
-    server.on_message(|server, username, message| {
-        let _ = server.broadcast(message, Some(username));
+    server.on_message(|u, m| {
+        let _ = u.server().broadcast(m, Some(u.username()));
     });
     let port = serve_with_ops(&server).await;
     let fresh = scrape(port).await;

@@ -65,7 +65,7 @@ async fn a_successful_async_auth_is_never_followed_by_a_stray_rejection() {
     let probe = Mutex::new(Some(probe));
     let completed = Arc::new(AtomicBool::new(false));
     let done = completed.clone();
-    server.on_authenticate(move |_, username, _, ctx| match username {
+    server.on_authenticate(move |username, _, ctx| match username.username() {
         "simon" => ctx.mark_async(async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             Ok::<(), String>(())
@@ -112,7 +112,7 @@ async fn a_successful_async_auth_is_never_followed_by_a_stray_rejection() {
 #[tokio::test]
 async fn a_handler_that_never_settles_is_rejected_by_the_timeout() {
     let (server, events, port) = start(Server::builder().auth_timeout(Duration::from_millis(200))).await;
-    server.on_authenticate(|_, username, _, ctx| {
+    server.on_authenticate(|username, _, ctx| {
         if username == "ghost" {
             ctx.mark_async(std::future::pending::<Result<(), String>>());
         }
@@ -138,7 +138,7 @@ async fn concurrent_async_links_to_the_same_new_name_accept_exactly_one() {
     let (server, events, port) = start_default().await;
     let both_asked = Arc::new(Barrier::new(2));
     let b = both_asked.clone();
-    server.on_authenticate(move |_, _, _, ctx| {
+    server.on_authenticate(move |_, _, ctx| {
         let b = b.clone();
         ctx.mark_async(async move {
             b.wait().await;
@@ -174,7 +174,7 @@ async fn a_connection_closed_during_async_auth_leaves_nothing_behind() {
     let (server, events, port) = start_default().await;
     let (probe, watch) = drop_probe();
     let probe = Mutex::new(Some(probe));
-    server.on_authenticate(move |_, _, _, ctx| {
+    server.on_authenticate(move |_, _, ctx| {
         // Only the first attempt hangs; the auth timeout (10 s) is far off.
         if let Some(probe) = probe.lock().take() {
             ctx.mark_async(async move {
@@ -209,7 +209,7 @@ async fn a_second_link_request_while_the_first_is_pending_is_rejected() {
     let (server, events, port) = start_default().await;
     let gate = Arc::new(Notify::new());
     let g = gate.clone();
-    server.on_authenticate(move |_, username, _, ctx| {
+    server.on_authenticate(move |username, _, ctx| {
         if username == "simon" {
             let g = g.clone();
             ctx.mark_async(async move {

@@ -617,23 +617,22 @@ async fn should_allow_broadcasting_a_message_to_all_linked_users() {
 async fn welcome_in_link_but_not_in_join(broadcast: bool) {
     let (server, _events, port) = start_default().await;
     let join_results = Arc::new(Mutex::new(Vec::new()));
-    let (s, results) = (server.clone(), join_results.clone());
-    server.on_join(move |_, username| {
+    let results = join_results.clone();
+    server.on_join(move |u| {
         let welcome = Message::new("custom/welcome-on-join");
         let result = if broadcast {
-            s.broadcast(&welcome, None).map(drop)
+            u.server().broadcast(&welcome, None).map(drop)
         } else {
-            s.send(username, &welcome)
+            u.send(&welcome)
         };
         results.lock().push(result.map_err(|error| error.to_string()));
     });
-    let s = server.clone();
-    server.on_link(move |_, username| {
+    server.on_link(move |u| {
         let welcome = Message::new("custom/welcome-on-link");
         if broadcast {
-            s.broadcast(&welcome, None).unwrap();
+            u.server().broadcast(&welcome, None).unwrap();
         } else {
-            s.send(username, &welcome).unwrap();
+            u.send(&welcome).unwrap();
         }
     });
     let mut simon = RawClient::link_as(port, "simon").await;
@@ -696,8 +695,7 @@ async fn should_allow_a_connection_to_link_after_it_was_rejected_before() {
 async fn should_reject_linking_a_connection_to_a_user_if_the_reject_callback_in_the_authenticate_event_is_called_with_a_reason(
 ) {
     let (server, events, port) = start_default().await;
-    let s = server.clone();
-    server.on_authenticate(move |_, _username, info: &AuthInfo, ctx: &AuthContext| {
+    server.on_authenticate(|user, info: &AuthInfo, ctx: &AuthContext| {
         // `info.auth` is passed on.
         if info.auth.as_deref() == Some("i-am-a-robot") {
             ctx.reject("robots-are-not-allowed");
@@ -706,7 +704,7 @@ async fn should_reject_linking_a_connection_to_a_user_if_the_reject_callback_in_
         // `info.is_new_user` is passed on.
         if !info.is_new_user {
             ctx.reject("relinking is not allowed here");
-        } else if !s.users().is_empty() {
+        } else if !user.server().users().is_empty() {
             ctx.reject("server is full");
             ctx.reject("this should not show up");
         }
@@ -1016,7 +1014,7 @@ async fn should_not_kick_a_client_if_it_responds_to_the_websocket_ping_with_a_po
 #[tokio::test]
 async fn should_allow_authenticate_to_be_asynchronous() {
     let (server, _events, port) = start(Server::builder().auth_timeout(Duration::from_secs(2))).await;
-    server.on_authenticate(|_, username, _info, ctx| {
+    server.on_authenticate(|username, _info, ctx| {
         if username == "marjolein" {
             ctx.reject("immediately rejected");
         }
@@ -1024,9 +1022,9 @@ async fn should_allow_authenticate_to_be_asynchronous() {
             panic!("immediately rejected by throw");
         }
     });
-    server.on_authenticate(|_, username, _info, ctx| {
+    server.on_authenticate(|username, _info, ctx| {
         let ctx2 = ctx.clone();
-        let username = username.to_owned();
+        let username = username.to_string();
         ctx.mark_async(async move {
             let work = match username.as_str() {
                 "kevin" | "marjolein" | "rens" => Duration::from_secs(5),

@@ -181,10 +181,9 @@ async fn thousands_of_connections_come_and_go_and_leave_nothing_behind() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let (server, events, port) = start(Server::builder().ping_interval(Duration::ZERO)).await;
-    let s = server.clone();
-    server.on_message(move |_, username, message| {
-        if message.kind == "soak/echo" {
-            let _ = s.send(username, message);
+    server.on_message(|u, m| {
+        if m.kind == "soak/echo" {
+            let _ = u.send(m);
         }
     });
     // The accept loop and the link-deadline sweeper.

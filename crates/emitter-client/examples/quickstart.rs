@@ -35,8 +35,8 @@ async fn chat(url: &str) -> Result<(), Box<dyn Error>> {
 /// A server that relays every `chat/message` to everyone, for the example to talk to.
 async fn local_server() -> Result<(Server, String), Box<dyn Error>> {
     let server = Server::new();
-    server.on_message(|server, _, message| {
-        let _ = server.broadcast(message, None);
+    server.on_message(|u, m| {
+        let _ = u.server().broadcast(m, None);
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = emitter_axum::listen_on(&server, listener).await?;

@@ -43,9 +43,9 @@ async fn play(url: &str) -> Result<Moved, Box<dyn Error>> {
 /// A server that answers every `game/move` with a `game/moved` to everyone.
 async fn local_server() -> Result<(Server, String), Box<dyn Error>> {
     let server = Server::new();
-    server.on_payload("game/move", |server, username, Move { x, y }| {
-        let moved = serde_json::json!({ "by": username, "x": x, "y": y });
-        let _ = server.broadcast_payload("game/moved", &moved, None);
+    server.on_payload("game/move", |u, Move { x, y }| {
+        let moved = serde_json::json!({ "by": u, "x": x, "y": y });
+        let _ = u.server().broadcast_payload("game/moved", &moved, None);
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = emitter_axum::listen_on(&server, listener).await?;

@@ -12,7 +12,7 @@
 //! ```
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let server = emitter_core::Server::new();
-//! # server.on_message(|server, _username, message| { let _ = server.broadcast(message, None); });
+//! # server.on_message(|u, m| { let _ = u.server().broadcast(m, None); });
 //! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! # let port = emitter_axum::listen_on(&server, listener).await?;
 //! # let url = format!("ws://127.0.0.1:{port}/");

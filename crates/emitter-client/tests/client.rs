@@ -49,7 +49,7 @@ async fn simon_linked() -> (Server, Client) {
 #[tokio::test]
 async fn connect_link_unlink_and_disconnect() {
     let server = Server::new();
-    server.on_authenticate(|_, _, info, ctx| {
+    server.on_authenticate(|_, info, ctx| {
         if info.auth.as_deref() != Some("secret") {
             ctx.reject("authentication failed");
         }
@@ -399,7 +399,7 @@ async fn closing_the_server_closes_the_client() {
 async fn a_pending_link_fails_when_the_connection_closes() {
     // Authentication that never finishes within the test: the link stays pending until the server closes.
     let (server, url) = start(Server::builder().auth_timeout(Duration::from_secs(30))).await;
-    server.on_authenticate(|_, _, _, ctx| ctx.mark_async(std::future::pending::<Result<(), String>>()));
+    server.on_authenticate(|_, _, ctx| ctx.mark_async(std::future::pending::<Result<(), String>>()));
     let client = Client::new();
     within("connect", client.connect(&url)).await.unwrap();
     let authenticating =
@@ -473,7 +473,7 @@ async fn auth_reaches_the_server_and_rejections_carry_its_reason() {
     server.join("admin").unwrap();
     let auths = Arc::new(Mutex::new(Vec::new()));
     let a = auths.clone();
-    server.on_authenticate(move |_, username, info, _| a.lock().push((username.to_owned(), info.auth.clone())));
+    server.on_authenticate(move |username, info, _| a.lock().push((username.to_string(), info.auth.clone())));
     let client = Client::new();
     within("connect", client.connect(&url)).await.unwrap();
     let reject_event = client.wait_for_reject();

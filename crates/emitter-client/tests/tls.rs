@@ -132,8 +132,8 @@ fn make_pki(authority: &str, names: &[&str]) -> Pki {
 async fn start_tls() -> (Server, Pki, String) {
     let pki = make_pki("emitter test CA", &["localhost"]);
     let server = Server::new();
-    server.on_message(|server, _, message| {
-        let _ = server.broadcast(message, None);
+    server.on_message(|u, m| {
+        let _ = u.server().broadcast(m, None);
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -41,13 +41,12 @@ fn drain(outbox: &Outbox, frames: &mut Vec<Frame>) {
 /// A listening server with `users` linked users, echoing `bench/echo` and broadcasting `bench/msg`.
 fn server_with(users: usize) -> (Server, Host, Vec<(ConnectionId, Outbox)>) {
     let server = Server::builder().ping_interval(Duration::ZERO).build();
-    let relay = server.clone();
-    server.on_message(move |_, username, message| match message.kind.as_str() {
+    server.on_message(|u, m| match m.kind.as_str() {
         "bench/echo" => {
-            let _ = relay.send(username, message);
+            let _ = u.send(m);
         }
         _ => {
-            let _ = relay.broadcast(message, None);
+            let _ = u.server().broadcast(m, None);
         }
     });
     let host = server.host();

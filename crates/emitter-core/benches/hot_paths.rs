@@ -116,9 +116,8 @@ fn emitting(c: &mut Criterion) {
 fn dispatching(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
     let (server, host, connections) = server_with(1);
-    let echo = server.clone();
-    let _echo = server.on_message(move |_, username, message| {
-        let _ = echo.send(username, message);
+    let _echo = server.on_message(|u, m| {
+        let _ = u.send(m);
     });
     let (id, outbox) = &connections[0];
     let mut frames = Vec::new();

@@ -5,19 +5,43 @@
 //! crate holds the protocol types, the user and connection state machine, the listeners and the [`AuthContext`]; it
 //! knows nothing of sockets. `emitter-axum` serves it over WebSocket.
 //!
+//! Listeners get their event's own arguments, as the reference's do: `server.on_message(|u, m| …)`. The user comes as
+//! a [`UserRef`], which reads as the username and reaches the server (`u.server()`, `u.send(…)`), so a listener needs
+//! no clone of the server.
+//!
 //! ```
 //! use emitter_core::{Message, Server};
 //!
 //! let server = Server::builder().build();
-//! server.on_link(|server, username| {
-//!     let welcome = Message::with_payload("chat/welcome", format!("hi {username}"));
-//!     server.send(username, &welcome).unwrap(); // linked users can be sent to
+//! server.on_link(|u| {
+//!     let welcome = Message::with_payload("chat/welcome", format!("hi {u}"));
+//!     u.send(&welcome).unwrap(); // linked users can be sent to
 //! });
-//! server.on_message(|_, username, message| tracing::info!(username, kind = message.kind, "message"));
+//! server.on_message(|u, m| {
+//!     tracing::info!(username = %u, kind = m.kind, "message");
+//!     let _ = u.server().broadcast(m, Some(u.username())); // listeners reach the server through the user
+//! });
 //! ```
 //!
 //! Events reach listeners, and the protocol messages reach clients, in one order that matches the reference
 //! TypeScript server (`@krmx/server` 0.6): per user, join → link → (unlink → link)* → unlink → leave.
+//!
+//! # Crate map
+//!
+//! The source is grouped by concern (the book's "Crate map" chapter says more):
+//!
+//! - `protocol/`: the wire format ([`protocol`]): messages, frames, the `krmx/` vocabulary, versions, the username
+//!   rule, [`QueryParam`].
+//! - `transport/`: the seam a transport plugs into ([`transport`]): the [`Host`](transport::Host), each connection's
+//!   [`Outbox`](transport::Outbox), the fan-out log of broadcasts, the snapshot a link gets, close reasons.
+//! - `membership/`: users and their links: the registry, the connections, messages kept for unlinked users, incoming
+//!   link requests and messages, and applying join, link, unlink and leave with their events.
+//! - `cluster/`: the cluster seam ([`cluster`]) and a server as a node of a cluster ([`ClusterHost`]).
+//! - `server/`: the application's API: [`Server`], [`ServerBuilder`], [`Config`], the listeners (`subscribe.rs`),
+//!   [`UserRef`], [`Event`], [`AuthContext`], status and closing (`lifecycle.rs`), metrics text and health.
+//! - `metrics/`: Prometheus metrics and the [`Health`] check.
+//! - `error.rs` ([`Error`], [`Status`]), `sync.rs` (the locks, shuttle's under the `shuttle` feature), `shards.rs`
+//!   (the sharded map `send` finds a user's connection in).
 //!
 //! # Feature flags
 //!
@@ -27,56 +51,32 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod auth;
-mod builder;
-mod close_reason;
 pub mod cluster;
-mod clustered;
-mod config;
-mod connections;
 mod error;
-mod events;
-mod fanout;
-mod handshake;
-mod id;
-mod kept;
-mod lifecycle;
-mod link;
-mod log_limit;
 mod membership;
 mod metrics;
-mod ops;
-mod origin;
-mod outbox;
 pub mod protocol;
-mod query;
-mod registry;
 mod server;
 mod shards;
-mod snapshot;
-mod subscribe;
 mod sync;
 pub mod transport;
-mod username;
-mod version;
-mod vocabulary;
 
-pub use auth::{AuthContext, AuthInfo};
-pub use builder::ServerBuilder;
-pub use clustered::ClusterHost;
-pub use config::{
+pub use cluster::node::ClusterHost;
+pub use emitter_listeners::Subscription;
+pub use error::{Error, Status};
+pub use membership::registry::Broadcast;
+pub use metrics::{ClusterCounts, Health, METRICS_CONTENT_TYPE};
+pub use protocol::query::QueryParam;
+pub use protocol::username::is_valid_username;
+pub use protocol::version::{AcceptedVersions, PROTOCOL_VERSION};
+pub use protocol::Message;
+pub use server::auth::{AuthContext, AuthInfo};
+pub use server::builder::ServerBuilder;
+pub use server::config::{
     Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_CLOSE_DRAIN_DEADLINE, DEFAULT_LINK_DEADLINE,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS,
     DEFAULT_MAX_USERS, DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_QUEUE, DEFAULT_WRITE_DEADLINE, MAX_USERNAME_BYTES,
 };
-pub use emitter_listeners::Subscription;
-pub use error::{Error, Status};
-pub use events::Event;
-pub use handshake::{Handshake, MAX_HANDSHAKE_HEADER_BYTES};
-pub use metrics::{ClusterCounts, Health, METRICS_CONTENT_TYPE};
-pub use protocol::Message;
-pub use query::QueryParam;
-pub use registry::Broadcast;
-pub use server::{Server, Stats, User};
-pub use username::is_valid_username;
-pub use version::{AcceptedVersions, PROTOCOL_VERSION};
+pub use server::events::Event;
+pub use server::{Server, Stats, User, UserRef};
+pub use transport::handshake::{Handshake, MAX_HANDSHAKE_HEADER_BYTES};

@@ -23,9 +23,7 @@ fn on_payload_reads_its_type_and_counts_what_does_not_fit() {
     let server = listening(Server::builder());
     let moves: Arc<Mutex<Vec<(String, Move)>>> = Arc::default();
     let m = moves.clone();
-    server.on_payload("game/move", move |_, username, mv: Move| {
-        m.lock().push((username.to_owned(), mv))
-    });
+    server.on_payload("game/move", move |u, mv: Move| m.lock().push((u.to_string(), mv)));
     let (id, _) = connect(&server);
     send(&server, id, link_request("ann"));
     send(&server, id, json!({"type": "game/move", "payload": {"x": 1, "y": 2}}));
@@ -94,10 +92,8 @@ fn the_server_sends_no_krmx_messages_of_its_own_and_reports_payloads_it_cannot_s
 #[test]
 fn listeners_get_the_server_and_need_no_clone_of_it() {
     let server = listening(Server::builder());
-    server.on_link(|server, username| {
-        server
-            .send_payload(username, "room/welcome", &server.users().len())
-            .unwrap();
+    server.on_link(|u| {
+        u.send_payload("room/welcome", &u.server().users().len()).unwrap();
     });
     let (id, outbox) = connect(&server);
     send(&server, id, link_request("ann"));

@@ -332,7 +332,7 @@ impl Cluster {
             let counter = said.clone();
             // Every app message is broadcast to everyone with its sender's running number on this node.
             let origin = node.clone();
-            server.on_message(move |server, username, _| {
+            server.on_message(move |username, _| {
                 let from = format!("{username}@{origin}");
                 let n = {
                     let mut said = counter.lock();
@@ -341,10 +341,10 @@ impl Cluster {
                     *n
                 };
                 let said = Message::with_payload("app/said", json!({"from": from, "n": n}));
-                let _ = server.broadcast(&said, None);
+                let _ = username.server().broadcast(&said, None);
             });
             let links = link_events.clone();
-            server.on_link(move |_, _| {
+            server.on_link(move |_| {
                 links.fetch_add(1, Ordering::SeqCst);
             });
             let host = server.host();

@@ -38,7 +38,7 @@ fn broadcast_id(frame: &Value) -> Option<u64> {
 fn connections_linked_throughout_see_one_order() {
     let server = listening(Server::builder());
     let relay = server.clone();
-    server.on_message(move |_, _, message| {
+    server.on_message(move |_, message| {
         let _ = relay.broadcast(message, None);
     });
     let (_, first) = linked(&server, "first");
@@ -273,7 +273,7 @@ fn message_listeners_of_different_users_run_in_parallel() {
     let met = Arc::new(AtomicUsize::new(0));
     {
         let (running, met) = (running.clone(), met.clone());
-        server.on_message(move |_, _, _| {
+        server.on_message(move |_, _| {
             *running.0.lock() += 1;
             running.1.notify_all();
             if wait_for(&running, 2, Duration::from_secs(10)) {
@@ -300,7 +300,7 @@ fn one_user_one_message_at_a_time_across_relinks() {
     let seen: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
     {
         let (in_flight, overlaps, seen) = (in_flight.clone(), overlaps.clone(), seen.clone());
-        server.on_message(move |_, _, message| {
+        server.on_message(move |_, message| {
             if in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
                 overlaps.fetch_add(1, Ordering::SeqCst);
             }
@@ -459,7 +459,7 @@ fn one_random_run(seed: u64) {
     let server = listening(Server::builder());
     let events = support::record(&server);
     let s = server.clone();
-    server.on_message(move |_, username, message| {
+    server.on_message(move |username, message| {
         let target = message.payload.as_ref().and_then(Value::as_str).unwrap_or("ann");
         let _ = match message.kind.as_str() {
             "do/kick" => s.kick(target),

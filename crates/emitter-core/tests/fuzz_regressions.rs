@@ -24,7 +24,7 @@ fn listener_state(server: &Server, hold_server: bool) -> Arc<AtomicBool> {
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = DropFlag(dropped.clone());
     let held = hold_server.then(|| server.clone());
-    server.on_join(move |_, _| {
+    server.on_join(move |_| {
         let _ = (&flag, &held);
     });
     dropped

@@ -95,7 +95,7 @@ async fn a_connection_that_floods_past_its_rate_limit_is_closed() {
     let server = listening(Server::builder().rate_limit(10.0, 3.0));
     let events = Arc::new(Mutex::new(0));
     let e = events.clone();
-    server.on_message(move |_, _, _| *e.lock() += 1);
+    server.on_message(move |_, _| *e.lock() += 1);
     let (id, outbox) = link_attempt(&server, "ann"); // one token
     send(&server, id, json!({"type": "app/a"}));
     send(&server, id, json!({"type": "app/b"}));

@@ -182,7 +182,7 @@ fn one_message_of_a_user_at_a_time_across_a_relink() {
         {
             let (in_flight, overlaps) = (in_flight.clone(), overlaps.clone());
             // Counted rather than asserted here: a panic in a listener is caught and logged by the server.
-            server.on_message(move |_, _, _| {
+            server.on_message(move |_, _| {
                 if in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
                     overlaps.fetch_add(1, Ordering::SeqCst);
                 }

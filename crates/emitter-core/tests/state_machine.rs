@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emitter_core::transport::ConnectionId;
-use emitter_core::{Error, Event, Message, Server, Status, User};
+use emitter_core::{Error, Event, Message, Server, Status, User, UserRef};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -99,11 +99,11 @@ fn send_fails_in_join_and_works_in_link() {
     let server = listening(Server::builder());
     let results: Arc<Mutex<Vec<String>>> = Arc::default();
     let r = results.clone();
-    server.on_join(move |server, username| {
-        let outcome = server.send(username, &Message::new("custom/welcome-on-join"));
+    server.on_join(move |u| {
+        let outcome = u.send(&Message::new("custom/welcome-on-join"));
         r.lock().push(format!("{outcome:?}"));
     });
-    server.on_link(|server, username| server.send(username, &Message::new("custom/welcome-on-link")).unwrap());
+    server.on_link(|u| u.send(&Message::new("custom/welcome-on-link")).unwrap());
     let (_, outbox) = link(&server, "simon");
     assert_eq!(*results.lock(), ["Err(SendToUnlinkedUser)"]);
     assert_eq!(
@@ -123,8 +123,8 @@ fn listeners_see_the_state_of_their_event() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     for event in ["join", "link", "unlink", "leave"] {
         let seen = seen.clone();
-        let listener = move |server: &Server, username: &str| {
-            seen.lock().push(format!("{event} {username} {:?}", server.users()));
+        let listener = move |u: UserRef<'_>| {
+            seen.lock().push(format!("{event} {u} {:?}", u.server().users()));
         };
         let _ = match event {
             "join" => server.on_join(listener),
@@ -146,9 +146,9 @@ fn listeners_see_the_state_of_their_event() {
 fn a_join_listener_that_kicks_leaves_everything_consistent() {
     let server = listening(Server::builder());
     let events = record(&server);
-    server.on_join(|server, username| {
-        if username == "kickme" {
-            server.kick(username).unwrap();
+    server.on_join(|u| {
+        if u == "kickme" {
+            u.server().kick(&u).unwrap();
         }
     });
     let (_, watcher) = link(&server, "watcher");
@@ -170,8 +170,8 @@ fn a_join_listener_that_kicks_leaves_everything_consistent() {
 fn kicking_from_an_unlink_listener_during_a_leave_leaves_once() {
     let server = listening(Server::builder());
     let events = record(&server);
-    server.on_unlink(|server, username| {
-        let _ = server.kick(username);
+    server.on_unlink(|u| {
+        let _ = u.server().kick(&u);
     });
     let (id, _) = link(&server, "ann");
     send(&server, id, json!({"type": "krmx/leave"}));
@@ -211,11 +211,11 @@ fn once_and_predicates_and_unsubscribe() {
     let server = listening(Server::builder());
     let fired: Arc<Mutex<Vec<String>>> = Arc::default();
     let f = fired.clone();
-    server.once_join(move |_, u| f.lock().push(format!("once {u}")));
+    server.once_join(move |u| f.lock().push(format!("once {u}")));
     let f = fired.clone();
-    let when = server.once_join_when(|u| u.starts_with('b'), move |_, u| f.lock().push(format!("when {u}")));
+    let when = server.once_join_when(|u| u.starts_with('b'), move |u| f.lock().push(format!("when {u}")));
     let f = fired.clone();
-    let gone = server.on_join(move |_, u| f.lock().push(format!("gone {u}")));
+    let gone = server.on_join(move |u| f.lock().push(format!("gone {u}")));
     gone.unsubscribe();
     assert!(when.is_active());
     for name in ["ann", "bob", "bea"] {
@@ -230,10 +230,10 @@ fn any_listeners_run_first_and_panics_are_isolated() {
     let server = listening(Server::builder());
     let order: Arc<Mutex<Vec<&str>>> = Arc::default();
     let o = order.clone();
-    server.on_join(move |_, _| o.lock().push("join 1"));
-    server.on_join(|_, _| panic!("listener bug"));
+    server.on_join(move |_| o.lock().push("join 1"));
+    server.on_join(|_| panic!("listener bug"));
     let o = order.clone();
-    server.on_join(move |_, _| o.lock().push("join 3"));
+    server.on_join(move |_| o.lock().push("join 3"));
     let o = order.clone();
     server.on_any(move |_, _| o.lock().push("any"));
     server.join("ann").unwrap();
@@ -266,7 +266,7 @@ async fn a_dropped_wait_for_leaves_no_listener() {
     let server = listening(Server::builder());
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
-    server.on_join(move |_, _| {
+    server.on_join(move |_| {
         c.fetch_add(1, Ordering::SeqCst);
     });
     drop(server.wait_for_join());
@@ -279,7 +279,7 @@ async fn a_listener_may_close_the_server() {
     let server = listening(Server::builder());
     let events = record(&server);
     let s = server.clone();
-    server.on_message(move |_, _, _| drop(s.close()));
+    server.on_message(move |_, _| drop(s.close()));
     let (a, a_box) = link(&server, "ann");
     let (b, b_box) = link(&server, "bob");
     a_box.take();
@@ -315,8 +315,8 @@ async fn async_auth_all_must_succeed_and_the_timeout_always_wins() {
     let server = listening(Server::builder().auth_timeout(Duration::from_millis(500)));
     let dropped = Arc::new(AtomicBool::new(false));
     let d = dropped.clone();
-    server.on_authenticate(move |_, username, _, ctx| {
-        let name = username.to_owned();
+    server.on_authenticate(move |u, _, ctx| {
+        let name = u.username().to_owned();
         ctx.mark_async(async { Ok::<(), String>(()) });
         let d = d.clone();
         ctx.mark_async(async move {
@@ -361,8 +361,8 @@ async fn a_sync_reject_answers_at_once_and_never_runs_the_async_work() {
     let server = listening(Server::builder());
     let ran = Arc::new(AtomicBool::new(false));
     let r = ran.clone();
-    server.on_authenticate(|_, _, _, ctx| ctx.reject("immediately rejected"));
-    server.on_authenticate(move |_, _, _, ctx| {
+    server.on_authenticate(|_, _, ctx| ctx.reject("immediately rejected"));
+    server.on_authenticate(move |_, _, ctx| {
         let r = r.clone();
         ctx.mark_async(async move {
             r.store(true, Ordering::SeqCst);
@@ -383,7 +383,7 @@ async fn a_sync_reject_answers_at_once_and_never_runs_the_async_work() {
 #[tokio::test(start_paused = true)]
 async fn a_reject_from_async_work_is_final_and_later_calls_change_nothing() {
     let server = listening(Server::builder().auth_timeout(Duration::from_millis(300)));
-    server.on_authenticate(|_, _, _, ctx| {
+    server.on_authenticate(|_, _, ctx| {
         let ctx2 = ctx.clone();
         ctx.mark_async(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -406,7 +406,7 @@ async fn a_reject_from_async_work_is_final_and_later_calls_change_nothing() {
 async fn close_drops_pending_link_attempts() {
     let server = listening(Server::builder());
     let events = record(&server);
-    server.on_authenticate(|_, _, _, ctx| {
+    server.on_authenticate(|_, _, ctx| {
         ctx.mark_async(async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             Ok::<(), String>(())

@@ -35,9 +35,9 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let server = emitter_core::Server::new();
-/// server.on_link(|server, username| {
+/// server.on_link(|u| {
 ///     // Runs once, on the node the user linked on; the broadcast reaches every node's users.
-///     let _ = server.broadcast_payload("chat/hello", username, Some(username));
+///     let _ = u.server().broadcast_payload("chat/hello", &u, Some(u.username()));
 /// });
 /// let cluster = Cluster::connect("redis://127.0.0.1/", "chat", Options::default()).await?;
 /// let node = Node::start(&server, cluster, "node-a").await?;

@@ -32,13 +32,13 @@ impl Registration {
     /// server that is running), under `server.atomically` so that no link slips in between.
     pub(crate) fn new<M: Listeners>(server: &Server, model: Arc<M>) -> Registration {
         let m = model.clone();
-        let on_message = server.on_message(move |server, username, message| m.message(server, username, message));
+        let on_message = server.on_message(move |u, message| m.message(u.server(), &u, message));
         let m = model.clone();
-        let on_link = server.on_link(move |server, username| m.link(server, username));
+        let on_link = server.on_link(move |u| m.link(u.server(), &u));
         let m = model.clone();
-        let on_unlink = server.on_unlink(move |server, username| m.unlink(server, username));
+        let on_unlink = server.on_unlink(move |u| m.unlink(u.server(), &u));
         let m = model.clone();
-        let on_leave = server.on_leave(move |server, username| m.leave(server, username));
+        let on_leave = server.on_leave(move |u| m.leave(u.server(), &u));
         server.atomically(|server| {
             for user in server.users() {
                 if user.is_linked && !model.caught_up(&user.username) {

@@ -32,12 +32,12 @@ const MAX_CONNECTIONS: usize = 19_500;
 /// Builds the benchmark server: default settings but room for the scale run's connections, one message listener.
 fn build() -> Server {
     let server = Server::builder().max_connections(MAX_CONNECTIONS).build();
-    server.on_message(|server, username, message| match message.kind.as_str() {
+    server.on_message(|u, m| match m.kind.as_str() {
         "bench/msg" => {
-            let _ = server.broadcast(message, None);
+            let _ = u.server().broadcast(m, None);
         }
         "bench/echo" => {
-            let _ = server.send(username, message);
+            let _ = u.send(m);
         }
         _ => {}
     });

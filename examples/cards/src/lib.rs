@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
-use emitter_core::Server;
+use emitter_core::{Server, UserRef};
 use emitter_state::{AtomModel, Atoms, Projection, ProjectionModel, Stream, StreamModel};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -110,9 +110,7 @@ pub fn build(options: Options) -> Cards {
         let inspector = cards.clone();
         cards
             .server
-            .on_payload(INSPECT, move |server, username, domain: String| {
-                inspector.inspect(server, username, &domain)
-            });
+            .on_payload(INSPECT, move |u, domain: String| inspector.inspect(u, &domain));
     }
     cards
 }
@@ -162,19 +160,20 @@ pub fn moods(server: &Server) -> Atoms {
 /// A player who leaves the server gives up their seat: a change that comes from the server, not from an action.
 fn free_seats_of_leavers(server: &Server, table: &Projection<Game>) {
     let table = table.clone();
-    server.on_leave(move |server, username| {
-        if let Ok(true) = table.update(server, |game| game.remove(username)) {
-            tracing::info!(username, "left the table");
+    server.on_leave(move |u| {
+        if let Ok(true) = table.update(u.server(), |game| game.remove(&u)) {
+            tracing::info!(username = %u, "left the table");
         }
     });
 }
 
 impl Cards {
     /// Answers `test/inspect` with the server's side of `domain`, queued with the domain held.
-    fn inspect(&self, server: &Server, username: &str, domain: &str) {
+    fn inspect(&self, user: UserRef<'_>, domain: &str) {
+        let username = user.username();
         let answer = |value: serde_json::Value| {
             let inspected = json!({ "domain": domain, "value": value });
-            if let Err(error) = server.send_payload(username, INSPECTED, &inspected) {
+            if let Err(error) = user.send_payload(INSPECTED, &inspected) {
                 tracing::debug!(username, %error, "could not answer an inspect");
             }
         };

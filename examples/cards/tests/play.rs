@@ -256,9 +256,7 @@ async fn a_closed_page_gives_up_its_seat_after_the_grace_period() {
     );
     let (cards, url) = start_with(Some(Duration::from_millis(200))).await;
     let (left_tx, mut left) = tokio::sync::mpsc::unbounded_channel();
-    cards
-        .server
-        .on_leave(move |_, username| drop(left_tx.send(username.to_owned())));
+    cards.server.on_leave(move |u| drop(left_tx.send(u.to_string())));
     let mut alice = Player::join(&url, "alice").await;
     let bob = Player::join(&url, "bob").await;
     alice.act("sit", None, "a1");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
-use emitter_core::{Message, Server};
+use emitter_core::{Message, Server, UserRef};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
@@ -26,23 +26,23 @@ fn build() -> Server {
         .grace_period(Duration::from_secs(60))
         .build();
     server.on_message(relay_chat);
-    server.on_join(|_, username| tracing::info!(username, "joined"));
-    server.on_leave(|_, username| tracing::info!(username, "left"));
+    server.on_join(|u| tracing::info!(username = %u, "joined"));
+    server.on_leave(|u| tracing::info!(username = %u, "left"));
     server
 }
 
 /// Relays a `chat/message` with a string payload to every linked user, the sender included.
-fn relay_chat(server: &Server, username: &str, message: &Message) {
+fn relay_chat(user: UserRef<'_>, message: &Message) {
     if message.kind != CHAT_MESSAGE {
-        tracing::debug!(username, kind = message.kind, "ignored a message of another type");
+        tracing::debug!(username = %user, kind = message.kind, "ignored a message of another type");
         return;
     }
     let Some(text) = message.payload.as_ref().and_then(|payload| payload.as_str()) else {
-        tracing::debug!(username, "ignored a chat message whose payload is not a string");
+        tracing::debug!(username = %user, "ignored a chat message whose payload is not a string");
         return;
     };
-    let said = json!({ "username": username, "text": text });
-    if let Err(error) = server.broadcast_payload(CHAT_MESSAGE, &said, None) {
+    let said = json!({ "username": user, "text": text });
+    if let Err(error) = user.server().broadcast_payload(CHAT_MESSAGE, &said, None) {
         tracing::warn!(%error, "could not relay a chat message");
     }
 }

@@ -16,10 +16,10 @@ use std::sync::Mutex;
 /// can remove it (see `open_poll` below).
 fn log_lifecycle(server: &Server) {
     server.on_listen(|_, port| tracing::info!(port, "listening"));
-    server.on_join(|_, username| tracing::info!(username, "joined"));
-    server.on_link(|_, username| tracing::info!(username, "linked"));
-    server.on_unlink(|_, username| tracing::info!(username, "unlinked"));
-    server.on_leave(|_, username| tracing::info!(username, "left"));
+    server.on_join(|u| tracing::info!(username = %u, "joined"));
+    server.on_link(|u| tracing::info!(username = %u, "linked"));
+    server.on_unlink(|u| tracing::info!(username = %u, "unlinked"));
+    server.on_leave(|u| tracing::info!(username = %u, "left"));
     server.on_close(|_| tracing::info!("closed"));
 }
 
@@ -47,31 +47,31 @@ fn record_events(server: &Server) -> Arc<Mutex<Vec<String>>> {
 
 /// Greets every user that links, first time or again, with the list of users.
 fn welcome(server: &Server) {
-    server.on_link(|server, username| {
-        let welcome = json!({ "users": server.users() });
-        if let Err(error) = server.send_payload(username, "room/welcome", &welcome) {
-            tracing::warn!(username, %error, "could not welcome");
+    server.on_link(|u| {
+        let welcome = json!({ "users": u.server().users() });
+        if let Err(error) = u.send_payload("room/welcome", &welcome) {
+            tracing::warn!(username = %u, %error, "could not welcome");
         }
     });
 }
 
 /// `room/say` goes to everyone but the sender; `room/kick` from `admin` kicks the user named in the payload.
 fn commands(server: &Server) {
-    server.on_message(|server, username, message| match message.kind.as_str() {
+    server.on_message(|u, m| match m.kind.as_str() {
         "room/say" => {
-            let said = json!({ "from": username, "text": message.payload });
-            if let Err(error) = server.broadcast_payload("room/said", &said, Some(username)) {
+            let said = json!({ "from": u, "text": m.payload });
+            if let Err(error) = u.server().broadcast_payload("room/said", &said, Some(u.username())) {
                 tracing::warn!(%error, "could not broadcast");
             }
         }
-        "room/kick" if username == "admin" => match message.payload_as::<String>() {
+        "room/kick" if u == "admin" => match m.payload_as::<String>() {
             Ok(target) => {
-                if let Err(error) = server.kick(&target) {
-                    let _ = server.send(username, &Message::new("room/no-such-user"));
+                if let Err(error) = u.server().kick(&target) {
+                    let _ = u.send(&Message::new("room/no-such-user"));
                     tracing::info!(target, %error, "kick refused");
                 }
             }
-            Err(_) => tracing::debug!(username, "room/kick needs a username"),
+            Err(_) => tracing::debug!(username = %u, "room/kick needs a username"),
         },
         _ => {}
     });
@@ -81,9 +81,9 @@ fn commands(server: &Server) {
 fn first_user_hosts(server: &Server) -> Arc<Mutex<Option<String>>> {
     let host = Arc::new(Mutex::new(None));
     let h = host.clone();
-    server.once_join(move |_, username| {
+    server.once_join(move |u| {
         if let Ok(mut host) = h.lock() {
-            *host = Some(username.to_owned());
+            *host = Some(u.to_string());
         }
     });
     host
@@ -102,8 +102,8 @@ async fn until_ready(server: &Server) -> Result<String, emitter_core::Error> {
 fn open_poll(server: &Server) -> (Arc<Mutex<u32>>, emitter_core::Subscription) {
     let votes = Arc::new(Mutex::new(0));
     let v = votes.clone();
-    let subscription = server.on_message(move |_, _, message| {
-        if message.kind == "poll/vote" {
+    let subscription = server.on_message(move |_, m| {
+        if m.kind == "poll/vote" {
             if let Ok(mut votes) = v.lock() {
                 *votes += 1;
             }
@@ -115,13 +115,13 @@ fn open_poll(server: &Server) -> (Arc<Mutex<u32>>, emitter_core::Subscription) {
 /// Guests are turned away at once; everyone else is looked up asynchronously, which may take up to the server's
 /// auth timeout.
 fn authenticate(server: &Server) {
-    server.on_authenticate(|_, username, info, ctx| {
-        if username.starts_with("guest") {
-            ctx.reject("guests are not allowed"); // answered at once
+    server.on_authenticate(|u, info, auth| {
+        if u.starts_with("guest") {
+            auth.reject("guests are not allowed"); // answered at once
             return;
         }
-        let (username, is_new) = (username.to_owned(), info.is_new_user);
-        ctx.mark_async(async move {
+        let (username, is_new) = (u.to_string(), info.is_new_user);
+        auth.mark_async(async move {
             let known = lookup(&username).await; // a database, in a real app
             match (known, is_new) {
                 (true, _) => Ok(()),
@@ -140,8 +140,8 @@ async fn lookup(username: &str) -> bool {
 /// A server whose authentication never decides: every link is rejected with `authentication timeout` after 200 ms.
 fn undecided() -> Server {
     let server = Server::builder().auth_timeout(Duration::from_millis(200)).build();
-    server.on_authenticate(|_, _username, _info, ctx| {
-        ctx.mark_async(std::future::pending::<Result<(), String>>()); // never finishes
+    server.on_authenticate(|_, _, auth| {
+        auth.mark_async(std::future::pending::<Result<(), String>>()); // never finishes
     });
     server
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
-use emitter_core::{Message, Server};
+use emitter_core::{Message, Server, UserRef};
 use emitter_redis::{Cluster, Node, Options};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -32,24 +32,24 @@ pub fn build() -> Server {
     server.on_message(relay_chat);
     // In a cluster these run once per event, on the node that made the change: the node the user linked on, or the
     // node whose server method caused it. The other nodes apply the event without running them.
-    server.on_join(|_, username| tracing::info!(username, "joined"));
-    server.on_leave(|_, username| tracing::info!(username, "left"));
+    server.on_join(|u| tracing::info!(username = %u, "joined"));
+    server.on_leave(|u| tracing::info!(username = %u, "left"));
     server
 }
 
 /// Relays a `chat/message` with a string payload to every linked user, the sender included: on this node, and, through
 /// Redis, on every other node.
-fn relay_chat(server: &Server, username: &str, message: &Message) {
+fn relay_chat(user: UserRef<'_>, message: &Message) {
     if message.kind != CHAT_MESSAGE {
-        tracing::debug!(username, kind = message.kind, "ignored a message of another type");
+        tracing::debug!(username = %user, kind = message.kind, "ignored a message of another type");
         return;
     }
     let Some(text) = message.payload.as_ref().and_then(|payload| payload.as_str()) else {
-        tracing::debug!(username, "ignored a chat message whose payload is not a string");
+        tracing::debug!(username = %user, "ignored a chat message whose payload is not a string");
         return;
     };
-    let said = json!({ "username": username, "text": text });
-    if let Err(error) = server.broadcast_payload(CHAT_MESSAGE, &said, None) {
+    let said = json!({ "username": user, "text": text });
+    if let Err(error) = user.server().broadcast_payload(CHAT_MESSAGE, &said, None) {
         tracing::warn!(%error, "could not relay a chat message");
     }
 }

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use emitter_axum::ListenError;
-use emitter_core::{AuthContext, AuthInfo, Error, KeepLimits, LinkPolicy, Message, Server, ServerBuilder};
+use emitter_core::{AuthContext, AuthInfo, Error, KeepLimits, LinkPolicy, Message, Server, ServerBuilder, UserRef};
 use emitter_redis::{Cluster, Node, Options};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -118,7 +118,8 @@ fn with_contract(builder: ServerBuilder) -> Server {
 }
 
 /// The authentication rules, checked in order; the first match decides and no match accepts at once.
-fn authenticate(_server: &Server, username: &str, info: &AuthInfo, ctx: &AuthContext) {
+fn authenticate(user: UserRef<'_>, info: &AuthInfo, ctx: &AuthContext) {
+    let username = user.username();
     match info.auth.as_deref() {
         Some("reject-me") => return ctx.reject("rejected by app"),
         Some("report-is-new") => return ctx.reject(format!("isNewUser={}", info.is_new_user)),
@@ -166,7 +167,8 @@ fn message(kind: &str, payload: Option<Value>) -> Message {
 
 /// The custom messages of the contract. Replies go to the sender only, after the action's own protocol messages; a
 /// sender that is no longer linked after its action gets none. Other types are ignored.
-fn on_message(server: &Server, sender: &str, received: &Message) {
+fn on_message(user: UserRef<'_>, received: &Message) {
+    let (server, sender) = (user.server(), user.username());
     let payload = received.payload.clone();
     let reply = match received.kind.as_str() {
         "test/echo" => Some(message("test/echoed", payload)),

@@ -33,9 +33,9 @@ pub fn build() -> AppState {
     let krmx = Server::builder().path("/krmx").build();
     let messages = Arc::new(AtomicU64::new(0));
     let counter = messages.clone();
-    krmx.on_message(move |_, username, message| {
+    krmx.on_message(move |u, m| {
         counter.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(username, kind = message.kind, "message");
+        tracing::debug!(username = %u, kind = m.kind, "message");
     });
     AppState { krmx, messages }
 }

@@ -12,6 +12,6 @@ use emitter_core::Server;
 /// A server that kicks every user that stays unlinked for `after`.
 pub fn server(after: Duration) -> Server {
     let server = Server::builder().grace_period(after).build();
-    server.on_leave(|_, username| tracing::info!(username, "left"));
+    server.on_leave(|u| tracing::info!(username = %u, "left"));
     server
 }

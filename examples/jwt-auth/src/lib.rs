@@ -68,15 +68,15 @@ pub fn build(secret: &[u8], bans: Bans) -> Server {
     // Async authentication that takes longer than this is rejected with `authentication timeout`.
     let server = Server::builder().auth_timeout(Duration::from_secs(5)).build();
     let key = DecodingKey::from_secret(secret);
-    server.on_authenticate(move |_, username, info, ctx| {
+    server.on_authenticate(move |u, info, auth| {
         // Checks that need no waiting reject at once.
         let Some(token) = info.auth.clone() else {
-            ctx.reject("a token is required");
+            auth.reject("a token is required");
             return;
         };
         // The rest runs on a task; an `Err` rejects the link with its message.
-        let (key, bans, username) = (key.clone(), bans.clone(), username.to_owned());
-        ctx.mark_async(async move { check(&key, &bans, &username, &token).await });
+        let (key, bans, username) = (key.clone(), bans.clone(), u.to_string());
+        auth.mark_async(async move { check(&key, &bans, &username, &token).await });
     });
     server
 }

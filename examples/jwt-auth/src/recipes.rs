@@ -10,10 +10,10 @@ use tokio::sync::RwLock;
 /// so the client is answered at once.
 pub fn require_token(server: &Server, token: impl Into<String>) {
     let token = token.into();
-    server.on_authenticate(move |_, username, info, ctx| {
+    server.on_authenticate(move |u, info, auth| {
         if info.auth.as_deref() != Some(token.as_str()) {
-            tracing::info!(username, "wrong or missing token");
-            ctx.reject("invalid token");
+            tracing::info!(username = %u, "wrong or missing token");
+            auth.reject("invalid token");
         }
     });
 }
@@ -21,9 +21,9 @@ pub fn require_token(server: &Server, token: impl Into<String>) {
 /// Lets at most `max` users exist: a link to a new user is rejected when the room is full, while users who are
 /// already there can always relink.
 pub fn limit_users(server: &Server, max: usize) {
-    server.on_authenticate(move |server, _username, info, ctx| {
-        if info.is_new_user && server.users().len() >= max {
-            ctx.reject("server is full");
+    server.on_authenticate(move |u, info, auth| {
+        if info.is_new_user && u.server().users().len() >= max {
+            auth.reject("server is full");
         }
     });
 }
@@ -50,11 +50,11 @@ impl Accounts {
 
 /// Accepts a link when `auth` is the user's password in `accounts`, looked up asynchronously.
 pub fn check_accounts(server: &Server, accounts: Accounts) {
-    server.on_authenticate(move |_, username, info, ctx| {
-        let (accounts, username, password) = (accounts.clone(), username.to_owned(), info.auth.clone());
+    server.on_authenticate(move |u, info, auth| {
+        let (accounts, username, password) = (accounts.clone(), u.to_string(), info.auth.clone());
         // A clone of the context can reject from inside the future; so can returning `Err`.
-        let rejecter = ctx.clone();
-        ctx.mark_async(async move {
+        let rejecter = auth.clone();
+        auth.mark_async(async move {
             let Some(password) = password else {
                 rejecter.reject("a password is required");
                 return Ok(());

@@ -129,31 +129,32 @@ pub fn build_with(grace_period: Duration) -> Server {
     // A user who joins takes a free seat; the others hear of the new table. (The newcomer is not linked yet: it gets
     // the table when it links, below.)
     let t = table.clone();
-    server.on_join(move |server, username| {
+    server.on_join(move |u| {
         let mut table = t.lock();
-        if table.sit(username) {
-            tracing::info!(username, "took a seat");
-            broadcast(server, &table.state());
+        if table.sit(&u) {
+            tracing::info!(username = %u, "took a seat");
+            broadcast(u.server(), &table.state());
         }
     });
 
     // Every link, a first one or a relink after a refresh, gets the table as it is now.
     let t = table.clone();
-    server.on_link(move |server, username| {
+    server.on_link(move |u| {
         let table = t.lock();
-        if let Err(error) = server.send_payload(username, STATE, &table.state()) {
-            tracing::warn!(username, %error, "could not send the table");
+        if let Err(error) = u.send_payload(STATE, &table.state()) {
+            tracing::warn!(username = %u, %error, "could not send the table");
         }
     });
 
     // A player who leaves frees the seat for the first spectator, in join order.
     let t = table.clone();
-    server.on_leave(move |server, username| {
+    server.on_leave(move |u| {
         let mut table = t.lock();
-        if !table.stand(username) {
+        if !table.stand(&u) {
             return;
         }
-        let spectator = server
+        let spectator = u
+            .server()
             .users()
             .into_iter()
             .find(|user| table.seat_of(&user.username).is_none());
@@ -161,17 +162,17 @@ pub fn build_with(grace_period: Duration) -> Server {
             table.sit(&spectator.username);
             tracing::info!(username = spectator.username, "took the free seat");
         }
-        broadcast(server, &table.state());
+        broadcast(u.server(), &table.state());
     });
 
-    server.on_message(move |server, username, message| {
+    server.on_message(move |u, m| {
         let mut table = table.lock();
-        match handle(&mut table, username, message) {
-            Ok(()) => broadcast(server, &table.state()),
+        match handle(&mut table, &u, m) {
+            Ok(()) => broadcast(u.server(), &table.state()),
             Err(reason) => {
-                tracing::debug!(username, reason, "refused");
-                if let Err(error) = server.send_payload(username, ERROR, &reason) {
-                    tracing::warn!(username, %error, "could not send an error");
+                tracing::debug!(username = %u, reason, "refused");
+                if let Err(error) = u.send_payload(ERROR, &reason) {
+                    tracing::warn!(username = %u, %error, "could not send an error");
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! The bounded label values: why a link request was rejected, why a connection was closed or refused.
 
-use crate::close_reason::{CloseReason, TransportClose};
+use crate::protocol::vocabulary::{NOT_LISTENING, ORIGIN_NOT_ALLOWED, TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
 use crate::protocol::Rejection;
-use crate::vocabulary::{NOT_LISTENING, ORIGIN_NOT_ALLOWED, TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
+use crate::transport::close_reason::{CloseReason, TransportClose};
 
 /// Why a `krmx/rejected` was sent: a bounded set, so that it can be a label. The protocol's own reasons, `app` for
 /// every reason an `authenticate` listener gave (never the text itself: it is the application's and unbounded), and

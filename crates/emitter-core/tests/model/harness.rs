@@ -748,24 +748,24 @@ impl Harness {
         }));
         let slot = Arc::new(Mutex::new(Some(server.clone())));
         let s = slot.clone();
-        subscriptions.push(server.on_join(move |_, username| {
-            if username == KICKED_ON_JOIN {
-                with_server(&s, |server| drop(server.kick(username)));
+        subscriptions.push(server.on_join(move |u| {
+            if u == KICKED_ON_JOIN {
+                with_server(&s, |server| drop(server.kick(&u)));
             }
         }));
         let s = slot.clone();
-        subscriptions.push(server.on_unlink(move |_, username| {
-            if username == KICKED_ON_UNLINK {
-                with_server(&s, |server| drop(server.kick(username)));
+        subscriptions.push(server.on_unlink(move |u| {
+            if u == KICKED_ON_UNLINK {
+                with_server(&s, |server| drop(server.kick(&u)));
             }
         }));
-        subscriptions.push(server.on_authenticate(|_, username, _, ctx| {
-            if username == BANNED {
-                ctx.reject("banned");
+        subscriptions.push(server.on_authenticate(|u, _, auth| {
+            if u == BANNED {
+                auth.reject("banned");
             }
         }));
         let s = slot.clone();
-        subscriptions.push(server.on_message(move |_, from, message| {
+        subscriptions.push(server.on_message(move |from, message| {
             let (Some(ask), Some(target)) = (Ask::from_kind(&message.kind), message.payload_as::<String>().ok()) else {
                 return;
             };
@@ -777,7 +777,7 @@ impl Harness {
                     Ask::Kick => s.kick(&target),
                     Ask::Send => s.send(&target, &Message::with_payload("app/sent", serde_json::json!(from))),
                     Ask::Broadcast => s
-                        .broadcast(&Message::with_payload("app/all", serde_json::json!(from)), Some(from))
+                        .broadcast(&Message::with_payload("app/all", serde_json::json!(from)), Some(&from))
                         .map(drop),
                 };
             });

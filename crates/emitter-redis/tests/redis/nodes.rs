@@ -115,8 +115,10 @@ async fn a_message_never_overtakes_the_membership_change_before_it() {
     let redis = redis_or_skip!();
     let (a, b) = two_nodes(&redis, "overtake").await;
     // Every link on node a is followed at once by a broadcast; bob on node b must see each krmx/linked first.
-    a.server.on_link(|server, username| {
-        let _ = server.broadcast(&Message::with_payload("test/welcome", username), None);
+    a.server.on_link(|u| {
+        let _ = u
+            .server()
+            .broadcast(&Message::with_payload("test/welcome", u.username()), None);
     });
     let mut bob = RawClient::link_and_settle(b.port, "bob").await;
     let mut clients = Vec::new();
@@ -151,7 +153,7 @@ async fn a_user_relinks_on_another_node_after_its_connection_drops() {
 fn count_links(server: &Server) -> Arc<AtomicUsize> {
     let count = Arc::new(AtomicUsize::new(0));
     let counter = count.clone();
-    server.on_link(move |_, _| {
+    server.on_link(move |_| {
         counter.fetch_add(1, Ordering::SeqCst);
     });
     count
@@ -424,8 +426,8 @@ async fn health_until(port: u16, status: u16) -> String {
 async fn a_paused_redis_holds_up_links_not_messages(cluster: &str) {
     let redis = redis_or_skip!();
     let server = Server::new();
-    server.on_message(|server, username, message| {
-        let _ = server.broadcast(message, Some(username));
+    server.on_message(|u, m| {
+        let _ = u.server().broadcast(m, Some(u.username()));
     });
     let a = start_node_with(&redis, cluster, "a", options(), server).await;
     let (mut ann, mut bob) = RawClient::link_pair(a.port, "ann", "bob").await;

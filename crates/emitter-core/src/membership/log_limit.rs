@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::id::ConnectionId;
 use crate::sync::Mutex;
+use crate::transport::id::ConnectionId;
 
 /// Lines a connection may log in one window.
 const LINES: u32 = 3;

@@ -10,19 +10,20 @@ use std::time::Instant;
 
 use tokio::task::JoinSet;
 
-use crate::auth::{AuthContext, AuthFuture, AuthInfo};
-use crate::config::{LinkPolicy, MAX_USERNAME_BYTES};
-use crate::connections::{Connection, Member, Role};
 use crate::error::Status;
-use crate::events::Event;
-use crate::handshake::Handshake;
-use crate::id::ConnectionId;
-use crate::log_limit;
-use crate::membership::Membership;
+use crate::membership::changes::Membership;
+use crate::membership::connections::{Connection, Member, Role};
+use crate::membership::log_limit;
 use crate::metrics::Reason;
-use crate::outbox::Outbox;
+use crate::protocol::vocabulary::NOT_LISTENING;
 use crate::protocol::{read, ClientMessage, Invalid, LinkRequest, Message, Rejection, ServerMessage};
-use crate::vocabulary::NOT_LISTENING;
+use crate::server::auth::{AuthContext, AuthFuture, AuthInfo};
+use crate::server::config::{LinkPolicy, MAX_USERNAME_BYTES};
+use crate::server::events::Event;
+use crate::server::UserRef;
+use crate::transport::handshake::Handshake;
+use crate::transport::id::ConnectionId;
+use crate::transport::outbox::Outbox;
 use crate::Server;
 use emitter_listeners::panic_message;
 
@@ -77,7 +78,7 @@ impl Server {
             return;
         };
         tracing::debug!(connection = %id, "a write passed its deadline: closing the slow connection");
-        connection.close(crate::close_reason::CloseReason::SlowConsumer);
+        connection.close(crate::transport::close_reason::CloseReason::SlowConsumer);
         let linked = match &connection.state.lock().role {
             Role::Linked(member) => Some(member.name.clone()),
             _ => None,
@@ -136,7 +137,7 @@ impl Server {
             }
             if !state.take_token() {
                 tracing::debug!(connection = %id, "message rate limit exceeded: closing the connection");
-                connection.close_locked(&mut state, crate::close_reason::CloseReason::RateLimit);
+                connection.close_locked(&mut state, crate::transport::close_reason::CloseReason::RateLimit);
                 let member = match &state.role {
                     Role::Linked(member) => Some(member.clone()),
                     _ => None,
@@ -176,7 +177,9 @@ impl Server {
         let message = &message;
         log_limit::handling(connection.id, || {
             self.emit(Event::Message { username, message }, |events| {
-                events.message.emit("message", |f| f(self, username, message))
+                events
+                    .message
+                    .emit("message", |f| f(UserRef::new(self, username), message))
             })
         });
         None
@@ -321,7 +324,7 @@ impl Server {
             |events| {
                 events
                     .authenticate
-                    .emit("authenticate", |f| f(self, &username, &info, &ctx))
+                    .emit("authenticate", |f| f(UserRef::new(self, &username), &info, &ctx))
             },
         );
         // A reason given to `reject` wins over a panic, whichever came first, as in the reference. The panic's text

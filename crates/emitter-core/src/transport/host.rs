@@ -1,19 +1,15 @@
-//! The seam between the core and a transport such as `emitter-axum`.
-//!
-//! A transport accepts connections, hands the core each incoming frame through a [`Host`], and writes out what each
-//! connection's [`Outbox`] has for it. The core never touches a socket and never waits on one.
+//! The transport's handle on a server: the [`Host`] through which it hands the core each connection and its frames.
 
 use std::fmt;
 use std::future::Future;
 
-pub use crate::close_reason::{CloseReason, TransportClose};
 use crate::error::Status;
-use crate::handshake::Handshake;
-pub use crate::id::ConnectionId;
 use crate::metrics::Cause;
-pub use crate::outbox::{Outbox, PushError};
-pub use crate::snapshot::Snapshot;
-use crate::vocabulary::ORIGIN_NOT_ALLOWED;
+use crate::protocol::vocabulary::ORIGIN_NOT_ALLOWED;
+use crate::transport::close_reason::TransportClose;
+use crate::transport::handshake::Handshake;
+use crate::transport::id::ConnectionId;
+use crate::transport::outbox::Outbox;
 use crate::Server;
 
 impl Server {

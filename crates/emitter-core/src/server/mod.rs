@@ -4,7 +4,7 @@
 //! - **Messages** (the hot path) take no server-wide lock: a connection's message is parsed on its own task, its
 //!   `message` listeners run beside those of other users, `send` finds a user's connection in a sharded map, and a
 //!   broadcast takes only the short fan-out lock while it appends one serialized frame to the fan-out log.
-//! - **Membership** (link, unlink, join, leave, kick, close) is rare and takes one order: see `membership.rs`.
+//! - **Membership** (link, unlink, join, leave, kick, close) is rare and takes one order: see `membership/changes.rs`.
 //!
 //! The guarantees this gives, and what it does not promise, are in the book's concepts chapter ("Order and
 //! concurrency").
@@ -18,19 +18,30 @@ use emitter_listeners::Listeners;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::auth::{AuthContext, AuthInfo};
 use crate::cluster::{Change, Sequencer};
-use crate::config::Config;
-use crate::connections::{Connection, Connections};
 use crate::error::{Error, Status};
-use crate::events::Event;
-use crate::fanout::Log;
+use crate::membership::connections::{Connection, Connections};
+use crate::membership::registry::{Broadcast, Link, Registry};
 use crate::metrics::Metrics;
-use crate::outbox::PushError;
 use crate::protocol::{Frame, Message, RESERVED_PREFIX};
-use crate::registry::{Broadcast, Link, Registry};
+use crate::server::auth::{AuthContext, AuthInfo};
+use crate::server::config::Config;
+use crate::server::events::Event;
 use crate::shards::Shards;
 use crate::sync::{Mutex, ReentrantMutex};
+use crate::transport::fanout::Log;
+use crate::transport::outbox::PushError;
+
+pub(crate) mod auth;
+pub(crate) mod builder;
+pub(crate) mod config;
+pub(crate) mod events;
+pub(crate) mod lifecycle;
+mod ops;
+mod subscribe;
+mod user_ref;
+
+pub use user_ref::UserRef;
 
 /// A user as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -42,14 +53,14 @@ pub struct User {
     pub is_linked: bool,
 }
 
-type UserListener = dyn Fn(&Server, &str) + Send + Sync;
+type UserListener = dyn Fn(UserRef<'_>) + Send + Sync;
 type AnyListener = dyn Fn(&Server, &Event<'_>) + Send + Sync;
-type AuthListener = dyn Fn(&Server, &str, &AuthInfo, &AuthContext) + Send + Sync;
-type MessageListener = dyn Fn(&Server, &str, &Message) + Send + Sync;
+type AuthListener = dyn Fn(UserRef<'_>, &AuthInfo, &AuthContext) + Send + Sync;
+type MessageListener = dyn Fn(UserRef<'_>, &Message) + Send + Sync;
 type ListenListener = dyn Fn(&Server, u16) + Send + Sync;
 type CloseListener = dyn Fn(&Server) + Send + Sync;
 
-/// One listener list per event (registered through `subscribe.rs`).
+/// One listener list per event (registered through `server/subscribe.rs`).
 #[derive(Default)]
 pub(crate) struct Events {
     pub(crate) any: Listeners<AnyListener>,
@@ -92,11 +103,11 @@ pub struct Stats {
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) events: Events,
-    /// The membership order: held for a whole membership change and the listeners it runs (see `membership.rs`).
+    /// The membership order: held for a whole membership change and the listeners it runs (see `membership/changes.rs`).
     pub(crate) sequencer: ReentrantMutex<()>,
-    /// The users in join order and their links; also the fan-out lock (see `registry.rs`).
+    /// The users in join order and their links; also the fan-out lock (see `membership/registry.rs`).
     pub(crate) registry: Mutex<Registry>,
-    /// Every frame with more than one recipient, in one order (see `fanout.rs`).
+    /// Every frame with more than one recipient, in one order (see `transport/fanout.rs`).
     pub(crate) log: Arc<Log>,
     /// The linked users' connections by name, so that `send` needs no server-wide lock. It changes together with the
     /// registry, under the fan-out lock.
@@ -110,7 +121,7 @@ pub(crate) struct Inner {
     pub(crate) transports: AtomicUsize,
     pub(crate) next_attempt: AtomicU64,
     pub(crate) payload_mismatches: AtomicU64,
-    /// The cluster's sequencer, when the server is a node of one (see `clustered.rs`).
+    /// The cluster's sequencer, when the server is a node of one (see `cluster/node.rs`).
     pub(crate) cluster: OnceLock<Arc<dyn Sequencer>>,
     /// The last entry of the cluster's order applied here.
     pub(crate) applied: AtomicU64,
@@ -119,7 +130,7 @@ pub(crate) struct Inner {
     /// Local connections whose user is half way through a leave on the cluster (unlinked, not yet left): they hear of
     /// their own leave.
     pub(crate) leaving: Mutex<HashMap<String, Arc<Connection>>>,
-    /// This server's own metrics (see `metrics.rs`).
+    /// This server's own metrics (see `metrics/`).
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -134,8 +145,8 @@ pub(crate) struct Inner {
 /// use emitter_core::Server;
 ///
 /// let server = Server::new();
-/// server.on_payload("chat/say", |server, username, text: String| {
-///     let _ = server.broadcast_payload("chat/said", &(username, text), None);
+/// server.on_payload("chat/say", |u, text: String| {
+///     let _ = u.server().broadcast_payload("chat/said", &(u, text), None);
 /// });
 /// ```
 #[derive(Clone)]
@@ -303,8 +314,8 @@ impl Server {
     /// use emitter_core::{Error, Message, Server};
     ///
     /// let server = Server::new();
-    /// server.on_link(|server, username| {
-    ///     let _ = server.send(username, &Message::with_payload("chat/welcome", "hi"));
+    /// server.on_link(|u| {
+    ///     let _ = u.server().send(&u, &Message::with_payload("chat/welcome", "hi"));
     /// });
     /// ```
     pub fn send(&self, username: &str, message: &Message) -> Result<(), Error> {
@@ -320,8 +331,8 @@ impl Server {
     /// struct Score { points: u32 }
     ///
     /// let server = emitter_core::Server::new();
-    /// server.on_link(|server, username| {
-    ///     let _ = server.send_payload(username, "game/score", &Score { points: 0 });
+    /// server.on_link(|u| {
+    ///     let _ = u.server().send_payload(&u, "game/score", &Score { points: 0 });
     /// });
     /// ```
     pub fn send_payload<T: Serialize + ?Sized>(&self, username: &str, kind: &str, payload: &T) -> Result<(), Error> {
@@ -400,8 +411,8 @@ impl Server {
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// server.on_join(|server, username| {
-    ///     let _ = server.broadcast_payload("lobby/arrived", &username, Some(username));
+    /// server.on_join(|u| {
+    ///     let _ = u.server().broadcast_payload("lobby/arrived", &u, Some(u.username()));
     /// });
     /// ```
     pub fn broadcast_payload<T: Serialize + ?Sized>(

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, KeepLimits, LinkPolicy, RateLimit};
-use crate::origin::{Origins, Pattern};
-use crate::query::QueryParam;
+use crate::protocol::query::QueryParam;
+use crate::server::config::{Config, KeepLimits, LinkPolicy, RateLimit};
+use crate::transport::origin::{Origins, Pattern};
 use crate::Server;
 
 /// Builds a [`Server`]. Every setter says its default.

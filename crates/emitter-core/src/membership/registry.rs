@@ -9,20 +9,20 @@
 //! append is a slot in a shared log, and listeners never run while it is held.
 //!
 //! The registry changes only through [`Registry::join`], [`Registry::link`], [`Registry::unlink`] and
-//! [`Registry::leave`], called in the order the membership path decides (see `membership.rs`).
+//! [`Registry::leave`], called in the order the membership path decides (see `changes.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::cluster::LinkAddr;
-use crate::config::KeepLimits;
-use crate::connections::{Connection, Member};
-use crate::fanout::{Log, SEGMENT};
-use crate::kept::Kept;
-use crate::outbox::PushError;
+use crate::membership::connections::{Connection, Member};
+use crate::membership::kept::Kept;
 use crate::protocol::{Frame, ServerMessage};
-use crate::snapshot::{Snapshot, UserFrames};
+use crate::server::config::KeepLimits;
+use crate::transport::fanout::{Log, SEGMENT};
+use crate::transport::outbox::PushError;
+use crate::transport::snapshot::{Snapshot, UserFrames};
 
 /// What a broadcast did: how many linked users got the message queued, and who did not.
 ///
@@ -347,7 +347,7 @@ impl Registry {
             if !self.closing.contains(&order) && connection.outbox.over_budget(head, self.max_lag) {
                 let connection = connection.clone();
                 tracing::debug!(connection = %connection.id, "too far behind the broadcasts: closing the slow connection");
-                connection.close(crate::close_reason::CloseReason::SlowConsumer);
+                connection.close(crate::transport::close_reason::CloseReason::SlowConsumer);
                 self.closing.insert(order);
             }
         }
@@ -361,8 +361,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::KeepLimits;
-    use crate::id::ConnectionId;
+    use crate::server::config::KeepLimits;
+    use crate::transport::id::ConnectionId;
     use crate::Server;
 
     impl Registry {

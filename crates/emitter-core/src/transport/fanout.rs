@@ -18,9 +18,9 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 
-use crate::id::ConnectionId;
 use crate::protocol::Frame;
 use crate::sync::Mutex;
+use crate::transport::id::ConnectionId;
 
 /// Entries per segment.
 pub(crate) const SEGMENT: u64 = 256;

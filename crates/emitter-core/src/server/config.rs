@@ -4,10 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::origin::Origins;
-use crate::query::QueryParam;
-use crate::username::is_valid_username;
-use crate::version::AcceptedVersions;
+use crate::protocol::query::QueryParam;
+use crate::protocol::username::is_valid_username;
+use crate::protocol::version::AcceptedVersions;
+use crate::transport::origin::Origins;
 
 /// The default largest incoming message: 1 MiB. The reference allows 100 MiB (its WebSocket library's default), which
 /// lets one client make the server buffer that much; Krmx messages are small JSON objects, so 1 MiB leaves room for

@@ -1,7 +1,9 @@
 //! Registering listeners: `on_*`, `once_*`, `wait_for_*`, typed payloads and the any-event listener.
 //!
-//! Every listener gets the server as its first argument, so that it can call back into it without capturing a clone
-//! (which would also keep the server alive as long as the listener). A listener lives as long as the server: the
+//! A listener gets the event's own arguments in the reference's order (`message`: the sender and the message). The
+//! user an event is about comes as a [`UserRef`], which reads as the username and reaches the server, so a listener
+//! calls back into the server without capturing a clone (which would keep the server alive as long as the listener).
+//! Events about no user (`listen`, `close`, any-event) hand the server itself first. A listener lives as long as the server: the
 //! [`Subscription`] a registration returns is a handle to remove it, and dropping the handle keeps the listener.
 
 use std::future::Future;
@@ -13,10 +15,11 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::auth::{AuthContext, AuthInfo};
 use crate::error::Error;
-use crate::events::Event;
 use crate::protocol::Message;
+use crate::server::auth::{AuthContext, AuthInfo};
+use crate::server::events::Event;
+use crate::server::UserRef;
 use crate::Server;
 
 /// A `wait_for_*` future: the event's value, or [`Error::ServerClosed`] once the server closed (or was dropped) first.
@@ -32,7 +35,7 @@ fn waiting<T: Send + 'static>(
 /// method. A panic in a listener is logged and the other listeners still run (in `on_authenticate`, it also rejects
 /// the link with `authentication failed`: the panic's text is logged, never sent to the client).
 impl Server {
-    /// Calls `listener` with every event, before the event's own listeners.
+    /// Calls `listener` with the server and every event, before the event's own listeners.
     ///
     /// ```
     /// let server = emitter_core::Server::new();
@@ -73,7 +76,7 @@ impl Server {
         waiting(subscription, rx)
     }
 
-    /// Calls `listener` with the port once the server listens. It runs before the transport accepts its first
+    /// Calls `listener` with the server and the port once the server listens. It runs before the transport accepts its first
     /// connection, so users joined here with [`Server::join`] are in place for every client.
     ///
     /// ```
@@ -100,7 +103,7 @@ impl Server {
         waiting(subscription, rx)
     }
 
-    /// Calls `listener` once the server has closed.
+    /// Calls `listener` with the server once it has closed.
     ///
     /// ```
     /// let server = emitter_core::Server::new();
@@ -127,21 +130,22 @@ impl Server {
     /// Calls `listener` before a connection links to a user, after the protocol's own checks passed (well-formed
     /// request, version, username rule, accepting new users, not already linked).
     ///
-    /// The listener gets the username, [`AuthInfo`] and an [`AuthContext`] to [`reject`](AuthContext::reject) the
-    /// request or defer the decision with [`mark_async`](AuthContext::mark_async). Without either, the link is
-    /// accepted when the listeners return.
+    /// The listener gets the user asked for (a [`UserRef`]; the user may not exist yet, and no connection is linked
+    /// to it), [`AuthInfo`] and an [`AuthContext`] to [`reject`](AuthContext::reject) the request or defer the
+    /// decision with [`mark_async`](AuthContext::mark_async). Without either, the link is accepted when the listeners
+    /// return.
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// server.on_authenticate(|server, _username, info, ctx| {
-    ///     if info.is_new_user && server.users().len() >= 10 {
-    ///         ctx.reject("server is full");
+    /// server.on_authenticate(|u, info, auth| {
+    ///     if info.is_new_user && u.server().users().len() >= 10 {
+    ///         auth.reject("server is full");
     ///     }
     /// });
     /// ```
     pub fn on_authenticate(
         &self,
-        listener: impl Fn(&Server, &str, &AuthInfo, &AuthContext) + Send + Sync + 'static,
+        listener: impl Fn(UserRef<'_>, &AuthInfo, &AuthContext) + Send + Sync + 'static,
     ) -> Subscription {
         self.inner.events.authenticate.add(Arc::new(listener))
     }
@@ -154,11 +158,11 @@ impl Server {
     ///
     /// ```
     /// let server = emitter_core::Server::new();
-    /// server.on_message(|server, username, message| {
-    ///     let _ = server.broadcast(message, Some(username)); // relay to everyone else
+    /// server.on_message(|u, m| {
+    ///     let _ = u.server().broadcast(m, Some(u.username())); // relay to everyone else
     /// });
     /// ```
-    pub fn on_message(&self, listener: impl Fn(&Server, &str, &Message) + Send + Sync + 'static) -> Subscription {
+    pub fn on_message(&self, listener: impl Fn(UserRef<'_>, &Message) + Send + Sync + 'static) -> Subscription {
         self.inner.events.message.add(Arc::new(listener))
     }
 
@@ -172,26 +176,28 @@ impl Server {
     /// struct Move { x: u8, y: u8 }
     ///
     /// let server = emitter_core::Server::new();
-    /// server.on_payload("game/move", |server, username, Move { x, y }| {
-    ///     tracing::info!(username, x, y, "moved");
-    ///     let _ = server.broadcast_payload("game/moved", &(username, x, y), None);
+    /// server.on_payload("game/move", |u, Move { x, y }| {
+    ///     tracing::info!(username = %u, x, y, "moved");
+    ///     let _ = u.server().broadcast_payload("game/moved", &(u.username(), x, y), None);
     /// });
     /// ```
     pub fn on_payload<T: DeserializeOwned + 'static>(
         &self,
         kind: impl Into<String>,
-        listener: impl Fn(&Server, &str, T) + Send + Sync + 'static,
+        listener: impl Fn(UserRef<'_>, T) + Send + Sync + 'static,
     ) -> Subscription {
         let kind = kind.into();
-        self.on_message(move |server, username, message| {
+        self.on_message(move |user, message| {
             if message.kind != kind {
                 return;
             }
             match message.payload_as::<T>() {
-                Ok(payload) => listener(server, username, payload),
+                Ok(payload) => listener(user, payload),
                 Err(error) => {
                     // A client can cause this with every message it sends: within its connection's allowance.
+                    let server = user.server();
                     if let Some(left_out) = server.client_warning() {
+                        let username = user.username();
                         tracing::warn!(username, kind, %error, left_out, "a message whose payload does not fit was dropped");
                     }
                     server.inner.payload_mismatches.fetch_add(1, Ordering::Relaxed);
@@ -201,7 +207,7 @@ impl Server {
     }
 
     /// Calls `listener` for the first message, then removes it.
-    pub fn once_message(&self, listener: impl FnOnce(&Server, &str, &Message) + Send + 'static) -> Subscription {
+    pub fn once_message(&self, listener: impl FnOnce(UserRef<'_>, &Message) + Send + 'static) -> Subscription {
         self.once_message_when(|_, _| true, listener)
     }
 
@@ -209,14 +215,12 @@ impl Server {
     pub fn once_message_when(
         &self,
         predicate: impl Fn(&str, &Message) -> bool + Send + Sync + 'static,
-        listener: impl FnOnce(&Server, &str, &Message) + Send + 'static,
+        listener: impl FnOnce(UserRef<'_>, &Message) + Send + 'static,
     ) -> Subscription {
         let slot = Mutex::new(Some(listener));
         self.inner.events.message.add_with(|alive| {
-            Arc::new(move |server: &Server, username: &str, message: &Message| {
-                fire_once(&alive, predicate(username, message), &slot, |l| {
-                    l(server, username, message)
-                })
+            Arc::new(move |user: UserRef<'_>, message: &Message| {
+                fire_once(&alive, predicate(&user, message), &slot, |l| l(user, message))
             })
         })
     }
@@ -238,14 +242,14 @@ impl Server {
         predicate: impl Fn(&str, &Message) -> bool + Send + Sync + 'static,
     ) -> impl Future<Output = Result<(String, Message), Error>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let subscription = self.once_message_when(predicate, move |_, username, message| {
-            let _ = tx.send((username.to_owned(), message.clone()));
+        let subscription = self.once_message_when(predicate, move |user, message| {
+            let _ = tx.send((user.username().to_owned(), message.clone()));
         });
         waiting(subscription, rx)
     }
 }
 
-/// The five registration methods of an event whose listeners get a username: `on_*`, `once_*`, `once_*_when`,
+/// The five registration methods of an event whose listeners get the user (a [`UserRef`]): `on_*`, `once_*`, `once_*_when`,
 /// `wait_for_*` and `wait_for_*_when`, for `join`, `link`, `unlink` and `leave`.
 macro_rules! user_events {
     ($(
@@ -253,18 +257,18 @@ macro_rules! user_events {
         $what:literal, $when:literal;
     )*) => {
         impl Server {$(
-            #[doc = concat!("Calls `listener` with the username every time ", $what, ". ", $when)]
+            #[doc = concat!("Calls `listener` with the user every time ", $what, ". ", $when)]
             ///
             /// ```
             /// let server = emitter_core::Server::new();
-            #[doc = concat!("server.", stringify!($on), r#"(|_, username| tracing::info!(username));"#)]
+            #[doc = concat!("server.", stringify!($on), r#"(|u| tracing::info!(username = %u));"#)]
             /// ```
-            pub fn $on(&self, listener: impl Fn(&Server, &str) + Send + Sync + 'static) -> Subscription {
+            pub fn $on(&self, listener: impl Fn(UserRef<'_>) + Send + Sync + 'static) -> Subscription {
                 self.inner.events.$list.add(Arc::new(listener))
             }
 
             #[doc = concat!("Calls `listener` the first time ", $what, ", then removes it.")]
-            pub fn $once(&self, listener: impl FnOnce(&Server, &str) + Send + 'static) -> Subscription {
+            pub fn $once(&self, listener: impl FnOnce(UserRef<'_>) + Send + 'static) -> Subscription {
                 self.$once_when(|_| true, listener)
             }
 
@@ -274,13 +278,11 @@ macro_rules! user_events {
             pub fn $once_when(
                 &self,
                 predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-                listener: impl FnOnce(&Server, &str) + Send + 'static,
+                listener: impl FnOnce(UserRef<'_>) + Send + 'static,
             ) -> Subscription {
                 let slot = Mutex::new(Some(listener));
                 self.inner.events.$list.add_with(|alive| {
-                    Arc::new(move |server: &Server, username: &str| {
-                        fire_once(&alive, predicate(username), &slot, |l| l(server, username))
-                    })
+                    Arc::new(move |user: UserRef<'_>| fire_once(&alive, predicate(&user), &slot, |l| l(user)))
                 })
             }
 
@@ -307,8 +309,8 @@ macro_rules! user_events {
                 predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
             ) -> impl Future<Output = Result<String, Error>> + Send + 'static {
                 let (tx, rx) = oneshot::channel();
-                let subscription = self.$once_when(predicate, move |_, username| {
-                    let _ = tx.send(username.to_owned());
+                let subscription = self.$once_when(predicate, move |user| {
+                    let _ = tx.send(user.username().to_owned());
                 });
                 waiting(subscription, rx)
             }

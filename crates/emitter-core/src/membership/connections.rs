@@ -9,20 +9,19 @@ use std::sync::Arc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::close_reason::CloseReason;
-use crate::config::{Config, RateLimit};
-use crate::fanout::Log;
-use crate::handshake::Handshake;
-use crate::id::ConnectionId;
-use crate::log_limit::LogLimit;
+use crate::membership::log_limit::LogLimit;
 use crate::metrics::{Cause, Metrics};
-use crate::outbox::Outbox;
-use crate::outbox::PushError;
+use crate::protocol::vocabulary::{TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
 use crate::protocol::Frame;
+use crate::server::config::{Config, RateLimit};
 use crate::shards::Shards;
-use crate::snapshot::Snapshot;
 use crate::sync::Mutex;
-use crate::vocabulary::{TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
+use crate::transport::close_reason::CloseReason;
+use crate::transport::fanout::Log;
+use crate::transport::handshake::Handshake;
+use crate::transport::id::ConnectionId;
+use crate::transport::outbox::{Outbox, PushError};
+use crate::transport::snapshot::Snapshot;
 
 /// A user as a linked connection knows it: its name, and the turn that keeps the user's messages one at a time
 /// (a user that relinks on a new connection while a message from its old one is still being handled waits for it).

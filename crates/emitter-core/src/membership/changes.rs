@@ -8,7 +8,7 @@
 //! Each change is two halves. *Applying* it changes the registry under the fan-out lock (which also queues the
 //! messages that tell the clients) and mirrors it in the connection's role and the sharded link table. *Emitting* it
 //! runs its listeners, with no lock held but the sequencer. In one process a change is decided and applied here; in a
-//! cluster (see `clustered.rs`) the order comes from the cluster's sequencer, and the same halves apply its entries.
+//! cluster (see `cluster/node.rs`) the order comes from the cluster's sequencer, and the same halves apply its entries.
 //!
 //! Callers hold the sequencer and have checked the step's preconditions.
 
@@ -16,14 +16,14 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::close_reason::CloseReason;
 use crate::cluster::LinkAddr;
-use crate::connections::{Connection, Role};
 use crate::error::Status;
-use crate::events::Event;
+use crate::membership::connections::{Connection, Role};
+use crate::membership::registry::Link;
 use crate::protocol::ServerMessage;
-use crate::registry::Link;
-use crate::server::Events;
+use crate::server::events::Event;
+use crate::server::{Events, UserRef};
+use crate::transport::close_reason::CloseReason;
 use crate::Server;
 
 /// Which event a membership change emits.
@@ -48,16 +48,16 @@ impl Server {
     pub(crate) fn emit_membership(&self, what: Membership, username: &str) {
         let _ = match what {
             Membership::Join => self.emit(Event::Join { username }, |events| {
-                events.join.emit("join", |f| f(self, username))
+                events.join.emit("join", |f| f(UserRef::new(self, username)))
             }),
             Membership::Link => self.emit(Event::Link { username }, |events| {
-                events.link.emit("link", |f| f(self, username))
+                events.link.emit("link", |f| f(UserRef::new(self, username)))
             }),
             Membership::Unlink => self.emit(Event::Unlink { username }, |events| {
-                events.unlink.emit("unlink", |f| f(self, username))
+                events.unlink.emit("unlink", |f| f(UserRef::new(self, username)))
             }),
             Membership::Leave => self.emit(Event::Leave { username }, |events| {
-                events.leave.emit("leave", |f| f(self, username))
+                events.leave.emit("leave", |f| f(UserRef::new(self, username)))
             }),
         };
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::handshake::Handshake;
+use crate::transport::handshake::Handshake;
 
 /// What the server knows of a link request when it asks the `authenticate` listeners. Its `Debug` never prints the
 /// credential.
@@ -17,11 +17,11 @@ use crate::handshake::Handshake;
 /// use emitter_core::Server;
 ///
 /// let server = Server::new();
-/// server.on_authenticate(|_, _username, info, ctx| {
+/// server.on_authenticate(|_, info, auth| {
 ///     // A cookie session set by the app's login page, or a token sent in the link request.
 ///     let session = info.handshake().cookie("session").or(info.auth.as_deref());
 ///     if session.is_none() {
-///         ctx.reject("log in first");
+///         auth.reject("log in first");
 ///     }
 /// });
 /// ```
@@ -78,14 +78,14 @@ struct Shared {
 /// use std::time::Duration;
 ///
 /// let server = Server::new();
-/// server.on_authenticate(|_, username, info, ctx| {
+/// server.on_authenticate(|u, info, auth| {
 ///     if info.auth.as_deref() != Some("letmein") {
-///         ctx.reject("wrong password");
+///         auth.reject("wrong password");
 ///         return;
 ///     }
-///     let ctx2 = ctx.clone();
-///     let name = username.to_owned();
-///     ctx.mark_async(async move {
+///     let ctx2 = auth.clone();
+///     let name = u.username().to_owned();
+///     auth.mark_async(async move {
 ///         tokio::time::sleep(Duration::from_millis(10)).await; // a database lookup, say
 ///         if name == "mallory" {
 ///             ctx2.reject("banned");

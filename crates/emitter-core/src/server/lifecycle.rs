@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::close_reason::CloseReason;
-use crate::connections::Role;
 use crate::error::{Error, Status};
-use crate::events::Event;
+use crate::membership::connections::Role;
+use crate::server::events::Event;
 use crate::server::{require, Server};
+use crate::transport::close_reason::CloseReason;
 
 const STATUSES: [Status; 5] = [
     Status::Initializing,

@@ -9,7 +9,9 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-pub use crate::vocabulary::{Rejection, ACCEPTED, JOINED, LEAVE, LEFT, LINK, LINKED, REJECTED, UNLINK, UNLINKED};
+pub use crate::protocol::vocabulary::{
+    Rejection, ACCEPTED, JOINED, LEAVE, LEFT, LINK, LINKED, REJECTED, UNLINK, UNLINKED,
+};
 
 /// The prefix reserved for the protocol's own message types. It is matched exactly and case-sensitively.
 pub const RESERVED_PREFIX: &str = "krmx/";

@@ -1,5 +1,5 @@
 //! A server as one node of a cluster: membership changes submitted to the cluster's [`Sequencer`], the entries it
-//! orders applied in that order with the steps of `membership.rs`, and messages handed to and taken from the other
+//! orders applied in that order with the steps of `membership/changes.rs`, and messages handed to and taken from the other
 //! nodes.
 //!
 //! Listeners of an entry run only on the node that made it (`Entry::by`), so that an app behaves as on one process:
@@ -16,17 +16,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::close_reason::CloseReason;
 use crate::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
-use crate::config::LinkPolicy;
-use crate::connections::{Connection, Role};
 use crate::error::{Error, Status};
-use crate::id::ConnectionId;
-use crate::link::send_rejected;
-use crate::membership::Membership;
+use crate::membership::changes::Membership;
+use crate::membership::connections::{Connection, Role};
+use crate::membership::link::send_rejected;
+use crate::membership::registry::Link;
 use crate::metrics::{ClusterCounts, Reason};
 use crate::protocol::{Frame, ServerMessage};
-use crate::registry::Link;
+use crate::server::config::LinkPolicy;
+use crate::transport::close_reason::CloseReason;
+use crate::transport::id::ConnectionId;
 use crate::Server;
 
 /// How long a change's answer waits for the entries before its own to be applied by the keeper's catch-up, before it
@@ -603,7 +603,7 @@ impl ClusterHost {
             "starting over from the cluster's state: closing this node's connections"
         );
         for connection in server.inner.connections.all() {
-            connection.close(crate::close_reason::CloseReason::Restart);
+            connection.close(crate::transport::close_reason::CloseReason::Restart);
         }
         let names: Vec<String> = server.users().into_iter().map(|user| user.username).collect();
         for name in names {

@@ -1,7 +1,7 @@
 //! The events the server emits, as an any-event listener sees them.
 
-use crate::auth::AuthInfo;
 use crate::protocol::Message;
+use crate::server::auth::AuthInfo;
 
 /// Any event the server emits, as seen by an [`on_any`](crate::Server::on_any) listener.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::close_reason::CloseReason;
-use crate::fanout::{Log, Segment, ENTRY_OVERHEAD};
-use crate::id::ConnectionId;
 use crate::protocol::Frame;
-use crate::snapshot::{Snapshot, SnapshotCursor};
 use crate::sync::Mutex;
+use crate::transport::close_reason::CloseReason;
+use crate::transport::fanout::{Log, Segment, ENTRY_OVERHEAD};
+use crate::transport::id::ConnectionId;
+use crate::transport::snapshot::{Snapshot, SnapshotCursor};
 
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,7 +436,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::SEGMENT;
+    use crate::transport::fanout::SEGMENT;
 
     fn frame(n: u64) -> Frame {
         Frame::encode(&n).expect("a number serializes")

@@ -33,9 +33,11 @@
 //! - `protocol/`: the wire format ([`protocol`]): messages, frames, the `krmx/` vocabulary, versions, the username
 //!   rule, [`QueryParam`].
 //! - `transport/`: the seam a transport plugs into ([`transport`]): the [`Host`](transport::Host), each connection's
-//!   [`Outbox`](transport::Outbox), the fan-out log of broadcasts, the snapshot a link gets, close reasons.
+//!   [`Outbox`](transport::Outbox), the fan-out log of broadcasts, the snapshot a link gets, close reasons, the
+//!   upgrade request ([`Handshake`]) and the `Origin` policy.
 //! - `membership/`: users and their links: the registry, the connections, messages kept for unlinked users, incoming
-//!   link requests and messages, and applying join, link, unlink and leave with their events.
+//!   link requests and messages (with the allowance of warnings a client can cause), and applying join, link, unlink
+//!   and leave with their events.
 //! - `cluster/`: the cluster seam ([`cluster`]) and a server as a node of a cluster ([`ClusterHost`]).
 //! - `server/`: the application's API: [`Server`], [`ServerBuilder`], [`Config`], the listeners (`subscribe.rs`),
 //!   [`UserRef`], [`Event`], [`AuthContext`], status and closing (`lifecycle.rs`), metrics text and health.

@@ -242,8 +242,12 @@ impl Server {
             (Seen::Linked(member), ClientMessage::Leave) => self.leave_connection(connection, &member.name),
             (Seen::Linked(member), ClientMessage::UnknownReserved(message)) => {
                 let kind = log_limit::shortened(&message.kind);
-                let cause = format_args!("the type {kind:?} is reserved (krmx/)");
-                self.unlink_invalid(connection, &member.name, &cause)
+                // One expression: Rust 1.85 (the MSRV) drops `format_args!`'s temporaries at the end of a `let`.
+                self.unlink_invalid(
+                    connection,
+                    &member.name,
+                    &format_args!("the type {kind:?} is reserved (krmx/)"),
+                )
             }
             // Linked while this message waited for the sequencer (an async link finished): it is the linked user's.
             (Seen::Linked(member), ClientMessage::Custom(message)) => return Some((member, message)),

@@ -18,7 +18,7 @@ echo "node $(node --version), npm $(npm --version 2>/dev/null)"
 
 (cd tests/interop && npm ci --no-audit --no-fund)
 
-# One cargo invocation, so that the binaries share one feature set (emitter-state turns on serde_json's preserve_order).
+# One cargo invocation for the binaries the tests run.
 cargo build -p example-conformance -p example-cards -p emitter-state --bins --example delta_cases
 target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 

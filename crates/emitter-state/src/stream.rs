@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use emitter_core::{Message, Server};
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::delta::json_len;
@@ -19,7 +20,7 @@ use crate::domain::Domain;
 use crate::handlers::{Handlers, Outcome};
 use crate::registration::{Listeners, Registration};
 use crate::stats::Counters;
-use crate::wire::{self, StreamAppendOut};
+use crate::wire::{self, Echo, StreamAppendOut};
 use crate::{Error, Stats};
 
 /// How many events a stream's history holds by default: see [`StreamModel::max_events`]. Well below the server's
@@ -164,6 +165,8 @@ impl<S: Send + 'static> StreamModel<S> {
             }),
             counters: Counters::default(),
         });
+        // Its clients' events are echoed as sent, members in the order sent (see `wire::stream_append`).
+        server.keep_raw_payload(wire::STREAM_APPEND);
         let registration = Arc::new(Registration::new(server, model.clone()));
         Stream { model, registration }
     }
@@ -186,13 +189,29 @@ impl<S: Send + 'static> StreamModel<S> {
 pub struct Entry {
     /// Who appended it: the username of the sender, never what the client claimed.
     pub dispatcher: String,
-    /// The event, `{type, payload?}`, exactly as the client sent it (members in the order sent).
+    /// The event, `{type, payload?}`, as the client sent it. (Its members compare regardless of order; the echo to
+    /// the clients keeps the order the client sent them in.)
     pub event: Value,
+}
+
+/// An entry of the history, with the text its client sent (when the server kept it), to echo verbatim.
+struct Recorded {
+    entry: Entry,
+    text: Option<Box<RawValue>>,
+}
+
+impl Recorded {
+    fn echo(&self) -> Echo<'_> {
+        match &self.text {
+            Some(text) => Echo::Text(text),
+            None => Echo::Value(&self.entry.event),
+        }
+    }
 }
 
 struct Log<S> {
     state: S,
-    history: Vec<Entry>,
+    history: Vec<Recorded>,
     /// The serialized size of the events in `history`.
     bytes: usize,
     /// The linked users that got the history since they linked; each new event goes to them, and only to them.
@@ -216,6 +235,7 @@ impl<S: Send + 'static> StreamInner<S> {
         server: &Server,
         dispatcher: &str,
         event: &Value,
+        text: Option<&RawValue>,
         kind: &str,
         payload: Option<&Value>,
     ) -> Result<(), Error> {
@@ -227,15 +247,18 @@ impl<S: Send + 'static> StreamInner<S> {
                     return Err(Error::Full);
                 }
                 self.handlers.apply(&mut log.state, dispatcher, kind, payload)?;
-                log.history.push(Entry {
-                    dispatcher: dispatcher.to_owned(),
-                    event: event.clone(),
+                log.history.push(Recorded {
+                    entry: Entry {
+                        dispatcher: dispatcher.to_owned(),
+                        event: event.clone(),
+                    },
+                    text: text.map(RawValue::to_owned),
                 });
                 log.bytes += size;
                 let append = StreamAppendOut {
                     domain: &self.domain,
                     dispatcher,
-                    event,
+                    event: text.map_or(Echo::Value(event), Echo::Text),
                 };
                 // One send per caught-up user rather than a broadcast: a broadcast would also reach a user who linked a
                 // moment ago and whose catch-up, still to come, holds this event too.
@@ -274,11 +297,11 @@ impl<S: Send + 'static> StreamInner<S> {
 impl<S: Send + 'static> Listeners for StreamInner<S> {
     fn link(&self, server: &Server, username: &str) {
         let _ = self.log.with_mut(|log| {
-            for entry in &log.history {
+            for recorded in &log.history {
                 let append = StreamAppendOut {
                     domain: &self.domain,
-                    dispatcher: &entry.dispatcher,
-                    event: &entry.event,
+                    dispatcher: &recorded.entry.dispatcher,
+                    event: recorded.echo(),
                 };
                 if let Err(error) = server.send_payload(username, wire::STREAM_APPEND, &append) {
                     // The connection is gone or going: its next link starts over.
@@ -299,7 +322,7 @@ impl<S: Send + 'static> Listeners for StreamInner<S> {
         let Some(event) = incoming.ours(wire::STREAM_APPEND, Some(&self.domain), username, &self.counters) else {
             return;
         };
-        match self.append(server, username, event.whole, event.kind, event.payload) {
+        match self.append(server, username, event.whole, event.text, event.kind, event.payload) {
             Ok(()) | Err(Error::Panicked { .. } | Error::Full) => {} // logged by append
             Err(error @ (Error::Unknown { .. } | Error::Invalid { .. })) => {
                 tracing::warn!(domain = self.domain, username, %error, "an event was dropped");
@@ -367,7 +390,7 @@ impl<S: Send + 'static> Stream<S> {
             reason: error.to_string(),
         })?;
         self.model
-            .append(server, dispatcher, &whole, &event.kind, event.payload.as_ref())
+            .append(server, dispatcher, &whole, None, &event.kind, event.payload.as_ref())
     }
 
     /// Runs `f` on the state, with the stream held: nothing is appended meanwhile. Fails with [`Error::Busy`] when
@@ -378,7 +401,10 @@ impl<S: Send + 'static> Stream<S> {
 
     /// The history, oldest first.
     pub fn history(&self) -> Vec<Entry> {
-        self.model.log.with(|log| log.history.clone()).unwrap_or_default()
+        self.model
+            .log
+            .with(|log| log.history.iter().map(|recorded| recorded.entry.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// How many events the history holds.

@@ -25,7 +25,9 @@
 //! assert_eq!(action.kind, "projection/action");
 //! ```
 
-use serde::Serialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::stats::Counters;
@@ -123,6 +125,8 @@ pub(crate) fn atom_set(message: &Message) -> Incoming<AtomSet<'_>> {
 /// An event or an action: `{ type, payload? }`, kept whole as well, to echo it exactly as it came.
 pub(crate) struct Typed<'a> {
     pub(crate) whole: &'a Value,
+    /// The text it was parsed from, when the server kept it (see [`stream_append`]).
+    pub(crate) text: Option<&'a RawValue>,
     pub(crate) kind: &'a str,
     pub(crate) payload: Option<&'a Value>,
 }
@@ -132,9 +136,35 @@ fn typed(value: Option<&Value>) -> Option<Typed<'_>> {
     let object = whole.as_object()?;
     Some(Typed {
         whole,
+        text: None,
         kind: object.get("type")?.as_str()?,
         payload: object.get("payload"),
     })
+}
+
+/// The text of the `event` member of a payload's text: the last one, as its value in the parsed payload is. `None`
+/// when there is none (the payload was then refused already).
+fn event_text(payload: &RawValue) -> Option<&RawValue> {
+    struct Event;
+    impl<'de> Visitor<'de> for Event {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut event = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "event" {
+                    event = Some(map.next_value::<&'de RawValue>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(event)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(payload.get());
+    deserializer.deserialize_map(Event).ok()?
 }
 
 /// A `stream/append` from a client. Its `dispatcher` is not read: the dispatcher is whoever sent it.
@@ -143,9 +173,24 @@ pub(crate) fn stream_append<'a>(message: &'a Message, domain: &str) -> Incoming<
         return Incoming::NotOurs;
     };
     match typed(payload.get("event")) {
-        Some(event) => Incoming::Ours(event),
+        Some(event) => Incoming::Ours(Typed {
+            // Kept by the server for this type (see `Stream::register`), to echo the members in the order sent: the
+            // reference client recognizes its own event by hashing the echo's text.
+            text: message.raw_payload().and_then(event_text),
+            ..event
+        }),
         None => Incoming::Malformed("the event is not an object with a string type"),
     }
+}
+
+/// An event to echo: its text as the client sent it when the server kept it, else its value.
+#[derive(Serialize, Clone, Copy)]
+#[serde(untagged)]
+pub(crate) enum Echo<'a> {
+    /// Written verbatim.
+    Text(&'a RawValue),
+    /// Serialized (its members then come in `serde_json::Map`'s order).
+    Value(&'a Value),
 }
 
 /// A `projection/action` from a client.
@@ -182,7 +227,7 @@ pub(crate) struct AtomSetOut<'a> {
 pub(crate) struct StreamAppendOut<'a> {
     pub(crate) domain: &'a str,
     pub(crate) dispatcher: &'a str,
-    pub(crate) event: &'a Value,
+    pub(crate) event: Echo<'a>,
 }
 
 /// The payload of `projection/set`.

@@ -159,9 +159,9 @@ fn authenticate(user: UserRef<'_>, info: &AuthInfo, ctx: &AuthContext) {
 
 /// `{type, payload?}`: the payload key is left out when there is none.
 fn message(kind: &str, payload: Option<Value>) -> Message {
-    Message {
-        kind: kind.to_owned(),
-        payload,
+    match payload {
+        Some(payload) => Message::with_payload(kind, payload),
+        None => Message::new(kind),
     }
 }
 

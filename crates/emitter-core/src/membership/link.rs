@@ -153,7 +153,8 @@ impl Server {
                 _ => None,
             }
         };
-        let message = read(data, self.inner.config.max_json_depth).map(ClientMessage::from);
+        let raw_kinds = self.inner.raw_kinds.load();
+        let message = read(data, self.inner.config.max_json_depth, &raw_kinds).map(ClientMessage::from);
         let mut next = match (member, message) {
             (Some(member), Ok(ClientMessage::Custom(message))) => Some((member, message)),
             (_, message) => self.receive_in_order(&connection, message),

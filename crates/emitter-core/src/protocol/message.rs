@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub use crate::protocol::vocabulary::{
@@ -30,7 +31,10 @@ pub const RESERVED_PREFIX: &str = "krmx/";
 /// ```
 ///
 /// To send a value of your own type as the payload, see [`Server::send_payload`](crate::Server::send_payload).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Two messages are equal when their `kind` and `payload` are; the payload's text as received
+/// ([`raw_payload`](Message::raw_payload)) is not compared, printed or serialized.
+#[derive(Clone, Serialize)]
 pub struct Message {
     /// The message type, such as `chat/said`. It is `type` on the wire.
     #[serde(rename = "type")]
@@ -38,36 +42,87 @@ pub struct Message {
     /// The payload. `None` when the message has none; `Some(Value::Null)` when it was sent as `null`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+    /// The payload's JSON text as received; see [`Message::raw_payload`].
+    #[serde(skip)]
+    raw: Option<Box<RawValue>>,
+}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.payload == other.payload
+    }
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("kind", &self.kind)
+            .field("payload", &self.payload)
+            .finish()
+    }
 }
 
 /// Reads a message the way JavaScript's `JSON.parse` sees an object: other keys are ignored, a repeated key's last
 /// value wins (even for `type`), and an explicit `"payload": null` stays apart from an absent payload.
 impl<'de> Deserialize<'de> for Message {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Fields;
-        impl<'de> Visitor<'de> for Fields {
-            type Value = Message;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object with a string `type`")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
-                let (mut kind, mut payload) = (None, None);
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "type" => kind = Some(map.next_value::<Value>()?),
-                        "payload" => payload = Some(map.next_value::<Value>()?),
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+        deserializer.deserialize_map(Fields { raw_kinds: &[] })
+    }
+}
+
+/// The message visitor. `raw_kinds`: the types whose payload text is kept (see [`Message::raw_payload`]); with none,
+/// a payload is parsed straight into its `Value`, and the text is neither scanned twice nor copied.
+struct Fields<'k> {
+    raw_kinds: &'k [Box<str>],
+}
+
+impl Fields<'_> {
+    fn keeps_raw(&self, kind: &str) -> bool {
+        self.raw_kinds.iter().any(|kept| **kept == *kind)
+    }
+}
+
+impl<'de> Visitor<'de> for Fields<'_> {
+    type Value = Message;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object with a string `type`")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+        let (mut kind, mut payload) = (None, None);
+        // The payload's text, borrowed from the frame: copied at the end only if the message's type keeps it.
+        let mut raw: Option<&'de RawValue> = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "type" => kind = Some(map.next_value::<Value>()?),
+                "payload" => {
+                    // Scanned once as text and then parsed from it only when the type (as read so far: `type` usually
+                    // comes first) may keep it.
+                    let maybe_kept = !self.raw_kinds.is_empty()
+                        && match &kind {
+                            Some(Value::String(kind)) => self.keeps_raw(kind),
+                            _ => true,
+                        };
+                    if maybe_kept {
+                        let text = map.next_value::<&'de RawValue>()?;
+                        payload = Some(serde_json::from_str::<Value>(text.get()).map_err(de::Error::custom)?);
+                        raw = Some(text);
+                    } else {
+                        payload = Some(map.next_value::<Value>()?);
+                        raw = None;
                     }
                 }
-                match kind {
-                    Some(Value::String(kind)) => Ok(Message { kind, payload }),
-                    _ => Err(de::Error::custom("`type` must be a string")),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        deserializer.deserialize_map(Fields)
+        match kind {
+            Some(Value::String(kind)) => {
+                let raw = raw.filter(|_| self.keeps_raw(&kind)).map(RawValue::to_owned);
+                Ok(Message { kind, payload, raw })
+            }
+            _ => Err(de::Error::custom("`type` must be a string")),
+        }
     }
 }
 
@@ -82,6 +137,7 @@ impl Message {
         Message {
             kind: kind.into(),
             payload: None,
+            raw: None,
         }
     }
 
@@ -96,6 +152,7 @@ impl Message {
         Message {
             kind: kind.into(),
             payload: Some(payload.into()),
+            raw: None,
         }
     }
 
@@ -115,6 +172,24 @@ impl Message {
             Some(value) => T::deserialize(value),
             None => T::deserialize(&Value::Null).or_else(|_| T::deserialize(&Value::Object(Default::default()))),
         }
+    }
+
+    /// The payload's JSON text exactly as the client sent it (members in the order sent, numbers as written), for a
+    /// message the server received whose type it was asked to keep it for with
+    /// [`Server::keep_raw_payload`](crate::Server::keep_raw_payload). `None` for any other message: one made with
+    /// [`new`](Message::new) or [`with_payload`](Message::with_payload), parsed by [`parse`], or without a payload.
+    ///
+    /// It is the text that `payload` was parsed from, and only that: the server hands listeners a `&Message`, so
+    /// nothing changes a received message's `payload` before they read both; code that owns a message and changes
+    /// its `payload` must not rely on the text afterwards. Serializing the `&RawValue` (with serde_json) writes the
+    /// text verbatim, so it can be spliced into an outgoing message.
+    ///
+    /// ```
+    /// let made = emitter_core::Message::with_payload("stream/append", serde_json::json!({"z": 1, "a": 2}));
+    /// assert!(made.raw_payload().is_none());
+    /// ```
+    pub fn raw_payload(&self) -> Option<&RawValue> {
+        self.raw.as_deref()
     }
 
     /// Whether the type starts with the reserved `krmx/` prefix.
@@ -170,13 +245,18 @@ impl std::fmt::Display for Invalid {
     }
 }
 
-/// [`parse_bounded`], saying why a frame is not a message.
-pub(crate) fn read(bytes: &[u8], max_depth: usize) -> Result<Message, Invalid> {
+/// [`parse_bounded`], saying why a frame is not a message, and keeping the payload's text for the types in
+/// `raw_kinds` (see [`Message::raw_payload`]).
+pub(crate) fn read(bytes: &[u8], max_depth: usize, raw_kinds: &[Box<str>]) -> Result<Message, Invalid> {
     // Every level takes at least one byte, so a short message cannot be too deep.
     if bytes.len() > max_depth && nests_deeper_than(bytes, max_depth) {
         return Err(Invalid::TooDeep);
     }
-    serde_json::from_slice(bytes).map_err(|error| match error.classify() {
+    // What `serde_json::from_slice` does, with the visitor told which payloads to keep.
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let message = serde::Deserializer::deserialize_map(&mut deserializer, Fields { raw_kinds })
+        .and_then(|message| deserializer.end().map(|()| message));
+    message.map_err(|error| match error.classify() {
         serde_json::error::Category::Data => Invalid::NotAMessage,
         _ => Invalid::NotJson,
     })
@@ -193,7 +273,7 @@ pub(crate) fn read(bytes: &[u8], max_depth: usize) -> Result<Message, Invalid> {
 /// assert!(parse_bounded(br#"{"type":"a","payload":"[[[[[[["}"#, 1).is_ok());
 /// ```
 pub fn parse_bounded(bytes: &[u8], max_depth: usize) -> Result<Message, InvalidMessage> {
-    read(bytes, max_depth).map_err(|_| InvalidMessage)
+    read(bytes, max_depth, &[]).map_err(|_| InvalidMessage)
 }
 
 fn nests_deeper_than(bytes: &[u8], max_depth: usize) -> bool {
@@ -409,12 +489,71 @@ mod tests {
 
     #[test]
     fn the_cause_of_an_invalid_message() {
-        assert_eq!(read(b"nope", 32), Err(Invalid::NotJson));
-        assert_eq!(read(b"\xff", 32), Err(Invalid::NotJson));
-        assert_eq!(read(b"{}", 32), Err(Invalid::NotAMessage));
-        assert_eq!(read(br#"{"type":3}"#, 32), Err(Invalid::NotAMessage));
-        assert_eq!(read(b"[1]", 32), Err(Invalid::NotAMessage));
-        assert_eq!(read(br#"{"type":"a","payload":[[1]]}"#, 2), Err(Invalid::TooDeep));
+        assert_eq!(read(b"nope", 32, &[]), Err(Invalid::NotJson));
+        assert_eq!(read(b"\xff", 32, &[]), Err(Invalid::NotJson));
+        assert_eq!(read(b"{}", 32, &[]), Err(Invalid::NotAMessage));
+        assert_eq!(read(br#"{"type":3}"#, 32, &[]), Err(Invalid::NotAMessage));
+        assert_eq!(read(b"[1]", 32, &[]), Err(Invalid::NotAMessage));
+        assert_eq!(read(br#"{"type":"a","payload":[[1]]}"#, 2, &[]), Err(Invalid::TooDeep));
+    }
+
+    #[test]
+    fn a_kept_payload_is_the_text_as_received_for_the_kept_types_only() {
+        let kept: &[Box<str>] = &["stream/append".into()];
+        let text = br#"{"type":"stream/append","payload":{"event":{"z":1,"a":[2.50, {"y":0,"b":1}]}, "domain":"d"}}"#;
+        let message = read(text, 32, kept).unwrap();
+        assert_eq!(
+            message.raw_payload().map(RawValue::get),
+            Some(r#"{"event":{"z":1,"a":[2.50, {"y":0,"b":1}]}, "domain":"d"}"#)
+        );
+        // The parsed payload is what it always was; the text neither shows in equality, `Debug` nor the frame.
+        assert_eq!(message, parse(text).unwrap());
+        assert_eq!(format!("{message:?}"), format!("{:?}", parse(text).unwrap()));
+        assert_eq!(Frame::from(&message), Frame::from(&parse(text).unwrap()));
+        // `payload` before `type`, a repeated `payload` (the last wins, as its value does) and a repeated `type`.
+        let first = read(br#"{"payload":{"b":1,"a":2},"type":"stream/append"}"#, 32, kept).unwrap();
+        assert_eq!(first.raw_payload().unwrap().get(), r#"{"b":1,"a":2}"#);
+        let again = read(
+            br#"{"type":"stream/append","payload":{"b":1},"payload":[3 ,4]}"#,
+            32,
+            kept,
+        )
+        .unwrap();
+        assert_eq!(
+            (again.raw_payload().unwrap().get(), &again.payload),
+            ("[3 ,4]", &Some(json!([3, 4])))
+        );
+        let retyped = read(
+            br#"{"type":"stream/append","payload":{"b":1},"type":"other"}"#,
+            32,
+            kept,
+        )
+        .unwrap();
+        assert!(retyped.raw_payload().is_none());
+        // Other types, no kept types, no payload, and messages made here keep none.
+        assert!(read(br#"{"type":"other","payload":{"b":1}}"#, 32, kept)
+            .unwrap()
+            .raw_payload()
+            .is_none());
+        assert!(read(text, 32, &[]).unwrap().raw_payload().is_none());
+        assert!(read(br#"{"type":"stream/append"}"#, 32, kept)
+            .unwrap()
+            .raw_payload()
+            .is_none());
+        assert!(parse(text).unwrap().raw_payload().is_none());
+        // Bad input is refused alike, kept or not.
+        for bad in [
+            &br#"{"type":"stream/append","payload":{"a":}}"#[..],
+            br#"{"payload":[1],"type":3}"#,
+        ] {
+            assert_eq!(read(bad, 32, kept).map_err(|_| ()), read(bad, 32, &[]).map_err(|_| ()));
+            assert!(read(bad, 32, kept).is_err());
+        }
+        // A clone keeps the text.
+        assert_eq!(
+            message.clone().raw_payload().map(RawValue::get),
+            message.raw_payload().map(RawValue::get)
+        );
     }
 
     #[test]
@@ -432,7 +571,7 @@ mod tests {
             "[]",
         ] {
             assert_eq!(parse(raw.as_bytes()), Err(InvalidMessage), "{raw}");
-            assert!(read(raw.as_bytes(), 32).is_err(), "{raw}");
+            assert!(read(raw.as_bytes(), 32, &[]).is_err(), "{raw}");
         }
     }
 
@@ -547,6 +686,7 @@ mod tests {
                 let message = Message {
                     kind: kind.to_owned(),
                     payload: payload.clone(),
+                    raw: None,
                 };
                 let frame = Frame::from(&message);
                 assert_eq!(frame.as_str(), by_display(&message));

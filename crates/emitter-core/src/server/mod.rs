@@ -132,6 +132,9 @@ pub(crate) struct Inner {
     pub(crate) leaving: Mutex<HashMap<String, Arc<Connection>>>,
     /// This server's own metrics (see `metrics/`).
     pub(crate) metrics: Arc<Metrics>,
+    /// The message types whose payload text is kept as received (see `Server::keep_raw_payload`). Read for every
+    /// message without a lock or a shared write; changed rarely.
+    pub(crate) raw_kinds: arc_swap::ArcSwap<Vec<Box<str>>>,
 }
 
 /// A Krmx server: users, the connections linked to them, and the listeners that react to them.
@@ -233,6 +236,7 @@ impl Server {
                 applied_moved: tokio::sync::Notify::new(),
                 leaving: Mutex::new(HashMap::new()),
                 metrics,
+                raw_kinds: Default::default(),
             }),
         }
     }
@@ -240,6 +244,26 @@ impl Server {
     /// The server's settings.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// From now on, received messages of type `kind` keep their payload's JSON text as the client sent it, for
+    /// [`Message::raw_payload`]: for a listener that must pass a payload on exactly as sent (members in the order
+    /// sent), as `emitter-state` does for stream events. Other types are parsed as before, their text neither kept nor
+    /// scanned twice; a kept one costs a second pass over the payload and a copy of its text. Asking again for the same
+    /// type does nothing.
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// server.keep_raw_payload("game/replay");
+    /// ```
+    pub fn keep_raw_payload(&self, kind: &str) {
+        self.inner.raw_kinds.rcu(|kinds| {
+            let mut kinds = Vec::clone(kinds);
+            if !kinds.iter().any(|kept| **kept == *kind) {
+                kinds.push(kind.into());
+            }
+            kinds
+        });
     }
 
     /// What the server has dropped rather than handled so far.

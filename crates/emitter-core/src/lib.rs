@@ -52,31 +52,26 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod config;
 mod error;
 mod membership;
-mod metrics;
+pub mod metrics;
 pub mod protocol;
 mod server;
 mod shards;
 mod sync;
 pub mod transport;
 
-pub use cluster::node::ClusterHost;
 pub use emitter_listeners::Subscription;
 pub use error::{Error, Status};
 pub use membership::registry::Broadcast;
-pub use metrics::{ClusterCounts, Health, METRICS_CONTENT_TYPE};
+pub use metrics::health::Health;
 pub use protocol::query::QueryParam;
 pub use protocol::username::is_valid_username;
 pub use protocol::version::{AcceptedVersions, PROTOCOL_VERSION};
 pub use protocol::Message;
 pub use server::auth::{AuthContext, AuthInfo};
 pub use server::builder::ServerBuilder;
-pub use server::config::{
-    Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_CLOSE_DRAIN_DEADLINE, DEFAULT_LINK_DEADLINE,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS,
-    DEFAULT_MAX_USERS, DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_QUEUE, DEFAULT_WRITE_DEADLINE, MAX_USERNAME_BYTES,
-};
 pub use server::events::Event;
 pub use server::{Server, Stats, User, UserRef};
-pub use transport::handshake::{Handshake, MAX_HANDSHAKE_HEADER_BYTES};
+pub use transport::handshake::Handshake;

@@ -160,7 +160,7 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
 "#;
 
-/// One [`crate::Change`] of `node`'s generation `gen`, whose lease is `live` or not: a refusal, or nil once its entries are
+/// One [`crate::wire::Change`] of `node`'s generation `gen`, whose lease is `live` or not: a refusal, or nil once its entries are
 /// appended (in `produced`). The flag of a link is two characters, `1` or `0` each: new users accepted, and a linked
 /// user's link replaced. Every refusal comes before any write, so a refused change changed nothing.
 const CHANGE: &str = r#"
@@ -202,7 +202,7 @@ local function change(node, gen, live, kind, user, conn, flag)
 end
 "#;
 
-/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::Change`].
+/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::wire::Change`].
 const SUBMIT: &str = r#"
 local refusal = setup()
 if refusal then return refusal end

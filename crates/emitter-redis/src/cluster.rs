@@ -9,11 +9,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
 use tokio::sync::mpsc;
 
-use crate::blocking::Blocking;
-use crate::messages::NodeMessage;
 use crate::shared::{Call, Catchup, ClusterStats, Counters, Options, Shared};
-use crate::subscribe::Notifications;
 use crate::types::{check_name, Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
+use crate::wire::blocking::Blocking;
+use crate::wire::messages::NodeMessage;
+use crate::wire::subscribe::Notifications;
 
 /// A handle on one cluster in one Redis: cheap to clone, usable from any task. See the [crate docs](crate) for what
 /// the cluster state is and what each call promises.

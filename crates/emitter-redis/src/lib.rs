@@ -196,40 +196,15 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod blocking;
 mod changes;
 mod cluster;
-mod keys;
-mod lease;
-mod messages;
 mod node;
-mod parse;
-mod replica;
-mod scripts;
+mod script;
 mod shared;
-mod subscribe;
 mod types;
+pub mod wire;
 
 pub use cluster::Cluster;
 pub use node::Node;
 pub use shared::{ClusterStats, Options};
 pub use types::{is_valid_name, Error, Refusal, Result};
-
-/// The cluster's own protocol on Redis, for a node that does not use [`Node`]: the log's entries and a [`Replica`] that
-/// applies them, the [`Notifications`] stream of a node's subscription, the frames of [`NodeMessage`]s between nodes,
-/// leases and the [`Blocking`] handle. An application runs a node with [`Cluster`], [`Options`] and [`Node`] and
-/// needs none of these.
-///
-/// [`Replica`]: wire::Replica
-/// [`Notifications`]: wire::Notifications
-/// [`NodeMessage`]: wire::NodeMessage
-/// [`Blocking`]: wire::Blocking
-pub mod wire {
-    pub use crate::blocking::Blocking;
-    pub use crate::lease::{KeepAlive, LeaseLost};
-    pub use crate::messages::NodeMessage;
-    pub use crate::replica::{Replica, ReplicaError};
-    pub use crate::subscribe::{Notification, Notifications};
-    pub use crate::types::{ClusterSnapshot, Epoch, NodeLease, UserRecord};
-    pub use emitter_core::cluster::{Change, LinkAddr, LogEntry, LogEvent, UnlinkReason};
-}

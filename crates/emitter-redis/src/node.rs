@@ -13,13 +13,13 @@ use emitter_core::{Error as CoreError, Server};
 use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 
-use crate::blocking::Blocking;
 use crate::changes::ChangeQueue;
 use crate::cluster::{manager, Cluster};
-use crate::lease::{KeepAlive, LeaseLost};
-use crate::messages::NodeMessage;
-use crate::subscribe::{Notification, Notifications};
 use crate::types::{check_name, ClusterSnapshot, Error, NodeLease, Refusal, Result};
+use crate::wire::blocking::Blocking;
+use crate::wire::lease::{KeepAlive, LeaseLost};
+use crate::wire::messages::NodeMessage;
+use crate::wire::subscribe::{Notification, Notifications};
 
 /// The longest a node waits between attempts to get its place back (register, snapshot) while Redis is away.
 const MAX_RETRY: Duration = Duration::from_secs(2);

@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use redis::{Script, ScriptInvocation, Value};
 
-use crate::keys::Keys;
-use crate::parse;
-use crate::scripts;
+use crate::script::keys::Keys;
+use crate::script::parse;
+use crate::script::scripts;
 use crate::types::{Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
 
 /// How a cluster handle behaves. Build it from the defaults:

@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, MissedTickBehavior};
 
-use crate::messages::NodeMessage;
 use crate::shared::{Counters, Shared};
 use crate::types::Epoch;
+use crate::wire::messages::NodeMessage;
 
 /// What a [`Notifications`] stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]

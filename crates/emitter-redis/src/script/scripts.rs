@@ -2,7 +2,7 @@
 //! execution is the cluster's order. Each script validates everything *before* its first write: Redis does not roll
 //! back a script that fails halfway, so a script must never be able to fail after writing.
 //!
-//! Every script gets the same ten keys (all under the cluster's hash tag, see [`crate::keys`]), declared in KEYS
+//! Every script gets the same ten keys (all under the cluster's hash tag, see [`crate::script::keys`]), declared in KEYS
 //! so that they also run on Redis Cluster, where a script may only touch the keys it declares:
 //!
 //! `KEYS[1]` epoch, `[2]` seq, `[3]` log, `[4]` users, `[5]` order, `[6]` links, `[7]` nodes, `[8]` generation,

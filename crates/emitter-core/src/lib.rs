@@ -36,10 +36,11 @@
 //!   [`Outbox`](transport::Outbox), the fan-out log of broadcasts, the snapshot a link gets, close reasons.
 //! - `membership/`: users and their links: the registry, the connections, messages kept for unlinked users, incoming
 //!   link requests and messages, and applying join, link, unlink and leave with their events.
-//! - `cluster/`: the cluster seam ([`cluster`]) and a server as a node of a cluster ([`ClusterHost`]).
-//! - `server/`: the application's API: [`Server`], [`ServerBuilder`], [`Config`], the listeners (`subscribe.rs`),
+//! - `cluster/`: the cluster seam ([`cluster`]) and a server as a node of a cluster ([`cluster::ClusterHost`]).
+//! - `config.rs`: the settings and their defaults and limits ([`config`]).
+//! - `server/`: the application's API: [`Server`], [`ServerBuilder`], the listeners (`subscribe.rs`),
 //!   [`UserRef`], [`Event`], [`AuthContext`], status and closing (`lifecycle.rs`), metrics text and health.
-//! - `metrics/`: Prometheus metrics and the [`Health`] check.
+//! - `metrics/`: Prometheus metrics ([`metrics`]) and the [`Health`] check.
 //! - `error.rs` ([`Error`], [`Status`]), `sync.rs` (the locks, shuttle's under the `shuttle` feature), `shards.rs`
 //!   (the sharded map `send` finds a user's connection in).
 //!

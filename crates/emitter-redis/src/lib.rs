@@ -193,6 +193,15 @@
 //!
 //! This crate has no optional features. It turns on the `redis` crate's `script`, `tokio-comp` and
 //! `connection-manager` features and no others (no TLS to Redis). It needs Rust 1.88, as `redis` 1.8 does.
+//!
+//! [`Blocking`]: wire::Blocking
+//! [`Notifications`]: wire::Notifications
+//! [`Replica`]: wire::Replica
+//! [`KeepAlive`]: wire::KeepAlive
+//! [`LeaseLost`]: wire::LeaseLost
+//! [`LeaseLost::EpochChanged`]: wire::LeaseLost::EpochChanged
+//! [`NodeMessage::after`]: wire::NodeMessage::after
+//! [`Notification::EpochChanged`]: wire::Notification::EpochChanged
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

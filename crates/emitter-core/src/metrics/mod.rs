@@ -1,5 +1,6 @@
-//! The server's metrics, for monitoring: what it serves, what it refuses and how long links take, kept per [`Server`]
-//! (two servers in one process never share a number) and encoded in the Prometheus text format on demand.
+//! The server's metrics, for monitoring: what it serves, what it refuses and how long links take, kept per
+//! [`Server`](crate::Server) (two servers in one process never share a number) and encoded in the Prometheus text
+//! format on demand.
 //!
 //! Every update is an atomic add or store: nothing here takes a lock where a message passes. The counters the message
 //! path bumps for every frame (messages and bytes, in and out) and the queue-depth histogram are *striped*: each

@@ -77,7 +77,7 @@ impl Node {
             needs_snapshot: AtomicBool::new(false),
             lease_lost: AtomicBool::new(false),
         });
-        let host = ClusterHost::of(&server);
+        let host = ClusterHost::of(server);
         let (seq, users) = seed(snapshot);
         host.install(sequencer.clone(), seq, users)
             .map_err(|error| Error::Malformed(format!("cannot make this server a node: {error}")))?;

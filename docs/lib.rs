@@ -227,10 +227,10 @@ mod tests {
         fn submit(
             &self,
             _: emitter_core::cluster::Change,
-        ) -> Result<Vec<emitter_core::cluster::Entry>, emitter_core::cluster::Refused> {
+        ) -> Result<Vec<emitter_core::cluster::LogEntry>, emitter_core::cluster::Refused> {
             Err(emitter_core::cluster::Refused::Unavailable("nowhere".to_owned()))
         }
-        fn entries_after(&self, _: u64) -> Result<Vec<emitter_core::cluster::Entry>, String> {
+        fn entries_after(&self, _: u64) -> Result<Vec<emitter_core::cluster::LogEntry>, String> {
             Ok(Vec::new())
         }
         fn publish_broadcast(&self, _: u64, _: Option<&str>, _: &emitter_core::protocol::Frame) {}
@@ -274,8 +274,7 @@ mod tests {
         let chapter = std::fs::read_to_string(root().join("docs/src/operations.md")).unwrap();
         // A node exposes every metric a server does, and the cluster's.
         let server = emitter_core::Server::new();
-        server
-            .cluster_host()
+        emitter_core::cluster::ClusterHost::of(&server)
             .install(std::sync::Arc::new(Nowhere), 0, Vec::new())
             .unwrap();
         let text = server.metrics_text();

@@ -5,7 +5,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use emitter_core::{Server, METRICS_CONTENT_TYPE};
+use emitter_core::metrics;
+use emitter_core::Server;
 
 /// A `Router` that serves the server's metrics at `GET /metrics`, in the Prometheus text format. Merge it into the
 /// app that serves the Krmx endpoint, or serve it on a port of its own (one that only your monitoring can reach).
@@ -59,7 +60,7 @@ pub async fn metrics_handler(State(server): State<Server>) -> Response {
     let mut response = server.metrics_text().into_response();
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
     response
 }
 

@@ -260,6 +260,6 @@ async fn warnings_a_client_causes_with_every_message_are_rate_limited_per_connec
 #[tokio::test]
 async fn headers_over_what_a_connection_may_keep_get_431() {
     let (_server, _recorder, port) = start_default().await;
-    let big = "x".repeat(emitter_core::MAX_HANDSHAKE_HEADER_BYTES);
+    let big = "x".repeat(emitter_core::config::MAX_HANDSHAKE_HEADER_BYTES);
     assert_eq!(connect_with(port, "/", &[("cookie", &big)]).await.err(), Some(431));
 }

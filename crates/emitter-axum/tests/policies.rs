@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use emitter_core::{KeepLimits, LinkPolicy, Message, Server};
+use emitter_core::config::{KeepLimits, LinkPolicy};
+use emitter_core::{Message, Server};
 use emitter_testing::*;
 use serde_json::json;
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::error::{Error, Status};
 use crate::reconnect::Reconnect;
 use crate::state::{Config, Shared};
-use crate::tls::Tls;
+use crate::tls::{Tls, TlsConfig};
 
 /// The protocol version a client sends in its link requests unless told otherwise. emitter servers accept 0.5 and
 /// 0.6; `@krmx/server` 0.6 accepts `0.6.*` and the 0.5 releases on npm accept `0.5.*` (set
@@ -134,49 +134,19 @@ impl ClientBuilder {
         self
     }
 
-    /// Trusts the certificates in `pem`, and only those, as the roots for `wss://` connections: for a server whose
-    /// certificate comes from your own certificate authority. Unless set (or [`tls_config`](Self::tls_config) is),
-    /// the client trusts the platform's roots. `pem` holds one or more `-----BEGIN CERTIFICATE-----` blocks; other
-    /// blocks are skipped. Replaces an earlier `root_certificates_pem` or `tls_config`.
-    ///
-    /// Fails with [`Error::InvalidCertificates`] when `pem` holds no certificate or one that cannot be read.
+    /// What the client trusts for `wss://` connections (see [`TlsConfig`]): the platform's roots unless set.
+    /// Replaces an earlier `tls`.
     ///
     /// ```no_run
+    /// use emitter_client::{Client, TlsConfig};
+    ///
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let ca = std::fs::read("ca.pem")?;
-    /// let client = emitter_client::Client::builder().root_certificates_pem(&ca)?.build();
+    /// let client = Client::builder().tls(TlsConfig::empty().add_root_certificates_pem(&ca)?).build();
     /// # Ok(()) }
     /// ```
-    ///
-    /// ```
-    /// let error = emitter_client::Client::builder().root_certificates_pem("not a certificate").unwrap_err();
-    /// assert_eq!(error.to_string(), "invalid root certificates: the PEM holds no CERTIFICATE block");
-    /// ```
-    pub fn root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Result<Self, Error> {
-        self.tls = Tls::from_pem(pem.as_ref()).map_err(Error::InvalidCertificates)?;
-        Ok(self)
-    }
-
-    /// Uses `config` for `wss://` connections, for what [`root_certificates_pem`](Self::root_certificates_pem) does
-    /// not cover: client certificates, several sources of roots, a verifier of your own. Unless set, the client uses
-    /// rustls on the ring crypto provider with the platform's roots. Replaces an earlier `root_certificates_pem` or
-    /// `tls_config`. [`rustls`](crate::rustls) is re-exported, so the configuration's type matches the client's.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use emitter_client::rustls::{self, ClientConfig, RootCertStore};
-    ///
-    /// let roots = RootCertStore::empty(); // add your roots
-    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
-    /// let config = ClientConfig::builder_with_provider(provider)
-    ///     .with_safe_default_protocol_versions()?
-    ///     .with_root_certificates(roots)
-    ///     .with_no_client_auth();
-    /// let client = emitter_client::Client::builder().tls_config(Arc::new(config)).build();
-    /// # Ok::<(), rustls::Error>(())
-    /// ```
-    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
-        self.tls = Tls::given(config);
+    pub fn tls(mut self, trust: TlsConfig) -> Self {
+        self.tls = Tls::new(trust);
         self
     }
 
@@ -276,7 +246,7 @@ impl Client {
     /// for `wss://`, a server certificate that the client does not trust reads `invalid peer certificate: …`.
     ///
     /// A `wss://` connect checks the server's certificate against the platform's root certificates, or against
-    /// those given with [`ClientBuilder::root_certificates_pem`] or [`ClientBuilder::tls_config`].
+    /// those given with [`ClientBuilder::tls`].
     ///
     /// ```
     /// # #[tokio::main] async fn main() {

@@ -104,9 +104,8 @@ pub enum Error {
     Serialize(Arc<serde_json::Error>),
     /// `cannot connect outside a tokio runtime`.
     NoRuntime,
-    /// `invalid root certificates: {reason}`, from
-    /// [`ClientBuilder::root_certificates_pem`](crate::ClientBuilder::root_certificates_pem): the PEM holds no
-    /// certificate, or one that cannot be read.
+    /// `invalid root certificates: {reason}`, from [`TlsConfig`](crate::TlsConfig)'s `add_*` methods: the PEM holds
+    /// no certificate, or one that cannot be read.
     InvalidCertificates(String),
 }
 

@@ -6,8 +6,7 @@
 //! `initializing → connecting → connected → linking → linked → unlinking → closing → closed` ([`Status`]), and every
 //! step is an event with `on_*`, `once_*` and `wait_for_*` methods. Reconnecting after a dropped connection is
 //! opt-in ([`Reconnect`]). It connects to `ws://` URLs, and to `wss://` ones over TLS (rustls), trusting the
-//! platform's root certificates unless told otherwise ([`ClientBuilder::root_certificates_pem`],
-//! [`ClientBuilder::tls_config`]).
+//! platform's root certificates unless told otherwise ([`TlsConfig`], [`ClientBuilder::tls`]).
 //!
 //! ```
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -66,5 +65,4 @@ pub use emitter_listeners::Subscription;
 pub use error::{Error, Status};
 pub use event::ClientEvent;
 pub use reconnect::Reconnect;
-/// The rustls version the client is built with, for [`ClientBuilder::tls_config`].
-pub use rustls;
+pub use tls::TlsConfig;

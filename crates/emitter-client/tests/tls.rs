@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use emitter_client::{Client, Error, Status};
+use emitter_client::{Client, Error, Status, TlsConfig};
 use emitter_core::Server;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -159,7 +159,9 @@ fn causes(error: &Error) -> String {
 async fn links_over_wss_with_the_given_root() {
     let (server, pki, url) = start_tls().await;
 
-    let client = Client::builder().root_certificates_pem(&pki.ca_pem).unwrap().build();
+    let client = Client::builder()
+        .tls(TlsConfig::empty().add_root_certificates_pem(&pki.ca_pem).unwrap())
+        .build();
     within("connect", client.connect(&url)).await.unwrap();
     within("link", client.link("simon", None)).await.unwrap();
     assert_eq!(client.status(), Status::Linked);
@@ -175,21 +177,16 @@ async fn links_over_wss_with_the_given_root() {
     within("server close", server.close()).await.unwrap();
 }
 
-/// The same with a whole rustls configuration instead of a PEM.
+/// The same with the authority's certificate given as DER instead of PEM.
 #[tokio::test]
-async fn links_over_wss_with_a_given_rustls_config() {
+async fn links_over_wss_with_a_given_der_root() {
     let (server, pki, url) = start_tls().await;
-    let mut roots = rustls::RootCertStore::empty();
+    let mut tls = TlsConfig::empty();
     for certificate in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
-        roots.add(certificate.unwrap()).unwrap();
+        tls = tls.add_root_certificate_der(certificate.unwrap().to_vec()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
 
-    let client = Client::builder().tls_config(Arc::new(config)).build();
+    let client = Client::builder().tls(tls).build();
     within("connect", client.connect(&url)).await.unwrap();
     within("link", client.link("simon", None)).await.unwrap();
     within("disconnect", client.disconnect(true)).await.unwrap();
@@ -205,8 +202,7 @@ async fn another_root_fails_with_a_certificate_error() {
     assert_ne!(stranger.ca_pem, pki.ca_pem);
 
     let client = Client::builder()
-        .root_certificates_pem(&stranger.ca_pem)
-        .unwrap()
+        .tls(TlsConfig::empty().add_root_certificates_pem(&stranger.ca_pem).unwrap())
         .build();
     let closed = client.wait_for_close();
     let error = within("connect", client.connect(&url)).await.unwrap_err();
@@ -225,7 +221,9 @@ async fn another_root_fails_with_a_certificate_error() {
     assert!(server.users().is_empty());
 
     // Nothing is broken: the right client still gets in.
-    let client = Client::builder().root_certificates_pem(&pki.ca_pem).unwrap().build();
+    let client = Client::builder()
+        .tls(TlsConfig::empty().add_root_certificates_pem(&pki.ca_pem).unwrap())
+        .build();
     within("connect", client.connect(&url)).await.unwrap();
     within("disconnect", client.disconnect(true)).await.unwrap();
     within("server close", server.close()).await.unwrap();
@@ -252,7 +250,9 @@ async fn the_platform_roots_do_not_trust_the_test_authority() {
 #[tokio::test]
 async fn a_certificate_for_another_name_is_refused() {
     let (server, pki, url) = start_tls().await;
-    let client = Client::builder().root_certificates_pem(&pki.ca_pem).unwrap().build();
+    let client = Client::builder()
+        .tls(TlsConfig::empty().add_root_certificates_pem(&pki.ca_pem).unwrap())
+        .build();
     let by_address = url.replace("localhost", "127.0.0.1");
     let error = within("connect", client.connect(&by_address)).await.unwrap_err();
     let causes = causes(&error);
@@ -268,7 +268,9 @@ async fn a_certificate_for_another_name_is_refused() {
 async fn ws_urls_stay_plain() {
     let (server, url) = support::start_default().await;
     let pki = make_pki("emitter test CA", &["localhost"]);
-    let client = Client::builder().root_certificates_pem(&pki.ca_pem).unwrap().build();
+    let client = Client::builder()
+        .tls(TlsConfig::empty().add_root_certificates_pem(&pki.ca_pem).unwrap())
+        .build();
     support::connect_and_link(&client, &url, "simon").await;
     within("disconnect", client.disconnect(true)).await.unwrap();
     within("server close", server.close()).await.unwrap();

@@ -38,10 +38,11 @@
 //! - `membership/`: users and their links: the registry, the connections, messages kept for unlinked users, incoming
 //!   link requests and messages (with the allowance of warnings a client can cause), and applying join, link, unlink
 //!   and leave with their events.
-//! - `cluster/`: the cluster seam ([`cluster`]) and a server as a node of a cluster ([`ClusterHost`]).
-//! - `server/`: the application's API: [`Server`], [`ServerBuilder`], [`Config`], the listeners (`subscribe.rs`),
+//! - `cluster/`: the cluster seam ([`cluster`]) and a server as a node of a cluster ([`cluster::ClusterHost`]).
+//! - `config.rs`: the settings and their defaults and limits ([`config`]).
+//! - `server/`: the application's API: [`Server`], [`ServerBuilder`], the listeners (`subscribe.rs`),
 //!   [`UserRef`], [`Event`], [`AuthContext`], status and closing (`lifecycle.rs`), metrics text and health.
-//! - `metrics/`: Prometheus metrics and the [`Health`] check.
+//! - `metrics/`: Prometheus metrics ([`metrics`]) and the [`Health`] check.
 //! - `error.rs` ([`Error`], [`Status`]), `sync.rs` (the locks, shuttle's under the `shuttle` feature), `shards.rs`
 //!   (the sharded map `send` finds a user's connection in).
 //!
@@ -54,31 +55,26 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod config;
 mod error;
 mod membership;
-mod metrics;
+pub mod metrics;
 pub mod protocol;
 mod server;
 mod shards;
 mod sync;
 pub mod transport;
 
-pub use cluster::node::ClusterHost;
 pub use emitter_listeners::Subscription;
 pub use error::{Error, Status};
 pub use membership::registry::Broadcast;
-pub use metrics::{ClusterCounts, Health, METRICS_CONTENT_TYPE};
+pub use metrics::health::Health;
 pub use protocol::query::QueryParam;
 pub use protocol::username::is_valid_username;
 pub use protocol::version::{AcceptedVersions, PROTOCOL_VERSION};
 pub use protocol::Message;
 pub use server::auth::{AuthContext, AuthInfo};
 pub use server::builder::ServerBuilder;
-pub use server::config::{
-    Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_CLOSE_DRAIN_DEADLINE, DEFAULT_LINK_DEADLINE,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS,
-    DEFAULT_MAX_USERS, DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_QUEUE, DEFAULT_WRITE_DEADLINE, MAX_USERNAME_BYTES,
-};
 pub use server::events::Event;
 pub use server::{Server, Stats, User, UserRef};
-pub use transport::handshake::{Handshake, MAX_HANDSHAKE_HEADER_BYTES};
+pub use transport::handshake::Handshake;

@@ -22,10 +22,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use emitter_core::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, Submission, UnlinkReason};
+use emitter_core::cluster::ClusterHost;
+use emitter_core::cluster::{Change, LinkAddr, LogEntry, LogEvent, Refused, Sequencer, Submission, UnlinkReason};
 use emitter_core::protocol::{Frame, Rejection};
 use emitter_core::transport::{ConnectionId, Outbox};
-use emitter_core::{ClusterHost, Error, Message, Server};
+use emitter_core::{Error, Message, Server};
 use parking_lot::Mutex;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -58,34 +59,34 @@ enum Delivery {
 struct HubState {
     /// Users in join order, with their link.
     users: Vec<(String, Option<LinkAddr>)>,
-    log: Vec<Entry>,
+    log: Vec<LogEntry>,
     inboxes: BTreeMap<String, VecDeque<Delivery>>,
     /// Per node, the changes it queued with `submit_async` and the test has not decided yet, in order.
     queued: BTreeMap<String, VecDeque<Queued>>,
 }
 
 /// A change a node queued, and where its answer goes.
-type Queued = (Change, tokio::sync::oneshot::Sender<Result<Vec<Entry>, Refused>>);
+type Queued = (Change, tokio::sync::oneshot::Sender<Result<Vec<LogEntry>, Refused>>);
 
 impl HubState {
     fn find(&self, user: &str) -> Option<usize> {
         self.users.iter().position(|(name, _)| name == user)
     }
 
-    fn append(&mut self, by: &str, event: Event, out: &mut Vec<Entry>) {
+    fn append(&mut self, by: &str, event: LogEvent, out: &mut Vec<LogEntry>) {
         match &event {
-            Event::Joined { user } => self.users.push((user.clone(), None)),
-            Event::Linked { user, link } => {
+            LogEvent::Joined { user } => self.users.push((user.clone(), None)),
+            LogEvent::Linked { user, link } => {
                 let at = self.find(user).unwrap();
                 self.users[at].1 = Some(link.clone());
             }
-            Event::Unlinked { user, .. } => {
+            LogEvent::Unlinked { user, .. } => {
                 let at = self.find(user).unwrap();
                 self.users[at].1 = None;
             }
-            Event::Left { user } => self.users.retain(|(name, _)| name != user),
+            LogEvent::Left { user } => self.users.retain(|(name, _)| name != user),
         }
-        let entry = Entry {
+        let entry = LogEntry {
             seq: self.log.len() as u64 + 1,
             event,
             by: by.to_owned(),
@@ -95,7 +96,7 @@ impl HubState {
     }
 
     /// The submit script, in Rust: validate, then apply and append.
-    fn submit(&mut self, node: &str, change: Change) -> Result<Vec<Entry>, Refused> {
+    fn submit(&mut self, node: &str, change: Change) -> Result<Vec<LogEntry>, Refused> {
         let mut out = Vec::new();
         let here = |connection| LinkAddr {
             node: node.to_owned(),
@@ -107,7 +108,7 @@ impl HubState {
                 if self.find(&user).is_some() {
                     return Err(Refused::Failed(Error::JoinExistingUser));
                 }
-                self.append(node, Event::Joined { user }, &mut out);
+                self.append(node, LogEvent::Joined { user }, &mut out);
             }
             Change::Link {
                 user,
@@ -129,17 +130,17 @@ impl HubState {
                     Some(at) if self.users[at].1.is_some() => {
                         let old = self.users[at].1.clone().unwrap();
                         let reason = UnlinkReason::Replaced;
-                        let event = Event::Unlinked {
+                        let event = LogEvent::Unlinked {
                             user: user.clone(),
                             link: old,
                             reason,
                         };
                         self.append(node, event, &mut out);
                     }
-                    None => self.append(node, Event::Joined { user: user.clone() }, &mut out),
+                    None => self.append(node, LogEvent::Joined { user: user.clone() }, &mut out),
                     Some(_) => {}
                 }
-                self.append(node, Event::Linked { user, link }, &mut out);
+                self.append(node, LogEvent::Linked { user, link }, &mut out);
             }
             Change::Unlink { user, only } => {
                 let at = self.find(&user).ok_or(Refused::Failed(Error::UnlinkUnknownUser))?;
@@ -152,7 +153,7 @@ impl HubState {
                     return Err(Refused::Failed(Error::UnlinkUnlinkedUser));
                 };
                 let reason = UnlinkReason::Requested;
-                self.append(node, Event::Unlinked { user, link, reason }, &mut out);
+                self.append(node, LogEvent::Unlinked { user, link, reason }, &mut out);
             }
             Change::Leave { user, only } => {
                 let at = self.find(&user).ok_or(Refused::Failed(Error::KickUnknownUser))?;
@@ -164,14 +165,14 @@ impl HubState {
                 }
                 if let Some(link) = link {
                     let reason = UnlinkReason::Leaving;
-                    let event = Event::Unlinked {
+                    let event = LogEvent::Unlinked {
                         user: user.clone(),
                         link,
                         reason,
                     };
                     self.append(node, event, &mut out);
                 }
-                self.append(node, Event::Left { user }, &mut out);
+                self.append(node, LogEvent::Left { user }, &mut out);
             }
         }
         Ok(out)
@@ -193,7 +194,7 @@ impl Sequencer for NodeSequencer {
         link.node == self.node && link.generation == 1
     }
 
-    fn submit(&self, change: Change) -> Result<Vec<Entry>, Refused> {
+    fn submit(&self, change: Change) -> Result<Vec<LogEntry>, Refused> {
         self.hub.lock().submit(&self.node, change)
     }
 
@@ -214,7 +215,7 @@ impl Sequencer for NodeSequencer {
             .collect()
     }
 
-    fn entries_after(&self, seq: u64) -> Result<Vec<Entry>, String> {
+    fn entries_after(&self, seq: u64) -> Result<Vec<LogEntry>, String> {
         Ok(self.hub.lock().log[seq as usize..].to_vec())
     }
 
@@ -327,7 +328,7 @@ impl Cluster {
                 node: node.clone(),
                 hub: hub.clone(),
             });
-            let cluster = server.cluster_host();
+            let cluster = ClusterHost::of(&server);
             cluster.install(sequencer, 0, Vec::new()).unwrap();
             let counter = said.clone();
             // Every app message is broadcast to everyone with its sender's running number on this node.
@@ -598,7 +599,7 @@ impl Cluster {
         let links = hub
             .log
             .iter()
-            .filter(|entry| matches!(entry.event, Event::Linked { .. }))
+            .filter(|entry| matches!(entry.event, LogEvent::Linked { .. }))
             .count();
         let heard = self.link_events.load(Ordering::SeqCst);
         if links != heard {

@@ -22,7 +22,7 @@ use redis::{RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::shared::{Call, Counters, Shared};
-use crate::types::{Change, Entry, Error, NodeLease, Result};
+use crate::types::{Change, Error, LogEntry, NodeLease, Result};
 
 /// The most changes one round trip carries: a closing node with 1,000 users unlinks them in two.
 pub(crate) const MAX_BATCH: usize = 500;
@@ -31,18 +31,18 @@ pub(crate) const MAX_BATCH: usize = 500;
 struct Request {
     lease: NodeLease,
     change: Change,
-    answer: oneshot::Sender<Result<Vec<Entry>>>,
+    answer: oneshot::Sender<Result<Vec<LogEntry>>>,
 }
 
 /// The answer to one queued change: refused at once, or to come from the queue's task.
 pub(crate) enum Answer {
-    Now(Result<Vec<Entry>>),
-    Later(oneshot::Receiver<Result<Vec<Entry>>>),
+    Now(Result<Vec<LogEntry>>),
+    Later(oneshot::Receiver<Result<Vec<LogEntry>>>),
 }
 
 impl Answer {
     /// Waits for the answer.
-    pub(crate) async fn wait(self) -> Result<Vec<Entry>> {
+    pub(crate) async fn wait(self) -> Result<Vec<LogEntry>> {
         match self {
             Answer::Now(answer) => answer,
             // The task is gone (its runtime shut down) with the change unsent or unanswered.

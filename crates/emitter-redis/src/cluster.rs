@@ -9,17 +9,18 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
 use tokio::sync::mpsc;
 
-use crate::blocking::Blocking;
-use crate::messages::Message;
-use crate::shared::{Call, Catchup, Counters, Options, Shared, Stats};
-use crate::subscribe::Subscription;
-use crate::types::{check_name, Change, Entry, Epoch, Error, NodeLease, Result, Snapshot};
+use crate::shared::{Call, Catchup, ClusterStats, Counters, Options, Shared};
+use crate::types::{check_name, Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
+use crate::wire::blocking::Blocking;
+use crate::wire::messages::NodeMessage;
+use crate::wire::subscribe::Notifications;
 
 /// A handle on one cluster in one Redis: cheap to clone, usable from any task. See the [crate docs](crate) for what
 /// the cluster state is and what each call promises.
 ///
 /// ```no_run
-/// use emitter_redis::{Change, Cluster, Options};
+/// use emitter_redis::{Cluster, Options};
+/// use emitter_redis::wire::Change;
 ///
 /// # async fn run() -> Result<(), emitter_redis::Error> {
 /// let cluster = Cluster::connect("redis://127.0.0.1/", "chat", Options::default()).await?;
@@ -49,7 +50,7 @@ impl std::fmt::Debug for Cluster {
 /// One message waiting for the publisher task.
 struct Outgoing {
     channel: String,
-    message: Message,
+    message: NodeMessage,
 }
 
 impl Outgoing {
@@ -128,7 +129,7 @@ impl Cluster {
 
     /// Ends the lease cleanly: every user linked to this node is unlinked (`NodeReleased`), in the log. Returns those
     /// entries.
-    pub async fn release(&self, lease: &NodeLease) -> Result<Vec<Entry>> {
+    pub async fn release(&self, lease: &NodeLease) -> Result<Vec<LogEntry>> {
         let call = self.shared.release_call(lease);
         let value = self.invoke(&call).await?;
         self.shared.entries_result(&call, value)
@@ -137,7 +138,7 @@ impl Cluster {
     /// Unlinks the users of every node whose lease ran out (`LeaseExpired`) and forgets those leases; `by` is recorded
     /// as the cause. Any process may run it; [`keep_alive`](Self::keep_alive) does, every
     /// [`Options::reap_interval`]. Returns the entries it appended.
-    pub async fn reap_dead_nodes(&self, by: &str) -> Result<Vec<Entry>> {
+    pub async fn reap_dead_nodes(&self, by: &str) -> Result<Vec<LogEntry>> {
         check_name(by)?;
         let call = self.shared.reap_call(by);
         let value = self.invoke(&call).await?;
@@ -157,7 +158,7 @@ impl Cluster {
     /// order (one, or two for a link that joins or a leave that unlinks): apply them at once, after any entry before
     /// them that the caller has not applied yet. A refusal ([`Error::Refused`]) changed nothing. An
     /// [`Error::Redis`] leaves the outcome unknown: catch up from the log before deciding again.
-    pub async fn submit(&self, lease: &NodeLease, change: Change) -> Result<Vec<Entry>> {
+    pub async fn submit(&self, lease: &NodeLease, change: Change) -> Result<Vec<LogEntry>> {
         let call = self.shared.submit_call(lease, &change);
         let value = self.invoke(&call).await?;
         self.shared.entries_result(&call, value)
@@ -166,7 +167,7 @@ impl Cluster {
     /// Every entry after `seq`, in order, up to the newest one when the read began. Fails with
     /// [`Error::Trimmed`] when retention dropped some of them, and [`Error::Ahead`] when `seq` is past Redis's newest
     /// seq: then read a [`snapshot`](Self::snapshot).
-    pub async fn entries_after(&self, seq: u64) -> Result<Vec<Entry>> {
+    pub async fn entries_after(&self, seq: u64) -> Result<Vec<LogEntry>> {
         let epoch = self.shared.epoch();
         let mut catchup = Catchup::new(seq);
         while let Some(from) = catchup.next_from() {
@@ -178,7 +179,7 @@ impl Cluster {
     }
 
     /// Every user in join order and the seq that state corresponds to, read atomically.
-    pub async fn snapshot(&self) -> Result<Snapshot> {
+    pub async fn snapshot(&self) -> Result<ClusterSnapshot> {
         let epoch = self.shared.epoch();
         let value = self.invoke(&self.shared.snapshot_call(&epoch)).await?;
         self.shared.snapshot_result(epoch, value)
@@ -192,10 +193,10 @@ impl Cluster {
     }
 
     /// Subscribes to the cluster's notifications for `node`: new seqs, broadcasts from other nodes, and messages sent
-    /// to users linked on `node`. The subscription reconnects by itself; see [`Subscription`].
-    pub async fn subscribe(&self, node: &str) -> Result<Subscription> {
+    /// to users linked on `node`. The subscription reconnects by itself; see [`Notifications`].
+    pub async fn subscribe(&self, node: &str) -> Result<Notifications> {
         check_name(node)?;
-        Ok(Subscription::start(self.shared.clone(), self.conn.clone(), node))
+        Ok(Notifications::start(self.shared.clone(), self.conn.clone(), node))
     }
 
     /// Queues a broadcast for the users linked on the other nodes (the origin delivers to its own users itself),
@@ -228,7 +229,7 @@ impl Cluster {
         )
     }
 
-    fn queue(&self, channel: String, message: Message) -> Result<()> {
+    fn queue(&self, channel: String, message: NodeMessage) -> Result<()> {
         let outgoing = Outgoing { channel, message };
         let size = outgoing.size();
         let budget = self.shared.options.publish_budget as u64;
@@ -269,7 +270,7 @@ impl Cluster {
     }
 
     /// What went wrong, or was worked around, so far.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> ClusterStats {
         self.shared.stats()
     }
 }
@@ -295,7 +296,7 @@ pub(crate) async fn manager(shared: &Shared) -> Result<ConnectionManager> {
 /// on the connection the manager makes anew: the first publish after a Redis restart always finds the old connection
 /// dead, and dropping it would lose a message that never reached any Redis. The price is a rare duplicate: if the
 /// connection died after Redis ran the batch but before it replied, Redis relays it twice, and the receivers drop
-/// the repeat by its number (see [`Message::number`]). Any other failure
+/// the repeat by its number (see [`NodeMessage::number`]). Any other failure
 /// (a timeout, a Redis error) is counted and dropped: its outcome is unknown, and a retry could deliver it after
 /// later messages.
 async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
@@ -341,8 +342,8 @@ async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing
 
 /// A message from `from`'s node for the other nodes, numbered later by the publisher in the order it sends: `user` is
 /// the recipient, or for a broadcast the user to skip; `keep` marks a message for a user unlinked everywhere.
-fn message_from(from: &NodeLease, after: u64, user: Option<&str>, keep: bool, body: Bytes) -> Message {
-    Message {
+fn message_from(from: &NodeLease, after: u64, user: Option<&str>, keep: bool, body: Bytes) -> NodeMessage {
+    NodeMessage {
         origin: from.node.clone(),
         generation: from.generation,
         number: 0,

@@ -6,11 +6,12 @@
 //! it to that state, gives it the next sequence number (*seq*), appends it to a stream (the *log*) and notifies the
 //! nodes. Every node applies the log strictly in seq order to its own replica of the registry, filling gaps from the
 //! log, so a lost notification only delays. This crate is the Redis side of that: the scripts, a typed async
-//! [`Cluster`] handle, a [`Blocking`] handle for the core's synchronous membership path, a [`Subscription`] that
+//! [`Cluster`] handle, a [`Blocking`] handle for the core's synchronous membership path, a [`Notifications`] stream that
 //! survives reconnects, and a reference [`Replica`].
 //!
 //! ```no_run
-//! use emitter_redis::{Change, Cluster, Notification, Options, Replica};
+//! use emitter_redis::{Cluster, Options};
+//! use emitter_redis::wire::{Change, Notification, Replica};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let cluster = Cluster::connect("redis://127.0.0.1/", "chat", Options::default()).await?;
@@ -149,7 +150,7 @@
 //!   the order it fans them out locally (under its fan-out lock), all its recipients, local and remote, get its
 //!   messages in one order.
 //! - **A message does not overtake the membership change before it**, if the receiver waits: every message carries
-//!   the seq its origin had applied ([`Message::after`]), and a script's seq notification is published before any
+//!   the seq its origin had applied ([`NodeMessage::after`]), and a script's seq notification is published before any
 //!   message the origin sends after learning that seq, on the same subscriber connection.
 //!
 //! What does not hold:
@@ -162,7 +163,7 @@
 //!   `krmx/linked` that happened "at the same time" elsewhere.
 //! - **Cross-node messages are not guaranteed.** A message published while a subscriber's connection is away is
 //!   lost for it (counted nowhere but its absence: pub/sub keeps nothing); the publisher counts failed publishes in
-//!   [`Stats`]. A publish whose connection dropped is sent once more (the first publish after a Redis restart finds
+//!   [`ClusterStats`]. A publish whose connection dropped is sent once more (the first publish after a Redis restart finds
 //!   the old connection dead), which in a rare case (the connection died after Redis ran it) delivers it twice.
 //!   Membership is never lost this way: it is in the log.
 //!
@@ -192,32 +193,27 @@
 //!
 //! This crate has no optional features. It turns on the `redis` crate's `script`, `tokio-comp` and
 //! `connection-manager` features and no others (no TLS to Redis). It needs Rust 1.88, as `redis` 1.8 does.
+//!
+//! [`Blocking`]: wire::Blocking
+//! [`Notifications`]: wire::Notifications
+//! [`Replica`]: wire::Replica
+//! [`KeepAlive`]: wire::KeepAlive
+//! [`LeaseLost`]: wire::LeaseLost
+//! [`LeaseLost::EpochChanged`]: wire::LeaseLost::EpochChanged
+//! [`NodeMessage::after`]: wire::NodeMessage::after
+//! [`Notification::EpochChanged`]: wire::Notification::EpochChanged
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod blocking;
 mod changes;
 mod cluster;
-mod keys;
-mod lease;
-mod messages;
 mod node;
-mod parse;
-mod replica;
-mod scripts;
+mod script;
 mod shared;
-mod subscribe;
 mod types;
+pub mod wire;
 
-pub use blocking::Blocking;
 pub use cluster::Cluster;
-pub use lease::{KeepAlive, LeaseLost};
-pub use messages::Message;
 pub use node::Node;
-pub use replica::{Replica, ReplicaError};
-pub use shared::{Options, Stats};
-pub use subscribe::{Notification, Subscription};
-pub use types::{
-    is_valid_name, Change, Entry, Epoch, Error, Event, LinkAddr, NodeLease, Refusal, Result, Snapshot, UnlinkReason,
-    UserRecord,
-};
+pub use shared::{ClusterStats, Options};
+pub use types::{is_valid_name, Error, Refusal, Result};

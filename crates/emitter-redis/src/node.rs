@@ -6,19 +6,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_core::cluster::{Change, Entry, LinkAddr, Refused, Sequencer, Submission};
+use emitter_core::cluster::{Change, LinkAddr, LogEntry, Refused, Sequencer, Submission};
+use emitter_core::cluster::{ClusterCounts, ClusterHost};
 use emitter_core::protocol::{Frame, Rejection};
-use emitter_core::{ClusterCounts, ClusterHost, Error as CoreError, Server};
+use emitter_core::{Error as CoreError, Server};
 use parking_lot::RwLock;
 use tokio::task::JoinHandle;
 
-use crate::blocking::Blocking;
 use crate::changes::ChangeQueue;
 use crate::cluster::{manager, Cluster};
-use crate::lease::{KeepAlive, LeaseLost};
-use crate::messages::Message;
-use crate::subscribe::{Notification, Subscription};
-use crate::types::{check_name, Error, NodeLease, Refusal, Result, Snapshot};
+use crate::types::{check_name, ClusterSnapshot, Error, NodeLease, Refusal, Result};
+use crate::wire::blocking::Blocking;
+use crate::wire::lease::{KeepAlive, LeaseLost};
+use crate::wire::messages::NodeMessage;
+use crate::wire::subscribe::{Notification, Notifications};
 
 /// The longest a node waits between attempts to get its place back (register, snapshot) while Redis is away.
 const MAX_RETRY: Duration = Duration::from_secs(2);
@@ -76,7 +77,7 @@ impl Node {
             needs_snapshot: AtomicBool::new(false),
             lease_lost: AtomicBool::new(false),
         });
-        let host = server.cluster_host();
+        let host = ClusterHost::of(server);
         let (seq, users) = seed(snapshot);
         host.install(sequencer.clone(), seq, users)
             .map_err(|error| Error::Malformed(format!("cannot make this server a node: {error}")))?;
@@ -132,7 +133,7 @@ fn keep_alive(cluster: &Cluster, host: &ClusterHost, lease: NodeLease) -> KeepAl
 }
 
 /// The users of a snapshot, as the core seeds them.
-fn seed(snapshot: Snapshot) -> (u64, Vec<(String, Option<LinkAddr>)>) {
+fn seed(snapshot: ClusterSnapshot) -> (u64, Vec<(String, Option<LinkAddr>)>) {
     let users = snapshot.users.into_iter().map(|user| (user.name, user.link)).collect();
     (snapshot.seq, users)
 }
@@ -164,7 +165,7 @@ impl Sequencer for RedisSequencer {
         self.lease.read().owns(link)
     }
 
-    fn submit(&self, change: Change) -> std::result::Result<Vec<Entry>, Refused> {
+    fn submit(&self, change: Change) -> std::result::Result<Vec<LogEntry>, Refused> {
         if self.lease_lost.load(Ordering::SeqCst) {
             return Err(Refused::Unavailable(Refusal::Fenced.to_string()));
         }
@@ -189,7 +190,7 @@ impl Sequencer for RedisSequencer {
             .collect()
     }
 
-    fn entries_after(&self, seq: u64) -> std::result::Result<Vec<Entry>, String> {
+    fn entries_after(&self, seq: u64) -> std::result::Result<Vec<LogEntry>, String> {
         self.blocking.entries_after(seq).map_err(|error| {
             if error.needs_snapshot() || matches!(error, Error::Refused(Refusal::EpochChanged { .. })) {
                 self.needs_snapshot.store(true, Ordering::SeqCst);
@@ -252,7 +253,7 @@ struct Keeper {
     cluster: Cluster,
     sequencer: Arc<RedisSequencer>,
     alive: KeepAlive,
-    notifications: Subscription,
+    notifications: Notifications,
 }
 
 impl Keeper {
@@ -305,7 +306,7 @@ impl Keeper {
 
     /// Delivers another node's message, in the order its origin sent them: one at a time. Waits for the node to have
     /// applied what the origin had applied, so a message never overtakes the membership change before it.
-    async fn deliver(&mut self, message: Message, broadcast: bool) {
+    async fn deliver(&mut self, message: NodeMessage, broadcast: bool) {
         let Some(frame) = Frame::from_node(message.body) else {
             tracing::warn!(
                 origin = message.origin,

@@ -1,4 +1,4 @@
-//! What the async [`Cluster`](crate::Cluster) and the [`Blocking`](crate::Blocking) handle share: the options, the
+//! What the async [`Cluster`](crate::Cluster) and the [`Blocking`](crate::wire::Blocking) handle share: the options, the
 //! key names, the epoch, the counters, and each operation as a script call plus the parsing of its reply. The two
 //! handles differ only in how they send a call, so they cannot disagree on what a call means.
 
@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use redis::{Script, ScriptInvocation, Value};
 
-use crate::keys::Keys;
-use crate::parse;
-use crate::scripts;
-use crate::types::{Change, Entry, Epoch, Error, NodeLease, Result, Snapshot};
+use crate::script::keys::Keys;
+use crate::script::parse;
+use crate::script::scripts;
+use crate::types::{Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
 
 /// How a cluster handle behaves. Build it from the defaults:
 ///
@@ -38,7 +38,7 @@ pub struct Options {
     /// node's users are unlinked at most `lease` + `reap_interval` after its last renewal. Default: 1 s.
     pub reap_interval: Option<Duration>,
     /// The log keeps at least this many of its newest entries (`XADD … MAXLEN ~`: Redis trims whole blocks, so a few
-    /// more may stay). A node further behind than that resynchronises from a [`Snapshot`]. Default: 100,000
+    /// more may stay). A node further behind than that resynchronises from a [`ClusterSnapshot`]. Default: 100,000
     /// (roughly 10 MB of Redis memory at most).
     pub log_retention: u64,
     /// The longest a command may wait for its reply before it fails (and, for a change, its outcome is unknown).
@@ -46,7 +46,7 @@ pub struct Options {
     pub command_timeout: Duration,
     /// The longest a connection attempt may take. Default: 2 s.
     pub connect_timeout: Duration,
-    /// How often a [`Subscription`](crate::Subscription) polls the newest seq and pings its connection, so that a
+    /// How often a [`Notifications`](crate::wire::Notifications) polls the newest seq and pings its connection, so that a
     /// lost notification or a dead connection costs at most this long. Default: 1 s.
     pub poll_interval: Duration,
     /// How many outgoing messages may wait for Redis before `publish_*` refuses with [`Error::QueueFull`].
@@ -89,8 +89,8 @@ impl Default for Options {
 /// Counters of what went wrong, or was worked around, since the handle was made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Stats {
-    /// Subscription connections that dropped (killed, timed out, Redis restarted).
+pub struct ClusterStats {
+    /// Subscriptions (pub/sub connections) that dropped (killed, timed out, Redis restarted).
     pub subscription_drops: u64,
     /// Subscriptions made again after a drop. Each one is followed by a `Subscribed` notification, after which the
     /// subscriber reads the log: what was published meanwhile is filled from it.
@@ -115,7 +115,7 @@ pub struct Stats {
     /// Frames on a channel that were not this crate's (ignored).
     pub malformed_messages: u64,
     /// Messages from other nodes that never arrived here, told by the gaps in their numbers (see
-    /// [`Message::number`](crate::Message::number)): published while this node's subscription was away.
+    /// [`NodeMessage::number`](crate::wire::NodeMessage::number)): published while this node's subscription was away.
     pub messages_lost: u64,
     /// Messages from other nodes that arrived twice (a publish sent again after its connection dropped) and were
     /// dropped the second time.
@@ -144,9 +144,9 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> Stats {
+    fn snapshot(&self) -> ClusterStats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Stats {
+        ClusterStats {
             subscription_drops: get(&self.subscription_drops),
             resubscriptions: get(&self.resubscriptions),
             published: get(&self.published),
@@ -277,7 +277,7 @@ impl Shared {
         self.epoch.lock().clone()
     }
 
-    pub(crate) fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> ClusterStats {
         self.counters.snapshot()
     }
 
@@ -336,7 +336,7 @@ impl Shared {
 
     /// The answers to a [`Shared::submit_many_call`], one per change (`users` are theirs, in order, to word the
     /// refusals), or one error for all.
-    pub(crate) fn submit_many_result(&self, value: Value, users: &[&str]) -> Result<Vec<Result<Vec<Entry>>>> {
+    pub(crate) fn submit_many_result(&self, value: Value, users: &[&str]) -> Result<Vec<Result<Vec<LogEntry>>>> {
         let items = parse::array(value)?;
         let status = items.first().map(parse::text).transpose()?;
         if status.as_deref() != Some("batch") {
@@ -361,7 +361,7 @@ impl Shared {
             .collect())
     }
 
-    pub(crate) fn entries_result(&self, call: &Call, value: Value) -> Result<Vec<Entry>> {
+    pub(crate) fn entries_result(&self, call: &Call, value: Value) -> Result<Vec<LogEntry>> {
         let (_, items) = parse::done(value, &call.user)?;
         parse::entries(items)
     }
@@ -417,7 +417,7 @@ impl Shared {
         )
     }
 
-    pub(crate) fn read_result(&self, value: Value) -> Result<(u64, Vec<Entry>)> {
+    pub(crate) fn read_result(&self, value: Value) -> Result<(u64, Vec<LogEntry>)> {
         let (head, items) = parse::done(value, "")?;
         Ok((parse::parse_u64(&head)?, parse::entries(items)?))
     }
@@ -426,14 +426,14 @@ impl Shared {
         Call::new(&scripts::SNAPSHOT_SCRIPT, vec![epoch.0.clone()])
     }
 
-    pub(crate) fn snapshot_result(&self, epoch: Epoch, value: Value) -> Result<Snapshot> {
+    pub(crate) fn snapshot_result(&self, epoch: Epoch, value: Value) -> Result<ClusterSnapshot> {
         let (seq, items) = parse::done(value, "")?;
         let mut users = Vec::with_capacity(items.len() / 2);
         let mut pairs = items.iter();
         while let (Some(name), Some(record)) = (pairs.next(), pairs.next()) {
             users.push(parse::record(parse::text(name)?, &parse::text(record)?)?);
         }
-        Ok(Snapshot {
+        Ok(ClusterSnapshot {
             epoch,
             seq: parse::parse_u64(&seq)?,
             users,
@@ -471,7 +471,7 @@ pub(crate) struct Catchup {
     /// The newest seq when the first batch was read: the catch-up ends there (newer entries are kept if they came
     /// along, but not waited for).
     target: Option<u64>,
-    pub(crate) entries: Vec<Entry>,
+    pub(crate) entries: Vec<LogEntry>,
 }
 
 impl Catchup {
@@ -496,7 +496,7 @@ impl Catchup {
     }
 
     /// Takes one batch read from [`Catchup::next_from`].
-    pub(crate) fn take(&mut self, head: u64, batch: Vec<Entry>) -> Result<()> {
+    pub(crate) fn take(&mut self, head: u64, batch: Vec<LogEntry>) -> Result<()> {
         let last = self.last();
         if head < last {
             return Err(Error::Ahead { after: last, head });
@@ -546,12 +546,12 @@ fn random_epoch() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Event;
+    use crate::types::LogEvent;
 
-    fn joined(seq: u64) -> Entry {
-        Entry {
+    fn joined(seq: u64) -> LogEntry {
+        LogEntry {
             seq,
-            event: Event::Joined {
+            event: LogEvent::Joined {
                 user: format!("u{seq}"),
             },
             by: "n".into(),

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-pub use emitter_core::cluster::{Change, Entry, Event, LinkAddr, UnlinkReason};
+pub(crate) use emitter_core::cluster::{Change, LinkAddr, LogEntry, LogEvent, UnlinkReason};
 
 /// A user as `users` holds it: its place in the join order and, if linked, where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct UserRecord {
 /// Every user, in join order, and the seq that state corresponds to: applying the log entries after `seq` to it gives
 /// the state at any later seq. Read atomically, by one script.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct ClusterSnapshot {
     /// The epoch it was read in.
     pub epoch: Epoch,
     /// The last seq included.
@@ -154,7 +154,7 @@ pub enum Error {
     /// *unknown*: it may have been applied before the reply was lost. The log tells: a link carries this node's
     /// generation and connection id; catch up before deciding again.
     Redis(redis::RedisError),
-    /// The log no longer holds every entry after `after` (retention trimmed them): read a [`Snapshot`] instead.
+    /// The log no longer holds every entry after `after` (retention trimmed them): read a [`ClusterSnapshot`] instead.
     Trimmed {
         /// The seq the caller had applied.
         after: u64,
@@ -162,7 +162,7 @@ pub enum Error {
         head: u64,
     },
     /// The caller has applied entries past the newest seq in Redis (`head`): Redis lost writes without losing its
-    /// epoch (a failover to a replica that lagged). Read a [`Snapshot`] instead.
+    /// epoch (a failover to a replica that lagged). Read a [`ClusterSnapshot`] instead.
     Ahead {
         /// The seq the caller had applied.
         after: u64,
@@ -195,7 +195,7 @@ impl Error {
         }
     }
 
-    /// Whether the caller's replica must be rebuilt from a [`Snapshot`]: the log cannot bring it up to date.
+    /// Whether the caller's replica must be rebuilt from a [`ClusterSnapshot`]: the log cannot bring it up to date.
     pub fn needs_snapshot(&self) -> bool {
         matches!(self, Error::Trimmed { .. } | Error::Ahead { .. })
     }

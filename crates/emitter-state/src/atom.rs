@@ -16,7 +16,7 @@ use crate::registration::{Listeners, Registration};
 use crate::stats::Counters;
 use crate::value::Atom;
 use crate::wire::{self, AtomSetOut};
-use crate::{Error, Stats};
+use crate::{Error, StateStats};
 
 /// How many keys the atoms may have by default: see [`AtomModel::max_atoms`]. Well below the server's default
 /// `outbound_queue` (4,096), which a linking user's catch-up, one message per atom, must fit in.
@@ -67,14 +67,14 @@ impl AtomModel {
 
     /// Whether a key with a `/` may only be set by the user whose name comes before its first `/` (only `alice` sets
     /// `alice/color`), as the reference's `strictKeyPrefixes`; a key without a `/` is anyone's. A client's set that
-    /// breaks the rule is ignored (logged, and counted in [`Stats::forbidden`]). Off by default.
+    /// breaks the rule is ignored (logged, and counted in [`StateStats::forbidden`]). Off by default.
     pub fn strict_key_prefixes(mut self, strict: bool) -> Self {
         self.strict_key_prefixes = strict;
         self
     }
 
     /// How many keys there may be. A client's set of a new key beyond it is ignored (logged, and counted in
-    /// [`Stats::full`]); setting a key that exists always works, and so does [`Atoms::set`] from the server. The
+    /// [`StateStats::full`]); setting a key that exists always works, and so does [`Atoms::set`] from the server. The
     /// reference has no bound; this one keeps clients from growing the server's memory without end (each set is
     /// bounded by the server's `max_message_size` already). A linking user is sent one message per atom, all at once:
     /// keep the bound below the server's `outbound_queue`, as for [`StreamModel::max_events`](crate::StreamModel::max_events).
@@ -251,7 +251,7 @@ impl Atoms {
     }
 
     /// What the atoms applied and turned away so far.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> StateStats {
         self.model.counters.snapshot()
     }
 

@@ -4,7 +4,7 @@ use std::fmt;
 
 /// Why a stream event, a projection action or a server-side change was not applied.
 ///
-/// The models count each of these in their [`Stats`](crate::Stats); a change that came from a client is also logged.
+/// The models count each of these in their [`StateStats`](crate::StateStats); a change that came from a client is also logged.
 ///
 /// ```
 /// use emitter_state::Error;

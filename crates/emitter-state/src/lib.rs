@@ -82,6 +82,6 @@ pub use atom::{AtomModel, Atoms, DEFAULT_MAX_ATOMS};
 pub use error::Error;
 pub use handlers::Outcome;
 pub use projection::{Projection, ProjectionModel};
-pub use stats::Stats;
+pub use stats::StateStats;
 pub use stream::{Entry, Stream, StreamModel, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY_BYTES};
 pub use value::Atom;

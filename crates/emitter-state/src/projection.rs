@@ -27,7 +27,7 @@ use crate::handlers::{Handlers, Outcome};
 use crate::registration::{Listeners, Registration};
 use crate::stats::Counters;
 use crate::wire::{self, ProjectionDeltaOut, ProjectionInvalidateOut, ProjectionSetOut};
-use crate::{Error, Stats};
+use crate::{Error, StateStats};
 
 type Mapper<S> = Box<dyn Fn(&S, &str) -> Result<Value, serde_json::Error> + Send + Sync>;
 
@@ -466,7 +466,7 @@ impl<S: Send + 'static> Projection<S> {
     }
 
     /// What the projection applied and turned away so far.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> StateStats {
         self.model.counters.snapshot()
     }
 

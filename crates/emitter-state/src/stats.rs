@@ -16,7 +16,7 @@ use crate::Error;
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Stats {
+pub struct StateStats {
     /// Changes applied: atoms set, events appended, actions applied (from clients and from the server's own calls).
     pub accepted: u64,
     /// Messages of the model's type (and domain) without the shape the protocol gives them: no `event` object, an
@@ -86,9 +86,9 @@ impl Counters {
         bump(&self.panicked);
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self) -> StateStats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Stats {
+        StateStats {
             accepted: read(&self.accepted),
             malformed: read(&self.malformed),
             unknown: read(&self.unknown),

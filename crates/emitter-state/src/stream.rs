@@ -21,7 +21,7 @@ use crate::handlers::{Handlers, Outcome};
 use crate::registration::{Listeners, Registration};
 use crate::stats::Counters;
 use crate::wire::{self, Echo, StreamAppendOut};
-use crate::{Error, Stats};
+use crate::{Error, StateStats};
 
 /// How many events a stream's history holds by default: see [`StreamModel::max_events`]. Well below the server's
 /// default `outbound_queue` (4,096), which a linking user's catch-up, one message per event, must fit in.
@@ -118,7 +118,7 @@ impl<S: Send + 'static> StreamModel<S> {
     /// The history is what a linking user is sent to rebuild the state, and the protocol has no message for a
     /// snapshot that could stand in for the events before it: a client that missed the first events would fold a
     /// different state. So a full history is never cut short; once it is full, new events are refused (logged at
-    /// warn and counted in [`Stats::full`]; a client's optimistic copy of a refused event expires after its
+    /// warn and counted in [`StateStats::full`]; a client's optimistic copy of a refused event expires after its
     /// `optimisticSeconds`). The reference's history grows without end. Size the bound for the longest session you
     /// expect, or model the state as a [`ProjectionModel`](crate::ProjectionModel), whose catch-up is one message.
     ///
@@ -418,7 +418,7 @@ impl<S: Send + 'static> Stream<S> {
     }
 
     /// What the stream applied and turned away so far.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> StateStats {
         self.model.counters.snapshot()
     }
 

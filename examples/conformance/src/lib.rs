@@ -14,7 +14,8 @@
 use std::time::Duration;
 
 use emitter_axum::ListenError;
-use emitter_core::{AuthContext, AuthInfo, Error, KeepLimits, LinkPolicy, Message, Server, ServerBuilder, UserRef};
+use emitter_core::config::{KeepLimits, LinkPolicy};
+use emitter_core::{AuthContext, AuthInfo, Error, Message, Server, ServerBuilder, UserRef};
 use emitter_redis::{Cluster, Node, Options};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

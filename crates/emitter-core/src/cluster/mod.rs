@@ -6,4 +6,6 @@
 pub(crate) mod node;
 mod sequencer;
 
+pub use crate::metrics::cluster::ClusterCounts;
+pub use node::ClusterHost;
 pub use sequencer::*;

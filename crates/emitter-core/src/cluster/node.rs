@@ -2,7 +2,7 @@
 //! orders applied in that order with the steps of `membership/changes.rs`, and messages handed to and taken from the other
 //! nodes.
 //!
-//! Listeners of an entry run only on the node that made it (`Entry::by`), so that an app behaves as on one process:
+//! Listeners of an entry run only on the node that made it (`LogEntry::by`), so that an app behaves as on one process:
 //! a welcome broadcast from a `link` listener is sent once. A change a server method or a listener causes is
 //! submitted like any other: it is ordered after everything already ordered, and applied (its own listeners included)
 //! before the call that caused it returns, so a listener still sees the state its call produced.
@@ -16,15 +16,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Change, Entry, Event, LinkAddr, Refused, Sequencer, UnlinkReason};
+use crate::cluster::{Change, LinkAddr, LogEntry, LogEvent, Refused, Sequencer, UnlinkReason};
+use crate::config::LinkPolicy;
 use crate::error::{Error, Status};
 use crate::membership::changes::Membership;
 use crate::membership::connections::{Connection, Role};
 use crate::membership::link::send_rejected;
 use crate::membership::registry::Link;
-use crate::metrics::{ClusterCounts, Reason};
+use crate::metrics::cluster::ClusterCounts;
+use crate::metrics::Reason;
 use crate::protocol::{Frame, ServerMessage};
-use crate::server::config::LinkPolicy;
 use crate::transport::close_reason::CloseReason;
 use crate::transport::id::ConnectionId;
 use crate::Server;
@@ -100,7 +101,7 @@ impl Server {
     }
 
     /// Applies entries in order, reading the ones in between first when they do not follow the last one applied.
-    pub(crate) fn apply_entries(&self, sequencer: &Arc<dyn Sequencer>, entries: Vec<Entry>) {
+    pub(crate) fn apply_entries(&self, sequencer: &Arc<dyn Sequencer>, entries: Vec<LogEntry>) {
         let _turn = self.turn();
         for entry in entries {
             if entry.seq <= self.applied() {
@@ -180,7 +181,7 @@ impl Server {
     /// applied yet come before them (other nodes' changes), it waits for them: the keeper reads them anyway, as every
     /// new entry is notified to every node, so reading them here too would only cost Redis a second read. Past
     /// [`GAP_WAIT`], it reads them itself, on a blocking thread: a worker never waits on the network.
-    pub(crate) async fn apply_answer(&self, entries: Vec<Entry>) {
+    pub(crate) async fn apply_answer(&self, entries: Vec<LogEntry>) {
         let Some(sequencer) = self.sequencer().cloned() else {
             return;
         };
@@ -221,17 +222,17 @@ impl Server {
         }
     }
 
-    fn apply_entry(&self, sequencer: &Arc<dyn Sequencer>, entry: &Entry) {
+    fn apply_entry(&self, sequencer: &Arc<dyn Sequencer>, entry: &LogEntry) {
         // Applied before its listeners run: a change they make continues from here.
         self.inner.applied.store(entry.seq, Ordering::SeqCst);
         self.inner.applied_moved.notify_waiters();
         let mine = entry.by == sequencer.node();
         let emitted = match &entry.event {
-            Event::Joined { user } => {
+            LogEvent::Joined { user } => {
                 self.apply_join(user);
                 (Membership::Join, user)
             }
-            Event::Linked { user, link } => {
+            LogEvent::Linked { user, link } => {
                 let here = sequencer
                     .owns(link)
                     .then(|| self.inner.connections.get(ConnectionId(link.connection)))
@@ -259,7 +260,7 @@ impl Server {
                 }
                 (Membership::Link, user)
             }
-            Event::Unlinked { user, reason, .. } => {
+            LogEvent::Unlinked { user, reason, .. } => {
                 if let Some(Link::Local(connection)) = self.apply_unlink(user) {
                     match reason {
                         UnlinkReason::Leaving => {
@@ -274,7 +275,7 @@ impl Server {
                 }
                 (Membership::Unlink, user)
             }
-            Event::Left { user } => {
+            LogEvent::Left { user } => {
                 if let Some(connection) = self.inner.leaving.lock().remove(user) {
                     // The leaving connection hears of its own leave, as in the reference.
                     let _ = connection.push(ServerMessage::Left(user).to_frame());
@@ -287,7 +288,7 @@ impl Server {
             self.emit_membership(emitted.0, emitted.1);
         }
         // A link to a connection of ours that closed before its link was applied: nobody can use it, so undo it.
-        if let Event::Linked { user, link } = &entry.event {
+        if let LogEvent::Linked { user, link } = &entry.event {
             if sequencer.owns(link) && self.inner.connections.get(ConnectionId(link.connection)).is_none() {
                 self.submit_later(
                     sequencer,
@@ -476,14 +477,12 @@ impl std::fmt::Debug for ClusterHost {
     }
 }
 
-impl Server {
-    /// The cluster's handle on this server (see [`ClusterHost`]). Applications do not need it.
-    pub fn cluster_host(&self) -> ClusterHost {
-        ClusterHost { server: self.clone() }
-    }
-}
-
 impl ClusterHost {
+    /// The cluster's handle on `server`. Applications do not need it.
+    pub fn of(server: &Server) -> ClusterHost {
+        ClusterHost { server: server.clone() }
+    }
+
     /// Makes the server a node of a cluster, starting from the cluster's state at `seq` (its users in join order, with
     /// their links). Only before the server starts listening; fails if it is listening or in a cluster already.
     pub fn install(
@@ -627,9 +626,11 @@ impl ClusterHost {
     /// ```
     /// use std::time::Duration;
     ///
+    /// use emitter_core::cluster::ClusterHost;
+    ///
     /// let server = emitter_core::Server::new();
     /// // Only a node (a server with a sequencer installed) exposes its cluster metrics; this one is not.
-    /// server.cluster_host().lease_renewed(Duration::from_millis(2));
+    /// ClusterHost::of(&server).lease_renewed(Duration::from_millis(2));
     /// assert!(!server.metrics_text().contains("krmx_cluster_renew_duration_seconds"));
     /// ```
     pub fn lease_renewed(&self, round_trip: Duration) {
@@ -642,10 +643,11 @@ impl ClusterHost {
     /// node registers again and [`restart`](ClusterHost::restart)s. Never blocks.
     ///
     /// ```
+    /// use emitter_core::cluster::ClusterHost;
     /// use emitter_core::{Health, Server, Status};
     ///
     /// let server = Server::new();
-    /// server.cluster_host().lease_lost();
+    /// ClusterHost::of(&server).lease_lost();
     /// // Not a node, and not listening: the lease does not count.
     /// assert_eq!(server.health(), Health::NotListening(Status::Initializing));
     /// ```
@@ -661,12 +663,13 @@ impl ClusterHost {
     /// use std::sync::atomic::{AtomicU64, Ordering};
     /// use std::sync::Arc;
     ///
+    /// use emitter_core::cluster::ClusterHost;
+    ///
     /// let server = emitter_core::Server::new();
     /// let lost = Arc::new(AtomicU64::new(0));
     /// let counted = lost.clone();
-    /// server
-    ///     .cluster_host()
-    ///     .set_counts(move || emitter_core::ClusterCounts::new(counted.load(Ordering::Relaxed), 0));
+    /// ClusterHost::of(&server)
+    ///     .set_counts(move || emitter_core::cluster::ClusterCounts::new(counted.load(Ordering::Relaxed), 0));
     /// ```
     pub fn set_counts(&self, source: impl Fn() -> ClusterCounts + Send + Sync + 'static) {
         self.server.inner.metrics.set_counts(Box::new(source));

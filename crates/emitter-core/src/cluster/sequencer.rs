@@ -3,7 +3,7 @@
 //!
 //! In one process, a membership change takes its place in the order by taking the server's sequencer lock (see the
 //! book's concepts chapter). In a cluster, a node *submits* a change to a [`Sequencer`], which decides it against the
-//! cluster-wide state and returns the [`Entry`]s it produced, each with its place (`seq`) in the one order of the
+//! cluster-wide state and returns the [`LogEntry`]s it produced, each with its place (`seq`) in the one order of the
 //! cluster; every node then applies every entry, in that order, to its own replica of the registry. The steps that
 //! apply an entry are the same ones the single process uses: the registry does not care where the order came from.
 //!
@@ -61,7 +61,7 @@ pub enum Change {
         connection: u64,
         /// Whether a user that does not exist yet may be created by this link (the node's `accept_new_users`).
         accept_new_users: bool,
-        /// Whether a linked user's link is taken over ([`LinkPolicy::Replace`](crate::LinkPolicy::Replace)): the
+        /// Whether a linked user's link is taken over ([`LinkPolicy::Replace`](crate::config::LinkPolicy::Replace)): the
         /// user is unlinked first ([`UnlinkReason::Replaced`]), two entries, instead of the link being refused.
         replace: bool,
     },
@@ -147,7 +147,7 @@ impl Change {
 pub enum UnlinkReason {
     /// A [`Change::Unlink`]: the connection closed or asked, or a server method.
     Requested,
-    /// The first half of a [`Change::Leave`] of a linked user: a [`Event::Left`] follows.
+    /// The first half of a [`Change::Leave`] of a linked user: a [`LogEvent::Left`] follows.
     Leaving,
     /// The owning node's lease ran out: the node is gone or cut off.
     LeaseExpired,
@@ -155,14 +155,14 @@ pub enum UnlinkReason {
     NodeRestarted,
     /// The owning node released its lease (a clean shutdown).
     NodeReleased,
-    /// Another connection took the link over ([`LinkPolicy::Replace`](crate::LinkPolicy::Replace)); the old
+    /// Another connection took the link over ([`LinkPolicy::Replace`](crate::config::LinkPolicy::Replace)); the old
     /// connection is closed.
     Replaced,
 }
 
 /// What one entry of the cluster's order did to one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum LogEvent {
     /// The user joined, unlinked; its join order is the entry's seq.
     Joined {
         /// The username.
@@ -191,23 +191,23 @@ pub enum Event {
     },
 }
 
-impl Event {
+impl LogEvent {
     /// The user the event is about.
     pub fn user(&self) -> &str {
         match self {
-            Event::Joined { user } | Event::Linked { user, .. } | Event::Unlinked { user, .. } => user,
-            Event::Left { user } => user,
+            LogEvent::Joined { user } | LogEvent::Linked { user, .. } | LogEvent::Unlinked { user, .. } => user,
+            LogEvent::Left { user } => user,
         }
     }
 }
 
 /// One membership event at its place in the one order of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct LogEntry {
     /// Its place: 1 for the first change after the cluster state was created, then every next integer.
     pub seq: u64,
     /// What happened.
-    pub event: Event,
+    pub event: LogEvent,
     /// The node that caused it: the submitter, or the node that found an expired lease. Listeners run on that node
     /// only, so that a welcome sent from a `link` listener is sent once, not once per node.
     pub by: String,
@@ -237,7 +237,7 @@ impl fmt::Display for Refused {
 }
 
 /// The answer to one change queued with [`Sequencer::submit_async`]: what [`Sequencer::submit`] would have returned.
-pub type Submission = Pin<Box<dyn Future<Output = Result<Vec<Entry>, Refused>> + Send + 'static>>;
+pub type Submission = Pin<Box<dyn Future<Output = Result<Vec<LogEntry>, Refused>> + Send + 'static>>;
 
 /// Where a cluster's order comes from, and how messages reach the users linked on other nodes.
 ///
@@ -256,7 +256,7 @@ pub trait Sequencer: Send + Sync + 'static {
     /// Decides a change against the cluster-wide state and returns the entries it produced, in order. The entries
     /// may not follow the last one this node applied: the node reads the ones in between with
     /// [`entries_after`](Sequencer::entries_after) first.
-    fn submit(&self, change: Change) -> Result<Vec<Entry>, Refused>;
+    fn submit(&self, change: Change) -> Result<Vec<LogEntry>, Refused>;
 
     /// Queues changes to be decided in the given order (after every change queued before them) and returns one answer
     /// per change, in the same order. Must not block: a sequencer that cannot take them now (its queue is full, its
@@ -274,7 +274,7 @@ pub trait Sequencer: Send + Sync + 'static {
 
     /// The entries after `seq`, in order. An error means the node cannot continue from `seq` (its entries are gone):
     /// it must rebuild its state.
-    fn entries_after(&self, seq: u64) -> Result<Vec<Entry>, String>;
+    fn entries_after(&self, seq: u64) -> Result<Vec<LogEntry>, String>;
 
     /// Hands a broadcast to the other nodes, for their linked users but `skip`. `after` is the last entry this node
     /// applied: receivers apply up to it first, so that a message never overtakes the membership change it followed.

@@ -168,7 +168,7 @@ impl Server {
         });
     }
 
-    /// Unlinks a user whose link a new connection takes over ([`LinkPolicy::Replace`](crate::LinkPolicy::Replace)):
+    /// Unlinks a user whose link a new connection takes over ([`LinkPolicy::Replace`](crate::config::LinkPolicy::Replace)):
     /// the old connection hears of the unlink, then is closed.
     pub(crate) fn unlink_replaced(&self, username: &str) {
         if let Some(link) = self.apply_unlink(username) {

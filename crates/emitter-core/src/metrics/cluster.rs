@@ -15,10 +15,10 @@ use super::striped::Histogram;
 use super::{Label, Metrics};
 
 /// What a node of a cluster counts that the core cannot see, read when the metrics are scraped (see
-/// [`ClusterHost::set_counts`](crate::ClusterHost::set_counts)).
+/// [`ClusterHost::set_counts`](crate::cluster::ClusterHost::set_counts)).
 ///
 /// ```
-/// let counts = emitter_core::ClusterCounts::new(3, 1).with_catch_ups(2);
+/// let counts = emitter_core::cluster::ClusterCounts::new(3, 1).with_catch_ups(2);
 /// assert_eq!((counts.messages_lost, counts.repeats_dropped, counts.catch_ups), (3, 1, 2));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

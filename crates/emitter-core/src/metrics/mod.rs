@@ -1,5 +1,6 @@
-//! The server's metrics, for monitoring: what it serves, what it refuses and how long links take, kept per [`Server`]
-//! (two servers in one process never share a number) and encoded in the Prometheus text format on demand.
+//! The server's metrics, for monitoring: what it serves, what it refuses and how long links take, kept per
+//! [`Server`](crate::Server) (two servers in one process never share a number) and encoded in the Prometheus text
+//! format on demand.
 //!
 //! Every update is an atomic add or store: nothing here takes a lock where a message passes. The counters the message
 //! path bumps for every frame (messages and bytes, in and out) and the queue-depth histogram are *striped*: each
@@ -18,13 +19,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-mod cluster;
-mod health;
+pub(crate) mod cluster;
+pub(crate) mod health;
 mod labels;
 mod striped;
 
-pub use cluster::ClusterCounts;
-pub use health::Health;
 pub(crate) use labels::{Cause, Reason};
 
 use cluster::ClusterMetrics;
@@ -34,7 +33,7 @@ use striped::{Histogram, StripedCounter, DEPTH_BOUNDS, STRIPES};
 /// The `Content-Type` of [`Server::metrics_text`]: the Prometheus text format, version 0.0.4.
 ///
 /// [`Server::metrics_text`]: crate::Server::metrics_text
-pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// One label and its value: every labelled metric here has exactly one.
 type Label = [(&'static str, &'static str); 1];
@@ -308,9 +307,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::cluster::{Change, Entry, LinkAddr, Refused, Sequencer};
+    use crate::cluster::{Change, ClusterCounts, ClusterHost, LinkAddr, LogEntry, Refused, Sequencer};
     use crate::error::Status;
     use crate::protocol::Frame;
+    use crate::Health;
     use crate::Server;
 
     #[test]
@@ -363,10 +363,10 @@ mod tests {
         fn owns(&self, _: &LinkAddr) -> bool {
             false
         }
-        fn submit(&self, _: Change) -> Result<Vec<Entry>, Refused> {
+        fn submit(&self, _: Change) -> Result<Vec<LogEntry>, Refused> {
             Err(Refused::Unavailable("nowhere".to_owned()))
         }
-        fn entries_after(&self, _: u64) -> Result<Vec<Entry>, String> {
+        fn entries_after(&self, _: u64) -> Result<Vec<LogEntry>, String> {
             Ok(Vec::new())
         }
         fn publish_broadcast(&self, _: u64, _: Option<&str>, _: &Frame) {}
@@ -383,7 +383,7 @@ mod tests {
         );
 
         let server = Server::new();
-        let host = server.cluster_host();
+        let host = ClusterHost::of(&server);
         host.install(Arc::new(Nowhere), 0, Vec::new()).unwrap();
         server.host().start().unwrap();
         server.host().listening(1).unwrap();

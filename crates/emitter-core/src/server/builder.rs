@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{Config, KeepLimits, LinkPolicy, RateLimit};
 use crate::protocol::query::QueryParam;
-use crate::server::config::{Config, KeepLimits, LinkPolicy, RateLimit};
 use crate::transport::origin::{Origins, Pattern};
 use crate::Server;
 
@@ -74,7 +74,7 @@ impl ServerBuilder {
     /// The largest incoming message (and frame) in bytes. A bigger one closes the connection, which unlinks its user;
     /// nothing is buffered past the limit. Default: [`DEFAULT_MAX_MESSAGE_SIZE`] (1 MiB).
     ///
-    /// [`DEFAULT_MAX_MESSAGE_SIZE`]: crate::DEFAULT_MAX_MESSAGE_SIZE
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`]: crate::config::DEFAULT_MAX_MESSAGE_SIZE
     pub fn max_message_size(self, bytes: usize) -> Self {
         self.with(|config| config.max_message_size = bytes.max(1))
     }
@@ -90,7 +90,7 @@ impl ServerBuilder {
     /// is closed (unlinking its user) rather than delaying anyone else or making the server keep what it has not read.
     /// Default: [`DEFAULT_OUTBOUND_QUEUE`] (4096).
     ///
-    /// [`DEFAULT_OUTBOUND_QUEUE`]: crate::DEFAULT_OUTBOUND_QUEUE
+    /// [`DEFAULT_OUTBOUND_QUEUE`]: crate::config::DEFAULT_OUTBOUND_QUEUE
     pub fn outbound_queue(self, frames: usize) -> Self {
         self.with(|config| config.outbound_queue = frames.max(1))
     }
@@ -101,7 +101,7 @@ impl ServerBuilder {
     /// (1013, `slow consumer`) like one past [`outbound_queue`](ServerBuilder::outbound_queue), and lets go of the
     /// broadcasts at once. One frame always fits an empty queue, so a message larger than the budget still reaches a
     /// client that keeps up. Broadcasts are checked against it once per quarter of a budget appended.
-    /// Default: [`DEFAULT_OUTBOUND_BUDGET`](crate::DEFAULT_OUTBOUND_BUDGET) (4 MiB); the Limits chapter gives the worst case it allows.
+    /// Default: [`DEFAULT_OUTBOUND_BUDGET`](crate::config::DEFAULT_OUTBOUND_BUDGET) (4 MiB); the Limits chapter gives the worst case it allows.
     pub fn outbound_budget(self, bytes: usize) -> Self {
         self.with(|config| config.outbound_budget = bytes.max(1))
     }
@@ -109,7 +109,7 @@ impl ServerBuilder {
     /// How long one write to a connection's socket (a frame, a ping, a flush of a burst) may wait for the client to
     /// read before the connection is closed as a slow consumer (1013, `slow consumer`). A writer blocked on a client
     /// that stopped reading also gives way at once when the connection is closed for another reason.
-    /// Default: [`DEFAULT_WRITE_DEADLINE`](crate::DEFAULT_WRITE_DEADLINE) (10 s); at least 10 ms.
+    /// Default: [`DEFAULT_WRITE_DEADLINE`](crate::config::DEFAULT_WRITE_DEADLINE) (10 s); at least 10 ms.
     pub fn write_deadline(self, deadline: Duration) -> Self {
         self.with(|config| config.write_deadline = deadline.max(Duration::from_millis(10)))
     }
@@ -118,7 +118,7 @@ impl ServerBuilder {
     /// or closed at once). Default: [`DEFAULT_MAX_CONNECTIONS`] (10,000). Each connection is a file descriptor:
     /// keep it under the process's open-file limit.
     ///
-    /// [`DEFAULT_MAX_CONNECTIONS`]: crate::DEFAULT_MAX_CONNECTIONS
+    /// [`DEFAULT_MAX_CONNECTIONS`]: crate::config::DEFAULT_MAX_CONNECTIONS
     pub fn max_connections(self, connections: usize) -> Self {
         self.with(|config| config.max_connections = connections)
     }
@@ -127,7 +127,7 @@ impl ServerBuilder {
     /// or left). One more is refused like one over [`max_connections`](Self::max_connections). Default:
     /// [`DEFAULT_MAX_UNLINKED_CONNECTIONS`] (1,000).
     ///
-    /// [`DEFAULT_MAX_UNLINKED_CONNECTIONS`]: crate::DEFAULT_MAX_UNLINKED_CONNECTIONS
+    /// [`DEFAULT_MAX_UNLINKED_CONNECTIONS`]: crate::config::DEFAULT_MAX_UNLINKED_CONNECTIONS
     pub fn max_unlinked_connections(self, connections: usize) -> Self {
         self.with(|config| config.max_unlinked_connections = connections)
     }
@@ -137,7 +137,7 @@ impl ServerBuilder {
     /// exist are never refused by it, so a user that relinks always gets back in. [`Server::join`] is the app's own
     /// decision and is not limited. On a cluster each node checks its replica of the users, which may be a few
     /// changes behind, so the cluster can pass the cap by about as many links as are decided at once. Default:
-    /// [`DEFAULT_MAX_USERS`](crate::DEFAULT_MAX_USERS) (100,000); pair it with a
+    /// [`DEFAULT_MAX_USERS`](crate::config::DEFAULT_MAX_USERS) (100,000); pair it with a
     /// [`grace_period`](Self::grace_period) so that users whose clients went away make room.
     ///
     /// ```
@@ -153,7 +153,7 @@ impl ServerBuilder {
     /// is not closed (the auth timeout bounds it). `Duration::ZERO` turns the deadline off. Default:
     /// [`DEFAULT_LINK_DEADLINE`] (30 s).
     ///
-    /// [`DEFAULT_LINK_DEADLINE`]: crate::DEFAULT_LINK_DEADLINE
+    /// [`DEFAULT_LINK_DEADLINE`]: crate::config::DEFAULT_LINK_DEADLINE
     pub fn link_deadline(self, deadline: Duration) -> Self {
         self.with(|config| config.link_deadline = (!deadline.is_zero()).then_some(deadline))
     }
@@ -179,7 +179,7 @@ impl ServerBuilder {
     /// deeper one is an invalid message, found by a scan of the bytes before anything is parsed. Default:
     /// [`DEFAULT_MAX_JSON_DEPTH`] (32).
     ///
-    /// [`DEFAULT_MAX_JSON_DEPTH`]: crate::DEFAULT_MAX_JSON_DEPTH
+    /// [`DEFAULT_MAX_JSON_DEPTH`]: crate::config::DEFAULT_MAX_JSON_DEPTH
     pub fn max_json_depth(self, depth: usize) -> Self {
         self.with(|config| config.max_json_depth = depth.max(1))
     }
@@ -190,7 +190,8 @@ impl ServerBuilder {
     /// Default: [`LinkPolicy::Reject`].
     ///
     /// ```
-    /// use emitter_core::{LinkPolicy, Server};
+    /// use emitter_core::Server;
+    /// use emitter_core::config::LinkPolicy;
     ///
     /// let server = Server::builder().link_policy(LinkPolicy::Replace).build();
     /// assert_eq!(server.config().link_policy(), LinkPolicy::Replace);
@@ -220,7 +221,8 @@ impl ServerBuilder {
     /// see ordinary messages. Default: off (as in the reference).
     ///
     /// ```
-    /// use emitter_core::{KeepLimits, Server};
+    /// use emitter_core::Server;
+    /// use emitter_core::config::KeepLimits;
     /// use std::time::Duration;
     ///
     /// let limits = KeepLimits { messages: 100, bytes: 1 << 20, age: Duration::from_secs(60) };
@@ -238,7 +240,7 @@ impl ServerBuilder {
     /// for a limit. `Duration::ZERO` waits for nothing: what the socket does not take at once is cut. Default:
     /// [`DEFAULT_CLOSE_DRAIN_DEADLINE`] (1 s).
     ///
-    /// [`DEFAULT_CLOSE_DRAIN_DEADLINE`]: crate::DEFAULT_CLOSE_DRAIN_DEADLINE
+    /// [`DEFAULT_CLOSE_DRAIN_DEADLINE`]: crate::config::DEFAULT_CLOSE_DRAIN_DEADLINE
     ///
     /// ```
     /// use std::time::Duration;

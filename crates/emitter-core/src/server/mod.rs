@@ -19,13 +19,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::cluster::{Change, Sequencer};
+use crate::config::Config;
 use crate::error::{Error, Status};
 use crate::membership::connections::{Connection, Connections};
 use crate::membership::registry::{Broadcast, Link, Registry};
 use crate::metrics::Metrics;
 use crate::protocol::{Frame, Message, RESERVED_PREFIX};
 use crate::server::auth::{AuthContext, AuthInfo};
-use crate::server::config::Config;
 use crate::server::events::Event;
 use crate::shards::Shards;
 use crate::sync::{Mutex, ReentrantMutex};
@@ -34,7 +34,6 @@ use crate::transport::outbox::PushError;
 
 pub(crate) mod auth;
 pub(crate) mod builder;
-pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod lifecycle;
 mod ops;

@@ -1,7 +1,8 @@
 //! What operators read from a server: its metrics and its health (the types are in `metrics`).
 
 use crate::error::Status;
-use crate::metrics::{Gauges, Health};
+use crate::metrics::health::Health;
+use crate::metrics::Gauges;
 use crate::Server;
 
 impl Server {
@@ -17,7 +18,7 @@ impl Server {
     /// assert!(text.contains("krmx_rejections_total{reason=\"app\"} 0"));
     /// ```
     ///
-    /// [`METRICS_CONTENT_TYPE`]: crate::METRICS_CONTENT_TYPE
+    /// [`METRICS_CONTENT_TYPE`]: crate::metrics::CONTENT_TYPE
     pub fn metrics_text(&self) -> String {
         let (users, users_linked) = self.inner.registry.lock().counts();
         self.inner.metrics.encode(Gauges {

@@ -30,7 +30,7 @@ use std::fmt;
 pub enum CloseReason {
     /// [`Server::close`](crate::Server::close) was called: 1001 (going away).
     ServerClosing,
-    /// A node of a cluster starts over from the cluster's state (see [`ClusterHost`](crate::ClusterHost)); its
+    /// A node of a cluster starts over from the cluster's state (see [`ClusterHost`](crate::cluster::ClusterHost)); its
     /// clients should reconnect and link again: 1012 (service restart).
     Restart,
     /// The connection sent faster than the [rate limit](crate::ServerBuilder::rate_limit) allows: 1008 (policy
@@ -42,7 +42,7 @@ pub enum CloseReason {
     /// The connection fell more than the [outbound queue](crate::ServerBuilder::outbound_queue) behind: 1013 (try
     /// again later). The server sheds a connection it cannot keep up with; a client that reads in time can come back.
     SlowConsumer,
-    /// Another connection took the user over ([`LinkPolicy::Replace`](crate::LinkPolicy::Replace)): 1000 (normal
+    /// Another connection took the user over ([`LinkPolicy::Replace`](crate::config::LinkPolicy::Replace)): 1000 (normal
     /// closure), so that a client that reconnects on abnormal closes does not fight the new connection for its user.
     Replaced,
 }
@@ -84,7 +84,7 @@ impl fmt::Display for CloseReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TransportClose {
-    /// A message over [`max_message_size`](crate::Config::max_message_size): 1009 (message too big).
+    /// A message over [`max_message_size`](crate::config::Config::max_message_size): 1009 (message too big).
     Oversize,
     /// A text message that is not UTF-8: 1007 (invalid frame payload data).
     InvalidUtf8,

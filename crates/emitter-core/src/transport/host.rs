@@ -129,7 +129,7 @@ impl Host {
     }
 
     /// Reports that a write to a connection's socket did not finish within the
-    /// [write deadline](crate::Config::write_deadline): the core closes it as a slow consumer (1013, `slow consumer`,
+    /// [write deadline](crate::config::Config::write_deadline): the core closes it as a slow consumer (1013, `slow consumer`,
     /// counted as one), and its outbox says so.
     pub fn stalled(&self, id: ConnectionId) {
         self.server.stalled(id);

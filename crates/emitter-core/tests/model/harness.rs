@@ -33,11 +33,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use emitter_core::config::MAX_USERNAME_BYTES;
 use emitter_core::protocol::{parse_bounded, ClientMessage};
 use emitter_core::transport::{ConnectionId, Outbox, PushError};
 use emitter_core::{
     is_valid_username, AcceptedVersions, Broadcast, Error, Event, Message, Server, Status, Subscription, User,
-    MAX_USERNAME_BYTES,
 };
 use parking_lot::Mutex;
 use serde_json::{json, Value};

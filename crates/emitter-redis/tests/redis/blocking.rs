@@ -3,7 +3,8 @@
 
 use std::sync::{Arc, Barrier};
 
-use emitter_redis::{Change, Error, Event, Refusal};
+use emitter_redis::wire::{Change, LogEvent};
+use emitter_redis::{Error, Refusal};
 
 use crate::support::{connect_node, connect_nodes, options};
 use emitter_testing::redis_or_skip;
@@ -93,5 +94,5 @@ async fn it_reconnects_after_its_connection_is_killed() {
         result = blocking.submit(&lease, Change::join("bob"));
     }
     let entries = result.unwrap();
-    assert!(matches!(&entries[..], [entry] if matches!(&entry.event, Event::Joined { user } if user == "bob")));
+    assert!(matches!(&entries[..], [entry] if matches!(&entry.event, LogEvent::Joined { user } if user == "bob")));
 }

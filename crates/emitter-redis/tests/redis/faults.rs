@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use emitter_redis::{Change, Error, Event, LeaseLost, Notification, Options, Refusal, Replica, Subscription};
+use emitter_redis::wire::{Change, LeaseLost, LogEvent, Notification, Notifications, Replica};
+use emitter_redis::{Error, Options, Refusal};
 
 use crate::support::{connect, connect_node, lease_deadline, options, redis_now_ms, within};
 use emitter_testing::redis_or_skip;
@@ -27,7 +28,7 @@ where
 }
 
 async fn next_where(
-    subscription: &mut Subscription,
+    subscription: &mut Notifications,
     what: &str,
     accept: impl Fn(&Notification) -> bool,
 ) -> Notification {
@@ -205,7 +206,9 @@ async fn a_redis_pause_longer_than_the_lease_fences_the_node() {
     ));
     let other = connect(&server, "coma", Options::default()).await;
     let reaped = other.reap_dead_nodes("node-b").await.unwrap();
-    assert!(matches!(&reaped[..], [entry] if matches!(&entry.event, Event::Unlinked { user, .. } if user == "alice")));
+    assert!(
+        matches!(&reaped[..], [entry] if matches!(&entry.event, LogEvent::Unlinked { user, .. } if user == "alice"))
+    );
 }
 
 /// The subscription's connection is killed; the changes made while it is away publish their seqs to nobody. It

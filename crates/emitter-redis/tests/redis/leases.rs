@@ -4,7 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use emitter_redis::{Change, Cluster, Error, Event, Notification, Options, Refusal, Replica, UnlinkReason};
+use emitter_redis::wire::{Change, LogEvent, Notification, Replica, UnlinkReason};
+use emitter_redis::{Cluster, Error, Options, Refusal};
 
 use crate::support::{connect_node, lease_deadline, options, redis_now_ms, within, RedisServer};
 use emitter_testing::redis_or_skip;
@@ -60,7 +61,7 @@ async fn a_node_past_its_lease_links_nobody_until_it_registers_again() {
     let log = cluster.entries_after(2).await.unwrap();
     assert!(
         matches!(&log[..], [entry] if matches!(&entry.event,
-            Event::Unlinked { user, reason: UnlinkReason::NodeRestarted, link } if user == "alice" && lease.owns(link))),
+            LogEvent::Unlinked { user, reason: UnlinkReason::NodeRestarted, link } if user == "alice" && lease.owns(link))),
         "{log:?}"
     );
     cluster.submit(&again, Change::link("bob", 2, true)).await.unwrap();
@@ -93,7 +94,7 @@ async fn a_released_lease_unlinks_its_users_and_fences_the_node() {
     cluster.submit(&lease, Change::join("bob")).await.unwrap();
     let entries = cluster.release(&lease).await.unwrap();
     assert!(
-        matches!(&entries[..], [entry] if matches!(&entry.event, Event::Unlinked { reason: UnlinkReason::NodeReleased, .. }))
+        matches!(&entries[..], [entry] if matches!(&entry.event, LogEvent::Unlinked { reason: UnlinkReason::NodeReleased, .. }))
     );
     assert_fenced(cluster.submit(&lease, Change::join("carol")).await);
     assert_fenced(cluster.release(&lease).await);
@@ -130,7 +131,7 @@ async fn the_reaper_unlinks_a_dead_nodes_users_for_everyone() {
                 Some(Notification::Subscribed { .. } | Notification::Seq(_)) => {
                     for entry in live.entries_after(replica.seq()).await.unwrap() {
                         replica.apply(&entry).unwrap();
-                        if let Event::Unlinked { user, reason, link } = &entry.event {
+                        if let LogEvent::Unlinked { user, reason, link } = &entry.event {
                             assert_eq!(*reason, UnlinkReason::LeaseExpired);
                             assert!(dead_lease.owns(link));
                             assert_eq!(entry.by, "node-live");
@@ -246,7 +247,7 @@ async fn a_killed_node_process_has_its_users_unlinked_within_its_lease_and_a_rea
         .unwrap()
         .into_iter()
         .filter_map(|entry| match entry.event {
-            Event::Unlinked { reason, .. } => Some(reason),
+            LogEvent::Unlinked { reason, .. } => Some(reason),
             _ => None,
         })
         .collect();

@@ -4,12 +4,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_redis::{Change, Entry, Error, Event, Refusal, Replica, UnlinkReason};
+use emitter_redis::wire::{Change, LogEntry, LogEvent, Replica, UnlinkReason};
+use emitter_redis::{Error, Refusal};
 
 use crate::support::{connect, connect_nodes, options, within};
 use emitter_testing::redis_or_skip;
 
-fn refusal(result: Result<Vec<Entry>, Error>) -> Refusal {
+fn refusal(result: Result<Vec<LogEntry>, Error>) -> Refusal {
     match result {
         Err(Error::Refused(refusal)) => refusal,
         other => panic!("expected a refusal, got {other:?}"),
@@ -24,7 +25,7 @@ async fn changes_get_contiguous_seqs_and_the_log_replays_to_the_same_users() {
     let b = cluster.register_node("node-b").await.unwrap();
 
     let mut returned = Vec::new();
-    let mut submit = |entries: Vec<Entry>| returned.extend(entries);
+    let mut submit = |entries: Vec<LogEntry>| returned.extend(entries);
     submit(cluster.submit(&a, Change::link("alice", 1, true)).await.unwrap()); // join + link
     submit(cluster.submit(&b, Change::join("bob")).await.unwrap());
     submit(cluster.submit(&b, Change::link("bob", 7, false)).await.unwrap());
@@ -45,10 +46,10 @@ async fn changes_get_contiguous_seqs_and_the_log_replays_to_the_same_users() {
     let kinds: Vec<String> = returned
         .iter()
         .map(|entry| match &entry.event {
-            Event::Joined { user } => format!("join {user}"),
-            Event::Linked { user, link } => format!("link {user} {}/{}", link.node, link.connection),
-            Event::Unlinked { user, reason, .. } => format!("unlink {user} {reason:?}"),
-            Event::Left { user } => format!("leave {user}"),
+            LogEvent::Joined { user } => format!("join {user}"),
+            LogEvent::Linked { user, link } => format!("link {user} {}/{}", link.node, link.connection),
+            LogEvent::Unlinked { user, reason, .. } => format!("unlink {user} {reason:?}"),
+            LogEvent::Left { user } => format!("leave {user}"),
         })
         .collect();
     assert_eq!(
@@ -199,12 +200,12 @@ async fn refusals_read_as_the_core_words_them_and_change_nothing() {
     let entries = cluster.submit(&a, Change::leave_connection("alice", 1)).await.unwrap();
     assert!(matches!(
         &entries[0].event,
-        Event::Unlinked {
+        LogEvent::Unlinked {
             reason: UnlinkReason::Leaving,
             ..
         }
     ));
-    assert!(matches!(&entries[1].event, Event::Left { user } if user == "alice"));
+    assert!(matches!(&entries[1].event, LogEvent::Left { user } if user == "alice"));
 }
 
 /// Many connections race to link one name, over several Redis connections and tokio tasks: exactly one wins, every
@@ -249,7 +250,7 @@ async fn exactly_one_of_many_concurrent_links_of_a_name_wins() {
             assert_eq!(winners.len(), 1, "trial {trial}: exactly one winner");
             let (_, entries) = &winners[0];
             assert!(
-                matches!(&entries[0].event, Event::Joined { .. }),
+                matches!(&entries[0].event, LogEvent::Joined { .. }),
                 "the winner's link created the user"
             );
         }
@@ -260,7 +261,7 @@ async fn exactly_one_of_many_concurrent_links_of_a_name_wins() {
     assert_eq!(log.len(), TRIALS * 2, "one join and one link per name, nothing else");
     let mut linked = HashSet::new();
     for entry in &log {
-        if let Event::Linked { user, .. } = &entry.event {
+        if let LogEvent::Linked { user, .. } = &entry.event {
             assert!(linked.insert(user.clone()), "{user} linked twice");
         }
     }
@@ -278,7 +279,10 @@ async fn two_cluster_names_are_independent() {
     let lease_b = b.register_node("node-1").await.unwrap();
     let mut at_a = a.subscribe("node-1").await.unwrap();
     within(Duration::from_secs(10), "subscribed", async {
-        while !matches!(at_a.next().await, Some(emitter_redis::Notification::Subscribed { .. })) {}
+        while !matches!(
+            at_a.next().await,
+            Some(emitter_redis::wire::Notification::Subscribed { .. })
+        ) {}
     })
     .await;
 
@@ -294,7 +298,7 @@ async fn two_cluster_names_are_independent() {
     // Alpha's subscriber hears alpha's seqs only (beta's 3 would come first if it heard beta).
     let heard = within(Duration::from_secs(10), "alpha's seq", async {
         loop {
-            if let Some(emitter_redis::Notification::Seq(seq)) = at_a.next().await {
+            if let Some(emitter_redis::wire::Notification::Seq(seq)) = at_a.next().await {
                 return seq;
             }
         }

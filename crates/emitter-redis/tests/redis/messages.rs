@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use emitter_redis::{Message, Notification, Subscription};
+use emitter_redis::wire::{NodeMessage, Notification, Notifications};
 
 use crate::support::{connect, options, within};
 use emitter_testing::redis_or_skip;
 
-async fn messages(subscription: &mut Subscription, count: usize) -> Vec<Notification> {
+async fn messages(subscription: &mut Notifications, count: usize) -> Vec<Notification> {
     within(Duration::from_secs(10), "the messages arrive", async {
         let mut got = Vec::new();
         while got.len() < count {
@@ -23,7 +23,7 @@ async fn messages(subscription: &mut Subscription, count: usize) -> Vec<Notifica
     .await
 }
 
-async fn subscribed(subscription: &mut Subscription) {
+async fn subscribed(subscription: &mut Notifications) {
     within(Duration::from_secs(10), "subscribed", async {
         while !matches!(subscription.next().await, Some(Notification::Subscribed { .. })) {}
     })
@@ -65,13 +65,13 @@ async fn one_nodes_messages_arrive_in_order_at_the_others_and_never_back_at_itse
     let order: Vec<u64> = at_b
         .iter()
         .map(|notification| match notification {
-            Notification::Broadcast(Message {
+            Notification::Broadcast(NodeMessage {
                 after, origin, user, ..
             }) => {
                 assert_eq!((origin.as_str(), user.as_deref()), ("node-a", Some("alice")));
                 *after
             }
-            Notification::Send(Message { after, user, .. }) => {
+            Notification::Send(NodeMessage { after, user, .. }) => {
                 assert_eq!(user.as_deref(), Some("bob"));
                 *after
             }
@@ -92,7 +92,7 @@ async fn one_nodes_messages_arrive_in_order_at_the_others_and_never_back_at_itse
 
     let at_a = messages(&mut at_a, 1).await;
     assert!(
-        matches!(&at_a[..], [Notification::Send(Message { origin, body, .. })] if origin == "node-b" && body == "marker"),
+        matches!(&at_a[..], [Notification::Send(NodeMessage { origin, body, .. })] if origin == "node-b" && body == "marker"),
         "node a hears none of its own broadcasts: {at_a:?}"
     );
     assert_eq!(a.stats().published, COUNT as u64);
@@ -108,7 +108,7 @@ async fn gaps_are_counted_as_lost_and_repeats_are_dropped() {
     // Frames as node a would publish them, numbered 1, 2, 5 (3 and 4 never arrive), then 5 again (a repeat).
     let mut admin = server.admin();
     for number in [1, 2, 5, 5, 6] {
-        let frame = Message {
+        let frame = NodeMessage {
             origin: "node-a".into(),
             generation: 1,
             number,

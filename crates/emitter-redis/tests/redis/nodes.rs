@@ -203,7 +203,11 @@ async fn a_closing_node_unlinks_only_its_own_users() {
 #[tokio::test]
 async fn replace_takes_a_user_over_from_another_node() {
     let redis = redis_or_skip!();
-    let replacing = || Server::builder().link_policy(emitter_core::LinkPolicy::Replace).build();
+    let replacing = || {
+        Server::builder()
+            .link_policy(emitter_core::config::LinkPolicy::Replace)
+            .build()
+    };
     let a = start_node_with(&redis, "replace", "a", options(), replacing()).await;
     let b = start_node_with(&redis, "replace", "b", options(), replacing()).await;
     let (mut bob, mut old) = RawClient::link_pair_on((b.port, "bob"), (a.port, "alice")).await;
@@ -251,7 +255,7 @@ async fn the_grace_period_outlives_the_node_that_unlinked_the_user() {
 #[tokio::test]
 async fn messages_kept_for_an_unlinked_user_wait_on_whichever_node_it_relinks_on() {
     let redis = redis_or_skip!();
-    let limits = emitter_core::KeepLimits {
+    let limits = emitter_core::config::KeepLimits {
         messages: 100,
         bytes: 1 << 20,
         age: Duration::from_secs(60),

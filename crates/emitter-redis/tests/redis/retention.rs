@@ -1,7 +1,8 @@
 //! Log retention: the log stays short, a node that fell behind the retained part notices and resynchronises from a
 //! snapshot; a Redis behind its nodes is noticed too.
 
-use emitter_redis::{Change, Error, Options, Replica};
+use emitter_redis::wire::{Change, Replica};
+use emitter_redis::{Error, Options};
 
 use crate::support::{connect_node, options};
 use emitter_testing::redis_or_skip;

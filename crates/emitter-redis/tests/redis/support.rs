@@ -3,7 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use emitter_redis::{Cluster, NodeLease, Options};
+use emitter_redis::wire::NodeLease;
+use emitter_redis::{Cluster, Options};
 pub use emitter_testing::redis::RedisServer;
 
 pub async fn connect(server: &RedisServer, name: &str, options: Options) -> Cluster {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 /// A message one node publishes for the users linked on other nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
+pub struct NodeMessage {
     /// The node that published it.
     pub origin: String,
     /// The origin's generation when it published it.
@@ -38,13 +38,13 @@ pub struct Message {
 
 const VERSION: &str = "e2";
 
-impl Message {
+impl NodeMessage {
     /// The frame published to Redis.
     ///
     /// ```
-    /// use emitter_redis::Message;
+    /// use emitter_redis::wire::NodeMessage;
     ///
-    /// let message = Message {
+    /// let message = NodeMessage {
     ///     origin: "node-a".into(),
     ///     generation: 3,
     ///     number: 7,
@@ -54,8 +54,8 @@ impl Message {
     ///     body: r#"{"type":"chat/message"}"#.into(),
     /// };
     /// let frame = message.encode();
-    /// assert_eq!(Message::decode(&frame), Some(message));
-    /// assert_eq!(Message::decode(b"nonsense"), None);
+    /// assert_eq!(NodeMessage::decode(&frame), Some(message));
+    /// assert_eq!(NodeMessage::decode(b"nonsense"), None);
     /// ```
     pub fn encode(&self) -> Vec<u8> {
         let user_len = self.user.as_ref().map_or("-".to_owned(), |user| user.len().to_string());
@@ -76,8 +76,8 @@ impl Message {
         frame
     }
 
-    /// Reads a frame back; `None` for anything [`Message::encode`] did not write.
-    pub fn decode(frame: &[u8]) -> Option<Message> {
+    /// Reads a frame back; `None` for anything [`NodeMessage::encode`] did not write.
+    pub fn decode(frame: &[u8]) -> Option<NodeMessage> {
         let newline = frame.iter().position(|&b| b == b'\n')?;
         let header = std::str::from_utf8(&frame[..newline]).ok()?;
         let mut fields = header.split(' ');
@@ -110,7 +110,7 @@ impl Message {
                 &rest[len..],
             ),
         };
-        Some(Message {
+        Some(NodeMessage {
             origin: std::str::from_utf8(origin).ok()?.to_owned(),
             generation,
             number,
@@ -124,13 +124,13 @@ impl Message {
 
 #[cfg(test)]
 mod tests {
-    use super::Message;
+    use super::NodeMessage;
 
     #[test]
     fn frames_round_trip_whatever_the_user_and_body_hold() {
         for user in [None, Some(""), Some("a b\nc"), Some("ünïcode")] {
             for body in ["", "{}", "line\nbreaks\n and spaces", "e2 3 1 1 1 -\n"] {
-                let message = Message {
+                let message = NodeMessage {
                     origin: "n-1".into(),
                     generation: u64::MAX,
                     number: 1,
@@ -139,14 +139,14 @@ mod tests {
                     keep: user.is_some(),
                     body: body.to_owned().into(),
                 };
-                assert_eq!(Message::decode(&message.encode()), Some(message));
+                assert_eq!(NodeMessage::decode(&message.encode()), Some(message));
             }
         }
     }
 
     #[test]
     fn truncated_or_foreign_frames_are_refused() {
-        let frame = Message {
+        let frame = NodeMessage {
             origin: "node".into(),
             generation: 1,
             number: 5,
@@ -160,10 +160,10 @@ mod tests {
         // tell without a body length; Redis never truncates a published message.)
         let body_starts = frame.len() - 4;
         for cut in 0..body_starts {
-            assert_eq!(Message::decode(&frame[..cut]), None, "cut at {cut}");
+            assert_eq!(NodeMessage::decode(&frame[..cut]), None, "cut at {cut}");
         }
-        assert_eq!(Message::decode(b"e1 1 1 1 -\nab"), None);
-        assert_eq!(Message::decode(b"e2 1 1 1 1 - extra\nab"), None);
-        assert_eq!(Message::decode(b"e2 x 1 1 1 -\nab"), None);
+        assert_eq!(NodeMessage::decode(b"e1 1 1 1 -\nab"), None);
+        assert_eq!(NodeMessage::decode(b"e2 1 1 1 1 - extra\nab"), None);
+        assert_eq!(NodeMessage::decode(b"e2 x 1 1 1 -\nab"), None);
     }
 }

@@ -21,11 +21,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, MissedTickBehavior};
 
-use crate::messages::Message;
 use crate::shared::{Counters, Shared};
 use crate::types::Epoch;
+use crate::wire::messages::NodeMessage;
 
-/// What a [`Subscription`] yields.
+/// What a [`Notifications`] stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notification {
     /// The subscription is in place: first after [`Cluster::subscribe`](crate::Cluster::subscribe), and again after
@@ -43,33 +43,33 @@ pub enum Notification {
         current: Option<Epoch>,
     },
     /// A broadcast from another node; `user` is the one to skip.
-    Broadcast(Message),
+    Broadcast(NodeMessage),
     /// A message for `user`, linked on this node.
-    Send(Message),
+    Send(NodeMessage),
 }
 
 /// The notifications of one node: a [`Stream`] of [`Notification`]s that survives dropped connections. After a
 /// reconnection it yields [`Notification::Subscribed`] again (the drop is logged and counted in
-/// [`Stats`](crate::Stats)); every [`Options::poll_interval`](crate::Options::poll_interval) it also polls the
+/// [`ClusterStats`](crate::ClusterStats)); every [`Options::poll_interval`](crate::Options::poll_interval) it also polls the
 /// newest seq, so that a notification lost for any reason only delays. Broadcasts this node published itself are not
 /// yielded (it delivered them locally). Dropping it ends the subscription.
 ///
 /// Cross-node messages are at most once: those published while the subscription is away are lost (unlike log
 /// entries, which the log keeps).
 #[derive(Debug)]
-pub struct Subscription {
+pub struct Notifications {
     notifications: mpsc::Receiver<Notification>,
     task: JoinHandle<()>,
 }
 
-impl Drop for Subscription {
+impl Drop for Notifications {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl Subscription {
-    pub(crate) fn start(shared: Arc<Shared>, conn: ConnectionManager, node: &str) -> Subscription {
+impl Notifications {
+    pub(crate) fn start(shared: Arc<Shared>, conn: ConnectionManager, node: &str) -> Notifications {
         let (sender, notifications) = mpsc::channel(shared.options.notification_queue.max(1));
         let channels = vec![
             shared.keys.seq_channel.clone(),
@@ -88,7 +88,7 @@ impl Subscription {
             }
             .run(),
         );
-        Subscription { notifications, task }
+        Notifications { notifications, task }
     }
 
     /// The next notification; `None` only if the subscription's task is gone (its runtime shut down).
@@ -97,7 +97,7 @@ impl Subscription {
     }
 }
 
-impl Stream for Subscription {
+impl Stream for Notifications {
     type Item = Notification;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Notification>> {
@@ -211,7 +211,7 @@ impl Subscriber {
         let payload = message.get_payload_bytes();
         let notification = if channel == self.shared.keys.seq_channel {
             self.seq_notification(payload)
-        } else if let Some(decoded) = Message::decode(payload) {
+        } else if let Some(decoded) = NodeMessage::decode(payload) {
             let broadcast = channel == self.shared.keys.broadcast_channel;
             // Its own broadcasts were delivered locally already; repeats are dropped.
             let skip = (broadcast && decoded.origin == self.node) || !self.in_sequence(&decoded, broadcast);
@@ -236,7 +236,7 @@ impl Subscriber {
     /// Checks a message's number against the last one from its origin on its channel: a repeat (a publish sent again
     /// after its connection dropped) is dropped; a gap (messages published while this subscription was away, or lost
     /// on the way) is counted and logged, since the messages themselves are gone.
-    fn in_sequence(&mut self, message: &Message, broadcast: bool) -> bool {
+    fn in_sequence(&mut self, message: &NodeMessage, broadcast: bool) -> bool {
         let key = (message.origin.clone(), message.generation, broadcast);
         let last = self.numbers.insert(key, message.number);
         match last {

@@ -1,4 +1,16 @@
-//! Server configuration: the settings a server was built with, and their defaults.
+//! Server configuration: the settings a server was built with ([`Config`], from [`Server::config`]), their defaults
+//! (the `DEFAULT_*` constants, which [`ServerBuilder`] starts from) and the fixed limits (`MAX_*`).
+//!
+//! ```
+//! use emitter_core::config::{LinkPolicy, DEFAULT_MAX_USERS};
+//! use emitter_core::Server;
+//!
+//! let server = Server::builder().link_policy(LinkPolicy::Replace).build();
+//! assert_eq!(server.config().max_users(), DEFAULT_MAX_USERS);
+//! ```
+//!
+//! [`Server::config`]: crate::Server::config
+//! [`ServerBuilder`]: crate::ServerBuilder
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,6 +20,8 @@ use crate::protocol::query::QueryParam;
 use crate::protocol::username::is_valid_username;
 use crate::protocol::version::AcceptedVersions;
 use crate::transport::origin::Origins;
+
+pub use crate::transport::handshake::MAX_HANDSHAKE_HEADER_BYTES;
 
 /// The default largest incoming message: 1 MiB. The reference allows 100 MiB (its WebSocket library's default), which
 /// lets one client make the server buffer that much; Krmx messages are small JSON objects, so 1 MiB leaves room for

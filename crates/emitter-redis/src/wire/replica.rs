@@ -3,19 +3,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::types::{Entry, Epoch, Event, Snapshot, UserRecord};
+use crate::types::{ClusterSnapshot, Epoch, LogEntry, LogEvent, UserRecord};
 
 /// The registry as the log describes it: users in join order with their links, at one seq of one epoch. It is the
 /// specification of how entries apply (the core keeps its own registry and applies the same entries the same way),
 /// and what tests and tools compare against [`Cluster::snapshot`](crate::Cluster::snapshot).
 ///
 /// ```
-/// use emitter_redis::{Entry, Event, LinkAddr, Replica, ReplicaError};
+/// use emitter_redis::wire::{LinkAddr, LogEntry, LogEvent, Replica, ReplicaError};
 ///
 /// let mut replica = Replica::empty();
-/// let joined = Entry { seq: 1, event: Event::Joined { user: "alice".into() }, by: "n1".into() };
+/// let joined = LogEntry { seq: 1, event: LogEvent::Joined { user: "alice".into() }, by: "n1".into() };
 /// let link = LinkAddr { node: "n1".into(), generation: 1, connection: 7 };
-/// let linked = Entry { seq: 2, event: Event::Linked { user: "alice".into(), link: link.clone() }, by: "n1".into() };
+/// let linked = LogEntry { seq: 2, event: LogEvent::Linked { user: "alice".into(), link: link.clone() }, by: "n1".into() };
 /// assert_eq!(replica.apply(&linked), Err(ReplicaError::Gap { expected: 1, got: 2 })); // out of order: refused
 /// assert_eq!(replica.apply(&joined), Ok(true));
 /// assert_eq!(replica.apply(&linked), Ok(true));
@@ -70,7 +70,7 @@ impl Replica {
     }
 
     /// The state a snapshot describes.
-    pub fn from_snapshot(snapshot: Snapshot) -> Replica {
+    pub fn from_snapshot(snapshot: ClusterSnapshot) -> Replica {
         let mut replica = Replica {
             epoch: Some(snapshot.epoch),
             seq: snapshot.seq,
@@ -105,7 +105,7 @@ impl Replica {
 
     /// Applies the next entry: `Ok(true)`. An entry at or before [`seq`](Self::seq) was applied already and is
     /// skipped: `Ok(false)` (so a submit's entries and the same entries read from the log can both be fed in).
-    pub fn apply(&mut self, entry: &Entry) -> Result<bool, ReplicaError> {
+    pub fn apply(&mut self, entry: &LogEntry) -> Result<bool, ReplicaError> {
         if entry.seq <= self.seq {
             return Ok(false);
         }
@@ -117,7 +117,7 @@ impl Replica {
         }
         let inconsistent = |reason| ReplicaError::Inconsistent { seq: entry.seq, reason };
         match &entry.event {
-            Event::Joined { user } => {
+            LogEvent::Joined { user } => {
                 if self.index.contains_key(user) {
                     return Err(inconsistent("join of an existing user"));
                 }
@@ -131,7 +131,7 @@ impl Replica {
                     },
                 );
             }
-            Event::Linked { user, link } => {
+            LogEvent::Linked { user, link } => {
                 let record = self
                     .record(user)
                     .ok_or_else(|| inconsistent("link of an unknown user"))?;
@@ -140,7 +140,7 @@ impl Replica {
                 }
                 record.link = Some(link.clone());
             }
-            Event::Unlinked { user, link, .. } => {
+            LogEvent::Unlinked { user, link, .. } => {
                 let record = self
                     .record(user)
                     .ok_or_else(|| inconsistent("unlink of an unknown user"))?;
@@ -149,7 +149,7 @@ impl Replica {
                 }
                 record.link = None;
             }
-            Event::Left { user } => {
+            LogEvent::Left { user } => {
                 let joined = *self
                     .index
                     .get(user)

@@ -2,7 +2,7 @@
 //! execution is the cluster's order. Each script validates everything *before* its first write: Redis does not roll
 //! back a script that fails halfway, so a script must never be able to fail after writing.
 //!
-//! Every script gets the same ten keys (all under the cluster's hash tag, see [`crate::keys`]), declared in KEYS
+//! Every script gets the same ten keys (all under the cluster's hash tag, see [`crate::script::keys`]), declared in KEYS
 //! so that they also run on Redis Cluster, where a script may only touch the keys it declares:
 //!
 //! `KEYS[1]` epoch, `[2]` seq, `[3]` log, `[4]` users, `[5]` order, `[6]` links, `[7]` nodes, `[8]` generation,
@@ -160,7 +160,7 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
 "#;
 
-/// One [`crate::Change`] of `node`'s generation `gen`, whose lease is `live` or not: a refusal, or nil once its entries are
+/// One [`crate::wire::Change`] of `node`'s generation `gen`, whose lease is `live` or not: a refusal, or nil once its entries are
 /// appended (in `produced`). The flag of a link is two characters, `1` or `0` each: new users accepted, and a linked
 /// user's link replaced. Every refusal comes before any write, so a refused change changed nothing.
 const CHANGE: &str = r#"
@@ -202,7 +202,7 @@ local function change(node, gen, live, kind, user, conn, flag)
 end
 "#;
 
-/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::Change`].
+/// `submit(epoch, retain, channel, node, generation, kind, user, connection, flag)`: one [`crate::wire::Change`].
 const SUBMIT: &str = r#"
 local refusal = setup()
 if refusal then return refusal end

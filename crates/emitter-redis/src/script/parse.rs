@@ -3,7 +3,7 @@
 
 use redis::Value;
 
-use crate::types::{Entry, Epoch, Error, Event, LinkAddr, Refusal, Result, UnlinkReason, UserRecord};
+use crate::types::{Epoch, Error, LinkAddr, LogEntry, LogEvent, Refusal, Result, UnlinkReason, UserRecord};
 
 /// An unlink's reason, by the name the scripts write in the log's `r` field.
 fn parse_reason(text: &str) -> Option<UnlinkReason> {
@@ -108,7 +108,7 @@ pub(crate) fn done(value: Value, user: &str) -> Result<(String, Vec<Value>)> {
 }
 
 /// One log entry from its flat field list (`s`, `k`, `u`, …) as the scripts write it to the stream.
-pub(crate) fn entry(value: Value) -> Result<Entry> {
+pub(crate) fn entry(value: Value) -> Result<LogEntry> {
     let fields = array(value)?;
     let mut seq = None;
     let (mut kind, mut user, mut node, mut generation, mut connection, mut reason, mut by) =
@@ -141,30 +141,30 @@ pub(crate) fn entry(value: Value) -> Result<Entry> {
         _ => Err(malformed(&format!("log entry {seq} ({kind}) without its link"))),
     };
     let event = match kind.as_str() {
-        "join" => Event::Joined { user },
-        "link" => Event::Linked { user, link: link()? },
+        "join" => LogEvent::Joined { user },
+        "link" => LogEvent::Linked { user, link: link()? },
         "unlink" => {
             let reason = reason
                 .as_deref()
                 .and_then(parse_reason)
                 .unwrap_or(UnlinkReason::Requested);
-            Event::Unlinked {
+            LogEvent::Unlinked {
                 user,
                 link: link()?,
                 reason,
             }
         }
-        "leave" => Event::Left { user },
+        "leave" => LogEvent::Left { user },
         other => return Err(malformed(&format!("log entry {seq} of kind {other:?}"))),
     };
-    Ok(Entry {
+    Ok(LogEntry {
         seq,
         event,
         by: by.unwrap_or_default(),
     })
 }
 
-pub(crate) fn entries(items: Vec<Value>) -> Result<Vec<Entry>> {
+pub(crate) fn entries(items: Vec<Value>) -> Result<Vec<LogEntry>> {
     items.into_iter().map(entry).collect()
 }
 
@@ -203,7 +203,7 @@ mod tests {
         assert_eq!(entry.by, "n2");
         assert_eq!(
             entry.event,
-            Event::Unlinked {
+            LogEvent::Unlinked {
                 user: "alice".into(),
                 link: LinkAddr {
                     node: "n1".into(),

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use redis::Value;
 
 use crate::shared::{Call, Catchup, Shared};
-use crate::types::{Change, Entry, Epoch, NodeLease, Result, Snapshot};
+use crate::types::{Change, ClusterSnapshot, Epoch, LogEntry, NodeLease, Result};
 
 /// A synchronous handle on the cluster, from [`Cluster::blocking`](crate::Cluster::blocking): the same calls, with
 /// the same meaning, as the async ones, on one blocking connection of its own. Calls from several threads take turns
@@ -24,11 +24,12 @@ use crate::types::{Change, Entry, Epoch, NodeLease, Result, Snapshot};
 /// On the membership path, a change goes: `submit`; if the first entry it returns is not the next one the node has
 /// to apply (another node's change came in between and its notification has not been handled yet), fill the gap with
 /// `entries_after(applied)`, which returns everything up to and including the submitted entries; apply in order,
-/// skipping what is applied already (as [`Replica::apply`](crate::Replica::apply) does). A refusal changed nothing;
+/// skipping what is applied already (as [`Replica::apply`](crate::wire::Replica::apply) does). A refusal changed nothing;
 /// an [`Error::Redis`](crate::Error::Redis) left the outcome unknown, and the same catch-up tells it.
 ///
 /// ```no_run
-/// use emitter_redis::{Change, Cluster, Options};
+/// use emitter_redis::{Cluster, Options};
+/// use emitter_redis::wire::Change;
 ///
 /// # async fn run() -> Result<(), emitter_redis::Error> {
 /// let cluster = Cluster::connect("redis://127.0.0.1/", "chat", Options::default()).await?;
@@ -110,14 +111,14 @@ impl Blocking {
     }
 
     /// [`Cluster::submit`](crate::Cluster::submit), blocking.
-    pub fn submit(&self, lease: &NodeLease, change: Change) -> Result<Vec<Entry>> {
+    pub fn submit(&self, lease: &NodeLease, change: Change) -> Result<Vec<LogEntry>> {
         let call = self.shared.submit_call(lease, &change);
         let value = self.invoke(&call)?;
         self.shared.entries_result(&call, value)
     }
 
     /// [`Cluster::entries_after`](crate::Cluster::entries_after), blocking.
-    pub fn entries_after(&self, seq: u64) -> Result<Vec<Entry>> {
+    pub fn entries_after(&self, seq: u64) -> Result<Vec<LogEntry>> {
         let epoch = self.shared.epoch();
         let mut catchup = Catchup::new(seq);
         while let Some(from) = catchup.next_from() {
@@ -129,7 +130,7 @@ impl Blocking {
     }
 
     /// [`Cluster::snapshot`](crate::Cluster::snapshot), blocking.
-    pub fn snapshot(&self) -> Result<Snapshot> {
+    pub fn snapshot(&self) -> Result<ClusterSnapshot> {
         let epoch = self.shared.epoch();
         let value = self.invoke(&self.shared.snapshot_call(&epoch))?;
         self.shared.snapshot_result(epoch, value)

@@ -5,7 +5,7 @@
 /// The keys and channels of one cluster.
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
-    /// In the order the scripts expect them in KEYS (see [`crate::scripts`]).
+    /// In the order the scripts expect them in KEYS (see [`crate::script::scripts`]).
     all: [String; 10],
     pub(crate) seq_channel: String,
     pub(crate) broadcast_channel: String,

@@ -32,16 +32,23 @@
 //!
 //! - `protocol/`: the wire format ([`protocol`]): messages, frames, the `krmx/` vocabulary, versions, the username
 //!   rule, [`QueryParam`].
-//! - `transport/`: the seam a transport plugs into ([`transport`]): the [`Host`](transport::Host), each connection's
-//!   [`Outbox`](transport::Outbox), the fan-out log of broadcasts, the snapshot a link gets, close reasons.
-//! - `membership/`: users and their links: the registry, the connections, messages kept for unlinked users, incoming
-//!   link requests and messages, and applying join, link, unlink and leave with their events.
-//! - `cluster/`: the cluster seam ([`cluster`]) and a server as a node of a cluster ([`ClusterHost`]).
-//! - `server/`: the application's API: [`Server`], [`ServerBuilder`], [`Config`], the listeners (`subscribe.rs`),
-//!   [`UserRef`], [`Event`], [`AuthContext`], status and closing (`lifecycle.rs`), metrics text and health.
+//! - `transport/`: the seam a transport plugs into ([`transport`]): each connection's
+//!   [`Outbox`](transport::Outbox), the fan-out log of broadcasts, the snapshot a link gets, close reasons (the
+//!   [`Host`](transport::Host) it re-exports drives a server, so it lives in `server/host.rs`).
+//! - `membership/`: users and their links, as data: the registry, the connections, messages kept for unlinked users.
+//! - `cluster/`: the cluster seam ([`cluster`]): the sequencer and what it orders.
+//! - `server/`: the application's API and everything that acts through a [`Server`]: [`ServerBuilder`], the listeners
+//!   (`subscribe.rs`), [`UserRef`], [`Event`], [`AuthContext`], incoming link requests and messages (`link.rs`),
+//!   applying join, link, unlink and leave (`changes.rs`), a server as a node of a cluster ([`ClusterHost`],
+//!   `node.rs`), the transport's [`Host`](transport::Host) (`host.rs`), status and closing (`lifecycle.rs`), metrics
+//!   text and health.
 //! - `metrics/`: Prometheus metrics and the [`Health`] check.
-//! - `error.rs` ([`Error`], [`Status`]), `sync.rs` (the locks, shuttle's under the `shuttle` feature), `shards.rs`
-//!   (the sharded map `send` finds a user's connection in).
+//! - `config.rs` ([`Config`] and the limits' defaults), `error.rs` ([`Error`], [`Status`]), `sync.rs` (the locks,
+//!   shuttle's under the `shuttle` feature), `shards.rs` (the sharded map `send` finds a user's connection in).
+//!
+//! The layers import one way, lower first: `protocol/`, then `transport/`, `config.rs`, `metrics/`, `cluster/`,
+//! `membership/`, and `server/` on top (`tests/module_graph.rs` checks that no file or folder imports one that
+//! imports it).
 //!
 //! # Feature flags
 //!
@@ -52,6 +59,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+mod config;
 mod error;
 mod membership;
 mod metrics;
@@ -61,7 +69,11 @@ mod shards;
 mod sync;
 pub mod transport;
 
-pub use cluster::node::ClusterHost;
+pub use config::{
+    Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_CLOSE_DRAIN_DEADLINE, DEFAULT_LINK_DEADLINE,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS,
+    DEFAULT_MAX_USERS, DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_QUEUE, DEFAULT_WRITE_DEADLINE, MAX_USERNAME_BYTES,
+};
 pub use emitter_listeners::Subscription;
 pub use error::{Error, Status};
 pub use membership::registry::Broadcast;
@@ -72,11 +84,7 @@ pub use protocol::version::{AcceptedVersions, PROTOCOL_VERSION};
 pub use protocol::Message;
 pub use server::auth::{AuthContext, AuthInfo};
 pub use server::builder::ServerBuilder;
-pub use server::config::{
-    Config, KeepLimits, LinkPolicy, RateLimit, DEFAULT_CLOSE_DRAIN_DEADLINE, DEFAULT_LINK_DEADLINE,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNLINKED_CONNECTIONS,
-    DEFAULT_MAX_USERS, DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_QUEUE, DEFAULT_WRITE_DEADLINE, MAX_USERNAME_BYTES,
-};
 pub use server::events::Event;
+pub use server::node::ClusterHost;
 pub use server::{Server, Stats, User, UserRef};
 pub use transport::handshake::{Handshake, MAX_HANDSHAKE_HEADER_BYTES};

@@ -47,10 +47,16 @@ fn the_checker_finds_a_cycle() {
     };
     write("lib.rs", "mod a;\nmod b;\npub use a::A;\n");
     write("a/mod.rs", "mod inner;\npub use inner::A;\n");
-    write("a/inner.rs", "// crate::b::B in a comment is no import\npub struct A(crate::b::B);\n");
+    write(
+        "a/inner.rs",
+        "// crate::b::B in a comment is no import\npub struct A(crate::b::B);\n",
+    );
     write("b.rs", "use crate::A;\npub struct B;\nfn f(_: A) {}\n");
     let cycles = Graph::of(&dir).cycles();
-    write("b.rs", "pub struct B;\n#[cfg(test)]\nmod tests {\n    use crate::A;\n}\n");
+    write(
+        "b.rs",
+        "pub struct B;\n#[cfg(test)]\nmod tests {\n    use crate::A;\n}\n",
+    );
     let acyclic = Graph::of(&dir).cycles();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(cycles.len(), 2, "{cycles:#?}");
@@ -220,7 +226,12 @@ impl Graph {
             .map(|(from, out)| {
                 let out = out
                     .iter()
-                    .map(|edge| (name(&edge.to), format!("{}:{} -> {}", name(from), edge.line, name(&edge.to))))
+                    .map(|edge| {
+                        (
+                            name(&edge.to),
+                            format!("{}:{} -> {}", name(from), edge.line, name(&edge.to)),
+                        )
+                    })
                     .collect();
                 (name(from), out)
             })
@@ -301,7 +312,12 @@ fn strongly_connected(graph: &BTreeMap<String, Vec<(String, String)>>) -> Vec<BT
             }
         }
     }
-    let mut state = State { graph, index: HashMap::new(), stack: Vec::new(), found: Vec::new() };
+    let mut state = State {
+        graph,
+        index: HashMap::new(),
+        stack: Vec::new(),
+        found: Vec::new(),
+    };
     for node in graph.keys() {
         if !state.index.contains_key(node.as_str()) {
             visit(&mut state, node);
@@ -465,7 +481,11 @@ fn parse(module: &[String], text: &str) -> File {
             }
             _ => {}
         }
-        let here: Vec<String> = module.iter().cloned().chain(inline.iter().map(|(name, _)| name.clone())).collect();
+        let here: Vec<String> = module
+            .iter()
+            .cloned()
+            .chain(inline.iter().map(|(name, _)| name.clone()))
+            .collect();
         if let Token::Ident(word) = token {
             if matches!(
                 word.as_str(),
@@ -493,7 +513,8 @@ fn parse(module: &[String], text: &str) -> File {
                 let mut uses = Vec::new();
                 let end = use_tree(&tokens, i + 1, &mut Vec::new(), &mut uses);
                 let export = i > 0
-                    && (matches!(&tokens[i - 1].1, Token::Ident(p) if p == "pub") || tokens[i - 1].1 == Token::Punct(')'));
+                    && (matches!(&tokens[i - 1].1, Token::Ident(p) if p == "pub")
+                        || tokens[i - 1].1 == Token::Punct(')'));
                 if skip_until.is_none() && !cfg_test {
                     for (path, binding) in uses {
                         match (&binding, export) {

@@ -3,7 +3,6 @@
 //!
 //! Applications do not use this module; `emitter-redis` does.
 
-pub(crate) mod node;
 mod sequencer;
 
 pub use sequencer::*;

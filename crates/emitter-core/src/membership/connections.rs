@@ -9,11 +9,11 @@ use std::sync::Arc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::config::{Config, RateLimit};
 use crate::membership::log_limit::LogLimit;
 use crate::metrics::{Cause, Metrics};
 use crate::protocol::vocabulary::{TOO_MANY_CONNECTIONS, TOO_MANY_UNLINKED};
 use crate::protocol::Frame;
-use crate::server::config::{Config, RateLimit};
 use crate::shards::Shards;
 use crate::sync::Mutex;
 use crate::transport::close_reason::CloseReason;

@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
+use crate::config::KeepLimits;
 use crate::protocol::Frame;
-use crate::server::config::KeepLimits;
 
 /// One user's kept messages, oldest first, within the limits: a new one past a limit drops the oldest.
 #[derive(Default)]

@@ -16,10 +16,10 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::cluster::LinkAddr;
+use crate::config::KeepLimits;
 use crate::membership::connections::{Connection, Member};
 use crate::membership::kept::Kept;
 use crate::protocol::{Frame, ServerMessage};
-use crate::server::config::KeepLimits;
 use crate::transport::fanout::{Log, SEGMENT};
 use crate::transport::outbox::PushError;
 use crate::transport::snapshot::{Snapshot, UserFrames};
@@ -361,7 +361,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::server::config::KeepLimits;
+    use crate::config::KeepLimits;
     use crate::transport::id::ConnectionId;
     use crate::Server;
 

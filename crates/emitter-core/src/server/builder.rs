@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{Config, KeepLimits, LinkPolicy, RateLimit};
 use crate::protocol::query::QueryParam;
-use crate::server::config::{Config, KeepLimits, LinkPolicy, RateLimit};
 use crate::transport::origin::{Origins, Pattern};
 use crate::Server;
 

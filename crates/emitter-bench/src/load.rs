@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::hist::Histogram;
-use crate::process::{cpu_seconds, pinned, wait_or_kill, Deployment};
-use crate::target::Target;
+use crate::servers::process::{cpu_seconds, pinned, wait_or_kill, Deployment};
+use crate::servers::target::Target;
 use crate::window::{self, BoardSpec};
 use crate::worker::{Report, Spec};
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::target::Target;
+use crate::servers::target::Target;
 
 /// Every value of every round, by metric (`group.metric`) and target.
 pub struct Results {
@@ -121,5 +121,18 @@ pub fn verdict(value: Option<f64>, goal: f64, higher: bool, unit: &str) -> Strin
             format_value(value),
             100.0 * if higher { value / goal } else { goal / value }
         ),
+    }
+}
+
+/// A verdict on a ratio, followed by the two medians it came from.
+pub fn versus(results: &Results, metric: &str, verdict: String, other: Target) -> String {
+    match (results.median(metric, Target::Emitter), results.median(metric, other)) {
+        (Some(ours), Some(theirs)) => format!(
+            "{verdict}; emitter {}, {} {}",
+            format_value(ours),
+            other.name(),
+            format_value(theirs)
+        ),
+        _ => verdict,
     }
 }

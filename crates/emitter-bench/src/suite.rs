@@ -7,15 +7,15 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::clock;
-use crate::cluster;
 use crate::load::{run_load, Outcome};
-use crate::multicore;
-use crate::process::Deployment;
-use crate::redis;
 use crate::report;
 use crate::results::Results;
+use crate::scenario::cluster;
+use crate::scenario::multicore;
 use crate::scenario::{self, describe, metrics, Group, Pin};
-use crate::target::Target;
+use crate::servers::process::Deployment;
+use crate::servers::redis;
+use crate::servers::target::Target;
 
 type BoxError = Box<dyn std::error::Error>;
 

@@ -32,19 +32,26 @@
 //!
 //! - `protocol/`: the wire format ([`protocol`]): messages, frames, the `krmx/` vocabulary, versions, the username
 //!   rule, [`QueryParam`].
-//! - `transport/`: the seam a transport plugs into ([`transport`]): the [`Host`](transport::Host), each connection's
+//! - `transport/`: the seam a transport plugs into ([`transport`]): each connection's
 //!   [`Outbox`](transport::Outbox), the fan-out log of broadcasts, the snapshot a link gets, close reasons, the
-//!   upgrade request ([`Handshake`]) and the `Origin` policy.
-//! - `membership/`: users and their links: the registry, the connections, messages kept for unlinked users, incoming
-//!   link requests and messages (with the allowance of warnings a client can cause), and applying join, link, unlink
-//!   and leave with their events.
-//! - `cluster/`: the cluster seam ([`cluster`]) and a server as a node of a cluster ([`cluster::ClusterHost`]).
-//! - `config.rs`: the settings and their defaults and limits ([`config`]).
-//! - `server/`: the application's API: [`Server`], [`ServerBuilder`], the listeners (`subscribe.rs`),
-//!   [`UserRef`], [`Event`], [`AuthContext`], status and closing (`lifecycle.rs`), metrics text and health.
+//!   upgrade request ([`Handshake`]) and the `Origin` policy (the
+//!   [`Host`](transport::Host) it re-exports drives a server, so it lives in `server/host.rs`).
+//! - `membership/`: users and their links, as data: the registry, the connections, messages kept for unlinked users,
+//!   the allowance of warnings a client can cause.
+//! - `cluster/`: the cluster seam ([`cluster`]): the sequencer and what it orders ([`cluster::ClusterHost`] is
+//!   re-exported there from `server/node.rs`).
+//! - `server/`: the application's API and everything that acts through a [`Server`]: [`ServerBuilder`], the listeners
+//!   (`subscribe.rs`), [`UserRef`], [`Event`], [`AuthContext`], incoming link requests and messages (`link.rs`),
+//!   applying join, link, unlink and leave (`changes.rs`), a server as a node of a cluster
+//!   (`node.rs`), the transport's [`Host`](transport::Host) (`host.rs`), status and closing (`lifecycle.rs`), metrics
+//!   text and health.
 //! - `metrics/`: Prometheus metrics ([`metrics`]) and the [`Health`] check.
-//! - `error.rs` ([`Error`], [`Status`]), `sync.rs` (the locks, shuttle's under the `shuttle` feature), `shards.rs`
-//!   (the sharded map `send` finds a user's connection in).
+//! - `config.rs` (the settings, their defaults and limits: [`config`]), `error.rs` ([`Error`], [`Status`]), `sync.rs` (the locks,
+//!   shuttle's under the `shuttle` feature), `shards.rs` (the sharded map `send` finds a user's connection in).
+//!
+//! The layers import one way, lower first: `protocol/`, then `transport/`, `config.rs`, `metrics/`, `cluster/`,
+//! `membership/`, and `server/` on top (`tests/module_graph.rs` checks that no file or folder imports one that
+//! imports it).
 //!
 //! # Feature flags
 //!

@@ -197,9 +197,6 @@
 //! [`Blocking`]: wire::Blocking
 //! [`Notifications`]: wire::Notifications
 //! [`Replica`]: wire::Replica
-//! [`KeepAlive`]: wire::KeepAlive
-//! [`LeaseLost`]: wire::LeaseLost
-//! [`LeaseLost::EpochChanged`]: wire::LeaseLost::EpochChanged
 //! [`NodeMessage::after`]: wire::NodeMessage::after
 //! [`Notification::EpochChanged`]: wire::Notification::EpochChanged
 #![deny(missing_docs)]
@@ -207,6 +204,7 @@
 
 mod changes;
 mod cluster;
+mod lease;
 mod node;
 mod script;
 mod shared;
@@ -214,6 +212,7 @@ mod types;
 pub mod wire;
 
 pub use cluster::Cluster;
+pub use lease::{KeepAlive, LeaseLost};
 pub use node::Node;
 pub use shared::{ClusterStats, Options};
 pub use types::{is_valid_name, Error, Refusal, Result};

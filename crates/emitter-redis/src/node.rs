@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 
 use crate::changes::ChangeQueue;
 use crate::cluster::{manager, Cluster};
+use crate::lease::{KeepAlive, LeaseLost};
 use crate::types::{check_name, ClusterSnapshot, Error, NodeLease, Refusal, Result};
 use crate::wire::blocking::Blocking;
-use crate::wire::lease::{KeepAlive, LeaseLost};
 use crate::wire::messages::NodeMessage;
 use crate::wire::subscribe::{Notification, Notifications};
 

@@ -3,9 +3,9 @@
 
 use std::fmt::Write as _;
 
-use crate::cluster::{FANOUT_RATE, FANOUT_SENDERS, FANOUT_USERS};
 use crate::results::{format_ratio, format_value, verdict, Results};
-use crate::target::Target;
+use crate::scenario::cluster::{FANOUT_RATE, FANOUT_SENDERS, FANOUT_USERS};
+use crate::servers::target::Target;
 
 /// Every metric of the cluster table, in order: key and label.
 const ROWS: &[(&str, &str)] = &[

@@ -7,9 +7,11 @@ use std::path::Path;
 
 pub mod cluster;
 pub mod multicore;
+mod svg;
 
-use crate::results::{format_ratio, format_value, verdict, Results};
-use crate::target::Target;
+use crate::results::{format_ratio, format_value, verdict, versus, Results};
+use crate::servers::target::Target;
+use svg::svg_start;
 
 /// What a metric is checked against.
 #[derive(Clone, Copy)]
@@ -261,19 +263,6 @@ fn advantage(results: &Results, def: &Def, other: Target) -> Option<f64> {
         .flatten()
 }
 
-/// A verdict on a ratio, followed by the two medians it came from.
-pub(crate) fn versus(results: &Results, metric: &str, verdict: String, other: Target) -> String {
-    match (results.median(metric, Target::Emitter), results.median(metric, other)) {
-        (Some(ours), Some(theirs)) => format!(
-            "{verdict}; emitter {}, {} {}",
-            format_value(ours),
-            other.name(),
-            format_value(theirs)
-        ),
-        _ => verdict,
-    }
-}
-
 /// Each goal of the issue with its verdict: met, missed by how much, or not measured; with the numbers.
 pub fn checks(results: &Results) -> Vec<(String, String)> {
     let mut checks = Vec::new();
@@ -389,22 +378,6 @@ pub fn table(results: &Results) -> String {
         };
         let _ = writeln!(out, " {goal} |");
     }
-    out
-}
-
-/// An SVG document of `width` × `height` on white, with `title` at its top left; the caller adds the rest and closes
-/// it with `</svg>`.
-fn svg_start(width: f64, height: f64, title: &str) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="10" y="22" font-size="15" font-weight="bold">{title}</text>"#
-    );
     out
 }
 

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::{svg_start, versus};
-use crate::results::{format_ratio, format_value, verdict, Results};
-use crate::target::Target;
+use super::svg::svg_start;
+use crate::results::{format_ratio, format_value, verdict, versus, Results};
+use crate::servers::target::Target;
 
 /// One throughput the multicore groups measure.
 struct Metric {

@@ -3,9 +3,8 @@
 //!
 //! Applications do not use this module; `emitter-redis` does.
 
-pub(crate) mod node;
 mod sequencer;
 
 pub use crate::metrics::cluster::ClusterCounts;
-pub use node::ClusterHost;
+pub use crate::server::node::ClusterHost;
 pub use sequencer::*;

@@ -1,8 +1,7 @@
 //! What a node of a cluster adds: its lease, its round trips to Redis, its resyncs, and what it counts of the
 //! messages between nodes.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -11,8 +10,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::sync::Mutex;
 
+use super::labels::Label;
 use super::striped::Histogram;
-use super::{Label, Metrics};
 
 /// What a node of a cluster counts that the core cannot see, read when the metrics are scraped (see
 /// [`ClusterHost::set_counts`](crate::cluster::ClusterHost::set_counts)).
@@ -54,19 +53,19 @@ pub(super) type CountsSource = Box<dyn Fn() -> ClusterCounts + Send + Sync>;
 /// A cluster node's metrics: exposed only once the server is a node.
 pub(super) struct ClusterMetrics {
     pub(super) registry: Registry,
-    lease_held: Gauge,
-    lease_age: Gauge<f64, AtomicU64>,
+    pub(super) lease_held: Gauge,
+    pub(super) lease_age: Gauge<f64, AtomicU64>,
     /// Whether the node holds its lease, as the cluster layer last said.
-    held: AtomicBool,
-    /// When the lease was last renewed: nanoseconds since [`Metrics::created`].
-    renewed_at: AtomicU64,
-    submit: Histogram,
-    renew: Histogram,
-    restarts: Counter,
-    catch_ups: Counter,
-    messages_lost: Counter,
-    repeats_dropped: Counter,
-    counts: Mutex<Option<CountsSource>>,
+    pub(super) held: AtomicBool,
+    /// When the lease was last renewed: nanoseconds since `Metrics::created`.
+    pub(super) renewed_at: AtomicU64,
+    pub(super) submit: Histogram,
+    pub(super) renew: Histogram,
+    pub(super) restarts: Counter,
+    pub(super) catch_ups: Counter,
+    pub(super) messages_lost: Counter,
+    pub(super) repeats_dropped: Counter,
+    pub(super) counts: Mutex<Option<CountsSource>>,
 }
 
 impl ClusterMetrics {
@@ -136,60 +135,6 @@ impl ClusterMetrics {
             messages_lost,
             repeats_dropped,
             counts: Mutex::new(None),
-        }
-    }
-}
-
-/// What a node reports of its lease and round trips, and its counts read when scraped.
-impl Metrics {
-    pub(crate) fn observe_renewal(&self, took: Duration) {
-        self.cluster.renew.observe_duration(took);
-    }
-
-    pub(crate) fn lease_renewed(&self) {
-        let now = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.cluster.renewed_at.store(now, Ordering::Relaxed);
-        self.cluster.held.store(true, Ordering::SeqCst);
-    }
-
-    pub(crate) fn lease_lost(&self) {
-        self.cluster.held.store(false, Ordering::SeqCst);
-    }
-
-    pub(crate) fn lease_held(&self) -> bool {
-        self.cluster.held.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn observe_submit(&self, took: Duration) {
-        self.cluster.submit.observe_duration(took);
-    }
-
-    pub(crate) fn resynced(&self) {
-        self.cluster.restarts.inc();
-    }
-
-    pub(crate) fn set_counts(&self, source: CountsSource) {
-        *self.cluster.counts.lock() = Some(source);
-    }
-
-    /// Brings the scrape-time values of a cluster node up to date.
-    pub(super) fn refresh_cluster(&self) {
-        let cluster = &self.cluster;
-        cluster.lease_held.set(i64::from(cluster.held.load(Ordering::SeqCst)));
-        let now = self.created.elapsed();
-        let renewed = Duration::from_nanos(cluster.renewed_at.load(Ordering::Relaxed));
-        cluster.lease_age.set(now.saturating_sub(renewed).as_secs_f64());
-        let counts = cluster.counts.lock().as_ref().map(|source| source());
-        if let Some(counts) = counts {
-            cluster
-                .messages_lost
-                .inner()
-                .store(counts.messages_lost, Ordering::Relaxed);
-            cluster
-                .repeats_dropped
-                .inner()
-                .store(counts.repeats_dropped, Ordering::Relaxed);
-            cluster.catch_ups.inner().store(counts.catch_ups, Ordering::Relaxed);
         }
     }
 }

@@ -4,6 +4,9 @@ use crate::protocol::vocabulary::{NOT_LISTENING, ORIGIN_NOT_ALLOWED, TOO_MANY_CO
 use crate::protocol::Rejection;
 use crate::transport::close_reason::{CloseReason, TransportClose};
 
+/// One label and its value: every labelled metric here has exactly one.
+pub(super) type Label = [(&'static str, &'static str); 1];
+
 /// Why a `krmx/rejected` was sent: a bounded set, so that it can be a label. The protocol's own reasons, `app` for
 /// every reason an `authenticate` listener gave (never the text itself: it is the application's and unbounded), and
 /// `cluster_unavailable` for a link the cluster could not decide.

@@ -12,7 +12,8 @@
 //! The names, types and meanings are listed in the book's Operations chapter.
 
 use std::fmt;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,17 +27,14 @@ mod striped;
 
 pub(crate) use labels::{Cause, Reason};
 
-use cluster::ClusterMetrics;
-use labels::REFUSALS;
+use cluster::{ClusterMetrics, CountsSource};
+use labels::{Label, REFUSALS};
 use striped::{Histogram, StripedCounter, DEPTH_BOUNDS, STRIPES};
 
 /// The `Content-Type` of [`Server::metrics_text`]: the Prometheus text format, version 0.0.4.
 ///
 /// [`Server::metrics_text`]: crate::Server::metrics_text
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-
-/// One label and its value: every labelled metric here has exactly one.
-type Label = [(&'static str, &'static str); 1];
 
 /// One server's metrics.
 pub(crate) struct Metrics {
@@ -299,6 +297,60 @@ impl Metrics {
             tracing::error!(%error, "the metrics could not be encoded");
         }
         text
+    }
+}
+
+/// What a node reports of its lease and round trips, and its counts read when scraped.
+impl Metrics {
+    pub(crate) fn observe_renewal(&self, took: Duration) {
+        self.cluster.renew.observe_duration(took);
+    }
+
+    pub(crate) fn lease_renewed(&self) {
+        let now = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.cluster.renewed_at.store(now, Ordering::Relaxed);
+        self.cluster.held.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn lease_lost(&self) {
+        self.cluster.held.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn lease_held(&self) -> bool {
+        self.cluster.held.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn observe_submit(&self, took: Duration) {
+        self.cluster.submit.observe_duration(took);
+    }
+
+    pub(crate) fn resynced(&self) {
+        self.cluster.restarts.inc();
+    }
+
+    pub(crate) fn set_counts(&self, source: CountsSource) {
+        *self.cluster.counts.lock() = Some(source);
+    }
+
+    /// Brings the scrape-time values of a cluster node up to date.
+    pub(super) fn refresh_cluster(&self) {
+        let cluster = &self.cluster;
+        cluster.lease_held.set(i64::from(cluster.held.load(Ordering::SeqCst)));
+        let now = self.created.elapsed();
+        let renewed = Duration::from_nanos(cluster.renewed_at.load(Ordering::Relaxed));
+        cluster.lease_age.set(now.saturating_sub(renewed).as_secs_f64());
+        let counts = cluster.counts.lock().as_ref().map(|source| source());
+        if let Some(counts) = counts {
+            cluster
+                .messages_lost
+                .inner()
+                .store(counts.messages_lost, Ordering::Relaxed);
+            cluster
+                .repeats_dropped
+                .inner()
+                .store(counts.repeats_dropped, Ordering::Relaxed);
+            cluster.catch_ups.inner().store(counts.catch_ups, Ordering::Relaxed);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! - **Messages** (the hot path) take no server-wide lock: a connection's message is parsed on its own task, its
 //!   `message` listeners run beside those of other users, `send` finds a user's connection in a sharded map, and a
 //!   broadcast takes only the short fan-out lock while it appends one serialized frame to the fan-out log.
-//! - **Membership** (link, unlink, join, leave, kick, close) is rare and takes one order: see `membership/changes.rs`.
+//! - **Membership** (link, unlink, join, leave, kick, close) is rare and takes one order: see `server/changes.rs`.
 //!
 //! The guarantees this gives, and what it does not promise, are in the book's concepts chapter ("Order and
 //! concurrency").
@@ -34,13 +34,43 @@ use crate::transport::outbox::PushError;
 
 pub(crate) mod auth;
 pub(crate) mod builder;
+pub(crate) mod changes;
 pub(crate) mod events;
+pub(crate) mod host;
 pub(crate) mod lifecycle;
+pub(crate) mod link;
+pub(crate) mod node;
 mod ops;
 mod subscribe;
 mod user_ref;
 
-pub use user_ref::UserRef;
+/// The user an event is about, as a listener gets it: it reads as the username and reaches the server.
+///
+/// It is two references, made for each call without allocating: it borrows the server for the call, so a listener
+/// reaches the server without capturing a clone of it (a clone in a listener would keep the server alive as long as
+/// the server keeps the listener). [`Deref`](std::ops::Deref) to `str`, [`Display`](fmt::Display) and the comparisons with strings
+/// make it read as the username (and it serializes as one); [`server`](UserRef::server) and [`send`](UserRef::send) act on the server. To keep
+/// the name past the call, take [`username`](UserRef::username)`.to_owned()` or `to_string()`.
+///
+/// (A [`User`](crate::User) is something else: an entry of [`Server::users`], owned, with its link state.)
+///
+/// ```
+/// use emitter_core::{Message, Server};
+///
+/// let server = Server::new();
+/// server.on_message(|u, m| {
+///     if u == "admin" && m.kind == "chat/mute" {
+///         let _ = u.server().kick(m.payload_as::<String>().unwrap_or_default().as_str());
+///     }
+///     tracing::info!(username = %u, len = u.len(), "message");
+///     let _ = u.send(&Message::new("chat/ack"));
+/// });
+/// ```
+#[derive(Clone, Copy)]
+pub struct UserRef<'a> {
+    server: &'a Server,
+    username: &'a str,
+}
 
 /// A user as the server lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -102,7 +132,7 @@ pub struct Stats {
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) events: Events,
-    /// The membership order: held for a whole membership change and the listeners it runs (see `membership/changes.rs`).
+    /// The membership order: held for a whole membership change and the listeners it runs (see `server/changes.rs`).
     pub(crate) sequencer: ReentrantMutex<()>,
     /// The users in join order and their links; also the fan-out lock (see `membership/registry.rs`).
     pub(crate) registry: Mutex<Registry>,
@@ -120,7 +150,7 @@ pub(crate) struct Inner {
     pub(crate) transports: AtomicUsize,
     pub(crate) next_attempt: AtomicU64,
     pub(crate) payload_mismatches: AtomicU64,
-    /// The cluster's sequencer, when the server is a node of one (see `cluster/node.rs`).
+    /// The cluster's sequencer, when the server is a node of one (see `server/node.rs`).
     pub(crate) cluster: OnceLock<Arc<dyn Sequencer>>,
     /// The last entry of the cluster's order applied here.
     pub(crate) applied: AtomicU64,

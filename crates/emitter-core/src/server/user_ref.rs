@@ -1,41 +1,14 @@
-//! The user handle a listener gets: the username, and the way back to the server.
+//! The user handle a listener gets: the username, and the way back to the server. [`UserRef`] itself is declared in
+//! `server/mod.rs`, beside the listener lists that take it (a `Server` holds them, and a `UserRef` holds a `Server`).
 
 use std::fmt;
 use std::ops::Deref;
 
 use serde::Serialize;
 
-use super::Server;
+use super::{Server, UserRef};
 use crate::error::Error;
 use crate::protocol::Message;
-
-/// The user an event is about, as a listener gets it: it reads as the username and reaches the server.
-///
-/// It is two references, made for each call without allocating: it borrows the server for the call, so a listener
-/// reaches the server without capturing a clone of it (a clone in a listener would keep the server alive as long as
-/// the server keeps the listener). [`Deref`] to `str`, [`Display`](fmt::Display) and the comparisons with strings
-/// make it read as the username (and it serializes as one); [`server`](UserRef::server) and [`send`](UserRef::send) act on the server. To keep
-/// the name past the call, take [`username`](UserRef::username)`.to_owned()` or `to_string()`.
-///
-/// (A [`User`](crate::User) is something else: an entry of [`Server::users`], owned, with its link state.)
-///
-/// ```
-/// use emitter_core::{Message, Server};
-///
-/// let server = Server::new();
-/// server.on_message(|u, m| {
-///     if u == "admin" && m.kind == "chat/mute" {
-///         let _ = u.server().kick(m.payload_as::<String>().unwrap_or_default().as_str());
-///     }
-///     tracing::info!(username = %u, len = u.len(), "message");
-///     let _ = u.send(&Message::new("chat/ack"));
-/// });
-/// ```
-#[derive(Clone, Copy)]
-pub struct UserRef<'a> {
-    server: &'a Server,
-    username: &'a str,
-}
 
 impl<'a> UserRef<'a> {
     pub(crate) fn new(server: &'a Server, username: &'a str) -> UserRef<'a> {

@@ -6,14 +6,13 @@
 pub(crate) mod close_reason;
 pub(crate) mod fanout;
 pub(crate) mod handshake;
-mod host;
 pub(crate) mod id;
 pub(crate) mod origin;
 pub(crate) mod outbox;
 pub(crate) mod snapshot;
 
+pub use crate::server::host::{Host, TransportGuard};
 pub use close_reason::{CloseReason, TransportClose};
-pub use host::{Host, TransportGuard};
 pub use id::ConnectionId;
 pub use outbox::{Outbox, PushError};
 pub use snapshot::Snapshot;

@@ -3,7 +3,6 @@
 //! [`NodeMessage`]s between nodes, leases and the [`Blocking`] handle. An application runs a node with
 //! [`Cluster`](crate::Cluster), [`Options`](crate::Options) and [`Node`](crate::Node) and needs none of these.
 pub(crate) mod blocking;
-pub(crate) mod lease;
 pub(crate) mod messages;
 pub(crate) mod replica;
 pub(crate) mod subscribe;
@@ -11,7 +10,6 @@ pub(crate) mod subscribe;
 pub use crate::types::{ClusterSnapshot, Epoch, NodeLease, UserRecord};
 pub use blocking::Blocking;
 pub use emitter_core::cluster::{Change, LinkAddr, LogEntry, LogEvent, UnlinkReason};
-pub use lease::{KeepAlive, LeaseLost};
 pub use messages::NodeMessage;
 pub use replica::{Replica, ReplicaError};
 pub use subscribe::{Notification, Notifications};

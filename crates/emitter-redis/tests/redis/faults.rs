@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use emitter_redis::wire::{Change, LeaseLost, LogEvent, Notification, Notifications, Replica};
+use emitter_redis::wire::{Change, LogEvent, Notification, Notifications, Replica};
+use emitter_redis::LeaseLost;
 use emitter_redis::{Error, Options, Refusal};
 
 use crate::support::{connect, connect_node, lease_deadline, options, redis_now_ms, within};

@@ -8,7 +8,7 @@
 //! Each change is two halves. *Applying* it changes the registry under the fan-out lock (which also queues the
 //! messages that tell the clients) and mirrors it in the connection's role and the sharded link table. *Emitting* it
 //! runs its listeners, with no lock held but the sequencer. In one process a change is decided and applied here; in a
-//! cluster (see `cluster/node.rs`) the order comes from the cluster's sequencer, and the same halves apply its entries.
+//! cluster (see `server/node.rs`) the order comes from the cluster's sequencer, and the same halves apply its entries.
 //!
 //! Callers hold the sequencer and have checked the step's preconditions.
 

@@ -92,9 +92,38 @@ async fn connection(hub: Arc<Hub>, mut socket: WebSocket) {
     hub.peers.write().remove(&id);
 }
 
+/// `PORT` from the environment, or `default`.
+fn port_from_env(default: u16) -> Result<u16, String> {
+    match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, not {port:?}")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Resolves on Ctrl-C, or when stdin closes if `EXIT_ON_EOF` is set (the suite sets it, so that a server never
+/// outlives the runner that started it).
+pub(crate) async fn stop_signal() {
+    let eof = async {
+        if std::env::var_os("EXIT_ON_EOF").is_some() {
+            use tokio::io::AsyncReadExt;
+            let mut sink = [0u8; 64];
+            let mut stdin = tokio::io::stdin();
+            while matches!(stdin.read(&mut sink).await, Ok(n) if n > 0) {}
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = eof => {}
+    }
+}
+
 /// Serves the baseline on 127.0.0.1:`PORT` until Ctrl-C, or until stdin closes when `EXIT_ON_EOF` is set.
 pub fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port = crate::port_from_env(8083)?;
+    let port = port_from_env(8083)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let app = Router::new().route("/", get(upgrade)).with_state(Arc::new(Hub {
@@ -115,7 +144,7 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         tokio::select! {
             served = axum::serve(listener, app) => served?,
-            () = crate::stop_signal() => {}
+            () = stop_signal() => {}
         }
         Ok(())
     })

@@ -12,13 +12,13 @@ use tokio::task::JoinSet;
 
 use crate::config::{LinkPolicy, MAX_USERNAME_BYTES};
 use crate::error::Status;
-use crate::membership::changes::Membership;
 use crate::membership::connections::{Connection, Member, Role};
 use crate::membership::log_limit;
 use crate::metrics::Reason;
 use crate::protocol::vocabulary::NOT_LISTENING;
 use crate::protocol::{read, ClientMessage, Invalid, LinkRequest, Message, Rejection, ServerMessage};
 use crate::server::auth::{AuthContext, AuthFuture, AuthInfo};
+use crate::server::changes::Membership;
 use crate::server::events::Event;
 use crate::server::UserRef;
 use crate::transport::handshake::Handshake;

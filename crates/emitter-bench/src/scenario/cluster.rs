@@ -19,20 +19,13 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::load::{self, CrashOutcome, Load, Outcome};
-use crate::process::Deployment;
-use crate::scenario::Group;
-use crate::target::Target;
+use crate::scenario::{Crash, Group};
+use crate::servers::process::Deployment;
+use crate::servers::target::Target;
 use crate::worker::parse::{parse, user_index, Parsed};
 use crate::ws::{Conn, Incoming};
 
 type BoxError = Box<dyn std::error::Error>;
-
-/// A node crash: `victims` users linked on the last node, the nodes' lease `lease_ms`.
-#[derive(Clone, Debug)]
-pub struct Crash {
-    pub victims: u32,
-    pub lease_ms: u64,
-}
 
 const BOTH: &[Target] = &[Target::Emitter, Target::Cluster];
 const CLUSTER: &[Target] = &[Target::Cluster];
@@ -46,7 +39,7 @@ pub const FANOUT_RATE: f64 = 50.0;
 /// The cluster groups, in order. `victims` users are linked on the node that is killed.
 pub fn groups(smoke: bool, victims: u32) -> Vec<Group> {
     let (duration_ms, warmup_ms) = if smoke { (1_000, 200) } else { (10_000, 2_000) };
-    let nodes = crate::process::NODES as u32;
+    let nodes = crate::servers::process::NODES as u32;
     let group = |name: String, targets, load, crash| Group {
         name,
         family: "cluster",
@@ -106,20 +99,6 @@ pub fn groups(smoke: bool, victims: u32) -> Vec<Group> {
         ));
     }
     groups
-}
-
-/// What one crash group runs, for the legend.
-pub fn describe_crash(crash: &Crash) -> String {
-    format!(
-        "{} users linked on node n{}, one client on n1; n{} is SIGKILLed; lease {} s (renewed every third of it), dead \
-         nodes reaped every 1 s, so the unlinks are due between about {:.1} and {:.1} s after the kill",
-        crash.victims,
-        crate::process::NODES,
-        crate::process::NODES,
-        crash.lease_ms as f64 / 1e3,
-        crash.lease_ms as f64 * 2.0 / 3.0 / 1e3,
-        crash.lease_ms as f64 / 1e3 + 1.0,
-    )
 }
 
 /// Kills the last node of `deployment` with `crash.victims` users linked on it, and measures how long until a client

@@ -1,5 +1,5 @@
 //! A server as one node of a cluster: membership changes submitted to the cluster's [`Sequencer`], the entries it
-//! orders applied in that order with the steps of `membership/changes.rs`, and messages handed to and taken from the other
+//! orders applied in that order with the steps of `server/changes.rs`, and messages handed to and taken from the other
 //! nodes.
 //!
 //! Listeners of an entry run only on the node that made it (`LogEntry::by`), so that an app behaves as on one process:
@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use crate::cluster::{Change, LinkAddr, LogEntry, LogEvent, Refused, Sequencer, UnlinkReason};
 use crate::config::LinkPolicy;
 use crate::error::{Error, Status};
-use crate::membership::changes::Membership;
 use crate::membership::connections::{Connection, Role};
-use crate::membership::link::send_rejected;
 use crate::membership::registry::Link;
 use crate::metrics::cluster::ClusterCounts;
 use crate::metrics::Reason;
 use crate::protocol::{Frame, ServerMessage};
+use crate::server::changes::Membership;
+use crate::server::link::send_rejected;
 use crate::transport::close_reason::CloseReason;
 use crate::transport::id::ConnectionId;
 use crate::Server;

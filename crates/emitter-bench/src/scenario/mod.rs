@@ -1,8 +1,10 @@
 //! The scenario groups: what load each one puts on which targets, where it is pinned, and the metrics it yields.
 
-use crate::cluster::{self, Crash};
 use crate::load::{Load, Outcome};
-use crate::target::Target;
+use crate::servers::target::Target;
+
+pub mod cluster;
+pub mod multicore;
 
 /// Where a group's server and load processes run (`taskset -c` lists).
 #[derive(Clone, Debug)]
@@ -11,6 +13,13 @@ pub struct Pin {
     pub server: String,
     /// One entry per load core; worker `w` runs on `load[w % load.len()]`.
     pub load: Vec<String>,
+}
+
+/// A node crash: `victims` users linked on the last node, the nodes' lease `lease_ms`.
+#[derive(Clone, Debug)]
+pub struct Crash {
+    pub victims: u32,
+    pub lease_ms: u64,
 }
 
 /// A scenario: one load, run against each of its targets.
@@ -250,7 +259,7 @@ pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String,
 pub fn describe(group: &Group) -> String {
     let load = &group.load;
     if let Some(crash) = &group.crash {
-        return cluster::describe_crash(crash);
+        return describe_crash(crash);
     }
     let mut text = format!("{} users", load.users);
     if load.workers > 1 {
@@ -294,4 +303,18 @@ pub fn describe(group: &Group) -> String {
         );
     }
     text
+}
+
+/// What one crash group runs, for the legend.
+pub fn describe_crash(crash: &Crash) -> String {
+    format!(
+        "{} users linked on node n{}, one client on n1; n{} is SIGKILLed; lease {} s (renewed every third of it), dead \
+         nodes reaped every 1 s, so the unlinks are due between about {:.1} and {:.1} s after the kill",
+        crash.victims,
+        crate::servers::process::NODES,
+        crate::servers::process::NODES,
+        crash.lease_ms as f64 / 1e3,
+        crash.lease_ms as f64 * 2.0 / 3.0 / 1e3,
+        crash.lease_ms as f64 / 1e3 + 1.0,
+    )
 }

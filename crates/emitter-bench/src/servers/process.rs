@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis::Redis;
-use crate::target::Target;
+use crate::servers::redis::Redis;
+use crate::servers::target::Target;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -167,7 +167,7 @@ impl Deployment {
                 commandstats: None,
             });
         }
-        let binary = crate::redis::find_server().ok_or("redis-server is not on PATH")?;
+        let binary = crate::servers::redis::find_server().ok_or("redis-server is not on PATH")?;
         let sibling = |what: &str| {
             let stem = log.file_stem().unwrap_or_default().to_string_lossy();
             log.with_file_name(format!("{stem}-{what}"))

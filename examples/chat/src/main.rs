@@ -61,6 +61,7 @@ fn app(server: &Server) -> Router {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())) // no colour codes in a log file or a pipe
         .init();
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port

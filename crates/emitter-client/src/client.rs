@@ -12,7 +12,7 @@ use emitter_core::User;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::{Error, Status};
+use crate::error::{ClientStatus, Error};
 use crate::reconnect::Reconnect;
 use crate::state::{Config, Shared};
 use crate::tls::{Tls, TlsConfig};
@@ -50,16 +50,16 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// # let server = emitter_core::Server::new();
 /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 /// # let port = emitter_axum::listen_on(&server, listener).await?;
-/// use emitter_client::{Client, Status};
+/// use emitter_client::{Client, ClientStatus};
 ///
 /// let client = Client::new();
 /// client.connect(&format!("ws://127.0.0.1:{port}/")).await?;
 /// client.link("simon", None).await?;
-/// assert_eq!(client.status(), Status::Linked);
+/// assert_eq!(client.status(), ClientStatus::Linked);
 /// assert_eq!(client.users()[0].username, "simon");
 /// client.leave().await?;
 /// client.disconnect(false).await?;
-/// assert_eq!(client.status(), Status::Closed);
+/// assert_eq!(client.status(), ClientStatus::Closed);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -154,7 +154,7 @@ impl ClientBuilder {
     ///
     /// ```
     /// let client = emitter_client::Client::builder().build();
-    /// assert_eq!(client.status(), emitter_client::Status::Initializing);
+    /// assert_eq!(client.status(), emitter_client::ClientStatus::Initializing);
     /// ```
     pub fn build(self) -> Client {
         Client {
@@ -198,9 +198,9 @@ impl Client {
     /// The current status.
     ///
     /// ```
-    /// assert_eq!(emitter_client::Client::new().status(), emitter_client::Status::Initializing);
+    /// assert_eq!(emitter_client::Client::new().status(), emitter_client::ClientStatus::Initializing);
     /// ```
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> ClientStatus {
         self.inner.status()
     }
 
@@ -253,12 +253,12 @@ impl Client {
     /// let client = emitter_client::Client::new();
     /// let error = client.connect("ws://127.0.0.1:1/").await.unwrap_err();
     /// assert_eq!(error.to_string(), "error while trying to connect to the server at ws://127.0.0.1:1/");
-    /// assert_eq!(client.status(), emitter_client::Status::Closed);
+    /// assert_eq!(client.status(), emitter_client::ClientStatus::Closed);
     /// # }
     /// ```
     pub fn connect(&self, url: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         self.inner
-            .bump_epoch_if(|status| matches!(status, Status::Initializing | Status::Closed));
+            .bump_epoch_if(|status| matches!(status, ClientStatus::Initializing | ClientStatus::Closed));
         Shared::open(&self.inner, url)
     }
 
@@ -307,7 +307,7 @@ impl Client {
     /// # client.connect(&format!("ws://127.0.0.1:{port}/")).await?;
     /// client.link("simon", None).await?;
     /// client.unlink().await?;
-    /// assert_eq!(client.status(), emitter_client::Status::Connected);
+    /// assert_eq!(client.status(), emitter_client::ClientStatus::Connected);
     /// assert_eq!(server.user("simon").map(|user| user.is_linked), Some(false));
     /// # Ok(()) }
     /// ```
@@ -331,7 +331,7 @@ impl Client {
     /// # client.connect(&format!("ws://127.0.0.1:{port}/")).await?;
     /// client.link("simon", None).await?;
     /// client.leave().await?;
-    /// assert_eq!(client.status(), emitter_client::Status::Connected);
+    /// assert_eq!(client.status(), emitter_client::ClientStatus::Connected);
     /// # Ok(()) }
     /// ```
     pub fn leave(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
@@ -354,7 +354,7 @@ impl Client {
     /// let error = client.disconnect(false).await.unwrap_err();
     /// assert_eq!(error.to_string(), "cannot disconnect when the client is linked");
     /// client.disconnect(true).await?;
-    /// assert_eq!(client.status(), emitter_client::Status::Closed);
+    /// assert_eq!(client.status(), emitter_client::ClientStatus::Closed);
     /// # Ok(()) }
     /// ```
     pub fn disconnect(&self, force: bool) -> impl Future<Output = Result<(), Error>> + Send + 'static {
@@ -433,7 +433,7 @@ impl Client {
 
     fn check_can_send(&self) -> Result<(), Error> {
         match self.status() {
-            Status::Linked => Ok(()),
+            ClientStatus::Linked => Ok(()),
             status => Err(Error::wrong_status("send", status)),
         }
     }

@@ -9,14 +9,14 @@ use std::sync::Arc;
 /// `Closed`, and from `Closed` a new [`connect`](crate::Client::connect) starts over.
 ///
 /// ```
-/// use emitter_client::{Client, Status};
+/// use emitter_client::{Client, ClientStatus};
 ///
 /// let client = Client::new();
-/// assert_eq!(client.status(), Status::Initializing);
+/// assert_eq!(client.status(), ClientStatus::Initializing);
 /// assert_eq!(client.status().to_string(), "initializing");
 /// ```
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
+pub enum ClientStatus {
     /// Created and not connected yet; listeners can be registered. The default.
     #[default]
     Initializing,
@@ -36,27 +36,27 @@ pub enum Status {
     Closed,
 }
 
-impl Status {
+impl ClientStatus {
     /// The lowercase name the reference uses, such as `linked`.
     ///
     /// ```
-    /// assert_eq!(emitter_client::Status::Unlinking.as_str(), "unlinking");
+    /// assert_eq!(emitter_client::ClientStatus::Unlinking.as_str(), "unlinking");
     /// ```
     pub fn as_str(self) -> &'static str {
         match self {
-            Status::Initializing => "initializing",
-            Status::Connecting => "connecting",
-            Status::Connected => "connected",
-            Status::Linking => "linking",
-            Status::Linked => "linked",
-            Status::Unlinking => "unlinking",
-            Status::Closing => "closing",
-            Status::Closed => "closed",
+            ClientStatus::Initializing => "initializing",
+            ClientStatus::Connecting => "connecting",
+            ClientStatus::Connected => "connected",
+            ClientStatus::Linking => "linking",
+            ClientStatus::Linked => "linked",
+            ClientStatus::Unlinking => "unlinking",
+            ClientStatus::Closing => "closing",
+            ClientStatus::Closed => "closed",
         }
     }
 }
 
-impl fmt::Display for Status {
+impl fmt::Display for ClientStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -65,13 +65,13 @@ impl fmt::Display for Status {
 /// Why a client method failed. Where the reference client has an error for the same case, the text is its text.
 ///
 /// ```
-/// use emitter_client::{Client, Error, Status};
+/// use emitter_client::{Client, Error, ClientStatus};
 /// use emitter_core::Message;
 ///
 /// let client = Client::new();
 /// let error = client.send(&Message::new("chat/say")).unwrap_err();
 /// assert_eq!(error.to_string(), "cannot send when the client is initializing");
-/// assert!(matches!(error, Error::WrongStatus { action: "send", status: Status::Initializing }));
+/// assert!(matches!(error, Error::WrongStatus { action: "send", status: ClientStatus::Initializing }));
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -81,7 +81,7 @@ pub enum Error {
         /// What was attempted: `connect`, `link`, `unlink`, `leave`, `disconnect` or `send`.
         action: &'static str,
         /// The status the client was in.
-        status: Status,
+        status: ClientStatus,
     },
     /// `cannot send custom messages with type starting with the internal 'krmx/' prefix`.
     ReservedType,
@@ -110,7 +110,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn wrong_status(action: &'static str, status: Status) -> Error {
+    pub(crate) fn wrong_status(action: &'static str, status: ClientStatus) -> Error {
         Error::WrongStatus { action, status }
     }
 }

@@ -10,7 +10,7 @@ use emitter_core::User;
 use serde_json::Value;
 
 use crate::connection::Handler;
-use crate::error::{Error, Status};
+use crate::error::{ClientStatus, Error};
 use crate::event::ClientEvent;
 use crate::reconnect::{self, Plan, Reconnect};
 use crate::state::Shared;
@@ -47,10 +47,10 @@ impl Shared {
                 return;
             }
             // A forced disconnect while connecting: the close is on its way, and `connect` fails with it.
-            if state.status != Status::Connecting {
+            if state.status != ClientStatus::Connecting {
                 return;
             }
-            state.status = Status::Connected;
+            state.status = ClientStatus::Connected;
             state.opening.take()
         };
         tracing::debug!(generation, "connected");
@@ -75,12 +75,12 @@ impl Shared {
             }
             state.connection = None;
             let was = state.status;
-            state.status = Status::Closed;
+            state.status = ClientStatus::Closed;
             state.username = None;
             state.users.clear();
             let url = state.url.clone().unwrap_or_default();
             let relink = match (&self.config.reconnect, was, state.linked_as.take()) {
-                (Some(policy), Status::Linked, Some((username, auth))) => {
+                (Some(policy), ClientStatus::Linked, Some((username, auth))) => {
                     state.epoch += 1;
                     let epoch = state.epoch;
                     let url = url.clone();
@@ -140,7 +140,7 @@ impl Shared {
             return self.apply(&message);
         }
         let status = guard.borrow().status;
-        if status == Status::Linked {
+        if status == ClientStatus::Linked {
             self.emit(ClientEvent::Message { message: &message });
         } else {
             tracing::warn!(kind = message.kind, %status, "unexpectedly received a custom message; ignored");
@@ -183,11 +183,11 @@ impl Shared {
         {
             let mut state = guard.borrow_mut();
             let status = state.status;
-            let Some(username) = state.username.clone().filter(|_| status == Status::Linking) else {
+            let Some(username) = state.username.clone().filter(|_| status == ClientStatus::Linking) else {
                 tracing::warn!(%status, "krmx/accepted without a link request; ignored");
                 return;
             };
-            state.status = Status::Linked;
+            state.status = ClientStatus::Linked;
             state.users = vec![User {
                 username,
                 is_linked: true,
@@ -204,11 +204,11 @@ impl Shared {
             // Only a link request is answered with a rejection that ends it. A server also rejects messages that
             // reached it after it unlinked this connection (`unlinked connection`); such a late reply says nothing
             // about a link request sent after it.
-            if status != Status::Linking || Rejection::parse(reason) == Rejection::UnlinkedConnection {
+            if status != ClientStatus::Linking || Rejection::parse(reason) == Rejection::UnlinkedConnection {
                 tracing::debug!(reason, %status, "a rejection that answers no link request; ignored");
                 return;
             }
-            state.status = Status::Connected;
+            state.status = ClientStatus::Connected;
             state.username = None;
             state.linked_as = None;
             state.linking.take()
@@ -243,7 +243,7 @@ impl Shared {
             if !state.mark_linked(username, true, LINKED) {
                 return;
             }
-            let is_self = state.username.as_deref() == Some(username) && state.status == Status::Linked;
+            let is_self = state.username.as_deref() == Some(username) && state.status == ClientStatus::Linked;
             if is_self {
                 state.linking.take()
             } else {
@@ -265,7 +265,7 @@ impl Shared {
             }
             let is_self = state.username.as_deref() == Some(username);
             if is_self {
-                state.status = Status::Connected;
+                state.status = ClientStatus::Connected;
                 state.users.clear();
                 state.linked_as = None;
             }
@@ -277,7 +277,7 @@ impl Shared {
             let unlinking = {
                 let mut state = guard.borrow_mut();
                 // A listener may have linked again meanwhile; then the username is the new link's.
-                if state.status == Status::Connected && state.username.as_deref() == Some(username) {
+                if state.status == ClientStatus::Connected && state.username.as_deref() == Some(username) {
                     state.username = None;
                 }
                 state.unlinking.take()

@@ -3,7 +3,7 @@
 //!
 //! It follows the reference client (`@krmx/client`): a [`Client`] opens one WebSocket, links it to a user, sends and
 //! receives application messages, and keeps a list of the server's users up to date. Its status moves through
-//! `initializing → connecting → connected → linking → linked → unlinking → closing → closed` ([`Status`]), and every
+//! `initializing → connecting → connected → linking → linked → unlinking → closing → closed` ([`ClientStatus`]), and every
 //! step is an event with `on_*`, `once_*` and `wait_for_*` methods. Reconnecting after a dropped connection is
 //! opt-in ([`Reconnect`]). It connects to `ws://` URLs, and to `wss://` ones over TLS (rustls), trusting the
 //! platform's root certificates unless told otherwise ([`TlsConfig`], [`ClientBuilder::tls`]).
@@ -62,7 +62,7 @@ mod tls;
 pub use client::{Client, ClientBuilder, DEFAULT_CLOSE_TIMEOUT, DEFAULT_VERSION};
 pub use emitter_core::{Message, User};
 pub use emitter_listeners::Subscription;
-pub use error::{Error, Status};
+pub use error::{ClientStatus, Error};
 pub use event::ClientEvent;
 pub use reconnect::Reconnect;
 pub use tls::TlsConfig;

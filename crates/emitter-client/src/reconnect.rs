@@ -5,12 +5,12 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::error::{Error, Status};
+use crate::error::{ClientStatus, Error};
 
 /// How a client reconnects after its connection dropped while it was linked. Off unless set with
 /// [`ClientBuilder::reconnect`](crate::ClientBuilder::reconnect); the reference client never reconnects by itself.
 ///
-/// When the WebSocket closes while the client is [`Linked`](Status::Linked), and the close was not asked for
+/// When the WebSocket closes while the client is [`Linked`](ClientStatus::Linked), and the close was not asked for
 /// ([`disconnect`](crate::Client::disconnect), [`leave`](crate::Client::leave) and [`unlink`](crate::Client::unlink)
 /// never trigger it), the client waits, connects to the same URL and links the same username with the same auth
 /// again. Every step emits its usual events (`close`, then `connecting`, `connect`, `linking`, `accept`, `link` …).
@@ -146,7 +146,7 @@ pub(crate) struct Plan {
 pub(crate) trait Relink: Send + Sync + 'static {
     /// Moves on whenever the user asks for something.
     fn epoch(&self) -> u64;
-    fn status(&self) -> Status;
+    fn status(&self) -> ClientStatus;
     /// Opens a new socket to `url`, as `connect` does, but without stopping the reconnect.
     fn open(this: &Arc<Self>, url: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static;
     /// Sends a link request, as `link` does, but without stopping the reconnect.
@@ -183,7 +183,7 @@ pub(crate) async fn run<R: Relink>(client: Weak<R>, policy: Reconnect, plan: Pla
             tracing::debug!(username, "reconnect: stopped, the client was told to do something else");
             return;
         }
-        if client.status() == Status::Closed {
+        if client.status() == ClientStatus::Closed {
             tracing::debug!(username, url = url_for_logs(&url), attempt, "reconnect: connecting");
             if let Err(error) = R::open(&client, &url).await {
                 tracing::debug!(%error, attempt, "reconnect: connect failed");

@@ -11,14 +11,14 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::{self, Command};
-use crate::error::{Error, Status};
+use crate::error::{ClientStatus, Error};
 use crate::event::ClientEvent;
 use crate::reconnect::Relink;
 use crate::state::{Connection, Shared};
 
 impl Shared {
     /// Moves the epoch on if the status allows what the user asked for, stopping a reconnect under way.
-    pub(crate) fn bump_epoch_if(&self, allowed: impl FnOnce(Status) -> bool) {
+    pub(crate) fn bump_epoch_if(&self, allowed: impl FnOnce(ClientStatus) -> bool) {
         let guard = self.lock();
         let mut state = guard.borrow_mut();
         if allowed(state.status) {
@@ -43,13 +43,13 @@ impl Shared {
         let (generation, opened) = {
             let mut state = guard.borrow_mut();
             let status = state.status;
-            if !matches!(status, Status::Initializing | Status::Closed) {
+            if !matches!(status, ClientStatus::Initializing | ClientStatus::Closed) {
                 return Err(Error::wrong_status("connect", status));
             }
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return Err(Error::NoRuntime);
             };
-            state.status = Status::Connecting;
+            state.status = ClientStatus::Connecting;
             state.generation += 1;
             let generation = state.generation;
             let (tx, commands) = mpsc::unbounded_channel();
@@ -87,13 +87,13 @@ impl Shared {
         let linked = {
             let mut state = guard.borrow_mut();
             let status = state.status;
-            if status != Status::Connected {
+            if status != ClientStatus::Connected {
                 return Err(Error::wrong_status("link", status));
             }
             if by_user {
                 state.epoch += 1;
             }
-            state.status = Status::Linking;
+            state.status = ClientStatus::Linking;
             state.username = Some(username.to_owned());
             state.linked_as = Some((username.to_owned(), auth.map(str::to_owned)));
             let (tx, linked) = oneshot::channel();
@@ -130,11 +130,11 @@ impl Shared {
         let unlinked = {
             let mut state = guard.borrow_mut();
             let status = state.status;
-            if status != Status::Linked {
+            if status != ClientStatus::Linked {
                 return Err(Error::wrong_status(action, status));
             }
             state.epoch += 1;
-            state.status = Status::Unlinking;
+            state.status = ClientStatus::Unlinking;
             state.linked_as = None;
             let (tx, unlinked) = oneshot::channel();
             state.unlinking = Some(tx);
@@ -151,13 +151,19 @@ impl Shared {
         let closed = {
             let mut state = guard.borrow_mut();
             let status = state.status;
-            let allowed = matches!(status, Status::Connected | Status::Linking | Status::Unlinking)
-                || (force && matches!(status, Status::Connecting | Status::Linked | Status::Closing));
+            let allowed = matches!(
+                status,
+                ClientStatus::Connected | ClientStatus::Linking | ClientStatus::Unlinking
+            ) || (force
+                && matches!(
+                    status,
+                    ClientStatus::Connecting | ClientStatus::Linked | ClientStatus::Closing
+                ));
             if !allowed {
                 return Err(Error::wrong_status("disconnect", status));
             }
             state.epoch += 1;
-            state.status = Status::Closing;
+            state.status = ClientStatus::Closing;
             state.username = None;
             state.linked_as = None;
             let (tx, closed) = oneshot::channel();
@@ -176,7 +182,7 @@ impl Shared {
         let guard = self.lock();
         let state = guard.borrow();
         let status = state.status;
-        if status != Status::Linked {
+        if status != ClientStatus::Linked {
             return Err(Error::wrong_status("send", status));
         }
         if kind.starts_with(RESERVED_PREFIX) {
@@ -193,7 +199,7 @@ impl Relink for Shared {
         Shared::epoch(self)
     }
 
-    fn status(&self) -> Status {
+    fn status(&self) -> ClientStatus {
         Shared::status(self)
     }
 

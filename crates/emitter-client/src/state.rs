@@ -14,7 +14,7 @@ use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::Command;
-use crate::error::{Error, Status};
+use crate::error::{ClientStatus, Error};
 use crate::event::{ClientEvent, Events};
 use crate::reconnect::Reconnect;
 use crate::tls::Tls;
@@ -39,7 +39,7 @@ pub(crate) struct Connection {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) status: Status,
+    pub(crate) status: ClientStatus,
     pub(crate) username: Option<String>,
     pub(crate) users: Vec<User>,
     pub(crate) connection: Option<Connection>,
@@ -110,7 +110,7 @@ impl Shared {
         self.state.lock()
     }
 
-    pub(crate) fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> ClientStatus {
         self.lock().borrow().status
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_client::{Client, ClientEvent, Error, Status, User};
+use emitter_client::{Client, ClientEvent, ClientStatus, Error, User};
 use emitter_core::{AcceptedVersions, Message, Server};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -59,7 +59,7 @@ async fn connect_link_unlink_and_disconnect() {
     let url = format!("ws://127.0.0.1:{port}/");
 
     let client = Client::new();
-    assert_eq!(client.status(), Status::Initializing);
+    assert_eq!(client.status(), ClientStatus::Initializing);
     assert_eq!(client.username(), None);
     assert!(client.users().is_empty());
 
@@ -75,10 +75,10 @@ async fn connect_link_unlink_and_disconnect() {
         format!("error while trying to connect to the server at {bad}")
     );
     assert!(std::error::Error::source(&error).is_some());
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
 
     within("connect", client.connect(&url)).await.unwrap();
-    assert_eq!(client.status(), Status::Connected);
+    assert_eq!(client.status(), ClientStatus::Connected);
     let error = client
         .send(&Message::with_payload(
             "custom/message",
@@ -93,10 +93,10 @@ async fn connect_link_unlink_and_disconnect() {
         .unwrap_err();
     assert_eq!(error.to_string(), "authentication failed");
     assert_eq!(client.username(), None);
-    assert_eq!(client.status(), Status::Connected);
+    assert_eq!(client.status(), ClientStatus::Connected);
 
     within("link", client.link("simon", Some("secret"))).await.unwrap();
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     assert_eq!(client.username().as_deref(), Some("simon"));
     assert_eq!(client.users(), [user("simon", true)]);
 
@@ -141,17 +141,17 @@ async fn connect_link_unlink_and_disconnect() {
     assert_eq!(client.users(), [user("lisa", true), user("simon", false)]);
     within("leave", client.leave()).await.unwrap();
     assert!(client.users().is_empty());
-    assert_eq!(client.status(), Status::Connected);
+    assert_eq!(client.status(), ClientStatus::Connected);
     within("link", client.link("simon", Some("secret"))).await.unwrap();
     assert_eq!(client.users(), [user("simon", true)]);
     let error = within("disconnect", client.disconnect(false)).await.unwrap_err();
     assert_eq!(error.to_string(), "cannot disconnect when the client is linked");
     within("unlink", client.unlink()).await.unwrap();
     assert_eq!(client.username(), None);
-    assert_eq!(client.status(), Status::Connected);
+    assert_eq!(client.status(), ClientStatus::Connected);
     assert!(client.users().is_empty());
     within("disconnect", client.disconnect(false)).await.unwrap();
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     within("server close", server.close()).await.unwrap();
 }
 
@@ -186,7 +186,7 @@ async fn preconditions_have_the_reference_wording() {
         ],
     );
     // A failed call changes nothing.
-    assert_eq!(client.status(), Status::Connected);
+    assert_eq!(client.status(), ClientStatus::Connected);
     within("link", client.link("simon", None)).await.unwrap();
     refused("linked", vec![("connect", client.connect(&url).await)]);
     within("disconnect", client.disconnect(true)).await.unwrap();
@@ -333,7 +333,7 @@ async fn pings_are_answered() {
     // A connection that misses a pong is closed after the next interval; give it five intervals to go wrong.
     let closed = tokio::time::timeout(Duration::from_millis(1000), client.wait_for_close()).await;
     assert!(closed.is_err(), "the server closed a client that answers pings");
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     assert_eq!(server.user("simon").map(|u| u.is_linked), Some(true));
     within("server close", server.close()).await.unwrap();
 }
@@ -362,7 +362,7 @@ async fn leave_and_kick_arrive_as_unlink_then_leave_of_ones_own_user() {
     let left = client.wait_for_leave();
     server.kick("simon").unwrap();
     within("kick", left).await;
-    assert_eq!(client.status(), Status::Connected);
+    assert_eq!(client.status(), ClientStatus::Connected);
     assert_eq!(client.username(), None);
     assert_eq!(
         *events.lock(),
@@ -378,7 +378,7 @@ async fn leave_and_kick_arrive_as_unlink_then_leave_of_ones_own_user() {
     let unlinked = client.wait_for_unlink();
     server.unlink("simon").unwrap();
     within("server unlink", unlinked).await;
-    assert_eq!(client.status(), Status::Connected);
+    assert_eq!(client.status(), ClientStatus::Connected);
     within("link", client.link("simon", None)).await.unwrap();
     within("server close", server.close()).await.unwrap();
 }
@@ -391,7 +391,7 @@ async fn closing_the_server_closes_the_client() {
     within("server close", server.close()).await.unwrap();
     within("unlink", unlinked).await;
     within("close", closed).await;
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     assert!(client.users().is_empty());
 }
 
@@ -406,11 +406,11 @@ async fn a_pending_link_fails_when_the_connection_closes() {
         server.wait_for_event(|event| matches!(event, emitter_core::Event::Authenticate { .. }).then_some(()));
     let linking = client.link("simon", None);
     within("authenticate", authenticating).await.unwrap();
-    assert_eq!(client.status(), Status::Linking);
+    assert_eq!(client.status(), ClientStatus::Linking);
     within("server close", server.close()).await.unwrap();
     let error = within("link", linking).await.unwrap_err();
     assert!(matches!(error, Error::ConnectionClosed), "{error}");
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
 }
 
 #[tokio::test]
@@ -426,20 +426,20 @@ async fn a_forced_disconnect_while_connecting_fails_the_connect() {
     let client = Client::new();
     let url = format!("ws://127.0.0.1:{port}/");
     let connecting = client.connect(&url);
-    assert_eq!(client.status(), Status::Connecting);
+    assert_eq!(client.status(), ClientStatus::Connecting);
     assert_eq!(
         client.disconnect(false).await.unwrap_err().to_string(),
         "cannot disconnect when the client is connecting"
     );
     let closing = client.disconnect(true);
-    assert_eq!(client.status(), Status::Closing);
+    assert_eq!(client.status(), ClientStatus::Closing);
     within("disconnect", closing).await.unwrap();
     let error = within("connect", connecting).await.unwrap_err();
     assert_eq!(
         error.to_string(),
         format!("error while trying to connect to the server at {url}")
     );
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     held.abort();
 }
 
@@ -568,7 +568,7 @@ async fn listeners_can_call_back_into_the_client() {
     let after = client.wait_for_message();
     server.send("simon", &Message::new("custom/after")).unwrap();
     assert_eq!(within("after", after).await.kind, "custom/after");
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     within("server close", server.close()).await.unwrap();
 }
 

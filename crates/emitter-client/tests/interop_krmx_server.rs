@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_client::{Client, ClientEvent, Error, Message, Reconnect, Status};
+use emitter_client::{Client, ClientEvent, ClientStatus, Error, Message, Reconnect};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -117,7 +117,7 @@ async fn the_version_is_what_the_npm_server_checks() {
     );
     let client = client();
     connect_and_link(&client, &server.url(), "simon").await;
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
 }
 
 #[tokio::test]
@@ -131,7 +131,7 @@ async fn rejections_carry_the_reference_servers_reasons() {
         rejection(&client, "simon", Some("report-is-new")).await,
         "isNewUser=true"
     );
-    assert_eq!(client.status(), Status::Connected);
+    assert_eq!(client.status(), ClientStatus::Connected);
     assert_eq!(client.username(), None);
     within("link", client.link("simon", Some("token"))).await.unwrap();
     let second = self::client();
@@ -203,7 +203,7 @@ async fn others_join_link_unlink_and_leave() {
     within("leave", other.leave()).await.unwrap();
     within("leave other", seen_leave).await;
     assert_eq!(watcher.users(), [user("watcher", true)]);
-    assert_eq!(other.status(), Status::Connected);
+    assert_eq!(other.status(), ClientStatus::Connected);
 
     // Server-side join and kick.
     let joined = watcher.wait_for_message_when(|m| m.kind == "test/joined-ok");
@@ -276,7 +276,7 @@ async fn a_dropped_connection_is_relinked_by_the_reconnect_policy() {
     within("watcher sees the unlink", unlinked).await;
     within("relink", relinked).await;
     within("watcher sees the link", relinked_seen).await;
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     assert_eq!(client.users(), [user("dropper", true), user("watcher", true)]);
     let echoed = client.wait_for_payload::<String>("test/echoed");
     client.send_payload("test/echo", "back").unwrap();

@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_client::{Client, ClientEvent, Reconnect, Status};
+use emitter_client::{Client, ClientEvent, ClientStatus, Reconnect};
 use emitter_core::{Message, Server};
 use parking_lot::Mutex;
 use support::{connect_and_link, start_default, within, Proxy};
@@ -93,7 +93,7 @@ async fn a_dropped_connection_is_reconnected_and_the_user_relinked() {
     assert!(!is_new_user, "the same user, kept by the server");
     assert_eq!(auth.as_deref(), Some("token"), "the same auth");
     within("relink", relinked).await;
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     assert_eq!(client.username().as_deref(), Some("simon"));
     assert_eq!(
         *seen.lock(),
@@ -129,10 +129,10 @@ async fn failed_attempts_back_off_and_retry_until_the_server_is_back() {
     proxy.cut();
     within("three failed attempts", three_failures.notified()).await;
     assert!(proxy.accepted() - before >= 3);
-    assert_ne!(client.status(), Status::Linked);
+    assert_ne!(client.status(), ClientStatus::Linked);
     proxy.refuse(false);
     within("relink", relinked).await;
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     within("disconnect", client.disconnect(true)).await.unwrap();
     within("server close", server.close()).await.unwrap();
 }
@@ -161,7 +161,7 @@ async fn the_policy_gives_up_after_max_attempts() {
         ["close", "connecting", "close", "connecting", "close"],
         "exactly two attempts"
     );
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     within("server close", server.close()).await.unwrap();
 }
 
@@ -185,7 +185,7 @@ async fn asked_for_closes_and_server_side_unlinks_do_not_reconnect() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(seen.lock().is_empty(), "no reconnect: {:?}", seen.lock());
     assert_eq!(proxy.accepted(), accepted);
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     within("server close", server.close()).await.unwrap();
 }
 
@@ -207,7 +207,7 @@ async fn a_user_action_stops_a_reconnect_under_way() {
     tokio::time::sleep_until(closed_at + first_retry + Duration::from_millis(300)).await;
     assert_eq!(proxy.accepted(), accepted, "the reconnect stopped");
     assert_eq!(client.username().as_deref(), Some("lisa"));
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     within("server close", server.close()).await.unwrap();
 }
 
@@ -216,7 +216,7 @@ async fn without_a_policy_a_dropped_connection_stays_closed() {
     let client = Client::new();
     let (server, proxy) = simon_through_proxy(&client).await;
     cut_until_closed(&proxy, &client).await;
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     assert_eq!(client.username(), None);
     assert!(client.users().is_empty());
     // The application relinks by hand, as with the reference client.

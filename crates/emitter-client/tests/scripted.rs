@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
-use emitter_client::{Client, Status, User};
+use emitter_client::{Client, ClientStatus, User};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -143,7 +143,7 @@ async fn frames_no_good_server_sends_are_ignored() {
     peer.send(r#"{"type":"custom/marker"}"#).await;
     within("marker", marker).await;
     assert_eq!(*received.lock(), ["custom/binary", "custom/marker"]);
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     assert_eq!(
         client.users(),
         [User {
@@ -180,7 +180,7 @@ async fn a_late_unlinked_connection_rejection_does_not_end_a_new_link_request() 
     peer.send(r#"{"type":"krmx/linked","payload":{"username":"simon"}}"#)
         .await;
     within("link", linking).await.unwrap();
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     assert!(rejects.lock().is_empty());
 }
 
@@ -195,7 +195,7 @@ async fn the_server_closing_the_socket_closes_the_client() {
     while let Some(Ok(_)) = within("the echoed close", peer.socket.next()).await {}
     drop(peer);
     within("close", closed).await;
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     assert_eq!(client.username(), None);
     assert!(client.users().is_empty());
 }
@@ -211,7 +211,7 @@ async fn a_server_that_closes_but_keeps_the_connection_is_given_the_close_timeou
     peer.socket.close(None).await.unwrap();
     // The peer never reads again and keeps the TCP connection open.
     within("close", closed).await;
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     drop(peer);
 }
 
@@ -229,5 +229,5 @@ async fn disconnect_completes_the_close_handshake() {
     while let Some(Ok(_)) = within("end", peer.socket.next()).await {}
     drop(peer); // the server ends the TCP connection
     within("disconnect", disconnecting).await.unwrap();
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use emitter_client::{Client, Error, Status, TlsConfig};
+use emitter_client::{Client, ClientStatus, Error, TlsConfig};
 use emitter_core::Server;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -164,7 +164,7 @@ async fn links_over_wss_with_the_given_root() {
         .build();
     within("connect", client.connect(&url)).await.unwrap();
     within("link", client.link("simon", None)).await.unwrap();
-    assert_eq!(client.status(), Status::Linked);
+    assert_eq!(client.status(), ClientStatus::Linked);
     assert_eq!(server.user("simon").map(|user| user.is_linked), Some(true));
 
     let echoed = client.wait_for_payload::<String>("chat/say");
@@ -173,7 +173,7 @@ async fn links_over_wss_with_the_given_root() {
 
     within("leave", client.leave()).await.unwrap();
     within("disconnect", client.disconnect(false)).await.unwrap();
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     within("server close", server.close()).await.unwrap();
 }
 
@@ -217,7 +217,7 @@ async fn another_root_fails_with_a_certificate_error() {
     let causes = causes(&error);
     assert!(causes.contains("invalid peer certificate: UnknownIssuer"), "{causes}");
     within("close event", closed).await;
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     assert!(server.users().is_empty());
 
     // Nothing is broken: the right client still gets in.
@@ -242,7 +242,7 @@ async fn the_platform_roots_do_not_trust_the_test_authority() {
         causes.contains("UnknownIssuer") || causes.contains("no root certificates found on this platform"),
         "{causes}"
     );
-    assert_eq!(client.status(), Status::Closed);
+    assert_eq!(client.status(), ClientStatus::Closed);
     within("server close", server.close()).await.unwrap();
 }
 

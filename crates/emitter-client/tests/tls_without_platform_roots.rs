@@ -6,7 +6,7 @@ mod support;
 
 use std::error::Error as _;
 
-use emitter_client::{Client, Error, Status};
+use emitter_client::{Client, ClientStatus, Error};
 use support::within;
 
 #[test]
@@ -28,7 +28,7 @@ fn wss_fails_clearly_and_ws_still_works() {
             cause.starts_with("no root certificates found on this platform"),
             "{cause}"
         );
-        assert_eq!(client.status(), Status::Closed);
+        assert_eq!(client.status(), ClientStatus::Closed);
 
         // The roots are only needed for wss://.
         let (server, url) = support::start_default().await;

@@ -47,7 +47,7 @@ async fn chat_messages_reach_everyone_and_others_are_ignored() {
     lisa.client().leave().await.unwrap();
     assert_eq!(simon.recv().await, unlinked("lisa"));
     assert_eq!(simon.recv().await, left("lisa"));
-    assert_eq!(lisa.client().status(), emitter_client::Status::Connected);
+    assert_eq!(lisa.client().status(), emitter_client::ClientStatus::Connected);
 
     server.close().await.unwrap();
 }

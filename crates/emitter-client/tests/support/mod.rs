@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use emitter_client::{Client, ClientEvent, Status, User};
+use emitter_client::{Client, ClientEvent, ClientStatus, User};
 use emitter_core::{Server, ServerBuilder};
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
@@ -34,7 +34,7 @@ pub async fn connect_and_link(client: &Client, url: &str, username: &str) {
 
 /// An event as a line (`join simon`, `reject invalid username`, `message custom/hi`), with the status, username and
 /// users a listener sees at it.
-pub type Snapshot = (String, Status, Option<String>, Vec<User>);
+pub type Snapshot = (String, ClientStatus, Option<String>, Vec<User>);
 
 /// Records every event of `client` as a [`Snapshot`], in order.
 pub fn record_snapshots(client: &Client) -> Arc<Mutex<Vec<Snapshot>>> {
@@ -57,7 +57,7 @@ pub fn record_snapshots(client: &Client) -> Arc<Mutex<Vec<Snapshot>>> {
 
 /// A [`Snapshot`] of an event while `simon` is linked, with `users`.
 pub fn as_simon(event: &str, users: &[User]) -> Snapshot {
-    (event.into(), Status::Linked, Some("simon".into()), users.to_vec())
+    (event.into(), ClientStatus::Linked, Some("simon".into()), users.to_vec())
 }
 
 /// The reference client's event test, against the server at `url`: `client` connects, fails to link as `inv#lid`,
@@ -80,21 +80,21 @@ pub async fn check_every_event(
 
     let (me, alone) = (Some("simon".to_owned()), [user("simon", true)]);
     let mut expected: Vec<Snapshot> = vec![
-        ("connecting".into(), Status::Connecting, None, vec![]),
-        ("connect".into(), Status::Connected, None, vec![]),
-        ("linking".into(), Status::Linking, Some("inv#lid".into()), vec![]),
-        ("reject invalid username".into(), Status::Connected, None, vec![]),
-        ("linking".into(), Status::Linking, me.clone(), vec![]),
+        ("connecting".into(), ClientStatus::Connecting, None, vec![]),
+        ("connect".into(), ClientStatus::Connected, None, vec![]),
+        ("linking".into(), ClientStatus::Linking, Some("inv#lid".into()), vec![]),
+        ("reject invalid username".into(), ClientStatus::Connected, None, vec![]),
+        ("linking".into(), ClientStatus::Linking, me.clone(), vec![]),
         as_simon("accept", &alone),
         as_simon("join simon", &alone),
         as_simon("link simon", &alone),
     ];
     expected.extend(expected_while_linked);
     expected.extend([
-        ("unlinking".into(), Status::Unlinking, me.clone(), alone.to_vec()),
-        ("unlink simon".into(), Status::Connected, me, vec![]),
-        ("closing".into(), Status::Closing, None, vec![]),
-        ("close".into(), Status::Closed, None, vec![]),
+        ("unlinking".into(), ClientStatus::Unlinking, me.clone(), alone.to_vec()),
+        ("unlink simon".into(), ClientStatus::Connected, me, vec![]),
+        ("closing".into(), ClientStatus::Closing, None, vec![]),
+        ("close".into(), ClientStatus::Closed, None, vec![]),
     ]);
     assert_eq!(*seen.lock(), expected);
 }

@@ -14,6 +14,14 @@ packages=()
 for crate in emitter-listeners emitter-core emitter-axum emitter-client emitter-state emitter-redis; do
     packages+=(-p "$crate")
 done
+# Cargo unpacks each overlaid .crate into $CARGO_HOME/registry/src/<overlay>/<name>-<version>/ and reuses that folder
+# when it finds one: on a machine that packaged these crates before at the same version, the verification would build
+# the others against that old source. Nothing of ours comes from crates.io, so those folders only ever hold our own
+# earlier packages: remove them first.
+cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+for crate in emitter-listeners emitter-core emitter-axum emitter-client emitter-state emitter-redis; do
+    rm -rf "$cargo_home"/registry/src/*/"$crate"-[0-9]*
+done
 # --allow-dirty: packages the working tree as it is, so that .ci/run also passes with uncommitted changes.
 cargo package --locked --allow-dirty "${packages[@]}"
 ls -l "${CARGO_TARGET_DIR:-target}"/package/*.crate

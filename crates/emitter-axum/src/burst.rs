@@ -39,9 +39,26 @@ impl<T> BurstWriter<T> {
     }
 }
 
+impl<T> BurstWriter<T> {
+    /// The bytes gathered and not yet written to the socket, for a caller that formats frames straight into them
+    /// (whole frames only: tungstenite's frames go in whole too, so that they never interleave). Drain once it holds
+    /// [`CHUNK`] or more.
+    pub(crate) fn gathered(&mut self) -> &mut Vec<u8> {
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve(FIRST);
+        }
+        &mut self.buffer
+    }
+
+    /// Whether [`CHUNK`] bytes or more are gathered.
+    pub(crate) fn full(&self) -> bool {
+        self.buffer.len() >= CHUNK
+    }
+}
+
 impl<T: AsyncWrite + Unpin> BurstWriter<T> {
     /// Writes what is gathered to the socket.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buffer.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buffer[self.written..]))?;
             if n == 0 {

@@ -97,6 +97,28 @@ impl Item {
     }
 }
 
+/// A frame that is ready: an own frame, handed over, or one lent from the log or a snapshot.
+enum Ready<'a> {
+    Owned(Frame),
+    Lent(&'a Frame),
+}
+
+impl Ready<'_> {
+    fn frame(&self) -> &Frame {
+        match self {
+            Ready::Owned(frame) => frame,
+            Ready::Lent(frame) => frame,
+        }
+    }
+
+    fn into_owned(self) -> Frame {
+        match self {
+            Ready::Owned(frame) => frame,
+            Ready::Lent(frame) => frame.clone(),
+        }
+    }
+}
+
 /// Log entries `from..until` are for this connection (but those that skip it).
 struct Window {
     from: u64,
@@ -221,7 +243,10 @@ impl Outbox {
         }
         if reason != CloseReason::SlowConsumer {
             let mut left = Vec::new();
-            self.take_locked(state, &mut left, usize::MAX, head);
+            self.take_locked(state, head, &mut |ready| {
+                left.push(ready.into_owned());
+                true
+            });
             for frame in left.into_iter().rev() {
                 state.own.push_front(Own {
                     at: 0,
@@ -269,13 +294,34 @@ impl Outbox {
     pub fn take(&self, into: &mut Vec<Frame>, max: usize) -> bool {
         let head = self.shared.log.head();
         let mut state = self.shared.state.lock();
-        self.take_locked(&mut state, into, max, head);
+        if into.len() < max {
+            self.take_locked(&mut state, head, &mut |ready| {
+                into.push(ready.into_owned());
+                into.len() < max
+            });
+        }
         state.closing.is_some()
     }
 
-    /// [`take`](Outbox::take), with the state locked.
-    fn take_locked(&self, state: &mut State, into: &mut Vec<Frame>, max: usize, head: u64) {
-        while into.len() < max {
+    /// Hands the frames that are ready, in order, to `each`, until it returns `false` (it took that frame and wants
+    /// no more now) or nothing more is ready. Returns whether the connection is closing: then write what was taken
+    /// (taking until nothing is left) and close the socket.
+    ///
+    /// For a transport that copies each frame into its write buffer: the frames are lent, not cloned, so that
+    /// delivering a broadcast costs no reference-count change on the bytes every recipient shares. `each` runs with
+    /// this connection's queue locked (nothing else waits on that lock but pushes to this one connection): copy, do
+    /// not block.
+    pub fn take_each(&self, mut each: impl FnMut(&Frame) -> bool) -> bool {
+        let head = self.shared.log.head();
+        let mut state = self.shared.state.lock();
+        self.take_locked(&mut state, head, &mut |ready| each(ready.frame()));
+        state.closing.is_some()
+    }
+
+    /// [`take_each`](Outbox::take_each), with the state locked; own frames are handed over, log entries lent.
+    fn take_locked(&self, state: &mut State, head: u64, each: &mut dyn FnMut(Ready<'_>) -> bool) {
+        let mut more = true;
+        while more {
             // An own frame whose turn has come: every log entry before its tag has been looked at.
             if let Some(own) = state.own.front_mut() {
                 if own.at <= state.cursor {
@@ -289,11 +335,11 @@ impl Outbox {
                                 state.own_bytes = state
                                     .own_bytes
                                     .saturating_sub(frame.bytes().len() as u64 + ENTRY_OVERHEAD);
-                                into.push(frame);
+                                more = each(Ready::Owned(frame));
                             }
                         }
                         Item::Snapshot(snapshot, cursor) => match snapshot.next(cursor) {
-                            Some(frame) => into.push(frame.clone()),
+                            Some(frame) => more = each(Ready::Lent(frame)),
                             None => {
                                 state.own.pop_front();
                             }
@@ -342,7 +388,7 @@ impl Outbox {
             };
             if let Some(entry) = segment.get(state.cursor) {
                 if entry.skip != Some(self.shared.id) {
-                    into.push(entry.frame.clone());
+                    more = each(Ready::Lent(&entry.frame));
                 }
             }
             state.cursor += 1;

@@ -25,20 +25,37 @@ pub(crate) type Socket = WebSocketStream<BurstWriter<TokioIo<hyper::upgrade::Upg
 /// so that its reads and pings get their turn.
 const BURST: usize = 1024;
 
-/// Formats an unmasked, final text frame's header for a payload of `len` bytes into `into`: the bytes tungstenite
-/// writes for `Message::Text` (see the test that compares them).
-fn text_header(len: usize, into: &mut Vec<u8>) {
+/// An unmasked, final text frame's header for a payload of `len` bytes, and how many of its bytes are used: the
+/// bytes tungstenite writes for `Message::Text` (see the test that compares them).
+fn text_header(len: usize) -> ([u8; 10], usize) {
+    let mut header = [0; 10];
     // FIN and the text opcode.
-    into.push(0x81);
+    header[0] = 0x81;
     if len < 126 {
-        into.push(len as u8);
+        header[1] = len as u8;
+        (header, 2)
     } else if let Ok(len) = u16::try_from(len) {
-        into.push(126);
-        into.extend_from_slice(&len.to_be_bytes());
+        header[1] = 126;
+        header[2..4].copy_from_slice(&len.to_be_bytes());
+        (header, 4)
     } else {
-        into.push(127);
-        into.extend_from_slice(&(len as u64).to_be_bytes());
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (header, 10)
     }
+}
+
+/// Appends a server's text frame with this payload to `into`.
+fn push_text(into: &mut Vec<u8>, payload: &[u8]) {
+    match u8::try_from(payload.len()) {
+        // The usual frame: a two-byte header, copied without a call.
+        Ok(len) if len < 126 => into.extend_from_slice(&[0x81, len]),
+        _ => {
+            let (header, used) = text_header(payload.len());
+            into.extend_from_slice(&header[..used]);
+        }
+    }
+    into.extend_from_slice(payload);
 }
 
 /// Why a write did not happen.
@@ -103,16 +120,19 @@ impl Written {
 /// tungstenite's buffer), writing them to the socket each time a chunk is full. Returns how many frames it took and
 /// whether the connection is closing. A write that is cancelled (it gave way to a close) loses nothing: what was
 /// taken waits, whole, in the socket's gathered bytes, ahead of anything written after it.
-async fn gather(socket: &mut Socket, outbox: &Outbox, max: usize, written: &mut Written) -> Result<(usize, bool), WriteError> {
+async fn gather(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    max: usize,
+    written: &mut Written,
+) -> Result<(usize, bool), WriteError> {
     let mut taken = 0;
     loop {
         let writer = socket.get_mut();
         let mut full = false;
         let closing = outbox.take_each(|frame| {
             let bytes = frame.bytes();
-            let gathered = writer.gathered();
-            text_header(bytes.len(), gathered);
-            gathered.extend_from_slice(bytes);
+            push_text(writer.gathered(), bytes);
             taken += 1;
             written.frames += 1;
             written.bytes += bytes.len();
@@ -130,7 +150,12 @@ async fn gather(socket: &mut Socket, outbox: &Outbox, max: usize, written: &mut 
 }
 
 /// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
-async fn write_burst(socket: &mut Socket, outbox: &Outbox, written: &mut Written, host: &Host) -> Result<bool, WriteError> {
+async fn write_burst(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    written: &mut Written,
+    host: &Host,
+) -> Result<bool, WriteError> {
     let (taken, closing) = gather(socket, outbox, BURST, written).await?;
     // Also writes what tungstenite queued (a pong), after the frames: never inside one.
     within(written.deadline, socket.flush()).await?;
@@ -426,5 +451,33 @@ fn log_end(id: ConnectionId, ending: &Ending, cut: bool) {
         tracing::info!(connection = %id, code, "connection closed: {ending}; cut at the close drain deadline");
     } else {
         tracing::info!(connection = %id, code, "connection closed: {ending}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
+
+    /// The bytes tungstenite writes for a server's text message with this payload.
+    fn tungstenite_text(payload: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        WireFrame::message(payload.to_vec(), OpCode::Data(Data::Text), true)
+            .format(&mut wire)
+            .expect("a frame formats into a vector");
+        wire
+    }
+
+    #[test]
+    fn text_frames_are_the_bytes_tungstenite_writes() {
+        for len in [0, 1, 125, 126, 127, 255, 256, 65_535, 65_536, 70_000] {
+            let payload = vec![b'x'; len];
+            let mut ours = b"before".to_vec();
+            push_text(&mut ours, &payload);
+            let mut expected = b"before".to_vec();
+            expected.extend(tungstenite_text(&payload));
+            assert_eq!(ours, expected, "a payload of {len} bytes");
+        }
     }
 }

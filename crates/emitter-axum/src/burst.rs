@@ -6,7 +6,9 @@
 //! per burst) that is tens of KiB per idle connection; sized for idle memory (a couple of KiB) it is a system call
 //! and a TCP packet every couple of KiB of a burst. So tungstenite gets no buffer of its own (every frame it formats
 //! comes straight here) and this layer gathers up to [`CHUNK`] bytes per write to the socket, then lets go of the
-//! allocation once a flush has emptied it.
+//! allocation once a flush has emptied it. The connection's text frames do not go through tungstenite at all: the
+//! writer formats them straight into the gathered bytes (`BurstWriter::gathered`), whole, so that they
+//! never interleave with the control frames (pings, pongs, close) tungstenite writes, which arrive whole too.
 
 use std::io;
 use std::pin::Pin;

@@ -6,7 +6,9 @@
 //! per burst) that is tens of KiB per idle connection; sized for idle memory (a couple of KiB) it is a system call
 //! and a TCP packet every couple of KiB of a burst. So tungstenite gets no buffer of its own (every frame it formats
 //! comes straight here) and this layer gathers up to [`CHUNK`] bytes per write to the socket, then lets go of the
-//! allocation once a flush has emptied it.
+//! allocation once a flush has emptied it. The connection's text frames do not go through tungstenite at all: the
+//! writer formats them straight into the gathered bytes (`BurstWriter::gathered`), whole, so that they
+//! never interleave with the control frames (pings, pongs, close) tungstenite writes, which arrive whole too.
 
 use std::io;
 use std::pin::Pin;
@@ -18,8 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// read (then the writer waits, and further frames wait in the connection's queue).
 pub(crate) const CHUNK: usize = 16 * 1024;
 
-/// The buffer a burst starts with.
-const FIRST: usize = 1024;
+/// The buffer a burst starts with: room for a link storm's usual burst (a hundred small frames), so that it is not
+/// copied as it grows; an echo's burst of one frame costs the same allocation.
+const FIRST: usize = 4 * 1024;
 
 /// A socket whose writes are gathered into bursts.
 pub(crate) struct BurstWriter<T> {
@@ -39,9 +42,26 @@ impl<T> BurstWriter<T> {
     }
 }
 
+impl<T> BurstWriter<T> {
+    /// The bytes gathered and not yet written to the socket, for a caller that formats frames straight into them
+    /// (whole frames only: tungstenite's frames go in whole too, so that they never interleave). Drain once it holds
+    /// [`CHUNK`] or more.
+    pub(crate) fn gathered(&mut self) -> &mut Vec<u8> {
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve(FIRST);
+        }
+        &mut self.buffer
+    }
+
+    /// Whether [`CHUNK`] bytes or more are gathered.
+    pub(crate) fn full(&self) -> bool {
+        self.buffer.len() >= CHUNK
+    }
+}
+
 impl<T: AsyncWrite + Unpin> BurstWriter<T> {
     /// Writes what is gathered to the socket.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buffer.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buffer[self.written..]))?;
             if n == 0 {

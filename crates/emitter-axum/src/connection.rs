@@ -5,7 +5,6 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use emitter_core::protocol::Frame;
 use emitter_core::transport::{CloseReason, ConnectionId, Host, Outbox, TransportClose};
 use emitter_core::Handshake;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -13,7 +12,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -23,22 +21,41 @@ use crate::burst::BurstWriter;
 /// A served connection: the upgraded socket, its writes gathered into bursts.
 pub(crate) type Socket = WebSocketStream<BurstWriter<TokioIo<hyper::upgrade::Upgraded>>>;
 
-/// Frames taken from the outbox at a time.
-const BATCH: usize = 256;
-
 /// Frames written before a flush, at most: a long backlog (a newcomer's snapshot of thousands) goes out in pieces,
 /// so that its reads and pings get their turn.
-const BURST: usize = 4 * BATCH;
+const BURST: usize = 1024;
 
-fn to_message(frame: Frame) -> Message {
-    // A text frame made here rather than by `Message::Text`, whose `Utf8Bytes` would check again, for every
-    // recipient of a broadcast, what the core already knows: a frame's bytes are UTF-8. The bytes on the wire are the
-    // same (`Message::Text` becomes this very frame).
-    Message::Frame(tungstenite::protocol::frame::Frame::message(
-        frame.into_bytes(),
-        OpCode::Data(Data::Text),
-        true,
-    ))
+/// An unmasked, final text frame's header for a payload of `len` bytes, and how many of its bytes are used: the
+/// bytes tungstenite writes for `Message::Text` (see the test that compares them).
+fn text_header(len: usize) -> ([u8; 10], usize) {
+    let mut header = [0; 10];
+    // FIN and the text opcode.
+    header[0] = 0x81;
+    if len < 126 {
+        header[1] = len as u8;
+        (header, 2)
+    } else if let Ok(len) = u16::try_from(len) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&len.to_be_bytes());
+        (header, 4)
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (header, 10)
+    }
+}
+
+/// Appends a server's text frame with this payload to `into`.
+fn push_text(into: &mut Vec<u8>, payload: &[u8]) {
+    match u8::try_from(payload.len()) {
+        // The usual frame: a two-byte header, copied without a call.
+        Ok(len) if len < 126 => into.extend_from_slice(&[0x81, len]),
+        _ => {
+            let (header, used) = text_header(payload.len());
+            into.extend_from_slice(&header[..used]);
+        }
+    }
+    into.extend_from_slice(payload);
 }
 
 /// Why a write did not happen.
@@ -71,92 +88,91 @@ async fn within<T>(
     }
 }
 
-/// Frames taken from the outbox, and the WebSocket layer's share of them. A write that gives way to a close (the
-/// client stopped reading) leaves the rest here, so that they still go out, in order, before the close frame.
-struct Taken {
-    /// What is left to feed, last frame first: feeding pops the next one off the end, so that it moves into the
-    /// WebSocket layer rather than being copied (a reference-count increment and decrement per frame saved).
-    frames: Vec<Frame>,
-    /// Frames fed, and their bytes, since they were last counted in the server's metrics.
-    unreported: (usize, usize),
-    /// How long one write may take.
+/// What a connection's writer counts: frames and bytes written since they were last reported to the server's
+/// metrics, and how long one write may take.
+struct Written {
+    frames: usize,
+    bytes: usize,
     deadline: Duration,
 }
 
-impl Taken {
-    fn new(deadline: Duration) -> Taken {
-        Taken {
-            frames: Vec::new(),
-            unreported: (0, 0),
+impl Written {
+    fn new(deadline: Duration) -> Written {
+        Written {
+            frames: 0,
+            bytes: 0,
             deadline,
         }
     }
 
-    /// Moves up to `max` ready frames from the outbox (see [`Outbox::take`]); returns whether the connection is
-    /// closing. Call it with nothing left to feed.
-    fn take(&mut self, outbox: &Outbox, max: usize) -> bool {
-        let closing = outbox.take(&mut self.frames, max);
-        self.frames.reverse();
-        closing
-    }
-
-    /// Hands the WebSocket layer what is left, one frame at a time. A frame leaves `frames` only once the layer has
-    /// room for it (`poll_ready`, within the write deadline), and then goes in without a wait (`start_send`), so
-    /// cancelling this loses nothing.
-    async fn feed(&mut self, socket: &mut Socket) -> Result<(), WriteError> {
-        while !self.frames.is_empty() {
-            within(self.deadline, std::future::poll_fn(|cx| socket.poll_ready_unpin(cx))).await?;
-            let Some(frame) = self.frames.pop() else { break };
-            let bytes = frame.bytes().len();
-            socket.start_send_unpin(to_message(frame))?;
-            self.unreported.0 += 1;
-            self.unreported.1 += bytes;
-        }
-        Ok(())
-    }
-
-    /// Counts what was fed since the last call in the server's metrics: two atomic adds, once per burst.
+    /// Counts what was written since the last call in the server's metrics: two atomic adds, once per burst.
     fn report(&mut self, host: &Host) {
-        let (frames, bytes) = std::mem::take(&mut self.unreported);
+        let frames = std::mem::take(&mut self.frames);
+        let bytes = std::mem::take(&mut self.bytes);
         if frames > 0 {
             host.record_written(frames, bytes);
         }
     }
 }
 
-/// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
-async fn write_burst(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken, host: &Host) -> Result<bool, WriteError> {
-    taken.feed(socket).await?;
-    let mut written = 0;
-    let closing = loop {
-        let closing = taken.take(outbox, BATCH);
-        let count = taken.frames.len();
-        taken.feed(socket).await?;
-        written += count;
-        if closing || count < BATCH || written >= BURST {
-            break closing;
+/// Formats what the outbox has ready, up to `max` frames, straight into the socket's gathered bytes (each frame
+/// copied once, from the bytes its recipients share, without a reference-count change or a trip through
+/// tungstenite's buffer), writing them to the socket each time a chunk is full. Returns how many frames it took and
+/// whether the connection is closing. A write that is cancelled (it gave way to a close) loses nothing: what was
+/// taken waits, whole, in the socket's gathered bytes, ahead of anything written after it.
+async fn gather(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    max: usize,
+    written: &mut Written,
+) -> Result<(usize, bool), WriteError> {
+    let mut taken = 0;
+    loop {
+        let writer = socket.get_mut();
+        let mut full = false;
+        let closing = outbox.take_each(|frame| {
+            let bytes = frame.bytes();
+            push_text(writer.gathered(), bytes);
+            taken += 1;
+            written.frames += 1;
+            written.bytes += bytes.len();
+            full = writer.full();
+            !full && taken < max
+        });
+        if full {
+            let drain = std::future::poll_fn(|cx| socket.get_mut().poll_drain(cx));
+            within(written.deadline, async { drain.await.map_err(tungstenite::Error::Io) }).await?;
         }
-    };
-    within(taken.deadline, socket.flush()).await?;
-    if written > 0 {
-        // What it found waiting is what it took: `take` moves everything ready, up to a burst.
-        host.record_queue_depth(written);
+        if closing || !full || taken >= max {
+            return Ok((taken, closing));
+        }
     }
-    taken.report(host);
-    // Idle connections are the many: keep no batch for them.
-    taken.frames = Vec::new();
+}
+
+/// Writes what the outbox has (up to a burst), then flushes once. Returns whether the connection is closing.
+async fn write_burst(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    written: &mut Written,
+    host: &Host,
+) -> Result<bool, WriteError> {
+    let (taken, closing) = gather(socket, outbox, BURST, written).await?;
+    // Also writes what tungstenite queued (a pong), after the frames: never inside one.
+    within(written.deadline, socket.flush()).await?;
+    if taken > 0 {
+        // What it found waiting is what it took: `take_each` hands over everything ready, up to a burst.
+        host.record_queue_depth(taken);
+    }
+    written.report(host);
     Ok(closing)
 }
 
 /// Writes one more burst of a closing connection's outbox; returns whether nothing was left.
-async fn outbox_empty(socket: &mut Socket, outbox: &Outbox, taken: &mut Taken) -> Result<bool, tungstenite::Error> {
+async fn outbox_empty(socket: &mut Socket, outbox: &Outbox, written: &mut Written) -> Result<bool, tungstenite::Error> {
     let write = async {
-        taken.feed(socket).await?;
-        taken.take(outbox, BURST);
-        let empty = taken.frames.is_empty();
-        taken.feed(socket).await?;
-        within(taken.deadline, socket.flush()).await?;
-        Ok(empty)
+        let (taken, _) = gather(socket, outbox, BURST, written).await?;
+        within(written.deadline, socket.flush()).await?;
+        Ok(taken == 0)
     };
     // Within the close drain deadline already, which is what cuts a close that stalls.
     write.await.map_err(|error| match error {
@@ -282,20 +298,20 @@ pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool, handshak
             return;
         }
     };
-    let mut taken = Taken::new(host.server().config().write_deadline());
-    let ending = serve(&host, id, &outbox, &mut socket, &mut taken).await;
+    let mut written = Written::new(host.server().config().write_deadline());
+    let ending = serve(&host, id, &outbox, &mut socket, &mut written).await;
     if let Some(cause) = ending.transport_cause() {
         host.record_close(cause);
     }
-    let queued = matches!(ending, Ending::Core(_)).then_some((&outbox, &mut taken));
+    let queued = matches!(ending, Ending::Core(_)).then_some((&outbox, &mut written));
     let cut = close_within(deadline, &mut socket, queued, &ending).await;
-    taken.report(&host);
+    written.report(&host);
     log_end(id, &ending, cut);
     host.disconnect(id);
 }
 
 /// Reads frames into the core, writes what the outbox has, and pings, until the connection ends; says why it did.
-async fn serve(host: &Host, id: ConnectionId, outbox: &Outbox, socket: &mut Socket, taken: &mut Taken) -> Ending {
+async fn serve(host: &Host, id: ConnectionId, outbox: &Outbox, socket: &mut Socket, written: &mut Written) -> Ending {
     let ping_interval = host.server().config().ping_interval();
     // A far-future ping when pinging is off keeps one select below.
     let period = ping_interval.unwrap_or(Duration::from_secs(60 * 60 * 24 * 365));
@@ -308,11 +324,11 @@ async fn serve(host: &Host, id: ConnectionId, outbox: &Outbox, socket: &mut Sock
         tokio::select! {
             () = outbox.ready() => {
                 // A write that blocks (the client stopped reading) gives way to a close request.
-                let written = tokio::select! {
-                    written = write_burst(socket, outbox, &mut *taken, host) => written,
+                let burst = tokio::select! {
+                    burst = write_burst(socket, outbox, &mut *written, host) => burst,
                     () = outbox.closed() => Ok(true),
                 };
-                match written {
+                match burst {
                     Ok(false) => {}
                     Ok(true) => {
                         // Closing never ends, so there is a reason by now.
@@ -340,7 +356,7 @@ async fn serve(host: &Host, id: ConnectionId, outbox: &Outbox, socket: &mut Sock
                 // Like a frame: within the write deadline, and giving way to a close (the client stopped reading
                 // right after a burst, and only the ping is left to write).
                 let sent = tokio::select! {
-                    sent = within(taken.deadline, socket.send(Message::Ping(Default::default()))) => sent,
+                    sent = within(written.deadline, socket.send(Message::Ping(Default::default()))) => sent,
                     () = outbox.closed() => {
                         return Ending::Core(outbox.close_reason().unwrap_or(CloseReason::ServerClosing));
                     }
@@ -365,7 +381,7 @@ fn stalled(host: &Host, id: ConnectionId, outbox: &Outbox) -> Ending {
 async fn close_within(
     deadline: Duration,
     socket: &mut Socket,
-    queued: Option<(&Outbox, &mut Taken)>,
+    queued: Option<(&Outbox, &mut Written)>,
     ending: &Ending,
 ) -> bool {
     match tokio::time::timeout(deadline, close(socket, queued, ending)).await {
@@ -383,7 +399,7 @@ async fn close_within(
 /// to send, so that what it sent meanwhile does not make the socket reset and lose the close frame on the way.
 async fn close(
     socket: &mut Socket,
-    queued: Option<(&Outbox, &mut Taken)>,
+    queued: Option<(&Outbox, &mut Written)>,
     ending: &Ending,
 ) -> Result<(), tungstenite::Error> {
     match ending {
@@ -397,8 +413,8 @@ async fn close(
         }
         _ => {}
     }
-    if let Some((outbox, taken)) = queued {
-        while !outbox_empty(socket, outbox, taken).await? {}
+    if let Some((outbox, written)) = queued {
+        while !outbox_empty(socket, outbox, written).await? {}
     }
     let Some((code, text)) = ending.close_frame() else {
         return Ok(());
@@ -435,5 +451,33 @@ fn log_end(id: ConnectionId, ending: &Ending, cut: bool) {
         tracing::info!(connection = %id, code, "connection closed: {ending}; cut at the close drain deadline");
     } else {
         tracing::info!(connection = %id, code, "connection closed: {ending}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
+
+    /// The bytes tungstenite writes for a server's text message with this payload.
+    fn tungstenite_text(payload: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        WireFrame::message(payload.to_vec(), OpCode::Data(Data::Text), true)
+            .format(&mut wire)
+            .expect("a frame formats into a vector");
+        wire
+    }
+
+    #[test]
+    fn text_frames_are_the_bytes_tungstenite_writes() {
+        for len in [0, 1, 125, 126, 127, 255, 256, 65_535, 65_536, 70_000] {
+            let payload = vec![b'x'; len];
+            let mut ours = b"before".to_vec();
+            push_text(&mut ours, &payload);
+            let mut expected = b"before".to_vec();
+            expected.extend(tungstenite_text(&payload));
+            assert_eq!(ours, expected, "a payload of {len} bytes");
+        }
     }
 }

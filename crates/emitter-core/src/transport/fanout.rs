@@ -76,6 +76,11 @@ impl Segment {
         Some(segment)
     }
 
+    /// The number of the first entry after this segment.
+    pub(crate) fn end(&self) -> u64 {
+        self.first + SEGMENT
+    }
+
     /// The entry `seq`, if this segment holds it and it was appended.
     pub(crate) fn get(&self, seq: u64) -> Option<&Entry> {
         let index = seq.checked_sub(self.first)?;

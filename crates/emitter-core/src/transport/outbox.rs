@@ -97,6 +97,28 @@ impl Item {
     }
 }
 
+/// A frame that is ready: an own frame, handed over, or one lent from the log or a snapshot.
+enum Ready<'a> {
+    Owned(Frame),
+    Lent(&'a Frame),
+}
+
+impl Ready<'_> {
+    fn frame(&self) -> &Frame {
+        match self {
+            Ready::Owned(frame) => frame,
+            Ready::Lent(frame) => frame,
+        }
+    }
+
+    fn into_owned(self) -> Frame {
+        match self {
+            Ready::Owned(frame) => frame,
+            Ready::Lent(frame) => frame.clone(),
+        }
+    }
+}
+
 /// Log entries `from..until` are for this connection (but those that skip it).
 struct Window {
     from: u64,
@@ -221,7 +243,10 @@ impl Outbox {
         }
         if reason != CloseReason::SlowConsumer {
             let mut left = Vec::new();
-            self.take_locked(state, &mut left, usize::MAX, head);
+            self.take_locked(state, head, |ready| {
+                left.push(ready.into_owned());
+                true
+            });
             for frame in left.into_iter().rev() {
                 state.own.push_front(Own {
                     at: 0,
@@ -269,13 +294,34 @@ impl Outbox {
     pub fn take(&self, into: &mut Vec<Frame>, max: usize) -> bool {
         let head = self.shared.log.head();
         let mut state = self.shared.state.lock();
-        self.take_locked(&mut state, into, max, head);
+        if into.len() < max {
+            self.take_locked(&mut state, head, |ready| {
+                into.push(ready.into_owned());
+                into.len() < max
+            });
+        }
         state.closing.is_some()
     }
 
-    /// [`take`](Outbox::take), with the state locked.
-    fn take_locked(&self, state: &mut State, into: &mut Vec<Frame>, max: usize, head: u64) {
-        while into.len() < max {
+    /// Hands the frames that are ready, in order, to `each`, until it returns `false` (it took that frame and wants
+    /// no more now) or nothing more is ready. Returns whether the connection is closing: then write what was taken
+    /// (taking until nothing is left) and close the socket.
+    ///
+    /// For a transport that copies each frame into its write buffer: the frames are lent, not cloned, so that
+    /// delivering a broadcast costs no reference-count change on the bytes every recipient shares. `each` runs with
+    /// this connection's queue locked (nothing else waits on that lock but pushes to this one connection): copy, do
+    /// not block.
+    pub fn take_each(&self, mut each: impl FnMut(&Frame) -> bool) -> bool {
+        let head = self.shared.log.head();
+        let mut state = self.shared.state.lock();
+        self.take_locked(&mut state, head, |ready| each(ready.frame()));
+        state.closing.is_some()
+    }
+
+    /// [`take_each`](Outbox::take_each), with the state locked; own frames are handed over, log entries lent.
+    fn take_locked(&self, state: &mut State, head: u64, mut each: impl FnMut(Ready<'_>) -> bool) {
+        let mut more = true;
+        while more {
             // An own frame whose turn has come: every log entry before its tag has been looked at.
             if let Some(own) = state.own.front_mut() {
                 if own.at <= state.cursor {
@@ -289,11 +335,11 @@ impl Outbox {
                                 state.own_bytes = state
                                     .own_bytes
                                     .saturating_sub(frame.bytes().len() as u64 + ENTRY_OVERHEAD);
-                                into.push(frame);
+                                more = each(Ready::Owned(frame));
                             }
                         }
                         Item::Snapshot(snapshot, cursor) => match snapshot.next(cursor) {
-                            Some(frame) => into.push(frame.clone()),
+                            Some(frame) => more = each(Ready::Lent(frame)),
                             None => {
                                 state.own.pop_front();
                             }
@@ -340,12 +386,17 @@ impl Outbox {
                 state.segment = Some(start);
                 break;
             };
-            if let Some(entry) = segment.get(state.cursor) {
-                if entry.skip != Some(self.shared.id) {
-                    into.push(entry.frame.clone());
+            // The run of entries in this segment and this window, before the next own frame's turn: read without
+            // looking at the rest again per entry (a storm's writer takes hundreds at a time).
+            let end = limit.min(window.until.unwrap_or(u64::MAX)).min(segment.end());
+            while more && state.cursor < end {
+                if let Some(entry) = segment.get(state.cursor) {
+                    if entry.skip != Some(self.shared.id) {
+                        more = each(Ready::Lent(&entry.frame));
+                    }
                 }
+                state.cursor += 1;
             }
-            state.cursor += 1;
             state.segment = Some(segment);
         }
     }
@@ -385,6 +436,7 @@ impl Outbox {
     /// Resolves when [`take`](Outbox::take) may have something to return, or closing began. It may resolve
     /// spuriously: `take` then returns nothing.
     pub async fn ready(&self) {
+        let mut woken_by_log = false;
         loop {
             let own = self.shared.changed.notified();
             let log = self.shared.log.appended().notified();
@@ -394,12 +446,19 @@ impl Outbox {
             log.as_mut().enable();
             let (work, reads_log) = self.peek();
             if work {
+                if woken_by_log {
+                    // A broadcast woke every linked writer at once. Letting the scheduler run what else is ready
+                    // first (in a link storm: the other links in flight, each appending to the log) means each
+                    // writer then takes several entries and writes them in one system call, rather than one call
+                    // per entry: the call, and the loopback delivery it runs, is most of what a delivery costs.
+                    tokio::task::yield_now().await;
+                }
                 return;
             }
             if reads_log {
                 tokio::select! {
                     () = own => return,
-                    () = log => {}
+                    () = log => woken_by_log = true,
                 }
             } else {
                 own.await;
@@ -511,6 +570,30 @@ mod tests {
         expected.push(own);
         expected.extend((5..SEGMENT + 5).map(frame));
         assert_eq!(outbox.take_all(), expected, "everything, in order, before the close");
+    }
+
+    #[test]
+    fn take_each_lends_what_take_moves_in_the_same_order_and_stops_when_asked() {
+        let (log, outbox, _) = linked(usize::MAX);
+        let (twin_log, twin, _) = linked(usize::MAX);
+        let own = backlog(&log, &outbox);
+        assert_eq!(backlog(&twin_log, &twin), own);
+        let mut lent = Vec::new();
+        // Three at a time, as a writer whose buffer fills up would.
+        loop {
+            let before = lent.len();
+            outbox.take_each(|frame| {
+                lent.push(frame.as_str().to_owned());
+                lent.len() - before < 3
+            });
+            if lent.len() == before {
+                break;
+            }
+            assert!(lent.len() - before <= 3, "it stopped when asked");
+        }
+        let moved: Vec<String> = twin.take_all().iter().map(|frame| frame.as_str().to_owned()).collect();
+        assert_eq!(lent, moved);
+        assert_eq!(lent.len(), SEGMENT as usize + 6);
     }
 
     #[test]

@@ -118,6 +118,11 @@ impl<'a> Arbitrary<'a> for Input {
             } else {
                 None
             },
+            max_users: if u.ratio(1u8, 8u8)? {
+                Some(u.int_in_range(0..=6usize)?)
+            } else {
+                None
+            },
         };
         // Half the inputs start from four linked users.
         let mut actions = if bool::arbitrary(u)? { populated() } else { Vec::new() };

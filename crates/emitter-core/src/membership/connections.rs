@@ -90,7 +90,7 @@ impl Connection {
         Connection {
             id,
             outbox,
-            handshake: Arc::new(handshake),
+            handshake: Arc::new(handshake.shrink_to_fit()),
             warnings: LogLimit::default(),
             state: Mutex::new(ConnState {
                 role: Role::Unlinked,

@@ -42,8 +42,11 @@ const SECRET_HEADERS: [&str; 4] = [
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Handshake {
-    /// In the order received; names in lowercase.
-    headers: Vec<(Box<str>, Box<str>)>,
+    /// Every header's name (in lowercase) and value, one after the other, in the order received: one allocation for
+    /// all of them rather than two per header, since every open connection keeps its handshake.
+    text: String,
+    /// Where each header ends in `text`: (end of its name, end of its value); each starts where the one before ends.
+    spans: Vec<(usize, usize)>,
     peer: Option<SocketAddr>,
     path: Box<str>,
     query: Option<Box<str>>,
@@ -53,7 +56,8 @@ impl Handshake {
     /// A request for `path` (with `query`, the part after `?`, if any), with no headers and no peer address yet.
     pub fn new(path: &str, query: Option<&str>) -> Handshake {
         Handshake {
-            headers: Vec::new(),
+            text: String::new(),
+            spans: Vec::new(),
             peer: None,
             path: path.into(),
             query: query.map(Into::into),
@@ -62,8 +66,30 @@ impl Handshake {
 
     /// Adds a header (its name is kept in lowercase). A transport adds them in the order it received them.
     pub fn with_header(mut self, name: &str, value: &str) -> Handshake {
-        self.headers.push((name.to_ascii_lowercase().into(), value.into()));
+        self.text.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        self.spans.push((name_end, self.text.len()));
         self
+    }
+
+    /// Gives back the room its buffers grew by while headers were added: the handshake is kept as long as its
+    /// connection is open.
+    pub(crate) fn shrink_to_fit(mut self) -> Handshake {
+        self.text.shrink_to_fit();
+        self.spans.shrink_to_fit();
+        self
+    }
+
+    /// Every header as (lowercase name, value), in the order received.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut start = 0;
+        self.spans.iter().map(move |&(name_end, value_end)| {
+            let name = self.text.get(start..name_end).unwrap_or_default();
+            let value = self.text.get(name_end..value_end).unwrap_or_default();
+            start = value_end;
+            (name, value)
+        })
     }
 
     /// Sets the address of the connection's peer.
@@ -74,31 +100,28 @@ impl Handshake {
 
     /// The first value of the header `name` (any case), if the request had it.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
+        self.pairs()
             .find(|(have, _)| have.eq_ignore_ascii_case(name))
-            .map(|(_, value)| &**value)
+            .map(|(_, value)| value)
     }
 
     /// Every value of the header `name` (any case), in the order received.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
+        self.pairs()
             .filter(move |(have, _)| have.eq_ignore_ascii_case(name))
-            .map(|(_, value)| &**value)
+            .map(|(_, value)| value)
     }
 
     /// Every header as (lowercase name, value), in the order received.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.headers.iter().map(|(name, value)| (&**name, &**value))
+        self.pairs()
     }
 
     /// The value of the cookie `name` from the request's `Cookie` headers, if it was sent.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .filter(|(have, _)| &**have == "cookie")
-            .map(|(_, value)| &**value)
+        self.pairs()
+            .filter(|(have, _)| *have == "cookie")
+            .map(|(_, value)| value)
             .flat_map(|header| header.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(have, _)| *have == name)
@@ -123,12 +146,12 @@ impl Handshake {
 
 impl fmt::Debug for Handshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Headers<'a>(&'a [(Box<str>, Box<str>)]);
+        struct Headers<'a>(&'a Handshake);
         impl fmt::Debug for Headers<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 let mut list = f.debug_list();
-                for (name, value) in self.0 {
-                    let value: &str = if SECRET_HEADERS.contains(&&**name) {
+                for (name, value) in self.0.pairs() {
+                    let value: &str = if SECRET_HEADERS.contains(&name) {
                         "<redacted>"
                     } else {
                         value
@@ -143,7 +166,7 @@ impl fmt::Debug for Handshake {
             .field("path", &self.path)
             .field("query", &self.query.as_ref().map(|_| "<redacted>"))
             .field("peer", &self.peer)
-            .field("headers", &Headers(&self.headers))
+            .field("headers", &Headers(self))
             .finish()
     }
 }

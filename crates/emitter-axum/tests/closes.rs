@@ -143,17 +143,7 @@ async fn a_slow_consumer_gets_what_was_queued_then_1013() {
     let slow = RawClient::link_and_settle(port, "slow").await;
     // Not read from here on, until the server gave up on it: the socket's buffers fill up, then its queue.
     let mut slow = slow.into_inner();
-    let flood = Message::with_payload("flood/data", json!("x".repeat(16 * 1024)));
-    let mut sent = 0;
-    let refused = loop {
-        match server.send("slow", &flood) {
-            Ok(()) => sent += 1,
-            Err(error) => break error,
-        }
-        assert!(sent < 100_000, "the queue never filled");
-        // Let the connection's writer run, so the flood meets the socket's real backpressure.
-        tokio::task::yield_now().await;
-    };
+    let (sent, refused) = flood_until_refused(&server, 100_000).await;
     assert_eq!(refused, emitter_core::Error::QueueFull);
 
     let (received, close) = read_to_end(&mut slow).await;
@@ -161,6 +151,22 @@ async fn a_slow_consumer_gets_what_was_queued_then_1013() {
     assert_eq!(close, Some(Some((1013, "slow consumer".to_owned()))));
     events.wait_for("unlink slow").await;
     within("close", server.close()).await.unwrap();
+}
+
+/// Sends 16 KiB messages to `slow` until the server refuses one; returns how many it took and the refusal. Fails past
+/// `at_most` sends (the limit under test never filled).
+async fn flood_until_refused(server: &Server, at_most: usize) -> (usize, emitter_core::Error) {
+    let flood = Message::with_payload("flood/data", json!("x".repeat(16 * 1024)));
+    let mut sent = 0;
+    loop {
+        match server.send("slow", &flood) {
+            Ok(()) => sent += 1,
+            Err(error) => return (sent, error),
+        }
+        assert!(sent < at_most, "the outbound limit never filled after {sent} messages");
+        // Let the connection's writer run, so the flood meets the socket's real backpressure.
+        tokio::task::yield_now().await;
+    }
 }
 
 fn slow_consumer_closes(server: &Server) -> usize {
@@ -180,16 +186,7 @@ async fn a_slow_consumer_past_its_byte_budget_gets_what_was_queued_then_1013() {
         .close_drain_deadline(Duration::from_secs(60));
     let (server, events, port) = start(builder).await;
     let mut slow = RawClient::link_and_settle(port, "slow").await.into_inner();
-    let flood = Message::with_payload("flood/data", json!("x".repeat(16 * 1024)));
-    let mut sent = 0;
-    let refused = loop {
-        match server.send("slow", &flood) {
-            Ok(()) => sent += 1,
-            Err(error) => break error,
-        }
-        assert!(sent < 4_000, "the byte budget never filled");
-        tokio::task::yield_now().await;
-    };
+    let (sent, refused) = flood_until_refused(&server, 4_000).await;
     assert_eq!(refused, emitter_core::Error::QueueFull);
     let (received, close) = read_to_end(&mut slow).await;
     assert_eq!(received, sent, "everything queued before the close went out, in order");

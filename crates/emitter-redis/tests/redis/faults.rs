@@ -8,6 +8,7 @@ use emitter_redis::LeaseLost;
 use emitter_redis::{Error, Options, Refusal};
 
 use crate::support::{connect, connect_node, lease_deadline, options, redis_now_ms, within};
+use emitter_testing::redis::RedisServer;
 use emitter_testing::redis_or_skip;
 
 /// Retries `f` while it fails with a connection error (a reconnection in progress), up to 10 s.
@@ -125,24 +126,8 @@ async fn a_redis_pause_shorter_than_the_lease_only_delays() {
     let alive = cluster.keep_alive(lease.clone());
     cluster.submit(&lease, Change::link("alice", 1, true)).await.unwrap();
 
-    let mut admin = server.admin();
-    let sleeper = std::thread::spawn(move || {
-        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg("0.7").query(&mut admin).unwrap();
-    });
     // Submit only once Redis is seen asleep, so that the change really lands inside the pause.
-    let url = server.url();
-    within(Duration::from_secs(5), "redis pauses", async {
-        while !tokio::task::spawn_blocking({
-            let url = url.clone();
-            move || redis_is_paused(&url)
-        })
-        .await
-        .unwrap()
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let sleeper = put_to_sleep(&server, "0.7").await;
     let sent = Instant::now();
     cluster.submit(&lease, Change::link("bob", 2, true)).await.unwrap();
     let waited = sent.elapsed();
@@ -297,23 +282,7 @@ async fn the_publish_queue_is_bounded_in_bytes() {
         ..options()
     };
     let (cluster, lease) = connect_node(&server, "budget", "node-a", options).await;
-    let mut admin = server.admin();
-    let sleeper = std::thread::spawn(move || {
-        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg("1").query(&mut admin).unwrap();
-    });
-    let url = server.url();
-    within(Duration::from_secs(5), "redis pauses", async {
-        while !tokio::task::spawn_blocking({
-            let url = url.clone();
-            move || redis_is_paused(&url)
-        })
-        .await
-        .unwrap()
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let sleeper = put_to_sleep(&server, "1").await;
     let body = bytes::Bytes::from(vec![b'x'; 16 << 10]);
     let (mut queued, mut refused) = (0usize, 0usize);
     for _ in 0..100 {
@@ -338,4 +307,27 @@ async fn the_publish_queue_is_bounded_in_bytes() {
         }
     })
     .await;
+}
+
+/// Puts Redis to sleep for `seconds` (`DEBUG SLEEP`, on a thread of its own) and returns once it is seen asleep; join
+/// the thread to wait for it to wake.
+async fn put_to_sleep(server: &RedisServer, seconds: &'static str) -> std::thread::JoinHandle<()> {
+    let mut admin = server.admin();
+    let sleeper = std::thread::spawn(move || {
+        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg(seconds).query(&mut admin).unwrap();
+    });
+    let url = server.url();
+    within(Duration::from_secs(5), "redis pauses", async {
+        while !tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || redis_is_paused(&url)
+        })
+        .await
+        .unwrap()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    sleeper
 }

@@ -204,9 +204,10 @@ async fn send(conn: &mut ConnectionManager, shared: &Shared, batch: Vec<Request>
     }
     for (run, reply) in runs.into_iter().zip(replies) {
         let users: Vec<&str> = run.iter().map(|request| request.change.user()).collect();
+        let epoch = run[0].lease.epoch.clone();
         let answers = reply
             .map_err(Error::Redis)
-            .and_then(|value| shared.submit_many_result(value, &users));
+            .and_then(|value| shared.submit_many_result(epoch.as_str(), value, &users));
         match answers {
             Ok(answers) => {
                 for (request, answer) in run.into_iter().zip(answers) {

@@ -172,8 +172,7 @@ impl Cluster {
         let mut catchup = Catchup::new(seq);
         while let Some(from) = catchup.next_from() {
             let value = self.invoke(&self.shared.read_call(&epoch, from)).await?;
-            let (head, batch) = self.shared.read_result(value)?;
-            catchup.take(head, batch)?;
+            self.shared.read_into(&mut catchup, &epoch, value)?;
         }
         Ok(catchup.entries)
     }

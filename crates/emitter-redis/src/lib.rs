@@ -202,6 +202,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod chain;
 mod changes;
 mod cluster;
 mod lease;

@@ -262,10 +262,11 @@ impl Subscriber {
         }
     }
 
-    /// `<seq> <epoch>` from a script's PUBLISH.
+    /// `<seq> <epoch> <hash>` from a script's PUBLISH (the hash of the entry at seq: checked against the chain this
+    /// handle read, see [`crate::chain`]; a fork found is reported there, for the node to rebuild).
     fn seq_notification(&mut self, payload: &[u8]) -> Option<Notification> {
         let text = std::str::from_utf8(payload).ok();
-        let Some((seq, epoch)) = text.and_then(|text| text.split_once(' ')) else {
+        let Some((seq, rest)) = text.and_then(|text| text.split_once(' ')) else {
             Counters::add(&self.shared.counters.malformed_messages, 1);
             return None;
         };
@@ -273,10 +274,17 @@ impl Subscriber {
             Counters::add(&self.shared.counters.malformed_messages, 1);
             return None;
         };
+        let (epoch, hash) = match rest.split_once(' ') {
+            Some((epoch, hash)) => (epoch, crate::chain::parse_hash(hash)),
+            None => (rest, None),
+        };
         if epoch != self.shared.epoch().as_str() {
             return Some(Notification::EpochChanged {
                 current: Some(Epoch(epoch.to_owned())),
             });
+        }
+        if let Some(hash) = hash {
+            let _ = self.shared.chain.check_head(epoch, seq, hash);
         }
         self.announce(seq);
         Some(Notification::Seq(seq))
@@ -292,11 +300,15 @@ impl Subscriber {
                 return Ok(());
             }
         };
+        let hash = Shared::head_hash(&value);
         let Ok((epoch, seq)) = Shared::head_result(value) else {
             return Ok(());
         };
         if epoch.as_ref() != Some(&self.shared.epoch()) {
             return self.send(Notification::EpochChanged { current: epoch }).await;
+        }
+        if let (Some(epoch), Some(hash)) = (&epoch, hash) {
+            let _ = self.shared.chain.check_head(epoch.as_str(), seq, hash);
         }
         if self.announce(seq) {
             return self.send(Notification::Seq(seq)).await;

@@ -4,6 +4,7 @@ mod support;
 
 mod blocking;
 mod faults;
+mod forks;
 mod leases;
 mod membership;
 mod messages;

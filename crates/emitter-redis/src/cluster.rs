@@ -5,10 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::Value;
 use tokio::sync::mpsc;
 
+use crate::sentinel::{Conn, Endpoint};
 use crate::shared::{Call, Catchup, ClusterStats, Counters, Options, Shared};
 use crate::types::{check_name, Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
 use crate::wire::blocking::Blocking;
@@ -34,7 +35,7 @@ use crate::wire::subscribe::Notifications;
 #[derive(Clone)]
 pub struct Cluster {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Conn,
     outgoing: mpsc::Sender<Outgoing>,
 }
 
@@ -68,8 +69,8 @@ impl Cluster {
     /// is none, with a new epoch), and starts the task that publishes outgoing messages. Needs a tokio runtime.
     pub async fn connect(url: &str, name: &str, options: Options) -> Result<Cluster> {
         check_name(name)?;
-        let client = redis::Client::open(url)?;
-        let shared = Arc::new(Shared::new(name, options, client));
+        let endpoint = Endpoint::open(url, options.poll_interval, options.connect_timeout).await?;
+        let shared = Arc::new(Shared::new(name, options, endpoint));
         let conn = manager(&shared).await?;
         // Outgoing messages take their own connection, so that their order at Redis is the order they were queued
         // in, whatever scripts the node runs meanwhile.
@@ -284,9 +285,8 @@ pub(crate) fn manager_config(options: &Options) -> ConnectionManagerConfig {
         .set_max_delay(options.connect_timeout)
 }
 
-pub(crate) async fn manager(shared: &Shared) -> Result<ConnectionManager> {
-    let config = manager_config(&shared.options);
-    Ok(ConnectionManager::new_with_config(shared.client.clone(), config).await?)
+pub(crate) async fn manager(shared: &Shared) -> Result<Conn> {
+    Conn::connect(shared.endpoint.clone(), manager_config(&shared.options)).await
 }
 
 /// Sends queued messages in order, pipelining what has piled up.
@@ -298,7 +298,7 @@ pub(crate) async fn manager(shared: &Shared) -> Result<ConnectionManager> {
 /// the repeat by its number (see [`NodeMessage::number`]). Any other failure
 /// (a timeout, a Redis error) is counted and dropped: its outcome is unknown, and a retry could deliver it after
 /// later messages.
-async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
+async fn publish(mut conn: Conn, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     // The last number given on each channel, per generation of this node.
     let mut numbers: HashMap<(String, u64), u64> = HashMap::new();

@@ -208,6 +208,7 @@ mod cluster;
 mod lease;
 mod node;
 mod script;
+mod sentinel;
 mod shared;
 mod types;
 pub mod wire;

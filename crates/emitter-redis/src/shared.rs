@@ -6,6 +6,7 @@ use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -15,6 +16,7 @@ use crate::chain::Chain;
 use crate::script::keys::Keys;
 use crate::script::parse;
 use crate::script::scripts;
+use crate::sentinel::Endpoint;
 use crate::types::{Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
 
 /// How a cluster handle behaves. Build it from the defaults:
@@ -256,7 +258,8 @@ pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) keys: Keys,
     pub(crate) options: Options,
-    pub(crate) client: redis::Client,
+    /// The Redis to talk to: a fixed address, or the primary Sentinel names (see [`crate::sentinel`]).
+    pub(crate) endpoint: Arc<Endpoint>,
     epoch: Mutex<Epoch>,
     pub(crate) counters: Counters,
     /// The grace period of the server this handle serves as a node, in ms (0: none); the reaper applies it.
@@ -268,12 +271,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(name: &str, options: Options, client: redis::Client) -> Shared {
+    pub(crate) fn new(name: &str, options: Options, endpoint: Arc<Endpoint>) -> Shared {
         Shared {
             name: name.to_owned(),
             keys: Keys::new(name),
             options,
-            client,
+            endpoint,
             epoch: Mutex::new(Epoch(String::new())),
             counters: Counters::default(),
             grace_ms: AtomicU64::new(0),

@@ -15,12 +15,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use redis::aio::ConnectionManager;
 use redis::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, MissedTickBehavior};
 
+use crate::sentinel::Conn;
 use crate::shared::{Counters, Shared};
 use crate::types::Epoch;
 use crate::wire::messages::NodeMessage;
@@ -69,7 +69,7 @@ impl Drop for Notifications {
 }
 
 impl Notifications {
-    pub(crate) fn start(shared: Arc<Shared>, conn: ConnectionManager, node: &str) -> Notifications {
+    pub(crate) fn start(shared: Arc<Shared>, conn: Conn, node: &str) -> Notifications {
         let (sender, notifications) = mpsc::channel(shared.options.notification_queue.max(1));
         let channels = vec![
             shared.keys.seq_channel.clone(),
@@ -107,7 +107,7 @@ impl Stream for Notifications {
 
 struct Subscriber {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    conn: Conn,
     node: String,
     channels: Vec<String>,
     sender: mpsc::Sender<Notification>,
@@ -165,7 +165,7 @@ impl Subscriber {
     async fn subscribe(&self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
         let limit = self.shared.options.connect_timeout + self.shared.options.command_timeout;
         let attempt = async {
-            let mut pubsub = self.shared.client.get_async_pubsub().await?;
+            let mut pubsub = self.shared.endpoint.client().get_async_pubsub().await?;
             pubsub.subscribe(&self.channels).await?;
             Ok(pubsub.split())
         };

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use emitter_core::{Server, User};
-use emitter_redis::{Cluster, Node};
+use emitter_redis::{Cluster, Node, Options};
 use emitter_testing::redis::RedisServer;
 use emitter_testing::{redis_or_skip, RawClient};
 
@@ -20,8 +20,12 @@ pub struct ForkNode {
 }
 
 pub async fn start_node(url: &str, cluster: &str, id: &str) -> ForkNode {
+    start_node_with(url, cluster, id, options()).await
+}
+
+pub async fn start_node_with(url: &str, cluster: &str, id: &str, options: Options) -> ForkNode {
     let server = Server::new();
-    let handle = Cluster::connect(url, cluster, options()).await.expect("connect");
+    let handle = Cluster::connect(url, cluster, options).await.expect("connect");
     let node = Node::start(&server, handle, id).await.expect("start the node");
     let port = emitter_testing::listen(&server).await;
     ForkNode { server, port, node }

@@ -10,3 +10,4 @@ mod membership;
 mod messages;
 mod nodes;
 mod retention;
+mod sentinel;

@@ -65,8 +65,10 @@ impl Outgoing {
 const PUBLISH_BATCH: usize = 256;
 
 impl Cluster {
-    /// Connects to the Redis at `url` (`redis://host:port/db`), joins the cluster `name` (creating its state if there
-    /// is none, with a new epoch), and starts the task that publishes outgoing messages. Needs a tokio runtime.
+    /// Connects to the Redis at `url` (`redis://host:port/db`, or the primary Redis Sentinel names:
+    /// `redis+sentinel://host:port[,host:port…]/<master>[/<db>]`, followed through failovers), joins the cluster
+    /// `name` (creating its state if there is none, with a new epoch), and starts the task that publishes outgoing
+    /// messages. Needs a tokio runtime.
     pub async fn connect(url: &str, name: &str, options: Options) -> Result<Cluster> {
         check_name(name)?;
         let endpoint = Endpoint::open(url, options.poll_interval, options.connect_timeout).await?;

@@ -50,7 +50,8 @@ pub struct Options {
     /// The longest a connection attempt may take. Default: 2 s.
     pub connect_timeout: Duration,
     /// How often a [`Notifications`](crate::wire::Notifications) polls the newest seq and pings its connection, so that a
-    /// lost notification or a dead connection costs at most this long. Default: 1 s.
+    /// lost notification or a dead connection costs at most this long; with a `redis+sentinel://` URL, also how often
+    /// the handle asks the sentinels which server is the primary. Default: 1 s.
     pub poll_interval: Duration,
     /// How many outgoing messages may wait for Redis before `publish_*` refuses with [`Error::QueueFull`].
     /// Default: 65,536.

@@ -127,7 +127,7 @@ impl Cluster {
     pub async fn renew(&self, lease: &NodeLease) -> Result<()> {
         let call = self.shared.renew_call(lease);
         let value = self.invoke(&call).await?;
-        self.shared.entries_result(&call, value).map(drop)
+        self.shared.housekeeping_result(&call, value).map(drop)
     }
 
     /// Ends the lease cleanly: every user linked to this node is unlinked (`NodeReleased`), in the log. Returns those
@@ -135,7 +135,7 @@ impl Cluster {
     pub async fn release(&self, lease: &NodeLease) -> Result<Vec<LogEntry>> {
         let call = self.shared.release_call(lease);
         let value = self.invoke(&call).await?;
-        self.shared.entries_result(&call, value)
+        self.shared.housekeeping_result(&call, value)
     }
 
     /// Unlinks the users of every node whose lease ran out (`LeaseExpired`) and forgets those leases; `by` is recorded
@@ -145,7 +145,7 @@ impl Cluster {
         check_name(by)?;
         let call = self.shared.reap_call(by);
         let value = self.invoke(&call).await?;
-        let entries = self.shared.entries_result(&call, value)?;
+        let entries = self.shared.housekeeping_result(&call, value)?;
         if !entries.is_empty() {
             tracing::warn!(
                 cluster = self.shared.name,

@@ -384,6 +384,24 @@ impl Shared {
         self.chained(call.epoch(), items)
     }
 
+    /// The entries a lease's own script (register, renew, release, reap) appended. They are checked against the hash
+    /// chain like any read (a fork found is reported, for the node to rebuild), but returned whatever the check says:
+    /// the script did what it did, and a node that must rebuild registers again first, which must not fail for it.
+    pub(crate) fn housekeeping_result(&self, call: &Call, value: Value) -> Result<Vec<LogEntry>> {
+        let (_, items) = parse::done(value, &call.user)?;
+        self.recorded(call.epoch(), items)
+    }
+
+    /// Entries checked against the hash chain and remembered, but returned even where they break it (reported).
+    fn recorded(&self, epoch: &str, items: Vec<Value>) -> Result<Vec<LogEntry>> {
+        let parsed = parse::entries(items)?;
+        let links = parsed
+            .iter()
+            .filter_map(|(entry, link)| link.map(|link| (entry.seq, link)));
+        let _ = self.chain.check(epoch, links);
+        Ok(parsed.into_iter().map(|(entry, _)| entry).collect())
+    }
+
     /// Log entries read in `epoch`, checked against the hash chain this handle has seen (see [`crate::chain`]): a
     /// break is [`Error::Forked`], and none of them is returned.
     fn chained(&self, epoch: &str, items: Vec<Value>) -> Result<Vec<LogEntry>> {
@@ -411,12 +429,13 @@ impl Shared {
             // The epoch the call was made with: the script checked it.
             epoch: Epoch(call.args.first().cloned().unwrap_or_default()),
         };
-        let unlinked = self.chained(call.epoch(), items)?;
+        // A fork is reported; the registration stands (a node rebuilding after one registers first).
+        let unlinked = self.recorded(call.epoch(), items)?.len();
         tracing::info!(
             cluster = self.name,
             node,
             generation = lease.generation,
-            unlinked = unlinked.len(),
+            unlinked,
             "node registered"
         );
         Ok(lease)

@@ -127,6 +127,7 @@ impl Subscriber {
         let mut resubscribed = false;
         let mut backoff = Duration::from_millis(20);
         loop {
+            let primary = self.shared.endpoint.version();
             match self.subscribe().await {
                 Ok((sink, stream)) => {
                     backoff = Duration::from_millis(20);
@@ -137,7 +138,7 @@ impl Subscriber {
                     if self.send(Notification::Subscribed { resubscribed }).await.is_err() {
                         return;
                     }
-                    let reason = match self.listen(sink, stream).await {
+                    let reason = match self.listen(sink, stream, primary).await {
                         Ok(reason) => reason,
                         Err(Gone) => return,
                     };
@@ -175,11 +176,13 @@ impl Subscriber {
         }
     }
 
-    /// Forwards messages until the connection drops (returns why) or the subscriber is gone.
+    /// Forwards messages until the connection drops (returns why), the primary it was made for is replaced (a
+    /// Sentinel failover: `primary` is the endpoint's version then), or the subscriber is gone.
     async fn listen(
         &mut self,
         mut sink: redis::aio::PubSubSink,
         mut stream: redis::aio::PubSubStream,
+        primary: u64,
     ) -> Result<&'static str, Gone> {
         let mut poll = tokio::time::interval(self.shared.options.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -191,6 +194,9 @@ impl Subscriber {
                     None => return Ok("connection closed"),
                 },
                 _ = poll.tick() => {
+                    if self.shared.endpoint.version() != primary {
+                        return Ok("redis failed over to another primary");
+                    }
                     // A PING through the pub/sub connection proves it is alive; a dead one is replaced. A late
                     // answer is Redis pausing (a slow fork, DEBUG SLEEP), not a dead connection: wait as long as a
                     // lease lasts, since replacing the connection loses what is published meanwhile.

@@ -183,11 +183,15 @@
 //! - Redis restarted empty or flushed: every script refuses with [`Refusal::EpochChanged`], the subscription reports
 //!   [`Notification::EpochChanged`], the keep-alive [`LeaseLost::EpochChanged`]. The node calls [`Cluster::reopen`]
 //!   (the first to do so creates the new state), registers again and rebuilds from a snapshot.
-//! - A failover to a replica that lost the last writes *without* losing the epoch is noticed only while the nodes are
-//!   ahead of Redis's seq ([`Error::Ahead`]); once new changes pass the old seq, it is not. Use one Redis, or a
-//!   failover that does not lose acknowledged writes.
+//! - A failover to a replica that lost the last writes *without* losing the epoch: Redis hands out the lost seqs again
+//!   with other entries. Each entry carries a hash chained to the one before, and a handle checks every entry,
+//!   notification and head it reads against the hashes it read before: a break is [`Error::Forked`] (a caller past
+//!   Redis's seq gets [`Error::Ahead`]); a [`Node`] logs it, counts it (`krmx_cluster_resyncs_total{kind="fork"}`)
+//!   and rebuilds from a snapshot.
+//! - With Redis Sentinel, connect with `redis+sentinel://host:port[,host:port…]/<master>[/<db>]`: the handle finds the
+//!   primary through the sentinels and moves every connection to the new one after a failover.
 //!
-//! Tested against Redis 7.0 (Debian's `redis-server`).
+//! Tested against Redis 7.0 (Debian's `redis-server`, and `redis-sentinel` for failovers).
 //!
 //! # Feature flags
 //!
@@ -202,11 +206,13 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod chain;
 mod changes;
 mod cluster;
 mod lease;
 mod node;
 mod script;
+mod sentinel;
 mod shared;
 mod types;
 pub mod wire;

@@ -84,7 +84,9 @@ impl Node {
         let shared = cluster.shared.clone();
         host.set_counts(move || {
             let stats = shared.stats();
-            ClusterCounts::new(stats.messages_lost, stats.repeats_dropped).with_catch_ups(stats.resubscriptions)
+            ClusterCounts::new(stats.messages_lost, stats.repeats_dropped)
+                .with_catch_ups(stats.resubscriptions)
+                .with_forks(shared.chain.forks())
         });
         tracing::info!(
             cluster = cluster.name(),
@@ -261,10 +263,15 @@ impl Keeper {
         // Closed, not closing: while the server closes, its own users' unlinks still go through the cluster.
         let closed = self.server.wait_for_close();
         tokio::pin!(closed);
+        let shared = self.cluster.shared.clone();
         loop {
             tokio::select! {
                 _ = &mut closed => break,
                 lost = self.alive.wait_lost() => self.start_over(Some(lost)).await,
+                // Found by any read of this node's (a submit's answer, a gap fill, a notification, the keeper's own).
+                _ = shared.chain.forked() => if shared.chain.pending() {
+                    self.rebuild_after_fork().await;
+                },
                 notification = self.notifications.next() => match notification {
                     None => break,
                     Some(notification) => self.handle(notification).await,
@@ -295,6 +302,11 @@ impl Keeper {
         let caught_up = tokio::task::spawn_blocking(move || host.catch_up()).await;
         match caught_up {
             Ok(Ok(())) => {}
+            Ok(Err(_))
+                if self.sequencer.needs_snapshot.load(Ordering::SeqCst) && self.cluster.shared.chain.pending() =>
+            {
+                self.rebuild_after_fork().await;
+            }
             Ok(Err(error)) if self.sequencer.needs_snapshot.swap(false, Ordering::SeqCst) => {
                 tracing::warn!(%error, "the cluster's order cannot continue from this node's place");
                 self.start_over(None).await;
@@ -329,6 +341,15 @@ impl Keeper {
         } else if let Err(error) = tokio::task::spawn_blocking(deliver).await {
             tracing::error!(%error, "delivering a message panicked");
         }
+    }
+
+    /// The cluster's log forked (see [`crate::chain`]): this node applied entries Redis no longer has, so its view
+    /// may differ from every other node's under the same seqs. Rebuilds from a snapshot: for now by starting over
+    /// (a new lease, its connections closed, their clients relink), the one way this crate has to replace the
+    /// node's state; the fork was logged and counted (`krmx_cluster_resyncs_total{kind="fork"}`) where it was found.
+    async fn rebuild_after_fork(&mut self) {
+        self.sequencer.needs_snapshot.store(false, Ordering::SeqCst);
+        self.start_over(None).await;
     }
 
     /// The node lost its place (its lease, or the cluster's state, or the part of the order it had not applied):

@@ -17,8 +17,8 @@ use super::striped::Histogram;
 /// [`ClusterHost::set_counts`](crate::cluster::ClusterHost::set_counts)).
 ///
 /// ```
-/// let counts = emitter_core::cluster::ClusterCounts::new(3, 1).with_catch_ups(2);
-/// assert_eq!((counts.messages_lost, counts.repeats_dropped, counts.catch_ups), (3, 1, 2));
+/// let counts = emitter_core::cluster::ClusterCounts::new(3, 1).with_catch_ups(2).with_forks(1);
+/// assert_eq!((counts.messages_lost, counts.repeats_dropped, counts.catch_ups, counts.forks), (3, 1, 2, 1));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -30,6 +30,9 @@ pub struct ClusterCounts {
     /// Times the node's feed of the cluster's order came back after a drop (on Redis: a resubscription) and the node
     /// read the log to fill what it missed meanwhile.
     pub catch_ups: u64,
+    /// Times the node found that the cluster's order forked (its store lost writes the node had applied: a failover
+    /// to a replica that missed them) and rebuilt from a snapshot.
+    pub forks: u64,
 }
 
 impl ClusterCounts {
@@ -39,12 +42,18 @@ impl ClusterCounts {
             messages_lost,
             repeats_dropped,
             catch_ups: 0,
+            forks: 0,
         }
     }
 
     /// These counts with `catch_ups` catch-ups so far.
     pub fn with_catch_ups(self, catch_ups: u64) -> ClusterCounts {
         ClusterCounts { catch_ups, ..self }
+    }
+
+    /// These counts with `forks` forks found so far.
+    pub fn with_forks(self, forks: u64) -> ClusterCounts {
+        ClusterCounts { forks, ..self }
     }
 }
 
@@ -63,6 +72,7 @@ pub(super) struct ClusterMetrics {
     pub(super) renew: Histogram,
     pub(super) restarts: Counter,
     pub(super) catch_ups: Counter,
+    pub(super) forks: Counter,
     pub(super) messages_lost: Counter,
     pub(super) repeats_dropped: Counter,
     pub(super) counts: Mutex<Option<CountsSource>>,
@@ -107,11 +117,13 @@ impl ClusterMetrics {
             "resyncs",
             "Times this node resynchronized with the cluster, by kind: restart (started over from a snapshot of the \
              cluster's state: lost lease, lost state, or too far behind the log), catch_up (its feed of the \
-             cluster's order came back after a drop, and it read the log for what it missed)",
+             cluster's order came back after a drop, and it read the log for what it missed), fork (the cluster's \
+             order forked: its store lost writes this node had applied, and the node rebuilt from a snapshot)",
             resyncs.clone(),
         );
         let restarts = resyncs.get_or_create_owned(&[("kind", "restart")]);
         let catch_ups = resyncs.get_or_create_owned(&[("kind", "catch_up")]);
+        let forks = resyncs.get_or_create_owned(&[("kind", "fork")]);
         registry.register(
             "messages_lost",
             "Messages from other nodes that never arrived here (gaps in their numbers)",
@@ -132,6 +144,7 @@ impl ClusterMetrics {
             renew,
             restarts,
             catch_ups,
+            forks,
             messages_lost,
             repeats_dropped,
             counts: Mutex::new(None),

@@ -43,7 +43,8 @@ use crate::types::{Change, ClusterSnapshot, Epoch, LogEntry, NodeLease, Result};
 /// ```
 pub struct Blocking {
     shared: Arc<Shared>,
-    conn: Mutex<Option<redis::Connection>>,
+    /// The connection, and the endpoint's version (which primary) it was made for.
+    conn: Mutex<Option<(u64, redis::Connection)>>,
 }
 
 impl std::fmt::Debug for Blocking {
@@ -64,17 +65,22 @@ impl Blocking {
 
     fn with_connection<T>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
         let mut slot = self.conn.lock();
+        let primary = self.shared.endpoint.version();
+        if slot.as_ref().is_some_and(|(made_for, _)| *made_for != primary) {
+            *slot = None; // the primary changed (a Sentinel failover): connect to the new one
+        }
         let conn = match &mut *slot {
-            Some(conn) => conn,
+            Some((_, conn)) => conn,
             empty => {
                 let options = &self.shared.options;
                 let conn = self
                     .shared
-                    .client
+                    .endpoint
+                    .client()
                     .get_connection_with_timeout(options.connect_timeout)?;
                 conn.set_read_timeout(Some(options.command_timeout))?;
                 conn.set_write_timeout(Some(options.command_timeout))?;
-                empty.insert(conn)
+                &mut empty.insert((primary, conn)).1
             }
         };
         let result = f(conn);
@@ -123,8 +129,7 @@ impl Blocking {
         let mut catchup = Catchup::new(seq);
         while let Some(from) = catchup.next_from() {
             let value = self.invoke(&self.shared.read_call(&epoch, from))?;
-            let (head, batch) = self.shared.read_result(value)?;
-            catchup.take(head, batch)?;
+            self.shared.read_into(&mut catchup, &epoch, value)?;
         }
         Ok(catchup.entries)
     }

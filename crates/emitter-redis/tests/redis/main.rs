@@ -4,8 +4,10 @@ mod support;
 
 mod blocking;
 mod faults;
+mod forks;
 mod leases;
 mod membership;
 mod messages;
 mod nodes;
 mod retention;
+mod sentinel;

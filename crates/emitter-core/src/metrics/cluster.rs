@@ -62,6 +62,7 @@ pub(super) struct ClusterMetrics {
     pub(super) submit: Histogram,
     pub(super) renew: Histogram,
     pub(super) restarts: Counter,
+    pub(super) rebuilds: Counter,
     pub(super) catch_ups: Counter,
     pub(super) messages_lost: Counter,
     pub(super) repeats_dropped: Counter,
@@ -106,11 +107,13 @@ impl ClusterMetrics {
         registry.register(
             "resyncs",
             "Times this node resynchronized with the cluster, by kind: restart (started over from a snapshot of the \
-             cluster's state: lost lease, lost state, or too far behind the log), catch_up (its feed of the \
+             cluster's state, closing its connections: lost lease or lost state), rebuild (caught up from a snapshot, \
+             keeping its connections whose links still hold: too far behind the log), catch_up (its feed of the \
              cluster's order came back after a drop, and it read the log for what it missed)",
             resyncs.clone(),
         );
         let restarts = resyncs.get_or_create_owned(&[("kind", "restart")]);
+        let rebuilds = resyncs.get_or_create_owned(&[("kind", "rebuild")]);
         let catch_ups = resyncs.get_or_create_owned(&[("kind", "catch_up")]);
         registry.register(
             "messages_lost",
@@ -131,6 +134,7 @@ impl ClusterMetrics {
             submit,
             renew,
             restarts,
+            rebuilds,
             catch_ups,
             messages_lost,
             repeats_dropped,

@@ -726,12 +726,12 @@ impl ClusterHost {
         let mut relink = Vec::new();
         for (name, link) in &current {
             let keep = wanted.get(name.as_str());
-            let still = match (link, keep.copied().flatten()) {
-                (None, None) => true,
-                (Some(Link::Local(connection)), Some(addr)) => {
+            let still = match (link, keep) {
+                (None, Some(None)) => true,
+                (Some(Link::Local(connection)), Some(Some(addr))) => {
                     sequencer.owns(addr) && addr.connection == connection.id.0
                 }
-                (Some(Link::Remote(had)), Some(addr)) => had == addr,
+                (Some(Link::Remote(had)), Some(Some(addr))) => had == *addr,
                 _ => false,
             };
             if still {

@@ -92,8 +92,8 @@ impl ClusterMetrics {
         );
         registry.register_with_unit(
             "submit_duration",
-            "Round trips of membership changes submitted to the cluster's sequencer (on Redis: one script call on \
-             the blocking connection), failed ones included",
+            "How long membership changes submitted to the cluster's sequencer waited for their answer (on Redis: \
+             through the node's change queue, many per round trip), failed ones included",
             Unit::Seconds,
             submit.clone(),
         );

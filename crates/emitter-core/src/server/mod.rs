@@ -342,6 +342,10 @@ impl Server {
     ///
     /// Keep `f` as quick as a listener: every membership change waits for it.
     ///
+    /// On a node of a cluster it holds off this node's changes only, and a server method called inside `f` queues its
+    /// change: it is applied (its events emitted) after `f` returns, once the cluster ordered it (see the book's
+    /// cluster chapter).
+    ///
     /// ```
     /// # fn demo(server: emitter_core::Server) {
     /// // Kick a user only if it is still unlinked: a relink cannot slip in between the check and the kick.

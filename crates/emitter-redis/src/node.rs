@@ -335,7 +335,9 @@ impl Keeper {
                 }
             }
             Err(Error::Refused(Refusal::EpochChanged { .. })) => self.start_over(None).await,
-            Err(error) => tracing::warn!(%error, "could not read a snapshot to rebuild from; retrying on the next notice"),
+            Err(error) => {
+                tracing::warn!(%error, "could not read a snapshot to rebuild from; retrying on the next notice")
+            }
         }
     }
 

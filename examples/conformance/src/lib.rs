@@ -258,11 +258,15 @@ fn on_message(user: UserRef<'_>, received: &Message, replies: &Replies) {
             }
             None
         }
-        "test/kick" => act(replies, sender, payload, ("test/kicked-ok", Awaited::Leave), |u| server.kick(u)),
+        "test/kick" => act(replies, sender, payload, ("test/kicked-ok", Awaited::Leave), |u| {
+            server.kick(u)
+        }),
         "test/unlink" => act(replies, sender, payload, ("test/unlinked-ok", Awaited::Unlink), |u| {
             server.unlink(u)
         }),
-        "test/join" => act(replies, sender, payload, ("test/joined-ok", Awaited::Join), |u| server.join(u)),
+        "test/join" => act(replies, sender, payload, ("test/joined-ok", Awaited::Join), |u| {
+            server.join(u)
+        }),
         "test/users" => match serde_json::to_value(server.users()) {
             Ok(users) => Some(message("test/users", Some(users))),
             Err(error) => Some(message("test/error", Some(Value::String(error.to_string())))),

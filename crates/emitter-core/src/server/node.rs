@@ -118,7 +118,11 @@ impl Server {
         }
         if let Some(gap) = self.apply_following(sequencer, entries) {
             // The keeper reads them on its next notice (or rebuilds from a snapshot when they are gone).
-            tracing::warn!(after = self.applied(), next = gap, "entries left for the keeper: a gap before them");
+            tracing::warn!(
+                after = self.applied(),
+                next = gap,
+                "entries left for the keeper: a gap before them"
+            );
         }
     }
 
@@ -241,8 +245,7 @@ impl Server {
         }
         let server = self.clone();
         // Fills the gap first (a read, on this blocking thread), then applies.
-        let filled = tokio::task::spawn_blocking(move || server.apply_entries(&sequencer, entries))
-        .await;
+        let filled = tokio::task::spawn_blocking(move || server.apply_entries(&sequencer, entries)).await;
         if let Err(error) = filled {
             tracing::error!(%error, "applying a change's entries panicked");
         }
@@ -688,10 +691,18 @@ impl ClusterHost {
         };
         let _turn = server.turn();
         if seq <= server.applied() {
-            tracing::debug!(seq, applied = server.applied(), "a snapshot no newer than this node: nothing to rebuild");
+            tracing::debug!(
+                seq,
+                applied = server.applied(),
+                "a snapshot no newer than this node: nothing to rebuild"
+            );
             return;
         }
-        tracing::warn!(seq, applied = server.applied(), "rebuilding from the cluster's state: the log moved on");
+        tracing::warn!(
+            seq,
+            applied = server.applied(),
+            "rebuilding from the cluster's state: the log moved on"
+        );
         let current: Vec<(String, Option<Link>)> = server
             .inner
             .registry
@@ -700,8 +711,11 @@ impl ClusterHost {
             .map(|slot| (slot.member.name.clone(), slot.link.clone()))
             .collect();
         // The users that keep their place: the snapshot's first users, as long as they come in this node's order.
-        let place: std::collections::HashMap<&str, usize> =
-            current.iter().enumerate().map(|(at, (name, _))| (name.as_str(), at)).collect();
+        let place: std::collections::HashMap<&str, usize> = current
+            .iter()
+            .enumerate()
+            .map(|(at, (name, _))| (name.as_str(), at))
+            .collect();
         let mut kept = 0;
         let mut last = None;
         for (name, _) in &users {

@@ -520,14 +520,23 @@ async fn a_paused_redis_holds_up_server_methods_not_messages(cluster: &str) {
         bob.expect(json!({"type": "app/echo", "payload": round})).await;
     }
     assert!(!paused.is_finished(), "the echoes came back while Redis slept");
-    assert_eq!(answered.load(Ordering::SeqCst), 1, "kick and join returned during the pause");
-    assert!(a.server.user("carl").is_some_and(|u| u.is_linked), "the kick waits for Redis");
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        1,
+        "kick and join returned during the pause"
+    );
+    assert!(
+        a.server.user("carl").is_some_and(|u| u.is_linked),
+        "the kick waits for Redis"
+    );
 
     // Redis wakes: the kick and the join are ordered and applied, and every linked client hears of them.
     paused.join().unwrap();
     carl.expect_all(&[unlinked("carl"), left("carl")]).await;
     for client in [&mut ann, &mut bob] {
-        client.expect_all(&[unlinked("carl"), left("carl"), joined("dave")]).await;
+        client
+            .expect_all(&[unlinked("carl"), left("carl"), joined("dave")])
+            .await;
     }
     assert_eq!(
         a.server.users(),
@@ -650,7 +659,11 @@ async fn a_node_behind_a_trimmed_log_rebuilds_keeping_its_valid_links() {
     bob.expect_all(&snapshot(&["alice", "bob"])).await;
     let mut carol = RawClient::link_and_settle(b.port, "carol").await;
     bob.expect_all(&[joined("carol"), linked("carol")]).await;
-    let mut view = vec![("alice".to_owned(), true), ("bob".to_owned(), true), ("carol".to_owned(), true)];
+    let mut view = vec![
+        ("alice".to_owned(), true),
+        ("bob".to_owned(), true),
+        ("carol".to_owned(), true),
+    ];
 
     // Node b stops applying the log: its turn is held (the keeper reads, then waits to apply).
     let (held_tx, held) = std::sync::mpsc::channel();
@@ -689,7 +702,10 @@ async fn a_node_behind_a_trimmed_log_rebuilds_keeping_its_valid_links() {
     crowd(150, 450).await;
     other.submit(&lease, Change::join("dave")).await.unwrap();
     assert!(
-        matches!(other.entries_after(behind).await, Err(emitter_redis::Error::Trimmed { .. })),
+        matches!(
+            other.entries_after(behind).await,
+            Err(emitter_redis::Error::Trimmed { .. })
+        ),
         "the log no longer reaches back to node b"
     );
 
@@ -724,14 +740,29 @@ async fn a_node_behind_a_trimmed_log_rebuilds_keeping_its_valid_links() {
         .into_iter()
         .map(|user| (user.name, user.link.is_some()))
         .collect();
-    assert_eq!(cluster.len(), 1 + 1 + 300 + 1, "bob, carol, the crowd that stayed, dave");
+    assert_eq!(
+        cluster.len(),
+        1 + 1 + 300 + 1,
+        "bob, carol, the crowd that stayed, dave"
+    );
     assert_eq!(view, cluster, "bob's view is the cluster's list");
-    let listed: Vec<(String, bool)> = b.server.users().into_iter().map(|u| (u.username, u.is_linked)).collect();
+    let listed: Vec<(String, bool)> = b
+        .server
+        .users()
+        .into_iter()
+        .map(|u| (u.username, u.is_linked))
+        .collect();
     assert_eq!(listed, cluster, "node b lists the cluster's users");
     // bob is still linked on his connection, which stayed open.
     b.server.send("bob", &marker("still here")).unwrap();
     bob.expect(marker_json("still here")).await;
     let text = b.server.metrics_text();
-    assert!(text.contains("\nkrmx_cluster_resyncs_total{kind=\"rebuild\"} 1\n"), "{text}");
-    assert!(text.contains("\nkrmx_cluster_resyncs_total{kind=\"restart\"} 0\n"), "{text}");
+    assert!(
+        text.contains("\nkrmx_cluster_resyncs_total{kind=\"rebuild\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nkrmx_cluster_resyncs_total{kind=\"restart\"} 0\n"),
+        "{text}"
+    );
 }

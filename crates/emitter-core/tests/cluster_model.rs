@@ -785,3 +785,59 @@ fn a_hand_written_run_across_three_nodes_passes() {
     assert_eq!(*cluster.said.lock().get("ann@n0").unwrap(), 1);
     assert_eq!(*cluster.said.lock().get("ann@n2").unwrap(), 1);
 }
+
+/// A sequencer whose `submit` waits until the test lets it answer: a round trip that takes as long as the test says.
+struct Gated {
+    entered: std::sync::mpsc::Sender<()>,
+    answer: Mutex<std::sync::mpsc::Receiver<Result<Vec<LogEntry>, Refused>>>,
+}
+
+impl Sequencer for Gated {
+    fn node(&self) -> &str {
+        "gated"
+    }
+    fn owns(&self, _: &LinkAddr) -> bool {
+        false
+    }
+    fn submit(&self, _: Change) -> Result<Vec<LogEntry>, Refused> {
+        self.entered.send(()).unwrap();
+        self.answer.lock().recv().unwrap()
+    }
+    fn entries_after(&self, _: u64) -> Result<Vec<LogEntry>, String> {
+        Ok(Vec::new())
+    }
+    fn publish_broadcast(&self, _: u64, _: Option<&str>, _: &Frame) {}
+    fn publish_send(&self, _: &LinkAddr, _: &str, _: u64, _: &Frame) {}
+    fn publish_kept(&self, _: &str, _: u64, _: &Frame) {}
+}
+
+/// Without a runtime a server method decides its change on the spot, blocking its thread for the round trip, but
+/// without the membership turn: the node's other changes do not wait behind it. The cluster's refusal is its error.
+#[test]
+fn a_blocking_method_without_a_runtime_does_not_hold_the_turn_across_its_round_trip() {
+    let (entered, round_trip) = std::sync::mpsc::channel();
+    let (answer, answers) = std::sync::mpsc::channel();
+    let server = Server::new();
+    let sequencer = Gated {
+        entered,
+        answer: Mutex::new(answers),
+    };
+    ClusterHost::of(&server)
+        .install(Arc::new(sequencer), 0, Vec::new())
+        .unwrap();
+    server.host().start().unwrap();
+    server.host().listening(1).unwrap();
+    let joining = server.clone();
+    let join = std::thread::spawn(move || joining.join("ann"));
+    round_trip.recv().unwrap();
+    // The join waits for its answer: the turn is free meanwhile.
+    let other = server.clone();
+    let (done, turned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || other.atomically(|_| done.send(()).unwrap()));
+    assert!(
+        turned.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+        "the turn was held across the round trip"
+    );
+    answer.send(Err(Refused::Failed(Error::JoinExistingUser))).unwrap();
+    assert_eq!(join.join().unwrap(), Err(Error::JoinExistingUser));
+}

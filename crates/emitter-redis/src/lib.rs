@@ -169,12 +169,11 @@
 //!
 //! # Synchronous callers
 //!
-//! A [`Node`]'s connections' changes go through its change queue: one task that sends them to Redis in pipelined
-//! batches and answers each, so no thread waits on Redis for them. A server method's change is synchronous (the
-//! method returns its outcome). [`Cluster::blocking`] gives a [`Blocking`] handle with its own blocking
-//! connection that never touches the tokio runtime, so it can be called from a runtime's worker thread or a
-//! current-thread runtime without `block_on` (which panics inside a runtime) or `block_in_place` (which panics on a
-//! current-thread runtime). See [`Blocking`].
+//! Every change a [`Node`] makes on a tokio runtime (its connections' and its server methods') goes through its change
+//! queue: one task that sends them to Redis in pipelined batches and answers each, so no thread waits on Redis for
+//! them; a server method returns once its change is queued. [`Cluster::blocking`] gives a [`Blocking`] handle with its
+//! own blocking connection that never touches the tokio runtime: the node reads the log with it on a blocking thread
+//! (to fill a gap), and decides the changes of a caller outside any runtime with it. See [`Blocking`].
 //!
 //! # Faults
 //!

@@ -71,6 +71,7 @@ pub(super) struct ClusterMetrics {
     pub(super) submit: Histogram,
     pub(super) renew: Histogram,
     pub(super) restarts: Counter,
+    pub(super) rebuilds: Counter,
     pub(super) catch_ups: Counter,
     pub(super) forks: Counter,
     pub(super) messages_lost: Counter,
@@ -101,8 +102,8 @@ impl ClusterMetrics {
         );
         registry.register_with_unit(
             "submit_duration",
-            "Round trips of membership changes submitted to the cluster's sequencer (on Redis: one script call on \
-             the blocking connection), failed ones included",
+            "How long membership changes submitted to the cluster's sequencer waited for their answer (on Redis: \
+             through the node's change queue, many per round trip), failed ones included",
             Unit::Seconds,
             submit.clone(),
         );
@@ -116,12 +117,14 @@ impl ClusterMetrics {
         registry.register(
             "resyncs",
             "Times this node resynchronized with the cluster, by kind: restart (started over from a snapshot of the \
-             cluster's state: lost lease, lost state, or too far behind the log), catch_up (its feed of the \
+             cluster's state, closing its connections: lost lease or lost state), rebuild (caught up from a snapshot, \
+             keeping its connections whose links still hold: too far behind the log), catch_up (its feed of the \
              cluster's order came back after a drop, and it read the log for what it missed), fork (the cluster's \
-             order forked: its store lost writes this node had applied, and the node rebuilt from a snapshot)",
+             order forked: its store lost writes this node had applied, and the node started over from a snapshot)",
             resyncs.clone(),
         );
         let restarts = resyncs.get_or_create_owned(&[("kind", "restart")]);
+        let rebuilds = resyncs.get_or_create_owned(&[("kind", "rebuild")]);
         let catch_ups = resyncs.get_or_create_owned(&[("kind", "catch_up")]);
         let forks = resyncs.get_or_create_owned(&[("kind", "fork")]);
         registry.register(
@@ -143,6 +146,7 @@ impl ClusterMetrics {
             submit,
             renew,
             restarts,
+            rebuilds,
             catch_ups,
             forks,
             messages_lost,

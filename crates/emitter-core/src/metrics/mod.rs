@@ -328,6 +328,10 @@ impl Metrics {
         self.cluster.restarts.inc();
     }
 
+    pub(crate) fn rebuilt(&self) {
+        self.cluster.rebuilds.inc();
+    }
+
     pub(crate) fn set_counts(&self, source: CountsSource) {
         *self.cluster.counts.lock() = Some(source);
     }

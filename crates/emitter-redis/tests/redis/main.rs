@@ -9,3 +9,4 @@ mod membership;
 mod messages;
 mod nodes;
 mod retention;
+mod startup;

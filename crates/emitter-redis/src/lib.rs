@@ -58,7 +58,7 @@
 //! | `users` | hash | username → `<join seq>` when unlinked, `<join seq> <generation> <connection> <node>` when linked |
 //! | `order` | sorted set | username scored by its join seq: `users` in join order |
 //! | `links` | sorted set | `<node>/<username>` for every linked user, all scored 0: one node's users are one lex range |
-//! | `nodes` | hash | node id → `<generation> <deadline>`: the node's lease, the deadline in ms of Redis's clock (`TIME`) |
+//! | `nodes` | hash | node id → `<generation> <deadline> <instance>`: the node's lease, the deadline in ms of Redis's clock (`TIME`), and the random token of the process (cluster handle) that holds it |
 //! | `generation` | string (integer) | the generation counter; never reset, not even by a new epoch |
 //! | `connections` | hash | `<node>/<generation>/<connection>` → the user it is linked to: a connection links one user at most |
 //!
@@ -100,11 +100,13 @@
 //!
 //!   Returns the entries. A link is the *claim* of a user: deciding it inside the script, never read-then-write, is
 //!   what makes a user linked to at most one connection cluster-wide.
-//! - **register**(epoch, node, ttl) — a new generation (`INCR generation`); unlinks every user still linked to the
-//!   node id (`restarted`: that process is gone or about to be fenced); sets the lease to now + ttl. Returns the
-//!   generation.
-//! - **renew**(epoch, node, generation, ttl) — refused `Fenced` unless the lease is of this generation and not past
-//!   its deadline; sets the deadline to now + ttl.
+//! - **register**(epoch, node, ttl, instance) — refused [`Refusal::NodeInUse`] while the node id's lease is alive and
+//!   held by another instance (one live process per node id; [`Cluster::register_node`] waits once for it to lapse,
+//!   then fails with [`Error::NodeInUse`]). Otherwise a new generation (`INCR generation`); unlinks every user still
+//!   linked to the node id (`restarted`: that process is gone or about to be fenced); sets the lease to now + ttl,
+//!   held by `instance`. Returns the generation.
+//! - **renew**(epoch, node, generation, ttl, instance) — refused `Fenced` unless the lease is of this generation, held
+//!   by this instance, and not past its deadline; sets the deadline to now + ttl.
 //! - **release**(epoch, node, generation) — refused `Fenced` unless the lease is of this generation (expired or
 //!   not); unlinks the node's users (`released`) and deletes the lease.
 //! - **reap**(epoch, by) — for each lease past its deadline: unlinks its users (`expired`) and deletes the lease. Any

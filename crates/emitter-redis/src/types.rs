@@ -160,8 +160,7 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// What went wrong talking to the cluster.
-#[derive(Debug)]
+/// What went wrong talking to the cluster. `{:?}` reads as `{}` (see the `Debug` impl).
 #[non_exhaustive]
 pub enum Error {
     /// A script refused: the change did not happen.
@@ -282,6 +281,14 @@ impl fmt::Display for Error {
                  check the cluster name and the database number"
             ),
         }
+    }
+}
+
+/// The same words as `Display`: a `main` that returns `Result<(), Box<dyn Error>>` prints its error with `{:?}`, and a
+/// start-up error must say what failed and where (`Error: could not connect to Redis at …`), not show the enum.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

@@ -376,6 +376,8 @@ impl Keeper {
             self.cluster.reopen().await?;
         }
         let lease = self.cluster.register_node(&self.sequencer.node).await?;
+        // A need for a snapshot noticed before this one (a catch-up of the core's in the old state) is met by it.
+        self.sequencer.needs_snapshot.store(false, Ordering::SeqCst);
         let snapshot = self.cluster.snapshot().await?;
         let host = self.host.clone();
         let (seq, users) = seed(snapshot);

@@ -539,6 +539,31 @@ async fn when_redis_restarts_empty_the_processes_start_over_and_clients_relink()
         users,
         json!([{"username": "alice", "isLinked": true}, {"username": "bob", "isLinked": true}])
     );
+    // Each process started over once: its keep-alive, its subscription and the other process's notices all told of
+    // the one restart. Read once two renewals (a third of the lease each) have passed since.
+    for node in [&one, &two] {
+        assert_eq!(restarts_after_two_renewals(node.port).await, 1.0);
+    }
+}
+
+/// `krmx_cluster_resyncs_total{kind="restart"}` of the node serving `port`, read once two more renewals of its lease
+/// have been timed: a start-over that was still due has happened by then.
+async fn restarts_after_two_renewals(port: u16) -> f64 {
+    let sample = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    let renewals = |text: &str| sample(text, "krmx_cluster_renew_duration_seconds_count").unwrap_or_default();
+    let before = renewals(&emitter_testing::http_get(port, "/metrics").await.body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = emitter_testing::http_get(port, "/metrics").await.body;
+        if renewals(&text) >= before + 2.0 {
+            return sample(&text, "krmx_cluster_resyncs_total{kind=\"restart\"}").unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "no renewals: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -337,9 +337,10 @@ pub(crate) async fn manager(shared: &Shared) -> Result<ConnectionManager> {
 /// How far past a lease's deadline a registration waits before it asks again.
 const LAPSE_MARGIN: Duration = Duration::from_millis(50);
 
-/// A [`manager`] made at start, bounded by [`Options::connect_timeout`] as a whole: the manager retries a failed
-/// attempt, and its own connection timeout covers the TCP connect, not the handshake, so a port that accepts and never
-/// answers held it for four attempts of a response timeout each.
+/// A [`manager`] made at start, bounded by [`Options::connect_timeout`] as a whole. The manager bounds each attempt
+/// (connect and handshake) by it, but retries a failed one three times, with a back-off in between: a port that
+/// accepts and never answers held `connect` for four timeouts and the back-offs (8.3 s with the defaults; measured
+/// 1.44 s with 300 ms).
 async fn first_connection(shared: &Shared) -> Result<ConnectionManager> {
     let limit = shared.options.connect_timeout;
     match tokio::time::timeout(

@@ -123,9 +123,12 @@
 //! A node registers (getting a generation, its fencing token) and keeps renewing ([`Cluster::keep_alive`] does,
 //! every third of the lease). Every change it submits names its node and generation, and the script refuses it
 //! unless that lease is alive by Redis's clock: a node that paused past its lease (a GC pause, a stopped VM, a
-//! partition) links nobody when it wakes, whatever it believes. Its users are unlinked by the next reap, or at once if
-//! the same node id registers again. The node itself learns it from [`KeepAlive`] ([`LeaseLost`]) and must stop
-//! serving. Redis pausing (`DEBUG SLEEP`, a slow fork) longer than a lease makes every lease run out at once: every
+//! partition) links nobody when it wakes, whatever it believes. Its users are unlinked by the next reap, or when the
+//! same node id registers again. The node itself learns it from [`KeepAlive`] ([`LeaseLost`]) and must stop
+//! serving. One live process per node id: each [`Cluster`] handle has a random instance token, written with its
+//! lease and checked by every renewal; a registration by another handle while the lease is alive is refused
+//! ([`Cluster::register_node`] waits once for it to lapse, so a restarted process whose predecessor crashed starts,
+//! and otherwise fails with [`Error::NodeInUse`]). Redis pausing (`DEBUG SLEEP`, a slow fork) longer than a lease makes every lease run out at once: every
 //! node is fenced and registers again. Shorter pauses only delay.
 //! Deadlines are read from Redis's clock (`TIME`), the one clock all nodes share; a step of the Redis host's wall
 //! clock shortens or lengthens every lease alike, as it would key TTLs.

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::ConnectionManagerConfig;
@@ -11,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::sentinel::{Conn, Endpoint};
 use crate::shared::{Call, Catchup, ClusterStats, Counters, Options, Shared};
-use crate::types::{check_name, Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
+use crate::types::{check_name, Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Refusal, Result};
 use crate::wire::blocking::Blocking;
 use crate::wire::messages::NodeMessage;
 use crate::wire::subscribe::Notifications;
@@ -67,20 +68,35 @@ const PUBLISH_BATCH: usize = 256;
 impl Cluster {
     /// Connects to the Redis at `url` (`redis://host:port/db`, or the primary Redis Sentinel names:
     /// `redis+sentinel://host:port[,host:port…]/<master>[/<db>]`, followed through failovers), joins the cluster
-    /// `name` (creating its state if there is none, with a new epoch), and starts the task that publishes outgoing
-    /// messages. Needs a tokio runtime.
+    /// `name` (creating its state if there is none, with a new epoch, logged at WARN;
+    /// [`Options::require_existing_cluster`] refuses instead), and starts the task that publishes outgoing messages.
+    /// Needs a tokio runtime.
+    ///
+    /// Each connection attempt, the handshake included, is bounded by [`Options::connect_timeout`]. A failure reads
+    /// [`Error::Connect`], naming the URL without its password: `could not connect to Redis at
+    /// redis://:***@127.0.0.1:6390/0: Connection refused`.
     pub async fn connect(url: &str, name: &str, options: Options) -> Result<Cluster> {
         check_name(name)?;
-        let endpoint = Endpoint::open(url, options.poll_interval, options.connect_timeout).await?;
-        let shared = Arc::new(Shared::new(name, options, endpoint));
-        let conn = manager(&shared).await?;
+        let shown = redacted_url(url);
+        let endpoint = Endpoint::open(url, options.poll_interval, options.connect_timeout)
+            .await
+            .map_err(|error| match error {
+                Error::Redis(error) => connect_error(&shown, error),
+                other => other,
+            })?;
+        let shared = Arc::new(Shared::new(name, options, endpoint, shown));
+        let conn = first_connection(&shared).await?;
         // Outgoing messages take their own connection, so that their order at Redis is the order they were queued
         // in, whatever scripts the node runs meanwhile.
-        let publisher = manager(&shared).await?;
+        let publisher = first_connection(&shared).await?;
         let (outgoing, queue) = mpsc::channel(shared.options.publish_queue.max(1));
         tokio::spawn(publish(publisher, queue, shared.clone()));
         let cluster = Cluster { shared, conn, outgoing };
-        cluster.reopen().await?;
+        let create = !cluster.shared.options.require_existing_cluster;
+        cluster.open(create).await.map_err(|error| match error {
+            Error::Redis(error) => connect_error(&cluster.shared.url, error),
+            other => other,
+        })?;
         Ok(cluster)
     }
 
@@ -102,7 +118,11 @@ impl Cluster {
     /// Adopts the epoch Redis has now, creating the cluster state (a new epoch) if there is none. Call it after an
     /// [`EpochChanged`](crate::Refusal::EpochChanged): then register again and rebuild the replica from a snapshot.
     pub async fn reopen(&self) -> Result<Epoch> {
-        let call = self.shared.open_call();
+        self.open(true).await
+    }
+
+    async fn open(&self, create: bool) -> Result<Epoch> {
+        let call = self.shared.open_call(create);
         let value = self.invoke(&call).await?;
         self.shared.open_result(value)
     }
@@ -115,11 +135,40 @@ impl Cluster {
     /// Registers a node: a new generation (fencing token) and a lease of [`Options::lease`]. Users still linked to an
     /// earlier generation of the same node id are unlinked first (`NodeRestarted`): that process is gone, or fenced
     /// from now on.
+    ///
+    /// One live process per node id: while the id's lease is held by another handle (another process) and not past
+    /// its deadline, the registration is refused. It waits once for that lease to lapse (at most one
+    /// [`Options::lease`]): a process restarted after a crash, with its old lease still running, starts then. If the
+    /// lease was renewed meanwhile, another process is alive with this id: [`Error::NodeInUse`]. The handle's own
+    /// lease (registering again after losing it) is taken over at once.
     pub async fn register_node(&self, node: &str) -> Result<NodeLease> {
         check_name(node)?;
-        let call = self.shared.register_call(node);
-        let value = self.invoke(&call).await?;
-        self.shared.register_result(&call, node, value)
+        let mut waited = false;
+        loop {
+            let call = self.shared.register_call(node);
+            let value = self.invoke(&call).await?;
+            match self.shared.register_result(&call, node, value) {
+                Err(Error::Refused(Refusal::NodeInUse { remaining_ms })) if !waited => {
+                    tracing::warn!(
+                        cluster = self.shared.name,
+                        node,
+                        remaining_ms,
+                        "the node id's lease is held by another process: waiting for it to lapse"
+                    );
+                    let lease = self.shared.options.lease;
+                    // A little past Redis's deadline: the two clocks tick alike, but the reply took a while.
+                    tokio::time::sleep(Duration::from_millis(remaining_ms).min(lease) + LAPSE_MARGIN).await;
+                    waited = true;
+                }
+                Err(Error::Refused(Refusal::NodeInUse { .. })) => {
+                    return Err(Error::NodeInUse {
+                        node: node.to_owned(),
+                        cluster: self.shared.name.clone(),
+                    })
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Extends the lease to [`Options::lease`] from now (Redis's now). [`Refusal::Fenced`](crate::Refusal::Fenced)
@@ -291,6 +340,74 @@ pub(crate) async fn manager(shared: &Shared) -> Result<Conn> {
     Conn::connect(shared.endpoint.clone(), manager_config(&shared.options)).await
 }
 
+/// How far past a lease's deadline a registration waits before it asks again.
+const LAPSE_MARGIN: Duration = Duration::from_millis(50);
+
+/// A [`manager`] made at start, bounded by [`Options::connect_timeout`] as a whole. The manager bounds each attempt
+/// (connect and handshake) by it, but retries a failed one three times, with a back-off in between: a port that
+/// accepts and never answers held `connect` for four timeouts and the back-offs (8.3 s with the defaults; measured
+/// 1.44 s with 300 ms).
+async fn first_connection(shared: &Shared) -> Result<Conn> {
+    let limit = shared.options.connect_timeout;
+    match tokio::time::timeout(limit, manager(shared)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(Error::Redis(error))) => Err(connect_error(&shared.url, error)),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(Error::Connect {
+            url: shared.url.clone(),
+            reason: format!("no answer within the connect timeout ({limit:?}): is a Redis server listening there?"),
+            source: None,
+        }),
+    }
+}
+
+/// A connection failure in words: refused, not a Redis server, or the client's own text.
+fn connect_error(url: &str, error: redis::RedisError) -> Error {
+    use redis::ErrorKind;
+    let reason = if error.is_connection_refusal() {
+        "Connection refused".to_owned()
+    } else if error.is_timeout() {
+        "no answer within the connect timeout: is a Redis server listening there?".to_owned()
+    } else {
+        match error.kind() {
+            ErrorKind::Parse | ErrorKind::UnexpectedReturnType => {
+                format!("what answered there is not a Redis server ({error})")
+            }
+            _ => error.to_string(),
+        }
+    };
+    Error::Connect {
+        url: url.to_owned(),
+        reason,
+        source: Some(error),
+    }
+}
+
+/// `url` with its password and query (which may carry one) replaced by `***`, for messages and logs: never show a
+/// secret. `redis://user:pw@host:6379/0?x=y` reads `redis://user:***@host:6379/0?***`.
+pub(crate) fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, _)) => (rest, "?***"),
+        None => (rest, ""),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        // A lone userinfo may be a password to some clients: hidden too.
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("***@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let scheme = scheme.map(|scheme| format!("{scheme}://")).unwrap_or_default();
+    format!("{scheme}{authority}{path}{query}")
+}
+
 /// Sends queued messages in order, pipelining what has piled up.
 ///
 /// A batch that fails because its connection dropped (Redis restarted, the connection was killed) is sent once more,
@@ -352,5 +469,29 @@ fn message_from(from: &NodeLease, after: u64, user: Option<&str>, keep: bool, bo
         user: user.map(str::to_owned),
         keep,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        assert_eq!(
+            redacted_url("redis://:secret@127.0.0.1:6390/0"),
+            "redis://:***@127.0.0.1:6390/0"
+        );
+        assert_eq!(redacted_url("redis://bob:secret@host/2"), "redis://bob:***@host/2");
+        assert_eq!(redacted_url("rediss://secret@host"), "rediss://***@host");
+        assert_eq!(
+            redacted_url("redis://host:6379/0?password=secret"),
+            "redis://host:6379/0?***"
+        );
+        assert_eq!(
+            redacted_url("redis+unix:///run/redis.sock?pass=x"),
+            "redis+unix:///run/redis.sock?***"
+        );
+        assert_eq!(redacted_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
     }
 }

@@ -58,7 +58,7 @@
 //! | `users` | hash | username → `<join seq>` when unlinked, `<join seq> <generation> <connection> <node>` when linked |
 //! | `order` | sorted set | username scored by its join seq: `users` in join order |
 //! | `links` | sorted set | `<node>/<username>` for every linked user, all scored 0: one node's users are one lex range |
-//! | `nodes` | hash | node id → `<generation> <deadline>`: the node's lease, the deadline in ms of Redis's clock (`TIME`) |
+//! | `nodes` | hash | node id → `<generation> <deadline> <instance>`: the node's lease, the deadline in ms of Redis's clock (`TIME`), and the random token of the process (cluster handle) that holds it |
 //! | `generation` | string (integer) | the generation counter; never reset, not even by a new epoch |
 //! | `connections` | hash | `<node>/<generation>/<connection>` → the user it is linked to: a connection links one user at most |
 //!
@@ -100,11 +100,13 @@
 //!
 //!   Returns the entries. A link is the *claim* of a user: deciding it inside the script, never read-then-write, is
 //!   what makes a user linked to at most one connection cluster-wide.
-//! - **register**(epoch, node, ttl) — a new generation (`INCR generation`); unlinks every user still linked to the
-//!   node id (`restarted`: that process is gone or about to be fenced); sets the lease to now + ttl. Returns the
-//!   generation.
-//! - **renew**(epoch, node, generation, ttl) — refused `Fenced` unless the lease is of this generation and not past
-//!   its deadline; sets the deadline to now + ttl.
+//! - **register**(epoch, node, ttl, instance) — refused [`Refusal::NodeInUse`] while the node id's lease is alive and
+//!   held by another instance (one live process per node id; [`Cluster::register_node`] waits once for it to lapse,
+//!   then fails with [`Error::NodeInUse`]). Otherwise a new generation (`INCR generation`); unlinks every user still
+//!   linked to the node id (`restarted`: that process is gone or about to be fenced); sets the lease to now + ttl,
+//!   held by `instance`. Returns the generation.
+//! - **renew**(epoch, node, generation, ttl, instance) — refused `Fenced` unless the lease is of this generation, held
+//!   by this instance, and not past its deadline; sets the deadline to now + ttl.
 //! - **release**(epoch, node, generation) — refused `Fenced` unless the lease is of this generation (expired or
 //!   not); unlinks the node's users (`released`) and deletes the lease.
 //! - **reap**(epoch, by) — for each lease past its deadline: unlinks its users (`expired`) and deletes the lease. Any
@@ -121,9 +123,12 @@
 //! A node registers (getting a generation, its fencing token) and keeps renewing ([`Cluster::keep_alive`] does,
 //! every third of the lease). Every change it submits names its node and generation, and the script refuses it
 //! unless that lease is alive by Redis's clock: a node that paused past its lease (a GC pause, a stopped VM, a
-//! partition) links nobody when it wakes, whatever it believes. Its users are unlinked by the next reap, or at once if
-//! the same node id registers again. The node itself learns it from [`KeepAlive`] ([`LeaseLost`]) and must stop
-//! serving. Redis pausing (`DEBUG SLEEP`, a slow fork) longer than a lease makes every lease run out at once: every
+//! partition) links nobody when it wakes, whatever it believes. Its users are unlinked by the next reap, or when the
+//! same node id registers again. The node itself learns it from [`KeepAlive`] ([`LeaseLost`]) and must stop
+//! serving. One live process per node id: each [`Cluster`] handle has a random instance token, written with its
+//! lease and checked by every renewal; a registration by another handle while the lease is alive is refused
+//! ([`Cluster::register_node`] waits once for it to lapse, so a restarted process whose predecessor crashed starts,
+//! and otherwise fails with [`Error::NodeInUse`]). Redis pausing (`DEBUG SLEEP`, a slow fork) longer than a lease makes every lease run out at once: every
 //! node is fenced and registers again. Shorter pauses only delay.
 //! Deadlines are read from Redis's clock (`TIME`), the one clock all nodes share; a step of the Redis host's wall
 //! clock shortens or lengthens every lease alike, as it would key TTLs.

@@ -302,10 +302,19 @@ impl Keeper {
             Notification::Subscribed { .. } => self.catch_up().await,
             Notification::Seq(seq) if seq > self.host.applied() => self.catch_up().await,
             Notification::Seq(_) => {}
+            // A notice the subscriber queued before this node started over (the keep-alive noticed the same restart
+            // first) is old news: starting over again would close the connections that just relinked.
+            Notification::EpochChanged { .. } if self.in_current_epoch().await => {}
             Notification::EpochChanged { .. } => self.start_over(None).await,
             Notification::Broadcast(message) => self.deliver(message, true).await,
             Notification::Send(message) => self.deliver(message, false).await,
         }
+    }
+
+    /// Whether Redis holds the epoch of this node's lease: then the node has started over in it already.
+    async fn in_current_epoch(&self) -> bool {
+        let leased = self.sequencer.lease.read().epoch().clone();
+        matches!(self.cluster.head().await, Ok((Some(epoch), _)) if epoch == leased)
     }
 
     /// Applies what the other nodes ordered; starts over when the log cannot continue from here.
@@ -422,6 +431,8 @@ impl Keeper {
             self.cluster.reopen().await?;
         }
         let lease = self.cluster.register_node(&self.sequencer.node).await?;
+        // A need for a snapshot noticed before this one (a catch-up of the core's in the old state) is met by it.
+        self.sequencer.needs_snapshot.store(IN_STEP, Ordering::SeqCst);
         let snapshot = self.cluster.snapshot().await?;
         let host = self.host.clone();
         let (seq, users) = seed(snapshot);

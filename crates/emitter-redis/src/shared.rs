@@ -70,6 +70,12 @@ pub struct Options {
     /// How long a node refuses membership changes at once ([`Error::BackingOff`](crate::Error::BackingOff)) after
     /// Redis failed a batch of them, rather than queue them behind a Redis that is away. Default: 500 ms.
     pub change_backoff: Duration,
+    /// Whether [`Cluster::connect`](crate::Cluster::connect) refuses a cluster name that has no state in the Redis
+    /// database yet ([`Error::NoSuchCluster`]) instead of creating it. Set it on every process but the one that
+    /// creates the cluster: a typo in the cluster name, or another database number in the URL, then fails at start
+    /// instead of silently forming a second cluster. Only [`connect`](crate::Cluster::connect) checks it: once
+    /// connected, a node recreates the state Redis lost (a restart without persistence). Default: `false` (create).
+    pub require_existing_cluster: bool,
 }
 
 impl Default for Options {
@@ -86,6 +92,7 @@ impl Default for Options {
             notification_queue: 4_096,
             change_queue: 4_096,
             change_backoff: Duration::from_millis(500),
+            require_existing_cluster: false,
         }
     }
 }
@@ -269,11 +276,18 @@ pub(crate) struct Shared {
     pub(crate) publish_queued: AtomicU64,
     /// The log's hash chain as this handle has read it: every entry read is checked against it.
     pub(crate) chain: Chain,
+    /// This handle's random token, written with its node's lease: a registration tells its own lease (taken over at
+    /// once) from another process's (refused while alive).
+    pub(crate) instance: String,
+    /// The Redis URL without its password, for messages and logs.
+    pub(crate) url: String,
 }
 
 impl Shared {
-    pub(crate) fn new(name: &str, options: Options, endpoint: Arc<Endpoint>) -> Shared {
+    pub(crate) fn new(name: &str, options: Options, endpoint: Arc<Endpoint>, url: String) -> Shared {
         Shared {
+            instance: random_epoch(),
+            url,
             name: name.to_owned(),
             keys: Keys::new(name),
             options,
@@ -303,8 +317,17 @@ impl Shared {
         ]
     }
 
-    pub(crate) fn open_call(&self) -> Call {
-        Call::new(&scripts::OPEN_SCRIPT, vec![random_epoch()])
+    /// `create`: whether to create the cluster state when there is none.
+    pub(crate) fn open_call(&self, create: bool) -> Call {
+        Call::new(
+            &scripts::OPEN_SCRIPT,
+            vec![random_epoch(), if create { "1" } else { "0" }.to_owned()],
+        )
+    }
+
+    /// The database number the handle's URL names.
+    pub(crate) fn db(&self) -> i64 {
+        self.endpoint.client().get_connection_info().redis_settings().db()
     }
 
     /// Adopts the epoch an `open` call returned.
@@ -315,9 +338,25 @@ impl Shared {
         let (Some(epoch), Some(created)) = (items.first(), items.get(1)) else {
             return Err(parse::malformed("open: too short"));
         };
+        let created = parse::number(created)?;
+        if created == 2 {
+            return Err(Error::NoSuchCluster {
+                cluster: self.name.clone(),
+                url: self.url.clone(),
+                db: self.db(),
+            });
+        }
         let epoch = Epoch(parse::text(epoch)?);
-        if parse::number(created)? == 1 {
-            tracing::info!(cluster = self.name, %epoch, "created the cluster state");
+        if created == 1 {
+            tracing::warn!(
+                cluster = self.name,
+                db = self.db(),
+                url = self.url,
+                %epoch,
+                "created a new cluster state: no node of this cluster name had state in this Redis database. \
+                 If other nodes already serve, check the cluster name and the database number in the URL: \
+                 a typo forms a second, separate cluster (Options::require_existing_cluster refuses instead)"
+            );
         } else {
             tracing::debug!(cluster = self.name, %epoch, "joined the cluster state");
         }
@@ -418,6 +457,7 @@ impl Shared {
     pub(crate) fn register_call(&self, node: &str) -> Call {
         let mut args = self.change_args(&self.epoch(), node);
         args.push(millis(self.options.lease).to_string());
+        args.push(self.instance.clone());
         Call::new(&scripts::REGISTER_SCRIPT, args)
     }
 
@@ -445,6 +485,7 @@ impl Shared {
         let mut args = self.change_args(&lease.epoch, &lease.node);
         args.push(lease.generation.to_string());
         args.push(millis(self.options.lease).to_string());
+        args.push(self.instance.clone());
         Call::new(&scripts::RENEW_SCRIPT, args)
     }
 

@@ -125,6 +125,16 @@ pub enum Refusal {
     /// The node's lease is gone (expired, released, or replaced by a newer registration of the same node id). The
     /// node must stop serving: its connections' users are, or are about to be, unlinked by the log.
     Fenced,
+    /// A registration found the node id's lease alive and held by another process (another [`Cluster`] handle):
+    /// it has `remaining_ms` left by Redis's clock. [`Cluster::register_node`] waits that long once (the holder may
+    /// have crashed) before it gives up with [`Error::NodeInUse`].
+    ///
+    /// [`Cluster`]: crate::Cluster
+    /// [`Cluster::register_node`]: crate::Cluster::register_node
+    NodeInUse {
+        /// How long the lease has left, in ms of Redis's clock.
+        remaining_ms: u64,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -143,12 +153,17 @@ impl fmt::Display for Refusal {
             }
             Refusal::EpochChanged { current: None } => f.write_str("the cluster state is gone from redis"),
             Refusal::Fenced => f.write_str("this node's lease is gone"),
+            Refusal::NodeInUse { remaining_ms } => {
+                write!(
+                    f,
+                    "the node id's lease is held by another process for {remaining_ms} ms more"
+                )
+            }
         }
     }
 }
 
-/// What went wrong talking to the cluster.
-#[derive(Debug)]
+/// What went wrong talking to the cluster. `{:?}` reads as `{}` (see the `Debug` impl).
 #[non_exhaustive]
 pub enum Error {
     /// A script refused: the change did not happen.
@@ -194,6 +209,34 @@ pub enum Error {
     /// Redis failed a batch of membership changes a moment ago: changes are refused at once, not made, until the
     /// back-off period is over.
     BackingOff,
+    /// Another live process holds the node id: its lease was still being renewed after waiting one lease for it to
+    /// lapse. Two processes with one node id would fence each other forever; give each its own.
+    NodeInUse {
+        /// The node id.
+        node: String,
+        /// The cluster's name.
+        cluster: String,
+    },
+    /// [`Cluster::connect`](crate::Cluster::connect) could not reach a Redis server at `url` (shown without its
+    /// password), or what answered there is not one.
+    Connect {
+        /// The URL, its password (and query) replaced by `***`.
+        url: String,
+        /// What went wrong, in words.
+        reason: String,
+        /// The Redis client's error, if there was one.
+        source: Option<redis::RedisError>,
+    },
+    /// [`Options::require_existing_cluster`](crate::Options::require_existing_cluster) is set and the cluster has no
+    /// state in that Redis database: nothing was created.
+    NoSuchCluster {
+        /// The cluster's name.
+        cluster: String,
+        /// The URL, without its password.
+        url: String,
+        /// The database number.
+        db: i64,
+    },
 }
 
 impl Error {
@@ -240,14 +283,36 @@ impl fmt::Display for Error {
             Error::Closed => f.write_str("the cluster handle's tasks are gone"),
             Error::ChangeQueueFull => f.write_str("this node's queue of membership changes is full"),
             Error::BackingOff => f.write_str("redis failed a moment ago: membership changes are refused for a moment"),
+            Error::NodeInUse { node, cluster } => write!(
+                f,
+                "node id {node} is in use by another process (its lease in cluster {cluster} is still being renewed): \
+                 give each process its own node id"
+            ),
+            Error::Connect { url, reason, .. } => write!(f, "could not connect to Redis at {url}: {reason}"),
+            Error::NoSuchCluster { cluster, url, db } => write!(
+                f,
+                "cluster {cluster} has no state in Redis at {url} (database {db}) and require_existing_cluster is set: \
+                 check the cluster name and the database number"
+            ),
         }
+    }
+}
+
+/// The same words as `Display`: a `main` that returns `Result<(), Box<dyn Error>>` prints its error with `{:?}`, and a
+/// start-up error must say what failed and where (`Error: could not connect to Redis at …`), not show the enum.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Redis(error) => Some(error),
+            Error::Redis(error)
+            | Error::Connect {
+                source: Some(error), ..
+            } => Some(error),
             _ => None,
         }
     }

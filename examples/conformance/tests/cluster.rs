@@ -28,9 +28,10 @@ impl NodeProcess {
         std::array::from_fn(|i| NodeProcess::start(redis, &format!("n{}", i + 1), lease_ms))
     }
 
-    /// Starts node `id` with a lease of `lease_ms`, and waits until it serves.
-    fn start(redis: &RedisServer, id: &str, lease_ms: u64) -> NodeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_example-conformance"))
+    /// The command that runs node `id` with a lease of `lease_ms`.
+    fn command(redis: &RedisServer, id: &str, lease_ms: u64) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_example-conformance"));
+        command
             .env("PORT", "0")
             .env("CLOSED_PORT", "0")
             .env("POLICY_PORT", "0")
@@ -41,7 +42,13 @@ impl NodeProcess {
                 "RUST_LOG",
                 std::env::var("NODE_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Starts node `id` with a lease of `lease_ms`, and waits until it serves.
+    fn start(redis: &RedisServer, id: &str, lease_ms: u64) -> NodeProcess {
+        let mut child = NodeProcess::command(redis, id, lease_ms)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -443,6 +450,47 @@ async fn a_killed_process_has_its_users_unlinked_everywhere_within_the_lease() {
     bob.read_until(&linked("alice")).await;
 }
 
+/// A second process started with a node id in use is refused at start, naming the id, while the first keeps serving
+/// with its connections open; a process started with the id of a killed one (its lease still running) starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_live_process_per_node_id() {
+    let redis = redis_or_skip!();
+    let lease_ms = 1000;
+    let [first] = NodeProcess::start_all(&redis, lease_ms);
+    let mut alice = Observer::link(first.port, "alice").await;
+
+    let mut second = NodeProcess::command(&redis, "n1", lease_ms)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a second n1");
+    let mut stderr = second.stderr.take().expect("its stderr");
+    // It waits one lease for the first's to lapse, then gives up: bounded by a generous deadline.
+    let exited = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).expect("read its stderr");
+        (second.wait().expect("its exit status"), text)
+    });
+    let (status, text) = tokio::time::timeout(Duration::from_secs(20), exited)
+        .await
+        .expect("the second process exits")
+        .unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("Error: node id n1 is in use by another process"),
+        "{text}"
+    );
+    // The first still serves, alice's connection included.
+    let _bob = RawClient::link_as(first.port, "bob").await;
+    alice.read_until(&linked("bob")).await;
+
+    // Killed: a new process with its id starts once the old lease lapses, and alice comes back on it.
+    first.signal("-KILL");
+    drop(first);
+    let restarted = NodeProcess::start(&redis, "n1", lease_ms);
+    let _alice = Observer::link_when_available(restarted.port, "alice").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_paused_past_its_lease_comes_back_without_the_users_taken_over() {
     let redis = redis_or_skip!();
@@ -491,6 +539,31 @@ async fn when_redis_restarts_empty_the_processes_start_over_and_clients_relink()
         users,
         json!([{"username": "alice", "isLinked": true}, {"username": "bob", "isLinked": true}])
     );
+    // Each process started over once: its keep-alive, its subscription and the other process's notices all told of
+    // the one restart. Read once two renewals (a third of the lease each) have passed since.
+    for node in [&one, &two] {
+        assert_eq!(restarts_after_two_renewals(node.port).await, 1.0);
+    }
+}
+
+/// `krmx_cluster_resyncs_total{kind="restart"}` of the node serving `port`, read once two more renewals of its lease
+/// have been timed: a start-over that was still due has happened by then.
+async fn restarts_after_two_renewals(port: u16) -> f64 {
+    let sample = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    let renewals = |text: &str| sample(text, "krmx_cluster_renew_duration_seconds_count").unwrap_or_default();
+    let before = renewals(&emitter_testing::http_get(port, "/metrics").await.body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = emitter_testing::http_get(port, "/metrics").await.body;
+        if renewals(&text) >= before + 2.0 {
+            return sample(&text, "krmx_cluster_resyncs_total{kind=\"restart\"}").unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "no renewals: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

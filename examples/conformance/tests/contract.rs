@@ -30,6 +30,8 @@ struct Endpoints {
 struct ClusterSetup {
     _redis: RedisServer,
     others: Vec<Server>,
+    /// The main endpoint's port on node `two`.
+    other_main_port: u16,
 }
 
 async fn start() -> Endpoints {
@@ -84,7 +86,11 @@ async fn start_on_cluster() -> Endpoints {
         main_port: ports[0],
         closed,
         closed_port: ports[1],
-        cluster: Some(ClusterSetup { _redis: redis, others }),
+        cluster: Some(ClusterSetup {
+            _redis: redis,
+            others,
+            other_main_port: ports[2],
+        }),
     }
 }
 
@@ -193,6 +199,34 @@ async fn closed_lets_a_user_joined_server_side_link() {
 }
 
 // ---- authentication rules ----------------------------------------------------------------------------------------
+
+/// `already linked` is checked before the app's authenticate runs, as the reference checks: with `reject-me` (rule 1)
+/// the app would say `rejected by app`. On a cluster it holds on the other node too, where alice is linked elsewhere.
+#[tokio::test]
+async fn already_linked_comes_before_the_authentication_rules() {
+    let endpoints = start().await;
+    let (_alice, answer) = try_link(endpoints.main_port, "alice", None).await;
+    assert_eq!(answer, Ok(()));
+    let busy = Err("user alice is already linked to a connection".to_owned());
+    let (_c, answer) = try_link(endpoints.main_port, "alice", Some("reject-me")).await;
+    assert_eq!(answer, busy);
+    if let Some(cluster) = &endpoints.cluster {
+        // Node two learns of alice's link from the log; until it has, the claim in Redis refuses her anyway (after
+        // authentication): wait for its view, then the refusal must come first.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cluster.others[0]
+            .users()
+            .iter()
+            .any(|user| user.username == "alice" && user.is_linked)
+        {
+            assert!(Instant::now() < deadline, "node two never saw alice linked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (_c, answer) = try_link(cluster.other_main_port, "alice", Some("reject-me")).await;
+        assert_eq!(answer, busy);
+    }
+    endpoints.stop().await;
+}
 
 #[tokio::test]
 async fn rule_1_reject_me_is_rejected_by_app() {

@@ -283,10 +283,15 @@ impl Server {
     }
 
     /// The checks that must hold when a link is made, in the reference's order from `accepting new users` on.
-    fn link_refusal(&self, username: &str) -> Option<String> {
-        // On a cluster this node's view may be behind (or, cut off, ahead): whether the user is linked is the
-        // cluster's to say, when the link is submitted.
-        let replace = self.inner.config.link_policy == LinkPolicy::Replace || self.sequencer().is_some();
+    ///
+    /// `cluster_decides`: whether the user is linked is left to the cluster, not read from this node's view. Before
+    /// authentication the view is asked on a cluster too, as the reference asks its registry: it knows the links on
+    /// every node (they are in the log), so a user linked elsewhere is refused before the app's `on_authenticate`
+    /// runs, with the reference's words. After authentication the claim in Redis is the atomic step that decides
+    /// (the view may be a moment behind), and while the node holds no lease its view is stale (its own users'
+    /// unlinks could not be ordered): then the cluster answers, as unavailable, until the node has started over.
+    fn link_refusal(&self, username: &str, cluster_decides: bool) -> Option<String> {
+        let replace = self.inner.config.link_policy == LinkPolicy::Replace || cluster_decides;
         let registry = self.inner.registry.lock();
         match registry.user(username) {
             None if !self.inner.config.accept_new_users => Some(Rejection::NotAcceptingNewUsers.to_string()),
@@ -307,7 +312,8 @@ impl Server {
         if request.username.len() > MAX_USERNAME_BYTES || !config.is_valid_username(&request.username) {
             return self.reply_rejected(connection, &Rejection::InvalidUsername.to_string());
         }
-        if let Some(reason) = self.link_refusal(&request.username) {
+        let view_is_stale = self.sequencer().is_some() && !self.inner.metrics.lease_held();
+        if let Some(reason) = self.link_refusal(&request.username, view_is_stale) {
             return self.reply_rejected(connection, &reason);
         }
         let LinkRequest { username, auth, .. } = request;
@@ -412,7 +418,7 @@ impl Server {
         }
         // Async authentication let time pass: what held then must hold now (on a cluster, as far as this node's
         // replica tells; the cluster decides the rest).
-        if let Some(reason) = self.link_refusal(username) {
+        if let Some(reason) = self.link_refusal(username, self.sequencer().is_some()) {
             return self.reply_rejected(connection, &reason);
         }
         if let Some(sequencer) = self.sequencer() {

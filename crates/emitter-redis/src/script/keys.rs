@@ -52,6 +52,11 @@ impl Keys {
         &self.all[10]
     }
 
+    /// The hash of the nodes' leases.
+    pub(crate) fn nodes(&self) -> &str {
+        &self.all[6]
+    }
+
     /// The channel of messages for users linked on `node`.
     pub(crate) fn node_channel(&self, node: &str) -> String {
         format!("{}{node}", self.node_channel_prefix)

@@ -96,6 +96,9 @@ pub(crate) fn refusal(code: &str, detail: String, user: &str) -> Result<Refusal>
         "kick-unknown" => Refusal::KickUnknownUser,
         "not-linked-here" => Refusal::NotLinkedHere,
         "connection-linked" => Refusal::ConnectionLinked,
+        "in-use" => Refusal::NodeInUse {
+            remaining_ms: parse_u64(&detail)?,
+        },
         other => return Err(malformed(&format!("refusal {other:?} ({detail})"))),
     })
 }

@@ -50,13 +50,14 @@ local function now_ms()
   return NOW
 end
 
--- nodes: node id -> "<generation> <deadline ms>".
+-- nodes: node id -> "<generation> <deadline ms> <instance>": the instance is the random token of the process that
+-- holds the lease (absent in leases written before it existed).
 local function lease_of(node)
   local v = redis.call('HGET', K_NODES, node)
   if not v then return nil end
-  local gen, deadline = string.match(v, '^(%d+) (%d+)$')
+  local gen, deadline, instance = string.match(v, '^(%d+) (%d+) ?(%S*)$')
   if not gen then return nil end
-  return gen, tonumber(deadline)
+  return gen, tonumber(deadline), instance
 end
 
 local function alive(node, gen, now)
@@ -171,12 +172,14 @@ local function setup()
 end
 "#;
 
-/// `open(candidate)`: adopts the epoch in Redis, or creates the cluster state with `candidate` as its epoch when there
-/// is none (first start, or Redis lost the state). Creating wipes every other key of the cluster but the generation
-/// counter (kept so that a generation is never reused, even across epochs). Reply: `{epoch, created (0|1)}`.
+/// `open(candidate, create)`: adopts the epoch in Redis, or creates the cluster state with `candidate` as its epoch
+/// when there is none (first start, or Redis lost the state) and `create` is `1`. Creating wipes every other key of
+/// the cluster but the generation counter (kept so that a generation is never reused, even across epochs).
+/// Reply: `{epoch, created (0|1)}`, or `{'', 2}` when there is none and `create` is `0`.
 const OPEN: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current then return {current, 0} end
+if ARGV[2] ~= '1' then return {'', 2} end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9], KEYS[10], KEYS[11])
 redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
@@ -256,28 +259,35 @@ tell()
 return replies
 "#;
 
-/// `register(epoch, retain, channel, node, ttl ms)`: a new generation for `node` and a lease until now + ttl. Any user
-/// still linked to an older generation of the node is unlinked first (`restarted`): that process is gone or fenced.
-/// Extra: the generation.
+/// `register(epoch, retain, channel, node, ttl ms, instance)`: a new generation for `node` and a lease until now + ttl,
+/// held by `instance` (the registering process's random token). A live lease of the node held by another instance is
+/// refused `in-use` (detail: the ms it has left): one live process per node id. A lease past its deadline, or this
+/// instance's own, is taken over: any user still linked to an older generation of the node is unlinked first
+/// (`restarted`): that process is gone or fenced. Extra: the generation.
 const REGISTER: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
-local node, ttl = ARGV[4], tonumber(ARGV[5])
+local node, ttl, instance = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local now = now_ms()
+local held, deadline, holder = lease_of(node)
+if held and deadline >= now and holder ~= instance then return refused('in-use', fmt(deadline - now)) end
 local gen = fmt(redis.call('INCR', K_GEN))
 unlink_node(node, 'restarted', node)
-redis.call('HSET', K_NODES, node, gen .. ' ' .. fmt(now_ms() + ttl))
+redis.call('HSET', K_NODES, node, gen .. ' ' .. fmt(now + ttl) .. ' ' .. instance)
 return finish(gen)
 "#;
 
-/// `renew(epoch, retain, channel, node, generation, ttl ms)`: extends a live lease of this generation to now + ttl.
-/// A lease past its deadline is gone even before a reaper removed it: refused `fenced`.
+/// `renew(epoch, retain, channel, node, generation, ttl ms, instance)`: extends a live lease of this generation, held
+/// by this instance, to now + ttl. A lease past its deadline is gone even before a reaper removed it: refused
+/// `fenced`.
 const RENEW: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
-local node, gen, ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local node, gen, ttl, instance = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local now = now_ms()
-if not alive(node, gen, now) then return refused('fenced') end
-redis.call('HSET', K_NODES, node, gen .. ' ' .. fmt(now + ttl))
+local _, _, holder = lease_of(node)
+if not alive(node, gen, now) or holder ~= instance then return refused('fenced') end
+redis.call('HSET', K_NODES, node, gen .. ' ' .. fmt(now + ttl) .. ' ' .. instance)
 return finish()
 "#;
 
@@ -304,7 +314,7 @@ local now = now_ms()
 local all = redis.call('HGETALL', K_NODES)
 for i = 1, #all, 2 do
   local node = all[i]
-  local gen, deadline = string.match(all[i + 1], '^(%d+) (%d+)$')
+  local gen, deadline = string.match(all[i + 1], '^(%d+) (%d+)')
   if not gen or tonumber(deadline) < now then
     unlink_node(node, 'expired', by)
     redis.call('HDEL', K_NODES, node)

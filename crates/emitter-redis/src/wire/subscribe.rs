@@ -84,7 +84,7 @@ impl Notifications {
                 channels,
                 sender,
                 seen: (Epoch(String::new()), 0),
-                numbers: HashMap::new(),
+                numbers: Numbers::default(),
             }
             .run(),
         );
@@ -116,7 +116,53 @@ struct Subscriber {
     seen: (Epoch, u64),
     /// The last message number seen per origin, generation and channel (broadcast or this node's), to tell gaps and
     /// repeats.
-    numbers: HashMap<(String, u64, bool), u64>,
+    numbers: Numbers,
+}
+
+/// The last message number per origin, generation and channel (`true`: broadcast). Bounded: an origin's older
+/// generations are dropped when a newer one speaks, and [`Numbers::retain_leased`] drops the origins whose lease is
+/// gone, so neither restarts nor new node ids (pods) make it grow without end.
+#[derive(Debug, Default)]
+pub(crate) struct Numbers(HashMap<(String, u64, bool), u64>);
+
+/// What a message's number says.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// The next one, or the first from its origin's generation.
+    Next,
+    /// Seen already (or older): drop it.
+    Repeat,
+    /// After a gap of this many lost messages.
+    After(u64),
+}
+
+impl Numbers {
+    pub(crate) fn check(&mut self, origin: &str, generation: u64, broadcast: bool, number: u64) -> Order {
+        let key = (origin.to_owned(), generation, broadcast);
+        match self.0.get(&key).copied() {
+            Some(last) if number <= last => return Order::Repeat,
+            Some(_) => {}
+            // A generation not seen before: the origin registered again, and its older generations say no more.
+            None => self
+                .0
+                .retain(|(other, older, _), _| other != origin || *older >= generation),
+        }
+        let last = self.0.insert(key, number);
+        match last {
+            Some(last) if number > last + 1 => Order::After(number - last - 1),
+            _ => Order::Next,
+        }
+    }
+
+    /// Keeps only the origins holding a lease, of the generation they hold it in (`leases`: node id → generation).
+    pub(crate) fn retain_leased(&mut self, leases: &HashMap<String, u64>) {
+        self.0
+            .retain(|(origin, generation, _), _| leases.get(origin) == Some(generation));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// The subscriber is gone: stop.
@@ -206,6 +252,7 @@ impl Subscriber {
                         return Ok("ping failed");
                     }
                     self.poll().await?;
+                    self.prune_numbers().await;
                 }
                 _ = self.sender.closed() => return Err(Gone),
             }
@@ -243,17 +290,15 @@ impl Subscriber {
     /// after its connection dropped) is dropped; a gap (messages published while this subscription was away, or lost
     /// on the way) is counted and logged, since the messages themselves are gone.
     fn in_sequence(&mut self, message: &NodeMessage, broadcast: bool) -> bool {
-        let key = (message.origin.clone(), message.generation, broadcast);
-        let last = self.numbers.insert(key, message.number);
-        match last {
-            Some(last) if message.number <= last => {
-                self.numbers
-                    .insert((message.origin.clone(), message.generation, broadcast), last);
+        match self
+            .numbers
+            .check(&message.origin, message.generation, broadcast, message.number)
+        {
+            Order::Repeat => {
                 Counters::add(&self.shared.counters.repeats_dropped, 1);
                 false
             }
-            Some(last) if message.number > last + 1 => {
-                let lost = message.number - last - 1;
+            Order::After(lost) => {
                 Counters::add(&self.shared.counters.messages_lost, lost);
                 tracing::warn!(
                     cluster = self.shared.name,
@@ -264,8 +309,34 @@ impl Subscriber {
                 );
                 true
             }
-            _ => true,
+            Order::Next => true,
         }
+    }
+
+    /// Drops the message numbers of origins whose lease is gone (or was taken by a newer generation). Best effort:
+    /// a failed read leaves them for the next poll.
+    async fn prune_numbers(&mut self) {
+        if self.numbers.len() == 0 {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let leases: HashMap<String, String> = match redis::cmd("HGETALL")
+            .arg(self.shared.keys.nodes())
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(leases) => leases,
+            Err(error) => {
+                tracing::debug!(cluster = self.shared.name, %error, "reading the leases failed");
+                return;
+            }
+        };
+        // `<generation> <deadline> <instance>`: the generation is the first word.
+        let leases = leases
+            .into_iter()
+            .filter_map(|(node, lease)| Some((node, lease.split(' ').next()?.parse().ok()?)))
+            .collect();
+        self.numbers.retain_leased(&leases);
     }
 
     /// `<seq> <epoch> <hash>` from a script's PUBLISH (the hash of the entry at seq: checked against the chain this
@@ -335,5 +406,51 @@ impl Subscriber {
 
     async fn send(&self, notification: Notification) -> Result<(), Gone> {
         self.sender.send(notification).await.map_err(|_| Gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::{Numbers, Order};
+
+    #[test]
+    fn numbers_tell_repeats_and_gaps() {
+        let mut numbers = Numbers::default();
+        assert_eq!(numbers.check("a", 1, true, 1), Order::Next);
+        assert_eq!(numbers.check("a", 1, true, 2), Order::Next);
+        assert_eq!(numbers.check("a", 1, true, 2), Order::Repeat);
+        assert_eq!(numbers.check("a", 1, true, 5), Order::After(2));
+        assert_eq!(
+            numbers.check("a", 1, false, 1),
+            Order::Next,
+            "each channel counts on its own"
+        );
+    }
+
+    #[test]
+    fn numbers_of_older_generations_and_gone_leases_are_dropped() {
+        let mut numbers = Numbers::default();
+        // Every restart of an origin is a new generation; only the newest is kept, whatever the number of restarts.
+        for generation in 1..=100 {
+            numbers.check("a", generation, true, 1);
+            numbers.check("a", generation, false, 1);
+        }
+        assert_eq!(numbers.len(), 2);
+        // A new node id for every pod: bounded by the leases held.
+        for pod in 0..100 {
+            numbers.check(&format!("pod-{pod}"), 1, true, 1);
+        }
+        assert_eq!(numbers.len(), 102);
+        let leases = HashMap::from([("a".to_owned(), 100), ("pod-7".to_owned(), 1), ("pod-8".to_owned(), 2)]);
+        numbers.retain_leased(&leases);
+        assert_eq!(
+            numbers.len(),
+            3,
+            "a's two channels and pod-7; pod-8 holds a newer generation's lease"
+        );
+        // A dropped origin speaking again starts afresh, not as a gap.
+        assert_eq!(numbers.check("pod-9", 1, true, 4), Order::Next);
     }
 }

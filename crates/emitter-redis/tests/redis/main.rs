@@ -11,3 +11,4 @@ mod messages;
 mod nodes;
 mod retention;
 mod sentinel;
+mod startup;

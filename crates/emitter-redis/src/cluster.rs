@@ -47,9 +47,11 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// One message waiting for the publisher task.
+/// One message waiting for the publisher task: the channel it goes out on, and the stream that keeps it for those
+/// who miss it there (see [`Options::message_window`]).
 struct Outgoing {
     channel: String,
+    window: String,
     message: NodeMessage,
 }
 
@@ -205,6 +207,7 @@ impl Cluster {
     pub fn publish_broadcast(&self, from: &NodeLease, after: u64, skip: Option<&str>, body: Bytes) -> Result<()> {
         self.queue(
             self.shared.keys.broadcast_channel.clone(),
+            self.shared.keys.window(&from.node, from.generation, None),
             message_from(from, after, skip, false, body),
         )
     }
@@ -215,6 +218,7 @@ impl Cluster {
     pub fn publish_kept(&self, from: &NodeLease, after: u64, user: &str, body: Bytes) -> Result<()> {
         self.queue(
             self.shared.keys.broadcast_channel.clone(),
+            self.shared.keys.window(&from.node, from.generation, None),
             message_from(from, after, Some(user), true, body),
         )
     }
@@ -225,12 +229,17 @@ impl Cluster {
         check_name(to)?;
         self.queue(
             self.shared.keys.node_channel(to),
+            self.shared.keys.window(&from.node, from.generation, Some(to)),
             message_from(from, after, Some(user), false, body),
         )
     }
 
-    fn queue(&self, channel: String, message: NodeMessage) -> Result<()> {
-        let outgoing = Outgoing { channel, message };
+    fn queue(&self, channel: String, window: String, message: NodeMessage) -> Result<()> {
+        let outgoing = Outgoing {
+            channel,
+            window,
+            message,
+        };
         let size = outgoing.size();
         let budget = self.shared.options.publish_budget as u64;
         // Taken before it is queued, given back by the publisher once Redis has it (or it is dropped).
@@ -290,35 +299,56 @@ pub(crate) async fn manager(shared: &Shared) -> Result<ConnectionManager> {
     Ok(ConnectionManager::new_with_config(shared.client.clone(), config).await?)
 }
 
-/// Sends queued messages in order, pipelining what has piled up.
+/// Sends queued messages in order, pipelining what has piled up. Each message is kept in its channel's window
+/// (`XADD <window> MAXLEN ~ <size> <number>-0 m <frame>`) and published, in the same pipeline: a receiver that
+/// misses the publish finds it in the window by its number (see `wire::recovery`).
 ///
 /// A batch that fails because its connection dropped (Redis restarted, the connection was killed) is sent once more,
 /// on the connection the manager makes anew: the first publish after a Redis restart always finds the old connection
 /// dead, and dropping it would lose a message that never reached any Redis. The price is a rare duplicate: if the
-/// connection died after Redis ran the batch but before it replied, Redis relays it twice, and the receivers drop
-/// the repeat by its number (see [`NodeMessage::number`]). Any other failure
-/// (a timeout, a Redis error) is counted and dropped: its outcome is unknown, and a retry could deliver it after
-/// later messages.
+/// connection died after Redis ran the batch but before it replied, Redis relays it twice (the window refuses the
+/// second `XADD`: its number is there already), and the receivers drop the repeat by its number (see
+/// [`NodeMessage::number`]). Any other failure (a timeout, a Redis error) is counted and dropped: its outcome is
+/// unknown, and a retry could deliver it after later messages.
 async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     // The last number given on each channel, per generation of this node.
     let mut numbers: HashMap<(String, u64), u64> = HashMap::new();
+    let window = shared.options.message_window;
     while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let mut pipe = redis::pipe();
+        // A refused XADD must not fail the batch: the publish still goes out (see `window_failures`).
+        pipe.ignore_errors();
+        let mut windows: Vec<&str> = Vec::new();
         for outgoing in &mut batch {
             let number = numbers
                 .entry((outgoing.channel.clone(), outgoing.message.generation))
                 .or_default();
             *number += 1;
             outgoing.message.number = *number;
-            pipe.cmd("PUBLISH")
-                .arg(&outgoing.channel)
-                .arg(outgoing.message.encode())
-                .ignore();
+            let frame = outgoing.message.encode();
+            if window > 0 {
+                pipe.cmd("XADD")
+                    .arg(&outgoing.window)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(window)
+                    .arg(format!("{number}-0"))
+                    .arg("m")
+                    .arg(&frame);
+                if !windows.contains(&outgoing.window.as_str()) {
+                    windows.push(&outgoing.window);
+                }
+            }
+            pipe.cmd("PUBLISH").arg(&outgoing.channel).arg(frame).ignore();
+        }
+        for key in windows {
+            pipe.cmd("PEXPIRE").arg(key).arg(WINDOW_IDLE_EXPIRY_MS).ignore();
         }
         let count = batch.len() as u64;
         let bytes: u64 = batch.iter().map(Outgoing::size).sum();
-        let mut sent = pipe.query_async::<()>(&mut conn).await;
+        let mut sent = pipe.query_async::<Vec<Value>>(&mut conn).await;
+        let mut retried = false;
         if sent.as_ref().is_err_and(redis::RedisError::is_connection_dropped) {
             Counters::add(&shared.counters.publish_retries, count);
             tracing::info!(
@@ -326,10 +356,31 @@ async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing
                 count,
                 "the publishing connection dropped: sending again"
             );
-            sent = pipe.query_async::<()>(&mut conn).await;
+            retried = true;
+            sent = pipe.query_async::<Vec<Value>>(&mut conn).await;
         }
         match sent {
-            Ok(()) => Counters::add(&shared.counters.published, count),
+            Ok(replies) => {
+                Counters::add(&shared.counters.published, count);
+                // After a retry, a refused XADD is the first attempt's message already kept: not a failure.
+                let unkept = replies
+                    .iter()
+                    .filter(|reply| matches!(reply, Value::ServerError(_)))
+                    .count() as u64;
+                if unkept > 0 && !retried {
+                    Counters::add(&shared.counters.window_failures, unkept);
+                    let error = replies.iter().find_map(|reply| match reply {
+                        Value::ServerError(error) => Some(format!("{error:?}")),
+                        _ => None,
+                    });
+                    tracing::warn!(
+                        cluster = shared.name,
+                        unkept,
+                        error,
+                        "redis did not keep published messages in their window: a receiver that misses them cannot recover them"
+                    );
+                }
+            }
             Err(error) => {
                 Counters::add(&shared.counters.publish_failures, count);
                 tracing::warn!(cluster = shared.name, %error, lost = count, "publishing to redis failed; messages dropped");
@@ -339,6 +390,10 @@ async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing
         shared.publish_queued.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
+
+/// How long a message window lives after its last message: long enough for any receiver to come back for it, short
+/// enough that the windows of a node id's earlier generations do not pile up.
+const WINDOW_IDLE_EXPIRY_MS: u64 = 3_600_000;
 
 /// A message from `from`'s node for the other nodes, numbered later by the publisher in the order it sends: `user` is
 /// the recipient, or for a broadcast the user to skip; `keep` marks a message for a user unlinked everywhere.

@@ -56,6 +56,13 @@ pub struct Options {
     /// Redis before `publish_*` refuses with [`Error::QueueFull`]; one message always fits an empty queue.
     /// Default: 64 MiB (see the Limits chapter, "Byte budgets").
     pub publish_budget: usize,
+    /// How many of its newest messages each node keeps in Redis per channel (its broadcasts, and its messages for
+    /// each other node), by number, for receivers that missed some (a dropped subscription, a Redis restart with
+    /// persistence) to fetch: a capped stream per channel, trimmed with `XADD … MAXLEN ~` (whole blocks, so a few
+    /// more may stay). A receiver further behind than that counts the rest as lost. A window nobody writes to
+    /// expires an hour after its last message (a node id's earlier generations). 0 keeps no window: cross-node
+    /// messages are then at most once. Default: 10,000 (see the Capacity chapter for what it costs Redis).
+    pub message_window: u64,
     /// How many notifications may wait for the subscriber to take them; past that the subscription stops reading
     /// (Redis buffers, then drops the subscriber; it comes back and the log fills the gap). Default: 4,096.
     pub notification_queue: usize,
@@ -79,6 +86,7 @@ impl Default for Options {
             poll_interval: Duration::from_secs(1),
             publish_queue: 65_536,
             publish_budget: 64 << 20,
+            message_window: 10_000,
             notification_queue: 4_096,
             change_queue: 4_096,
             change_backoff: Duration::from_millis(500),
@@ -115,8 +123,16 @@ pub struct ClusterStats {
     /// Frames on a channel that were not this crate's (ignored).
     pub malformed_messages: u64,
     /// Messages from other nodes that never arrived here, told by the gaps in their numbers (see
-    /// [`NodeMessage::number`](crate::wire::NodeMessage::number)): published while this node's subscription was away.
+    /// [`NodeMessage::number`](crate::wire::NodeMessage::number)) that their origin's window
+    /// ([`Options::message_window`]) no longer held: published while this node's subscription was away, and trimmed
+    /// (or lost with Redis) before it came back.
     pub messages_lost: u64,
+    /// Messages from other nodes that did not come through the subscription (published while it was away) and were
+    /// fetched from their origin's window instead, each delivered once, in its origin's order.
+    pub messages_recovered: u64,
+    /// Messages published but not kept in the window (Redis refused the `XADD`: out of memory, say): a receiver
+    /// that misses one of them cannot recover it.
+    pub window_failures: u64,
     /// Messages from other nodes that arrived twice (a publish sent again after its connection dropped) and were
     /// dropped the second time.
     pub repeats_dropped: u64,
@@ -136,6 +152,8 @@ pub(crate) struct Counters {
     pub(crate) changes_backed_off: AtomicU64,
     pub(crate) malformed_messages: AtomicU64,
     pub(crate) messages_lost: AtomicU64,
+    pub(crate) messages_recovered: AtomicU64,
+    pub(crate) window_failures: AtomicU64,
     pub(crate) repeats_dropped: AtomicU64,
 }
 
@@ -159,6 +177,8 @@ impl Counters {
             changes_backed_off: get(&self.changes_backed_off),
             malformed_messages: get(&self.malformed_messages),
             messages_lost: get(&self.messages_lost),
+            messages_recovered: get(&self.messages_recovered),
+            window_failures: get(&self.window_failures),
             repeats_dropped: get(&self.repeats_dropped),
         }
     }

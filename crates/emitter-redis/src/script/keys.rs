@@ -10,6 +10,7 @@ pub(crate) struct Keys {
     pub(crate) seq_channel: String,
     pub(crate) broadcast_channel: String,
     node_channel_prefix: String,
+    window_prefix: String,
 }
 
 impl Keys {
@@ -31,6 +32,7 @@ impl Keys {
             seq_channel: key("seq"),
             broadcast_channel: key("broadcast"),
             node_channel_prefix: key("node:"),
+            window_prefix: key("out/"),
         }
     }
 
@@ -44,6 +46,24 @@ impl Keys {
 
     pub(crate) fn seq(&self) -> &str {
         &self.all[1]
+    }
+
+    pub(crate) fn nodes(&self) -> &str {
+        &self.all[6]
+    }
+
+    pub(crate) fn generation(&self) -> &str {
+        &self.all[7]
+    }
+
+    /// The stream that keeps the last messages `origin` (in `generation`) published on one channel, by number: its
+    /// broadcasts (`to: None`) or its messages for users linked on node `to`. `/` separates the parts: it is not a
+    /// name character, so two (origin, generation, channel) never share a stream.
+    pub(crate) fn window(&self, origin: &str, generation: u64, to: Option<&str>) -> String {
+        match to {
+            None => format!("{}{origin}/{generation}/b", self.window_prefix),
+            Some(to) => format!("{}{origin}/{generation}/n/{to}", self.window_prefix),
+        }
     }
 
     /// The channel of messages for users linked on `node`.
@@ -63,5 +83,7 @@ mod tests {
             assert!(key.starts_with("emitter:{eu}:"), "{key}");
         }
         assert_eq!(keys.node_channel("n1"), "emitter:{eu}:node:n1");
+        assert_eq!(keys.window("n:1", 7, None), "emitter:{eu}:out/n:1/7/b");
+        assert_eq!(keys.window("n1", 7, Some("n:2")), "emitter:{eu}:out/n1/7/n/n:2");
     }
 }

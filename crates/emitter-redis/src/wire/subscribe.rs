@@ -8,7 +8,6 @@
 //! log, and nothing published in between can be missed. Here the subscription is confirmed by Redis before
 //! [`Notification::Subscribed`] goes out, so reading the log on it closes every gap.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,6 +23,7 @@ use tokio::time::{timeout, MissedTickBehavior};
 use crate::shared::{Counters, Shared};
 use crate::types::Epoch;
 use crate::wire::messages::NodeMessage;
+use crate::wire::recovery::{Check, Inbox, Origin};
 
 /// What a [`Notifications`] stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +54,11 @@ pub enum Notification {
 /// newest seq, so that a notification lost for any reason only delays. Broadcasts this node published itself are not
 /// yielded (it delivered them locally). Dropping it ends the subscription.
 ///
-/// Cross-node messages are at most once: those published while the subscription is away are lost (unlike log
-/// entries, which the log keeps).
+/// Cross-node messages come once each, in each origin's order, even across a dropped subscription: what was published
+/// while it was away is fetched from the origins' windows when it is back (or when a message's number shows a gap),
+/// and yielded before anything later from the same origin. What the windows no longer hold is lost, counted in
+/// [`ClusterStats::messages_lost`](crate::ClusterStats::messages_lost) and logged (see
+/// [`Options::message_window`](crate::Options::message_window)).
 #[derive(Debug)]
 pub struct Notifications {
     notifications: mpsc::Receiver<Notification>,
@@ -84,7 +87,7 @@ impl Notifications {
                 channels,
                 sender,
                 seen: (Epoch(String::new()), 0),
-                numbers: HashMap::new(),
+                inbox: Inbox::new(node),
             }
             .run(),
         );
@@ -114,9 +117,9 @@ struct Subscriber {
     /// The newest seq announced, and in which epoch (seqs start again in a new one), so that the poll only speaks
     /// when it learned something.
     seen: (Epoch, u64),
-    /// The last message number seen per origin, generation and channel (broadcast or this node's), to tell gaps and
-    /// repeats.
-    numbers: HashMap<(String, u64, bool), u64>,
+    /// The last message number delivered per origin, generation and channel (broadcast or this node's), to tell gaps
+    /// (fetched from the origin's window) and repeats (dropped).
+    inbox: Inbox,
 }
 
 /// The subscriber is gone: stop.
@@ -135,6 +138,9 @@ impl Subscriber {
                         tracing::info!(cluster = self.shared.name, node = self.node, "resubscribed");
                     }
                     if self.send(Notification::Subscribed { resubscribed }).await.is_err() {
+                        return;
+                    }
+                    if self.catch_up(resubscribed).await.is_err() {
                         return;
                     }
                     let reason = match self.listen(sink, stream).await {
@@ -162,8 +168,21 @@ impl Subscriber {
         }
     }
 
-    async fn subscribe(&self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
+    async fn subscribe(&mut self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
         let limit = self.shared.options.connect_timeout + self.shared.options.command_timeout;
+        if !self.inbox.has_baseline() {
+            // Before the subscription, so that nothing published in between is taken for a repeat.
+            let mut conn = self.conn.clone();
+            match timeout(limit, self.inbox.read_baseline(&self.shared, &mut conn)).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "reading the windows timed out",
+                    )))
+                }
+            }
+        }
         let attempt = async {
             let mut pubsub = self.shared.client.get_async_pubsub().await?;
             pubsub.subscribe(&self.channels).await?;
@@ -213,14 +232,23 @@ impl Subscriber {
             self.seq_notification(payload)
         } else if let Some(decoded) = NodeMessage::decode(payload) {
             let broadcast = channel == self.shared.keys.broadcast_channel;
-            // Its own broadcasts were delivered locally already; repeats are dropped.
-            let skip = (broadcast && decoded.origin == self.node) || !self.in_sequence(&decoded, broadcast);
-            if skip {
+            // Its own broadcasts were delivered locally already.
+            if broadcast && decoded.origin == self.node {
                 None
-            } else if broadcast {
-                Some(Notification::Broadcast(decoded))
             } else {
-                Some(Notification::Send(decoded))
+                match self.inbox.check(&decoded, broadcast) {
+                    Check::Repeat => {
+                        Counters::add(&self.shared.counters.repeats_dropped, 1);
+                        None
+                    }
+                    Check::Next => Some(notification(broadcast, decoded)),
+                    Check::Gap { from } => {
+                        let origin = (decoded.origin.clone(), decoded.generation, broadcast);
+                        self.recover(&origin, from, Some(decoded.number - 1)).await?;
+                        self.inbox.delivered(&origin, decoded.number);
+                        Some(notification(broadcast, decoded))
+                    }
+                }
             }
         } else {
             Counters::add(&self.shared.counters.malformed_messages, 1);
@@ -233,32 +261,52 @@ impl Subscriber {
         }
     }
 
-    /// Checks a message's number against the last one from its origin on its channel: a repeat (a publish sent again
-    /// after its connection dropped) is dropped; a gap (messages published while this subscription was away, or lost
-    /// on the way) is counted and logged, since the messages themselves are gone.
-    fn in_sequence(&mut self, message: &NodeMessage, broadcast: bool) -> bool {
-        let key = (message.origin.clone(), message.generation, broadcast);
-        let last = self.numbers.insert(key, message.number);
-        match last {
-            Some(last) if message.number <= last => {
-                self.numbers
-                    .insert((message.origin.clone(), message.generation, broadcast), last);
-                Counters::add(&self.shared.counters.repeats_dropped, 1);
-                false
+    /// After a subscription is in place: fetches from every known origin's window what was published since the
+    /// last message delivered from it (while the subscription was away, or, the first time, since the baseline).
+    async fn catch_up(&mut self, resubscribed: bool) -> Result<(), Gone> {
+        if resubscribed {
+            let mut conn = self.conn.clone();
+            if let Err(error) = self.inbox.check_redis(&self.shared, &mut conn).await {
+                tracing::warn!(cluster = self.shared.name, node = self.node, %error, "could not check redis's state");
             }
-            Some(last) if message.number > last + 1 => {
-                let lost = message.number - last - 1;
-                Counters::add(&self.shared.counters.messages_lost, lost);
-                tracing::warn!(
-                    cluster = self.shared.name,
-                    node = self.node,
-                    origin = message.origin,
-                    lost,
-                    "messages from another node were lost on the way (published while this node's subscription was away)"
-                );
-                true
+        }
+        for (origin, from) in self.inbox.known() {
+            self.recover(&origin, from, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches `origin`'s messages `from` on, up to `upto` (`None`: its newest), from its window, and yields them in
+    /// order. A window that cannot be read (Redis away) loses the gap, counted; after a resubscription nothing is
+    /// known lost yet: the next message's gap reads it again.
+    async fn recover(&mut self, origin: &Origin, mut from: u64, upto: Option<u64>) -> Result<(), Gone> {
+        let mut conn = self.conn.clone();
+        loop {
+            match self.inbox.fill(&self.shared, &mut conn, origin, from, upto).await {
+                Ok(page) => {
+                    for message in page.messages {
+                        self.send(notification(origin.2, message)).await?;
+                    }
+                    if page.done {
+                        return Ok(());
+                    }
+                    from = page.next;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        cluster = self.shared.name,
+                        node = self.node,
+                        origin = origin.0,
+                        %error,
+                        "could not read another node's message window"
+                    );
+                    if let Some(upto) = upto {
+                        self.inbox.lost(&self.shared, origin, (upto + 1).saturating_sub(from));
+                        self.inbox.delivered(origin, upto);
+                    }
+                    return Ok(());
+                }
             }
-            _ => true,
         }
     }
 
@@ -317,5 +365,14 @@ impl Subscriber {
 
     async fn send(&self, notification: Notification) -> Result<(), Gone> {
         self.sender.send(notification).await.map_err(|_| Gone)
+    }
+}
+
+/// A message from another node as the subscriber yields it.
+fn notification(broadcast: bool, message: NodeMessage) -> Notification {
+    if broadcast {
+        Notification::Broadcast(message)
+    } else {
+        Notification::Send(message)
     }
 }

@@ -8,4 +8,5 @@ mod leases;
 mod membership;
 mod messages;
 mod nodes;
+mod recovery;
 mod retention;

@@ -85,21 +85,11 @@ impl Inbox {
         shared: &Shared,
         conn: &mut ConnectionManager,
     ) -> redis::RedisResult<()> {
-        let (generation, nodes): (Option<u64>, HashMap<String, String>) = redis::pipe()
-            .get(shared.keys.generation())
-            .hgetall(shared.keys.nodes())
-            .query_async(conn)
-            .await?;
-        let mut origins = Vec::new();
-        for (node, lease) in nodes {
-            let Some(generation) = lease.split(' ').next().and_then(|g| g.parse::<u64>().ok()) else {
-                continue;
-            };
-            if node != self.node {
-                origins.push((node.clone(), generation, true));
-            }
-            origins.push((node, generation, false));
-        }
+        let (generation, nodes) = registered(shared, conn).await?;
+        let origins: Vec<Origin> = nodes
+            .into_iter()
+            .flat_map(|(node, generation)| self.channels(node, generation))
+            .collect();
         let mut pipe = redis::pipe();
         for origin in &origins {
             pipe.cmd("XREVRANGE")
@@ -118,24 +108,18 @@ impl Inbox {
             let newest = entries(tail).first().map_or(0, |(number, _)| *number);
             self.last.insert(origin, newest);
         }
-        self.baseline = Some(generation.unwrap_or(0));
+        self.baseline = Some(generation);
         Ok(())
     }
 
-    /// Checks that Redis still has the state the baseline was read from: a generation counter lower than the
-    /// baseline's means Redis lost it (restarted without persistence, flushed), and with it every window; the
-    /// generations it hands out from now on start again and must not be mistaken for the old ones. Call it after
-    /// every resubscription, before [`Inbox::known`].
-    pub(crate) async fn check_redis(
-        &mut self,
-        shared: &Shared,
-        conn: &mut ConnectionManager,
-    ) -> redis::RedisResult<()> {
-        let generation: Option<u64> = redis::cmd("GET")
-            .arg(shared.keys.generation())
-            .query_async(conn)
-            .await?;
-        if self.baseline.is_some_and(|baseline| generation.unwrap_or(0) < baseline) {
+    /// After a resubscription, before [`Inbox::known`]: learns the node generations registered since the baseline
+    /// that it has not heard from (all they sent is for this receiver, and may all have been sent while it was
+    /// away). And checks that Redis still has the state the baseline was read from: a generation counter lower than
+    /// the baseline's means Redis lost it (restarted without persistence, flushed), and with it every window; the
+    /// generations it hands out from now on start again and must not be mistaken for the old ones.
+    pub(crate) async fn refresh(&mut self, shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let (generation, nodes) = registered(shared, conn).await?;
+        if self.baseline.is_some_and(|baseline| generation < baseline) {
             tracing::warn!(
                 cluster = shared.name,
                 node = self.node,
@@ -145,7 +129,26 @@ impl Inbox {
             self.last.clear();
             self.baseline = Some(0);
         }
+        let baseline = self.baseline.unwrap_or(0);
+        for (node, generation) in nodes {
+            if generation > baseline {
+                for origin in self.channels(node.clone(), generation) {
+                    self.last.entry(origin).or_insert(0);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The channels of `node` (in `generation`) that reach this receiver: its broadcasts (unless it is this node)
+    /// and its messages for this node.
+    fn channels(&self, node: String, generation: u64) -> Vec<Origin> {
+        let mut channels = Vec::with_capacity(2);
+        if node != self.node {
+            channels.push((node.clone(), generation, true));
+        }
+        channels.push((node, generation, false));
+        channels
     }
 
     /// The origin channels it knows, and the number after the last one delivered from each: after a
@@ -260,6 +263,20 @@ impl Inbox {
         let to = (!broadcast).then_some(self.node.as_str());
         shared.keys.window(node, *generation, to)
     }
+}
+
+/// The generation counter, and each registered node with its lease's generation.
+async fn registered(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<(u64, Vec<(String, u64)>)> {
+    let (generation, nodes): (Option<u64>, HashMap<String, String>) = redis::pipe()
+        .get(shared.keys.generation())
+        .hgetall(shared.keys.nodes())
+        .query_async(conn)
+        .await?;
+    let nodes = nodes
+        .into_iter()
+        .filter_map(|(node, lease)| Some((node, lease.split(' ').next()?.parse().ok()?)))
+        .collect();
+    Ok((generation.unwrap_or(0), nodes))
 }
 
 /// The entries of an `XRANGE`/`XREVRANGE` reply: each one's number (its ID is `<number>-0`) and its frame (field

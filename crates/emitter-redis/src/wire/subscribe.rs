@@ -266,8 +266,8 @@ impl Subscriber {
     async fn catch_up(&mut self, resubscribed: bool) -> Result<(), Gone> {
         if resubscribed {
             let mut conn = self.conn.clone();
-            if let Err(error) = self.inbox.check_redis(&self.shared, &mut conn).await {
-                tracing::warn!(cluster = self.shared.name, node = self.node, %error, "could not check redis's state");
+            if let Err(error) = self.inbox.refresh(&self.shared, &mut conn).await {
+                tracing::warn!(cluster = self.shared.name, node = self.node, %error, "could not read the registered nodes");
             }
         }
         for (origin, from) in self.inbox.known() {

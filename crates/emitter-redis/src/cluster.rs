@@ -47,11 +47,11 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// One message waiting for the publisher task: the channel it goes out on, and the stream that keeps it for those
-/// who miss it there (see [`Options::message_window`]).
+/// One message waiting for the publisher task: the channel it goes out on, and the node it is for (`None`: every
+/// node).
 struct Outgoing {
     channel: String,
-    window: String,
+    to: Option<String>,
     message: NodeMessage,
 }
 
@@ -207,7 +207,7 @@ impl Cluster {
     pub fn publish_broadcast(&self, from: &NodeLease, after: u64, skip: Option<&str>, body: Bytes) -> Result<()> {
         self.queue(
             self.shared.keys.broadcast_channel.clone(),
-            self.shared.keys.window(&from.node, from.generation, None),
+            None,
             message_from(from, after, skip, false, body),
         )
     }
@@ -218,7 +218,7 @@ impl Cluster {
     pub fn publish_kept(&self, from: &NodeLease, after: u64, user: &str, body: Bytes) -> Result<()> {
         self.queue(
             self.shared.keys.broadcast_channel.clone(),
-            self.shared.keys.window(&from.node, from.generation, None),
+            None,
             message_from(from, after, Some(user), true, body),
         )
     }
@@ -229,17 +229,13 @@ impl Cluster {
         check_name(to)?;
         self.queue(
             self.shared.keys.node_channel(to),
-            self.shared.keys.window(&from.node, from.generation, Some(to)),
+            Some(to.to_owned()),
             message_from(from, after, Some(user), false, body),
         )
     }
 
-    fn queue(&self, channel: String, window: String, message: NodeMessage) -> Result<()> {
-        let outgoing = Outgoing {
-            channel,
-            window,
-            message,
-        };
+    fn queue(&self, channel: String, to: Option<String>, message: NodeMessage) -> Result<()> {
+        let outgoing = Outgoing { channel, to, message };
         let size = outgoing.size();
         let budget = self.shared.options.publish_budget as u64;
         // Taken before it is queued, given back by the publisher once Redis has it (or it is dropped).
@@ -299,51 +295,70 @@ pub(crate) async fn manager(shared: &Shared) -> Result<ConnectionManager> {
     Ok(ConnectionManager::new_with_config(shared.client.clone(), config).await?)
 }
 
-/// Sends queued messages in order, pipelining what has piled up. Each message is kept in its channel's window
-/// (`XADD <window> MAXLEN ~ <size> <number>-0 m <frame>`) and published, in the same pipeline: a receiver that
-/// misses the publish finds it in the window by its number (see `wire::recovery`).
+/// Sends queued messages in order, pipelining what has piled up. Each message is kept in its origin's window
+/// (`XADD <window> MAXLEN ~ <size> <order>-0 m <frame> [t <node it is for>]`) and published, in the same pipeline: a
+/// receiver that misses the publish finds it in the window (see `wire::recovery`).
 ///
 /// A batch that fails because its connection dropped (Redis restarted, the connection was killed) is sent once more,
 /// on the connection the manager makes anew: the first publish after a Redis restart always finds the old connection
 /// dead, and dropping it would lose a message that never reached any Redis. The price is a rare duplicate: if the
 /// connection died after Redis ran the batch but before it replied, Redis relays it twice (the window refuses the
-/// second `XADD`: its number is there already), and the receivers drop the repeat by its number (see
+/// second `XADD`: its order is there already), and the receivers drop the repeat by its number (see
 /// [`NodeMessage::number`]). Any other failure (a timeout, a Redis error) is counted and dropped: its outcome is
 /// unknown, and a retry could deliver it after later messages.
 async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    // The last number given on each channel, per generation of this node.
+    // The last number given on each channel, and on all channels together (`order`), per generation of this node.
     let mut numbers: HashMap<(String, u64), u64> = HashMap::new();
+    let mut orders: HashMap<u64, u64> = HashMap::new();
+    // Each generation's window (its key).
+    let mut window_keys: HashMap<u64, String> = HashMap::new();
     let window = shared.options.message_window;
     while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let mut pipe = redis::pipe();
         // A refused XADD must not fail the batch: the publish still goes out (see `window_failures`).
         pipe.ignore_errors();
-        let mut windows: Vec<&str> = Vec::new();
+        let mut windows: Vec<u64> = Vec::new();
         for outgoing in &mut batch {
             let number = numbers
                 .entry((outgoing.channel.clone(), outgoing.message.generation))
                 .or_default();
             *number += 1;
             outgoing.message.number = *number;
+            let order = orders.entry(outgoing.message.generation).or_default();
+            *order += 1;
+            outgoing.message.order = *order;
             let frame = outgoing.message.encode();
             if window > 0 {
-                pipe.cmd("XADD")
-                    .arg(&outgoing.window)
+                let generation = outgoing.message.generation;
+                let key = window_keys
+                    .entry(generation)
+                    .or_insert_with(|| shared.keys.window(&outgoing.message.origin, generation));
+                let xadd = pipe
+                    .cmd("XADD")
+                    .arg(key.as_str())
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(window)
-                    .arg(format!("{number}-0"))
+                    .arg(format!("{order}-0"))
                     .arg("m")
                     .arg(&frame);
-                if !windows.contains(&outgoing.window.as_str()) {
-                    windows.push(&outgoing.window);
+                if let Some(to) = &outgoing.to {
+                    xadd.arg("t").arg(to);
+                }
+                if !windows.contains(&generation) {
+                    windows.push(generation);
                 }
             }
             pipe.cmd("PUBLISH").arg(&outgoing.channel).arg(frame).ignore();
         }
-        for key in windows {
-            pipe.cmd("PEXPIRE").arg(key).arg(WINDOW_IDLE_EXPIRY_MS).ignore();
+        for generation in windows {
+            if let Some(key) = window_keys.get(&generation) {
+                pipe.cmd("PEXPIRE")
+                    .arg(key.as_str())
+                    .arg(WINDOW_IDLE_EXPIRY_MS)
+                    .ignore();
+            }
         }
         let count = batch.len() as u64;
         let bytes: u64 = batch.iter().map(Outgoing::size).sum();
@@ -402,6 +417,7 @@ fn message_from(from: &NodeLease, after: u64, user: Option<&str>, keep: bool, bo
         origin: from.node.clone(),
         generation: from.generation,
         number: 0,
+        order: 0,
         after,
         user: user.map(str::to_owned),
         keep,

@@ -56,14 +56,11 @@ impl Keys {
         &self.all[7]
     }
 
-    /// The stream that keeps the last messages `origin` (in `generation`) published on one channel, by number: its
-    /// broadcasts (`to: None`) or its messages for users linked on node `to`. `/` separates the parts: it is not a
-    /// name character, so two (origin, generation, channel) never share a stream.
-    pub(crate) fn window(&self, origin: &str, generation: u64, to: Option<&str>) -> String {
-        match to {
-            None => format!("{}{origin}/{generation}/b", self.window_prefix),
-            Some(to) => format!("{}{origin}/{generation}/n/{to}", self.window_prefix),
-        }
+    /// The stream that keeps the newest messages `origin` (in `generation`) published, on any channel, by their
+    /// `order`: its *window*. `/` separates the parts: it is not a name character, so two (origin, generation) never
+    /// share a stream.
+    pub(crate) fn window(&self, origin: &str, generation: u64) -> String {
+        format!("{}{origin}/{generation}", self.window_prefix)
     }
 
     /// The channel of messages for users linked on `node`.
@@ -83,7 +80,6 @@ mod tests {
             assert!(key.starts_with("emitter:{eu}:"), "{key}");
         }
         assert_eq!(keys.node_channel("n1"), "emitter:{eu}:node:n1");
-        assert_eq!(keys.window("n:1", 7, None), "emitter:{eu}:out/n:1/7/b");
-        assert_eq!(keys.window("n1", 7, Some("n:2")), "emitter:{eu}:out/n1/7/n/n:2");
+        assert_eq!(keys.window("n:1", 7), "emitter:{eu}:out/n:1/7");
     }
 }

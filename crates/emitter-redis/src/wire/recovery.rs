@@ -1,18 +1,27 @@
 //! Getting back the cross-node messages a subscription missed.
 //!
-//! Every node keeps its newest messages in Redis, numbered, one capped stream per channel it publishes on (its
-//! broadcasts; its messages for each other node): the *window* (see [`Options::message_window`]). A receiver tracks
-//! the last number it delivered per origin, generation and channel (an [`Inbox`]). A message whose number leaves a
-//! gap, or a subscription made again after a drop, sends it to the window for the numbers in between; it delivers
-//! them in their number order before anything later from that origin, and drops what it has had already. What the
-//! window no longer holds is counted as lost and logged.
+//! Every node keeps its newest messages in Redis, in one capped stream per generation (its *window*, see
+//! [`Options::message_window`]), each under its [`order`](NodeMessage::order): its place among everything that
+//! generation published, broadcasts and sends to any node alike, with the node a send is for. A receiver keeps, per
+//! origin generation, how far into that order it has heard, and the last [`number`](NodeMessage::number) on each of
+//! the two channels that reach it (the broadcasts, and its own channel): an [`Inbox`].
+//!
+//! The subscription receives one origin's messages on both channels in the origin's order (one publishing
+//! connection, one subscribing connection), so when it drops, what it missed is exactly what follows, in the order,
+//! the last message it heard. After a resubscription the receiver reads each known origin's window from there on:
+//! the messages for it (broadcasts, and sends to it), in the origin's order, are delivered before anything later from
+//! that origin; those it had already (the order says) are dropped. A message whose channel number leaves a gap outside
+//! a resubscription (a publish Redis did not relay, one the window missed) makes it read the window up to that
+//! message first. A number missing from a channel once the window has been read (trimmed, never kept) is counted as
+//! lost and logged.
 //!
 //! Which origins does a receiver know? Those it has heard from, and those whose windows it read when it first
-//! subscribed (the *baseline*: every registered node's newest number, read *before* subscribing, so that whatever
-//! is published between the read and the subscription is fetched right after it). An origin generation it never
-//! heard of is one of two kinds: registered after the baseline (the generation counter says so): everything it
-//! published is for this receiver, from number 1; or older (a node that was not registered then): its first message
-//! starts the count, as it always did.
+//! subscribed (the *baseline*: every registered node's newest order, read *before* subscribing, so that whatever is
+//! published between the read and the subscription is fetched right after it). An origin generation it never heard
+//! of is one of two kinds: registered after the baseline (the generation counter says so): everything it published is
+//! for this receiver (after a resubscription the receiver reads the registered nodes again, so as to fetch those whose
+//! every message came while it was away); or older (a node that was not registered then): its first message starts
+//! the count.
 //!
 //! [`Options::message_window`]: crate::Options::message_window
 
@@ -27,9 +36,8 @@ use crate::wire::messages::NodeMessage;
 /// How many messages one window read takes at most; a longer gap takes several.
 const PAGE: usize = 500;
 
-/// One channel of one origin generation: its node, generation, and whether it is the broadcast channel (else it is
-/// the receiver's own channel).
-pub(crate) type Origin = (String, u64, bool);
+/// One origin generation: its node and generation.
+pub(crate) type Origin = (String, u64);
 
 /// What to do with a message that came through the subscription.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,28 +46,52 @@ pub(crate) enum Check {
     Repeat,
     /// The next one: deliver it.
     Next,
-    /// Numbers `from` up to the message's own are missing: fetch them first.
-    Gap {
-        /// The first missing number.
-        from: u64,
-    },
+    /// Its channel's number leaves a gap: read the window up to it ([`Inbox::fill`] with `upto`: its order − 1),
+    /// then [`Inbox::close_gap`], then deliver it.
+    Gap,
+}
+
+/// How far a receiver has heard from one origin generation.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// Everything up to this order has been delivered, dropped as not for this receiver, or counted lost.
+    order: u64,
+    /// The last number delivered on the broadcast channel; `None` until one came (known from the baseline only).
+    broadcast: Option<u64>,
+    /// The same on this receiver's own channel.
+    send: Option<u64>,
+}
+
+impl Heard {
+    /// An origin generation registered after the baseline: nothing heard of it yet, all of it for this receiver.
+    const NEW: Heard = Heard {
+        order: 0,
+        broadcast: Some(0),
+        send: Some(0),
+    };
+
+    fn channel(&mut self, broadcast: bool) -> &mut Option<u64> {
+        if broadcast {
+            &mut self.broadcast
+        } else {
+            &mut self.send
+        }
+    }
 }
 
 /// What one window read returned.
 pub(crate) struct Page {
-    /// The messages to deliver, in their number order.
-    pub(crate) messages: Vec<NodeMessage>,
-    /// Whether the read reached the end of what was asked for (else read again, from `next`).
+    /// The messages to deliver, in the origin's order, each with its channel (`true`: broadcast).
+    pub(crate) messages: Vec<(bool, NodeMessage)>,
+    /// Whether the read reached the end of what was asked for (else read again).
     pub(crate) done: bool,
-    /// The number to read on from.
-    pub(crate) next: u64,
 }
 
-/// The last number delivered per origin channel (see the module docs).
+/// How far a receiver has heard from each origin generation (see the module docs).
 pub(crate) struct Inbox {
-    /// The receiving node: its own channel's windows are `…/n/<node>`.
+    /// The receiving node.
     node: String,
-    last: HashMap<Origin, u64>,
+    heard: HashMap<Origin, Heard>,
     /// The generation counter at the baseline: a higher generation registered after it. `None` before the baseline.
     baseline: Option<u64>,
 }
@@ -68,7 +100,7 @@ impl Inbox {
     pub(crate) fn new(node: &str) -> Inbox {
         Inbox {
             node: node.to_owned(),
-            last: HashMap::new(),
+            heard: HashMap::new(),
             baseline: None,
         }
     }
@@ -78,22 +110,19 @@ impl Inbox {
         self.baseline.is_some()
     }
 
-    /// Reads the baseline: the generation counter, and the newest number in each registered node's windows for this
-    /// receiver. Call it before the first subscription.
+    /// Reads the baseline: the generation counter, and the newest order in each other registered node's window.
+    /// Call it before the first subscription.
     pub(crate) async fn read_baseline(
         &mut self,
         shared: &Shared,
         conn: &mut ConnectionManager,
     ) -> redis::RedisResult<()> {
         let (generation, nodes) = registered(shared, conn).await?;
-        let origins: Vec<Origin> = nodes
-            .into_iter()
-            .flat_map(|(node, generation)| self.channels(node, generation))
-            .collect();
+        let origins: Vec<Origin> = nodes.into_iter().filter(|(node, _)| *node != self.node).collect();
         let mut pipe = redis::pipe();
-        for origin in &origins {
+        for (node, generation) in &origins {
             pipe.cmd("XREVRANGE")
-                .arg(self.window(shared, origin))
+                .arg(shared.keys.window(node, *generation))
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
@@ -105,8 +134,13 @@ impl Inbox {
             pipe.query_async(conn).await?
         };
         for (origin, tail) in origins.into_iter().zip(tails) {
-            let newest = entries(tail).first().map_or(0, |(number, _)| *number);
-            self.last.insert(origin, newest);
+            let order = entries(tail).first().map_or(0, |entry| entry.order);
+            let heard = Heard {
+                order,
+                broadcast: None,
+                send: None,
+            };
+            self.heard.insert(origin, heard);
         }
         self.baseline = Some(generation);
         Ok(())
@@ -126,119 +160,145 @@ impl Inbox {
                 "redis lost the cluster's state, and with it the messages other nodes kept: what this node had not \
                  received from them before is lost, uncounted"
             );
-            self.last.clear();
+            self.heard.clear();
             self.baseline = Some(0);
         }
         let baseline = self.baseline.unwrap_or(0);
-        for (node, generation) in nodes {
-            if generation > baseline {
-                for origin in self.channels(node.clone(), generation) {
-                    self.last.entry(origin).or_insert(0);
-                }
+        for origin in nodes {
+            if origin.1 > baseline && origin.0 != self.node {
+                self.heard.entry(origin).or_insert(Heard::NEW);
             }
         }
         Ok(())
     }
 
-    /// The channels of `node` (in `generation`) that reach this receiver: its broadcasts (unless it is this node)
-    /// and its messages for this node.
-    fn channels(&self, node: String, generation: u64) -> Vec<Origin> {
-        let mut channels = Vec::with_capacity(2);
-        if node != self.node {
-            channels.push((node.clone(), generation, true));
-        }
-        channels.push((node, generation, false));
-        channels
+    /// The origin generations it knows: after a resubscription, read each one's window on from where it is.
+    pub(crate) fn known(&self) -> Vec<Origin> {
+        self.heard.keys().cloned().collect()
     }
 
-    /// The origin channels it knows, and the number after the last one delivered from each: after a
-    /// resubscription, read each window from there on.
-    pub(crate) fn known(&self) -> Vec<(Origin, u64)> {
-        self.last
-            .iter()
-            .map(|(origin, last)| (origin.clone(), last + 1))
-            .collect()
-    }
-
-    /// Checks a message that came through the subscription against the last one delivered from its origin channel.
-    /// Records it as delivered when it is [`Check::Next`]; a [`Check::Gap`] is recorded once filled
-    /// ([`Inbox::fill`], then [`Inbox::delivered`]).
+    /// Checks a message that came through the subscription against what was heard from its origin. Records it as
+    /// delivered when it is [`Check::Next`].
     pub(crate) fn check(&mut self, message: &NodeMessage, broadcast: bool) -> Check {
-        let origin = (message.origin.clone(), message.generation, broadcast);
-        let last = match self.last.get(&origin) {
-            Some(&last) => last,
-            // Registered after the baseline: everything it sent is for this receiver.
-            None if self.baseline.is_some_and(|baseline| message.generation > baseline) => 0,
-            // An origin this receiver knows nothing of: its first message starts the count.
-            None => message.number.saturating_sub(1),
-        };
-        if message.number <= last {
+        let baseline = self.baseline;
+        let heard = self
+            .heard
+            .entry((message.origin.clone(), message.generation))
+            .or_insert_with(|| {
+                if baseline.is_some_and(|baseline| message.generation > baseline) {
+                    Heard::NEW
+                } else {
+                    // An origin this receiver knows nothing of: this message starts the count.
+                    Heard {
+                        order: message.order.saturating_sub(1),
+                        broadcast: None,
+                        send: None,
+                    }
+                }
+            });
+        if message.order <= heard.order {
             return Check::Repeat;
         }
-        if message.number == last + 1 {
-            self.last.insert(origin, message.number);
-            return Check::Next;
+        let last = heard.channel(broadcast);
+        match *last {
+            Some(last) if message.number <= last => Check::Repeat,
+            Some(last) if message.number > last + 1 => Check::Gap,
+            _ => {
+                *last = Some(message.number);
+                heard.order = message.order;
+                Check::Next
+            }
         }
-        Check::Gap { from: last + 1 }
     }
 
-    /// Records `number` as delivered from `origin`.
-    pub(crate) fn delivered(&mut self, origin: &Origin, number: u64) {
-        let last = self.last.entry(origin.clone()).or_default();
-        *last = (*last).max(number);
+    /// After [`Inbox::fill`] up to the message that showed a gap: counts what its channel is still missing as lost,
+    /// and records the message as delivered.
+    pub(crate) fn close_gap(&mut self, shared: &Shared, message: &NodeMessage, broadcast: bool) {
+        let origin = (message.origin.clone(), message.generation);
+        let heard = self.heard.entry(origin.clone()).or_insert(Heard::NEW);
+        let last = heard.channel(broadcast);
+        let missing = last.map_or(0, |last| message.number.saturating_sub(last + 1));
+        *last = Some(message.number);
+        heard.order = heard.order.max(message.order);
+        self.lost(shared, &origin, missing);
     }
 
-    /// Reads the next page of `origin`'s window from `from` on, up to `upto` (inclusive; `None`: its newest), and
-    /// records what it returns as delivered. Numbers the window no longer holds are counted as lost and logged; so
-    /// are those up to `upto` it never held, once the read reaches them.
+    /// Reads the next page of `origin`'s window after what was heard, up to order `upto` (inclusive; `None`: its
+    /// newest): the messages for this receiver it has not had, in order. Numbers a channel skips are counted as lost
+    /// and logged (trimmed from the window, or never kept).
     pub(crate) async fn fill(
         &mut self,
         shared: &Shared,
         conn: &mut ConnectionManager,
         origin: &Origin,
-        from: u64,
         upto: Option<u64>,
     ) -> redis::RedisResult<Page> {
+        let Some(&heard) = self.heard.get(origin) else {
+            return Ok(Page {
+                messages: Vec::new(),
+                done: true,
+            });
+        };
+        if upto.is_some_and(|upto| upto <= heard.order) {
+            return Ok(Page {
+                messages: Vec::new(),
+                done: true,
+            });
+        }
         let end = upto.map_or("+".to_owned(), |upto| format!("{upto}-0"));
         let reply: Value = redis::cmd("XRANGE")
-            .arg(self.window(shared, origin))
-            .arg(format!("{from}-0"))
+            .arg(shared.keys.window(&origin.0, origin.1))
+            .arg(format!("{}-0", heard.order + 1))
             .arg(end)
             .arg("COUNT")
             .arg(PAGE)
             .query_async(conn)
             .await?;
         let read = entries(reply);
-        let done = read.len() < PAGE;
-        let mut next = from;
+        let mut done = read.len() < PAGE;
+        let mut heard = heard;
+        let mut lost = 0;
         let mut messages = Vec::with_capacity(read.len());
-        for (number, frame) in read {
-            let Some(message) = NodeMessage::decode(&frame) else {
+        for entry in read {
+            if entry.order <= heard.order {
+                continue;
+            }
+            heard.order = entry.order;
+            // Another node's send.
+            if entry.to.as_ref().is_some_and(|to| *to != self.node) {
+                continue;
+            }
+            let broadcast = entry.to.is_none();
+            let Some(message) = NodeMessage::decode(&entry.frame) else {
                 Counters::add(&shared.counters.malformed_messages, 1);
                 continue;
             };
-            if number < next
-                || message.number != number
-                || (&message.origin, message.generation) != (&origin.0, origin.1)
-            {
+            if message.order != entry.order || (&message.origin, message.generation) != (&origin.0, origin.1) {
                 Counters::add(&shared.counters.malformed_messages, 1);
                 continue;
             }
-            self.lost(shared, origin, number - next);
-            next = number + 1;
-            messages.push(message);
+            let last = heard.channel(broadcast);
+            match *last {
+                Some(last) if message.number <= last => continue,
+                Some(last) => lost += message.number - last - 1,
+                None => {}
+            }
+            *last = Some(message.number);
+            messages.push((broadcast, message));
         }
-        let done = done || upto.is_some_and(|upto| next > upto);
+        if upto.is_some_and(|upto| heard.order >= upto) {
+            done = true;
+        }
         if done {
+            // Nothing more is in the window up to `upto`: the rest of the way is heard.
             if let Some(upto) = upto {
-                self.lost(shared, origin, (upto + 1).saturating_sub(next));
+                heard.order = heard.order.max(upto);
             }
         }
-        if next > from {
-            self.delivered(origin, next - 1);
-        }
+        self.heard.insert(origin.clone(), heard);
+        self.lost(shared, origin, lost);
         Counters::add(&shared.counters.messages_recovered, messages.len() as u64);
-        Ok(Page { messages, done, next })
+        Ok(Page { messages, done })
     }
 
     /// Counts `count` messages of `origin` as lost (when there are any) and says so.
@@ -252,21 +312,15 @@ impl Inbox {
             node = self.node,
             origin = origin.0,
             generation = origin.1,
-            broadcast = origin.2,
             lost = count,
             "messages from another node were lost: published while this node's subscription was away, and no longer \
              in their origin's window"
         );
     }
-
-    fn window(&self, shared: &Shared, (node, generation, broadcast): &Origin) -> String {
-        let to = (!broadcast).then_some(self.node.as_str());
-        shared.keys.window(node, *generation, to)
-    }
 }
 
 /// The generation counter, and each registered node with its lease's generation.
-async fn registered(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<(u64, Vec<(String, u64)>)> {
+async fn registered(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<(u64, Vec<Origin>)> {
     let (generation, nodes): (Option<u64>, HashMap<String, String>) = redis::pipe()
         .get(shared.keys.generation())
         .hgetall(shared.keys.nodes())
@@ -279,51 +333,68 @@ async fn registered(shared: &Shared, conn: &mut ConnectionManager) -> redis::Red
     Ok((generation.unwrap_or(0), nodes))
 }
 
-/// The entries of an `XRANGE`/`XREVRANGE` reply: each one's number (its ID is `<number>-0`) and its frame (field
-/// `m`). Anything else is skipped.
-fn entries(reply: Value) -> Vec<(u64, Vec<u8>)> {
+/// One entry of a window.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    /// Its ID is `<order>-0`.
+    order: u64,
+    /// Field `m`: the frame as published.
+    frame: Vec<u8>,
+    /// Field `t`, for a send: the node it is for.
+    to: Option<String>,
+}
+
+/// The entries of an `XRANGE`/`XREVRANGE` reply. Anything else is skipped.
+fn entries(reply: Value) -> Vec<Entry> {
     let Value::Array(items) = reply else {
         return Vec::new();
     };
-    items
-        .into_iter()
-        .filter_map(|item| {
-            let Value::Array(mut parts) = item else {
-                return None;
-            };
-            if parts.len() != 2 {
-                return None;
-            }
-            let fields = parts.pop()?;
-            let id = parts.pop()?;
-            let number = match id {
-                Value::BulkString(id) => std::str::from_utf8(&id).ok()?.strip_suffix("-0")?.parse().ok()?,
-                Value::SimpleString(id) => id.strip_suffix("-0")?.parse().ok()?,
-                _ => return None,
-            };
-            let Value::Array(fields) = fields else {
-                return None;
-            };
-            let mut fields = fields.into_iter();
-            match (fields.next(), fields.next()) {
-                (Some(Value::BulkString(name)), Some(Value::BulkString(frame))) if name == b"m" => {
-                    Some((number, frame))
-                }
-                _ => None,
-            }
-        })
-        .collect()
+    items.into_iter().filter_map(entry).collect()
+}
+
+fn entry(item: Value) -> Option<Entry> {
+    let Value::Array(mut parts) = item else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let fields = parts.pop()?;
+    let id = parts.pop()?;
+    let order = match id {
+        Value::BulkString(id) => std::str::from_utf8(&id).ok()?.strip_suffix("-0")?.parse().ok()?,
+        Value::SimpleString(id) => id.strip_suffix("-0")?.parse().ok()?,
+        _ => return None,
+    };
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let mut fields = fields.into_iter();
+    let (mut frame, mut to) = (None, None);
+    while let (Some(Value::BulkString(name)), Some(Value::BulkString(value))) = (fields.next(), fields.next()) {
+        match name.as_slice() {
+            b"m" => frame = Some(value),
+            b"t" => to = Some(String::from_utf8(value).ok()?),
+            _ => {}
+        }
+    }
+    Some(Entry {
+        order,
+        frame: frame?,
+        to,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn message(origin: &str, generation: u64, number: u64) -> NodeMessage {
+    fn message(origin: &str, generation: u64, number: u64, order: u64) -> NodeMessage {
         NodeMessage {
             origin: origin.into(),
             generation,
             number,
+            order,
             after: 0,
             user: None,
             keep: false,
@@ -336,39 +407,49 @@ mod tests {
         let mut inbox = Inbox::new("me");
         inbox.baseline = Some(5);
         // An origin older than the baseline, never heard of: its first message starts the count.
-        assert_eq!(inbox.check(&message("a", 3, 40), true), Check::Next);
-        assert_eq!(inbox.check(&message("a", 3, 41), true), Check::Next);
-        assert_eq!(inbox.check(&message("a", 3, 41), true), Check::Repeat);
-        assert_eq!(inbox.check(&message("a", 3, 44), true), Check::Gap { from: 42 });
-        // The same origin's other channel is counted apart.
-        assert_eq!(inbox.check(&message("a", 3, 7), false), Check::Next);
-        // Registered after the baseline: from number 1.
-        assert_eq!(inbox.check(&message("b", 6, 1), true), Check::Next);
-        assert_eq!(inbox.check(&message("c", 7, 3), true), Check::Gap { from: 1 });
-        inbox.delivered(&("c".into(), 7, true), 3);
-        assert_eq!(inbox.check(&message("c", 7, 3), true), Check::Repeat);
-        assert_eq!(inbox.check(&message("c", 7, 4), true), Check::Next);
+        assert_eq!(inbox.check(&message("a", 3, 40, 90), true), Check::Next);
+        assert_eq!(inbox.check(&message("a", 3, 41, 95), true), Check::Next);
+        assert_eq!(inbox.check(&message("a", 3, 41, 95), true), Check::Repeat);
+        // Its other channel: the first message starts that channel's count; the order goes on.
+        assert_eq!(inbox.check(&message("a", 3, 7, 96), false), Check::Next);
+        assert_eq!(inbox.check(&message("a", 3, 44, 99), true), Check::Gap);
+        // Registered after the baseline: from number 1 on each channel.
+        assert_eq!(inbox.check(&message("b", 6, 1, 1), true), Check::Next);
+        assert_eq!(inbox.check(&message("b", 6, 1, 3), false), Check::Next);
+        assert_eq!(inbox.check(&message("c", 7, 3, 3), true), Check::Gap);
     }
 
     #[test]
-    fn window_entries_are_read_by_number() {
-        let entry = |id: &str, field: &[u8], frame: &[u8]| {
-            Value::Array(vec![
-                Value::BulkString(id.as_bytes().to_vec()),
-                Value::Array(vec![
-                    Value::BulkString(field.to_vec()),
-                    Value::BulkString(frame.to_vec()),
-                ]),
-            ])
+    fn window_entries_are_read_by_order() {
+        let entry = |id: &str, fields: &[(&[u8], &[u8])]| {
+            let fields = fields
+                .iter()
+                .flat_map(|(name, value)| [Value::BulkString(name.to_vec()), Value::BulkString(value.to_vec())])
+                .collect();
+            Value::Array(vec![Value::BulkString(id.as_bytes().to_vec()), Value::Array(fields)])
         };
         let reply = Value::Array(vec![
-            entry("7-0", b"m", b"seven"),
-            entry("8-1", b"m", b"not ours"),
-            entry("9-0", b"x", b"not ours"),
+            entry("7-0", &[(b"m", b"seven")]),
+            entry("8-1", &[(b"m", b"not ours")]),
+            entry("9-0", &[(b"x", b"no frame")]),
             Value::Nil,
-            entry("10-0", b"m", b"ten"),
+            entry("10-0", &[(b"m", b"ten"), (b"t", b"node-b")]),
         ]);
-        assert_eq!(entries(reply), vec![(7, b"seven".to_vec()), (10, b"ten".to_vec())]);
+        assert_eq!(
+            entries(reply),
+            vec![
+                Entry {
+                    order: 7,
+                    frame: b"seven".to_vec(),
+                    to: None
+                },
+                Entry {
+                    order: 10,
+                    frame: b"ten".to_vec(),
+                    to: Some("node-b".into())
+                },
+            ]
+        );
         assert_eq!(entries(Value::Nil), vec![]);
     }
 }

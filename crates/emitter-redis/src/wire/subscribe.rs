@@ -242,10 +242,10 @@ impl Subscriber {
                         None
                     }
                     Check::Next => Some(notification(broadcast, decoded)),
-                    Check::Gap { from } => {
-                        let origin = (decoded.origin.clone(), decoded.generation, broadcast);
-                        self.recover(&origin, from, Some(decoded.number - 1)).await?;
-                        self.inbox.delivered(&origin, decoded.number);
+                    Check::Gap => {
+                        let origin = (decoded.origin.clone(), decoded.generation);
+                        self.recover(&origin, Some(decoded.order - 1)).await?;
+                        self.inbox.close_gap(&self.shared, &decoded, broadcast);
                         Some(notification(broadcast, decoded))
                     }
                 }
@@ -270,27 +270,27 @@ impl Subscriber {
                 tracing::warn!(cluster = self.shared.name, node = self.node, %error, "could not read the registered nodes");
             }
         }
-        for (origin, from) in self.inbox.known() {
-            self.recover(&origin, from, None).await?;
+        for origin in self.inbox.known() {
+            self.recover(&origin, None).await?;
         }
         Ok(())
     }
 
-    /// Fetches `origin`'s messages `from` on, up to `upto` (`None`: its newest), from its window, and yields them in
-    /// order. A window that cannot be read (Redis away) loses the gap, counted; after a resubscription nothing is
-    /// known lost yet: the next message's gap reads it again.
-    async fn recover(&mut self, origin: &Origin, mut from: u64, upto: Option<u64>) -> Result<(), Gone> {
+    /// Fetches from `origin`'s window what this node has not had from it, up to order `upto` (`None`: its newest),
+    /// and yields it in the origin's order. A window that cannot be read (Redis away) is not retried here: the gap
+    /// that sent the subscriber to it is then counted as lost; a resubscription's read is made again after the next
+    /// resubscription.
+    async fn recover(&mut self, origin: &Origin, upto: Option<u64>) -> Result<(), Gone> {
         let mut conn = self.conn.clone();
         loop {
-            match self.inbox.fill(&self.shared, &mut conn, origin, from, upto).await {
+            match self.inbox.fill(&self.shared, &mut conn, origin, upto).await {
                 Ok(page) => {
-                    for message in page.messages {
-                        self.send(notification(origin.2, message)).await?;
+                    for (broadcast, message) in page.messages {
+                        self.send(notification(broadcast, message)).await?;
                     }
                     if page.done {
                         return Ok(());
                     }
-                    from = page.next;
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -300,10 +300,6 @@ impl Subscriber {
                         %error,
                         "could not read another node's message window"
                     );
-                    if let Some(upto) = upto {
-                        self.inbox.lost(&self.shared, origin, (upto + 1).saturating_sub(from));
-                        self.inbox.delivered(origin, upto);
-                    }
                     return Ok(());
                 }
             }

@@ -61,7 +61,7 @@
 //! | `nodes` | hash | node id → `<generation> <deadline>`: the node's lease, the deadline in ms of Redis's clock (`TIME`) |
 //! | `generation` | string (integer) | the generation counter; never reset, not even by a new epoch |
 //! | `connections` | hash | `<node>/<generation>/<connection>` → the user it is linked to: a connection links one user at most |
-//! | `out/<node>/<generation>/b`, `out/<node>/<generation>/n/<to>` | stream | the *window* of one node generation's broadcasts, and of its messages for users linked on node `to`: its newest [`Options::message_window`] messages, entry ID `<number>-0`, field `m` the frame as published; expires an hour after its last message |
+//! | `out/<node>/<generation>` | stream | the *window* of one node generation: its newest [`Options::message_window`] messages to other nodes, broadcasts and sends alike, entry ID `<order>-0` ([`NodeMessage::order`]), field `m` the frame as published, field `t` (sends only) the node it is for; expires an hour after its last message |
 //!
 //! Channels (not keys): `emitter:{N}:seq` (each script that appended publishes `<last seq> <epoch>`),
 //! `emitter:{N}:broadcast` (broadcasts), `emitter:{N}:node:<node>` (messages for users linked on that node).
@@ -162,9 +162,9 @@
 //!   is what breaks it, in exchange for latency.)
 //! - **Membership and messages of different nodes**: a client may get another node's broadcast before or after a
 //!   `krmx/linked` that happened "at the same time" elsewhere.
-//! - **Cross-node messages are recoverable within a window, not beyond.** Each message is kept in its channel's window
+//! - **Cross-node messages are recoverable within a window, not beyond.** Each message is kept in its origin's window
 //!   (in the same pipeline as its `PUBLISH`); a subscriber that sees a gap in an origin's numbers, or comes back after
-//!   a drop, fetches the missing ones by number and yields them once each, in the origin's order, before anything
+//!   a drop, fetches the missing ones from it and yields them once each, in the origin's order, before anything
 //!   later from that origin. What a window no longer holds is lost for that subscriber, counted
 //!   ([`ClusterStats::messages_lost`]) and logged; so is everything unreceived when Redis loses its state (restarted
 //!   without persistence), uncounted. A publish whose connection dropped is sent once more (the first publish after
@@ -202,6 +202,7 @@
 //! [`Notifications`]: wire::Notifications
 //! [`Replica`]: wire::Replica
 //! [`NodeMessage::after`]: wire::NodeMessage::after
+//! [`NodeMessage::order`]: wire::NodeMessage::order
 //! [`Notification::EpochChanged`]: wire::Notification::EpochChanged
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

@@ -56,10 +56,10 @@ pub struct Options {
     /// Redis before `publish_*` refuses with [`Error::QueueFull`]; one message always fits an empty queue.
     /// Default: 64 MiB (see the Limits chapter, "Byte budgets").
     pub publish_budget: usize,
-    /// How many of its newest messages each node keeps in Redis per channel (its broadcasts, and its messages for
-    /// each other node), by number, for receivers that missed some (a dropped subscription, a Redis restart with
-    /// persistence) to fetch: a capped stream per channel, trimmed with `XADD … MAXLEN ~` (whole blocks, so a few
-    /// more may stay). A receiver further behind than that counts the rest as lost. A window nobody writes to
+    /// How many of its newest messages to other nodes (broadcasts and sends together) each node keeps in Redis, in
+    /// the order it sent them, for receivers that missed some (a dropped subscription, a Redis restart with
+    /// persistence) to fetch: one capped stream per node generation, trimmed with `XADD … MAXLEN ~` (whole blocks,
+    /// so a few more may stay). A receiver further behind than that counts the rest as lost. A window nobody writes to
     /// expires an hour after its last message (a node id's earlier generations). 0 keeps no window: cross-node
     /// messages are then at most once. Default: 10,000 (see the Capacity chapter for what it costs Redis).
     pub message_window: u64,

@@ -94,6 +94,8 @@ pub(crate) struct Inbox {
     heard: HashMap<Origin, Heard>,
     /// The generation counter at the baseline: a higher generation registered after it. `None` before the baseline.
     baseline: Option<u64>,
+    /// Redis's epoch (its cluster state's identity) that all of the above belongs to: see [`Inbox::observe_epoch`].
+    epoch: Option<String>,
 }
 
 impl Inbox {
@@ -102,6 +104,7 @@ impl Inbox {
             node: node.to_owned(),
             heard: HashMap::new(),
             baseline: None,
+            epoch: None,
         }
     }
 
@@ -117,7 +120,8 @@ impl Inbox {
         shared: &Shared,
         conn: &mut ConnectionManager,
     ) -> redis::RedisResult<()> {
-        let (generation, nodes) = registered(shared, conn).await?;
+        let (epoch, generation, nodes) = registered(shared, conn).await?;
+        self.epoch = epoch;
         let origins: Vec<Origin> = nodes.into_iter().filter(|(node, _)| *node != self.node).collect();
         let mut pipe = redis::pipe();
         for (node, generation) in &origins {
@@ -146,23 +150,12 @@ impl Inbox {
         Ok(())
     }
 
-    /// After a resubscription, before [`Inbox::known`]: learns the node generations registered since the baseline
-    /// that it has not heard from (all they sent is for this receiver, and may all have been sent while it was
-    /// away). And checks that Redis still has the state the baseline was read from: a generation counter lower than
-    /// the baseline's means Redis lost it (restarted without persistence, flushed), and with it every window; the
-    /// generations it hands out from now on start again and must not be mistaken for the old ones.
+    /// After a resubscription, before [`Inbox::known`]: checks Redis's epoch ([`Inbox::observe_epoch`]), and learns
+    /// the node generations registered since the baseline that it has not heard from (all they sent is for this
+    /// receiver, and may all have been sent while it was away).
     pub(crate) async fn refresh(&mut self, shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-        let (generation, nodes) = registered(shared, conn).await?;
-        if self.baseline.is_some_and(|baseline| generation < baseline) {
-            tracing::warn!(
-                cluster = shared.name,
-                node = self.node,
-                "redis lost the cluster's state, and with it the messages other nodes kept: what this node had not \
-                 received from them before is lost, uncounted"
-            );
-            self.heard.clear();
-            self.baseline = Some(0);
-        }
+        let (epoch, _, nodes) = registered(shared, conn).await?;
+        self.observe_epoch(shared, epoch.as_deref());
         let baseline = self.baseline.unwrap_or(0);
         for origin in nodes {
             if origin.1 > baseline && origin.0 != self.node {
@@ -170,6 +163,26 @@ impl Inbox {
             }
         }
         Ok(())
+    }
+
+    /// Redis's epoch as seen now (a seq notification, a poll, a resubscription). Another epoch than the one the
+    /// inbox's numbers belong to means Redis lost its state (restarted without persistence, flushed), and with it
+    /// every window; generations start again from 1 there, so the same node and generation may come back meaning
+    /// another process. Everything heard is forgotten, and every generation from now on is new (read from its first
+    /// message): what was sent before is lost, uncounted.
+    pub(crate) fn observe_epoch(&mut self, shared: &Shared, epoch: Option<&str>) {
+        if self.baseline.is_none() || self.epoch.as_deref() == epoch {
+            return;
+        }
+        tracing::warn!(
+            cluster = shared.name,
+            node = self.node,
+            "redis lost the cluster's state, and with it the messages other nodes kept: what this node had not \
+             received from them before is lost, uncounted"
+        );
+        self.heard.clear();
+        self.baseline = Some(0);
+        self.epoch = epoch.map(str::to_owned);
     }
 
     /// The origin generations it knows: after a resubscription, read each one's window on from where it is.
@@ -319,9 +332,13 @@ impl Inbox {
     }
 }
 
-/// The generation counter, and each registered node with its lease's generation.
-async fn registered(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<(u64, Vec<Origin>)> {
-    let (generation, nodes): (Option<u64>, HashMap<String, String>) = redis::pipe()
+/// Redis's epoch, the generation counter, and each registered node with its lease's generation.
+async fn registered(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+) -> redis::RedisResult<(Option<String>, u64, Vec<Origin>)> {
+    let (epoch, generation, nodes): (Option<String>, Option<u64>, HashMap<String, String>) = redis::pipe()
+        .get(shared.keys.epoch())
         .get(shared.keys.generation())
         .hgetall(shared.keys.nodes())
         .query_async(conn)
@@ -330,7 +347,7 @@ async fn registered(shared: &Shared, conn: &mut ConnectionManager) -> redis::Red
         .into_iter()
         .filter_map(|(node, lease)| Some((node, lease.split(' ').next()?.parse().ok()?)))
         .collect();
-    Ok((generation.unwrap_or(0), nodes))
+    Ok((epoch, generation.unwrap_or(0), nodes))
 }
 
 /// One entry of a window.

@@ -317,6 +317,7 @@ impl Subscriber {
             Counters::add(&self.shared.counters.malformed_messages, 1);
             return None;
         };
+        self.inbox.observe_epoch(&self.shared, Some(epoch));
         if epoch != self.shared.epoch().as_str() {
             return Some(Notification::EpochChanged {
                 current: Some(Epoch(epoch.to_owned())),
@@ -339,6 +340,8 @@ impl Subscriber {
         let Ok((epoch, seq)) = Shared::head_result(value) else {
             return Ok(());
         };
+        self.inbox
+            .observe_epoch(&self.shared, epoch.as_ref().map(Epoch::as_str));
         if epoch.as_ref() != Some(&self.shared.epoch()) {
             return self.send(Notification::EpochChanged { current: epoch }).await;
         }

@@ -64,7 +64,8 @@ pub struct Options {
     /// messages are then at most once. Default: 10,000 (see the Capacity chapter for what it costs Redis).
     pub message_window: u64,
     /// How many notifications may wait for the subscriber to take them; past that the subscription stops reading
-    /// (Redis buffers, then drops the subscriber; it comes back and the log fills the gap). Default: 4,096.
+    /// (Redis buffers, then drops the subscriber; it comes back, and the log and the other nodes' windows fill the
+    /// gap). Default: 4,096.
     pub notification_queue: usize,
     /// How many groups of membership changes (a link, a closed connection's unlink, a closing node's unlinks) may
     /// wait for a node's change queue to send them before a change is refused at once
@@ -101,7 +102,8 @@ pub struct ClusterStats {
     /// Subscriptions (pub/sub connections) that dropped (killed, timed out, Redis restarted).
     pub subscription_drops: u64,
     /// Subscriptions made again after a drop. Each one is followed by a `Subscribed` notification, after which the
-    /// subscriber reads the log: what was published meanwhile is filled from it.
+    /// subscriber reads the log (the membership changes made meanwhile) and the other nodes' windows (their messages,
+    /// see [`ClusterStats::messages_recovered`]).
     pub resubscriptions: u64,
     /// Messages published.
     pub published: u64,

@@ -30,7 +30,8 @@ use crate::wire::recovery::{Check, Inbox, Origin};
 pub enum Notification {
     /// The subscription is in place: first after [`Cluster::subscribe`](crate::Cluster::subscribe), and again after
     /// every reconnection (`resubscribed: true`). Read the log now: notifications published while it was away are
-    /// lost, their entries are not.
+    /// lost, their entries are not. The other nodes' messages published meanwhile follow it, fetched from their
+    /// windows.
     Subscribed {
         /// Whether this is a reconnection.
         resubscribed: bool,

@@ -25,3 +25,10 @@ done
 # --allow-dirty: packages the working tree as it is, so that .ci/run also passes with uncommitted changes.
 cargo package --locked --allow-dirty "${packages[@]}"
 ls -l "${CARGO_TARGET_DIR:-target}"/package/*.crate
+# The MIT license asks for its notice in every copy: each crate carries the workspace's LICENSE (a link in its folder).
+for crate in emitter-listeners emitter-core emitter-axum emitter-client emitter-state emitter-redis; do
+    if ! tar -tzf "${CARGO_TARGET_DIR:-target}"/package/"$crate"-[0-9]*.crate | grep -q '/LICENSE$'; then
+        echo "error: the $crate package has no LICENSE" >&2
+        exit 1
+    fi
+done

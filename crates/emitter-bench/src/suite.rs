@@ -44,7 +44,8 @@ Runs every scenario group against every target, alternating the order each round
 DIR/ratios.svg, DIR/multicore.svg and DIR/results.json (DIR defaults to docs/src/performance; --out - writes nothing).
 Server logs go to --logs (default target/bench-logs).
 
-Groups: storm1k, storm2k (link storm of 2,000, idle footprint, broadcast to many), storm10k (link storm of 10,000
+Groups: storm1k, storm2k (link storm of 2,000, idle footprint, broadcast to many), storm5k (link storm of 5,000
+and idle footprint, not against Node), storm10k (link storm of 10,000
 and idle footprint), fanout-rate, fanout-max, echo, multicore (for each of --cores: the server pinned to that many
 CPUs and the load to the rest, echo and fan-out with 1,000 users; on by default with 4 CPUs or more, --only multicore
 runs it anywhere; a count that leaves the load fewer CPUs than the server is skipped), cluster-serial-links (150

@@ -1,7 +1,8 @@
 //! The model-based test in its multi-node mode: several cores, each a node of one cluster, sharing an in-memory
 //! sequencer that decides changes exactly as emitter-redis's submit script does. Random runs of client actions, server
 //! methods, and the cluster's own traffic (a node catching up with the order, a cross-node message delivered) in any
-//! interleaving, so that nodes lag each other arbitrarily. After every step, and once everything is delivered:
+//! interleaving, so that nodes lag each other arbitrarily, and a node may rebuild from a snapshot (as one that fell
+//! behind a trimmed log does) at any point. After every step, and once everything is delivered:
 //!
 //! - every connection's membership frames make sense in order (no link of a user it was not told joined, no join
 //!   twice, …), and it never gets a message between its own unlink and its next link;
@@ -11,10 +12,10 @@
 //! - once settled: every node's `users()` is the sequencer's list, and every linked connection's view is that list;
 //!   every user is linked to at most one connection, and it is the one the sequencer says.
 //!
-//! The nodes run on a current-thread tokio runtime, so their connections' changes (links, closed connections'
-//! unlinks) go through [`Sequencer::submit_async`] as on Redis: each node's changes wait in its own queue until a
-//! random `Decide` step decides a batch of them, in the order queued, and the node's tasks apply the answers. Server
-//! methods are decided on the spot (`submit`), as Redis's blocking handle does.
+//! The nodes run on a current-thread tokio runtime, so all their changes (links, unlinks and leaves, closed
+//! connections' unlinks, and the server methods `join`, `unlink` and `kick`) go through [`Sequencer::submit_async`]
+//! as on Redis: each node's changes wait in its own queue until a random `Decide` step decides a batch of them, in the
+//! order queued, and the node's tasks apply the answers. A server method returns once its change is queued.
 
 mod support;
 
@@ -275,6 +276,8 @@ enum Action {
     ServerUnlink(usize, usize),
     SendTo(usize, usize),
     CatchUp(usize),
+    /// The node fell behind a trimmed log: it rebuilds from a snapshot of the cluster's state instead of catching up.
+    Rebuild(usize),
     Deliver(usize),
     /// The node's sequencer decides a batch of its queued changes (1 to 4), in order, and the node applies the
     /// answers.
@@ -449,6 +452,13 @@ impl Cluster {
                 let _ = self.servers[node % NODES].send(NAMES[name % NAMES.len()], &Message::new("app/direct"));
             }
             Action::CatchUp(node) => self.hosts[node % NODES].catch_up()?,
+            Action::Rebuild(node) => {
+                let (seq, users) = {
+                    let hub = self.hub.lock();
+                    (hub.log.len() as u64, hub.users.clone())
+                };
+                self.hosts[node % NODES].rebuild(seq, users);
+            }
             Action::Deliver(node) => {
                 let node = node % NODES;
                 let next = self
@@ -525,6 +535,17 @@ impl Cluster {
         for frame in frames {
             let value: Value = serde_json::from_str(frame.as_str()).map_err(|e| e.to_string())?;
             observe(client, &value).map_err(|why| format!("client {index} (node {}): {why}: {value}", client.node))?;
+        }
+        if client.outbox.close_reason().is_some() {
+            // Closed by its node (a rebuild found its link gone): the client is done, and the transport tells the
+            // node (unless the client had closed first).
+            client.linked = None;
+            client.pending = false;
+            if client.open {
+                client.open = false;
+                let (node, id) = (client.node, client.id);
+                self.servers[node].host().disconnect(id);
+            }
         }
         Ok(())
     }
@@ -703,6 +724,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (n(), n()).prop_map(|(s, u)| Action::ServerUnlink(s, u)),
         1 => (n(), n()).prop_map(|(s, u)| Action::SendTo(s, u)),
         2 => n().prop_map(Action::CatchUp),
+        1 => n().prop_map(Action::Rebuild),
         4 => n().prop_map(Action::Deliver),
         4 => (n(), n()).prop_map(|(node, count)| Action::Decide(node, count)),
     ]
@@ -746,9 +768,9 @@ fn a_hand_written_run_across_three_nodes_passes() {
         Decide(2, 0),
         Deliver(1),
         Deliver(2),
-        Kick(2, 0), // node 2 kicks ann, linked on node 0
-        Link(2, 0),
-        Decide(2, 0),
+        Kick(2, 0), // node 2 kicks ann, linked on node 0: queued
+        Link(2, 0), // queued behind the kick
+        Decide(2, 1),
         Say(2),
         SendTo(0, 1),
         CatchUp(0),
@@ -762,4 +784,60 @@ fn a_hand_written_run_across_three_nodes_passes() {
     assert_eq!(cluster.servers[1].users().len(), 2);
     assert_eq!(*cluster.said.lock().get("ann@n0").unwrap(), 1);
     assert_eq!(*cluster.said.lock().get("ann@n2").unwrap(), 1);
+}
+
+/// A sequencer whose `submit` waits until the test lets it answer: a round trip that takes as long as the test says.
+struct Gated {
+    entered: std::sync::mpsc::Sender<()>,
+    answer: Mutex<std::sync::mpsc::Receiver<Result<Vec<LogEntry>, Refused>>>,
+}
+
+impl Sequencer for Gated {
+    fn node(&self) -> &str {
+        "gated"
+    }
+    fn owns(&self, _: &LinkAddr) -> bool {
+        false
+    }
+    fn submit(&self, _: Change) -> Result<Vec<LogEntry>, Refused> {
+        self.entered.send(()).unwrap();
+        self.answer.lock().recv().unwrap()
+    }
+    fn entries_after(&self, _: u64) -> Result<Vec<LogEntry>, String> {
+        Ok(Vec::new())
+    }
+    fn publish_broadcast(&self, _: u64, _: Option<&str>, _: &Frame) {}
+    fn publish_send(&self, _: &LinkAddr, _: &str, _: u64, _: &Frame) {}
+    fn publish_kept(&self, _: &str, _: u64, _: &Frame) {}
+}
+
+/// Without a runtime a server method decides its change on the spot, blocking its thread for the round trip, but
+/// without the membership turn: the node's other changes do not wait behind it. The cluster's refusal is its error.
+#[test]
+fn a_blocking_method_without_a_runtime_does_not_hold_the_turn_across_its_round_trip() {
+    let (entered, round_trip) = std::sync::mpsc::channel();
+    let (answer, answers) = std::sync::mpsc::channel();
+    let server = Server::new();
+    let sequencer = Gated {
+        entered,
+        answer: Mutex::new(answers),
+    };
+    ClusterHost::of(&server)
+        .install(Arc::new(sequencer), 0, Vec::new())
+        .unwrap();
+    server.host().start().unwrap();
+    server.host().listening(1).unwrap();
+    let joining = server.clone();
+    let join = std::thread::spawn(move || joining.join("ann"));
+    round_trip.recv().unwrap();
+    // The join waits for its answer: the turn is free meanwhile.
+    let other = server.clone();
+    let (done, turned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || other.atomically(|_| done.send(()).unwrap()));
+    assert!(
+        turned.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+        "the turn was held across the round trip"
+    );
+    answer.send(Err(Refused::Failed(Error::JoinExistingUser))).unwrap();
+    assert_eq!(join.join().unwrap(), Err(Error::JoinExistingUser));
 }

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::sentinel::Conn;
 use crate::shared::{Call, Counters, Shared};
 use crate::types::{Change, Error, LogEntry, NodeLease, Result};
 
@@ -63,7 +63,7 @@ pub(crate) struct ChangeQueue {
 impl ChangeQueue {
     /// Starts the queue's task on its own connection (so its scripts are not queued behind the node's other calls).
     /// Needs a tokio runtime.
-    pub(crate) fn start(shared: Arc<Shared>, conn: ConnectionManager) -> ChangeQueue {
+    pub(crate) fn start(shared: Arc<Shared>, conn: Conn) -> ChangeQueue {
         let (queue, requests) = mpsc::channel(shared.options.change_queue.max(1));
         let backoff = Arc::new(Mutex::new(None));
         tokio::spawn(run(conn, requests, shared.clone(), backoff.clone()));
@@ -124,7 +124,7 @@ fn backing_off(backoff: &Mutex<Option<Instant>>) -> bool {
 
 /// The queue's task: takes what is queued, sends up to [`MAX_BATCH`] changes per pipeline, in order, and answers each.
 async fn run(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     mut requests: mpsc::Receiver<Vec<Request>>,
     shared: Arc<Shared>,
     backoff: Arc<Mutex<Option<Instant>>>,
@@ -164,7 +164,7 @@ async fn run(
 
 /// Sends one batch as one pipeline and answers each change. An error means the round trip failed: every change of
 /// the batch was answered with it (their outcome is unknown: the log tells).
-async fn send(conn: &mut ConnectionManager, shared: &Shared, batch: Vec<Request>) -> RedisResult<()> {
+async fn send(conn: &mut Conn, shared: &Shared, batch: Vec<Request>) -> RedisResult<()> {
     Counters::add(&shared.counters.change_batches, 1);
     Counters::add(&shared.counters.changes_sent, batch.len() as u64);
     // Runs of changes made with the same lease: one script call each.
@@ -204,9 +204,10 @@ async fn send(conn: &mut ConnectionManager, shared: &Shared, batch: Vec<Request>
     }
     for (run, reply) in runs.into_iter().zip(replies) {
         let users: Vec<&str> = run.iter().map(|request| request.change.user()).collect();
+        let epoch = run[0].lease.epoch.clone();
         let answers = reply
             .map_err(Error::Redis)
-            .and_then(|value| shared.submit_many_result(value, &users));
+            .and_then(|value| shared.submit_many_result(epoch.as_str(), value, &users));
         match answers {
             Ok(answers) => {
                 for (request, answer) in run.into_iter().zip(answers) {
@@ -231,11 +232,7 @@ async fn send(conn: &mut ConnectionManager, shared: &Shared, batch: Vec<Request>
 }
 
 /// One round trip: the calls, each answered on its own (one failing does not fail the others).
-async fn pipeline(
-    conn: &mut ConnectionManager,
-    shared: &Shared,
-    calls: &[&Call],
-) -> RedisResult<Vec<RedisResult<Value>>> {
+async fn pipeline(conn: &mut Conn, shared: &Shared, calls: &[&Call]) -> RedisResult<Vec<RedisResult<Value>>> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for call in calls {

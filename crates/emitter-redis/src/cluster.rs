@@ -5,10 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::Value;
 use tokio::sync::mpsc;
 
+use crate::sentinel::{Conn, Endpoint};
 use crate::shared::{Call, Catchup, ClusterStats, Counters, Options, Shared};
 use crate::types::{check_name, Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
 use crate::wire::blocking::Blocking;
@@ -34,7 +35,7 @@ use crate::wire::subscribe::Notifications;
 #[derive(Clone)]
 pub struct Cluster {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Conn,
     outgoing: mpsc::Sender<Outgoing>,
 }
 
@@ -66,12 +67,14 @@ impl Outgoing {
 const PUBLISH_BATCH: usize = 256;
 
 impl Cluster {
-    /// Connects to the Redis at `url` (`redis://host:port/db`), joins the cluster `name` (creating its state if there
-    /// is none, with a new epoch), and starts the task that publishes outgoing messages. Needs a tokio runtime.
+    /// Connects to the Redis at `url` (`redis://host:port/db`, or the primary Redis Sentinel names:
+    /// `redis+sentinel://host:port[,host:port…]/<master>[/<db>]`, followed through failovers), joins the cluster
+    /// `name` (creating its state if there is none, with a new epoch), and starts the task that publishes outgoing
+    /// messages. Needs a tokio runtime.
     pub async fn connect(url: &str, name: &str, options: Options) -> Result<Cluster> {
         check_name(name)?;
-        let client = redis::Client::open(url)?;
-        let shared = Arc::new(Shared::new(name, options, client));
+        let endpoint = Endpoint::open(url, options.poll_interval, options.connect_timeout).await?;
+        let shared = Arc::new(Shared::new(name, options, endpoint));
         let conn = manager(&shared).await?;
         // Outgoing messages take their own connection, so that their order at Redis is the order they were queued
         // in, whatever scripts the node runs meanwhile.
@@ -126,7 +129,7 @@ impl Cluster {
     pub async fn renew(&self, lease: &NodeLease) -> Result<()> {
         let call = self.shared.renew_call(lease);
         let value = self.invoke(&call).await?;
-        self.shared.entries_result(&call, value).map(drop)
+        self.shared.housekeeping_result(&call, value).map(drop)
     }
 
     /// Ends the lease cleanly: every user linked to this node is unlinked (`NodeReleased`), in the log. Returns those
@@ -134,7 +137,7 @@ impl Cluster {
     pub async fn release(&self, lease: &NodeLease) -> Result<Vec<LogEntry>> {
         let call = self.shared.release_call(lease);
         let value = self.invoke(&call).await?;
-        self.shared.entries_result(&call, value)
+        self.shared.housekeeping_result(&call, value)
     }
 
     /// Unlinks the users of every node whose lease ran out (`LeaseExpired`) and forgets those leases; `by` is recorded
@@ -144,7 +147,7 @@ impl Cluster {
         check_name(by)?;
         let call = self.shared.reap_call(by);
         let value = self.invoke(&call).await?;
-        let entries = self.shared.entries_result(&call, value)?;
+        let entries = self.shared.housekeeping_result(&call, value)?;
         if !entries.is_empty() {
             tracing::warn!(
                 cluster = self.shared.name,
@@ -174,8 +177,7 @@ impl Cluster {
         let mut catchup = Catchup::new(seq);
         while let Some(from) = catchup.next_from() {
             let value = self.invoke(&self.shared.read_call(&epoch, from)).await?;
-            let (head, batch) = self.shared.read_result(value)?;
-            catchup.take(head, batch)?;
+            self.shared.read_into(&mut catchup, &epoch, value)?;
         }
         Ok(catchup.entries)
     }
@@ -290,9 +292,8 @@ pub(crate) fn manager_config(options: &Options) -> ConnectionManagerConfig {
         .set_max_delay(options.connect_timeout)
 }
 
-pub(crate) async fn manager(shared: &Shared) -> Result<ConnectionManager> {
-    let config = manager_config(&shared.options);
-    Ok(ConnectionManager::new_with_config(shared.client.clone(), config).await?)
+pub(crate) async fn manager(shared: &Shared) -> Result<Conn> {
+    Conn::connect(shared.endpoint.clone(), manager_config(&shared.options)).await
 }
 
 /// Sends queued messages in order, pipelining what has piled up. Each message is kept in its origin's window
@@ -306,7 +307,7 @@ pub(crate) async fn manager(shared: &Shared) -> Result<ConnectionManager> {
 /// second `XADD`: its order is there already), and the receivers drop the repeat by its number (see
 /// [`NodeMessage::number`]). Any other failure (a timeout, a Redis error) is counted and dropped: its outcome is
 /// unknown, and a retry could deliver it after later messages.
-async fn publish(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
+async fn publish(mut conn: Conn, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     // The last number given on each channel, and on all channels together (`order`), per generation of this node.
     let mut numbers: HashMap<(String, u64), u64> = HashMap::new();

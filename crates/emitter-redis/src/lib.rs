@@ -173,12 +173,11 @@
 //!
 //! # Synchronous callers
 //!
-//! A [`Node`]'s connections' changes go through its change queue: one task that sends them to Redis in pipelined
-//! batches and answers each, so no thread waits on Redis for them. A server method's change is synchronous (the
-//! method returns its outcome). [`Cluster::blocking`] gives a [`Blocking`] handle with its own blocking
-//! connection that never touches the tokio runtime, so it can be called from a runtime's worker thread or a
-//! current-thread runtime without `block_on` (which panics inside a runtime) or `block_in_place` (which panics on a
-//! current-thread runtime). See [`Blocking`].
+//! Every change a [`Node`] makes on a tokio runtime (its connections' and its server methods') goes through its change
+//! queue: one task that sends them to Redis in pipelined batches and answers each, so no thread waits on Redis for
+//! them; a server method returns once its change is queued. [`Cluster::blocking`] gives a [`Blocking`] handle with its
+//! own blocking connection that never touches the tokio runtime: the node reads the log with it on a blocking thread
+//! (to fill a gap), and decides the changes of a caller outside any runtime with it. See [`Blocking`].
 //!
 //! # Faults
 //!
@@ -187,11 +186,15 @@
 //! - Redis restarted empty or flushed: every script refuses with [`Refusal::EpochChanged`], the subscription reports
 //!   [`Notification::EpochChanged`], the keep-alive [`LeaseLost::EpochChanged`]. The node calls [`Cluster::reopen`]
 //!   (the first to do so creates the new state), registers again and rebuilds from a snapshot.
-//! - A failover to a replica that lost the last writes *without* losing the epoch is noticed only while the nodes are
-//!   ahead of Redis's seq ([`Error::Ahead`]); once new changes pass the old seq, it is not. Use one Redis, or a
-//!   failover that does not lose acknowledged writes.
+//! - A failover to a replica that lost the last writes *without* losing the epoch: Redis hands out the lost seqs again
+//!   with other entries. Each entry carries a hash chained to the one before, and a handle checks every entry,
+//!   notification and head it reads against the hashes it read before: a break is [`Error::Forked`] (a caller past
+//!   Redis's seq gets [`Error::Ahead`]); a [`Node`] logs it, counts it (`krmx_cluster_resyncs_total{kind="fork"}`)
+//!   and rebuilds from a snapshot.
+//! - With Redis Sentinel, connect with `redis+sentinel://host:port[,host:port…]/<master>[/<db>]`: the handle finds the
+//!   primary through the sentinels and moves every connection to the new one after a failover.
 //!
-//! Tested against Redis 7.0 (Debian's `redis-server`).
+//! Tested against Redis 7.0 (Debian's `redis-server`, and `redis-sentinel` for failovers).
 //!
 //! # Feature flags
 //!
@@ -207,11 +210,13 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod chain;
 mod changes;
 mod cluster;
 mod lease;
 mod node;
 mod script;
+mod sentinel;
 mod shared;
 mod types;
 pub mod wire;

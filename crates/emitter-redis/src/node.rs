@@ -1,8 +1,8 @@
 //! A server as a node of a cluster on Redis: the [`Sequencer`] the core submits its membership changes to, and the
 //! task that keeps the node in step (applies what other nodes ordered, delivers their messages, keeps the lease, and
-//! starts over when the node lost its place).
+//! rebuilds from a snapshot when it fell behind the log, starts over when it lost its lease or the cluster its state).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,12 @@ use crate::types::{check_name, ClusterSnapshot, Error, NodeLease, Refusal, Resul
 use crate::wire::blocking::Blocking;
 use crate::wire::messages::NodeMessage;
 use crate::wire::subscribe::{Notification, Notifications};
+
+/// What the node's place in the log needs (`RedisSequencer::needs_snapshot`): nothing, a rebuild from a snapshot
+/// that keeps its connections, or a start over that closes them.
+const IN_STEP: u8 = 0;
+const REBUILD: u8 = 1;
+const START_OVER: u8 = 2;
 
 /// The longest a node waits between attempts to get its place back (register, snapshot) while Redis is away.
 const MAX_RETRY: Duration = Duration::from_secs(2);
@@ -74,7 +80,7 @@ impl Node {
             blocking: cluster.blocking(),
             changes: ChangeQueue::start(cluster.shared.clone(), manager(&cluster.shared).await?),
             cluster: cluster.clone(),
-            needs_snapshot: AtomicBool::new(false),
+            needs_snapshot: AtomicU8::new(IN_STEP),
             lease_lost: AtomicBool::new(false),
         });
         let host = ClusterHost::of(server);
@@ -84,7 +90,9 @@ impl Node {
         let shared = cluster.shared.clone();
         host.set_counts(move || {
             let stats = shared.stats();
-            ClusterCounts::new(stats.messages_lost, stats.repeats_dropped).with_catch_ups(stats.resubscriptions)
+            ClusterCounts::new(stats.messages_lost, stats.repeats_dropped)
+                .with_catch_ups(stats.resubscriptions)
+                .with_forks(shared.chain.forks())
         });
         tracing::info!(
             cluster = cluster.name(),
@@ -138,9 +146,9 @@ fn seed(snapshot: ClusterSnapshot) -> (u64, Vec<(String, Option<LinkAddr>)>) {
     (snapshot.seq, users)
 }
 
-/// The core's sequencer, on Redis: the connections' changes go through the node's change queue (batched, never
-/// blocks), a server method's through the blocking handle (its call is synchronous), messages through the cluster's
-/// publish queue (never blocks).
+/// The core's sequencer, on Redis: every change the core makes on a runtime goes through the node's change queue
+/// (batched, never blocks); the blocking handle serves the reads that fill a gap (on a blocking thread) and the
+/// changes of a caller without a runtime; messages go through the cluster's publish queue (never blocks).
 struct RedisSequencer {
     node: String,
     /// The node's current lease; replaced when the node registers again.
@@ -148,8 +156,10 @@ struct RedisSequencer {
     blocking: Blocking,
     changes: ChangeQueue,
     cluster: Cluster,
-    /// Set when the log could not continue from where the node is: it must start over from a snapshot.
-    needs_snapshot: AtomicBool,
+    /// Set when the log could not continue from where the node is: [`REBUILD`] when the entries it missed were
+    /// trimmed (it rebuilds from a snapshot, keeping its connections), [`START_OVER`] when the log is not the one it
+    /// followed (Redis lost writes or its state: it starts over).
+    needs_snapshot: AtomicU8,
     /// Set while the node has given up its lease and not yet registered again: changes are refused at once rather
     /// than sent with a lease Redis fences (when it answers at all: a paused Redis would hold every closing
     /// connection's unlink, and the thread it runs on, until it wakes).
@@ -192,8 +202,12 @@ impl Sequencer for RedisSequencer {
 
     fn entries_after(&self, seq: u64) -> std::result::Result<Vec<LogEntry>, String> {
         self.blocking.entries_after(seq).map_err(|error| {
-            if error.needs_snapshot() || matches!(error, Error::Refused(Refusal::EpochChanged { .. })) {
-                self.needs_snapshot.store(true, Ordering::SeqCst);
+            match error {
+                Error::Trimmed { .. } => self.needs_snapshot.store(REBUILD, Ordering::SeqCst),
+                Error::Ahead { .. } | Error::Forked { .. } | Error::Refused(Refusal::EpochChanged { .. }) => {
+                    self.needs_snapshot.store(START_OVER, Ordering::SeqCst)
+                }
+                _ => {}
             }
             error.to_string()
         })
@@ -261,10 +275,15 @@ impl Keeper {
         // Closed, not closing: while the server closes, its own users' unlinks still go through the cluster.
         let closed = self.server.wait_for_close();
         tokio::pin!(closed);
+        let shared = self.cluster.shared.clone();
         loop {
             tokio::select! {
                 _ = &mut closed => break,
                 lost = self.alive.wait_lost() => self.start_over(Some(lost)).await,
+                // Found by any read of this node's (a submit's answer, a gap fill, a notification, the keeper's own).
+                _ = shared.chain.forked() => if shared.chain.pending() {
+                    self.rebuild_after_fork().await;
+                },
                 notification = self.notifications.next() => match notification {
                     None => break,
                     Some(notification) => self.handle(notification).await,
@@ -295,12 +314,39 @@ impl Keeper {
         let caught_up = tokio::task::spawn_blocking(move || host.catch_up()).await;
         match caught_up {
             Ok(Ok(())) => {}
-            Ok(Err(error)) if self.sequencer.needs_snapshot.swap(false, Ordering::SeqCst) => {
-                tracing::warn!(%error, "the cluster's order cannot continue from this node's place");
-                self.start_over(None).await;
-            }
-            Ok(Err(error)) => tracing::warn!(%error, "could not read the cluster's order; retrying on the next notice"),
+            Ok(Err(error)) => match self.sequencer.needs_snapshot.swap(IN_STEP, Ordering::SeqCst) {
+                IN_STEP => tracing::warn!(%error, "could not read the cluster's order; retrying on the next notice"),
+                // Found by the read that failed (see `crate::chain`): logged and counted there.
+                _ if self.cluster.shared.chain.pending() => self.rebuild_after_fork().await,
+                REBUILD => {
+                    tracing::warn!(%error, "this node fell behind the cluster's log: rebuilding from a snapshot");
+                    self.rebuild().await;
+                }
+                _ => {
+                    tracing::warn!(%error, "the cluster's order cannot continue from this node's place");
+                    self.start_over(None).await;
+                }
+            },
             Err(error) => tracing::error!(%error, "catching up panicked"),
+        }
+    }
+
+    /// The entries this node missed were trimmed from the log: takes the cluster's state from a snapshot, keeping the
+    /// connections whose links still hold ([`ClusterHost::rebuild`]). A snapshot that fails is tried again on the
+    /// next notice (the catch-up fails the same way); one refused for a new epoch starts the node over.
+    async fn rebuild(&mut self) {
+        match self.cluster.snapshot().await {
+            Ok(snapshot) => {
+                let host = self.host.clone();
+                let (seq, users) = seed(snapshot);
+                if let Err(error) = tokio::task::spawn_blocking(move || host.rebuild(seq, users)).await {
+                    tracing::error!(%error, "rebuilding from a snapshot panicked");
+                }
+            }
+            Err(Error::Refused(Refusal::EpochChanged { .. })) => self.start_over(None).await,
+            Err(error) => {
+                tracing::warn!(%error, "could not read a snapshot to rebuild from; retrying on the next notice")
+            }
         }
     }
 
@@ -329,6 +375,15 @@ impl Keeper {
         } else if let Err(error) = tokio::task::spawn_blocking(deliver).await {
             tracing::error!(%error, "delivering a message panicked");
         }
+    }
+
+    /// The cluster's log forked (see [`crate::chain`]): this node applied entries Redis no longer has, so its view
+    /// may differ from every other node's under the same seqs. Rebuilds from a snapshot: for now by starting over
+    /// (a new lease, its connections closed, their clients relink), the one way this crate has to replace the
+    /// node's state; the fork was logged and counted (`krmx_cluster_resyncs_total{kind="fork"}`) where it was found.
+    async fn rebuild_after_fork(&mut self) {
+        self.sequencer.needs_snapshot.store(IN_STEP, Ordering::SeqCst);
+        self.start_over(None).await;
     }
 
     /// The node lost its place (its lease, or the cluster's state, or the part of the order it had not applied):

@@ -6,14 +6,17 @@ use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use redis::{Script, ScriptInvocation, Value};
 
+use crate::chain::Chain;
 use crate::script::keys::Keys;
 use crate::script::parse;
 use crate::script::scripts;
+use crate::sentinel::Endpoint;
 use crate::types::{Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
 
 /// How a cluster handle behaves. Build it from the defaults:
@@ -47,7 +50,8 @@ pub struct Options {
     /// The longest a connection attempt may take. Default: 2 s.
     pub connect_timeout: Duration,
     /// How often a [`Notifications`](crate::wire::Notifications) polls the newest seq and pings its connection, so that a
-    /// lost notification or a dead connection costs at most this long. Default: 1 s.
+    /// lost notification or a dead connection costs at most this long; with a `redis+sentinel://` URL, also how often
+    /// the handle asks the sentinels which server is the primary. Default: 1 s.
     pub poll_interval: Duration,
     /// How many outgoing messages may wait for Redis before `publish_*` refuses with [`Error::QueueFull`].
     /// Default: 65,536.
@@ -202,6 +206,11 @@ impl Call {
         }
     }
 
+    /// The epoch the call was made in: every script but `open` takes it first.
+    pub(crate) fn epoch(&self) -> &str {
+        self.args.first().map_or("", String::as_str)
+    }
+
     /// The call as one `EVALSHA`, for a pipeline (the script must be loaded: see [`Call::load`]).
     pub(crate) fn evalsha(&self, keys: &Keys) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
@@ -272,26 +281,30 @@ pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) keys: Keys,
     pub(crate) options: Options,
-    pub(crate) client: redis::Client,
+    /// The Redis to talk to: a fixed address, or the primary Sentinel names (see [`crate::sentinel`]).
+    pub(crate) endpoint: Arc<Endpoint>,
     epoch: Mutex<Epoch>,
     pub(crate) counters: Counters,
     /// The grace period of the server this handle serves as a node, in ms (0: none); the reaper applies it.
     pub(crate) grace_ms: AtomicU64,
     /// The bytes of the outgoing messages waiting for Redis, bounded by [`Options::publish_budget`].
     pub(crate) publish_queued: AtomicU64,
+    /// The log's hash chain as this handle has read it: every entry read is checked against it.
+    pub(crate) chain: Chain,
 }
 
 impl Shared {
-    pub(crate) fn new(name: &str, options: Options, client: redis::Client) -> Shared {
+    pub(crate) fn new(name: &str, options: Options, endpoint: Arc<Endpoint>) -> Shared {
         Shared {
             name: name.to_owned(),
             keys: Keys::new(name),
             options,
-            client,
+            endpoint,
             epoch: Mutex::new(Epoch(String::new())),
             counters: Counters::default(),
             grace_ms: AtomicU64::new(0),
             publish_queued: AtomicU64::new(0),
+            chain: Chain::default(),
         }
     }
 
@@ -358,7 +371,12 @@ impl Shared {
 
     /// The answers to a [`Shared::submit_many_call`], one per change (`users` are theirs, in order, to word the
     /// refusals), or one error for all.
-    pub(crate) fn submit_many_result(&self, value: Value, users: &[&str]) -> Result<Vec<Result<Vec<LogEntry>>>> {
+    pub(crate) fn submit_many_result(
+        &self,
+        epoch: &str,
+        value: Value,
+        users: &[&str],
+    ) -> Result<Vec<Result<Vec<LogEntry>>>> {
         let items = parse::array(value)?;
         let status = items.first().map(parse::text).transpose()?;
         if status.as_deref() != Some("batch") {
@@ -379,13 +397,44 @@ impl Shared {
             .into_iter()
             .skip(2)
             .zip(users)
-            .map(|(reply, user)| parse::done(reply, user).and_then(|(_, items)| parse::entries(items)))
+            .map(|(reply, user)| parse::done(reply, user).and_then(|(_, items)| self.chained(epoch, items)))
             .collect())
     }
 
     pub(crate) fn entries_result(&self, call: &Call, value: Value) -> Result<Vec<LogEntry>> {
         let (_, items) = parse::done(value, &call.user)?;
-        parse::entries(items)
+        self.chained(call.epoch(), items)
+    }
+
+    /// The entries a lease's own script (register, renew, release, reap) appended. They are checked against the hash
+    /// chain like any read (a fork found is reported, for the node to rebuild), but returned whatever the check says:
+    /// the script did what it did, and a node that must rebuild registers again first, which must not fail for it.
+    pub(crate) fn housekeeping_result(&self, call: &Call, value: Value) -> Result<Vec<LogEntry>> {
+        let (_, items) = parse::done(value, &call.user)?;
+        self.recorded(call.epoch(), items)
+    }
+
+    /// Entries checked against the hash chain and remembered, but returned even where they break it (reported).
+    fn recorded(&self, epoch: &str, items: Vec<Value>) -> Result<Vec<LogEntry>> {
+        let parsed = parse::entries(items)?;
+        let links = parsed
+            .iter()
+            .filter_map(|(entry, link)| link.map(|link| (entry.seq, link)));
+        let _ = self.chain.check(epoch, links);
+        Ok(parsed.into_iter().map(|(entry, _)| entry).collect())
+    }
+
+    /// Log entries read in `epoch`, checked against the hash chain this handle has seen (see [`crate::chain`]): a
+    /// break is [`Error::Forked`], and none of them is returned.
+    fn chained(&self, epoch: &str, items: Vec<Value>) -> Result<Vec<LogEntry>> {
+        let parsed = parse::entries(items)?;
+        let links = parsed
+            .iter()
+            .filter_map(|(entry, link)| link.map(|link| (entry.seq, link)));
+        self.chain
+            .check(epoch, links)
+            .map_err(|fork| Error::Forked { seq: fork.seq })?;
+        Ok(parsed.into_iter().map(|(entry, _)| entry).collect())
     }
 
     pub(crate) fn register_call(&self, node: &str) -> Call {
@@ -402,12 +451,13 @@ impl Shared {
             // The epoch the call was made with: the script checked it.
             epoch: Epoch(call.args.first().cloned().unwrap_or_default()),
         };
-        let unlinked = parse::entries(items)?;
+        // A fork is reported; the registration stands (a node rebuilding after one registers first).
+        let unlinked = self.recorded(call.epoch(), items)?.len();
         tracing::info!(
             cluster = self.name,
             node,
             generation = lease.generation,
-            unlinked = unlinked.len(),
+            unlinked,
             "node registered"
         );
         Ok(lease)
@@ -439,34 +489,55 @@ impl Shared {
         )
     }
 
-    pub(crate) fn read_result(&self, value: Value) -> Result<(u64, Vec<LogEntry>)> {
+    /// Takes one read's reply into a catch-up. A head behind what the caller had applied means Redis lost writes
+    /// without losing its epoch: a fork, reported as one (the caller gets [`Error::Ahead`]).
+    pub(crate) fn read_into(&self, catchup: &mut Catchup, epoch: &Epoch, value: Value) -> Result<()> {
         let (head, items) = parse::done(value, "")?;
-        Ok((parse::parse_u64(&head)?, parse::entries(items)?))
+        let head = parse::parse_u64(&head)?;
+        let batch = self.chained(epoch.as_str(), items)?;
+        catchup.take(head, batch).inspect_err(|error| {
+            if let Error::Ahead { after, .. } = error {
+                self.chain.report(crate::chain::Fork { seq: *after });
+            }
+        })
     }
 
     pub(crate) fn snapshot_call(&self, epoch: &Epoch) -> Call {
         Call::new(&scripts::SNAPSHOT_SCRIPT, vec![epoch.0.clone()])
     }
 
+    /// A snapshot read: the chain starts again from it (what was read before may be a history Redis lost).
     pub(crate) fn snapshot_result(&self, epoch: Epoch, value: Value) -> Result<ClusterSnapshot> {
         let (seq, items) = parse::done(value, "")?;
+        let seq = parse::parse_u64(&seq)?;
+        let hash = parse::hash_of(&items.first().map(parse::text).transpose()?.unwrap_or_default())?;
         let mut users = Vec::with_capacity(items.len() / 2);
-        let mut pairs = items.iter();
+        let mut pairs = items.iter().skip(1);
         while let (Some(name), Some(record)) = (pairs.next(), pairs.next()) {
             users.push(parse::record(parse::text(name)?, &parse::text(record)?)?);
         }
+        self.chain.start(epoch.as_str(), seq, hash);
         Ok(ClusterSnapshot {
             epoch,
-            seq: parse::parse_u64(&seq)?,
+            seq,
+            hash,
             users,
         })
     }
 
-    /// `MGET epoch seq`: the epoch in Redis (if any) and the newest seq.
+    /// `MGET epoch seq head`: the epoch in Redis (if any), the newest seq and its entry's hash.
     pub(crate) fn head_cmd(&self) -> redis::Cmd {
         let mut cmd = redis::cmd("MGET");
-        cmd.arg(self.keys.epoch()).arg(self.keys.seq());
+        cmd.arg(self.keys.epoch()).arg(self.keys.seq()).arg(self.keys.head());
         cmd
+    }
+
+    /// The newest entry's hash from a [`Shared::head_cmd`] reply, if there is one.
+    pub(crate) fn head_hash(value: &Value) -> Option<u64> {
+        let Value::Array(items) = value else {
+            return None;
+        };
+        crate::chain::parse_hash(&parse::text(items.get(2)?).ok()?)
     }
 
     pub(crate) fn head_result(value: Value) -> Result<(Option<Epoch>, u64)> {

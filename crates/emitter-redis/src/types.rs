@@ -24,6 +24,9 @@ pub struct ClusterSnapshot {
     pub epoch: Epoch,
     /// The last seq included.
     pub seq: u64,
+    /// The hash of the entry at `seq` in the log's hash chain (0 before the first entry): the entries after it must
+    /// chain onto it.
+    pub hash: u64,
     /// The users in join order.
     pub users: Vec<UserRecord>,
 }
@@ -169,6 +172,13 @@ pub enum Error {
         /// The newest seq in Redis.
         head: u64,
     },
+    /// Redis's log is not the one this handle read before: the entry at `seq` was replaced by another (its hash in
+    /// the chain differs), or the log no longer chains onto what was read. Redis lost acknowledged writes without
+    /// losing its epoch: a failover to a replica that had not received them. Read a [`ClusterSnapshot`] instead.
+    Forked {
+        /// The first seq where the histories differ, as far as this handle can tell.
+        seq: u64,
+    },
     /// A name that cannot be used: a cluster name or node id outside `[A-Za-z0-9._:-]{1,64}`.
     InvalidName(String),
     /// Redis answered something this crate did not write (a tampered key, another program's data).
@@ -197,7 +207,7 @@ impl Error {
 
     /// Whether the caller's replica must be rebuilt from a [`ClusterSnapshot`]: the log cannot bring it up to date.
     pub fn needs_snapshot(&self) -> bool {
-        matches!(self, Error::Trimmed { .. } | Error::Ahead { .. })
+        matches!(self, Error::Trimmed { .. } | Error::Ahead { .. } | Error::Forked { .. })
     }
 }
 
@@ -222,6 +232,10 @@ impl fmt::Display for Error {
             Error::Malformed(what) => write!(f, "unexpected reply from redis: {what}"),
             Error::QueueFull => f.write_str(
                 "the outgoing message queue is full (publish_queue messages or publish_budget bytes wait for redis)",
+            ),
+            Error::Forked { seq } => write!(
+                f,
+                "the cluster's log forked at seq {seq}: redis lost writes this node had read (a failover?)"
             ),
             Error::Closed => f.write_str("the cluster handle's tasks are gone"),
             Error::ChangeQueueFull => f.write_str("this node's queue of membership changes is full"),

@@ -14,12 +14,18 @@ pub struct RedisServer {
     port: u16,
     child: Child,
     binary: PathBuf,
+    /// `--replicaof 127.0.0.1 <port>` for a replica.
+    extra: Vec<String>,
 }
 
 fn find_redis_server() -> Option<PathBuf> {
+    find_on_path("redis-server")
+}
+
+fn find_on_path(binary: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|dir| dir.join("redis-server"))
+        .map(|dir| dir.join(binary))
         .find(|candidate| candidate.is_file())
 }
 
@@ -31,6 +37,32 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// A fresh, empty Redis; `None` (after a loud note) when `redis-server` is missing and that is allowed.
     pub fn start() -> Option<RedisServer> {
+        RedisServer::start_with(Vec::new())
+    }
+
+    /// A replica of `primary` (`--replicaof`), once it has synchronised with it.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let extra = vec![
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary.port.to_string(),
+        ];
+        let replica = RedisServer::start_with(extra).expect("a primary was started, so redis-server is there");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut replica.admin())
+                .expect("INFO replication");
+            if info.contains("master_link_status:up") {
+                return replica;
+            }
+            assert!(Instant::now() < deadline, "the replica never synchronised: {info}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start_with(extra: Vec<String>) -> Option<RedisServer> {
         let Some(binary) = find_redis_server() else {
             if std::env::var("EMITTER_REDIS").is_ok_and(|value| value == "1") {
                 panic!("EMITTER_REDIS=1 but redis-server is not on PATH (apt-get install redis-server)");
@@ -50,17 +82,34 @@ impl RedisServer {
         // Another test may take the port between our probe and Redis's bind: then try another.
         for _ in 0..10 {
             let port = free_port();
-            let child = spawn(&binary, port);
+            let child = spawn(&binary, port, &extra);
             let mut server = RedisServer {
                 port,
                 child,
                 binary: binary.clone(),
+                extra: extra.clone(),
             };
             if server.wait_ready() {
                 return Some(server);
             }
         }
         panic!("redis-server did not start on any of 10 ports");
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the process (SIGSTOP): it neither answers nor reads what was sent to it until
+    /// [`resume`](Self::resume).
+    pub fn suspend(&self) {
+        signal(&self.child, "-STOP");
+    }
+
+    /// Lets a [`suspend`](Self::suspend)ed process run again (SIGCONT).
+    pub fn resume(&self) {
+        signal(&self.child, "-CONT");
     }
 
     /// `redis://127.0.0.1:<port>/`.
@@ -93,7 +142,7 @@ impl RedisServer {
     pub fn start_again(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            self.child = spawn(&self.binary, self.port);
+            self.child = spawn(&self.binary, self.port, &self.extra);
             if self.wait_ready() {
                 return;
             }
@@ -145,7 +194,17 @@ impl RedisServer {
     }
 }
 
-fn spawn(binary: &PathBuf, port: u16) -> Child {
+/// Sends a signal with kill(1): the tests need no libc binding for it.
+fn signal(child: &Child, which: &str) {
+    let status = Command::new("kill")
+        .arg(which)
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {which} {} failed", child.id());
+}
+
+fn spawn(binary: &PathBuf, port: u16, extra: &[String]) -> Child {
     Command::new(binary)
         .args([
             "--port",
@@ -165,6 +224,7 @@ fn spawn(binary: &PathBuf, port: u16) -> Child {
             "--dir",
             &std::env::temp_dir().to_string_lossy(),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -188,4 +248,129 @@ macro_rules! redis_or_skip {
             None => return,
         }
     };
+}
+
+/// A `redis-sentinel` child process on a loopback port, monitoring one primary as `master` with a quorum of 1 and a
+/// short `down-after-milliseconds`, so that a test's failover takes about a second. Killed when dropped; its config
+/// file (Sentinel rewrites it) is removed.
+pub struct RedisSentinel {
+    port: u16,
+    child: Child,
+    config: PathBuf,
+    master: String,
+}
+
+impl RedisSentinel {
+    /// A sentinel monitoring `primary` as `master`; `None` (after a loud note) when `redis-sentinel` is missing and
+    /// that is allowed (as [`RedisServer::start`]).
+    pub fn start(master: &str, primary: &RedisServer) -> Option<RedisSentinel> {
+        let Some(binary) = find_on_path("redis-sentinel") else {
+            if std::env::var("EMITTER_REDIS").is_ok_and(|value| value == "1") {
+                panic!("EMITTER_REDIS=1 but redis-sentinel is not on PATH (apt-get install redis-sentinel)");
+            }
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED a failover test: redis-sentinel is not on PATH (apt-get install redis-sentinel)"
+            );
+            return None;
+        };
+        for _ in 0..10 {
+            let port = free_port();
+            let config = std::env::temp_dir().join(format!("emitter-sentinel-{}-{port}.conf", std::process::id()));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\nsentinel monitor {master} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {master} 300\nsentinel failover-timeout {master} 3000\n\
+                 sentinel parallel-syncs {master} 1\n",
+                primary = primary.port
+            );
+            std::fs::write(&config, text).expect("write the sentinel's config");
+            let child = Command::new(&binary)
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-sentinel");
+            let mut sentinel = RedisSentinel {
+                port,
+                child,
+                config,
+                master: master.to_owned(),
+            };
+            if sentinel.wait_ready() {
+                return Some(sentinel);
+            }
+        }
+        panic!("redis-sentinel did not start on any of 10 ports");
+    }
+
+    /// `redis+sentinel://127.0.0.1:<port>/<master>`: the URL a cluster handle follows the primary by.
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/{}", self.port, self.master)
+    }
+
+    /// The port of the server the sentinel names as the primary now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).ok()?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2)).ok()?;
+        let address: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master)
+            .query(&mut conn)
+            .ok()?;
+        address.map(|(_, port)| port)
+    }
+
+    /// Waits until the sentinel names the server on `port` as the primary (a failover to it finished).
+    pub fn wait_for_primary(&self, port: u16, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.primary_port() != Some(port) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not promote 127.0.0.1:{port} within {limit:?} (it names {:?})",
+                self.primary_port()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the sentinel answers and knows the primary and its replica.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if self.primary_port().is_some() && self.replicas() > 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        false
+    }
+
+    /// How many replicas the sentinel knows of the primary.
+    fn replicas(&self) -> usize {
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)) else {
+            return 0;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+            return 0;
+        };
+        redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(&self.master)
+            .query::<Vec<redis::Value>>(&mut conn)
+            .map_or(0, |replicas| replicas.len())
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
 }

@@ -11,6 +11,8 @@
 //!
 //! The main endpoint's port also serves `GET /metrics` and `GET /health` ([`serve_main_server`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use emitter_axum::ListenError;
@@ -114,8 +116,80 @@ pub async fn join_cluster(
 fn with_contract(builder: ServerBuilder) -> Server {
     let server = builder.auth_timeout(AUTH_TIMEOUT).ping_interval(PING_INTERVAL).build();
     server.on_authenticate(authenticate);
-    server.on_message(on_message);
+    let replies = Replies::default();
+    let waiting = replies.clone();
+    server.on_join(move |user| waiting.event(Awaited::Join, &user));
+    let waiting = replies.clone();
+    server.on_unlink(move |user| waiting.event(Awaited::Unlink, &user));
+    let waiting = replies.clone();
+    server.on_leave(move |user| waiting.event(Awaited::Leave, &user));
+    server.on_message(move |user, received| on_message(user, received, &replies));
     server
+}
+
+/// The event a server method's reply waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Awaited {
+    Join,
+    Unlink,
+    Leave,
+}
+
+/// The replies to `test/kick`, `test/unlink` and `test/join` that wait for their method's event. On a node of a
+/// cluster a method only queues its change, which is applied (its protocol messages sent, its event emitted) once
+/// the cluster ordered it; in one process it is applied before the method returns. Either way the reply goes out from
+/// the event's listener, after the action's own protocol messages, as the contract says.
+#[derive(Clone, Default)]
+struct Replies {
+    next: Arc<AtomicU64>,
+    waiting: Arc<Mutex<Vec<Waiting>>>,
+}
+
+struct Waiting {
+    id: u64,
+    event: Awaited,
+    username: String,
+    sender: String,
+    reply: Message,
+}
+
+impl Replies {
+    /// Makes `reply` wait for `event` of `username`; returns its id, for [`Replies::cancel`].
+    fn wait(&self, event: Awaited, username: &str, sender: &str, reply: Message) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let waiting = Waiting {
+            id,
+            event,
+            username: username.to_owned(),
+            sender: sender.to_owned(),
+            reply,
+        };
+        self.lock().push(waiting);
+        id
+    }
+
+    fn cancel(&self, id: u64) {
+        self.lock().retain(|waiting| waiting.id != id);
+    }
+
+    /// `event` happened to `user`: the first reply waiting for it goes out.
+    fn event(&self, event: Awaited, user: &UserRef<'_>) {
+        let found = {
+            let mut waiting = self.lock();
+            let at = waiting
+                .iter()
+                .position(|w| w.event == event && w.username == user.username());
+            at.map(|at| waiting.remove(at))
+        };
+        if let Some(waiting) = found {
+            reply_if_linked(user.server(), &waiting.sender, &waiting.reply);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        // A panic while holding the lock leaves the list as it was: still usable.
+        self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// The authentication rules, checked in order; the first match decides and no match accepts at once.
@@ -168,7 +242,7 @@ fn message(kind: &str, payload: Option<Value>) -> Message {
 
 /// The custom messages of the contract. Replies go to the sender only, after the action's own protocol messages; a
 /// sender that is no longer linked after its action gets none. Other types are ignored.
-fn on_message(user: UserRef<'_>, received: &Message) {
+fn on_message(user: UserRef<'_>, received: &Message, replies: &Replies) {
     let (server, sender) = (user.server(), user.username());
     let payload = received.payload.clone();
     let reply = match received.kind.as_str() {
@@ -184,9 +258,15 @@ fn on_message(user: UserRef<'_>, received: &Message) {
             }
             None
         }
-        "test/kick" => Some(act(payload, "test/kicked-ok", |u| server.kick(u))),
-        "test/unlink" => Some(act(payload, "test/unlinked-ok", |u| server.unlink(u))),
-        "test/join" => Some(act(payload, "test/joined-ok", |u| server.join(u))),
+        "test/kick" => act(replies, sender, payload, ("test/kicked-ok", Awaited::Leave), |u| {
+            server.kick(u)
+        }),
+        "test/unlink" => act(replies, sender, payload, ("test/unlinked-ok", Awaited::Unlink), |u| {
+            server.unlink(u)
+        }),
+        "test/join" => act(replies, sender, payload, ("test/joined-ok", Awaited::Join), |u| {
+            server.join(u)
+        }),
         "test/users" => match serde_json::to_value(server.users()) {
             Ok(users) => Some(message("test/users", Some(users))),
             Err(error) => Some(message("test/error", Some(Value::String(error.to_string())))),
@@ -196,24 +276,43 @@ fn on_message(user: UserRef<'_>, received: &Message) {
             None
         }
     };
-    let Some(reply) = reply else { return };
+    if let Some(reply) = reply {
+        reply_if_linked(server, sender, &reply);
+    }
+}
+
+/// Sends `reply` to `sender`, unless it is no longer linked.
+fn reply_if_linked(server: &Server, sender: &str, reply: &Message) {
     let still_linked = server.user(sender).is_some_and(|user| user.is_linked);
     if !still_linked {
         tracing::debug!(sender, kind = reply.kind, "no reply: the sender is no longer linked");
         return;
     }
-    if let Err(error) = server.send(sender, &reply) {
+    if let Err(error) = server.send(sender, reply) {
         tracing::warn!(sender, %error, "could not reply");
     }
 }
 
-/// Runs a kick, unlink or join on the username in `payload`; the reply is `ok` with that username, or `test/error`.
-fn act(payload: Option<Value>, ok: &str, action: impl FnOnce(&str) -> Result<(), emitter_core::Error>) -> Message {
+/// Runs a kick, unlink or join on the username in `payload`. Its `ok` reply, with that username, waits for the
+/// method's event (see [`Replies`]); a `test/error` is the reply at once.
+fn act(
+    replies: &Replies,
+    sender: &str,
+    payload: Option<Value>,
+    (ok, event): (&str, Awaited),
+    action: impl FnOnce(&str) -> Result<(), emitter_core::Error>,
+) -> Option<Message> {
     let Some(Value::String(username)) = payload else {
-        return message("test/error", Some(Value::String(NOT_A_USERNAME.to_owned())));
+        return Some(message("test/error", Some(Value::String(NOT_A_USERNAME.to_owned()))));
     };
+    // Waiting before the call: in one process the event comes inside it.
+    let reply = message(ok, Some(Value::String(username.clone())));
+    let id = replies.wait(event, &username, sender, reply);
     match action(&username) {
-        Ok(()) => message(ok, Some(Value::String(username))),
-        Err(error) => message("test/error", Some(Value::String(error.to_string()))),
+        Ok(()) => None,
+        Err(error) => {
+            replies.cancel(id);
+            Some(message("test/error", Some(Value::String(error.to_string()))))
+        }
     }
 }

@@ -60,7 +60,11 @@ pub fn groups(smoke: bool, echo_pin: Option<Pin>) -> Vec<Group> {
         warmup_ms,
         ..Load::population(users)
     };
-    let (small, large, huge) = if smoke { (50, 100, 200) } else { (1_000, 2_000, 10_000) };
+    let (small, large, medium, huge) = if smoke {
+        (50, 100, 150, 200)
+    } else {
+        (1_000, 2_000, 5_000, 10_000)
+    };
     let (fan_users, fan_senders) = if smoke { (20, 2) } else { (200, 10) };
     let group = |name: &str, targets, load, pin| Group {
         name: name.to_owned(),
@@ -82,6 +86,17 @@ pub fn groups(smoke: bool, echo_pin: Option<Pin>) -> Vec<Group> {
                 duration_ms: duration_ms / 2,
                 warmup_ms: warmup_ms / 2,
                 ..storm(large)
+            },
+            None,
+        ),
+        // The idle footprint at the size the issue that set its goal named (6 KiB per connection after 5,000 links):
+        // large enough that the server's fixed memory is spread thin, small enough for one load process.
+        group(
+            "storm5k",
+            NO_NODE,
+            Load {
+                measure_idle: true,
+                ..storm(medium)
             },
             None,
         ),

@@ -241,11 +241,13 @@ pub type Submission = Pin<Box<dyn Future<Output = Result<Vec<LogEntry>, Refused>
 
 /// Where a cluster's order comes from, and how messages reach the users linked on other nodes.
 ///
-/// No method may call back into the server. `submit` and `entries_after` may block on the network: the core calls
-/// them only where blocking is allowed (a server method, a blocking thread). The connections' own changes (their
-/// links, the unlinks of closed connections, a closing node's unlinks) go through
-/// [`submit_async`](Sequencer::submit_async), which must not block. The publish methods must not block: queue and
-/// return.
+/// No method may call back into the server. On a tokio runtime every change goes through
+/// [`submit_async`](Sequencer::submit_async), which must not block: the connections' own changes (their links,
+/// `krmx/unlink` and `krmx/leave`, the unlinks of closed connections, a closing node's unlinks) and the server methods
+/// `join`, `unlink` and `kick` alike. [`submit`](Sequencer::submit) may block on the network: the core calls it only
+/// without a runtime. [`entries_after`](Sequencer::entries_after) may block too: the core calls it only on a blocking
+/// thread or without a runtime, to fill a gap before entries it is to apply. The publish methods must not block:
+/// queue and return.
 pub trait Sequencer: Send + Sync + 'static {
     /// This node's id.
     fn node(&self) -> &str;
@@ -253,9 +255,9 @@ pub trait Sequencer: Send + Sync + 'static {
     /// Whether `link` is a connection of this node's current generation.
     fn owns(&self, link: &LinkAddr) -> bool;
 
-    /// Decides a change against the cluster-wide state and returns the entries it produced, in order. The entries
-    /// may not follow the last one this node applied: the node reads the ones in between with
-    /// [`entries_after`](Sequencer::entries_after) first.
+    /// Decides a change against the cluster-wide state and returns the entries it produced, in order; may block. The
+    /// entries may not follow the last one this node applied: the node reads the ones in between with
+    /// [`entries_after`](Sequencer::entries_after) first. Called only without a tokio runtime.
     fn submit(&self, change: Change) -> Result<Vec<LogEntry>, Refused>;
 
     /// Queues changes to be decided in the given order (after every change queued before them) and returns one answer
@@ -272,8 +274,8 @@ pub trait Sequencer: Send + Sync + 'static {
             .collect()
     }
 
-    /// The entries after `seq`, in order. An error means the node cannot continue from `seq` (its entries are gone):
-    /// it must rebuild its state.
+    /// The entries after `seq`, in order; may block. An error means the node cannot continue from `seq` (its entries
+    /// are gone): it must rebuild its state. Called on a blocking thread, or without a runtime.
     fn entries_after(&self, seq: u64) -> Result<Vec<LogEntry>, String>;
 
     /// Hands a broadcast to the other nodes, for their linked users but `skip`. `after` is the last entry this node

@@ -17,8 +17,8 @@ use super::striped::Histogram;
 /// [`ClusterHost::set_counts`](crate::cluster::ClusterHost::set_counts)).
 ///
 /// ```
-/// let counts = emitter_core::cluster::ClusterCounts::new(3, 1).with_catch_ups(2);
-/// assert_eq!((counts.messages_lost, counts.repeats_dropped, counts.catch_ups), (3, 1, 2));
+/// let counts = emitter_core::cluster::ClusterCounts::new(3, 1).with_catch_ups(2).with_forks(1);
+/// assert_eq!((counts.messages_lost, counts.repeats_dropped, counts.catch_ups, counts.forks), (3, 1, 2, 1));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -30,6 +30,9 @@ pub struct ClusterCounts {
     /// Times the node's feed of the cluster's order came back after a drop (on Redis: a resubscription) and the node
     /// read the log to fill what it missed meanwhile.
     pub catch_ups: u64,
+    /// Times the node found that the cluster's order forked (its store lost writes the node had applied: a failover
+    /// to a replica that missed them) and rebuilt from a snapshot.
+    pub forks: u64,
 }
 
 impl ClusterCounts {
@@ -39,12 +42,18 @@ impl ClusterCounts {
             messages_lost,
             repeats_dropped,
             catch_ups: 0,
+            forks: 0,
         }
     }
 
     /// These counts with `catch_ups` catch-ups so far.
     pub fn with_catch_ups(self, catch_ups: u64) -> ClusterCounts {
         ClusterCounts { catch_ups, ..self }
+    }
+
+    /// These counts with `forks` forks found so far.
+    pub fn with_forks(self, forks: u64) -> ClusterCounts {
+        ClusterCounts { forks, ..self }
     }
 }
 
@@ -62,7 +71,9 @@ pub(super) struct ClusterMetrics {
     pub(super) submit: Histogram,
     pub(super) renew: Histogram,
     pub(super) restarts: Counter,
+    pub(super) rebuilds: Counter,
     pub(super) catch_ups: Counter,
+    pub(super) forks: Counter,
     pub(super) messages_lost: Counter,
     pub(super) repeats_dropped: Counter,
     pub(super) counts: Mutex<Option<CountsSource>>,
@@ -91,8 +102,8 @@ impl ClusterMetrics {
         );
         registry.register_with_unit(
             "submit_duration",
-            "Round trips of membership changes submitted to the cluster's sequencer (on Redis: one script call on \
-             the blocking connection), failed ones included",
+            "How long membership changes submitted to the cluster's sequencer waited for their answer (on Redis: \
+             through the node's change queue, many per round trip), failed ones included",
             Unit::Seconds,
             submit.clone(),
         );
@@ -106,12 +117,16 @@ impl ClusterMetrics {
         registry.register(
             "resyncs",
             "Times this node resynchronized with the cluster, by kind: restart (started over from a snapshot of the \
-             cluster's state: lost lease, lost state, or too far behind the log), catch_up (its feed of the \
-             cluster's order came back after a drop, and it read the log for what it missed)",
+             cluster's state, closing its connections: lost lease or lost state), rebuild (caught up from a snapshot, \
+             keeping its connections whose links still hold: too far behind the log), catch_up (its feed of the \
+             cluster's order came back after a drop, and it read the log for what it missed), fork (the cluster's \
+             order forked: its store lost writes this node had applied, and the node started over from a snapshot)",
             resyncs.clone(),
         );
         let restarts = resyncs.get_or_create_owned(&[("kind", "restart")]);
+        let rebuilds = resyncs.get_or_create_owned(&[("kind", "rebuild")]);
         let catch_ups = resyncs.get_or_create_owned(&[("kind", "catch_up")]);
+        let forks = resyncs.get_or_create_owned(&[("kind", "fork")]);
         registry.register(
             "messages_lost",
             "Messages from other nodes that never arrived here (gaps in their numbers)",
@@ -131,7 +146,9 @@ impl ClusterMetrics {
             submit,
             renew,
             restarts,
+            rebuilds,
             catch_ups,
+            forks,
             messages_lost,
             repeats_dropped,
             counts: Mutex::new(None),

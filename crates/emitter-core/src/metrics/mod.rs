@@ -328,6 +328,10 @@ impl Metrics {
         self.cluster.restarts.inc();
     }
 
+    pub(crate) fn rebuilt(&self) {
+        self.cluster.rebuilds.inc();
+    }
+
     pub(crate) fn set_counts(&self, source: CountsSource) {
         *self.cluster.counts.lock() = Some(source);
     }
@@ -350,6 +354,7 @@ impl Metrics {
                 .inner()
                 .store(counts.repeats_dropped, Ordering::Relaxed);
             cluster.catch_ups.inner().store(counts.catch_ups, Ordering::Relaxed);
+            cluster.forks.inner().store(counts.forks, Ordering::Relaxed);
         }
     }
 }
@@ -452,7 +457,7 @@ mod tests {
         let text = server.metrics_text();
         assert!(text.contains("\nkrmx_cluster_lease_held 0\n"), "{text}");
 
-        host.set_counts(|| ClusterCounts::new(7, 2).with_catch_ups(4));
+        host.set_counts(|| ClusterCounts::new(7, 2).with_catch_ups(4).with_forks(3));
         host.restart(0, Vec::new());
         assert_eq!(server.health(), Health::Healthy, "a restart follows a new registration");
         let text = server.metrics_text();
@@ -460,6 +465,7 @@ mod tests {
             "krmx_cluster_lease_held 1",
             "krmx_cluster_resyncs_total{kind=\"restart\"} 1",
             "krmx_cluster_resyncs_total{kind=\"catch_up\"} 4",
+            "krmx_cluster_resyncs_total{kind=\"fork\"} 3",
             "krmx_cluster_messages_lost_total 7",
             "krmx_cluster_repeats_dropped_total 2",
         ] {

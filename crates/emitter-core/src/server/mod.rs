@@ -342,6 +342,10 @@ impl Server {
     ///
     /// Keep `f` as quick as a listener: every membership change waits for it.
     ///
+    /// On a node of a cluster it holds off this node's changes only, and a server method called inside `f` queues its
+    /// change: it is applied (its events emitted) after `f` returns, once the cluster ordered it (see the book's
+    /// cluster chapter).
+    ///
     /// ```
     /// # fn demo(server: emitter_core::Server) {
     /// // Kick a user only if it is still unlinked: a relink cannot slip in between the check and the kick.
@@ -504,60 +508,82 @@ impl Server {
     /// not accept new users.
     ///
     /// Fails when the server is not listening, the user exists, or the name fails the username rule.
+    ///
+    /// On a node of a cluster (with a tokio runtime) this node checks what it can, queues the join and returns: the
+    /// user joins when the cluster has ordered the change, on every node alike, and the `join` event says so. See
+    /// the book's cluster chapter.
     pub fn join(&self, username: &str) -> Result<(), Error> {
-        let _turn = self.turn();
-        require(self.status(), "join a user", &[Status::Listening])?;
-        if self.sequencer().is_none() && self.user(username).is_some() {
-            return Err(Error::JoinExistingUser);
+        {
+            let _turn = self.turn();
+            require(self.status(), "join a user", &[Status::Listening])?;
+            if self.user(username).is_some() {
+                return Err(Error::JoinExistingUser);
+            }
+            if !self.inner.config.is_valid_username(username) {
+                return Err(Error::JoinInvalidUsername);
+            }
+            if self.sequencer().is_none() {
+                self.join_user(username);
+                return Ok(());
+            }
         }
-        if !self.inner.config.is_valid_username(username) {
-            return Err(Error::JoinInvalidUsername);
-        }
-        if let Some(sequencer) = self.sequencer() {
-            // The cluster decides whether the user exists; this node's view may be behind.
-            return self.submit_method(sequencer, Change::join(username));
-        }
-        self.join_user(username);
-        Ok(())
+        // The cluster decides whether the user exists: this node's view may be behind.
+        self.cluster_method(Change::join(username))
     }
 
     /// Unlinks a user's connection. The connection stays open and may link again.
     ///
     /// Fails when the server is not listening or closing, or the user does not exist or is not linked.
+    ///
+    /// On a node of a cluster (with a tokio runtime) the unlink is queued, as [`join`](Server::join) says.
     pub fn unlink(&self, username: &str) -> Result<(), Error> {
-        let _turn = self.turn();
-        require(
-            self.status(),
-            "unlink a connection from a user",
-            &[Status::Listening, Status::Closing],
-        )?;
-        if let Some(sequencer) = self.sequencer() {
-            return self.submit_method(sequencer, Change::unlink(username));
+        {
+            let _turn = self.turn();
+            require(
+                self.status(),
+                "unlink a connection from a user",
+                &[Status::Listening, Status::Closing],
+            )?;
+            let user = self.user(username).ok_or(Error::UnlinkUnknownUser)?;
+            if !user.is_linked {
+                return Err(Error::UnlinkUnlinkedUser);
+            }
+            if self.sequencer().is_none() {
+                self.unlink_user(username);
+                return Ok(());
+            }
         }
-        let user = self.user(username).ok_or(Error::UnlinkUnknownUser)?;
-        if !user.is_linked {
-            return Err(Error::UnlinkUnlinkedUser);
-        }
-        self.unlink_user(username);
-        Ok(())
+        self.cluster_method(Change::unlink(username))
     }
 
     /// Makes a user leave, linked or not: it is unlinked first if needed, then removed. Its connection stays open and
     /// may link again.
     ///
     /// Fails when the server is not listening or the user does not exist.
+    ///
+    /// On a node of a cluster (with a tokio runtime) the kick is queued, as [`join`](Server::join) says.
     pub fn kick(&self, username: &str) -> Result<(), Error> {
-        let _turn = self.turn();
-        require(self.status(), "kick a user", &[Status::Listening])?;
-        if let Some(sequencer) = self.sequencer() {
-            tracing::info!(username, "kicking");
-            return self.submit_method(sequencer, Change::leave(username));
+        {
+            let _turn = self.turn();
+            require(self.status(), "kick a user", &[Status::Listening])?;
+            if self.user(username).is_none() {
+                return Err(Error::KickUnknownUser);
+            }
+            if self.sequencer().is_none() {
+                tracing::info!(username, "kicked");
+                self.leave_user(username);
+                return Ok(());
+            }
         }
-        if self.user(username).is_none() {
-            return Err(Error::KickUnknownUser);
+        tracing::info!(username, "kicking");
+        self.cluster_method(Change::leave(username))
+    }
+
+    /// A server method's change on a node of a cluster, submitted without holding the turn (see `server/node.rs`).
+    fn cluster_method(&self, change: Change) -> Result<(), Error> {
+        match self.sequencer() {
+            Some(sequencer) => self.submit_method(sequencer, change),
+            None => Ok(()),
         }
-        tracing::info!(username, "kicked");
-        self.leave_user(username);
-        Ok(())
     }
 }

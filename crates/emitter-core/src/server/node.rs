@@ -3,20 +3,30 @@
 //! nodes.
 //!
 //! Listeners of an entry run only on the node that made it (`LogEntry::by`), so that an app behaves as on one process:
-//! a welcome broadcast from a `link` listener is sent once. A change a server method or a listener causes is
-//! submitted like any other: it is ordered after everything already ordered, and applied (its own listeners included)
-//! before the call that caused it returns, so a listener still sees the state its call produced.
+//! a welcome broadcast from a `link` listener is sent once.
 //!
-//! A connection's own changes (its link, the unlink of a connection that closed, a closing node's unlinks) do not
-//! wait: they are queued with [`Sequencer::submit_async`] and their answers applied on a task when they come. Nothing
-//! holds the turn while the cluster decides, and no thread waits for it: a slow cluster holds up links, not the
-//! messages of linked users. The one-process path never comes here.
+//! Nothing waits for the cluster on a runtime. Every change (a connection's link, its `krmx/unlink` and `krmx/leave`,
+//! the unlink of a connection that closed, a closing node's unlinks, and the server methods `join`, `unlink` and
+//! `kick`) is queued with [`Sequencer::submit_async`], and its answer is applied on a task when it comes. A server
+//! method checks what this node's view can tell (the status, the username rule, whether the user exists or is
+//! linked), queues the change and returns: the change and its listeners are applied when its entry comes back, on
+//! every node alike, after every change ordered before it. A listener or a caller that needs the effect waits for its
+//! event. A refusal the cluster makes later (this node's view was behind) is logged. So a slow or paused cluster
+//! holds up membership changes, never the messages of linked users, on a multi-threaded and a current-thread runtime
+//! alike.
+//!
+//! The turn (the membership path's lock) is never held across a round trip. The only network call on the way to
+//! applying entries is the read that fills a gap before them ([`Server::catch_up`]): it happens on a blocking thread
+//! (the keeper's, or an answer's when the keeper is slow to fill the gap), never on a runtime's worker. Without a
+//! runtime (no `Handle::try_current`), changes are decided on the spot with the blocking [`Sequencer::submit`], the
+//! turn taken only to apply the entries. A node that fell behind the log rebuilds from a snapshot without closing
+//! the connections whose links still hold ([`ClusterHost::rebuild`]). The one-process path never comes here.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Change, LinkAddr, LogEntry, LogEvent, Refused, Sequencer, UnlinkReason};
+use crate::cluster::{Change, LinkAddr, LogEntry, LogEvent, Refused, Sequencer, Submission, UnlinkReason};
 use crate::config::LinkPolicy;
 use crate::error::{Error, Status};
 use crate::membership::connections::{Connection, Role};
@@ -34,20 +44,6 @@ use crate::Server;
 /// reads them itself.
 const GAP_WAIT: Duration = Duration::from_millis(500);
 
-/// Runs a call that waits on the network (a server method's round trip to the cluster's sequencer, a catch-up's read,
-/// or a turn held by one) from the synchronous membership path. On a multi-threaded tokio runtime it tells the runtime first (`block_in_place`),
-/// which hands this worker's other tasks to another thread: a slow Redis then holds up membership changes, not every
-/// connection's messages. Elsewhere (a current-thread runtime, where that is not possible, a blocking thread, no
-/// runtime) it just runs the call.
-fn off_the_runtime<T>(call: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(call)
-        }
-        _ => call(),
-    }
-}
-
 impl Server {
     /// The cluster's sequencer, when this server is a node of one.
     pub(crate) fn sequencer(&self) -> Option<&Arc<dyn Sequencer>> {
@@ -59,77 +55,104 @@ impl Server {
         self.inner.applied.load(Ordering::SeqCst)
     }
 
-    /// Takes the membership path's turn (it is re-entrant: listeners call back in). On a node of a cluster a turn
-    /// can be held for a round trip to Redis, so waiting for one is announced to tokio like the round trip itself
-    /// (see [`off_the_runtime`]).
+    /// Takes the membership path's turn (it is re-entrant: listeners call back in). Nobody holds it across a round
+    /// trip to the cluster on a runtime, so waiting for it is waiting for other changes' bookkeeping and listeners.
     pub(crate) fn turn(&self) -> impl Sized + '_ {
-        let turns = &self.inner.sequencer;
-        if self.sequencer().is_none() {
-            return turns.lock();
-        }
-        match turns.try_lock() {
-            Some(turn) => turn,
-            None => off_the_runtime(|| turns.lock()),
-        }
+        self.inner.sequencer.lock()
     }
 
-    /// Submits a change and applies what the cluster made of it. `before` runs between the decision and the entries
-    /// (a link's `krmx/accepted` goes out there, before the newcomer's snapshot).
-    pub(crate) fn submit(
-        &self,
-        sequencer: &Arc<dyn Sequencer>,
-        change: Change,
-        before: impl FnOnce(),
-    ) -> Result<(), Refused> {
-        let _turn = self.turn();
-        let started = std::time::Instant::now();
-        let submitted = off_the_runtime(|| sequencer.submit(change));
+    /// Submits a change and applies what the cluster made of it, blocking the calling thread for the round trip: only
+    /// without a tokio runtime (with one, changes go through [`Server::submit_later`]). The turn is not held for the
+    /// round trip (unless a caller up the stack holds it: a listener's change): it is taken to apply the entries.
+    pub(crate) fn submit(&self, sequencer: &Arc<dyn Sequencer>, change: Change) -> Result<(), Refused> {
+        let started = Instant::now();
+        let submitted = sequencer.submit(change);
         self.inner.metrics.observe_submit(started.elapsed());
-        let entries = submitted?;
-        before();
-        self.apply_entries(sequencer, entries);
+        self.apply_entries(sequencer, submitted?);
         Ok(())
     }
 
-    /// A server method's membership change on a cluster: refusals read as the method's errors.
+    /// A server method's membership change on a cluster, once the method has checked what this node can (its status,
+    /// the username rule, the user as far as this node's view tells).
+    ///
+    /// With a tokio runtime the change is queued ([`Server::submit_later`]) and the method returns at once: the change
+    /// and its listeners are applied when its entry comes back, on every node alike. A change the sequencer refuses on
+    /// the spot (its queue is full, its backend is away) is the method's error; a refusal the cluster makes later
+    /// (this node's view was behind) is logged. Without a runtime the change is decided on the spot, blocking, and a
+    /// refusal is the method's error.
     pub(crate) fn submit_method(&self, sequencer: &Arc<dyn Sequencer>, change: Change) -> Result<(), Error> {
-        self.submit(sequencer, change, || {}).map_err(|refused| match refused {
+        let method_error = |refused| match refused {
             Refused::Failed(error) => error,
             Refused::Rejected(rejection) => Error::Unavailable(rejection.to_string()),
             Refused::Unavailable(why) => Error::Unavailable(why),
-        })
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.submit(sequencer, change).map_err(method_error);
+        };
+        let user = change.user().to_owned();
+        let Some(mut answer) = sequencer.submit_async(vec![change]).pop() else {
+            return Ok(());
+        };
+        // Refused at once (a full queue, a backend in back-off): the caller hears it now. A sequencer's future never
+        // blocks when polled, so one poll here costs nothing.
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let answer = match answer.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(Err(refused)) => return Err(method_error(refused)),
+            // Decided already (an in-memory sequencer): a finished future is not polled again.
+            std::task::Poll::Ready(Ok(entries)) => Box::pin(std::future::ready(Ok(entries))) as Submission,
+            std::task::Poll::Pending => answer,
+        };
+        self.spawn_answers(&runtime, vec![(user, answer)], || {});
+        Ok(())
     }
 
-    /// Applies entries in order, reading the ones in between first when they do not follow the last one applied.
+    /// Applies entries in order, skipping what is applied already (a catch-up got there first). When they do not
+    /// follow the last one applied, the ones in between are read first ([`Server::catch_up`]), without the turn:
+    /// that is the only network call here, so a caller on a runtime's worker passes entries that follow on (see
+    /// [`Server::apply_answer`]) and a gap is only ever filled on a blocking thread, or without a runtime.
     pub(crate) fn apply_entries(&self, sequencer: &Arc<dyn Sequencer>, entries: Vec<LogEntry>) {
-        let _turn = self.turn();
-        for entry in entries {
-            if entry.seq <= self.applied() {
-                continue; // applied already, by a catch-up a listener's change made
+        if entries.first().is_some_and(|entry| entry.seq > self.applied() + 1) {
+            if let Err(error) = self.catch_up(sequencer) {
+                tracing::error!(%error, "could not read the cluster's order up to a new entry");
             }
-            if entry.seq > self.applied() + 1 {
-                if let Err(error) = self.catch_up(sequencer) {
-                    tracing::error!(%error, "could not read the cluster's order up to a new entry");
-                }
-            }
-            if entry.seq == self.applied() + 1 {
-                self.apply_entry(sequencer, &entry);
-            }
+        }
+        if let Some(gap) = self.apply_following(sequencer, entries) {
+            // The keeper reads them on its next notice (or rebuilds from a snapshot when they are gone).
+            tracing::warn!(
+                after = self.applied(),
+                next = gap,
+                "entries left for the keeper: a gap before them"
+            );
         }
     }
 
+    /// Applies, under the turn, the entries that follow on from the last one applied; skips those applied already.
+    /// Returns the seq of the first entry after a gap, where it stopped, if any.
+    fn apply_following(&self, sequencer: &Arc<dyn Sequencer>, entries: Vec<LogEntry>) -> Option<u64> {
+        let _turn = self.turn();
+        for entry in entries {
+            if entry.seq <= self.applied() {
+                continue; // applied already, by a catch-up or a change a listener made
+            }
+            if entry.seq > self.applied() + 1 {
+                return Some(entry.seq);
+            }
+            self.apply_entry(sequencer, &entry);
+        }
+        None
+    }
+
     /// Applies every entry after the last one applied. Returns an error when they cannot be read (the node must then
-    /// start over from a snapshot of the cluster's state). The entries are read without the membership path's turn
-    /// (a round trip must not hold up the node's other changes) and applied with it; what was applied meanwhile is
-    /// skipped.
+    /// rebuild from a snapshot of the cluster's state). Reads the network: never on a runtime's worker thread. The
+    /// entries are read without the membership path's turn (a round trip must not hold up the node's other changes)
+    /// and applied with it; what was applied meanwhile is skipped.
     pub(crate) fn catch_up(&self, sequencer: &Arc<dyn Sequencer>) -> Result<(), String> {
         loop {
-            let entries = off_the_runtime(|| sequencer.entries_after(self.applied()))?;
+            let entries = sequencer.entries_after(self.applied())?;
             let Some(last) = entries.last().map(|entry| entry.seq) else {
                 return Ok(());
             };
-            let _turn = self.turn();
-            self.apply_entries(sequencer, entries);
+            self.apply_following(sequencer, entries);
             if self.applied() < last {
                 return Err(format!("entries did not follow on from {}", self.applied()));
             }
@@ -152,7 +175,7 @@ impl Server {
             _ => {
                 for change in changes {
                     let user = change.user().to_owned();
-                    if let Err(refused) = self.submit(sequencer, change, || {}) {
+                    if let Err(refused) = self.submit(sequencer, change) {
                         tracing::debug!(username = user, %refused, "a change was refused by the cluster");
                     }
                 }
@@ -161,13 +184,28 @@ impl Server {
         };
         let users: Vec<String> = changes.iter().map(|change| change.user().to_owned()).collect();
         let answers = sequencer.submit_async(changes);
+        self.spawn_answers(&runtime, users.into_iter().zip(answers).collect(), then);
+    }
+
+    /// Applies queued changes' answers on a task, in order, then runs `then`. The task counts as open work for
+    /// `close()`.
+    fn spawn_answers(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        answers: Vec<(String, Submission)>,
+        then: impl FnOnce() + Send + 'static,
+    ) {
         self.transport_started();
         let server = self.clone();
+        let started = Instant::now();
         runtime.spawn(async move {
-            for (user, answer) in users.into_iter().zip(answers) {
-                match answer.await {
+            for (user, answer) in answers {
+                let answer = answer.await;
+                server.inner.metrics.observe_submit(started.elapsed());
+                match answer {
                     Ok(entries) => server.apply_answer(entries).await,
-                    // Unlinked meanwhile by someone else (a kick, a relink elsewhere): nothing left to do.
+                    // Decided against a newer state than this node's view when it was queued (unlinked meanwhile by
+                    // someone else, joined elsewhere, …): nothing to apply.
                     Err(Refused::Failed(error)) => tracing::debug!(username = user, %error, "refused by the cluster"),
                     Err(refused) => tracing::warn!(username = user, %refused, "a change was refused by the cluster"),
                 }
@@ -197,26 +235,17 @@ impl Server {
                 return; // applied by a catch-up already (its accepted and its listeners included)
             }
             if first <= self.applied() + 1 {
-                let _turn = self.turn();
-                // Applied only grows: still no gap, so applying reads nothing from the network.
-                if first <= self.applied() + 1 {
-                    self.apply_entries(&sequencer, entries);
-                    return;
-                }
+                // Applied only grows: no gap, so applying reads nothing from the network (a worker never does).
+                self.apply_following(&sequencer, entries);
+                return;
             }
             if tokio::time::timeout_at(deadline, moved).await.is_err() {
                 break;
             }
         }
         let server = self.clone();
-        let filled = tokio::task::spawn_blocking(move || {
-            if let Err(error) = server.catch_up(&sequencer) {
-                tracing::warn!(%error, "could not read the cluster's order up to a change's entries");
-            }
-            let _turn = server.turn();
-            server.apply_entries(&sequencer, entries);
-        })
-        .await;
+        // Fills the gap first (a read, on this blocking thread), then applies.
+        let filled = tokio::task::spawn_blocking(move || server.apply_entries(&sequencer, entries)).await;
         if let Err(error) = filled {
             tracing::error!(%error, "applying a change's entries panicked");
         }
@@ -299,17 +328,15 @@ impl Server {
         }
     }
 
-    /// The unlink of `username` a linked connection of this node asks for (or causes, by closing or misbehaving).
+    /// The unlink of `username` a linked connection of this node asks for (or causes, by misbehaving). On a cluster it
+    /// is queued, not waited for: the connection stays linked until its entry comes back (its messages meanwhile are
+    /// its user's, as they were ordered before the unlink).
     pub(crate) fn unlink_connection(&self, connection: &Arc<Connection>, username: &str) {
         match self.sequencer() {
             None => self.unlink_user(username),
             Some(sequencer) => {
-                match self.submit(sequencer, Change::unlink_connection(username, connection.id.0), || {}) {
-                    Ok(()) => {}
-                    // Unlinked meanwhile by someone else (a kick, a relink elsewhere): nothing left to do.
-                    Err(Refused::Failed(error)) => tracing::debug!(username, %error, "already unlinked on the cluster"),
-                    Err(refused) => tracing::warn!(username, %refused, "could not unlink on the cluster"),
-                }
+                let change = Change::unlink_connection(username, connection.id.0);
+                self.submit_later(sequencer, vec![change], || {});
             }
         }
     }
@@ -356,19 +383,24 @@ impl Server {
             accept_new_users: self.inner.config.accept_new_users,
             replace: self.inner.config.link_policy == LinkPolicy::Replace,
         };
+        let attempt = self.inner.next_attempt.fetch_add(1, Ordering::Relaxed);
+        // Waiting as `Linking`: whoever applies the link's entry (the answer, or a catch-up) sends its acceptance.
+        connection.state.lock().role = Role::Linking { attempt, task: None };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            let accepted = || {
-                self.inner.metrics.accepted();
-                self.inner.metrics.link.observe_duration(received.elapsed());
-                let _ = connection.push(ServerMessage::Accepted.to_frame());
-            };
-            if let Err(refused) = self.submit(sequencer, change, accepted) {
-                self.link_refused(sequencer, connection, username, refused);
+            // No runtime: decided on the spot, blocking this thread (not holding the turn) for the round trip.
+            let started = Instant::now();
+            let answer = sequencer.submit(change);
+            self.inner.metrics.observe_submit(started.elapsed());
+            match answer {
+                Ok(entries) => {
+                    self.inner.metrics.accepted();
+                    self.inner.metrics.link.observe_duration(received.elapsed());
+                    self.apply_entries(sequencer, entries);
+                }
+                Err(refused) => self.link_answered_no(sequencer, connection, username, attempt, refused),
             }
             return;
         };
-        let attempt = self.inner.next_attempt.fetch_add(1, Ordering::Relaxed);
-        connection.state.lock().role = Role::Linking { attempt, task: None };
         let Some(answer) = sequencer.submit_async(vec![change]).pop() else {
             return;
         };
@@ -386,25 +418,44 @@ impl Server {
                     tracing::debug!(connection = %connection.id, username, "accepted");
                     server.inner.metrics.accepted();
                     server.inner.metrics.link.observe_duration(received.elapsed());
+                    let last = entries.last().map_or(0, |entry| entry.seq);
                     server.apply_answer(entries).await;
-                }
-                Err(refused) => {
-                    let _turn = server.turn();
-                    let waiting = {
-                        let mut state = connection.state.lock();
-                        let waiting = matches!(state.role, Role::Linking { attempt: now, .. } if now == attempt);
-                        if waiting {
-                            state.role = Role::Unlinked;
-                        }
-                        waiting
-                    };
-                    if waiting {
-                        server.link_refused(&sequencer, &connection, &username, refused);
+                    if server.applied() >= last && server.stop_waiting(&connection, attempt) {
+                        // Its entry was passed over by a rebuild from a snapshot (the node had fallen behind the
+                        // log): whether the link still holds is unknown here, so the client starts afresh.
+                        tracing::info!(connection = %connection.id, username, "a link passed over by a rebuild");
+                        connection.close(CloseReason::Restart);
                     }
                 }
+                Err(refused) => server.link_answered_no(&sequencer, &connection, &username, attempt, refused),
             }
             server.transport_stopped();
         });
+    }
+
+    /// Ends a connection's wait for the link attempt `attempt`; returns whether it was still waiting for it.
+    fn stop_waiting(&self, connection: &Connection, attempt: u64) -> bool {
+        let mut state = connection.state.lock();
+        let waiting = matches!(state.role, Role::Linking { attempt: now, .. } if now == attempt);
+        if waiting {
+            state.role = Role::Unlinked;
+        }
+        waiting
+    }
+
+    /// The cluster refused the link attempt `attempt`: tells the connection, if it still waits for it.
+    fn link_answered_no(
+        &self,
+        sequencer: &Arc<dyn Sequencer>,
+        connection: &Arc<Connection>,
+        username: &str,
+        attempt: u64,
+        refused: Refused,
+    ) {
+        let _turn = self.turn();
+        if self.stop_waiting(connection, attempt) {
+            self.link_refused(sequencer, connection, username, refused);
+        }
     }
 
     /// Tells a connection its link was refused by the cluster; undoes a link whose outcome is unknown.
@@ -436,15 +487,14 @@ impl Server {
         }
     }
 
-    /// The leave of `username` its linked connection of this node asks for.
+    /// The leave of `username` its linked connection of this node asks for. On a cluster it is queued, like
+    /// [`Server::unlink_connection`].
     pub(crate) fn leave_connection(&self, connection: &Arc<Connection>, username: &str) {
         match self.sequencer() {
             None => self.leave_user(username),
             Some(sequencer) => {
                 let change = Change::leave_connection(username, connection.id.0);
-                if let Err(refused) = self.submit(sequencer, change, || {}) {
-                    tracing::warn!(username, %refused, "could not leave on the cluster");
-                }
+                self.submit_later(sequencer, vec![change], || {});
             }
         }
     }
@@ -464,8 +514,10 @@ impl Server {
 /// The cluster's side of a [`Server`]: installing a sequencer, applying the cluster's order, and delivering what the
 /// other nodes send. `emitter-redis` uses it; applications do not need it.
 ///
-/// Every method may block (it reads the cluster's order when this node is behind): call them from a blocking context
-/// (`tokio::task::spawn_blocking`), never from an async task directly.
+/// [`catch_up`](ClusterHost::catch_up) reads the cluster's order, and so do the `deliver_*` methods when this node has
+/// not applied what the message follows: call them from a blocking context (`tokio::task::spawn_blocking`), never from
+/// an async task directly, unless the node has applied `after` already. The others take the membership path's turn
+/// (held for bookkeeping and listeners, never for a round trip) and do not touch the network.
 #[derive(Clone)]
 pub struct ClusterHost {
     server: Server,
@@ -514,7 +566,8 @@ impl ClusterHost {
     }
 
     /// Applies every entry of the cluster's order this node has not applied yet. An error means the node is too far
-    /// behind (or the order is gone): [`restart`](ClusterHost::restart) it from a snapshot.
+    /// behind ([`rebuild`](ClusterHost::rebuild) it from a snapshot) or the order is gone
+    /// ([`restart`](ClusterHost::restart) it).
     pub fn catch_up(&self) -> Result<(), String> {
         match self.server.sequencer() {
             Some(sequencer) => self.server.catch_up(sequencer),
@@ -592,8 +645,9 @@ impl ClusterHost {
     }
 
     /// Starts over from the cluster's state at `seq`: every connection of this node is closed (its clients relink and
-    /// get a fresh snapshot), and the users are the snapshot's. For a node that lost its place: its lease, or the
-    /// cluster's state, or the part of the order it had not applied.
+    /// get a fresh snapshot), and the users are the snapshot's. For a node whose links are gone: it lost its lease
+    /// (it registers again, a new generation), or the cluster lost its state. A node that only fell behind the log
+    /// [`rebuild`](ClusterHost::rebuild)s instead.
     pub fn restart(&self, seq: u64, users: Vec<(String, Option<LinkAddr>)>) {
         let server = &self.server;
         let _turn = server.turn();
@@ -614,6 +668,148 @@ impl ClusterHost {
         // The node registered again just before: it holds a fresh lease.
         server.inner.metrics.resynced();
         server.inner.metrics.lease_renewed();
+    }
+
+    /// Catches up from the cluster's state at `seq` (its users in join order, with their links) when the entries
+    /// this node has not applied are gone (trimmed from the log), keeping the connections whose links still hold.
+    ///
+    /// The difference between this node's users and the snapshot's is applied as changes: users gone leave (unlinked
+    /// first), users new join, links that changed are unlinked and linked again. The clients linked here hear of
+    /// each, as of any change, so their view ends equal to the snapshot's; the order of the users is kept by leaving
+    /// and joining again a user whose place changed (it left and joined again meanwhile). A connection of this node
+    /// whose link is not in the snapshot any more is closed ([`CloseReason::Restart`]): its client relinks. A link of
+    /// this node's connection that was made meanwhile is applied as its entry would have been (its acceptance, then
+    /// its snapshot, and its `link` listeners). The other listeners of the changes passed over ran on the nodes
+    /// that made them, or not at all (this node's own changes among them: a join its link caused, say).
+    ///
+    /// For a node that still holds its lease: one that lost it [`restart`](ClusterHost::restart)s, as its links are
+    /// gone with it. A snapshot older than what the node applied changes nothing.
+    pub fn rebuild(&self, seq: u64, users: Vec<(String, Option<LinkAddr>)>) {
+        let server = &self.server;
+        let Some(sequencer) = server.sequencer().cloned() else {
+            return;
+        };
+        let _turn = server.turn();
+        if seq <= server.applied() {
+            tracing::debug!(
+                seq,
+                applied = server.applied(),
+                "a snapshot no newer than this node: nothing to rebuild"
+            );
+            return;
+        }
+        tracing::warn!(
+            seq,
+            applied = server.applied(),
+            "rebuilding from the cluster's state: the log moved on"
+        );
+        let current: Vec<(String, Option<Link>)> = server
+            .inner
+            .registry
+            .lock()
+            .slots()
+            .map(|slot| (slot.member.name.clone(), slot.link.clone()))
+            .collect();
+        // The users that keep their place: the snapshot's first users, as long as they come in this node's order.
+        let place: std::collections::HashMap<&str, usize> = current
+            .iter()
+            .enumerate()
+            .map(|(at, (name, _))| (name.as_str(), at))
+            .collect();
+        let mut kept = 0;
+        let mut last = None;
+        for (name, _) in &users {
+            match place.get(name.as_str()) {
+                Some(&at) if last.is_none_or(|last| at > last) => {
+                    last = Some(at);
+                    kept += 1;
+                }
+                _ => break,
+            }
+        }
+        let wanted: std::collections::HashMap<&str, Option<&LinkAddr>> = users[..kept]
+            .iter()
+            .map(|(name, link)| (name.as_str(), link.as_ref()))
+            .collect();
+        // Leaving connections whose leave was passed over hear of it, as they would have.
+        let leaving: Vec<(String, Arc<Connection>)> = server.inner.leaving.lock().drain().collect();
+        for (user, connection) in leaving {
+            let _ = connection.push(ServerMessage::Left(&user).to_frame());
+        }
+        // Unlinks first (a connection may have moved from one user to another), then leaves, links and joins.
+        let mut relink = Vec::new();
+        for (name, link) in &current {
+            let keep = wanted.get(name.as_str());
+            let still = match (link, keep) {
+                (None, Some(None)) => true,
+                (Some(Link::Local(connection)), Some(Some(addr))) => {
+                    sequencer.owns(addr) && addr.connection == connection.id.0
+                }
+                (Some(Link::Remote(had)), Some(Some(addr))) => had == *addr,
+                _ => false,
+            };
+            if still {
+                continue;
+            }
+            if let Some(Link::Local(connection)) = link {
+                tracing::info!(connection = %connection.id, user = name, "its link is gone from the cluster: closing");
+                connection.close(CloseReason::Restart);
+            }
+            if link.is_some() {
+                let _ = server.apply_unlink(name);
+            }
+            match keep {
+                None => {
+                    server.apply_leave(name);
+                }
+                Some(Some(addr)) => relink.push((name.clone(), (*addr).clone())),
+                Some(None) => {}
+            }
+        }
+        for (name, addr) in relink {
+            self.link_from_snapshot(&sequencer, &name, &addr);
+        }
+        for (name, link) in &users[kept..] {
+            server.apply_join(name);
+            if let Some(addr) = link {
+                self.link_from_snapshot(&sequencer, name, addr);
+            }
+        }
+        server.inner.applied.store(seq, Ordering::SeqCst);
+        server.inner.applied_moved.notify_waiters();
+        server.inner.metrics.rebuilt();
+    }
+
+    /// Links `user` as the snapshot says, in a [`rebuild`](ClusterHost::rebuild).
+    fn link_from_snapshot(&self, sequencer: &Arc<dyn Sequencer>, user: &str, addr: &LinkAddr) {
+        let server = &self.server;
+        let here = sequencer
+            .owns(addr)
+            .then(|| server.inner.connections.get(ConnectionId(addr.connection)))
+            .flatten();
+        if let Some(connection) = here {
+            // This node's connection, waiting for the link's answer: the link was made while the node fell behind.
+            let waited = {
+                let mut state = connection.state.lock();
+                let waited = matches!(state.role, Role::Linking { .. }) && !state.closing;
+                if waited {
+                    state.role = Role::Unlinked;
+                }
+                waited
+            };
+            if waited {
+                let _ = connection.push(ServerMessage::Accepted.to_frame());
+                if server.apply_link(&connection, user) {
+                    server.emit_membership(Membership::Link, user);
+                }
+                return;
+            }
+        }
+        server.apply_link_remote(user, addr.clone());
+        if sequencer.owns(addr) {
+            // A link to a connection of ours that is gone (or moved on): nobody can use it, so undo it.
+            server.submit_later(sequencer, vec![Change::unlink_connection(user, addr.connection)], || {});
+        }
     }
 
     // ---- health and metrics: what only the cluster layer sees ---------------------------------------------------

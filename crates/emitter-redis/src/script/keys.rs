@@ -6,7 +6,7 @@
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     /// In the order the scripts expect them in KEYS (see [`crate::script::scripts`]).
-    all: [String; 10],
+    all: [String; 11],
     pub(crate) seq_channel: String,
     pub(crate) broadcast_channel: String,
     node_channel_prefix: String,
@@ -28,6 +28,7 @@ impl Keys {
                 key("generation"),
                 key("connections"),
                 key("unlinked"),
+                key("head"),
             ],
             seq_channel: key("seq"),
             broadcast_channel: key("broadcast"),
@@ -36,7 +37,7 @@ impl Keys {
         }
     }
 
-    pub(crate) fn all(&self) -> &[String; 10] {
+    pub(crate) fn all(&self) -> &[String; 11] {
         &self.all
     }
 
@@ -61,6 +62,11 @@ impl Keys {
     /// share a stream.
     pub(crate) fn window(&self, origin: &str, generation: u64) -> String {
         format!("{}{origin}/{generation}", self.window_prefix)
+    }
+
+    /// The hash of the newest log entry (see [`crate::chain`]).
+    pub(crate) fn head(&self) -> &str {
+        &self.all[10]
     }
 
     /// The channel of messages for users linked on `node`.

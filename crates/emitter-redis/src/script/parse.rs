@@ -3,6 +3,7 @@
 
 use redis::Value;
 
+use crate::chain::{parse_hash, Link};
 use crate::types::{Epoch, Error, LinkAddr, LogEntry, LogEvent, Refusal, Result, UnlinkReason, UserRecord};
 
 /// An unlink's reason, by the name the scripts write in the log's `r` field.
@@ -107,10 +108,12 @@ pub(crate) fn done(value: Value, user: &str) -> Result<(String, Vec<Value>)> {
     }
 }
 
-/// One log entry from its flat field list (`s`, `k`, `u`, …) as the scripts write it to the stream.
-pub(crate) fn entry(value: Value) -> Result<LogEntry> {
+/// One log entry from its flat field list (`s`, `k`, `u`, …) as the scripts write it to the stream, and its place in
+/// the hash chain (`p`, `h`; `None` for an entry written before the log had one).
+pub(crate) fn entry(value: Value) -> Result<(LogEntry, Option<Link>)> {
     let fields = array(value)?;
     let mut seq = None;
+    let (mut prev, mut hash) = (None, None);
     let (mut kind, mut user, mut node, mut generation, mut connection, mut reason, mut by) =
         (None, None, None, None, None, None, None);
     let mut pairs = fields.iter();
@@ -125,6 +128,8 @@ pub(crate) fn entry(value: Value) -> Result<LogEntry> {
             "c" => connection = Some(parse_u64(&value)?),
             "r" => reason = Some(value),
             "b" => by = Some(value),
+            "p" => prev = Some(hash_of(&value)?),
+            "h" => hash = Some(hash_of(&value)?),
             // A field a later version may add: ignored, so that old nodes can read a newer log.
             _ => {}
         }
@@ -157,15 +162,25 @@ pub(crate) fn entry(value: Value) -> Result<LogEntry> {
         "leave" => LogEvent::Left { user },
         other => return Err(malformed(&format!("log entry {seq} of kind {other:?}"))),
     };
-    Ok(LogEntry {
+    let link = match (prev, hash) {
+        (Some(prev), Some(hash)) => Some(Link { prev, hash }),
+        _ => None,
+    };
+    let entry = LogEntry {
         seq,
         event,
         by: by.unwrap_or_default(),
-    })
+    };
+    Ok((entry, link))
 }
 
-pub(crate) fn entries(items: Vec<Value>) -> Result<Vec<LogEntry>> {
+pub(crate) fn entries(items: Vec<Value>) -> Result<Vec<(LogEntry, Option<Link>)>> {
     items.into_iter().map(entry).collect()
+}
+
+/// A chain hash as the scripts write it.
+pub(crate) fn hash_of(text: &str) -> Result<u64> {
+    parse_hash(text).ok_or_else(|| malformed(&format!("expected a chain hash, got {text:?}")))
 }
 
 /// A `users` record: `<join seq>`, or `<join seq> <generation> <connection> <node>` when linked.
@@ -198,7 +213,8 @@ mod tests {
             "s", "4", "k", "unlink", "u", "alice", "n", "n1", "g", "2", "c", "9", "r", "expired", "b", "n2",
         ];
         let value = Value::Array(fields.iter().map(|field| bulk(field)).collect());
-        let entry = entry(value).unwrap();
+        let (entry, link) = entry(value).unwrap();
+        assert_eq!(link, None, "an entry from before the chain");
         assert_eq!(entry.seq, 4);
         assert_eq!(entry.by, "n2");
         assert_eq!(

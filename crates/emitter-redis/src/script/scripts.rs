@@ -2,15 +2,21 @@
 //! execution is the cluster's order. Each script validates everything *before* its first write: Redis does not roll
 //! back a script that fails halfway, so a script must never be able to fail after writing.
 //!
-//! Every script gets the same ten keys (all under the cluster's hash tag, see [`crate::script::keys`]), declared in KEYS
-//! so that they also run on Redis Cluster, where a script may only touch the keys it declares:
+//! Every script gets the same eleven keys (all under the cluster's hash tag, see [`crate::script::keys`]), declared in
+//! KEYS so that they also run on Redis Cluster, where a script may only touch the keys it declares:
 //!
 //! `KEYS[1]` epoch, `[2]` seq, `[3]` log, `[4]` users, `[5]` order, `[6]` links, `[7]` nodes, `[8]` generation,
-//! `[9]` connections, `[10]` unlinked.
+//! `[9]` connections, `[10]` unlinked, `[11]` head (the hash of the newest entry).
 //!
 //! Replies: `{'refused', code, detail}`, or `{'ok', extra, entry, entry, …}` where each entry is the flat field list
 //! the script appended to the log (`s` seq, `k` kind, `u` user, `n` node, `g` generation, `c` connection, `r` reason,
-//! `b` by), in order.
+//! `b` by, then `p` the previous entry's hash and `h` its own), in order.
+//!
+//! The hash chain (see [`crate::chain`]): each entry's `h` is the first 16 hex digits of the SHA-1 of the previous
+//! entry's `h` and the entry's fields. A replica promoted after missing the last writes hands out those seqs again
+//! with other entries, so other hashes: a node that applied the lost ones sees the break. SHA-1 because Redis has it
+//! built in (`redis.sha1hex`, in C); it costs about a microsecond per entry, and the head is read and written once
+//! per script, not once per entry.
 
 use std::sync::LazyLock;
 
@@ -19,8 +25,8 @@ use redis::Script;
 /// Shared by the scripts that change state: the key names, the clock, the lease and user records, and the four
 /// appends that are the only writes to `users`, `order` and `links`.
 const PRELUDE: &str = r#"
-local K_EPOCH, K_SEQ, K_LOG, K_USERS, K_ORDER, K_LINKS, K_NODES, K_GEN, K_CONNS, K_UNLINKED =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_EPOCH, K_SEQ, K_LOG, K_USERS, K_ORDER, K_LINKS, K_NODES, K_GEN, K_CONNS, K_UNLINKED, K_HEAD =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 
 local function fmt(n) return string.format('%d', n) end
 
@@ -69,11 +75,19 @@ end
 
 local RETAIN, CHANNEL, EPOCH = nil, nil, nil
 local produced, last = {}, nil
+-- The hash of the newest entry: read at the first append of a script, written once at its end (`tell`).
+local HEAD = nil
 
 local function append(fields)
   local s = fmt(redis.call('INCR', K_SEQ))
   local entry = {'s', s}
   for i = 1, #fields do entry[#entry + 1] = fields[i] end
+  local prev = HEAD or redis.call('GET', K_HEAD) or '0'
+  HEAD = string.sub(redis.sha1hex(prev .. '|' .. table.concat(entry, '|')), 1, 16)
+  entry[#entry + 1] = 'p'
+  entry[#entry + 1] = prev
+  entry[#entry + 1] = 'h'
+  entry[#entry + 1] = HEAD
   local args = {'XADD', K_LOG, 'MAXLEN', '~', RETAIN, s .. '-0'}
   for i = 1, #entry do args[#args + 1] = entry[i] end
   redis.call(unpack(args))
@@ -135,9 +149,17 @@ local function unlink_node(node, reason, by)
   end
 end
 
--- Tells the nodes (one PUBLISH per script, of its last seq) and replies with every entry appended.
+-- Stores the chain's new head and tells the nodes: one PUBLISH per script, of its last seq and that entry's hash.
+local function tell()
+  if last then
+    redis.call('SET', K_HEAD, HEAD)
+    redis.call('PUBLISH', CHANNEL, last .. ' ' .. EPOCH .. ' ' .. HEAD)
+  end
+end
+
+-- Tells the nodes and replies with every entry appended.
 local function finish(extra)
-  if last then redis.call('PUBLISH', CHANNEL, last .. ' ' .. EPOCH) end
+  tell()
   local reply = {'ok', extra or ''}
   for i = 1, #produced do reply[#reply + 1] = produced[i] end
   return reply
@@ -155,7 +177,7 @@ end
 const OPEN: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current then return {current, 0} end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9], KEYS[10])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9], KEYS[10], KEYS[11])
 redis.call('SET', KEYS[1], ARGV[1])
 return {ARGV[1], 1}
 "#;
@@ -230,7 +252,7 @@ for i = 6, #ARGV, 4 do
   end
   replies[#replies + 1] = reply
 end
-if last then redis.call('PUBLISH', CHANNEL, last .. ' ' .. EPOCH) end
+tell()
 return replies
 "#;
 
@@ -313,12 +335,12 @@ for i = 1, #items do reply[#reply + 1] = items[i][2] end
 return reply
 "#;
 
-/// `snapshot(epoch)`: the newest seq and every user in join order, atomically.
-/// Reply: `{'ok', seq, name, record, name, record, …}`.
+/// `snapshot(epoch)`: the newest seq, its entry's hash, and every user in join order, atomically.
+/// Reply: `{'ok', seq, hash, name, record, name, record, …}`.
 const SNAPSHOT: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then return {'refused', 'epoch', current or ''} end
-local reply = {'ok', redis.call('GET', KEYS[2]) or '0'}
+local reply = {'ok', redis.call('GET', KEYS[2]) or '0', redis.call('GET', KEYS[11]) or '0'}
 local names = redis.call('ZRANGE', KEYS[5], 0, -1)
 for _, name in ipairs(names) do
   local record = redis.call('HGET', KEYS[4], name)

@@ -1,12 +1,11 @@
-//! The synchronous handle, for the core's membership path.
+//! The synchronous handle, for the reads and changes a node makes off the runtime.
 //!
-//! The core decides membership changes synchronously, holding its sequencer, possibly on a tokio worker thread, possibly
-//! on a current-thread runtime. Waiting there for an async call would need `block_on` (which panics inside a runtime)
-//! or `block_in_place` (which panics on a current-thread runtime, and stalls the worker anyway). So this handle does
-//! not use the runtime at all: it owns a plain blocking connection (the `redis` crate's sync `Connection`) and talks
-//! to Redis on the calling thread, bounded by [`Options::command_timeout`](crate::Options::command_timeout). It
+//! A node reads the log to fill a gap on a blocking thread (`spawn_blocking`), and a caller outside any tokio runtime
+//! decides its changes on the spot. Waiting there for an async call would need a runtime to drive it, so this handle
+//! does not use the runtime at all: it owns a plain blocking connection (the `redis` crate's sync `Connection`) and
+//! talks to Redis on the calling thread, bounded by [`Options::command_timeout`](crate::Options::command_timeout). It
 //! cannot deadlock on the runtime because it never waits for a task; the cost is that the calling thread is blocked
-//! for one round trip, which is what a membership change costs in a cluster anyway.
+//! for one round trip, which is why a node never calls it from a runtime's worker thread.
 
 use std::sync::Arc;
 
@@ -18,8 +17,8 @@ use crate::types::{Change, ClusterSnapshot, Epoch, LogEntry, NodeLease, Result};
 
 /// A synchronous handle on the cluster, from [`Cluster::blocking`](crate::Cluster::blocking): the same calls, with
 /// the same meaning, as the async ones, on one blocking connection of its own. Calls from several threads take turns
-/// on that connection (the core's sequencer lets one change through at a time anyway). A connection that failed or
-/// timed out is dropped and made again on the next call, so a late reply can never be taken for the next one's.
+/// on that connection. A connection that failed or timed out is dropped and made again on the next call, so a late
+/// reply can never be taken for the next one's.
 ///
 /// On the membership path, a change goes: `submit`; if the first entry it returns is not the next one the node has
 /// to apply (another node's change came in between and its notification has not been handled yet), fill the gap with
@@ -35,7 +34,7 @@ use crate::types::{Change, ClusterSnapshot, Epoch, LogEntry, NodeLease, Result};
 /// let cluster = Cluster::connect("redis://127.0.0.1/", "chat", Options::default()).await?;
 /// let lease = cluster.register_node("node-a").await?;
 /// let blocking = cluster.blocking();
-/// // From synchronous code, even on a runtime's worker thread:
+/// // From synchronous code (it works anywhere, and blocks the calling thread for the round trip):
 /// let entries = blocking.submit(&lease, Change::join("bob"))?;
 /// assert_eq!(entries[0].event.user(), "bob");
 /// # Ok(())
@@ -43,7 +42,8 @@ use crate::types::{Change, ClusterSnapshot, Epoch, LogEntry, NodeLease, Result};
 /// ```
 pub struct Blocking {
     shared: Arc<Shared>,
-    conn: Mutex<Option<redis::Connection>>,
+    /// The connection, and the endpoint's version (which primary) it was made for.
+    conn: Mutex<Option<(u64, redis::Connection)>>,
 }
 
 impl std::fmt::Debug for Blocking {
@@ -64,17 +64,22 @@ impl Blocking {
 
     fn with_connection<T>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
         let mut slot = self.conn.lock();
+        let primary = self.shared.endpoint.version();
+        if slot.as_ref().is_some_and(|(made_for, _)| *made_for != primary) {
+            *slot = None; // the primary changed (a Sentinel failover): connect to the new one
+        }
         let conn = match &mut *slot {
-            Some(conn) => conn,
+            Some((_, conn)) => conn,
             empty => {
                 let options = &self.shared.options;
                 let conn = self
                     .shared
-                    .client
+                    .endpoint
+                    .client()
                     .get_connection_with_timeout(options.connect_timeout)?;
                 conn.set_read_timeout(Some(options.command_timeout))?;
                 conn.set_write_timeout(Some(options.command_timeout))?;
-                empty.insert(conn)
+                &mut empty.insert((primary, conn)).1
             }
         };
         let result = f(conn);
@@ -123,8 +128,7 @@ impl Blocking {
         let mut catchup = Catchup::new(seq);
         while let Some(from) = catchup.next_from() {
             let value = self.invoke(&self.shared.read_call(&epoch, from))?;
-            let (head, batch) = self.shared.read_result(value)?;
-            catchup.take(head, batch)?;
+            self.shared.read_into(&mut catchup, &epoch, value)?;
         }
         Ok(catchup.entries)
     }

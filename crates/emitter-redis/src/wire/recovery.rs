@@ -27,9 +27,9 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
 use redis::Value;
 
+use crate::sentinel::Conn;
 use crate::shared::{Counters, Shared};
 use crate::wire::messages::NodeMessage;
 
@@ -115,11 +115,7 @@ impl Inbox {
 
     /// Reads the baseline: the generation counter, and the newest order in each other registered node's window.
     /// Call it before the first subscription.
-    pub(crate) async fn read_baseline(
-        &mut self,
-        shared: &Shared,
-        conn: &mut ConnectionManager,
-    ) -> redis::RedisResult<()> {
+    pub(crate) async fn read_baseline(&mut self, shared: &Shared, conn: &mut Conn) -> redis::RedisResult<()> {
         let (epoch, generation, nodes) = registered(shared, conn).await?;
         self.epoch = epoch;
         let origins: Vec<Origin> = nodes.into_iter().filter(|(node, _)| *node != self.node).collect();
@@ -153,7 +149,7 @@ impl Inbox {
     /// After a resubscription, before [`Inbox::known`]: checks Redis's epoch ([`Inbox::observe_epoch`]), and learns
     /// the node generations registered since the baseline that it has not heard from (all they sent is for this
     /// receiver, and may all have been sent while it was away).
-    pub(crate) async fn refresh(&mut self, shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    pub(crate) async fn refresh(&mut self, shared: &Shared, conn: &mut Conn) -> redis::RedisResult<()> {
         let (epoch, _, nodes) = registered(shared, conn).await?;
         self.observe_epoch(shared, epoch.as_deref());
         let baseline = self.baseline.unwrap_or(0);
@@ -242,7 +238,7 @@ impl Inbox {
     pub(crate) async fn fill(
         &mut self,
         shared: &Shared,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         origin: &Origin,
         upto: Option<u64>,
     ) -> redis::RedisResult<Page> {
@@ -333,10 +329,7 @@ impl Inbox {
 }
 
 /// Redis's epoch, the generation counter, and each registered node with its lease's generation.
-async fn registered(
-    shared: &Shared,
-    conn: &mut ConnectionManager,
-) -> redis::RedisResult<(Option<String>, u64, Vec<Origin>)> {
+async fn registered(shared: &Shared, conn: &mut Conn) -> redis::RedisResult<(Option<String>, u64, Vec<Origin>)> {
     let (epoch, generation, nodes): (Option<String>, Option<u64>, HashMap<String, String>) = redis::pipe()
         .get(shared.keys.epoch())
         .get(shared.keys.generation())

@@ -14,12 +14,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use redis::aio::ConnectionManager;
 use redis::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, MissedTickBehavior};
 
+use crate::sentinel::Conn;
 use crate::shared::{Counters, Shared};
 use crate::types::Epoch;
 use crate::wire::messages::NodeMessage;
@@ -73,7 +73,7 @@ impl Drop for Notifications {
 }
 
 impl Notifications {
-    pub(crate) fn start(shared: Arc<Shared>, conn: ConnectionManager, node: &str) -> Notifications {
+    pub(crate) fn start(shared: Arc<Shared>, conn: Conn, node: &str) -> Notifications {
         let (sender, notifications) = mpsc::channel(shared.options.notification_queue.max(1));
         let channels = vec![
             shared.keys.seq_channel.clone(),
@@ -111,7 +111,7 @@ impl Stream for Notifications {
 
 struct Subscriber {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    conn: Conn,
     node: String,
     channels: Vec<String>,
     sender: mpsc::Sender<Notification>,
@@ -131,6 +131,7 @@ impl Subscriber {
         let mut resubscribed = false;
         let mut backoff = Duration::from_millis(20);
         loop {
+            let primary = self.shared.endpoint.version();
             match self.subscribe().await {
                 Ok((sink, stream)) => {
                     backoff = Duration::from_millis(20);
@@ -144,7 +145,7 @@ impl Subscriber {
                     if self.catch_up(resubscribed).await.is_err() {
                         return;
                     }
-                    let reason = match self.listen(sink, stream).await {
+                    let reason = match self.listen(sink, stream, primary).await {
                         Ok(reason) => reason,
                         Err(Gone) => return,
                     };
@@ -185,7 +186,7 @@ impl Subscriber {
             }
         }
         let attempt = async {
-            let mut pubsub = self.shared.client.get_async_pubsub().await?;
+            let mut pubsub = self.shared.endpoint.client().get_async_pubsub().await?;
             pubsub.subscribe(&self.channels).await?;
             Ok(pubsub.split())
         };
@@ -195,11 +196,13 @@ impl Subscriber {
         }
     }
 
-    /// Forwards messages until the connection drops (returns why) or the subscriber is gone.
+    /// Forwards messages until the connection drops (returns why), the primary it was made for is replaced (a
+    /// Sentinel failover: `primary` is the endpoint's version then), or the subscriber is gone.
     async fn listen(
         &mut self,
         mut sink: redis::aio::PubSubSink,
         mut stream: redis::aio::PubSubStream,
+        primary: u64,
     ) -> Result<&'static str, Gone> {
         let mut poll = tokio::time::interval(self.shared.options.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -211,6 +214,9 @@ impl Subscriber {
                     None => return Ok("connection closed"),
                 },
                 _ = poll.tick() => {
+                    if self.shared.endpoint.version() != primary {
+                        return Ok("redis failed over to another primary");
+                    }
                     // A PING through the pub/sub connection proves it is alive; a dead one is replaced. A late
                     // answer is Redis pausing (a slow fork, DEBUG SLEEP), not a dead connection: wait as long as a
                     // lease lasts, since replacing the connection loses what is published meanwhile.
@@ -307,10 +313,11 @@ impl Subscriber {
         }
     }
 
-    /// `<seq> <epoch>` from a script's PUBLISH.
+    /// `<seq> <epoch> <hash>` from a script's PUBLISH (the hash of the entry at seq: checked against the chain this
+    /// handle read, see [`crate::chain`]; a fork found is reported there, for the node to rebuild).
     fn seq_notification(&mut self, payload: &[u8]) -> Option<Notification> {
         let text = std::str::from_utf8(payload).ok();
-        let Some((seq, epoch)) = text.and_then(|text| text.split_once(' ')) else {
+        let Some((seq, rest)) = text.and_then(|text| text.split_once(' ')) else {
             Counters::add(&self.shared.counters.malformed_messages, 1);
             return None;
         };
@@ -318,11 +325,18 @@ impl Subscriber {
             Counters::add(&self.shared.counters.malformed_messages, 1);
             return None;
         };
+        let (epoch, hash) = match rest.split_once(' ') {
+            Some((epoch, hash)) => (epoch, crate::chain::parse_hash(hash)),
+            None => (rest, None),
+        };
         self.inbox.observe_epoch(&self.shared, Some(epoch));
         if epoch != self.shared.epoch().as_str() {
             return Some(Notification::EpochChanged {
                 current: Some(Epoch(epoch.to_owned())),
             });
+        }
+        if let Some(hash) = hash {
+            let _ = self.shared.chain.check_head(epoch, seq, hash);
         }
         self.announce(seq);
         Some(Notification::Seq(seq))
@@ -338,6 +352,7 @@ impl Subscriber {
                 return Ok(());
             }
         };
+        let hash = Shared::head_hash(&value);
         let Ok((epoch, seq)) = Shared::head_result(value) else {
             return Ok(());
         };
@@ -345,6 +360,9 @@ impl Subscriber {
             .observe_epoch(&self.shared, epoch.as_ref().map(Epoch::as_str));
         if epoch.as_ref() != Some(&self.shared.epoch()) {
             return self.send(Notification::EpochChanged { current: epoch }).await;
+        }
+        if let (Some(epoch), Some(hash)) = (&epoch, hash) {
+            let _ = self.shared.chain.check_head(epoch.as_str(), seq, hash);
         }
         if self.announce(seq) {
             return self.send(Notification::Seq(seq)).await;

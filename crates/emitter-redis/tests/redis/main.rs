@@ -4,9 +4,11 @@ mod support;
 
 mod blocking;
 mod faults;
+mod forks;
 mod leases;
 mod membership;
 mod messages;
 mod nodes;
 mod recovery;
 mod retention;
+mod sentinel;

@@ -169,11 +169,13 @@ async fn server_methods_act_on_the_whole_cluster() {
     b.server.kick("alice").unwrap();
     alice.expect_all(&[unlinked("alice"), left("alice")]).await;
     bob.expect_all(&[unlinked("alice"), left("alice")]).await;
-    // The errors read as on one server, decided against the cluster's state.
+    // The errors read as on one server, as far as the node's view tells (the node applied what its clients heard).
     assert_eq!(a.server.kick("alice"), Err(Error::KickUnknownUser));
+    // A method's change is queued: its effect shows once it is ordered and applied, as its event says.
     a.server.join("dave").unwrap();
-    assert_eq!(b.server.join("dave"), Err(Error::JoinExistingUser));
     bob.expect(joined("dave")).await;
+    assert_eq!(b.server.join("dave"), Err(Error::JoinExistingUser));
+    eventually("node a applied its join", || a.server.user("dave").is_some()).await;
     assert_eq!(a.server.unlink("dave"), Err(Error::UnlinkUnlinkedUser));
     // Node a unlinks bob, who is linked on node b; his connection stays open and links again.
     a.server.unlink("bob").unwrap();
@@ -481,6 +483,77 @@ async fn a_paused_redis_holds_up_links_not_messages_on_a_current_thread_runtime(
     a_paused_redis_holds_up_links_not_messages("slow-ct").await;
 }
 
+/// A listener calls `kick` and `join` while Redis is paused for 2 s: the methods queue their changes and return, so
+/// the messages of linked users keep flowing (an echo round trip completes during the pause), on a multi-threaded and
+/// on a current-thread runtime (where a method waiting for Redis would stop the whole node). Once Redis wakes, the
+/// kick and the join are applied, and everyone hears of them.
+async fn a_paused_redis_holds_up_server_methods_not_messages(cluster: &str) {
+    let redis = redis_or_skip!();
+    let server = Server::new();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let methods_answered = answered.clone();
+    server.on_message(move |u, m| {
+        let server = u.server();
+        match m.kind.as_str() {
+            "app/kick-and-join" => {
+                assert_eq!(server.kick("carl"), Ok(()));
+                assert_eq!(server.join("dave"), Ok(()));
+                methods_answered.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {
+                let _ = server.send(u.username(), m);
+            }
+        }
+    });
+    let a = start_node_with(&redis, cluster, "a", options(), server).await;
+    let (mut ann, mut bob) = RawClient::link_pair(a.port, "ann", "bob").await;
+    let mut carl = RawClient::link_and_settle(a.port, "carl").await;
+    ann.expect_all(&[joined("carl"), linked("carl")]).await;
+    bob.expect_all(&[joined("carl"), linked("carl")]).await;
+
+    let paused = redis.pause(2.0);
+    // Give the pause a moment to begin.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ann.send(json!({"type": "app/kick-and-join"})).await;
+    for round in 0..3 {
+        bob.send(json!({"type": "app/echo", "payload": round})).await;
+        bob.expect(json!({"type": "app/echo", "payload": round})).await;
+    }
+    assert!(!paused.is_finished(), "the echoes came back while Redis slept");
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        1,
+        "kick and join returned during the pause"
+    );
+    assert!(
+        a.server.user("carl").is_some_and(|u| u.is_linked),
+        "the kick waits for Redis"
+    );
+
+    // Redis wakes: the kick and the join are ordered and applied, and every linked client hears of them.
+    paused.join().unwrap();
+    carl.expect_all(&[unlinked("carl"), left("carl")]).await;
+    for client in [&mut ann, &mut bob] {
+        client
+            .expect_all(&[unlinked("carl"), left("carl"), joined("dave")])
+            .await;
+    }
+    assert_eq!(
+        a.server.users(),
+        vec![user("ann", true), user("bob", true), user("dave", false)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_holds_up_server_methods_not_messages_on_a_multi_threaded_runtime() {
+    a_paused_redis_holds_up_server_methods_not_messages("methods-mt").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_paused_redis_holds_up_server_methods_not_messages_on_a_current_thread_runtime() {
+    a_paused_redis_holds_up_server_methods_not_messages("methods-ct").await;
+}
+
 /// A closing node unlinks all of its users in a few round trips to Redis (its change queue sends up to 500 per
 /// pipeline), not one per user; every other node sees them all unlinked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,4 +640,129 @@ async fn a_full_change_queue_and_a_failed_redis_refuse_links_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
     assert!(a.node.cluster().stats().changes_backed_off >= 1);
     paused.join().unwrap();
+}
+
+/// A node that fell behind a trimmed log rebuilds from a snapshot without closing the connections whose links still
+/// hold: its linked client stays connected, hears of every change it missed as membership messages, and ends with
+/// the cluster's full list; a connection whose link is gone from the cluster is closed (its client relinks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_trimmed_log_rebuilds_keeping_its_valid_links() {
+    let redis = redis_or_skip!();
+    let options = Options {
+        log_retention: 10,
+        ..options()
+    };
+    let a = start_node(&redis, "rebuild", "a", options.clone()).await;
+    let b = start_node(&redis, "rebuild", "b", options.clone()).await;
+    let _alice = RawClient::link_and_settle(a.port, "alice").await;
+    let mut bob = RawClient::link_as(b.port, "bob").await;
+    bob.expect_all(&snapshot(&["alice", "bob"])).await;
+    let mut carol = RawClient::link_and_settle(b.port, "carol").await;
+    bob.expect_all(&[joined("carol"), linked("carol")]).await;
+    let mut view = vec![
+        ("alice".to_owned(), true),
+        ("bob".to_owned(), true),
+        ("carol".to_owned(), true),
+    ];
+
+    // Node b stops applying the log: its turn is held (the keeper reads, then waits to apply).
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let lagging = b.server.clone();
+    let holder = std::thread::spawn(move || {
+        lagging.atomically(|_| {
+            held_tx.send(()).unwrap();
+            let _ = released.recv();
+        })
+    });
+    held.recv().unwrap();
+    let behind = emitter_core::cluster::ClusterHost::of(&b.server).applied();
+
+    // Meanwhile the cluster moves on by far more than the log keeps: a crowd links (a third of it leaves again),
+    // alice is kicked, carol unlinked, more of the crowd, and dave joins. (Node b's keeper may read the first entries
+    // before it waits for the turn: the changes that matter come after a crowd, so that they are all but surely in
+    // the part it misses, and enough follows them for the log to be trimmed past whatever it read.)
+    let (other, lease) = crate::support::connect_node(&redis, "rebuild", "z", options).await;
+    use emitter_redis::wire::Change;
+    let crowd = |from: u64, to: u64| {
+        let (other, lease) = (other.clone(), lease.clone());
+        async move {
+            for i in from..to {
+                let name = format!("u{i}");
+                other.submit(&lease, Change::link(&name, 100 + i, true)).await.unwrap();
+                if i % 3 == 0 {
+                    other.submit(&lease, Change::leave(&name)).await.unwrap();
+                }
+            }
+        }
+    };
+    crowd(0, 150).await;
+    other.submit(&lease, Change::leave("alice")).await.unwrap();
+    other.submit(&lease, Change::unlink("carol")).await.unwrap();
+    crowd(150, 450).await;
+    other.submit(&lease, Change::join("dave")).await.unwrap();
+    assert!(
+        matches!(
+            other.entries_after(behind).await,
+            Err(emitter_redis::Error::Trimmed { .. })
+        ),
+        "the log no longer reaches back to node b"
+    );
+
+    // Node b applies again: it cannot catch up, so it rebuilds. carol's link is gone from the cluster: her connection
+    // is closed (or, had node b read her unlink before it fell behind, she is told of it as usual).
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    loop {
+        match carol.try_recv().await {
+            None => break,
+            Some(frame) if frame == unlinked("carol") => break,
+            Some(_) => {}
+        }
+    }
+    for frame in bob.recv_until(&joined("dave")).await {
+        let name = frame["payload"]["username"].as_str().unwrap().to_owned();
+        let at = view.iter().position(|(user, _)| *user == name);
+        match (frame["type"].as_str().unwrap(), at) {
+            ("krmx/joined", None) => view.push((name, false)),
+            ("krmx/linked", Some(at)) if !view[at].1 => view[at].1 = true,
+            ("krmx/unlinked", Some(at)) if view[at].1 => view[at].1 = false,
+            ("krmx/left", Some(at)) if !view[at].1 => drop(view.remove(at)),
+            _ => panic!("a frame that does not follow from bob's view: {frame}"),
+        }
+    }
+    view.push(("dave".to_owned(), false));
+    let cluster: Vec<(String, bool)> = other
+        .snapshot()
+        .await
+        .unwrap()
+        .users
+        .into_iter()
+        .map(|user| (user.name, user.link.is_some()))
+        .collect();
+    assert_eq!(
+        cluster.len(),
+        1 + 1 + 300 + 1,
+        "bob, carol, the crowd that stayed, dave"
+    );
+    assert_eq!(view, cluster, "bob's view is the cluster's list");
+    let listed: Vec<(String, bool)> = b
+        .server
+        .users()
+        .into_iter()
+        .map(|u| (u.username, u.is_linked))
+        .collect();
+    assert_eq!(listed, cluster, "node b lists the cluster's users");
+    // bob is still linked on his connection, which stayed open.
+    b.server.send("bob", &marker("still here")).unwrap();
+    bob.expect(marker_json("still here")).await;
+    let text = b.server.metrics_text();
+    assert!(
+        text.contains("\nkrmx_cluster_resyncs_total{kind=\"rebuild\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nkrmx_cluster_resyncs_total{kind=\"restart\"} 0\n"),
+        "{text}"
+    );
 }

@@ -49,9 +49,11 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// One message waiting for the publisher task.
+/// One message waiting for the publisher task: the channel it goes out on, and the node it is for (`None`: every
+/// node).
 struct Outgoing {
     channel: String,
+    to: Option<String>,
     message: NodeMessage,
 }
 
@@ -256,6 +258,7 @@ impl Cluster {
     pub fn publish_broadcast(&self, from: &NodeLease, after: u64, skip: Option<&str>, body: Bytes) -> Result<()> {
         self.queue(
             self.shared.keys.broadcast_channel.clone(),
+            None,
             message_from(from, after, skip, false, body),
         )
     }
@@ -266,6 +269,7 @@ impl Cluster {
     pub fn publish_kept(&self, from: &NodeLease, after: u64, user: &str, body: Bytes) -> Result<()> {
         self.queue(
             self.shared.keys.broadcast_channel.clone(),
+            None,
             message_from(from, after, Some(user), true, body),
         )
     }
@@ -276,12 +280,13 @@ impl Cluster {
         check_name(to)?;
         self.queue(
             self.shared.keys.node_channel(to),
+            Some(to.to_owned()),
             message_from(from, after, Some(user), false, body),
         )
     }
 
-    fn queue(&self, channel: String, message: NodeMessage) -> Result<()> {
-        let outgoing = Outgoing { channel, message };
+    fn queue(&self, channel: String, to: Option<String>, message: NodeMessage) -> Result<()> {
+        let outgoing = Outgoing { channel, to, message };
         let size = outgoing.size();
         let budget = self.shared.options.publish_budget as u64;
         // Taken before it is queued, given back by the publisher once Redis has it (or it is dropped).
@@ -408,35 +413,75 @@ pub(crate) fn redacted_url(url: &str) -> String {
     format!("{scheme}{authority}{path}{query}")
 }
 
-/// Sends queued messages in order, pipelining what has piled up.
+/// Sends queued messages in order, pipelining what has piled up. Each message is kept in its origin's window
+/// (`XADD <window> MAXLEN ~ <size> <order>-0 m <frame> [t <node it is for>]`) and published, in the same pipeline: a
+/// receiver that misses the publish finds it in the window (see `wire::recovery`).
 ///
 /// A batch that fails because its connection dropped (Redis restarted, the connection was killed) is sent once more,
 /// on the connection the manager makes anew: the first publish after a Redis restart always finds the old connection
 /// dead, and dropping it would lose a message that never reached any Redis. The price is a rare duplicate: if the
-/// connection died after Redis ran the batch but before it replied, Redis relays it twice, and the receivers drop
-/// the repeat by its number (see [`NodeMessage::number`]). Any other failure
-/// (a timeout, a Redis error) is counted and dropped: its outcome is unknown, and a retry could deliver it after
-/// later messages.
+/// connection died after Redis ran the batch but before it replied, Redis relays it twice (the window refuses the
+/// second `XADD`: its order is there already), and the receivers drop the repeat by its number (see
+/// [`NodeMessage::number`]). Any other failure (a timeout, a Redis error) is counted and dropped: its outcome is
+/// unknown, and a retry could deliver it after later messages.
 async fn publish(mut conn: Conn, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    // The last number given on each channel, per generation of this node.
+    // The last number given on each channel, and on all channels together (`order`), per generation of this node.
     let mut numbers: HashMap<(String, u64), u64> = HashMap::new();
+    let mut orders: HashMap<u64, u64> = HashMap::new();
+    // Each generation's window (its key).
+    let mut window_keys: HashMap<u64, String> = HashMap::new();
+    let window = shared.options.message_window;
     while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let mut pipe = redis::pipe();
+        // A refused XADD must not fail the batch: the publish still goes out (see `window_failures`).
+        pipe.ignore_errors();
+        let mut windows: Vec<u64> = Vec::new();
         for outgoing in &mut batch {
             let number = numbers
                 .entry((outgoing.channel.clone(), outgoing.message.generation))
                 .or_default();
             *number += 1;
             outgoing.message.number = *number;
-            pipe.cmd("PUBLISH")
-                .arg(&outgoing.channel)
-                .arg(outgoing.message.encode())
-                .ignore();
+            let order = orders.entry(outgoing.message.generation).or_default();
+            *order += 1;
+            outgoing.message.order = *order;
+            let frame = outgoing.message.encode();
+            if window > 0 {
+                let generation = outgoing.message.generation;
+                let key = window_keys
+                    .entry(generation)
+                    .or_insert_with(|| shared.keys.window(&outgoing.message.origin, generation));
+                let xadd = pipe
+                    .cmd("XADD")
+                    .arg(key.as_str())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(window)
+                    .arg(format!("{order}-0"))
+                    .arg("m")
+                    .arg(&frame);
+                if let Some(to) = &outgoing.to {
+                    xadd.arg("t").arg(to);
+                }
+                if !windows.contains(&generation) {
+                    windows.push(generation);
+                }
+            }
+            pipe.cmd("PUBLISH").arg(&outgoing.channel).arg(frame).ignore();
+        }
+        for generation in windows {
+            if let Some(key) = window_keys.get(&generation) {
+                pipe.cmd("PEXPIRE")
+                    .arg(key.as_str())
+                    .arg(WINDOW_IDLE_EXPIRY_MS)
+                    .ignore();
+            }
         }
         let count = batch.len() as u64;
         let bytes: u64 = batch.iter().map(Outgoing::size).sum();
-        let mut sent = pipe.query_async::<()>(&mut conn).await;
+        let mut sent = pipe.query_async::<Vec<Value>>(&mut conn).await;
+        let mut retried = false;
         if sent.as_ref().is_err_and(redis::RedisError::is_connection_dropped) {
             Counters::add(&shared.counters.publish_retries, count);
             tracing::info!(
@@ -444,10 +489,31 @@ async fn publish(mut conn: Conn, mut queue: mpsc::Receiver<Outgoing>, shared: Ar
                 count,
                 "the publishing connection dropped: sending again"
             );
-            sent = pipe.query_async::<()>(&mut conn).await;
+            retried = true;
+            sent = pipe.query_async::<Vec<Value>>(&mut conn).await;
         }
         match sent {
-            Ok(()) => Counters::add(&shared.counters.published, count),
+            Ok(replies) => {
+                Counters::add(&shared.counters.published, count);
+                // After a retry, a refused XADD is the first attempt's message already kept: not a failure.
+                let unkept = replies
+                    .iter()
+                    .filter(|reply| matches!(reply, Value::ServerError(_)))
+                    .count() as u64;
+                if unkept > 0 && !retried {
+                    Counters::add(&shared.counters.window_failures, unkept);
+                    let error = replies.iter().find_map(|reply| match reply {
+                        Value::ServerError(error) => Some(format!("{error:?}")),
+                        _ => None,
+                    });
+                    tracing::warn!(
+                        cluster = shared.name,
+                        unkept,
+                        error,
+                        "redis did not keep published messages in their window: a receiver that misses them cannot recover them"
+                    );
+                }
+            }
             Err(error) => {
                 Counters::add(&shared.counters.publish_failures, count);
                 tracing::warn!(cluster = shared.name, %error, lost = count, "publishing to redis failed; messages dropped");
@@ -458,6 +524,10 @@ async fn publish(mut conn: Conn, mut queue: mpsc::Receiver<Outgoing>, shared: Ar
     }
 }
 
+/// How long a message window lives after its last message: long enough for any receiver to come back for it, short
+/// enough that the windows of a node id's earlier generations do not pile up.
+const WINDOW_IDLE_EXPIRY_MS: u64 = 3_600_000;
+
 /// A message from `from`'s node for the other nodes, numbered later by the publisher in the order it sends: `user` is
 /// the recipient, or for a broadcast the user to skip; `keep` marks a message for a user unlinked everywhere.
 fn message_from(from: &NodeLease, after: u64, user: Option<&str>, keep: bool, body: Bytes) -> NodeMessage {
@@ -465,6 +535,7 @@ fn message_from(from: &NodeLease, after: u64, user: Option<&str>, keep: bool, bo
         origin: from.node.clone(),
         generation: from.generation,
         number: 0,
+        order: 0,
         after,
         user: user.map(str::to_owned),
         keep,

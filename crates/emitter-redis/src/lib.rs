@@ -61,6 +61,7 @@
 //! | `nodes` | hash | node id → `<generation> <deadline> <instance>`: the node's lease, the deadline in ms of Redis's clock (`TIME`), and the random token of the process (cluster handle) that holds it |
 //! | `generation` | string (integer) | the generation counter; never reset, not even by a new epoch |
 //! | `connections` | hash | `<node>/<generation>/<connection>` → the user it is linked to: a connection links one user at most |
+//! | `out/<node>/<generation>` | stream | the *window* of one node generation: its newest [`Options::message_window`] messages to other nodes, broadcasts and sends alike, entry ID `<order>-0` ([`NodeMessage::order`]), field `m` the frame as published, field `t` (sends only) the node it is for; expires an hour after its last message |
 //!
 //! Channels (not keys): `emitter:{N}:seq` (each script that appended publishes `<last seq> <epoch>`),
 //! `emitter:{N}:broadcast` (broadcasts), `emitter:{N}:node:<node>` (messages for users linked on that node).
@@ -166,11 +167,14 @@
 //!   is what breaks it, in exchange for latency.)
 //! - **Membership and messages of different nodes**: a client may get another node's broadcast before or after a
 //!   `krmx/linked` that happened "at the same time" elsewhere.
-//! - **Cross-node messages are not guaranteed.** A message published while a subscriber's connection is away is
-//!   lost for it (counted nowhere but its absence: pub/sub keeps nothing); the publisher counts failed publishes in
-//!   [`ClusterStats`]. A publish whose connection dropped is sent once more (the first publish after a Redis restart finds
-//!   the old connection dead), which in a rare case (the connection died after Redis ran it) delivers it twice.
-//!   Membership is never lost this way: it is in the log.
+//! - **Cross-node messages are recoverable within a window, not beyond.** Each message is kept in its origin's window
+//!   (in the same pipeline as its `PUBLISH`); a subscriber that sees a gap in an origin's numbers, or comes back after
+//!   a drop, fetches the missing ones from it and yields them once each, in the origin's order, before anything
+//!   later from that origin. What a window no longer holds is lost for that subscriber, counted
+//!   ([`ClusterStats::messages_lost`]) and logged; so is everything unreceived when Redis loses its state (restarted
+//!   without persistence), uncounted. A publish whose connection dropped is sent once more (the first publish after
+//!   a Redis restart finds the old connection dead); a receiver that gets a message twice drops the repeat by its
+//!   number. Membership is never lost: it is in the log.
 //!
 //! # Synchronous callers
 //!
@@ -206,6 +210,7 @@
 //! [`Notifications`]: wire::Notifications
 //! [`Replica`]: wire::Replica
 //! [`NodeMessage::after`]: wire::NodeMessage::after
+//! [`NodeMessage::order`]: wire::NodeMessage::order
 //! [`Notification::EpochChanged`]: wire::Notification::EpochChanged
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

@@ -60,8 +60,16 @@ pub struct Options {
     /// Redis before `publish_*` refuses with [`Error::QueueFull`]; one message always fits an empty queue.
     /// Default: 64 MiB (see the Limits chapter, "Byte budgets").
     pub publish_budget: usize,
+    /// How many of its newest messages to other nodes (broadcasts and sends together) each node keeps in Redis, in
+    /// the order it sent them, for receivers that missed some (a dropped subscription, a Redis restart with
+    /// persistence) to fetch: one capped stream per node generation, trimmed with `XADD … MAXLEN ~` (whole blocks,
+    /// so a few more may stay). A receiver further behind than that counts the rest as lost. A window nobody writes to
+    /// expires an hour after its last message (a node id's earlier generations). 0 keeps no window: cross-node
+    /// messages are then at most once. Default: 10,000 (see the Capacity chapter for what it costs Redis).
+    pub message_window: u64,
     /// How many notifications may wait for the subscriber to take them; past that the subscription stops reading
-    /// (Redis buffers, then drops the subscriber; it comes back and the log fills the gap). Default: 4,096.
+    /// (Redis buffers, then drops the subscriber; it comes back, and the log and the other nodes' windows fill the
+    /// gap). Default: 4,096.
     pub notification_queue: usize,
     /// How many groups of membership changes (a link, a closed connection's unlink, a closing node's unlinks) may
     /// wait for a node's change queue to send them before a change is refused at once
@@ -89,6 +97,7 @@ impl Default for Options {
             poll_interval: Duration::from_secs(1),
             publish_queue: 65_536,
             publish_budget: 64 << 20,
+            message_window: 10_000,
             notification_queue: 4_096,
             change_queue: 4_096,
             change_backoff: Duration::from_millis(500),
@@ -104,7 +113,8 @@ pub struct ClusterStats {
     /// Subscriptions (pub/sub connections) that dropped (killed, timed out, Redis restarted).
     pub subscription_drops: u64,
     /// Subscriptions made again after a drop. Each one is followed by a `Subscribed` notification, after which the
-    /// subscriber reads the log: what was published meanwhile is filled from it.
+    /// subscriber reads the log (the membership changes made meanwhile) and the other nodes' windows (their messages,
+    /// see [`ClusterStats::messages_recovered`]).
     pub resubscriptions: u64,
     /// Messages published.
     pub published: u64,
@@ -126,8 +136,16 @@ pub struct ClusterStats {
     /// Frames on a channel that were not this crate's (ignored).
     pub malformed_messages: u64,
     /// Messages from other nodes that never arrived here, told by the gaps in their numbers (see
-    /// [`NodeMessage::number`](crate::wire::NodeMessage::number)): published while this node's subscription was away.
+    /// [`NodeMessage::number`](crate::wire::NodeMessage::number)) that their origin's window
+    /// ([`Options::message_window`]) no longer held: published while this node's subscription was away, and trimmed
+    /// (or lost with Redis) before it came back.
     pub messages_lost: u64,
+    /// Messages from other nodes that did not come through the subscription (published while it was away) and were
+    /// fetched from their origin's window instead, each delivered once, in its origin's order.
+    pub messages_recovered: u64,
+    /// Messages published but not kept in the window (Redis refused the `XADD`: out of memory, say): a receiver
+    /// that misses one of them cannot recover it.
+    pub window_failures: u64,
     /// Messages from other nodes that arrived twice (a publish sent again after its connection dropped) and were
     /// dropped the second time.
     pub repeats_dropped: u64,
@@ -147,6 +165,8 @@ pub(crate) struct Counters {
     pub(crate) changes_backed_off: AtomicU64,
     pub(crate) malformed_messages: AtomicU64,
     pub(crate) messages_lost: AtomicU64,
+    pub(crate) messages_recovered: AtomicU64,
+    pub(crate) window_failures: AtomicU64,
     pub(crate) repeats_dropped: AtomicU64,
 }
 
@@ -170,6 +190,8 @@ impl Counters {
             changes_backed_off: get(&self.changes_backed_off),
             malformed_messages: get(&self.malformed_messages),
             messages_lost: get(&self.messages_lost),
+            messages_recovered: get(&self.messages_recovered),
+            window_failures: get(&self.window_failures),
             repeats_dropped: get(&self.repeats_dropped),
         }
     }

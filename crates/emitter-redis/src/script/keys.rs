@@ -10,6 +10,7 @@ pub(crate) struct Keys {
     pub(crate) seq_channel: String,
     pub(crate) broadcast_channel: String,
     node_channel_prefix: String,
+    window_prefix: String,
 }
 
 impl Keys {
@@ -32,6 +33,7 @@ impl Keys {
             seq_channel: key("seq"),
             broadcast_channel: key("broadcast"),
             node_channel_prefix: key("node:"),
+            window_prefix: key("out/"),
         }
     }
 
@@ -47,14 +49,25 @@ impl Keys {
         &self.all[1]
     }
 
-    /// The hash of the newest log entry (see [`crate::chain`]).
-    pub(crate) fn head(&self) -> &str {
-        &self.all[10]
-    }
-
     /// The hash of the nodes' leases.
     pub(crate) fn nodes(&self) -> &str {
         &self.all[6]
+    }
+
+    pub(crate) fn generation(&self) -> &str {
+        &self.all[7]
+    }
+
+    /// The stream that keeps the newest messages `origin` (in `generation`) published, on any channel, by their
+    /// `order`: its *window*. `/` separates the parts: it is not a name character, so two (origin, generation) never
+    /// share a stream.
+    pub(crate) fn window(&self, origin: &str, generation: u64) -> String {
+        format!("{}{origin}/{generation}", self.window_prefix)
+    }
+
+    /// The hash of the newest log entry (see [`crate::chain`]).
+    pub(crate) fn head(&self) -> &str {
+        &self.all[10]
     }
 
     /// The channel of messages for users linked on `node`.
@@ -74,5 +87,6 @@ mod tests {
             assert!(key.starts_with("emitter:{eu}:"), "{key}");
         }
         assert_eq!(keys.node_channel("n1"), "emitter:{eu}:node:n1");
+        assert_eq!(keys.window("n:1", 7), "emitter:{eu}:out/n:1/7");
     }
 }

@@ -4,7 +4,7 @@
 //! recipient for a send), then the body exactly as the origin serialized it (the JSON frame its clients get):
 //!
 //! ```text
-//! e2 <node bytes> <generation> <number> <after seq> <user bytes, or - for none>[ keep]\n<node><user><body>
+//! e3 <node bytes> <generation> <number> <order> <after seq> <user bytes, or - for none>[ keep]\n<node><user><body>
 //! ```
 //!
 //! `keep` marks a message for a user who was unlinked everywhere when it was sent, on the broadcast channel: every
@@ -24,6 +24,11 @@ pub struct NodeMessage {
     /// Its place among what the origin (this generation) published on the same channel: 1, 2, 3, … with no gaps,
     /// so that a receiver can tell a message lost on the way (a gap) or sent twice (a repeat). The publisher sets it.
     pub number: u64,
+    /// Its place among everything the origin (this generation) published, on any channel: 1, 2, 3, …, so that a
+    /// receiver fetching what it missed from the origin's window (see
+    /// [`Options::message_window`](crate::Options::message_window)) gets its broadcasts and the sends for its users
+    /// back in the one order the origin sent them in. The publisher sets it.
+    pub order: u64,
     /// The last membership seq the origin had applied when it published: a receiver that has not applied it yet
     /// should catch up first, so that a message never reaches users before the membership change it followed.
     pub after: u64,
@@ -36,7 +41,9 @@ pub struct NodeMessage {
     pub body: Bytes,
 }
 
-const VERSION: &str = "e2";
+/// `e3`: `e2` plus `order`. A node reads only its own version, so nodes of both versions do not understand each
+/// other's messages (they count them as malformed): upgrade all nodes of a cluster together.
+const VERSION: &str = "e3";
 
 impl NodeMessage {
     /// The frame published to Redis.
@@ -48,6 +55,7 @@ impl NodeMessage {
     ///     origin: "node-a".into(),
     ///     generation: 3,
     ///     number: 7,
+    ///     order: 9,
     ///     after: 41,
     ///     user: Some("alice".into()),
     ///     keep: false,
@@ -61,10 +69,11 @@ impl NodeMessage {
         let user_len = self.user.as_ref().map_or("-".to_owned(), |user| user.len().to_string());
         let keep = if self.keep { " keep" } else { "" };
         let header = format!(
-            "{VERSION} {} {} {} {} {user_len}{keep}\n",
+            "{VERSION} {} {} {} {} {} {user_len}{keep}\n",
             self.origin.len(),
             self.generation,
             self.number,
+            self.order,
             self.after
         );
         let user = self.user.as_deref().unwrap_or_default();
@@ -87,6 +96,7 @@ impl NodeMessage {
         let origin_len: usize = fields.next()?.parse().ok()?;
         let generation: u64 = fields.next()?.parse().ok()?;
         let number: u64 = fields.next()?.parse().ok()?;
+        let order: u64 = fields.next()?.parse().ok()?;
         let after: u64 = fields.next()?.parse().ok()?;
         let user_len = match fields.next()? {
             "-" => None,
@@ -114,6 +124,7 @@ impl NodeMessage {
             origin: std::str::from_utf8(origin).ok()?.to_owned(),
             generation,
             number,
+            order,
             after,
             user,
             keep,
@@ -129,11 +140,12 @@ mod tests {
     #[test]
     fn frames_round_trip_whatever_the_user_and_body_hold() {
         for user in [None, Some(""), Some("a b\nc"), Some("ünïcode")] {
-            for body in ["", "{}", "line\nbreaks\n and spaces", "e2 3 1 1 1 -\n"] {
+            for body in ["", "{}", "line\nbreaks\n and spaces", "e3 3 1 1 1 1 -\n"] {
                 let message = NodeMessage {
                     origin: "n-1".into(),
                     generation: u64::MAX,
                     number: 1,
+                    order: 1,
                     after: 0,
                     user: user.map(str::to_owned),
                     keep: user.is_some(),
@@ -150,6 +162,7 @@ mod tests {
             origin: "node".into(),
             generation: 1,
             number: 5,
+            order: 5,
             after: 2,
             user: Some("alice".into()),
             keep: false,
@@ -162,8 +175,8 @@ mod tests {
         for cut in 0..body_starts {
             assert_eq!(NodeMessage::decode(&frame[..cut]), None, "cut at {cut}");
         }
-        assert_eq!(NodeMessage::decode(b"e1 1 1 1 -\nab"), None);
-        assert_eq!(NodeMessage::decode(b"e2 1 1 1 1 - extra\nab"), None);
-        assert_eq!(NodeMessage::decode(b"e2 x 1 1 1 -\nab"), None);
+        assert_eq!(NodeMessage::decode(b"e2 1 1 1 1 -\nab"), None);
+        assert_eq!(NodeMessage::decode(b"e3 1 1 1 1 1 - extra\nab"), None);
+        assert_eq!(NodeMessage::decode(b"e3 x 1 1 1 1 -\nab"), None);
     }
 }

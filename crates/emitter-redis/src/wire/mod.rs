@@ -4,6 +4,7 @@
 //! [`Cluster`](crate::Cluster), [`Options`](crate::Options) and [`Node`](crate::Node) and needs none of these.
 pub(crate) mod blocking;
 pub(crate) mod messages;
+pub(crate) mod recovery;
 pub(crate) mod replica;
 pub(crate) mod subscribe;
 

@@ -24,13 +24,15 @@ use crate::sentinel::Conn;
 use crate::shared::{Counters, Shared};
 use crate::types::Epoch;
 use crate::wire::messages::NodeMessage;
+use crate::wire::recovery::{Check, Inbox, Origin};
 
 /// What a [`Notifications`] stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notification {
     /// The subscription is in place: first after [`Cluster::subscribe`](crate::Cluster::subscribe), and again after
     /// every reconnection (`resubscribed: true`). Read the log now: notifications published while it was away are
-    /// lost, their entries are not.
+    /// lost, their entries are not. The other nodes' messages published meanwhile follow it, fetched from their
+    /// windows.
     Subscribed {
         /// Whether this is a reconnection.
         resubscribed: bool,
@@ -54,8 +56,11 @@ pub enum Notification {
 /// newest seq, so that a notification lost for any reason only delays. Broadcasts this node published itself are not
 /// yielded (it delivered them locally). Dropping it ends the subscription.
 ///
-/// Cross-node messages are at most once: those published while the subscription is away are lost (unlike log
-/// entries, which the log keeps).
+/// Cross-node messages come once each, in each origin's order, even across a dropped subscription: what was published
+/// while it was away is fetched from the origins' windows when it is back (or when a message's number shows a gap),
+/// and yielded before anything later from the same origin. What the windows no longer hold is lost, counted in
+/// [`ClusterStats::messages_lost`](crate::ClusterStats::messages_lost) and logged (see
+/// [`Options::message_window`](crate::Options::message_window)).
 #[derive(Debug)]
 pub struct Notifications {
     notifications: mpsc::Receiver<Notification>,
@@ -84,7 +89,7 @@ impl Notifications {
                 channels,
                 sender,
                 seen: (Epoch(String::new()), 0),
-                numbers: Numbers::default(),
+                inbox: Inbox::new(node),
             }
             .run(),
         );
@@ -114,55 +119,9 @@ struct Subscriber {
     /// The newest seq announced, and in which epoch (seqs start again in a new one), so that the poll only speaks
     /// when it learned something.
     seen: (Epoch, u64),
-    /// The last message number seen per origin, generation and channel (broadcast or this node's), to tell gaps and
-    /// repeats.
-    numbers: Numbers,
-}
-
-/// The last message number per origin, generation and channel (`true`: broadcast). Bounded: an origin's older
-/// generations are dropped when a newer one speaks, and [`Numbers::retain_leased`] drops the origins whose lease is
-/// gone, so neither restarts nor new node ids (pods) make it grow without end.
-#[derive(Debug, Default)]
-pub(crate) struct Numbers(HashMap<(String, u64, bool), u64>);
-
-/// What a message's number says.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Order {
-    /// The next one, or the first from its origin's generation.
-    Next,
-    /// Seen already (or older): drop it.
-    Repeat,
-    /// After a gap of this many lost messages.
-    After(u64),
-}
-
-impl Numbers {
-    pub(crate) fn check(&mut self, origin: &str, generation: u64, broadcast: bool, number: u64) -> Order {
-        let key = (origin.to_owned(), generation, broadcast);
-        match self.0.get(&key).copied() {
-            Some(last) if number <= last => return Order::Repeat,
-            Some(_) => {}
-            // A generation not seen before: the origin registered again, and its older generations say no more.
-            None => self
-                .0
-                .retain(|(other, older, _), _| other != origin || *older >= generation),
-        }
-        let last = self.0.insert(key, number);
-        match last {
-            Some(last) if number > last + 1 => Order::After(number - last - 1),
-            _ => Order::Next,
-        }
-    }
-
-    /// Keeps only the origins holding a lease, of the generation they hold it in (`leases`: node id → generation).
-    pub(crate) fn retain_leased(&mut self, leases: &HashMap<String, u64>) {
-        self.0
-            .retain(|(origin, generation, _), _| leases.get(origin) == Some(generation));
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
+    /// The last message number delivered per origin, generation and channel (broadcast or this node's), to tell gaps
+    /// (fetched from the origin's window) and repeats (dropped).
+    inbox: Inbox,
 }
 
 /// The subscriber is gone: stop.
@@ -182,6 +141,9 @@ impl Subscriber {
                         tracing::info!(cluster = self.shared.name, node = self.node, "resubscribed");
                     }
                     if self.send(Notification::Subscribed { resubscribed }).await.is_err() {
+                        return;
+                    }
+                    if self.catch_up(resubscribed).await.is_err() {
                         return;
                     }
                     let reason = match self.listen(sink, stream, primary).await {
@@ -209,8 +171,21 @@ impl Subscriber {
         }
     }
 
-    async fn subscribe(&self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
+    async fn subscribe(&mut self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
         let limit = self.shared.options.connect_timeout + self.shared.options.command_timeout;
+        if !self.inbox.has_baseline() {
+            // Before the subscription, so that nothing published in between is taken for a repeat.
+            let mut conn = self.conn.clone();
+            match timeout(limit, self.inbox.read_baseline(&self.shared, &mut conn)).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "reading the windows timed out",
+                    )))
+                }
+            }
+        }
         let attempt = async {
             let mut pubsub = self.shared.endpoint.client().get_async_pubsub().await?;
             pubsub.subscribe(&self.channels).await?;
@@ -252,7 +227,7 @@ impl Subscriber {
                         return Ok("ping failed");
                     }
                     self.poll().await?;
-                    self.prune_numbers().await;
+                    self.prune_inbox().await;
                 }
                 _ = self.sender.closed() => return Err(Gone),
             }
@@ -266,14 +241,23 @@ impl Subscriber {
             self.seq_notification(payload)
         } else if let Some(decoded) = NodeMessage::decode(payload) {
             let broadcast = channel == self.shared.keys.broadcast_channel;
-            // Its own broadcasts were delivered locally already; repeats are dropped.
-            let skip = (broadcast && decoded.origin == self.node) || !self.in_sequence(&decoded, broadcast);
-            if skip {
+            // Its own broadcasts were delivered locally already.
+            if broadcast && decoded.origin == self.node {
                 None
-            } else if broadcast {
-                Some(Notification::Broadcast(decoded))
             } else {
-                Some(Notification::Send(decoded))
+                match self.inbox.check(&decoded, broadcast) {
+                    Check::Repeat => {
+                        Counters::add(&self.shared.counters.repeats_dropped, 1);
+                        None
+                    }
+                    Check::Next => Some(notification(broadcast, decoded)),
+                    Check::Gap => {
+                        let origin = (decoded.origin.clone(), decoded.generation);
+                        self.recover(&origin, Some(decoded.order - 1)).await?;
+                        self.inbox.close_gap(&self.shared, &decoded, broadcast);
+                        Some(notification(broadcast, decoded))
+                    }
+                }
             }
         } else {
             Counters::add(&self.shared.counters.malformed_messages, 1);
@@ -286,37 +270,86 @@ impl Subscriber {
         }
     }
 
-    /// Checks a message's number against the last one from its origin on its channel: a repeat (a publish sent again
-    /// after its connection dropped) is dropped; a gap (messages published while this subscription was away, or lost
-    /// on the way) is counted and logged, since the messages themselves are gone.
-    fn in_sequence(&mut self, message: &NodeMessage, broadcast: bool) -> bool {
-        match self
-            .numbers
-            .check(&message.origin, message.generation, broadcast, message.number)
-        {
-            Order::Repeat => {
-                Counters::add(&self.shared.counters.repeats_dropped, 1);
-                false
+    /// After a subscription is in place: fetches from every known origin's window what was published since the
+    /// last message delivered from it (while the subscription was away, or, the first time, since the baseline).
+    async fn catch_up(&mut self, resubscribed: bool) -> Result<(), Gone> {
+        if resubscribed {
+            let mut conn = self.conn.clone();
+            if let Err(error) = self.inbox.refresh(&self.shared, &mut conn).await {
+                tracing::warn!(cluster = self.shared.name, node = self.node, %error, "could not read the registered nodes");
             }
-            Order::After(lost) => {
-                Counters::add(&self.shared.counters.messages_lost, lost);
-                tracing::warn!(
-                    cluster = self.shared.name,
-                    node = self.node,
-                    origin = message.origin,
-                    lost,
-                    "messages from another node were lost on the way (published while this node's subscription was away)"
-                );
-                true
+        }
+        for origin in self.inbox.known() {
+            self.recover(&origin, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches from `origin`'s window what this node has not had from it, up to order `upto` (`None`: its newest),
+    /// and yields it in the origin's order. A window that cannot be read (Redis away) is not retried here: the gap
+    /// that sent the subscriber to it is then counted as lost; a resubscription's read is made again after the next
+    /// resubscription.
+    async fn recover(&mut self, origin: &Origin, upto: Option<u64>) -> Result<(), Gone> {
+        let mut conn = self.conn.clone();
+        loop {
+            match self.inbox.fill(&self.shared, &mut conn, origin, upto).await {
+                Ok(page) => {
+                    for (broadcast, message) in page.messages {
+                        self.send(notification(broadcast, message)).await?;
+                    }
+                    if page.done {
+                        return Ok(());
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        cluster = self.shared.name,
+                        node = self.node,
+                        origin = origin.0,
+                        %error,
+                        "could not read another node's message window"
+                    );
+                    return Ok(());
+                }
             }
-            Order::Next => true,
         }
     }
 
-    /// Drops the message numbers of origins whose lease is gone (or was taken by a newer generation). Best effort:
-    /// a failed read leaves them for the next poll.
-    async fn prune_numbers(&mut self) {
-        if self.numbers.len() == 0 {
+    /// `<seq> <epoch> <hash>` from a script's PUBLISH (the hash of the entry at seq: checked against the chain this
+    /// handle read, see [`crate::chain`]; a fork found is reported there, for the node to rebuild).
+    fn seq_notification(&mut self, payload: &[u8]) -> Option<Notification> {
+        let text = std::str::from_utf8(payload).ok();
+        let Some((seq, rest)) = text.and_then(|text| text.split_once(' ')) else {
+            Counters::add(&self.shared.counters.malformed_messages, 1);
+            return None;
+        };
+        let Ok(seq) = seq.parse::<u64>() else {
+            Counters::add(&self.shared.counters.malformed_messages, 1);
+            return None;
+        };
+        let (epoch, hash) = match rest.split_once(' ') {
+            Some((epoch, hash)) => (epoch, crate::chain::parse_hash(hash)),
+            None => (rest, None),
+        };
+        self.inbox.observe_epoch(&self.shared, Some(epoch));
+        if epoch != self.shared.epoch().as_str() {
+            return Some(Notification::EpochChanged {
+                current: Some(Epoch(epoch.to_owned())),
+            });
+        }
+        if let Some(hash) = hash {
+            let _ = self.shared.chain.check_head(epoch, seq, hash);
+        }
+        self.announce(seq);
+        Some(Notification::Seq(seq))
+    }
+
+    /// Reads the epoch and newest seq: announces a seq it had not announced, or a changed epoch.
+    /// Drops the inbox's records of origin generations that are over (see [`Inbox::prune`]): those whose lease is
+    /// gone or was taken by a newer generation, once quiet for two leases. Best effort: a failed read leaves them for
+    /// the next poll.
+    async fn prune_inbox(&mut self) {
+        if self.inbox.len() == 0 {
             return;
         }
         let mut conn = self.conn.clone();
@@ -336,38 +369,9 @@ impl Subscriber {
             .into_iter()
             .filter_map(|(node, lease)| Some((node, lease.split(' ').next()?.parse().ok()?)))
             .collect();
-        self.numbers.retain_leased(&leases);
+        self.inbox.prune(&leases, self.shared.options.lease * 2);
     }
 
-    /// `<seq> <epoch> <hash>` from a script's PUBLISH (the hash of the entry at seq: checked against the chain this
-    /// handle read, see [`crate::chain`]; a fork found is reported there, for the node to rebuild).
-    fn seq_notification(&mut self, payload: &[u8]) -> Option<Notification> {
-        let text = std::str::from_utf8(payload).ok();
-        let Some((seq, rest)) = text.and_then(|text| text.split_once(' ')) else {
-            Counters::add(&self.shared.counters.malformed_messages, 1);
-            return None;
-        };
-        let Ok(seq) = seq.parse::<u64>() else {
-            Counters::add(&self.shared.counters.malformed_messages, 1);
-            return None;
-        };
-        let (epoch, hash) = match rest.split_once(' ') {
-            Some((epoch, hash)) => (epoch, crate::chain::parse_hash(hash)),
-            None => (rest, None),
-        };
-        if epoch != self.shared.epoch().as_str() {
-            return Some(Notification::EpochChanged {
-                current: Some(Epoch(epoch.to_owned())),
-            });
-        }
-        if let Some(hash) = hash {
-            let _ = self.shared.chain.check_head(epoch, seq, hash);
-        }
-        self.announce(seq);
-        Some(Notification::Seq(seq))
-    }
-
-    /// Reads the epoch and newest seq: announces a seq it had not announced, or a changed epoch.
     async fn poll(&mut self) -> Result<(), Gone> {
         let mut conn = self.conn.clone();
         let value = match self.shared.head_cmd().query_async::<Value>(&mut conn).await {
@@ -381,6 +385,8 @@ impl Subscriber {
         let Ok((epoch, seq)) = Shared::head_result(value) else {
             return Ok(());
         };
+        self.inbox
+            .observe_epoch(&self.shared, epoch.as_ref().map(Epoch::as_str));
         if epoch.as_ref() != Some(&self.shared.epoch()) {
             return self.send(Notification::EpochChanged { current: epoch }).await;
         }
@@ -409,48 +415,11 @@ impl Subscriber {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::{Numbers, Order};
-
-    #[test]
-    fn numbers_tell_repeats_and_gaps() {
-        let mut numbers = Numbers::default();
-        assert_eq!(numbers.check("a", 1, true, 1), Order::Next);
-        assert_eq!(numbers.check("a", 1, true, 2), Order::Next);
-        assert_eq!(numbers.check("a", 1, true, 2), Order::Repeat);
-        assert_eq!(numbers.check("a", 1, true, 5), Order::After(2));
-        assert_eq!(
-            numbers.check("a", 1, false, 1),
-            Order::Next,
-            "each channel counts on its own"
-        );
-    }
-
-    #[test]
-    fn numbers_of_older_generations_and_gone_leases_are_dropped() {
-        let mut numbers = Numbers::default();
-        // Every restart of an origin is a new generation; only the newest is kept, whatever the number of restarts.
-        for generation in 1..=100 {
-            numbers.check("a", generation, true, 1);
-            numbers.check("a", generation, false, 1);
-        }
-        assert_eq!(numbers.len(), 2);
-        // A new node id for every pod: bounded by the leases held.
-        for pod in 0..100 {
-            numbers.check(&format!("pod-{pod}"), 1, true, 1);
-        }
-        assert_eq!(numbers.len(), 102);
-        let leases = HashMap::from([("a".to_owned(), 100), ("pod-7".to_owned(), 1), ("pod-8".to_owned(), 2)]);
-        numbers.retain_leased(&leases);
-        assert_eq!(
-            numbers.len(),
-            3,
-            "a's two channels and pod-7; pod-8 holds a newer generation's lease"
-        );
-        // A dropped origin speaking again starts afresh, not as a gap.
-        assert_eq!(numbers.check("pod-9", 1, true, 4), Order::Next);
+/// A message from another node as the subscriber yields it.
+fn notification(broadcast: bool, message: NodeMessage) -> Notification {
+    if broadcast {
+        Notification::Broadcast(message)
+    } else {
+        Notification::Send(message)
     }
 }

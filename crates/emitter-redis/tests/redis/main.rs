@@ -9,6 +9,7 @@ mod leases;
 mod membership;
 mod messages;
 mod nodes;
+mod recovery;
 mod retention;
 mod sentinel;
 mod startup;

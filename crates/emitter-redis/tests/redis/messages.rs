@@ -112,6 +112,7 @@ async fn gaps_are_counted_as_lost_and_repeats_are_dropped() {
             origin: "node-a".into(),
             generation: 1,
             number,
+            order: number,
             after: 0,
             user: None,
             keep: false,

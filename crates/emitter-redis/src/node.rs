@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use emitter_core::cluster::{Change, LinkAddr, LogEntry, Refused, Sequencer, Submission};
 use emitter_core::cluster::{ClusterCounts, ClusterHost};
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::changes::ChangeQueue;
 use crate::cluster::{manager, Cluster};
-use crate::lease::{KeepAlive, LeaseLost};
+use crate::lease::{KeepAlive, LeaseClock, LeaseLost};
 use crate::types::{check_name, ClusterSnapshot, Error, NodeLease, Refusal, Result};
 use crate::wire::blocking::Blocking;
 use crate::wire::messages::NodeMessage;
@@ -64,7 +64,10 @@ impl Node {
     pub async fn start(server: &Server, cluster: Cluster, id: &str) -> Result<Node> {
         check_name(id)?;
         cluster.set_grace_period(server.config().grace_period());
+        let clock = LeaseClock::new();
+        let sent = Instant::now();
         let lease = cluster.register_node(id).await?;
+        let token = clock.install(sent, cluster.options().lease);
         // Subscribed before the snapshot: whatever happens after the snapshot is notified, or found by the poll.
         let notifications = cluster.subscribe(id).await?;
         let snapshot = cluster.snapshot().await?;
@@ -76,6 +79,7 @@ impl Node {
             cluster: cluster.clone(),
             needs_snapshot: AtomicBool::new(false),
             lease_lost: AtomicBool::new(false),
+            clock: clock.clone(),
         });
         let host = ClusterHost::of(server);
         let (seq, users) = seed(snapshot);
@@ -95,7 +99,7 @@ impl Node {
         );
         let keeper = Keeper {
             server: server.clone(),
-            alive: keep_alive(&cluster, &host, lease),
+            alive: keep_alive(&cluster, &host, lease, (clock, token)),
             host,
             cluster: cluster.clone(),
             sequencer,
@@ -127,9 +131,13 @@ impl Node {
 }
 
 /// Keeps the node's lease, telling the server of every renewal (its health and `krmx_cluster_lease_age_seconds`).
-fn keep_alive(cluster: &Cluster, host: &ClusterHost, lease: NodeLease) -> KeepAlive {
+fn keep_alive(cluster: &Cluster, host: &ClusterHost, lease: NodeLease, clock: (Arc<LeaseClock>, u64)) -> KeepAlive {
     let host = host.clone();
-    cluster.keep_alive_reporting(lease, Box::new(move |round_trip| host.lease_renewed(round_trip)))
+    cluster.keep_alive_reporting(
+        lease,
+        Box::new(move |round_trip| host.lease_renewed(round_trip)),
+        clock,
+    )
 }
 
 /// The users of a snapshot, as the core seeds them.
@@ -154,6 +162,8 @@ struct RedisSequencer {
     /// than sent with a lease Redis fences (when it answers at all: a paused Redis would hold every closing
     /// connection's unlink, and the thread it runs on, until it wakes).
     lease_lost: AtomicBool,
+    /// Until when the lease is valid by this node's clock: the core asks it for every message.
+    clock: Arc<LeaseClock>,
 }
 
 impl Sequencer for RedisSequencer {
@@ -163,6 +173,10 @@ impl Sequencer for RedisSequencer {
 
     fn owns(&self, link: &LinkAddr) -> bool {
         self.lease.read().owns(link)
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.clock.is_valid() && !self.lease_lost.load(Ordering::SeqCst)
     }
 
     fn submit(&self, change: Change) -> std::result::Result<Vec<LogEntry>, Refused> {
@@ -265,6 +279,7 @@ impl Keeper {
             tokio::select! {
                 _ = &mut closed => break,
                 lost = self.alive.wait_lost() => self.start_over(Some(lost)).await,
+                () = self.host.resync_needed() => self.start_over(None).await,
                 notification = self.notifications.next() => match notification {
                     None => break,
                     Some(notification) => self.handle(notification).await,
@@ -318,11 +333,23 @@ impl Keeper {
         let after = message.after;
         let user = message.user;
         let keep = message.keep;
-        let deliver = move || match (broadcast, user) {
-            (true, Some(user)) if keep => host.deliver_kept(after, &user, frame),
-            (true, skip) => host.deliver_broadcast(after, skip.as_deref(), frame),
-            (false, Some(user)) => host.deliver_send(after, &user, frame),
-            (false, None) => tracing::warn!("a message from another node names no user: dropped"),
+        let (origin, generation) = (message.origin, message.generation);
+        let deliver = move || {
+            if host.applied() < after {
+                // What the origin had applied first, so that the check below knows what the origin knew.
+                let _ = host.catch_up();
+            }
+            // A generation of its node that the cluster fenced, or one older than a generation seen since: it spoke
+            // past its lease, maybe for a user linked elsewhere by now.
+            if !host.admits(&origin, generation) {
+                return;
+            }
+            match (broadcast, user) {
+                (true, Some(user)) if keep => host.deliver_kept(after, &user, frame),
+                (true, skip) => host.deliver_broadcast(after, skip.as_deref(), frame),
+                (false, Some(user)) => host.deliver_send(after, &user, frame),
+                (false, None) => tracing::warn!("a message from another node names no user: dropped"),
+            }
         };
         if self.host.applied() >= after {
             deliver(); // the usual case: nothing to wait for, so no thread hop
@@ -336,13 +363,16 @@ impl Keeper {
     /// get a fresh snapshot). Retries until it succeeds or the server closes.
     async fn start_over(&mut self, lost: Option<LeaseLost>) {
         let mut epoch_changed = matches!(lost, Some(LeaseLost::EpochChanged { .. }));
+        // No lease, no serving: nothing taken from the connections or handed to the other nodes from now on, and the
+        // sockets closed now, not once Redis is back, and in any case before the node registers again (a new
+        // registration unlinks this node's users everywhere, and they may link elsewhere at once). Health says so
+        // until the node has registered again and restarted.
+        self.sequencer.lease_lost.store(true, Ordering::SeqCst);
+        self.sequencer.clock.revoke();
         if lost.is_some() || epoch_changed {
-            // No lease, no serving: close the sockets now, not once Redis is back. Health says so until the node has
-            // registered again and restarted.
-            self.sequencer.lease_lost.store(true, Ordering::SeqCst);
             self.host.lease_lost();
-            self.host.close_connections();
         }
+        self.host.close_connections();
         self.sequencer.blocking.reset();
         let mut wait = Duration::from_millis(50);
         loop {
@@ -366,6 +396,9 @@ impl Keeper {
         if epoch_changed || epoch.as_ref() != Some(&self.cluster.epoch()) {
             self.cluster.reopen().await?;
         }
+        // Every connection was closed before this (see `start_over`): none speaks with the old lease once the new
+        // registration has unlinked its users.
+        let sent = Instant::now();
         let lease = self.cluster.register_node(&self.sequencer.node).await?;
         let snapshot = self.cluster.snapshot().await?;
         let host = self.host.clone();
@@ -374,8 +407,10 @@ impl Keeper {
         // the restart. Until then, links are refused as the old lease's.
         let _ = tokio::task::spawn_blocking(move || host.restart(seq, users)).await;
         *self.sequencer.lease.write() = lease.clone();
+        let token = self.sequencer.clock.install(sent, self.cluster.options().lease);
         self.sequencer.lease_lost.store(false, Ordering::SeqCst);
-        self.alive = keep_alive(&self.cluster, &self.host, lease);
+        let clock = (self.sequencer.clock.clone(), token);
+        self.alive = keep_alive(&self.cluster, &self.host, lease, clock);
         tracing::warn!(
             node = self.sequencer.node,
             seq,

@@ -161,7 +161,7 @@ pub(crate) struct Inner {
     pub(crate) leaving: Mutex<HashMap<String, Arc<Connection>>>,
     /// What this node knows of the other nodes' generations, from the log and their messages: a message from a
     /// generation it knows fenced or replaced is dropped (see `ClusterHost::admits`).
-    pub(crate) origins: Mutex<HashMap<String, crate::server::node::Origin>>,
+    pub(crate) origins: Mutex<crate::membership::origins::Origins>,
     /// Set when the node's replica missed entries it could not read (a failed gap fill): it must start over from a
     /// snapshot (see `ClusterHost::resync_needed`).
     pub(crate) resync_needed: AtomicBool,
@@ -271,7 +271,7 @@ impl Server {
                 applied: AtomicU64::new(0),
                 applied_moved: tokio::sync::Notify::new(),
                 leaving: Mutex::new(HashMap::new()),
-                origins: Mutex::new(HashMap::new()),
+                origins: Mutex::new(Default::default()),
                 resync_needed: AtomicBool::new(false),
                 resync_wanted: tokio::sync::Notify::new(),
                 metrics,

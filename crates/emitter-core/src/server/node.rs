@@ -271,7 +271,7 @@ impl Server {
                 (Membership::Join, user)
             }
             LogEvent::Linked { user, link } => {
-                self.note_generation(link);
+                self.inner.origins.lock().seen(&link.node, link.generation);
                 undo = !self.apply_linked(sequencer, user, link);
                 (Membership::Link, user)
             }
@@ -281,7 +281,7 @@ impl Server {
                     UnlinkReason::LeaseExpired | UnlinkReason::NodeRestarted | UnlinkReason::NodeReleased
                 ) {
                     // That generation of its node is fenced: whatever it still publishes speaks for nobody.
-                    self.note_fenced(link);
+                    self.inner.origins.lock().fenced(&link.node, link.generation);
                 }
                 if let Some(Link::Local(connection)) = self.apply_unlink(user) {
                     match reason {
@@ -353,21 +353,6 @@ impl Server {
         connection.close(CloseReason::Restart);
         self.apply_link_remote(user, link.clone());
         false
-    }
-
-    /// Notes a generation of a node that links users: any older generation of that node is over.
-    fn note_generation(&self, link: &LinkAddr) {
-        let mut origins = self.inner.origins.lock();
-        let origin = origins.entry(link.node.clone()).or_default();
-        origin.newest = origin.newest.max(link.generation);
-    }
-
-    /// Notes a generation of a node that the cluster fenced (its lease ran out, or it registered anew, or released).
-    fn note_fenced(&self, link: &LinkAddr) {
-        let mut origins = self.inner.origins.lock();
-        let origin = origins.entry(link.node.clone()).or_default();
-        origin.fenced_through = origin.fenced_through.max(link.generation);
-        origin.newest = origin.newest.max(link.generation);
     }
 
     /// The unlink of `username` a linked connection of this node asks for (or causes, by closing or misbehaving).
@@ -545,16 +530,6 @@ impl Server {
     }
 }
 
-/// What a node knows of another node's generations (see [`ClusterHost::admits`]).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Origin {
-    /// The newest generation seen, in the log or in a message: older ones are over.
-    pub(crate) newest: u64,
-    /// Every generation up to this one is fenced (the cluster unlinked its users: lease expired, re-registered,
-    /// released).
-    pub(crate) fenced_through: u64,
-}
-
 /// The cluster's side of a [`Server`]: installing a sequencer, applying the cluster's order, and delivering what the
 /// other nodes send. `emitter-redis` uses it; applications do not need it.
 ///
@@ -633,26 +608,7 @@ impl ClusterHost {
     /// ```
     pub fn admits(&self, origin: &str, generation: u64) -> bool {
         let server = &self.server;
-        let admitted = {
-            let mut origins = server.inner.origins.lock();
-            match origins.get_mut(origin) {
-                Some(known) if generation <= known.fenced_through || generation < known.newest => false,
-                Some(known) => {
-                    known.newest = generation;
-                    true
-                }
-                None => {
-                    origins.insert(
-                        origin.to_owned(),
-                        Origin {
-                            newest: generation,
-                            fenced_through: 0,
-                        },
-                    );
-                    true
-                }
-            }
-        };
+        let admitted = server.inner.origins.lock().admits(origin, generation);
         if !admitted {
             server.inner.metrics.fenced_delivered();
             tracing::debug!(origin, generation, "a message from a fenced generation of another node: dropped");
@@ -838,7 +794,7 @@ impl ClusterHost {
         for (name, link) in users {
             server.apply_join(&name);
             if let Some(link) = link {
-                server.note_generation(&link);
+                server.inner.origins.lock().seen(&link.node, link.generation);
                 server.apply_link_remote(&name, link);
             }
         }

@@ -851,9 +851,9 @@ fn a_gap_that_cannot_be_filled_asks_for_a_resync_instead_of_dropping_entries() {
         answer.send(decided).unwrap();
     }
     let host = cluster.hosts[1].clone();
-    let asked = cluster.runtime.block_on(async move {
-        tokio::time::timeout(std::time::Duration::from_secs(10), host.resync_needed()).await
-    });
+    let asked = cluster
+        .runtime
+        .block_on(async move { tokio::time::timeout(std::time::Duration::from_secs(10), host.resync_needed()).await });
     assert!(asked.is_ok(), "the node never asked to start over");
     assert_eq!(cluster.hosts[1].applied(), 0);
     // Nothing was said to the client meanwhile (no `krmx/accepted` without its entries).
@@ -878,7 +878,14 @@ fn a_gap_that_cannot_be_filled_asks_for_a_resync_instead_of_dropping_entries() {
 fn a_node_without_a_valid_lease_takes_no_message_and_hands_nothing_to_the_others() {
     use Action::*;
     let mut cluster = Cluster::new();
-    for action in [Connect(0), Connect(1), Link(0, 0), Link(1, 1), Decide(0, 0), Decide(1, 0)] {
+    for action in [
+        Connect(0),
+        Connect(1),
+        Link(0, 0),
+        Link(1, 1),
+        Decide(0, 0),
+        Decide(1, 0),
+    ] {
         cluster.apply(&action).unwrap();
     }
     cluster.settle().unwrap();
@@ -890,8 +897,14 @@ fn a_node_without_a_valid_lease_takes_no_message_and_hands_nothing_to_the_others
     cluster.servers[0].broadcast(&Message::new("app/direct"), None).unwrap();
     assert!(cluster.hub.lock().inboxes["n1"].is_empty(), "a fenced node published");
     let metrics = cluster.servers[0].metrics_text();
-    assert!(metrics.contains("krmx_cluster_fenced_messages_total{at=\"received\"} 1"), "{metrics}");
-    assert!(metrics.contains("krmx_cluster_fenced_messages_total{at=\"published\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("krmx_cluster_fenced_messages_total{at=\"received\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("krmx_cluster_fenced_messages_total{at=\"published\"} 1"),
+        "{metrics}"
+    );
     // With its lease valid again, the node speaks again.
     cluster.hub.lock().fenced.clear();
     cluster.apply(&Say(0)).unwrap();
@@ -916,13 +929,31 @@ fn messages_from_a_fenced_or_older_generation_are_not_delivered() {
     cluster.servers[0].join("eve").unwrap();
     let mut hub = cluster.hub.lock();
     let mut out = Vec::new();
-    hub.append("n2", LogEvent::Linked { user: "eve".into(), link: link.clone() }, &mut out);
+    hub.append(
+        "n2",
+        LogEvent::Linked {
+            user: "eve".into(),
+            link: link.clone(),
+        },
+        &mut out,
+    );
     let reason = UnlinkReason::LeaseExpired;
-    hub.append("n1", LogEvent::Unlinked { user: "eve".into(), link, reason }, &mut out);
+    hub.append(
+        "n1",
+        LogEvent::Unlinked {
+            user: "eve".into(),
+            link,
+            reason,
+        },
+        &mut out,
+    );
     drop(hub);
     host.catch_up().unwrap();
     assert!(!host.admits("n2", 4));
     assert!(host.admits("n2", 5));
     let metrics = cluster.servers[0].metrics_text();
-    assert!(metrics.contains("krmx_cluster_fenced_messages_total{at=\"delivered\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("krmx_cluster_fenced_messages_total{at=\"delivered\"} 2"),
+        "{metrics}"
+    );
 }

@@ -133,11 +133,7 @@ impl Node {
 /// Keeps the node's lease, telling the server of every renewal (its health and `krmx_cluster_lease_age_seconds`).
 fn keep_alive(cluster: &Cluster, host: &ClusterHost, lease: NodeLease, clock: (Arc<LeaseClock>, u64)) -> KeepAlive {
     let host = host.clone();
-    cluster.keep_alive_reporting(
-        lease,
-        Box::new(move |round_trip| host.lease_renewed(round_trip)),
-        clock,
-    )
+    cluster.keep_alive_reporting(lease, Box::new(move |round_trip| host.lease_renewed(round_trip)), clock)
 }
 
 /// The users of a snapshot, as the core seeds them.

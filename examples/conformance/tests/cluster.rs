@@ -513,9 +513,7 @@ async fn a_process_paused_past_its_lease_delivers_nothing_from_its_old_connectio
         delivered += read_counting_stale(&mut bob, &linked(&name)).await;
         // Before the pause her messages get through: the path the rest of the round must find closed.
         let before = json!(format!("before-{round}"));
-        stale
-            .send(json!({"type": "test/broadcast", "payload": before}))
-            .await;
+        stale.send(json!({"type": "test/broadcast", "payload": before})).await;
         delivered += read_counting_stale(&mut bob, &broadcasted(&name, before)).await;
         paused.signal("-STOP");
         // While the process sleeps her old connection keeps talking: the frames wait in the socket, to be read the
@@ -538,9 +536,7 @@ async fn a_process_paused_past_its_lease_delivers_nothing_from_its_old_connectio
         // The woken process closes her old connection without speaking for her.
         stale.expect_closed().await;
         let after = json!(format!("after-{round}"));
-        alice
-            .send(json!({"type": "test/broadcast", "payload": after}))
-            .await;
+        alice.send(json!({"type": "test/broadcast", "payload": after})).await;
         let mut her = Observer {
             client: alice,
             view: View::default(),
@@ -557,7 +553,10 @@ async fn a_process_paused_past_its_lease_delivers_nothing_from_its_old_connectio
     eprintln!(
         "paused past the lease {ROUNDS} times: {delivered} of {sent} messages from the old connections delivered"
     );
-    assert_eq!(delivered, 0, "messages of connections of a fenced process reached clients");
+    assert_eq!(
+        delivered, 0,
+        "messages of connections of a fenced process reached clients"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

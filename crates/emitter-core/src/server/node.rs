@@ -134,7 +134,9 @@ impl Server {
                 if let Err(error) = self.catch_up(sequencer) {
                     // These entries cannot be applied without the ones before: dropping them would leave a link
                     // answered nowhere and this replica off the cluster's. Only a snapshot puts the node back.
-                    self.want_resync(&format!("could not read the cluster's order up to a new entry: {error}"));
+                    self.want_resync(&format!(
+                        "could not read the cluster's order up to a new entry: {error}"
+                    ));
                     return;
                 }
             }
@@ -147,7 +149,10 @@ impl Server {
     /// Asks the cluster layer to start this node over from a snapshot (see [`ClusterHost::resync_needed`]): its
     /// replica missed entries it could not read.
     fn want_resync(&self, why: &str) {
-        tracing::error!(why, "this node's replica is behind the cluster's order: it must start over");
+        tracing::error!(
+            why,
+            "this node's replica is behind the cluster's order: it must start over"
+        );
         self.inner.resync_needed.store(true, Ordering::SeqCst);
         self.inner.resync_wanted.notify_waiters();
     }
@@ -611,7 +616,11 @@ impl ClusterHost {
         let admitted = server.inner.origins.lock().admits(origin, generation);
         if !admitted {
             server.inner.metrics.fenced_delivered();
-            tracing::debug!(origin, generation, "a message from a fenced generation of another node: dropped");
+            tracing::debug!(
+                origin,
+                generation,
+                "a message from a fenced generation of another node: dropped"
+            );
         }
         admitted
     }

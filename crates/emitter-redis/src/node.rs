@@ -275,7 +275,10 @@ impl Keeper {
             tokio::select! {
                 _ = &mut closed => break,
                 lost = self.alive.wait_lost() => self.start_over(Some(lost)).await,
-                () = self.host.resync_needed() => self.start_over(None).await,
+                // Not while closing: start_over gives up then, and the request would stand (and spin) until closed.
+                () = self.host.resync_needed(), if self.server.status() < emitter_core::Status::Closing => {
+                    self.start_over(None).await;
+                }
                 notification = self.notifications.next() => match notification {
                     None => break,
                     Some(notification) => self.handle(notification).await,

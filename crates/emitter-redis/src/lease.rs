@@ -23,16 +23,16 @@ impl Cluster {
         KeepAlive::start(self.clone(), lease, None, (clock, token))
     }
 
-    /// [`keep_alive`](Cluster::keep_alive), calling `on_renewed` after every successful renewal and keeping `clock`
-    /// with the token [`LeaseClock::install`] gave for this lease (extended by every renewal, revoked when the lease
-    /// is lost).
+    /// [`keep_alive`](Cluster::keep_alive), calling `reports.renewed` after every successful renewal and
+    /// `reports.lost` the moment the lease is lost (whatever the node is busy with), and keeping `clock` with the token
+    /// [`LeaseClock::install`] gave for this lease (extended by every renewal, revoked when the lease is lost).
     pub(crate) fn keep_alive_reporting(
         &self,
         lease: NodeLease,
-        on_renewed: OnRenewed,
+        reports: Reports,
         clock: (Arc<LeaseClock>, u64),
     ) -> KeepAlive {
-        KeepAlive::start(self.clone(), lease, Some(on_renewed), clock)
+        KeepAlive::start(self.clone(), lease, Some(reports), clock)
     }
 }
 
@@ -145,18 +145,23 @@ impl Drop for KeepAlive {
     }
 }
 
-/// Called after every successful renewal, with its round trip; must not block.
-pub(crate) type OnRenewed = Box<dyn Fn(Duration) + Send + Sync>;
+/// What a lease keeper tells its node; neither may block.
+pub(crate) struct Reports {
+    /// After every successful renewal, with its round trip.
+    pub(crate) renewed: Box<dyn Fn(Duration) + Send + Sync>,
+    /// Once, when the lease is lost: the node stops serving at once, even while its own task waits on Redis.
+    pub(crate) lost: Box<dyn Fn() + Send + Sync>,
+}
 
 impl KeepAlive {
     pub(crate) fn start(
         cluster: Cluster,
         lease: NodeLease,
-        on_renewed: Option<OnRenewed>,
+        reports: Option<Reports>,
         clock: (Arc<LeaseClock>, u64),
     ) -> KeepAlive {
         let (report, state) = watch::channel(None);
-        let task = tokio::spawn(keep(cluster, lease.clone(), report, on_renewed, clock));
+        let task = tokio::spawn(keep(cluster, lease.clone(), report, reports, clock));
         KeepAlive { lease, state, task }
     }
 
@@ -188,7 +193,7 @@ async fn keep(
     cluster: Cluster,
     lease: NodeLease,
     report: watch::Sender<Option<LeaseLost>>,
-    on_renewed: Option<OnRenewed>,
+    reports: Option<Reports>,
     (clock, token): (Arc<LeaseClock>, u64),
 ) {
     let options = cluster.options().clone();
@@ -212,8 +217,8 @@ async fn keep(
                         Ok(()) => {
                             held_until = sent + options.lease;
                             clock.renewed(token, sent.into_std(), options.lease);
-                            if let Some(renewed) = &on_renewed {
-                                renewed(sent.elapsed());
+                            if let Some(reports) = &reports {
+                                (reports.renewed)(sent.elapsed());
                             }
                         }
                         Err(Error::Refused(Refusal::Fenced)) => break LeaseLost::Fenced,
@@ -239,6 +244,9 @@ async fn keep(
         }
     };
     clock.lost(token);
+    if let Some(reports) = &reports {
+        (reports.lost)();
+    }
     tracing::error!(
         cluster = cluster.name(),
         node = lease.node(),

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::changes::ChangeQueue;
 use crate::cluster::{manager, Cluster};
-use crate::lease::{KeepAlive, LeaseClock, LeaseLost};
+use crate::lease::{KeepAlive, LeaseClock, LeaseLost, Reports};
 use crate::types::{check_name, ClusterSnapshot, Error, NodeLease, Refusal, Result};
 use crate::wire::blocking::Blocking;
 use crate::wire::messages::NodeMessage;
@@ -99,7 +99,7 @@ impl Node {
         );
         let keeper = Keeper {
             server: server.clone(),
-            alive: keep_alive(&cluster, &host, lease, (clock, token)),
+            alive: keep_alive(&cluster, &host, &sequencer, lease, (clock, token)),
             host,
             cluster: cluster.clone(),
             sequencer,
@@ -130,10 +130,27 @@ impl Node {
     }
 }
 
-/// Keeps the node's lease, telling the server of every renewal (its health and `krmx_cluster_lease_age_seconds`).
-fn keep_alive(cluster: &Cluster, host: &ClusterHost, lease: NodeLease, clock: (Arc<LeaseClock>, u64)) -> KeepAlive {
-    let host = host.clone();
-    cluster.keep_alive_reporting(lease, Box::new(move |round_trip| host.lease_renewed(round_trip)), clock)
+/// Keeps the node's lease, telling the server of every renewal (its health and `krmx_cluster_lease_age_seconds`),
+/// and stopping the node's serving the moment the lease is lost: changes refused, health 503, connections closed. That
+/// is not left to the keeper's task, which may be waiting on Redis (a catch-up caught in the same stall).
+fn keep_alive(
+    cluster: &Cluster,
+    host: &ClusterHost,
+    sequencer: &Arc<RedisSequencer>,
+    lease: NodeLease,
+    clock: (Arc<LeaseClock>, u64),
+) -> KeepAlive {
+    let renewed = host.clone();
+    let (lost, sequencer) = (host.clone(), sequencer.clone());
+    let reports = Reports {
+        renewed: Box::new(move |round_trip| renewed.lease_renewed(round_trip)),
+        lost: Box::new(move || {
+            sequencer.lease_lost.store(true, Ordering::SeqCst);
+            lost.lease_lost();
+            lost.close_connections();
+        }),
+    };
+    cluster.keep_alive_reporting(lease, reports, clock)
 }
 
 /// The users of a snapshot, as the core seeds them.
@@ -409,7 +426,7 @@ impl Keeper {
         let token = self.sequencer.clock.install(sent, self.cluster.options().lease);
         self.sequencer.lease_lost.store(false, Ordering::SeqCst);
         let clock = (self.sequencer.clock.clone(), token);
-        self.alive = keep_alive(&self.cluster, &self.host, lease, clock);
+        self.alive = keep_alive(&self.cluster, &self.host, &self.sequencer, lease, clock);
         tracing::warn!(
             node = self.sequencer.node,
             seq,

@@ -19,7 +19,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -64,6 +64,10 @@ struct HubState {
     inboxes: BTreeMap<String, VecDeque<Delivery>>,
     /// Per node, the changes it queued with `submit_async` and the test has not decided yet, in order.
     queued: BTreeMap<String, VecDeque<Queued>>,
+    /// Nodes whose lease is not valid (by their own clock).
+    fenced: BTreeSet<String>,
+    /// Per node, how many of its next reads of the log fail.
+    failing_reads: BTreeMap<String, usize>,
 }
 
 /// A change a node queued, and where its answer goes.
@@ -216,8 +220,17 @@ impl Sequencer for NodeSequencer {
             .collect()
     }
 
+    fn lease_valid(&self) -> bool {
+        !self.hub.lock().fenced.contains(&self.node)
+    }
+
     fn entries_after(&self, seq: u64) -> Result<Vec<LogEntry>, String> {
-        Ok(self.hub.lock().log[seq as usize..].to_vec())
+        let mut hub = self.hub.lock();
+        if let Some(failing) = hub.failing_reads.get_mut(&self.node).filter(|failing| **failing > 0) {
+            *failing -= 1;
+            return Err("the log could not be read".into());
+        }
+        Ok(hub.log[seq as usize..].to_vec())
     }
 
     fn publish_broadcast(&self, after: u64, skip: Option<&str>, frame: &Frame) {
@@ -282,6 +295,9 @@ enum Action {
     /// The node's sequencer decides a batch of its queued changes (1 to 4), in order, and the node applies the
     /// answers.
     Decide(usize, usize),
+    /// The node's sequencer decides its next queued change, but the answer is lost on the way (a timeout: the node
+    /// learns only that the outcome is unknown). The entries reach the node through the log, later.
+    LoseAnswer(usize),
 }
 
 /// A client's connection on one node, and what it has been told.
@@ -478,6 +494,7 @@ impl Cluster {
                 }
             }
             Action::Decide(node, count) => self.decide(node % NODES, 1 + count % 4)?,
+            Action::LoseAnswer(node) => self.lose_answer(node % NODES),
         }
         for client in 0..self.clients.len() {
             self.read(client)?;
@@ -526,6 +543,25 @@ impl Cluster {
             }
             Ok(())
         })
+    }
+
+    /// Decides `node`'s next queued change but answers it as unavailable, then lets the node's tasks run (the
+    /// refusal, and the undo it queues).
+    fn lose_answer(&mut self, node: usize) {
+        let name = format!("n{node}");
+        {
+            let mut hub = self.hub.lock();
+            let Some((change, answer)) = hub.queued.entry(name.clone()).or_default().pop_front() else {
+                return;
+            };
+            let _ = hub.submit(&name, change);
+            let _ = answer.send(Err(Refused::Unavailable("timed out".into())));
+        }
+        self.runtime.block_on(async {
+            for _ in 0..64 {
+                tokio::task::yield_now().await;
+            }
+        });
     }
 
     /// Reads what a client has been sent, checking each frame against what it was told before.
@@ -727,6 +763,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => n().prop_map(Action::Rebuild),
         4 => n().prop_map(Action::Deliver),
         4 => (n(), n()).prop_map(|(node, count)| Action::Decide(node, count)),
+        1 => n().prop_map(Action::LoseAnswer),
     ]
 }
 
@@ -840,4 +877,161 @@ fn a_blocking_method_without_a_runtime_does_not_hold_the_turn_across_its_round_t
     );
     answer.send(Err(Refused::Failed(Error::JoinExistingUser))).unwrap();
     assert_eq!(join.join().unwrap(), Err(Error::JoinExistingUser));
+}
+
+#[test]
+fn a_late_link_entry_does_not_link_a_connection_told_it_was_rejected() {
+    use Action::*;
+    // The answer to ann's link is lost: the client is told `krmx/rejected` (the outcome is unknown), and the entry
+    // that linked it reaches the node later through the log. `observe` fails the run if the connection, told it was
+    // rejected, gets any frame of a linked connection.
+    run(&[Connect(0), Link(0, 0), LoseAnswer(0), CatchUp(0), Say(0)]).unwrap();
+    // Rejected, the client links as ben meanwhile: the late entry for ann must not accept it as ann.
+    let mut cluster = Cluster::new();
+    for action in [Connect(0), Link(0, 0), LoseAnswer(0), Link(0, 1), CatchUp(0)] {
+        cluster.apply(&action).unwrap();
+    }
+    assert_eq!(cluster.clients[0].linked, None, "accepted by ann's late entry");
+    cluster.settle().unwrap();
+    cluster.check_settled().unwrap();
+    // ann's link was undone everywhere; ben is linked, to that client.
+    assert_eq!(
+        cluster.hub.lock().users,
+        vec![
+            ("ann".to_owned(), None),
+            (
+                "ben".to_owned(),
+                Some(LinkAddr {
+                    node: "n0".into(),
+                    generation: 1,
+                    connection: cluster.clients[0].id.get()
+                })
+            )
+        ]
+    );
+    assert_eq!(cluster.clients[0].linked.as_deref(), Some("ben"));
+}
+
+#[test]
+fn a_gap_that_cannot_be_filled_asks_for_a_resync_instead_of_dropping_entries() {
+    use Action::*;
+    let mut cluster = Cluster::new();
+    // Node 1 is behind (node 0 joined ann), and its reads of the log fail: ben's link on node 1 is answered with
+    // entries it cannot apply without the ones before.
+    for action in [Connect(1), Join(0, 0), Link(0, 1)] {
+        cluster.apply(&action).unwrap();
+    }
+    cluster.hub.lock().failing_reads.insert("n1".into(), usize::MAX);
+    {
+        let mut hub = cluster.hub.lock();
+        let (change, answer) = hub.queued.get_mut("n1").unwrap().pop_front().unwrap();
+        let decided = hub.submit("n1", change);
+        answer.send(decided).unwrap();
+    }
+    let host = cluster.hosts[1].clone();
+    let asked = cluster
+        .runtime
+        .block_on(async move { tokio::time::timeout(std::time::Duration::from_secs(10), host.resync_needed()).await });
+    assert!(asked.is_ok(), "the node never asked to start over");
+    assert_eq!(cluster.hosts[1].applied(), 0);
+    // Nothing was said to the client meanwhile (no `krmx/accepted` without its entries).
+    cluster.read(0).unwrap();
+    assert_eq!(cluster.clients[0].linked, None);
+    // Started over from the cluster's state, as the cluster layer does: the node is whole again.
+    let (seq, users) = {
+        let hub = cluster.hub.lock();
+        (hub.log.len() as u64, hub.users.clone())
+    };
+    cluster.hosts[1].restart(seq, users);
+    assert_eq!(cluster.hosts[1].applied(), seq);
+    assert_eq!(cluster.servers[1].users().len(), 2);
+    let host = cluster.hosts[1].clone();
+    let again = cluster.runtime.block_on(async move {
+        tokio::time::timeout(std::time::Duration::from_millis(50), host.resync_needed()).await
+    });
+    assert!(again.is_err(), "a restart answers the request");
+}
+
+#[test]
+fn a_node_without_a_valid_lease_takes_no_message_and_hands_nothing_to_the_others() {
+    use Action::*;
+    let mut cluster = Cluster::new();
+    for action in [
+        Connect(0),
+        Connect(1),
+        Link(0, 0),
+        Link(1, 1),
+        Decide(0, 0),
+        Decide(1, 0),
+    ] {
+        cluster.apply(&action).unwrap();
+    }
+    cluster.settle().unwrap();
+    cluster.hub.lock().fenced.insert("n0".into());
+    // ann's message on node 0 is dropped before any listener runs; a broadcast the app makes on node 0 reaches its
+    // own connections but not the other nodes.
+    cluster.apply(&Say(0)).unwrap();
+    assert_eq!(cluster.said.lock().get("ann@n0"), None);
+    cluster.servers[0].broadcast(&Message::new("app/direct"), None).unwrap();
+    assert!(cluster.hub.lock().inboxes["n1"].is_empty(), "a fenced node published");
+    let metrics = cluster.servers[0].metrics_text();
+    assert!(
+        metrics.contains("krmx_cluster_fenced_messages_total{at=\"received\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("krmx_cluster_fenced_messages_total{at=\"published\"} 1"),
+        "{metrics}"
+    );
+    // With its lease valid again, the node speaks again.
+    cluster.hub.lock().fenced.clear();
+    cluster.apply(&Say(0)).unwrap();
+    assert_eq!(cluster.said.lock().get("ann@n0"), Some(&1));
+    assert_eq!(cluster.hub.lock().inboxes["n1"].len(), 1);
+}
+
+#[test]
+fn messages_from_a_fenced_or_older_generation_are_not_delivered() {
+    let cluster = Cluster::new();
+    let host = &cluster.hosts[0];
+    assert!(host.admits("n1", 1));
+    // A newer generation of node 1 spoke: the older one is over.
+    assert!(host.admits("n1", 2));
+    assert!(!host.admits("n1", 1));
+    // The log unlinked node 2's generation 4 for a lost lease: whatever it still publishes is dropped.
+    let link = LinkAddr {
+        node: "n2".into(),
+        generation: 4,
+        connection: 7,
+    };
+    cluster.servers[0].join("eve").unwrap();
+    let mut hub = cluster.hub.lock();
+    let mut out = Vec::new();
+    hub.append(
+        "n2",
+        LogEvent::Linked {
+            user: "eve".into(),
+            link: link.clone(),
+        },
+        &mut out,
+    );
+    let reason = UnlinkReason::LeaseExpired;
+    hub.append(
+        "n1",
+        LogEvent::Unlinked {
+            user: "eve".into(),
+            link,
+            reason,
+        },
+        &mut out,
+    );
+    drop(hub);
+    host.catch_up().unwrap();
+    assert!(!host.admits("n2", 4));
+    assert!(host.admits("n2", 5));
+    let metrics = cluster.servers[0].metrics_text();
+    assert!(
+        metrics.contains("krmx_cluster_fenced_messages_total{at=\"delivered\"} 2"),
+        "{metrics}"
+    );
 }

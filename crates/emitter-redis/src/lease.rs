@@ -1,6 +1,10 @@
 //! Keeping a node's lease: renewing it, reaping dead nodes on the side, and saying when the lease is lost.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -14,12 +18,96 @@ impl Cluster {
     /// every [`Options::reap_interval`](crate::Options::reap_interval), and reports when the lease is lost. Stops
     /// when dropped.
     pub fn keep_alive(&self, lease: NodeLease) -> KeepAlive {
-        KeepAlive::start(self.clone(), lease, None)
+        let clock = LeaseClock::new();
+        let token = clock.install(std::time::Instant::now(), self.options().lease);
+        KeepAlive::start(self.clone(), lease, None, (clock, token))
     }
 
-    /// [`keep_alive`](Cluster::keep_alive), calling `on_renewed` after every successful renewal.
-    pub(crate) fn keep_alive_reporting(&self, lease: NodeLease, on_renewed: OnRenewed) -> KeepAlive {
-        KeepAlive::start(self.clone(), lease, Some(on_renewed))
+    /// [`keep_alive`](Cluster::keep_alive), calling `reports.renewed` after every successful renewal and
+    /// `reports.lost` the moment the lease is lost (whatever the node is busy with), and keeping `clock` with the token
+    /// [`LeaseClock::install`] gave for this lease (extended by every renewal, revoked when the lease is lost).
+    pub(crate) fn keep_alive_reporting(
+        &self,
+        lease: NodeLease,
+        reports: Reports,
+        clock: (Arc<LeaseClock>, u64),
+    ) -> KeepAlive {
+        KeepAlive::start(self.clone(), lease, Some(reports), clock)
+    }
+}
+
+/// Until when a node may act on its lease, by its own monotonic clock: the start of its last successful renewal (or
+/// registration) plus the lease, less a safety margin ([`LeaseClock::margin`]). Redis started the lease no earlier
+/// than the call was sent, so the node stops no later than Redis fences it, whatever the call's round trip was. A
+/// pause (a stopped process, a GC or VM stall) runs the clock out while nothing renews: when the node wakes, the first
+/// thing that asks finds the lease not valid, before any timer or task has noticed.
+#[derive(Debug)]
+pub(crate) struct LeaseClock {
+    base: std::time::Instant,
+    /// Nanoseconds after `base` until which the lease is valid; 0 while it is not. Read for every message.
+    until: AtomicU64,
+    /// Which lease's keeper may move `until`: the one [`install`](LeaseClock::install)ed last. A replaced keeper
+    /// still running (its abort is not immediate) then cannot revoke, or extend, its successor's lease.
+    current: Mutex<u64>,
+}
+
+impl LeaseClock {
+    /// A clock with no valid lease yet.
+    pub(crate) fn new() -> Arc<LeaseClock> {
+        Arc::new(LeaseClock {
+            base: std::time::Instant::now(),
+            until: AtomicU64::new(0),
+            current: Mutex::new(0),
+        })
+    }
+
+    /// What is taken off the lease: a fifth of it, for clock rates that differ between the node and Redis and for the
+    /// time between a check and the effect it allows.
+    pub(crate) fn margin(lease: Duration) -> Duration {
+        lease / 5
+    }
+
+    /// A new lease, made by a call sent at `sent`: valid until `sent + lease - margin`. Returns the token its keeper
+    /// moves the clock with; an earlier lease's keeper no longer can.
+    pub(crate) fn install(&self, sent: std::time::Instant, lease: Duration) -> u64 {
+        let mut current = self.current.lock();
+        *current += 1;
+        self.store(sent, lease);
+        *current
+    }
+
+    /// The lease of `token` was renewed by a call sent at `sent`.
+    pub(crate) fn renewed(&self, token: u64, sent: std::time::Instant, lease: Duration) {
+        let current = self.current.lock();
+        if *current == token {
+            self.store(sent, lease);
+        }
+    }
+
+    /// The lease of `token` is lost: not valid any more.
+    pub(crate) fn lost(&self, token: u64) {
+        let current = self.current.lock();
+        if *current == token {
+            self.until.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// The node gives up whatever lease it holds (it starts over): not valid until a new one is installed.
+    pub(crate) fn revoke(&self) {
+        let _current = self.current.lock();
+        self.until.store(0, Ordering::SeqCst);
+    }
+
+    fn store(&self, sent: std::time::Instant, lease: Duration) {
+        let until = sent.saturating_duration_since(self.base) + lease.saturating_sub(Self::margin(lease));
+        let until = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.until.store(until, Ordering::SeqCst);
+    }
+
+    /// Whether the lease is valid now.
+    pub(crate) fn is_valid(&self) -> bool {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now < self.until.load(Ordering::SeqCst)
     }
 }
 
@@ -57,13 +145,23 @@ impl Drop for KeepAlive {
     }
 }
 
-/// Called after every successful renewal, with its round trip; must not block.
-pub(crate) type OnRenewed = Box<dyn Fn(Duration) + Send + Sync>;
+/// What a lease keeper tells its node; neither may block.
+pub(crate) struct Reports {
+    /// After every successful renewal, with its round trip.
+    pub(crate) renewed: Box<dyn Fn(Duration) + Send + Sync>,
+    /// Once, when the lease is lost: the node stops serving at once, even while its own task waits on Redis.
+    pub(crate) lost: Box<dyn Fn() + Send + Sync>,
+}
 
 impl KeepAlive {
-    pub(crate) fn start(cluster: Cluster, lease: NodeLease, on_renewed: Option<OnRenewed>) -> KeepAlive {
+    pub(crate) fn start(
+        cluster: Cluster,
+        lease: NodeLease,
+        reports: Option<Reports>,
+        clock: (Arc<LeaseClock>, u64),
+    ) -> KeepAlive {
         let (report, state) = watch::channel(None);
-        let task = tokio::spawn(keep(cluster, lease.clone(), report, on_renewed));
+        let task = tokio::spawn(keep(cluster, lease.clone(), report, reports, clock));
         KeepAlive { lease, state, task }
     }
 
@@ -95,7 +193,8 @@ async fn keep(
     cluster: Cluster,
     lease: NodeLease,
     report: watch::Sender<Option<LeaseLost>>,
-    on_renewed: Option<OnRenewed>,
+    reports: Option<Reports>,
+    (clock, token): (Arc<LeaseClock>, u64),
 ) {
     let options = cluster.options().clone();
     let every = (options.lease / 3).max(Duration::from_millis(1));
@@ -117,8 +216,9 @@ async fn keep(
                     result = cluster.renew(&lease) => match result {
                         Ok(()) => {
                             held_until = sent + options.lease;
-                            if let Some(renewed) = &on_renewed {
-                                renewed(sent.elapsed());
+                            clock.renewed(token, sent.into_std(), options.lease);
+                            if let Some(reports) = &reports {
+                                (reports.renewed)(sent.elapsed());
                             }
                         }
                         Err(Error::Refused(Refusal::Fenced)) => break LeaseLost::Fenced,
@@ -143,6 +243,10 @@ async fn keep(
             () = sleep_until(held_until) => break LeaseLost::Unreachable,
         }
     };
+    clock.lost(token);
+    if let Some(reports) = &reports {
+        (reports.lost)();
+    }
     tracing::error!(
         cluster = cluster.name(),
         node = lease.node(),

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use emitter_core::cluster::{Change, LinkAddr, LogEntry, Refused, Sequencer, Submission};
 use emitter_core::cluster::{ClusterCounts, ClusterHost};
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::changes::ChangeQueue;
 use crate::cluster::{manager, Cluster};
-use crate::lease::{KeepAlive, LeaseLost};
+use crate::lease::{KeepAlive, LeaseClock, LeaseLost, Reports};
 use crate::types::{check_name, ClusterSnapshot, Error, NodeLease, Refusal, Result};
 use crate::wire::blocking::Blocking;
 use crate::wire::messages::NodeMessage;
@@ -70,7 +70,10 @@ impl Node {
     pub async fn start(server: &Server, cluster: Cluster, id: &str) -> Result<Node> {
         check_name(id)?;
         cluster.set_grace_period(server.config().grace_period());
+        let clock = LeaseClock::new();
+        let sent = Instant::now();
         let lease = cluster.register_node(id).await?;
+        let token = clock.install(sent, cluster.options().lease);
         // Subscribed before the snapshot: whatever happens after the snapshot is notified, or found by the poll.
         let notifications = cluster.subscribe(id).await?;
         let snapshot = cluster.snapshot().await?;
@@ -82,6 +85,7 @@ impl Node {
             cluster: cluster.clone(),
             needs_snapshot: AtomicU8::new(IN_STEP),
             lease_lost: AtomicBool::new(false),
+            clock: clock.clone(),
         });
         let host = ClusterHost::of(server);
         let (seq, users) = seed(snapshot);
@@ -103,7 +107,7 @@ impl Node {
         );
         let keeper = Keeper {
             server: server.clone(),
-            alive: keep_alive(&cluster, &host, lease),
+            alive: keep_alive(&cluster, &host, &sequencer, lease, (clock, token)),
             host,
             cluster: cluster.clone(),
             sequencer,
@@ -134,10 +138,27 @@ impl Node {
     }
 }
 
-/// Keeps the node's lease, telling the server of every renewal (its health and `krmx_cluster_lease_age_seconds`).
-fn keep_alive(cluster: &Cluster, host: &ClusterHost, lease: NodeLease) -> KeepAlive {
-    let host = host.clone();
-    cluster.keep_alive_reporting(lease, Box::new(move |round_trip| host.lease_renewed(round_trip)))
+/// Keeps the node's lease, telling the server of every renewal (its health and `krmx_cluster_lease_age_seconds`),
+/// and stopping the node's serving the moment the lease is lost: changes refused, health 503, connections closed. That
+/// is not left to the keeper's task, which may be waiting on Redis (a catch-up caught in the same stall).
+fn keep_alive(
+    cluster: &Cluster,
+    host: &ClusterHost,
+    sequencer: &Arc<RedisSequencer>,
+    lease: NodeLease,
+    clock: (Arc<LeaseClock>, u64),
+) -> KeepAlive {
+    let renewed = host.clone();
+    let (lost, sequencer) = (host.clone(), sequencer.clone());
+    let reports = Reports {
+        renewed: Box::new(move |round_trip| renewed.lease_renewed(round_trip)),
+        lost: Box::new(move || {
+            sequencer.lease_lost.store(true, Ordering::SeqCst);
+            lost.lease_lost();
+            lost.close_connections();
+        }),
+    };
+    cluster.keep_alive_reporting(lease, reports, clock)
 }
 
 /// The users of a snapshot, as the core seeds them.
@@ -164,6 +185,8 @@ struct RedisSequencer {
     /// than sent with a lease Redis fences (when it answers at all: a paused Redis would hold every closing
     /// connection's unlink, and the thread it runs on, until it wakes).
     lease_lost: AtomicBool,
+    /// Until when the lease is valid by this node's clock: the core asks it for every message.
+    clock: Arc<LeaseClock>,
 }
 
 impl Sequencer for RedisSequencer {
@@ -173,6 +196,10 @@ impl Sequencer for RedisSequencer {
 
     fn owns(&self, link: &LinkAddr) -> bool {
         self.lease.read().owns(link)
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.clock.is_valid() && !self.lease_lost.load(Ordering::SeqCst)
     }
 
     fn submit(&self, change: Change) -> std::result::Result<Vec<LogEntry>, Refused> {
@@ -284,6 +311,12 @@ impl Keeper {
                 _ = shared.chain.forked() => if shared.chain.pending() {
                     self.rebuild_after_fork().await;
                 },
+                // A gap the core could not fill while applying (its read failed): rebuilt or started over, as the
+                // failed read said. Not while closing: start_over gives up then, and the request would stand (and
+                // spin) until closed.
+                () = self.host.resync_needed(), if self.server.status() < emitter_core::Status::Closing => {
+                    self.resync().await;
+                }
                 notification = self.notifications.next() => match notification {
                     None => break,
                     Some(notification) => self.handle(notification).await,
@@ -340,6 +373,18 @@ impl Keeper {
         }
     }
 
+    /// Puts the node back in step after a read of the log failed: from a snapshot after a fork or a trimmed log
+    /// (keeping the connections whose links hold), by starting over otherwise.
+    async fn resync(&mut self) {
+        if self.cluster.shared.chain.pending() {
+            return self.rebuild_after_fork().await;
+        }
+        match self.sequencer.needs_snapshot.swap(IN_STEP, Ordering::SeqCst) {
+            REBUILD => self.rebuild().await,
+            _ => self.start_over(None).await,
+        }
+    }
+
     /// The entries this node missed were trimmed from the log: takes the cluster's state from a snapshot, keeping the
     /// connections whose links still hold ([`ClusterHost::rebuild`]). A snapshot that fails is tried again on the
     /// next notice (the catch-up fails the same way); one refused for a new epoch starts the node over.
@@ -373,11 +418,23 @@ impl Keeper {
         let after = message.after;
         let user = message.user;
         let keep = message.keep;
-        let deliver = move || match (broadcast, user) {
-            (true, Some(user)) if keep => host.deliver_kept(after, &user, frame),
-            (true, skip) => host.deliver_broadcast(after, skip.as_deref(), frame),
-            (false, Some(user)) => host.deliver_send(after, &user, frame),
-            (false, None) => tracing::warn!("a message from another node names no user: dropped"),
+        let (origin, generation) = (message.origin, message.generation);
+        let deliver = move || {
+            if host.applied() < after {
+                // What the origin had applied first, so that the check below knows what the origin knew.
+                let _ = host.catch_up();
+            }
+            // A generation of its node that the cluster fenced, or one older than a generation seen since: it spoke
+            // past its lease, maybe for a user linked elsewhere by now.
+            if !host.admits(&origin, generation) {
+                return;
+            }
+            match (broadcast, user) {
+                (true, Some(user)) if keep => host.deliver_kept(after, &user, frame),
+                (true, skip) => host.deliver_broadcast(after, skip.as_deref(), frame),
+                (false, Some(user)) => host.deliver_send(after, &user, frame),
+                (false, None) => tracing::warn!("a message from another node names no user: dropped"),
+            }
         };
         if self.host.applied() >= after {
             deliver(); // the usual case: nothing to wait for, so no thread hop
@@ -400,13 +457,16 @@ impl Keeper {
     /// get a fresh snapshot). Retries until it succeeds or the server closes.
     async fn start_over(&mut self, lost: Option<LeaseLost>) {
         let mut epoch_changed = matches!(lost, Some(LeaseLost::EpochChanged { .. }));
+        // No lease, no serving: nothing taken from the connections or handed to the other nodes from now on, and the
+        // sockets closed now, not once Redis is back, and in any case before the node registers again (a new
+        // registration unlinks this node's users everywhere, and they may link elsewhere at once). Health says so
+        // until the node has registered again and restarted.
+        self.sequencer.lease_lost.store(true, Ordering::SeqCst);
+        self.sequencer.clock.revoke();
         if lost.is_some() || epoch_changed {
-            // No lease, no serving: close the sockets now, not once Redis is back. Health says so until the node has
-            // registered again and restarted.
-            self.sequencer.lease_lost.store(true, Ordering::SeqCst);
             self.host.lease_lost();
-            self.host.close_connections();
         }
+        self.host.close_connections();
         self.sequencer.blocking.reset();
         let mut wait = Duration::from_millis(50);
         loop {
@@ -430,6 +490,9 @@ impl Keeper {
         if epoch_changed || epoch.as_ref() != Some(&self.cluster.epoch()) {
             self.cluster.reopen().await?;
         }
+        // Every connection was closed before this (see `start_over`): none speaks with the old lease once the new
+        // registration has unlinked its users.
+        let sent = Instant::now();
         let lease = self.cluster.register_node(&self.sequencer.node).await?;
         // A need for a snapshot noticed before this one (a catch-up of the core's in the old state) is met by it.
         self.sequencer.needs_snapshot.store(IN_STEP, Ordering::SeqCst);
@@ -440,8 +503,10 @@ impl Keeper {
         // the restart. Until then, links are refused as the old lease's.
         let _ = tokio::task::spawn_blocking(move || host.restart(seq, users)).await;
         *self.sequencer.lease.write() = lease.clone();
+        let token = self.sequencer.clock.install(sent, self.cluster.options().lease);
         self.sequencer.lease_lost.store(false, Ordering::SeqCst);
-        self.alive = keep_alive(&self.cluster, &self.host, lease);
+        let clock = (self.sequencer.clock.clone(), token);
+        self.alive = keep_alive(&self.cluster, &self.host, &self.sequencer, lease, clock);
         tracing::warn!(
             node = self.sequencer.node,
             seq,

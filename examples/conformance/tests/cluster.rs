@@ -526,6 +526,87 @@ async fn a_process_paused_past_its_lease_comes_back_without_the_users_taken_over
     observers[0].read_until(&linked("carol")).await;
 }
 
+/// Reads up to and including `expected`, applying membership frames on the way; returns how many of the frames read
+/// were broadcasts of a stale connection's messages (payloads `stale-…`).
+async fn read_counting_stale(observer: &mut Observer, expected: &Value) -> usize {
+    let mut stale = 0;
+    loop {
+        let frame = observer.client.recv().await;
+        observer.view.apply(&frame);
+        if frame["type"] == "test/broadcasted"
+            && frame["payload"]["payload"]
+                .as_str()
+                .is_some_and(|payload| payload.starts_with("stale-"))
+        {
+            eprintln!("a stale connection's message was delivered: {frame}");
+            stale += 1;
+        }
+        if &frame == expected {
+            return stale;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_paused_past_its_lease_delivers_nothing_from_its_old_connections() {
+    let redis = redis_or_skip!();
+    const ROUNDS: usize = 5;
+    const STALE: usize = 20;
+    let [paused, other] = NodeProcess::start_all(&redis, 1500);
+    let mut bob = Observer::link(other.port, "bob").await;
+    let (mut delivered, mut sent) = (0, 0);
+    for round in 0..ROUNDS {
+        let name = format!("alice{round}");
+        let mut stale = link_once_available(paused.port, &name).await;
+        delivered += read_counting_stale(&mut bob, &linked(&name)).await;
+        // Before the pause her messages get through: the path the rest of the round must find closed.
+        let before = json!(format!("before-{round}"));
+        stale.send(json!({"type": "test/broadcast", "payload": before})).await;
+        delivered += read_counting_stale(&mut bob, &broadcasted(&name, before)).await;
+        paused.signal("-STOP");
+        // While the process sleeps her old connection keeps talking: the frames wait in the socket, to be read the
+        // moment the process wakes, before it can have noticed that its lease ran out.
+        for i in 0..STALE {
+            let payload = format!("stale-{round}-{i}");
+            stale.send(json!({"type": "test/broadcast", "payload": payload})).await;
+        }
+        delivered += read_counting_stale(&mut bob, &unlinked(&name)).await;
+        // She links on the other process while the first one sleeps.
+        let mut alice = RawClient::link_as(other.port, &name).await;
+        alice.recv_until(&linked(&name)).await;
+        delivered += read_counting_stale(&mut bob, &linked(&name)).await;
+        for i in STALE..2 * STALE {
+            let payload = format!("stale-{round}-{i}");
+            stale.send(json!({"type": "test/broadcast", "payload": payload})).await;
+        }
+        sent += 2 * STALE;
+        paused.signal("-CONT");
+        // The woken process closes her old connection without speaking for her.
+        stale.expect_closed().await;
+        let after = json!(format!("after-{round}"));
+        alice.send(json!({"type": "test/broadcast", "payload": after})).await;
+        let mut her = Observer {
+            client: alice,
+            view: View::default(),
+        };
+        delivered += read_counting_stale(&mut her, &broadcasted(&name, after.clone())).await;
+        delivered += read_counting_stale(&mut bob, &broadcasted(&name, after)).await;
+    }
+    // Whatever the woken process handed to Redis before it closed was published before anything it sends now: a
+    // last broadcast through it ends the count.
+    let mut last = link_once_available(paused.port, "carol").await;
+    delivered += read_counting_stale(&mut bob, &linked("carol")).await;
+    last.send(json!({"type": "test/broadcast", "payload": "last"})).await;
+    delivered += read_counting_stale(&mut bob, &broadcasted("carol", json!("last"))).await;
+    eprintln!(
+        "paused past the lease {ROUNDS} times: {delivered} of {sent} messages from the old connections delivered"
+    );
+    assert_eq!(
+        delivered, 0,
+        "messages of connections of a fenced process reached clients"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_restarts_empty_the_processes_start_over_and_clients_relink() {
     let mut redis = redis_or_skip!();

@@ -255,6 +255,15 @@ pub trait Sequencer: Send + Sync + 'static {
     /// Whether `link` is a connection of this node's current generation.
     fn owns(&self, link: &LinkAddr) -> bool;
 
+    /// Whether this node may still speak for its connections: it holds its lease by its own monotonic clock (its
+    /// last renewal's start plus the lease, less a safety margin). While it does not, the core takes no message
+    /// from its linked connections and hands nothing to the other nodes: after a pause past the lease (a stopped
+    /// process, a long GC or VM stall), the users of this node's connections may be linked elsewhere already. Called
+    /// for every message: keep it to an atomic load and a clock read. An in-process sequencer holds no lease: `true`.
+    fn lease_valid(&self) -> bool {
+        true
+    }
+
     /// Decides a change against the cluster-wide state and returns the entries it produced, in order; may block. The
     /// entries may not follow the last one this node applied: the node reads the ones in between with
     /// [`entries_after`](Sequencer::entries_after) first. Called only without a tokio runtime.

@@ -46,6 +46,9 @@ pub(crate) enum Role {
     Linking {
         attempt: u64,
         task: Option<AbortHandle>,
+        /// On a cluster, the user whose link the cluster is deciding for this attempt; `None` while authenticating.
+        /// A link entry for this connection answers this attempt only if it names this user.
+        deciding: Option<String>,
     },
     Linked(Arc<Member>),
 }

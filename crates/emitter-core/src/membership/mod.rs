@@ -5,4 +5,5 @@
 pub(crate) mod connections;
 pub(crate) mod kept;
 pub(crate) mod log_limit;
+pub(crate) mod origins;
 pub(crate) mod registry;

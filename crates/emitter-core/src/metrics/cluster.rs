@@ -76,6 +76,11 @@ pub(super) struct ClusterMetrics {
     pub(super) forks: Counter,
     pub(super) messages_lost: Counter,
     pub(super) repeats_dropped: Counter,
+    /// Messages dropped by fencing (`krmx_cluster_fenced_messages_total{at}`): taken from a connection or about to be
+    /// handed to the other nodes while this node's lease was not valid, or from another node's fenced generation.
+    pub(super) fenced_received: Counter,
+    pub(super) fenced_published: Counter,
+    pub(super) fenced_delivered: Counter,
     pub(super) counts: Mutex<Option<CountsSource>>,
 }
 
@@ -137,8 +142,22 @@ impl ClusterMetrics {
             "Messages from other nodes that arrived twice and were dropped the second time",
             repeats_dropped.clone(),
         );
+        let fenced = Family::<Label, Counter>::default();
+        registry.register(
+            "fenced_messages",
+            "Messages dropped because a lease did not back them, by where: received (from a connection of this node \
+             while its lease was not valid), published (not handed to the other nodes while its lease was not \
+             valid), delivered (from another node's generation that is fenced or older than one seen since)",
+            fenced.clone(),
+        );
+        let fenced_received = fenced.get_or_create_owned(&[("at", "received")]);
+        let fenced_published = fenced.get_or_create_owned(&[("at", "published")]);
+        let fenced_delivered = fenced.get_or_create_owned(&[("at", "delivered")]);
         ClusterMetrics {
             registry,
+            fenced_received,
+            fenced_published,
+            fenced_delivered,
             lease_held,
             lease_age,
             held: AtomicBool::new(false),

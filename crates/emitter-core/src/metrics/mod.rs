@@ -324,6 +324,21 @@ impl Metrics {
         self.cluster.submit.observe_duration(took);
     }
 
+    /// A message from one of this node's connections dropped: the node's lease was not valid.
+    pub(crate) fn fenced_received(&self) {
+        self.cluster.fenced_received.inc();
+    }
+
+    /// A message not handed to the other nodes: the node's lease was not valid.
+    pub(crate) fn fenced_published(&self) {
+        self.cluster.fenced_published.inc();
+    }
+
+    /// Another node's message dropped: its generation is fenced, or older than one seen since.
+    pub(crate) fn fenced_delivered(&self) {
+        self.cluster.fenced_delivered.inc();
+    }
+
     pub(crate) fn resynced(&self) {
         self.cluster.restarts.inc();
     }

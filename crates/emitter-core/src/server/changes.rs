@@ -118,6 +118,12 @@ impl Server {
             // Out of the link table first: a send that found the connection has queued its frame by the time this
             // returns, so nothing reaches the connection after it hears of its unlink.
             self.inner.links.remove(username);
+            // Unlinked before it can hear of it: a link request its client sends on reading its own `krmx/unlinked`
+            // must find it unlinked, not be taken for a linked connection's unlink (the writer may send the frame
+            // before this closure returns).
+            if let Some(Link::Local(connection)) = registry.user(username).and_then(|slot| slot.link.as_ref()) {
+                connection.state.lock().role = Role::Unlinked;
+            }
             let link = registry.unlink(username)?;
             if let Link::Local(connection) = &link {
                 let mut state = connection.state.lock();

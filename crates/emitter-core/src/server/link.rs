@@ -174,6 +174,11 @@ impl Server {
             drop(turn);
             return self.receive_in_order(connection, Ok(ClientMessage::Custom(message)));
         }
+        // A node whose lease is not valid does not speak for its users: they may be linked on another node by now.
+        if self.fenced() {
+            tracing::debug!(connection = %connection.id, "message dropped: this node's lease is not valid");
+            return None;
+        }
         let username = member.name.as_str();
         let message = &message;
         log_limit::handling(connection.id, || {
@@ -366,7 +371,11 @@ impl Server {
             return self.decide_link(connection, &username, &ctx, timing);
         };
         let attempt = self.inner.next_attempt.fetch_add(1, Ordering::Relaxed);
-        connection.state.lock().role = Role::Linking { attempt, task: None };
+        connection.state.lock().role = Role::Linking {
+            attempt,
+            task: None,
+            deciding: None,
+        };
         let server = self.clone();
         let timeout = self.inner.config.auth_timeout;
         let linking = connection.clone();
@@ -378,6 +387,7 @@ impl Server {
             Role::Linking {
                 attempt: current,
                 task: slot,
+                ..
             } if *current == attempt => *slot = Some(task.abort_handle()),
             _ => task.abort(),
         }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use emitter_listeners::Listeners;
@@ -159,6 +159,13 @@ pub(crate) struct Inner {
     /// Local connections whose user is half way through a leave on the cluster (unlinked, not yet left): they hear of
     /// their own leave.
     pub(crate) leaving: Mutex<HashMap<String, Arc<Connection>>>,
+    /// What this node knows of the other nodes' generations, from the log and their messages: a message from a
+    /// generation it knows fenced or replaced is dropped (see `ClusterHost::admits`).
+    pub(crate) origins: Mutex<crate::membership::origins::Origins>,
+    /// Set when the node's replica missed entries it could not read (a failed gap fill): it must start over from a
+    /// snapshot (see `ClusterHost::resync_needed`).
+    pub(crate) resync_needed: AtomicBool,
+    pub(crate) resync_wanted: tokio::sync::Notify,
     /// This server's own metrics (see `metrics/`).
     pub(crate) metrics: Arc<Metrics>,
     /// The message types whose payload text is kept as received (see `Server::keep_raw_payload`). Read for every
@@ -264,6 +271,9 @@ impl Server {
                 applied: AtomicU64::new(0),
                 applied_moved: tokio::sync::Notify::new(),
                 leaving: Mutex::new(HashMap::new()),
+                origins: Mutex::new(Default::default()),
+                resync_needed: AtomicBool::new(false),
+                resync_wanted: tokio::sync::Notify::new(),
                 metrics,
                 raw_kinds: Default::default(),
             }),
@@ -421,7 +431,7 @@ impl Server {
     fn send_unlinked_here(&self, username: &str, frame: Frame) -> Result<(), Error> {
         let kept = self.fan_out(|registry| {
             let kept = registry.keep(username, frame.clone());
-            if let (Ok(true), Some(sequencer)) = (&kept, self.sequencer()) {
+            if let (Ok(true), Some(sequencer)) = (&kept, self.publisher()) {
                 // Every node keeps it, so the user finds it on whichever node it relinks on. Under the fan-out lock,
                 // like a broadcast, so that it keeps its place among this node's broadcasts.
                 sequencer.publish_kept(username, self.applied(), &frame);
@@ -488,7 +498,7 @@ impl Server {
             &[Status::Listening, Status::Closing],
         )?;
         Ok(self.fan_out(|registry| {
-            if let Some(sequencer) = self.sequencer() {
+            if let Some(sequencer) = self.publisher() {
                 // Under the fan-out lock, so the other nodes get broadcasts in the order this node's users do.
                 sequencer.publish_broadcast(self.applied(), skip, &frame);
             }

@@ -50,6 +50,29 @@ impl Server {
         self.inner.cluster.get()
     }
 
+    /// The cluster's sequencer, to hand a message to the other nodes through, while this node's lease is valid. With
+    /// a lease that is not, `None` and the message counted as fenced: the node must not speak for users it may no
+    /// longer hold (they may be linked elsewhere already).
+    pub(crate) fn publisher(&self) -> Option<&Arc<dyn Sequencer>> {
+        let sequencer = self.sequencer()?;
+        if sequencer.lease_valid() {
+            return Some(sequencer);
+        }
+        self.inner.metrics.fenced_published();
+        tracing::debug!("a message for the other nodes dropped: this node's lease is not valid");
+        None
+    }
+
+    /// Whether this node is a node of a cluster whose lease is not valid now: then it takes no message from its
+    /// connections (counted as fenced).
+    pub(crate) fn fenced(&self) -> bool {
+        let fenced = self.sequencer().is_some_and(|sequencer| !sequencer.lease_valid());
+        if fenced {
+            self.inner.metrics.fenced_received();
+        }
+        fenced
+    }
+
     /// The last entry of the cluster's order this node applied (0 before any, and when not in a cluster).
     pub(crate) fn applied(&self) -> u64 {
         self.inner.applied.load(Ordering::SeqCst)
@@ -113,7 +136,12 @@ impl Server {
     pub(crate) fn apply_entries(&self, sequencer: &Arc<dyn Sequencer>, entries: Vec<LogEntry>) {
         if entries.first().is_some_and(|entry| entry.seq > self.applied() + 1) {
             if let Err(error) = self.catch_up(sequencer) {
-                tracing::error!(%error, "could not read the cluster's order up to a new entry");
+                // These entries cannot be applied without the ones before: dropping them would leave a link
+                // answered nowhere and this replica off the cluster's. Only a snapshot puts the node back.
+                self.want_resync(&format!(
+                    "could not read the cluster's order up to a new entry: {error}"
+                ));
+                return;
             }
         }
         if let Some(gap) = self.apply_following(sequencer, entries) {
@@ -140,6 +168,17 @@ impl Server {
             self.apply_entry(sequencer, &entry);
         }
         None
+    }
+
+    /// Asks the cluster layer to start this node over from a snapshot (see [`ClusterHost::resync_needed`]): its
+    /// replica missed entries it could not read.
+    fn want_resync(&self, why: &str) {
+        tracing::error!(
+            why,
+            "this node's replica is behind the cluster's order: it must start over"
+        );
+        self.inner.resync_needed.store(true, Ordering::SeqCst);
+        self.inner.resync_wanted.notify_waiters();
     }
 
     /// Applies every entry after the last one applied. Returns an error when they cannot be read (the node must then
@@ -256,40 +295,25 @@ impl Server {
         self.inner.applied.store(entry.seq, Ordering::SeqCst);
         self.inner.applied_moved.notify_waiters();
         let mine = entry.by == sequencer.node();
+        let mut undo = false;
         let emitted = match &entry.event {
             LogEvent::Joined { user } => {
                 self.apply_join(user);
                 (Membership::Join, user)
             }
             LogEvent::Linked { user, link } => {
-                let here = sequencer
-                    .owns(link)
-                    .then(|| self.inner.connections.get(ConnectionId(link.connection)))
-                    .flatten();
-                match here {
-                    Some(connection) => {
-                        // The connection's own link, decided while it waited (see `decide_link_on_cluster`): it hears
-                        // of its acceptance before its snapshot, whoever applies the entry (its waiter or a catch-up).
-                        let waited = {
-                            let mut state = connection.state.lock();
-                            let waited = matches!(state.role, Role::Linking { .. });
-                            if waited {
-                                state.role = Role::Unlinked;
-                            }
-                            waited
-                        };
-                        if waited {
-                            let _ = connection.push(ServerMessage::Accepted.to_frame());
-                        }
-                        self.apply_link(&connection, user);
-                    }
-                    None => {
-                        self.apply_link_remote(user, link.clone());
-                    }
-                }
+                self.inner.origins.lock().seen(&link.node, link.generation);
+                undo = !self.apply_linked(sequencer, user, link);
                 (Membership::Link, user)
             }
-            LogEvent::Unlinked { user, reason, .. } => {
+            LogEvent::Unlinked { user, reason, link } => {
+                if matches!(
+                    reason,
+                    UnlinkReason::LeaseExpired | UnlinkReason::NodeRestarted | UnlinkReason::NodeReleased
+                ) {
+                    // That generation of its node is fenced: whatever it still publishes speaks for nobody.
+                    self.inner.origins.lock().fenced(&link.node, link.generation);
+                }
                 if let Some(Link::Local(connection)) = self.apply_unlink(user) {
                     match reason {
                         UnlinkReason::Leaving => {
@@ -316,16 +340,50 @@ impl Server {
         if mine {
             self.emit_membership(emitted.0, emitted.1);
         }
-        // A link to a connection of ours that closed before its link was applied: nobody can use it, so undo it.
-        if let LogEvent::Linked { user, link } = &entry.event {
-            if sequencer.owns(link) && self.inner.connections.get(ConnectionId(link.connection)).is_none() {
-                self.submit_later(
-                    sequencer,
-                    vec![Change::unlink_connection(user.as_str(), link.connection)],
-                    || {},
-                );
-            }
+        // A link to a connection of ours that nobody waits for (it closed, was told it was rejected, or links as
+        // another user now): nobody can use it, so undo it.
+        if let (true, LogEvent::Linked { user, link }) = (undo, &entry.event) {
+            self.submit_later(
+                sequencer,
+                vec![Change::unlink_connection(user.as_str(), link.connection)],
+                || {},
+            );
         }
+    }
+
+    /// Applies a link entry: to the connection of this node that waits for it (told `krmx/accepted` first, whoever
+    /// applies the entry: its waiter or a catch-up), or as a link on another node. Returns `false` when the link is
+    /// this node's but no connection waits for it (closed, told `krmx/rejected` after an outcome the node could not
+    /// learn, or linking as another user now): it is recorded as every node records it, and must be undone. Matching
+    /// by connection and user, not only by connection, is what keeps a late entry from linking a connection that was
+    /// told it was rejected.
+    fn apply_linked(&self, sequencer: &Arc<dyn Sequencer>, user: &str, link: &LinkAddr) -> bool {
+        let connection = sequencer
+            .owns(link)
+            .then(|| self.inner.connections.get(ConnectionId(link.connection)))
+            .flatten();
+        let waiting = connection.filter(|connection| {
+            let mut state = connection.state.lock();
+            let waited = matches!(&state.role, Role::Linking { deciding: Some(name), .. } if name == user);
+            if waited {
+                state.role = Role::Unlinked;
+            }
+            waited
+        });
+        let Some(connection) = waiting else {
+            self.apply_link_remote(user, link.clone());
+            return !sequencer.owns(link);
+        };
+        let _ = connection.push(ServerMessage::Accepted.to_frame());
+        if self.apply_link(&connection, user) {
+            return true;
+        }
+        // Told accepted, yet it cannot be linked here (closing meanwhile): closed, so that its client relinks, and
+        // the link undone on the cluster.
+        tracing::warn!(connection = %connection.id, user, "an accepted link could not be applied: closing");
+        connection.close(CloseReason::Restart);
+        self.apply_link_remote(user, link.clone());
+        false
     }
 
     /// The unlink of `username` a linked connection of this node asks for (or causes, by misbehaving). On a cluster it
@@ -385,7 +443,12 @@ impl Server {
         };
         let attempt = self.inner.next_attempt.fetch_add(1, Ordering::Relaxed);
         // Waiting as `Linking`: whoever applies the link's entry (the answer, or a catch-up) sends its acceptance.
-        connection.state.lock().role = Role::Linking { attempt, task: None };
+        // Only an entry for this user finds it waiting (and tells it `krmx/accepted`), and only once.
+        connection.state.lock().role = Role::Linking {
+            attempt,
+            task: None,
+            deciding: Some(username.to_owned()),
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime: decided on the spot, blocking this thread (not holding the turn) for the round trip.
             let started = Instant::now();
@@ -433,7 +496,8 @@ impl Server {
         });
     }
 
-    /// Ends a connection's wait for the link attempt `attempt`; returns whether it was still waiting for it.
+    /// Ends a connection's wait for link `attempt`, if it still waits for it: `false` when the attempt was answered
+    /// already (its entry applied) or the connection moved on.
     fn stop_waiting(&self, connection: &Connection, attempt: u64) -> bool {
         let mut state = connection.state.lock();
         let waiting = matches!(state.role, Role::Linking { attempt: now, .. } if now == attempt);
@@ -501,12 +565,15 @@ impl Server {
 
     /// Hands a send to the node `username` is linked on, when it is linked on another node. `None` when it is not.
     pub(crate) fn send_elsewhere(&self, username: &str, frame: &Frame) -> Option<()> {
-        let sequencer = self.sequencer()?;
+        self.sequencer()?;
         let registry = self.inner.registry.lock();
         let Some(Link::Remote(link)) = registry.user(username)?.link.as_ref() else {
             return None;
         };
-        sequencer.publish_send(link, username, self.applied(), frame);
+        // Not handed over without a valid lease: dropped (and counted) as a message lost on the way would be.
+        if let Some(sequencer) = self.publisher() {
+            sequencer.publish_send(link, username, self.applied(), frame);
+        }
         Some(())
     }
 }
@@ -572,6 +639,52 @@ impl ClusterHost {
         match self.server.sequencer() {
             Some(sequencer) => self.server.catch_up(sequencer),
             None => Ok(()),
+        }
+    }
+
+    /// Whether a message from generation `generation` of node `origin` may be delivered here: not when this node
+    /// knows that generation fenced (the log unlinked its users for a lost lease, a new registration, or a release)
+    /// or has seen a newer generation of that node (in the log or in a message). Such a message comes from a node
+    /// that spoke past its lease; it is dropped and counted (`krmx_cluster_fenced_messages_total{at="delivered"}`).
+    /// Call it before [`deliver_broadcast`](ClusterHost::deliver_broadcast) and its kind. Never blocks for long.
+    ///
+    /// ```
+    /// use emitter_core::cluster::ClusterHost;
+    ///
+    /// let host = ClusterHost::of(&emitter_core::Server::new());
+    /// assert!(host.admits("a", 2));
+    /// // Generation 3 of node a was seen: generation 2 is over.
+    /// assert!(host.admits("a", 3));
+    /// assert!(!host.admits("a", 2));
+    /// ```
+    pub fn admits(&self, origin: &str, generation: u64) -> bool {
+        let server = &self.server;
+        let admitted = server.inner.origins.lock().admits(origin, generation);
+        if !admitted {
+            server.inner.metrics.fenced_delivered();
+            tracing::debug!(
+                origin,
+                generation,
+                "a message from a fenced generation of another node: dropped"
+            );
+        }
+        admitted
+    }
+
+    /// Resolves when this node's replica missed entries it could not read (a gap it failed to fill while applying a
+    /// change's answer): the cluster layer must then start the node over from a snapshot
+    /// ([`restart`](ClusterHost::restart)), as for a lost place in the log. Resolves at once if that happened before
+    /// the call and no restart followed.
+    pub async fn resync_needed(&self) {
+        let inner = &self.server.inner;
+        loop {
+            let wanted = inner.resync_wanted.notified();
+            tokio::pin!(wanted);
+            wanted.as_mut().enable();
+            if inner.resync_needed.load(Ordering::SeqCst) {
+                return;
+            }
+            wanted.await;
         }
     }
 
@@ -775,6 +888,15 @@ impl ClusterHost {
                 self.link_from_snapshot(&sequencer, name, addr);
             }
         }
+        {
+            // The generations the snapshot's links speak for are current (see `ClusterHost::admits`).
+            let mut origins = server.inner.origins.lock();
+            for addr in users.iter().filter_map(|(_, link)| link.as_ref()) {
+                origins.seen(&addr.node, addr.generation);
+            }
+        }
+        // The replica is whole again: a resync asked for by a gap it could not fill is met by this rebuild.
+        server.inner.resync_needed.store(false, Ordering::SeqCst);
         server.inner.applied.store(seq, Ordering::SeqCst);
         server.inner.applied_moved.notify_waiters();
         server.inner.metrics.rebuilt();
@@ -873,9 +995,13 @@ impl ClusterHost {
 
     fn seed(&self, seq: u64, users: Vec<(String, Option<LinkAddr>)>) {
         let server = &self.server;
+        // A new start: the replica is whole again, and generations may start over (a new epoch reuses them).
+        server.inner.resync_needed.store(false, Ordering::SeqCst);
+        server.inner.origins.lock().clear();
         for (name, link) in users {
             server.apply_join(&name);
             if let Some(link) = link {
+                server.inner.origins.lock().seen(&link.node, link.generation);
                 server.apply_link_remote(&name, link);
             }
         }

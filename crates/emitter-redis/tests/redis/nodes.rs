@@ -912,3 +912,53 @@ async fn already_linked_on_another_node_is_refused_before_authenticate() {
     assert_eq!(carol.link("carol", None).await, Err("rejected by app".to_owned()));
     assert_eq!(asked.load(Ordering::SeqCst), 1);
 }
+
+/// The messages `server` has dropped from its connections for want of a valid lease.
+fn fenced_received(server: &Server) -> u64 {
+    let metrics = server.metrics_text();
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with("krmx_cluster_fenced_messages_total{at=\"received\"}"));
+    line.and_then(|line| line.rsplit(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_runs_out_by_its_own_clock_takes_no_message_even_before_it_closes() {
+    let redis = redis_or_skip!();
+    let server = Server::new();
+    server.on_message(|u, message| {
+        let _ = u.server().send(u.username(), message);
+    });
+    let lease = Duration::from_millis(1000);
+    let a = start_node_with(&redis, "clock", "a", Options { lease, ..options() }, server).await;
+    let mut alice = RawClient::link_and_settle(a.port, "alice").await;
+    let say = |n: u64| json!({"type": "app/say", "payload": n});
+    alice.send(say(0)).await;
+    alice.recv_until(&say(0)).await;
+    // Redis sleeps longer than the lease: the renewals wait, the keeper gives up a whole lease after the last one was
+    // sent, and the node's own clock says the lease is over a fifth of a lease before that. In between, the node
+    // still has its connections and must not speak for them.
+    let mut admin = redis.admin();
+    let sleeper = std::thread::spawn(move || {
+        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg("3").query(&mut admin).unwrap();
+    });
+    let deadline = Instant::now() + emitter_testing::TIMEOUT;
+    let mut sent = 0;
+    while fenced_received(&a.server) == 0 {
+        assert!(Instant::now() < deadline, "no message was dropped for want of a lease");
+        sent += 1;
+        alice.send(say(sent)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The message that found the lease over got no echo; nor did any after it (the connection closes soon after).
+    let mut echoed = 0;
+    while let Some(frame) = alice.try_recv().await {
+        if frame["type"] == "app/say" {
+            echoed = frame["payload"].as_u64().unwrap_or(0);
+        }
+    }
+    assert!(echoed < sent, "message {sent} was dropped yet echoed");
+    sleeper.join().unwrap();
+}

@@ -910,10 +910,12 @@ impl ClusterHost {
             .then(|| server.inner.connections.get(ConnectionId(addr.connection)))
             .flatten();
         if let Some(connection) = here {
-            // This node's connection, waiting for the link's answer: the link was made while the node fell behind.
+            // This node's connection, waiting for this user's link (see `apply_linked`): the link was made while the
+            // node fell behind.
             let waited = {
                 let mut state = connection.state.lock();
-                let waited = matches!(state.role, Role::Linking { .. }) && !state.closing;
+                let waited =
+                    matches!(&state.role, Role::Linking { deciding: Some(name), .. } if name == user) && !state.closing;
                 if waited {
                     state.role = Role::Unlinked;
                 }
@@ -929,7 +931,10 @@ impl ClusterHost {
         }
         server.apply_link_remote(user, addr.clone());
         if sequencer.owns(addr) {
-            // A link to a connection of ours that is gone (or moved on): nobody can use it, so undo it.
+            // This node made the link (its entry's listeners are this node's), for a connection that is gone, was
+            // told it was rejected, or moved on: its listeners run as for any link entry of ours, and it is undone,
+            // as `apply_entry` does.
+            server.emit_membership(Membership::Link, user);
             server.submit_later(sequencer, vec![Change::unlink_connection(user, addr.connection)], || {});
         }
     }

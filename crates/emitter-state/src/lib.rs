@@ -83,5 +83,7 @@ pub use error::Error;
 pub use handlers::Outcome;
 pub use projection::{Projection, ProjectionModel};
 pub use stats::StateStats;
-pub use stream::{Entry, Stream, StreamModel, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY_BYTES};
+pub use stream::{
+    AtLimit, Entry, Stream, StreamModel, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY_BYTES, SNAPSHOT_DISPATCHER,
+};
 pub use value::Atom;

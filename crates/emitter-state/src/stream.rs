@@ -252,6 +252,13 @@ impl<S: Send + 'static> StreamModel<S> {
             self.at_limit != AtLimit::Compact || self.compaction.is_some(),
             "stream {domain}: AtLimit::Compact needs a snapshot event, given with StreamModel::compaction"
         );
+        if self.at_limit == AtLimit::Compact && self.max_events < 2 {
+            tracing::warn!(
+                domain,
+                max_events = self.max_events,
+                "a compacted history is its snapshot event alone, with no room for an event: every event will be refused"
+            );
+        }
         let queue = server.config().outbound_queue();
         if self.max_events >= queue {
             tracing::warn!(
@@ -424,7 +431,8 @@ impl<S: Send + 'static> StreamInner<S> {
             .with_mut(|log| {
                 let size = json_len(event);
                 if log.full(size, self.max_events, self.max_bytes) {
-                    if self.at_limit == AtLimit::Refuse {
+                    // An event larger than the whole history may be is refused without compacting for nothing.
+                    if self.at_limit == AtLimit::Refuse || size > self.max_bytes {
                         return Err(Error::Full);
                     }
                     self.compact(log)?;

@@ -352,6 +352,13 @@ impl<S> Log<S> {
     fn full(&self, size: usize, max_events: usize, max_bytes: usize) -> bool {
         self.history.len() >= max_events || self.bytes + size > max_bytes
     }
+
+    /// Replaces the history with one snapshot event of `size` bytes.
+    fn restart(&mut self, snapshot: Recorded, size: usize) {
+        self.history.clear();
+        self.history.push(snapshot);
+        self.bytes = size;
+    }
 }
 
 impl<S: Send + 'static> StreamInner<S> {
@@ -395,9 +402,7 @@ impl<S: Send + 'static> StreamInner<S> {
             return Err(Error::Full);
         }
         let dropped = log.history.len();
-        log.history.clear();
-        log.history.push(recorded);
-        log.bytes = size;
+        log.restart(recorded, size);
         tracing::debug!(domain = self.domain, dropped, bytes = size, "compacted the history");
         Ok(())
     }
@@ -647,9 +652,7 @@ impl<S: Send + 'static> Stream<S> {
                     return Err(Error::Full);
                 }
                 log.state = state;
-                log.history.clear();
-                log.history.push(recorded);
-                log.bytes = size;
+                log.restart(recorded, size);
                 let snapshot = &log.history[0];
                 let append = StreamAppendOut {
                     domain: &model.domain,

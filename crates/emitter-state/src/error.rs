@@ -42,11 +42,14 @@ pub enum Error {
     },
     /// A bound of the model was reached: a stream's history is full, or the atoms have as many keys as allowed.
     Full,
+    /// A stream was asked to compact or rotate, and its model has no snapshot event (see
+    /// [`StreamModel::compaction`](crate::StreamModel::compaction)).
+    NoSnapshot,
     /// The model was used from inside one of its own handlers, its mapper or a `with_state` closure, on the same
     /// thread. Waiting there would deadlock, so the call fails instead.
     Busy,
-    /// A projection could not be turned into JSON (`serde_json::to_value` failed: a map with keys that are not
-    /// strings, say).
+    /// A projection, or a stream's snapshot, could not be turned into JSON (`serde_json::to_value` failed: a map with
+    /// keys that are not strings, say).
     Projection {
         /// What serde said.
         reason: String,
@@ -61,6 +64,7 @@ impl fmt::Display for Error {
             Error::Rejected { kind, reason } => write!(f, "{kind} was rejected: {reason}"),
             Error::Panicked { kind } => write!(f, "{kind} panicked"),
             Error::Full => f.write_str("the model is full"),
+            Error::NoSnapshot => f.write_str("the stream has no snapshot event to compact into"),
             Error::Busy => f.write_str("the model was used from inside its own handler, mapper or with_state"),
             Error::Projection { reason } => write!(f, "the projection is not JSON: {reason}"),
         }

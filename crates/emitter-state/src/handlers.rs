@@ -88,6 +88,11 @@ impl<S> Handlers<S> {
         );
     }
 
+    /// Whether `kind` has a handler.
+    pub(crate) fn has(&self, kind: &str) -> bool {
+        self.by_kind.contains_key(kind)
+    }
+
     /// Applies the payload (JSON `null` when there is none) of a `kind` to `state` on behalf of `dispatcher`. A
     /// panicking handler is caught and reported as [`Error::Panicked`]; the state may then be half changed.
     pub(crate) fn apply(

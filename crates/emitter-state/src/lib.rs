@@ -7,7 +7,8 @@
 //! - [`AtomModel`] → [`Atoms`]: named strings, numbers and booleans that any user sets and everyone sees
 //!   (`atom/set`). For presence, settings, a cursor.
 //! - [`StreamModel`] → [`Stream`]: a state derived from a log of typed events that every client folds itself
-//!   (`stream/append`). For a shared log everyone may see in full: a chat, a board whose moves are public.
+//!   (`stream/append`). For a shared log everyone may see in full: a chat, a board whose moves are public. A
+//!   long-lived stream folds its log into one snapshot event at its bound ([`AtLimit::Compact`]).
 //! - [`ProjectionModel`] → [`Projection`]: a state only the server holds, and a projection of it per user, kept up to
 //!   date with deltas (`projection/set`, `projection/delta`, `projection/invalidate`). For hidden information: each
 //!   player sees their own hand.
@@ -83,5 +84,7 @@ pub use error::Error;
 pub use handlers::Outcome;
 pub use projection::{Projection, ProjectionModel};
 pub use stats::StateStats;
-pub use stream::{Entry, Stream, StreamModel, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY_BYTES};
+pub use stream::{
+    AtLimit, Entry, Stream, StreamModel, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY_BYTES, SNAPSHOT_DISPATCHER,
+};
 pub use value::Atom;

@@ -78,7 +78,7 @@ impl Counters {
             Err(Error::Rejected { .. }) => bump(&self.rejected),
             Err(Error::Panicked { .. }) => bump(&self.panicked),
             Err(Error::Full) => bump(&self.full),
-            Err(Error::Busy | Error::Projection { .. }) => {}
+            Err(Error::Busy | Error::Projection { .. } | Error::NoSnapshot) => {}
         }
     }
 

@@ -5,13 +5,18 @@
 //! the history and sent to every caught-up linked user, the sender included, with the sender's username as the
 //! dispatcher. A user who links gets the whole history, one `stream/append` per event, after its snapshot. Clients run
 //! the same handlers (in TypeScript) on the events in the order received, so every client's state equals the server's.
+//!
+//! A long-lived stream folds its history into one *snapshot* event when it is full (or when the app says so), so that
+//! it runs for ever in bounded memory: see [`StreamModel::compaction`] and [`AtLimit`].
 
 use std::collections::HashSet;
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use emitter_core::{Message, Server};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -28,6 +33,33 @@ use crate::{Error, StateStats};
 pub const DEFAULT_MAX_EVENTS: usize = 1_000;
 /// How many bytes of events (serialized) a stream's history holds by default: see [`StreamModel::max_history_bytes`].
 pub const DEFAULT_MAX_HISTORY_BYTES: usize = 16 << 20;
+/// The dispatcher of a snapshot event (see [`StreamModel::compaction`]). It is never a username under the default
+/// username rule (which wants a letter first), so a client can tell it from any user's event.
+pub const SNAPSHOT_DISPATCHER: &str = "@server";
+
+/// What a stream does with an event that its full history has no room for (see [`StreamModel::at_limit`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AtLimit {
+    /// The event is refused ([`Error::Full`]), and so is every later one: the history stays exactly what the clients
+    /// folded. The default, and the only choice for a stream without [`compaction`](StreamModel::compaction).
+    #[default]
+    Refuse,
+    /// The history is first compacted into one snapshot event of the state (see
+    /// [`compaction`](StreamModel::compaction)); then the event is handled as usual. Linked clients are sent nothing
+    /// for the compaction (their state is already that state); a client that links later gets the snapshot event and
+    /// the events after it. The stream accepts events for ever, in bounded memory.
+    Compact,
+}
+
+/// How a stream turns its state into the payload of a snapshot event.
+type Snapshot<S> = Box<dyn Fn(&S) -> Result<Value, serde_json::Error> + Send + Sync>;
+
+/// The snapshot event of a stream: its type, and how to make its payload.
+struct Compaction<S> {
+    kind: String,
+    snapshot: Snapshot<S>,
+}
 
 /// The definition of a stream: its initial state, a handler per event type, and the bounds of its history.
 ///
@@ -58,6 +90,8 @@ pub struct StreamModel<S> {
     handlers: Handlers<S>,
     max_events: usize,
     max_bytes: usize,
+    at_limit: AtLimit,
+    compaction: Option<Compaction<S>>,
 }
 
 impl<S> fmt::Debug for StreamModel<S> {
@@ -65,6 +99,8 @@ impl<S> fmt::Debug for StreamModel<S> {
         f.debug_struct("StreamModel")
             .field("max_events", &self.max_events)
             .field("max_history_bytes", &self.max_bytes)
+            .field("at_limit", &self.at_limit)
+            .field("snapshot", &self.compaction.as_ref().map(|compaction| &compaction.kind))
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +113,8 @@ impl<S: Send + 'static> StreamModel<S> {
             handlers: Handlers::default(),
             max_events: DEFAULT_MAX_EVENTS,
             max_bytes: DEFAULT_MAX_HISTORY_BYTES,
+            at_limit: AtLimit::Refuse,
+            compaction: None,
         }
     }
 
@@ -102,25 +140,88 @@ impl<S: Send + 'static> StreamModel<S> {
     ///
     /// # Panics
     ///
-    /// If `kind` has a handler already.
+    /// If `kind` has a handler already, or is the type of the snapshot event.
     pub fn when<T, O, F>(mut self, kind: &str, handler: F) -> Self
     where
         T: DeserializeOwned,
         O: Outcome,
         F: Fn(&mut S, &str, T) -> O + Send + Sync + 'static,
     {
+        assert!(
+            self.compaction
+                .as_ref()
+                .is_none_or(|compaction| compaction.kind != kind),
+            "type {kind} is the snapshot event's"
+        );
         self.handlers.add(kind, handler);
+        self
+    }
+
+    /// Lets the stream fold its history into one *snapshot event*: `{"type": kind, "payload": snapshot(&state)}`,
+    /// dispatched by [`SNAPSHOT_DISPATCHER`]. Compacting replaces the whole history with that one event, so the
+    /// history a linking user is sent is the snapshot and the events since. It happens when the history is full under
+    /// [`AtLimit::Compact`], and when the app calls [`Stream::compact`] or [`Stream::rotate`].
+    ///
+    /// The snapshot event is an ordinary `stream/append` on the wire, so a reference client (`@krmx/state`) takes it
+    /// as it is, provided its model has a handler of `kind` that makes its state from the payload: with `snapshot`
+    /// giving the state as the client holds it, `.when(kind, z.any(), (_state, _dispatcher, snapshot) => snapshot)`
+    /// (a handler that returns a value replaces the state). A client model without that handler ignores the event
+    /// (an unknown type) and would fold only the events after it: give every client model the handler before turning
+    /// compaction on. The server has no handler of `kind` (its state is already the snapshot's), so a client that
+    /// appends an event of that type is refused as [`Error::Unknown`].
+    ///
+    /// ```
+    /// use emitter_core::Server;
+    /// use emitter_state::{AtLimit, StreamModel};
+    ///
+    /// let server = Server::new();
+    /// let total = StreamModel::new(0_i64)
+    ///     .when("add", |total: &mut i64, _: &str, n: i64| *total += n)
+    ///     .compaction("snapshot", |total: &i64| *total) // the client's state is the number itself
+    ///     .at_limit(AtLimit::Compact)
+    ///     .register(&server, "total");
+    /// # drop(total);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `kind` has a handler (registered with [`when`](StreamModel::when)).
+    pub fn compaction<T, F>(mut self, kind: &str, snapshot: F) -> Self
+    where
+        T: Serialize,
+        F: Fn(&S) -> T + Send + Sync + 'static,
+    {
+        assert!(!self.handlers.has(kind), "type {kind} already has a handler");
+        self.compaction = Some(Compaction {
+            kind: kind.to_owned(),
+            snapshot: Box::new(move |state| serde_json::to_value(snapshot(state))),
+        });
+        self
+    }
+
+    /// What the stream does with an event that its full history (see [`max_events`](StreamModel::max_events) and
+    /// [`max_history_bytes`](StreamModel::max_history_bytes)) has no room for. Default [`AtLimit::Refuse`]: today's
+    /// behaviour, nothing sent to anyone, every later event refused too. [`AtLimit::Compact`] needs
+    /// [`compaction`](StreamModel::compaction): the history is folded into one snapshot event, and the event is then
+    /// handled as usual. Either way the history stays within its bounds.
+    ///
+    /// # Panics
+    ///
+    /// [`register`](StreamModel::register) panics for [`AtLimit::Compact`] on a model without
+    /// [`compaction`](StreamModel::compaction): a mistake in the model's definition, found when it is built.
+    pub fn at_limit(mut self, policy: AtLimit) -> Self {
+        self.at_limit = policy;
         self
     }
 
     /// How many events the history may hold (default [`DEFAULT_MAX_EVENTS`]).
     ///
-    /// The history is what a linking user is sent to rebuild the state, and the protocol has no message for a
-    /// snapshot that could stand in for the events before it: a client that missed the first events would fold a
-    /// different state. So a full history is never cut short; once it is full, new events are refused (logged at
-    /// warn and counted in [`StateStats::full`]; a client's optimistic copy of a refused event expires after its
-    /// `optimisticSeconds`). The reference's history grows without end. Size the bound for the longest session you
-    /// expect, or model the state as a [`ProjectionModel`](crate::ProjectionModel), whose catch-up is one message.
+    /// The history is what a linking user is sent to rebuild the state: a client that missed the first events would
+    /// fold a different state, so the history is never cut short. What happens once it is full is the
+    /// [`at_limit`](StreamModel::at_limit) policy's: by default new events are refused (logged at warn and counted in
+    /// [`StateStats::full`]; a client's optimistic copy of a refused event expires after its `optimisticSeconds`);
+    /// with [`AtLimit::Compact`] the history is folded into one snapshot event, and the stream goes on. The
+    /// reference's history grows without end. With compaction, keep the bound at 2 or more (the snapshot takes one).
     ///
     /// A linking user is sent the history one message per event, all at once, and a connection whose queue holds more
     /// than the server's `outbound_queue` (4,096 by default) is closed as a slow consumer. So keep the bound (with the
@@ -141,8 +242,23 @@ impl<S: Send + 'static> StreamModel<S> {
 
     /// Starts serving the stream on `server` as `domain`: its listeners are registered, and users linked already get
     /// the history (empty, unless the server appended events before).
+    ///
+    /// # Panics
+    ///
+    /// With [`AtLimit::Compact`] and no [`compaction`](StreamModel::compaction).
     pub fn register(self, server: &Server, domain: impl Into<String>) -> Stream<S> {
         let domain = domain.into();
+        assert!(
+            self.at_limit != AtLimit::Compact || self.compaction.is_some(),
+            "stream {domain}: AtLimit::Compact needs a snapshot event, given with StreamModel::compaction"
+        );
+        if self.at_limit == AtLimit::Compact && self.max_events < 2 {
+            tracing::warn!(
+                domain,
+                max_events = self.max_events,
+                "a compacted history is its snapshot event alone, with no room for an event: every event will be refused"
+            );
+        }
         let queue = server.config().outbound_queue();
         if self.max_events >= queue {
             tracing::warn!(
@@ -157,6 +273,8 @@ impl<S: Send + 'static> StreamModel<S> {
             handlers: self.handlers,
             max_events: self.max_events,
             max_bytes: self.max_bytes,
+            at_limit: self.at_limit,
+            compaction: self.compaction,
             log: Domain::new(Log {
                 state: self.initial,
                 history: Vec::new(),
@@ -223,11 +341,85 @@ struct StreamInner<S> {
     handlers: Handlers<S>,
     max_events: usize,
     max_bytes: usize,
+    at_limit: AtLimit,
+    compaction: Option<Compaction<S>>,
     log: Domain<Log<S>>,
     counters: Counters,
 }
 
+impl<S> Log<S> {
+    /// Whether the history has no room for one more event of `size` bytes.
+    fn full(&self, size: usize, max_events: usize, max_bytes: usize) -> bool {
+        self.history.len() >= max_events || self.bytes + size > max_bytes
+    }
+
+    /// Replaces the history with one snapshot event of `size` bytes.
+    fn restart(&mut self, snapshot: Recorded, size: usize) {
+        self.history.clear();
+        self.history.push(snapshot);
+        self.bytes = size;
+    }
+}
+
 impl<S: Send + 'static> StreamInner<S> {
+    /// The snapshot event of `state`, as recorded in a history. Fails without a snapshot event, and when the snapshot
+    /// panics or is not JSON.
+    fn snapshot(&self, state: &S) -> Result<(Recorded, usize), Error> {
+        let compaction = self.compaction.as_ref().ok_or(Error::NoSnapshot)?;
+        let payload = catch_unwind(AssertUnwindSafe(|| (compaction.snapshot)(state)))
+            .map_err(|_| Error::Panicked {
+                kind: compaction.kind.clone(),
+            })?
+            .map_err(|error| Error::Projection {
+                reason: error.to_string(),
+            })?;
+        let mut event = serde_json::Map::new();
+        event.insert("type".to_owned(), Value::String(compaction.kind.clone()));
+        event.insert("payload".to_owned(), payload);
+        let event = Value::Object(event);
+        let size = json_len(&event);
+        let recorded = Recorded {
+            entry: Entry {
+                dispatcher: SNAPSHOT_DISPATCHER.to_owned(),
+                event,
+            },
+            text: None,
+        };
+        Ok((recorded, size))
+    }
+
+    /// Replaces the history with the snapshot event of the state. Sends nothing: the caught-up users hold that state.
+    /// A snapshot larger than the history's bound in bytes is [`Error::Full`], and the history is left as it was.
+    fn compact(&self, log: &mut Log<S>) -> Result<(), Error> {
+        let (recorded, size) = self.snapshot(&log.state)?;
+        if size > self.max_bytes {
+            tracing::warn!(
+                domain = self.domain,
+                bytes = size,
+                max_bytes = self.max_bytes,
+                "the snapshot alone is larger than the history may be: not compacted"
+            );
+            return Err(Error::Full);
+        }
+        let dropped = log.history.len();
+        log.restart(recorded, size);
+        tracing::debug!(domain = self.domain, dropped, bytes = size, "compacted the history");
+        Ok(())
+    }
+
+    /// Sends `append` to every caught-up user; forgets those it could not reach (their next link starts over).
+    fn send_to(&self, server: &Server, audience: &mut HashSet<String>, append: &StreamAppendOut<'_>) {
+        // One send per caught-up user rather than a broadcast: a broadcast would also reach a user who linked a moment
+        // ago and whose catch-up, still to come, holds this event too.
+        audience.retain(|username| {
+            let sent = server.send_payload(username, wire::STREAM_APPEND, append);
+            if let Err(error) = &sent {
+                tracing::debug!(domain = self.domain, username, %error, "could not send an event");
+            }
+            sent.is_ok()
+        });
+    }
+
     /// Applies and, if it applies, records and sends one event; all with the log held, so that every user gets each
     /// event exactly once: in its catch-up if it linked before, live if after.
     fn append(
@@ -243,8 +435,16 @@ impl<S: Send + 'static> StreamInner<S> {
             .log
             .with_mut(|log| {
                 let size = json_len(event);
-                if log.history.len() >= self.max_events || log.bytes + size > self.max_bytes {
-                    return Err(Error::Full);
+                if log.full(size, self.max_events, self.max_bytes) {
+                    // An event larger than the whole history may be is refused without compacting for nothing.
+                    if self.at_limit == AtLimit::Refuse || size > self.max_bytes {
+                        return Err(Error::Full);
+                    }
+                    self.compact(log)?;
+                    // Still no room: the snapshot alone (nearly) fills the history.
+                    if log.full(size, self.max_events, self.max_bytes) {
+                        return Err(Error::Full);
+                    }
                 }
                 self.handlers.apply(&mut log.state, dispatcher, kind, payload)?;
                 log.history.push(Recorded {
@@ -260,15 +460,7 @@ impl<S: Send + 'static> StreamInner<S> {
                     dispatcher,
                     event: text.map_or(Echo::Value(event), Echo::Text),
                 };
-                // One send per caught-up user rather than a broadcast: a broadcast would also reach a user who linked a
-                // moment ago and whose catch-up, still to come, holds this event too.
-                log.audience.retain(|username| {
-                    let sent = server.send_payload(username, wire::STREAM_APPEND, &append);
-                    if let Err(error) = &sent {
-                        tracing::debug!(domain = self.domain, username, %error, "could not send an event");
-                    }
-                    sent.is_ok()
-                });
+                self.send_to(server, &mut log.audience, &append);
                 Ok(())
             })
             .and_then(|outcome| outcome);
@@ -286,6 +478,7 @@ impl<S: Send + 'static> StreamInner<S> {
                 kind,
                 max_events = self.max_events,
                 max_bytes = self.max_bytes,
+                at_limit = ?self.at_limit,
                 "an event was refused: the history is full"
             ),
             _ => {}
@@ -407,7 +600,73 @@ impl<S: Send + 'static> Stream<S> {
             .unwrap_or_default()
     }
 
-    /// How many events the history holds.
+    /// Folds the history into one snapshot event of the state now (see [`StreamModel::compaction`]), whatever the
+    /// [`at_limit`](StreamModel::at_limit) policy: at the end of a round, say, so that a user who links later is
+    /// sent one event instead of the round's. Linked users are sent nothing (they hold that state already).
+    ///
+    /// Fails, leaving the history as it was, with [`Error::NoSnapshot`] for a model without compaction; with
+    /// [`Error::Panicked`] or [`Error::Projection`] when the snapshot panics or is not JSON; with [`Error::Full`] when
+    /// the snapshot alone is larger than [`max_history_bytes`](StreamModel::max_history_bytes); with [`Error::Busy`]
+    /// from inside one of the stream's handlers.
+    pub fn compact(&self) -> Result<(), Error> {
+        self.model
+            .log
+            .with_mut(|log| self.model.compact(log))
+            .and_then(|outcome| outcome)
+    }
+
+    /// Starts the stream over from `state` (a new round, a new game): the history is replaced by the snapshot event
+    /// of `state` (see [`StreamModel::compaction`]), and that event is sent to every linked user, so that a client
+    /// that handles the snapshot type replaces its state with it; a user who links later gets the same one event.
+    /// Optimistic events a client has not had confirmed yet stay on top of the new state until they are, or expire.
+    ///
+    /// Fails, leaving the stream as it was, with [`Error::NoSnapshot`] for a model without compaction; with
+    /// [`Error::Panicked`] or [`Error::Projection`] when the snapshot panics or is not JSON; with [`Error::Full`] when
+    /// the snapshot is larger than [`max_history_bytes`](StreamModel::max_history_bytes); with [`Error::Busy`] from
+    /// inside one of the stream's handlers.
+    ///
+    /// ```
+    /// use emitter_core::{Message, Server};
+    /// use emitter_state::{StreamModel, SNAPSHOT_DISPATCHER};
+    ///
+    /// let server = Server::new();
+    /// let board = StreamModel::new(Vec::<u8>::new())
+    ///     .when("mark", |cells: &mut Vec<u8>, _: &str, cell: u8| cells.push(cell))
+    ///     .compaction("board", |cells: &Vec<u8>| cells.clone())
+    ///     .register(&server, "board");
+    /// board.append(&server, "alice", &Message::with_payload("mark", 4))?;
+    /// board.rotate(&server, Vec::new())?;
+    /// let history = board.history();
+    /// assert_eq!(history.len(), 1);
+    /// assert_eq!(history[0].dispatcher, SNAPSHOT_DISPATCHER);
+    /// assert_eq!(history[0].event, serde_json::json!({ "type": "board", "payload": [] }));
+    /// # Ok::<(), emitter_state::Error>(())
+    /// ```
+    pub fn rotate(&self, server: &Server, state: S) -> Result<(), Error> {
+        let model = &self.model;
+        model
+            .log
+            .with_mut(|log| {
+                let (recorded, size) = model.snapshot(&state)?;
+                if size > model.max_bytes {
+                    return Err(Error::Full);
+                }
+                log.state = state;
+                log.restart(recorded, size);
+                let snapshot = &log.history[0];
+                let append = StreamAppendOut {
+                    domain: &model.domain,
+                    dispatcher: SNAPSHOT_DISPATCHER,
+                    event: Echo::Value(&snapshot.entry.event),
+                };
+                model.send_to(server, &mut log.audience, &append);
+                tracing::debug!(domain = model.domain, bytes = size, "rotated the stream");
+                Ok(())
+            })
+            .and_then(|outcome| outcome)
+    }
+
+    /// How many events the history holds (a snapshot event included).
     pub fn len(&self) -> usize {
         self.model.log.with(|log| log.history.len()).unwrap_or_default()
     }

@@ -6,7 +6,7 @@ mod support;
 use std::sync::{Arc, OnceLock};
 
 use emitter_core::{Message, Server};
-use emitter_state::{Error, Stream, StreamModel};
+use emitter_state::{AtLimit, Error, Stream, StreamModel};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use support::{listening, Conn};
@@ -240,4 +240,219 @@ fn a_full_default_history_fits_a_linking_users_queue_on_a_default_server() {
     }
     let mut late = Conn::linked(&server, "late");
     assert_eq!(late.read_app().len(), emitter_state::DEFAULT_MAX_EVENTS);
+}
+
+// Long-lived streams: compaction and rotation.
+
+/// The counter with a snapshot event `snapshot` whose payload is the state as a client holds it.
+fn compacting() -> StreamModel<Counter> {
+    counter().compaction(
+        "snapshot",
+        |counter: &Counter| json!({"value": counter.value, "claimedBy": counter.claimed_by}),
+    )
+}
+
+/// What a client folds from the `stream/append`s it got: the counter's value, and who claimed it. A snapshot replaces
+/// the state, as the client's handler of `snapshot` does; the other events run the counter's rules.
+fn fold(events: &[(String, Value)]) -> (i64, Option<String>) {
+    let mut state = (0, None);
+    for (dispatcher, event) in events {
+        match event["type"].as_str() {
+            Some("snapshot") => {
+                assert_eq!(dispatcher, emitter_state::SNAPSHOT_DISPATCHER);
+                state = (
+                    event["payload"]["value"].as_i64().unwrap(),
+                    event["payload"]["claimedBy"].as_str().map(str::to_owned),
+                );
+            }
+            Some("claim") => {
+                state.1.get_or_insert_with(|| dispatcher.clone());
+            }
+            Some("increment") => state.0 += event["payload"]["by"].as_i64().unwrap(),
+            other => panic!("an unexpected event {other:?}"),
+        }
+    }
+    state
+}
+
+/// The events of `domain` a connection got, as (dispatcher, event), from its frames.
+fn events_of(frames: &[Value], domain: &str) -> Vec<(String, Value)> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "stream/append" && f["payload"]["domain"] == domain)
+        .map(|f| {
+            let payload = &f["payload"];
+            (
+                payload["dispatcher"].as_str().unwrap().to_owned(),
+                payload["event"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn at_the_limit_a_compacting_stream_folds_its_history_into_a_snapshot_and_goes_on() {
+    let (server, stream) = served(compacting().max_events(3).at_limit(AtLimit::Compact));
+    let mut alice = Conn::settled(&server, "alice");
+    alice.send(append("counter", "alice", json!({"type": "claim"})));
+    for by in 1..=10 {
+        alice.send(append("counter", "alice", increment(by)));
+    }
+    // Every event is accepted and echoed; nothing else is sent for the compactions (alice's state is already theirs).
+    let echoes = events_of(&alice.read_app(), "counter");
+    assert_eq!(echoes.len(), 11);
+    assert!(echoes.iter().all(|(dispatcher, _)| dispatcher == "alice"));
+    assert_eq!(fold(&echoes), (55, Some("alice".to_owned())));
+    let stats = stream.stats();
+    assert_eq!((stats.accepted, stats.full), (11, 0));
+
+    // The history: the snapshot, then the events since, never more than the bound.
+    let history = stream.history();
+    assert!(history.len() <= 3, "{history:?}");
+    assert_eq!(history[0].dispatcher, emitter_state::SNAPSHOT_DISPATCHER);
+    assert_eq!(history[0].event["type"], "snapshot");
+
+    // A user who links late folds the same state from a catch-up that fits the bound.
+    let mut bob = Conn::linked(&server, "bob");
+    let catch_up = events_of(&bob.read(), "counter");
+    assert_eq!(catch_up.len(), history.len());
+    assert_eq!(fold(&catch_up), (55, Some("alice".to_owned())));
+    // And the claim survived the compaction on the server too: bob may not increment alice's counter.
+    bob.send(append("counter", "bob", increment(1)));
+    assert_eq!(bob.read_app(), Vec::<Value>::new());
+    assert_eq!(stream.stats().rejected, 1);
+}
+
+#[test]
+fn the_default_policy_still_refuses_at_the_limit_even_with_a_snapshot_event() {
+    let (server, stream) = served(compacting().max_events(2));
+    for _ in 0..2 {
+        stream
+            .append(&server, "x", &Message::with_payload("increment", json!({"by": 1})))
+            .unwrap();
+    }
+    assert_eq!(
+        stream.append(&server, "x", &Message::with_payload("increment", json!({"by": 1}))),
+        Err(Error::Full)
+    );
+    assert_eq!(stream.len(), 2);
+    // Compacting on demand makes room.
+    stream.compact().unwrap();
+    assert_eq!(stream.len(), 1);
+    stream
+        .append(&server, "x", &Message::with_payload("increment", json!({"by": 1})))
+        .unwrap();
+    assert_eq!(stream.with_state(|c| c.value), Ok(3));
+}
+
+#[test]
+fn a_snapshot_that_alone_fills_the_bytes_bound_refuses_the_event() {
+    let huge = counter()
+        .compaction("snapshot", |_: &Counter| "x".repeat(200))
+        .max_history_bytes(100)
+        .at_limit(AtLimit::Compact);
+    let (server, stream) = served(huge);
+    let event = Message::with_payload("increment", json!({"by": 1})); // 36 bytes
+    stream.append(&server, "x", &event).unwrap();
+    stream.append(&server, "x", &event).unwrap();
+    assert_eq!(stream.append(&server, "x", &event), Err(Error::Full));
+    assert_eq!(stream.compact(), Err(Error::Full));
+    assert_eq!(stream.rotate(&server, Counter::default()), Err(Error::Full));
+    // Not compacted into a history over its bound: the history is as it was.
+    assert_eq!((stream.len(), stream.with_state(|c| c.value)), (2, Ok(2)));
+    assert_eq!(stream.stats().full, 1);
+}
+
+#[test]
+fn compact_and_rotate_need_a_snapshot_event() {
+    let (server, stream) = served(counter());
+    stream
+        .append(&server, "x", &Message::with_payload("increment", json!({"by": 1})))
+        .unwrap();
+    assert_eq!(stream.compact(), Err(Error::NoSnapshot));
+    assert_eq!(stream.rotate(&server, Counter::default()), Err(Error::NoSnapshot));
+    assert_eq!((stream.len(), stream.with_state(|c| c.value)), (1, Ok(1)));
+}
+
+#[test]
+#[should_panic(expected = "AtLimit::Compact needs a snapshot event")]
+fn compacting_at_the_limit_without_a_snapshot_event_is_a_definition_mistake() {
+    let _ = counter().at_limit(AtLimit::Compact).register(&listening(), "counter");
+}
+
+#[test]
+#[should_panic(expected = "type increment already has a handler")]
+fn the_snapshot_type_is_not_an_event_type_of_the_app() {
+    let _ = counter().compaction("increment", |c: &Counter| c.value);
+}
+
+#[test]
+fn a_client_cannot_append_a_snapshot_event() {
+    let (server, stream) = served(compacting());
+    let mut alice = Conn::settled(&server, "alice");
+    alice.send(append(
+        "counter",
+        "alice",
+        json!({"type": "snapshot", "payload": {"value": 1000, "claimedBy": null}}),
+    ));
+    assert_eq!(alice.read_app(), Vec::<Value>::new());
+    assert_eq!((stream.stats().unknown, stream.len()), (1, 0));
+}
+
+#[test]
+fn a_rotation_sends_the_new_state_to_linked_users_and_is_all_a_later_user_gets() {
+    let (server, stream) = served(compacting());
+    let mut alice = Conn::settled(&server, "alice");
+    alice.send(append("counter", "alice", json!({"type": "claim"})));
+    alice.send(append("counter", "alice", increment(7)));
+    let mut got = events_of(&alice.read_app(), "counter");
+
+    stream
+        .rotate(
+            &server,
+            Counter {
+                value: 100,
+                claimed_by: None,
+            },
+        )
+        .unwrap();
+    let rotation = events_of(&alice.read_app(), "counter");
+    assert_eq!(rotation.len(), 1);
+    assert_eq!(rotation[0].0, emitter_state::SNAPSHOT_DISPATCHER);
+    got.extend(rotation);
+    assert_eq!(fold(&got), (100, None));
+    assert_eq!(stream.with_state(|c| c.value), Ok(100));
+
+    // The rotated stream goes on; bob, linking later, gets the snapshot and what came after, and nothing twice.
+    alice.send(append("counter", "alice", increment(1)));
+    got.extend(events_of(&alice.read_app(), "counter"));
+    let mut bob = Conn::linked(&server, "bob");
+    let catch_up = events_of(&bob.read(), "counter");
+    assert_eq!(catch_up.len(), 2);
+    assert_eq!(fold(&catch_up), fold(&got));
+    assert_eq!(fold(&catch_up), (101, None));
+}
+
+#[test]
+fn a_panicking_snapshot_leaves_the_history_as_it_was() {
+    let server = listening();
+    let stream = StreamModel::new(0)
+        .when("tick", |n: &mut i32, _: &str, (): ()| *n += 1)
+        .compaction("snapshot", |n: &i32| -> i32 {
+            if *n > 1 {
+                panic!("a bug")
+            }
+            *n
+        })
+        .register(&server, "ticks");
+    for _ in 0..2 {
+        stream.append(&server, "x", &Message::new("tick")).unwrap();
+    }
+    assert_eq!(
+        stream.compact(),
+        Err(Error::Panicked {
+            kind: "snapshot".into()
+        })
+    );
+    assert_eq!(stream.len(), 2);
 }

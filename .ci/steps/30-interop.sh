@@ -19,12 +19,13 @@ echo "node $(node --version), npm $(npm --version 2>/dev/null)"
 (cd tests/interop && npm ci --no-audit --no-fund)
 
 # One cargo invocation for the binaries the tests run.
-cargo build -p example-conformance -p example-cards -p emitter-state --bins --example delta_cases
+cargo build -p example-conformance -p example-cards -p emitter-state --bins --example delta_cases --example compacting_stream
 target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 
 echo "--- @krmx/client against examples/conformance, emitter-state against jsondiffpatch and @krmx/state"
 (cd tests/interop && EMITTER_CONFORMANCE_BIN="$target_dir/debug/example-conformance" \
     EMITTER_DELTA_CASES_BIN="$target_dir/debug/examples/delta_cases" \
+    EMITTER_COMPACTING_STREAM_BIN="$target_dir/debug/examples/compacting_stream" \
     EMITTER_CARDS_BIN="$target_dir/debug/example-cards" node --test)
 
 echo "--- emitter-client against @krmx/server"

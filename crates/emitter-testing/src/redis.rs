@@ -202,6 +202,28 @@ fn signal(child: &Child, which: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill {which} {} failed", child.id());
+    if which == "-STOP" {
+        wait_until_stopped(child.id());
+    }
+}
+
+/// Waits until process `pid` is stopped. `kill -STOP` returns once the signal is sent and the process stops a moment
+/// later (on a loaded machine, long enough for it to answer a command or read a frame first): a test that counts on
+/// the pause waits for it.
+pub fn wait_until_stopped(pid: u32) {
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + crate::TIMEOUT;
+    // The state is the first field after the command name, which is in parentheses.
+    let stopped = || {
+        std::fs::read_to_string(&stat).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    };
+    while !stopped() {
+        assert!(Instant::now() < deadline, "process {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn spawn(binary: &PathBuf, port: u16, extra: &[String]) -> Child {

@@ -100,6 +100,9 @@ impl NodeProcess {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill {signal} failed");
+        if signal == "-STOP" {
+            emitter_testing::redis::wait_until_stopped(self.child.id());
+        }
     }
 }
 
@@ -538,7 +541,7 @@ async fn read_counting_stale(observer: &mut Observer, expected: &Value) -> usize
                 .as_str()
                 .is_some_and(|payload| payload.starts_with("stale-"))
         {
-            eprintln!("a stale connection's message was delivered: {frame}");
+            eprintln!("a stale connection's message was delivered (waiting for {expected}): {frame}");
             stale += 1;
         }
         if &frame == expected {

@@ -317,7 +317,11 @@ impl Server {
         if request.username.len() > MAX_USERNAME_BYTES || !config.is_valid_username(&request.username) {
             return self.reply_rejected(connection, &Rejection::InvalidUsername.to_string());
         }
-        let view_is_stale = self.sequencer().is_some() && !self.inner.metrics.lease_held();
+        // Without a valid lease (by the node's own clock, which runs out before the node has closed its connections
+        // and counted the lease lost) the view may be a cut-off node's: the cluster decides.
+        let view_is_stale = self
+            .sequencer()
+            .is_some_and(|sequencer| !sequencer.lease_valid() || !self.inner.metrics.lease_held());
         if let Some(reason) = self.link_refusal(&request.username, view_is_stale) {
             return self.reply_rejected(connection, &reason);
         }

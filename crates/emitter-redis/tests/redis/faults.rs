@@ -231,12 +231,7 @@ async fn a_killed_subscription_comes_back_and_the_log_fills_the_gap() {
     let mut submitted = 0u64;
     let mut unheard_round = false;
     for round in 0..20 {
-        let killed: u64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut admin)
-            .unwrap();
+        let killed: u64 = crate::support::kill_pubsub_clients(&mut admin);
         assert!(killed >= 1, "round {round}: a pub/sub client to kill");
         let before = subscribers(&mut admin);
         for i in 0..3 {

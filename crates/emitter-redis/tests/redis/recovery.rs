@@ -213,12 +213,7 @@ async fn sends_and_broadcasts_to_a_user_on_another_node_survive_a_pubsub_kill_in
     within(Duration::from_secs(30), "bob is a quarter through", halfway.notified()).await;
     let mut admin = redis.admin();
     set_maxclients(&mut admin, 1);
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut admin)
-        .unwrap();
+    let killed: u64 = crate::support::kill_pubsub_clients(&mut admin);
     assert!(killed >= 2, "every node's subscription killed: {killed}");
     for i in PER_SENDER / 2..PER_SENDER {
         send(json!({"s": 0, "i": i}));
@@ -310,12 +305,7 @@ async fn a_gap_past_the_window_is_counted_lost_and_nothing_comes_twice() {
     // No new connections: the subscription, once killed, cannot come back until this is undone.
     let mut admin = redis.admin();
     set_maxclients(&mut admin, 1);
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut admin)
-        .unwrap();
+    let killed: u64 = crate::support::kill_pubsub_clients(&mut admin);
     assert_eq!(killed, 1);
     for _ in 0..AWAY {
         a.publish_broadcast(&lease, 0, None, body()).unwrap();

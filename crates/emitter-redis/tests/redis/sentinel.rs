@@ -57,6 +57,11 @@ async fn agree(url: &str, a: &ForkNode, b: &ForkNode) -> Vec<(String, Option<Str
 /// Kills the primary with SIGKILL and waits until the sentinel has promoted the replica.
 async fn fail_over(primary: &mut RedisServer, replica: &RedisServer, sentinel: RedisSentinel) -> RedisSentinel {
     primary.kill();
+    promoted(replica, sentinel).await
+}
+
+/// Waits until the sentinel names `replica` the primary.
+async fn promoted(replica: &RedisServer, sentinel: RedisSentinel) -> RedisSentinel {
     let port = replica.port();
     tokio::task::spawn_blocking(move || {
         sentinel.wait_for_primary(port, FAILOVER);
@@ -118,13 +123,7 @@ async fn failover(lose_writes: bool) {
     let sentinel = if lose_writes {
         primary.kill();
         replica.resume();
-        let port = replica.port();
-        tokio::task::spawn_blocking(move || {
-            sentinel.wait_for_primary(port, FAILOVER);
-            sentinel
-        })
-        .await
-        .expect("waiting for the promotion")
+        promoted(&replica, sentinel).await
     } else {
         fail_over(&mut primary, &replica, sentinel).await
     };

@@ -61,3 +61,14 @@ pub fn lease_deadline(admin: &mut redis::Connection, name: &str, node: &str) -> 
         .expect("HGET nodes");
     value.and_then(|value| value.split(' ').nth(1).and_then(|deadline| deadline.parse().ok()))
 }
+
+/// Kills every pub/sub connection of the Redis `admin` is connected to (`CLIENT KILL TYPE pubsub`, what a proxy or an
+/// output-buffer limit does to a subscriber); returns how many there were.
+pub fn kill_pubsub_clients(admin: &mut redis::Connection) -> u64 {
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(admin)
+        .unwrap()
+}

@@ -27,7 +27,9 @@ cargo package --locked --allow-dirty "${packages[@]}"
 ls -l "${CARGO_TARGET_DIR:-target}"/package/*.crate
 # The MIT license asks for its notice in every copy: each crate carries the workspace's LICENSE (a link in its folder).
 for crate in emitter-listeners emitter-core emitter-axum emitter-client emitter-state emitter-redis; do
-    if ! tar -tzf "${CARGO_TARGET_DIR:-target}"/package/"$crate"-[0-9]*.crate | grep -q '/LICENSE$'; then
+    # The listing is read whole first: `grep -q` stops early, and tar's broken pipe would fail the pipeline.
+    listing="$(tar -tzf "${CARGO_TARGET_DIR:-target}"/package/"$crate"-[0-9]*.crate)"
+    if ! grep -q '/LICENSE$' <<<"$listing"; then
         echo "error: the $crate package has no LICENSE" >&2
         exit 1
     fi

@@ -483,6 +483,9 @@ impl Server {
                     server.inner.metrics.link.observe_duration(received.elapsed());
                     let last = entries.last().map_or(0, |entry| entry.seq);
                     server.apply_answer(entries).await;
+                    // Under the turn: an entry counts as applied (`applied`) just before it is, so a catch-up on
+                    // another thread may be applying this very link; the turn waits for it to finish.
+                    let _turn = server.turn();
                     if server.applied() >= last && server.stop_waiting(&connection, attempt) {
                         // Its entry was passed over by a rebuild from a snapshot (the node had fallen behind the
                         // log): whether the link still holds is unknown here, so the client starts afresh.

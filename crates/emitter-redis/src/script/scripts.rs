@@ -60,6 +60,11 @@ local function lease_of(node)
   return gen, tonumber(deadline), instance
 end
 
+-- Writes `node`'s lease: generation `gen`, until `deadline` (ms), held by `instance` (what lease_of reads back).
+local function hold(node, gen, deadline, instance)
+  redis.call('HSET', K_NODES, node, gen .. ' ' .. fmt(deadline) .. ' ' .. instance)
+end
+
 local function alive(node, gen, now)
   local g, deadline = lease_of(node)
   return g ~= nil and g == gen and deadline >= now
@@ -273,7 +278,7 @@ local held, deadline, holder = lease_of(node)
 if held and deadline >= now and holder ~= instance then return refused('in-use', fmt(deadline - now)) end
 local gen = fmt(redis.call('INCR', K_GEN))
 unlink_node(node, 'restarted', node)
-redis.call('HSET', K_NODES, node, gen .. ' ' .. fmt(now + ttl) .. ' ' .. instance)
+hold(node, gen, now + ttl, instance)
 return finish(gen)
 "#;
 
@@ -287,7 +292,7 @@ local node, gen, ttl, instance = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local now = now_ms()
 local _, _, holder = lease_of(node)
 if not alive(node, gen, now) or holder ~= instance then return refused('fenced') end
-redis.call('HSET', K_NODES, node, gen .. ' ' .. fmt(now + ttl) .. ' ' .. instance)
+hold(node, gen, now + ttl, instance)
 return finish()
 "#;
 

@@ -342,9 +342,15 @@ impl Inbox {
         self.spoken.retain(|origin, _| heard.contains_key(origin));
     }
 
-    /// How many origin generations it keeps a record of.
-    pub(crate) fn len(&self) -> usize {
-        self.heard.len()
+    /// [`Inbox::prune`] against the leases registered in Redis now, with a quiet time of two leases. Best effort: a
+    /// failed read leaves the records for the next call.
+    pub(crate) async fn prune_gone(&mut self, shared: &Shared, conn: &mut Conn) -> redis::RedisResult<()> {
+        if self.heard.is_empty() {
+            return Ok(());
+        }
+        let (_, _, nodes) = registered(shared, conn).await?;
+        self.prune(&nodes.into_iter().collect(), shared.options.lease * 2);
+        Ok(())
     }
 
     /// Counts `count` messages of `origin` as lost (when there are any) and says so.
@@ -460,11 +466,11 @@ mod tests {
         for pod in 0..50 {
             inbox.check(&message(&format!("pod-{pod}"), 1, 1, 1), true);
         }
-        assert_eq!(inbox.len(), 100);
+        assert_eq!(inbox.known().len(), 100);
         let leases = HashMap::from([("a".to_owned(), 50), ("pod-7".to_owned(), 1), ("pod-8".to_owned(), 2)]);
         // Just heard from: kept, whatever the leases say (their last messages may still be on the way).
         inbox.prune(&leases, Duration::from_secs(60));
-        assert_eq!(inbox.len(), 100);
+        assert_eq!(inbox.known().len(), 100);
         // Quiet long enough: only the generations that hold a lease, and are their node's newest, stay.
         inbox.prune(&leases, Duration::ZERO);
         let mut kept = inbox.known();

@@ -8,7 +8,6 @@
 //! log, and nothing published in between can be missed. Here the subscription is confirmed by Redis before
 //! [`Notification::Subscribed`] goes out, so reading the log on it closes every gap.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -345,31 +344,12 @@ impl Subscriber {
     }
 
     /// Reads the epoch and newest seq: announces a seq it had not announced, or a changed epoch.
-    /// Drops the inbox's records of origin generations that are over (see [`Inbox::prune`]): those whose lease is
-    /// gone or was taken by a newer generation, once quiet for two leases. Best effort: a failed read leaves them for
-    /// the next poll.
+    /// Drops the inbox's records of origin generations that are over (see [`Inbox::prune`]).
     async fn prune_inbox(&mut self) {
-        if self.inbox.len() == 0 {
-            return;
-        }
         let mut conn = self.conn.clone();
-        let leases: HashMap<String, String> = match redis::cmd("HGETALL")
-            .arg(self.shared.keys.nodes())
-            .query_async(&mut conn)
-            .await
-        {
-            Ok(leases) => leases,
-            Err(error) => {
-                tracing::debug!(cluster = self.shared.name, %error, "reading the leases failed");
-                return;
-            }
-        };
-        // `<generation> <deadline> <instance>`: the generation is the first word.
-        let leases = leases
-            .into_iter()
-            .filter_map(|(node, lease)| Some((node, lease.split(' ').next()?.parse().ok()?)))
-            .collect();
-        self.inbox.prune(&leases, self.shared.options.lease * 2);
+        if let Err(error) = self.inbox.prune_gone(&self.shared, &mut conn).await {
+            tracing::debug!(cluster = self.shared.name, %error, "reading the leases failed");
+        }
     }
 
     async fn poll(&mut self) -> Result<(), Gone> {

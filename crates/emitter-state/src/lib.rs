@@ -72,6 +72,7 @@ pub mod delta;
 mod domain;
 mod error;
 mod handlers;
+pub mod journal;
 mod projection;
 mod registration;
 mod stats;

@@ -167,11 +167,15 @@ fn event_text(payload: &RawValue) -> Option<&RawValue> {
     deserializer.deserialize_map(Event).ok()?
 }
 
-/// A `stream/append` from a client. Its `dispatcher` is not read: the dispatcher is whoever sent it.
+/// A `stream/append` from a client. Its `dispatcher` must be a string, as the reference's `isStreamAppendMessage`
+/// checks, but its value is not read: the dispatcher is whoever sent it.
 pub(crate) fn stream_append<'a>(message: &'a Message, domain: &str) -> Incoming<Typed<'a>> {
     let Some(payload) = in_domain(message, STREAM_APPEND, domain) else {
         return Incoming::NotOurs;
     };
+    if !payload.get("dispatcher").is_some_and(Value::is_string) {
+        return Incoming::Malformed("the dispatcher is not a string");
+    }
     match typed(payload.get("event")) {
         Some(event) => Incoming::Ours(Typed {
             // Kept by the server for this type (see `Stream::register`), to echo the members in the order sent: the
@@ -293,7 +297,7 @@ mod tests {
     fn an_append_needs_an_event_with_a_string_type_and_any_dispatcher_claim_will_do() {
         let ok = message(
             STREAM_APPEND,
-            json!({"domain": "d", "event": {"type": "t", "payload": 1}}),
+            json!({"domain": "d", "dispatcher": "someone else", "event": {"type": "t", "payload": 1}}),
         );
         assert!(matches!(
             stream_append(&ok, "d"),
@@ -301,6 +305,15 @@ mod tests {
         ));
         let bad = message(STREAM_APPEND, json!({"domain": "d", "dispatcher": "x", "event": "t"}));
         assert!(matches!(stream_append(&bad, "d"), Incoming::Malformed(_)));
+        // The reference's isStreamAppendMessage wants a string dispatcher, whose value the server then ignores.
+        for dispatcher in [None, Some(json!(null)), Some(json!(7))] {
+            let mut payload = json!({"domain": "d", "event": {"type": "t"}});
+            if let Some(dispatcher) = dispatcher {
+                payload["dispatcher"] = dispatcher;
+            }
+            let unclaimed = message(STREAM_APPEND, payload);
+            assert!(matches!(stream_append(&unclaimed, "d"), Incoming::Malformed(_)));
+        }
     }
 
     #[test]

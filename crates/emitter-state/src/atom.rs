@@ -5,7 +5,7 @@
 //! sender included. A user who links gets one `atom/set` per stored atom. Nothing else: no history, no validation
 //! beyond the type of the value, and the last set wins.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -95,7 +95,7 @@ impl AtomModel {
         }
         let model = Arc::new(AtomsModel {
             options: self,
-            atoms: Domain::new(BTreeMap::new()),
+            atoms: Domain::new(Held::default()),
             counters: Counters::default(),
         });
         let registration = Arc::new(Registration::new(server, model.clone()));
@@ -105,41 +105,63 @@ impl AtomModel {
 
 struct AtomsModel {
     options: AtomModel,
-    atoms: Domain<BTreeMap<String, Atom>>,
+    atoms: Domain<Held>,
     counters: Counters,
 }
 
+/// What the atoms' lock holds.
+#[derive(Default)]
+struct Held {
+    atoms: BTreeMap<String, Atom>,
+    /// The linked users that got the atoms since they linked; each set goes to them, and only to them.
+    audience: HashSet<String>,
+}
+
 impl AtomsModel {
-    /// Stores and sends to every linked user, with the atoms held: a user who links meanwhile gets either this
-    /// message or the new value in its catch-up (or both, which is harmless), never only the old value.
-    fn set(&self, server: &Server, atoms: &mut BTreeMap<String, Atom>, key: &str, atom: Atom) {
-        if let Err(error) = server.broadcast_payload(wire::ATOM_SET, &AtomSetOut { key, atom: &atom }, None) {
-            tracing::debug!(key, %error, "could not broadcast an atom");
-        }
-        atoms.insert(key.to_owned(), atom);
+    /// Stores and sends to every caught-up user, with the atoms held: a user who links meanwhile gets either this
+    /// message or the new value in its catch-up, exactly once.
+    fn set(&self, server: &Server, held: &mut Held, key: &str, atom: Atom) {
+        // One send per caught-up user rather than a broadcast: a broadcast would also reach a user who linked a moment
+        // ago and whose catch-up, still to come, holds this value too.
+        let out = AtomSetOut { key, atom: &atom };
+        held.audience.retain(|username| {
+            let sent = server.send_payload(username, wire::ATOM_SET, &out);
+            if let Err(error) = &sent {
+                // The connection is gone or going; its next link starts over.
+                tracing::debug!(username, key, %error, "could not send an atom");
+            }
+            sent.is_ok()
+        });
+        held.atoms.insert(key.to_owned(), atom);
         self.counters.accepted();
     }
 }
 
 impl Listeners for AtomsModel {
     fn link(&self, server: &Server, username: &str) {
-        let _ = self.atoms.with(|atoms| {
-            for (key, atom) in atoms {
+        let _ = self.atoms.with_mut(|held| {
+            for (key, atom) in &held.atoms {
                 if let Err(error) = server.send_payload(username, wire::ATOM_SET, &AtomSetOut { key, atom }) {
                     // The connection is gone or going; its next link starts over.
                     tracing::debug!(username, %error, "could not send the atoms");
-                    break;
+                    return;
                 }
             }
+            held.audience.insert(username.to_owned());
         });
     }
 
-    fn unlink(&self, _server: &Server, _username: &str) {}
+    fn unlink(&self, _server: &Server, username: &str) {
+        let _ = self.atoms.with_mut(|held| held.audience.remove(username));
+    }
 
-    fn leave(&self, server: &Server, _username: &str) {
-        if self.options.clear_when_empty && server.users().is_empty() {
-            let _ = self.atoms.with_mut(|atoms| atoms.clear());
-        }
+    fn leave(&self, server: &Server, username: &str) {
+        let _ = self.atoms.with_mut(|held| {
+            held.audience.remove(username);
+            if self.options.clear_when_empty && server.users().is_empty() {
+                held.atoms.clear();
+            }
+        });
     }
 
     fn message(&self, server: &Server, username: &str, message: &Message) {
@@ -151,8 +173,8 @@ impl Listeners for AtomsModel {
             self.counters.forbidden();
             return;
         }
-        let _ = self.atoms.with_mut(|atoms| {
-            if atoms.len() >= self.options.max_atoms && !atoms.contains_key(set.key) {
+        let _ = self.atoms.with_mut(|held| {
+            if held.atoms.len() >= self.options.max_atoms && !held.atoms.contains_key(set.key) {
                 tracing::warn!(
                     username,
                     key = set.key,
@@ -162,13 +184,12 @@ impl Listeners for AtomsModel {
                 self.counters.full();
                 return;
             }
-            self.set(server, atoms, set.key, set.atom);
+            self.set(server, held, set.key, set.atom);
         });
     }
 
-    fn caught_up(&self, _username: &str) -> bool {
-        // Sending the atoms twice is harmless: the last value wins.
-        false
+    fn caught_up(&self, username: &str) -> bool {
+        self.atoms.with(|held| held.audience.contains(username)).unwrap_or(false)
     }
 }
 
@@ -205,20 +226,20 @@ impl fmt::Debug for Atoms {
 impl Atoms {
     /// The atom of `key`, if it is set.
     pub fn get(&self, key: &str) -> Option<Atom> {
-        self.model.atoms.with(|atoms| atoms.get(key).cloned()).ok().flatten()
+        self.model.atoms.with(|held| held.atoms.get(key).cloned()).ok().flatten()
     }
 
     /// Every key, in order.
     pub fn keys(&self) -> Vec<String> {
         self.model
             .atoms
-            .with(|atoms| atoms.keys().cloned().collect())
+            .with(|held| held.atoms.keys().cloned().collect())
             .unwrap_or_default()
     }
 
     /// Every atom, by key.
     pub fn all(&self) -> BTreeMap<String, Atom> {
-        self.model.atoms.with(|atoms| atoms.clone()).unwrap_or_default()
+        self.model.atoms.with(|held| held.atoms.clone()).unwrap_or_default()
     }
 
     /// Runs `f` on the atoms, with them held: no atom is set meanwhile, and what `f` sends (a `server.send`) reaches
@@ -237,7 +258,7 @@ impl Atoms {
     /// assert!(atoms.with_atoms(|_| atoms.set(&server, "nested", 1)).unwrap().is_err()); // Busy
     /// ```
     pub fn with_atoms<R>(&self, f: impl FnOnce(&BTreeMap<String, Atom>) -> R) -> Result<R, Error> {
-        self.model.atoms.with(f)
+        self.model.atoms.with(|held| f(&held.atoms))
     }
 
     /// Sets `key` to `atom` and sends it to every linked user, as a client's `atom/set` would; neither the key rule
@@ -247,7 +268,7 @@ impl Atoms {
         let atom = atom.into();
         self.model
             .atoms
-            .with_mut(|atoms| self.model.set(server, atoms, key, atom))
+            .with_mut(|held| self.model.set(server, held, key, atom))
     }
 
     /// What the atoms applied and turned away so far.

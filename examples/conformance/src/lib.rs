@@ -9,7 +9,8 @@
 //! Each endpoint can be a node of a cluster on Redis ([`join_cluster`]): then any number of conformance processes form
 //! one server for the contract, and a client suite run against any one of them passes unchanged.
 //!
-//! The main endpoint's port also serves `GET /metrics` and `GET /health` ([`serve_main_server`]).
+//! The main endpoint's port also serves `GET /metrics` and `GET /health` ([`serve_main_server`]), and the main
+//! endpoint serves the state app: Krmx State's atoms, a stream and a projection ([`state`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,8 @@ use emitter_core::{AuthContext, AuthInfo, Error, Message, Server, ServerBuilder,
 use emitter_redis::{Cluster, Node, Options};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+
+pub mod state;
 
 /// How long async authentication may take before the link is rejected with `authentication timeout`.
 pub const AUTH_TIMEOUT: Duration = Duration::from_millis(500);
@@ -35,9 +38,17 @@ pub const ADMIN: &str = "admin";
 /// The `test/error` text for a kick, unlink or join whose payload is not a string.
 pub const NOT_A_USERNAME: &str = "payload must be a username string";
 
-/// The main endpoint's server: accepts new users. Not listening yet.
+/// The main endpoint's server: accepts new users, and serves the state app ([`state`]) beside the contract's custom
+/// messages. Not listening yet.
 pub fn build_main() -> Server {
-    with_contract(Server::builder())
+    build_main_with_state().0
+}
+
+/// [`build_main`], with the handles of its state app's models (to read their state from the server side).
+pub fn build_main_with_state() -> (Server, state::StateApp) {
+    let server = with_contract(state::settings(Server::builder()));
+    let app = state::register(&server);
+    (server, app)
 }
 
 /// The policy endpoint's grace period: an unlinked user leaves after it.

@@ -346,7 +346,9 @@ async fn relink_kick_join_and_leave_across_processes() {
 async fn alice_and_bob(redis: &RedisServer, lease_ms: u64) -> ([NodeProcess; 2], RawClient, RawClient) {
     let [one, two] = NodeProcess::start_all(redis, lease_ms);
     let mut alice = RawClient::link_and_settle(one.port, "alice").await;
-    let bob = RawClient::link_and_settle(two.port, "bob").await;
+    let mut bob = RawClient::link_and_settle(two.port, "bob").await;
+    // The main endpoint's state app catches bob up after his snapshot: its last message is the tally's.
+    bob.recv_type("projection/set").await;
     alice.recv_until(&linked("bob")).await;
     ([one, two], alice, bob)
 }

@@ -106,6 +106,66 @@ impl Endpoints {
     }
 }
 
+/// A raw client of the contract. The main endpoint also serves the state app (the README's *State* section), whose
+/// catch-up follows every link there; the contract's clients ignore the state app's messages, as the state app
+/// ignores theirs, so this client skips them (`tests/state.rs` checks them).
+struct Client(RawClient);
+
+/// The types of the state app's messages.
+const STATE_TYPES: [&str; 4] = ["atom/set", "stream/append", "projection/set", "projection/delta"];
+
+impl Receive for Client {
+    async fn try_recv(&mut self) -> Option<Value> {
+        loop {
+            let frame = self.0.try_recv().await?;
+            if !STATE_TYPES.iter().any(|kind| frame["type"] == *kind) {
+                return Some(frame);
+            }
+        }
+    }
+
+    fn name(&self) -> String {
+        self.0.name()
+    }
+}
+
+impl std::ops::Deref for Client {
+    type Target = RawClient;
+    fn deref(&self) -> &RawClient {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut RawClient {
+        &mut self.0
+    }
+}
+
+impl Client {
+    async fn connect(port: u16) -> Client {
+        Client(RawClient::connect(port).await)
+    }
+
+    /// Connects, links, and reads the snapshot up to the user's own `krmx/linked`, and on the main endpoint the state
+    /// app's catch-up up to its last message (the tally's `projection/set`): nothing is left to read.
+    async fn link_and_settle(port: u16, username: &str) -> Client {
+        let mut client = RawClient::link_and_settle(port, username).await;
+        // The catch-up of an empty state app is the tally's projection/set alone.
+        let catch_up = client.recv().await;
+        assert_eq!(catch_up["type"], "projection/set", "{username}: {catch_up}");
+        Client(client)
+    }
+
+    /// [`RawClient::link_pair`], each catch-up read: two users with nothing left to read.
+    async fn link_pair(port: u16, first: &str, second: &str) -> (Client, Client) {
+        let mut one = Client::link_and_settle(port, first).await;
+        let two = Client::link_and_settle(port, second).await;
+        one.expect_all(&[joined(second), linked(second)]).await;
+        (one, two)
+    }
+}
+
 fn reply(kind: &str, payload: Value) -> Value {
     json!({"type": kind, "payload": payload})
 }
@@ -118,14 +178,14 @@ fn user(username: &str, is_linked: bool) -> Value {
 
 /// Connects and asks to link; returns the client and the link answer: `Ok` when accepted, `Err(reason)` when
 /// rejected.
-async fn try_link(port: u16, username: &str, auth: Option<&str>) -> (RawClient, Result<(), String>) {
-    let mut client = RawClient::connect(port).await;
+async fn try_link(port: u16, username: &str, auth: Option<&str>) -> (Client, Result<(), String>) {
+    let mut client = Client::connect(port).await;
     let answer = client.link(username, auth).await;
     (client, answer)
 }
 
 /// Sends `test/users` and returns the list.
-async fn test_users(client: &mut RawClient) -> Value {
+async fn test_users(client: &mut Client) -> Value {
     client.send(json!({"type": "test/users"})).await;
     let got = client.recv().await;
     assert_eq!(got["type"], "test/users", "{:?}: {got}", client.username);
@@ -187,7 +247,8 @@ async fn closed_has_admin_joined_at_start() {
 #[tokio::test]
 async fn closed_lets_a_user_joined_server_side_link() {
     let endpoints = start().await;
-    let mut admin = RawClient::link_and_settle(endpoints.closed_port, "admin").await;
+    // The closed endpoint has no state app: nothing follows the snapshot.
+    let mut admin = Client(RawClient::link_and_settle(endpoints.closed_port, "admin").await);
     admin.send(json!({"type": "test/join", "payload": "guest"})).await;
     admin
         .expect_all(&[joined("guest"), reply("test/joined-ok", json!("guest"))])
@@ -252,7 +313,7 @@ async fn rule_2_report_is_new_tells_whether_the_user_is_new() {
     let (_c, answer) = try_link(endpoints.closed_port, "admin", Some("report-is-new")).await;
     assert_eq!(answer, Err("isNewUser=false".to_owned()));
 
-    let mut lisa = RawClient::link_and_settle(endpoints.main_port, "lisa").await;
+    let mut lisa = Client::link_and_settle(endpoints.main_port, "lisa").await;
     lisa.send(json!({"type": "test/join", "payload": "bob"})).await;
     lisa.expect_all(&[joined("bob"), reply("test/joined-ok", json!("bob"))])
         .await;
@@ -287,7 +348,7 @@ async fn rule_4_slow_is_accepted_after_200_ms() {
 #[tokio::test]
 async fn rule_5_late_times_out_and_is_never_linked() {
     let endpoints = start().await;
-    let mut watcher = RawClient::link_and_settle(endpoints.main_port, "watcher").await;
+    let mut watcher = Client::link_and_settle(endpoints.main_port, "watcher").await;
 
     let started = Instant::now();
     let (mut late, answer) = try_link(endpoints.main_port, "latecomer", None).await;
@@ -337,7 +398,7 @@ async fn rule_7_fail_is_rejected_with_the_error() {
 #[tokio::test]
 async fn echo_replies_to_the_sender_with_the_payload() {
     let endpoints = start().await;
-    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
+    let (mut simon, mut lisa) = Client::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon
         .send(json!({"type": "test/echo", "payload": {"a": [1, "two"]}}))
@@ -361,7 +422,7 @@ async fn echo_replies_to_the_sender_with_the_payload() {
 #[tokio::test]
 async fn broadcast_reaches_everyone_the_sender_included() {
     let endpoints = start().await;
-    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
+    let (mut simon, mut lisa) = Client::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon.send(json!({"type": "test/broadcast", "payload": {"n": 1}})).await;
     let expected = reply("test/broadcasted", json!({"from": "simon", "payload": {"n": 1}}));
@@ -378,7 +439,7 @@ async fn broadcast_reaches_everyone_the_sender_included() {
 #[tokio::test]
 async fn broadcast_skip_reaches_everyone_but_the_sender() {
     let endpoints = start().await;
-    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
+    let (mut simon, mut lisa) = Client::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon
         .send(json!({"type": "test/broadcast-skip", "payload": "hi"}))
@@ -397,7 +458,7 @@ async fn broadcast_skip_reaches_everyone_but_the_sender() {
 #[tokio::test]
 async fn kick_a_linked_user_then_reply() {
     let endpoints = start().await;
-    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
+    let (mut simon, mut lisa) = Client::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon.send(json!({"type": "test/kick", "payload": "lisa"})).await;
     simon
@@ -413,7 +474,7 @@ async fn kick_a_linked_user_then_reply() {
 #[tokio::test]
 async fn kick_an_unlinked_user_then_reply() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
+    let mut simon = Client::link_and_settle(endpoints.main_port, "simon").await;
     simon.send(json!({"type": "test/join", "payload": "bob"})).await;
     simon
         .expect_all(&[joined("bob"), reply("test/joined-ok", json!("bob"))])
@@ -428,7 +489,7 @@ async fn kick_an_unlinked_user_then_reply() {
 #[tokio::test]
 async fn kick_yourself_gets_no_reply() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
+    let mut simon = Client::link_and_settle(endpoints.main_port, "simon").await;
     simon.send(json!({"type": "test/kick", "payload": "simon"})).await;
     simon.expect_all(&[unlinked("simon"), left("simon")]).await;
     // No `test/kicked-ok`: the next message is the answer to a new link request.
@@ -440,7 +501,7 @@ async fn kick_yourself_gets_no_reply() {
 #[tokio::test]
 async fn kick_errors() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
+    let mut simon = Client::link_and_settle(endpoints.main_port, "simon").await;
     simon.send(json!({"type": "test/kick", "payload": "nobody"})).await;
     simon
         .expect_all(&[error("cannot kick a user that does not exist")])
@@ -455,7 +516,7 @@ async fn kick_errors() {
 #[tokio::test]
 async fn unlink_a_linked_user_then_reply() {
     let endpoints = start().await;
-    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
+    let (mut simon, mut lisa) = Client::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon.send(json!({"type": "test/unlink", "payload": "lisa"})).await;
     simon
@@ -475,7 +536,7 @@ async fn unlink_a_linked_user_then_reply() {
 #[tokio::test]
 async fn unlink_yourself_gets_no_reply() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
+    let mut simon = Client::link_and_settle(endpoints.main_port, "simon").await;
     simon.send(json!({"type": "test/unlink", "payload": "simon"})).await;
     simon.expect_all(&[unlinked("simon")]).await;
     // No `test/unlinked-ok`: the next message is the answer to a new link request.
@@ -487,7 +548,7 @@ async fn unlink_yourself_gets_no_reply() {
 #[tokio::test]
 async fn unlink_errors() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
+    let mut simon = Client::link_and_settle(endpoints.main_port, "simon").await;
     simon.send(json!({"type": "test/unlink", "payload": "nobody"})).await;
     simon
         .expect_all(&[error("cannot unlink a connection from a user that does not exist")])
@@ -508,7 +569,7 @@ async fn unlink_errors() {
 #[tokio::test]
 async fn join_tells_everyone_then_replies() {
     let endpoints = start().await;
-    let (mut simon, mut lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
+    let (mut simon, mut lisa) = Client::link_pair(endpoints.main_port, "simon", "lisa").await;
 
     simon.send(json!({"type": "test/join", "payload": "bob"})).await;
     simon
@@ -525,7 +586,7 @@ async fn join_tells_everyone_then_replies() {
 #[tokio::test]
 async fn join_errors() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
+    let mut simon = Client::link_and_settle(endpoints.main_port, "simon").await;
     simon.send(json!({"type": "test/join", "payload": "simon"})).await;
     simon
         .expect_all(&[error("cannot join a user that already exist")])
@@ -546,7 +607,7 @@ async fn join_errors() {
 #[tokio::test]
 async fn users_lists_everyone_in_join_order() {
     let endpoints = start().await;
-    let (mut simon, lisa) = RawClient::link_pair(endpoints.main_port, "simon", "lisa").await;
+    let (mut simon, lisa) = Client::link_pair(endpoints.main_port, "simon", "lisa").await;
     simon.send(json!({"type": "test/join", "payload": "bob"})).await;
     simon
         .expect_all(&[joined("bob"), reply("test/joined-ok", json!("bob"))])
@@ -566,7 +627,7 @@ async fn users_lists_everyone_in_join_order() {
 #[tokio::test]
 async fn other_types_are_ignored_and_the_sender_stays_linked() {
     let endpoints = start().await;
-    let mut simon = RawClient::link_and_settle(endpoints.main_port, "simon").await;
+    let mut simon = Client::link_and_settle(endpoints.main_port, "simon").await;
     simon.send(json!({"type": "test/unknown", "payload": 1})).await;
     simon.send(json!({"type": "chat/message", "payload": "hi"})).await;
     simon.send(json!({"type": "test/echoed"})).await;

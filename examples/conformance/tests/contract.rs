@@ -112,7 +112,13 @@ impl Endpoints {
 struct Client(RawClient);
 
 /// The types of the state app's messages.
-const STATE_TYPES: [&str; 4] = ["atom/set", "stream/append", "projection/set", "projection/delta"];
+const STATE_TYPES: [&str; 5] = [
+    "atom/set",
+    "stream/append",
+    "projection/set",
+    "projection/delta",
+    "projection/invalidate",
+];
 
 impl Receive for Client {
     async fn try_recv(&mut self) -> Option<Value> {

@@ -183,15 +183,32 @@ async function startProxy(targetPort) {
   };
 }
 
-/** A raw WebSocket that records every message, to send link requests the reference client cannot. */
-async function rawSocket(url) {
+/**
+ * The types of the messages of the conformance server's state app (examples/conformance, its README's State section),
+ * which serves on the main endpoint beside the Krmx contract: a link there is followed by the state app's catch-up.
+ */
+const STATE_TYPES = new Set(['atom/set', 'stream/append', 'projection/set', 'projection/delta', 'projection/invalidate']);
+
+/** Whether `message` is one of the conformance server's state app's (see STATE_TYPES). */
+const isStateMessage = (message) => STATE_TYPES.has(message?.type);
+
+/**
+ * A raw WebSocket that records every message, to send link requests the reference client cannot. With `ignore`, the
+ * messages for which it returns true are neither recorded nor returned (a test of the Krmx contract on the main
+ * endpoint passes `isStateMessage`, as a client of that contract ignores the state app).
+ */
+async function rawSocket(url, { ignore = () => false } = {}) {
   const socket = new WebSocket(url);
   const received = [];
   const log = [];
   const waiters = [];
   socket.on('message', (data) => {
-    received.push(JSON.parse(data.toString()));
-    log.push(received[received.length - 1]);
+    const message = JSON.parse(data.toString());
+    if (ignore(message)) {
+      return;
+    }
+    received.push(message);
+    log.push(message);
     waiters.splice(0).forEach((wake) => wake());
   });
   await within('a raw socket to open', new Promise((resolve, reject) => {
@@ -281,5 +298,5 @@ function conformanceWithClients() {
 }
 
 module.exports = {
-  within, seen, seenAfter, startConformance, conformanceWithClients, startCards, startKrmxServer, startProxy, rawSocket, clientPool, deltaCasesBinary, ROOT,
+  within, seen, seenAfter, isStateMessage, startConformance, conformanceWithClients, startCards, startKrmxServer, startProxy, rawSocket, clientPool, deltaCasesBinary, ROOT,
 };

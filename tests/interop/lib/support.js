@@ -98,12 +98,13 @@ async function startCards(seed = 1) {
 }
 
 /**
- * Starts examples/conformance on free ports. Resolves with `{ main, closed, policy, stop }`: the `ws://` URLs of its
- * main, closed and policy endpoints, and a function that stops it.
+ * Starts examples/conformance on free ports, with `env` added to its environment (`REDIS_URL`, `NODE_ID`… for a node of
+ * a cluster). Resolves with `{ main, closed, policy, stop }`: the `ws://` URLs of its main, closed and policy endpoints,
+ * and a function that stops it.
  */
-async function startConformance() {
+async function startConformance(env = {}) {
   const child = spawn(conformanceBinary(), [], {
-    env: { ...process.env, PORT: '0', CLOSED_PORT: '0', POLICY_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn', RUST_BACKTRACE: '0' },
+    env: { ...process.env, ...env, PORT: '0', CLOSED_PORT: '0', POLICY_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn', RUST_BACKTRACE: '0' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const exited = new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`conformance server exited (${code})`))));

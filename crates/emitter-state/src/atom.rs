@@ -189,7 +189,9 @@ impl Listeners for AtomsModel {
     }
 
     fn caught_up(&self, username: &str) -> bool {
-        self.atoms.with(|held| held.audience.contains(username)).unwrap_or(false)
+        self.atoms
+            .with(|held| held.audience.contains(username))
+            .unwrap_or(false)
     }
 }
 
@@ -226,7 +228,11 @@ impl fmt::Debug for Atoms {
 impl Atoms {
     /// The atom of `key`, if it is set.
     pub fn get(&self, key: &str) -> Option<Atom> {
-        self.model.atoms.with(|held| held.atoms.get(key).cloned()).ok().flatten()
+        self.model
+            .atoms
+            .with(|held| held.atoms.get(key).cloned())
+            .ok()
+            .flatten()
     }
 
     /// Every key, in order.

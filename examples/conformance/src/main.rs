@@ -2,7 +2,8 @@
 //! 8788) and the policy one on `POLICY_PORT` (default 8789), all at path `/`, on `HOST` (default 127.0.0.1: a test
 //! server stays on loopback unless asked), until Ctrl-C or SIGTERM.
 //!
-//! The main endpoint's port also answers `GET /metrics` (Prometheus) and `GET /health`.
+//! The main endpoint's port also answers `GET /metrics` (Prometheus) and `GET /health`, and the main endpoint serves
+//! the state app (Krmx State's atoms, stream `counter` and projection `tally`; see the README's State section).
 //!
 //! With `REDIS_URL` set, the endpoints are nodes of clusters on that Redis: `KRMX_CLUSTER` (default `conformance`)
 //! for the main one, `<KRMX_CLUSTER>-closed` and `<KRMX_CLUSTER>-policy` for the others, as node `NODE_ID` (default

@@ -101,21 +101,27 @@ pub fn register(server: &Server) -> StateApp {
         .max_atoms(MAX_ATOMS)
         .register(server);
     let counter = StreamModel::new(Counter::default())
-        .when("increment", |counter: &mut Counter, _: &str, payload: Map<String, Value>| {
-            let by = amount(&payload, "by")?;
-            counter.count += by;
-            Ok::<(), String>(())
-        })
+        .when(
+            "increment",
+            |counter: &mut Counter, _: &str, payload: Map<String, Value>| {
+                let by = amount(&payload, "by")?;
+                counter.count += by;
+                Ok::<(), String>(())
+            },
+        )
         .max_events(MAX_EVENTS)
         .max_history_bytes(MAX_HISTORY_BYTES)
         .register(server, COUNTER);
     let tally = ProjectionModel::new(Tally::default(), |tally: &Tally, username: &str| tally.view(username))
-        .when("add", |tally: &mut Tally, dispatcher: &str, payload: Map<String, Value>| {
-            let n = amount(&payload, "n")?;
-            tally.total += n;
-            *tally.by.entry(dispatcher.to_owned()).or_default() += n;
-            Ok::<(), String>(())
-        })
+        .when(
+            "add",
+            |tally: &mut Tally, dispatcher: &str, payload: Map<String, Value>| {
+                let n = amount(&payload, "n")?;
+                tally.total += n;
+                *tally.by.entry(dispatcher.to_owned()).or_default() += n;
+                Ok::<(), String>(())
+            },
+        )
         .register(server, TALLY);
     StateApp { atoms, counter, tally }
 }
@@ -145,7 +151,15 @@ mod tests {
         for ok in [json!(1), json!(100), json!(3.0), json!(1e2)] {
             assert!(amount(&payload(json!({ "by": ok })), "by").is_ok(), "{ok}");
         }
-        for bad in [json!(0), json!(101), json!(-1), json!(2.5), json!("3"), json!(null), json!(true)] {
+        for bad in [
+            json!(0),
+            json!(101),
+            json!(-1),
+            json!(2.5),
+            json!("3"),
+            json!(null),
+            json!(true),
+        ] {
             assert!(amount(&payload(json!({ "by": bad })), "by").is_err(), "{bad}");
         }
         assert!(amount(&payload(json!({ "n": 3 })), "by").is_err());

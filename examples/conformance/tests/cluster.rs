@@ -342,7 +342,7 @@ async fn relink_kick_join_and_leave_across_processes() {
 }
 
 /// Two processes with a lease of `lease_ms`, alice linked on the first and bob on the second, once alice has seen bob
-/// link.
+/// link and bob has read his catch-up (nothing is left for him to read).
 async fn alice_and_bob(redis: &RedisServer, lease_ms: u64) -> ([NodeProcess; 2], RawClient, RawClient) {
     let [one, two] = NodeProcess::start_all(redis, lease_ms);
     let mut alice = RawClient::link_and_settle(one.port, "alice").await;

@@ -169,7 +169,11 @@ async fn an_atom_set_reaches_everyone_with_two_members_and_its_value_unchanged()
     assert_eq!(sync(&mut alice).await, sets);
     let to_bob = sync(&mut bob).await;
     assert_eq!(to_bob, sets);
-    assert!(to_bob[0]["payload"]["atom"].is_u64(), "42 stays an integer: {}", to_bob[0]);
+    assert!(
+        to_bob[0]["payload"]["atom"].is_u64(),
+        "42 stays an integer: {}",
+        to_bob[0]
+    );
     assert!(to_bob[1]["payload"]["atom"].is_f64());
 
     // The last set wins.
@@ -182,7 +186,12 @@ async fn an_atom_set_reaches_everyone_with_two_members_and_its_value_unchanged()
     let atoms: BTreeMap<String, Value> = catch_up
         .iter()
         .filter(|frame| frame["type"] == "atom/set")
-        .map(|frame| (frame["payload"]["key"].as_str().unwrap().to_owned(), frame["payload"]["atom"].clone()))
+        .map(|frame| {
+            (
+                frame["payload"]["key"].as_str().unwrap().to_owned(),
+                frame["payload"]["atom"].clone(),
+            )
+        })
         .collect();
     assert_eq!(catch_up.len(), sets.len() + 1, "{catch_up:?}");
     let expected: BTreeMap<String, Value> = [
@@ -206,10 +215,16 @@ async fn a_key_with_a_slash_is_only_its_prefix_users_to_set() {
     let (mut alice, _) = link(main.port, "alice").await;
     let (mut bob, _) = link(main.port, "bob").await;
     alice.recv_until(&linked("bob")).await;
-    for key in ["bob/x", "round", "alice/x", "bobby/x", "x/bob/y", "/bob", "bob/a/b", "Bob/x"] {
+    for key in [
+        "bob/x", "round", "alice/x", "bobby/x", "x/bob/y", "/bob", "bob/a/b", "Bob/x",
+    ] {
         bob.send(atom_set(key, json!(1))).await;
     }
-    let accepted = [atom_set("bob/x", json!(1)), atom_set("round", json!(1)), atom_set("bob/a/b", json!(1))];
+    let accepted = [
+        atom_set("bob/x", json!(1)),
+        atom_set("round", json!(1)),
+        atom_set("bob/a/b", json!(1)),
+    ];
     assert_eq!(sync(&mut bob).await, accepted);
     assert_eq!(sync(&mut alice).await, accepted);
     assert_eq!(main.app.atoms.keys(), ["bob/a/b", "bob/x", "round"]);
@@ -223,7 +238,9 @@ async fn atoms_are_never_cleared() {
     alice.send(atom_set("kept", json!(true))).await;
     assert_eq!(sync(&mut alice).await, [atom_set("kept", json!(true))]);
     alice.send(json!({"type": "krmx/leave"})).await;
-    alice.recv_until(&json!({"type": "krmx/left", "payload": {"username": "alice"}})).await;
+    alice
+        .recv_until(&json!({"type": "krmx/left", "payload": {"username": "alice"}}))
+        .await;
     assert!(main.server.users().is_empty());
 
     let (_bob, catch_up) = link(main.port, "bob").await;
@@ -296,7 +313,8 @@ async fn an_increment_is_echoed_to_everyone_exactly_as_received_by_its_sender() 
             r#"{{"payload":{{"event":{event},"dispatcher":"mallory","domain":"counter"}},"type":"stream/append"}}"#
         ))
         .await;
-    let echo = format!(r#"{{"type":"stream/append","payload":{{"domain":"counter","dispatcher":"alice","event":{event}}}}}"#);
+    let echo =
+        format!(r#"{{"type":"stream/append","payload":{{"domain":"counter","dispatcher":"alice","event":{event}}}}}"#);
     let mut alice_ws = alice.into_inner();
     assert_eq!(next_text(&mut alice_ws, r#"{"type":"stream/append""#).await, echo);
     // bob gets the same text; the raw client's parse of it is the same frame.
@@ -391,7 +409,10 @@ fn events(frames: &[Value]) -> Vec<(String, Value)> {
         .filter(|frame| frame["type"] == "stream/append")
         .map(|frame| {
             assert_eq!(frame["payload"]["domain"], COUNTER, "{frame}");
-            (frame["payload"]["dispatcher"].as_str().unwrap().to_owned(), frame["payload"]["event"].clone())
+            (
+                frame["payload"]["dispatcher"].as_str().unwrap().to_owned(),
+                frame["payload"]["event"].clone(),
+            )
         })
         .collect()
 }
@@ -426,7 +447,11 @@ async fn one_history_in_one_order_with_each_connections_events_in_the_order_sent
             .filter(|(dispatcher, _)| dispatcher == who)
             .map(|(_, event)| event["payload"]["seq"].clone())
             .collect();
-        assert_eq!(sent, (0..EACH).map(|seq| json!(seq)).collect::<Vec<_>>(), "{who}'s in the order sent");
+        assert_eq!(
+            sent,
+            (0..EACH).map(|seq| json!(seq)).collect::<Vec<_>>(),
+            "{who}'s in the order sent"
+        );
         assert!(seen_by_alice
             .iter()
             .all(|(dispatcher, event)| dispatcher != who || event["payload"]["by"] == by));
@@ -481,7 +506,12 @@ async fn an_add_gives_every_user_one_delta_and_only_the_dispatcher_its_id() {
     for (client, sees) in [(&mut bob, &mut bob_sees), (&mut ctor, &mut ctor_sees)] {
         let frames = sync(client).await;
         assert_eq!(frames.len(), 1, "{frames:?}");
-        assert_eq!(apply_delta(sees, &frames[0]), None, "no optimisticId member: {}", frames[0]);
+        assert_eq!(
+            apply_delta(sees, &frames[0]),
+            None,
+            "no optimisticId member: {}",
+            frames[0]
+        );
         assert_eq!(*sees, view(3, 0, 1));
     }
 
@@ -653,7 +683,9 @@ impl Session {
         for frame in frames {
             match frame["type"].as_str() {
                 Some("atom/set") => session.atoms.push(frame["payload"]["atom"].as_u64().unwrap()),
-                Some("stream/append") => session.seqs.push(frame["payload"]["event"]["payload"]["seq"].as_u64().unwrap()),
+                Some("stream/append") => session
+                    .seqs
+                    .push(frame["payload"]["event"]["payload"]["seq"].as_u64().unwrap()),
                 Some("projection/set") => {
                     assert!(projection.is_none(), "a second projection/set in a session: {frame}");
                     projection = Some(frame["payload"]["projection"].clone());
@@ -679,7 +711,11 @@ impl Session {
         let consecutive = |values: &[u64]| values.windows(2).all(|pair| pair[1] == pair[0] + 1);
         assert!(consecutive(&self.atoms), "atoms: {:?}", self.atoms);
         assert!(consecutive(&self.totals), "totals: {:?}", self.totals);
-        assert!(self.seqs.iter().copied().eq(0..self.seqs.len() as u64), "events: {:?}", self.seqs);
+        assert!(
+            self.seqs.iter().copied().eq(0..self.seqs.len() as u64),
+            "events: {:?}",
+            self.seqs
+        );
     }
 }
 
@@ -692,7 +728,8 @@ async fn a_user_relinking_while_others_change_things_gets_every_change_exactly_o
     let changes = tokio::spawn(async move {
         for i in 0..CHANGES {
             bob.send(atom_set("bob/n", json!(i))).await;
-            bob.send(append(json!({"type": "increment", "payload": {"by": 1, "seq": i}}))).await;
+            bob.send(append(json!({"type": "increment", "payload": {"by": 1, "seq": i}})))
+                .await;
             bob.send(add(json!(1), None)).await;
         }
         sync(&mut bob).await;

@@ -719,22 +719,9 @@ impl Session {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_user_relinking_while_others_change_things_gets_every_change_exactly_once() {
-    const CHANGES: u64 = 1_000;
-    let main = start().await;
-    let (mut bob, _) = link(main.port, "bob").await;
-    let port = main.port;
-    let changes = tokio::spawn(async move {
-        for i in 0..CHANGES {
-            bob.send(atom_set("bob/n", json!(i))).await;
-            bob.send(append(json!({"type": "increment", "payload": {"by": 1, "seq": i}})))
-                .await;
-            bob.send(add(json!(1), None)).await;
-        }
-        sync(&mut bob).await;
-        bob
-    });
+/// Links carol again and again, each session checked ([`Session::check`]), until `changes` (bob's task) has finished;
+/// returns her last session, which started once every change was made.
+async fn relink_until_done(port: u16, changes: &tokio::task::JoinHandle<RawClient>) -> Session {
     let mut carol = RawClient::link_as(port, "carol").await;
     let mut sessions = 0;
     loop {
@@ -747,18 +734,55 @@ async fn a_user_relinking_while_others_change_things_gets_every_change_exactly_o
         session.check();
         sessions += 1;
         if done {
-            // The last session started once every change was made: it holds them all.
-            assert_eq!(session.seqs.len() as u64, CHANGES);
-            assert_eq!(session.atoms.last(), Some(&(CHANGES - 1)));
-            assert_eq!(session.totals.last(), Some(&CHANGES));
-            break;
+            // Whether any session overlapped the changes depends on timing; the checks hold either way.
+            eprintln!("carol linked {sessions} times while bob made his changes");
+            return session;
         }
         // Nothing while unlinked: the link's answer is the next frame (the raw client checks it is).
         assert_eq!(carol.link("carol", None).await, Ok(()));
     }
-    // Whether any session overlapped the changes depends on timing; the checks above hold either way.
-    eprintln!("carol linked {sessions} times while bob made his changes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_relinking_while_others_change_things_gets_every_change_exactly_once() {
+    const CHANGES: u64 = 1_000;
+    let main = start().await;
+    let (mut bob, _) = link(main.port, "bob").await;
+    let changes = tokio::spawn(async move {
+        for i in 0..CHANGES {
+            bob.send(atom_set("bob/n", json!(i))).await;
+            bob.send(append(json!({"type": "increment", "payload": {"by": 1, "seq": i}})))
+                .await;
+            bob.send(add(json!(1), None)).await;
+        }
+        sync(&mut bob).await;
+        bob
+    });
+    let last = relink_until_done(main.port, &changes).await;
+    assert_eq!(last.seqs.len() as u64, CHANGES);
+    assert_eq!(last.atoms.last(), Some(&(CHANGES - 1)));
+    assert_eq!(last.totals.last(), Some(&CHANGES));
     changes.await.unwrap();
     assert_eq!(main.count(), CHANGES);
+    main.stop().await;
+}
+
+/// Atom sets alone, as fast as they come: a set made while a user links reaches it once, live or in its catch-up
+/// (a broadcast would reach it live *and* in the catch-up to come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_atom_set_while_a_user_links_reaches_it_exactly_once() {
+    const CHANGES: u64 = 20_000;
+    let main = start().await;
+    let (mut bob, _) = link(main.port, "bob").await;
+    let changes = tokio::spawn(async move {
+        for i in 0..CHANGES {
+            bob.send(atom_set("bob/n", json!(i))).await;
+        }
+        sync(&mut bob).await;
+        bob
+    });
+    let last = relink_until_done(main.port, &changes).await;
+    assert_eq!(last.atoms, [CHANGES - 1]);
+    changes.await.unwrap();
     main.stop().await;
 }

@@ -99,8 +99,8 @@ async function startCards(seed = 1) {
 
 /**
  * Starts examples/conformance on free ports, with `env` added to its environment (`REDIS_URL`, `NODE_ID`… for a node of
- * a cluster). Resolves with `{ main, closed, policy, stop }`: the `ws://` URLs of its main, closed and policy endpoints,
- * and a function that stops it.
+ * a cluster). Resolves with `{ main, closed, policy, stop, kill }`: the `ws://` URLs of its main, closed and policy
+ * endpoints, and functions that stop it (SIGTERM) and kill it (SIGKILL).
  */
 async function startConformance(env = {}) {
   const child = spawn(conformanceBinary(), [], {
@@ -123,11 +123,22 @@ async function startConformance(env = {}) {
     closed: `ws://127.0.0.1:${closedPort}/`,
     policy: `ws://127.0.0.1:${policyPort}/`,
     mainPort,
-    stop: () => new Promise((resolve) => {
-      child.once('exit', resolve);
-      child.kill('SIGTERM');
-    }),
+    stop: () => signal(child, 'SIGTERM'),
+    /** Kills the process with SIGKILL, as a crash would: no goodbye to its clients or to Redis. */
+    kill: () => signal(child, 'SIGKILL'),
   };
+}
+
+/** Sends `child` the signal `name`; resolves once it has exited (at once if it had already). */
+function signal(child, name) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      resolve();
+      return;
+    }
+    child.once('exit', resolve);
+    child.kill(name);
+  });
 }
 
 /** Starts the reference server (krmx-server.js, @krmx/server from npm) on a free port: `{ url, stop }`. */

@@ -2,7 +2,9 @@
 # Interop with the reference Krmx packages from npm, both ways, over loopback:
 #   1. the real @krmx/client against emitter's conformance server (tests/interop/test, Node's built-in test runner),
 #      emitter-state's JSON deltas against the real jsondiffpatch 0.5.0 (tests/interop/test/delta.test.js), and the
-#      real @krmx/state client models against emitter-state's models in examples/cards (tests/interop/test/state.test.js);
+#      real @krmx/state client models against emitter-state's models in examples/cards (tests/interop/test/state.test.js)
+#      and against the conformance server's state app (tests/interop/test/state-conformance.test.js; its cluster run,
+#      STATE_CLUSTER=1, is not part of CI yet);
 #   2. emitter-client against the real @krmx/server (crates/emitter-client/tests/interop_krmx_server.rs), with
 #      EMITTER_INTEROP=1 so that a missing npm install fails instead of skipping.
 # Installs Node.js from Debian if it is absent, and the npm packages from tests/interop/package-lock.json.

@@ -55,6 +55,9 @@ function tallyModel() {
   return model;
 }
 
+/** Resolves after `ms`: the pace of a client that dispatches in a loop (nothing waits on it for a result). */
+const pause = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
 /** A free loopback port. */
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -219,7 +222,7 @@ function contract(target) {
     const ps = await Promise.all(names.map((name, i) => stateClient(name, pool).link(nodeFor(i))));
     let ids = 0;
     const invalidatesExpected = new Map(names.map((name) => [name, 0]));
-    const play = async (p, i, round) => {
+    const play = (p, i, round) => {
       const by = 1 + ((round * 7 + i * 13) % 100);
       const n = 1 + ((round * 11 + i * 5) % 100);
       assert.equal(p.counter.dispatch({ type: 'increment', payload: { by } }), true);
@@ -240,16 +243,19 @@ function contract(target) {
         invalidatesExpected.set(p.username, invalidatesExpected.get(p.username) + 1);
       }
     };
-    for (let round = 0; round < ROUNDS; round += 1) {
-      ps.forEach((p, i) => play(p, i, round));
-      if (round === Math.floor(ROUNDS / 2)) {
-        // bob unlinks while the others go on, and links again on the next node.
-        const bob = ps[1];
-        await within('bob unlinks', bob.client.unlink());
-        await within('bob disconnects', bob.client.disconnect());
-        ps[1] = await stateClient('bob', pool).link(nodeFor(2));
+    // Each client dispatches in a loop of its own, all at once; halfway, bob unlinks while the others go on, and links
+    // again on the next node.
+    await Promise.all(ps.map(async (_, i) => {
+      for (let round = 0; round < ROUNDS; round += 1) {
+        play(ps[i], i, round);
+        if (i === 1 && round === Math.floor(ROUNDS / 2)) {
+          await within('bob unlinks', ps[i].client.unlink());
+          await within('bob disconnects', ps[i].client.disconnect());
+          ps[i] = await stateClient('bob', pool).link(nodeFor(2));
+        }
+        await pause(1);
       }
-    }
+    }));
     await converged(ps, made);
     for (const p of ps.filter((q) => q.username !== 'bob')) {
       assert.equal(p.tally.counts.invalidates, invalidatesExpected.get(p.username), `${p.username}: one invalidate per refused id`);
@@ -285,9 +291,6 @@ function contract(target) {
     assert.deepEqual([...fresh.seen.atoms].sort(), [...carol.seen.atoms].sort());
   });
 }
-
-/** Resolves after `ms`: the pace of a client that dispatches in a loop (nothing waits on it for a result). */
-const pause = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
 /** Links `p` on `url`, again while the server says its user is still linked (on a killed node, until its lease ends). */
 async function linkWithin(p, url, ms) {

@@ -218,6 +218,7 @@
 mod chain;
 mod changes;
 mod cluster;
+pub mod journal;
 mod lease;
 mod node;
 mod script;

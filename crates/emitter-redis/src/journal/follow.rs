@@ -35,7 +35,8 @@ pub(super) async fn follow(ctx: Arc<Ctx>, domain: Arc<Domain>) {
                         tracing::error!(domain = keys.domain, error, "the model could not load the domain's state")
                     }
                 },
-                Ok(None) => more = true,
+                // Trimmed under the read (a new checkpoint): again, after a pause in case it lasts.
+                Ok(None) => tracing::debug!(domain = keys.domain, "the log moved while loading: loading again"),
                 Err(error) => tracing::warn!(domain = keys.domain, %error, "loading the domain failed"),
             },
             Replica::At(n) => match store::follow(&mut conn, keys, n).await {

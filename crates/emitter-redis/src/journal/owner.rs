@@ -102,7 +102,7 @@ async fn serve(ctx: &Arc<Ctx>, domain: &Arc<Domain>, conn: &mut Conn, gen: u64, 
         ctx.clone(),
         domain.keys.clone(),
         gen,
-        (clock.clone(), token),
+        (clock.clone(), token, sent),
         lost.clone(),
     )));
     domain.owning.store(true, Ordering::SeqCst);
@@ -116,13 +116,14 @@ async fn renew(
     ctx: Arc<Ctx>,
     keys: DomainKeys,
     gen: u64,
-    (clock, token): (Arc<LeaseClock>, u64),
+    (clock, token, claimed): (Arc<LeaseClock>, u64, Instant),
     lost: Arc<Notify>,
 ) {
     let mut conn = ctx.cluster.conn.clone();
     let lease = ctx.options.lease;
     let lease_ms = millis(lease);
-    let mut held_until = Instant::now() + lease - LeaseClock::margin(lease);
+    // As the clock: Redis started the lease no earlier than the claim was sent.
+    let mut held_until = claimed + lease - LeaseClock::margin(lease);
     loop {
         tokio::time::sleep((lease / 3).max(Duration::from_millis(1))).await;
         let sent = Instant::now();
@@ -164,12 +165,10 @@ async fn execute(
         }
         match store::load(conn, keys).await {
             Ok(Some(loaded)) => break loaded,
-            Ok(None) => continue,
-            Err(error) => {
-                tracing::warn!(domain = keys.domain, %error, "loading the domain as its owner failed");
-                tokio::time::sleep(poll).await;
-            }
+            Ok(None) => tracing::warn!(domain = keys.domain, "the log does not continue from head's checkpoint"),
+            Err(error) => tracing::warn!(domain = keys.domain, %error, "loading the domain as its owner failed"),
         }
+        tokio::time::sleep(poll).await;
     };
     if let Err(error) = domain.model.own(head.checkpoint.as_ref(), &after) {
         tracing::error!(domain = keys.domain, error, "the model could not take the domain's state as its owner");
@@ -203,6 +202,17 @@ async fn execute(
             .take(batch)
             .cloned()
             .collect();
+        if let Some(first) = pending.first() {
+            if handled > 0 && first.seq > handled + 1 && ctx.options.membership == MembershipSeqs::Cluster {
+                tracing::warn!(
+                    domain = keys.domain,
+                    handled,
+                    next = first.seq,
+                    "membership changes between the last one handled and the oldest this node remembers are not \
+                     executed (the ring is too short, or this node started after them)"
+                );
+            }
+        }
         let room = batch - pending.len();
         let inbox = if room == 0 {
             Vec::new()

@@ -469,3 +469,149 @@ async fn bad_domains_a_full_queue_and_a_closed_journal_are_refused() {
     assert!(matches!(journal.submit(DOMAIN, other), Err(JournalError::Unavailable(_))));
     assert!(matches!(journal.attach("later", model), Err(JournalError::Unavailable(_))));
 }
+
+/// A node in a process of its own: this test binary run again with only [`journal_child_process`] and
+/// `EMITTER_JOURNAL_CHILD` set. It says `owner` when it holds the domain's lease and `done` once all its own requests
+/// are committed; killing it with SIGKILL is killing a node.
+struct ChildNode {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+const CHILD_PREFIX: &str = "journal-child: ";
+
+impl ChildNode {
+    /// A child submitting `add 1 <name>-<k>` for k in 0..count, one every 2 ms.
+    fn spawn(redis: &RedisServer, cluster: &str, name: &str, count: u64) -> ChildNode {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+            .args(["journal::journal_child_process", "--exact", "--ignored", "--nocapture"])
+            .env("EMITTER_JOURNAL_CHILD", format!("{}|{cluster}|{name}|{count}", redis.url()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn a child node");
+        let stdout = child.stdout.take().expect("its stdout");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(said) = line.strip_prefix(CHILD_PREFIX) {
+                    let _ = send.send(said.to_owned());
+                }
+            }
+        });
+        ChildNode { child, lines }
+    }
+
+    /// Waits until the child says `what`, on a blocking thread's terms (bounded).
+    async fn expect(&self, what: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) if line == what => return,
+                Ok(_) => {}
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    assert!(Instant::now() < deadline, "the child never said {what:?}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => panic!("the child exited before saying {what:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "a child process of when_the_owner_process_is_killed…, which starts it"]
+fn journal_child_process() {
+    let Ok(config) = std::env::var("EMITTER_JOURNAL_CHILD") else {
+        return;
+    };
+    let parts: Vec<&str> = config.split('|').collect();
+    let [url, cluster, name, count] = parts[..] else {
+        panic!("EMITTER_JOURNAL_CHILD is url|cluster|name|count");
+    };
+    let count: u64 = count.parse().unwrap();
+    let say = |what: &str| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{CHILD_PREFIX}{what}");
+        let _ = out.flush();
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let journal = Arc::new(journal_for(url, cluster).await);
+        let model = Counter::new(true);
+        journal.attach(DOMAIN, model.clone()).unwrap();
+        journal.loaded(DOMAIN).await.unwrap();
+        let watcher = journal.clone();
+        tokio::spawn(async move {
+            loop {
+                if watcher.is_owner(DOMAIN) {
+                    say("owner");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        for k in 0..count {
+            add(&journal, name, 1, &format!("{name}-{k}"));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let last = format!("{name}-{}", count - 1);
+        while !model.ids().contains(&last) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        say("done");
+        std::future::pending::<()>().await;
+    });
+}
+
+async fn journal_for(url: &str, cluster: &str) -> RedisJournal {
+    RedisJournal::connect(url, cluster, options()).await.expect("connect")
+}
+
+#[tokio::test]
+async fn when_the_owner_process_is_killed_another_process_continues_and_no_committed_change_is_lost_or_doubled() {
+    let redis = redis_or_skip!();
+    let a = ChildNode::spawn(&redis, "killed", "a", 1_000);
+    a.expect("owner").await;
+    let b = ChildNode::spawn(&redis, "killed", "b", 300);
+    let (c, c_model) = node(&redis, "killed", options()).await;
+    let count_of = |model: &Counter, who: &str| model.ids().iter().filter(|id| id.starts_with(who)).count();
+    eventually("a's and b's requests are being committed", WAIT, || {
+        count_of(&c_model, "a-") >= 50 && count_of(&c_model, "b-") >= 20
+    })
+    .await;
+    drop(a); // SIGKILL, mid-stream: no release, requests in its queue and maybe a commit in flight
+    for k in 0..100 {
+        add(&c, "c", 1, &format!("c-{k}"));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    b.expect("done").await;
+    eventually("the survivors' requests are all committed", WAIT, || {
+        count_of(&c_model, "b-") == 300 && count_of(&c_model, "c-") == 100
+    })
+    .await;
+    let ids = c_model.ids();
+    assert_once_and_in_order(&ids);
+    // The killed node's committed requests are a prefix of what it sent.
+    let a_ids: Vec<&String> = ids.iter().filter(|id| id.starts_with("a-")).collect();
+    let expected: Vec<String> = (0..a_ids.len()).map(|k| format!("a-{k}")).collect();
+    assert_eq!(a_ids, expected.iter().collect::<Vec<_>>());
+    let totals: Vec<u64> = c_model.history().iter().map(|c| c["total"].as_u64().unwrap()).collect();
+    assert_eq!(totals, (1..=totals.len() as u64).collect::<Vec<u64>>(), "one history, continued by the new owner");
+    // The committed log in Redis is what every replica holds.
+    let log_len: u64 = redis::cmd("HGET")
+        .arg("emitter:{killed}:state/counter/head")
+        .arg("n")
+        .query(&mut redis.admin())
+        .unwrap();
+    assert_eq!(log_len, totals.len() as u64);
+}

@@ -32,7 +32,11 @@ pub(super) async fn follow(ctx: Arc<Ctx>, domain: Arc<Domain>) {
                         tracing::debug!(domain = keys.domain, n = head.n, "replica loaded");
                     }
                     Err(error) => {
-                        tracing::error!(domain = keys.domain, error, "the model could not load the domain's state")
+                        tracing::error!(
+                            domain = keys.domain,
+                            error,
+                            "the model could not load the domain's state"
+                        )
                     }
                 },
                 // Trimmed under the read (a new checkpoint): again, after a pause in case it lasts.
@@ -43,7 +47,12 @@ pub(super) async fn follow(ctx: Arc<Ctx>, domain: Arc<Domain>) {
                 Ok((head, changes)) => {
                     if head < n || (head > n && changes.first().is_none_or(|first| first.n != n + 1)) {
                         // Redis lost writes, or trimmed past this replica: start again from what it has.
-                        tracing::warn!(domain = keys.domain, n, head, "the log does not continue from the replica: loading it again");
+                        tracing::warn!(
+                            domain = keys.domain,
+                            n,
+                            head,
+                            "the log does not continue from the replica: loading it again"
+                        );
                         add(&ctx.counters.reloads, 1);
                         replica = Replica::Unloaded;
                         more = true;

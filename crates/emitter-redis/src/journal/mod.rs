@@ -209,6 +209,9 @@ struct Domain {
 
 type Domains = Arc<Mutex<HashMap<String, Arc<Domain>>>>;
 
+/// A request on its way to its domain's inbox: the domain and the request's JSON.
+type Queued = (Arc<Domain>, String);
+
 /// The Redis [`Journal`]: see the [module docs](self). Made by [`RedisJournal::connect`] (a process on its own, using
 /// Redis as its store) or [`Cluster::journal`] (a node of a cluster, sharing its connection). Dropping it stops its
 /// tasks at once without releasing its leases (as a crash would: another process takes over after a lease);
@@ -216,7 +219,7 @@ type Domains = Arc<Mutex<HashMap<String, Arc<Domain>>>>;
 pub struct RedisJournal {
     ctx: Arc<Ctx>,
     domains: Domains,
-    queue: Mutex<Option<mpsc::Sender<(Arc<Domain>, String)>>>,
+    queue: Mutex<Option<mpsc::Sender<Queued>>>,
     close: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
@@ -293,7 +296,10 @@ impl RedisJournal {
     /// The n of `domain`'s replica here (the last change applied), or `None` before it is loaded or if it is not
     /// attached.
     pub fn applied(&self, domain: &str) -> Option<u64> {
-        self.domains.lock().get(domain).and_then(|domain| *domain.applied.borrow())
+        self.domains
+            .lock()
+            .get(domain)
+            .and_then(|domain| *domain.applied.borrow())
     }
 
     /// Whether this process holds `domain`'s lease now.
@@ -371,10 +377,7 @@ impl Journal for RedisJournal {
             attached
         };
         let mut tasks = self.tasks.lock();
-        tasks.push(
-            self.runtime
-                .spawn(follow::follow(self.ctx.clone(), attached.clone())),
-        );
+        tasks.push(self.runtime.spawn(follow::follow(self.ctx.clone(), attached.clone())));
         tasks.push(self.runtime.spawn(owner::own(self.ctx.clone(), attached)));
         Ok(())
     }
@@ -422,7 +425,7 @@ const SEND_BATCH: usize = 256;
 
 /// Sends the queued requests in order, pipelining what has piled up, and tells the owners. Not sent again when a
 /// batch fails: it may have reached the inbox (see the module docs).
-async fn send_requests(ctx: Arc<Ctx>, mut requests: mpsc::Receiver<(Arc<Domain>, String)>) {
+async fn send_requests(ctx: Arc<Ctx>, mut requests: mpsc::Receiver<Queued>) {
     let mut conn = ctx.cluster.conn.clone();
     let mut batch = Vec::with_capacity(SEND_BATCH);
     while requests.recv_many(&mut batch, SEND_BATCH).await > 0 {
@@ -441,10 +444,7 @@ async fn send_requests(ctx: Arc<Ctx>, mut requests: mpsc::Receiver<(Arc<Domain>,
         }
         let channel = store::channel(ctx.cluster.name());
         for domain in told {
-            pipe.cmd("PUBLISH")
-                .arg(&channel)
-                .arg(format!("i {domain}"))
-                .ignore();
+            pipe.cmd("PUBLISH").arg(&channel).arg(format!("i {domain}")).ignore();
         }
         let count = batch.len() as u64;
         match pipe.query_async::<()>(&mut conn).await {

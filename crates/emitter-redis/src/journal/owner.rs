@@ -59,7 +59,11 @@ pub(super) async fn own(ctx: Arc<Ctx>, domain: Arc<Domain>) {
                     }
                     Ended::Lost => {
                         add(&ctx.counters.leases_lost, 1);
-                        tracing::warn!(domain = domain.keys.domain, generation = gen, "lost the domain's lease: stopped executing");
+                        tracing::warn!(
+                            domain = domain.keys.domain,
+                            generation = gen,
+                            "lost the domain's lease: stopped executing"
+                        );
                         domain.model.disown();
                         continue;
                     }
@@ -86,9 +90,15 @@ pub(super) async fn own(ctx: Arc<Ctx>, domain: Arc<Domain>) {
 
 async fn release(ctx: &Ctx, domain: &Domain, conn: &mut Conn, gen: u64) {
     match store::release(conn, &domain.keys, &ctx.token, gen).await {
-        Ok(true) => tracing::info!(domain = domain.keys.domain, generation = gen, "released the domain's lease"),
+        Ok(true) => tracing::info!(
+            domain = domain.keys.domain,
+            generation = gen,
+            "released the domain's lease"
+        ),
         Ok(false) => {}
-        Err(error) => tracing::warn!(domain = domain.keys.domain, %error, "releasing the domain's lease failed: it lapses"),
+        Err(error) => {
+            tracing::warn!(domain = domain.keys.domain, %error, "releasing the domain's lease failed: it lapses")
+        }
     }
 }
 
@@ -147,14 +157,7 @@ async fn renew(
 }
 
 /// Executes and commits until the lease is lost or the journal closes.
-async fn execute(
-    ctx: &Ctx,
-    domain: &Domain,
-    conn: &mut Conn,
-    gen: u64,
-    clock: &LeaseClock,
-    lost: &Notify,
-) -> Ended {
+async fn execute(ctx: &Ctx, domain: &Domain, conn: &mut Conn, gen: u64, clock: &LeaseClock, lost: &Notify) -> Ended {
     let keys = &domain.keys;
     let mut closing = ctx.closing.clone();
     let poll = ctx.options.poll_interval;
@@ -171,7 +174,11 @@ async fn execute(
         tokio::time::sleep(poll).await;
     };
     if let Err(error) = domain.model.own(head.checkpoint.as_ref(), &after) {
-        tracing::error!(domain = keys.domain, error, "the model could not take the domain's state as its owner");
+        tracing::error!(
+            domain = keys.domain,
+            error,
+            "the model could not take the domain's state as its owner"
+        );
         return Ended::Failed;
     }
     let source = match ctx.options.membership {
@@ -261,7 +268,11 @@ async fn execute(
                         changes.push(change.to_string());
                     }
                 }
-                None => tracing::warn!(domain = keys.domain, id, "an inbox entry that is not a request: skipped"),
+                None => tracing::warn!(
+                    domain = keys.domain,
+                    id,
+                    "an inbox entry that is not a request: skipped"
+                ),
             }
             cursor = id;
         }

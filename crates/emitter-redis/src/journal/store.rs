@@ -87,11 +87,7 @@ pub(super) async fn renew(conn: &mut Conn, keys: &DomainKeys, token: &str, gen: 
 
 pub(super) async fn release(conn: &mut Conn, keys: &DomainKeys, token: &str, gen: u64) -> Result<bool> {
     let mut invocation = keys.invocation(&scripts::RELEASE_SCRIPT);
-    invocation
-        .arg(token)
-        .arg(gen)
-        .arg(&keys.channel)
-        .arg(&keys.domain);
+    invocation.arg(token).arg(gen).arg(&keys.channel).arg(&keys.domain);
     let items = array(invocation.invoke_async(conn).await?)?;
     Ok(status(&items)? == "ok")
 }
@@ -318,7 +314,8 @@ fn parse_log(value: Value) -> Result<Vec<Committed>> {
                 .ok_or_else(|| malformed(&format!("log entry id {id}")))
                 .and_then(parse_u64)?;
             let change = field(&fields, "c").ok_or_else(|| malformed(&format!("log entry {n} has no change")))?;
-            let change = serde_json::from_str(&change).map_err(|error| malformed(&format!("log entry {n}: {error}")))?;
+            let change =
+                serde_json::from_str(&change).map_err(|error| malformed(&format!("log entry {n}: {error}")))?;
             Ok(Committed { n, change })
         })
         .collect()
@@ -355,7 +352,10 @@ fn array(value: Value) -> Result<Vec<Value>> {
 }
 
 fn status(items: &[Value]) -> Result<String> {
-    items.first().map(text).unwrap_or_else(|| Err(malformed("an empty reply")))
+    items
+        .first()
+        .map(text)
+        .unwrap_or_else(|| Err(malformed("an empty reply")))
 }
 
 fn text(value: &Value) -> Result<String> {

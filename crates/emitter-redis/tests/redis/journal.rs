@@ -86,7 +86,11 @@ impl JournalModel for Counter {
                     return None;
                 };
                 let k: u64 = k.parse().ok()?;
-                let total = state.iter().filter_map(|c| c.get("add").and_then(Value::as_u64)).sum::<u64>() + k;
+                let total = state
+                    .iter()
+                    .filter_map(|c| c.get("add").and_then(Value::as_u64))
+                    .sum::<u64>()
+                    + k;
                 json!({"id": id, "user": user, "add": k, "total": total})
             }
             Request::Membership { seq, change, user } => json!({"seq": seq, "change": change, "user": user}),
@@ -114,7 +118,9 @@ impl JournalModel for Counter {
 
     fn load(&self, checkpoint: Option<&Checkpoint>, after: &[Committed]) -> Result<(), String> {
         *self.replica.lock() = Counter::state_from(checkpoint, after)?;
-        self.calls.lock().push(format!("load {}", checkpoint.map_or(0, |c| c.n)));
+        self.calls
+            .lock()
+            .push(format!("load {}", checkpoint.map_or(0, |c| c.n)));
         Ok(())
     }
 
@@ -167,7 +173,10 @@ fn add(journal: &RedisJournal, user: &str, k: u64, id: &str) {
 async fn eventually(what: &str, limit: Duration, check: impl Fn() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -197,7 +206,10 @@ async fn one_owner_executes_what_every_node_submits_and_every_node_applies_it_in
     for _ in 0..3 {
         nodes.push(node(&redis, "order", options()).await);
     }
-    eventually("one node owns the domain", WAIT, || nodes.iter().any(|(j, _)| j.is_owner(DOMAIN))).await;
+    eventually("one node owns the domain", WAIT, || {
+        nodes.iter().any(|(j, _)| j.is_owner(DOMAIN))
+    })
+    .await;
     for round in 0..40 {
         for (i, (journal, _)) in nodes.iter().enumerate() {
             add(journal, &format!("u{i}"), 1, &format!("n{i}-{round}"));
@@ -206,7 +218,10 @@ async fn one_owner_executes_what_every_node_submits_and_every_node_applies_it_in
         assert_eq!(owners, 1, "one owner at a time");
     }
     for (journal, model) in &nodes {
-        eventually("every node applied all 120 changes", WAIT, || model.history().len() == 120).await;
+        eventually("every node applied all 120 changes", WAIT, || {
+            model.history().len() == 120
+        })
+        .await;
         assert_eq!(journal.applied(DOMAIN), Some(120));
     }
     let first = nodes[0].1.history();
@@ -230,7 +245,10 @@ async fn when_the_owner_dies_another_node_takes_over_and_nothing_is_lost_or_doub
     for _ in 0..3 {
         nodes.push(node(&redis, "handover", options()).await);
     }
-    eventually("one node owns the domain", WAIT, || nodes.iter().any(|(j, _)| j.is_owner(DOMAIN))).await;
+    eventually("one node owns the domain", WAIT, || {
+        nodes.iter().any(|(j, _)| j.is_owner(DOMAIN))
+    })
+    .await;
     let owner = nodes.iter().position(|(j, _)| j.is_owner(DOMAIN)).unwrap();
     let (dead, dead_model) = nodes.remove(owner);
     for k in 0..20 {
@@ -248,19 +266,37 @@ async fn when_the_owner_dies_another_node_takes_over_and_nothing_is_lost_or_doub
             add(journal, &format!("u{i}"), 1, &format!("s{i}-{k}"));
         }
     }
-    eventually("a survivor owns the domain", WAIT, || nodes.iter().any(|(j, _)| j.is_owner(DOMAIN))).await;
+    eventually("a survivor owns the domain", WAIT, || {
+        nodes.iter().any(|(j, _)| j.is_owner(DOMAIN))
+    })
+    .await;
     for (_, model) in &nodes {
-        eventually("every survivor applied all 100 changes", WAIT, || model.history().len() == 100).await;
+        eventually("every survivor applied all 100 changes", WAIT, || {
+            model.history().len() == 100
+        })
+        .await;
     }
     assert_eq!(nodes[0].1.history(), nodes[1].1.history());
     let ids = nodes[0].1.ids();
     assert_once_and_in_order(&ids);
     for k in 0..20 {
-        assert!(ids.contains(&format!("dead-{k}")), "the dead owner's request dead-{k} was executed");
+        assert!(
+            ids.contains(&format!("dead-{k}")),
+            "the dead owner's request dead-{k} was executed"
+        );
     }
     assert!(before <= 100);
-    let totals: Vec<u64> = nodes[0].1.history().iter().map(|c| c["total"].as_u64().unwrap()).collect();
-    assert_eq!(totals, (1..=100).collect::<Vec<u64>>(), "the new owner continued from the committed state");
+    let totals: Vec<u64> = nodes[0]
+        .1
+        .history()
+        .iter()
+        .map(|c| c["total"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        totals,
+        (1..=100).collect::<Vec<u64>>(),
+        "the new owner continued from the committed state"
+    );
 }
 
 /// A node on a runtime of its own, on one thread: blocking its model (in `checkpoint`) pauses everything it does, its
@@ -278,7 +314,10 @@ impl PausableNode {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (url, cluster) = (redis.url(), cluster.to_owned());
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 let journal = Arc::new(RedisJournal::connect(&url, &cluster, options()).await.unwrap());
                 let model = Counter::new(false);
@@ -332,19 +371,28 @@ async fn a_paused_owner_whose_lease_lapsed_is_fenced() {
     let b_go = b.pause_before_commit();
     add(&b.journal, "u", 1, "a-1");
     eventually("p paused with a-1 executed", WAIT, || p.paused()).await;
-    eventually("b took the lapsed lease and paused with a-1 executed", WAIT, || b.paused()).await;
+    eventually("b took the lapsed lease and paused with a-1 executed", WAIT, || {
+        b.paused()
+    })
+    .await;
     assert!(b.journal.is_owner(DOMAIN));
 
     p_go.send(()).unwrap();
     eventually("p's commit was refused", WAIT, || p.journal.stats().leases_lost == 1).await;
-    eventually("p disowned", WAIT, || p.model.calls().last().map(String::as_str) == Some("disown")).await;
+    eventually("p disowned", WAIT, || {
+        p.model.calls().last().map(String::as_str) == Some("disown")
+    })
+    .await;
     assert_eq!(p.journal.stats().commits, 1, "p committed a-0 only");
     assert_eq!(p.model.ids(), ["a-0"]);
 
     b_go.send(()).unwrap();
     add(&b.journal, "u", 1, "a-2");
     for node in [&p, &b] {
-        eventually("every node applied b's commits", WAIT, || node.model.ids() == ["a-0", "a-1", "a-2"]).await;
+        eventually("every node applied b's commits", WAIT, || {
+            node.model.ids() == ["a-0", "a-1", "a-2"]
+        })
+        .await;
     }
     assert_eq!(b.journal.stats().leases_lost, 0);
     let totals: Vec<u64> = b.model.history().iter().map(|c| c["total"].as_u64().unwrap()).collect();
@@ -367,33 +415,55 @@ async fn a_restarted_process_resumes_from_what_it_committed() {
     for k in 0..10 {
         add(&first, "u", 1, &format!("r-{k}"));
     }
-    eventually("the first run committed ten changes", WAIT, || model.history().len() == 10).await;
+    eventually("the first run committed ten changes", WAIT, || {
+        model.history().len() == 10
+    })
+    .await;
     model.checkpoints.store(false, std::sync::atomic::Ordering::SeqCst);
     first.membership(DOMAIN, 1, MembershipChange::Join, "u");
-    eventually("the first run committed everything", WAIT, || model.history().len() == 11).await;
+    eventually("the first run committed everything", WAIT, || {
+        model.history().len() == 11
+    })
+    .await;
     first.close().await;
     assert_eq!(model.calls().last().map(String::as_str), Some("disown"));
     assert!(matches!(
-        first.submit(DOMAIN, Request::Message { user: "u".into(), text: "add 1 x-0".into() }),
+        first.submit(
+            DOMAIN,
+            Request::Message {
+                user: "u".into(),
+                text: "add 1 x-0".into()
+            }
+        ),
         Err(JournalError::Unavailable(_))
     ));
     let log_len: u64 = redis::cmd("XLEN")
         .arg("emitter:{store}:state/counter/log")
         .query(&mut redis.admin())
         .unwrap();
-    assert!(log_len < 11, "the log was trimmed below the checkpoint ({log_len} entries)");
+    assert!(
+        log_len < 11,
+        "the log was trimmed below the checkpoint ({log_len} entries)"
+    );
 
     // Second run: same keys, a fresh model; the lease was released, so it owns at once.
     let second = journal(&redis, "store", options.clone()).await;
     let resumed = Counter::new(false);
     second.attach(DOMAIN, resumed.clone()).unwrap();
     second.loaded(DOMAIN).await.unwrap();
-    assert_eq!(resumed.history(), model.history(), "the replica resumed from the checkpoint and the log");
+    assert_eq!(
+        resumed.history(),
+        model.history(),
+        "the replica resumed from the checkpoint and the log"
+    );
     assert_eq!(resumed.calls().first().map(String::as_str), Some("load 10"));
     // This process's membership seqs start again at 1: they are executed (not taken for the first run's).
     second.membership(DOMAIN, 1, MembershipChange::Leave, "u");
     add(&second, "u", 1, "r-10");
-    eventually("the second run committed on top", WAIT, || resumed.history().len() == 13).await;
+    eventually("the second run committed on top", WAIT, || {
+        resumed.history().len() == 13
+    })
+    .await;
     let last = resumed.history();
     assert_eq!(last[11]["change"], "leave");
     assert_eq!(last[12]["total"], 11);
@@ -426,7 +496,10 @@ async fn a_membership_change_is_executed_once_across_a_handover() {
     for seq in 6..=8 {
         tell(seq, &[&b]);
     }
-    eventually("b took over and executed the rest", WAIT, || b_model.history().len() == 8).await;
+    eventually("b took over and executed the rest", WAIT, || {
+        b_model.history().len() == 8
+    })
+    .await;
     let seqs: Vec<u64> = b_model.history().iter().map(|c| c["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=8).collect::<Vec<u64>>(), "each change once, in order");
     assert!(b.is_owner(DOMAIN));
@@ -440,19 +513,37 @@ async fn bad_domains_a_full_queue_and_a_closed_journal_are_refused() {
     let journal = journal(&redis, "refusals", options).await;
     let model = Counter::new(false);
     for bad in ["", "a\nb", &"x".repeat(201)] {
-        assert!(matches!(journal.attach(bad, model.clone()), Err(JournalError::Domain(_))), "{bad:?}");
+        assert!(
+            matches!(journal.attach(bad, model.clone()), Err(JournalError::Domain(_))),
+            "{bad:?}"
+        );
     }
     journal.attach(DOMAIN, model.clone()).unwrap();
-    assert!(matches!(journal.attach(DOMAIN, model.clone()), Err(JournalError::Domain(_))));
-    let other = Request::Message { user: "u".into(), text: "add 1 z-0".into() };
-    assert!(matches!(journal.submit("nope", other.clone()), Err(JournalError::Domain(_))));
+    assert!(matches!(
+        journal.attach(DOMAIN, model.clone()),
+        Err(JournalError::Domain(_))
+    ));
+    let other = Request::Message {
+        user: "u".into(),
+        text: "add 1 z-0".into(),
+    };
+    assert!(matches!(
+        journal.submit("nope", other.clone()),
+        Err(JournalError::Domain(_))
+    ));
     journal.loaded(DOMAIN).await.unwrap();
 
     // Redis stops answering: one batch is in flight, one request waits, the next is refused at once.
     redis.suspend();
     let mut refused = false;
     for k in 0..10 {
-        match journal.submit(DOMAIN, Request::Message { user: "u".into(), text: format!("add 1 q-{k}") }) {
+        match journal.submit(
+            DOMAIN,
+            Request::Message {
+                user: "u".into(),
+                text: format!("add 1 q-{k}"),
+            },
+        ) {
             Ok(()) => {}
             Err(JournalError::Full) => {
                 refused = true;
@@ -466,8 +557,14 @@ async fn bad_domains_a_full_queue_and_a_closed_journal_are_refused() {
     assert!(refused, "a full queue refuses");
     assert!(journal.stats().queue_full >= 1);
     journal.close().await;
-    assert!(matches!(journal.submit(DOMAIN, other), Err(JournalError::Unavailable(_))));
-    assert!(matches!(journal.attach("later", model), Err(JournalError::Unavailable(_))));
+    assert!(matches!(
+        journal.submit(DOMAIN, other),
+        Err(JournalError::Unavailable(_))
+    ));
+    assert!(matches!(
+        journal.attach("later", model),
+        Err(JournalError::Unavailable(_))
+    ));
 }
 
 /// A node in a process of its own: this test binary run again with only [`journal_child_process`] and
@@ -486,7 +583,10 @@ impl ChildNode {
         use std::io::BufRead;
         let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
             .args(["journal::journal_child_process", "--exact", "--ignored", "--nocapture"])
-            .env("EMITTER_JOURNAL_CHILD", format!("{}|{cluster}|{name}|{count}", redis.url()))
+            .env(
+                "EMITTER_JOURNAL_CHILD",
+                format!("{}|{cluster}|{name}|{count}", redis.url()),
+            )
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -544,7 +644,10 @@ fn journal_child_process() {
         let _ = writeln!(out, "{CHILD_PREFIX}{what}");
         let _ = out.flush();
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let journal = Arc::new(journal_for(url, cluster).await);
         let model = Counter::new(true);
@@ -606,7 +709,11 @@ async fn when_the_owner_process_is_killed_another_process_continues_and_no_commi
     let expected: Vec<String> = (0..a_ids.len()).map(|k| format!("a-{k}")).collect();
     assert_eq!(a_ids, expected.iter().collect::<Vec<_>>());
     let totals: Vec<u64> = c_model.history().iter().map(|c| c["total"].as_u64().unwrap()).collect();
-    assert_eq!(totals, (1..=totals.len() as u64).collect::<Vec<u64>>(), "one history, continued by the new owner");
+    assert_eq!(
+        totals,
+        (1..=totals.len() as u64).collect::<Vec<u64>>(),
+        "one history, continued by the new owner"
+    );
     // The committed log in Redis is what every replica holds.
     let log_len: u64 = redis::cmd("HGET")
         .arg("emitter:{killed}:state/counter/head")

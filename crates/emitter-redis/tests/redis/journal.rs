@@ -26,6 +26,8 @@ struct Counter {
     calls: Mutex<Vec<String>>,
     /// While set, `checkpoint` blocks until the sender says go (a paused owner).
     hold: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// While set, `apply` blocks until the sender says go (a paused follower).
+    hold_apply: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     /// Whether `checkpoint` gives one (after every batch) or none.
     checkpoints: std::sync::atomic::AtomicBool,
 }
@@ -125,6 +127,10 @@ impl JournalModel for Counter {
     }
 
     fn apply(&self, committed: &Committed) {
+        let hold = self.hold_apply.lock().take();
+        if let Some(hold) = hold {
+            let _ = hold.recv();
+        }
         let mut replica = self.replica.lock();
         assert_eq!(committed.n, replica.len() as u64 + 1, "applied out of order");
         replica.push(committed.change.clone());
@@ -342,6 +348,13 @@ impl PausableNode {
         go
     }
 
+    /// Makes its next `apply` block until the sender says go.
+    fn pause_before_apply(&self) -> std::sync::mpsc::Sender<()> {
+        let (go, hold) = std::sync::mpsc::channel();
+        *self.model.hold_apply.lock() = Some(hold);
+        go
+    }
+
     fn paused(&self) -> bool {
         self.model.hold.lock().is_none()
     }
@@ -397,6 +410,47 @@ async fn a_paused_owner_whose_lease_lapsed_is_fenced() {
     assert_eq!(b.journal.stats().leases_lost, 0);
     let totals: Vec<u64> = b.model.history().iter().map(|c| c["total"].as_u64().unwrap()).collect();
     assert_eq!(totals, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_follower_left_behind_by_trimming_loads_the_checkpoint_and_follows_on() {
+    let redis = redis_or_skip!();
+    let options = JournalOptions {
+        log_retention: 1,
+        ..options()
+    };
+    let owner = journal(&redis, "behind", options).await;
+    let model = Counter::new(true);
+    owner.attach(DOMAIN, model.clone()).unwrap();
+    eventually("the first node owns the domain", WAIT, || owner.is_owner(DOMAIN)).await;
+    let follower = PausableNode::start(&redis, "behind");
+    follower.journal.loaded(DOMAIN).await.unwrap();
+    add(&owner, "u", 1, "f-0");
+    eventually("the follower applied f-0", WAIT, || follower.model.ids() == ["f-0"]).await;
+
+    // The follower stops in its next apply; meanwhile the owner commits in several batches, each with a checkpoint
+    // that trims the log to its newest entry.
+    let go = follower.pause_before_apply();
+    add(&owner, "u", 1, "f-1");
+    eventually("the follower paused in apply", WAIT, || {
+        follower.model.hold_apply.lock().is_none()
+    })
+    .await;
+    for k in 2..6 {
+        let n = k as u64;
+        add(&owner, "u", 1, &format!("f-{k}"));
+        eventually("the owner committed it", WAIT, || owner.applied(DOMAIN) == Some(n + 1)).await;
+    }
+    go.send(()).unwrap();
+    let all: Vec<String> = (0..6).map(|k| format!("f-{k}")).collect();
+    eventually("the follower caught up", WAIT, || follower.model.ids() == all).await;
+    assert_eq!(follower.journal.stats().reloads, 1, "it loaded the checkpoint once");
+    assert!(follower
+        .model
+        .calls()
+        .iter()
+        .any(|call| call.starts_with("load ") && call != "load 0"));
+    assert_eq!(follower.model.history(), model.history());
 }
 
 #[tokio::test]

@@ -88,11 +88,8 @@ impl JournalModel for Counter {
                     return None;
                 };
                 let k: u64 = k.parse().ok()?;
-                let total = state
-                    .iter()
-                    .filter_map(|c| c.get("add").and_then(Value::as_u64))
-                    .sum::<u64>()
-                    + k;
+                let before = state.iter().rev().find_map(|c| c.get("total").and_then(Value::as_u64));
+                let total = before.unwrap_or(0) + k;
                 json!({"id": id, "user": user, "add": k, "total": total})
             }
             Request::Membership { seq, change, user } => json!({"seq": seq, "change": change, "user": user}),
@@ -775,4 +772,66 @@ async fn when_the_owner_process_is_killed_another_process_continues_and_no_commi
         .query(&mut redis.admin())
         .unwrap();
     assert_eq!(log_len, totals.len() as u64);
+}
+
+/// Not a check: a figure. How fast requests submitted on two nodes are committed and applied on all three, with a
+/// local Redis. `EMITTER_REDIS=1 cargo test --release -p emitter-redis --test redis journal_throughput -- --ignored
+/// --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: run it with --ignored --nocapture"]
+async fn journal_throughput() {
+    let redis = redis_or_skip!();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(node(&redis, "throughput", options()).await);
+    }
+    eventually("one node owns the domain", WAIT, || {
+        nodes.iter().any(|(j, _)| j.is_owner(DOMAIN))
+    })
+    .await;
+    let owner = nodes.iter().position(|(j, _)| j.is_owner(DOMAIN)).unwrap();
+    let submitters: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    const EACH: u64 = 10_000;
+    let started = Instant::now();
+    for k in 0..EACH {
+        for &i in &submitters {
+            add(&nodes[i].0, &format!("u{i}"), 1, &format!("t{i}-{k}"));
+        }
+        if k % 1_000 == 999 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let total = EACH as usize * submitters.len();
+    for (_, model) in &nodes {
+        eventually("every node applied everything", Duration::from_secs(120), || {
+            model.replica.lock().len() == total
+        })
+        .await;
+    }
+    let elapsed = started.elapsed();
+    let commits = nodes[owner].0.stats().commits;
+    println!(
+        "journal throughput: {total} requests from 2 nodes committed and applied on 3 in {elapsed:?}: {:.0} requests/s, \
+         {commits} commits ({:.1} requests per commit)",
+        total as f64 / elapsed.as_secs_f64(),
+        total as f64 / commits as f64
+    );
+    // One request at a time: submitted on one node, applied on the third (neither owns the domain).
+    let (from, to) = (submitters[0], submitters[1]);
+    let mut latencies = Vec::new();
+    for k in 0..200 {
+        let sent = Instant::now();
+        add(&nodes[from].0, "solo", 1, &format!("solo-{k}"));
+        let want = total + k + 1;
+        while nodes[to].1.replica.lock().len() < want {
+            tokio::time::sleep(Duration::from_micros(50)).await;
+        }
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "journal latency, submit on one node to apply on another, one at a time: median {:?}, p99 {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100]
+    );
 }

@@ -185,7 +185,7 @@ pub(super) async fn load(conn: &mut Conn, keys: &DomainKeys) -> Result<Option<(H
             return Ok(None);
         }
         if last >= head.n {
-            after.truncate(usize::try_from(head.n - from).unwrap_or(usize::MAX));
+            after.truncate(usize::try_from(head.n.saturating_sub(from)).unwrap_or(usize::MAX));
             return Ok(Some((head, after)));
         }
         let more = log_after(conn, keys, last).await?;

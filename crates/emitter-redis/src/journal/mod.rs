@@ -37,7 +37,7 @@
 //!   script. The script refuses unless the lease is this one and alive, and head is where the owner left it; so a
 //!   paused owner whose lease lapsed commits nothing, and nothing is consumed or committed twice. A commit whose
 //!   reply is lost is resolved by reading head (committed by this generation at the expected place, or not at all)
-//!   before anything else. A lost lease (a refused renewal or commit, or no renewal for four fifths of a lease by
+//!   before anything else; a copy that Redis held and ran later is refused by the same check of head. A lost lease (a refused renewal or commit, or no renewal for four fifths of a lease by
 //!   the local clock) stops execution at once and calls [`JournalModel::disown`].
 //! - **Following**: every process (the owner too) reads the log after its replica's n, woken by the commit's
 //!   notification and every [`JournalOptions::poll_interval`] anyway, and applies each change once, in order. If the
@@ -156,6 +156,8 @@ pub struct JournalStats {
     pub leases_lost: u64,
     /// Times a follower loaded its replica again because the log no longer continued from it.
     pub reloads: u64,
+    /// Commits whose reply was lost (a timeout, a dropped connection), resolved by reading head.
+    pub lost_replies: u64,
 }
 
 #[derive(Default)]
@@ -166,6 +168,7 @@ struct Counters {
     commits: AtomicU64,
     leases_lost: AtomicU64,
     reloads: AtomicU64,
+    lost_replies: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -321,6 +324,7 @@ impl RedisJournal {
             commits: get(&counters.commits),
             leases_lost: get(&counters.leases_lost),
             reloads: get(&counters.reloads),
+            lost_replies: get(&counters.lost_replies),
         }
     }
 

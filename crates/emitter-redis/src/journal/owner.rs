@@ -291,7 +291,7 @@ async fn execute(ctx: &Ctx, domain: &Domain, conn: &mut Conn, gen: u64, clock: &
             retention: ctx.options.log_retention,
             changes,
         };
-        match settle(domain, conn, &commit, clock).await {
+        match settle(ctx, domain, conn, &commit, clock).await {
             Committing::Done(n) => {
                 add(&ctx.counters.commits, 1);
                 place = Place {
@@ -308,37 +308,51 @@ async fn execute(ctx: &Ctx, domain: &Domain, conn: &mut Conn, gen: u64, clock: &
 }
 
 /// Commits, and when the reply is lost, finds out from head whether it happened: committed by this generation at
-/// the place it leads to, or not at all (head still where it was: send it again; the script fences it if the lease
-/// ran out meanwhile). Never commits twice. Gives up (as [`Committing::Moved`]: the caller disowns and reloads, so an
-/// unknown outcome does no harm) once the lease is over by the local clock.
-async fn settle(domain: &Domain, conn: &mut Conn, commit: &Commit, clock: &LeaseClock) -> Committing {
+/// the place it leads to, or not at all (head still where it was: send it again). A copy whose reply was lost may
+/// still run later (Redis held it, behind a pause): the script's check of head refuses every copy but the first, and
+/// a refusal after a copy was lost is judged by head too. Never commits twice. Gives up (as [`Committing::Moved`]:
+/// the caller disowns and reloads, so an unknown outcome does no harm) once the lease is over by the local clock.
+async fn settle(ctx: &Ctx, domain: &Domain, conn: &mut Conn, commit: &Commit, clock: &LeaseClock) -> Committing {
     let keys = &domain.keys;
-    let mut delay = Duration::from_millis(20);
+    let mut lost = false;
     loop {
         match store::commit(conn, keys, commit).await {
-            Ok(outcome) => return outcome,
-            Err(error) => tracing::warn!(domain = keys.domain, %error, "a commit's reply was lost: reading head"),
-        }
-        loop {
-            if !clock.is_valid() {
-                return Committing::Moved;
+            Ok(Committing::Done(n)) => return Committing::Done(n),
+            Ok(refused) if !lost => return refused,
+            Ok(_) => {}
+            Err(error) => {
+                add(&ctx.counters.lost_replies, 1);
+                tracing::warn!(domain = keys.domain, %error, "a commit's reply was lost: reading head");
+                lost = true;
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
-            match store::place(conn, keys).await {
-                Ok((place, gen, seq)) => {
-                    let n = commit.from.n + commit.changes.len() as u64;
-                    let membership_done = commit.membership.as_ref().is_none_or(|(m, _)| seq == Some(*m));
-                    if gen == commit.gen && place.n == n && place.cursor == commit.cursor && membership_done {
-                        return Committing::Done(n);
-                    }
-                    if place == commit.from {
-                        break;
-                    }
-                    return Committing::Moved;
+        }
+        match judge(domain, conn, commit, clock).await {
+            Some(outcome) => return outcome,
+            None => continue,
+        }
+    }
+}
+
+/// What head says of `commit`: done, moved on by someone else, or not committed (`None`: send it again). Asks again
+/// while head cannot be read, until the lease is over by the local clock.
+async fn judge(domain: &Domain, conn: &mut Conn, commit: &Commit, clock: &LeaseClock) -> Option<Committing> {
+    let mut delay = Duration::from_millis(20);
+    loop {
+        if !clock.is_valid() {
+            return Some(Committing::Moved);
+        }
+        match store::place(conn, &domain.keys).await {
+            Ok((place, gen, seq)) => {
+                let n = commit.from.n + commit.changes.len() as u64;
+                let membership_done = commit.membership.as_ref().is_none_or(|(m, _)| seq == Some(*m));
+                if gen == commit.gen && place.n == n && place.cursor == commit.cursor && membership_done {
+                    return Some(Committing::Done(n));
                 }
-                Err(error) => tracing::warn!(domain = keys.domain, %error, "reading head failed"),
+                return (place != commit.from).then_some(Committing::Moved);
             }
+            Err(error) => tracing::warn!(domain = domain.keys.domain, %error, "reading head failed"),
         }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }

@@ -313,6 +313,16 @@ struct PausableNode {
 
 impl PausableNode {
     fn start(redis: &RedisServer, cluster: &str) -> PausableNode {
+        PausableNode::start_with(redis, cluster, emitter_redis::Options::default(), options())
+    }
+
+    /// With these options for its connection and its journal.
+    fn start_with(
+        redis: &RedisServer,
+        cluster: &str,
+        connection: emitter_redis::Options,
+        options: JournalOptions,
+    ) -> PausableNode {
         let (started, start) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (url, cluster) = (redis.url(), cluster.to_owned());
@@ -322,7 +332,10 @@ impl PausableNode {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let journal = Arc::new(RedisJournal::connect(&url, &cluster, options()).await.unwrap());
+                let handle = emitter_redis::Cluster::connect(&url, &cluster, connection)
+                    .await
+                    .unwrap();
+                let journal = Arc::new(handle.journal(options).await);
                 let model = Counter::new(false);
                 journal.attach(DOMAIN, model.clone()).unwrap();
                 started.send((journal.clone(), model)).unwrap();
@@ -406,6 +419,48 @@ async fn a_paused_owner_whose_lease_lapsed_is_fenced() {
     }
     assert_eq!(b.journal.stats().leases_lost, 0);
     let totals: Vec<u64> = b.model.history().iter().map(|c| c["total"].as_u64().unwrap()).collect();
+    assert_eq!(totals, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_commit_whose_reply_is_lost_is_committed_once() {
+    let redis = redis_or_skip!();
+    let connection = emitter_redis::Options {
+        command_timeout: Duration::from_millis(150),
+        ..emitter_redis::Options::default()
+    };
+    let options = JournalOptions {
+        lease: Duration::from_secs(5),
+        ..options()
+    };
+    let p = PausableNode::start_with(&redis, "lost", connection, options);
+    eventually("p owns the domain", WAIT, || p.journal.is_owner(DOMAIN)).await;
+    add(&p.journal, "u", 1, "l-0");
+    eventually("p committed l-0", WAIT, || p.model.ids() == ["l-0"]).await;
+
+    // p executes l-1 and waits; Redis holds every write for longer than p waits for a reply; p commits: the reply
+    // is lost (a timeout), the script runs when the pause ends. p reads head, and may send it again: once only.
+    let go = p.pause_before_commit();
+    add(&p.journal, "u", 1, "l-1");
+    eventually("p paused with l-1 executed", WAIT, || p.paused()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(600)
+        .arg("WRITE")
+        .query(&mut redis.admin())
+        .unwrap();
+    go.send(()).unwrap();
+    eventually("p committed l-1", WAIT, || p.model.ids() == ["l-0", "l-1"]).await;
+    assert!(p.journal.stats().lost_replies >= 1, "the reply was lost");
+    assert_eq!(
+        p.journal.stats().leases_lost,
+        0,
+        "the copies sent again were judged by head, not taken for a loss"
+    );
+    add(&p.journal, "u", 1, "l-2");
+    eventually("p committed l-2", WAIT, || p.model.ids().len() == 3).await;
+    assert_eq!(p.model.ids(), ["l-0", "l-1", "l-2"]);
+    let totals: Vec<u64> = p.model.history().iter().map(|c| c["total"].as_u64().unwrap()).collect();
     assert_eq!(totals, [1, 2, 3]);
 }
 

@@ -37,8 +37,9 @@
 //!   script. The script refuses unless the lease is this one and alive, and head is where the owner left it; so a
 //!   paused owner whose lease lapsed commits nothing, and nothing is consumed or committed twice. A commit whose
 //!   reply is lost is resolved by reading head (committed by this generation at the expected place, or not at all)
-//!   before anything else; a copy that Redis held and ran later is refused by the same check of head. A lost lease (a refused renewal or commit, or no renewal for four fifths of a lease by
-//!   the local clock) stops execution at once and calls [`JournalModel::disown`].
+//!   before anything else; a copy that Redis held and ran later is refused by the same check of head. A lost lease
+//!   (a refused renewal or commit, or no renewal for four fifths of a lease by the local clock) stops execution at
+//!   once and calls [`JournalModel::disown`].
 //! - **Following**: every process (the owner too) reads the log after its replica's n, woken by the commit's
 //!   notification and every [`JournalOptions::poll_interval`] anyway, and applies each change once, in order. If the
 //!   log no longer continues from there (trimmed) or Redis is behind it (lost writes), it loads the replica again from
@@ -455,7 +456,12 @@ async fn send_requests(ctx: Arc<Ctx>, mut requests: mpsc::Receiver<Queued>) {
             Ok(()) => add(&ctx.counters.submitted, count),
             Err(error) => {
                 add(&ctx.counters.submit_failures, count);
-                tracing::warn!(cluster = ctx.cluster.name(), %error, lost = count, "sending requests to the journal failed; dropped");
+                tracing::warn!(
+                    cluster = ctx.cluster.name(),
+                    %error,
+                    lost = count,
+                    "sending requests to the journal failed; dropped"
+                );
             }
         }
         batch.clear();

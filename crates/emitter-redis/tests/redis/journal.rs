@@ -866,8 +866,8 @@ async fn journal_throughput() {
     let elapsed = started.elapsed();
     let commits = nodes[owner].0.stats().commits;
     println!(
-        "journal throughput: {total} requests from 2 nodes committed and applied on 3 in {elapsed:?}: {:.0} requests/s, \
-         {commits} commits ({:.1} requests per commit)",
+        "journal throughput: {total} requests from 2 nodes committed and applied on 3 in {elapsed:?}: \
+         {:.0} requests/s, {commits} commits ({:.1} requests per commit)",
         total as f64 / elapsed.as_secs_f64(),
         total as f64 / commits as f64
     );

@@ -68,7 +68,7 @@
 //! | `state/<D>/generation` | string (integer) | `D`'s lease generation counter; never reset |
 //! | `state/<D>/inbox` | stream | requests for `D`'s owner, from any process, in arrival order (auto IDs), field `r` the request's JSON; entries before the cursor are trimmed by the commit that consumes them |
 //! | `state/<D>/log` | stream | `D`'s committed changes, ID `<n>-0` (n = 1, 2, … without gaps), field `c` the change's JSON; trimmed only below the newest checkpoint, keeping [`JournalOptions::log_retention`](journal::JournalOptions::log_retention) entries |
-//! | `state/<D>/head` | hash | `n` the newest committed change, `c` the last inbox ID consumed, `g` the generation that committed last, `m`/`ms` the last membership seq handled and where such seqs come from, `cn`/`cs` the newest checkpoint (its n and the model's state JSON) |
+//! | `state/<D>/head` | hash | `n` the newest committed change, `c` the last inbox ID consumed, `g` the generation that committed last, `m`/`ms` the last membership seq handled and where such seqs come from, `cn`/`cs` the newest checkpoint (its n and the model's state JSON), `e` a random name the history's first commit gave it (a follower that finds another knows Redis lost the history it followed) |
 //!
 //! Channels (not keys): `emitter:{N}:seq` (each script that appended publishes `<last seq> <epoch>`),
 //! `emitter:{N}:broadcast` (broadcasts), `emitter:{N}:node:<node>` (messages for users linked on that node),

@@ -9,8 +9,8 @@ use super::{add, Ctx, Domain};
 enum Replica {
     /// Needs loading (at attach, or when the log does not continue from it).
     Unloaded,
-    /// At this n.
-    At(u64),
+    /// At this n of the history of this name (`None`: not named yet, nothing committed when it was loaded).
+    At(u64, Option<String>),
 }
 
 pub(super) async fn follow(ctx: Arc<Ctx>, domain: Arc<Domain>) {
@@ -27,7 +27,7 @@ pub(super) async fn follow(ctx: Arc<Ctx>, domain: Arc<Domain>) {
             Replica::Unloaded => match store::load(&mut conn, keys).await {
                 Ok(Some((head, after))) => match domain.model.load(head.checkpoint.as_ref(), &after) {
                     Ok(()) => {
-                        replica = Replica::At(head.n);
+                        replica = Replica::At(head.n, head.history);
                         domain.applied.send_replace(Some(head.n));
                         tracing::debug!(domain = keys.domain, n = head.n, "replica loaded");
                     }
@@ -43,10 +43,16 @@ pub(super) async fn follow(ctx: Arc<Ctx>, domain: Arc<Domain>) {
                 Ok(None) => tracing::debug!(domain = keys.domain, "the log moved while loading: loading again"),
                 Err(error) => tracing::warn!(domain = keys.domain, %error, "loading the domain failed"),
             },
-            Replica::At(n) => match store::follow(&mut conn, keys, n).await {
-                Ok((head, changes)) => {
-                    if head < n || (head > n && changes.first().is_none_or(|first| first.n != n + 1)) {
-                        // Redis lost writes, or trimmed past this replica: start again from what it has.
+            Replica::At(n, ref history) => match store::follow(&mut conn, keys, n).await {
+                Ok(store::Followed {
+                    head,
+                    history: theirs,
+                    changes,
+                }) => {
+                    let lost = history.is_some() && *history != theirs;
+                    if lost || head < n || (head > n && changes.first().is_none_or(|first| first.n != n + 1)) {
+                        // Redis lost the history (restarted empty, failed over to a replica that lagged), or trimmed
+                        // past this replica: start again from what it has.
                         tracing::warn!(
                             domain = keys.domain,
                             n,
@@ -66,7 +72,7 @@ pub(super) async fn follow(ctx: Arc<Ctx>, domain: Arc<Domain>) {
                             domain.model.apply(&committed);
                             at = committed.n;
                         }
-                        replica = Replica::At(at);
+                        replica = Replica::At(at, theirs);
                         domain.applied.send_replace(Some(at));
                     }
                 }

@@ -57,8 +57,9 @@
 //! - **Owner paused** past its lease (GC, stopped VM, partition): its commits are refused, it disowns and follows.
 //! - **Redis unreachable**: no commit, no submit (counted, logged); the owner's lease runs out locally, it stops
 //!   executing; every process keeps its replica and resumes following when Redis is back.
-//! - **Redis lost its data** (restart without persistence, failover to a lagging replica): a replica ahead of head
-//!   loads again from what Redis has.
+//! - **Redis lost its data** (restart without persistence, failover to a lagging replica): a replica ahead of head,
+//!   or following a history Redis no longer has (head's history name, given by the first commit, differs), loads
+//!   again from what Redis has; the owner's next commit is refused (its lease or head is gone), and it starts over.
 //! - **Restart of a single process** with Redis as its store: the same keys are there; the old lease was released by
 //!   [`RedisJournal::close`], or lapses within a lease; the new process claims it and continues from head.
 

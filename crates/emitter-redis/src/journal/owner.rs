@@ -194,6 +194,8 @@ async fn execute(ctx: &Ctx, domain: &Domain, conn: &mut Conn, gen: u64, clock: &
         cursor: head.cursor,
     };
     let batch = ctx.options.batch.max(1);
+    // The name this stint gives the history if it makes its first commit (the domain is new, or Redis lost it).
+    let history = super::random_token();
     loop {
         if *closing.borrow() {
             return Ended::Closing;
@@ -289,6 +291,7 @@ async fn execute(ctx: &Ctx, domain: &Domain, conn: &mut Conn, gen: u64, clock: &
             membership,
             checkpoint,
             retention: ctx.options.log_retention,
+            history: history.clone(),
             changes,
         };
         match settle(ctx, domain, conn, &commit, clock).await {

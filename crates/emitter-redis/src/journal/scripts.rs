@@ -53,24 +53,26 @@ return {'ok'}
 "#;
 
 /// commit(token, generation, expected n, expected cursor, new cursor, membership seq or '', membership source,
-/// checkpoint flag '0'/'1', checkpoint JSON, log retention, channel, domain, change JSON…).
+/// checkpoint flag '0'/'1', checkpoint JSON, log retention, channel, domain, history id, change JSON…).
 ///
 /// Refuses `{'fenced'}` unless the caller holds the lease, alive by Redis's clock, and `{'moved', n, cursor}` unless
 /// head is where the caller left it (nothing consumed twice, nothing committed twice). Then appends each change as
 /// `<n>-0`, sets head (n, cursor, the committing generation, the membership seq handled, the checkpoint), trims the
 /// consumed inbox entries and the log below the checkpoint (keeping `retention` newest entries), and publishes
-/// `l <n> <domain>` when it appended. `{'ok', n}`.
+/// `l <n> <domain>` when it appended. `{'ok', n}`. The first commit of a history names it (`e`, the caller's random
+/// candidate): a follower that finds another name knows Redis lost the history it followed.
 const COMMIT: &str = r#"
 if not holds(ARGV[1], ARGV[2]) then return {'fenced'} end
 local head = redis.call('HMGET', KEYS[3], 'n', 'c')
 local n = tonumber(head[1] or '0')
 local cursor = head[2] or '0-0'
 if n ~= tonumber(ARGV[3]) or cursor ~= ARGV[4] then return {'moved', n, cursor} end
-for i = 13, #ARGV do
+for i = 14, #ARGV do
   n = n + 1
   redis.call('XADD', KEYS[4], n .. '-0', 'c', ARGV[i])
 end
 redis.call('HSET', KEYS[3], 'n', n, 'c', ARGV[5], 'g', ARGV[2])
+redis.call('HSETNX', KEYS[3], 'e', ARGV[13])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'm', ARGV[6], 'ms', ARGV[7]) end
 if ARGV[8] == '1' then
   redis.call('HSET', KEYS[3], 'cn', n, 'cs', ARGV[9])
@@ -78,14 +80,14 @@ if ARGV[8] == '1' then
   if keep_from > 1 then redis.call('XTRIM', KEYS[4], 'MINID', keep_from .. '-0') end
 end
 if ARGV[5] ~= ARGV[4] then redis.call('XTRIM', KEYS[5], 'MINID', ARGV[5]) end
-if #ARGV >= 13 then redis.call('PUBLISH', ARGV[11], 'l ' .. n .. ' ' .. ARGV[12]) end
+if #ARGV >= 14 then redis.call('PUBLISH', ARGV[11], 'l ' .. n .. ' ' .. ARGV[12]) end
 return {'ok', n}
 "#;
 
-/// load(count): head (n, cursor, generation, membership seq, its source, checkpoint n, checkpoint JSON) and the
+/// load(count): head (n, cursor, generation, membership seq, its source, checkpoint n, checkpoint JSON, history id) and the
 /// first `count` log entries after the checkpoint, read at one instant.
 const LOAD: &str = r#"
-local head = redis.call('HMGET', KEYS[3], 'n', 'c', 'g', 'm', 'ms', 'cn', 'cs')
+local head = redis.call('HMGET', KEYS[3], 'n', 'c', 'g', 'm', 'ms', 'cn', 'cs', 'e')
 local from = tonumber(head[6] or '0') + 1
 return {head, redis.call('XRANGE', KEYS[4], from .. '-0', '+', 'COUNT', tonumber(ARGV[1]))}
 "#;

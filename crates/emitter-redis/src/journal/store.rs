@@ -112,6 +112,8 @@ pub(super) struct Commit {
     pub(super) membership: Option<(u64, String)>,
     pub(super) checkpoint: Option<String>,
     pub(super) retention: u64,
+    /// A name for the history, if this commit is its first (see [`Head::history`]).
+    pub(super) history: String,
     pub(super) changes: Vec<String>,
 }
 
@@ -144,7 +146,8 @@ pub(super) async fn commit(conn: &mut Conn, keys: &DomainKeys, commit: &Commit) 
         .arg(commit.checkpoint.as_deref().unwrap_or(""))
         .arg(commit.retention.max(1))
         .arg(&keys.channel)
-        .arg(&keys.domain);
+        .arg(&keys.domain)
+        .arg(&commit.history);
     for change in &commit.changes {
         invocation.arg(change);
     }
@@ -165,6 +168,8 @@ pub(super) struct Head {
     /// The last membership seq handled, and the source of those seqs.
     pub(super) membership: Option<(u64, String)>,
     pub(super) checkpoint: Option<Checkpoint>,
+    /// The name the first commit gave this history: another one means Redis lost the history read before.
+    pub(super) history: Option<String>,
 }
 
 /// Head and every committed change after its checkpoint, read consistently: the first batch with head in one script,
@@ -196,13 +201,21 @@ pub(super) async fn load(conn: &mut Conn, keys: &DomainKeys) -> Result<Option<(H
     }
 }
 
-/// Up to [`READ_COUNT`] committed changes after `n`, and head's n, read at one instant.
-pub(super) async fn follow(conn: &mut Conn, keys: &DomainKeys, n: u64) -> Result<(u64, Vec<Committed>)> {
-    let (head, entries): (Option<String>, Value) = redis::pipe()
+/// What a follower reads: head's n and history, and up to [`READ_COUNT`] committed changes after its own n.
+pub(super) struct Followed {
+    pub(super) head: u64,
+    pub(super) history: Option<String>,
+    pub(super) changes: Vec<Committed>,
+}
+
+/// Up to [`READ_COUNT`] committed changes after `n`, and head's n and history, read at one instant.
+pub(super) async fn follow(conn: &mut Conn, keys: &DomainKeys, n: u64) -> Result<Followed> {
+    let ((head, history), entries): ((Option<String>, Option<String>), Value) = redis::pipe()
         .atomic()
-        .cmd("HGET")
+        .cmd("HMGET")
         .arg(keys.head())
         .arg("n")
+        .arg("e")
         .cmd("XRANGE")
         .arg(keys.log())
         .arg(format!("{}-0", n + 1))
@@ -211,8 +224,11 @@ pub(super) async fn follow(conn: &mut Conn, keys: &DomainKeys, n: u64) -> Result
         .arg(READ_COUNT)
         .query_async(conn)
         .await?;
-    let head = head.map(|n| parse_u64(&n)).transpose()?.unwrap_or(0);
-    Ok((head, parse_log(entries)?))
+    Ok(Followed {
+        head: head.map(|n| parse_u64(&n)).transpose()?.unwrap_or(0),
+        history,
+        changes: parse_log(entries)?,
+    })
 }
 
 async fn log_after(conn: &mut Conn, keys: &DomainKeys, n: u64) -> Result<Vec<Committed>> {
@@ -299,6 +315,7 @@ fn parse_head(value: Value) -> Result<Head> {
     Ok(Head {
         n,
         cursor: get(1)?.unwrap_or_else(|| "0-0".to_owned()),
+        history: get(7)?,
         membership,
         checkpoint,
     })

@@ -506,6 +506,45 @@ async fn a_follower_left_behind_by_trimming_loads_the_checkpoint_and_follows_on(
 }
 
 #[tokio::test]
+async fn when_redis_loses_its_data_every_node_starts_again_from_what_it_has() {
+    let mut redis = redis_or_skip!();
+    let (a, a_model) = node(&redis, "amnesia", options()).await;
+    eventually("a owns the domain", WAIT, || a.is_owner(DOMAIN)).await;
+    let f = PausableNode::start(&redis, "amnesia");
+    for k in 0..3 {
+        add(&a, "u", 1, &format!("old-{k}"));
+    }
+    eventually("f applied three changes", WAIT, || f.model.history().len() == 3).await;
+    // f stops while applying a fourth change of the old history.
+    let go = f.pause_before_apply();
+    add(&a, "u", 1, "old-3");
+    eventually("f paused in apply", WAIT, || f.model.hold_apply.lock().is_none()).await;
+
+    // Redis restarts without persistence: head, log, lease, all gone; a starts a new history that reaches past
+    // where f is, so only the history's name tells f that the log it followed is gone.
+    redis.restart_empty();
+    eventually("a loaded the empty state", WAIT, || {
+        a.stats().reloads >= 1 && a_model.history().is_empty()
+    })
+    .await;
+    for k in 0..5 {
+        add(&a, "u", 1, &format!("new-{k}"));
+    }
+    let new: Vec<String> = (0..5).map(|k| format!("new-{k}")).collect();
+    eventually("a committed and applied the new history", WAIT, || a_model.ids() == new).await;
+    assert_eq!(
+        a_model.history()[0]["total"],
+        1,
+        "the owner started again from the empty state"
+    );
+
+    go.send(()).unwrap();
+    eventually("f follows the new history", WAIT, || f.model.ids() == new).await;
+    assert!(f.journal.stats().reloads >= 1);
+    assert_eq!(f.model.history(), a_model.history());
+}
+
+#[tokio::test]
 async fn a_restarted_process_resumes_from_what_it_committed() {
     let redis = redis_or_skip!();
     let options = JournalOptions {

@@ -7,7 +7,9 @@
 //! nodes. Every node applies the log strictly in seq order to its own replica of the registry, filling gaps from the
 //! log, so a lost notification only delays. This crate is the Redis side of that: the scripts, a typed async
 //! [`Cluster`] handle, a [`Blocking`] handle for the core's synchronous membership path, a [`Notifications`] stream that
-//! survives reconnects, and a reference [`Replica`].
+//! survives reconnects, and a reference [`Replica`]. The [`journal`] module keeps Krmx State's models on the same
+//! Redis: one owner per domain under a fenced lease, a committed log every node follows, state that outlives a
+//! process.
 //!
 //! ```no_run
 //! use emitter_redis::{Cluster, Options};
@@ -62,9 +64,15 @@
 //! | `generation` | string (integer) | the generation counter; never reset, not even by a new epoch |
 //! | `connections` | hash | `<node>/<generation>/<connection>` → the user it is linked to: a connection links one user at most |
 //! | `out/<node>/<generation>` | stream | the *window* of one node generation: its newest [`Options::message_window`] messages to other nodes, broadcasts and sends alike, entry ID `<order>-0` ([`NodeMessage::order`]), field `m` the frame as published, field `t` (sends only) the node it is for; expires an hour after its last message |
+//! | `state/<D>/owner` | string | the [`journal`]'s lease of domain `D`: `<token> <generation> <deadline>`, the token of the journal that holds it, its fencing generation, the deadline in ms of Redis's clock; claimed when missing or past its deadline |
+//! | `state/<D>/generation` | string (integer) | `D`'s lease generation counter; never reset |
+//! | `state/<D>/inbox` | stream | requests for `D`'s owner, from any process, in arrival order (auto IDs), field `r` the request's JSON; entries before the cursor are trimmed by the commit that consumes them |
+//! | `state/<D>/log` | stream | `D`'s committed changes, ID `<n>-0` (n = 1, 2, … without gaps), field `c` the change's JSON; trimmed only below the newest checkpoint, keeping [`JournalOptions::log_retention`](journal::JournalOptions::log_retention) entries |
+//! | `state/<D>/head` | hash | `n` the newest committed change, `c` the last inbox ID consumed, `g` the generation that committed last, `m`/`ms` the last membership seq handled and where such seqs come from, `cn`/`cs` the newest checkpoint (its n and the model's state JSON), `e` a random name the history's first commit gave it (a follower that finds another knows Redis lost the history it followed) |
 //!
 //! Channels (not keys): `emitter:{N}:seq` (each script that appended publishes `<last seq> <epoch>`),
-//! `emitter:{N}:broadcast` (broadcasts), `emitter:{N}:node:<node>` (messages for users linked on that node).
+//! `emitter:{N}:broadcast` (broadcasts), `emitter:{N}:node:<node>` (messages for users linked on that node),
+//! `emitter:{N}:state` (the journal: `l <n> <domain>` committed, `i <domain>` new requests, `o <domain>` released).
 //!
 //! The leases are fields of one hash with deadlines by Redis's clock, rather than one key per node with a TTL, so
 //! that every key a script touches is a fixed, declared key (Redis Cluster requires it) and the reaper finds the dead
@@ -218,6 +226,7 @@
 mod chain;
 mod changes;
 mod cluster;
+pub mod journal;
 mod lease;
 mod node;
 mod script;

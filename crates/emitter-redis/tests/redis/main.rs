@@ -5,6 +5,7 @@ mod support;
 mod blocking;
 mod faults;
 mod forks;
+mod journal;
 mod leases;
 mod membership;
 mod messages;

@@ -73,6 +73,7 @@ mod domain;
 mod error;
 mod handlers;
 pub mod journal;
+mod journaled;
 mod projection;
 mod registration;
 mod stats;

@@ -139,7 +139,8 @@ async fn a_pending_wait_does_not_keep_the_server_alive() {
 #[test]
 fn on_membership_hears_every_change_of_one_process_in_order() {
     let server = listening(Server::builder());
-    let heard: Arc<Mutex<Vec<(u64, &'static str, String)>>> = Arc::default();
+    type Heard = Vec<(u64, &'static str, String)>;
+    let heard: Arc<Mutex<Heard>> = Arc::default();
     let h = heard.clone();
     server.on_membership(move |server, change| {
         h.lock()

@@ -36,6 +36,8 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 const NODES: usize = 3;
+/// What a node's `on_membership` listener heard: (seq, change, user), in order.
+type Heard = Vec<(u64, &'static str, String)>;
 const NAMES: [&str; 4] = ["ann", "ben", "cat", "dan"];
 
 // ---- the sequencer ---------------------------------------------------------------------------------------------
@@ -329,8 +331,8 @@ struct Cluster {
     /// Per sender and node (`user@node`), how many app messages it sent.
     said: Arc<Mutex<HashMap<String, u64>>>,
     link_events: Arc<AtomicUsize>,
-    /// Per node, what its `on_membership` listener heard: (seq, change, user).
-    heard: Vec<Arc<Mutex<Vec<(u64, &'static str, String)>>>>,
+    /// Per node, what its `on_membership` listener heard.
+    heard: Vec<Arc<Mutex<Heard>>>,
     /// The nodes that rebuilt from a snapshot: they heard the changes a rebuild applied, not the log's entries.
     rebuilt: BTreeSet<usize>,
     /// Link entries of a node's own that a rebuild passed over without running their listeners: the node never saw
@@ -379,7 +381,7 @@ impl Cluster {
             server.on_link(move |_| {
                 links.fetch_add(1, Ordering::SeqCst);
             });
-            let node_heard: Arc<Mutex<Vec<(u64, &'static str, String)>>> = Arc::default();
+            let node_heard: Arc<Mutex<Heard>> = Arc::default();
             let hears = node_heard.clone();
             server.on_membership(move |_, change| {
                 hears

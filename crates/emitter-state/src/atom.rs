@@ -517,7 +517,8 @@ impl Atoms {
 
     /// Sets `key` to `atom` and sends it to every linked user, as a client's `atom/set` would; neither the key rule
     /// nor the bound applies to the server. Fails with [`Error::Busy`] only when called from inside
-    /// [`with_atoms`](Atoms::with_atoms).
+    /// [`with_atoms`](Atoms::with_atoms). On journaled atoms ([`register_journaled`](AtomModel::register_journaled))
+    /// the set is queued for the owner: `Ok` means queued ([`Error::Journal`] when the journal refuses it).
     pub fn set(&self, server: &Server, key: &str, atom: impl Into<Atom>) -> Result<(), Error> {
         let atom = atom.into();
         if let Some(attached) = &self.model.journaling {

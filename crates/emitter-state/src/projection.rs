@@ -709,6 +709,10 @@ impl<S: Send + 'static> Projection<S> {
     /// Applies `action` (`{type, payload?}`) on behalf of `dispatcher`, exactly as if that user had sent it with
     /// `optimistic_id`: the handler runs, and every caught-up linked user gets its delta.
     ///
+    /// On a journaled projection ([`register_journaled`](ProjectionModel::register_journaled)) the action is queued
+    /// for the owner, as that user's: `Ok` means queued ([`Error::Journal`] when the journal refuses it), and what the
+    /// handler makes of it reaches the users once committed.
+    ///
     /// ```
     /// use emitter_core::{Message, Server};
     /// use emitter_state::{Error, ProjectionModel};
@@ -748,6 +752,10 @@ impl<S: Send + 'static> Projection<S> {
     /// Changes the state with `f`, and sends every caught-up linked user its delta: for changes that come from the
     /// server rather than from an action (a user joined, a timer fired). If `f` panics, the deltas are still sent
     /// (the state may be half changed) and [`Error::Panicked`] is returned.
+    ///
+    /// On a journaled projection it fails with [`Error::Journaled`]: only the owner changes the state, and a closure
+    /// cannot be sent to it. Dispatch an action of a type only the server dispatches instead (and
+    /// [`on_leave`](ProjectionModel::on_leave) for leaves).
     pub fn update<R>(&self, server: &Server, f: impl FnOnce(&mut S) -> R) -> Result<R, Error> {
         let model = &self.model;
         if model.journaling.is_some() {

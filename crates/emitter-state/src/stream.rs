@@ -725,11 +725,12 @@ impl<S: Send + 'static> StreamInner<S> {
         }
         if server_side && message.kind == ROTATE {
             let state = message.payload?.get("state")?.clone();
-            let (snapshot, size) = self.snapshot(&(journaling.codec.decode)(state.clone()).ok()?).ok()?;
+            let rotated = (journaling.codec.decode)(state.clone()).ok()?;
+            let (snapshot, size) = self.snapshot(&rotated).ok()?;
             if size > self.max_bytes {
                 return None;
             }
-            log.state = (journaling.codec.decode)(state.clone()).ok()?;
+            log.state = rotated;
             let event = snapshot.entry.event.clone();
             log.restart(snapshot, size);
             log.compacted = true;
@@ -1002,7 +1003,8 @@ impl<S: Send + 'static> Stream<S> {
 
     /// Appends `event` on behalf of `dispatcher` (any name: a user, or the server itself), exactly as if that user had
     /// sent it: the handler runs, and if it applies, the event joins the history and goes to every caught-up linked
-    /// user.
+    /// user. On a journaled stream ([`register_journaled`](StreamModel::register_journaled)) the event is queued for
+    /// the owner: `Ok` means queued ([`Error::Journal`] when the journal refuses it).
     pub fn append(&self, server: &Server, dispatcher: &str, event: &Message) -> Result<(), Error> {
         let whole = serde_json::to_value(event).map_err(|error| Error::Invalid {
             kind: event.kind.clone(),
@@ -1040,7 +1042,8 @@ impl<S: Send + 'static> Stream<S> {
     /// Fails, leaving the history as it was, with [`Error::NoSnapshot`] for a model without compaction; with
     /// [`Error::Panicked`] or [`Error::Projection`] when the snapshot panics or is not JSON; with [`Error::Full`] when
     /// the snapshot alone is larger than [`max_history_bytes`](StreamModel::max_history_bytes); with [`Error::Busy`]
-    /// from inside one of the stream's handlers.
+    /// from inside one of the stream's handlers. On a journaled stream the compaction is queued for the owner (`Ok`
+    /// means queued; a failure there leaves the history as it was, logged).
     pub fn compact(&self) -> Result<(), Error> {
         if let Some(journaling) = &self.model.journaling {
             self.model.compaction.as_ref().ok_or(Error::NoSnapshot)?;
@@ -1063,7 +1066,8 @@ impl<S: Send + 'static> Stream<S> {
     /// Fails, leaving the stream as it was, with [`Error::NoSnapshot`] for a model without compaction; with
     /// [`Error::Panicked`] or [`Error::Projection`] when the snapshot panics or is not JSON; with [`Error::Full`] when
     /// the snapshot is larger than [`max_history_bytes`](StreamModel::max_history_bytes); with [`Error::Busy`] from
-    /// inside one of the stream's handlers.
+    /// inside one of the stream's handlers. On a journaled stream the rotation is queued for the owner, the state as
+    /// JSON (`Ok` means queued).
     ///
     /// ```
     /// use emitter_core::{Message, Server};

@@ -196,6 +196,9 @@ impl<S: Serialize + DeserializeOwned + Send + 'static> ProjectionModel<S> {
     /// On the returned [`Projection`], [`dispatch`](Projection::dispatch) queues the action for the owner, and
     /// [`update`](Projection::update) fails with [`Error::Journaled`].
     ///
+    /// An action is its user's: one committed after its user linked again (on any node) is answered on the new
+    /// connection, after its `projection/set`, which a client takes as an id it does not know.
+    ///
     /// Fails when the journal does not take the domain (attached already, say): nothing stays registered then.
     pub fn register_journaled(
         self,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use emitter_core::{MembershipKind, Message, Server, Subscription};
 use parking_lot::Mutex;
 
-use crate::journal::{Journal, JournalError, JournalModel, MembershipChange};
+use crate::journal::{Journal, JournalError, JournalModel, MembershipChange, Request};
 use crate::journaled::{change_of, request_text};
 
 /// What a model does on the server's events.
@@ -82,7 +82,7 @@ impl Registration {
             if !m.wants(&u, message) {
                 return;
             }
-            let request = crate::journal::Request::Message {
+            let request = Request::Message {
                 user: u.username().to_owned(),
                 text: request_text(message),
             };

@@ -82,6 +82,6 @@ pub use protocol::version::{AcceptedVersions, PROTOCOL_VERSION};
 pub use protocol::Message;
 pub use server::auth::{AuthContext, AuthInfo};
 pub use server::builder::ServerBuilder;
-pub use server::events::Event;
-pub use server::{Server, Stats, User, UserRef};
+pub use server::events::{Event, MembershipEvent, MembershipKind};
+pub use server::{Server, Stats, User, UserRef, WeakServer};
 pub use transport::handshake::Handshake;

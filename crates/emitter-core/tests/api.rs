@@ -133,3 +133,50 @@ async fn a_pending_wait_does_not_keep_the_server_alive() {
         "the server was dropped, and its listeners with it"
     );
 }
+
+/// On one process every change is this process's: `on_membership` hears each, numbered from 1, before the change's
+/// own listeners (so a change a `join` listener makes comes after it), and `send_here` sends to a linked user.
+#[test]
+fn on_membership_hears_every_change_of_one_process_in_order() {
+    let server = listening(Server::builder());
+    type Heard = Vec<(u64, &'static str, String)>;
+    let heard: Arc<Mutex<Heard>> = Arc::default();
+    let h = heard.clone();
+    server.on_membership(move |server, change| {
+        h.lock()
+            .push((change.seq, change.kind.name(), change.username.to_owned()));
+        if change.kind == emitter_core::MembershipKind::Link {
+            assert!(server.is_linked_here(change.username));
+            server
+                .send_payload_here(change.username, "app/hi", &change.seq)
+                .unwrap();
+        }
+    });
+    // A join listener that kicks a bot at once: its leave comes after its join, for every listener.
+    server.on_join(|u| {
+        if u == "bot" {
+            let _ = u.server().kick("bot");
+        }
+    });
+    let (id, outbox) = connect(&server);
+    send(&server, id, link_request("ann"));
+    server.join("bot").unwrap();
+    send(&server, id, json!({"type": "krmx/unlink"}));
+    assert_eq!(
+        *heard.lock(),
+        [
+            (1, "join", "ann".to_owned()),
+            (2, "link", "ann".to_owned()),
+            (3, "join", "bot".to_owned()),
+            (4, "leave", "bot".to_owned()),
+            (5, "unlink", "ann".to_owned()),
+        ]
+    );
+    let frames = outbox.frames();
+    assert!(frames.contains(&json!({"type": "app/hi", "payload": 2})), "{frames:?}");
+    assert!(!server.is_linked_here("ann"));
+    assert_eq!(
+        server.send_here("ann", &Message::new("app/x")),
+        Err(Error::SendToUnlinkedUser)
+    );
+}

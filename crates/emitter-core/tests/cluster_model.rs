@@ -9,6 +9,9 @@
 //! - the app messages one node sends reach every recipient in the order they were sent (messages of one user sent
 //!   through different nodes, before and after it relinked elsewhere, have no common order: see the book);
 //! - listeners ran once per entry of the order, cluster-wide (a `link` listener once per link, not once per node);
+//! - `on_membership` listeners ran on every node for every entry it applied, in the log's order with its seqs (a node
+//!   that rebuilt: the changes it applied instead, with the snapshot's seq), and what they heard folds to the node's
+//!   `users()`;
 //! - once settled: every node's `users()` is the sequencer's list, and every linked connection's view is that list;
 //!   every user is linked to at most one connection, and it is the one the sequencer says.
 //!
@@ -33,6 +36,8 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 const NODES: usize = 3;
+/// What a node's `on_membership` listener heard: (seq, change, user), in order.
+type Heard = Vec<(u64, &'static str, String)>;
 const NAMES: [&str; 4] = ["ann", "ben", "cat", "dan"];
 
 // ---- the sequencer ---------------------------------------------------------------------------------------------
@@ -326,6 +331,10 @@ struct Cluster {
     /// Per sender and node (`user@node`), how many app messages it sent.
     said: Arc<Mutex<HashMap<String, u64>>>,
     link_events: Arc<AtomicUsize>,
+    /// Per node, what its `on_membership` listener heard.
+    heard: Vec<Arc<Mutex<Heard>>>,
+    /// The nodes that rebuilt from a snapshot: they heard the changes a rebuild applied, not the log's entries.
+    rebuilt: BTreeSet<usize>,
     /// Link entries of a node's own that a rebuild passed over without running their listeners: the node never saw
     /// them (they were trimmed from the log it fell behind), only the state they left. A documented limit of a
     /// rebuild; the check counts them apart so that every other link entry still has its listener run once.
@@ -343,6 +352,7 @@ impl Cluster {
         let link_events = Arc::new(AtomicUsize::new(0));
         let mut servers = Vec::new();
         let mut hosts = Vec::new();
+        let mut heard = Vec::new();
         for index in 0..NODES {
             let node = format!("n{index}");
             hub.lock().inboxes.insert(node.clone(), VecDeque::new());
@@ -371,6 +381,14 @@ impl Cluster {
             server.on_link(move |_| {
                 links.fetch_add(1, Ordering::SeqCst);
             });
+            let node_heard: Arc<Mutex<Heard>> = Arc::default();
+            let hears = node_heard.clone();
+            server.on_membership(move |_, change| {
+                hears
+                    .lock()
+                    .push((change.seq, change.kind.name(), change.username.to_owned()));
+            });
+            heard.push(node_heard);
             let host = server.host();
             host.start().unwrap();
             host.listening(1000 + index as u16).unwrap();
@@ -385,6 +403,8 @@ impl Cluster {
             clients: Vec::new(),
             said,
             link_events,
+            heard,
+            rebuilt: BTreeSet::new(),
             passed_over: 0,
         }
     }
@@ -490,6 +510,9 @@ impl Cluster {
                         .count()
                 };
                 let heard = self.link_events.load(Ordering::SeqCst);
+                if seq > self.hosts[node].applied() {
+                    self.rebuilt.insert(node);
+                }
                 self.hosts[node].rebuild(seq, users);
                 let ran = self.link_events.load(Ordering::SeqCst) - heard;
                 self.passed_over += own_links.saturating_sub(ran);
@@ -670,6 +693,45 @@ impl Cluster {
                 .ok_or(format!("client {index} linked to {user}, who is unlinked"))?;
             if link.node != format!("n{}", client.node) || link.connection != client.id.get() {
                 return Err(format!("{user} is linked to {link:?}, not to client {index}"));
+            }
+        }
+        let entries: Vec<(u64, &'static str, String)> = hub
+            .log
+            .iter()
+            .map(|entry| match &entry.event {
+                LogEvent::Joined { user } => (entry.seq, "join", user.clone()),
+                LogEvent::Linked { user, .. } => (entry.seq, "link", user.clone()),
+                LogEvent::Unlinked { user, .. } => (entry.seq, "unlink", user.clone()),
+                LogEvent::Left { user } => (entry.seq, "leave", user.clone()),
+            })
+            .collect();
+        for (index, heard) in self.heard.iter().enumerate() {
+            let heard = heard.lock();
+            if !self.rebuilt.contains(&index) && *heard != entries {
+                return Err(format!(
+                    "node {index}'s on_membership heard {heard:?}, the log is {entries:?}"
+                ));
+            }
+            if heard.windows(2).any(|pair| pair[1].0 < pair[0].0) {
+                return Err(format!("node {index}'s on_membership heard seqs going down: {heard:?}"));
+            }
+            // What it heard, folded, is what the node lists.
+            let mut folded: Vec<(String, bool)> = Vec::new();
+            for (_, change, user) in heard.iter() {
+                match *change {
+                    "join" => folded.push((user.clone(), false)),
+                    "leave" => folded.retain(|(name, _)| name != user),
+                    linked => {
+                        if let Some(slot) = folded.iter_mut().find(|(name, _)| name == user) {
+                            slot.1 = linked == "link";
+                        }
+                    }
+                }
+            }
+            if folded != expected {
+                return Err(format!(
+                    "node {index}'s on_membership folds to {folded:?}, the cluster is {expected:?}"
+                ));
             }
         }
         let links = hub
@@ -1054,4 +1116,70 @@ fn messages_from_a_fenced_or_older_generation_are_not_delivered() {
         metrics.contains("krmx_cluster_fenced_messages_total{at=\"delivered\"} 2"),
         "{metrics}"
     );
+}
+
+#[test]
+fn every_node_hears_every_change_and_sends_here_only_to_its_own_connections() {
+    use Action::*;
+    let mut cluster = Cluster::new();
+    // ann links on node 0, ben on node 1; node 2 kicks ann.
+    for action in [
+        Connect(0),
+        Connect(1),
+        Link(0, 0),
+        Link(1, 1),
+        Decide(0, 0),
+        Decide(1, 0),
+    ] {
+        cluster.apply(&action).unwrap();
+    }
+    cluster.settle().unwrap();
+    for (index, heard) in cluster.heard.iter().enumerate() {
+        let heard: Vec<(u64, &str, String)> = heard.lock().clone();
+        let expected = [
+            (1, "join", "ann"),
+            (2, "link", "ann"),
+            (3, "join", "ben"),
+            (4, "link", "ben"),
+        ];
+        let expected: Vec<(u64, &str, String)> = expected.iter().map(|(s, k, u)| (*s, *k, u.to_string())).collect();
+        assert_eq!(heard, expected, "node {index}");
+    }
+    assert!(cluster.servers[0].is_linked_here("ann"));
+    assert!(!cluster.servers[0].is_linked_here("ben"));
+    assert!(cluster.servers[1].is_linked_here("ben"));
+    assert!(
+        cluster.servers[1].user("ann").unwrap().is_linked,
+        "node 1 knows ann is linked, on node 0"
+    );
+    // A send_here to a user linked on another node is refused and handed to no node; to one of its own, sent.
+    let here = Message::new("app/direct");
+    assert_eq!(
+        cluster.servers[1].send_here("ann", &here),
+        Err(Error::SendToUnlinkedUser)
+    );
+    assert_eq!(
+        cluster.servers[1].send_here("cat", &here),
+        Err(Error::SendToUnknownUser)
+    );
+    assert!(
+        cluster.hub.lock().inboxes.values().all(VecDeque::is_empty),
+        "send_here routed"
+    );
+    cluster.servers[0].send_here("ann", &here).unwrap();
+    let frames = cluster.clients[0].outbox.take_all();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].as_str(), r#"{"type":"app/direct"}"#);
+    // Made on node 2, heard on all three with the same seqs.
+    cluster.apply(&Kick(2, 0)).unwrap();
+    cluster.settle().unwrap();
+    for (index, heard) in cluster.heard.iter().enumerate() {
+        let tail: Vec<(u64, &str, String)> = heard.lock()[4..].to_vec();
+        assert_eq!(
+            tail,
+            vec![(5, "unlink", "ann".to_owned()), (6, "leave", "ann".to_owned())],
+            "node {index}"
+        );
+    }
+    cluster.check_settled().unwrap();
 }

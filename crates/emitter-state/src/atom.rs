@@ -10,9 +10,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use emitter_core::{Message, Server};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use crate::domain::Domain;
-use crate::registration::{Listeners, Registration};
+use crate::journal::{Checkpoint, Committed, Journal, JournalError, JournalModel, MembershipChange, Request};
+use crate::journaled::{linked_here, read_request, server_request, Attached, SET};
+use crate::registration::{Listeners, Registration, Replica};
 use crate::stats::Counters;
 use crate::value::Atom;
 use crate::wire::{self, AtomSetOut};
@@ -85,6 +90,36 @@ impl AtomModel {
 
     /// Starts serving the atoms on `server`: its listeners are registered, and users linked already get the atoms.
     pub fn register(self, server: &Server) -> Atoms {
+        let model = Arc::new(self.inner(server, "atoms".to_owned(), None));
+        let registration = Arc::new(Registration::new(server, model.clone()));
+        Atoms { model, registration }
+    }
+
+    /// Starts serving the atoms on `server` through `journal` (see [`journal`](crate::journal)), as `domain` there
+    /// (the wire has no domain for atoms: any name the other models do not use). On a cluster each node registers
+    /// them with its node's journal: the domain's owner decides each set (the bound, and
+    /// [`clear_when_empty`](AtomModel::clear_when_empty) from its node's `users()`), once per cluster; every node
+    /// keeps a replica and sends each set to its own linked users, and a user who links there the atoms.
+    ///
+    /// On the returned [`Atoms`], [`set`](Atoms::set) queues the set for the owner: `Ok` means queued.
+    ///
+    /// Fails when the journal does not take the domain (attached already, say): nothing stays registered then.
+    pub fn register_journaled(
+        self,
+        server: &Server,
+        domain: impl Into<String>,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Atoms, JournalError> {
+        let attached = Attached::new(journal.clone(), server);
+        let model = Arc::new(self.inner(server, domain.into(), Some(attached)));
+        let registration = Registration::journaled(server, model.clone(), journal)?;
+        Ok(Atoms {
+            model,
+            registration: Arc::new(registration),
+        })
+    }
+
+    fn inner(self, server: &Server, domain: String, journaling: Option<Attached<Owner>>) -> AtomsModel {
         let queue = server.config().outbound_queue();
         if self.max_atoms >= queue {
             tracing::warn!(
@@ -93,20 +128,48 @@ impl AtomModel {
                 "as many atoms as allowed do not fit a linking user's queue, whose connection would then be closed"
             );
         }
-        let model = Arc::new(AtomsModel {
+        AtomsModel {
+            domain,
             options: self,
             atoms: Domain::new(Held::default()),
+            here: Mutex::new(HashSet::new()),
             counters: Counters::default(),
-        });
-        let registration = Arc::new(Registration::new(server, model.clone()));
-        Atoms { model, registration }
+            journaling,
+        }
     }
 }
 
 struct AtomsModel {
+    /// With a journal, its name there.
+    domain: String,
     options: AtomModel,
+    /// The atoms (with a journal: the replica), and without a journal the users who got them.
     atoms: Domain<Held>,
+    /// With a journal: the users linked on this node that got the atoms. Changed with the atoms held only.
+    here: Mutex<HashSet<String>>,
     counters: Counters,
+    journaling: Option<Attached<Owner>>,
+}
+
+/// The owner's atoms, and how many changes it made since its last checkpoint.
+#[derive(Default)]
+struct Owner {
+    atoms: BTreeMap<String, Atom>,
+    since: usize,
+}
+
+/// How many changes a journal keeps beside a checkpoint of the atoms, which is the whole map.
+const CHECKPOINT_EVERY: usize = 100;
+
+/// One committed change of the atoms: a set, or a clear.
+#[derive(Serialize, Deserialize)]
+struct Change {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    atom: Option<Atom>,
+    #[serde(default)]
+    clear: bool,
 }
 
 /// What the atoms' lock holds.
@@ -195,6 +258,218 @@ impl Listeners for AtomsModel {
     }
 }
 
+impl AtomsModel {
+    /// Sends `username` every atom; whether every send went.
+    fn send_all(&self, server: &Server, atoms: &BTreeMap<String, Atom>, username: &str) -> bool {
+        for (key, atom) in atoms {
+            if let Err(error) = server.send_payload_here(username, wire::ATOM_SET, &AtomSetOut { key, atom }) {
+                tracing::debug!(username, %error, "could not send the atoms");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The atoms after `checkpoint` and the changes `after` it.
+    fn restored(checkpoint: Option<&Checkpoint>, after: &[Committed]) -> Result<BTreeMap<String, Atom>, String> {
+        let mut atoms = match checkpoint {
+            Some(checkpoint) => BTreeMap::deserialize(&checkpoint.state).map_err(|error| error.to_string())?,
+            None => BTreeMap::new(),
+        };
+        for committed in after {
+            let change = Change::deserialize(&committed.change).map_err(|error| error.to_string())?;
+            step(&mut atoms, change);
+        }
+        Ok(atoms)
+    }
+
+    /// Runs a request on the owner's atoms; the change to commit, if any.
+    fn execute_on(&self, owner: &mut Owner, request: &Request) -> Option<Change> {
+        let change = match request {
+            Request::Message { user, text } => {
+                let (message, _) = read_request(text)?;
+                let set = if user == SNAPSHOT_USER && message.kind == SET {
+                    // The server's own: no rule applies.
+                    let payload = message.payload.as_ref()?;
+                    (
+                        payload.get("key")?.as_str()?.to_owned(),
+                        Atom::from_value(payload.get("atom")?)?,
+                    )
+                } else {
+                    let wire::Incoming::Ours(set) = wire::atom_set(&message) else {
+                        return None;
+                    };
+                    if self.options.strict_key_prefixes && is_foreign(set.key, user) {
+                        return None;
+                    }
+                    if owner.atoms.len() >= self.options.max_atoms && !owner.atoms.contains_key(set.key) {
+                        tracing::warn!(
+                            username = user,
+                            key = set.key,
+                            max = self.options.max_atoms,
+                            "an atom/set of a new key was dropped: the atoms are full"
+                        );
+                        self.counters.full();
+                        return None;
+                    }
+                    (set.key.to_owned(), set.atom)
+                };
+                self.counters.accepted();
+                Change {
+                    key: Some(set.0),
+                    atom: Some(set.1),
+                    clear: false,
+                }
+            }
+            Request::Membership {
+                change: MembershipChange::Leave,
+                ..
+            } => {
+                let server = self.journaling.as_ref()?.server.upgrade()?;
+                if !self.options.clear_when_empty || !server.users().is_empty() {
+                    return None;
+                }
+                Change {
+                    key: None,
+                    atom: None,
+                    clear: true,
+                }
+            }
+            Request::Membership { .. } => return None,
+        };
+        owner.since += 1;
+        Some(change)
+    }
+}
+
+/// Who sets an atom from the server side, in a request: never a client's username under the default rule.
+const SNAPSHOT_USER: &str = crate::SNAPSHOT_DISPATCHER;
+
+/// Applies a committed change to `atoms`; the set it made, if any.
+fn step(atoms: &mut BTreeMap<String, Atom>, change: Change) -> Option<(String, Atom)> {
+    if change.clear {
+        atoms.clear();
+    }
+    let (key, atom) = (change.key?, change.atom?);
+    atoms.insert(key.clone(), atom.clone());
+    Some((key, atom))
+}
+
+impl Replica for AtomsModel {
+    fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    fn wants(&self, username: &str, message: &Message) -> bool {
+        let Some(set) = wire::atom_set(message).ours(wire::ATOM_SET, None, username, &self.counters) else {
+            return false;
+        };
+        if self.options.strict_key_prefixes && is_foreign(set.key, username) {
+            tracing::warn!(username, key = set.key, "an atom/set of another user's key was dropped");
+            self.counters.forbidden();
+            return false;
+        }
+        true
+    }
+
+    fn owner_hears(&self, change: MembershipChange) -> bool {
+        change == MembershipChange::Leave && self.options.clear_when_empty
+    }
+
+    fn link_here(&self, server: &Server, username: &str) {
+        let _ = self.atoms.with(|held| {
+            if self.send_all(server, &held.atoms, username) {
+                self.here.lock().insert(username.to_owned());
+            }
+        });
+    }
+
+    fn unlink_here(&self, username: &str) {
+        let _ = self.atoms.with(|_| self.here.lock().remove(username));
+    }
+}
+
+impl JournalModel for AtomsModel {
+    fn own(&self, checkpoint: Option<&Checkpoint>, after: &[Committed]) -> Result<(), String> {
+        let attached = self.journaling.as_ref().ok_or("not journaled")?;
+        let atoms = Self::restored(checkpoint, after)?;
+        *attached.owner.lock() = Some(Owner { atoms, since: 0 });
+        Ok(())
+    }
+
+    fn execute(&self, request: &Request) -> Option<Value> {
+        let attached = self.journaling.as_ref()?;
+        let mut owner = attached.owner.lock();
+        let owner = owner.get_or_insert_with(Owner::default);
+        let change = self.execute_on(owner, request)?;
+        if change.clear {
+            owner.atoms.clear();
+        }
+        if let (Some(key), Some(atom)) = (&change.key, &change.atom) {
+            owner.atoms.insert(key.clone(), atom.clone());
+        }
+        serde_json::to_value(change).ok()
+    }
+
+    fn checkpoint(&self) -> Option<Value> {
+        let attached = self.journaling.as_ref()?;
+        let mut owner = attached.owner.lock();
+        let owner = owner.as_mut().filter(|owner| owner.since >= CHECKPOINT_EVERY)?;
+        owner.since = 0;
+        serde_json::to_value(&owner.atoms).ok()
+    }
+
+    fn disown(&self) {
+        if let Some(attached) = &self.journaling {
+            *attached.owner.lock() = None;
+        }
+    }
+
+    fn load(&self, checkpoint: Option<&Checkpoint>, after: &[Committed]) -> Result<(), String> {
+        let attached = self.journaling.as_ref().ok_or("not journaled")?;
+        let restored = Self::restored(checkpoint, after)?;
+        let server = attached.server.upgrade();
+        self.atoms
+            .with_mut(|held| {
+                held.atoms = restored;
+                let Some(server) = server else { return };
+                // Everyone linked here gets the atoms again (the last value wins: twice is harmless).
+                let mut here = self.here.lock();
+                here.clear();
+                for username in linked_here(&server) {
+                    if self.send_all(&server, &held.atoms, &username) {
+                        here.insert(username);
+                    }
+                }
+            })
+            .map_err(|error| error.to_string())
+    }
+
+    fn apply(&self, committed: &Committed) {
+        let Some(attached) = &self.journaling else { return };
+        let change = match Change::deserialize(&committed.change) {
+            Ok(change) => change,
+            Err(error) => {
+                return tracing::error!(domain = self.domain, n = committed.n, %error, "a committed change of another form was skipped")
+            }
+        };
+        let Some(server) = attached.server.upgrade() else {
+            return;
+        };
+        let _ = self.atoms.with_mut(|held| {
+            let Some((key, atom)) = step(&mut held.atoms, change) else { return };
+            let out = AtomSetOut { key: &key, atom: &atom };
+            self.here.lock().retain(|username| {
+                let sent = server.send_payload_here(username, wire::ATOM_SET, &out);
+                if let Err(error) = &sent {
+                    tracing::debug!(username, %error, "could not send an atom");
+                }
+                sent.is_ok()
+            });
+        });
+    }
+}
+
 /// Whether `key` is under another user's prefix: it has a `/` and does not start with `<username>/`.
 fn is_foreign(key: &str, username: &str) -> bool {
     key.contains('/') && !key.strip_prefix(username).is_some_and(|rest| rest.starts_with('/'))
@@ -269,9 +544,14 @@ impl Atoms {
 
     /// Sets `key` to `atom` and sends it to every linked user, as a client's `atom/set` would; neither the key rule
     /// nor the bound applies to the server. Fails with [`Error::Busy`] only when called from inside
-    /// [`with_atoms`](Atoms::with_atoms).
+    /// [`with_atoms`](Atoms::with_atoms). On journaled atoms ([`register_journaled`](AtomModel::register_journaled))
+    /// the set is queued for the owner: `Ok` means queued ([`Error::Journal`] when the journal refuses it).
     pub fn set(&self, server: &Server, key: &str, atom: impl Into<Atom>) -> Result<(), Error> {
         let atom = atom.into();
+        if let Some(attached) = &self.model.journaling {
+            let text = server_request(SET, json!({ "key": key, "atom": atom }));
+            return attached.submit(&self.model.domain, SNAPSHOT_USER, text);
+        }
         self.model
             .atoms
             .with_mut(|held| self.model.set(server, held, key, atom))

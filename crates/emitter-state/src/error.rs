@@ -48,6 +48,15 @@ pub enum Error {
     /// The model was used from inside one of its own handlers, its mapper or a `with_state` closure, on the same
     /// thread. Waiting there would deadlock, so the call fails instead.
     Busy,
+    /// The change can only be made by the owner of a journaled model's domain (see [`journal`](crate::journal)), and
+    /// cannot be sent there: [`Projection::update`](crate::Projection::update) takes a closure. Dispatch an action
+    /// (of a type only the server dispatches) instead.
+    Journaled,
+    /// The model's journal did not take the request: its queue is full, or it cannot reach its store.
+    Journal {
+        /// What the journal said.
+        reason: String,
+    },
     /// A projection, or a stream's snapshot, could not be turned into JSON (`serde_json::to_value` failed: a map with
     /// keys that are not strings, say).
     Projection {
@@ -66,6 +75,8 @@ impl fmt::Display for Error {
             Error::Full => f.write_str("the model is full"),
             Error::NoSnapshot => f.write_str("the stream has no snapshot event to compact into"),
             Error::Busy => f.write_str("the model was used from inside its own handler, mapper or with_state"),
+            Error::Journaled => f.write_str("only the owner of the journaled domain makes this change"),
+            Error::Journal { reason } => write!(f, "the journal did not take the request: {reason}"),
             Error::Projection { reason } => write!(f, "the projection is not JSON: {reason}"),
         }
     }

@@ -11,7 +11,66 @@
 //! the owner dies another process continues from the last committed change: no committed change lost, none applied
 //! twice.
 //!
-//! `emitter-redis` implements [`Journal`] on Redis; the models implement [`JournalModel`].
+//! `emitter-redis` implements [`Journal`] on Redis; the models implement [`JournalModel`], and are served through one
+//! with `register_journaled` ([`ProjectionModel`](crate::ProjectionModel::register_journaled),
+//! [`StreamModel`](crate::StreamModel::register_journaled), [`AtomModel`](crate::AtomModel::register_journaled)).
+//!
+//! A model submits each linked user's request of its protocol's shape as [`Request::Message`] (others are dropped on
+//! the node), and the server-side `dispatch`, `append` and `set` as that dispatcher's; the server's own stream
+//! compaction, rotation and atom set travel as [`Request::Message`]s from
+//! [`SNAPSHOT_DISPATCHER`](crate::SNAPSHOT_DISPATCHER) of types no client request has. It tells the journal of the
+//! membership changes its owner acts on ([`Journal::membership`]: a leave, for a projection's `on_leave` or the atoms'
+//! `clear_when_empty`), from [`Server::on_membership`](emitter_core::Server::on_membership), under the membership
+//! path's turn: `membership` and `submit` must never block.
+//!
+//! The smallest journal runs each request at once, on the one process there is (a real one orders requests from many
+//! nodes, commits, and lets every node follow):
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::{Arc, Mutex};
+//!
+//! use emitter_core::{Message, Server};
+//! use emitter_state::journal::{Committed, Journal, JournalError, JournalModel, MembershipChange, Request};
+//! use emitter_state::ProjectionModel;
+//!
+//! #[derive(Default)]
+//! struct AtOnce {
+//!     domains: Mutex<HashMap<String, (Arc<dyn JournalModel>, u64)>>,
+//! }
+//!
+//! impl Journal for AtOnce {
+//!     fn attach(&self, domain: &str, model: Arc<dyn JournalModel>) -> Result<(), JournalError> {
+//!         model.load(None, &[]).map_err(JournalError::Unavailable)?;
+//!         model.own(None, &[]).map_err(JournalError::Unavailable)?;
+//!         self.domains.lock().unwrap().insert(domain.to_owned(), (model, 0));
+//!         Ok(())
+//!     }
+//!
+//!     fn submit(&self, domain: &str, request: Request) -> Result<(), JournalError> {
+//!         let mut domains = self.domains.lock().unwrap();
+//!         let (model, n) = domains.get_mut(domain).ok_or(JournalError::Domain(domain.to_owned()))?;
+//!         if let Some(change) = model.execute(&request) {
+//!             *n += 1;
+//!             model.apply(&Committed { n: *n, change });
+//!         }
+//!         Ok(())
+//!     }
+//!
+//!     fn membership(&self, domain: &str, seq: u64, change: MembershipChange, user: &str) {
+//!         let _ = self.submit(domain, Request::Membership { seq, change, user: user.to_owned() });
+//!     }
+//! }
+//!
+//! let server = Server::new();
+//! let votes = ProjectionModel::new(0u32, |votes: &u32, _: &str| *votes)
+//!     .when("vote", |votes: &mut u32, _: &str, (): ()| *votes += 1)
+//!     .register_journaled(&server, "votes", Arc::new(AtOnce::default()))
+//!     .unwrap();
+//! votes.dispatch(&server, "ann", &Message::new("vote"), None).unwrap(); // queued for the owner: here, run at once
+//! assert_eq!(votes.with_state(|votes| *votes), Ok(1));
+//! assert!(votes.update(&server, |votes| *votes = 0).is_err()); // only the owner changes a journaled state
+//! ```
 
 use std::fmt;
 use std::sync::Arc;

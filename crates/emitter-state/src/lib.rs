@@ -58,8 +58,16 @@
 //! computed against a projection it was not sent, nor a stream event twice or not at all, and every user gets a
 //! domain's messages in one order. Handlers, mappers and `with_state` closures run under that lock: keep them quick,
 //! and never call `kick`, `join`, `unlink` or `atomically` from them (those take the membership path, whose listeners
-//! may be waiting for the lock). The book's chapter *Shared state* (`docs/src/shared-state.md`) has the details, and
-//! what the models do on a cluster.
+//! may be waiting for the lock). The book's chapter *Shared state* (`docs/src/shared-state.md`) has the details.
+//!
+//! # On a cluster: through a journal
+//!
+//! `register` keeps a model in this process's memory. `register_journaled` serves it through a
+//! [`Journal`](journal::Journal) (`emitter-redis` has one on Redis): each domain has one owner node at a time, which
+//! runs the handlers and commits each change before anything goes out; every node keeps a replica from the committed
+//! changes and serves the users linked on it (their catch-up, echoes, sets and deltas), so users on every node share
+//! one state in one order, and a new owner continues from the last committed change. What a model does once per
+//! cluster ([`ProjectionModel::on_leave`], [`AtomModel::clear_when_empty`]) runs on the owner. See [`journal`].
 //!
 //! # Feature flags
 //!
@@ -73,6 +81,7 @@ mod domain;
 mod error;
 mod handlers;
 pub mod journal;
+mod journaled;
 mod projection;
 mod registration;
 mod stats;

@@ -18,18 +18,21 @@ use std::sync::Arc;
 
 use emitter_core::{Message, Server};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use crate::delta;
 use crate::domain::Domain;
 use crate::handlers::{Handlers, Outcome};
-use crate::registration::{Listeners, Registration};
+use crate::journal::{Checkpoint, Committed, Journal, JournalError, JournalModel, MembershipChange, Request};
+use crate::journaled::{linked_here, read_request, server_request, Attached, Codec};
+use crate::registration::{Listeners, Registration, Replica};
 use crate::stats::Counters;
 use crate::wire::{self, ProjectionDeltaOut, ProjectionInvalidateOut, ProjectionSetOut};
 use crate::{Error, StateStats};
 
 type Mapper<S> = Box<dyn Fn(&S, &str) -> Result<Value, serde_json::Error> + Send + Sync>;
+type LeaveHandler<S> = Box<dyn Fn(&mut S, &str) + Send + Sync>;
 
 /// The definition of a projection: its initial state, the mapper from the state to one user's projection, and a
 /// handler per action type.
@@ -65,6 +68,7 @@ pub struct ProjectionModel<S> {
     initial: S,
     mapper: Mapper<S>,
     handlers: Handlers<S>,
+    on_leave: Option<LeaveHandler<S>>,
 }
 
 impl<S> fmt::Debug for ProjectionModel<S> {
@@ -89,6 +93,7 @@ impl<S: Send + 'static> ProjectionModel<S> {
             initial,
             mapper: Box::new(move |state, username| serde_json::to_value(mapper(state, username))),
             handlers: Handlers::default(),
+            on_leave: None,
         }
     }
 
@@ -134,22 +139,111 @@ impl<S: Send + 'static> ProjectionModel<S> {
         self
     }
 
+    /// Changes the state with `handler` when a user leaves the server (a seat is freed), and sends every caught-up
+    /// linked user its delta. It runs once per leave: on one process, in the leave's listeners; with a journal (a
+    /// cluster), on the owner of the domain only, as a committed change, whichever node the leave was made on. A
+    /// panicking handler is caught and logged; the deltas are still sent.
+    ///
+    /// ```
+    /// use emitter_core::Server;
+    /// use emitter_state::ProjectionModel;
+    ///
+    /// let server = Server::new();
+    /// let seats = ProjectionModel::new(Vec::<String>::new(), |seats: &Vec<String>, _: &str| seats.clone())
+    ///     .when("sit", |seats: &mut Vec<String>, who: &str, (): ()| seats.push(who.to_owned()))
+    ///     .on_leave(|seats: &mut Vec<String>, who: &str| seats.retain(|seated| seated != who))
+    ///     .register(&server, "seats");
+    /// # drop(seats);
+    /// ```
+    pub fn on_leave(mut self, handler: impl Fn(&mut S, &str) + Send + Sync + 'static) -> Self {
+        self.on_leave = Some(Box::new(handler));
+        self
+    }
+
     /// Starts serving the projection on `server` as `domain`: its listeners are registered, and users linked already
     /// get their projection.
     pub fn register(self, server: &Server, domain: impl Into<String>) -> Projection<S> {
-        let model = Arc::new(ProjectionInner {
-            domain: domain.into(),
+        let model = Arc::new(self.inner(domain.into(), None));
+        let registration = Arc::new(Registration::new(server, model.clone()));
+        Projection { model, registration }
+    }
+}
+
+impl<S: Send + 'static> ProjectionModel<S> {
+    fn inner(self, domain: String, journaling: Option<Journaling<S>>) -> ProjectionInner<S> {
+        ProjectionInner {
+            domain,
             handlers: self.handlers,
             mapper: self.mapper,
+            on_leave: self.on_leave,
             view: Domain::new(View {
                 state: self.initial,
                 sent: HashMap::new(),
             }),
             counters: Counters::default(),
-        });
-        let registration = Arc::new(Registration::new(server, model.clone()));
-        Projection { model, registration }
+            journaling,
+        }
     }
+}
+
+impl<S: Serialize + DeserializeOwned + Send + 'static> ProjectionModel<S> {
+    /// Starts serving the projection on `server` as `domain` through `journal` (see [`journal`](crate::journal)): on
+    /// a cluster, each node registers it with its node's journal, and the domain's owner runs the handlers and the
+    /// [`on_leave`](ProjectionModel::on_leave) handler, once per cluster; every node keeps a replica of the state,
+    /// made from the committed states (so a handler may deal at random), and sends its own users their
+    /// `projection/set`, deltas and invalidates. The state crosses the journal as JSON, with serde.
+    ///
+    /// On the returned [`Projection`], [`dispatch`](Projection::dispatch) queues the action for the owner, and
+    /// [`update`](Projection::update) fails with [`Error::Journaled`].
+    ///
+    /// An action is its user's: one committed after its user linked again (on any node) is answered on the new
+    /// connection, after its `projection/set`, which a client takes as an id it does not know.
+    ///
+    /// Fails when the journal does not take the domain (attached already, say): nothing stays registered then.
+    pub fn register_journaled(
+        self,
+        server: &Server,
+        domain: impl Into<String>,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Projection<S>, JournalError> {
+        let codec = Codec::json();
+        let initial = (codec.encode)(&self.initial)
+            .map_err(|reason| JournalError::Domain(format!("the initial state is not JSON: {reason}")))?;
+        let journaling = Journaling {
+            attached: Attached::new(journal.clone(), server),
+            codec,
+            initial,
+        };
+        let model = Arc::new(self.inner(domain.into(), Some(journaling)));
+        let registration = Registration::journaled(server, model.clone(), journal)?;
+        Ok(Projection {
+            model,
+            registration: Arc::new(registration),
+        })
+    }
+}
+
+/// What a journaled projection has beside the in-memory one's.
+struct Journaling<S> {
+    attached: Attached<S>,
+    codec: Codec<S>,
+    /// The initial state, as JSON: the owner's and the replica's starting point without a checkpoint.
+    initial: Value,
+}
+
+/// One committed change of a projection: the state after it (none for a refused action), and the dispatcher's
+/// optimistic id, for the messages about it.
+#[derive(Serialize, Deserialize)]
+struct Change {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dispatcher: Option<String>,
+    #[serde(rename = "optimisticId", default, skip_serializing_if = "Option::is_none")]
+    optimistic_id: Option<String>,
+    /// Whether the handler applied (a panicking one changed the state, maybe, but confirms nothing).
+    #[serde(default)]
+    applied: bool,
 }
 
 struct View<S> {
@@ -171,8 +265,11 @@ struct ProjectionInner<S> {
     domain: String,
     handlers: Handlers<S>,
     mapper: Mapper<S>,
+    on_leave: Option<LeaveHandler<S>>,
+    /// The replica, with a journal: the state as committed, and the users linked on this node.
     view: Domain<View<S>>,
     counters: Counters,
+    journaling: Option<Journaling<S>>,
 }
 
 impl<S: Send + 'static> ProjectionInner<S> {
@@ -236,6 +333,35 @@ impl<S: Send + 'static> ProjectionInner<S> {
         });
     }
 
+    /// Sends `username` its whole projection, and from then on its deltas.
+    fn catch_up(&self, server: &Server, view: &mut View<S>, username: &str) {
+        let projection = match self.project(&view.state, username) {
+            Ok(projection) => projection,
+            Err(error) => {
+                tracing::error!(domain = self.domain, username, %error, "could not map the state to a projection");
+                return;
+            }
+        };
+        let out = ProjectionSetOut {
+            domain: &self.domain,
+            projection: &projection,
+        };
+        if self.send(server, username, wire::PROJECTION_SET, &out) {
+            view.sent.insert(username.to_owned(), projection);
+        }
+    }
+
+    /// Runs the `on_leave` handler of `username`; a panic is caught, logged and counted.
+    fn leave_on(&self, on_leave: &LeaveHandler<S>, state: &mut S, username: &str) {
+        match catch_unwind(AssertUnwindSafe(|| on_leave(state, username))) {
+            Ok(()) => self.counters.accepted(),
+            Err(_) => {
+                self.counters.panicked();
+                tracing::error!(domain = self.domain, username, "the on_leave handler panicked");
+            }
+        }
+    }
+
     /// Tells the dispatcher, if caught up, that its optimistic action will not be confirmed.
     fn invalidate(&self, server: &Server, view: &mut View<S>, dispatcher: &str, optimistic_id: &str) {
         if view.sent.contains_key(dispatcher) {
@@ -250,7 +376,12 @@ impl<S: Send + 'static> ProjectionInner<S> {
     }
 
     fn send<T: Serialize>(&self, server: &Server, username: &str, kind: &str, payload: &T) -> bool {
-        match server.send_payload(username, kind, payload) {
+        // With a journal every node serves its own users, from its replica.
+        let sent = match self.journaling {
+            Some(_) => server.send_payload_here(username, kind, payload),
+            None => server.send_payload(username, kind, payload),
+        };
+        match sent {
             Ok(()) => true,
             Err(error) => {
                 // The connection is gone or going; its next link starts over with a projection/set.
@@ -297,26 +428,22 @@ impl<S: Send + 'static> ProjectionInner<S> {
 
 impl<S: Send + 'static> Listeners for ProjectionInner<S> {
     fn link(&self, server: &Server, username: &str) {
-        let _ = self.view.with_mut(|view| {
-            let projection = match self.project(&view.state, username) {
-                Ok(projection) => projection,
-                Err(error) => {
-                    tracing::error!(domain = self.domain, username, %error, "could not map the state to a projection");
-                    return;
-                }
-            };
-            let out = ProjectionSetOut {
-                domain: &self.domain,
-                projection: &projection,
-            };
-            if self.send(server, username, wire::PROJECTION_SET, &out) {
-                view.sent.insert(username.to_owned(), projection);
-            }
-        });
+        let _ = self.view.with_mut(|view| self.catch_up(server, view, username));
     }
 
     fn unlink(&self, _server: &Server, username: &str) {
         let _ = self.view.with_mut(|view| view.sent.remove(username));
+    }
+
+    fn leave(&self, server: &Server, username: &str) {
+        let Some(on_leave) = &self.on_leave else {
+            return self.unlink(server, username);
+        };
+        let _ = self.view.with_mut(|view| {
+            view.sent.remove(username);
+            self.leave_on(on_leave, &mut view.state, username);
+            self.publish(server, view, None);
+        });
     }
 
     fn message(&self, server: &Server, username: &str, message: &Message) {
@@ -339,6 +466,203 @@ impl<S: Send + 'static> Listeners for ProjectionInner<S> {
 
     fn caught_up(&self, username: &str) -> bool {
         self.view.with(|view| view.sent.contains_key(username)).unwrap_or(false)
+    }
+}
+
+impl<S: Send + 'static> ProjectionInner<S> {
+    /// The state after `checkpoint` and the changes `after` it, as JSON: the last one given.
+    fn restored(
+        &self,
+        journaling: &Journaling<S>,
+        checkpoint: Option<&Checkpoint>,
+        after: &[Committed],
+    ) -> Result<S, String> {
+        let latest = after
+            .iter()
+            .rev()
+            .find_map(|committed| committed.change.get("state"))
+            .or(checkpoint.map(|checkpoint| &checkpoint.state))
+            .unwrap_or(&journaling.initial);
+        (journaling.codec.decode)(latest.clone())
+    }
+
+    /// Runs an action on the owner's `state`; the change to commit, if any.
+    fn execute_action(&self, journaling: &Journaling<S>, state: &mut S, user: &str, text: &str) -> Option<Value> {
+        let (message, _) = read_request(text)?;
+        let wire::Incoming::Ours(action) = wire::projection_action(&message, &self.domain) else {
+            return None;
+        };
+        let typed = action.action;
+        let applied = self.handlers.apply(state, user, typed.kind, typed.payload);
+        self.counters.outcome(&applied);
+        let optimistic_id = action.optimistic_id.map(str::to_owned);
+        let change = match applied {
+            Ok(()) | Err(Error::Panicked { .. }) => Change {
+                state: Some(self.encoded(journaling, state)?),
+                dispatcher: Some(user.to_owned()),
+                optimistic_id,
+                applied: applied.is_ok(),
+            },
+            Err(error) => {
+                tracing::debug!(domain = self.domain, username = user, %error, "an action was refused");
+                // The dispatcher's optimistic action is invalidated, once: a change of its own, with no state.
+                Change {
+                    state: None,
+                    dispatcher: Some(user.to_owned()),
+                    optimistic_id: Some(optimistic_id?),
+                    applied: false,
+                }
+            }
+        };
+        serde_json::to_value(change).ok()
+    }
+
+    fn encoded(&self, journaling: &Journaling<S>, state: &S) -> Option<Value> {
+        match (journaling.codec.encode)(state) {
+            Ok(value) => Some(value),
+            Err(reason) => {
+                tracing::error!(
+                    domain = self.domain,
+                    reason,
+                    "the state is not JSON: the change is not committed"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl<S: Send + 'static> Replica for ProjectionInner<S> {
+    fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    fn wants(&self, username: &str, message: &Message) -> bool {
+        let incoming = wire::projection_action(message, &self.domain);
+        incoming
+            .ours(wire::PROJECTION_ACTION, Some(&self.domain), username, &self.counters)
+            .is_some()
+    }
+
+    fn owner_hears(&self, change: MembershipChange) -> bool {
+        change == MembershipChange::Leave && self.on_leave.is_some()
+    }
+
+    fn link_here(&self, server: &Server, username: &str) {
+        Listeners::link(self, server, username);
+    }
+
+    fn unlink_here(&self, username: &str) {
+        let _ = self.view.with_mut(|view| view.sent.remove(username));
+    }
+}
+
+impl<S: Send + 'static> JournalModel for ProjectionInner<S> {
+    fn own(&self, checkpoint: Option<&Checkpoint>, after: &[Committed]) -> Result<(), String> {
+        let journaling = self.journaling.as_ref().ok_or("not journaled")?;
+        let state = self.restored(journaling, checkpoint, after)?;
+        *journaling.attached.owner.lock() = Some(state);
+        Ok(())
+    }
+
+    fn execute(&self, request: &Request) -> Option<Value> {
+        let journaling = self.journaling.as_ref()?;
+        let mut owner = journaling.attached.owner.lock();
+        if owner.is_none() {
+            *owner = (journaling.codec.decode)(journaling.initial.clone()).ok();
+        }
+        let state = owner.as_mut()?;
+        match request {
+            Request::Message { user, text } => self.execute_action(journaling, state, user, text),
+            Request::Membership {
+                change: MembershipChange::Leave,
+                user,
+                ..
+            } => {
+                let on_leave = self.on_leave.as_ref()?;
+                self.leave_on(on_leave, state, user);
+                let state = Some(self.encoded(journaling, state)?);
+                serde_json::to_value(Change {
+                    state,
+                    dispatcher: None,
+                    optimistic_id: None,
+                    applied: true,
+                })
+                .ok()
+            }
+            Request::Membership { .. } => None,
+        }
+    }
+
+    fn checkpoint(&self) -> Option<Value> {
+        let journaling = self.journaling.as_ref()?;
+        let owner = journaling.attached.owner.lock();
+        self.encoded(journaling, owner.as_ref()?)
+    }
+
+    fn disown(&self) {
+        if let Some(journaling) = &self.journaling {
+            *journaling.attached.owner.lock() = None;
+        }
+    }
+
+    fn load(&self, checkpoint: Option<&Checkpoint>, after: &[Committed]) -> Result<(), String> {
+        let journaling = self.journaling.as_ref().ok_or("not journaled")?;
+        let state = self.restored(journaling, checkpoint, after)?;
+        let server = journaling.attached.server.upgrade();
+        self.view
+            .with_mut(|view| {
+                view.state = state;
+                let Some(server) = server else { return };
+                // Who had a projection gets the change; who is linked here without one gets it whole.
+                self.publish(&server, view, None);
+                for username in linked_here(&server) {
+                    if !view.sent.contains_key(&username) {
+                        self.catch_up(&server, view, &username);
+                    }
+                }
+            })
+            .map_err(|error| error.to_string())
+    }
+
+    fn apply(&self, committed: &Committed) {
+        let Some(journaling) = &self.journaling else { return };
+        let change = match Change::deserialize(&committed.change) {
+            Ok(change) => change,
+            Err(error) => {
+                return tracing::error!(domain = self.domain, n = committed.n, %error, "a committed change of another form was skipped")
+            }
+        };
+        let state = match change.state.map(journaling.codec.decode).transpose() {
+            Ok(state) => state,
+            Err(reason) => {
+                return tracing::error!(
+                    domain = self.domain,
+                    n = committed.n,
+                    reason,
+                    "a committed state does not fit: skipped"
+                )
+            }
+        };
+        let Some(server) = journaling.attached.server.upgrade() else {
+            return;
+        };
+        let _ = self.view.with_mut(|view| match state {
+            Some(state) => {
+                view.state = state;
+                let origin = change.dispatcher.as_deref().map(|dispatcher| Origin {
+                    dispatcher,
+                    optimistic_id: change.optimistic_id.as_deref(),
+                    applied: change.applied,
+                });
+                self.publish(&server, view, origin);
+            }
+            None => {
+                if let (Some(dispatcher), Some(id)) = (&change.dispatcher, &change.optimistic_id) {
+                    self.invalidate(&server, view, dispatcher, id);
+                }
+            }
+        });
     }
 }
 
@@ -388,6 +712,10 @@ impl<S: Send + 'static> Projection<S> {
     /// Applies `action` (`{type, payload?}`) on behalf of `dispatcher`, exactly as if that user had sent it with
     /// `optimistic_id`: the handler runs, and every caught-up linked user gets its delta.
     ///
+    /// On a journaled projection ([`register_journaled`](ProjectionModel::register_journaled)) the action is queued
+    /// for the owner, as that user's: `Ok` means queued ([`Error::Journal`] when the journal refuses it), and what the
+    /// handler makes of it reaches the users once committed.
+    ///
     /// ```
     /// use emitter_core::{Message, Server};
     /// use emitter_state::{Error, ProjectionModel};
@@ -410,6 +738,16 @@ impl<S: Send + 'static> Projection<S> {
         action: &Message,
         optimistic_id: Option<&str>,
     ) -> Result<(), Error> {
+        if let Some(journaling) = &self.model.journaling {
+            let mut payload = serde_json::Map::new();
+            payload.insert("domain".to_owned(), json!(self.model.domain));
+            payload.insert("action".to_owned(), json!(action));
+            if let Some(id) = optimistic_id {
+                payload.insert("optimisticId".to_owned(), json!(id));
+            }
+            let text = server_request(wire::PROJECTION_ACTION, Value::Object(payload));
+            return journaling.attached.submit(&self.model.domain, dispatcher, text);
+        }
         self.model
             .dispatch(server, dispatcher, &action.kind, action.payload.as_ref(), optimistic_id)
     }
@@ -417,8 +755,15 @@ impl<S: Send + 'static> Projection<S> {
     /// Changes the state with `f`, and sends every caught-up linked user its delta: for changes that come from the
     /// server rather than from an action (a user joined, a timer fired). If `f` panics, the deltas are still sent
     /// (the state may be half changed) and [`Error::Panicked`] is returned.
+    ///
+    /// On a journaled projection it fails with [`Error::Journaled`]: only the owner changes the state, and a closure
+    /// cannot be sent to it. Dispatch an action of a type only the server dispatches instead (and
+    /// [`on_leave`](ProjectionModel::on_leave) for leaves).
     pub fn update<R>(&self, server: &Server, f: impl FnOnce(&mut S) -> R) -> Result<R, Error> {
         let model = &self.model;
+        if model.journaling.is_some() {
+            return Err(Error::Journaled);
+        }
         let outcome = model
             .view
             .with_mut(|view| {

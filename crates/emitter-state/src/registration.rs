@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use emitter_core::{Message, Server, Subscription};
+use emitter_core::{MembershipKind, Message, Server, Subscription};
 use parking_lot::Mutex;
+
+use crate::journal::{Journal, JournalError, JournalModel, MembershipChange, Request};
+use crate::journaled::{change_of, request_text};
 
 /// What a model does on the server's events.
 pub(crate) trait Listeners: Send + Sync + 'static {
@@ -19,6 +22,22 @@ pub(crate) trait Listeners: Send + Sync + 'static {
     fn message(&self, server: &Server, username: &str, message: &Message);
     /// Whether `username` has had its catch-up since it linked.
     fn caught_up(&self, username: &str) -> bool;
+}
+
+/// What a journaled model does on the server's events: it forwards its users' requests to the owner and serves the
+/// users linked on this node from its replica.
+pub(crate) trait Replica: Send + Sync + 'static {
+    /// Its domain in the journal.
+    fn domain(&self) -> &str;
+    /// Whether a linked user's message is a request for the model, of its protocol's shape: those are submitted to
+    /// the owner, others dropped here (a malformed one logged and counted).
+    fn wants(&self, username: &str, message: &Message) -> bool;
+    /// Whether the owner acts on membership changes of `change`'s kind (a projection's `on_leave`, say).
+    fn owner_hears(&self, change: MembershipChange) -> bool;
+    /// A user linked to a connection of this node: send its catch-up from the replica, and from then on every change.
+    fn link_here(&self, server: &Server, username: &str);
+    /// A user is no longer linked (here or anywhere): send it nothing more.
+    fn unlink_here(&self, username: &str);
 }
 
 /// The listeners of one registered model; [`unregister`](Registration::unregister) removes them.
@@ -49,6 +68,49 @@ impl Registration {
         Registration {
             subscriptions: Mutex::new(vec![on_message, on_link, on_unlink, on_leave]),
         }
+    }
+
+    /// Registers a journaled `model`'s listeners on `server` (they run on every node: see `Server::on_membership`),
+    /// then attaches it to its journal, whose load catches up the users linked on this node already.
+    pub(crate) fn journaled<M: Replica + JournalModel>(
+        server: &Server,
+        model: Arc<M>,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Registration, JournalError> {
+        let (m, j) = (model.clone(), journal.clone());
+        let on_message = server.on_message(move |u, message| {
+            if !m.wants(&u, message) {
+                return;
+            }
+            let request = Request::Message {
+                user: u.username().to_owned(),
+                text: request_text(message),
+            };
+            if let Err(error) = j.submit(m.domain(), request) {
+                tracing::warn!(domain = m.domain(), username = %u, %error, "a request was dropped: the journal did not take it");
+            }
+        });
+        let (m, j) = (model.clone(), journal.clone());
+        let on_membership = server.on_membership(move |server, change| {
+            let kind = change_of(change.kind);
+            if m.owner_hears(kind) {
+                j.membership(m.domain(), change.seq, kind, change.username);
+            }
+            match change.kind {
+                MembershipKind::Link if server.is_linked_here(change.username) => m.link_here(server, change.username),
+                MembershipKind::Unlink | MembershipKind::Leave => m.unlink_here(change.username),
+                _ => {}
+            }
+        });
+        let registration = Registration {
+            subscriptions: Mutex::new(vec![on_message, on_membership]),
+        };
+        let domain = model.domain().to_owned();
+        if let Err(error) = journal.attach(&domain, model) {
+            registration.unregister();
+            return Err(error);
+        }
+        Ok(registration)
     }
 
     /// Removes the listeners. Calling it again does nothing.

@@ -78,7 +78,9 @@ impl Counters {
             Err(Error::Rejected { .. }) => bump(&self.rejected),
             Err(Error::Panicked { .. }) => bump(&self.panicked),
             Err(Error::Full) => bump(&self.full),
-            Err(Error::Busy | Error::Projection { .. } | Error::NoSnapshot) => {}
+            Err(
+                Error::Busy | Error::Projection { .. } | Error::NoSnapshot | Error::Journaled | Error::Journal { .. },
+            ) => {}
         }
     }
 

@@ -16,14 +16,16 @@ use std::sync::Arc;
 
 use emitter_core::{Message, Server};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::delta::json_len;
 use crate::domain::Domain;
 use crate::handlers::{Handlers, Outcome};
-use crate::registration::{Listeners, Registration};
+use crate::journal::{Checkpoint, Committed, Journal, JournalError, JournalModel, MembershipChange, Request};
+use crate::journaled::{linked_here, read_request, server_request, Attached, Codec, COMPACT, ROTATE};
+use crate::registration::{Listeners, Registration, Replica};
 use crate::stats::Counters;
 use crate::wire::{self, Echo, StreamAppendOut};
 use crate::{Error, StateStats};
@@ -248,6 +250,13 @@ impl<S: Send + 'static> StreamModel<S> {
     /// With [`AtLimit::Compact`] and no [`compaction`](StreamModel::compaction).
     pub fn register(self, server: &Server, domain: impl Into<String>) -> Stream<S> {
         let domain = domain.into();
+        let model = Arc::new(self.inner(server, domain, None));
+        let registration = Arc::new(Registration::new(server, model.clone()));
+        Stream { model, registration }
+    }
+
+    /// Checks the definition, and makes the model.
+    fn inner(self, server: &Server, domain: String, journaling: Option<Journaling<S>>) -> StreamInner<S> {
         assert!(
             self.at_limit != AtLimit::Compact || self.compaction.is_some(),
             "stream {domain}: AtLimit::Compact needs a snapshot event, given with StreamModel::compaction"
@@ -268,26 +277,91 @@ impl<S: Send + 'static> StreamModel<S> {
                 "a full history does not fit a linking user's queue, whose connection would then be closed"
             );
         }
-        let model = Arc::new(StreamInner {
+        // Its clients' events are echoed as sent, members in the order sent (see `wire::stream_append`).
+        server.keep_raw_payload(wire::STREAM_APPEND);
+        StreamInner {
             domain,
             handlers: self.handlers,
             max_events: self.max_events,
             max_bytes: self.max_bytes,
             at_limit: self.at_limit,
             compaction: self.compaction,
-            log: Domain::new(Log {
-                state: self.initial,
-                history: Vec::new(),
-                bytes: 0,
-                audience: HashSet::new(),
-            }),
+            log: Domain::new(Log::new(self.initial)),
             counters: Counters::default(),
-        });
-        // Its clients' events are echoed as sent, members in the order sent (see `wire::stream_append`).
-        server.keep_raw_payload(wire::STREAM_APPEND);
-        let registration = Arc::new(Registration::new(server, model.clone()));
-        Stream { model, registration }
+            journaling,
+        }
     }
+}
+
+impl<S: Serialize + DeserializeOwned + Send + 'static> StreamModel<S> {
+    /// Starts serving the stream on `server` as `domain` through `journal` (see [`journal`](crate::journal)): on a
+    /// cluster, each node registers it with its node's journal, and the domain's owner runs the handlers and decides
+    /// what joins the history (and compacts it at the limit, under [`AtLimit::Compact`]), once per cluster; every
+    /// node folds the committed events into its replica, and echoes each event to its own users, exactly as the
+    /// dispatcher sent it. The state crosses the journal as JSON, with serde (in a checkpoint after a compaction, and
+    /// in [`Stream::rotate`]).
+    ///
+    /// On the returned [`Stream`], [`append`](Stream::append), [`compact`](Stream::compact) and
+    /// [`rotate`](Stream::rotate) queue the change for the owner: `Ok` means queued, and what the owner made of it
+    /// reaches the users (and [`history`](Stream::history)) once committed.
+    ///
+    /// Fails when the journal does not take the domain (attached already, say): nothing stays registered then.
+    ///
+    /// # Panics
+    ///
+    /// As [`register`](StreamModel::register).
+    pub fn register_journaled(
+        self,
+        server: &Server,
+        domain: impl Into<String>,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Stream<S>, JournalError> {
+        let codec = Codec::json();
+        let initial = (codec.encode)(&self.initial)
+            .map_err(|reason| JournalError::Domain(format!("the initial state is not JSON: {reason}")))?;
+        let journaling = Journaling {
+            attached: Attached::new(journal.clone(), server),
+            codec,
+            initial,
+        };
+        let model = Arc::new(self.inner(server, domain.into(), Some(journaling)));
+        let registration = Registration::journaled(server, model.clone(), journal)?;
+        Ok(Stream {
+            model,
+            registration: Arc::new(registration),
+        })
+    }
+}
+
+/// What a journaled stream has beside the in-memory one's.
+struct Journaling<S> {
+    /// The owner's log: its state and history, and whether it compacted since its last checkpoint.
+    attached: Attached<Log<S>>,
+    codec: Codec<S>,
+    /// The initial state, as JSON: the owner's and the replica's starting point without a checkpoint.
+    initial: Value,
+}
+
+/// One committed change of a stream. In this order: the state it rotates to; the snapshot event its history restarts
+/// with (a compaction or a rotation); the event it appends, as the text its dispatcher sent.
+#[derive(Serialize, Deserialize, Default)]
+struct Change {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotate: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshot: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dispatcher: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<String>,
+}
+
+/// A stream's checkpoint: the state, and the history it is the fold of (taken after a compaction, so short).
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    state: Value,
+    /// Each event's dispatcher and text.
+    history: Vec<(String, String)>,
 }
 
 /// One event of the history, as every client got it.
@@ -316,6 +390,8 @@ pub struct Entry {
 struct Recorded {
     entry: Entry,
     text: Option<Box<RawValue>>,
+    /// With a journal: the committed change that recorded it (0 without).
+    n: u64,
 }
 
 impl Recorded {
@@ -334,6 +410,10 @@ struct Log<S> {
     bytes: usize,
     /// The linked users that got the history since they linked; each new event goes to them, and only to them.
     audience: HashSet<String>,
+    /// With a journal: the last committed change applied (the replica's), and whether the history restarted since
+    /// the last checkpoint (the owner's).
+    applied: u64,
+    compacted: bool,
 }
 
 struct StreamInner<S> {
@@ -345,9 +425,21 @@ struct StreamInner<S> {
     compaction: Option<Compaction<S>>,
     log: Domain<Log<S>>,
     counters: Counters,
+    journaling: Option<Journaling<S>>,
 }
 
 impl<S> Log<S> {
+    fn new(state: S) -> Self {
+        Log {
+            state,
+            history: Vec::new(),
+            bytes: 0,
+            audience: HashSet::new(),
+            applied: 0,
+            compacted: false,
+        }
+    }
+
     /// Whether the history has no room for one more event of `size` bytes.
     fn full(&self, size: usize, max_events: usize, max_bytes: usize) -> bool {
         self.history.len() >= max_events || self.bytes + size > max_bytes
@@ -384,6 +476,7 @@ impl<S: Send + 'static> StreamInner<S> {
                 event,
             },
             text: None,
+            n: 0,
         };
         Ok((recorded, size))
     }
@@ -407,12 +500,65 @@ impl<S: Send + 'static> StreamInner<S> {
         Ok(())
     }
 
-    /// Sends `append` to every caught-up user; forgets those it could not reach (their next link starts over).
+    /// Sends `append` to `username`: with a journal, only if it is linked on this node (every node serves its own).
+    fn send(&self, server: &Server, username: &str, append: &StreamAppendOut<'_>) -> Result<(), emitter_core::Error> {
+        match self.journaling {
+            Some(_) => server.send_payload_here(username, wire::STREAM_APPEND, append),
+            None => server.send_payload(username, wire::STREAM_APPEND, append),
+        }
+    }
+
+    /// Makes room for an event of `size` bytes in a full history (compacting it under [`AtLimit::Compact`]); whether
+    /// it compacted. Fails with [`Error::Full`] when there is no room.
+    fn make_room(&self, log: &mut Log<S>, size: usize) -> Result<bool, Error> {
+        if !log.full(size, self.max_events, self.max_bytes) {
+            return Ok(false);
+        }
+        // An event larger than the whole history may be is refused without compacting for nothing.
+        if self.at_limit == AtLimit::Refuse || size > self.max_bytes {
+            return Err(Error::Full);
+        }
+        self.compact(log)?;
+        // Still no room: the snapshot alone (nearly) fills the history.
+        if log.full(size, self.max_events, self.max_bytes) {
+            return Err(Error::Full);
+        }
+        Ok(true)
+    }
+
+    /// Counts and logs what the owner made of an event (a journaled stream's: its dispatcher's node cannot tell).
+    fn log_outcome(&self, outcome: &Result<(), Error>, dispatcher: &str, kind: &str) {
+        self.counters.outcome(outcome);
+        match outcome {
+            Err(Error::Panicked { kind }) => tracing::error!(
+                domain = self.domain,
+                dispatcher,
+                kind,
+                "an event handler panicked; the event was dropped, and the server's state may no longer be the fold of its history"
+            ),
+            Err(Error::Full) => tracing::warn!(
+                domain = self.domain,
+                dispatcher,
+                kind,
+                max_events = self.max_events,
+                max_bytes = self.max_bytes,
+                at_limit = ?self.at_limit,
+                "an event was refused: the history is full"
+            ),
+            Err(error @ (Error::Unknown { .. } | Error::Invalid { .. })) => {
+                tracing::warn!(domain = self.domain, dispatcher, %error, "an event was dropped");
+            }
+            Err(error) => tracing::debug!(domain = self.domain, dispatcher, %error, "an event was dropped"),
+            Ok(()) => {}
+        }
+    }
+
+    /// Sends every caught-up user; forgets those it could not reach (their next link starts over).
     fn send_to(&self, server: &Server, audience: &mut HashSet<String>, append: &StreamAppendOut<'_>) {
         // One send per caught-up user rather than a broadcast: a broadcast would also reach a user who linked a moment
         // ago and whose catch-up, still to come, holds this event too.
         audience.retain(|username| {
-            let sent = server.send_payload(username, wire::STREAM_APPEND, append);
+            let sent = self.send(server, username, append);
             if let Err(error) = &sent {
                 tracing::debug!(domain = self.domain, username, %error, "could not send an event");
             }
@@ -435,17 +581,7 @@ impl<S: Send + 'static> StreamInner<S> {
             .log
             .with_mut(|log| {
                 let size = json_len(event);
-                if log.full(size, self.max_events, self.max_bytes) {
-                    // An event larger than the whole history may be is refused without compacting for nothing.
-                    if self.at_limit == AtLimit::Refuse || size > self.max_bytes {
-                        return Err(Error::Full);
-                    }
-                    self.compact(log)?;
-                    // Still no room: the snapshot alone (nearly) fills the history.
-                    if log.full(size, self.max_events, self.max_bytes) {
-                        return Err(Error::Full);
-                    }
-                }
+                self.make_room(log, size)?;
                 self.handlers.apply(&mut log.state, dispatcher, kind, payload)?;
                 log.history.push(Recorded {
                     entry: Entry {
@@ -453,6 +589,7 @@ impl<S: Send + 'static> StreamInner<S> {
                         event: event.clone(),
                     },
                     text: text.map(RawValue::to_owned),
+                    n: 0,
                 });
                 log.bytes += size;
                 let append = StreamAppendOut {
@@ -487,22 +624,312 @@ impl<S: Send + 'static> StreamInner<S> {
     }
 }
 
+impl<S: Send + 'static> StreamInner<S> {
+    /// Sends `username` the events of the history recorded after the `after`th committed change (all of it for 0);
+    /// whether every send went.
+    fn send_history(&self, server: &Server, log: &Log<S>, username: &str, after: u64) -> bool {
+        for recorded in log.history.iter().filter(|recorded| after == 0 || recorded.n > after) {
+            let append = StreamAppendOut {
+                domain: &self.domain,
+                dispatcher: &recorded.entry.dispatcher,
+                event: recorded.echo(),
+            };
+            if let Err(error) = self.send(server, username, &append) {
+                // The connection is gone or going: its next link starts over.
+                tracing::debug!(domain = self.domain, username, %error, "could not send the history");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The log after `checkpoint` and the changes `after` it: the owner's, or the replica's (without its audience).
+    fn restored(
+        &self,
+        journaling: &Journaling<S>,
+        checkpoint: Option<&Checkpoint>,
+        after: &[Committed],
+    ) -> Result<Log<S>, String> {
+        let mut log = match checkpoint {
+            Some(checkpoint) => {
+                let saved = Saved::deserialize(&checkpoint.state).map_err(|error| error.to_string())?;
+                let mut log = Log::new((journaling.codec.decode)(saved.state)?);
+                for (dispatcher, text) in saved.history {
+                    let recorded = recorded(dispatcher, text, checkpoint.n)?;
+                    log.bytes += json_len(&recorded.entry.event);
+                    log.history.push(recorded);
+                }
+                log.applied = checkpoint.n;
+                log
+            }
+            None => Log::new((journaling.codec.decode)(journaling.initial.clone())?),
+        };
+        for committed in after {
+            let change = Change::deserialize(&committed.change).map_err(|error| error.to_string())?;
+            self.step(journaling, &mut log, change, committed.n)?;
+        }
+        Ok(log)
+    }
+
+    /// Applies the `n`th committed change to `log`; whether it is one its caught-up users are sent (an event, or a
+    /// rotation's snapshot: the last of the history).
+    fn step(&self, journaling: &Journaling<S>, log: &mut Log<S>, change: Change, n: u64) -> Result<bool, String> {
+        let mut tell = false;
+        if let Some(state) = change.rotate {
+            log.state = (journaling.codec.decode)(state)?;
+            tell = true;
+        }
+        if let Some(event) = change.snapshot {
+            let size = json_len(&event);
+            let snapshot = Recorded {
+                entry: Entry {
+                    dispatcher: SNAPSHOT_DISPATCHER.to_owned(),
+                    event,
+                },
+                text: None,
+                n,
+            };
+            log.restart(snapshot, size);
+        }
+        if let (Some(dispatcher), Some(text)) = (change.dispatcher, change.event) {
+            let recorded = recorded(dispatcher, text, n)?;
+            let event = &recorded.entry.event;
+            let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
+            // The owner applied it to the same state: the fold every client makes.
+            if let Err(error) =
+                self.handlers
+                    .apply(&mut log.state, &recorded.entry.dispatcher, kind, event.get("payload"))
+            {
+                tracing::error!(domain = self.domain, n, %error, "a committed event did not apply to the replica: its state may differ from the owner's");
+            }
+            log.bytes += json_len(event);
+            log.history.push(recorded);
+            tell = true;
+        }
+        log.applied = n;
+        Ok(tell)
+    }
+
+    /// Runs a request on the owner's `log`; the change to commit, if any.
+    fn execute_on(&self, journaling: &Journaling<S>, log: &mut Log<S>, user: &str, text: &str) -> Option<Change> {
+        let (message, raw) = read_request(text)?;
+        let server_side = user == SNAPSHOT_DISPATCHER;
+        if server_side && message.kind == COMPACT {
+            self.compact(log).ok()?;
+            log.compacted = true;
+            let snapshot = Some(log.history.first()?.entry.event.clone());
+            return Some(Change {
+                snapshot,
+                ..Change::default()
+            });
+        }
+        if server_side && message.kind == ROTATE {
+            let state = message.payload?.get("state")?.clone();
+            let rotated = (journaling.codec.decode)(state.clone()).ok()?;
+            let (snapshot, size) = self.snapshot(&rotated).ok()?;
+            if size > self.max_bytes {
+                return None;
+            }
+            log.state = rotated;
+            let event = snapshot.entry.event.clone();
+            log.restart(snapshot, size);
+            log.compacted = true;
+            return Some(Change {
+                rotate: Some(state),
+                snapshot: Some(event),
+                ..Change::default()
+            });
+        }
+        let wire::Incoming::Ours(event) = wire::stream_append(&message, &self.domain) else {
+            return None;
+        };
+        // The event's text as its dispatcher sent it: echoed by every node exactly so.
+        let text = raw
+            .as_deref()
+            .and_then(wire::event_text)
+            .map_or_else(|| event.whole.to_string(), |text| text.get().to_owned());
+        let size = json_len(event.whole);
+        let compacted = self.make_room(log, size);
+        let outcome = compacted
+            .clone()
+            .and_then(|_| self.handlers.apply(&mut log.state, user, event.kind, event.payload));
+        self.log_outcome(&outcome, user, event.kind);
+        let snapshot = match compacted {
+            Ok(true) => {
+                log.compacted = true;
+                log.history.first().map(|snapshot| snapshot.entry.event.clone())
+            }
+            _ => None,
+        };
+        if outcome.is_err() {
+            // A refused event is sent to no one; a compaction made for it stands.
+            return snapshot.map(|snapshot| Change {
+                snapshot: Some(snapshot),
+                ..Change::default()
+            });
+        }
+        let recorded = recorded(user.to_owned(), text.clone(), 0).ok()?;
+        log.bytes += size;
+        log.history.push(recorded);
+        Some(Change {
+            snapshot,
+            dispatcher: Some(user.to_owned()),
+            event: Some(text),
+            ..Change::default()
+        })
+    }
+}
+
+/// An event of a history from its dispatcher and text.
+fn recorded(dispatcher: String, text: String, n: u64) -> Result<Recorded, String> {
+    let event: Value = serde_json::from_str(&text).map_err(|error| error.to_string())?;
+    let text = RawValue::from_string(text).map_err(|error| error.to_string())?;
+    Ok(Recorded {
+        entry: Entry { dispatcher, event },
+        text: Some(text),
+        n,
+    })
+}
+
+impl<S: Send + 'static> Replica for StreamInner<S> {
+    fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    fn wants(&self, username: &str, message: &Message) -> bool {
+        let incoming = wire::stream_append(message, &self.domain);
+        incoming
+            .ours(wire::STREAM_APPEND, Some(&self.domain), username, &self.counters)
+            .is_some()
+    }
+
+    fn owner_hears(&self, _change: MembershipChange) -> bool {
+        false
+    }
+
+    fn link_here(&self, server: &Server, username: &str) {
+        Listeners::link(self, server, username);
+    }
+
+    fn unlink_here(&self, username: &str) {
+        let _ = self.log.with_mut(|log| log.audience.remove(username));
+    }
+}
+
+impl<S: Send + 'static> JournalModel for StreamInner<S> {
+    fn own(&self, checkpoint: Option<&Checkpoint>, after: &[Committed]) -> Result<(), String> {
+        let journaling = self.journaling.as_ref().ok_or("not journaled")?;
+        let log = self.restored(journaling, checkpoint, after)?;
+        *journaling.attached.owner.lock() = Some(log);
+        Ok(())
+    }
+
+    fn execute(&self, request: &Request) -> Option<Value> {
+        let journaling = self.journaling.as_ref()?;
+        let Request::Message { user, text } = request else {
+            return None;
+        };
+        let mut owner = journaling.attached.owner.lock();
+        if owner.is_none() {
+            *owner = self.restored(journaling, None, &[]).ok();
+        }
+        let change = self.execute_on(journaling, owner.as_mut()?, user, text)?;
+        serde_json::to_value(change).ok()
+    }
+
+    fn checkpoint(&self) -> Option<Value> {
+        let journaling = self.journaling.as_ref()?;
+        let mut owner = journaling.attached.owner.lock();
+        let log = owner.as_mut().filter(|log| log.compacted)?;
+        let state = (journaling.codec.encode)(&log.state).ok()?;
+        let history = log
+            .history
+            .iter()
+            .map(|recorded| {
+                let text = recorded
+                    .text
+                    .as_ref()
+                    .map_or_else(|| recorded.entry.event.to_string(), |text| text.get().to_owned());
+                (recorded.entry.dispatcher.clone(), text)
+            })
+            .collect();
+        log.compacted = false;
+        serde_json::to_value(Saved { state, history }).ok()
+    }
+
+    fn disown(&self) {
+        if let Some(journaling) = &self.journaling {
+            *journaling.attached.owner.lock() = None;
+        }
+    }
+
+    fn load(&self, checkpoint: Option<&Checkpoint>, after: &[Committed]) -> Result<(), String> {
+        let journaling = self.journaling.as_ref().ok_or("not journaled")?;
+        let restored = self.restored(journaling, checkpoint, after)?;
+        let server = journaling.attached.server.upgrade();
+        self.log
+            .with_mut(|log| {
+                let had = log.applied;
+                let audience = std::mem::take(&mut log.audience);
+                *log = restored;
+                let Some(server) = server else { return };
+                // Who was caught up gets what it has not had; who is linked here without a catch-up, the history.
+                for username in audience {
+                    if self.send_history(&server, log, &username, had) {
+                        log.audience.insert(username);
+                    }
+                }
+                for username in linked_here(&server) {
+                    if !log.audience.contains(&username) && self.send_history(&server, log, &username, 0) {
+                        log.audience.insert(username);
+                    }
+                }
+            })
+            .map_err(|error| error.to_string())
+    }
+
+    fn apply(&self, committed: &Committed) {
+        let Some(journaling) = &self.journaling else { return };
+        let change = match Change::deserialize(&committed.change) {
+            Ok(change) => change,
+            Err(error) => {
+                return tracing::error!(domain = self.domain, n = committed.n, %error, "a committed change of another form was skipped")
+            }
+        };
+        let Some(server) = journaling.attached.server.upgrade() else {
+            return;
+        };
+        let _ = self
+            .log
+            .with_mut(|log| match self.step(journaling, log, change, committed.n) {
+                Ok(true) => {
+                    let Log { history, audience, .. } = log;
+                    if let Some(last) = history.last() {
+                        let append = StreamAppendOut {
+                            domain: &self.domain,
+                            dispatcher: &last.entry.dispatcher,
+                            event: last.echo(),
+                        };
+                        self.send_to(&server, audience, &append);
+                    }
+                }
+                Ok(false) => {}
+                Err(reason) => tracing::error!(
+                    domain = self.domain,
+                    n = committed.n,
+                    reason,
+                    "a committed change does not fit: skipped"
+                ),
+            });
+    }
+}
+
 impl<S: Send + 'static> Listeners for StreamInner<S> {
     fn link(&self, server: &Server, username: &str) {
         let _ = self.log.with_mut(|log| {
-            for recorded in &log.history {
-                let append = StreamAppendOut {
-                    domain: &self.domain,
-                    dispatcher: &recorded.entry.dispatcher,
-                    event: recorded.echo(),
-                };
-                if let Err(error) = server.send_payload(username, wire::STREAM_APPEND, &append) {
-                    // The connection is gone or going: its next link starts over.
-                    tracing::debug!(domain = self.domain, username, %error, "could not send the history");
-                    return;
-                }
+            if self.send_history(server, log, username, 0) {
+                log.audience.insert(username.to_owned());
             }
-            log.audience.insert(username.to_owned());
         });
     }
 
@@ -576,12 +1003,20 @@ impl<S: Send + 'static> Stream<S> {
 
     /// Appends `event` on behalf of `dispatcher` (any name: a user, or the server itself), exactly as if that user had
     /// sent it: the handler runs, and if it applies, the event joins the history and goes to every caught-up linked
-    /// user.
+    /// user. On a journaled stream ([`register_journaled`](StreamModel::register_journaled)) the event is queued for
+    /// the owner: `Ok` means queued ([`Error::Journal`] when the journal refuses it).
     pub fn append(&self, server: &Server, dispatcher: &str, event: &Message) -> Result<(), Error> {
         let whole = serde_json::to_value(event).map_err(|error| Error::Invalid {
             kind: event.kind.clone(),
             reason: error.to_string(),
         })?;
+        if let Some(journaling) = &self.model.journaling {
+            let text = server_request(
+                wire::STREAM_APPEND,
+                json!({ "domain": self.model.domain, "event": whole }),
+            );
+            return journaling.attached.submit(&self.model.domain, dispatcher, text);
+        }
         self.model
             .append(server, dispatcher, &whole, None, &event.kind, event.payload.as_ref())
     }
@@ -607,8 +1042,16 @@ impl<S: Send + 'static> Stream<S> {
     /// Fails, leaving the history as it was, with [`Error::NoSnapshot`] for a model without compaction; with
     /// [`Error::Panicked`] or [`Error::Projection`] when the snapshot panics or is not JSON; with [`Error::Full`] when
     /// the snapshot alone is larger than [`max_history_bytes`](StreamModel::max_history_bytes); with [`Error::Busy`]
-    /// from inside one of the stream's handlers.
+    /// from inside one of the stream's handlers. On a journaled stream the compaction is queued for the owner (`Ok`
+    /// means queued; a failure there leaves the history as it was, logged).
     pub fn compact(&self) -> Result<(), Error> {
+        if let Some(journaling) = &self.model.journaling {
+            self.model.compaction.as_ref().ok_or(Error::NoSnapshot)?;
+            let text = server_request(COMPACT, Value::Null);
+            return journaling
+                .attached
+                .submit(&self.model.domain, SNAPSHOT_DISPATCHER, text);
+        }
         self.model
             .log
             .with_mut(|log| self.model.compact(log))
@@ -623,7 +1066,8 @@ impl<S: Send + 'static> Stream<S> {
     /// Fails, leaving the stream as it was, with [`Error::NoSnapshot`] for a model without compaction; with
     /// [`Error::Panicked`] or [`Error::Projection`] when the snapshot panics or is not JSON; with [`Error::Full`] when
     /// the snapshot is larger than [`max_history_bytes`](StreamModel::max_history_bytes); with [`Error::Busy`] from
-    /// inside one of the stream's handlers.
+    /// inside one of the stream's handlers. On a journaled stream the rotation is queued for the owner, the state as
+    /// JSON (`Ok` means queued).
     ///
     /// ```
     /// use emitter_core::{Message, Server};
@@ -644,6 +1088,12 @@ impl<S: Send + 'static> Stream<S> {
     /// ```
     pub fn rotate(&self, server: &Server, state: S) -> Result<(), Error> {
         let model = &self.model;
+        if let Some(journaling) = &model.journaling {
+            model.compaction.as_ref().ok_or(Error::NoSnapshot)?;
+            let state = (journaling.codec.encode)(&state).map_err(|reason| Error::Projection { reason })?;
+            let text = server_request(ROTATE, json!({ "state": state }));
+            return journaling.attached.submit(&model.domain, SNAPSHOT_DISPATCHER, text);
+        }
         model
             .log
             .with_mut(|log| {

@@ -144,7 +144,7 @@ fn typed(value: Option<&Value>) -> Option<Typed<'_>> {
 
 /// The text of the `event` member of a payload's text: the last one, as its value in the parsed payload is. `None`
 /// when there is none (the payload was then refused already).
-fn event_text(payload: &RawValue) -> Option<&RawValue> {
+pub(crate) fn event_text(payload: &RawValue) -> Option<&RawValue> {
     struct Event;
     impl<'de> Visitor<'de> for Event {
         type Value = Option<&'de RawValue>;

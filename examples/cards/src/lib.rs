@@ -98,7 +98,6 @@ pub fn build(options: Options) -> Cards {
     let table = table(&server, options.seed);
     let chat = chat(&server);
     let atoms = moods(&server);
-    free_seats_of_leavers(&server, &table);
 
     let cards = Cards {
         server,
@@ -126,6 +125,14 @@ pub fn table(server: &Server, seed: u64) -> Projection<Game> {
         .when("draw", |game: &mut Game, player: &str, (): ()| game.draw(player))
         .when("play", |game: &mut Game, player: &str, card: String| {
             game.play(player, &card)
+        })
+        // A player who leaves the server gives up their seat: a change that comes from the server, not from an
+        // action. The model runs it once per leave (on a cluster: on the table's owner, whichever node the leave
+        // was made on), and every caught-up user gets the delta.
+        .on_leave(|game: &mut Game, player: &str| {
+            if game.remove(player) {
+                tracing::info!(username = player, "left the table");
+            }
         })
         .register(server, CARDS)
 }
@@ -155,16 +162,6 @@ pub fn moods(server: &Server) -> Atoms {
         .strict_key_prefixes(true)
         .clear_when_empty(true)
         .register(server)
-}
-
-/// A player who leaves the server gives up their seat: a change that comes from the server, not from an action.
-fn free_seats_of_leavers(server: &Server, table: &Projection<Game>) {
-    let table = table.clone();
-    server.on_leave(move |u| {
-        if let Ok(true) = table.update(u.server(), |game| game.remove(&u)) {
-            tracing::info!(username = %u, "left the table");
-        }
-    });
 }
 
 impl Cards {

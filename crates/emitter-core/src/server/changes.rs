@@ -12,6 +12,7 @@
 //!
 //! Callers hold the sequencer and have checked the step's preconditions.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -21,19 +22,13 @@ use crate::error::Status;
 use crate::membership::connections::{Connection, Role};
 use crate::membership::registry::Link;
 use crate::protocol::ServerMessage;
-use crate::server::events::Event;
+use crate::server::events::{Event, MembershipEvent};
 use crate::server::{Events, UserRef};
 use crate::transport::close_reason::CloseReason;
 use crate::Server;
 
 /// Which event a membership change emits.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Membership {
-    Join,
-    Link,
-    Unlink,
-    Leave,
-}
+pub(crate) use crate::server::events::MembershipKind as Membership;
 
 impl Server {
     /// Emits an event to the any-listeners, then to the event's own listeners. Returns the panic messages.
@@ -44,8 +39,24 @@ impl Server {
         panics
     }
 
-    /// Runs the listeners of a membership change of `username`.
+    /// Runs the `on_membership` listeners of a change this node applied, at `seq` in the order of changes. On a
+    /// cluster `server/node.rs` calls it for every entry it applies; on one process `emit_membership` does.
+    pub(crate) fn emit_applied(&self, what: Membership, username: &str, seq: u64) {
+        let event = MembershipEvent {
+            seq,
+            kind: what,
+            username,
+        };
+        let _ = self.inner.events.membership.emit("membership", |f| f(self, &event));
+    }
+
+    /// Runs the listeners of a membership change of `username`: on one process first the `on_membership` ones (each
+    /// change is this process's), then the change's own.
     pub(crate) fn emit_membership(&self, what: Membership, username: &str) {
+        if self.sequencer().is_none() {
+            let seq = self.inner.changes.fetch_add(1, Ordering::SeqCst) + 1;
+            self.emit_applied(what, username, seq);
+        }
         let _ = match what {
             Membership::Join => self.emit(Event::Join { username }, |events| {
                 events.join.emit("join", |f| f(UserRef::new(self, username)))

@@ -67,3 +67,42 @@ impl Event<'_> {
         }
     }
 }
+
+/// Which membership change a [`MembershipEvent`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MembershipKind {
+    /// The user joined.
+    Join,
+    /// A connection was linked to the user (on this node, or on another node of the cluster).
+    Link,
+    /// The user's connection was unlinked.
+    Unlink,
+    /// The user left.
+    Leave,
+}
+
+impl MembershipKind {
+    /// The change's name as the reference spells its event: `join`, `link`, `unlink` or `leave`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MembershipKind::Join => "join",
+            MembershipKind::Link => "link",
+            MembershipKind::Unlink => "unlink",
+            MembershipKind::Leave => "leave",
+        }
+    }
+}
+
+/// A membership change this node applied, as an [`on_membership`](crate::Server::on_membership) listener sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MembershipEvent<'a> {
+    /// Its place in the order of membership changes. On a cluster: the seq of the cluster log's entry, the same on
+    /// every node (the changes a node applies when it [rebuilds](crate::cluster::ClusterHost::rebuild) from a snapshot
+    /// all carry the snapshot's seq). On one process: a counter of the changes, from 1. It never goes down.
+    pub seq: u64,
+    /// What changed.
+    pub kind: MembershipKind,
+    /// Whose membership.
+    pub username: &'a str,
+}

@@ -26,7 +26,7 @@ use crate::membership::registry::{Broadcast, Link, Registry};
 use crate::metrics::Metrics;
 use crate::protocol::{Frame, Message, RESERVED_PREFIX};
 use crate::server::auth::{AuthContext, AuthInfo};
-use crate::server::events::Event;
+use crate::server::events::{Event, MembershipEvent};
 use crate::shards::Shards;
 use crate::sync::{Mutex, ReentrantMutex};
 use crate::transport::fanout::Log;
@@ -88,6 +88,7 @@ type AuthListener = dyn Fn(UserRef<'_>, &AuthInfo, &AuthContext) + Send + Sync;
 type MessageListener = dyn Fn(UserRef<'_>, &Message) + Send + Sync;
 type ListenListener = dyn Fn(&Server, u16) + Send + Sync;
 type CloseListener = dyn Fn(&Server) + Send + Sync;
+type MembershipListener = dyn Fn(&Server, &MembershipEvent<'_>) + Send + Sync;
 
 /// One listener list per event (registered through `server/subscribe.rs`).
 #[derive(Default)]
@@ -101,6 +102,8 @@ pub(crate) struct Events {
     pub(crate) unlink: Listeners<UserListener>,
     pub(crate) leave: Listeners<UserListener>,
     pub(crate) message: Listeners<MessageListener>,
+    /// Every membership change this node applies, made here or not (see `Server::on_membership`).
+    pub(crate) membership: Listeners<MembershipListener>,
 }
 
 impl Events {
@@ -115,6 +118,7 @@ impl Events {
         self.unlink.clear();
         self.leave.clear();
         self.message.clear();
+        self.membership.clear();
     }
 }
 
@@ -154,6 +158,8 @@ pub(crate) struct Inner {
     pub(crate) cluster: OnceLock<Arc<dyn Sequencer>>,
     /// The last entry of the cluster's order applied here.
     pub(crate) applied: AtomicU64,
+    /// On one process: how many membership changes were applied, the seq of `on_membership` events.
+    pub(crate) changes: AtomicU64,
     /// Woken whenever `applied` moves: a change's answer waits on it for the entries before its own.
     pub(crate) applied_moved: tokio::sync::Notify,
     /// Local connections whose user is half way through a leave on the cluster (unlinked, not yet left): they hear of
@@ -191,6 +197,23 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Server {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// A [`Server`] that does not keep it alive: see [`Server::downgrade`].
+#[derive(Clone)]
+pub struct WeakServer(std::sync::Weak<Inner>);
+
+impl WeakServer {
+    /// The server, while something else keeps it alive.
+    pub fn upgrade(&self) -> Option<Server> {
+        self.0.upgrade().map(|inner| Server { inner })
+    }
+}
+
+impl fmt::Debug for WeakServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakServer").finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Server {
@@ -269,6 +292,7 @@ impl Server {
                 payload_mismatches: AtomicU64::new(0),
                 cluster: OnceLock::new(),
                 applied: AtomicU64::new(0),
+                changes: AtomicU64::new(0),
                 applied_moved: tokio::sync::Notify::new(),
                 leaving: Mutex::new(HashMap::new()),
                 origins: Mutex::new(Default::default()),
@@ -450,6 +474,74 @@ impl Server {
                 None => Err(Error::SendToUnlinkedUser),
             },
         }
+    }
+
+    /// Whether `username` is linked to a connection of this node (on one process: whether it is linked).
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// assert!(!server.is_linked_here("simon"));
+    /// ```
+    pub fn is_linked_here(&self, username: &str) -> bool {
+        self.inner.links.with(username, |link| link.is_some())
+    }
+
+    /// Sends `message` to `username` only if it is linked to a connection of this node: never handed to another node
+    /// of a cluster, never kept for an unlinked user. For a node that serves its own users what every node has (a
+    /// model's replica, see [`Server::on_membership`]). On one process it is [`send`](Server::send) without
+    /// [`keep_unlinked`](crate::ServerBuilder::keep_unlinked).
+    ///
+    /// Fails like [`send`](Server::send), and with [`Error::SendToUnlinkedUser`] for a user linked on another node.
+    ///
+    /// ```
+    /// use emitter_core::{Error, Message, Server};
+    ///
+    /// let server = Server::new();
+    /// let hello = Message::new("app/hello");
+    /// assert!(server.send_here("simon", &hello).is_err()); // not listening, and nobody is linked
+    /// ```
+    pub fn send_here(&self, username: &str, message: &Message) -> Result<(), Error> {
+        unreserved(&message.kind)?;
+        self.send_frame_here(username, Frame::from(message))
+    }
+
+    /// [`send_here`](Server::send_here) with a payload of your own type, serialized to JSON, as in
+    /// [`send_payload`](Server::send_payload).
+    pub fn send_payload_here<T: Serialize + ?Sized>(
+        &self,
+        username: &str,
+        kind: &str,
+        payload: &T,
+    ) -> Result<(), Error> {
+        self.send_frame_here(username, typed_frame(kind, payload)?)
+    }
+
+    fn send_frame_here(&self, username: &str, frame: Frame) -> Result<(), Error> {
+        require(self.status(), "send a message", &[Status::Listening, Status::Closing])?;
+        let pushed = self
+            .inner
+            .links
+            .with(username, |link| link.map(|link| (link.clone(), link.push(frame))));
+        match pushed {
+            Some((_, Ok(()))) => Ok(()),
+            Some((connection, Err(error))) => Err(self.refused_push(username, &connection, error)),
+            None if self.user(username).is_some() => Err(Error::SendToUnlinkedUser),
+            None => Err(Error::SendToUnknownUser),
+        }
+    }
+
+    /// A handle that does not keep the server alive: for a long-lived thing the server's listeners hold, that must
+    /// reach the server (a listener holding a [`Server`] would keep it alive as long as the server keeps the listener).
+    ///
+    /// ```
+    /// let server = emitter_core::Server::new();
+    /// let weak = server.downgrade();
+    /// assert!(weak.upgrade().is_some());
+    /// drop(server);
+    /// assert!(weak.upgrade().is_none());
+    /// ```
+    pub fn downgrade(&self) -> WeakServer {
+        WeakServer(Arc::downgrade(&self.inner))
     }
 
     fn refused_push(&self, username: &str, connection: &Arc<Connection>, error: PushError) -> Error {

@@ -3,7 +3,8 @@
 //! nodes.
 //!
 //! Listeners of an entry run only on the node that made it (`LogEntry::by`), so that an app behaves as on one process:
-//! a welcome broadcast from a `link` listener is sent once.
+//! a welcome broadcast from a `link` listener is sent once. The `on_membership` listeners run on every node for every
+//! entry it applies, with the entry's seq: for what a node does for its own users, or an owner once per cluster.
 //!
 //! Nothing waits for the cluster on a runtime. Every change (a connection's link, its `krmx/unlink` and `krmx/leave`,
 //! the unlink of a connection that closed, a closing node's unlinks, and the server methods `join`, `unlink` and
@@ -337,6 +338,8 @@ impl Server {
                 (Membership::Leave, user)
             }
         };
+        // Every node's: what a node does for its own users, or an owner once per cluster.
+        self.emit_applied(emitted.0, emitted.1, entry.seq);
         if mine {
             self.emit_membership(emitted.0, emitted.1);
         }
@@ -871,24 +874,27 @@ impl ClusterHost {
                 tracing::info!(connection = %connection.id, user = name, "its link is gone from the cluster: closing");
                 connection.close(CloseReason::Restart);
             }
-            if link.is_some() {
-                let _ = server.apply_unlink(name);
+            if link.is_some() && server.apply_unlink(name).is_some() {
+                server.emit_applied(Membership::Unlink, name, seq);
             }
             match keep {
                 None => {
-                    server.apply_leave(name);
+                    if server.apply_leave(name) {
+                        server.emit_applied(Membership::Leave, name, seq);
+                    }
                 }
                 Some(Some(addr)) => relink.push((name.clone(), (*addr).clone())),
                 Some(None) => {}
             }
         }
         for (name, addr) in relink {
-            self.link_from_snapshot(&sequencer, &name, &addr);
+            self.link_from_snapshot(&sequencer, &name, &addr, seq);
         }
         for (name, link) in &users[kept..] {
             server.apply_join(name);
+            server.emit_applied(Membership::Join, name, seq);
             if let Some(addr) = link {
-                self.link_from_snapshot(&sequencer, name, addr);
+                self.link_from_snapshot(&sequencer, name, addr, seq);
             }
         }
         {
@@ -905,8 +911,8 @@ impl ClusterHost {
         server.inner.metrics.rebuilt();
     }
 
-    /// Links `user` as the snapshot says, in a [`rebuild`](ClusterHost::rebuild).
-    fn link_from_snapshot(&self, sequencer: &Arc<dyn Sequencer>, user: &str, addr: &LinkAddr) {
+    /// Links `user` as the snapshot says, in a [`rebuild`](ClusterHost::rebuild) from the snapshot at `seq`.
+    fn link_from_snapshot(&self, sequencer: &Arc<dyn Sequencer>, user: &str, addr: &LinkAddr, seq: u64) {
         let server = &self.server;
         let here = sequencer
             .owns(addr)
@@ -927,12 +933,15 @@ impl ClusterHost {
             if waited {
                 let _ = connection.push(ServerMessage::Accepted.to_frame());
                 if server.apply_link(&connection, user) {
+                    server.emit_applied(Membership::Link, user, seq);
                     server.emit_membership(Membership::Link, user);
                 }
                 return;
             }
         }
-        server.apply_link_remote(user, addr.clone());
+        if server.apply_link_remote(user, addr.clone()) {
+            server.emit_applied(Membership::Link, user, seq);
+        }
         if sequencer.owns(addr) {
             // This node made the link (its entry's listeners are this node's), for a connection that is gone, was
             // told it was rejected, or moved on: its listeners run as for any link entry of ours, and it is undone,

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use crate::error::Error;
 use crate::protocol::Message;
 use crate::server::auth::{AuthContext, AuthInfo};
-use crate::server::events::Event;
+use crate::server::events::{Event, MembershipEvent};
 use crate::server::UserRef;
 use crate::Server;
 
@@ -74,6 +74,39 @@ impl Server {
             })
         });
         waiting(subscription, rx)
+    }
+
+    /// Calls `listener` with the server and every membership change (join, link, unlink, leave) this node applies,
+    /// in the order applied, each once, with its place in that order ([`MembershipEvent::seq`]).
+    ///
+    /// It runs on every node of a cluster, once per change each, wherever the change was made; `on_join`, `on_link`,
+    /// `on_unlink` and `on_leave` run only on the node that made the change (on one process both kinds run for every
+    /// change, this one first). Use it for what a node does for its own users (with [`Server::is_linked_here`] and
+    /// [`Server::send_here`]: a catch-up on a link to this node's connection), or for what one owner of a thing does
+    /// once per cluster (free a seat when a user leaves, on the node that owns the game); use today's listeners for
+    /// what the node that made the change does (a welcome broadcast, sent once).
+    ///
+    /// It runs on the membership path, under its turn, like the others: keep it quick, and make no membership
+    /// change from it (`join`, `kick`, `unlink`): on one process that change's events would reach the listeners
+    /// registered after this one before this change's. A node of a cluster that rebuilds from a snapshot (it fell
+    /// behind a trimmed log) emits the changes it applies to catch up, all with the snapshot's seq; one that starts
+    /// over ([`ClusterHost::restart`](crate::cluster::ClusterHost::restart)) emits none.
+    ///
+    /// ```
+    /// use emitter_core::{MembershipKind, Server};
+    ///
+    /// let server = Server::new();
+    /// server.on_membership(|server, change| {
+    ///     if change.kind == MembershipKind::Link && server.is_linked_here(change.username) {
+    ///         let _ = server.send_payload_here(change.username, "lobby/welcome", &change.seq);
+    ///     }
+    /// });
+    /// ```
+    pub fn on_membership(
+        &self,
+        listener: impl Fn(&Server, &MembershipEvent<'_>) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.inner.events.membership.add(Arc::new(listener))
     }
 
     /// Calls `listener` with the server and the port once the server listens. It runs before the transport accepts its first

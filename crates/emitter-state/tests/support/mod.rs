@@ -2,6 +2,8 @@
 //! client would hold after the frames a connection received.
 #![allow(dead_code)]
 
+pub mod journal;
+
 use std::collections::{BTreeMap, HashMap};
 
 use emitter_core::transport::{ConnectionId, Outbox};

@@ -142,7 +142,7 @@ impl Player {
 }
 
 fn increment(by: i64) -> Value {
-    json!({ "type": "stream/append", "payload": { "domain": "counter", "event": { "type": "increment", "payload": { "by": by } } } })
+    json!({ "type": "stream/append", "payload": { "domain": "counter", "dispatcher": "me", "event": { "type": "increment", "payload": { "by": by } } } })
 }
 
 fn atom_set(key: &str, atom: Value) -> Value {
@@ -186,7 +186,7 @@ async fn three_nodes_serve_one_state_while_its_owner_moves() {
     alice
         .client
         .send_raw(&format!(
-            r#"{{"type":"stream/append","payload":{{"event":{sent},"domain":"counter"}}}}"#
+            r#"{{"type":"stream/append","payload":{{"event":{sent},"dispatcher":"me","domain":"counter"}}}}"#
         ))
         .await;
     journal.settle();

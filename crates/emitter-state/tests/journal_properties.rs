@@ -192,7 +192,7 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                         json!({ "type": "projection/action", "payload": payload })
                     }
                     1 => {
-                        json!({ "type": "stream/append", "payload": { "domain": "log", "event": { "type": "add", "payload": n } } })
+                        json!({ "type": "stream/append", "payload": { "domain": "log", "dispatcher": "me", "event": { "type": "add", "payload": n } } })
                     }
                     _ => json!({ "type": "atom/set", "payload": { "key": format!("k{n}"), "atom": USERS[user] } }),
                 };

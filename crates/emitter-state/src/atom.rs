@@ -457,7 +457,9 @@ impl JournalModel for AtomsModel {
             return;
         };
         let _ = self.atoms.with_mut(|held| {
-            let Some((key, atom)) = step(&mut held.atoms, change) else { return };
+            let Some((key, atom)) = step(&mut held.atoms, change) else {
+                return;
+            };
             let out = AtomSetOut { key: &key, atom: &atom };
             self.here.lock().retain(|username| {
                 let sent = server.send_payload_here(username, wire::ATOM_SET, &out);

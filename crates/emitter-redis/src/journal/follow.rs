@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use super::context::{add, Ctx, Domain};
 use super::store::{self, DomainKeys};
-use super::{add, Ctx, Domain};
 
 /// Where the follower is.
 enum Replica {

@@ -63,13 +63,13 @@
 //! - **Restart of a single process** with Redis as its store: the same keys are there; the old lease was released by
 //!   [`RedisJournal::close`], or lapses within a lease; the new process claims it and continues from head.
 
+mod context;
 mod follow;
 mod owner;
 mod scripts;
 mod store;
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,134 +83,9 @@ use crate::cluster::Cluster;
 use crate::shared::Options;
 use store::DomainKeys;
 
-/// Where the membership seqs given to [`Journal::membership`] come from, which decides whether a seq recorded in
-/// Redis by one process means anything to another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MembershipSeqs {
-    /// The cluster's log (emitter-redis nodes): every process is told every change with the same seq, so a new owner
-    /// skips those the old one handled. Seqs of another cluster epoch count as unhandled.
-    #[default]
-    Cluster,
-    /// A counter of this process (one process using Redis as a store): a seq recorded by another process (a previous
-    /// run) says nothing about this one's, so every change this process is told of is executed.
-    Process,
-}
-
-/// How a [`RedisJournal`] behaves. Build it from the defaults:
-///
-/// ```
-/// use std::time::Duration;
-/// use emitter_redis::journal::JournalOptions;
-///
-/// let options = JournalOptions { lease: Duration::from_secs(2), ..JournalOptions::default() };
-/// assert_eq!(options.batch, 256);
-/// ```
-#[derive(Debug, Clone)]
-pub struct JournalOptions {
-    /// How long a domain's owner keeps its lease without renewing, by Redis's clock: when the owner dies, another
-    /// process takes the domain over after at most this long. Renewed every third of it. Default: 5 s.
-    pub lease: Duration,
-    /// How many requests may wait in this process's queue for Redis before [`Journal::submit`] refuses with
-    /// [`JournalError::Full`]. Default: 65,536.
-    pub queue: usize,
-    /// How many requests (membership changes and inbox requests) the owner executes and commits in one script call
-    /// at most. Default: 256.
-    pub batch: usize,
-    /// How often a follower reads the log and an owner the inbox without having been notified, so that a lost
-    /// notification only delays. Default: 500 ms.
-    pub poll_interval: Duration,
-    /// How many membership changes each domain remembers for a future owner. Default: 4,096.
-    pub membership_ring: usize,
-    /// How many of the newest log entries a checkpoint leaves in the log (a follower further behind loads the
-    /// checkpoint instead); never any after the newest checkpoint. Default: 10,000.
-    pub log_retention: u64,
-    /// Where membership seqs come from. Default: [`MembershipSeqs::Cluster`].
-    pub membership: MembershipSeqs,
-}
-
-impl Default for JournalOptions {
-    fn default() -> Self {
-        JournalOptions {
-            lease: Duration::from_secs(5),
-            queue: 65_536,
-            batch: 256,
-            poll_interval: Duration::from_millis(500),
-            membership_ring: 4_096,
-            log_retention: 10_000,
-            membership: MembershipSeqs::Cluster,
-        }
-    }
-}
-
-/// Counters of a journal's work since it was made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct JournalStats {
-    /// Requests sent to an inbox.
-    pub submitted: u64,
-    /// Requests whose batch failed (Redis unreachable, a lost reply): dropped, maybe in the inbox.
-    pub submit_failures: u64,
-    /// Requests refused because the queue was full.
-    pub queue_full: u64,
-    /// Commits made as an owner.
-    pub commits: u64,
-    /// Times this process lost a domain's lease (a refused renewal or commit, or no renewal in time).
-    pub leases_lost: u64,
-    /// Times a follower loaded its replica again because the log no longer continued from it.
-    pub reloads: u64,
-    /// Commits whose reply was lost (a timeout, a dropped connection), resolved by reading head.
-    pub lost_replies: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    submitted: AtomicU64,
-    submit_failures: AtomicU64,
-    queue_full: AtomicU64,
-    commits: AtomicU64,
-    leases_lost: AtomicU64,
-    reloads: AtomicU64,
-    lost_replies: AtomicU64,
-}
-
-fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
-/// What every task of a journal shares; never the journal itself, so that dropping the last handle stops them.
-struct Ctx {
-    cluster: Cluster,
-    options: JournalOptions,
-    /// This journal's random token, written with each lease it holds.
-    token: String,
-    /// Turns true when the journal closes.
-    closing: watch::Receiver<bool>,
-    counters: Counters,
-}
-
-/// A membership change waiting for an owner.
-#[derive(Debug, Clone)]
-struct Pending {
-    seq: u64,
-    change: MembershipChange,
-    user: String,
-}
-
-/// One attached domain.
-struct Domain {
-    keys: DomainKeys,
-    model: Arc<dyn JournalModel>,
-    /// New requests or membership changes (for the owner).
-    work: Notify,
-    /// The lease was released (for a process waiting to claim it).
-    released: Notify,
-    /// A commit (for the follower).
-    committed: Notify,
-    ring: Mutex<VecDeque<Pending>>,
-    /// The n of the replica; `None` until it is loaded.
-    applied: watch::Sender<Option<u64>>,
-    owning: AtomicBool,
-}
+use context::Counters;
+use context::{add, random_token, Ctx, Domain, Pending};
+pub use context::{JournalOptions, JournalStats, MembershipSeqs};
 
 type Domains = Arc<Mutex<HashMap<String, Arc<Domain>>>>;
 
@@ -527,23 +402,4 @@ async fn listen(ctx: Arc<Ctx>, domains: Domains) {
         }
         backoff = (backoff * 2).min(ctx.cluster.options().connect_timeout);
     }
-}
-
-/// 128 random bits as hex: unique per journal, not secret.
-fn random_token() -> String {
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    let count = COUNT.fetch_add(1, Ordering::Relaxed);
-    let mut token = String::with_capacity(32);
-    for half in 0..2u8 {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u8(half);
-        hasher.write_u128(nanos);
-        hasher.write_u64(count);
-        hasher.write_u32(std::process::id());
-        token.push_str(&format!("{:016x}", hasher.finish()));
-    }
-    token
 }

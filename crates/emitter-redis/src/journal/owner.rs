@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::context::{add, Ctx, Domain, MembershipSeqs};
 use super::store::{self, Claim, Commit, Committing, DomainKeys, Place};
-use super::{add, Ctx, Domain, MembershipSeqs};
 use crate::lease::LeaseClock;
 use crate::sentinel::Conn;
 use crate::shared::millis;
@@ -195,7 +195,7 @@ async fn execute(ctx: &Ctx, domain: &Domain, conn: &mut Conn, gen: u64, clock: &
     };
     let batch = ctx.options.batch.max(1);
     // The name this stint gives the history if it makes its first commit (the domain is new, or Redis lost it).
-    let history = super::random_token();
+    let history = super::context::random_token();
     loop {
         if *closing.borrow() {
             return Ended::Closing;

@@ -20,6 +20,7 @@ use emitter_axum::ListenError;
 use emitter_core::config::{KeepLimits, LinkPolicy};
 use emitter_core::{AuthContext, AuthInfo, Error, Message, Server, ServerBuilder, UserRef};
 use emitter_redis::{Cluster, Node, Options};
+use emitter_state::journal::{Journal, JournalError};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -39,16 +40,24 @@ pub const ADMIN: &str = "admin";
 pub const NOT_A_USERNAME: &str = "payload must be a username string";
 
 /// The main endpoint's server: accepts new users, and serves the state app ([`state`]) beside the contract's custom
-/// messages. Not listening yet.
+/// messages, in this process. Not listening yet.
 pub fn build_main() -> Server {
-    build_main_with_state().0
+    build_main_with_state()
+        .map(|(server, _)| server)
+        .unwrap_or_else(|error| unreachable!("only a journal refuses a domain: {error}"))
 }
 
 /// [`build_main`], with the handles of its state app's models (to read their state from the server side).
-pub fn build_main_with_state() -> (Server, state::StateApp) {
+pub fn build_main_with_state() -> Result<(Server, state::StateApp), JournalError> {
+    build_main_journaled(None)
+}
+
+/// The main endpoint's server with its state app's models journaled by `journal` (a cluster's or a store's: see
+/// [`state::register`]), or in this process without one.
+pub fn build_main_journaled(journal: Option<Arc<dyn Journal>>) -> Result<(Server, state::StateApp), JournalError> {
     let server = with_contract(state::settings(Server::builder()));
-    let app = state::register(&server);
-    (server, app)
+    let app = state::register(&server, journal)?;
+    Ok((server, app))
 }
 
 /// The policy endpoint's grace period: an unlinked user leaves after it.

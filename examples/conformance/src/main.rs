@@ -7,11 +7,18 @@
 //!
 //! With `REDIS_URL` set, the endpoints are nodes of clusters on that Redis: `KRMX_CLUSTER` (default `conformance`)
 //! for the main one, `<KRMX_CLUSTER>-closed` and `<KRMX_CLUSTER>-policy` for the others, as node `NODE_ID` (default
-//! `node-<PORT>`), with a lease of `KRMX_LEASE_MS` (default 10000).
+//! `node-<PORT>`), with a lease of `KRMX_LEASE_MS` (default 10000); the state app's models are then shared by the
+//! cluster's nodes through a journal on that Redis (its domain leases as long as the node's).
+//!
+//! With `STATE_REDIS_URL` set instead (one process), the state app's models are kept in that Redis as a store
+//! (`STATE_STORE`, default `conformance-state`): a restarted process resumes where the last one stopped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use emitter_redis::Options;
+use emitter_redis::journal::{JournalOptions, MembershipSeqs, RedisJournal};
+use emitter_redis::{Cluster, Node, Options};
+use emitter_state::journal::Journal;
 use example_support::env_number;
 use tokio::net::TcpListener;
 
@@ -33,24 +40,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .unwrap_or_else(|error| panic!("cannot bind POLICY_PORT {policy_port}: {error}"));
     let main_port = main_listener.local_addr()?.port();
-    let main = example_conformance::build_main();
     let closed = example_conformance::build_closed();
     let policy = example_conformance::build_policy();
 
+    let lease = Duration::from_millis(env_number("KRMX_LEASE_MS", 10_000)?);
     let mut nodes = Vec::new();
+    let mut journal: Option<Arc<RedisJournal>> = None;
+    let main;
     if let Ok(url) = std::env::var("REDIS_URL") {
         let cluster = std::env::var("KRMX_CLUSTER").unwrap_or_else(|_| "conformance".to_owned());
         let node = std::env::var("NODE_ID").unwrap_or_else(|_| format!("node-{main_port}"));
         let options = Options {
-            lease: Duration::from_millis(env_number("KRMX_LEASE_MS", 10_000)?),
+            lease,
             ..Options::default()
         };
+        // The state app's models are the cluster's: attached to its journal before the node takes any user.
+        let main_cluster = Cluster::connect(&url, &cluster, options.clone()).await?;
+        let shared = Arc::new(
+            main_cluster
+                .journal(JournalOptions {
+                    lease,
+                    ..JournalOptions::default()
+                })
+                .await,
+        );
+        main = example_conformance::build_main_journaled(Some(shared.clone() as Arc<dyn Journal>))?.0;
+        journal = Some(shared);
         let (closed_cluster, policy_cluster) = (format!("{cluster}-closed"), format!("{cluster}-policy"));
         let join = example_conformance::join_cluster;
-        nodes.push(join(&main, &url, &cluster, &node, options.clone()).await?);
+        nodes.push(Node::start(&main, main_cluster, &node).await?);
         nodes.push(join(&closed, &url, &closed_cluster, &node, options.clone()).await?);
         nodes.push(join(&policy, &url, &policy_cluster, &node, options).await?);
         println!("conformance node {node} of cluster {cluster} on {url}");
+    } else if let Ok(url) = std::env::var("STATE_REDIS_URL") {
+        let store = std::env::var("STATE_STORE").unwrap_or_else(|_| "conformance-state".to_owned());
+        let options = JournalOptions {
+            lease,
+            // One process: a restarted one counts membership changes from 1 again.
+            membership: MembershipSeqs::Process,
+            ..JournalOptions::default()
+        };
+        let shared = Arc::new(RedisJournal::connect(&url, &store, options).await?);
+        main = example_conformance::build_main_journaled(Some(shared.clone() as Arc<dyn Journal>))?.0;
+        journal = Some(shared);
+        println!("conformance state kept in store {store} on {url}");
+    } else {
+        main = example_conformance::build_main();
     }
     let main_port = example_conformance::serve_main_server(&main, main_listener).await?;
     let closed_port = example_conformance::serve_closed_server(&closed, closed_listener).await?;
@@ -72,6 +107,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     policy_closed?;
     for node in nodes {
         node.stopped().await;
+    }
+    if let Some(journal) = journal {
+        journal.close().await;
     }
     Ok(())
 }

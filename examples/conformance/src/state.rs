@@ -14,10 +14,12 @@
 //! were registered) is the atoms, then the counter's history, then the tally's `projection/set`, last.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use emitter_core::{Server, ServerBuilder};
+use emitter_state::journal::{Journal, JournalError};
 use emitter_state::{AtomModel, Atoms, Projection, ProjectionModel, Stream, StreamModel};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The stream's domain.
@@ -40,14 +42,14 @@ pub const OUTBOUND_BUDGET: usize = 128 << 20;
 pub const AMOUNT: std::ops::RangeInclusive<u64> = 1..=100;
 
 /// The counter's state.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counter {
     /// The sum of the accepted increments' `by`.
     pub count: u64,
 }
 
-/// The tally's state: held by the server only; each user sees a [`TallyView`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// The tally's state: held by the server only; each user sees a [`TallyView`]. Serde carries it through a journal.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     /// The sum of the accepted adds' `n`.
     pub total: u64,
@@ -93,13 +95,19 @@ pub fn settings(builder: ServerBuilder) -> ServerBuilder {
     builder.outbound_queue(OUTBOUND_QUEUE).outbound_budget(OUTBOUND_BUDGET)
 }
 
-/// Registers the state app's models on `server`, in the order of the catch-up: atoms, counter, tally.
-pub fn register(server: &Server) -> StateApp {
+/// The atoms' domain in a journal.
+pub const ATOMS: &str = "atoms";
+
+/// Registers the state app's models on `server`, in the order of the catch-up: atoms, counter, tally. With a
+/// `journal` (a cluster's, or a store's on one process) the models are journaled: one owner decides each change
+/// and every node serves its own users from the committed changes; without one they live in this process.
+///
+/// Fails only when the journal does not take a domain (attached already).
+pub fn register(server: &Server, journal: Option<Arc<dyn Journal>>) -> Result<StateApp, JournalError> {
     let atoms = AtomModel::new()
         .strict_key_prefixes(true)
         .clear_when_empty(false)
-        .max_atoms(MAX_ATOMS)
-        .register(server);
+        .max_atoms(MAX_ATOMS);
     let counter = StreamModel::new(Counter::default())
         .when(
             "increment",
@@ -110,20 +118,28 @@ pub fn register(server: &Server) -> StateApp {
             },
         )
         .max_events(MAX_EVENTS)
-        .max_history_bytes(MAX_HISTORY_BYTES)
-        .register(server, COUNTER);
-    let tally = ProjectionModel::new(Tally::default(), |tally: &Tally, username: &str| tally.view(username))
-        .when(
-            "add",
-            |tally: &mut Tally, dispatcher: &str, payload: Map<String, Value>| {
-                let n = amount(&payload, "n")?;
-                tally.total += n;
-                *tally.by.entry(dispatcher.to_owned()).or_default() += n;
-                Ok::<(), String>(())
-            },
-        )
-        .register(server, TALLY);
-    StateApp { atoms, counter, tally }
+        .max_history_bytes(MAX_HISTORY_BYTES);
+    let tally = ProjectionModel::new(Tally::default(), |tally: &Tally, username: &str| tally.view(username)).when(
+        "add",
+        |tally: &mut Tally, dispatcher: &str, payload: Map<String, Value>| {
+            let n = amount(&payload, "n")?;
+            tally.total += n;
+            *tally.by.entry(dispatcher.to_owned()).or_default() += n;
+            Ok::<(), String>(())
+        },
+    );
+    Ok(match journal {
+        None => StateApp {
+            atoms: atoms.register(server),
+            counter: counter.register(server, COUNTER),
+            tally: tally.register(server, TALLY),
+        },
+        Some(journal) => StateApp {
+            atoms: atoms.register_journaled(server, ATOMS, journal.clone())?,
+            counter: counter.register_journaled(server, COUNTER, journal.clone())?,
+            tally: tally.register_journaled(server, TALLY, journal)?,
+        },
+    })
 }
 
 /// The payload's `member`, when it is an integer in [`AMOUNT`]. A JSON number with a zero fraction (`3.0`, `1e2`) is

@@ -26,7 +26,7 @@ struct Main {
 }
 
 async fn start() -> Main {
-    let (server, app) = example_conformance::build_main_with_state();
+    let (server, app) = example_conformance::build_main_with_state().expect("no journal, nothing refused");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = example_conformance::serve_main_server(&server, listener).await.unwrap();
     Main { server, app, port }

@@ -3,8 +3,9 @@
 #   1. the real @krmx/client against emitter's conformance server (tests/interop/test, Node's built-in test runner),
 #      emitter-state's JSON deltas against the real jsondiffpatch 0.5.0 (tests/interop/test/delta.test.js), and the
 #      real @krmx/state client models against emitter-state's models in examples/cards (tests/interop/test/state.test.js)
-#      and against the conformance server's state app (tests/interop/test/state-conformance.test.js; its cluster run,
-#      STATE_CLUSTER=1, is not part of CI yet);
+#      and against the conformance server's state app (tests/interop/test/state-conformance.test.js), on one process
+#      and, with STATE_CLUSTER=1, on three nodes of a cluster on a throwaway redis-server (05-redis.sh installs it),
+#      one of them SIGKILLed mid-run;
 #   2. emitter-client against the real @krmx/server (crates/emitter-client/tests/interop_krmx_server.rs), with
 #      EMITTER_INTEROP=1 so that a missing npm install fails instead of skipping.
 # Installs Node.js from Debian if it is absent, and the npm packages from tests/interop/package-lock.json.
@@ -29,6 +30,10 @@ echo "--- @krmx/client against examples/conformance, emitter-state against jsond
     EMITTER_DELTA_CASES_BIN="$target_dir/debug/examples/delta_cases" \
     EMITTER_COMPACTING_STREAM_BIN="$target_dir/debug/examples/compacting_stream" \
     EMITTER_CARDS_BIN="$target_dir/debug/example-cards" node --test)
+
+echo "--- @krmx/state clients against the state app on three nodes of a cluster (the owner SIGKILLed mid-run)"
+(cd tests/interop && STATE_CLUSTER=1 EMITTER_CONFORMANCE_BIN="$target_dir/debug/example-conformance" \
+    node --test test/state-conformance.test.js)
 
 echo "--- emitter-client against @krmx/server"
 EMITTER_INTEROP=1 cargo test -p emitter-client --test interop_krmx_server

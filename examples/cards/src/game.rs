@@ -5,7 +5,7 @@
 //! In turn, a player plays a card of the same suit or rank as the top of the pile, or an eight on anything, or draws a
 //! card (which ends the turn). The first to play their last card wins.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Seats at the table.
 pub const MAX_PLAYERS: usize = 4;
@@ -16,7 +16,7 @@ const RANKS: [&str; 13] = ["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J
 const SUITS: [char; 4] = ['S', 'H', 'D', 'C'];
 
 /// Where the game is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Players sit down; anyone seated may start once two are.
@@ -28,7 +28,7 @@ pub enum Phase {
 }
 
 /// A player and their hand, in play order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seat {
     /// The username.
     pub name: String,
@@ -36,8 +36,9 @@ pub struct Seat {
     pub hand: Vec<String>,
 }
 
-/// The whole table, as only the server knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The whole table, as only the server knows it. Serde carries it through a journal, between the processes of a
+/// cluster (or to a store), never to a client: a client gets its [`View`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Game {
     phase: Phase,
     seats: Vec<Seat>,

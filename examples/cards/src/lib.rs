@@ -15,12 +15,14 @@
 
 pub mod game;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
 use emitter_core::{Server, UserRef};
+use emitter_state::journal::{Journal, JournalError};
 use emitter_state::{AtomModel, Atoms, Projection, ProjectionModel, Stream, StreamModel};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -56,14 +58,14 @@ pub struct Options {
 }
 
 /// The table talk, as every client folds it: the last [`CHAT_LINES`] lines.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chat {
     /// Oldest first.
     pub lines: Vec<Line>,
 }
 
 /// One line of table talk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     /// Who said it.
     pub who: String,
@@ -89,15 +91,22 @@ pub struct Cards {
     pub atoms: Atoms,
 }
 
-/// Builds the server and registers the three models.
+/// Builds the server and registers the three models, in this process.
 pub fn build(options: Options) -> Cards {
+    build_journaled(options, None).unwrap_or_else(|error| unreachable!("only a journal refuses a domain: {error}"))
+}
+
+/// Builds the server and registers the three models through `journal` (on a cluster, each node's journal: the
+/// nodes then serve one table, one chat and one set of moods, each run by its owner node), or in this process
+/// without one. Fails only when the journal does not take a domain.
+pub fn build_journaled(options: Options, journal: Option<Arc<dyn Journal>>) -> Result<Cards, JournalError> {
     let server = Server::builder()
         .path("/ws")
         .grace_period(options.grace_period.unwrap_or(GRACE_PERIOD))
         .build();
-    let table = table(&server, options.seed);
-    let chat = chat(&server);
-    let atoms = moods(&server);
+    let table = table(&server, options.seed, journal.clone())?;
+    let chat = chat(&server, journal.clone())?;
+    let atoms = moods(&server, journal)?;
 
     let cards = Cards {
         server,
@@ -111,14 +120,14 @@ pub fn build(options: Options) -> Cards {
             .server
             .on_payload(INSPECT, move |u, domain: String| inspector.inspect(u, &domain));
     }
-    cards
+    Ok(cards)
 }
 
 /// The table: the whole game on the server, and each user's view of it on their client.
-pub fn table(server: &Server, seed: u64) -> Projection<Game> {
+pub fn table(server: &Server, seed: u64, journal: Option<Arc<dyn Journal>>) -> Result<Projection<Game>, JournalError> {
     // Each action is a method of the game, which says why it refuses: the dispatcher's optimistic action is then
     // invalidated, and nothing changes.
-    ProjectionModel::new(Game::new(seed), |game: &Game, username: &str| game.view(username))
+    let model = ProjectionModel::new(Game::new(seed), |game: &Game, username: &str| game.view(username))
         .when("sit", |game: &mut Game, player: &str, (): ()| game.sit(player))
         .when("stand", |game: &mut Game, player: &str, (): ()| game.stand(player))
         .when("start", |game: &mut Game, player: &str, (): ()| game.start(player))
@@ -133,35 +142,44 @@ pub fn table(server: &Server, seed: u64) -> Projection<Game> {
             if game.remove(player) {
                 tracing::info!(username = player, "left the table");
             }
-        })
-        .register(server, CARDS)
+        });
+    match journal {
+        None => Ok(model.register(server, CARDS)),
+        Some(journal) => model.register_journaled(server, CARDS, journal),
+    }
 }
 
 /// The table talk: every client folds the `say` events into the last lines, and so does the server.
-pub fn chat(server: &Server) -> Stream<Chat> {
-    StreamModel::new(Chat::default())
-        .when("say", |chat: &mut Chat, who: &str, Say { text }| {
-            if text.trim().is_empty() || text.chars().count() > MAX_SAY {
-                return Err("say something, in 200 characters at most");
-            }
-            chat.lines.push(Line {
-                who: who.to_owned(),
-                text,
-            });
-            if chat.lines.len() > CHAT_LINES {
-                chat.lines.remove(0);
-            }
-            Ok(())
-        })
-        .register(server, CHAT)
+pub fn chat(server: &Server, journal: Option<Arc<dyn Journal>>) -> Result<Stream<Chat>, JournalError> {
+    let model = StreamModel::new(Chat::default()).when("say", |chat: &mut Chat, who: &str, Say { text }| {
+        if text.trim().is_empty() || text.chars().count() > MAX_SAY {
+            return Err("say something, in 200 characters at most");
+        }
+        chat.lines.push(Line {
+            who: who.to_owned(),
+            text,
+        });
+        if chat.lines.len() > CHAT_LINES {
+            chat.lines.remove(0);
+        }
+        Ok(())
+    });
+    match journal {
+        None => Ok(model.register(server, CHAT)),
+        Some(journal) => model.register_journaled(server, CHAT, journal),
+    }
 }
 
+/// The moods' domain in a journal.
+pub const MOODS: &str = "moods";
+
 /// The moods: `alice/mood` is alice's to set, and they are forgotten once everyone left.
-pub fn moods(server: &Server) -> Atoms {
-    AtomModel::new()
-        .strict_key_prefixes(true)
-        .clear_when_empty(true)
-        .register(server)
+pub fn moods(server: &Server, journal: Option<Arc<dyn Journal>>) -> Result<Atoms, JournalError> {
+    let model = AtomModel::new().strict_key_prefixes(true).clear_when_empty(true);
+    match journal {
+        None => Ok(model.register(server)),
+        Some(journal) => model.register_journaled(server, MOODS, journal),
+    }
 }
 
 impl Cards {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::journal::{Journal, MembershipChange, Request};
+use crate::journal::{Journal, JournalError, MembershipChange, Request};
 use crate::Error;
 
 /// The type of a server-side request a stream's owner compacts its history on (`Stream::compact`). Only the server
@@ -51,6 +51,29 @@ impl<O> Attached<O> {
         };
         self.journal.submit(domain, request).map_err(|error| Error::Journal {
             reason: error.to_string(),
+        })
+    }
+}
+
+/// What a journaled projection or stream has beside the in-memory one's: its place in the journal with the owner's
+/// `O` (a projection's state, a stream's log), and its state `S` as JSON.
+pub(crate) struct Journaling<O, S> {
+    pub(crate) attached: Attached<O>,
+    pub(crate) codec: Codec<S>,
+    /// The initial state, as JSON: the owner's and the replica's starting point without a checkpoint.
+    pub(crate) initial: Value,
+}
+
+impl<O, S: Serialize + DeserializeOwned> Journaling<O, S> {
+    /// Fails when the initial state does not serialize to JSON.
+    pub(crate) fn new(journal: Arc<dyn Journal>, server: &Server, initial: &S) -> Result<Self, JournalError> {
+        let codec = Codec::json();
+        let initial = (codec.encode)(initial)
+            .map_err(|reason| JournalError::Domain(format!("the initial state is not JSON: {reason}")))?;
+        Ok(Journaling {
+            attached: Attached::new(journal, server),
+            codec,
+            initial,
         })
     }
 }

@@ -25,7 +25,7 @@ use crate::delta;
 use crate::domain::Domain;
 use crate::handlers::{Handlers, Outcome};
 use crate::journal::{Checkpoint, Committed, Journal, JournalError, JournalModel, MembershipChange, Request};
-use crate::journaled::{linked_here, read_request, server_request, Attached, Codec};
+use crate::journaled::{linked_here, read_request, server_request, Journaling};
 use crate::registration::{Listeners, Registration, Replica};
 use crate::stats::Counters;
 use crate::wire::{self, ProjectionDeltaOut, ProjectionInvalidateOut, ProjectionSetOut};
@@ -170,7 +170,7 @@ impl<S: Send + 'static> ProjectionModel<S> {
 }
 
 impl<S: Send + 'static> ProjectionModel<S> {
-    fn inner(self, domain: String, journaling: Option<Journaling<S>>) -> ProjectionInner<S> {
+    fn inner(self, domain: String, journaling: Option<Journaling<S, S>>) -> ProjectionInner<S> {
         ProjectionInner {
             domain,
             handlers: self.handlers,
@@ -206,14 +206,7 @@ impl<S: Serialize + DeserializeOwned + Send + 'static> ProjectionModel<S> {
         domain: impl Into<String>,
         journal: Arc<dyn Journal>,
     ) -> Result<Projection<S>, JournalError> {
-        let codec = Codec::json();
-        let initial = (codec.encode)(&self.initial)
-            .map_err(|reason| JournalError::Domain(format!("the initial state is not JSON: {reason}")))?;
-        let journaling = Journaling {
-            attached: Attached::new(journal.clone(), server),
-            codec,
-            initial,
-        };
+        let journaling = Journaling::new(journal.clone(), server, &self.initial)?;
         let model = Arc::new(self.inner(domain.into(), Some(journaling)));
         let registration = Registration::journaled(server, model.clone(), journal)?;
         Ok(Projection {
@@ -221,14 +214,6 @@ impl<S: Serialize + DeserializeOwned + Send + 'static> ProjectionModel<S> {
             registration: Arc::new(registration),
         })
     }
-}
-
-/// What a journaled projection has beside the in-memory one's.
-struct Journaling<S> {
-    attached: Attached<S>,
-    codec: Codec<S>,
-    /// The initial state, as JSON: the owner's and the replica's starting point without a checkpoint.
-    initial: Value,
 }
 
 /// One committed change of a projection: the state after it (none for a refused action), and the dispatcher's
@@ -269,7 +254,7 @@ struct ProjectionInner<S> {
     /// The replica, with a journal: the state as committed, and the users linked on this node.
     view: Domain<View<S>>,
     counters: Counters,
-    journaling: Option<Journaling<S>>,
+    journaling: Option<Journaling<S, S>>,
 }
 
 impl<S: Send + 'static> ProjectionInner<S> {
@@ -473,7 +458,7 @@ impl<S: Send + 'static> ProjectionInner<S> {
     /// The state after `checkpoint` and the changes `after` it, as JSON: the last one given.
     fn restored(
         &self,
-        journaling: &Journaling<S>,
+        journaling: &Journaling<S, S>,
         checkpoint: Option<&Checkpoint>,
         after: &[Committed],
     ) -> Result<S, String> {
@@ -487,7 +472,7 @@ impl<S: Send + 'static> ProjectionInner<S> {
     }
 
     /// Runs an action on the owner's `state`; the change to commit, if any.
-    fn execute_action(&self, journaling: &Journaling<S>, state: &mut S, user: &str, text: &str) -> Option<Value> {
+    fn execute_action(&self, journaling: &Journaling<S, S>, state: &mut S, user: &str, text: &str) -> Option<Value> {
         let (message, _) = read_request(text)?;
         let wire::Incoming::Ours(action) = wire::projection_action(&message, &self.domain) else {
             return None;
@@ -517,7 +502,7 @@ impl<S: Send + 'static> ProjectionInner<S> {
         serde_json::to_value(change).ok()
     }
 
-    fn encoded(&self, journaling: &Journaling<S>, state: &S) -> Option<Value> {
+    fn encoded(&self, journaling: &Journaling<S, S>, state: &S) -> Option<Value> {
         match (journaling.codec.encode)(state) {
             Ok(value) => Some(value),
             Err(reason) => {

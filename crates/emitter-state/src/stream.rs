@@ -24,7 +24,7 @@ use crate::delta::json_len;
 use crate::domain::Domain;
 use crate::handlers::{Handlers, Outcome};
 use crate::journal::{Checkpoint, Committed, Journal, JournalError, JournalModel, MembershipChange, Request};
-use crate::journaled::{linked_here, read_request, server_request, Attached, Codec, COMPACT, ROTATE};
+use crate::journaled::{linked_here, read_request, server_request, Journaling, COMPACT, ROTATE};
 use crate::registration::{Listeners, Registration, Replica};
 use crate::stats::Counters;
 use crate::wire::{self, Echo, StreamAppendOut};
@@ -256,7 +256,7 @@ impl<S: Send + 'static> StreamModel<S> {
     }
 
     /// Checks the definition, and makes the model.
-    fn inner(self, server: &Server, domain: String, journaling: Option<Journaling<S>>) -> StreamInner<S> {
+    fn inner(self, server: &Server, domain: String, journaling: Option<Journaling<Log<S>, S>>) -> StreamInner<S> {
         assert!(
             self.at_limit != AtLimit::Compact || self.compaction.is_some(),
             "stream {domain}: AtLimit::Compact needs a snapshot event, given with StreamModel::compaction"
@@ -316,14 +316,7 @@ impl<S: Serialize + DeserializeOwned + Send + 'static> StreamModel<S> {
         domain: impl Into<String>,
         journal: Arc<dyn Journal>,
     ) -> Result<Stream<S>, JournalError> {
-        let codec = Codec::json();
-        let initial = (codec.encode)(&self.initial)
-            .map_err(|reason| JournalError::Domain(format!("the initial state is not JSON: {reason}")))?;
-        let journaling = Journaling {
-            attached: Attached::new(journal.clone(), server),
-            codec,
-            initial,
-        };
+        let journaling = Journaling::new(journal.clone(), server, &self.initial)?;
         let model = Arc::new(self.inner(server, domain.into(), Some(journaling)));
         let registration = Registration::journaled(server, model.clone(), journal)?;
         Ok(Stream {
@@ -331,15 +324,6 @@ impl<S: Serialize + DeserializeOwned + Send + 'static> StreamModel<S> {
             registration: Arc::new(registration),
         })
     }
-}
-
-/// What a journaled stream has beside the in-memory one's.
-struct Journaling<S> {
-    /// The owner's log: its state and history, and whether it compacted since its last checkpoint.
-    attached: Attached<Log<S>>,
-    codec: Codec<S>,
-    /// The initial state, as JSON: the owner's and the replica's starting point without a checkpoint.
-    initial: Value,
 }
 
 /// One committed change of a stream. In this order: the state it rotates to; the snapshot event its history restarts
@@ -425,7 +409,7 @@ struct StreamInner<S> {
     compaction: Option<Compaction<S>>,
     log: Domain<Log<S>>,
     counters: Counters,
-    journaling: Option<Journaling<S>>,
+    journaling: Option<Journaling<Log<S>, S>>,
 }
 
 impl<S> Log<S> {
@@ -529,6 +513,19 @@ impl<S: Send + 'static> StreamInner<S> {
     /// Counts and logs what the owner made of an event (a journaled stream's: its dispatcher's node cannot tell).
     fn log_outcome(&self, outcome: &Result<(), Error>, dispatcher: &str, kind: &str) {
         self.counters.outcome(outcome);
+        self.log_refusal(outcome, dispatcher, kind);
+        match outcome {
+            Err(Error::Panicked { .. } | Error::Full) | Ok(()) => {}
+            Err(error @ (Error::Unknown { .. } | Error::Invalid { .. })) => {
+                tracing::warn!(domain = self.domain, dispatcher, %error, "an event was dropped");
+            }
+            Err(error) => tracing::debug!(domain = self.domain, dispatcher, %error, "an event was dropped"),
+        }
+    }
+
+    /// Logs an event the handler panicked on or the history had no room for: the server's side of a refusal, which a
+    /// client's own check cannot foresee (a bad payload is the client's, logged where it is dropped).
+    fn log_refusal(&self, outcome: &Result<(), Error>, dispatcher: &str, kind: &str) {
         match outcome {
             Err(Error::Panicked { kind }) => tracing::error!(
                 domain = self.domain,
@@ -545,11 +542,7 @@ impl<S: Send + 'static> StreamInner<S> {
                 at_limit = ?self.at_limit,
                 "an event was refused: the history is full"
             ),
-            Err(error @ (Error::Unknown { .. } | Error::Invalid { .. })) => {
-                tracing::warn!(domain = self.domain, dispatcher, %error, "an event was dropped");
-            }
-            Err(error) => tracing::debug!(domain = self.domain, dispatcher, %error, "an event was dropped"),
-            Ok(()) => {}
+            _ => {}
         }
     }
 
@@ -602,24 +595,7 @@ impl<S: Send + 'static> StreamInner<S> {
             })
             .and_then(|outcome| outcome);
         self.counters.outcome(&outcome);
-        match &outcome {
-            Err(Error::Panicked { kind }) => tracing::error!(
-                domain = self.domain,
-                dispatcher,
-                kind,
-                "an event handler panicked; the event was dropped, and the server's state may no longer be the fold of its history"
-            ),
-            Err(Error::Full) => tracing::warn!(
-                domain = self.domain,
-                dispatcher,
-                kind,
-                max_events = self.max_events,
-                max_bytes = self.max_bytes,
-                at_limit = ?self.at_limit,
-                "an event was refused: the history is full"
-            ),
-            _ => {}
-        }
+        self.log_refusal(&outcome, dispatcher, kind);
         outcome
     }
 }
@@ -646,7 +622,7 @@ impl<S: Send + 'static> StreamInner<S> {
     /// The log after `checkpoint` and the changes `after` it: the owner's, or the replica's (without its audience).
     fn restored(
         &self,
-        journaling: &Journaling<S>,
+        journaling: &Journaling<Log<S>, S>,
         checkpoint: Option<&Checkpoint>,
         after: &[Committed],
     ) -> Result<Log<S>, String> {
@@ -673,7 +649,13 @@ impl<S: Send + 'static> StreamInner<S> {
 
     /// Applies the `n`th committed change to `log`; whether it is one its caught-up users are sent (an event, or a
     /// rotation's snapshot: the last of the history).
-    fn step(&self, journaling: &Journaling<S>, log: &mut Log<S>, change: Change, n: u64) -> Result<bool, String> {
+    fn step(
+        &self,
+        journaling: &Journaling<Log<S>, S>,
+        log: &mut Log<S>,
+        change: Change,
+        n: u64,
+    ) -> Result<bool, String> {
         let mut tell = false;
         if let Some(state) = change.rotate {
             log.state = (journaling.codec.decode)(state)?;
@@ -711,7 +693,13 @@ impl<S: Send + 'static> StreamInner<S> {
     }
 
     /// Runs a request on the owner's `log`; the change to commit, if any.
-    fn execute_on(&self, journaling: &Journaling<S>, log: &mut Log<S>, user: &str, text: &str) -> Option<Change> {
+    fn execute_on(
+        &self,
+        journaling: &Journaling<Log<S>, S>,
+        log: &mut Log<S>,
+        user: &str,
+        text: &str,
+    ) -> Option<Change> {
         let (message, raw) = read_request(text)?;
         let server_side = user == SNAPSHOT_DISPATCHER;
         if server_side && message.kind == COMPACT {

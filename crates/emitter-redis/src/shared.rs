@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use redis::{Script, ScriptInvocation, Value};
 
 use crate::chain::Chain;
+use crate::notified::Notified;
 use crate::script::keys::Keys;
 use crate::script::parse;
 use crate::script::scripts;
@@ -131,6 +132,10 @@ pub struct ClusterStats {
     pub change_batches: u64,
     /// Membership changes refused at once because the node's change queue was full.
     pub change_queue_full: u64,
+    /// Round trips that read the log (a catch-up, a gap filled). A node in step reads none: it applies the entries
+    /// the scripts' notifications carry, and reads after a lost notification, a script too big to carry its entries,
+    /// or a fall behind.
+    pub log_reads: u64,
     /// Membership changes refused at once because Redis had failed a batch a moment before (the back-off).
     pub changes_backed_off: u64,
     /// Frames on a channel that were not this crate's (ignored).
@@ -162,6 +167,7 @@ pub(crate) struct Counters {
     pub(crate) changes_sent: AtomicU64,
     pub(crate) change_batches: AtomicU64,
     pub(crate) change_queue_full: AtomicU64,
+    pub(crate) log_reads: AtomicU64,
     pub(crate) changes_backed_off: AtomicU64,
     pub(crate) malformed_messages: AtomicU64,
     pub(crate) messages_lost: AtomicU64,
@@ -187,6 +193,7 @@ impl Counters {
             changes_sent: get(&self.changes_sent),
             change_batches: get(&self.change_batches),
             change_queue_full: get(&self.change_queue_full),
+            log_reads: get(&self.log_reads),
             changes_backed_off: get(&self.changes_backed_off),
             malformed_messages: get(&self.malformed_messages),
             messages_lost: get(&self.messages_lost),
@@ -298,6 +305,8 @@ pub(crate) struct Shared {
     pub(crate) publish_queued: AtomicU64,
     /// The log's hash chain as this handle has read it: every entry read is checked against it.
     pub(crate) chain: Chain,
+    /// The newest entries the scripts' notifications carried, for the node to apply without a read.
+    pub(crate) notified: Notified,
     /// This handle's random token, written with its node's lease: a registration tells its own lease (taken over at
     /// once) from another process's (refused while alive).
     pub(crate) instance: String,
@@ -308,6 +317,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(name: &str, options: Options, endpoint: Arc<Endpoint>, url: String) -> Shared {
         Shared {
+            notified: Notified::new(options.log_retention),
             instance: random_epoch(),
             url,
             name: name.to_owned(),
@@ -463,6 +473,39 @@ impl Shared {
         Ok(parsed.into_iter().map(|(entry, _)| entry).collect())
     }
 
+    /// The entries a script's notification carried (`fields`: a JSON array of their field lists), checked against the
+    /// hash chain as a read's are, and kept for the node to apply without reading them (see
+    /// [`crate::notified`]). Entries that cannot be read or break the chain are not kept: the node reads the
+    /// log, which says what it must.
+    pub(crate) fn take_notified(&self, epoch: &str, fields: &str) {
+        let Ok(lists) = serde_json::from_str::<Vec<Vec<String>>>(fields) else {
+            Counters::add(&self.counters.malformed_messages, 1);
+            return;
+        };
+        let items = lists
+            .into_iter()
+            .map(|list| {
+                Value::Array(
+                    list.into_iter()
+                        .map(|field| Value::BulkString(field.into_bytes()))
+                        .collect(),
+                )
+            })
+            .collect();
+        if let Ok(entries) = self.chained(epoch, items) {
+            self.notified.put(epoch, entries);
+        }
+    }
+
+    /// The entries after `seq` that notifications carried, when they hold the one right after it and no fork waits
+    /// for its rebuild; `None`: read the log.
+    pub(crate) fn notified_after(&self, seq: u64) -> Option<Vec<LogEntry>> {
+        if self.chain.pending() {
+            return None;
+        }
+        self.notified.after(self.epoch().as_str(), seq)
+    }
+
     /// Log entries read in `epoch`, checked against the hash chain this handle has seen (see [`crate::chain`]): a
     /// break is [`Error::Forked`], and none of them is returned.
     fn chained(&self, epoch: &str, items: Vec<Value>) -> Result<Vec<LogEntry>> {
@@ -527,6 +570,7 @@ impl Shared {
     /// one transaction (`MULTI`: `GET epoch`, `GET seq`, `XRANGE`). No script: Redis writes the entries straight to
     /// the socket, where a script would copy each of them into Lua and back (half of what a read cost Redis).
     pub(crate) fn read_pipe(&self, from: u64) -> redis::Pipeline {
+        Counters::add(&self.counters.log_reads, 1);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("GET")
@@ -598,6 +642,7 @@ impl Shared {
         // Join order: every user joined with a seq of its own, and the record keeps it.
         users.sort_unstable_by_key(|user| user.joined);
         self.chain.start(epoch.as_str(), seq, hash);
+        self.notified.clear();
         Ok(ClusterSnapshot {
             epoch,
             seq,

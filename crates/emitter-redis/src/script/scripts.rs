@@ -17,8 +17,12 @@
 //! The hash chain (see [`crate::chain`]): each entry's `h` is the first 16 hex digits of the SHA-1 of the previous
 //! entry's `h` and the entry's fields. A replica promoted after missing the last writes hands out those seqs again
 //! with other entries, so other hashes: a node that applied the lost ones sees the break. SHA-1 because Redis has it
-//! built in (`redis.sha1hex`, in C); it costs about a microsecond per entry, and the head is read and written once
-//! per script, not once per entry.
+//! built in (`redis.sha1hex`, in C); it costs about a microsecond per entry. The seq and the head are read and written
+//! once per script, not once per entry.
+//!
+//! What a script costs Redis is mostly its number of `redis.call`s (each one a command dispatched and its reply
+//! converted into Lua): a link of a new user makes six (read the user, claim the connection, write the user and its
+//! link, append the join and the link), and a batch of changes a few more in all.
 
 use std::sync::LazyLock;
 
@@ -82,7 +86,8 @@ local function user_of(name)
 end
 
 local RETAIN, CHANNEL, EPOCH = nil, nil, nil
-local produced, last = {}, nil
+-- produced: the entries of the change being decided (its reply); appended: every entry of the script (its notice).
+local produced, appended, last = {}, {}, nil
 -- The newest seq and the hash of the newest entry: read at the first append of a script, counted and chained here,
 -- written once at its end (`tell`). A script is atomic and never fails after its first write (see above), so the
 -- keys read the same to everyone as if each append had written them.
@@ -105,6 +110,7 @@ local function append(fields)
   entry[#entry + 1] = HEAD
   redis.call('XADD', K_LOG, 'MAXLEN', '~', RETAIN, s .. '-0', unpack(entry))
   produced[#produced + 1] = entry
+  appended[#appended + 1] = entry
   last = s
   return s
 end
@@ -160,11 +166,17 @@ local function unlink_node(node, reason, by)
   end
 end
 
--- Stores the chain's new head and tells the nodes: one PUBLISH per script, of its last seq and that entry's hash.
+-- Stores the new seq and the chain's new head and tells the nodes: one PUBLISH per script, of its last seq, that
+-- entry's hash and, on a second line, the entries it appended (a JSON array of their field lists, as in the log), so
+-- that a node in step applies them without reading the log. A script that appended more than NOTICE_MAX (a reap of
+-- a big node) leaves them out: the nodes read the log, and no subscriber's buffer takes a huge message.
+local NOTICE_MAX = 1000
 local function tell()
   if last then
     redis.call('MSET', K_SEQ, last, K_HEAD, HEAD)
-    redis.call('PUBLISH', CHANNEL, last .. ' ' .. EPOCH .. ' ' .. HEAD)
+    local notice = last .. ' ' .. EPOCH .. ' ' .. HEAD
+    if #appended <= NOTICE_MAX then notice = notice .. '\n' .. cjson.encode(appended) end
+    redis.call('PUBLISH', CHANNEL, notice)
   end
 end
 

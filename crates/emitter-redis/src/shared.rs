@@ -442,11 +442,28 @@ impl Shared {
                 users.len()
             )));
         }
+        let mut items = items.into_iter().skip(1);
+        let appended = items
+            .next()
+            .map(|json| parse::text(&json))
+            .transpose()?
+            .unwrap_or_default();
+        let appended = parse::entry_lists(&appended)?;
         Ok(items
-            .into_iter()
-            .skip(2)
             .zip(users)
-            .map(|(reply, user)| parse::done(reply, user).and_then(|(_, items)| self.chained(epoch, items)))
+            .map(|(reply, user)| {
+                let (_, place) = parse::done(reply, user)?;
+                let (first, count) = match &place[..] {
+                    [first, count] => (parse::number(first)?, parse::number(count)?),
+                    _ => return Err(parse::malformed("a change's answer without its entries' place")),
+                };
+                let entries = usize::try_from(first)
+                    .ok()
+                    .zip(usize::try_from(count).ok())
+                    .and_then(|(first, count)| appended.get(first..first.checked_add(count)?))
+                    .ok_or_else(|| parse::malformed("a change's entries outside the batch's"))?;
+                self.chained(epoch, entries.to_vec())
+            })
             .collect())
     }
 
@@ -478,20 +495,10 @@ impl Shared {
     /// [`crate::notified`]). Entries that cannot be read or break the chain are not kept: the node reads the
     /// log, which says what it must.
     pub(crate) fn take_notified(&self, epoch: &str, fields: &str) {
-        let Ok(lists) = serde_json::from_str::<Vec<Vec<String>>>(fields) else {
+        let Ok(items) = parse::entry_lists(fields) else {
             Counters::add(&self.counters.malformed_messages, 1);
             return;
         };
-        let items = lists
-            .into_iter()
-            .map(|list| {
-                Value::Array(
-                    list.into_iter()
-                        .map(|field| Value::BulkString(field.into_bytes()))
-                        .collect(),
-                )
-            })
-            .collect();
         if let Ok(entries) = self.chained(epoch, items) {
             self.notified.put(epoch, entries);
         }

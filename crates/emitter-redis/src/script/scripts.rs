@@ -170,14 +170,17 @@ end
 -- entry's hash and, on a second line, the entries it appended (a JSON array of their field lists, as in the log), so
 -- that a node in step applies them without reading the log. A script that appended more than NOTICE_MAX (a reap of
 -- a big node) leaves them out: the nodes read the log, and no subscriber's buffer takes a huge message.
+-- Returns that JSON when it was made, or made because `json` asks for it (nil when nothing was appended).
 local NOTICE_MAX = 1000
-local function tell()
-  if last then
-    redis.call('MSET', K_SEQ, last, K_HEAD, HEAD)
-    local notice = last .. ' ' .. EPOCH .. ' ' .. HEAD
-    if #appended <= NOTICE_MAX then notice = notice .. '\n' .. cjson.encode(appended) end
-    redis.call('PUBLISH', CHANNEL, notice)
-  end
+local function tell(json)
+  if not last then return nil end
+  redis.call('MSET', K_SEQ, last, K_HEAD, HEAD)
+  local notice = last .. ' ' .. EPOCH .. ' ' .. HEAD
+  local entries = nil
+  if json or #appended <= NOTICE_MAX then entries = cjson.encode(appended) end
+  if #appended <= NOTICE_MAX then notice = notice .. '\n' .. entries end
+  redis.call('PUBLISH', CHANNEL, notice)
+  return entries
 end
 
 -- Tells the nodes and replies with every entry appended.
@@ -261,8 +264,11 @@ return finish()
 
 /// `submit_many(epoch, retain, channel, node, generation, (kind, user, connection, flag)...)`: several changes of one
 /// node, decided one after the other as that many `submit` calls would be, in one script: the epoch, the clock and
-/// the node's lease are read once, and the nodes are told once (one PUBLISH of the last seq). Reply: `{'batch', '', reply...}`, one
-/// `submit` reply per change, in order; or one refusal for all (the epoch changed).
+/// the node's lease are read once, and the nodes are told once (one PUBLISH of the last seq). Reply:
+/// `{'batch', entries, reply...}`: `entries` every entry the script appended, as the JSON its notification carries
+/// (encoded once, in C: handing them back as Lua tables cost Redis more than deciding the changes), then one reply per
+/// change, in order: a refusal, or `{'ok', '', first, count}`, its entries' place in `entries` (0-based). Or one
+/// refusal for all (the epoch changed).
 const SUBMIT_MANY: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
@@ -270,15 +276,12 @@ local node, gen = ARGV[4], ARGV[5]
 local live = alive(node, gen, now_ms())
 local replies = {'batch', ''}
 for i = 6, #ARGV, 4 do
-  produced = {}
+  local first = #appended
   local reply = change(node, gen, live, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
-  if not reply then
-    reply = {'ok', ''}
-    for j = 1, #produced do reply[#reply + 1] = produced[j] end
-  end
+  if not reply then reply = {'ok', '', first, #appended - first} end
   replies[#replies + 1] = reply
 end
-tell()
+replies[2] = tell(true) or '[]'
 return replies
 "#;
 

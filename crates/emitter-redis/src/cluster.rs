@@ -225,7 +225,8 @@ impl Cluster {
         let epoch = self.shared.epoch();
         let mut catchup = Catchup::new(seq);
         while let Some(from) = catchup.next_from() {
-            let value = self.invoke(&self.shared.read_call(&epoch, from)).await?;
+            let mut conn = self.conn.clone();
+            let value: Value = self.shared.read_pipe(from).query_async(&mut conn).await?;
             self.shared.read_into(&mut catchup, &epoch, value)?;
         }
         Ok(catchup.entries)

@@ -58,7 +58,7 @@
 //! | `seq` | string (integer) | the last seq given out; 0 or missing before the first change |
 //! | `log` | stream | one entry per change, with the explicit ID `<seq>-0`; fields `s` seq, `k` kind (`join`, `link`, `unlink`, `leave`), `u` user, `n` node, `g` generation, `c` connection (link and unlink), `r` reason (unlink: `request`, `leave`, `expired`, `restarted`, `released`), `b` the node that caused it |
 //! | `users` | hash | username → `<join seq>` when unlinked, `<join seq> <generation> <connection> <node>` when linked |
-//! | `order` | sorted set | username scored by its join seq: `users` in join order |
+//! | `order` | sorted set | no longer written (a snapshot sorts `users` by their join seq); deleted when the state is created |
 //! | `links` | sorted set | `<node>/<username>` for every linked user, all scored 0: one node's users are one lex range |
 //! | `nodes` | hash | node id → `<generation> <deadline> <instance>`: the node's lease, the deadline in ms of Redis's clock (`TIME`), and the random token of the process (cluster handle) that holds it |
 //! | `generation` | string (integer) | the generation counter; never reset, not even by a new epoch |
@@ -70,7 +70,8 @@
 //! | `state/<D>/log` | stream | `D`'s committed changes, ID `<n>-0` (n = 1, 2, … without gaps), field `c` the change's JSON; trimmed only below the newest checkpoint, keeping [`JournalOptions::log_retention`](journal::JournalOptions::log_retention) entries |
 //! | `state/<D>/head` | hash | `n` the newest committed change, `c` the last inbox ID consumed, `g` the generation that committed last, `m`/`ms` the last membership seq handled and where such seqs come from, `cn`/`cs` the newest checkpoint (its n and the model's state JSON), `e` a random name the history's first commit gave it (a follower that finds another knows Redis lost the history it followed) |
 //!
-//! Channels (not keys): `emitter:{N}:seq` (each script that appended publishes `<last seq> <epoch>`),
+//! Channels (not keys): `emitter:{N}:seq` (each script that appended publishes `<last seq> <epoch> <hash>`, then, on
+//! a second line, the entries it appended as a JSON array of their field lists, unless there are over 1,000),
 //! `emitter:{N}:broadcast` (broadcasts), `emitter:{N}:node:<node>` (messages for users linked on that node),
 //! `emitter:{N}:state` (the journal: `l <n> <domain>` committed, `i <domain>` new requests, `o <domain>` released).
 //!
@@ -87,8 +88,9 @@
 //! Every script runs atomically (Redis runs one script at a time), validates everything before its first write, and
 //! replies `{'refused', code, detail}` or `{'ok', extra, entries…}`. The change scripts take the caller's epoch and
 //! refuse with [`Refusal::EpochChanged`] when Redis's differs (or is missing); each appended entry gets the next seq
-//! (`INCR seq`), goes to the log (`XADD log MAXLEN ~ <retention> <seq>-0 …`) and is applied to `users`, `order`,
-//! `links` and `connections` in the same script; a script that appended publishes its last seq once, at the end.
+//! (`seq` is read once per script and written once at its end), goes to the log (`XADD log MAXLEN ~ <retention>
+//! <seq>-0 …`) and is applied to `users`, `links` and `connections` in the same script; a script that appended
+//! publishes its last seq and its entries once, at the end: a node in step applies them without reading the log.
 //!
 //! - **open**(candidate epoch) — if `epoch` exists: returns it. Otherwise deletes every other key of the cluster
 //!   (but `generation`), sets `epoch` to the candidate and returns it. Used by [`Cluster::connect`] and
@@ -121,10 +123,12 @@
 //! - **reap**(epoch, by) — for each lease past its deadline: unlinks its users (`expired`) and deletes the lease. Any
 //!   node may run it, lease or not. So a SIGKILLed node's users are unlinked at most [`Options::lease`] +
 //!   [`Options::reap_interval`] after its last renewal, with `krmx/unlinked` for everyone via the log.
-//! - **read**(epoch, from, count) — the newest seq and up to `count` entries from seq `from` on (`XRANGE`).
+//! - **read** (not a script: a `MULTI` of `GET epoch`, `GET seq` and `XRANGE`, so that Redis writes the entries
+//!   straight out instead of copying them through Lua) — the newest seq and up to 1,000 entries from seq `from` on.
 //!   [`Cluster::entries_after`] checks that they continue exactly where the caller is: a gap it cannot fill (trimmed)
 //!   is [`Error::Trimmed`], a caller past the newest seq is [`Error::Ahead`]; either way, resynchronise from a snapshot.
-//! - **snapshot**(epoch) — the newest seq and every user in join order with its record, atomically: applying the
+//! - **snapshot**(epoch) — the newest seq and every user with its record (`HGETALL users`; the reader sorts them
+//!   by join seq), atomically: applying the
 //!   entries after that seq to it gives any later state.
 //!
 //! # Leases and fencing
@@ -145,7 +149,7 @@
 //! # Log retention
 //!
 //! The log keeps at least [`Options::log_retention`] of its newest entries (default 100,000); `MAXLEN ~` trims in
-//! whole blocks, so a few more may stay. `users` and `order` always hold the full state, so nothing is lost by
+//! whole blocks, so a few more may stay. `users` always holds the full state, so nothing is lost by
 //! trimming: a node further behind than the log reaches gets [`Error::Trimmed`] and rebuilds from
 //! [`Cluster::snapshot`].
 //!
@@ -229,6 +233,7 @@ mod cluster;
 pub mod journal;
 mod lease;
 mod node;
+mod notified;
 mod script;
 mod sentinel;
 mod shared;

@@ -228,6 +228,10 @@ impl Sequencer for RedisSequencer {
     }
 
     fn entries_after(&self, seq: u64) -> std::result::Result<Vec<LogEntry>, String> {
+        // What the notifications carried, when they hold what comes next: no read.
+        if let Some(entries) = self.cluster.shared.notified_after(seq) {
+            return Ok(entries);
+        }
         self.blocking.entries_after(seq).map_err(|error| {
             match error {
                 Error::Trimmed { .. } => self.needs_snapshot.store(REBUILD, Ordering::SeqCst),
@@ -332,8 +336,8 @@ impl Keeper {
 
     async fn handle(&mut self, notification: Notification) {
         match notification {
-            Notification::Subscribed { .. } => self.catch_up().await,
-            Notification::Seq(seq) if seq > self.host.applied() => self.catch_up().await,
+            Notification::Subscribed { .. } => self.catch_up(u64::MAX).await,
+            Notification::Seq(seq) if seq > self.host.applied() => self.catch_up(seq).await,
             Notification::Seq(_) => {}
             // A notice the subscriber queued before this node started over (the keep-alive noticed the same restart
             // first) is old news: starting over again would close the connections that just relinked.
@@ -350,10 +354,11 @@ impl Keeper {
         matches!(self.cluster.head().await, Ok((Some(epoch), _)) if epoch == leased)
     }
 
-    /// Applies what the other nodes ordered; starts over when the log cannot continue from here.
-    async fn catch_up(&mut self) {
+    /// Applies what the other nodes ordered, up to `seq` at least (all there is: `u64::MAX`); starts over when the
+    /// log cannot continue from here.
+    async fn catch_up(&mut self, seq: u64) {
         let host = self.host.clone();
-        let caught_up = tokio::task::spawn_blocking(move || host.catch_up()).await;
+        let caught_up = tokio::task::spawn_blocking(move || host.catch_up_to(seq)).await;
         match caught_up {
             Ok(Ok(())) => {}
             Ok(Err(error)) => match self.sequencer.needs_snapshot.swap(IN_STEP, Ordering::SeqCst) {
@@ -422,7 +427,7 @@ impl Keeper {
         let deliver = move || {
             if host.applied() < after {
                 // What the origin had applied first, so that the check below knows what the origin knew.
-                let _ = host.catch_up();
+                let _ = host.catch_up_to(after);
             }
             // A generation of its node that the cluster fenced, or one older than a generation seen since: it spoke
             // past its lease, maybe for a user linked elsewhere by now.

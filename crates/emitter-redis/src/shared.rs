@@ -13,11 +13,12 @@ use parking_lot::Mutex;
 use redis::{Script, ScriptInvocation, Value};
 
 use crate::chain::Chain;
+use crate::notified::Notified;
 use crate::script::keys::Keys;
 use crate::script::parse;
 use crate::script::scripts;
 use crate::sentinel::Endpoint;
-use crate::types::{Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Result};
+use crate::types::{Change, ClusterSnapshot, Epoch, Error, LogEntry, NodeLease, Refusal, Result};
 
 /// How a cluster handle behaves. Build it from the defaults:
 ///
@@ -131,6 +132,10 @@ pub struct ClusterStats {
     pub change_batches: u64,
     /// Membership changes refused at once because the node's change queue was full.
     pub change_queue_full: u64,
+    /// Round trips that read the log (a catch-up, a gap filled). A node in step reads none: it applies the entries
+    /// the scripts' notifications carry, and reads after a lost notification, a script too big to carry its entries,
+    /// or a fall behind.
+    pub log_reads: u64,
     /// Membership changes refused at once because Redis had failed a batch a moment before (the back-off).
     pub changes_backed_off: u64,
     /// Frames on a channel that were not this crate's (ignored).
@@ -162,6 +167,7 @@ pub(crate) struct Counters {
     pub(crate) changes_sent: AtomicU64,
     pub(crate) change_batches: AtomicU64,
     pub(crate) change_queue_full: AtomicU64,
+    pub(crate) log_reads: AtomicU64,
     pub(crate) changes_backed_off: AtomicU64,
     pub(crate) malformed_messages: AtomicU64,
     pub(crate) messages_lost: AtomicU64,
@@ -187,6 +193,7 @@ impl Counters {
             changes_sent: get(&self.changes_sent),
             change_batches: get(&self.change_batches),
             change_queue_full: get(&self.change_queue_full),
+            log_reads: get(&self.log_reads),
             changes_backed_off: get(&self.changes_backed_off),
             malformed_messages: get(&self.malformed_messages),
             messages_lost: get(&self.messages_lost),
@@ -298,6 +305,8 @@ pub(crate) struct Shared {
     pub(crate) publish_queued: AtomicU64,
     /// The log's hash chain as this handle has read it: every entry read is checked against it.
     pub(crate) chain: Chain,
+    /// The newest entries the scripts' notifications carried, for the node to apply without a read.
+    pub(crate) notified: Notified,
     /// This handle's random token, written with its node's lease: a registration tells its own lease (taken over at
     /// once) from another process's (refused while alive).
     pub(crate) instance: String,
@@ -308,6 +317,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(name: &str, options: Options, endpoint: Arc<Endpoint>, url: String) -> Shared {
         Shared {
+            notified: Notified::new(options.log_retention),
             instance: random_epoch(),
             url,
             name: name.to_owned(),
@@ -432,11 +442,28 @@ impl Shared {
                 users.len()
             )));
         }
+        let mut items = items.into_iter().skip(1);
+        let appended = items
+            .next()
+            .map(|json| parse::text(&json))
+            .transpose()?
+            .unwrap_or_default();
+        let appended = parse::entry_lists(&appended)?;
         Ok(items
-            .into_iter()
-            .skip(2)
             .zip(users)
-            .map(|(reply, user)| parse::done(reply, user).and_then(|(_, items)| self.chained(epoch, items)))
+            .map(|(reply, user)| {
+                let (_, place) = parse::done(reply, user)?;
+                let (first, count) = match &place[..] {
+                    [first, count] => (parse::number(first)?, parse::number(count)?),
+                    _ => return Err(parse::malformed("a change's answer without its entries' place")),
+                };
+                let entries = usize::try_from(first)
+                    .ok()
+                    .zip(usize::try_from(count).ok())
+                    .and_then(|(first, count)| appended.get(first..first.checked_add(count)?))
+                    .ok_or_else(|| parse::malformed("a change's entries outside the batch's"))?;
+                self.chained(epoch, entries.to_vec())
+            })
             .collect())
     }
 
@@ -461,6 +488,29 @@ impl Shared {
             .filter_map(|(entry, link)| link.map(|link| (entry.seq, link)));
         let _ = self.chain.check(epoch, links);
         Ok(parsed.into_iter().map(|(entry, _)| entry).collect())
+    }
+
+    /// The entries a script's notification carried (`fields`: a JSON array of their field lists), checked against the
+    /// hash chain as a read's are, and kept for the node to apply without reading them (see
+    /// [`crate::notified`]). Entries that cannot be read or break the chain are not kept: the node reads the
+    /// log, which says what it must.
+    pub(crate) fn take_notified(&self, epoch: &str, fields: &str) {
+        let Ok(items) = parse::entry_lists(fields) else {
+            Counters::add(&self.counters.malformed_messages, 1);
+            return;
+        };
+        if let Ok(entries) = self.chained(epoch, items) {
+            self.notified.put(epoch, entries);
+        }
+    }
+
+    /// The entries after `seq` that notifications carried, when they hold the one right after it and no fork waits
+    /// for its rebuild; `None`: read the log.
+    pub(crate) fn notified_after(&self, seq: u64) -> Option<Vec<LogEntry>> {
+        if self.chain.pending() {
+            return None;
+        }
+        self.notified.after(self.epoch().as_str(), seq)
     }
 
     /// Log entries read in `epoch`, checked against the hash chain this handle has seen (see [`crate::chain`]): a
@@ -523,18 +573,57 @@ impl Shared {
         Call::new(&scripts::REAP_SCRIPT, args)
     }
 
-    pub(crate) fn read_call(&self, epoch: &Epoch, from: u64) -> Call {
-        Call::new(
-            &scripts::READ_SCRIPT,
-            vec![epoch.0.clone(), from.to_string(), READ_BATCH.to_string()],
-        )
+    /// One read of the log: up to [`READ_BATCH`] entries from seq `from` on, with the epoch and the newest seq, as
+    /// one transaction (`MULTI`: `GET epoch`, `GET seq`, `XRANGE`). No script: Redis writes the entries straight to
+    /// the socket, where a script would copy each of them into Lua and back (half of what a read cost Redis).
+    pub(crate) fn read_pipe(&self, from: u64) -> redis::Pipeline {
+        Counters::add(&self.counters.log_reads, 1);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("GET")
+            .arg(self.keys.epoch())
+            .cmd("GET")
+            .arg(self.keys.seq())
+            .cmd("XRANGE")
+            .arg(self.keys.log())
+            .arg(format!("{from}-0"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(READ_BATCH);
+        pipe
     }
 
-    /// Takes one read's reply into a catch-up. A head behind what the caller had applied means Redis lost writes
-    /// without losing its epoch: a fork, reported as one (the caller gets [`Error::Ahead`]).
+    /// Takes one read's reply (of a [`Shared::read_pipe`] in `epoch`) into a catch-up. A head behind what the caller
+    /// had applied means Redis lost writes without losing its epoch: a fork, reported as one (the caller gets
+    /// [`Error::Ahead`]).
     pub(crate) fn read_into(&self, catchup: &mut Catchup, epoch: &Epoch, value: Value) -> Result<()> {
-        let (head, items) = parse::done(value, "")?;
-        let head = parse::parse_u64(&head)?;
+        let mut replies = parse::array(value)?.into_iter();
+        let (Some(current), Some(head), Some(stream)) = (replies.next(), replies.next(), replies.next()) else {
+            return Err(parse::malformed("a read with fewer than three replies"));
+        };
+        let current = match current {
+            Value::Nil => None,
+            value => Some(parse::text(&value)?),
+        };
+        if current.as_deref() != Some(epoch.as_str()) {
+            return Err(Error::Refused(Refusal::EpochChanged {
+                current: current.map(Epoch),
+            }));
+        }
+        let head = match head {
+            Value::Nil => 0,
+            value => parse::number(&value)?,
+        };
+        // XRANGE: `[id, [field, value, …]]` per entry; the fields are what the scripts wrote.
+        let items = parse::array(stream)?
+            .into_iter()
+            .map(|item| {
+                let mut parts = parse::array(item)?.into_iter();
+                parts
+                    .nth(1)
+                    .ok_or_else(|| parse::malformed("a log entry without its fields"))
+            })
+            .collect::<Result<Vec<Value>>>()?;
         let batch = self.chained(epoch.as_str(), items)?;
         catchup.take(head, batch).inspect_err(|error| {
             if let Error::Ahead { after, .. } = error {
@@ -557,7 +646,10 @@ impl Shared {
         while let (Some(name), Some(record)) = (pairs.next(), pairs.next()) {
             users.push(parse::record(parse::text(name)?, &parse::text(record)?)?);
         }
+        // Join order: every user joined with a seq of its own, and the record keeps it.
+        users.sort_unstable_by_key(|user| user.joined);
         self.chain.start(epoch.as_str(), seq, hash);
+        self.notified.clear();
         Ok(ClusterSnapshot {
             epoch,
             seq,

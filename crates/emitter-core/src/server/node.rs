@@ -187,7 +187,13 @@ impl Server {
     /// entries are read without the membership path's turn (a round trip must not hold up the node's other changes)
     /// and applied with it; what was applied meanwhile is skipped.
     pub(crate) fn catch_up(&self, sequencer: &Arc<dyn Sequencer>) -> Result<(), String> {
-        loop {
+        self.catch_up_to(sequencer, u64::MAX)
+    }
+
+    /// [`Server::catch_up`], done once `seq` is applied: no read past it to find that nothing newer is there yet
+    /// (what is newer is notified in its turn).
+    pub(crate) fn catch_up_to(&self, sequencer: &Arc<dyn Sequencer>, seq: u64) -> Result<(), String> {
+        while self.applied() < seq {
             let entries = sequencer.entries_after(self.applied())?;
             let Some(last) = entries.last().map(|entry| entry.seq) else {
                 return Ok(());
@@ -197,6 +203,7 @@ impl Server {
                 return Err(format!("entries did not follow on from {}", self.applied()));
             }
         }
+        Ok(())
     }
 
     /// Queues changes with the sequencer without waiting, and applies each answer on a task as it comes, in the order
@@ -642,8 +649,14 @@ impl ClusterHost {
     /// behind ([`rebuild`](ClusterHost::rebuild) it from a snapshot) or the order is gone
     /// ([`restart`](ClusterHost::restart) it).
     pub fn catch_up(&self) -> Result<(), String> {
+        self.catch_up_to(u64::MAX)
+    }
+
+    /// [`catch_up`](ClusterHost::catch_up) until the entry at `seq` is applied (one a notification named): it
+    /// stops there rather than read the order once more to find nothing newer. Errors as `catch_up`.
+    pub fn catch_up_to(&self, seq: u64) -> Result<(), String> {
         match self.server.sequencer() {
-            Some(sequencer) => self.server.catch_up(sequencer),
+            Some(sequencer) => self.server.catch_up_to(sequencer, seq),
             None => Ok(()),
         }
     }

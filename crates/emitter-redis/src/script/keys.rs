@@ -49,6 +49,11 @@ impl Keys {
         &self.all[1]
     }
 
+    /// The log: a stream of the entries by seq (entry id `<seq>-0`).
+    pub(crate) fn log(&self) -> &str {
+        &self.all[2]
+    }
+
     /// The hash of the nodes' leases.
     pub(crate) fn nodes(&self) -> &str {
         &self.all[6]

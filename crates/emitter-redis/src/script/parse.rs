@@ -177,6 +177,23 @@ pub(crate) fn entry(value: Value) -> Result<(LogEntry, Option<Link>)> {
     Ok((entry, link))
 }
 
+/// Entries as the scripts write them in JSON (a notification's, a batch's answer): an array of their flat field
+/// lists, each list returned as the array of strings [`entry`] reads.
+pub(crate) fn entry_lists(json: &str) -> Result<Vec<Value>> {
+    let lists: Vec<Vec<String>> = serde_json::from_str(json)
+        .map_err(|error| malformed(&format!("entries that are not a JSON array: {error}")))?;
+    Ok(lists
+        .into_iter()
+        .map(|list| {
+            Value::Array(
+                list.into_iter()
+                    .map(|field| Value::BulkString(field.into_bytes()))
+                    .collect(),
+            )
+        })
+        .collect())
+}
+
 pub(crate) fn entries(items: Vec<Value>) -> Result<Vec<(LogEntry, Option<Link>)>> {
     items.into_iter().map(entry).collect()
 }
@@ -232,6 +249,17 @@ mod tests {
                 reason: UnlinkReason::LeaseExpired,
             }
         );
+    }
+
+    #[test]
+    fn entries_read_back_from_the_json_the_scripts_write() {
+        // As Lua's cjson writes them: `/` escaped, other characters as they are.
+        let json = r#"[["s","5","k","join","u","a\/b é","b","n1","p","0","h","00ff"]]"#;
+        let (entry, link) = entries(entry_lists(json).unwrap()).unwrap().remove(0);
+        assert_eq!(entry.event, LogEvent::Joined { user: "a/b é".into() });
+        assert_eq!(link, Some(Link { prev: 0, hash: 255 }));
+        assert!(entry_lists("{}").is_err(), "cjson's empty table is not an array");
+        assert!(entry_lists("[[1]]").is_err());
     }
 
     #[test]

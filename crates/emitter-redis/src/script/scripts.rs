@@ -6,7 +6,9 @@
 //! KEYS so that they also run on Redis Cluster, where a script may only touch the keys it declares:
 //!
 //! `KEYS[1]` epoch, `[2]` seq, `[3]` log, `[4]` users, `[5]` order, `[6]` links, `[7]` nodes, `[8]` generation,
-//! `[9]` connections, `[10]` unlinked, `[11]` head (the hash of the newest entry).
+//! `[9]` connections, `[10]` unlinked, `[11]` head (the hash of the newest entry). `order` (the users by join seq)
+//! is no longer written: a user's record starts with its join seq, and a snapshot sorts by that. It is still deleted
+//! when the state is created, so that one left by an earlier version goes.
 //!
 //! Replies: `{'refused', code, detail}`, or `{'ok', extra, entry, entry, …}` where each entry is the flat field list
 //! the script appended to the log (`s` seq, `k` kind, `u` user, `n` node, `g` generation, `c` connection, `r` reason,
@@ -15,8 +17,12 @@
 //! The hash chain (see [`crate::chain`]): each entry's `h` is the first 16 hex digits of the SHA-1 of the previous
 //! entry's `h` and the entry's fields. A replica promoted after missing the last writes hands out those seqs again
 //! with other entries, so other hashes: a node that applied the lost ones sees the break. SHA-1 because Redis has it
-//! built in (`redis.sha1hex`, in C); it costs about a microsecond per entry, and the head is read and written once
-//! per script, not once per entry.
+//! built in (`redis.sha1hex`, in C); it costs about a microsecond per entry. The seq and the head are read and written
+//! once per script, not once per entry.
+//!
+//! What a script costs Redis is mostly its number of `redis.call`s (each one a command dispatched and its reply
+//! converted into Lua): a link of a new user makes six (read the user, claim the connection, write the user and its
+//! link, append the join and the link), and a batch of changes a few more in all.
 
 use std::sync::LazyLock;
 
@@ -80,24 +86,31 @@ local function user_of(name)
 end
 
 local RETAIN, CHANNEL, EPOCH = nil, nil, nil
-local produced, last = {}, nil
--- The hash of the newest entry: read at the first append of a script, written once at its end (`tell`).
-local HEAD = nil
+-- produced: the entries of the change being decided (its reply); appended: every entry of the script (its notice).
+local produced, appended, last = {}, {}, nil
+-- The newest seq and the hash of the newest entry: read at the first append of a script, counted and chained here,
+-- written once at its end (`tell`). A script is atomic and never fails after its first write (see above), so the
+-- keys read the same to everyone as if each append had written them.
+local SEQ, HEAD = nil, nil
 
 local function append(fields)
-  local s = fmt(redis.call('INCR', K_SEQ))
+  if not SEQ then
+    local current = redis.call('MGET', K_SEQ, K_HEAD)
+    SEQ, HEAD = tonumber(current[1]) or 0, current[2] or '0'
+  end
+  SEQ = SEQ + 1
+  local s = fmt(SEQ)
   local entry = {'s', s}
   for i = 1, #fields do entry[#entry + 1] = fields[i] end
-  local prev = HEAD or redis.call('GET', K_HEAD) or '0'
+  local prev = HEAD
   HEAD = string.sub(redis.sha1hex(prev .. '|' .. table.concat(entry, '|')), 1, 16)
   entry[#entry + 1] = 'p'
   entry[#entry + 1] = prev
   entry[#entry + 1] = 'h'
   entry[#entry + 1] = HEAD
-  local args = {'XADD', K_LOG, 'MAXLEN', '~', RETAIN, s .. '-0'}
-  for i = 1, #entry do args[#args + 1] = entry[i] end
-  redis.call(unpack(args))
+  redis.call('XADD', K_LOG, 'MAXLEN', '~', RETAIN, s .. '-0', unpack(entry))
   produced[#produced + 1] = entry
+  appended[#appended + 1] = entry
   last = s
   return s
 end
@@ -105,7 +118,6 @@ end
 -- `linking`: a link of the user follows in the same script, and writes its record and its unlinked mark itself.
 local function do_join(user, by, linking)
   local s = append({'k', 'join', 'u', user, 'b', by})
-  redis.call('ZADD', K_ORDER, s, user)
   if not linking then
     redis.call('HSET', K_USERS, user, s)
     redis.call('ZADD', K_UNLINKED, now_ms(), user)
@@ -116,11 +128,11 @@ end
 -- connections: "<node>/<generation>/<connection>" -> the user it is linked to.
 local function conn_key(node, gen, conn) return node .. '/' .. gen .. '/' .. conn end
 
+-- The connection's record is written first, by `change` (its HSETNX is also the check that the connection is free).
 local function do_link(user, rec, node, gen, conn, by)
   append({'k', 'link', 'u', user, 'n', node, 'g', gen, 'c', conn, 'b', by})
   redis.call('HSET', K_USERS, user, rec.join .. ' ' .. gen .. ' ' .. conn .. ' ' .. node)
   redis.call('ZADD', K_LINKS, 0, node .. '/' .. user)
-  redis.call('HSET', K_CONNS, conn_key(node, gen, conn), user)
   if not rec.fresh then redis.call('ZREM', K_UNLINKED, user) end
 end
 
@@ -136,7 +148,6 @@ end
 local function do_leave(user, by)
   append({'k', 'leave', 'u', user, 'b', by})
   redis.call('HDEL', K_USERS, user)
-  redis.call('ZREM', K_ORDER, user)
   redis.call('ZREM', K_UNLINKED, user)
 end
 
@@ -155,12 +166,21 @@ local function unlink_node(node, reason, by)
   end
 end
 
--- Stores the chain's new head and tells the nodes: one PUBLISH per script, of its last seq and that entry's hash.
-local function tell()
-  if last then
-    redis.call('SET', K_HEAD, HEAD)
-    redis.call('PUBLISH', CHANNEL, last .. ' ' .. EPOCH .. ' ' .. HEAD)
-  end
+-- Stores the new seq and the chain's new head and tells the nodes: one PUBLISH per script, of its last seq, that
+-- entry's hash and, on a second line, the entries it appended (a JSON array of their field lists, as in the log), so
+-- that a node in step applies them without reading the log. A script that appended more than NOTICE_MAX (a reap of
+-- a big node) leaves them out: the nodes read the log, and no subscriber's buffer takes a huge message.
+-- Returns that JSON when it was made, or made because `json` asks for it (nil when nothing was appended).
+local NOTICE_MAX = 1000
+local function tell(json)
+  if not last then return nil end
+  redis.call('MSET', K_SEQ, last, K_HEAD, HEAD)
+  local notice = last .. ' ' .. EPOCH .. ' ' .. HEAD
+  local entries = nil
+  if json or #appended <= NOTICE_MAX then entries = cjson.encode(appended) end
+  if #appended <= NOTICE_MAX then notice = notice .. '\n' .. entries end
+  redis.call('PUBLISH', CHANNEL, notice)
+  return entries
 end
 
 -- Tells the nodes and replies with every entry appended.
@@ -202,13 +222,14 @@ local function change(node, gen, live, kind, user, conn, flag)
     if rec then return refused('join-existing') end
     do_join(user, node)
   elseif kind == 'link' then
-    if redis.call('HEXISTS', K_CONNS, conn_key(node, gen, conn)) == 1 then return refused('connection-linked') end
     local accept, replace = string.sub(flag, 1, 1) == '1', string.sub(flag, 2, 2) == '1'
+    if not rec and not accept then return refused('not-accepting') end
+    if rec and rec.node and not replace then return refused('already-linked') end
+    -- The first write, and the last check: a connection links one user at most (HSETNX writes nothing if it does).
+    if redis.call('HSETNX', K_CONNS, conn_key(node, gen, conn), user) == 0 then return refused('connection-linked') end
     if not rec then
-      if not accept then return refused('not-accepting') end
       rec = do_join(user, node, true)
     elseif rec.node then
-      if not replace then return refused('already-linked') end
       do_unlink(user, rec, 'replaced', node)
     end
     do_link(user, rec, node, gen, conn, node)
@@ -243,8 +264,11 @@ return finish()
 
 /// `submit_many(epoch, retain, channel, node, generation, (kind, user, connection, flag)...)`: several changes of one
 /// node, decided one after the other as that many `submit` calls would be, in one script: the epoch, the clock and
-/// the node's lease are read once, and the nodes are told once (one PUBLISH of the last seq). Reply: `{'batch', '', reply...}`, one
-/// `submit` reply per change, in order; or one refusal for all (the epoch changed).
+/// the node's lease are read once, and the nodes are told once (one PUBLISH of the last seq). Reply:
+/// `{'batch', entries, reply...}`: `entries` every entry the script appended, as the JSON its notification carries
+/// (encoded once, in C: handing them back as Lua tables cost Redis more than deciding the changes), then one reply per
+/// change, in order: a refusal, or `{'ok', '', first, count}`, its entries' place in `entries` (0-based). Or one
+/// refusal for all (the epoch changed).
 const SUBMIT_MANY: &str = r#"
 local refusal = setup()
 if refusal then return refusal end
@@ -252,15 +276,12 @@ local node, gen = ARGV[4], ARGV[5]
 local live = alive(node, gen, now_ms())
 local replies = {'batch', ''}
 for i = 6, #ARGV, 4 do
-  produced = {}
+  local first = #appended
   local reply = change(node, gen, live, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
-  if not reply then
-    reply = {'ok', ''}
-    for j = 1, #produced do reply[#reply + 1] = produced[j] end
-  end
+  if not reply then reply = {'ok', '', first, #appended - first} end
   replies[#replies + 1] = reply
 end
-tell()
+replies[2] = tell(true) or '[]'
 return replies
 "#;
 
@@ -338,32 +359,15 @@ end
 return finish()
 "#;
 
-/// `read(epoch, from seq, count)`: up to `count` log entries from seq `from` on, and the newest seq.
-/// Reply: `{'ok', head, entry, …}`.
-const READ: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current ~= ARGV[1] then return {'refused', 'epoch', current or ''} end
-local head = redis.call('GET', KEYS[2]) or '0'
-local items = redis.call('XRANGE', KEYS[3], ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
-local reply = {'ok', head}
-for i = 1, #items do reply[#reply + 1] = items[i][2] end
-return reply
-"#;
-
-/// `snapshot(epoch)`: the newest seq, its entry's hash, and every user in join order, atomically.
+/// `snapshot(epoch)`: the newest seq, its entry's hash, and every user with their record, atomically (in no order:
+/// a record starts with the user's join seq, which the reader sorts by).
 /// Reply: `{'ok', seq, hash, name, record, name, record, …}`.
 const SNAPSHOT: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then return {'refused', 'epoch', current or ''} end
 local reply = {'ok', redis.call('GET', KEYS[2]) or '0', redis.call('GET', KEYS[11]) or '0'}
-local names = redis.call('ZRANGE', KEYS[5], 0, -1)
-for _, name in ipairs(names) do
-  local record = redis.call('HGET', KEYS[4], name)
-  if record then
-    reply[#reply + 1] = name
-    reply[#reply + 1] = record
-  end
-end
+local users = redis.call('HGETALL', KEYS[4])
+for i = 1, #users do reply[#reply + 1] = users[i] end
 return reply
 "#;
 
@@ -380,5 +384,4 @@ pub(crate) static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prel
 pub(crate) static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(RENEW));
 pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(RELEASE));
 pub(crate) static REAP_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_prelude(REAP));
-pub(crate) static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
 pub(crate) static SNAPSHOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SNAPSHOT));

@@ -127,7 +127,8 @@ impl Blocking {
         let epoch = self.shared.epoch();
         let mut catchup = Catchup::new(seq);
         while let Some(from) = catchup.next_from() {
-            let value = self.invoke(&self.shared.read_call(&epoch, from))?;
+            let pipe = self.shared.read_pipe(from);
+            let value: Value = self.with_connection(|conn| pipe.query(conn))?;
             self.shared.read_into(&mut catchup, &epoch, value)?;
         }
         Ok(catchup.entries)

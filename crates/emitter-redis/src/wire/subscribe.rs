@@ -315,9 +315,15 @@ impl Subscriber {
     }
 
     /// `<seq> <epoch> <hash>` from a script's PUBLISH (the hash of the entry at seq: checked against the chain this
-    /// handle read, see [`crate::chain`]; a fork found is reported there, for the node to rebuild).
+    /// handle read, see [`crate::chain`]; a fork found is reported there, for the node to rebuild), then, on a line of
+    /// their own, the entries the script appended, kept for the node to apply without a read (see
+    /// [`crate::notified`]).
     fn seq_notification(&mut self, payload: &[u8]) -> Option<Notification> {
-        let text = std::str::from_utf8(payload).ok();
+        let (header, entries) = match payload.iter().position(|&byte| byte == b'\n') {
+            Some(end) => (&payload[..end], Some(&payload[end + 1..])),
+            None => (payload, None),
+        };
+        let text = std::str::from_utf8(header).ok();
         let Some((seq, rest)) = text.and_then(|text| text.split_once(' ')) else {
             Counters::add(&self.shared.counters.malformed_messages, 1);
             return None;
@@ -338,6 +344,10 @@ impl Subscriber {
         }
         if let Some(hash) = hash {
             let _ = self.shared.chain.check_head(epoch, seq, hash);
+        }
+        // Kept before the notice goes out: the node's catch-up on it finds them.
+        if let Some(entries) = entries.and_then(|entries| std::str::from_utf8(entries).ok()) {
+            self.shared.take_notified(epoch, entries);
         }
         self.announce(seq);
         Some(Notification::Seq(seq))

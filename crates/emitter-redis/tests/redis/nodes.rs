@@ -50,6 +50,35 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
     }
 }
 
+/// A node in step applies the entries its notifications carry: another node's links reach its clients without one
+/// read of the log (each read costs Redis, per node and per batch of changes).
+#[tokio::test]
+async fn a_node_in_step_applies_what_its_notifications_carry_without_reading_the_log() {
+    let redis = redis_or_skip!();
+    // No poll during the test: a poll that read the head just before a notification came would announce its seq
+    // first, and that catch-up reads.
+    let quiet = Options {
+        poll_interval: Duration::from_secs(3600),
+        ..options()
+    };
+    let a = start_node(&redis, "notified", "a", quiet.clone()).await;
+    let b = start_node(&redis, "notified", "b", quiet).await;
+    let mut bob = RawClient::link_as(b.port, "bob").await;
+    bob.expect_all(&snapshot(&["bob"])).await;
+    let reads = b.node.cluster().stats().log_reads;
+    let mut crowd = Vec::new();
+    for i in 0..20 {
+        let name = format!("u{i}");
+        crowd.push(RawClient::link_and_settle(a.port, &name).await);
+        bob.expect_all(&[joined(&name), linked(&name)]).await;
+    }
+    assert_eq!(
+        b.node.cluster().stats().log_reads,
+        reads,
+        "node b read the log for entries its notifications carried"
+    );
+}
+
 #[tokio::test]
 async fn nodes_share_one_set_of_users_in_one_order() {
     let redis = redis_or_skip!();

@@ -245,6 +245,10 @@ fn spawn(binary: &PathBuf, port: u16, extra: &[String]) -> Child {
             "no",
             "--dir",
             &std::env::temp_dir().to_string_lossy(),
+            // `--save ""` stops saving, not loading: a `dump.rdb` another process left in the temporary directory
+            // would be loaded. A name no one uses (a test's `extra` may name another; the last one counts).
+            "--dbfilename",
+            &format!("emitter-test-{port}-absent.rdb"),
         ])
         .args(extra)
         .stdin(Stdio::null())

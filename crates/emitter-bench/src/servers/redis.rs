@@ -45,6 +45,9 @@ impl Redis {
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .arg("--dir")
                 .arg(std::env::temp_dir())
+                // A file name no one else uses: `--save ""` stops saving, not loading, and a `dump.rdb` another
+                // process left in the temporary directory would be loaded (and make Redis keep a replication backlog).
+                .args(["--dbfilename", &format!("emitter-bench-{port}-absent.rdb")])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)

@@ -15,7 +15,7 @@ use tokio::sync::{watch, Notify};
 use super::store::DomainKeys;
 use crate::cluster::Cluster;
 
-/// Where the membership seqs given to [`Journal::membership`] come from, which decides whether a seq recorded in
+/// Where the membership seqs given to [`Journal::membership`](emitter_state::journal::Journal::membership) come from, which decides whether a seq recorded in
 /// Redis by one process means anything to another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MembershipSeqs {
@@ -28,7 +28,7 @@ pub enum MembershipSeqs {
     Process,
 }
 
-/// How a [`RedisJournal`] behaves. Build it from the defaults:
+/// How a [`RedisJournal`](super::RedisJournal) behaves. Build it from the defaults:
 ///
 /// ```
 /// use std::time::Duration;
@@ -42,8 +42,8 @@ pub struct JournalOptions {
     /// How long a domain's owner keeps its lease without renewing, by Redis's clock: when the owner dies, another
     /// process takes the domain over after at most this long. Renewed every third of it. Default: 5 s.
     pub lease: Duration,
-    /// How many requests may wait in this process's queue for Redis before [`Journal::submit`] refuses with
-    /// [`JournalError::Full`]. Default: 65,536.
+    /// How many requests may wait in this process's queue for Redis before [`Journal::submit`](emitter_state::journal::Journal::submit) refuses with
+    /// [`JournalError::Full`](emitter_state::journal::JournalError::Full). Default: 65,536.
     pub queue: usize,
     /// How many requests (membership changes and inbox requests) the owner executes and commits in one script call
     /// at most. Default: 256.

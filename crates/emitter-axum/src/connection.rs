@@ -8,11 +8,12 @@ use std::time::Duration;
 use emitter_core::transport::{CloseReason, ConnectionId, Host, Outbox, TransportClose};
 use emitter_core::Handshake;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -281,33 +282,55 @@ impl fmt::Display for Ending {
     }
 }
 
-/// Serves one upgraded WebSocket until either side closes it, closes it, then reports the close to the core.
-pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool, handshake: Handshake) {
-    let deadline = host.server().config().close_drain_deadline();
-    if !query_ok {
-        host.record_close(TransportClose::QueryParams);
-        close_within(deadline, &mut socket, None, &Ending::QueryParams).await;
-        tracing::info!(code = 1008, "connection refused: {}", Ending::QueryParams);
-        return;
-    }
-    let (id, outbox) = match host.connect_with(handshake) {
-        Ok(admitted) => admitted,
-        Err(why) => {
-            // The core logged the refusal.
-            close_within(deadline, &mut socket, None, &Ending::Refused(why)).await;
+/// The task of one connection: completes the WebSocket upgrade, serves the WebSocket until either side closes it,
+/// closes it, then reports the close to the core.
+///
+/// The task is as large as this future's largest state, for as long as the connection is open, so it is kept small:
+/// one `async` block that uses its arguments where they are (an `async fn`, or a block awaiting another one, keeps a
+/// second copy of each), and the close, which runs once, on the heap only while it runs.
+pub(crate) fn run(
+    host: Host,
+    on_upgrade: OnUpgrade,
+    websocket: WebSocketConfig,
+    query_ok: bool,
+    handshake: Handshake,
+) -> impl Future<Output = ()> {
+    async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "the WebSocket upgrade failed");
+                return;
+            }
+        };
+        let io = BurstWriter::new(TokioIo::new(upgraded));
+        let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket)).await;
+        let deadline = host.server().config().close_drain_deadline();
+        if !query_ok {
+            host.record_close(TransportClose::QueryParams);
+            Box::pin(close_within(deadline, &mut socket, None, &Ending::QueryParams)).await;
+            tracing::info!(code = 1008, "connection refused: {}", Ending::QueryParams);
             return;
         }
-    };
-    let mut written = Written::new(host.server().config().write_deadline());
-    let ending = serve(&host, id, &outbox, &mut socket, &mut written).await;
-    if let Some(cause) = ending.transport_cause() {
-        host.record_close(cause);
+        let (id, outbox) = match host.connect_with(handshake) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                // The core logged the refusal.
+                Box::pin(close_within(deadline, &mut socket, None, &Ending::Refused(why))).await;
+                return;
+            }
+        };
+        let mut written = Written::new(host.server().config().write_deadline());
+        let ending = serve(&host, id, &outbox, &mut socket, &mut written).await;
+        if let Some(cause) = ending.transport_cause() {
+            host.record_close(cause);
+        }
+        let queued = matches!(ending, Ending::Core(_)).then_some((&outbox, &mut written));
+        let cut = Box::pin(close_within(deadline, &mut socket, queued, &ending)).await;
+        written.report(&host);
+        log_end(id, &ending, cut);
+        host.disconnect(id);
     }
-    let queued = matches!(ending, Ending::Core(_)).then_some((&outbox, &mut written));
-    let cut = close_within(deadline, &mut socket, queued, &ending).await;
-    written.report(&host);
-    log_end(id, &ending, cut);
-    host.disconnect(id);
 }
 
 /// Reads frames into the core, writes what the outbox has, and pings, until the connection ends; says why it did.

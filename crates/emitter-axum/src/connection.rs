@@ -74,18 +74,25 @@ impl From<tungstenite::Error> for WriteError {
 }
 
 /// One socket write (a frame, a ping, a flush) within `deadline`. A write that finishes at once (the usual case)
-/// costs no timer.
-async fn within<T>(
-    deadline: Duration,
-    write: impl Future<Output = Result<T, tungstenite::Error>>,
-) -> Result<T, WriteError> {
-    tokio::pin!(write);
-    if let Some(done) = write.as_mut().now_or_never() {
-        return Ok(done?);
-    }
-    match tokio::time::timeout(deadline, write).await {
-        Ok(done) => Ok(done?),
-        Err(_) => Err(WriteError::Stalled),
+/// costs no timer, and no room for one: the timer is on the heap only while a write waits, rather than in every
+/// connection's task for the connection's life (as are the write itself, once, where an `async fn` would keep it
+/// twice).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would keep the write twice, for the connection's life"
+)]
+fn within<T, W>(deadline: Duration, mut write: W) -> impl Future<Output = Result<T, WriteError>>
+where
+    W: Future<Output = Result<T, tungstenite::Error>> + Unpin,
+{
+    async move {
+        if let Some(done) = (&mut write).now_or_never() {
+            return Ok(done?);
+        }
+        match Box::pin(tokio::time::timeout(deadline, &mut write)).await {
+            Ok(done) => Ok(done?),
+            Err(_) => Err(WriteError::Stalled),
+        }
     }
 }
 
@@ -141,8 +148,8 @@ async fn gather(
             !full && taken < max
         });
         if full {
-            let drain = std::future::poll_fn(|cx| socket.get_mut().poll_drain(cx));
-            within(written.deadline, async { drain.await.map_err(tungstenite::Error::Io) }).await?;
+            let drain = std::future::poll_fn(|cx| socket.get_mut().poll_drain(cx).map_err(tungstenite::Error::Io));
+            within(written.deadline, drain).await?;
         }
         if closing || !full || taken >= max {
             return Ok((taken, closing));
@@ -288,6 +295,10 @@ impl fmt::Display for Ending {
 /// The task is as large as this future's largest state, for as long as the connection is open, so it is kept small:
 /// one `async` block that uses its arguments where they are (an `async fn`, or a block awaiting another one, keeps a
 /// second copy of each), and the close, which runs once, on the heap only while it runs.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would keep every argument twice, for the connection's life"
+)]
 pub(crate) fn run(
     host: Host,
     on_upgrade: OnUpgrade,

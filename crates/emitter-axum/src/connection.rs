@@ -289,33 +289,45 @@ impl fmt::Display for Ending {
     }
 }
 
+/// What a connection's task needs only until its WebSocket is up: boxed, and let go of then, so that the task keeps no
+/// room for it for the connection's life.
+pub(crate) struct Opening {
+    /// Resolves to the upgraded connection once the 101 response went out.
+    pub(crate) on_upgrade: OnUpgrade,
+    /// The WebSocket layer's settings.
+    pub(crate) websocket: WebSocketConfig,
+    /// Whether the request's query parameters are the expected ones.
+    pub(crate) query_ok: bool,
+    /// The request, for the core to keep for the `authenticate` listeners.
+    pub(crate) handshake: Handshake,
+}
+
 /// The task of one connection: completes the WebSocket upgrade, serves the WebSocket until either side closes it,
 /// closes it, then reports the close to the core.
 ///
-/// The task is as large as this future's largest state, for as long as the connection is open, so it is kept small:
-/// one `async` block that uses its arguments where they are (an `async fn`, or a block awaiting another one, keeps a
-/// second copy of each), and the close, which runs once, on the heap only while it runs.
+/// The task is as large as this future's largest state, plus whatever it holds across every state, for as long as the
+/// connection is open, so it is kept small: one `async` block that uses its arguments where they are (an `async fn`,
+/// or a block awaiting another one, keeps a second copy of each), what only the opening needs in a box it lets go of,
+/// and the close, which runs once, on the heap only while it runs.
 #[expect(
     clippy::manual_async_fn,
     reason = "an `async fn` would keep every argument twice, for the connection's life"
 )]
-pub(crate) fn run(
-    host: Host,
-    on_upgrade: OnUpgrade,
-    websocket: WebSocketConfig,
-    query_ok: bool,
-    handshake: Handshake,
-) -> impl Future<Output = ()> {
+pub(crate) fn run(host: Host, opening: Box<Opening>) -> impl Future<Output = ()> {
     async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, "the WebSocket upgrade failed");
-                return;
-            }
+        let (mut socket, query_ok, handshake) = {
+            let mut opening = opening;
+            let upgraded = match (&mut opening.on_upgrade).await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, "the WebSocket upgrade failed");
+                    return;
+                }
+            };
+            let io = BurstWriter::new(TokioIo::new(upgraded));
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(opening.websocket)).await;
+            (socket, opening.query_ok, opening.handshake)
         };
-        let io = BurstWriter::new(TokioIo::new(upgraded));
-        let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket)).await;
         let deadline = host.server().config().close_drain_deadline();
         if !query_ok {
             host.record_close(TransportClose::QueryParams);

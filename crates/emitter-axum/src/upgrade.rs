@@ -64,7 +64,13 @@ pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> R
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    tokio::spawn(connection::run(host, on_upgrade, websocket, query_ok, handshake));
+    let opening = connection::Opening {
+        on_upgrade,
+        websocket,
+        query_ok,
+        handshake,
+    };
+    tokio::spawn(connection::run(host, Box::new(opening)));
     let accept = derive_accept_key(key.as_bytes());
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

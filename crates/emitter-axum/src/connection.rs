@@ -8,11 +8,12 @@ use std::time::Duration;
 use emitter_core::transport::{CloseReason, ConnectionId, Host, Outbox, TransportClose};
 use emitter_core::Handshake;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -73,18 +74,25 @@ impl From<tungstenite::Error> for WriteError {
 }
 
 /// One socket write (a frame, a ping, a flush) within `deadline`. A write that finishes at once (the usual case)
-/// costs no timer.
-async fn within<T>(
-    deadline: Duration,
-    write: impl Future<Output = Result<T, tungstenite::Error>>,
-) -> Result<T, WriteError> {
-    tokio::pin!(write);
-    if let Some(done) = write.as_mut().now_or_never() {
-        return Ok(done?);
-    }
-    match tokio::time::timeout(deadline, write).await {
-        Ok(done) => Ok(done?),
-        Err(_) => Err(WriteError::Stalled),
+/// costs no timer, and no room for one: the timer is on the heap only while a write waits, rather than in every
+/// connection's task for the connection's life (as are the write itself, once, where an `async fn` would keep it
+/// twice).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would keep the write twice, for the connection's life"
+)]
+fn within<T, W>(deadline: Duration, mut write: W) -> impl Future<Output = Result<T, WriteError>>
+where
+    W: Future<Output = Result<T, tungstenite::Error>> + Unpin,
+{
+    async move {
+        if let Some(done) = (&mut write).now_or_never() {
+            return Ok(done?);
+        }
+        match Box::pin(tokio::time::timeout(deadline, &mut write)).await {
+            Ok(done) => Ok(done?),
+            Err(_) => Err(WriteError::Stalled),
+        }
     }
 }
 
@@ -140,8 +148,8 @@ async fn gather(
             !full && taken < max
         });
         if full {
-            let drain = std::future::poll_fn(|cx| socket.get_mut().poll_drain(cx));
-            within(written.deadline, async { drain.await.map_err(tungstenite::Error::Io) }).await?;
+            let drain = std::future::poll_fn(|cx| socket.get_mut().poll_drain(cx).map_err(tungstenite::Error::Io));
+            within(written.deadline, drain).await?;
         }
         if closing || !full || taken >= max {
             return Ok((taken, closing));
@@ -281,33 +289,71 @@ impl fmt::Display for Ending {
     }
 }
 
-/// Serves one upgraded WebSocket until either side closes it, closes it, then reports the close to the core.
-pub(crate) async fn run(host: Host, mut socket: Socket, query_ok: bool, handshake: Handshake) {
-    let deadline = host.server().config().close_drain_deadline();
-    if !query_ok {
-        host.record_close(TransportClose::QueryParams);
-        close_within(deadline, &mut socket, None, &Ending::QueryParams).await;
-        tracing::info!(code = 1008, "connection refused: {}", Ending::QueryParams);
-        return;
-    }
-    let (id, outbox) = match host.connect_with(handshake) {
-        Ok(admitted) => admitted,
-        Err(why) => {
-            // The core logged the refusal.
-            close_within(deadline, &mut socket, None, &Ending::Refused(why)).await;
+/// What a connection's task needs only until its WebSocket is up: boxed, and let go of then, so that the task keeps no
+/// room for it for the connection's life.
+pub(crate) struct Opening {
+    /// Resolves to the upgraded connection once the 101 response went out.
+    pub(crate) on_upgrade: OnUpgrade,
+    /// The WebSocket layer's settings.
+    pub(crate) websocket: WebSocketConfig,
+    /// Whether the request's query parameters are the expected ones.
+    pub(crate) query_ok: bool,
+    /// The request, for the core to keep for the `authenticate` listeners.
+    pub(crate) handshake: Handshake,
+}
+
+/// The task of one connection: completes the WebSocket upgrade, serves the WebSocket until either side closes it,
+/// closes it, then reports the close to the core.
+///
+/// The task is as large as this future's largest state, plus whatever it holds across every state, for as long as the
+/// connection is open, so it is kept small: one `async` block that uses its arguments where they are (an `async fn`,
+/// or a block awaiting another one, keeps a second copy of each), what only the opening needs in a box it lets go of,
+/// and the close, which runs once, on the heap only while it runs.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would keep every argument twice, for the connection's life"
+)]
+pub(crate) fn run(host: Host, opening: Box<Opening>) -> impl Future<Output = ()> {
+    async move {
+        let (mut socket, query_ok, handshake) = {
+            let mut opening = opening;
+            let upgraded = match (&mut opening.on_upgrade).await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, "the WebSocket upgrade failed");
+                    return;
+                }
+            };
+            let io = BurstWriter::new(TokioIo::new(upgraded));
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(opening.websocket)).await;
+            (socket, opening.query_ok, opening.handshake)
+        };
+        let deadline = host.server().config().close_drain_deadline();
+        if !query_ok {
+            host.record_close(TransportClose::QueryParams);
+            Box::pin(close_within(deadline, &mut socket, None, &Ending::QueryParams)).await;
+            tracing::info!(code = 1008, "connection refused: {}", Ending::QueryParams);
             return;
         }
-    };
-    let mut written = Written::new(host.server().config().write_deadline());
-    let ending = serve(&host, id, &outbox, &mut socket, &mut written).await;
-    if let Some(cause) = ending.transport_cause() {
-        host.record_close(cause);
+        let (id, outbox) = match host.connect_with(handshake) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                // The core logged the refusal.
+                Box::pin(close_within(deadline, &mut socket, None, &Ending::Refused(why))).await;
+                return;
+            }
+        };
+        let mut written = Written::new(host.server().config().write_deadline());
+        let ending = serve(&host, id, &outbox, &mut socket, &mut written).await;
+        if let Some(cause) = ending.transport_cause() {
+            host.record_close(cause);
+        }
+        let queued = matches!(ending, Ending::Core(_)).then_some((&outbox, &mut written));
+        let cut = Box::pin(close_within(deadline, &mut socket, queued, &ending)).await;
+        written.report(&host);
+        log_end(id, &ending, cut);
+        host.disconnect(id);
     }
-    let queued = matches!(ending, Ending::Core(_)).then_some((&outbox, &mut written));
-    let cut = close_within(deadline, &mut socket, queued, &ending).await;
-    written.report(&host);
-    log_end(id, &ending, cut);
-    host.disconnect(id);
 }
 
 /// Reads frames into the core, writes what the outbox has, and pings, until the connection ends; says why it did.

@@ -12,12 +12,9 @@ use emitter_core::config::MAX_HANDSHAKE_HEADER_BYTES;
 use emitter_core::transport::Host;
 use emitter_core::{Handshake, Server};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::burst::BurstWriter;
 use crate::connection;
 
 /// Bytes read from a socket at a time. Krmx messages from clients are small; a bigger one is read in several reads.
@@ -67,18 +64,13 @@ pub(crate) async fn upgrade(State(server): State<Server>, request: Request) -> R
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, "the WebSocket upgrade failed");
-                return;
-            }
-        };
-        let io = BurstWriter::new(TokioIo::new(upgraded));
-        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket)).await;
-        connection::run(host, socket, query_ok, handshake).await;
-    });
+    let opening = connection::Opening {
+        on_upgrade,
+        websocket,
+        query_ok,
+        handshake,
+    };
+    tokio::spawn(connection::run(host, Box::new(opening)));
     let accept = derive_accept_key(key.as_bytes());
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

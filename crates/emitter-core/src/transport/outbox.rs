@@ -342,6 +342,11 @@ impl Outbox {
                             Some(frame) => more = each(Ready::Lent(frame)),
                             None => {
                                 state.own.pop_front();
+                                if state.own.is_empty() {
+                                    // A link's reply and snapshot are all most connections ever queue of their own:
+                                    // an idle connection (the many, after a link storm) keeps no room for more.
+                                    state.own = VecDeque::new();
+                                }
                             }
                         },
                     }
@@ -496,6 +501,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::transport::fanout::SEGMENT;
+    use crate::transport::snapshot::UserFrames;
 
     fn frame(n: u64) -> Frame {
         Frame::encode(&n).expect("a number serializes")
@@ -513,6 +519,30 @@ mod tests {
         let first = Arc::downgrade(&segment);
         outbox.open_window(from, segment);
         (log, outbox, first)
+    }
+
+    #[test]
+    fn a_drained_snapshot_leaves_no_room_behind() {
+        let (log, outbox, _) = linked(100_000);
+        let user = Arc::new(UserFrames {
+            joined: frame(1),
+            linked: frame(2),
+        });
+        let mut snapshot = Snapshot::with_capacity(1);
+        snapshot.push(&user, true);
+        assert_eq!(outbox.push(frame(0)), Ok(()));
+        assert_eq!(outbox.push_snapshot(snapshot, log.head()), Ok(()));
+        assert!(outbox.shared.state.lock().own.capacity() > 0);
+        let taken: Vec<_> = outbox.take_all().iter().map(|f| f.bytes().to_vec()).collect();
+        assert_eq!(taken, [&b"0"[..], b"1", b"2"]);
+        assert_eq!(
+            outbox.shared.state.lock().own.capacity(),
+            0,
+            "an idle connection keeps no queue room"
+        );
+        // And the queue still works afterwards.
+        assert_eq!(outbox.push(frame(3)), Ok(()));
+        assert_eq!(outbox.take_all().len(), 1);
     }
 
     #[test]

@@ -56,6 +56,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .await,
             );
             let cards = example_cards::build_journaled(options, Some(shared.clone() as Arc<dyn Journal>))?;
+            // Served once the replicas hold what Redis had: a player linking before would see an empty table first.
+            for domain in [example_cards::CARDS, example_cards::CHAT, example_cards::MOODS] {
+                shared.loaded(domain).await?;
+            }
             node = Some(Node::start(&cards.server, cluster, &id).await?);
             journal = Some(shared);
             println!("cards node {id} of cluster {name} on {url}");

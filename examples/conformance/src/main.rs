@@ -65,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await,
         );
         main = example_conformance::build_main_journaled(Some(shared.clone() as Arc<dyn Journal>))?.0;
+        loaded(&shared).await?;
         journal = Some(shared);
         let (closed_cluster, policy_cluster) = (format!("{cluster}-closed"), format!("{cluster}-policy"));
         let join = example_conformance::join_cluster;
@@ -82,6 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let shared = Arc::new(RedisJournal::connect(&url, &store, options).await?);
         main = example_conformance::build_main_journaled(Some(shared.clone() as Arc<dyn Journal>))?.0;
+        loaded(&shared).await?;
         journal = Some(shared);
         println!("conformance state kept in store {store} on {url}");
     } else {
@@ -110,6 +112,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(journal) = journal {
         journal.close().await;
+    }
+    Ok(())
+}
+
+/// Waits until the state app's replicas hold what the journal had: a user who links before would get the initial
+/// state in its catch-up (and the stored one only after it).
+async fn loaded(journal: &RedisJournal) -> Result<(), emitter_state::journal::JournalError> {
+    use example_conformance::state::{ATOMS, COUNTER, TALLY};
+    for domain in [ATOMS, COUNTER, TALLY] {
+        journal.loaded(domain).await?;
     }
     Ok(())
 }

@@ -10,7 +10,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use emitter_core::{Message, Server};
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -132,7 +131,6 @@ impl AtomModel {
             domain,
             options: self,
             atoms: Domain::new(Held::default()),
-            here: Mutex::new(HashSet::new()),
             counters: Counters::default(),
             journaling,
         }
@@ -143,10 +141,8 @@ struct AtomsModel {
     /// With a journal, its name there.
     domain: String,
     options: AtomModel,
-    /// The atoms (with a journal: the replica), and without a journal the users who got them.
+    /// The atoms (with a journal: the replica), and the users (with a journal: linked on this node) who got them.
     atoms: Domain<Held>,
-    /// With a journal: the users linked on this node that got the atoms. Changed with the atoms held only.
-    here: Mutex<HashSet<String>>,
     counters: Counters,
     journaling: Option<Attached<Owner>>,
 }
@@ -377,15 +373,15 @@ impl Replica for AtomsModel {
     }
 
     fn link_here(&self, server: &Server, username: &str) {
-        let _ = self.atoms.with(|held| {
+        let _ = self.atoms.with_mut(|held| {
             if self.send_all(server, &held.atoms, username) {
-                self.here.lock().insert(username.to_owned());
+                held.audience.insert(username.to_owned());
             }
         });
     }
 
     fn unlink_here(&self, username: &str) {
-        let _ = self.atoms.with(|_| self.here.lock().remove(username));
+        let _ = self.atoms.with_mut(|held| held.audience.remove(username));
     }
 }
 
@@ -434,11 +430,10 @@ impl JournalModel for AtomsModel {
                 held.atoms = restored;
                 let Some(server) = server else { return };
                 // Everyone linked here gets the atoms again (the last value wins: twice is harmless).
-                let mut here = self.here.lock();
-                here.clear();
+                held.audience.clear();
                 for username in linked_here(&server) {
                     if self.send_all(&server, &held.atoms, &username) {
-                        here.insert(username);
+                        held.audience.insert(username);
                     }
                 }
             })
@@ -461,7 +456,7 @@ impl JournalModel for AtomsModel {
                 return;
             };
             let out = AtomSetOut { key: &key, atom: &atom };
-            self.here.lock().retain(|username| {
+            held.audience.retain(|username| {
                 let sent = server.send_payload_here(username, wire::ATOM_SET, &out);
                 if let Err(error) = &sent {
                     tracing::debug!(username, %error, "could not send an atom");

@@ -78,6 +78,9 @@ pub struct Outcome {
     /// The server's CPU (all nodes of a cluster) while everyone linked, until every view was complete when views are
     /// tracked, in seconds.
     pub link_cpu_s: Option<f64>,
+    /// The load processes' CPU over the same phase (from their start), in seconds: on a machine whose cores are all
+    /// busy, what the load takes is what the server does not get.
+    pub link_load_cpu_s: Option<f64>,
     /// The CPU Redis used (a cluster's), in seconds: while everyone linked (and, when tracked, until every view was
     /// complete), and during the measured phase (until every result was in).
     pub redis_cpu_s: Option<RedisCpu>,
@@ -374,6 +377,8 @@ fn drive(
     if let (Some(before), Some(after)) = (server_before, server_cpu(deployment)) {
         outcome.link_cpu_s = Some(after - before);
     }
+    // The workers started after `server_before`: all their CPU so far is this phase's.
+    outcome.link_load_cpu_s = workers.iter().map(|w| cpu_seconds(w.child.id())).sum();
     // Everything Redis did for the links, the nodes' catching up included, until every view was complete.
     if let (Some(((before, at), idle_rate)), Some(after)) = (redis_before, redis_cpu(deployment)?) {
         outcome.redis_cpu_s = Some(RedisCpu {

@@ -23,6 +23,15 @@ const ROWS: &[(&str, &str)] = &[
     ),
     ("cluster-links.redis_us_per_link", "Redis CPU per link (µs)"),
     (
+        "cluster-links.server_us_per_link",
+        "server CPU per link, all nodes (µs)",
+    ),
+    ("cluster-links.load_us_per_link", "load generator CPU per link (µs)"),
+    (
+        "cluster-links.all_us_per_link",
+        "CPU per link, every process: server, load and Redis (µs)",
+    ),
+    (
         "cluster-links.redis_idle_pct",
         "Redis CPU when idle, taken out of the line above (% of a core)",
     ),

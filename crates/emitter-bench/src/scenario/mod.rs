@@ -212,6 +212,16 @@ pub fn metrics(group: &Group, target: Target, outcome: &Outcome) -> Vec<(String,
         // machine others share.
         if let Some(cpu_s) = outcome.link_cpu_s.filter(|_| outcome.linked > 0) {
             put("server_us_per_link", cpu_s / f64::from(outcome.linked) * 1e6);
+            // Every process of the run: the server's (every node), the load's and Redis's. When the run has the
+            // machine's cores busy, links/s follows the inverse of this, whatever the setup.
+            if let Some(load_s) = outcome.link_load_cpu_s {
+                let redis_s = outcome.redis_cpu_s.as_ref().map_or(0.0, |redis| redis.linking);
+                put("load_us_per_link", load_s / f64::from(outcome.linked) * 1e6);
+                put(
+                    "all_us_per_link",
+                    (cpu_s + load_s + redis_s) / f64::from(outcome.linked) * 1e6,
+                );
+            }
         }
         put("link_p50_ms", ms(outcome.link_latency.quantile(0.5)));
         put("link_p99_ms", ms(outcome.link_latency.quantile(0.99)));

@@ -432,21 +432,31 @@ impl Server {
 
     fn send_frame(&self, username: &str, frame: Frame) -> Result<(), Error> {
         require(self.status(), "send a message", &[Status::Listening, Status::Closing])?;
+        let spare = (self.sequencer().is_some() || self.inner.config.keep_unlinked.is_some()).then(|| frame.clone());
+        match (self.push_linked_here(username, frame), spare) {
+            (Some(pushed), _) => pushed,
+            (None, Some(frame)) => self.send_unlinked_here(username, frame),
+            (None, None) => Err(self.not_linked(username)),
+        }
+    }
+
+    /// Queues `frame` for `username`'s connection when it is linked on this node (`None` when it is not): `Err` when
+    /// the connection refused it.
+    fn push_linked_here(&self, username: &str, frame: Frame) -> Option<Result<(), Error>> {
         // The shard stays read-locked while the frame is queued, so an unlink (which removes the entry first) cannot
         // tell the user's connection it was unlinked before this frame.
-        let spare = (self.sequencer().is_some() || self.inner.config.keep_unlinked.is_some()).then(|| frame.clone());
-        let pushed = self
+        let (connection, pushed) = self
             .inner
             .links
-            .with(username, |link| link.map(|link| (link.clone(), link.push(frame))));
-        match pushed {
-            Some((_, Ok(()))) => Ok(()),
-            Some((connection, Err(error))) => Err(self.refused_push(username, &connection, error)),
-            None => match spare {
-                Some(frame) => self.send_unlinked_here(username, frame),
-                None if self.user(username).is_some() => Err(Error::SendToUnlinkedUser),
-                None => Err(Error::SendToUnknownUser),
-            },
+            .with(username, |link| link.map(|link| (link.clone(), link.push(frame))))?;
+        Some(pushed.map_err(|error| self.refused_push(username, &connection, error)))
+    }
+
+    /// Why a send to `username`, not linked here, fails.
+    fn not_linked(&self, username: &str) -> Error {
+        match self.user(username) {
+            Some(_) => Error::SendToUnlinkedUser,
+            None => Error::SendToUnknownUser,
         }
     }
 
@@ -518,16 +528,8 @@ impl Server {
 
     fn send_frame_here(&self, username: &str, frame: Frame) -> Result<(), Error> {
         require(self.status(), "send a message", &[Status::Listening, Status::Closing])?;
-        let pushed = self
-            .inner
-            .links
-            .with(username, |link| link.map(|link| (link.clone(), link.push(frame))));
-        match pushed {
-            Some((_, Ok(()))) => Ok(()),
-            Some((connection, Err(error))) => Err(self.refused_push(username, &connection, error)),
-            None if self.user(username).is_some() => Err(Error::SendToUnlinkedUser),
-            None => Err(Error::SendToUnknownUser),
-        }
+        self.push_linked_here(username, frame)
+            .unwrap_or_else(|| Err(self.not_linked(username)))
     }
 
     /// A handle that does not keep the server alive: for a long-lived thing the server's listeners hold, that must

@@ -216,12 +216,7 @@ pub(super) async fn follow(conn: &mut Conn, keys: &DomainKeys, n: u64) -> Result
         .arg(keys.head())
         .arg("n")
         .arg("e")
-        .cmd("XRANGE")
-        .arg(keys.log())
-        .arg(format!("{}-0", n + 1))
-        .arg("+")
-        .arg("COUNT")
-        .arg(READ_COUNT)
+        .add_command(read_after(keys, n))
         .query_async(conn)
         .await?;
     Ok(Followed {
@@ -232,15 +227,19 @@ pub(super) async fn follow(conn: &mut Conn, keys: &DomainKeys, n: u64) -> Result
 }
 
 async fn log_after(conn: &mut Conn, keys: &DomainKeys, n: u64) -> Result<Vec<Committed>> {
-    let entries: Value = redis::cmd("XRANGE")
-        .arg(keys.log())
+    let entries: Value = read_after(keys, n).query_async(conn).await?;
+    parse_log(entries)
+}
+
+/// The read of up to [`READ_COUNT`] committed changes after `n`.
+fn read_after(keys: &DomainKeys, n: u64) -> redis::Cmd {
+    let mut read = redis::cmd("XRANGE");
+    read.arg(keys.log())
         .arg(format!("{}-0", n + 1))
         .arg("+")
         .arg("COUNT")
-        .arg(READ_COUNT)
-        .query_async(conn)
-        .await?;
-    parse_log(entries)
+        .arg(READ_COUNT);
+    read
 }
 
 /// Head's place, the generation that made its last commit and the last membership seq handled: what tells whether a

@@ -157,7 +157,7 @@ impl Server {
 
     /// Applies, under the turn, the entries that follow on from the last one applied; skips those applied already.
     /// Returns the seq of the first entry after a gap, where it stopped, if any.
-    fn apply_following(&self, sequencer: &Arc<dyn Sequencer>, entries: Vec<LogEntry>) -> Option<u64> {
+    pub(crate) fn apply_following(&self, sequencer: &Arc<dyn Sequencer>, entries: Vec<LogEntry>) -> Option<u64> {
         let _turn = self.turn();
         for entry in entries {
             if entry.seq <= self.applied() {
@@ -659,6 +659,21 @@ impl ClusterHost {
             Some(sequencer) => self.server.catch_up_to(sequencer, seq),
             None => Ok(()),
         }
+    }
+
+    /// Applies `entries` when they follow on from the last entry applied (those applied already are skipped), and
+    /// never reads the order: it stops at a gap. Returns whether every entry is applied now. For entries in hand (a
+    /// notification carried them), so that applying them needs no thread that may block.
+    pub fn apply_in_step(&self, entries: Vec<LogEntry>) -> bool {
+        let Some(sequencer) = self.server.sequencer() else {
+            return false;
+        };
+        let last = entries.last().map_or(0, |entry| entry.seq);
+        if entries.first().is_some_and(|entry| entry.seq > self.applied() + 1) {
+            return false;
+        }
+        self.server.apply_following(sequencer, entries);
+        self.applied() >= last
     }
 
     /// Whether a message from generation `generation` of node `origin` may be delivered here: not when this node

@@ -169,12 +169,18 @@ fn platform() -> Result<RootCertStore, std::io::Error> {
 }
 
 fn with_roots(roots: RootCertStore) -> Result<ClientConfig, rustls::Error> {
-    Ok(
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    Ok(ClientConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// rustls's provider on the ring crate. From 0.23.48 rustls marks its `crypto::ring` module deprecated, ahead of 0.24,
+/// which moves the provider to a crate of its own; on 0.23 the module is still the way to it, so the warning is
+/// allowed here (a `cargo update` must not break a build that denies warnings).
+#[allow(deprecated)]
+fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 #[cfg(test)]

@@ -86,6 +86,8 @@ async fn serve_tls(
 fn server_tls_config(chain: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Box<dyn std::error::Error>> {
     let chain = CertificateDer::pem_file_iter(chain)?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(key)?;
+    // Deprecated from rustls 0.23.48 (the provider moves to a crate of its own in 0.24), still the way to it on 0.23.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

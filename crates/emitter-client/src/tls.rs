@@ -175,9 +175,9 @@ fn with_roots(roots: RootCertStore) -> Result<ClientConfig, rustls::Error> {
         .with_no_client_auth())
 }
 
-/// rustls's provider on the ring crate. From 0.23.48 rustls marks its `crypto::ring` module deprecated, ahead of 0.24,
-/// which moves the provider to a crate of its own; on 0.23 the module is still the way to it, so the warning is
-/// allowed here (a `cargo update` must not break a build that denies warnings).
+/// rustls's provider on the ring crate. From 0.23.48 rustls marks it deprecated ("no support for post-quantum
+/// algorithms"); it is still this crate's one provider (see the module's docs), so the warning is allowed here: a
+/// `cargo update` must not break a build that denies warnings. Moving to another provider is a change of its own.
 #[allow(deprecated)]
 fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -86,7 +86,7 @@ async fn serve_tls(
 fn server_tls_config(chain: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Box<dyn std::error::Error>> {
     let chain = CertificateDer::pem_file_iter(chain)?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(key)?;
-    // Deprecated from rustls 0.23.48 (the provider moves to a crate of its own in 0.24), still the way to it on 0.23.
+    // Deprecated from rustls 0.23.48 (no post-quantum key exchange); the same provider as emitter-client's.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::domain::Domain;
 use crate::journal::{Checkpoint, Committed, Journal, JournalError, JournalModel, MembershipChange, Request};
 use crate::journaled::{linked_here, read_request, server_request, Attached, SET};
-use crate::registration::{Listeners, Registration, Replica};
+use crate::registration::{Listeners, Model, Registration, Replica};
 use crate::stats::Counters;
 use crate::value::Atom;
 use crate::wire::{self, AtomSetOut};
@@ -223,14 +223,14 @@ impl Listeners for AtomsModel {
         });
     }
 
-    fn message(&self, server: &Server, username: &str, message: &Message) {
+    fn message(&self, server: &Server, username: &str, message: &Message) -> bool {
         let Some(set) = wire::atom_set(message).ours(wire::ATOM_SET, None, username, &self.counters) else {
-            return;
+            return false;
         };
         if self.options.strict_key_prefixes && is_foreign(set.key, username) {
             tracing::warn!(username, key = set.key, "an atom/set of another user's key was dropped");
             self.counters.forbidden();
-            return;
+            return true;
         }
         let _ = self.atoms.with_mut(|held| {
             if held.atoms.len() >= self.options.max_atoms && !held.atoms.contains_key(set.key) {
@@ -245,6 +245,7 @@ impl Listeners for AtomsModel {
             }
             self.set(server, held, set.key, set.atom);
         });
+        true
     }
 
     fn caught_up(&self, username: &str) -> bool {
@@ -351,11 +352,15 @@ fn step(atoms: &mut BTreeMap<String, Atom>, change: Change) -> Option<(String, A
     Some((key, atom))
 }
 
-impl Replica for AtomsModel {
+impl Model for AtomsModel {
+    const KIND: &'static str = "atoms";
+
     fn domain(&self) -> &str {
         &self.domain
     }
+}
 
+impl Replica for AtomsModel {
     fn wants(&self, username: &str, message: &Message) -> bool {
         let Some(set) = wire::atom_set(message).ours(wire::ATOM_SET, None, username, &self.counters) else {
             return false;

@@ -69,6 +69,11 @@
 //! one state in one order, and a new owner continues from the last committed change. What a model does once per
 //! cluster ([`ProjectionModel::on_leave`], [`AtomModel::clear_when_empty`]) runs on the owner. See [`journal`].
 //!
+//! A model registered with `register` on a node of a cluster
+//! ([`Server::is_cluster_node`](emitter_core::Server::is_cluster_node)) keeps a state of its own on each node: it logs
+//! a warning saying so, once, at registration or at the first request it serves there (models are usually registered
+//! before the server becomes a node).
+//!
 //! # Feature flags
 //!
 //! This crate has no optional features.

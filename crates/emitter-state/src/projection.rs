@@ -26,7 +26,7 @@ use crate::domain::Domain;
 use crate::handlers::{Handlers, Outcome};
 use crate::journal::{Checkpoint, Committed, Journal, JournalError, JournalModel, MembershipChange, Request};
 use crate::journaled::{linked_here, read_request, server_request, Journaling};
-use crate::registration::{Listeners, Registration, Replica};
+use crate::registration::{Listeners, Model, Registration, Replica};
 use crate::stats::Counters;
 use crate::wire::{self, ProjectionDeltaOut, ProjectionInvalidateOut, ProjectionSetOut};
 use crate::{Error, StateStats};
@@ -431,10 +431,10 @@ impl<S: Send + 'static> Listeners for ProjectionInner<S> {
         });
     }
 
-    fn message(&self, server: &Server, username: &str, message: &Message) {
+    fn message(&self, server: &Server, username: &str, message: &Message) -> bool {
         let incoming = wire::projection_action(message, &self.domain);
         let Some(action) = incoming.ours(wire::PROJECTION_ACTION, Some(&self.domain), username, &self.counters) else {
-            return;
+            return false;
         };
         let typed = action.action;
         match self.dispatch(server, username, typed.kind, typed.payload, action.optimistic_id) {
@@ -447,6 +447,7 @@ impl<S: Send + 'static> Listeners for ProjectionInner<S> {
             }
             Err(error) => tracing::debug!(domain = self.domain, username, %error, "an action was refused"),
         }
+        true
     }
 
     fn caught_up(&self, username: &str) -> bool {
@@ -517,11 +518,15 @@ impl<S: Send + 'static> ProjectionInner<S> {
     }
 }
 
-impl<S: Send + 'static> Replica for ProjectionInner<S> {
+impl<S: Send + 'static> Model for ProjectionInner<S> {
+    const KIND: &'static str = "projection";
+
     fn domain(&self) -> &str {
         &self.domain
     }
+}
 
+impl<S: Send + 'static> Replica for ProjectionInner<S> {
     fn wants(&self, username: &str, message: &Message) -> bool {
         let incoming = wire::projection_action(message, &self.domain);
         incoming

@@ -25,7 +25,7 @@ use crate::domain::Domain;
 use crate::handlers::{Handlers, Outcome};
 use crate::journal::{Checkpoint, Committed, Journal, JournalError, JournalModel, MembershipChange, Request};
 use crate::journaled::{linked_here, read_request, server_request, Journaling, COMPACT, ROTATE};
-use crate::registration::{Listeners, Registration, Replica};
+use crate::registration::{Listeners, Model, Registration, Replica};
 use crate::stats::Counters;
 use crate::wire::{self, Echo, StreamAppendOut};
 use crate::{Error, StateStats};
@@ -779,11 +779,15 @@ fn recorded(dispatcher: String, text: String, n: u64) -> Result<Recorded, String
     })
 }
 
-impl<S: Send + 'static> Replica for StreamInner<S> {
+impl<S: Send + 'static> Model for StreamInner<S> {
+    const KIND: &'static str = "stream";
+
     fn domain(&self) -> &str {
         &self.domain
     }
+}
 
+impl<S: Send + 'static> Replica for StreamInner<S> {
     fn wants(&self, username: &str, message: &Message) -> bool {
         let incoming = wire::stream_append(message, &self.domain);
         incoming
@@ -925,10 +929,10 @@ impl<S: Send + 'static> Listeners for StreamInner<S> {
         let _ = self.log.with_mut(|log| log.audience.remove(username));
     }
 
-    fn message(&self, server: &Server, username: &str, message: &Message) {
+    fn message(&self, server: &Server, username: &str, message: &Message) -> bool {
         let incoming = wire::stream_append(message, &self.domain);
         let Some(event) = incoming.ours(wire::STREAM_APPEND, Some(&self.domain), username, &self.counters) else {
-            return;
+            return false;
         };
         match self.append(server, username, event.whole, event.text, event.kind, event.payload) {
             Ok(()) | Err(Error::Panicked { .. } | Error::Full) => {} // logged by append
@@ -937,6 +941,7 @@ impl<S: Send + 'static> Listeners for StreamInner<S> {
             }
             Err(error) => tracing::debug!(domain = self.domain, username, %error, "an event was dropped"),
         }
+        true
     }
 
     fn caught_up(&self, username: &str) -> bool {

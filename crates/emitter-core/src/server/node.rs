@@ -51,6 +51,41 @@ impl Server {
         self.inner.cluster.get()
     }
 
+    /// Whether this server is a node of a cluster: a cluster layer (`emitter-redis`'s `Node`) installed its sequencer
+    /// with [`ClusterHost::install`], so membership is the cluster's. It never changes back, and it cannot change once
+    /// the server listens. What an application keeps in this process's memory is then this node's alone: a model
+    /// that should be shared goes through the cluster (`emitter-state`'s `register_journaled`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use emitter_core::cluster::{Change, ClusterHost, LinkAddr, LogEntry, Refused, Sequencer};
+    /// use emitter_core::protocol::Frame;
+    /// use emitter_core::Server;
+    ///
+    /// /// A sequencer that decides nothing: enough to make a server a node.
+    /// struct Nowhere;
+    ///
+    /// impl Sequencer for Nowhere {
+    ///     fn node(&self) -> &str { "nowhere" }
+    ///     fn owns(&self, _: &LinkAddr) -> bool { false }
+    ///     fn submit(&self, _: Change) -> Result<Vec<LogEntry>, Refused> {
+    ///         Err(Refused::Unavailable("nowhere".to_owned()))
+    ///     }
+    ///     fn entries_after(&self, _: u64) -> Result<Vec<LogEntry>, String> { Ok(Vec::new()) }
+    ///     fn publish_broadcast(&self, _: u64, _: Option<&str>, _: &Frame) {}
+    ///     fn publish_send(&self, _: &LinkAddr, _: &str, _: u64, _: &Frame) {}
+    ///     fn publish_kept(&self, _: &str, _: u64, _: &Frame) {}
+    /// }
+    ///
+    /// let server = Server::new();
+    /// assert!(!server.is_cluster_node());
+    /// ClusterHost::of(&server).install(Arc::new(Nowhere), 0, Vec::new()).unwrap();
+    /// assert!(server.is_cluster_node());
+    /// ```
+    pub fn is_cluster_node(&self) -> bool {
+        self.sequencer().is_some()
+    }
+
     /// The cluster's sequencer, to hand a message to the other nodes through, while this node's lease is valid. With
     /// a lease that is not, `None` and the message counted as fenced: the node must not speak for users it may no
     /// longer hold (they may be linked elsewhere already).

@@ -74,8 +74,10 @@ impl Node {
         let sent = Instant::now();
         let lease = cluster.register_node(id).await?;
         let token = clock.install(sent, cluster.options().lease);
-        // Subscribed before the snapshot: whatever happens after the snapshot is notified, or found by the poll.
-        let notifications = cluster.subscribe(id).await?;
+        // Subscribed, with Redis's confirmation, before the snapshot: whatever happens after the snapshot is notified.
+        // So this first `Subscribed` asks for no catch-up (only a resubscription does), and a node starts in step.
+        let mut notifications = cluster.subscribe(id).await?;
+        subscribed(&mut notifications, cluster.options()).await?;
         let snapshot = cluster.snapshot().await?;
         let sequencer = Arc::new(RedisSequencer {
             node: id.to_owned(),
@@ -135,6 +137,25 @@ impl Node {
     /// expires).
     pub async fn stopped(self) {
         let _ = self.task.await;
+    }
+}
+
+/// Waits for the first notification of a new subscription, `Subscribed`: Redis confirmed it. Bounded by a few of the
+/// subscription's own attempts (each within [`Options::connect_timeout`](crate::Options::connect_timeout) and
+/// [`Options::command_timeout`](crate::Options::command_timeout)), so that a node does not start blind to the others.
+async fn subscribed(notifications: &mut Notifications, options: &crate::Options) -> Result<()> {
+    let limit = (options.connect_timeout + options.command_timeout) * 2;
+    match tokio::time::timeout(limit, notifications.next()).await {
+        Ok(Some(Notification::Subscribed { .. })) => Ok(()),
+        // A subscription says `Subscribed` before anything else (`wire::subscribe`).
+        Ok(Some(other)) => Err(Error::Malformed(format!(
+            "a new subscription's first notification was not its confirmation: {other:?}"
+        ))),
+        Ok(None) => Err(Error::Closed),
+        Err(_) => Err(Error::Redis(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "subscribing to the cluster's notifications timed out",
+        )))),
     }
 }
 
@@ -336,6 +357,7 @@ impl Keeper {
 
     async fn handle(&mut self, notification: Notification) {
         match notification {
+            // A resubscription (the first one is awaited at start): notifications were lost while it was away.
             Notification::Subscribed { .. } => self.catch_up(u64::MAX).await,
             Notification::Seq(seq) if seq > self.host.applied() => self.catch_up(seq).await,
             Notification::Seq(_) => {}
